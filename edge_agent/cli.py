@@ -1,0 +1,81 @@
+"""``edge-agent start``: join once, then keep the tunnel to the hub up for ever."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from remoteler.errors import RemotelerError, UsageError
+
+log = logging.getLogger("remoteler.agent")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description="Remoteler edge agent")
+    sub = parser.add_subparsers(dest="command", required=True)
+    start = sub.add_parser("start", help="join (first start) and serve the tunnel")
+    start.add_argument("--hub", help="hub HOST:PORT (needed to join)")
+    start.add_argument("--token", help="join token (first start only)")
+    start.add_argument("--ca-pin", help="sha256:... pin of the hub CA (first start only)")
+    start.add_argument("--name", default=socket.gethostname(), help="node name (default: hostname)")
+    start.add_argument("--labels", default="", help="k=v,k2=v2")
+    start.add_argument("--data-dir", default="/var/lib/remoteler-agent")
+    start.add_argument("--log-level", default="INFO")
+    return parser
+
+
+async def run(args: argparse.Namespace) -> None:
+    from edge_agent.agent import VERSION, EdgeAgent
+    from edge_agent.identity import NodeIdentity
+    from edge_agent.join import join
+    from remoteler.addr import parse_hostport, parse_labels
+
+    data_dir = Path(args.data_dir)
+    labels = parse_labels(args.labels)
+    if NodeIdentity.exists(data_dir):
+        ident = NodeIdentity.load(data_dir)
+        if args.token:
+            log.info("already joined; the join token is not needed", extra={"node_id": ident.node_id})
+    else:
+        missing = [f"--{n}" for n in ("hub", "token", "ca-pin") if not getattr(args, n.replace("-", "_"))]
+        if missing:
+            raise UsageError(
+                f"first start needs {', '.join(missing)}: get them from 'tctl tokens add --type node'"
+            )
+        parse_hostport(args.hub)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        ident = await join(args.hub, args.token, args.ca_pin, args.name, labels, VERSION)
+        ident.save(data_dir)
+    agent = EdgeAgent(ident, labels)
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.ensure_future(agent.run_forever())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, main_task.cancel)
+    try:
+        await main_task
+    except asyncio.CancelledError:
+        log.info("agent stopping")
+        if agent.tunnel is not None:
+            await agent.tunnel.close(reason="agent stopping")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from remoteler import logs
+
+    args = build_parser().parse_args(argv)
+    logs.setup(args.log_level)
+    try:
+        asyncio.run(run(args))
+    except RemotelerError as err:
+        print(f"edge-agent: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

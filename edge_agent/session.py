@@ -1,0 +1,274 @@
+"""One SSH session channel on the device: exec or shell, with or without a pty.
+
+Commands run as the login's OS user when the agent runs as root; otherwise as
+the agent's own user (documented in docs/edge-agent.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import pty
+import pwd
+import signal
+import struct
+import termios
+from collections.abc import Callable
+from typing import Any
+
+import asyncssh
+
+log = logging.getLogger("remoteler.agent.session")
+
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+ACCEPT_ENV_PREFIXES = ("LANG", "LC_", "TZ", "COLORTERM")
+READ_SIZE = 64 * 1024
+
+
+def _accepted_env(env: Any) -> dict[str, str]:
+    out = {}
+    for key, value in dict(env or {}).items():
+        k = key.decode() if isinstance(key, bytes) else str(key)
+        v = value.decode() if isinstance(value, bytes) else str(value)
+        if k.startswith(ACCEPT_ENV_PREFIXES):
+            out[k] = v
+    return out
+
+
+def _set_winsize(fd: int, cols: int, rows: int, px: int = 0, py: int = 0) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, px, py))
+
+
+def _make_ctty() -> None:  # runs in the child after setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
+    def __init__(self, login: str, on_exit: Callable[[int], None] | None = None) -> None:
+        self.login = login
+        self._on_exit = on_exit
+        self._chan: Any = None
+        self._command: str | None = None
+        self._term: tuple[str, tuple[int, int, int, int]] | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._master: int | None = None
+        self._stdin_buf = bytearray()
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+        self._task: asyncio.Future[None] | None = None
+
+    # asyncssh callbacks ---------------------------------------------------
+    def connection_made(self, chan: Any) -> None:
+        self._chan = chan
+
+    def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
+        self._term = (term_type or "xterm", tuple(term_size))  # type: ignore[arg-type]
+        return True
+
+    def shell_requested(self) -> bool:
+        self._command = None
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        self._command = command
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return False
+
+    def session_started(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        if self._master is not None:
+            self._stdin_buf += data
+            self._flush_master()
+        elif self._proc is not None and self._proc.stdin is not None:
+            with contextlib.suppress(ConnectionError):
+                self._proc.stdin.write(data)
+        else:
+            self._stdin_buf += data
+
+    def eof_received(self) -> bool:
+        if self._master is not None:
+            return False  # a terminal has no EOF; the shell ends on exit or ^D
+        if self._proc is not None and self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.write_eof()
+        return False
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        if self._master is not None:
+            _set_winsize(self._master, width, height, pixwidth, pixheight)
+
+    def signal_received(self, signame: str) -> None:
+        sig = getattr(signal, f"SIG{signame}", None)
+        if sig is not None and self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, sig)
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGHUP)
+
+    # running the command ----------------------------------------------------
+    def _spawn_args(self) -> tuple[list[str], dict[str, Any]]:
+        me = os.geteuid() == 0
+        try:
+            pw = pwd.getpwnam(self.login) if me else pwd.getpwuid(os.geteuid())
+        except KeyError:
+            raise PermissionError(f"login {self.login!r} does not exist on this device") from None
+        shell = pw.pw_shell or "/bin/sh"
+        if not os.path.exists(shell):
+            shell = "/bin/sh"
+        env = {
+            "HOME": pw.pw_dir,
+            "USER": pw.pw_name,
+            "LOGNAME": pw.pw_name,
+            "SHELL": shell,
+            "PATH": SAFE_PATH,
+            **_accepted_env(self._chan.get_environment()),
+        }
+        if self._term is not None:
+            env["TERM"] = self._term[0]
+        argv = [shell, "-c", self._command] if self._command is not None else [shell, "-l"]
+        kwargs: dict[str, Any] = {
+            "env": env,
+            "cwd": pw.pw_dir if os.path.isdir(pw.pw_dir) else "/",
+            "start_new_session": True,
+        }
+        if me:
+            kwargs.update(
+                user=pw.pw_uid,
+                group=pw.pw_gid,
+                extra_groups=os.getgrouplist(pw.pw_name, pw.pw_gid),
+            )
+        return argv, kwargs
+
+    async def _run(self) -> None:
+        status = 255
+        try:
+            argv, kwargs = self._spawn_args()
+            if self._term is not None:
+                status = await self._run_pty(argv, kwargs)
+            else:
+                status = await self._run_pipes(argv, kwargs)
+        except PermissionError as exc:
+            self._chan.write_stderr(f"remoteler: {exc}\r\n".encode())
+            status = 1
+        except Exception as exc:
+            log.exception("session failed")
+            self._chan.write_stderr(f"remoteler: could not start the command: {exc}\r\n".encode())
+            status = 255
+        finally:
+            if self._on_exit is not None:
+                self._on_exit(status)
+            with contextlib.suppress(Exception):
+                if status < 0:
+                    self._chan.exit_with_signal(signal.Signals(-status).name.removeprefix("SIG"))
+                else:
+                    self._chan.exit(status)
+
+    async def _run_pipes(self, argv: list[str], kwargs: dict[str, Any]) -> int:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            **kwargs,
+        )
+        self._proc = proc
+        assert proc.stdin and proc.stdout and proc.stderr
+        if self._stdin_buf:
+            proc.stdin.write(bytes(self._stdin_buf))
+            self._stdin_buf.clear()
+
+        async def pump(stream: asyncio.StreamReader, stderr: bool) -> None:
+            while data := await stream.read(READ_SIZE):
+                await self._can_write.wait()
+                if stderr:
+                    self._chan.write_stderr(data)
+                else:
+                    self._chan.write(data)
+
+        await asyncio.gather(pump(proc.stdout, False), pump(proc.stderr, True))
+        return await proc.wait()
+
+    async def _run_pty(self, argv: list[str], kwargs: dict[str, Any]) -> int:
+        assert self._term is not None
+        master, slave = pty.openpty()
+        cols, rows, px, py = (list(self._term[1]) + [0, 0, 0, 0])[:4]
+        _set_winsize(master, cols or 80, rows or 24, px, py)
+        os.set_blocking(master, False)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=slave, stdout=slave, stderr=slave, preexec_fn=_make_ctty, **kwargs
+            )
+        finally:
+            os.close(slave)
+        self._proc = proc
+        self._master = master
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def readable() -> None:
+            try:
+                data = os.read(master, READ_SIZE)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EINTR):
+                    return
+                data = b""  # EIO: every holder of the slave side has closed it
+            if not data:
+                loop.remove_reader(master)
+                if not done.done():
+                    done.set_result(None)
+                return
+            self._chan.write(data)
+            if not self._can_write.is_set():
+                loop.remove_reader(master)
+                asyncio.ensure_future(self._resume_reader(master, readable))
+
+        loop.add_reader(master, readable)
+        self._flush_master()
+        try:
+            await done
+            return await proc.wait()
+        finally:
+            loop.remove_reader(master)
+            loop.remove_writer(master)
+            self._master = None
+            os.close(master)
+
+    async def _resume_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        await self._can_write.wait()
+        if self._master == fd:
+            asyncio.get_running_loop().add_reader(fd, callback)
+
+    def _flush_master(self) -> None:
+        fd = self._master
+        if fd is None or not self._stdin_buf:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            n = os.write(fd, self._stdin_buf)
+            del self._stdin_buf[:n]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._stdin_buf.clear()
+        if self._stdin_buf:
+            loop.add_writer(fd, self._flush_master)
+        else:
+            loop.remove_writer(fd)

@@ -1,0 +1,261 @@
+"""The hub's auth role: users, join tokens, logins and certificate issuance."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from hub import secrets as hs
+from hub.backend import Backend, Node, Token, User
+from remoteler.access import (
+    DEFAULT_MAX_TTL,
+    RULES_EXTENSION,
+    ROLES_EXTENSION,
+    AccessRule,
+    allowed_logins,
+    encode_rules,
+    resolve_rules,
+)
+from remoteler.ca import DEFAULT_USER_EXTENSIONS, CertAuthority, public_key_from_openssh
+from remoteler.ca.errors import CAError
+from remoteler.addr import parse_ttl
+from remoteler.errors import AuthError, UsageError
+
+log = logging.getLogger("remoteler.hub.auth")
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,62}$", re.IGNORECASE)
+_LOGIN = re.compile(r"^[a-z_][a-z0-9_.\-]{0,31}\$?$", re.IGNORECASE)
+LOGIN_FAILED = "login failed: wrong user name, password or one-time code; check them and try again"
+INVITE_TTL = 24 * 3600
+NODE_X509_TTL = 10 * 365 * 24 * 3600
+
+
+def check_name(kind: str, name: str) -> str:
+    if not _NAME.match(name):
+        raise UsageError(
+            f"bad {kind} name {name!r}: use letters, digits, '.', '-' or '_' (at most 63)"
+        )
+    return name
+
+
+def check_logins(logins: Sequence[str]) -> tuple[str, ...]:
+    for login in logins:
+        if not _LOGIN.match(login):
+            raise UsageError(f"bad login {login!r}: use a valid OS user name such as 'pi'")
+    return tuple(logins)
+
+
+@dataclass(frozen=True)
+class Issued:
+    ssh_cert: str
+    tls_cert: str
+    expires: int
+    logins: tuple[str, ...]
+
+
+class AuthService:
+    def __init__(
+        self,
+        backend: Backend,
+        user_ca: CertAuthority,
+        host_ca: CertAuthority,
+        cluster: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.backend = backend
+        self.user_ca = user_ca
+        self.host_ca = host_ca
+        self.cluster = cluster
+        self.clock = clock
+
+    # users -------------------------------------------------------------
+    async def add_user(
+        self,
+        name: str,
+        roles: Sequence[str],
+        logins: Sequence[str],
+        password: str | None = None,
+        totp_secret: str | None = None,
+    ) -> tuple[User, str | None]:
+        """Create a user; without a password return a one-time invite token."""
+        check_name("user", name)
+        if await self.backend.get_user(name):
+            raise UsageError(f"user {name!r} already exists; pick another name or remove it first")
+        for role in roles:
+            if await self.backend.get_role(role) is None:
+                raise UsageError(f"role {role!r} does not exist; see 'tctl get roles'")
+        if password is not None and len(password) < hs.MIN_PASSWORD:
+            raise UsageError(f"password too short: use at least {hs.MIN_PASSWORD} characters")
+        if totp_secret is not None:
+            totp_secret = totp_secret.strip().replace(" ", "").upper()
+            if not re.fullmatch(r"[A-Z2-7]{16,}=*", totp_secret):
+                raise UsageError("bad TOTP secret: give a base32 string of at least 16 characters")
+        user = User(
+            name=name,
+            roles=tuple(roles),
+            logins=check_logins(logins),
+            password_hash=hs.hash_password(password) if password is not None else None,
+            totp_secret=totp_secret or hs.new_totp_secret(),
+            totp_last_step=0,
+            created=self.clock(),
+        )
+        await self.backend.put_user(user)
+        invite = None
+        if password is None:
+            invite = hs.new_token()
+            await self.backend.add_invite(
+                hs.hash_token(invite), name, self.clock() + INVITE_TTL
+            )
+        log.info("user created", extra={"user": name, "roles": list(roles)})
+        return user, invite
+
+    async def invite_info(self, name: str, invite: str) -> dict[str, str]:
+        user = await self.backend.get_user(name)
+        ok = await self.backend.check_invite(hs.hash_token(invite), name, self.clock())
+        if not ok or user is None or user.totp_secret is None:
+            raise AuthError("invite not valid: it is wrong, used or expired; ask an admin for a new one")
+        return {
+            "totp_secret": user.totp_secret,
+            "totp_uri": hs.totp_uri(user.totp_secret, name, self.cluster),
+        }
+
+    async def accept_invite(
+        self, name: str, invite: str, password: str, otp: str, public_key: str, ttl: int | None
+    ) -> Issued:
+        info = await self.invite_info(name, invite)
+        if len(password) < hs.MIN_PASSWORD:
+            raise UsageError(f"password too short: use at least {hs.MIN_PASSWORD} characters")
+        step = hs.totp_step(info["totp_secret"], otp, self.clock())
+        if step is None or not await self.backend.record_totp_step(name, step):
+            raise AuthError("one-time code not accepted: check the authenticator app's clock and retry")
+        if not await self.backend.consume_invite(hs.hash_token(invite), name, self.clock()):
+            raise AuthError("invite not valid: it is wrong, used or expired; ask an admin for a new one")
+        user = await self.backend.get_user(name)
+        assert user is not None
+        await self.backend.put_user(
+            replace(user, password_hash=hs.hash_password(password), totp_last_step=step)
+        )
+        log.info("invite accepted", extra={"user": name})
+        user = await self.backend.get_user(name)
+        assert user is not None
+        return await self.issue_user_certs(user, public_key, ttl)
+
+    async def rules_for(self, user: User) -> tuple[list[AccessRule], int]:
+        """Resolved access rules and the TTL cap (the smallest max_session_ttl)."""
+        roles = []
+        for role_name in user.roles:
+            role = await self.backend.get_role(role_name)
+            if role is not None:
+                roles.append(role)
+        cap = min((r.max_session_ttl for r in roles), default=DEFAULT_MAX_TTL)
+        return resolve_rules(roles, user.logins), cap
+
+    async def login(
+        self, name: str, password: str, otp: str, public_key: str, ttl: int | None
+    ) -> Issued:
+        user = await self.backend.get_user(name)
+        password_ok = hs.verify_password(user.password_hash if user else None, password)
+        if user is None or not password_ok or user.totp_secret is None:
+            log.warning("login failed", extra={"user": name})
+            raise AuthError(LOGIN_FAILED)
+        step = hs.totp_step(user.totp_secret, otp, self.clock())
+        if step is None or not await self.backend.record_totp_step(name, step):
+            log.warning("login failed: one-time code", extra={"user": name})
+            raise AuthError(LOGIN_FAILED)
+        log.info("user login", extra={"user": name})
+        return await self.issue_user_certs(user, public_key, ttl)
+
+    async def issue_user_certs(self, user: User, public_key: str, ttl: int | None) -> Issued:
+        try:
+            pub = public_key_from_openssh(public_key)
+        except CAError as exc:
+            raise UsageError(f"bad public key: {exc}") from None
+        rules, cap = await self.rules_for(user)
+        ttl = min(ttl or DEFAULT_MAX_TTL, cap)
+        logins = allowed_logins(rules)
+        now = int(self.clock())
+        extensions = dict(DEFAULT_USER_EXTENSIONS)
+        extensions[RULES_EXTENSION] = encode_rules(rules)
+        extensions[ROLES_EXTENSION] = ",".join(user.roles)
+        ssh_cert = self.user_ca.sign_ssh_user_cert(
+            pub,
+            key_id=user.name,
+            principals=logins or [f"-remoteler-no-login-{user.name}"],
+            ttl_seconds=ttl,
+            now=now,
+            extensions=extensions,
+        )
+        tls_cert = self.user_ca.issue_x509(
+            pub, common_name=user.name, organization="remoteler-user", usage="client", ttl_seconds=ttl
+        )
+        return Issued(ssh_cert, tls_cert.decode(), now + ttl, tuple(logins))
+
+    # join --------------------------------------------------------------
+    async def add_token(self, kind: str, ttl: int, labels: Mapping[str, str]) -> tuple[str, Token]:
+        if kind != "node":
+            raise UsageError(f"bad token type {kind!r}: only 'node' is supported")
+        token = hs.new_token()
+        now = self.clock()
+        record = Token(hs.hash_token(token), kind, dict(labels), now, now + ttl, None)
+        await self.backend.add_token(record)
+        log.info("join token created", extra={"token_id": record.token_id, "ttl": ttl})
+        return token, record
+
+    async def join(
+        self, token: str, name: str, labels: Mapping[str, str], public_key: str, version: str
+    ) -> dict[str, Any]:
+        check_name("node", name)
+        token_hash = hs.hash_token(token)
+        record = await self.backend.get_token(token_hash)
+        now = self.clock()
+        bad = None
+        if record is None:
+            bad = "join token not recognised"
+        elif record.used_by is not None:
+            bad = "join token was already used"
+        elif record.expires <= now:
+            bad = "join token expired"
+        if bad or record is None:
+            log.warning("join refused: %s", bad, extra={"node_name": name})
+            raise AuthError(f"{bad}; ask the hub operator for a new one (tctl tokens add --type node)")
+        try:
+            pub = public_key_from_openssh(public_key)
+        except CAError as exc:
+            raise UsageError(f"bad public key: {exc}") from None
+        existing = await self.backend.get_node(name)
+        if existing is not None:
+            raise UsageError(
+                f"a node named {name!r} already exists; pick another --name "
+                f"or remove the old one with 'tctl nodes rm {name}'"
+            )
+        node_id = str(uuid.uuid4())
+        if not await self.backend.consume_token(token_hash, node_id, now):
+            raise AuthError("join token was already used; ask the hub operator for a new one")
+        merged = {**dict(labels), **dict(record.labels)}  # the operator's token labels win
+        await self.backend.add_node(
+            Node(id=node_id, name=name, labels=merged, version=version, joined=now)
+        )
+        ssh_cert = self.host_ca.sign_ssh_host_cert(pub, key_id=node_id, principals=[node_id, name])
+        tls_cert = self.host_ca.issue_x509(
+            pub,
+            common_name=node_id,
+            organization="remoteler-node",
+            usage="client",
+            ttl_seconds=NODE_X509_TTL,
+        )
+        log.info("node joined", extra={"node_id": node_id, "node_name": name, "token_id": record.token_id})
+        return {
+            "node_id": node_id,
+            "name": name,
+            "labels": merged,
+            "ssh_cert": ssh_cert,
+            "tls_cert": tls_cert.decode(),
+            "host_ca_pem": self.host_ca.x509_pem.decode(),
+            "user_ca_ssh": self.user_ca.ssh_public_line(),
+            "cluster": self.cluster,
+        }

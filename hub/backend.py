@@ -1,0 +1,356 @@
+"""The hub's state behind one small interface; SQLite (aiosqlite, WAL) is the default.
+
+Secrets are stored only as verifiers: join tokens and invites as SHA-256
+digests, passwords as Argon2id hashes. The TOTP seed is the one secret kept
+(it must be, to verify codes), in a 0600 database file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiosqlite
+
+from remoteler.access import PRESET_ROLES, Role
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    roles TEXT NOT NULL,
+    logins TEXT NOT NULL,
+    password_hash TEXT,
+    totp_secret TEXT,
+    totp_last_step INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS roles (name TEXT PRIMARY KEY, spec TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    used_by TEXT
+);
+CREATE TABLE IF NOT EXISTS invites (
+    token_hash TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    id TEXT PRIMARY KEY,
+    name TEXT UNIQUE NOT NULL,
+    labels TEXT NOT NULL,
+    version TEXT NOT NULL DEFAULT '',
+    online INTEGER NOT NULL DEFAULT 0,
+    last_seen REAL,
+    joined REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    roles: tuple[str, ...]
+    logins: tuple[str, ...]
+    password_hash: str | None
+    totp_secret: str | None
+    totp_last_step: int
+    created: float
+
+
+@dataclass(frozen=True)
+class Token:
+    token_hash: str
+    kind: str
+    labels: Mapping[str, str]
+    created: float
+    expires: float
+    used_by: str | None
+
+    @property
+    def token_id(self) -> str:
+        """Public handle of a token (a digest prefix): safe to list and log."""
+        return self.token_hash[:12]
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    version: str = ""
+    online: bool = False
+    last_seen: float | None = None
+    joined: float = 0.0
+
+
+class Backend(Protocol):
+    """What the hub needs from storage; every method is one transaction."""
+
+    async def close(self) -> None: ...
+    async def get_user(self, name: str) -> User | None: ...
+    async def list_users(self) -> list[User]: ...
+    async def put_user(self, user: User) -> None: ...
+    async def delete_user(self, name: str) -> bool: ...
+    async def record_totp_step(self, name: str, step: int) -> bool: ...
+    async def get_role(self, name: str) -> Role | None: ...
+    async def list_roles(self) -> list[Role]: ...
+    async def put_role(self, role: Role) -> None: ...
+    async def add_token(self, token: Token) -> None: ...
+    async def get_token(self, token_hash: str) -> Token | None: ...
+    async def list_tokens(self) -> list[Token]: ...
+    async def delete_token(self, token_id: str) -> int: ...
+    async def consume_token(self, token_hash: str, used_by: str, now: float) -> bool: ...
+    async def add_invite(self, token_hash: str, user: str, expires: float) -> None: ...
+    async def check_invite(self, token_hash: str, user: str, now: float) -> bool: ...
+    async def consume_invite(self, token_hash: str, user: str, now: float) -> bool: ...
+    async def add_node(self, node: Node) -> None: ...
+    async def get_node(self, key: str) -> Node | None: ...
+    async def list_nodes(self) -> list[Node]: ...
+    async def delete_node(self, key: str) -> bool: ...
+    async def set_node_online(self, node_id: str, online: bool, now: float) -> None: ...
+    async def update_heartbeats(
+        self, beats: Sequence[tuple[str, float, Mapping[str, str], str]]
+    ) -> None: ...
+    async def mark_all_offline(self) -> None: ...
+
+
+def _user(row: aiosqlite.Row) -> User:
+    return User(
+        name=row["name"],
+        roles=tuple(json.loads(row["roles"])),
+        logins=tuple(json.loads(row["logins"])),
+        password_hash=row["password_hash"],
+        totp_secret=row["totp_secret"],
+        totp_last_step=row["totp_last_step"],
+        created=row["created"],
+    )
+
+
+def _token(row: aiosqlite.Row) -> Token:
+    return Token(
+        token_hash=row["token_hash"],
+        kind=row["kind"],
+        labels=json.loads(row["labels"]),
+        created=row["created"],
+        expires=row["expires"],
+        used_by=row["used_by"],
+    )
+
+
+def _node(row: aiosqlite.Row) -> Node:
+    return Node(
+        id=row["id"],
+        name=row["name"],
+        labels=json.loads(row["labels"]),
+        version=row["version"],
+        online=bool(row["online"]),
+        last_seen=row["last_seen"],
+        joined=row["joined"],
+    )
+
+
+class SQLiteBackend:
+    """The embedded default: one SQLite file in WAL mode, shared with ``tctl``."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: Path) -> SQLiteBackend:
+        new = not path.exists()
+        if new:
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        db = await aiosqlite.connect(path, timeout=30)
+        db.row_factory = aiosqlite.Row
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA busy_timeout=30000")
+        await db.executescript(SCHEMA)
+        for role in PRESET_ROLES:
+            await db.execute(
+                "INSERT OR IGNORE INTO roles (name, spec) VALUES (?, ?)",
+                (role.name, json.dumps(role.to_dict())),
+            )
+        await db.commit()
+        return cls(db)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _one(self, sql: str, args: Sequence[Any]) -> aiosqlite.Row | None:
+        async with self._db.execute(sql, args) as cur:
+            return await cur.fetchone()
+
+    async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+        async with self._db.execute(sql, args) as cur:
+            return list(await cur.fetchall())
+
+    async def _write(self, sql: str, args: Sequence[Any]) -> int:
+        cur = await self._db.execute(sql, args)
+        await self._db.commit()
+        return cur.rowcount
+
+    # users
+    async def get_user(self, name: str) -> User | None:
+        row = await self._one("SELECT * FROM users WHERE name = ?", (name,))
+        return _user(row) if row else None
+
+    async def list_users(self) -> list[User]:
+        return [_user(r) for r in await self._all("SELECT * FROM users ORDER BY name")]
+
+    async def put_user(self, user: User) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                user.name,
+                json.dumps(list(user.roles)),
+                json.dumps(list(user.logins)),
+                user.password_hash,
+                user.totp_secret,
+                user.totp_last_step,
+                user.created,
+            ),
+        )
+
+    async def delete_user(self, name: str) -> bool:
+        return await self._write("DELETE FROM users WHERE name = ?", (name,)) > 0
+
+    async def record_totp_step(self, name: str, step: int) -> bool:
+        """Atomically accept a TOTP time step only if newer than the last one used."""
+        return (
+            await self._write(
+                "UPDATE users SET totp_last_step = ? WHERE name = ? AND totp_last_step < ?",
+                (step, name, step),
+            )
+            == 1
+        )
+
+    # roles
+    async def get_role(self, name: str) -> Role | None:
+        row = await self._one("SELECT spec FROM roles WHERE name = ?", (name,))
+        return Role.from_dict(json.loads(row["spec"])) if row else None
+
+    async def list_roles(self) -> list[Role]:
+        rows = await self._all("SELECT spec FROM roles ORDER BY name")
+        return [Role.from_dict(json.loads(r["spec"])) for r in rows]
+
+    async def put_role(self, role: Role) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO roles VALUES (?, ?)", (role.name, json.dumps(role.to_dict()))
+        )
+
+    # join tokens
+    async def add_token(self, token: Token) -> None:
+        await self._write(
+            "INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                token.token_hash,
+                token.kind,
+                json.dumps(dict(token.labels)),
+                token.created,
+                token.expires,
+                token.used_by,
+            ),
+        )
+
+    async def get_token(self, token_hash: str) -> Token | None:
+        row = await self._one("SELECT * FROM tokens WHERE token_hash = ?", (token_hash,))
+        return _token(row) if row else None
+
+    async def list_tokens(self) -> list[Token]:
+        return [_token(r) for r in await self._all("SELECT * FROM tokens ORDER BY created")]
+
+    async def delete_token(self, token_id: str) -> int:
+        if len(token_id) < 6:
+            return 0
+        return await self._write(
+            "DELETE FROM tokens WHERE substr(token_hash, 1, ?) = ?", (len(token_id), token_id)
+        )
+
+    async def consume_token(self, token_hash: str, used_by: str, now: float) -> bool:
+        """Single use: mark the token used in the same statement that checks it."""
+        return (
+            await self._write(
+                "UPDATE tokens SET used_by = ? WHERE token_hash = ? AND used_by IS NULL "
+                "AND expires > ?",
+                (used_by, token_hash, now),
+            )
+            == 1
+        )
+
+    # invites
+    async def add_invite(self, token_hash: str, user: str, expires: float) -> None:
+        await self._write("INSERT INTO invites VALUES (?, ?, ?)", (token_hash, user, expires))
+
+    async def check_invite(self, token_hash: str, user: str, now: float) -> bool:
+        row = await self._one(
+            "SELECT 1 FROM invites WHERE token_hash = ? AND user = ? AND expires > ?",
+            (token_hash, user, now),
+        )
+        return row is not None
+
+    async def consume_invite(self, token_hash: str, user: str, now: float) -> bool:
+        return (
+            await self._write(
+                "DELETE FROM invites WHERE token_hash = ? AND user = ? AND expires > ?",
+                (token_hash, user, now),
+            )
+            == 1
+        )
+
+    # nodes
+    async def add_node(self, node: Node) -> None:
+        await self._write(
+            "INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                node.id,
+                node.name,
+                json.dumps(dict(node.labels)),
+                node.version,
+                int(node.online),
+                node.last_seen,
+                node.joined,
+            ),
+        )
+
+    async def get_node(self, key: str) -> Node | None:
+        row = await self._one("SELECT * FROM nodes WHERE id = ? OR name = ?", (key, key))
+        return _node(row) if row else None
+
+    async def list_nodes(self) -> list[Node]:
+        return [_node(r) for r in await self._all("SELECT * FROM nodes ORDER BY name")]
+
+    async def delete_node(self, key: str) -> bool:
+        return await self._write("DELETE FROM nodes WHERE id = ? OR name = ?", (key, key)) > 0
+
+    async def set_node_online(self, node_id: str, online: bool, now: float) -> None:
+        await self._write(
+            "UPDATE nodes SET online = ?, last_seen = ? WHERE id = ?", (int(online), now, node_id)
+        )
+
+    async def update_heartbeats(
+        self, beats: Sequence[tuple[str, float, Mapping[str, str], str]]
+    ) -> None:
+        """Batch of (node id, last seen, labels, version), one transaction."""
+        await self._db.executemany(
+            "UPDATE nodes SET last_seen = ?, labels = ?, version = ? WHERE id = ?",
+            [(seen, json.dumps(dict(labels)), ver, nid) for nid, seen, labels, ver in beats],
+        )
+        await self._db.commit()
+
+    async def mark_all_offline(self) -> None:
+        await self._write("UPDATE nodes SET online = 0 WHERE online = 1", ())
+
+
+def now() -> float:
+    return time.time()

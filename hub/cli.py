@@ -1,0 +1,95 @@
+"""``hub start``: run the hub (auth + proxy) on one TLS port."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from remoteler.addr import format_hostport, parse_hostport
+from remoteler.errors import RemotelerError
+
+log = logging.getLogger("remoteler.hub")
+DEFAULT_LISTEN = "127.0.0.1:3080"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hub", description="Remoteler hub: auth and proxy")
+    sub = parser.add_subparsers(dest="command", required=True)
+    start = sub.add_parser("start", help="start the hub")
+    start.add_argument("--data-dir", default="/var/lib/remoteler-hub", help="state directory")
+    start.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (port 0 picks one)")
+    start.add_argument("--cluster-name", default="remoteler", help="name used on first start")
+    start.add_argument(
+        "--public-addr", action="append", default=[], help="extra name in the TLS certificate"
+    )
+    start.add_argument("--log-level", default="INFO")
+    return parser
+
+
+async def run(args: argparse.Namespace) -> None:
+    from hub.auth import AuthService
+    from hub.backend import SQLiteBackend
+    from hub.datadir import DataDir
+    from hub.server import HubServer
+    from remoteler.tlsutil import server_context
+
+    host, port = parse_hostport(args.listen)
+    data = DataDir(Path(args.data_dir))
+    cluster = data.init(args.cluster_name)
+    user_ca, host_ca = data.load_ca("user"), data.load_ca("host")
+    cert, key = data.issue_server_identity(host_ca, [host, *args.public_addr])
+    ssl_ctx = server_context(cert, key, [user_ca.x509_pem, host_ca.x509_pem])
+    backend = await SQLiteBackend.open(data.db_path)
+    await backend.mark_all_offline()
+    server = HubServer(AuthService(backend, user_ca, host_ca, cluster), backend)
+    bound_host, bound_port = await server.start(host, port, ssl_ctx)
+    addr = format_hostport(bound_host, bound_port)
+    data.addr_file.write_text(addr + "\n")
+    log.info(
+        "hub listening",
+        extra={"addr": addr, "cluster": cluster, "ca_pin": host_ca.pin(), "data_dir": str(data.path)},
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    flusher = asyncio.ensure_future(server.registry.run_flusher())
+    try:
+        await stop.wait()
+        log.info("hub stopping")
+    finally:
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        await server.close()
+        with contextlib.suppress(Exception):
+            await server.registry.flush()
+        await backend.mark_all_offline()
+        await backend.close()
+        with contextlib.suppress(FileNotFoundError):
+            data.addr_file.unlink()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from remoteler import logs
+
+    args = build_parser().parse_args(argv)
+    logs.setup(args.log_level)
+    try:
+        asyncio.run(run(args))
+    except RemotelerError as err:
+        print(f"hub: {err}", file=sys.stderr)
+        return err.exit_code
+    except OSError as err:
+        print(f"hub: cannot listen on {args.listen}: {err.strerror or err}; pick another --listen", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

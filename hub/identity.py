@@ -1,0 +1,56 @@
+"""Who is on the other end of a TLS connection: a user, a node, or nobody.
+
+TLS has already verified the chain against the two CA roots; this decides
+which CA signed the leaf, so a node certificate never opens the user endpoint
+and a user certificate never opens the tunnel endpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from remoteler.ca import CertAuthority
+
+
+@dataclass(frozen=True)
+class Identity:
+    kind: Literal["user", "node"]
+    #: user name, or node id
+    name: str
+
+
+def _signed_by(cert: x509.Certificate, ca: CertAuthority) -> bool:
+    pub = ca.public_key
+    if not isinstance(pub, Ed25519PublicKey):
+        return False
+    try:
+        pub.verify(cert.signature, cert.tbs_certificate_bytes)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def peer_identity(
+    transport: Any, user_ca: CertAuthority, host_ca: CertAuthority
+) -> Identity | None:
+    ssl_object = transport.get_extra_info("ssl_object") if transport else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+    if not der:
+        return None
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+    except (ValueError, IndexError):
+        return None
+    if not isinstance(cn, str):
+        return None
+    if _signed_by(cert, user_ca):
+        return Identity("user", cn)
+    if _signed_by(cert, host_ca):
+        return Identity("node", cn)
+    return None

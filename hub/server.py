@@ -1,0 +1,378 @@
+"""The hub's one TLS port: ``/v1/rpc``, ``/v1/tunnel`` (agents), ``/v1/connect`` (users).
+
+The proxy never decrypts a session: after the access check it asks the node's
+agent for an ``ssh`` channel and only copies bytes between the user's
+websocket and that channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from hub.auth import AuthService, Issued, check_name
+from hub.backend import Backend, Node
+from hub.identity import Identity, peer_identity
+from hub.tunnels import TunnelRegistry
+from remoteler import rpc
+from remoteler.access import check_access, labels_match
+from remoteler.addr import parse_labels
+from remoteler.errors import (
+    AccessDenied,
+    AuthError,
+    NodeError,
+    RemotelerError,
+    UsageError,
+)
+from remoteler.hubconn import ERROR_HEADER
+from remoteler.wire.aio import ChannelRequest, Tunnel
+from remoteler.wire.codes import OpenFailure
+from remoteler.wire.connection import Connection, Role
+from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
+from remoteler.wire.limits import Limits
+
+log = logging.getLogger("remoteler.hub.proxy")
+
+TUNNEL_SUBPROTOCOL = "remoteler.tunnel.v1"
+CONNECT_SUBPROTOCOL = "remoteler.connect.v1"
+VERSION = "0.1.0"
+MAX_CONNECT_MESSAGE = 1 << 20
+
+Handler = Callable[[Identity | None, dict[str, Any]], Awaitable[Any]]
+
+
+def _refuse(connection: ServerConnection, status: HTTPStatus, err: RemotelerError) -> Response:
+    response = connection.respond(status, err.message + "\n")
+    response.headers[ERROR_HEADER] = err.code
+    return response
+
+
+class HubServer:
+    def __init__(
+        self,
+        auth: AuthService,
+        backend: Backend,
+        limits: Limits | None = None,
+    ) -> None:
+        self.auth = auth
+        self.backend = backend
+        self.limits = limits or Limits()
+        self.registry = TunnelRegistry(backend)
+        self.server: Server | None = None
+        self.methods: dict[str, Handler] = {
+            "ping": self.rpc_ping,
+            "login": self.rpc_login,
+            "invite.info": self.rpc_invite_info,
+            "invite.accept": self.rpc_invite_accept,
+            "join": self.rpc_join,
+            "nodes.list": self.rpc_nodes_list,
+        }
+
+    # lifecycle -----------------------------------------------------------
+    async def start(self, host: str, port: int, ssl_ctx: Any) -> tuple[str, int]:
+        self.server = await serve(
+            self.handle,
+            host,
+            port,
+            ssl=ssl_ctx,
+            compression=None,  # SSH bytes are encrypted: deflate only burns CPU and memory
+            max_size=max(self.limits.max_frame_bytes, MAX_CONNECT_MESSAGE) + 1024,
+            process_request=self.process_request,
+            subprotocols=[TUNNEL_SUBPROTOCOL, CONNECT_SUBPROTOCOL, rpc.SUBPROTOCOL],  # type: ignore[list-item]
+            ping_interval=None,
+            server_header=None,
+            open_timeout=15,
+        )
+        sock = next(iter(self.server.sockets))
+        addr = sock.getsockname()
+        return addr[0], addr[1]
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close(close_connections=True)
+            await self.server.wait_closed()
+
+    # handshake: route and authorise before the upgrade -------------------
+    async def process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        url = urlsplit(request.path)
+        ident = peer_identity(connection.transport, self.auth.user_ca, self.auth.host_ca)
+        connection.remoteler_identity = ident  # type: ignore[attr-defined]
+        try:
+            if url.path == "/v1/rpc":
+                return None
+            if url.path == "/v1/tunnel":
+                if ident is None or ident.kind != "node":
+                    raise AuthError("the tunnel endpoint needs a node certificate from the host CA")
+                if await self.backend.get_node(ident.name) is None:
+                    raise AuthError("this node was removed from the hub; join again with a new token")
+                return None
+            if url.path == "/v1/connect":
+                query = parse_qs(url.query)
+                node_key = (query.get("node") or [""])[0]
+                login = (query.get("login") or [""])[0]
+                node = await self.authorize_connect(ident, node_key, login)
+                connection.remoteler_target = (node, login)  # type: ignore[attr-defined]
+                return None
+        except AuthError as err:
+            return _refuse(connection, HTTPStatus.UNAUTHORIZED, err)
+        except AccessDenied as err:
+            return _refuse(connection, HTTPStatus.FORBIDDEN, err)
+        except NodeError as err:
+            return _refuse(connection, HTTPStatus.NOT_FOUND, err)
+        except UsageError as err:
+            return _refuse(connection, HTTPStatus.BAD_REQUEST, err)
+        return _refuse(connection, HTTPStatus.NOT_FOUND, UsageError(f"no such endpoint {url.path!r}"))
+
+    async def authorize_connect(self, ident: Identity | None, node_key: str, login: str) -> Node:
+        if ident is None or ident.kind != "user":
+            raise AuthError("connecting to a node needs a user certificate: run 'tsh login'")
+        user = await self.backend.get_user(ident.name)
+        if user is None:
+            raise AuthError(f"user {ident.name!r} no longer exists; ask an admin")
+        if not node_key or not login:
+            raise UsageError("give a node and a login, as in 'tsh ssh login@node'")
+        node = await self.backend.get_node(node_key)
+        if node is None:
+            raise NodeError(f"unknown node {node_key!r}; list nodes with 'tsh ls'")
+        live = self.registry.get(node.id)
+        labels = live.labels if live and live.labels else node.labels
+        rules, _ = await self.auth.rules_for(user)
+        reason = check_access(rules, login, labels, node=node.name, user=user.name)
+        if reason:
+            log.warning(
+                "connect denied",
+                extra={"user": user.name, "login": login, "node_id": node.id},
+            )
+            raise AccessDenied(reason)
+        if live is None:
+            seen = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(node.last_seen or 0))
+            raise NodeError(
+                f"node {node.name!r} is offline (last seen {seen}); try again when it reconnects"
+            )
+        return node
+
+    # connections -----------------------------------------------------------
+    async def handle(self, ws: ServerConnection) -> None:
+        path = urlsplit(ws.request.path if ws.request else "").path
+        ident: Identity | None = getattr(ws, "remoteler_identity", None)
+        try:
+            if path == "/v1/tunnel" and ident is not None:
+                await self.serve_tunnel(ws, ident.name)
+            elif path == "/v1/connect":
+                node, login = ws.remoteler_target  # type: ignore[attr-defined]
+                assert ident is not None
+                await self.serve_connect(ws, ident.name, node, login)
+            elif path == "/v1/rpc":
+                await self.serve_rpc(ws, ident)
+        except ConnectionClosed:
+            pass
+
+    async def serve_tunnel(self, ws: ServerConnection, node_id: str) -> None:
+        core = Connection(Role.LISTENER, self.limits, now=time.monotonic())
+        tunnel = Tunnel(
+            ws,
+            core,
+            on_channel=self._agent_channel,
+            on_heartbeat=lambda payload: self.registry.heartbeat(node_id, payload),
+        )
+        await self.registry.register(node_id, tunnel)
+        log.info("tunnel up", extra={"node_id": node_id, "peer": _peer(ws)})
+        try:
+            await tunnel.run()
+        finally:
+            await self.registry.unregister(node_id, tunnel)
+            log.info(
+                "tunnel down",
+                extra={"node_id": node_id, "code": getattr(tunnel.close_code, "name", None)},
+            )
+
+    async def _agent_channel(self, request: ChannelRequest) -> None:
+        request.reject(OpenFailure.UNKNOWN_KIND, f"unknown channel kind {request.kind[:32]!r}")
+
+    async def serve_connect(self, ws: ServerConnection, user: str, node: Node, login: str) -> None:
+        live = self.registry.get(node.id)
+        session_id = str(uuid.uuid4())
+        fields = {"user": user, "login": login, "node_id": node.id, "session_id": session_id}
+        if live is None:
+            await ws.close(4503, f"node {node.name!r} went offline; try again when it reconnects")
+            return
+        try:
+            channel = await live.tunnel.open_channel(
+                "ssh", {"user": user, "login": login, "session_id": session_id}, timeout=15
+            )
+        except (ChannelOpenError, TunnelClosed, TimeoutError) as exc:
+            log.warning("connect failed: %s", type(exc).__name__, extra=fields)
+            await ws.close(4502, f"node {node.name!r} did not accept the session; try again")
+            return
+        log.info("session relay start", extra=fields)
+        sent = received = 0
+
+        async def user_to_node() -> None:
+            nonlocal sent
+            async for message in ws:
+                if isinstance(message, str):
+                    await ws.close(1003, "binary messages only")
+                    return
+                sent += len(message)
+                channel.write(message)
+                await channel.drain()
+            channel.write_eof()
+
+        async def node_to_user() -> None:
+            nonlocal received
+            while data := await channel.read():
+                received += len(data)
+                await ws.send(data)
+            await ws.close()
+
+        tasks = [asyncio.ensure_future(user_to_node()), asyncio.ensure_future(node_to_user())]
+        try:
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            # Let the other direction finish its last bytes briefly, then stop.
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            channel.close()
+            log.info("session relay end", extra={**fields, "bytes_in": sent, "bytes_out": received})
+
+    async def serve_rpc(self, ws: ServerConnection, ident: Identity | None) -> None:
+        async for message in ws:
+            try:
+                req_id, method, params = rpc.parse_request(message)
+            except rpc.RpcFormatError:
+                await ws.close(1002, "malformed RPC message")
+                return
+            handler = self.methods.get(method)
+            try:
+                if handler is None:
+                    raise UsageError(f"unknown method {method[:40]!r}; upgrade tsh or the agent")
+                result = await handler(ident, params)
+                await ws.send(rpc.result_message(req_id, result))
+            except RemotelerError as err:
+                await ws.send(rpc.error_message(req_id, err))
+            except (KeyError, TypeError, ValueError):
+                await ws.send(rpc.error_message(req_id, UsageError(f"bad parameters for {method}")))
+            except Exception:
+                log.exception("rpc failed", extra={"method": method})
+                await ws.send(
+                    rpc.error_message(req_id, RemotelerError("internal error on the hub; see its log"))
+                )
+
+    # rpc methods -------------------------------------------------------------
+    async def rpc_ping(self, ident: Identity | None, params: dict[str, Any]) -> Any:
+        return {
+            "cluster": self.auth.cluster,
+            "version": VERSION,
+            "host_ca_pem": self.auth.host_ca.x509_pem.decode(),
+            "user_ca_pem": self.auth.user_ca.x509_pem.decode(),
+            "host_ca_ssh": self.auth.host_ca.ssh_public_line(),
+            "user_ca_ssh": self.auth.user_ca.ssh_public_line(),
+        }
+
+    async def rpc_login(self, ident: Identity | None, params: dict[str, Any]) -> Any:
+        ttl = params.get("ttl")
+        issued = await self.auth.login(
+            _str(params, "user"),
+            _str(params, "password"),
+            _str(params, "otp"),
+            _str(params, "public_key"),
+            int(ttl) if isinstance(ttl, int) and ttl > 0 else None,
+        )
+        return _issued(issued)
+
+    async def rpc_invite_info(self, ident: Identity | None, params: dict[str, Any]) -> Any:
+        return await self.auth.invite_info(_str(params, "user"), _str(params, "invite"))
+
+    async def rpc_invite_accept(self, ident: Identity | None, params: dict[str, Any]) -> Any:
+        ttl = params.get("ttl")
+        issued = await self.auth.accept_invite(
+            _str(params, "user"),
+            _str(params, "invite"),
+            _str(params, "password"),
+            _str(params, "otp"),
+            _str(params, "public_key"),
+            int(ttl) if isinstance(ttl, int) and ttl > 0 else None,
+        )
+        return _issued(issued)
+
+    async def rpc_join(self, ident: Identity | None, params: dict[str, Any]) -> Any:
+        labels = params.get("labels") or {}
+        if not isinstance(labels, dict):
+            raise UsageError("labels must be a map")
+        return await self.auth.join(
+            _str(params, "token"),
+            check_name("node", _str(params, "name")),
+            parse_labels(",".join(f"{k}={v}" for k, v in labels.items())),
+            _str(params, "public_key"),
+            str(params.get("version", ""))[:64],
+        )
+
+    async def rpc_nodes_list(self, ident: Identity | None, params: dict[str, Any]) -> Any:
+        if ident is None or ident.kind != "user":
+            raise AuthError("listing nodes needs a user certificate: run 'tsh login'")
+        user = await self.backend.get_user(ident.name)
+        if user is None:
+            raise AuthError(f"user {ident.name!r} no longer exists; ask an admin")
+        rules, _ = await self.auth.rules_for(user)
+        want = params.get("labels") or {}
+        out = []
+        for node in await self.backend.list_nodes():
+            live = self.registry.get(node.id)
+            labels = dict(live.labels) if live and live.labels else dict(node.labels)
+            if not any(labels_match(r.node_labels, labels) for r in rules):
+                continue  # as Teleport: users only see nodes their roles match
+            if any(labels.get(k) != v for k, v in want.items()):
+                continue
+            out.append(
+                {
+                    "id": node.id,
+                    "name": node.name,
+                    "labels": labels,
+                    "online": live is not None,
+                    "last_seen": live.last_seen if live else node.last_seen,
+                    "version": (live.version if live else "") or node.version,
+                }
+            )
+        return out
+
+
+def _issued(issued: Issued) -> dict[str, Any]:
+    return {
+        "ssh_cert": issued.ssh_cert,
+        "tls_cert": issued.tls_cert,
+        "expires": issued.expires,
+        "logins": list(issued.logins),
+    }
+
+
+def _str(params: dict[str, Any], key: str) -> str:
+    value = params.get(key)
+    if not isinstance(value, str):
+        raise UsageError(f"missing parameter {key!r}")
+    return value
+
+
+def _peer(ws: ServerConnection) -> str:
+    try:
+        host, port = ws.remote_address[:2]
+    except (TypeError, ValueError):
+        return "?"
+    return f"{host}:{port}"

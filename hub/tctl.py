@@ -1,0 +1,316 @@
+"""``tctl``: administer a hub from its host, directly on its data directory.
+
+JSON output (``--format json``) is stable: keys are only ever added. See
+docs/tctl.md for every shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from remoteler.addr import format_labels, parse_labels
+from remoteler.errors import RemotelerError, UsageError
+
+DEFAULT_DATA_DIR = "/var/lib/remoteler-hub"
+
+
+def _fmt_time(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "never"
+
+
+def _table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    if getattr(args, "format", "text") == "json":
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tctl", description="Administer a Remoteler hub")
+    p.add_argument(
+        "--data-dir",
+        default=os.environ.get("REMOTELER_HUB_DATA", DEFAULT_DATA_DIR),
+        help="the hub's data directory (env REMOTELER_HUB_DATA)",
+    )
+    sub = p.add_subparsers(dest="group", required=True)
+
+    def fmt(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--format", choices=["text", "json"], default="text")
+
+    users = sub.add_parser("users", help="manage users").add_subparsers(dest="cmd", required=True)
+    ua = users.add_parser("add", help="add a user (prints an invite unless a password is given)")
+    ua.add_argument("name")
+    ua.add_argument("--roles", default="access", help="comma-separated roles (default: access)")
+    ua.add_argument("--logins", default="", help="comma-separated OS logins, e.g. pi,root")
+    ua.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    ua.add_argument("--totp-secret", help="base32 TOTP seed (default: generated and printed)")
+    fmt(ua)
+    fmt(users.add_parser("ls", help="list users"))
+    users.add_parser("rm", help="remove a user").add_argument("name")
+
+    tokens = sub.add_parser("tokens", help="manage join tokens").add_subparsers(
+        dest="cmd", required=True
+    )
+    ta = tokens.add_parser("add", help="create a join token")
+    ta.add_argument("--type", default="node", dest="kind")
+    ta.add_argument("--ttl", default="1h")
+    ta.add_argument("--labels", default="", help="labels the joining node gets, k=v,...")
+    fmt(ta)
+    fmt(tokens.add_parser("ls", help="list join tokens"))
+    tokens.add_parser("rm", help="remove a join token").add_argument("token_id")
+
+    nodes = sub.add_parser("nodes", help="manage nodes").add_subparsers(dest="cmd", required=True)
+    fmt(nodes.add_parser("ls", help="list nodes"))
+    nodes.add_parser("rm", help="remove a node (its identity stops working)").add_argument("name")
+
+    authp = sub.add_parser("auth", help="certificates").add_subparsers(dest="cmd", required=True)
+    sign = authp.add_parser("sign", help="write an identity file for a user (automation)")
+    sign.add_argument("--user", required=True)
+    sign.add_argument("--ttl", default="12h")
+    sign.add_argument("-o", "--out", required=True, help="identity file path")
+    export = authp.add_parser("export", help="print a CA for OpenSSH")
+    export.add_argument("--type", choices=["user", "host"], required=True, dest="kind")
+
+    fmt(sub.add_parser("status", help="hub address and CA pins"))
+    return p
+
+
+async def _backend(args: argparse.Namespace) -> Any:
+    from hub.backend import SQLiteBackend
+    from hub.datadir import DataDir
+
+    data = DataDir(Path(args.data_dir))
+    data.cluster_name()  # clear error if this is not a hub data dir
+    return await SQLiteBackend.open(data.db_path)
+
+
+async def _auth(args: argparse.Namespace) -> Any:
+    from hub.auth import AuthService
+    from hub.datadir import DataDir
+
+    data = DataDir(Path(args.data_dir))
+    backend = await _backend(args)
+    return AuthService(backend, data.load_ca("user"), data.load_ca("host"), data.cluster_name())
+
+
+def _hub_addr(args: argparse.Namespace) -> str:
+    from hub.datadir import DataDir
+
+    path = DataDir(Path(args.data_dir)).addr_file
+    return path.read_text().strip() if path.exists() else "not running"
+
+
+async def cmd_users(args: argparse.Namespace) -> None:
+    auth = await _auth(args)
+    try:
+        if args.cmd == "add":
+            password = None
+            if args.password_stdin:
+                password = sys.stdin.readline().rstrip("\n")
+            roles = [r for r in args.roles.split(",") if r]
+            logins = [x for x in args.logins.split(",") if x]
+            user, invite = await auth.add_user(args.name, roles, logins, password, args.totp_secret)
+            from hub.secrets import totp_uri
+
+            data: dict[str, Any] = {"user": user.name, "roles": list(user.roles), "logins": list(user.logins)}
+            if invite:
+                data["invite"] = invite
+                data["invite_expires"] = int(time.time()) + 24 * 3600
+                text = (
+                    f"User {user.name!r} created. Invite (valid 24h, use once):\n"
+                    f"  tsh login --proxy {_hub_addr(args)} --user {user.name} --invite {invite}"
+                )
+            else:
+                assert user.totp_secret is not None
+                data["totp_uri"] = totp_uri(user.totp_secret, user.name, auth.cluster)
+                text = f"User {user.name!r} created.\nTOTP: {data['totp_uri']}"
+            _emit(args, data, text)
+        elif args.cmd == "ls":
+            users = await auth.backend.list_users()
+            rows = [[u.name, ",".join(u.roles), ",".join(u.logins)] for u in users]
+            data_ls = [{"name": u.name, "roles": list(u.roles), "logins": list(u.logins)} for u in users]
+            _emit(args, data_ls, _table(rows, ["User", "Roles", "Logins"]))
+        elif args.cmd == "rm":
+            if not await auth.backend.delete_user(args.name):
+                raise UsageError(f"no user {args.name!r}; see 'tctl users ls'")
+            print(f"User {args.name!r} removed.")
+    finally:
+        await auth.backend.close()
+
+
+async def cmd_tokens(args: argparse.Namespace) -> None:
+    from remoteler.addr import parse_ttl
+
+    auth = await _auth(args)
+    try:
+        if args.cmd == "add":
+            ttl = parse_ttl(args.ttl)
+            token, rec = await auth.add_token(args.kind, ttl, parse_labels(args.labels))
+            pin = auth.host_ca.pin()
+            hub = _hub_addr(args)
+            data = {
+                "token": token,
+                "token_id": rec.token_id,
+                "type": rec.kind,
+                "expires": int(rec.expires),
+                "labels": dict(rec.labels),
+                "ca_pin": pin,
+                "hub": hub,
+            }
+            text = (
+                f"Join token (single use, expires {_fmt_time(rec.expires)}): {token}\n"
+                f"Start the agent on the device with:\n"
+                f"  edge-agent start --hub {hub} --token {token} --ca-pin {pin} "
+                f"--name NAME --labels k=v --data-dir /var/lib/remoteler-agent"
+            )
+            _emit(args, data, text)
+        elif args.cmd == "ls":
+            now = time.time()
+            toks = await auth.backend.list_tokens()
+            items = [
+                {
+                    "token_id": t.token_id,
+                    "type": t.kind,
+                    "labels": dict(t.labels),
+                    "expires": int(t.expires),
+                    "state": "used" if t.used_by else ("expired" if t.expires <= now else "valid"),
+                }
+                for t in toks
+            ]
+            rows = [
+                [i["token_id"], i["type"], format_labels(i["labels"]), _fmt_time(i["expires"]), i["state"]]
+                for i in items
+            ]
+            _emit(args, items, _table(rows, ["Token ID", "Type", "Labels", "Expires", "State"]))
+        elif args.cmd == "rm":
+            if not await auth.backend.delete_token(args.token_id):
+                raise UsageError(f"no token with id {args.token_id!r}; see 'tctl tokens ls'")
+            print(f"Token {args.token_id} removed.")
+    finally:
+        await auth.backend.close()
+
+
+async def cmd_nodes(args: argparse.Namespace) -> None:
+    backend = await _backend(args)
+    try:
+        if args.cmd == "ls":
+            nodes = await backend.list_nodes()
+            items = [
+                {
+                    "id": n.id,
+                    "name": n.name,
+                    "labels": dict(n.labels),
+                    "online": n.online,
+                    "last_seen": n.last_seen,
+                    "version": n.version,
+                }
+                for n in nodes
+            ]
+            rows = [
+                [n.name, n.id, format_labels(dict(n.labels)), "online" if n.online else "offline", _fmt_time(n.last_seen)]
+                for n in nodes
+            ]
+            _emit(args, items, _table(rows, ["Node", "ID", "Labels", "Status", "Last seen"]))
+        elif args.cmd == "rm":
+            if not await backend.delete_node(args.name):
+                raise UsageError(f"no node {args.name!r}; see 'tctl nodes ls'")
+            print(f"Node {args.name!r} removed; its agent must join again with a new token.")
+    finally:
+        await backend.close()
+
+
+async def cmd_auth(args: argparse.Namespace) -> None:
+    from remoteler.addr import parse_ttl
+    from hub.datadir import DataDir
+
+    if args.cmd == "export":
+        ca = DataDir(Path(args.data_dir)).load_ca(args.kind)
+        print(ca.known_hosts_line() if args.kind == "host" else ca.trusted_user_ca_line())
+        return
+    auth = await _auth(args)
+    try:
+        from remoteler.identity import write_identity_file
+        from remoteler.ca import generate_private_key, public_key_to_openssh
+
+        user = await auth.backend.get_user(args.user)
+        if user is None:
+            raise UsageError(f"no user {args.user!r}; create it with 'tctl users add'")
+        key = generate_private_key()
+        issued = await auth.issue_user_certs(user, public_key_to_openssh(key.public_key()), parse_ttl(args.ttl))
+        files = write_identity_file(
+            Path(args.out), key, issued.ssh_cert, issued.tls_cert.encode(), auth.host_ca.x509_pem
+        )
+        print(f"Identity for {user.name!r} valid until {_fmt_time(issued.expires)} written to:")
+        for f in files:
+            print(f"  {f}")
+    finally:
+        await auth.backend.close()
+
+
+async def cmd_status(args: argparse.Namespace) -> None:
+    from hub.datadir import DataDir
+
+    data = DataDir(Path(args.data_dir))
+    cluster = data.cluster_name()
+    user_ca, host_ca = data.load_ca("user"), data.load_ca("host")
+    backend = await _backend(args)
+    try:
+        nodes = await backend.list_nodes()
+    finally:
+        await backend.close()
+    info = {
+        "cluster": cluster,
+        "hub": _hub_addr(args),
+        "ca_pin": host_ca.pin(),
+        "user_ca_pin": user_ca.pin(),
+        "nodes": len(nodes),
+        "nodes_online": sum(1 for n in nodes if n.online),
+    }
+    text = "\n".join(
+        [
+            f"Cluster:  {cluster}",
+            f"Hub:      {info['hub']}",
+            f"CA pin:   {info['ca_pin']}",
+            f"Nodes:    {info['nodes']} ({info['nodes_online']} online)",
+        ]
+    )
+    _emit(args, info, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {
+        "users": cmd_users,
+        "tokens": cmd_tokens,
+        "nodes": cmd_nodes,
+        "auth": cmd_auth,
+        "status": cmd_status,
+    }[args.group]
+    try:
+        asyncio.run(handler(args))
+    except RemotelerError as err:
+        print(f"tctl: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

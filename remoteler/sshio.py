@@ -1,0 +1,261 @@
+"""Run asyncssh over a byte pipe instead of a TCP socket.
+
+The SSH session is end to end between tsh and the device; in between it rides
+a websocket (tsh to hub) and a tunnel channel (hub to agent). This module
+adapts either pipe to an :class:`asyncio.Transport`, so asyncssh's client and
+server connections run over them unchanged (``asyncssh.connect(tunnel=...)``
+and ``asyncssh.connect_reverse(tunnel=...)``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any, Protocol
+
+HIGH_WATER = 1 << 20
+
+
+class BytePipe(Protocol):
+    async def recv(self) -> bytes:
+        """Next chunk, or b"" at the end."""
+
+    def send(self, data: bytes) -> None:
+        """Queue bytes; never blocks."""
+
+    def buffered(self) -> int: ...
+
+    async def drain(self) -> None: ...
+
+    def send_eof(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class WebSocketPipe:
+    """A websocket carrying raw bytes as binary messages (the ``/v1/connect`` leg)."""
+
+    def __init__(self, ws: Any) -> None:
+        self._ws = ws
+        self._queue: list[bytes] = []
+        self._size = 0
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = False
+        self._writer = asyncio.ensure_future(self._write_loop())
+
+    async def _write_loop(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._queue:
+                    chunk = b"".join(self._queue)
+                    self._queue.clear()
+                    self._size = 0
+                    await self._ws.send(chunk)
+                self._idle.set()
+                if self._closed:
+                    break
+        except ConnectionClosed:
+            self._queue.clear()
+            self._size = 0
+            self._idle.set()
+        finally:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+
+    async def recv(self) -> bytes:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            data = await self._ws.recv()
+        except ConnectionClosed:
+            return b""
+        return data if isinstance(data, bytes) else b""
+
+    def send(self, data: bytes) -> None:
+        if self._closed or self._writer.done():
+            return
+        self._queue.append(bytes(data))
+        self._size += len(data)
+        self._idle.clear()
+        self._wake.set()
+
+    def buffered(self) -> int:
+        return self._size
+
+    async def drain(self) -> None:
+        await self._idle.wait()
+
+    def send_eof(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+    @property
+    def close_reason(self) -> str:
+        rcvd = getattr(self._ws, "close_rcvd", None)
+        return str(getattr(rcvd, "reason", "") or "")
+
+
+class ChannelPipe:
+    """A tunnel channel (the hub-to-agent leg), from :mod:`remoteler.wire.aio`."""
+
+    def __init__(self, channel: Any) -> None:
+        self._channel = channel
+
+    async def recv(self) -> bytes:
+        data: bytes = await self._channel.read()
+        return data
+
+    def send(self, data: bytes) -> None:
+        if not self._channel.is_closed:
+            with contextlib.suppress(Exception):
+                self._channel.write(bytes(data))
+
+    def buffered(self) -> int:
+        return int(self._channel.buffered_amount) if hasattr(self._channel, "buffered_amount") else 0
+
+    async def drain(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._channel.drain()
+
+    def send_eof(self) -> None:
+        with contextlib.suppress(Exception):
+            self._channel.write_eof()
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class PipeTransport(asyncio.Transport):
+    """An asyncio transport over a :class:`BytePipe`."""
+
+    def __init__(self, pipe: BytePipe, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(extra)
+        self._pipe = pipe
+        self._protocol: asyncio.Protocol | None = None
+        self._closing = False
+        self._lost = False
+        self._paused_writing = False
+        self._reading = asyncio.Event()
+        self._reading.set()
+        self._reader: asyncio.Future[None] | None = None
+        self._drainer: asyncio.Future[None] | None = None
+
+    def start(self, protocol: asyncio.Protocol) -> None:
+        self._protocol = protocol
+        protocol.connection_made(self)
+        self._reader = asyncio.ensure_future(self._read_loop())
+
+    async def _read_loop(self) -> None:
+        assert self._protocol is not None
+        try:
+            while not self._closing:
+                await self._reading.wait()
+                data = await self._pipe.recv()
+                if not data:
+                    break
+                self._protocol.data_received(data)
+            if not self._closing:
+                self._protocol.eof_received()
+        finally:
+            self._connection_lost()
+
+    def _connection_lost(self) -> None:
+        if not self._lost and self._protocol is not None:
+            self._lost = True
+            self._closing = True
+            self._pipe.close()
+            self._protocol.connection_lost(None)
+
+    # asyncio.Transport -------------------------------------------------------
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self._protocol is not None
+        return self._protocol
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol  # type: ignore[assignment]
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._pipe.close()
+        if self._reader is not None:
+            self._reader.cancel()
+        asyncio.get_running_loop().call_soon(self._connection_lost)
+
+    def abort(self) -> None:
+        self.close()
+
+    def is_reading(self) -> bool:
+        return self._reading.is_set()
+
+    def pause_reading(self) -> None:
+        self._reading.clear()
+
+    def resume_reading(self) -> None:
+        self._reading.set()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or not data:
+            return
+        self._pipe.send(bytes(data))
+        if not self._paused_writing and self._pipe.buffered() > HIGH_WATER:
+            self._paused_writing = True
+            assert self._protocol is not None
+            self._protocol.pause_writing()
+            self._drainer = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        await self._pipe.drain()
+        self._paused_writing = False
+        if self._protocol is not None and not self._lost:
+            self._protocol.resume_writing()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self._pipe.send_eof()
+
+    def get_write_buffer_size(self) -> int:
+        return self._pipe.buffered()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+
+class PipeTunnel:
+    """What asyncssh's ``tunnel=`` argument needs: ``create_connection`` over one pipe."""
+
+    def __init__(self, pipe: BytePipe, extra: dict[str, Any] | None = None) -> None:
+        self._pipe = pipe
+        self._extra = extra or {}
+        self.transport: PipeTransport | None = None
+
+    async def create_connection(
+        self, session_factory: Callable[[], Any], host: str, port: int
+    ) -> tuple[PipeTransport, Any]:
+        protocol = session_factory()
+        self.transport = PipeTransport(self._pipe, self._extra)
+        self.transport.start(protocol)
+        return self.transport, protocol
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    async def wait_closed(self) -> None:
+        return None

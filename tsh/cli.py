@@ -1,0 +1,281 @@
+"""``tsh``: log in to a hub, list nodes, and SSH to devices behind NAT.
+
+Imports are lazy: ``tsh`` start-up time is part of every ``tsh ssh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from remoteler.errors import AuthError, ConfigError, RemotelerError, TrustError, UsageError
+
+
+def _add_common(p: argparse.ArgumentParser, top: bool) -> None:
+    default = None if top else argparse.SUPPRESS
+    p.add_argument("--proxy", default=default, help="hub HOST:PORT")
+    p.add_argument("-i", "--identity", default=default, help="identity file from 'tctl auth sign'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tsh", description="Remoteler client")
+    _add_common(p, True)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    login = sub.add_parser("login", help="log in and get short-lived certificates")
+    _add_common(login, False)
+    login.add_argument("--user", default=os.environ.get("USER", ""))
+    login.add_argument("--ca-pin", help="sha256:... from 'tctl status' (else trust on first use)")
+    login.add_argument("--ttl", help="certificate lifetime, e.g. 8h (capped by your roles)")
+    login.add_argument("--otp", help="one-time code (else prompted)")
+    login.add_argument("--invite", help="invite token from 'tctl users add'")
+
+    ls = sub.add_parser("ls", help="list nodes")
+    _add_common(ls, False)
+    ls.add_argument("labels", nargs="*", help="filter: k=v ...")
+    ls.add_argument("--format", choices=["text", "json"], default="text")
+
+    ssh = sub.add_parser("ssh", help="run a shell or command on a node")
+    _add_common(ssh, False)
+    group = ssh.add_mutually_exclusive_group()
+    group.add_argument("-t", dest="pty", action="store_const", const=True, help="force a pty")
+    group.add_argument("-T", dest="pty", action="store_const", const=False, help="disable the pty")
+    ssh.add_argument("-l", "--login", help="remote login (or login@node)")
+    ssh.add_argument("target", help="[login@]node")
+    ssh.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run")
+
+    status = sub.add_parser("status", help="show the current login")
+    _add_common(status, False)
+    status.add_argument("--format", choices=["text", "json"], default="text")
+    logout = sub.add_parser("logout", help="remove keys and certificates")
+    _add_common(logout, False)
+    return p
+
+
+def _fmt_time(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "never"
+
+
+def _read_secret(prompt: str) -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass(prompt)
+    line = sys.stdin.readline()
+    if not line:
+        raise UsageError(f"no input for {prompt.strip().rstrip(':')}: give it on stdin or a terminal")
+    return line.rstrip("\n")
+
+
+def _identity(args: argparse.Namespace) -> tuple[str, Any]:
+    """(hub, identity) from ``-i`` or from the current profile; checks expiry."""
+    from remoteler.identity import check_not_expired, read_identity_file
+    from tsh.profile import Profile
+
+    if args.identity:
+        if not args.proxy:
+            raise UsageError("with -i give the hub too: tsh -i FILE --proxy HOST:PORT ...")
+        ident = read_identity_file(Path(args.identity))
+        hub = args.proxy
+    else:
+        profile = Profile.load()
+        if profile is None:
+            raise AuthError("not logged in: run 'tsh login --proxy HOST:PORT --user NAME'")
+        if args.proxy and args.proxy != profile.hub:
+            raise AuthError(f"not logged in to {args.proxy}: run 'tsh login --proxy {args.proxy}'")
+        hub = profile.hub
+        try:
+            ident = read_identity_file(profile.key_path)
+        except ConfigError:
+            raise AuthError("your keys are missing: run 'tsh login'") from None
+    check_not_expired(ident, time.time())
+    return hub, ident
+
+
+async def cmd_login(args: argparse.Namespace) -> int:
+    from remoteler.ca import generate_private_key, pin_of_cert_pem, public_key_to_openssh
+    from remoteler.hubconn import check_pin, fetch_cluster_info, rpc_call
+    from remoteler.identity import UserIdentity, write_identity_file
+    from remoteler.tlsutil import client_context
+    from tsh.agentkeys import add_to_agent
+    from tsh.profile import Profile, known_pin, remember_pin
+
+    profile = Profile.load()
+    hub = args.proxy or (profile.hub if profile else None)
+    if not hub:
+        raise UsageError("give the hub: tsh login --proxy HOST:PORT --user NAME")
+    if not args.user:
+        raise UsageError("give a user name: tsh login --user NAME")
+    info = await fetch_cluster_info(hub)
+    pin = pin_of_cert_pem(info["host_ca_pem"].encode())
+    if args.ca_pin:
+        check_pin(info, args.ca_pin)
+    else:
+        remembered = known_pin(hub)
+        if remembered and remembered != pin:
+            raise TrustError(
+                f"the hub at {hub} now presents CA {pin}, not {remembered} as before; "
+                "if the CA was really changed, log in with --ca-pin from 'tctl status'"
+            )
+        if not remembered:
+            print(f"Trusting the hub at {hub} on first use, CA pin {pin}", file=sys.stderr)
+    ca_pem = info["host_ca_pem"].encode()
+    ctx = client_context(ca_pem)
+    key = generate_private_key()
+    ttl = None
+    if args.ttl:
+        from remoteler.addr import parse_ttl
+
+        ttl = parse_ttl(args.ttl)
+    params: dict[str, Any] = {"user": args.user, "public_key": public_key_to_openssh(key.public_key())}
+    if args.invite:
+        setup = await rpc_call(hub, ctx, "invite.info", user=args.user, invite=args.invite)
+        print(
+            "Add this account to your authenticator app:\n"
+            f"  secret: {setup['totp_secret']}\n  uri:    {setup['totp_uri']}",
+            file=sys.stderr,
+        )
+        password = _read_secret("New password: ")
+        if sys.stdin.isatty() and _read_secret("Repeat password: ") != password:
+            raise UsageError("the passwords differ; run the command again")
+        otp = args.otp or _read_secret("One-time code: ")
+        result = await rpc_call(
+            hub, ctx, "invite.accept", invite=args.invite, password=password, otp=otp, ttl=ttl, **params
+        )
+    else:
+        password = _read_secret(f"Password for {args.user}: ")
+        otp = args.otp or _read_secret("One-time code: ")
+        result = await rpc_call(hub, ctx, "login", password=password, otp=otp, ttl=ttl, **params)
+    new = Profile(hub=hub, user=args.user, cluster=str(info.get("cluster", "")), ca_pin=pin)
+    write_identity_file(new.key_path, key, result["ssh_cert"], result["tls_cert"].encode(), ca_pem)
+    new.save()
+    remember_pin(hub, pin)
+    ident = UserIdentity(key, result["ssh_cert"], result["tls_cert"].encode(), ca_pem)
+    in_agent = await add_to_agent(ident)
+    print(f"Logged in as {args.user} to {hub} (cluster {new.cluster})")
+    print(f"  Logins:      {', '.join(result.get('logins') or []) or '(none)'}")
+    print(f"  Valid until: {_fmt_time(result.get('expires'))}")
+    if in_agent:
+        print("  Key and certificate loaded into your ssh-agent")
+    return 0
+
+
+async def cmd_ls(args: argparse.Namespace) -> int:
+    from remoteler.addr import format_labels, parse_labels
+    from remoteler.hubconn import rpc_call
+    from remoteler.tlsutil import client_context
+
+    want = parse_labels(",".join(args.labels))
+    hub, ident = _identity(args)
+    ctx = client_context(ident.host_ca_pem, ident.tls_cert, ident.key_pem)
+    nodes = await rpc_call(hub, ctx, "nodes.list", labels=want)
+    if args.format == "json":
+        print(json.dumps(nodes, indent=2, sort_keys=True))
+        return 0
+    rows = [
+        [n["name"], format_labels(n["labels"]), "online" if n["online"] else "offline", _fmt_time(n["last_seen"])]
+        for n in nodes
+    ]
+    headers = ["Node", "Labels", "Status", "Last seen"]
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+async def cmd_ssh(args: argparse.Namespace) -> int:
+    from tsh.ssh import open_ssh, run_session
+
+    login, _, node = args.target.rpartition("@")
+    login = args.login or login
+    if not login or not node:
+        raise UsageError("give the login and the node: tsh ssh login@node [command]")
+    hub, ident = _identity(args)
+    conn = await open_ssh(hub, ident, login, node)
+    try:
+        return await run_session(conn, list(args.cmd), args.pty)
+    finally:
+        conn.close()
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    from tsh.profile import Profile
+
+    profile = Profile.load()
+    if profile is None and not args.identity:
+        raise AuthError("not logged in: run 'tsh login --proxy HOST:PORT --user NAME'")
+    from remoteler.identity import read_identity_file
+
+    path = Path(args.identity) if args.identity else profile.key_path  # type: ignore[union-attr]
+    ident = read_identity_file(path)
+    expires = ident.valid_before
+    data = {
+        "hub": args.proxy or (profile.hub if profile else ""),
+        "cluster": profile.cluster if profile else "",
+        "user": ident.user,
+        "logins": list(ident.logins),
+        "valid_until": expires,
+        "expired": expires <= time.time(),
+        "ca_pin": profile.ca_pin if profile else "",
+    }
+    if args.format == "json":
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return 0
+    state = "EXPIRED: run 'tsh login'" if data["expired"] else f"valid until {_fmt_time(expires)}"
+    print(f"> Hub:     {data['hub']} (cluster {data['cluster']})")
+    print(f"  User:    {data['user']}")
+    print(f"  Logins:  {', '.join(data['logins'])}")  # type: ignore[arg-type]
+    print(f"  Certificate {state}")
+    return 0
+
+
+async def cmd_logout(args: argparse.Namespace) -> int:
+    from remoteler.ca import CAError
+    from remoteler.identity import read_identity_file, remove_identity_file
+    from tsh.agentkeys import remove_from_agent
+    from tsh.profile import Profile
+
+    profile = Profile.load()
+    if profile is None:
+        print("Not logged in.")
+        return 0
+    try:
+        removed = await remove_from_agent(read_identity_file(profile.key_path))
+    except (RemotelerError, CAError):
+        removed = 0
+    remove_identity_file(profile.key_path)
+    Profile.remove()
+    extra = " and from your ssh-agent" if removed else ""
+    print(f"Logged out {profile.user} from {profile.hub}: keys removed{extra}.")
+    return 0
+
+
+COMMANDS = {
+    "login": cmd_login,
+    "ls": cmd_ls,
+    "ssh": cmd_ssh,
+    "status": cmd_status,
+    "logout": cmd_logout,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(COMMANDS[args.command](args))
+    except RemotelerError as err:
+        print(f"tsh: {err}", file=sys.stderr)
+        return 255 if args.command == "ssh" else err.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

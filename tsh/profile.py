@@ -1,0 +1,77 @@
+"""Where tsh keeps things: ``$TSH_HOME`` (default ``~/.tsh``).
+
+Layout::
+
+    ~/.tsh/profile                     JSON: current hub, user, cluster, CA pin
+    ~/.tsh/keys/<hub>/<user>           OpenSSH private key (0600)
+    ~/.tsh/keys/<hub>/<user>-cert.pub  SSH user certificate
+    ~/.tsh/keys/<hub>/<user>-tls.crt   x509 client certificate for the hub
+    ~/.tsh/keys/<hub>/<user>-ca.crt    the hub's CA, pinned at first login
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from remoteler.ca import write_secret_file
+
+
+def tsh_home() -> Path:
+    return Path(os.environ.get("TSH_HOME") or Path.home() / ".tsh")
+
+
+@dataclass
+class Profile:
+    hub: str
+    user: str
+    cluster: str
+    ca_pin: str
+
+    @property
+    def key_path(self) -> Path:
+        return tsh_home() / "keys" / self.hub / self.user
+
+    def save(self) -> None:
+        home = tsh_home()
+        home.mkdir(parents=True, exist_ok=True)
+        os.chmod(home, 0o700)
+        write_secret_file(home / "profile", json.dumps(asdict(self), indent=2).encode())
+
+    @classmethod
+    def load(cls) -> Profile | None:
+        path = tsh_home() / "profile"
+        try:
+            data = json.loads(path.read_text())
+            return cls(str(data["hub"]), str(data["user"]), str(data["cluster"]), str(data["ca_pin"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    @staticmethod
+    def remove() -> None:
+        (tsh_home() / "profile").unlink(missing_ok=True)
+
+
+def known_pin(hub: str) -> str | None:
+    """The CA pin remembered for ``hub`` from an earlier login (trust on first use)."""
+    path = tsh_home() / "known_hubs.json"
+    try:
+        value = json.loads(path.read_text()).get(hub)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def remember_pin(hub: str, pin: str) -> None:
+    path = tsh_home() / "known_hubs.json"
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            data = {}
+    except (OSError, ValueError):
+        data = {}
+    data[hub] = pin
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_secret_file(path, json.dumps(data, indent=2).encode())

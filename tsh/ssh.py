@@ -1,0 +1,182 @@
+"""``tsh ssh``: an end-to-end SSH session to a node, carried over the hub's websocket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import stat
+import sys
+import termios
+import tty
+from typing import Any
+from urllib.parse import quote
+
+from remoteler.ca import public_key_to_openssh
+from remoteler.ca.x509 import load_certificate
+from remoteler.errors import AccessDenied, HubUnreachable, NodeError, TrustError
+from remoteler.hubconn import open_ws
+from remoteler.identity import UserIdentity
+from remoteler.sshio import PipeTunnel, WebSocketPipe
+from remoteler.tlsutil import client_context
+
+CONNECT_SUBPROTOCOL = "remoteler.connect.v1"
+CIPHERS = [
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+]
+
+
+def host_ca_known_hosts(ident: UserIdentity) -> str:
+    """The host CA (same Ed25519 key as the hub's x509 CA) as an OpenSSH known_hosts line."""
+    pub = load_certificate(ident.host_ca_pem).public_key()
+    return f"@cert-authority * {public_key_to_openssh(pub)}"  # type: ignore[arg-type]
+
+
+async def open_ssh(hub: str, ident: UserIdentity, login: str, node: str) -> Any:
+    """Connect through the hub and authenticate end to end; return the asyncssh connection."""
+    import asyncssh
+
+    ctx = client_context(ident.host_ca_pem, ident.tls_cert, ident.key_pem)
+    ws = await open_ws(
+        hub, f"/v1/connect?node={quote(node)}&login={quote(login)}", ctx, subprotocol=CONNECT_SUBPROTOCOL
+    )
+    pipe = WebSocketPipe(ws)
+    from remoteler.ca import private_key_to_openssh
+
+    key = asyncssh.import_private_key(private_key_to_openssh(ident.key))
+    cert = asyncssh.import_certificate(ident.ssh_cert)
+    try:
+        return await asyncssh.connect(
+            node,
+            tunnel=PipeTunnel(pipe, {"peername": tuple(ws.remote_address[:2])}),
+            config=None,
+            username=login,
+            client_keys=[(key, cert)],
+            known_hosts=asyncssh.import_known_hosts(host_ca_known_hosts(ident)),
+            agent_path=None,
+            preferred_auth="publickey",
+            encryption_algs=CIPHERS,
+            connect_timeout=30,
+        )
+    except asyncssh.PermissionDenied:
+        raise AccessDenied(
+            f"node {node!r} refused login {login!r} with your certificate; "
+            "check 'tsh status' for your logins or run 'tsh login' again"
+        ) from None
+    except asyncssh.HostKeyNotVerifiable:
+        raise TrustError(
+            f"node {node!r} did not present a host certificate from the cluster's host CA; "
+            "do not continue, tell the hub operator"
+        ) from None
+    except (asyncssh.Error, ConnectionError, OSError) as exc:
+        reason = pipe.close_reason
+        if reason:
+            raise NodeError(reason) from None
+        raise HubUnreachable(f"connection to {node!r} through the hub failed: {exc}; try again") from None
+
+
+def _term_size() -> tuple[int, int]:
+    size = shutil.get_terminal_size((80, 24))
+    return size.columns, size.lines
+
+
+async def _pump_stdin(process: Any) -> None:
+    """Copy our stdin to the remote side; send EOF when it ends."""
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno()
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        process.stdin.write_eof()
+        return
+    if stat.S_ISREG(mode):
+        while data := await loop.run_in_executor(None, os.read, fd, 65536):
+            process.stdin.write(data)
+            await process.stdin.drain()
+    else:
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+        def readable() -> None:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                loop.remove_reader(fd)
+            queue.put_nowait(data)
+
+        loop.add_reader(fd, readable)
+        try:
+            while data := await queue.get():
+                process.stdin.write(data)
+                await process.stdin.drain()
+        finally:
+            loop.remove_reader(fd)
+    with contextlib.suppress(Exception):
+        process.stdin.write_eof()
+
+
+async def _pump_out(stream: Any, fd: int) -> None:
+    while data := await stream.read(65536):
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(fd, view)
+            except BlockingIOError:
+                await asyncio.sleep(0.005)
+                continue
+            view = view[n:]
+
+
+async def run_session(conn: Any, command: list[str], want_pty: bool | None) -> int:
+    """Run a command or a shell; return the exit code to use for tsh itself."""
+    interactive = not command
+    stdin_tty = os.isatty(sys.stdin.fileno())
+    pty = want_pty if want_pty is not None else (interactive and stdin_tty)
+    term_kwargs: dict[str, Any] = {}
+    if pty:
+        cols, rows = _term_size()
+        term_kwargs = {"term_type": os.environ.get("TERM", "xterm"), "term_size": (cols, rows)}
+    env = {k: v for k, v in os.environ.items() if k.startswith(("LANG", "LC_"))}
+    process = await conn.create_process(
+        " ".join(command) if command else None, encoding=None, env=env, **term_kwargs
+    )
+    loop = asyncio.get_running_loop()
+    saved = None
+    if pty and stdin_tty:
+        saved = termios.tcgetattr(sys.stdin.fileno())
+        tty.setraw(sys.stdin.fileno())
+        loop.add_signal_handler(
+            signal.SIGWINCH, lambda: process.change_terminal_size(*_term_size())
+        )
+    stdin_task = asyncio.ensure_future(_pump_stdin(process))
+    try:
+        await asyncio.gather(
+            _pump_out(process.stdout, sys.stdout.fileno()),
+            _pump_out(process.stderr, sys.stderr.fileno()),
+        )
+        await process.wait(check=False)
+    finally:
+        stdin_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await stdin_task
+        if saved is not None:
+            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
+            loop.remove_signal_handler(signal.SIGWINCH)
+    if process.exit_status is not None and process.exit_status >= 0:
+        return int(process.exit_status)
+    if process.exit_signal:
+        signame = process.exit_signal[0]
+        sig = getattr(signal, f"SIG{signame}", None)
+        print(f"tsh: remote command killed by signal {signame}", file=sys.stderr)
+        return 128 + (int(sig) if sig is not None else 0)
+    print("tsh: connection to the node closed without an exit status", file=sys.stderr)
+    return 255
