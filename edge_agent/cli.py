@@ -25,12 +25,22 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--name", default=socket.gethostname(), help="node name (default: hostname)")
     start.add_argument("--labels", default="", help="k=v,k2=v2")
     start.add_argument("--data-dir", default="/var/lib/remoteler-agent")
+    start.add_argument(
+        "--reconnect-max", type=float, default=60.0, help="cap of the reconnect backoff, seconds"
+    )
+    start.add_argument(
+        "--heartbeat-interval", type=float, default=30.0, help="seconds between heartbeats"
+    )
+    start.add_argument(
+        "--allowed-misses", type=int, default=3, help="missed heartbeats before the tunnel is dead"
+    )
     start.add_argument("--log-level", default="INFO")
     return parser
 
 
 async def run(args: argparse.Namespace) -> None:
-    from edge_agent.agent import VERSION, EdgeAgent
+    from edge_agent.agent import VERSION, Backoff, EdgeAgent
+    from remoteler.wire.limits import Limits
     from edge_agent.identity import NodeIdentity
     from edge_agent.join import join
     from remoteler.addr import parse_hostport, parse_labels
@@ -51,7 +61,15 @@ async def run(args: argparse.Namespace) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         ident = await join(args.hub, args.token, args.ca_pin, args.name, labels, VERSION)
         ident.save(data_dir)
-    agent = EdgeAgent(ident, labels)
+    if args.heartbeat_interval <= 0 or args.allowed_misses < 1 or args.reconnect_max <= 0:
+        raise UsageError("--heartbeat-interval, --allowed-misses and --reconnect-max must be positive")
+    limits = Limits(
+        send_heartbeats=True,
+        heartbeat_interval=args.heartbeat_interval,
+        allowed_misses=args.allowed_misses,
+    )
+    backoff = Backoff(base=min(1.0, args.reconnect_max), cap=args.reconnect_max)
+    agent = EdgeAgent(ident, labels, limits=limits, backoff=backoff)
     loop = asyncio.get_running_loop()
     main_task = asyncio.ensure_future(agent.run_forever())
     for sig in (signal.SIGTERM, signal.SIGINT):

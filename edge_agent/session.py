@@ -58,6 +58,7 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._proc: asyncio.subprocess.Process | None = None
         self._master: int | None = None
         self._stdin_buf = bytearray()
+        self._stdin_eof = False
         self._can_write = asyncio.Event()
         self._can_write.set()
         self._task: asyncio.Future[None] | None = None
@@ -95,12 +96,12 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self._stdin_buf += data
 
     def eof_received(self) -> bool:
-        if self._master is not None:
-            return False  # a terminal has no EOF; the shell ends on exit or ^D
-        if self._proc is not None and self._proc.stdin is not None:
+        """Client closed its stdin: pass EOF on, keep our side open for output."""
+        self._stdin_eof = True
+        if self._master is None and self._proc is not None and self._proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self._proc.stdin.write_eof()
-        return False
+        return True  # half-close (RFC 4254 section 5.3): output and exit status still flow
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         if self._master is not None:
@@ -194,10 +195,14 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         if self._stdin_buf:
             proc.stdin.write(bytes(self._stdin_buf))
             self._stdin_buf.clear()
+        if self._stdin_eof:
+            proc.stdin.write_eof()
 
         async def pump(stream: asyncio.StreamReader, stderr: bool) -> None:
             while data := await stream.read(READ_SIZE):
                 await self._can_write.wait()
+                if self._chan.is_closing():
+                    continue  # client went away: drain and discard until the process ends
                 if stderr:
                     self._chan.write_stderr(data)
                 else:

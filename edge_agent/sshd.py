@@ -113,6 +113,7 @@ async def serve_ssh_channel(
             login_timeout=30,
             allow_pty=True,
             encoding=None,
+            line_editor=False,
             agent_forwarding=False,
             x11_forwarding=False,
         )

@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     export = authp.add_parser("export", help="print a CA for OpenSSH")
     export.add_argument("--type", choices=["user", "host"], required=True, dest="kind")
 
+    create = sub.add_parser("create", help="create or update a resource from a TOML file")
+    create.add_argument("-f", "--file", required=True)
+    get = sub.add_parser("get", help="show resources")
+    get.add_argument("kind", choices=["roles"])
+    fmt(get)
+    sub.add_parser("rm", help="remove a resource, e.g. role/NAME").add_argument("ref")
+
     fmt(sub.add_parser("status", help="hub address and CA pins"))
     return p
 
@@ -293,6 +300,45 @@ async def cmd_status(args: argparse.Namespace) -> None:
     _emit(args, info, text)
 
 
+async def cmd_create(args: argparse.Namespace) -> None:
+    from hub.roles import load_role_file
+
+    role = load_role_file(Path(args.file))
+    backend = await _backend(args)
+    try:
+        existed = await backend.get_role(role.name) is not None
+        await backend.put_role(role)
+    finally:
+        await backend.close()
+    print(f"Role {role.name!r} {'updated' if existed else 'created'}.")
+
+
+async def cmd_get(args: argparse.Namespace) -> None:
+    backend = await _backend(args)
+    try:
+        roles = await backend.list_roles()
+    finally:
+        await backend.close()
+    rows = [
+        [r.name, ",".join(r.logins), format_labels({k: "|".join(v) for k, v in r.node_labels.items()}), str(r.max_session_ttl)]
+        for r in roles
+    ]
+    _emit(args, [r.to_dict() for r in roles], _table(rows, ["Role", "Logins", "Node labels", "Max TTL (s)"]))
+
+
+async def cmd_rm(args: argparse.Namespace) -> None:
+    kind, _, name = args.ref.partition("/")
+    if kind != "role" or not name:
+        raise UsageError(f"cannot remove {args.ref!r}: use role/NAME")
+    backend = await _backend(args)
+    try:
+        if not await backend.delete_role(name):
+            raise UsageError(f"no role {name!r}; see 'tctl get roles'")
+    finally:
+        await backend.close()
+    print(f"Role {name!r} removed.")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {
@@ -301,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         "nodes": cmd_nodes,
         "auth": cmd_auth,
         "status": cmd_status,
+        "create": cmd_create,
+        "get": cmd_get,
+        "rm": cmd_rm,
     }[args.group]
     try:
         asyncio.run(handler(args))

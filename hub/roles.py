@@ -1,0 +1,57 @@
+"""Role documents: TOML files for ``tctl create -f``.
+
+Example::
+
+    kind = "role"
+    name = "lab-operator"
+    logins = ["{{internal.logins}}", "pi"]
+    max_session_ttl = "8h"
+
+    [node_labels]
+    env = ["lab", "staging-*"]     # glob patterns; "*" = any value
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from hub.auth import check_name
+from remoteler.access import Role
+from remoteler.addr import parse_ttl
+from remoteler.errors import UsageError
+
+
+def parse_role(doc: dict[str, Any]) -> Role:
+    if doc.get("kind") != "role":
+        raise UsageError("the file must say kind = \"role\"")
+    name = doc.get("name")
+    if not isinstance(name, str):
+        raise UsageError("the role needs a name = \"...\"")
+    check_name("role", name)
+    logins = doc.get("logins", [])
+    if not isinstance(logins, list) or not all(isinstance(x, str) for x in logins):
+        raise UsageError("logins must be a list of strings")
+    labels = doc.get("node_labels", {})
+    if not isinstance(labels, dict):
+        raise UsageError("[node_labels] must be a table of key = [patterns]")
+    node_labels: dict[str, tuple[str, ...]] = {}
+    for key, value in labels.items():
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str) for v in values):
+            raise UsageError(f"node_labels.{key} must be a string or a list of strings")
+        node_labels[str(key)] = tuple(values)
+    ttl = doc.get("max_session_ttl", "12h")
+    seconds = parse_ttl(str(ttl))
+    return Role(name=name, logins=tuple(logins), node_labels=node_labels, max_session_ttl=seconds)
+
+
+def load_role_file(path: Path) -> Role:
+    try:
+        doc = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path} is not valid TOML: {exc}") from None
+    return parse_role(doc)
