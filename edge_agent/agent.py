@@ -99,7 +99,10 @@ class EdgeAgent:
             self.tunnel = None
             log.info(
                 "tunnel down",
-                extra={"code": getattr(tunnel.close_code, "name", None), "reason": tunnel.close_reason},
+                extra={
+                    "code": getattr(tunnel.close_code, "name", None),
+                    "reason": tunnel.close_reason,
+                },
             )
 
     async def on_channel(self, request: ChannelRequest) -> None:

@@ -40,29 +40,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def run(args: argparse.Namespace) -> None:
     from edge_agent.agent import VERSION, Backoff, EdgeAgent
-    from remoteler.wire.limits import Limits
     from edge_agent.identity import NodeIdentity
     from edge_agent.join import join
     from remoteler.addr import parse_hostport, parse_labels
+    from remoteler.wire.limits import Limits
 
     data_dir = Path(args.data_dir)
     labels = parse_labels(args.labels)
     if NodeIdentity.exists(data_dir):
         ident = NodeIdentity.load(data_dir)
         if args.token:
-            log.info("already joined; the join token is not needed", extra={"node_id": ident.node_id})
+            log.info(
+                "already joined; the join token is not needed", extra={"node_id": ident.node_id}
+            )
     else:
-        missing = [f"--{n}" for n in ("hub", "token", "ca-pin") if not getattr(args, n.replace("-", "_"))]
+        missing = [
+            f"--{n}" for n in ("hub", "token", "ca-pin") if not getattr(args, n.replace("-", "_"))
+        ]
         if missing:
             raise UsageError(
-                f"first start needs {', '.join(missing)}: get them from 'tctl tokens add --type node'"
+                f"first start needs {', '.join(missing)}: "
+                "get them from 'tctl tokens add --type node'"
             )
         parse_hostport(args.hub)
         data_dir.mkdir(parents=True, exist_ok=True)
         ident = await join(args.hub, args.token, args.ca_pin, args.name, labels, VERSION)
         ident.save(data_dir)
     if args.heartbeat_interval <= 0 or args.allowed_misses < 1 or args.reconnect_max <= 0:
-        raise UsageError("--heartbeat-interval, --allowed-misses and --reconnect-max must be positive")
+        raise UsageError(
+            "--heartbeat-interval, --allowed-misses and --reconnect-max must be positive"
+        )
     limits = Limits(
         send_heartbeats=True,
         heartbeat_interval=args.heartbeat_interval,

@@ -47,7 +47,9 @@ class NodeIdentity:
     @property
     def key_pem(self) -> bytes:
         return self.key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
 
     @staticmethod
@@ -101,5 +103,6 @@ class NodeIdentity:
             raise ConfigError(f"node identity in {d} is unusable: {exc}") from None
         except (OSError, KeyError, ValueError) as exc:
             raise ConfigError(
-                f"node identity in {d} is damaged ({exc}); remove {d} and join again with a new token"
+                f"node identity in {d} is damaged ({exc}); "
+                f"remove {d} and join again with a new token"
             ) from None

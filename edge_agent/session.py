@@ -62,13 +62,14 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._can_write = asyncio.Event()
         self._can_write.set()
         self._task: asyncio.Future[None] | None = None
+        self._resumer: asyncio.Future[None] | None = None
 
     # asyncssh callbacks ---------------------------------------------------
     def connection_made(self, chan: Any) -> None:
         self._chan = chan
 
     def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
-        self._term = (term_type or "xterm", tuple(term_size))  # type: ignore[arg-type]
+        self._term = (term_type or "xterm", tuple(term_size))
         return True
 
     def shell_requested(self) -> bool:
@@ -214,7 +215,7 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
     async def _run_pty(self, argv: list[str], kwargs: dict[str, Any]) -> int:
         assert self._term is not None
         master, slave = pty.openpty()
-        cols, rows, px, py = (list(self._term[1]) + [0, 0, 0, 0])[:4]
+        cols, rows, px, py = [*self._term[1], 0, 0, 0, 0][:4]
         _set_winsize(master, cols or 80, rows or 24, px, py)
         os.set_blocking(master, False)
         try:
@@ -243,7 +244,7 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self._chan.write(data)
             if not self._can_write.is_set():
                 loop.remove_reader(master)
-                asyncio.ensure_future(self._resume_reader(master, readable))
+                self._resumer = asyncio.ensure_future(self._resume_reader(master, readable))
 
         loop.add_reader(master, readable)
         self._flush_master()

@@ -12,7 +12,7 @@ import asyncssh
 from edge_agent.authz import authorize_user_cert
 from edge_agent.identity import NodeIdentity
 from edge_agent.session import CommandSession
-from remoteler.ca import public_key_from_openssh, private_key_to_openssh
+from remoteler.ca import private_key_to_openssh, public_key_from_openssh
 from remoteler.sshio import ChannelPipe, PipeTunnel
 
 log = logging.getLogger("remoteler.agent.sshd")
@@ -60,11 +60,15 @@ class NodeSSHServer(asyncssh.SSHServer):
 class _CheckedTunnel(PipeTunnel):
     """Adds the device's own rule check to asyncssh's certificate validation."""
 
-    def __init__(self, channel: Any, check: Callable[[bytes, str], str | None], extra: dict[str, Any]) -> None:
+    def __init__(
+        self, channel: Any, check: Callable[[bytes, str], str | None], extra: dict[str, Any]
+    ) -> None:
         super().__init__(ChannelPipe(channel), extra)
         self._check = check
 
-    async def create_connection(self, session_factory: Callable[[], Any], host: str, port: int) -> Any:
+    async def create_connection(
+        self, session_factory: Callable[[], Any], host: str, port: int
+    ) -> Any:
         def factory() -> Any:
             conn = session_factory()
             original = conn._validate_openssh_certificate
@@ -100,7 +104,7 @@ async def serve_ssh_channel(
         return authorize_user_cert(cert_blob, login, user_ca, labels(), ident.name, time.time())
 
     peer = str(meta.get("remote_addr") or "127.0.0.1")
-    tunnel = _CheckedTunnel(channel, check, {"peername": (peer, 0), "sockname": ("0.0.0.0", 0)})
+    tunnel = _CheckedTunnel(channel, check, {"peername": (peer, 0), "sockname": ("127.0.0.1", 0)})
     host_key = asyncssh.import_private_key(private_key_to_openssh(ident.key))
     host_cert = asyncssh.import_certificate(ident.ssh_cert)
     try:

@@ -14,8 +14,8 @@ from hub import secrets as hs
 from hub.backend import Backend, Node, Token, User
 from remoteler.access import (
     DEFAULT_MAX_TTL,
-    RULES_EXTENSION,
     ROLES_EXTENSION,
+    RULES_EXTENSION,
     AccessRule,
     allowed_logins,
     encode_rules,
@@ -23,7 +23,6 @@ from remoteler.access import (
 )
 from remoteler.ca import DEFAULT_USER_EXTENSIONS, CertAuthority, public_key_from_openssh
 from remoteler.ca.errors import CAError
-from remoteler.addr import parse_ttl
 from remoteler.errors import AuthError, UsageError
 
 log = logging.getLogger("remoteler.hub.auth")
@@ -108,9 +107,7 @@ class AuthService:
         invite = None
         if password is None:
             invite = hs.new_token()
-            await self.backend.add_invite(
-                hs.hash_token(invite), name, self.clock() + INVITE_TTL
-            )
+            await self.backend.add_invite(hs.hash_token(invite), name, self.clock() + INVITE_TTL)
         log.info("user created", extra={"user": name, "roles": list(roles)})
         return user, invite
 
@@ -118,7 +115,9 @@ class AuthService:
         user = await self.backend.get_user(name)
         ok = await self.backend.check_invite(hs.hash_token(invite), name, self.clock())
         if not ok or user is None or user.totp_secret is None:
-            raise AuthError("invite not valid: it is wrong, used or expired; ask an admin for a new one")
+            raise AuthError(
+                "invite not valid: it is wrong, used or expired; ask an admin for a new one"
+            )
         return {
             "totp_secret": user.totp_secret,
             "totp_uri": hs.totp_uri(user.totp_secret, name, self.cluster),
@@ -132,9 +131,13 @@ class AuthService:
             raise UsageError(f"password too short: use at least {hs.MIN_PASSWORD} characters")
         step = hs.totp_step(info["totp_secret"], otp, self.clock())
         if step is None or not await self.backend.record_totp_step(name, step):
-            raise AuthError("one-time code not accepted: check the authenticator app's clock and retry")
+            raise AuthError(
+                "one-time code not accepted: check the authenticator app's clock and retry"
+            )
         if not await self.backend.consume_invite(hs.hash_token(invite), name, self.clock()):
-            raise AuthError("invite not valid: it is wrong, used or expired; ask an admin for a new one")
+            raise AuthError(
+                "invite not valid: it is wrong, used or expired; ask an admin for a new one"
+            )
         user = await self.backend.get_user(name)
         assert user is not None
         await self.backend.put_user(
@@ -191,7 +194,11 @@ class AuthService:
             extensions=extensions,
         )
         tls_cert = self.user_ca.issue_x509(
-            pub, common_name=user.name, organization="remoteler-user", usage="client", ttl_seconds=ttl
+            pub,
+            common_name=user.name,
+            organization="remoteler-user",
+            usage="client",
+            ttl_seconds=ttl,
         )
         return Issued(ssh_cert, tls_cert.decode(), now + ttl, tuple(logins))
 
@@ -222,7 +229,9 @@ class AuthService:
             bad = "join token expired"
         if bad or record is None:
             log.warning("join refused: %s", bad, extra={"node_name": name})
-            raise AuthError(f"{bad}; ask the hub operator for a new one (tctl tokens add --type node)")
+            raise AuthError(
+                f"{bad}; ask the hub operator for a new one (tctl tokens add --type node)"
+            )
         try:
             pub = public_key_from_openssh(public_key)
         except CAError as exc:
@@ -248,7 +257,10 @@ class AuthService:
             usage="client",
             ttl_seconds=NODE_X509_TTL,
         )
-        log.info("node joined", extra={"node_id": node_id, "node_name": name, "token_id": record.token_id})
+        log.info(
+            "node joined",
+            extra={"node_id": node_id, "node_name": name, "token_id": record.token_id},
+        )
         return {
             "node_id": node_id,
             "name": name,

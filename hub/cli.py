@@ -52,7 +52,12 @@ async def run(args: argparse.Namespace) -> None:
     data.addr_file.write_text(addr + "\n")
     log.info(
         "hub listening",
-        extra={"addr": addr, "cluster": cluster, "ca_pin": host_ca.pin(), "data_dir": str(data.path)},
+        extra={
+            "addr": addr,
+            "cluster": cluster,
+            "ca_pin": host_ca.pin(),
+            "data_dir": str(data.path),
+        },
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -86,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hub: {err}", file=sys.stderr)
         return err.exit_code
     except OSError as err:
-        print(f"hub: cannot listen on {args.listen}: {err.strerror or err}; pick another --listen", file=sys.stderr)
+        print(
+            f"hub: cannot listen on {args.listen}: {err.strerror or err}; pick another --listen",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -73,7 +73,9 @@ class DataDir:
         except CAError as exc:
             raise ConfigError(f"cannot load the {kind} CA from {self.ca_dir}: {exc}") from None
 
-    def issue_server_identity(self, host_ca: CertAuthority, hosts: list[str]) -> tuple[bytes, bytes]:
+    def issue_server_identity(
+        self, host_ca: CertAuthority, hosts: list[str]
+    ) -> tuple[bytes, bytes]:
         """A fresh serverAuth certificate for the hub, signed by the host CA."""
         key = generate_private_key()
         names = {"localhost", socket.gethostname(), *hosts}

@@ -25,10 +25,10 @@ from remoteler.errors import UsageError
 
 def parse_role(doc: dict[str, Any]) -> Role:
     if doc.get("kind") != "role":
-        raise UsageError("the file must say kind = \"role\"")
+        raise UsageError('the file must say kind = "role"')
     name = doc.get("name")
     if not isinstance(name, str):
-        raise UsageError("the role needs a name = \"...\"")
+        raise UsageError('the role needs a name = "..."')
     check_name("role", name)
     logins = doc.get("logins", [])
     if not isinstance(logins, list) or not all(isinstance(x, str) for x in logins):

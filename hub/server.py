@@ -117,7 +117,9 @@ class HubServer:
                 if ident is None or ident.kind != "node":
                     raise AuthError("the tunnel endpoint needs a node certificate from the host CA")
                 if await self.backend.get_node(ident.name) is None:
-                    raise AuthError("this node was removed from the hub; join again with a new token")
+                    raise AuthError(
+                        "this node was removed from the hub; join again with a new token"
+                    )
                 return None
             if url.path == "/v1/connect":
                 query = parse_qs(url.query)
@@ -134,7 +136,9 @@ class HubServer:
             return _refuse(connection, HTTPStatus.NOT_FOUND, err)
         except UsageError as err:
             return _refuse(connection, HTTPStatus.BAD_REQUEST, err)
-        return _refuse(connection, HTTPStatus.NOT_FOUND, UsageError(f"no such endpoint {url.path!r}"))
+        return _refuse(
+            connection, HTTPStatus.NOT_FOUND, UsageError(f"no such endpoint {url.path!r}")
+        )
 
     async def authorize_connect(self, ident: Identity | None, node_key: str, login: str) -> Node:
         if ident is None or ident.kind != "user":
@@ -240,7 +244,7 @@ class HubServer:
 
         tasks = [asyncio.ensure_future(user_to_node()), asyncio.ensure_future(node_to_user())]
         try:
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             # Let the other direction finish its last bytes briefly, then stop.
             if pending:
                 await asyncio.wait(pending, timeout=5)
@@ -273,7 +277,9 @@ class HubServer:
             except Exception:
                 log.exception("rpc failed", extra={"method": method})
                 await ws.send(
-                    rpc.error_message(req_id, RemotelerError("internal error on the hub; see its log"))
+                    rpc.error_message(
+                        req_id, RemotelerError("internal error on the hub; see its log")
+                    )
                 )
 
     # rpc methods -------------------------------------------------------------

@@ -30,7 +30,9 @@ def _table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
     lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines += [
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -135,7 +137,11 @@ async def cmd_users(args: argparse.Namespace) -> None:
             user, invite = await auth.add_user(args.name, roles, logins, password, args.totp_secret)
             from hub.secrets import totp_uri
 
-            data: dict[str, Any] = {"user": user.name, "roles": list(user.roles), "logins": list(user.logins)}
+            data: dict[str, Any] = {
+                "user": user.name,
+                "roles": list(user.roles),
+                "logins": list(user.logins),
+            }
             if invite:
                 data["invite"] = invite
                 data["invite_expires"] = int(time.time()) + 24 * 3600
@@ -151,7 +157,9 @@ async def cmd_users(args: argparse.Namespace) -> None:
         elif args.cmd == "ls":
             users = await auth.backend.list_users()
             rows = [[u.name, ",".join(u.roles), ",".join(u.logins)] for u in users]
-            data_ls = [{"name": u.name, "roles": list(u.roles), "logins": list(u.logins)} for u in users]
+            data_ls = [
+                {"name": u.name, "roles": list(u.roles), "logins": list(u.logins)} for u in users
+            ]
             _emit(args, data_ls, _table(rows, ["User", "Roles", "Logins"]))
         elif args.cmd == "rm":
             if not await auth.backend.delete_user(args.name):
@@ -201,7 +209,13 @@ async def cmd_tokens(args: argparse.Namespace) -> None:
                 for t in toks
             ]
             rows = [
-                [i["token_id"], i["type"], format_labels(i["labels"]), _fmt_time(i["expires"]), i["state"]]
+                [
+                    i["token_id"],
+                    i["type"],
+                    format_labels(i["labels"]),
+                    _fmt_time(i["expires"]),
+                    i["state"],
+                ]
                 for i in items
             ]
             _emit(args, items, _table(rows, ["Token ID", "Type", "Labels", "Expires", "State"]))
@@ -230,7 +244,13 @@ async def cmd_nodes(args: argparse.Namespace) -> None:
                 for n in nodes
             ]
             rows = [
-                [n.name, n.id, format_labels(dict(n.labels)), "online" if n.online else "offline", _fmt_time(n.last_seen)]
+                [
+                    n.name,
+                    n.id,
+                    format_labels(dict(n.labels)),
+                    "online" if n.online else "offline",
+                    _fmt_time(n.last_seen),
+                ]
                 for n in nodes
             ]
             _emit(args, items, _table(rows, ["Node", "ID", "Labels", "Status", "Last seen"]))
@@ -243,8 +263,8 @@ async def cmd_nodes(args: argparse.Namespace) -> None:
 
 
 async def cmd_auth(args: argparse.Namespace) -> None:
-    from remoteler.addr import parse_ttl
     from hub.datadir import DataDir
+    from remoteler.addr import parse_ttl
 
     if args.cmd == "export":
         ca = DataDir(Path(args.data_dir)).load_ca(args.kind)
@@ -252,14 +272,16 @@ async def cmd_auth(args: argparse.Namespace) -> None:
         return
     auth = await _auth(args)
     try:
-        from remoteler.identity import write_identity_file
         from remoteler.ca import generate_private_key, public_key_to_openssh
+        from remoteler.identity import write_identity_file
 
         user = await auth.backend.get_user(args.user)
         if user is None:
             raise UsageError(f"no user {args.user!r}; create it with 'tctl users add'")
         key = generate_private_key()
-        issued = await auth.issue_user_certs(user, public_key_to_openssh(key.public_key()), parse_ttl(args.ttl))
+        issued = await auth.issue_user_certs(
+            user, public_key_to_openssh(key.public_key()), parse_ttl(args.ttl)
+        )
         files = write_identity_file(
             Path(args.out), key, issued.ssh_cert, issued.tls_cert.encode(), auth.host_ca.x509_pem
         )
@@ -320,10 +342,19 @@ async def cmd_get(args: argparse.Namespace) -> None:
     finally:
         await backend.close()
     rows = [
-        [r.name, ",".join(r.logins), format_labels({k: "|".join(v) for k, v in r.node_labels.items()}), str(r.max_session_ttl)]
+        [
+            r.name,
+            ",".join(r.logins),
+            format_labels({k: "|".join(v) for k, v in r.node_labels.items()}),
+            str(r.max_session_ttl),
+        ]
         for r in roles
     ]
-    _emit(args, [r.to_dict() for r in roles], _table(rows, ["Role", "Logins", "Node labels", "Max TTL (s)"]))
+    _emit(
+        args,
+        [r.to_dict() for r in roles],
+        _table(rows, ["Role", "Logins", "Node labels", "Max TTL (s)"]),
+    )
 
 
 async def cmd_rm(args: argparse.Namespace) -> None:

@@ -34,6 +34,7 @@ class TunnelRegistry:
         self.backend = backend
         self.flush_interval = flush_interval
         self._live: dict[str, LiveNode] = {}
+        self._closing: set[asyncio.Future[None]] = set()
 
     def get(self, node_id: str) -> LiveNode | None:
         return self._live.get(node_id)
@@ -48,7 +49,9 @@ class TunnelRegistry:
         self._live[node_id] = live
         if old is not None:
             log.info("tunnel replaced by a new connection", extra={"node_id": node_id})
-            asyncio.ensure_future(old.tunnel.close(reason="replaced by a newer tunnel"))
+            task = asyncio.ensure_future(old.tunnel.close(reason="replaced by a newer tunnel"))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         await self.backend.set_node_online(node_id, True, now)
         return live
 

@@ -151,7 +151,11 @@ def decode_rules(text: str) -> list[AccessRule]:
             AccessRule(
                 str(item.get("r", "")),
                 tuple(str(x) for x in logins),
-                {str(k): tuple(str(x) for x in v) for k, v in labels.items() if isinstance(v, list)},
+                {
+                    str(k): tuple(str(x) for x in v)
+                    for k, v in labels.items()
+                    if isinstance(v, list)
+                },
             )
         )
     return rules

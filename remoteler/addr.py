@@ -51,7 +51,8 @@ def parse_labels(text: str | None) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
             raise UsageError(
-                f"bad label {item!r}: use key=value pairs separated by commas, e.g. env=prod,site=berlin"
+                f"bad label {item!r}: use key=value pairs separated by commas, "
+                "e.g. env=prod,site=berlin"
             )
         labels[key] = value
     return labels

@@ -6,7 +6,6 @@ what to do next (hub unreachable, wrong pin, rejected certificate, HTTP refusal)
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from typing import Any
 
@@ -53,7 +52,9 @@ async def open_ws(
         resp = exc.response
         code = resp.headers.get(ERROR_HEADER, "error")
         body = resp.body.decode("utf-8", "replace").strip() if resp.body else ""
-        raise error_from_code(code, body or f"hub refused the request (HTTP {resp.status_code})") from None
+        raise error_from_code(
+            code, body or f"hub refused the request (HTTP {resp.status_code})"
+        ) from None
     except ssl.SSLCertVerificationError:
         raise TrustError(
             f"the hub at {hub} presented a certificate not signed by the trusted CA; "
@@ -64,22 +65,23 @@ async def open_ws(
             f"TLS with the hub at {hub} failed ({exc.reason or exc}); "
             "check that the address is the hub's port and your certificate is current"
         ) from None
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         raise HubUnreachable(
             f"timed out connecting to the hub at {hub}; check the address and network"
         ) from None
     except InvalidHandshake as exc:
-        raise HubUnreachable(f"the hub at {hub} did not answer as a Remoteler hub ({exc})") from None
+        raise HubUnreachable(
+            f"the hub at {hub} did not answer as a Remoteler hub ({exc})"
+        ) from None
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise HubUnreachable(
-            f"cannot reach the hub at {hub}: {reason}; check the address and that the hub is running"
+            f"cannot reach the hub at {hub}: {reason}; "
+            "check the address and that the hub is running"
         ) from None
 
 
-async def rpc_call(
-    hub: str, ssl_ctx: ssl.SSLContext, method: str, **params: Any
-) -> Any:
+async def rpc_call(hub: str, ssl_ctx: ssl.SSLContext, method: str, **params: Any) -> Any:
     """One RPC on a fresh connection to ``/v1/rpc``."""
     from websockets.exceptions import ConnectionClosed
 

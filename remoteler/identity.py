@@ -34,7 +34,9 @@ class UserIdentity:
     @property
     def key_pem(self) -> bytes:
         return self.key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
 
     @property
@@ -76,14 +78,17 @@ def read_identity_file(path: Path) -> UserIdentity:
     for p in (key_path, cert_path, tls_path, ca_path):
         if not p.exists():
             raise ConfigError(
-                f"identity file {p} is missing; write it again with 'tctl auth sign' or run 'tsh login'"
+                f"identity file {p} is missing; "
+                "write it again with 'tctl auth sign' or run 'tsh login'"
             )
     try:
         check_secret_file_mode(key_path)
         key = private_key_from_openssh(key_path.read_bytes())
     except CAError as exc:
         raise ConfigError(f"cannot use {key_path}: {exc}") from None
-    ident = UserIdentity(key, cert_path.read_text().strip(), tls_path.read_bytes(), ca_path.read_bytes())
+    ident = UserIdentity(
+        key, cert_path.read_text().strip(), tls_path.read_bytes(), ca_path.read_bytes()
+    )
     try:
         ident.valid_before  # noqa: B018 - parse now so garbage fails here
     except CAError as exc:

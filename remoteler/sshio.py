@@ -121,7 +121,9 @@ class ChannelPipe:
                 self._channel.write(bytes(data))
 
     def buffered(self) -> int:
-        return int(self._channel.buffered_amount) if hasattr(self._channel, "buffered_amount") else 0
+        return (
+            int(self._channel.buffered_amount) if hasattr(self._channel, "buffered_amount") else 0
+        )
 
     async def drain(self) -> None:
         with contextlib.suppress(Exception):

@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import Cluster, free_port  # noqa: E402
+from helpers import Cluster, free_port
 
 
 @pytest.fixture

@@ -98,7 +98,9 @@ class Cluster:
         stop_process(self.hub, sig)
         self.hub = None
 
-    def tctl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def tctl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [str(BIN / "tctl"), "--data-dir", str(self.data), *args],
             input=input,
@@ -122,21 +124,52 @@ class Cluster:
 
     def add_user(self, name: str, logins: Sequence[str], roles: str = "access") -> None:
         self.tctl(
-            "users", "add", name, "--roles", roles, "--logins", ",".join(logins),
-            "--password-stdin", "--totp-secret", TOTP_SECRET,
+            "users",
+            "add",
+            name,
+            "--roles",
+            roles,
+            "--logins",
+            ",".join(logins),
+            "--password-stdin",
+            "--totp-secret",
+            TOTP_SECRET,
             input=PASSWORD + "\n",
         )
 
-    def start_agent(self, name: str, labels: str = "", token: str | None = None, *extra: str) -> subprocess.Popen[Any]:
+    def start_agent(
+        self, name: str, labels: str = "", token: str | None = None, *extra: str
+    ) -> subprocess.Popen[Any]:
         log = self.root / f"agent-{name}.log"
         self.logs.append(log)
         args = [
-            str(BIN / "edge-agent"), "start", "--data-dir", str(self.root / f"agent-{name}"),
-            "--name", name, "--labels", labels, "--reconnect-max", "1", *extra,
+            str(BIN / "edge-agent"),
+            "start",
+            "--data-dir",
+            str(self.root / f"agent-{name}"),
+            "--name",
+            name,
+            "--labels",
+            labels,
+            "--reconnect-max",
+            "1",
+            *extra,
         ]
         if not (self.root / f"agent-{name}" / "identity" / "node.json").exists():
-            args += ["--hub", self.addr, "--token", token or self.token(), "--ca-pin", self.ca_pin()]
-        proc = subprocess.Popen(args, stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=self.env())  # noqa: SIM115
+            args += [
+                "--hub",
+                self.addr,
+                "--token",
+                token or self.token(),
+                "--ca-pin",
+                self.ca_pin(),
+            ]
+        proc = subprocess.Popen(
+            args,
+            stdout=open(log, "ab"),  # noqa: SIM115 - the child keeps it
+            stderr=subprocess.STDOUT,
+            env=self.env(),
+        )
         self.agents[name] = proc
         return proc
 
@@ -144,7 +177,13 @@ class Cluster:
         nodes = self.tctl_json("nodes", "ls")
         return any(n["name"] == name and n["online"] for n in nodes)
 
-    def tsh(self, *args: str, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def tsh(
+        self,
+        *args: str,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(BIN / "tsh"), *args],
             input=input if input is not None else "",
@@ -154,10 +193,20 @@ class Cluster:
             timeout=timeout,
         )
 
-    def login(self, user: str, *extra: str, offset_steps: int = 0) -> subprocess.CompletedProcess[str]:
+    def login(
+        self, user: str, *extra: str, offset_steps: int = 0
+    ) -> subprocess.CompletedProcess[str]:
         return self.tsh(
-            "login", "--proxy", self.addr, "--user", user, "--ca-pin", self.ca_pin(),
-            "--otp", current_totp(offset_steps=offset_steps), *extra,
+            "login",
+            "--proxy",
+            self.addr,
+            "--user",
+            user,
+            "--ca-pin",
+            self.ca_pin(),
+            "--otp",
+            current_totp(offset_steps=offset_steps),
+            *extra,
             input=PASSWORD + "\n",
         )
 

@@ -21,7 +21,7 @@ async def add_to_agent(ident: UserIdentity) -> bool:
     cert = asyncssh.import_certificate(ident.ssh_cert)
     lifetime = max(1, int(ident.valid_before - time.time()))
     try:
-        async with asyncssh.connect_agent() as agent:  # type: ignore[union-attr]
+        async with asyncssh.connect_agent() as agent:
             await agent.add_keys([(key, cert)], lifetime=lifetime)
     except (OSError, asyncssh.Error, ValueError):
         return False
@@ -36,7 +36,7 @@ async def remove_from_agent(ident: UserIdentity) -> int:
     ours = asyncssh.import_private_key(private_key_to_openssh(ident.key)).public_data
     removed = 0
     try:
-        async with asyncssh.connect_agent() as agent:  # type: ignore[union-attr]
+        async with asyncssh.connect_agent() as agent:
             keys = await agent.get_keys()
             mine = [k for k in keys if k.public_data == ours or _cert_key(k) == ours]
             if mine:

@@ -68,7 +68,9 @@ def _read_secret(prompt: str) -> str:
         return getpass.getpass(prompt)
     line = sys.stdin.readline()
     if not line:
-        raise UsageError(f"no input for {prompt.strip().rstrip(':')}: give it on stdin or a terminal")
+        raise UsageError(
+            f"no input for {prompt.strip().rstrip(':')}: give it on stdin or a terminal"
+        )
     return line.rstrip("\n")
 
 
@@ -132,7 +134,10 @@ async def cmd_login(args: argparse.Namespace) -> int:
         from remoteler.addr import parse_ttl
 
         ttl = parse_ttl(args.ttl)
-    params: dict[str, Any] = {"user": args.user, "public_key": public_key_to_openssh(key.public_key())}
+    params: dict[str, Any] = {
+        "user": args.user,
+        "public_key": public_key_to_openssh(key.public_key()),
+    }
     if args.invite:
         setup = await rpc_call(hub, ctx, "invite.info", user=args.user, invite=args.invite)
         print(
@@ -145,7 +150,14 @@ async def cmd_login(args: argparse.Namespace) -> int:
             raise UsageError("the passwords differ; run the command again")
         otp = args.otp or _read_secret("One-time code: ")
         result = await rpc_call(
-            hub, ctx, "invite.accept", invite=args.invite, password=password, otp=otp, ttl=ttl, **params
+            hub,
+            ctx,
+            "invite.accept",
+            invite=args.invite,
+            password=password,
+            otp=otp,
+            ttl=ttl,
+            **params,
         )
     else:
         password = _read_secret(f"Password for {args.user}: ")
@@ -178,7 +190,12 @@ async def cmd_ls(args: argparse.Namespace) -> int:
         print(json.dumps(nodes, indent=2, sort_keys=True))
         return 0
     rows = [
-        [n["name"], format_labels(n["labels"]), "online" if n["online"] else "offline", _fmt_time(n["last_seen"])]
+        [
+            n["name"],
+            format_labels(n["labels"]),
+            "online" if n["online"] else "offline",
+            _fmt_time(n["last_seen"]),
+        ]
         for n in nodes
     ]
     headers = ["Node", "Labels", "Status", "Last seen"]

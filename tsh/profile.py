@@ -45,7 +45,9 @@ class Profile:
         path = tsh_home() / "profile"
         try:
             data = json.loads(path.read_text())
-            return cls(str(data["hub"]), str(data["user"]), str(data["cluster"]), str(data["ca_pin"]))
+            return cls(
+                str(data["hub"]), str(data["user"]), str(data["cluster"]), str(data["ca_pin"])
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return None
 

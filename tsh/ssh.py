@@ -44,7 +44,10 @@ async def open_ssh(hub: str, ident: UserIdentity, login: str, node: str) -> Any:
 
     ctx = client_context(ident.host_ca_pem, ident.tls_cert, ident.key_pem)
     ws = await open_ws(
-        hub, f"/v1/connect?node={quote(node)}&login={quote(login)}", ctx, subprotocol=CONNECT_SUBPROTOCOL
+        hub,
+        f"/v1/connect?node={quote(node)}&login={quote(login)}",
+        ctx,
+        subprotocol=CONNECT_SUBPROTOCOL,
     )
     pipe = WebSocketPipe(ws)
     from remoteler.ca import private_key_to_openssh
@@ -78,7 +81,9 @@ async def open_ssh(hub: str, ident: UserIdentity, login: str, node: str) -> Any:
         reason = pipe.close_reason
         if reason:
             raise NodeError(reason) from None
-        raise HubUnreachable(f"connection to {node!r} through the hub failed: {exc}; try again") from None
+        raise HubUnreachable(
+            f"connection to {node!r} through the hub failed: {exc}; try again"
+        ) from None
 
 
 def _term_size() -> tuple[int, int]:

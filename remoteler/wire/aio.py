@@ -344,7 +344,7 @@ class Tunnel:
         self,
         kind: str,
         meta: dict[str, Any],
-        timeout: float | None = 30,  # noqa: ASYNC109 - part of the agreed API
+        timeout: float | None = 30,
     ) -> Channel:
         """Open a channel and wait for the peer to accept it.
 

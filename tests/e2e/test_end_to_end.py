@@ -30,7 +30,9 @@ def test_login_ls_and_ssh_exit_code(cluster: Cluster) -> None:
     ls = cluster.tsh("ls", "--format", "json")
     assert ls.returncode == 0, ls.stderr
     nodes = json.loads(ls.stdout)
-    assert [(n["name"], n["online"], n["labels"]) for n in nodes] == [("dev1", True, {"env": "lab"})]
+    assert [(n["name"], n["online"], n["labels"]) for n in nodes] == [
+        ("dev1", True, {"env": "lab"})
+    ]
     assert "dev1" in cluster.tsh("ls", "env=lab").stdout
     assert "dev1" not in cluster.tsh("ls", "env=prod").stdout
 
@@ -52,7 +54,9 @@ def test_identity_file_from_tctl_auth_sign(cluster: Cluster, tmp_path: Path) -> 
         ["ssh-keygen", "-L", "-f", f"{ident}-cert.pub"], capture_output=True, text=True, check=True
     ).stdout
     assert 'Key ID: "jenkins"' in listing and ME in listing
-    run = cluster.tsh("-i", str(ident), "--proxy", cluster.addr, "ssh", f"{ME}@dev1", "echo hi; exit 3")
+    run = cluster.tsh(
+        "-i", str(ident), "--proxy", cluster.addr, "ssh", f"{ME}@dev1", "echo hi; exit 3"
+    )
     assert (run.stdout, run.returncode) == ("hi\n", 3), run.stderr
     # also with the flags after the subcommand
     run = cluster.tsh("ssh", "-i", str(ident), "--proxy", cluster.addr, f"{ME}@dev1", "true")
@@ -63,7 +67,9 @@ def test_pty_when_asked(cluster: Cluster) -> None:
     cluster.add_user("carol", [ME])
     _ready(cluster)
     assert cluster.login("carol").returncode == 0
-    run = cluster.tsh("ssh", "-t", f"{ME}@dev1", "tty; echo cols=$(tput cols 2>/dev/null || stty size)")
+    run = cluster.tsh(
+        "ssh", "-t", f"{ME}@dev1", "tty; echo cols=$(tput cols 2>/dev/null || stty size)"
+    )
     assert run.returncode == 0, run.stderr
     assert "/dev/pts/" in run.stdout
     run = cluster.tsh("ssh", "-T", f"{ME}@dev1", "tty")
@@ -79,7 +85,9 @@ def _listening_inodes() -> set[str]:
         for line in path.read_text().splitlines()[1:]:
             parts = line.split()
             # TCP LISTEN is state 0A; any bound UDP socket counts as listening (state 07)
-            if (table.startswith("tcp") and parts[3] == "0A") or (table.startswith("udp") and parts[3] == "07"):
+            if (table.startswith("tcp") and parts[3] == "0A") or (
+                table.startswith("udp") and parts[3] == "07"
+            ):
                 inodes.add(parts[9])
     return inodes
 
@@ -159,10 +167,23 @@ def test_wrong_ca_pin_stops_join_before_token_is_sent(cluster: Cluster) -> None:
     bad_pin = "sha256:" + "0" * 64
     proc = subprocess.run(
         [
-            str(BIN / "edge-agent"), "start", "--hub", cluster.addr, "--token", token,
-            "--ca-pin", bad_pin, "--name", "pinned", "--data-dir", str(cluster.root / "agent-pinned"),
+            str(BIN / "edge-agent"),
+            "start",
+            "--hub",
+            cluster.addr,
+            "--token",
+            token,
+            "--ca-pin",
+            bad_pin,
+            "--name",
+            "pinned",
+            "--data-dir",
+            str(cluster.root / "agent-pinned"),
         ],
-        capture_output=True, text=True, timeout=60, env=cluster.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cluster.env(),
     )
     assert proc.returncode != 0
     assert "CA pin mismatch" in proc.stderr
@@ -198,12 +219,29 @@ def test_errors_are_one_line_and_say_what_to_do(cluster: Cluster, tmp_path: Path
     assert closed.returncode != 0
     assert closed.stderr.count("\n") == 1 and "cannot reach the hub" in closed.stderr
     # CA pin mismatch on login
-    bad = cluster.tsh("login", "--proxy", cluster.addr, "--user", "heidi", "--ca-pin", "sha256:" + "1" * 64, input="x\n")
+    bad = cluster.tsh(
+        "login",
+        "--proxy",
+        cluster.addr,
+        "--user",
+        "heidi",
+        "--ca-pin",
+        "sha256:" + "1" * 64,
+        input="x\n",
+    )
     assert "CA pin mismatch" in bad.stderr and bad.stderr.count("\n") == 1
     # wrong password
     wrong = cluster.tsh(
-        "login", "--proxy", cluster.addr, "--user", "heidi", "--ca-pin", cluster.ca_pin(),
-        "--otp", "000000", input="nope\n",
+        "login",
+        "--proxy",
+        cluster.addr,
+        "--user",
+        "heidi",
+        "--ca-pin",
+        cluster.ca_pin(),
+        "--otp",
+        "000000",
+        input="nope\n",
     )
     assert "login failed" in wrong.stderr and wrong.stderr.count("\n") == 1
     # not logged in
@@ -230,8 +268,18 @@ def test_invite_flow(cluster: Cluster) -> None:
     out = cluster.tctl_json("users", "add", "ivan", "--logins", ME)
     invite = out["invite"]
     info = cluster.tsh(
-        "login", "--proxy", cluster.addr, "--user", "ivan", "--ca-pin", cluster.ca_pin(),
-        "--invite", invite, "--otp", "000000", input="a-new-password\n",
+        "login",
+        "--proxy",
+        cluster.addr,
+        "--user",
+        "ivan",
+        "--ca-pin",
+        cluster.ca_pin(),
+        "--invite",
+        invite,
+        "--otp",
+        "000000",
+        input="a-new-password\n",
     )
     assert "one-time code not accepted" in info.stderr
     # The secret is shown to the user; read it back from the hub the way tsh does.
@@ -242,12 +290,28 @@ def test_invite_flow(cluster: Cluster) -> None:
     import pyotp
 
     ok = cluster.tsh(
-        "login", "--proxy", cluster.addr, "--user", "ivan", "--invite", invite,
-        "--otp", pyotp.TOTP(secret.group(1)).now(), input="a-new-password\n",
+        "login",
+        "--proxy",
+        cluster.addr,
+        "--user",
+        "ivan",
+        "--invite",
+        invite,
+        "--otp",
+        pyotp.TOTP(secret.group(1)).now(),
+        input="a-new-password\n",
     )
     assert ok.returncode == 0, ok.stderr
     again = cluster.tsh(
-        "login", "--proxy", cluster.addr, "--user", "ivan", "--invite", invite, "--otp", "123456",
+        "login",
+        "--proxy",
+        cluster.addr,
+        "--user",
+        "ivan",
+        "--invite",
+        invite,
+        "--otp",
+        "123456",
         input="x\n",
     )
     assert "invite not valid" in again.stderr
@@ -255,7 +319,9 @@ def test_invite_flow(cluster: Cluster) -> None:
     assert cluster.tsh("ssh", f"{ME}@dev1", "echo ok").stdout == "ok\n"
 
 
-def test_ssh_agent_gets_keys_on_login_and_loses_them_on_logout(cluster: Cluster, tmp_path: Path) -> None:
+def test_ssh_agent_gets_keys_on_login_and_loses_them_on_logout(
+    cluster: Cluster, tmp_path: Path
+) -> None:
     cluster.add_user("judy", [ME])
     sock = tmp_path / "agent.sock"
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
@@ -265,8 +331,17 @@ def test_ssh_agent_gets_keys_on_login_and_loses_them_on_logout(cluster: Cluster,
         from helpers import PASSWORD, current_totp
 
         login = cluster.tsh(
-            "login", "--proxy", cluster.addr, "--user", "judy", "--ca-pin", cluster.ca_pin(),
-            "--otp", current_totp(), input=PASSWORD + "\n", env=env,
+            "login",
+            "--proxy",
+            cluster.addr,
+            "--user",
+            "judy",
+            "--ca-pin",
+            cluster.ca_pin(),
+            "--otp",
+            current_totp(),
+            input=PASSWORD + "\n",
+            env=env,
         )
         assert login.returncode == 0, login.stderr
         listed = subprocess.run(["ssh-add", "-L"], env=env, capture_output=True, text=True).stdout
