@@ -215,7 +215,14 @@ class HubServer:
             return
         try:
             channel = await live.tunnel.open_channel(
-                "ssh", {"user": user, "login": login, "session_id": session_id}, timeout=15
+                "ssh",
+                {
+                    "user": user,
+                    "login": login,
+                    "session_id": session_id,
+                    "remote_addr": _peer(ws).rpartition(":")[0].strip("[]"),
+                },
+                timeout=15,
             )
         except (ChannelOpenError, TunnelClosed, TimeoutError) as exc:
             log.warning("connect failed: %s", type(exc).__name__, extra=fields)
