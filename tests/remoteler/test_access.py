@@ -42,7 +42,9 @@ def test_login_not_allowed_names_login_and_allowed_set() -> None:
         ({}, {"env": "prod"}, False),
     ],
 )
-def test_labels_match(selector: dict[str, tuple[str, ...]], labels: dict[str, str], expected: bool) -> None:
+def test_labels_match(
+    selector: dict[str, tuple[str, ...]], labels: dict[str, str], expected: bool
+) -> None:
     assert labels_match(selector, labels) is expected
 
 

@@ -23,7 +23,7 @@ def test_parse_hostport(text: str, expected: tuple[str, int]) -> None:
 
 @pytest.mark.parametrize("text", ["nohost", "h:99999", "h:abc", "[::1]x", "::1"])
 def test_parse_hostport_errors_say_what_to_do(text: str) -> None:
-    with pytest.raises(UsageError, match="HOST:PORT|port"):
+    with pytest.raises(UsageError, match=r"HOST:PORT|port"):
         parse_hostport(text)
 
 
