@@ -120,7 +120,7 @@ class Backend(Protocol):
     async def set_node_online(self, node_id: str, online: bool, now: float) -> None: ...
     async def update_heartbeats(
         self, beats: Sequence[tuple[str, float, Mapping[str, str], str]]
-    ) -> None: ...
+    ) -> list[str]: ...
     async def mark_all_offline(self) -> None: ...
 
 
@@ -344,13 +344,21 @@ class SQLiteBackend:
 
     async def update_heartbeats(
         self, beats: Sequence[tuple[str, float, Mapping[str, str], str]]
-    ) -> None:
-        """Batch of (node id, last seen, labels, version), one transaction."""
-        await self._db.executemany(
-            "UPDATE nodes SET last_seen = ?, labels = ?, version = ? WHERE id = ?",
-            [(seen, json.dumps(dict(labels)), ver, nid) for nid, seen, labels, ver in beats],
-        )
+    ) -> list[str]:
+        """Batch of (node id, last seen, labels, version), one transaction.
+
+        Returns the ids no longer in the table (removed with ``tctl nodes rm``).
+        """
+        missing = []
+        for nid, seen, labels, ver in beats:
+            cur = await self._db.execute(
+                "UPDATE nodes SET last_seen = ?, labels = ?, version = ? WHERE id = ?",
+                (seen, json.dumps(dict(labels)), ver, nid),
+            )
+            if cur.rowcount == 0:
+                missing.append(nid)
         await self._db.commit()
+        return missing
 
     async def mark_all_offline(self) -> None:
         await self._write("UPDATE nodes SET online = 0 WHERE online = 1", ())

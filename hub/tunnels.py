@@ -85,8 +85,13 @@ class TunnelRegistry:
             if live.dirty:
                 live.dirty = False
                 beats.append((live.node_id, live.last_seen, live.labels, live.version))
-        if beats:
-            await self.backend.update_heartbeats(beats)
+        if not beats:
+            return
+        for node_id in await self.backend.update_heartbeats(beats):
+            live = self._live.get(node_id)
+            if live is not None:
+                log.info("node was removed; closing its tunnel", extra={"node_id": node_id})
+                await live.tunnel.close(reason="node removed from the hub")
 
     async def run_flusher(self) -> None:
         while True:
