@@ -88,10 +88,10 @@ class TunnelRegistry:
         if not beats:
             return
         for node_id in await self.backend.update_heartbeats(beats):
-            live = self._live.get(node_id)
-            if live is not None:
+            removed = self._live.get(node_id)
+            if removed is not None:
                 log.info("node was removed; closing its tunnel", extra={"node_id": node_id})
-                await live.tunnel.close(reason="node removed from the hub")
+                await removed.tunnel.close(reason="node removed from the hub")
 
     async def run_flusher(self) -> None:
         while True:
