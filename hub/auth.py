@@ -94,11 +94,12 @@ class AuthService:
             totp_secret = totp_secret.strip().replace(" ", "").upper()
             if not re.fullmatch(r"[A-Z2-7]{16,}=*", totp_secret):
                 raise UsageError("bad TOTP secret: give a base32 string of at least 16 characters")
+        password_hash = await hs.hash_password_async(password) if password is not None else None
         user = User(
             name=name,
             roles=tuple(roles),
             logins=check_logins(logins),
-            password_hash=hs.hash_password(password) if password is not None else None,
+            password_hash=password_hash,
             totp_secret=totp_secret or hs.new_totp_secret(),
             totp_last_step=0,
             created=self.clock(),
@@ -141,7 +142,11 @@ class AuthService:
         user = await self.backend.get_user(name)
         assert user is not None
         await self.backend.put_user(
-            replace(user, password_hash=hs.hash_password(password), totp_last_step=step)
+            replace(
+                user,
+                password_hash=await hs.hash_password_async(password),
+                totp_last_step=step,
+            )
         )
         log.info("invite accepted", extra={"user": name})
         user = await self.backend.get_user(name)
@@ -162,7 +167,7 @@ class AuthService:
         self, name: str, password: str, otp: str, public_key: str, ttl: int | None
     ) -> Issued:
         user = await self.backend.get_user(name)
-        password_ok = hs.verify_password(user.password_hash if user else None, password)
+        password_ok = await hs.verify_password_async(user.password_hash if user else None, password)
         if user is None or not password_ok or user.totp_secret is None:
             log.warning("login failed", extra={"user": name})
             raise AuthError(LOGIN_FAILED)

@@ -17,8 +17,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from hub.auth import check_name
-from remoteler.access import Role
+from hub.auth import check_logins, check_name
+from remoteler.access import LOGINS_TRAIT, Role
 from remoteler.addr import parse_ttl
 from remoteler.errors import UsageError
 
@@ -33,6 +33,15 @@ def parse_role(doc: dict[str, Any]) -> Role:
     logins = doc.get("logins", [])
     if not isinstance(logins, list) or not all(isinstance(x, str) for x in logins):
         raise UsageError("logins must be a list of strings")
+    for login in logins:
+        if login != LOGINS_TRAIT:
+            try:
+                check_logins([login])
+            except UsageError:
+                raise UsageError(
+                    f"bad login {login!r} in the role: use an OS user name such as 'pi', "
+                    f"or {LOGINS_TRAIT!r} for the user's own logins"
+                ) from None
     labels = doc.get("node_labels", {})
     if not isinstance(labels, dict):
         raise UsageError("[node_labels] must be a table of key = [patterns]")
@@ -49,9 +58,11 @@ def parse_role(doc: dict[str, Any]) -> Role:
 
 def load_role_file(path: Path) -> Role:
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML is UTF-8
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text; save it as UTF-8 TOML") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path} is not valid TOML: {exc}") from None
     return parse_role(doc)

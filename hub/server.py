@@ -346,6 +346,8 @@ class HubServer:
             raise AuthError(f"user {ident.name!r} no longer exists; ask an admin")
         rules, _ = await self.auth.rules_for(user)
         want = params.get("labels") or {}
+        if not isinstance(want, dict):
+            raise UsageError("labels must be a map")
         out = []
         for node in await self.backend.list_nodes():
             live = self.registry.get(node.id)
