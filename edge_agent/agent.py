@@ -81,7 +81,9 @@ class EdgeAgent:
         ctx = client_context(ident.host_ca_pem, ident.tls_cert, ident.key_pem)
         ws = await open_ws(
             ident.hub,
-            "/v1/tunnel",
+            # The hub watches for silence with our heartbeat settings, not its own.
+            f"/v1/tunnel?heartbeat={self.limits.heartbeat_interval:g}"
+            f"&misses={self.limits.allowed_misses}",
             ctx,
             subprotocol=TUNNEL_SUBPROTOCOL,
             max_size=self.limits.max_frame_bytes + 1024,

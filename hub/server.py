@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -48,6 +49,10 @@ TUNNEL_SUBPROTOCOL = "remoteler.tunnel.v1"
 CONNECT_SUBPROTOCOL = "remoteler.connect.v1"
 VERSION = "0.1.0"
 MAX_CONNECT_MESSAGE = 1 << 20
+#: Largest message relayed to a user: well under tsh's 2 MiB websocket limit.
+RELAY_CHUNK = 256 * 1024
+#: Longest heartbeat interval an agent may ask the hub to tolerate, seconds.
+MAX_HEARTBEAT = 3600.0
 
 Handler = Callable[[Identity | None, dict[str, Any]], Awaitable[Any]]
 
@@ -174,7 +179,8 @@ class HubServer:
         ident: Identity | None = getattr(ws, "remoteler_identity", None)
         try:
             if path == "/v1/tunnel" and ident is not None:
-                await self.serve_tunnel(ws, ident.name)
+                query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
+                await self.serve_tunnel(ws, ident.name, self.tunnel_limits(query))
             elif path == "/v1/connect":
                 node, login = ws.remoteler_target  # type: ignore[attr-defined]
                 assert ident is not None
@@ -184,8 +190,21 @@ class HubServer:
         except ConnectionClosed:
             pass
 
-    async def serve_tunnel(self, ws: ServerConnection, node_id: str) -> None:
-        core = Connection(Role.LISTENER, self.limits, now=time.monotonic())
+    def tunnel_limits(self, query: dict[str, list[str]]) -> Limits:
+        """The agent's heartbeat settings, within bounds: the hub expects what it sends."""
+        try:
+            interval = float((query.get("heartbeat") or [""])[0])
+            misses = int((query.get("misses") or [""])[0])
+        except ValueError:
+            return self.limits
+        if not (interval == interval and 0.1 <= interval <= MAX_HEARTBEAT and 1 <= misses <= 10):
+            return self.limits
+        return dataclasses.replace(
+            self.limits, heartbeat_interval=interval, allowed_misses=misses, send_heartbeats=False
+        )
+
+    async def serve_tunnel(self, ws: ServerConnection, node_id: str, limits: Limits) -> None:
+        core = Connection(Role.LISTENER, limits, now=time.monotonic())
         tunnel = Tunnel(
             ws,
             core,
@@ -244,7 +263,7 @@ class HubServer:
 
         async def node_to_user() -> None:
             nonlocal received
-            while data := await channel.read():
+            while data := await channel.read(RELAY_CHUNK):
                 received += len(data)
                 await ws.send(data)
             await ws.close()

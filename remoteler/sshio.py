@@ -15,6 +15,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 HIGH_WATER = 1 << 20
+#: Largest websocket message we send on the connect leg (the hub accepts up to 1 MiB).
+MAX_MESSAGE = 256 * 1024
 
 
 class BytePipe(Protocol):
@@ -54,10 +56,12 @@ class WebSocketPipe:
                 await self._wake.wait()
                 self._wake.clear()
                 while self._queue:
-                    chunk = b"".join(self._queue)
+                    data = b"".join(self._queue)
                     self._queue.clear()
                     self._size = 0
-                    await self._ws.send(chunk)
+                    view = memoryview(data)
+                    for start in range(0, len(data), MAX_MESSAGE):
+                        await self._ws.send(view[start : start + MAX_MESSAGE])
                 self._idle.set()
                 if self._closed:
                     break
@@ -121,9 +125,7 @@ class ChannelPipe:
                 self._channel.write(bytes(data))
 
     def buffered(self) -> int:
-        return (
-            int(self._channel.buffered_amount) if hasattr(self._channel, "buffered_amount") else 0
-        )
+        return int(self._channel.buffered_amount)
 
     async def drain(self) -> None:
         with contextlib.suppress(Exception):

@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("-t", dest="pty", action="store_const", const=True, help="force a pty")
     group.add_argument("-T", dest="pty", action="store_const", const=False, help="disable the pty")
     ssh.add_argument("-l", "--login", help="remote login (or login@node)")
+    ssh.add_argument("-c", dest="cipher", help="cipher, e.g. chacha20-poly1305@openssh.com")
     ssh.add_argument("target", help="[login@]node")
     ssh.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run")
 
@@ -215,7 +216,8 @@ async def cmd_ssh(args: argparse.Namespace) -> int:
     if not login or not node:
         raise UsageError("give the login and the node: tsh ssh login@node [command]")
     hub, ident = _identity(args)
-    conn = await open_ssh(hub, ident, login, node)
+    ciphers = [args.cipher] if args.cipher else None
+    conn = await open_ssh(hub, ident, login, node, ciphers)
     try:
         return await run_session(conn, list(args.cmd), args.pty)
     finally:

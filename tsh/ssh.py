@@ -38,7 +38,9 @@ def host_ca_known_hosts(ident: UserIdentity) -> str:
     return f"@cert-authority * {public_key_to_openssh(pub)}"  # type: ignore[arg-type]
 
 
-async def open_ssh(hub: str, ident: UserIdentity, login: str, node: str) -> Any:
+async def open_ssh(
+    hub: str, ident: UserIdentity, login: str, node: str, ciphers: list[str] | None = None
+) -> Any:
     """Connect through the hub and authenticate end to end; return the asyncssh connection."""
     import asyncssh
 
@@ -64,7 +66,7 @@ async def open_ssh(hub: str, ident: UserIdentity, login: str, node: str) -> Any:
             known_hosts=asyncssh.import_known_hosts(host_ca_known_hosts(ident)),
             agent_path=None,
             preferred_auth="publickey",
-            encryption_algs=CIPHERS,
+            encryption_algs=ciphers or CIPHERS,
             connect_timeout=30,
         )
     except asyncssh.PermissionDenied:

@@ -100,6 +100,11 @@ class Channel:
         return (self._eof or self._closed) and not self._buf_size
 
     @property
+    def buffered_amount(self) -> int:
+        """Bytes written but not yet framed (held back by the peer's window)."""
+        return self._core.buffered_amount(self.channel_id)
+
+    @property
     def is_closed(self) -> bool:
         """True once closed locally, by the peer, or by the tunnel's end."""
         return self._closed or self._local_closed

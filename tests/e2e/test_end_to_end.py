@@ -354,3 +354,21 @@ def test_ssh_agent_gets_keys_on_login_and_loses_them_on_logout(
         assert not list((cluster.tsh_home / "keys").rglob("judy*"))
     finally:
         stop_process(agent)
+
+
+def test_bulk_data_both_ways_arrives_intact(cluster: Cluster) -> None:
+    """Megabytes each way: exercises window credit and message-size limits on every leg."""
+    cluster.add_user("kate", [ME])
+    _ready(cluster)
+    assert cluster.login("kate").returncode == 0
+    payload = os.urandom(12 << 20)
+    proc = subprocess.run(
+        [str(BIN / "tsh"), "ssh", f"{ME}@dev1", "cat"],
+        input=payload,
+        capture_output=True,
+        env=cluster.env(),
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout) == len(payload)
+    assert proc.stdout == payload
