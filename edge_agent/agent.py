@@ -47,7 +47,7 @@ class EdgeAgent:
         backoff: Backoff | None = None,
     ) -> None:
         self.ident = ident
-        self.labels = {**dict(labels), **ident.token_labels}
+        self.labels = dict(labels)  # the hub adds the join token's labels, which win
         self.limits = limits or Limits(send_heartbeats=True)
         self.backoff = backoff or Backoff()
         self.rng = random.Random()

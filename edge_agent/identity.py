@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,6 @@ class NodeIdentity:
     host_ca_pem: bytes
     user_ca_ssh: str
     cluster: str
-    token_labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def key_pem(self) -> bytes:
@@ -75,7 +74,6 @@ class NodeIdentity:
             "name": self.name,
             "hub": self.hub,
             "cluster": self.cluster,
-            "token_labels": self.token_labels,
         }
         # node.json is written last: its presence means the identity is complete.
         write_secret_file(d / "node.json", json.dumps(meta, indent=2).encode())
@@ -93,7 +91,6 @@ class NodeIdentity:
                 name=meta["name"],
                 hub=meta["hub"],
                 cluster=meta.get("cluster", ""),
-                token_labels=dict(meta.get("token_labels") or {}),
                 ssh_cert=(d / "node-cert.pub").read_text().strip(),
                 tls_cert=(d / "node.crt").read_bytes(),
                 host_ca_pem=(d / "host_ca.crt").read_bytes(),

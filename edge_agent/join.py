@@ -37,7 +37,6 @@ async def join(
     )
     if not isinstance(result, dict) or "node_id" not in result:
         raise HubUnreachable("the hub answered the join with something unexpected; try again")
-    token_labels = {k: v for k, v in result.get("labels", {}).items() if labels.get(k) != v}
     ident = NodeIdentity(
         key=key,
         node_id=result["node_id"],
@@ -48,7 +47,6 @@ async def join(
         host_ca_pem=result["host_ca_pem"].encode(),
         user_ca_ssh=result["user_ca_ssh"],
         cluster=result.get("cluster", ""),
-        token_labels=token_labels,
     )
     log.info("joined", extra={"node_id": ident.node_id, "node_name": ident.name, "hub": hub})
     return ident

@@ -252,7 +252,14 @@ class AuthService:
             raise AuthError("join token was already used; ask the hub operator for a new one")
         merged = {**dict(labels), **dict(record.labels)}  # the operator's token labels win
         await self.backend.add_node(
-            Node(id=node_id, name=name, labels=merged, version=version, joined=now)
+            Node(
+                id=node_id,
+                name=name,
+                labels=merged,
+                version=version,
+                joined=now,
+                token_labels=dict(record.labels),
+            )
         )
         ssh_cert = self.host_ca.sign_ssh_host_cert(pub, key_id=node_id, principals=[node_id, name])
         tls_cert = self.host_ca.issue_x509(

@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     version TEXT NOT NULL DEFAULT '',
     online INTEGER NOT NULL DEFAULT 0,
     last_seen REAL,
-    joined REAL NOT NULL
+    joined REAL NOT NULL,
+    token_labels TEXT NOT NULL DEFAULT '{}'
 );
 """
 
@@ -90,6 +91,11 @@ class Node:
     online: bool = False
     last_seen: float | None = None
     joined: float = 0.0
+    #: labels from the join token: they win over what the agent reports
+    token_labels: Mapping[str, str] = field(default_factory=dict)
+
+    def effective_labels(self, reported: Mapping[str, str]) -> dict[str, str]:
+        return {**dict(reported), **dict(self.token_labels)}
 
 
 class Backend(Protocol):
@@ -156,6 +162,7 @@ def _node(row: aiosqlite.Row) -> Node:
         online=bool(row["online"]),
         last_seen=row["last_seen"],
         joined=row["joined"],
+        token_labels=json.loads(row["token_labels"]),
     )
 
 
@@ -315,7 +322,7 @@ class SQLiteBackend:
     # nodes
     async def add_node(self, node: Node) -> None:
         await self._write(
-            "INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 node.id,
                 node.name,
@@ -324,6 +331,7 @@ class SQLiteBackend:
                 int(node.online),
                 node.last_seen,
                 node.joined,
+                json.dumps(dict(node.token_labels)),
             ),
         )
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hub.backend import Backend
+from remoteler.addr import valid_labels
 from remoteler.wire.aio import Tunnel
 
 log = logging.getLogger("remoteler.hub.tunnels")
@@ -25,6 +26,8 @@ class LiveNode:
     version: str = ""
     status: dict[str, Any] = field(default_factory=dict)
     dirty: bool = False
+    #: labels from the join token; the agent cannot override them
+    token_labels: Mapping[str, str] = field(default_factory=dict)
 
 
 class TunnelRegistry:
@@ -45,7 +48,9 @@ class TunnelRegistry:
     async def register(self, node_id: str, tunnel: Tunnel) -> LiveNode:
         old = self._live.get(node_id)
         now = time.time()
-        live = LiveNode(node_id, tunnel, now, now)
+        node = await self.backend.get_node(node_id)
+        token_labels = dict(node.token_labels) if node else {}
+        live = LiveNode(node_id, tunnel, now, now, token_labels=token_labels)
         self._live[node_id] = live
         if old is not None:
             log.info("tunnel replaced by a new connection", extra={"node_id": node_id})
@@ -70,10 +75,9 @@ class TunnelRegistry:
         live.dirty = True
         if isinstance(payload, dict):
             labels = payload.get("labels")
-            if isinstance(labels, dict) and all(
-                isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-            ):
-                live.labels = labels
+            if valid_labels(labels):
+                assert isinstance(labels, dict)
+                live.labels = {**labels, **live.token_labels}
             version = payload.get("version")
             if isinstance(version, str):
                 live.version = version[:64]

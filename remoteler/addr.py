@@ -58,6 +58,24 @@ def parse_labels(text: str | None) -> dict[str, str]:
     return labels
 
 
+MAX_LABELS = 64
+
+
+def valid_labels(labels: object) -> bool:
+    """True for a dict of at most 64 labels whose keys and values parse_labels accepts."""
+    return (
+        isinstance(labels, dict)
+        and len(labels) <= MAX_LABELS
+        and all(
+            isinstance(k, str)
+            and isinstance(v, str)
+            and bool(_LABEL_KEY.match(k))
+            and bool(_LABEL_VALUE.match(v))
+            for k, v in labels.items()
+        )
+    )
+
+
 def format_labels(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 

@@ -70,3 +70,23 @@ def test_no_secret_reaches_a_log(cluster: Cluster) -> None:
     for secret in (token, PASSWORD, TOTP_SECRET, "BEGIN OPENSSH PRIVATE KEY", "PRIVATE KEY"):
         assert secret not in logs
     assert "user login" in logs and "login failed" in logs, "the events themselves are logged"
+
+
+def test_token_labels_win_over_what_the_agent_reports(cluster: Cluster) -> None:
+    cluster.start_agent("tiered", "tier=silver,env=lab", cluster.token("--labels", "tier=gold"))
+    wait_for(lambda: cluster.node_online("tiered"), what="online")
+    wait_for(
+        lambda: cluster.tctl_json("nodes", "ls")[0]["labels"] == {"tier": "gold", "env": "lab"},
+        what="merged labels",
+    )
+    # a restart with other flags cannot shed the operator's label
+    from helpers import stop_process
+
+    stop_process(cluster.agents.pop("tiered"))
+    cluster.start_agent("tiered", "tier=bronze", None, "--heartbeat-interval", "0.5")
+    wait_for(lambda: cluster.node_online("tiered"), what="online again")
+    wait_for(
+        lambda: cluster.tctl_json("nodes", "ls")[0]["labels"] == {"tier": "gold"},
+        timeout=30,
+        what="heartbeat labels flushed",
+    )

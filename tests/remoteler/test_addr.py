@@ -43,3 +43,12 @@ def test_ttl() -> None:
     for bad in ("0", "-1h", "h", "1w", ""):
         with pytest.raises(UsageError, match="duration"):
             parse_ttl(bad)
+
+
+def test_valid_labels() -> None:
+    from remoteler.addr import valid_labels
+
+    assert valid_labels({"env": "prod"})
+    assert valid_labels({})
+    for bad in ([], {"env": 1}, {"a b": "c"}, {"k": "v;x"}, {f"k{i}": "v" for i in range(65)}):
+        assert not valid_labels(bad)
