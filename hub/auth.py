@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -251,16 +252,22 @@ class AuthService:
         if not await self.backend.consume_token(token_hash, node_id, now):
             raise AuthError("join token was already used; ask the hub operator for a new one")
         merged = {**dict(labels), **dict(record.labels)}  # the operator's token labels win
-        await self.backend.add_node(
-            Node(
-                id=node_id,
-                name=name,
-                labels=merged,
-                version=version,
-                joined=now,
-                token_labels=dict(record.labels),
+        try:
+            await self.backend.add_node(
+                Node(
+                    id=node_id,
+                    name=name,
+                    labels=merged,
+                    version=version,
+                    joined=now,
+                    token_labels=dict(record.labels),
+                )
             )
-        )
+        except sqlite3.IntegrityError:  # another join took the name meanwhile
+            raise UsageError(
+                f"a node named {name!r} already exists; pick another --name "
+                "and ask for a new token (this one was used)"
+            ) from None
         ssh_cert = self.host_ca.sign_ssh_host_cert(pub, key_id=node_id, principals=[node_id, name])
         tls_cert = self.host_ca.issue_x509(
             pub,

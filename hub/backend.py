@@ -174,10 +174,11 @@ class SQLiteBackend:
 
     @classmethod
     async def open(cls, path: Path) -> SQLiteBackend:
-        new = not path.exists()
-        if new:
+        if not path.exists():
             fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
             os.close(fd)
+        elif path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)  # holds TOTP seeds: never readable by others
         db = await aiosqlite.connect(path, timeout=30)
         db.row_factory = aiosqlite.Row
         await db.execute("PRAGMA journal_mode=WAL")
@@ -282,10 +283,11 @@ class SQLiteBackend:
         return [_token(r) for r in await self._all("SELECT * FROM tokens ORDER BY created")]
 
     async def delete_token(self, token_id: str) -> int:
-        if len(token_id) < 6:
+        """Delete the token whose id (the 12-hex digest prefix ``tokens ls`` shows) matches."""
+        if len(token_id) != 12:
             return 0
         return await self._write(
-            "DELETE FROM tokens WHERE substr(token_hash, 1, ?) = ?", (len(token_id), token_id)
+            "DELETE FROM tokens WHERE substr(token_hash, 1, 12) = ?", (token_id,)
         )
 
     async def consume_token(self, token_hash: str, used_by: str, now: float) -> bool:

@@ -22,10 +22,17 @@ from remoteler.access import LOGINS_TRAIT, Role
 from remoteler.addr import parse_ttl
 from remoteler.errors import UsageError
 
+KNOWN_KEYS = {"kind", "name", "logins", "node_labels", "max_session_ttl"}
+
 
 def parse_role(doc: dict[str, Any]) -> Role:
     if doc.get("kind") != "role":
         raise UsageError('the file must say kind = "role"')
+    unknown = sorted(set(doc) - KNOWN_KEYS)
+    if unknown:
+        raise UsageError(
+            f"unknown key {unknown[0]!r} in the role; use {', '.join(sorted(KNOWN_KEYS))}"
+        )
     name = doc.get("name")
     if not isinstance(name, str):
         raise UsageError('the role needs a name = "..."')

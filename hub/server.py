@@ -53,6 +53,9 @@ MAX_CONNECT_MESSAGE = 1 << 20
 RELAY_CHUNK = 256 * 1024
 #: Longest heartbeat interval an agent may ask the hub to tolerate, seconds.
 MAX_HEARTBEAT = 3600.0
+#: An RPC connection is closed after this many idle seconds, or this many requests.
+RPC_IDLE_TIMEOUT = 30.0
+RPC_MAX_REQUESTS = 100
 
 Handler = Callable[[Identity | None, dict[str, Any]], Awaitable[Any]]
 
@@ -284,7 +287,13 @@ class HubServer:
             log.info("session relay end", extra={**fields, "bytes_in": sent, "bytes_out": received})
 
     async def serve_rpc(self, ws: ServerConnection, ident: Identity | None) -> None:
-        async for message in ws:
+        for _ in range(RPC_MAX_REQUESTS):
+            try:
+                async with asyncio.timeout(RPC_IDLE_TIMEOUT):
+                    message = await ws.recv()
+            except TimeoutError:
+                await ws.close(1000, "idle")
+                return
             try:
                 req_id, method, params = rpc.parse_request(message)
             except rpc.RpcFormatError:
@@ -307,6 +316,7 @@ class HubServer:
                         req_id, RemotelerError("internal error on the hub; see its log")
                     )
                 )
+        await ws.close(1000, "request limit reached; open a new connection")
 
     # rpc methods -------------------------------------------------------------
     async def rpc_ping(self, ident: Identity | None, params: dict[str, Any]) -> Any:

@@ -65,7 +65,7 @@ def write_identity_file(
     path: Path, key: Ed25519PrivateKey, ssh_cert: str, tls_cert: bytes, host_ca_pem: bytes
 ) -> list[Path]:
     key_path, cert_path, tls_path, ca_path = identity_paths(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_secret_file(key_path, private_key_to_openssh(key))
     cert_path.write_text(ssh_cert.strip() + "\n")
     tls_path.write_bytes(tls_cert)
