@@ -128,6 +128,7 @@ class Backend(Protocol):
         self, beats: Sequence[tuple[str, float, Mapping[str, str], str]]
     ) -> list[str]: ...
     async def mark_all_offline(self) -> None: ...
+    async def set_nodes_online(self, changes: Sequence[tuple[str, bool, float]]) -> None: ...
 
 
 def _user(row: aiosqlite.Row) -> User:
@@ -351,6 +352,14 @@ class SQLiteBackend:
         await self._write(
             "UPDATE nodes SET online = ?, last_seen = ? WHERE id = ?", (int(online), now, node_id)
         )
+
+    async def set_nodes_online(self, changes: Sequence[tuple[str, bool, float]]) -> None:
+        """Batch of (node id, online, when), one transaction."""
+        await self._db.executemany(
+            "UPDATE nodes SET online = ?, last_seen = ? WHERE id = ?",
+            [(int(online), when, nid) for nid, online, when in changes],
+        )
+        await self._db.commit()
 
     async def update_heartbeats(
         self, beats: Sequence[tuple[str, float, Mapping[str, str], str]]

