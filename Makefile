@@ -30,3 +30,6 @@ pytest: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo-data .mypy_cache .ruff_cache .pytest_cache *.egg-info
+
+bench: $(STAMP)
+	$(BIN)/python -m bench

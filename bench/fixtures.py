@@ -1,0 +1,155 @@
+"""Processes the benchmarks measure: a hub with an agent, a direct asyncssh server, sshd.
+
+Everything listens on 127.0.0.1 and is stopped by process id when the block ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from helpers import BIN, Cluster, free_port, stop_process, wait_for
+
+LOGIN = pwd.getpwuid(os.geteuid()).pw_name
+NODE = "bench-node"
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+@dataclass
+class Rig:
+    cluster: Cluster
+    identity: Path  # tctl auth sign output, for the direct client
+
+    def tsh(self, *args: str) -> list[str]:
+        return [str(BIN / "tsh"), *args]
+
+
+@contextlib.contextmanager
+def hub_rig(workdir: Path) -> Iterator[Rig]:
+    cluster = Cluster(workdir / "cluster", free_port())
+    cluster.root.mkdir(parents=True, exist_ok=True)
+    cluster.start_hub()
+    try:
+        cluster.add_user("bench", [LOGIN])
+        cluster.start_agent(NODE, "env=bench")
+        wait_for(lambda: cluster.node_online(NODE), what="bench node online")
+        login = cluster.login("bench")
+        if login.returncode != 0:
+            raise RuntimeError(f"bench login failed: {login.stderr}")
+        identity = workdir / "bench-id"
+        cluster.tctl("auth", "sign", "--user", "bench", "--ttl", "1h", "-o", str(identity))
+        os.environ["TSH_HOME"] = str(cluster.tsh_home)
+        yield Rig(cluster, identity)
+    finally:
+        cluster.stop()
+
+
+@contextlib.contextmanager
+def direct_server(rig: Rig) -> Iterator[int]:
+    """The agent's own SSH server code, on a loopback TCP port instead of the tunnel."""
+    port_file = rig.cluster.root / "direct.port"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.direct_ssh",
+            "--agent-data",
+            str(rig.cluster.root / f"agent-{NODE}"),
+            "--port-file",
+            str(port_file),
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        wait_for(port_file.exists, what="direct ssh server")
+        yield int(port_file.read_text())
+    finally:
+        stop_process(proc)
+
+
+def direct_client(rig: Rig, port: int, command: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "bench.direct_client",
+        "--identity",
+        str(rig.identity),
+        "--port",
+        str(port),
+        f"{LOGIN}@{NODE}",
+        command,
+    ]
+
+
+@dataclass
+class Sshd:
+    port: int
+    key: Path
+
+    def ssh(self, command: str, cipher: str | None = None) -> list[str]:
+        args = [
+            "ssh",
+            "-p",
+            str(self.port),
+            "-i",
+            str(self.key),
+            "-F",
+            "/dev/null",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "BatchMode=yes",
+        ]
+        if cipher:
+            args += ["-c", cipher]
+        return [*args, f"{LOGIN}@127.0.0.1", command]
+
+
+@contextlib.contextmanager
+def openssh_server(workdir: Path) -> Iterator[Sshd | None]:
+    """OpenSSH's sshd on loopback, or None where it is not installed."""
+    if not Path(SSHD).exists():
+        yield None
+        return
+    d = workdir / "sshd"
+    d.mkdir(parents=True, exist_ok=True)
+    for name in ("host", "client"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True
+        )
+    (d / "authorized_keys").write_text((d / "client.pub").read_text())
+    os.chmod(d / "authorized_keys", 0o600)
+    Path("/run/sshd").mkdir(exist_ok=True)
+    port = free_port()
+    config = d / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPidFile {d / 'sshd.pid'}\n"
+        "UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nLogLevel ERROR\n"
+    )
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
+    try:
+        server = Sshd(port, d / "client")
+        deadline = time.monotonic() + 10
+        while subprocess.run(server.ssh("true"), capture_output=True).returncode != 0:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("sshd did not come up")
+            time.sleep(0.1)
+        yield server
+    finally:
+        stop_process(proc)

@@ -1,0 +1,119 @@
+"""The benchmark harness: a registry, figures, statistics and the results table.
+
+A benchmark is a function ``(ctx) -> list[Figure]`` registered with
+:func:`benchmark`. Later issues add their own modules and register more.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Figure:
+    bench: str
+    name: str
+    unit: str
+    median: float
+    p99: float | None = None
+    samples: list[float] = field(default_factory=list)
+    #: what the figure is compared with, e.g. "asyncssh direct (aes128-gcm)"
+    reference: str | None = None
+    #: median / reference median (or the inverse for lower-is-better units)
+    ratio: float | None = None
+    goal: str = ""
+    met: bool | None = None
+    note: str = ""
+
+
+@dataclass
+class Context:
+    smoke: bool
+    workdir: Path
+    repeats: int = 5
+
+    def pick(self, full: Any, smoke: Any) -> Any:
+        return smoke if self.smoke else full
+
+
+Bench = Callable[[Context], list[Figure]]
+BENCHMARKS: dict[str, Bench] = {}
+
+
+def benchmark(name: str) -> Callable[[Bench], Bench]:
+    def register(fn: Bench) -> Bench:
+        BENCHMARKS[name] = fn
+        return fn
+
+    return register
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def p99(values: Sequence[float]) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))])
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or value != value:  # None or NaN
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def table(figures: Sequence[Figure]) -> str:
+    headers = ["bench", "figure", "median", "p99", "unit", "vs", "ratio", "goal", "met"]
+    rows = [
+        [
+            f.bench,
+            f.name,
+            _fmt(f.median),
+            _fmt(f.p99),
+            f.unit,
+            f.reference or "",
+            f"{f.ratio:.2f}x" if f.ratio is not None else "",
+            f.goal,
+            {True: "yes", False: "NO", None: ""}[f.met],
+        ]
+        for f in figures
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(out)
+
+
+def write_results(path: Path, figures: Sequence[Figure], smoke: bool) -> None:
+    doc = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": __import__("os").cpu_count(),
+        },
+        "smoke": smoke,
+        "figures": [asdict(f) for f in figures],
+    }
+    path.write_text(json.dumps(doc, indent=2) + "\n")

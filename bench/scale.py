@@ -1,0 +1,221 @@
+"""Hub scale: simulated agents (real TLS, websockets, heartbeats) at 1,000 / 5,000 / 10,000.
+
+Per size: hub RSS and CPU while idle, time for every agent to be back after a
+SIGKILL + restart of the hub, and whole-process ``tsh ls`` latency during that
+reconnect storm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from bench.fixtures import BIN, Cluster, free_port, stop_process
+from bench.footprint import cpu_seconds, rss_mib
+from bench.harness import Context, Figure, benchmark, median, p99
+from remoteler.ca import CertAuthority, generate_private_key, private_key_to_pkcs8_pem
+
+AGENTS_PER_PROCESS = 2500
+
+
+def provision(cluster: Cluster, n: int, out: Path) -> None:
+    """n node identities signed by the hub's host CA, registered as joined nodes."""
+    host_ca = CertAuthority.load(cluster.data / "ca", "host")
+    rows = []
+    with out.open("w") as f:
+        for i in range(n):
+            node_id = str(uuid.uuid4())
+            key = generate_private_key()
+            cert = host_ca.issue_x509(
+                key.public_key(),
+                common_name=node_id,
+                organization="remoteler-node",
+                usage="client",
+                ttl_seconds=86400,
+            )
+            f.write(
+                json.dumps({"cert": cert.decode(), "key": private_key_to_pkcs8_pem(key).decode()})
+                + "\n"
+            )
+            rows.append(
+                (node_id, f"sim-{i:05d}", json.dumps({"sim": "1"}), "", 0, None, time.time(), "{}")
+            )
+    db = sqlite3.connect(cluster.data / "hub.db", timeout=30)
+    db.executemany("INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    db.commit()
+    db.close()
+
+
+def connected(statuses: list[Path]) -> int:
+    total = 0
+    for s in statuses:
+        with contextlib.suppress(OSError, ValueError):
+            total += int(s.read_text() or 0)
+    return total
+
+
+def wait_all(statuses: list[Path], n: int, timeout: float) -> float:
+    start = time.monotonic()
+    while connected(statuses) < n:
+        if time.monotonic() - start > timeout:
+            return float("nan")
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+def run_size(ctx: Context, n: int) -> list[Figure]:
+    root = ctx.workdir / f"n{n}"
+    root.mkdir()
+    cluster = Cluster(root, free_port())
+    cluster.start_hub()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        cluster.add_user("bench", ["root"])
+        assert cluster.login("bench").returncode == 0
+        identities = root / "identities.jsonl"
+        provision(cluster, n, identities)
+        statuses = []
+        for start in range(0, n, AGENTS_PER_PROCESS):
+            status = root / f"status-{start}"
+            statuses.append(status)
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.loadgen",
+                        "--hub",
+                        cluster.addr,
+                        "--identities",
+                        str(identities),
+                        "--ca",
+                        str(cluster.data / "ca" / "host_ca.crt"),
+                        "--start",
+                        str(start),
+                        "--count",
+                        str(min(AGENTS_PER_PROCESS, n - start)),
+                        "--status",
+                        str(status),
+                        "--ramp",
+                        "5",
+                    ],
+                    cwd=Path(__file__).resolve().parent.parent,
+                )
+            )
+        first = wait_all(statuses, n, 300)
+        time.sleep(ctx.pick(10.0, 1.0))
+        assert cluster.hub is not None
+        pid = cluster.hub.pid
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        time.sleep(ctx.pick(10.0, 1.0))
+        idle_cpu = 100 * (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+        rss = rss_mib(pid)
+
+        cluster.kill_hub()
+        deadline = time.monotonic() + 30
+        while connected(statuses) > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)  # every agent has noticed before the clock starts
+        latencies: list[float] = []
+        errors = 0
+        storm_over = threading.Event()
+
+        def poll_ls() -> None:
+            nonlocal errors
+            while not storm_over.is_set():
+                start = time.perf_counter()
+                proc = subprocess.run(
+                    [str(BIN / "tsh"), "ls", "--format", "json"],
+                    capture_output=True,
+                    env=cluster.env(),
+                    timeout=60,
+                )
+                if proc.returncode == 0:
+                    latencies.append((time.perf_counter() - start) * 1000)
+                else:
+                    errors += 1
+                time.sleep(0.2)
+
+        restart = time.monotonic()
+        cluster.start_hub()
+        profile = os.environ.get("BENCH_PROFILE_HUB")  # py-spy raw output path, optional
+        spy = None
+        if profile and cluster.hub is not None:
+            spy = subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "-p",
+                    str(cluster.hub.pid),
+                    "-d",
+                    "8",
+                    "-f",
+                    "raw",
+                    "-o",
+                    profile,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        poller = threading.Thread(target=poll_ls)
+        poller.start()
+        all_back = not math.isnan(wait_all(statuses, n, 300))
+        back = time.monotonic() - restart if all_back else float("nan")
+        storm_over.set()
+        poller.join()
+        if spy is not None:
+            spy.wait(timeout=30)
+    finally:
+        for proc in procs:
+            stop_process(proc)
+        cluster.stop()
+    full = not ctx.smoke
+    label = f"{n} agents"
+    return [
+        Figure("hub_scale", f"{label}: first connect", "s", first),
+        Figure(
+            "hub_scale",
+            f"{label}: hub RSS idle",
+            "MiB",
+            rss,
+            goal="< 1024 MiB at 10k",
+            met=(rss < 1024) if full and n >= 10000 else None,
+        ),
+        Figure("hub_scale", f"{label}: hub CPU idle", "% core", idle_cpu),
+        Figure(
+            "hub_scale",
+            f"{label}: all back after restart",
+            "s",
+            back,
+            goal="< 60 s",
+            met=(back < 60) if full else None,
+        ),
+        Figure(
+            "hub_scale",
+            f"{label}: tsh ls during storm",
+            "ms",
+            median(latencies),
+            p99(latencies),
+            latencies,
+            goal="< 1000 ms",
+            met=(max(latencies, default=1e9) < 1000) if full else None,
+            note=f"{len(latencies)} runs, {errors} failed (hub still starting)",
+        ),
+    ]
+
+
+@benchmark("hub_scale")
+def hub_scale(ctx: Context) -> list[Figure]:
+    sizes = [int(x) for x in os.environ.get("BENCH_SCALE_SIZES", "1000,5000,10000").split(",")]
+    figures: list[Figure] = []
+    for n in ctx.pick(sizes, [20]):
+        figures += run_size(ctx, n)
+    return figures
