@@ -15,6 +15,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from remoteler.access import RULES_EXTENSION, check_access, decode_rules
 from remoteler.ca import CAError, parse_certificate
 
+#: Critical options asyncssh enforces itself (PROTOCOL.certkeys); any other one
+#: means the certificate asks for a restriction we cannot honour, so refuse it.
+KNOWN_CRITICAL_OPTIONS = frozenset({"force-command", "source-address"})
+
 
 def _raw(pub: Ed25519PublicKey) -> bytes:
     return pub.public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -39,6 +43,9 @@ def authorize_user_cert(
         return "not a user certificate"
     if not parsed.valid_after <= now < parsed.valid_before:
         return "certificate expired or not yet valid"
+    unknown = sorted(set(parsed.critical_options) - KNOWN_CRITICAL_OPTIONS)
+    if unknown:
+        return f"certificate has unknown critical option {unknown[0]!r}"
     if login not in parsed.principals:
         return f"login {login!r} is not among the certificate's principals"
     encoded = parsed.extensions.get(RULES_EXTENSION)

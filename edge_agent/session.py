@@ -27,6 +27,9 @@ log = logging.getLogger("remoteler.agent.session")
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ACCEPT_ENV_PREFIXES = ("LANG", "LC_", "TZ", "COLORTERM")
 READ_SIZE = 64 * 1024
+#: Client input held for a command that is not reading it; past this the channel
+#: stops reading, so the SSH window closes and the client waits (RFC 4254 §5.2).
+STDIN_HIGH_WATER = 256 * 1024
 
 
 def _accepted_env(env: Any) -> dict[str, str]:
@@ -44,7 +47,21 @@ def _set_winsize(fd: int, cols: int, rows: int, px: int = 0, py: int = 0) -> Non
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, px, py))
 
 
+#: Dispositions a command must not inherit from the agent, as sshd resets them:
+#: under ``nohup`` SIGHUP is ignored (a dropped session would leave its command
+#: running), and a background start from a script ignores SIGINT and SIGQUIT.
+RESET_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGPIPE)
+
+
+def _reset_signals() -> None:  # runs in the child, before exec
+    with contextlib.suppress(ValueError):  # only possible from the main thread
+        for sig in RESET_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
 def _make_ctty() -> None:  # runs in the child after setsid()
+    _reset_signals()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
@@ -63,6 +80,8 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._can_write.set()
         self._task: asyncio.Future[None] | None = None
         self._resumer: asyncio.Future[None] | None = None
+        self._stdin_paused = False
+        self._stdin_drainer: asyncio.Future[None] | None = None
 
     # asyncssh callbacks ---------------------------------------------------
     def connection_made(self, chan: Any) -> None:
@@ -95,6 +114,7 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
                 self._proc.stdin.write(data)
         else:
             self._stdin_buf += data
+        self._pause_stdin_if_full()
 
     def eof_received(self) -> bool:
         """Client closed its stdin: pass EOF on, keep our side open for output."""
@@ -105,6 +125,8 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         return True  # half-close (RFC 4254 section 5.3): output and exit status still flow
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        if self._term is not None:  # a change before the pty exists applies when it does
+            self._term = (self._term[0], (width, height, pixwidth, pixheight))
         if self._master is not None:
             _set_winsize(self._master, width, height, pixwidth, pixheight)
 
@@ -124,6 +146,30 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         if self._proc is not None and self._proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, signal.SIGHUP)
+
+    # stdin flow control -------------------------------------------------------
+    def _pause_stdin_if_full(self) -> None:
+        backlog = len(self._stdin_buf)
+        if self._master is None and self._proc is not None and self._proc.stdin is not None:
+            backlog += self._proc.stdin.transport.get_write_buffer_size()
+        if self._stdin_paused or backlog <= STDIN_HIGH_WATER:
+            return
+        self._stdin_paused = True
+        self._chan.pause_reading()
+        if self._master is None and self._proc is not None:
+            self._stdin_drainer = asyncio.ensure_future(self._drain_stdin())
+        # pty: _flush_master resumes once the buffer is written
+
+    async def _drain_stdin(self) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        with contextlib.suppress(ConnectionError):
+            await self._proc.stdin.drain()
+        self._resume_stdin()
+
+    def _resume_stdin(self) -> None:
+        if self._stdin_paused:
+            self._stdin_paused = False
+            self._chan.resume_reading()
 
     # running the command ----------------------------------------------------
     def _spawn_args(self) -> tuple[list[str], dict[str, Any]]:
@@ -189,6 +235,7 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_reset_signals,
             **kwargs,
         )
         self._proc = proc
@@ -198,6 +245,8 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self._stdin_buf.clear()
         if self._stdin_eof:
             proc.stdin.write_eof()
+        if self._stdin_paused:  # paused before the process existed: resume once it has read
+            self._stdin_drainer = asyncio.ensure_future(self._drain_stdin())
 
         async def pump(stream: asyncio.StreamReader, stderr: bool) -> None:
             while data := await stream.read(READ_SIZE):
@@ -241,6 +290,8 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
                 if not done.done():
                     done.set_result(None)
                 return
+            if self._chan.is_closing():
+                return  # client went away: drain and discard until the command ends
             self._chan.write(data)
             if not self._can_write.is_set():
                 loop.remove_reader(master)
@@ -278,3 +329,4 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             loop.add_writer(fd, self._flush_master)
         else:
             loop.remove_writer(fd)
+            self._resume_stdin()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import stat
 import sys
@@ -89,12 +88,37 @@ async def open_ssh(
 
 
 def _term_size() -> tuple[int, int]:
-    size = shutil.get_terminal_size((80, 24))
-    return size.columns, size.lines
+    """The terminal's own size (TIOCGWINSZ), as ssh does: never $COLUMNS/$LINES, which go stale."""
+    for fd in (sys.stdin.fileno(), sys.stdout.fileno()):
+        try:
+            size = os.get_terminal_size(fd)
+        except OSError:
+            continue
+        if size.columns and size.lines:
+            return size.columns, size.lines
+    return 80, 24
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
 
 
 async def _pump_stdin(process: Any) -> None:
-    """Copy our stdin to the remote side; send EOF when it ends."""
+    """Copy our stdin to the remote side; send EOF when it ends.
+
+    One chunk is read only after the previous one fits the SSH window, so a fast
+    producer (``cat bigfile |``) waits instead of piling up in memory.
+    """
     loop = asyncio.get_running_loop()
     fd = sys.stdin.fileno()
     try:
@@ -102,31 +126,26 @@ async def _pump_stdin(process: Any) -> None:
     except OSError:
         process.stdin.write_eof()
         return
-    if stat.S_ISREG(mode):
-        while data := await loop.run_in_executor(None, os.read, fd, 65536):
-            process.stdin.write(data)
-            await process.stdin.drain()
-    else:
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-
-        def readable() -> None:
+    pollable = not stat.S_ISREG(mode)
+    while True:
+        if pollable:
             try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                loop.remove_reader(fd)
-            queue.put_nowait(data)
-
-        loop.add_reader(fd, readable)
+                await _readable(loop, fd)
+            except PermissionError:  # epoll refuses /dev/null and some other devices
+                pollable = False
         try:
-            while data := await queue.get():
-                process.stdin.write(data)
-                await process.stdin.drain()
-        finally:
-            loop.remove_reader(fd)
+            if pollable:
+                data = os.read(fd, 65536)
+            else:
+                data = await loop.run_in_executor(None, os.read, fd, 65536)
+        except BlockingIOError:
+            continue
+        except OSError:
+            data = b""
+        if not data:
+            break
+        process.stdin.write(data)
+        await process.stdin.drain()
     with contextlib.suppress(Exception):
         process.stdin.write_eof()
 
