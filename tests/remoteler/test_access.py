@@ -70,3 +70,8 @@ def test_rules_roundtrip_and_reject_garbage() -> None:
 def test_role_dict_roundtrip() -> None:
     role = Role("r", ("pi",), {"env": ("a", "b")}, 3600)
     assert Role.from_dict(role.to_dict()) == role
+
+
+def test_a_selector_that_is_not_a_list_is_refused_not_dropped() -> None:
+    with pytest.raises(ValueError):
+        decode_rules('[{"r": "x", "l": ["pi"], "n": {"env": "prod", "site": ["*"]}}]')
