@@ -134,6 +134,12 @@ def encode_rules(rules: Iterable[AccessRule]) -> str:
     )
 
 
+def _patterns(value: object) -> list[object]:
+    if not isinstance(value, list):
+        raise ValueError("label patterns must be a list")  # never widen access silently
+    return value
+
+
 def decode_rules(text: str) -> list[AccessRule]:
     """Parse :func:`encode_rules` output; raise ValueError on anything else."""
     data = json.loads(text)
@@ -151,11 +157,7 @@ def decode_rules(text: str) -> list[AccessRule]:
             AccessRule(
                 str(item.get("r", "")),
                 tuple(str(x) for x in logins),
-                {
-                    str(k): tuple(str(x) for x in v)
-                    for k, v in labels.items()
-                    if isinstance(v, list)
-                },
+                {str(k): tuple(str(x) for x in _patterns(v)) for k, v in labels.items()},
             )
         )
     return rules
