@@ -11,7 +11,8 @@ import asyncssh
 
 from remoteler.ca import private_key_to_openssh
 from remoteler.identity import read_identity_file
-from tsh.ssh import CIPHERS, host_ca_known_hosts, run_session
+from remoteler.sshio import CIPHERS, SSH_MAX_PACKET, SSH_WINDOW
+from tsh.ssh import host_ca_known_hosts, run_session
 
 
 async def main() -> int:
@@ -41,6 +42,8 @@ async def main() -> int:
         host_key_alias=node,
         agent_path=None,
         encryption_algs=[args.cipher] if args.cipher else CIPHERS,
+        window=SSH_WINDOW,
+        max_pktsize=SSH_MAX_PACKET,
     )
     try:
         return await run_session(conn, args.cmd, None)

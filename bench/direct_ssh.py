@@ -9,8 +9,9 @@ from pathlib import Path
 import asyncssh
 
 from edge_agent.identity import NodeIdentity
-from edge_agent.sshd import CIPHERS, NodeSSHServer
+from edge_agent.sshd import NodeSSHServer
 from remoteler.ca import private_key_to_openssh
+from remoteler.sshio import CIPHERS, SSH_MAX_PACKET, SSH_WINDOW
 
 
 async def main() -> None:
@@ -27,6 +28,8 @@ async def main() -> None:
         server_factory=lambda: NodeSSHServer(ident.user_ca_ssh, {}),
         server_host_keys=[(key, cert)],
         encryption_algs=CIPHERS,
+        window=SSH_WINDOW,
+        max_pktsize=SSH_MAX_PACKET,
         encoding=None,
         line_editor=False,
         config=None,

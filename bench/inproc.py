@@ -9,7 +9,8 @@ import asyncssh
 from bench.fixtures import LOGIN, NODE, Rig
 from remoteler.ca import private_key_to_openssh
 from remoteler.identity import read_identity_file
-from tsh.ssh import CIPHERS, host_ca_known_hosts, open_ssh
+from remoteler.sshio import CIPHERS, SSH_MAX_PACKET, SSH_WINDOW
+from tsh.ssh import host_ca_known_hosts, open_ssh
 
 
 async def connect_via_hub(rig: Rig) -> Any:
@@ -35,4 +36,6 @@ async def connect_direct(rig: Rig, port: int) -> Any:
         host_key_alias=NODE,
         agent_path=None,
         encryption_algs=CIPHERS,
+        window=SSH_WINDOW,
+        max_pktsize=SSH_MAX_PACKET,
     )

@@ -13,19 +13,9 @@ from edge_agent.authz import authorize_user_cert
 from edge_agent.identity import NodeIdentity
 from edge_agent.session import CommandSession
 from remoteler.ca import private_key_to_openssh, public_key_from_openssh
-from remoteler.sshio import ChannelPipe, PipeTunnel
+from remoteler.sshio import CIPHERS, SSH_MAX_PACKET, SSH_WINDOW, ChannelPipe, PipeTunnel
 
 log = logging.getLogger("remoteler.agent.sshd")
-
-#: AES-GCM first: with AES instructions it nearly doubles asyncssh's throughput
-#: over chacha20-poly1305 (bench/, docs/performance.md).
-CIPHERS = [
-    "aes128-gcm@openssh.com",
-    "aes256-gcm@openssh.com",
-    "chacha20-poly1305@openssh.com",
-    "aes128-ctr",
-    "aes256-ctr",
-]
 
 
 class NodeSSHServer(asyncssh.SSHServer):
@@ -114,6 +104,8 @@ async def serve_ssh_channel(
             server_factory=lambda: NodeSSHServer(ident.user_ca_ssh, fields),
             server_host_keys=[(host_key, host_cert)],
             encryption_algs=CIPHERS,
+            window=SSH_WINDOW,
+            max_pktsize=SSH_MAX_PACKET,
             login_timeout=30,
             allow_pty=True,
             encoding=None,

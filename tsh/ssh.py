@@ -18,17 +18,10 @@ from remoteler.ca.x509 import load_certificate
 from remoteler.errors import AccessDenied, HubUnreachable, NodeError, TrustError
 from remoteler.hubconn import open_ws
 from remoteler.identity import UserIdentity
-from remoteler.sshio import PipeTunnel, WebSocketPipe
+from remoteler.sshio import CIPHERS, SSH_MAX_PACKET, SSH_WINDOW, PipeTunnel, WebSocketPipe
 from remoteler.tlsutil import client_context
 
 CONNECT_SUBPROTOCOL = "remoteler.connect.v1"
-CIPHERS = [
-    "aes128-gcm@openssh.com",
-    "aes256-gcm@openssh.com",
-    "chacha20-poly1305@openssh.com",
-    "aes128-ctr",
-    "aes256-ctr",
-]
 
 
 def host_ca_known_hosts(ident: UserIdentity) -> str:
@@ -66,6 +59,8 @@ async def open_ssh(
             agent_path=None,
             preferred_auth="publickey",
             encryption_algs=ciphers or CIPHERS,
+            window=SSH_WINDOW,
+            max_pktsize=SSH_MAX_PACKET,
             connect_timeout=30,
         )
     except asyncssh.PermissionDenied:
@@ -97,6 +92,9 @@ def _term_size() -> tuple[int, int]:
         if size.columns and size.lines:
             return size.columns, size.lines
     return 80, 24
+
+
+STDIN_CHUNK = 256 * 1024
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
@@ -134,10 +132,8 @@ async def _pump_stdin(process: Any) -> None:
             except PermissionError:  # epoll refuses /dev/null and some other devices
                 pollable = False
         try:
-            if pollable:
-                data = os.read(fd, 65536)
-            else:
-                data = await loop.run_in_executor(None, os.read, fd, 65536)
+            # Regular files and /dev/null never block: read them directly, no thread hop.
+            data = os.read(fd, STDIN_CHUNK)
         except BlockingIOError:
             continue
         except OSError:
