@@ -50,7 +50,11 @@ def provision(cluster: Cluster, n: int, out: Path) -> None:
                 (node_id, f"sim-{i:05d}", json.dumps({"sim": "1"}), "", 0, None, time.time(), "{}")
             )
     db = sqlite3.connect(cluster.data / "hub.db", timeout=30)
-    db.executemany("INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    db.executemany(
+        "INSERT INTO nodes (id, name, labels, version, online, last_seen, joined, token_labels) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
     db.commit()
     db.close()
 

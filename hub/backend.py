@@ -51,7 +51,9 @@ CREATE TABLE IF NOT EXISTS nodes (
     online INTEGER NOT NULL DEFAULT 0,
     last_seen REAL,
     joined REAL NOT NULL,
-    token_labels TEXT NOT NULL DEFAULT '{}'
+    token_labels TEXT NOT NULL DEFAULT '{}',
+    audit_pending INTEGER NOT NULL DEFAULT 0,
+    audit_oldest REAL
 );
 """
 
@@ -93,9 +95,24 @@ class Node:
     joined: float = 0.0
     #: labels from the join token: they win over what the agent reports
     token_labels: Mapping[str, str] = field(default_factory=dict)
+    #: events waiting in the device's outbox, and the time of the oldest (heartbeat)
+    audit_pending: int = 0
+    audit_oldest: float | None = None
 
     def effective_labels(self, reported: Mapping[str, str]) -> dict[str, str]:
         return {**dict(reported), **dict(self.token_labels)}
+
+
+@dataclass(frozen=True)
+class Beat:
+    """What one heartbeat changes in a node's row."""
+
+    node_id: str
+    last_seen: float
+    labels: Mapping[str, str]
+    version: str = ""
+    audit_pending: int = 0
+    audit_oldest: float | None = None
 
 
 class Backend(Protocol):
@@ -124,9 +141,7 @@ class Backend(Protocol):
     async def list_nodes(self) -> list[Node]: ...
     async def delete_node(self, key: str) -> bool: ...
     async def set_node_online(self, node_id: str, online: bool, now: float) -> None: ...
-    async def update_heartbeats(
-        self, beats: Sequence[tuple[str, float, Mapping[str, str], str]]
-    ) -> list[str]: ...
+    async def update_heartbeats(self, beats: Sequence[Beat]) -> list[str]: ...
     async def mark_all_offline(self) -> None: ...
     async def set_nodes_online(self, changes: Sequence[tuple[str, bool, float]]) -> None: ...
 
@@ -164,6 +179,8 @@ def _node(row: aiosqlite.Row) -> Node:
         last_seen=row["last_seen"],
         joined=row["joined"],
         token_labels=json.loads(row["token_labels"]),
+        audit_pending=row["audit_pending"],
+        audit_oldest=row["audit_oldest"],
     )
 
 
@@ -325,7 +342,7 @@ class SQLiteBackend:
     # nodes
     async def add_node(self, node: Node) -> None:
         await self._write(
-            "INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 node.id,
                 node.name,
@@ -335,6 +352,8 @@ class SQLiteBackend:
                 node.last_seen,
                 node.joined,
                 json.dumps(dict(node.token_labels)),
+                node.audit_pending,
+                node.audit_oldest,
             ),
         )
 
@@ -361,21 +380,27 @@ class SQLiteBackend:
         )
         await self._db.commit()
 
-    async def update_heartbeats(
-        self, beats: Sequence[tuple[str, float, Mapping[str, str], str]]
-    ) -> list[str]:
-        """Batch of (node id, last seen, labels, version), one transaction.
+    async def update_heartbeats(self, beats: Sequence[Beat]) -> list[str]:
+        """A batch of heartbeats in one transaction.
 
         Returns the ids no longer in the table (removed with ``tctl nodes rm``).
         """
         missing = []
-        for nid, seen, labels, ver in beats:
+        for b in beats:
             cur = await self._db.execute(
-                "UPDATE nodes SET last_seen = ?, labels = ?, version = ? WHERE id = ?",
-                (seen, json.dumps(dict(labels)), ver, nid),
+                "UPDATE nodes SET last_seen = ?, labels = ?, version = ?, audit_pending = ?, "
+                "audit_oldest = ? WHERE id = ?",
+                (
+                    b.last_seen,
+                    json.dumps(dict(b.labels)),
+                    b.version,
+                    b.audit_pending,
+                    b.audit_oldest,
+                    b.node_id,
+                ),
             )
             if cur.rowcount == 0:
-                missing.append(nid)
+                missing.append(b.node_id)
         await self._db.commit()
         return missing
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.backend import Backend, Node
+from hub.backend import Backend, Beat, Node
 from remoteler.addr import valid_labels
 from remoteler.wire.aio import Tunnel
 
@@ -103,7 +103,17 @@ class TunnelRegistry:
         for live in self._live.values():
             if live.dirty:
                 live.dirty = False
-                beats.append((live.node_id, live.last_seen, live.labels, live.version))
+                audit = live.status.get("audit")
+                pending, oldest = 0, None
+                if isinstance(audit, dict):
+                    raw_pending, raw_oldest = audit.get("pending"), audit.get("oldest")
+                    if isinstance(raw_pending, int) and not isinstance(raw_pending, bool):
+                        pending = max(0, raw_pending)
+                    if isinstance(raw_oldest, (int, float)) and not isinstance(raw_oldest, bool):
+                        oldest = float(raw_oldest)
+                beats.append(
+                    Beat(live.node_id, live.last_seen, live.labels, live.version, pending, oldest)
+                )
         if not beats:
             return
         for node_id in await self.backend.update_heartbeats(beats):

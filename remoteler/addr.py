@@ -61,6 +61,15 @@ def parse_labels(text: str | None) -> dict[str, str]:
 MAX_LABELS = 64
 
 
+def parse_size(text: str) -> int:
+    """``256MiB``, ``1GiB``, ``500KiB``, ``1048576`` (bytes)."""
+    m = re.fullmatch(r"\s*(\d+)\s*(|B|KiB|MiB|GiB|K|M|G)\s*", text or "", re.IGNORECASE)
+    if not m or int(m.group(1)) <= 0:
+        raise UsageError(f"bad size {text!r}: use a number with KiB, MiB or GiB, e.g. 256MiB")
+    unit = m.group(2).lower().rstrip("ib").rstrip("b")
+    return int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
+
+
 def valid_labels(labels: object) -> bool:
     """True for a dict of at most 64 labels whose keys and values parse_labels accepts."""
     return (

@@ -276,3 +276,36 @@ class PipeTunnel:
 
     async def wait_closed(self) -> None:
         return None
+
+
+class StreamPipe:
+    """An asyncio TCP stream (the agent's ``--local-listen`` for technicians on site)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def recv(self) -> bytes:
+        try:
+            return await self._reader.read(256 * 1024)
+        except (ConnectionError, OSError):
+            return b""
+
+    def send(self, data: bytes) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(data)
+
+    def buffered(self) -> int:
+        return self._writer.transport.get_write_buffer_size()
+
+    async def drain(self) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._writer.drain()
+
+    def send_eof(self) -> None:
+        with contextlib.suppress(OSError, RuntimeError):
+            if self._writer.can_write_eof():
+                self._writer.write_eof()
+
+    def close(self) -> None:
+        self._writer.close()

@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show the current login")
     _add_common(status, False)
     status.add_argument("--format", choices=["text", "json"], default="text")
+    play = sub.add_parser("play", help="replay a recorded session")
+    _add_common(play, False)
+    play.add_argument("session_id")
+    play.add_argument("--speed", type=float, default=1.0, help="playback speed factor")
+    play.add_argument(
+        "--format", choices=["tty", "text", "json"], default="tty", help="tty replays with timing"
+    )
     logout = sub.add_parser("logout", help="remove keys and certificates")
     _add_common(logout, False)
     return p
@@ -255,6 +262,25 @@ async def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_play(args: argparse.Namespace) -> int:
+    from remoteler.hubconn import rpc_call
+    from remoteler.tlsutil import client_context
+    from tsh.play import check_found, dump, replay, session_frames
+
+    if not args.speed > 0:
+        raise UsageError("--speed must be positive, e.g. 2 for twice as fast")
+    hub, ident = _identity(args)
+    ctx = client_context(ident.host_ca_pem, ident.tls_cert, ident.key_pem)
+    events = await rpc_call(hub, ctx, "audit.session", session_id=args.session_id)
+    check_found(events, args.session_id)
+    frames = session_frames(events)
+    if args.format == "tty":
+        await replay(frames, args.speed, sys.stdout.fileno())
+    else:
+        dump(frames, args.format)
+    return 0
+
+
 async def cmd_logout(args: argparse.Namespace) -> int:
     from remoteler.ca import CAError
     from remoteler.identity import read_identity_file, remove_identity_file
@@ -282,6 +308,7 @@ COMMANDS = {
     "ssh": cmd_ssh,
     "status": cmd_status,
     "logout": cmd_logout,
+    "play": cmd_play,
 }
 
 

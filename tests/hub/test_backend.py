@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.backend import Node, SQLiteBackend, Token, User
+from hub.backend import Beat, Node, SQLiteBackend, Token, User
 from remoteler.access import ACCESS_ROLE, Role
 
 
@@ -206,10 +206,13 @@ async def test_nodes_crud_online_and_heartbeats(backend: SQLiteBackend) -> None:
     got = await backend.get_node("id-a")
     assert got is not None and got.online and got.last_seen == 50.0
 
-    await backend.update_heartbeats([("id-a", 60.0, {"env": "dev"}, "1.2"), ("ghost", 1.0, {}, "")])
+    await backend.update_heartbeats(
+        [Beat("id-a", 60.0, {"env": "dev"}, "1.2", 7, 50.0), Beat("ghost", 1.0, {})]
+    )
     got = await backend.get_node("truck-1")
     assert got is not None
     assert (got.last_seen, dict(got.labels), got.version) == (60.0, {"env": "dev"}, "1.2")
+    assert (got.audit_pending, got.audit_oldest) == (7, 50.0)
 
     await backend.set_node_online("id-b", True, 70.0)
     await backend.mark_all_offline()
