@@ -1,0 +1,170 @@
+"""Audit trail: outbox write rate, drain time of a backlog, receiver ingest rate.
+
+The outbox is the real one (SQLite, WAL, synchronous=FULL) in the work dir. The
+backlog drains through the real forwarder and a real Tunnel pair over websockets
+on 127.0.0.1 (no TLS) to a tiny in-process receiver that validates each batch
+(``parse_batch``), keeps the events in a dict and acks: the hub's SQLite store is
+not in this figure. Events are ``exec`` records of about 150 bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+
+from bench.harness import Context, Figure, benchmark, median
+from edge_agent.forwarder import run_forwarder
+from edge_agent.outbox import Outbox
+from remoteler.audit.events import AuditEvent, EventType, make_event
+from remoteler.audit.stream import MessageReader, ack_message, encode_message, parse_batch
+from remoteler.wire.aio import ChannelRequest, Tunnel
+from remoteler.wire.codes import OpenFailure
+from remoteler.wire.connection import Connection, Role
+
+NODE = "bench-node"
+WRITERS = 64
+
+
+def _event(i: int) -> AuditEvent:
+    return make_event(
+        EventType.EXEC,
+        node=NODE,
+        user="alice",
+        login="root",
+        command=f"systemctl status unit-{i}",
+        exit_code=0,
+    )
+
+
+async def _fill(box: Outbox, n: int, writers: int) -> float:
+    """Append ``n`` events from ``writers`` concurrent tasks; return events/s."""
+
+    async def writer(k: int) -> None:
+        for i in range(k, n, writers):
+            await box.append(_event(i))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(writer(k) for k in range(writers)))
+    return n / (time.perf_counter() - start)
+
+
+async def _write_rate(path: Path, n: int, writers: int) -> float:
+    box = await Outbox.open(path, node=NODE)
+    try:
+        return await _fill(box, n, writers)
+    finally:
+        await box.close()
+        for p in path.parent.glob(path.name + "*"):
+            p.unlink()
+
+
+class _Receiver:
+    def __init__(self, expected: int) -> None:
+        self.stored: dict[str, AuditEvent] = {}
+        self.expected = expected
+        self.busy = 0.0  # seconds spent decoding and storing
+        self.done = asyncio.Event()
+
+    async def on_channel(self, request: ChannelRequest) -> None:
+        if request.kind != "audit":
+            request.reject(OpenFailure.UNKNOWN_KIND, "no such channel")
+            return
+        channel = request.accept()
+        reader = MessageReader()
+        while data := await channel.read():
+            start = time.perf_counter()
+            for message in reader.feed(data):
+                events = parse_batch(message)
+                for e in events:
+                    self.stored.setdefault(e.id, e)
+                channel.write(encode_message(ack_message([e.id for e in events])))
+            self.busy += time.perf_counter() - start
+            if len(self.stored) >= self.expected:
+                self.done.set()
+
+    async def handler(self, ws: ServerConnection) -> None:
+        await Tunnel(ws, Connection(Role.LISTENER), on_channel=self.on_channel).run()
+
+
+async def _drain(path: Path, n: int) -> tuple[float, float, float]:
+    """Buffer ``n`` events, drain them; return (fill events/s, drain seconds, ingest events/s)."""
+    box = await Outbox.open(path, node=NODE)
+    try:
+        fill_rate = await _fill(box, n, 1024)
+        receiver = _Receiver(n)
+        async with serve(receiver.handler, "127.0.0.1", 0, compression=None) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with connect(f"ws://127.0.0.1:{port}", compression=None) as ws:
+                tunnel = Tunnel(ws, Connection(Role.DIALER))
+                pump = asyncio.create_task(tunnel.run())
+                start = time.perf_counter()
+                forwarder = asyncio.create_task(run_forwarder(box, tunnel))
+                await receiver.done.wait()
+                while (await box.depth())[0]:  # the last ack reached the outbox
+                    await asyncio.sleep(0.005)
+                elapsed = time.perf_counter() - start
+                await tunnel.close()
+                await asyncio.gather(forwarder, pump)
+        assert len(receiver.stored) == n
+        return fill_rate, elapsed, n / receiver.busy
+    finally:
+        await box.close()
+        for p in path.parent.glob(path.name + "*"):
+            p.unlink()
+
+
+@benchmark("audit")
+def audit(ctx: Context) -> list[Figure]:
+    n_write = ctx.pick(20_000, 500)
+    n_single = ctx.pick(2_000, 100)
+    n_drain = ctx.pick(100_000, 500)
+    path = ctx.workdir / "outbox.db"
+    concurrent = [asyncio.run(_write_rate(path, n_write, WRITERS)) for _ in range(ctx.repeats)]
+    single = [asyncio.run(_write_rate(path, n_single, 1)) for _ in range(ctx.repeats)]
+    runs = [asyncio.run(_drain(path, n_drain)) for _ in range(min(ctx.repeats, 3))]
+    drains = [r[1] for r in runs]
+    return [
+        Figure(
+            "audit",
+            f"outbox write, {WRITERS} concurrent writers",
+            "events/s",
+            median(concurrent),
+            samples=concurrent,
+            note="group commit, synchronous=FULL",
+        ),
+        Figure(
+            "audit",
+            "outbox write, 1 writer (fsync each)",
+            "events/s",
+            median(single),
+            samples=single,
+        ),
+        Figure(
+            "audit",
+            f"drain {n_drain:,} buffered events",
+            "s",
+            median(drains),
+            samples=drains,
+            goal="< 20 s for 100,000",
+            met=None if ctx.smoke else median(drains) < 20,
+            note=f"buffered at {median([r[0] for r in runs]):,.0f} events/s (1024 writers)",
+        ),
+        Figure(
+            "audit",
+            "drain rate",
+            "events/s",
+            n_drain / median(drains),
+            samples=[n_drain / d for d in drains],
+        ),
+        Figure(
+            "audit",
+            "receiver ingest (decode+validate, no DB)",
+            "events/s",
+            median([r[2] for r in runs]),
+            samples=[r[2] for r in runs],
+        ),
+    ]

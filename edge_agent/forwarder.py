@@ -1,0 +1,133 @@
+"""Send the audit outbox to the hub over one tunnel channel, deleting only what it acked.
+
+Protocol on channel kind ``audit`` (opened by the agent, meta ``{}``), each
+message a length-prefixed msgpack map (:mod:`remoteler.audit.stream`):
+
+* agent → hub ``{"t": "batch", "events": [event.to_wire(), ...]}``
+* hub → agent ``{"t": "ack", "ids": [...]}`` once the hub has committed them.
+
+One batch is in flight at a time. Anything not acked stays in the outbox and is
+sent again, oldest first, on the next tunnel; the hub's insert is idempotent on
+(node, id), so a batch sent twice is stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from edge_agent.outbox import Outbox
+from remoteler.audit.stream import MessageReader, batch_message, encode_message, parse_ack
+from remoteler.wire.aio import Channel, Tunnel
+from remoteler.wire.exceptions import ChannelClosedError, ChannelOpenError, TunnelClosed
+
+__all__ = ["run_forwarder"]
+
+log = logging.getLogger("remoteler.agent.forwarder")
+
+CHANNEL_KIND = "audit"
+
+
+async def run_forwarder(
+    outbox: Outbox,
+    tunnel: Tunnel,
+    *,
+    max_count: int = 500,
+    max_bytes: int = 512 * 1024,
+    ack_timeout: float = 60,
+) -> None:
+    """Forward the outbox until the channel or tunnel closes; never raises on peer input.
+
+    Start it again on each new tunnel. If the hub refuses the channel (an older
+    hub), it logs once and returns when the tunnel closes.
+    """
+    try:
+        channel = await tunnel.open_channel(CHANNEL_KIND, {})
+    except ChannelOpenError as exc:
+        log.warning("hub refused the audit channel: %s", exc)
+        await tunnel.closed.wait()
+        return
+    except TunnelClosed:
+        return
+    acks: asyncio.Queue[list[str] | None] = asyncio.Queue()
+    closed = asyncio.Event()
+    reader = asyncio.create_task(_read_acks(channel, acks, closed))
+    try:
+        await _send_loop(outbox, channel, acks, closed, max_count, max_bytes, ack_timeout)
+    except ChannelClosedError:
+        pass
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        channel.close()
+
+
+async def _send_loop(
+    outbox: Outbox,
+    channel: Channel,
+    acks: asyncio.Queue[list[str] | None],
+    closed: asyncio.Event,
+    max_count: int,
+    max_bytes: int,
+    ack_timeout: float,
+) -> None:
+    while not closed.is_set():
+        outbox.changed.clear()  # before reading, so an append after the read still wakes us
+        events = await outbox.batch(max_count, max_bytes)
+        if not events:
+            await _first(outbox.changed.wait(), closed.wait())
+            continue
+        try:
+            message = encode_message(batch_message(events))
+        except ValueError as exc:  # one event larger than the hub accepts: cannot be sent
+            log.error("audit event %s cannot be forwarded: %s", events[0].id, exc)
+            await closed.wait()
+            return
+        channel.write(message)
+        await channel.drain()
+        try:
+            ids = await asyncio.wait_for(acks.get(), ack_timeout)
+        except TimeoutError:
+            log.warning(
+                "no audit ack within %.0fs; sending from the oldest unacked again", ack_timeout
+            )
+            continue
+        if ids is None:  # channel closed: what was not acked is sent on the next tunnel
+            return
+        await outbox.ack(ids)
+
+
+async def _read_acks(
+    channel: Channel, acks: asyncio.Queue[list[str] | None], closed: asyncio.Event
+) -> None:
+    reader = MessageReader()
+    try:
+        while data := await channel.read():
+            try:
+                messages = reader.feed(data)
+            except ValueError as exc:
+                log.warning("audit channel: undecodable data from the hub, closing: %s", exc)
+                return
+            for message in messages:
+                try:
+                    acks.put_nowait(parse_ack(message))
+                except ValueError as exc:
+                    log.warning("audit channel: ignoring a message from the hub: %s", exc)
+    finally:
+        closed.set()
+        acks.put_nowait(None)
+
+
+async def _first(*aws: Coroutine[Any, Any, Any]) -> None:
+    """Wait until the first of ``aws`` is done, cancel the rest."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
