@@ -76,6 +76,10 @@ async def _send_loop(
     ack_timeout: float,
 ) -> None:
     while not closed.is_set():
+        while not acks.empty():  # late acks of a batch sent again after a timeout
+            if (late := acks.get_nowait()) is None:
+                return
+            await outbox.ack(late)
         outbox.changed.clear()  # before reading, so an append after the read still wakes us
         events = await outbox.batch(max_count, max_bytes)
         if not events:
