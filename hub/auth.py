@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from hub import secrets as hs
+from hub.audit_store import AuditStore
 from hub.backend import Backend, Node, Token, User
 from remoteler.access import (
     DEFAULT_MAX_TTL,
@@ -22,6 +23,7 @@ from remoteler.access import (
     encode_rules,
     resolve_rules,
 )
+from remoteler.audit.events import HUB_NODE, EventType, make_event
 from remoteler.ca import DEFAULT_USER_EXTENSIONS, CertAuthority, public_key_from_openssh
 from remoteler.ca.errors import CAError
 from remoteler.errors import AuthError, UsageError
@@ -66,12 +68,19 @@ class AuthService:
         host_ca: CertAuthority,
         cluster: str,
         clock: Callable[[], float] = time.time,
+        audit: AuditStore | None = None,
     ) -> None:
         self.backend = backend
         self.user_ca = user_ca
         self.host_ca = host_ca
         self.cluster = cluster
         self.clock = clock
+        self.audit = audit
+
+    async def _record(self, type: EventType, *, node: str = HUB_NODE, **kw: Any) -> None:
+        """Durable before the caller gets what it records (a store error fails the call)."""
+        if self.audit is not None:
+            await self.audit.record(make_event(type, node=node, now=self.clock(), **kw))
 
     # users -------------------------------------------------------------
     async def add_user(
@@ -150,6 +159,7 @@ class AuthService:
             )
         )
         log.info("invite accepted", extra={"user": name})
+        await self._record(EventType.USER_LOGIN, user=name)
         user = await self.backend.get_user(name)
         assert user is not None
         return await self.issue_user_certs(user, public_key, ttl)
@@ -177,6 +187,7 @@ class AuthService:
             log.warning("login failed: one-time code", extra={"user": name})
             raise AuthError(LOGIN_FAILED)
         log.info("user login", extra={"user": name})
+        await self._record(EventType.USER_LOGIN, user=name)
         return await self.issue_user_certs(user, public_key, ttl)
 
     async def issue_user_certs(self, user: User, public_key: str, ttl: int | None) -> Issued:
@@ -206,6 +217,7 @@ class AuthService:
             usage="client",
             ttl_seconds=ttl,
         )
+        await self._record(EventType.CERT_CREATE, user=user.name, ttl=ttl, logins=list(logins))
         return Issued(ssh_cert, tls_cert.decode(), now + ttl, tuple(logins))
 
     # join --------------------------------------------------------------
@@ -275,6 +287,9 @@ class AuthService:
             organization="remoteler-node",
             usage="client",
             ttl_seconds=NODE_X509_TTL,
+        )
+        await self._record(
+            EventType.JOIN, node=node_id, name=name, token_id=record.token_id, version=version
         )
         log.info(
             "node joined",

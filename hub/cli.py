@@ -36,6 +36,7 @@ async def run(args: argparse.Namespace) -> None:
     import asyncio.sslproto
     import resource
 
+    from hub.audit_store import AuditStore, audit_db_path
     from hub.auth import AuthService
     from hub.backend import SQLiteBackend
     from hub.datadir import DataDir
@@ -57,7 +58,10 @@ async def run(args: argparse.Namespace) -> None:
     ssl_ctx = server_context(cert, key, [user_ca.x509_pem, host_ca.x509_pem])
     backend = await SQLiteBackend.open(data.db_path)
     await backend.mark_all_offline()
-    server = HubServer(AuthService(backend, user_ca, host_ca, cluster), backend)
+    audit = await AuditStore.open(audit_db_path(data.path))
+    server = HubServer(
+        AuthService(backend, user_ca, host_ca, cluster, audit=audit), backend, audit=audit
+    )
     bound_host, bound_port = await server.start(host, port, ssl_ctx)
     addr = format_hostport(bound_host, bound_port)
     data.addr_file.write_text(addr + "\n")
@@ -87,6 +91,7 @@ async def run(args: argparse.Namespace) -> None:
             await server.registry.flush()
         await backend.mark_all_offline()
         await backend.close()
+        await audit.close()
         with contextlib.suppress(FileNotFoundError):
             data.addr_file.unlink()
 

@@ -22,6 +22,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from hub.audit_ingest import serve_audit_channel
+from hub.audit_store import AuditStore
 from hub.auth import AuthService, Issued, check_name
 from hub.backend import Backend, Node
 from hub.identity import Identity, peer_identity
@@ -72,9 +74,11 @@ class HubServer:
         auth: AuthService,
         backend: Backend,
         limits: Limits | None = None,
+        audit: AuditStore | None = None,
     ) -> None:
         self.auth = auth
         self.backend = backend
+        self.audit = audit
         self.limits = limits or Limits()
         self.registry = TunnelRegistry(backend)
         self.server: Server | None = None
@@ -85,6 +89,7 @@ class HubServer:
             "invite.accept": self.rpc_invite_accept,
             "join": self.rpc_join,
             "nodes.list": self.rpc_nodes_list,
+            "audit.session": self.rpc_audit_session,
         }
 
     # lifecycle -----------------------------------------------------------
@@ -216,7 +221,7 @@ class HubServer:
         tunnel = Tunnel(
             ws,
             core,
-            on_channel=self._agent_channel,
+            on_channel=lambda request: self._agent_channel(request, node_id),
             on_heartbeat=lambda payload: self.registry.heartbeat(node_id, payload),
         )
         self.registry.register(node, tunnel)
@@ -230,7 +235,11 @@ class HubServer:
                 extra={"node_id": node_id, "code": getattr(tunnel.close_code, "name", None)},
             )
 
-    async def _agent_channel(self, request: ChannelRequest) -> None:
+    async def _agent_channel(self, request: ChannelRequest, node_id: str) -> None:
+        """Channels an agent may open: only ``audit``, stored under the tunnel's node id."""
+        if request.kind == "audit" and self.audit is not None:
+            await serve_audit_channel(request.accept(), node_id, self.audit)
+            return
         request.reject(OpenFailure.UNKNOWN_KIND, f"unknown channel kind {request.kind[:32]!r}")
 
     async def serve_connect(self, ws: ServerConnection, user: str, node: Node, login: str) -> None:
@@ -401,6 +410,20 @@ class HubServer:
                 }
             )
         return out
+
+    async def rpc_audit_session(self, ident: Identity | None, params: dict[str, Any]) -> Any:
+        """A session's events (``tsh play``), for the user who ran it only."""
+        if ident is None or ident.kind != "user":
+            raise AuthError("reading a session needs a user certificate: run 'tsh login'")
+        if await self.backend.get_user(ident.name) is None:
+            raise AuthError(f"user {ident.name!r} no longer exists; ask an admin")
+        session_id = _str(params, "session_id")
+        events = await self.audit.session(session_id) if self.audit and session_id else []
+        # Every event must name the caller: an event forged into someone else's
+        # session opens it to nobody, and an unknown id looks like someone else's.
+        if not events or any(e.user != ident.name for e in events):
+            raise AccessDenied(f"no session {session_id[:64]!r} of yours is recorded on this hub")
+        return [e.to_wire() for e in events]
 
 
 def _issued(issued: Issued) -> dict[str, Any]:

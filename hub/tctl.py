@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from remoteler.addr import format_labels, parse_labels
+from remoteler.audit.events import AuditEvent
 from remoteler.errors import RemotelerError, UsageError
 
 DEFAULT_DATA_DIR = "/var/lib/remoteler-hub"
@@ -97,7 +99,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("rm", help="remove a resource, e.g. role/NAME").add_argument("ref")
 
     fmt(sub.add_parser("status", help="hub address and CA pins"))
+
+    audit = sub.add_parser("audit", help="search the audit trail").add_subparsers(
+        dest="cmd", required=True
+    )
+    search = audit.add_parser("search", help="events as a table or a JSON list")
+    _audit_filters(search, default_limit=1000)
+    fmt(search)
+    _audit_filters(
+        audit.add_parser("export", help="events as JSON lines (all of them unless --limit)"),
+        default_limit=None,
+    )
     return p
+
+
+def _audit_filters(parser: argparse.ArgumentParser, default_limit: int | None) -> None:
+    parser.add_argument("--type", help="event type, e.g. session.start")
+    parser.add_argument("--node", help="node name or id ('hub' for the hub's own events)")
+    parser.add_argument("--user", help="Remoteler user")
+    parser.add_argument("--session", dest="session_id", help="session id")
+    parser.add_argument("--since", help="from this time: ISO 8601 or a duration ago (1h, 2d)")
+    parser.add_argument("--until", help="before this time: ISO 8601 or a duration ago")
+    parser.add_argument("--limit", type=int, default=default_limit, help="at most N events")
 
 
 async def _backend(args: argparse.Namespace) -> Any:
@@ -270,8 +293,11 @@ async def cmd_auth(args: argparse.Namespace) -> None:
         ca = DataDir(Path(args.data_dir)).load_ca(args.kind)
         print(ca.known_hosts_line() if args.kind == "host" else ca.trusted_user_ca_line())
         return
+    from hub.audit_store import AuditStore, audit_db_path
+
     auth = await _auth(args)
     try:
+        auth.audit = await AuditStore.open(audit_db_path(Path(args.data_dir)))  # cert.create
         from remoteler.ca import generate_private_key, public_key_to_openssh
         from remoteler.identity import write_identity_file
 
@@ -290,6 +316,8 @@ async def cmd_auth(args: argparse.Namespace) -> None:
             print(f"  {f}")
     finally:
         await auth.backend.close()
+        if auth.audit is not None:
+            await auth.audit.close()
 
 
 async def cmd_status(args: argparse.Namespace) -> None:
@@ -370,6 +398,114 @@ async def cmd_rm(args: argparse.Namespace) -> None:
     print(f"Role {name!r} removed.")
 
 
+def parse_when(text: str, now: float | None = None) -> float:
+    """``2026-11-25T10:00:00`` (local time unless it has an offset) or ``1h`` meaning 1 h ago."""
+    from datetime import datetime
+
+    from remoteler.addr import parse_ttl
+
+    if text and text.strip()[-1:] in "smhd" and text.strip()[:1].isdigit():
+        return (time.time() if now is None else now) - parse_ttl(text)
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise UsageError(
+            f"bad time {text!r}: use ISO 8601 such as 2026-11-25T10:00:00 or a duration such as 1h"
+        ) from None
+
+
+def audit_json(event: AuditEvent) -> dict[str, Any]:
+    """``AuditEvent.to_wire()`` made JSON-safe: a bytes field ``k`` becomes ``k_b64``."""
+    wire = event.to_wire()
+    fields: dict[str, Any] = {}
+    for key, value in wire["fields"].items():
+        if isinstance(value, bytes):
+            fields[key + "_b64"] = base64.b64encode(value).decode()
+        else:
+            fields[key] = value
+    wire["fields"] = fields
+    return wire
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):  # bytes nested below a field: base64 in place
+        return base64.b64encode(value).decode()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _summary(fields: Any, width: int = 60) -> str:
+    parts = []
+    for key, value in fields.items():
+        if isinstance(value, bytes):
+            text = f"<{len(value)} bytes>"
+        elif isinstance(value, str):
+            text = value if len(value) <= 40 else value[:39] + "…"
+        else:
+            text = json.dumps(value, default=_json_default)
+        parts.append(f"{key}={text}")
+    line = " ".join(parts)
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+async def cmd_audit(args: argparse.Namespace) -> None:
+    from hub.audit_store import AuditStore, audit_db_path
+
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    since = parse_when(args.since) if args.since else None
+    until = parse_when(args.until) if args.until else None
+    backend = await _backend(args)
+    try:
+        names = {n.id: n.name for n in await backend.list_nodes()}
+        node = args.node
+        if node is not None and node not in names:
+            found = await backend.get_node(node)
+            node = found.id if found else node  # a removed node's id or "hub" still works
+    finally:
+        await backend.close()
+    store = await AuditStore.open(audit_db_path(Path(args.data_dir)))
+    try:
+        events = store.iter_search(
+            type=args.type,
+            node=node,
+            user=args.user,
+            session_id=args.session_id,
+            since=since,
+            until=until,
+            limit=args.limit,
+        )
+        if args.cmd == "export":
+            async for event in events:
+                print(json.dumps(audit_json(event), sort_keys=True, default=_json_default))
+            return
+        found_events = [e async for e in events]
+    finally:
+        await store.close()
+    if args.format == "json":
+        print(
+            json.dumps(
+                [audit_json(e) for e in found_events],
+                indent=2,
+                sort_keys=True,
+                default=_json_default,
+            )
+        )
+        return
+    rows = [
+        [
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time)),
+            e.type,
+            names.get(e.node, e.node),
+            e.user,
+            e.login,
+            e.session_id[:8],
+            _summary(e.fields),
+        ]
+        for e in found_events
+    ]
+    print(_table(rows, ["Time", "Type", "Node", "User", "Login", "Session", "Fields"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {
@@ -381,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         "create": cmd_create,
         "get": cmd_get,
         "rm": cmd_rm,
+        "audit": cmd_audit,
     }[args.group]
     try:
         asyncio.run(handler(args))

@@ -1,0 +1,221 @@
+"""The hub's audit store: its own SQLite file (``DATA/audit.db``), append-only.
+
+Insert is idempotent on (node, event id): an agent that re-sends a batch after
+a lost ack inserts nothing twice. The node column is always the node the hub
+authenticated (the tunnel's certificate), never what an event claims, so one
+device cannot write into another's trail. ``synchronous=FULL``: a commit the
+hub acked survives a power cut, not only a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import msgpack
+
+from remoteler.audit.events import AuditEvent
+
+AUDIT_DB = "audit.db"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    node TEXT NOT NULL,
+    id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    time REAL NOT NULL,
+    user TEXT NOT NULL,
+    login TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    fields BLOB NOT NULL,
+    PRIMARY KEY (node, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_time ON events (time, seq, id, node);
+CREATE INDEX IF NOT EXISTS events_session ON events (session_id, seq) WHERE session_id != '';
+CREATE INDEX IF NOT EXISTS events_user ON events (user, time);
+CREATE INDEX IF NOT EXISTS events_type ON events (type, time);
+"""
+
+_INSERT = (
+    "INSERT OR IGNORE INTO events (node, id, type, time, user, login, session_id, seq, fields)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SELECT = "SELECT node, id, type, time, user, login, session_id, seq, fields FROM events"
+#: Rows fetched per query when iterating a large search.
+PAGE = 1000
+
+
+def audit_db_path(data_dir: Path) -> Path:
+    return data_dir / AUDIT_DB
+
+
+def _row(node: str, e: AuditEvent) -> tuple[Any, ...]:
+    fields = msgpack.packb(dict(e.fields), use_bin_type=True)
+    return (node, e.id, e.type, e.time, e.user, e.login, e.session_id, e.seq, fields)
+
+
+def _event(row: aiosqlite.Row) -> AuditEvent:
+    return AuditEvent(
+        id=row["id"],
+        type=row["type"],
+        time=row["time"],
+        node=row["node"],
+        user=row["user"],
+        login=row["login"],
+        session_id=row["session_id"],
+        seq=row["seq"],
+        fields=msgpack.unpackb(row["fields"], raw=False, strict_map_key=False),
+    )
+
+
+class AuditStore:
+    """Open with :meth:`open`; one writer transaction at a time (``insert``/``record``)."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        # One aiosqlite connection is one SQLite transaction: without this, a
+        # failing batch's rollback could undo another tunnel's rows after that
+        # tunnel had awaited its commit (and acked).
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> AuditStore:
+        if not path.exists():
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        elif path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)  # commands and session output: not for other local users
+        db = await aiosqlite.connect(path, timeout=30)
+        db.row_factory = aiosqlite.Row
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.execute("PRAGMA busy_timeout=30000")
+        await db.executescript(SCHEMA)
+        await db.commit()
+        return cls(db)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def insert(self, node: str, events: Sequence[AuditEvent]) -> int:
+        """Store a batch in one transaction under ``node``; return how many rows were new.
+
+        When this returns the batch is durable: only then may it be acked.
+        """
+        if not events:
+            return 0
+        rows = [_row(node, e) for e in events]
+        async with self._lock:
+            before = self._db.total_changes
+            try:
+                await self._db.executemany(_INSERT, rows)
+                inserted = self._db.total_changes - before
+                await self._db.commit()
+            except BaseException:
+                await self._db.rollback()
+                raise
+        return inserted
+
+    async def record(self, event: AuditEvent) -> None:
+        """Store an event the hub itself produced (``event.node`` is usually ``"hub"``)."""
+        await self.insert(event.node, [event])
+
+    async def search(
+        self,
+        *,
+        type: str | None = None,
+        node: str | None = None,
+        user: str | None = None,
+        session_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = 1000,
+    ) -> list[AuditEvent]:
+        """Events matching every filter given, oldest first (time, seq, id); ``since`` is
+        inclusive, ``until`` exclusive. At most ``limit`` (None: all, mind the memory)."""
+        return [
+            e
+            async for e in self.iter_search(
+                type=type,
+                node=node,
+                user=user,
+                session_id=session_id,
+                since=since,
+                until=until,
+                limit=limit,
+            )
+        ]
+
+    async def iter_search(
+        self,
+        *,
+        type: str | None = None,
+        node: str | None = None,
+        user: str | None = None,
+        session_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[AuditEvent]:
+        """As :meth:`search`, fetched a page at a time (for exports of any size)."""
+        if limit is not None and limit < 1:
+            raise ValueError("limit must be at least 1")
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (
+            ("type", type),
+            ("node", node),
+            ("user", user),
+            ("session_id", session_id),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if since is not None:
+            where.append("time >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("time < ?")
+            args.append(until)
+        left = limit
+        after: tuple[Any, ...] | None = None
+        while left is None or left > 0:
+            page = PAGE if left is None else min(PAGE, left)
+            cond = list(where)
+            page_args: list[Any] = list(args)
+            if after is not None:  # keyset pagination on the full sort key
+                cond.append("(time, seq, id, node) > (?, ?, ?, ?)")
+                page_args += after
+            sql = _SELECT
+            if cond:  # fixed column names; every value is a bound parameter
+                sql += " WHERE " + " AND ".join(cond)
+            sql += " ORDER BY time, seq, id, node LIMIT ?"
+            async with self._db.execute(sql, [*page_args, page]) as cur:
+                rows = list(await cur.fetchall())
+            for row in rows:
+                yield _event(row)
+            if len(rows) < page:
+                return
+            last = rows[-1]
+            after = (last["time"], last["seq"], last["id"], last["node"])
+            if left is not None:
+                left -= len(rows)
+
+    async def session(self, session_id: str) -> list[AuditEvent]:
+        """Every event of one session in the order its node recorded them (seq)."""
+        sql = _SELECT + " WHERE session_id = ? ORDER BY seq, time, id"
+        async with self._db.execute(sql, (session_id,)) as cur:
+            return [_event(r) for r in await cur.fetchall()]
+
+    async def count(self, node: str | None = None) -> int:
+        if node is None:
+            sql, args = "SELECT count(*) FROM events", []
+        else:
+            sql, args = "SELECT count(*) FROM events WHERE node = ?", [node]
+        async with self._db.execute(sql, args) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0

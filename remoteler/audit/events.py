@@ -1,0 +1,279 @@
+"""The audit event schema shared by the agent's outbox, the wire and the hub's store.
+
+An event is a small frozen record. Its id is time-ordered (a ULID: 48-bit
+millisecond timestamp + 80 random bits, Crockford base32) and unique, so the
+hub can store a re-sent event idempotently on (node, id). Typed fields are
+checked for the known types; unknown types and extra fields pass through, so a
+newer agent never wedges its outbox against an older hub.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["AuditEvent", "EventType", "make_event", "new_event_id"]
+
+
+class EventType(StrEnum):
+    USER_LOGIN = "user.login"
+    CERT_CREATE = "cert.create"
+    JOIN = "join"
+    SESSION_START = "session.start"
+    SESSION_END = "session.end"
+    EXEC = "exec"
+    SESSION_DATA = "session.data"
+    PORT_FORWARD = "port.forward"
+    FILE_TRANSFER = "file.transfer"
+    AUTH_FAILED = "auth.failed"
+    TUNNEL_CONNECT = "tunnel.connect"
+    TUNNEL_DISCONNECT = "tunnel.disconnect"
+    AUDIT_DROPPED = "audit.dropped"
+
+
+#: Node name used for events the hub records itself.
+HUB_NODE = "hub"
+#: Longest node, user, login or session id accepted from the wire.
+MAX_NAME = 256
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_ID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
+_TYPE = re.compile(r"[a-z][a-z0-9_.\-]{0,63}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_count(v: Any) -> bool:
+    return _is_int(v) and v >= 0
+
+
+def _is_opt_int(v: Any) -> bool:
+    return v is None or _is_int(v)
+
+
+def _is_number(v: Any) -> bool:
+    """A finite int or float that fits a double (huge ints would overflow float())."""
+    if isinstance(v, float):
+        return math.isfinite(v)
+    return _is_int(v) and abs(v) < 2**53
+
+
+def _is_seconds(v: Any) -> bool:
+    return _is_number(v) and v >= 0
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+# (field, check, what the check wants), per known type: required, type-checked.
+_Check = tuple[str, Any, str]
+FIELD_TYPES: dict[str, tuple[_Check, ...]] = {
+    EventType.SESSION_END: (
+        ("exit_status", _is_opt_int, "an int or None"),
+        ("duration", _is_seconds, "a non-negative number of seconds"),
+        ("bytes_in", _is_count, "a non-negative int"),
+        ("bytes_out", _is_count, "a non-negative int"),
+    ),
+    EventType.EXEC: (
+        ("command", _is_str, "a str"),
+        ("exit_code", _is_opt_int, "an int or None"),
+    ),
+    EventType.SESSION_DATA: (
+        ("chunk", _is_count, "a non-negative int"),
+        ("codec", _is_str, "a str"),
+        ("data", lambda v: isinstance(v, bytes), "bytes"),
+    ),
+    EventType.AUTH_FAILED: (("reason", _is_str, "a str"),),
+    EventType.FILE_TRANSFER: (
+        ("path", _is_str, "a str"),
+        ("size", _is_count, "a non-negative int"),
+        ("direction", lambda v: v in ("upload", "download"), "'upload' or 'download'"),
+    ),
+    EventType.PORT_FORWARD: (
+        ("host", _is_str, "a str"),
+        ("port", lambda v: _is_int(v) and 0 <= v <= 65535, "a port number (0-65535)"),
+    ),
+    EventType.AUDIT_DROPPED: (
+        ("dropped", _is_count, "a non-negative int"),
+        ("dropped_bytes", _is_count, "a non-negative int"),
+    ),
+    EventType.CERT_CREATE: (
+        ("ttl", _is_count, "a non-negative int"),
+        ("logins", _is_str_list, "a list of str"),
+    ),
+}
+
+
+def check_fields(type: str, fields: Mapping[str, Any]) -> None:
+    """Raise ValueError unless ``fields`` has the typed fields ``type`` requires."""
+    for key in fields:
+        if not isinstance(key, str):
+            raise ValueError(f"{type} event: field names must be strings, got {key!r:.40}")
+    for name, check, want in FIELD_TYPES.get(type, ()):
+        if name not in fields:
+            raise ValueError(f"{type} event: missing field {name!r}")
+        if not check(fields[name]):
+            raise ValueError(f"{type} event: field {name!r} must be {want}")
+
+
+# -- ids ---------------------------------------------------------------------
+
+_id_lock = threading.Lock()
+_last_id = 0  # the previous id as a 128-bit int
+
+
+def _encode_id(value: int) -> str:
+    out = []
+    for _ in range(26):
+        out.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+def new_event_id(now: float | None = None) -> str:
+    """A 26-character, time-ordered id, strictly greater than the last one made here.
+
+    Within one millisecond (or if the clock steps back) the previous id's random
+    part is incremented, as monotonic ULIDs do, so ids sort in creation order.
+    """
+    global _last_id
+    ms = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
+    with _id_lock:
+        value = (ms << 80) | secrets.randbits(80)
+        if value <= _last_id:
+            value = _last_id + 1
+        _last_id = value
+    return _encode_id(value)
+
+
+# -- the event ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One audit record; build it with :func:`make_event`, parse it with :meth:`from_wire`."""
+
+    id: str
+    """Unique, time-ordered (:func:`new_event_id`)."""
+    type: str
+    """An :class:`EventType` value (unknown types are carried, not checked)."""
+    time: float
+    """When it happened, Unix seconds."""
+    node: str
+    """Node id, or ``"hub"`` for events the hub records itself."""
+    user: str = ""
+    """Remoteler user, when one is involved."""
+    login: str = ""
+    """OS login on the node."""
+    session_id: str = ""
+    """Session the event belongs to."""
+    seq: int = 0
+    """The agent outbox's sequence number (order per node); 0 for hub events."""
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    """Type-specific fields (see :data:`FIELD_TYPES`), plus any extra ones."""
+
+    def to_wire(self) -> dict[str, Any]:
+        """A msgpack-friendly map; :meth:`from_wire` reads it back."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "time": self.time,
+            "node": self.node,
+            "user": self.user,
+            "login": self.login,
+            "session": self.session_id,
+            "seq": self.seq,
+            "fields": dict(self.fields),
+        }
+
+    @classmethod
+    def from_wire(cls, d: Any) -> AuditEvent:
+        """Validate and build an event; raise ValueError (never anything else) if malformed."""
+        if not isinstance(d, dict):
+            raise ValueError("an audit event must be a map")
+        event_id = d.get("id")
+        if not isinstance(event_id, str) or not _ID.fullmatch(event_id):
+            raise ValueError("audit event id must be a 26-character ULID")
+        type_ = d.get("type")
+        if not isinstance(type_, str) or not _TYPE.fullmatch(type_):
+            raise ValueError(f"event {event_id}: bad type")
+        when: Any = d.get("time")
+        if not _is_number(when):
+            raise ValueError(f"event {event_id}: time must be a finite number")
+        names = {}
+        for key in ("node", "user", "login", "session"):
+            value = d.get(key, "")
+            if not isinstance(value, str) or len(value) > MAX_NAME:
+                raise ValueError(f"event {event_id}: {key} must be a string of at most {MAX_NAME}")
+            names[key] = value
+        if not names["node"]:
+            raise ValueError(f"event {event_id}: node is missing")
+        seq = d.get("seq", 0)
+        if not _is_count(seq):
+            raise ValueError(f"event {event_id}: seq must be a non-negative int")
+        fields = d.get("fields", {})
+        if not isinstance(fields, dict):
+            raise ValueError(f"event {event_id}: fields must be a map")
+        check_fields(type_, fields)
+        return cls(
+            id=event_id,
+            type=type_,
+            time=float(when),
+            node=names["node"],
+            user=names["user"],
+            login=names["login"],
+            session_id=names["session"],
+            seq=seq,
+            fields=dict(fields),
+        )
+
+
+def make_event(
+    type: EventType | str,
+    *,
+    node: str,
+    user: str = "",
+    login: str = "",
+    session_id: str = "",
+    now: float | None = None,
+    **fields: Any,
+) -> AuditEvent:
+    """A new event with a fresh id; raise ValueError if a typed field is missing or wrong.
+
+    Give the outbox's ``seq`` afterwards with ``dataclasses.replace(event, seq=n)``.
+    """
+    type_ = str(type)
+    if not _TYPE.fullmatch(type_):
+        raise ValueError(f"bad event type {type_!r}")
+    names = {"node": node, "user": user, "login": login, "session_id": session_id}
+    for key, value in names.items():
+        if not isinstance(value, str):
+            raise ValueError(f"{type_} event: {key} must be a str")
+    if not node:
+        raise ValueError(f"{type_} event: node is missing")
+    check_fields(type_, fields)
+    when = time.time() if now is None else float(now)
+    return AuditEvent(
+        id=new_event_id(when),
+        type=type_,
+        time=when,
+        node=node,
+        user=user,
+        login=login,
+        session_id=session_id,
+        fields=fields,
+    )

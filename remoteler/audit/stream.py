@@ -1,0 +1,119 @@
+"""Sans-I/O codec for the ``audit`` tunnel channel.
+
+The channel is a byte stream of messages, each a 4-byte big-endian length and
+a msgpack map of that many bytes:
+
+- agent → hub ``{"t": "batch", "events": [AuditEvent.to_wire(), ...]}``
+- hub → agent ``{"t": "ack", "ids": [event id, ...]}``, sent only after the hub
+  committed every event of the batch (inserted now or earlier).
+
+The agent deletes from its outbox only what was acked and re-sends the rest
+after a reconnect; the hub's insert is idempotent on (node, id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, NoReturn
+
+import msgpack
+
+from remoteler.audit.events import AuditEvent
+
+__all__ = [
+    "MAX_MESSAGE",
+    "MessageReader",
+    "ack_message",
+    "batch_message",
+    "encode_message",
+    "parse_ack",
+    "parse_batch",
+]
+
+#: Largest message either side accepts (the agent caps its batches below this).
+MAX_MESSAGE = 4 << 20
+_HEADER = 4
+
+
+def encode_message(obj: dict[str, Any], max_message: int = MAX_MESSAGE) -> bytes:
+    """Frame one map; raise ValueError if it would be larger than the peer accepts."""
+    body: bytes = msgpack.packb(obj, use_bin_type=True)
+    if len(body) > max_message:
+        raise ValueError(f"audit message of {len(body)} bytes exceeds {max_message}")
+    return len(body).to_bytes(_HEADER, "big") + body
+
+
+class MessageReader:
+    """Reassembles messages from stream bytes fed in any split.
+
+    After a ValueError the stream is unusable: close the channel.
+    """
+
+    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
+        self.max_message = max_message
+        self._buf = bytearray()
+        self._failed: str | None = None
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        """Add bytes; return the messages now complete (possibly none).
+
+        Raises ValueError on an oversized, malformed or non-map message.
+        """
+        if self._failed is not None:
+            raise ValueError(self._failed)
+        self._buf += data
+        out: list[dict[str, Any]] = []
+        while len(self._buf) >= _HEADER:
+            size = int.from_bytes(self._buf[:_HEADER], "big")
+            if size > self.max_message:
+                self._fail(f"audit message of {size} bytes exceeds {self.max_message}")
+            if len(self._buf) < _HEADER + size:
+                break
+            body = bytes(self._buf[_HEADER : _HEADER + size])
+            del self._buf[: _HEADER + size]
+            try:
+                obj = msgpack.unpackb(body, raw=False, strict_map_key=True)
+            except Exception:
+                self._fail("malformed msgpack in audit message")
+            if not isinstance(obj, dict):
+                self._fail("an audit message must be a map")
+            out.append(obj)
+        return out
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete message held back."""
+        return len(self._buf)
+
+    def _fail(self, reason: str) -> NoReturn:
+        self._failed = reason
+        self._buf.clear()
+        raise ValueError(reason)
+
+
+def batch_message(events: Iterable[AuditEvent]) -> dict[str, Any]:
+    return {"t": "batch", "events": [e.to_wire() for e in events]}
+
+
+def ack_message(ids: Sequence[str]) -> dict[str, Any]:
+    return {"t": "ack", "ids": list(ids)}
+
+
+def parse_batch(msg: dict[str, Any]) -> list[AuditEvent]:
+    """The events of a ``batch`` message; ValueError if it is anything else or malformed."""
+    if msg.get("t") != "batch":
+        raise ValueError(f"expected a batch message, got t={str(msg.get('t'))[:20]!r}")
+    events = msg.get("events")
+    if not isinstance(events, list):
+        raise ValueError("batch events must be a list")
+    return [AuditEvent.from_wire(e) for e in events]
+
+
+def parse_ack(msg: dict[str, Any]) -> list[str]:
+    """The event ids of an ``ack`` message; ValueError if it is anything else or malformed."""
+    ids = msg.get("ids")
+    if msg.get("t") != "ack" or not isinstance(ids, list):
+        raise ValueError("expected an ack message with a list of ids")
+    if not all(isinstance(i, str) for i in ids):
+        raise ValueError("ack ids must be strings")
+    return ids

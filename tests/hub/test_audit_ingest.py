@@ -1,0 +1,214 @@
+"""Audit ingest through a real hub: a real agent-side Tunnel over TLS websockets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Hub
+from websockets.asyncio.client import connect
+
+from hub.audit_store import AuditStore, audit_db_path
+from hub.auth import AuthService
+from hub.backend import SQLiteBackend
+from hub.datadir import DataDir
+from hub.server import TUNNEL_SUBPROTOCOL, HubServer
+from remoteler import rpc
+from remoteler.audit import AuditEvent, EventType, MessageReader, encode_message, make_event
+from remoteler.audit.stream import batch_message, parse_ack
+from remoteler.tlsutil import server_context
+from remoteler.wire.aio import Channel, Tunnel
+from remoteler.wire.connection import Connection, Role
+from remoteler.wire.exceptions import ChannelOpenError
+from remoteler.wire.limits import Limits
+
+
+@dataclasses.dataclass
+class AuditHub(Hub):
+    store: AuditStore | None = None
+
+
+@pytest.fixture
+async def ahub(tmp_path: Path) -> AsyncIterator[AuditHub]:
+    """A HubServer assembled as ``hub start`` does, with its audit store."""
+    data = DataDir(tmp_path / "hubdata")
+    cluster = data.init("test")
+    user_ca, host_ca = data.load_ca("user"), data.load_ca("host")
+    cert, key = data.issue_server_identity(host_ca, ["127.0.0.1"])
+    ssl_ctx = server_context(cert, key, [user_ca.x509_pem, host_ca.x509_pem])
+    backend = await SQLiteBackend.open(data.db_path)
+    store = await AuditStore.open(audit_db_path(data.path))
+    auth = AuthService(backend, user_ca, host_ca, cluster, audit=store)
+    server = HubServer(auth, backend, audit=store)
+    _, port = await server.start("127.0.0.1", 0, ssl_ctx)
+    try:
+        yield AuditHub(server, auth, backend, port, store)
+    finally:
+        await server.close()
+        await backend.close()
+        await store.close()
+
+
+@contextlib.asynccontextmanager
+async def agent_tunnel(hub: Hub, ctx: Any) -> AsyncIterator[Tunnel]:
+    ws = await connect(
+        hub.url("/v1/tunnel"),
+        ssl=ctx,
+        compression=None,
+        subprotocols=[TUNNEL_SUBPROTOCOL],  # type: ignore[list-item]
+        open_timeout=5,
+    )
+    tunnel = Tunnel(ws, Connection(Role.DIALER, Limits(), now=time.monotonic()))
+    task = asyncio.ensure_future(tunnel.run())
+    try:
+        yield tunnel
+    finally:
+        await tunnel.close()
+        await asyncio.wait_for(task, 5)
+
+
+async def send_batch(
+    channel: Channel, reader: MessageReader, events: list[AuditEvent]
+) -> list[str]:
+    channel.write(encode_message(batch_message(events)))
+    await channel.drain()
+    while True:
+        data = await asyncio.wait_for(channel.read(65536), 5)
+        assert data, "channel closed before the ack"
+        messages = reader.feed(data)
+        if messages:
+            (message,) = messages
+            return parse_ack(message)
+
+
+async def ping(hub: Hub) -> None:
+    async with connect(hub.url("/v1/rpc"), ssl=hub.tls(), subprotocols=[rpc.SUBPROTOCOL]) as ws:  # type: ignore[list-item]
+        assert (await asyncio.wait_for(rpc.RpcClient(ws).call("ping"), 5))["cluster"] == "test"
+
+
+def _events(n: int, node: str = "someone-else") -> list[AuditEvent]:
+    out = []
+    for i in range(n):
+        e = make_event(EventType.EXEC, node=node, user="alice", command=f"cmd {i}", exit_code=0)
+        out.append(dataclasses.replace(e, seq=i + 1))
+    return out
+
+
+async def test_batch_is_stored_under_the_tunnel_node_and_acked_once(ahub: AuditHub) -> None:
+    assert ahub.store is not None
+    ctx = ahub.tls(*await ahub.node_creds("node-1"))
+    node = await ahub.backend.get_node("node-1")
+    assert node is not None
+    events = _events(20)
+    async with agent_tunnel(ahub, ctx) as tunnel:
+        channel = await tunnel.open_channel("audit", {}, timeout=5)
+        reader = MessageReader()
+        assert await send_batch(channel, reader, events) == [e.id for e in events]
+        assert await ahub.store.count(node.id) == 20 + 1  # + the hub's join event
+        # The ack was lost, say: the agent re-sends; acked again, stored once.
+        assert await send_batch(channel, reader, events[10:]) == [e.id for e in events[10:]]
+        assert await send_batch(channel, reader, []) == []
+        channel.close()
+    stored = await ahub.store.search(node=node.id, type="exec")
+    assert [e.id for e in stored] == [e.id for e in events]
+    assert {e.node for e in stored} == {node.id}
+    assert await ahub.store.count("someone-else") == 0
+    (joined,) = await ahub.store.search(type="join")
+    assert joined.node == node.id and joined.fields["name"] == "node-1"
+
+
+async def test_resent_batch_on_a_new_tunnel_is_not_duplicated(ahub: AuditHub) -> None:
+    assert ahub.store is not None
+    ctx = ahub.tls(*await ahub.node_creds("node-1"))
+    events = _events(5)
+    for _ in range(2):
+        async with agent_tunnel(ahub, ctx) as tunnel:
+            channel = await tunnel.open_channel("audit", {}, timeout=5)
+            assert await send_batch(channel, MessageReader(), events) == [e.id for e in events]
+    assert await ahub.store.count(node=None) == 5 + 1  # + the hub's join event
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x00\x00\x00\x03\xc1\xc1\xc1",  # not msgpack
+        b"\x00\x00\x00\x01\x90",  # an array, not a map
+        b"\xff\xff\xff\xff",  # 4 GiB announced
+        encode_message({"t": "hello"}),
+        encode_message({"t": "batch", "events": [{"id": "nope"}]}),
+    ],
+)
+async def test_garbage_closes_the_channel_only(
+    ahub: AuditHub, garbage: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert ahub.store is not None
+    ctx = ahub.tls(*await ahub.node_creds("node-1"))
+    caplog.set_level(logging.WARNING, "remoteler.hub.audit")
+    async with agent_tunnel(ahub, ctx) as tunnel:
+        channel = await tunnel.open_channel("audit", {}, timeout=5)
+        channel.write(garbage)
+        assert await asyncio.wait_for(channel.read(65536), 5) == b""
+        await asyncio.wait_for(channel.wait_closed(), 5)
+        # The tunnel survives: a new audit channel still works.
+        again = await tunnel.open_channel("audit", {}, timeout=5)
+        events = _events(1)
+        assert await send_batch(again, MessageReader(), events) == [events[0].id]
+    warnings = [r for r in caplog.records if r.name == "remoteler.hub.audit"]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert getattr(warnings[0], "node_id", None)
+    await ping(ahub)
+
+
+async def test_other_channel_kinds_are_still_refused(ahub: AuditHub) -> None:
+    ctx = ahub.tls(*await ahub.node_creds("node-1"))
+    async with agent_tunnel(ahub, ctx) as tunnel:
+        with pytest.raises(ChannelOpenError):
+            await tunnel.open_channel("ssh", {}, timeout=5)
+
+
+async def test_audit_session_rpc_is_for_the_sessions_user_only(ahub: AuditHub) -> None:
+    assert ahub.store is not None
+    alice = ahub.tls(*await ahub.user_creds("alice"))
+    bob = ahub.tls(*await ahub.user_creds("bob"))
+    session = [
+        dataclasses.replace(
+            make_event(EventType.SESSION_START, node="x", user="alice", session_id="s1"), seq=2
+        ),
+        dataclasses.replace(
+            make_event(
+                EventType.SESSION_DATA,
+                node="x",
+                user="alice",
+                session_id="s1",
+                chunk=0,
+                codec="raw",
+                data=b"hi",
+            ),
+            seq=3,
+        ),
+    ]
+    await ahub.store.insert("node-x", list(reversed(session)))
+    certs = await ahub.store.search(type="cert.create")
+    assert [(e.user, e.node) for e in certs] == [("alice", "hub"), ("bob", "hub")]
+
+    async def call(ctx: Any, **params: Any) -> Any:
+        async with connect(ahub.url("/v1/rpc"), ssl=ctx, subprotocols=[rpc.SUBPROTOCOL]) as ws:  # type: ignore[list-item]
+            return await asyncio.wait_for(rpc.RpcClient(ws).call("audit.session", **params), 5)
+
+    got = await call(alice, session_id="s1")
+    assert [AuditEvent.from_wire(e) for e in got] == [
+        dataclasses.replace(e, node="node-x") for e in session
+    ]
+    for ctx, sid in ((bob, "s1"), (alice, "nope")):
+        with pytest.raises(Exception, match="of yours") as exc:
+            await call(ctx, session_id=sid)
+        assert type(exc.value).__name__ == "AccessDenied"
+    with pytest.raises(Exception, match="user certificate"):
+        await call(ahub.tls(), session_id="s1")

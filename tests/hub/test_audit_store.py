@@ -1,0 +1,130 @@
+"""The hub's audit store on a real SQLite file: idempotent, node-forced, searchable."""
+
+from __future__ import annotations
+
+import dataclasses
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hub import audit_store
+from hub.audit_store import AuditStore
+from remoteler.audit import AuditEvent, EventType, make_event
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[AuditStore]:
+    s = await AuditStore.open(tmp_path / "audit.db")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def _ev(type_: str, seq: int, now: float, **kw: object) -> AuditEvent:
+    fields = {
+        "exec": {"command": "id", "exit_code": 0},
+        "session.data": {"chunk": seq, "codec": "raw", "data": b"\x01\x02"},
+    }.get(type_, {})
+    event = make_event(type_, node="claimed", now=now, **{**fields, **kw})  # type: ignore[arg-type]
+    return dataclasses.replace(event, seq=seq)
+
+
+async def test_file_is_private(tmp_path: Path, store: AuditStore) -> None:
+    assert stat.S_IMODE((tmp_path / "audit.db").stat().st_mode) == 0o600
+
+
+async def test_insert_is_idempotent_and_forces_the_node(store: AuditStore) -> None:
+    batch = [_ev("exec", i, 1000.0 + i) for i in range(1, 6)]
+    assert await store.insert("node-a", batch) == 5
+    assert await store.insert("node-a", batch) == 0
+    assert await store.insert("node-a", [*batch[3:], _ev("exec", 6, 1006.0)]) == 1
+    assert await store.count() == 6 and await store.count("node-a") == 6
+    assert await store.count("claimed") == 0
+    stored = await store.search()
+    assert {e.node for e in stored} == {"node-a"}
+    assert [e.id for e in stored[:5]] == [e.id for e in batch]
+    assert [dataclasses.replace(e, node="claimed") for e in stored[:5]] == batch
+
+
+async def test_same_event_id_from_two_nodes_is_two_rows(store: AuditStore) -> None:
+    event = _ev("exec", 1, 1000.0)
+    assert await store.insert("node-a", [event]) == 1
+    assert await store.insert("node-b", [event]) == 1
+    assert await store.count() == 2
+
+
+async def test_record_keeps_the_hub_node(store: AuditStore) -> None:
+    await store.record(make_event(EventType.USER_LOGIN, node="hub", user="alice"))
+    (event,) = await store.search(node="hub")
+    assert event.type == "user.login" and event.user == "alice"
+
+
+async def test_search_filters_and_order(store: AuditStore) -> None:
+    a = [
+        _ev("session.start", 1, 100.0, user="alice", session_id="s1"),
+        _ev("session.data", 2, 101.0, user="alice", session_id="s1"),
+        _ev("exec", 3, 105.0, user="bob"),
+    ]
+    b = [
+        _ev("session.start", 1, 100.0, user="bob", session_id="s2"),
+        _ev("exec", 2, 103.0, user="alice"),
+    ]
+    await store.insert("node-b", b)
+    await store.insert("node-a", a)
+    everything = await store.search()
+    assert [(e.time, e.seq) for e in everything] == [
+        (100.0, 1),
+        (100.0, 1),
+        (101.0, 2),
+        (103.0, 2),
+        (105.0, 3),
+    ]
+    assert [e.id for e in await store.search(node="node-a")] == [e.id for e in a]
+    assert {e.id for e in await store.search(user="alice")} == {a[0].id, a[1].id, b[1].id}
+    assert [e.id for e in await store.search(type="exec")] == [b[1].id, a[2].id]
+    assert [e.id for e in await store.search(session_id="s1")] == [a[0].id, a[1].id]
+    window = await store.search(since=101.0, until=105.0)  # since inclusive, until exclusive
+    assert [e.id for e in window] == [a[1].id, b[1].id]
+    assert len(await store.search(limit=2)) == 2
+    assert await store.search(type="exec", user="alice", node="node-a") == []
+    data = (await store.search(type="session.data"))[0]
+    assert data.fields["data"] == b"\x01\x02"
+    with pytest.raises(ValueError):
+        await store.search(limit=0)
+
+
+async def test_search_pages_through_more_than_a_page(
+    store: AuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_store, "PAGE", 7)
+    batch = [_ev("exec", i, 500.0 + (i // 3)) for i in range(1, 51)]  # ties on time
+    await store.insert("n", batch)
+    assert [e.id for e in await store.search(limit=None)] == [e.id for e in batch]
+    assert [e.id for e in await store.search(limit=20)] == [e.id for e in batch[:20]]
+
+
+async def test_session_is_ordered_by_seq(store: AuditStore) -> None:
+    # Times out of order (a device clock stepped back): seq is what the node saw.
+    events = [
+        _ev("session.start", 10, 200.0, session_id="s9"),
+        _ev("session.data", 11, 150.0, session_id="s9"),
+        _ev("exec", 12, 199.0, session_id="s9"),
+    ]
+    await store.insert("n", list(reversed(events)))
+    await store.insert("n", [_ev("exec", 13, 201.0, session_id="other")])
+    assert [e.seq for e in await store.session("s9")] == [10, 11, 12]
+    assert await store.session("nope") == []
+
+
+async def test_reopen_keeps_events(tmp_path: Path) -> None:
+    store = await AuditStore.open(tmp_path / "a.db")
+    await store.insert("n", [_ev("exec", 1, 1.0)])
+    await store.close()
+    store = await AuditStore.open(tmp_path / "a.db")
+    try:
+        assert await store.count() == 1
+    finally:
+        await store.close()

@@ -1,0 +1,133 @@
+"""``tctl audit search/export`` on a hub data dir whose store we filled."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from hub import tctl
+from hub.audit_store import AuditStore, audit_db_path
+from hub.backend import Node, SQLiteBackend
+from hub.datadir import DataDir
+from remoteler.audit import AuditEvent, EventType, make_event
+
+NOW = time.time()
+
+
+def _fill(path: Path) -> list[AuditEvent]:
+    data = DataDir(path)
+    data.init("test")
+    start = make_event(
+        EventType.SESSION_START, node="x", user="alice", login="pi", session_id="s1", now=NOW - 60
+    )
+    chunk = make_event(
+        EventType.SESSION_DATA,
+        node="x",
+        user="alice",
+        session_id="s1",
+        now=NOW - 50,
+        chunk=0,
+        codec="raw",
+        data=b"\x00hello\xff",
+    )
+    old = make_event(EventType.EXEC, node="x", user="bob", command="id", exit_code=0, now=1000.0)
+    login = make_event(EventType.USER_LOGIN, node="hub", user="alice", now=NOW - 70)
+
+    async def fill() -> None:
+        backend = await SQLiteBackend.open(data.db_path)
+        await backend.add_node(Node(id="id-truck", name="truck-042", joined=NOW))
+        await backend.close()
+        store = await AuditStore.open(audit_db_path(data.path))
+        await store.insert(
+            "id-truck",
+            [dataclasses.replace(start, seq=1), dataclasses.replace(chunk, seq=2)],
+        )
+        await store.insert("id-gone", [dataclasses.replace(old, seq=7)])
+        await store.record(login)
+        await store.close()
+
+    asyncio.run(fill())
+    return [old, login, start, chunk]
+
+
+def _run(capsys: pytest.CaptureFixture[str], path: Path, *argv: str) -> str:
+    assert tctl.main(["--data-dir", str(path), "audit", *argv]) == 0
+    return capsys.readouterr().out
+
+
+def test_search_json_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old, login, start, chunk = _fill(tmp_path)
+    out = json.loads(_run(capsys, tmp_path, "search", "--format", "json"))
+    assert [e["id"] for e in out] == [old.id, login.id, start.id, chunk.id]
+    keys = {"id", "type", "time", "node", "user", "login", "session", "seq", "fields"}
+    assert all(set(e) == keys for e in out)
+    assert out[3]["node"] == "id-truck" and out[3]["seq"] == 2
+    assert out[3]["fields"] == {
+        "chunk": 0,
+        "codec": "raw",
+        "data_b64": base64.b64encode(b"\x00hello\xff").decode(),
+    }
+    assert out[1]["node"] == "hub"
+
+    by_name = json.loads(
+        _run(capsys, tmp_path, "search", "--node", "truck-042", "--format", "json")
+    )
+    assert [e["id"] for e in by_name] == [start.id, chunk.id]
+    by_id = json.loads(_run(capsys, tmp_path, "search", "--node", "id-gone", "--format", "json"))
+    assert [e["id"] for e in by_id] == [old.id]
+    recent = json.loads(
+        _run(capsys, tmp_path, "search", "--since", "1h", "--user", "alice", "--format", "json")
+    )
+    assert [e["id"] for e in recent] == [login.id, start.id, chunk.id]
+    typed = json.loads(
+        _run(
+            capsys,
+            tmp_path,
+            "search",
+            "--type",
+            "exec",
+            "--until",
+            "1970-01-02T00:00:00+00:00",
+            "--format",
+            "json",
+        )
+    )
+    assert [e["id"] for e in typed] == [old.id]
+    limited = json.loads(_run(capsys, tmp_path, "search", "--limit", "1", "--format", "json"))
+    assert [e["id"] for e in limited] == [old.id]
+
+
+def test_search_text_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _fill(tmp_path)
+    out = _run(capsys, tmp_path, "search")
+    lines = out.splitlines()
+    assert lines[0].split() == ["Time", "Type", "Node", "User", "Login", "Session", "Fields"]
+    assert "truck-042" in out and "id-truck" not in out
+    assert "data=<7 bytes>" in out and "hello" not in out
+
+
+def test_export_json_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    events = _fill(tmp_path)
+    lines = _run(capsys, tmp_path, "export").splitlines()
+    assert [json.loads(line)["id"] for line in lines] == [e.id for e in events]
+    chunk = json.loads(lines[3])
+    assert base64.b64decode(chunk["fields"]["data_b64"]) == b"\x00hello\xff"
+    assert len(_run(capsys, tmp_path, "export", "--type", "session.start").splitlines()) == 1
+
+
+def test_bad_time_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _fill(tmp_path)
+    assert tctl.main(["--data-dir", str(tmp_path), "audit", "search", "--since", "yesterday"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tctl: bad time 'yesterday'") and err.count("\n") == 1
+
+
+def test_parse_when() -> None:
+    assert tctl.parse_when("2h", now=10_000.0) == 10_000.0 - 7200
+    assert tctl.parse_when("1970-01-01T01:00:00+00:00") == 3600.0
