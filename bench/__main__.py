@@ -11,7 +11,14 @@ from pathlib import Path
 
 from bench.harness import BENCHMARKS, Context, Figure, table, write_results
 
-MODULES = ["bench.relay", "bench.setup_time", "bench.latency", "bench.footprint", "bench.scale"]
+MODULES = [
+    "bench.relay",
+    "bench.setup_time",
+    "bench.latency",
+    "bench.footprint",
+    "bench.scale",
+    "bench.audit",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

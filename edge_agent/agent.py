@@ -9,8 +9,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from edge_agent.audit import AgentAudit
+from edge_agent.forwarder import run_forwarder
 from edge_agent.identity import NodeIdentity
+from edge_agent.outbox import Outbox
 from edge_agent.sshd import serve_ssh_channel
+from remoteler.audit.events import EventType
 from remoteler.errors import RemotelerError
 from remoteler.hubconn import open_ws
 from remoteler.tlsutil import client_context
@@ -45,8 +49,11 @@ class EdgeAgent:
         labels: Mapping[str, str],
         limits: Limits | None = None,
         backoff: Backoff | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.ident = ident
+        self.outbox = outbox
+        self.audit = AgentAudit(outbox, ident.node_id)
         self.labels = dict(labels)  # the hub adds the join token's labels, which win
         self.limits = limits or Limits(send_heartbeats=True)
         self.backoff = backoff or Backoff()
@@ -57,6 +64,16 @@ class EdgeAgent:
 
     def heartbeat_payload(self) -> dict[str, object]:
         return {"labels": self.labels, "version": VERSION, "name": self.ident.name}
+
+    async def _status_loop(self, tunnel: Tunnel) -> None:
+        """Keep the heartbeat's status current: audit backlog depth and oldest event."""
+        while True:
+            payload = self.heartbeat_payload()
+            if self.outbox is not None:
+                count, size, oldest = await self.outbox.depth()
+                payload["audit"] = {"pending": count, "bytes": size, "oldest": oldest}
+            tunnel.set_heartbeat_payload(payload)
+            await asyncio.sleep(max(1.0, self.limits.heartbeat_interval / 2))
 
     async def run_forever(self) -> None:
         attempt = 0
@@ -94,11 +111,23 @@ class EdgeAgent:
         self.tunnel = tunnel
         self.connected.set()
         log.info("tunnel up", extra={"hub": ident.hub, "node_id": ident.node_id})
+        self.audit.emit_nowait(EventType.TUNNEL_CONNECT, hub=ident.hub)
+        helpers = [asyncio.ensure_future(self._status_loop(tunnel))]
+        if self.outbox is not None:
+            helpers.append(asyncio.ensure_future(run_forwarder(self.outbox, tunnel)))
         try:
             await tunnel.run()
         finally:
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
             self.connected.clear()
             self.tunnel = None
+            self.audit.emit_nowait(
+                EventType.TUNNEL_DISCONNECT,
+                hub=ident.hub,
+                reason=str(tunnel.close_reason)[:200],
+            )
             log.info(
                 "tunnel down",
                 extra={
@@ -112,4 +141,4 @@ class EdgeAgent:
             request.reject(OpenFailure.UNKNOWN_KIND, "unknown channel kind")
             return
         channel = request.accept()
-        await serve_ssh_channel(channel, self.ident, lambda: self.labels)
+        await serve_ssh_channel(channel, self.ident, lambda: self.labels, self.audit)

@@ -34,6 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--allowed-misses", type=int, default=3, help="missed heartbeats before the tunnel is dead"
     )
+    start.add_argument(
+        "--local-listen",
+        metavar="HOST:PORT",
+        help="also serve SSH on this local address (technicians on site; off by default)",
+    )
+    start.add_argument("--audit-quota", default="256MiB", help="outbox size cap, e.g. 256MiB")
+    start.add_argument(
+        "--audit-policy",
+        choices=["drop-recordings-first", "refuse-sessions"],
+        default="drop-recordings-first",
+        help="what to do when the outbox is full",
+    )
     start.add_argument("--log-level", default="INFO")
     return parser
 
@@ -42,11 +54,15 @@ async def run(args: argparse.Namespace) -> None:
     from edge_agent.agent import VERSION, Backoff, EdgeAgent
     from edge_agent.identity import NodeIdentity
     from edge_agent.join import join
-    from remoteler.addr import parse_hostport, parse_labels
+    from edge_agent.local import start_local_listener
+    from edge_agent.outbox import Outbox
+    from remoteler.addr import parse_hostport, parse_labels, parse_size
     from remoteler.wire.limits import Limits
 
     data_dir = Path(args.data_dir)
     labels = parse_labels(args.labels)
+    quota = parse_size(args.audit_quota)
+    local_addr = parse_hostport(args.local_listen) if args.local_listen else None
     if NodeIdentity.exists(data_dir):
         ident = NodeIdentity.load(data_dir)
         if args.token:
@@ -76,7 +92,14 @@ async def run(args: argparse.Namespace) -> None:
         allowed_misses=args.allowed_misses,
     )
     backoff = Backoff(base=min(1.0, args.reconnect_max), cap=args.reconnect_max)
-    agent = EdgeAgent(ident, labels, limits=limits, backoff=backoff)
+    outbox = await Outbox.open(
+        data_dir / "audit.db", quota_bytes=quota, policy=args.audit_policy, node=ident.node_id
+    )
+    agent = EdgeAgent(ident, labels, limits=limits, backoff=backoff, outbox=outbox)
+    local = None
+    if local_addr is not None:
+        lhost, lport = local_addr
+        local = await start_local_listener(lhost, lport, ident, lambda: agent.labels, agent.audit)
     loop = asyncio.get_running_loop()
     main_task = asyncio.ensure_future(agent.run_forever())
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -87,6 +110,11 @@ async def run(args: argparse.Namespace) -> None:
         log.info("agent stopping")
         if agent.tunnel is not None:
             await agent.tunnel.close(reason="agent stopping")
+    finally:
+        if local is not None:
+            local.close()
+        await agent.audit.flush()
+        await outbox.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,9 +18,14 @@ import signal
 import struct
 import termios
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
+
+from edge_agent.outbox import QuotaExceeded
+
+if TYPE_CHECKING:
+    from edge_agent.audit import AgentAudit, SessionAudit
 
 log = logging.getLogger("remoteler.agent.session")
 
@@ -66,9 +71,20 @@ def _make_ctty() -> None:  # runs in the child after setsid()
 
 
 class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
-    def __init__(self, login: str, on_exit: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        login: str,
+        on_exit: Callable[[int], None] | None = None,
+        audit: AgentAudit | None = None,
+        user: str = "",
+        session_id: str = "",
+    ) -> None:
         self.login = login
         self._on_exit = on_exit
+        self._audit = audit
+        self._user = user
+        self._session_id = session_id
+        self._record: SessionAudit | None = None
         self._chan: Any = None
         self._command: str | None = None
         self._term: tuple[str, tuple[int, int, int, int]] | None = None
@@ -106,6 +122,8 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._task = asyncio.ensure_future(self._run())
 
     def data_received(self, data: bytes, datatype: Any) -> None:
+        if self._record is not None:
+            self._record.input(data)
         if self._master is not None:
             self._stdin_buf += data
             self._flush_master()
@@ -209,11 +227,17 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         status = 255
         try:
             argv, kwargs = self._spawn_args()
+            if self._audit is not None:
+                record = self._audit.session(
+                    self._user, self.login, self._session_id, self._command, self._term is not None
+                )
+                await record.start()  # durable before anything runs; may raise QuotaExceeded
+                self._record = record
             if self._term is not None:
                 status = await self._run_pty(argv, kwargs)
             else:
                 status = await self._run_pipes(argv, kwargs)
-        except PermissionError as exc:
+        except (PermissionError, QuotaExceeded) as exc:
             self._chan.write_stderr(f"remoteler: {exc}\r\n".encode())
             status = 1
         except Exception as exc:
@@ -221,6 +245,9 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self._chan.write_stderr(f"remoteler: could not start the command: {exc}\r\n".encode())
             status = 255
         finally:
+            if self._record is not None:
+                with contextlib.suppress(Exception):
+                    await self._record.end(status)
             if self._on_exit is not None:
                 self._on_exit(status)
             with contextlib.suppress(Exception):
@@ -253,6 +280,8 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
                 await self._can_write.wait()
                 if self._chan.is_closing():
                     continue  # client went away: drain and discard until the process ends
+                if self._record is not None:
+                    self._record.output(data)
                 if stderr:
                     self._chan.write_stderr(data)
                 else:
@@ -292,6 +321,8 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
                 return
             if self._chan.is_closing():
                 return  # client went away: drain and discard until the command ends
+            if self._record is not None:
+                self._record.output(data)
             self._chan.write(data)
             if not self._can_write.is_set():
                 loop.remove_reader(master)

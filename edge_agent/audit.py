@@ -1,0 +1,151 @@
+"""The agent's audit glue: events into the outbox, sessions gated on a durable start.
+
+Every event is written to the SQLite outbox before the action it records is
+acknowledged (a session does not start until its ``session.start`` is durable);
+the forwarder sends them to the hub whenever a tunnel is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from remoteler.audit.events import EventType, make_event
+from remoteler.recording import CODEC, SessionRecorder
+
+if TYPE_CHECKING:
+    from edge_agent.outbox import Outbox
+
+log = logging.getLogger("remoteler.agent.audit")
+
+
+class AgentAudit:
+    """Emits events for one node; ``emit_nowait`` keeps order through one queue."""
+
+    def __init__(self, outbox: Outbox | None, node_id: str) -> None:
+        self.outbox = outbox
+        self.node_id = node_id
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+
+    async def emit(self, type: EventType, **kw: Any) -> None:
+        """Append and wait until the event is durable."""
+        if self.outbox is None:
+            return
+        await self.outbox.append(make_event(type, node=self.node_id, **kw))
+
+    def emit_nowait(self, type: EventType, **kw: Any) -> None:
+        """Append in the background, in call order (for events nothing waits on)."""
+        if self.outbox is None:
+            return
+        self._queue.put_nowait(make_event(type, node=self.node_id, **kw))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        assert self.outbox is not None
+        while not self._queue.empty():
+            event = self._queue.get_nowait()
+            try:
+                await self.outbox.append(event)
+            except Exception:
+                log.exception("audit event could not be stored", extra={"type": event.type})
+
+    async def flush(self) -> None:
+        """Wait until every background event is stored."""
+        while self._writer is not None and not self._writer.done():
+            await self._writer
+
+    def check_room(self) -> None:
+        if self.outbox is not None:
+            self.outbox.check_room()
+
+    def session(
+        self, user: str, login: str, session_id: str, command: str | None, pty: bool
+    ) -> SessionAudit:
+        return SessionAudit(self, user, login, session_id, command, pty)
+
+
+class SessionAudit:
+    """Events and recording of one SSH session channel."""
+
+    def __init__(
+        self,
+        audit: AgentAudit,
+        user: str,
+        login: str,
+        session_id: str,
+        command: str | None,
+        pty: bool,
+    ) -> None:
+        self.audit = audit
+        self.who = {"user": user, "login": login, "session_id": session_id}
+        self.command = command
+        self.pty = pty
+        self.started = time.time()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.recorder = SessionRecorder(self.started)
+        self._timer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Raise QuotaExceeded (refuse-sessions) or return once session.start is durable."""
+        self.audit.check_room()
+        await self.audit.emit(
+            EventType.SESSION_START,
+            **self.who,
+            command=self.command or "",
+            pty=self.pty,
+        )
+        self._timer = asyncio.ensure_future(self._flush_due())
+
+    def input(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+
+    def output(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        chunk = self.recorder.output(data, time.time())
+        if chunk is not None:
+            self._chunk(chunk)
+
+    def _chunk(self, chunk: bytes) -> None:
+        self.audit.emit_nowait(
+            EventType.SESSION_DATA,
+            **self.who,
+            chunk=self.recorder.chunks,
+            codec=CODEC,
+            data=chunk,
+        )
+
+    async def _flush_due(self) -> None:
+        while True:
+            await asyncio.sleep(self.recorder.max_chunk_seconds)
+            if self.recorder.due(time.time()):
+                chunk = self.recorder.flush()
+                if chunk is not None:
+                    self._chunk(chunk)
+
+    async def end(self, exit_status: int | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+        chunk = self.recorder.flush()
+        if chunk is not None:
+            self._chunk(chunk)
+        if self.command is not None:
+            self.audit.emit_nowait(
+                EventType.EXEC, **self.who, command=self.command, exit_code=exit_status
+            )
+        self.audit.emit_nowait(
+            EventType.SESSION_END,
+            **self.who,
+            exit_status=exit_status,
+            duration=round(time.time() - self.started, 3),
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+        )
+        await self.audit.flush()

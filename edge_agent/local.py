@@ -1,0 +1,41 @@
+"""``--local-listen``: the same SSH server on a local address, for a technician on site
+when the device has no uplink. Certificates are checked exactly as through the
+tunnel, with no hub needed, and everything is audited through the same outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+
+from edge_agent.audit import AgentAudit
+from edge_agent.identity import NodeIdentity
+from edge_agent.sshd import serve_ssh
+from remoteler.sshio import StreamPipe
+
+log = logging.getLogger("remoteler.agent.local")
+
+
+async def start_local_listener(
+    host: str,
+    port: int,
+    ident: NodeIdentity,
+    labels: Callable[[], Mapping[str, str]],
+    audit: AgentAudit,
+) -> asyncio.Server:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        meta = {"remote_addr": str(peer[0]), "session_id": str(uuid.uuid4()), "via": "local"}
+        log.info("local ssh connection", extra={"peer": peer[0], "session_id": meta["session_id"]})
+        try:
+            await serve_ssh(StreamPipe(reader, writer), meta, ident, labels, audit)
+        except Exception:
+            log.exception("local ssh connection failed")
+            writer.close()
+
+    server = await asyncio.start_server(handle, host, port)
+    addr = server.sockets[0].getsockname()
+    log.info("local ssh listening", extra={"addr": f"{addr[0]}:{addr[1]}"})
+    return server
