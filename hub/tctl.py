@@ -250,6 +250,17 @@ async def cmd_tokens(args: argparse.Namespace) -> None:
         await auth.backend.close()
 
 
+def _backlog(pending: int, oldest: float | None, now: float) -> str:
+    """``0``, or ``12 (oldest 3m)``: events waiting on the device, from its heartbeat."""
+    if not pending:
+        return "0"
+    if oldest is None:
+        return str(pending)
+    age = max(0, int(now - oldest))
+    shown = f"{age}s" if age < 120 else f"{age // 60}m" if age < 7200 else f"{age // 3600}h"
+    return f"{pending} (oldest {shown})"
+
+
 async def cmd_nodes(args: argparse.Namespace) -> None:
     backend = await _backend(args)
     try:
@@ -263,9 +274,12 @@ async def cmd_nodes(args: argparse.Namespace) -> None:
                     "online": n.online,
                     "last_seen": n.last_seen,
                     "version": n.version,
+                    "audit_pending": n.audit_pending,
+                    "audit_oldest": n.audit_oldest,
                 }
                 for n in nodes
             ]
+            now = time.time()
             rows = [
                 [
                     n.name,
@@ -273,10 +287,12 @@ async def cmd_nodes(args: argparse.Namespace) -> None:
                     format_labels(dict(n.labels)),
                     "online" if n.online else "offline",
                     _fmt_time(n.last_seen),
+                    _backlog(n.audit_pending, n.audit_oldest, now),
                 ]
                 for n in nodes
             ]
-            _emit(args, items, _table(rows, ["Node", "ID", "Labels", "Status", "Last seen"]))
+            headers = ["Node", "ID", "Labels", "Status", "Last seen", "Audit backlog"]
+            _emit(args, items, _table(rows, headers))
         elif args.cmd == "rm":
             if not await backend.delete_node(args.name):
                 raise UsageError(f"no node {args.name!r}; see 'tctl nodes ls'")
