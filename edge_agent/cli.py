@@ -29,10 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--reconnect-max", type=float, default=60.0, help="cap of the reconnect backoff, seconds"
     )
     start.add_argument(
-        "--heartbeat-interval", type=float, default=30.0, help="seconds between heartbeats"
+        "--heartbeat-interval", type=float, default=60.0, help="seconds between heartbeats"
     )
     start.add_argument(
-        "--allowed-misses", type=int, default=3, help="missed heartbeats before the tunnel is dead"
+        "--allowed-misses", type=int, default=2, help="missed heartbeats before the tunnel is dead"
     )
     start.add_argument(
         "--local-listen",

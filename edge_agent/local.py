@@ -12,7 +12,6 @@ from collections.abc import Callable, Mapping
 
 from edge_agent.audit import AgentAudit
 from edge_agent.identity import NodeIdentity
-from edge_agent.sshd import serve_ssh
 from remoteler.sshio import StreamPipe
 
 log = logging.getLogger("remoteler.agent.local")
@@ -26,6 +25,8 @@ async def start_local_listener(
     audit: AgentAudit,
 ) -> asyncio.Server:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from edge_agent.sshd import serve_ssh  # asyncssh on first use, as for the tunnel
+
         peer = writer.get_extra_info("peername") or ("?", 0)
         meta = {"remote_addr": str(peer[0]), "session_id": str(uuid.uuid4()), "via": "local"}
         log.info("local ssh connection", extra={"peer": peer[0], "session_id": meta["session_id"]})

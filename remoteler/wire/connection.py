@@ -144,7 +144,9 @@ class Connection:
         self.role = role
         self.limits = limits
         self.heartbeat_payload: dict[str, Any] | None = None
-        """Status attached to each PING we send; set by the application."""
+        """Status for the peer, set by the application; a PING carries it only when it
+        changed since the last PING (idle tunnels on metered links send ~5-byte PINGs)."""
+        self._sent_payload: dict[str, Any] | None = None
         self.last_received = now
         """Clock value when the last message arrived."""
         self._state = State.OPEN
@@ -257,7 +259,12 @@ class Connection:
             self._pings[seq] = now
             if len(self._pings) > _MAX_OUTSTANDING_PINGS:
                 del self._pings[next(iter(self._pings))]
-            self._send(PingFrame(seq, self.heartbeat_payload))
+            payload = self.heartbeat_payload
+            if payload == self._sent_payload:
+                payload = None
+            else:
+                self._sent_payload = payload
+            self._send(PingFrame(seq, payload))
             self._next_ping = now + interval
 
     # -- tunnel commands ------------------------------------------------------
