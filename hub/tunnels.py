@@ -91,7 +91,7 @@ class TunnelRegistry:
             version = payload.get("version")
             if isinstance(version, str):
                 live.version = version[:64]
-            live.status = {k: v for k, v in payload.items() if k not in ("labels",)}
+            live.status.update((k, v) for k, v in payload.items() if k != "labels")
 
     async def flush(self) -> None:
         if self._online:
