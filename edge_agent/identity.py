@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from remoteler.ca import (
@@ -26,6 +25,7 @@ from remoteler.ca import (
     check_secret_file_mode,
     private_key_from_openssh,
     private_key_to_openssh,
+    private_key_to_pkcs8_pem,
     write_secret_file,
 )
 from remoteler.errors import ConfigError
@@ -45,11 +45,7 @@ class NodeIdentity:
 
     @property
     def key_pem(self) -> bytes:
-        return self.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        return private_key_to_pkcs8_pem(self.key)
 
     @staticmethod
     def directory(data_dir: Path) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from remoteler.ca import (
@@ -19,6 +18,7 @@ from remoteler.ca import (
     parse_certificate,
     private_key_from_openssh,
     private_key_to_openssh,
+    private_key_to_pkcs8_pem,
     write_secret_file,
 )
 from remoteler.errors import AuthError, ConfigError
@@ -33,11 +33,7 @@ class UserIdentity:
 
     @property
     def key_pem(self) -> bytes:
-        return self.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        return private_key_to_pkcs8_pem(self.key)
 
     @property
     def valid_before(self) -> int:
