@@ -89,6 +89,8 @@ cat <<NEXT
   tctl nodes ls
   tctl auth sign --user alice --ttl 1h -o $DATA/alice-id
   tsh -i $DATA/alice-id --proxy $HUB ssh $LOGIN@truck-042 uptime
+  tctl audit search --node truck-042   # what was done there, forwarded from the device's outbox
+  tsh play SESSION_ID                  # replay a session (ids: tctl audit search --type session.start)
 
   Log in again:  tsh login --proxy $HUB --user alice   (password: demo-data/alice.password,
                  code: $BIN/python -c "import pyotp; print(pyotp.TOTP('$TOTP_SECRET').now())")
