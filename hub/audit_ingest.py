@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from hub.audit_store import AuditStore
+from hub.audit_store import AuditBackend
 from remoteler.audit.stream import MessageReader, ack_message, encode_message, parse_batch
 from remoteler.wire.aio import Channel
 from remoteler.wire.exceptions import ChannelClosedError, TunnelClosed
@@ -20,7 +20,7 @@ log = logging.getLogger("remoteler.hub.audit")
 READ_SIZE = 65536
 
 
-async def serve_audit_channel(channel: Channel, node_id: str, store: AuditStore) -> None:
+async def serve_audit_channel(channel: Channel, node_id: str, store: AuditBackend) -> None:
     """Serve one audit channel until the agent closes it; never raises (bar cancellation).
 
     ``node_id`` is the tunnel's authenticated node: every event is stored under it.

@@ -13,7 +13,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiosqlite
 import msgpack
@@ -73,8 +73,31 @@ def _event(row: aiosqlite.Row) -> AuditEvent:
     )
 
 
+class AuditBackend(Protocol):
+    """What the hub needs from audit storage. :class:`AuditStore` (SQLite) is the
+    embedded default; a shared database can implement the same methods."""
+
+    async def close(self) -> None: ...
+    async def insert(self, node: str, events: Sequence[AuditEvent]) -> int: ...
+    async def record(self, event: AuditEvent) -> None: ...
+    async def search(
+        self,
+        *,
+        type: str | None = None,
+        node: str | None = None,
+        user: str | None = None,
+        session_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = 1000,
+    ) -> list[AuditEvent]: ...
+    async def session(self, session_id: str) -> list[AuditEvent]: ...
+    async def count(self, node: str | None = None) -> int: ...
+
+
 class AuditStore:
-    """Open with :meth:`open`; one writer transaction at a time (``insert``/``record``)."""
+    """The SQLite audit backend. Open with :meth:`open`; one writer transaction at a
+    time (``insert``/``record``)."""
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from hub import secrets as hs
-from hub.audit_store import AuditStore
+from hub.audit_store import AuditBackend
 from hub.backend import Backend, Node, Token, User
 from remoteler.access import (
     DEFAULT_MAX_TTL,
@@ -68,7 +68,7 @@ class AuthService:
         host_ca: CertAuthority,
         cluster: str,
         clock: Callable[[], float] = time.time,
-        audit: AuditStore | None = None,
+        audit: AuditBackend | None = None,
     ) -> None:
         self.backend = backend
         self.user_ca = user_ca

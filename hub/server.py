@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from hub.audit_ingest import serve_audit_channel
-from hub.audit_store import AuditStore
+from hub.audit_store import AuditBackend
 from hub.auth import AuthService, Issued, check_name
 from hub.backend import Backend, Node
 from hub.identity import Identity, peer_identity
@@ -74,7 +74,7 @@ class HubServer:
         auth: AuthService,
         backend: Backend,
         limits: Limits | None = None,
-        audit: AuditStore | None = None,
+        audit: AuditBackend | None = None,
     ) -> None:
         self.auth = auth
         self.backend = backend
