@@ -10,6 +10,9 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	@# An editable install is not byte-compiled by pip; do it once, so start-up
+	@# (every tsh ssh) does not pay for it where PYTHONDONTWRITEBYTECODE is set.
+	$(BIN)/python -m compileall -q remoteler hub edge_agent tsh firmware_tools
 	@touch $(STAMP)
 
 demo: $(STAMP)
