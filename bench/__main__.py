@@ -9,7 +9,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from bench.harness import BENCHMARKS, Context, Figure, table, write_results
+from bench.harness import BENCHMARKS, Context, Figure, figures_table, write_results
 
 MODULES = [
     "bench.relay",
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:
                 traceback.print_exc()
                 failed.append(name)
-    print(table(figures))
+    print(figures_table(figures))
     output = args.output or (None if args.smoke else str(Path(__file__).parent / "results.json"))
     if output:
         write_results(Path(output), figures, args.smoke)

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from remoteler.textfmt import table
+
 
 @dataclass
 class Figure:
@@ -82,7 +84,7 @@ def _fmt(value: float | None) -> str:
     return f"{value:.3f}"
 
 
-def table(figures: Sequence[Figure]) -> str:
+def figures_table(figures: Sequence[Figure]) -> str:
     headers = ["bench", "figure", "median", "p99", "unit", "vs", "ratio", "goal", "met"]
     rows = [
         [
@@ -98,11 +100,7 @@ def table(figures: Sequence[Figure]) -> str:
         ]
         for f in figures
     ]
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    out.append("  ".join("-" * w for w in widths))
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(out)
+    return table(rows, headers)
 
 
 def write_results(path: Path, figures: Sequence[Figure], smoke: bool) -> None:

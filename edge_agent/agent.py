@@ -58,8 +58,6 @@ class EdgeAgent:
         self.backoff = backoff or Backoff()
         self.rng = random.Random()
         self.tunnel: Tunnel | None = None
-        self.connected = asyncio.Event()
-        self._tasks: set[asyncio.Future[None]] = set()
 
     def heartbeat_payload(self) -> dict[str, object]:
         return {"labels": self.labels, "version": VERSION, "name": self.ident.name}
@@ -108,7 +106,6 @@ class EdgeAgent:
         tunnel = Tunnel(ws, core, on_channel=self.on_channel)
         tunnel.set_heartbeat_payload(self.heartbeat_payload())
         self.tunnel = tunnel
-        self.connected.set()
         log.info("tunnel up", extra={"hub": ident.hub, "node_id": ident.node_id})
         self.audit.emit_nowait(EventType.TUNNEL_CONNECT, hub=ident.hub)
         helpers = [asyncio.ensure_future(self._status_loop(tunnel))]
@@ -120,7 +117,6 @@ class EdgeAgent:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            self.connected.clear()
             self.tunnel = None
             self.audit.emit_nowait(
                 EventType.TUNNEL_DISCONNECT,

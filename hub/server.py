@@ -168,7 +168,7 @@ class HubServer:
         if node is None:
             raise NodeError(f"unknown node {node_key!r}; list nodes with 'tsh ls'")
         live = self.registry.get(node.id)
-        labels = live.labels if live and live.labels else node.labels
+        labels = self.registry.labels_of(node)
         rules, _ = await self.auth.rules_for(user)
         reason = check_access(rules, login, labels, node=node.name, user=user.name)
         if reason:
@@ -256,7 +256,7 @@ class HubServer:
                     "user": user,
                     "login": login,
                     "session_id": session_id,
-                    "remote_addr": _peer(ws).rpartition(":")[0].strip("[]"),
+                    "remote_addr": _peer_host(ws),
                 },
                 timeout=15,
             )
@@ -394,7 +394,7 @@ class HubServer:
         out = []
         for node in await self.backend.list_nodes():
             live = self.registry.get(node.id)
-            labels = dict(live.labels) if live and live.labels else dict(node.labels)
+            labels = self.registry.labels_of(node)
             if not any(labels_match(r.node_labels, labels) for r in rules):
                 continue  # as Teleport: users only see nodes their roles match
             if any(labels.get(k) != v for k, v in want.items()):
@@ -440,6 +440,13 @@ def _str(params: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise UsageError(f"missing parameter {key!r}")
     return value
+
+
+def _peer_host(ws: ServerConnection) -> str:
+    try:
+        return str(ws.remote_address[0])
+    except (TypeError, IndexError):
+        return ""
 
 
 def _peer(ws: ServerConnection) -> str:

@@ -13,29 +13,15 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from remoteler.addr import format_labels, parse_labels
 from remoteler.audit.events import AuditEvent
 from remoteler.errors import RemotelerError, UsageError
+from remoteler.textfmt import fmt_time, table
 
 DEFAULT_DATA_DIR = "/var/lib/remoteler-hub"
-
-
-def _fmt_time(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "never"
-
-
-def _table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += [
-        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    ]
-    return "\n".join(lines)
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -183,7 +169,7 @@ async def cmd_users(args: argparse.Namespace) -> None:
             data_ls = [
                 {"name": u.name, "roles": list(u.roles), "logins": list(u.logins)} for u in users
             ]
-            _emit(args, data_ls, _table(rows, ["User", "Roles", "Logins"]))
+            _emit(args, data_ls, table(rows, ["User", "Roles", "Logins"]))
         elif args.cmd == "rm":
             if not await auth.backend.delete_user(args.name):
                 raise UsageError(f"no user {args.name!r}; see 'tctl users ls'")
@@ -212,7 +198,7 @@ async def cmd_tokens(args: argparse.Namespace) -> None:
                 "hub": hub,
             }
             text = (
-                f"Join token (single use, expires {_fmt_time(rec.expires)}): {token}\n"
+                f"Join token (single use, expires {fmt_time(rec.expires)}): {token}\n"
                 f"Start the agent on the device with:\n"
                 f"  edge-agent start --hub {hub} --token {token} --ca-pin {pin} "
                 f"--name NAME --labels k=v --data-dir /var/lib/remoteler-agent"
@@ -236,12 +222,12 @@ async def cmd_tokens(args: argparse.Namespace) -> None:
                     i["token_id"],
                     i["type"],
                     format_labels(i["labels"]),
-                    _fmt_time(i["expires"]),
+                    fmt_time(i["expires"]),
                     i["state"],
                 ]
                 for i in items
             ]
-            _emit(args, items, _table(rows, ["Token ID", "Type", "Labels", "Expires", "State"]))
+            _emit(args, items, table(rows, ["Token ID", "Type", "Labels", "Expires", "State"]))
         elif args.cmd == "rm":
             if not await auth.backend.delete_token(args.token_id):
                 raise UsageError(f"no token with id {args.token_id!r}; see 'tctl tokens ls'")
@@ -286,13 +272,13 @@ async def cmd_nodes(args: argparse.Namespace) -> None:
                     n.id,
                     format_labels(dict(n.labels)),
                     "online" if n.online else "offline",
-                    _fmt_time(n.last_seen),
+                    fmt_time(n.last_seen),
                     _backlog(n.audit_pending, n.audit_oldest, now),
                 ]
                 for n in nodes
             ]
             headers = ["Node", "ID", "Labels", "Status", "Last seen", "Audit backlog"]
-            _emit(args, items, _table(rows, headers))
+            _emit(args, items, table(rows, headers))
         elif args.cmd == "rm":
             if not await backend.delete_node(args.name):
                 raise UsageError(f"no node {args.name!r}; see 'tctl nodes ls'")
@@ -327,7 +313,7 @@ async def cmd_auth(args: argparse.Namespace) -> None:
         files = write_identity_file(
             Path(args.out), key, issued.ssh_cert, issued.tls_cert.encode(), auth.host_ca.x509_pem
         )
-        print(f"Identity for {user.name!r} valid until {_fmt_time(issued.expires)} written to:")
+        print(f"Identity for {user.name!r} valid until {fmt_time(issued.expires)} written to:")
         for f in files:
             print(f"  {f}")
     finally:
@@ -397,7 +383,7 @@ async def cmd_get(args: argparse.Namespace) -> None:
     _emit(
         args,
         [r.to_dict() for r in roles],
-        _table(rows, ["Role", "Logins", "Node labels", "Max TTL (s)"]),
+        table(rows, ["Role", "Logins", "Node labels", "Max TTL (s)"]),
     )
 
 
@@ -519,7 +505,7 @@ async def cmd_audit(args: argparse.Namespace) -> None:
         ]
         for e in found_events
     ]
-    print(_table(rows, ["Time", "Type", "Node", "User", "Login", "Session", "Fields"]))
+    print(table(rows, ["Time", "Type", "Node", "User", "Login", "Session", "Fields"]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,11 @@ class TunnelRegistry:
     def get(self, node_id: str) -> LiveNode | None:
         return self._live.get(node_id)
 
+    def labels_of(self, node: Node) -> dict[str, str]:
+        """The node's labels now: from its live heartbeat, else as last stored."""
+        live = self._live.get(node.id)
+        return dict(live.labels if live and live.labels else node.labels)
+
     def __len__(self) -> int:
         return len(self._live)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from remoteler.errors import AuthError, ConfigError, RemotelerError, TrustError, UsageError
+from remoteler.textfmt import fmt_time, table
 
 
 def _add_common(p: argparse.ArgumentParser, top: bool) -> None:
@@ -65,10 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     logout = sub.add_parser("logout", help="remove keys and certificates")
     _add_common(logout, False)
     return p
-
-
-def _fmt_time(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "never"
 
 
 def _read_secret(prompt: str) -> str:
@@ -179,7 +176,7 @@ async def cmd_login(args: argparse.Namespace) -> int:
     in_agent = await add_to_agent(ident)
     print(f"Logged in as {args.user} to {hub} (cluster {new.cluster})")
     print(f"  Logins:      {', '.join(result.get('logins') or []) or '(none)'}")
-    print(f"  Valid until: {_fmt_time(result.get('expires'))}")
+    print(f"  Valid until: {fmt_time(result.get('expires'))}")
     if in_agent:
         print("  Key and certificate loaded into your ssh-agent")
     return 0
@@ -202,16 +199,11 @@ async def cmd_ls(args: argparse.Namespace) -> int:
             n["name"],
             format_labels(n["labels"]),
             "online" if n["online"] else "offline",
-            _fmt_time(n["last_seen"]),
+            fmt_time(n["last_seen"]),
         ]
         for n in nodes
     ]
-    headers = ["Node", "Labels", "Status", "Last seen"]
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print(table(rows, ["Node", "Labels", "Status", "Last seen"]))
     return 0
 
 
@@ -254,7 +246,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(data, indent=2, sort_keys=True))
         return 0
-    state = "EXPIRED: run 'tsh login'" if data["expired"] else f"valid until {_fmt_time(expires)}"
+    state = "EXPIRED: run 'tsh login'" if data["expired"] else f"valid until {fmt_time(expires)}"
     print(f"> Hub:     {data['hub']} (cluster {data['cluster']})")
     print(f"  User:    {data['user']}")
     print(f"  Logins:  {', '.join(data['logins'])}")  # type: ignore[arg-type]

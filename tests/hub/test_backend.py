@@ -202,7 +202,7 @@ async def test_nodes_crud_online_and_heartbeats(backend: SQLiteBackend) -> None:
     with pytest.raises(sqlite3.IntegrityError):
         await backend.add_node(Node(id="id-a", name="other"))
 
-    await backend.set_node_online("id-a", True, 50.0)
+    await backend.set_nodes_online([("id-a", True, 50.0)])
     got = await backend.get_node("id-a")
     assert got is not None and got.online and got.last_seen == 50.0
 
@@ -214,7 +214,7 @@ async def test_nodes_crud_online_and_heartbeats(backend: SQLiteBackend) -> None:
     assert (got.last_seen, dict(got.labels), got.version) == (60.0, {"env": "dev"}, "1.2")
     assert (got.audit_pending, got.audit_oldest) == (7, 50.0)
 
-    await backend.set_node_online("id-b", True, 70.0)
+    await backend.set_nodes_online([("id-b", True, 70.0)])
     await backend.mark_all_offline()
     assert not any(n.online for n in await backend.list_nodes())
     assert [n.name for n in await backend.list_nodes()] == ["truck-1", "truck-2"]
