@@ -16,7 +16,7 @@ from edge_agent.outbox import Outbox
 from remoteler.audit.events import EventType
 from remoteler.errors import RemotelerError
 from remoteler.hubconn import open_ws
-from remoteler.tlsutil import client_context
+from remoteler.tlsutil import TUNNEL_ALPN, client_context
 from remoteler.wire.aio import ChannelRequest, Tunnel
 from remoteler.wire.codes import OpenFailure
 from remoteler.wire.connection import Connection, Role
@@ -40,6 +40,24 @@ class Backoff:
     def delay(self, attempt: int, rng: random.Random) -> float:
         return rng.uniform(0, min(self.cap, self.base * (2 ** min(attempt, 30))))
 
+    def next_wait(
+        self, attempt: int, uptime: float, retry_after: float | None, rng: random.Random
+    ) -> tuple[float, int]:
+        """Seconds to wait before reconnecting, and the attempt count to carry on with.
+
+        ``uptime`` is how long the last tunnel (or attempt) lasted; ``retry_after``
+        is what the hub's GOAWAY asked for. A hub that says when to come back (a
+        graceful restart, spreading a reconnect storm) is obeyed, capped at twice
+        ``cap``, with a little jitter; that is not a failure, so ``attempt`` does
+        not grow.
+        """
+        if uptime >= self.stable_after:
+            attempt = 0
+        if retry_after is not None:
+            wait = min(retry_after, 2 * self.cap)
+            return wait + rng.uniform(0, min(self.base, wait / 10)), attempt
+        return self.delay(attempt, rng), attempt + 1
+
 
 class EdgeAgent:
     def __init__(
@@ -58,6 +76,8 @@ class EdgeAgent:
         self.backoff = backoff or Backoff()
         self.rng = random.Random()
         self.tunnel: Tunnel | None = None
+        #: the retry-after the hub's GOAWAY asked for on the last tunnel (run_once sets it)
+        self.retry_after: float | None = None
 
     def heartbeat_payload(self) -> dict[str, object]:
         return {"labels": self.labels, "version": VERSION, "name": self.ident.name}
@@ -76,6 +96,7 @@ class EdgeAgent:
         attempt = 0
         while True:
             started = time.monotonic()
+            self.retry_after = None
             try:
                 await self.run_once()
                 log.warning("tunnel closed; reconnecting", extra={"hub": self.ident.hub})
@@ -83,16 +104,22 @@ class EdgeAgent:
                 log.warning("tunnel failed: %s", err, extra={"hub": self.ident.hub})
             except Exception:
                 log.exception("tunnel failed unexpectedly", extra={"hub": self.ident.hub})
-            if time.monotonic() - started >= self.backoff.stable_after:
-                attempt = 0
-            delay = self.backoff.delay(attempt, self.rng)
-            attempt += 1
-            log.info("reconnecting", extra={"in_s": round(delay, 2), "attempt": attempt})
+            delay, attempt = self.backoff.next_wait(
+                attempt, time.monotonic() - started, self.retry_after, self.rng
+            )
+            log.info(
+                "reconnecting",
+                extra={
+                    "in_s": round(delay, 2),
+                    "attempt": attempt,
+                    "retry_after": self.retry_after,
+                },
+            )
             await asyncio.sleep(delay)
 
     async def run_once(self) -> None:
         ident = self.ident
-        ctx = client_context(ident.host_ca_pem, ident.tls_cert, ident.key_pem)
+        ctx = client_context(ident.host_ca_pem, ident.tls_cert, ident.key_pem, [TUNNEL_ALPN])
         ws = await open_ws(
             ident.hub,
             # The hub watches for silence with our heartbeat settings, not its own.
@@ -118,6 +145,7 @@ class EdgeAgent:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
             self.tunnel = None
+            self.retry_after = tunnel.retry_after
             self.audit.emit_nowait(
                 EventType.TUNNEL_DISCONNECT,
                 hub=ident.hub,

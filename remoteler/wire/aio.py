@@ -315,6 +315,8 @@ class Tunnel:
         self.closed = asyncio.Event()
         self.close_code: ErrorCode | None = None
         self.close_reason = ""
+        self.retry_after: float | None = None
+        """Seconds the peer's GOAWAY asked us to wait before reconnecting, else None."""
         self.last_rtt: float | None = None
 
     # -- public API -----------------------------------------------------------
@@ -383,9 +385,18 @@ class Tunnel:
             self._opening.pop(channel_id, None)
         return channel
 
-    async def close(self, code: ErrorCode = ErrorCode.NORMAL, reason: str = "") -> None:
-        """Send GOAWAY and wait for :meth:`run` to finish (or close the websocket)."""
-        self._core.close(code, reason)
+    async def close(
+        self,
+        code: ErrorCode = ErrorCode.NORMAL,
+        reason: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        """Send GOAWAY and wait for :meth:`run` to finish (or close the websocket).
+
+        ``retry_after`` (seconds, 0 … 3600) asks the peer to wait that long before
+        reconnecting; the peer sees it as :attr:`Tunnel.retry_after`.
+        """
+        self._core.close(code, reason, retry_after)
         self._process()
         if self._running:
             await self._finished.wait()
@@ -505,15 +516,24 @@ class Tunnel:
                             logger.exception("heartbeat callback failed")
                 case PongReceived(_, rtt):
                     self.last_rtt = rtt
-                case ConnectionClosed(code, reason, by_peer):
-                    self._on_closed(code, reason, by_peer)
+                case ConnectionClosed(code, reason, by_peer, retry_after):
+                    self._on_closed(code, reason, by_peer, retry_after)
         if core.wants_write:
             self._wakeup.set()
 
-    def _on_closed(self, code: ErrorCode, reason: str, by_peer: bool) -> None:
+    def _on_closed(
+        self, code: ErrorCode, reason: str, by_peer: bool, retry_after: float | None
+    ) -> None:
         log = logger.info if code in (ErrorCode.NORMAL, ErrorCode.GOING_AWAY) else logger.warning
-        log("tunnel closed: code=%s by_peer=%s reason=%s", code.name, by_peer, reason)
+        log(
+            "tunnel closed: code=%s by_peer=%s reason=%s retry_after=%s",
+            code.name,
+            by_peer,
+            reason,
+            retry_after,
+        )
         self.close_code, self.close_reason = code, reason
+        self.retry_after = retry_after
         self.closed.set()
         channels, self._channels = self._channels, {}
         for channel in channels.values():

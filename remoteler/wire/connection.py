@@ -33,6 +33,7 @@ from .frames import (
     MAX_CHANNEL_ID,
     MAX_KIND_LEN,
     MAX_REASON_LEN,
+    MAX_RETRY_AFTER_MS,
     MAX_SEQ,
     CloseFrame,
     DataFrame,
@@ -281,13 +282,25 @@ class Connection:
         self._send(GoAwayFrame(code, code.name))
         self._terminate(ConnectionClosed(code, reason, by_peer=False))
 
-    def close(self, code: ErrorCode = ErrorCode.NORMAL, reason: str = "") -> None:
-        """Close the tunnel gracefully: frame what the windows allow, then GOAWAY."""
+    def close(
+        self, code: ErrorCode = ErrorCode.NORMAL, reason: str = "", retry_after: float | None = None
+    ) -> None:
+        """Close the tunnel gracefully: frame what the windows allow, then GOAWAY.
+
+        ``retry_after`` (seconds, 0 … 3600, sent rounded to milliseconds) asks the
+        peer to wait that long before reconnecting. Next: send
+        :meth:`messages_to_send`, then close the websocket. No-op once closed.
+        """
         if self._state is not State.OPEN:
             return
+        retry_ms = None
+        if retry_after is not None:
+            if not 0 <= retry_after <= MAX_RETRY_AFTER_MS / 1000:
+                raise InvalidState(f"retry_after must be 0..{MAX_RETRY_AFTER_MS // 1000} s")
+            retry_ms = round(retry_after * 1000)
         if self._ready:
             self._frame_data(None)
-        self._send(GoAwayFrame(code, reason[:MAX_REASON_LEN]))
+        self._send(GoAwayFrame(code, reason[:MAX_REASON_LEN], retry_ms))
         self._terminate(ConnectionClosed(code, reason, by_peer=False))
 
     def connection_lost(self, reason: str = "") -> None:
@@ -595,13 +608,14 @@ class Connection:
                 sent = self._pings.pop(seq, None)
                 if sent is not None:
                     self._events.append(PongReceived(seq, max(now - sent, 0.0)))
-            case GoAwayFrame(code, reason):
+            case GoAwayFrame(code, reason, retry_ms):
+                retry_after = None if retry_ms is None else retry_ms / 1000
                 if code in ErrorCode._value2member_map_:
-                    self._terminate(ConnectionClosed(ErrorCode(code), reason, by_peer=True))
+                    self._terminate(ConnectionClosed(ErrorCode(code), reason, True, retry_after))
                 else:
                     self._terminate(
                         ConnectionClosed(
-                            ErrorCode.INTERNAL, f"peer code {code}: {reason}", by_peer=True
+                            ErrorCode.INTERNAL, f"peer code {code}: {reason}", True, retry_after
                         )
                     )
 

@@ -116,6 +116,8 @@ class ConnectionClosed:
     """Detail for logs (local detail if we failed it, the peer's text if it did)."""
     by_peer: bool
     """True if the peer sent GOAWAY or the transport went away under us."""
+    retry_after: float | None = None
+    """Seconds the peer asked us to wait before reconnecting (its GOAWAY), or None."""
 
 
 Event = (

@@ -12,7 +12,7 @@ is the :class:`FrameType`. Layouts (see ``docs/wire-protocol.md``)::
     CLOSE      [7, channel_id]
     PING       [8, seq, payload]            payload: map or nil
     PONG       [9, seq]
-    GOAWAY     [10, code, reason]
+    GOAWAY     [10, code, reason]           or [10, code, reason, retry_after_ms]
 
 :func:`decode_frame` checks every item's type and range and raises
 :class:`ProtocolError`; it never lets a msgpack or type error escape.
@@ -34,6 +34,7 @@ __all__ = [
     "MAX_CHANNEL_ID",
     "MAX_KIND_LEN",
     "MAX_REASON_LEN",
+    "MAX_RETRY_AFTER_MS",
     "CloseFrame",
     "DataFrame",
     "EofFrame",
@@ -56,6 +57,8 @@ MAX_SEQ = 0xFFFFFFFFFFFFFFFF
 MAX_CODE = 0xFFFF
 MAX_KIND_LEN = 64
 MAX_REASON_LEN = 1024
+#: Largest GOAWAY retry-after (one hour): a peer cannot park an agent for longer.
+MAX_RETRY_AFTER_MS = 3_600_000
 #: Nesting allowed inside OPEN meta and PING payload values.
 MAX_NESTING = 16
 
@@ -118,6 +121,8 @@ class PongFrame:
 class GoAwayFrame:
     code: int
     reason: str
+    retry_after_ms: int | None = None
+    """Milliseconds the receiver should wait before reconnecting; omitted on the wire if None."""
 
 
 Frame = (
@@ -189,8 +194,10 @@ def encode_frame(frame: Frame) -> bytes:
             return _packb([FrameType.PING, seq, payload])
         case PongFrame(seq):
             return _packb([FrameType.PONG, seq])
-        case GoAwayFrame(code, reason):
+        case GoAwayFrame(code, reason, None):
             return _packb([FrameType.GOAWAY, int(code), reason])
+        case GoAwayFrame(code, reason, retry_after_ms):
+            return _packb([FrameType.GOAWAY, int(code), reason, retry_after_ms])
     raise TypeError(f"not a frame: {frame!r}")  # pragma: no cover
 
 
@@ -327,9 +334,11 @@ def decode_frame(message: bytes, limits: Limits) -> Frame:
         _arity(items, 2, "PONG")
         return PongFrame(_uint(items[1], "pong seq", 0, MAX_SEQ))
     if ftype == FrameType.GOAWAY:
-        _arity(items, 3, "GOAWAY")
+        if len(items) not in (3, 4):  # retry_after_ms is optional
+            raise _malformed(f"GOAWAY frame must have 3 or 4 items, got {len(items)}")
         return GoAwayFrame(
             _uint(items[1], "error code", 0, MAX_CODE),
             _str(items[2], "reason", 0, MAX_REASON_LEN),
+            _uint(items[3], "retry after", 0, MAX_RETRY_AFTER_MS) if len(items) == 4 else None,
         )
     raise ProtocolError(ErrorCode.UNKNOWN_FRAME_TYPE, f"unknown frame type {ftype}")

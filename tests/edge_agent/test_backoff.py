@@ -18,3 +18,24 @@ def test_full_jitter_stays_within_the_capped_exponential() -> None:
 
 def test_huge_attempt_counts_do_not_overflow() -> None:
     assert 0 <= Backoff(cap=5).delay(10_000, random.Random(1)) <= 5
+
+
+def test_stable_tunnel_resets_the_attempt_counter() -> None:
+    backoff, rng = Backoff(base=1.0, cap=60.0, stable_after=30.0), random.Random(3)
+    delay, attempt = backoff.next_wait(9, uptime=1.0, retry_after=None, rng=rng)
+    assert attempt == 10 and 0 <= delay <= 60
+    delay, attempt = backoff.next_wait(9, uptime=30.0, retry_after=None, rng=rng)
+    assert attempt == 1 and 0 <= delay <= 1.0
+
+
+def test_hub_retry_after_replaces_the_backoff_and_is_not_a_failure() -> None:
+    backoff, rng = Backoff(base=1.0, cap=60.0, stable_after=30.0), random.Random(5)
+    for _ in range(100):
+        delay, attempt = backoff.next_wait(4, uptime=2.0, retry_after=20.0, rng=rng)
+        assert attempt == 4  # not counted as a failed attempt
+        assert 20.0 <= delay <= 21.0  # what the hub asked, plus at most base of jitter
+    # A stable tunnel drained by the hub still resets the counter.
+    assert backoff.next_wait(4, uptime=3600.0, retry_after=20.0, rng=rng)[1] == 0
+    # Zero means now; an hour is capped at twice the backoff cap.
+    assert backoff.next_wait(0, uptime=0.0, retry_after=0.0, rng=rng)[0] == 0.0
+    assert 120.0 <= backoff.next_wait(0, 0.0, 3600.0, rng)[0] <= 121.0

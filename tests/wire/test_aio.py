@@ -252,6 +252,18 @@ async def test_graceful_close_reaches_peer() -> None:
         assert hub_tunnel.close_reason == "agent shutting down"
 
 
+async def test_goaway_retry_after_reaches_agent() -> None:
+    async with hub_server() as hub, agent(hub) as tunnel:
+        while not hub.tunnels:
+            await asyncio.sleep(0.01)
+        await hub.tunnels[0].close(ErrorCode.GOING_AWAY, "hub restarting", retry_after=7.5)
+        await asyncio.wait_for(tunnel.closed.wait(), 5)
+        assert tunnel.close_code is ErrorCode.GOING_AWAY
+        assert tunnel.close_reason == "hub restarting"
+        assert tunnel.retry_after == 7.5
+        assert hub.tunnels[0].retry_after is None  # only what the peer asked for
+
+
 async def test_heartbeats_over_websocket() -> None:
     hub_limits = Limits(heartbeat_interval=0.05, allowed_misses=20)
     agent_limits = Limits(heartbeat_interval=0.05, allowed_misses=20, send_heartbeats=True)

@@ -582,6 +582,39 @@ def test_graceful_close_and_goaway() -> None:
     assert pair.listener.events_received() == []
 
 
+def test_goaway_retry_after() -> None:
+    pair = Pair()
+    pair.listener.close(ErrorCode.GOING_AWAY, "hub restarting", retry_after=12.3456)
+    assert closed_event(pair.listener) == ConnectionClosed(
+        ErrorCode.GOING_AWAY, "hub restarting", by_peer=False
+    )
+    assert pair.send(pair.listener) == [GoAwayFrame(ErrorCode.GOING_AWAY, "hub restarting", 12346)]
+    assert closed_event(pair.dialer) == ConnectionClosed(
+        ErrorCode.GOING_AWAY, "hub restarting", by_peer=True, retry_after=12.346
+    )
+    # Without one, the peer sees None.
+    pair = Pair()
+    pair.listener.close(ErrorCode.GOING_AWAY, "bye")
+    pair.send(pair.listener)
+    assert closed_event(pair.dialer).retry_after is None
+
+
+@pytest.mark.parametrize("retry_after", [-0.001, 3600.001, float("nan"), float("inf")])
+def test_goaway_retry_after_out_of_range_is_misuse(retry_after: float) -> None:
+    conn = Connection(Role.LISTENER)
+    with pytest.raises(InvalidState):
+        conn.close(ErrorCode.GOING_AWAY, "x", retry_after=retry_after)
+    assert conn.state is State.OPEN
+    conn.close(ErrorCode.GOING_AWAY, "x", retry_after=3600)
+    assert decode_frame(conn.messages_to_send()[-1], conn.limits) == GoAwayFrame(9, "x", 3_600_000)
+
+
+def test_malformed_retry_after_from_peer_fails_tunnel() -> None:
+    conn = Connection(Role.DIALER)
+    conn.receive_message(bytes([0x94, 10, 9, 0xA0, 0xC3]), 0.0)  # [10, 9, "", true]
+    assert_failed(conn, ErrorCode.MALFORMED_FRAME)
+
+
 def test_unknown_goaway_code_from_peer() -> None:
     conn = Connection(Role.DIALER)
     inject(conn, GoAwayFrame(500, "future"))

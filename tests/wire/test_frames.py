@@ -6,10 +6,14 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from remoteler.wire.codes import ErrorCode
 from remoteler.wire.exceptions import ProtocolError
 from remoteler.wire.frames import (
+    MAX_REASON_LEN,
+    MAX_RETRY_AFTER_MS,
     CloseFrame,
     DataFrame,
     EofFrame,
@@ -45,6 +49,8 @@ FRAMES: list[Frame] = [
     PongFrame(42),
     GoAwayFrame(0, ""),
     GoAwayFrame(9, "GOING_AWAY"),
+    GoAwayFrame(9, "hub restarting", 0),
+    GoAwayFrame(9, "hub restarting", 3_600_000),
 ]
 
 
@@ -62,6 +68,19 @@ def assert_rejected(message: bytes, code: ErrorCode = ErrorCode.MALFORMED_FRAME)
 @pytest.mark.parametrize("frame", FRAMES, ids=lambda f: type(f).__name__)
 def test_round_trip(frame: Frame) -> None:
     assert decode_frame(encode_frame(frame), LIMITS) == frame
+
+
+@given(
+    st.integers(min_value=0, max_value=0xFFFF),
+    st.text(max_size=MAX_REASON_LEN),
+    st.none() | st.integers(min_value=0, max_value=MAX_RETRY_AFTER_MS),
+)
+def test_goaway_round_trip(code: int, reason: str, retry_after_ms: int | None) -> None:
+    frame = GoAwayFrame(code, reason, retry_after_ms)
+    message = encode_frame(frame)
+    assert decode_frame(message, LIMITS) == frame
+    # Omitted when None, so the frame is byte-identical to the 3-item form.
+    assert len(msgpack.unpackb(message)) == (3 if retry_after_ms is None else 4)
 
 
 @pytest.mark.parametrize("length", [0, 1, 255, 256, 65535, 65536, 300_000])
@@ -123,6 +142,13 @@ def test_encoding_is_a_msgpack_array_with_type_first() -> None:
         pack(10, 0),
         pack(10, 0, None),
         pack(10, "x", "y"),
+        pack(10, 9, "r", -1),  # retry_after_ms: a uint up to one hour
+        pack(10, 9, "r", 3_600_001),
+        pack(10, 9, "r", True),
+        pack(10, 9, "r", 1.5),
+        pack(10, 9, "r", "1000"),
+        pack(10, 9, "r", None),  # omitted, not nil
+        pack(10, 9, "r", 1000, 1),
         pack(),  # empty array
         pack("DATA", 1, b""),
         msgpack.packb(4),  # not an array

@@ -52,6 +52,7 @@ VALID = [
         PingFrame(3, {"v": "1"}),
         PongFrame(3),
         GoAwayFrame(0, "bye"),
+        GoAwayFrame(9, "hub restarting", 12_345),
     )
 ]
 
