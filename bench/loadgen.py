@@ -19,7 +19,7 @@ from typing import Any
 from edge_agent.agent import TUNNEL_SUBPROTOCOL, Backoff
 from remoteler.errors import RemotelerError
 from remoteler.hubconn import open_ws
-from remoteler.tlsutil import client_context
+from remoteler.tlsutil import TUNNEL_ALPN, client_context
 from remoteler.wire.aio import Tunnel
 from remoteler.wire.connection import Connection, Role
 from remoteler.wire.limits import Limits
@@ -37,7 +37,9 @@ class Fleet:
         self.backoff = Backoff(base=0.5, cap=10.0, stable_after=30.0)
 
     async def agent(self, ident: dict[str, str], rng: random.Random) -> None:
-        ctx = client_context(self.ca_pem, ident["cert"].encode(), ident["key"].encode())
+        ctx = client_context(
+            self.ca_pem, ident["cert"].encode(), ident["key"].encode(), [TUNNEL_ALPN]
+        )
         attempt = 0
         query = f"?heartbeat={self.limits.heartbeat_interval:g}&misses={self.limits.allowed_misses}"
         while True:

@@ -18,7 +18,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -27,6 +27,7 @@ from hub.audit_store import AuditBackend
 from hub.auth import AuthService, Issued, check_name
 from hub.backend import Backend, Node
 from hub.identity import Identity, peer_identity
+from hub.listener import Listener, ListenerLimits
 from hub.tunnels import TunnelRegistry
 from remoteler import rpc
 from remoteler.access import check_access, labels_match
@@ -75,8 +76,11 @@ class HubServer:
         backend: Backend,
         limits: Limits | None = None,
         audit: AuditBackend | None = None,
+        listener_limits: ListenerLimits | None = None,
     ) -> None:
         self.auth = auth
+        self.listener_limits = listener_limits
+        self.listener: Listener | None = None
         self.backend = backend
         self.audit = audit
         self.limits = limits or Limits()
@@ -94,20 +98,17 @@ class HubServer:
 
     # lifecycle -----------------------------------------------------------
     async def start(self, host: str, port: int, ssl_ctx: Any) -> tuple[str, int]:
-        self.server = await serve(
+        self.listener = Listener(
             self.handle,
-            host,
-            port,
-            ssl=ssl_ctx,
-            compression=None,  # SSH bytes are encrypted: deflate only burns CPU and memory
-            max_size=max(self.limits.max_frame_bytes, MAX_CONNECT_MESSAGE) + 1024,
+            ssl_ctx,
             process_request=self.process_request,
-            subprotocols=[TUNNEL_SUBPROTOCOL, CONNECT_SUBPROTOCOL, rpc.SUBPROTOCOL],  # type: ignore[list-item]
-            ping_interval=None,
-            server_header=None,
-            open_timeout=15,
-            backlog=4096,  # a fleet reconnecting at once must not overflow the accept queue
+            subprotocols=[TUNNEL_SUBPROTOCOL, CONNECT_SUBPROTOCOL, rpc.SUBPROTOCOL],
+            max_size=max(self.limits.max_frame_bytes, MAX_CONNECT_MESSAGE) + 1024,
+            limits=self.listener_limits,
         )
+        # Compression stays off (SSH bytes are encrypted: deflate only burns CPU and
+        # memory) and websocket pings too: the tunnel has its own heartbeats.
+        self.server = await self.listener.start(host, port, backlog=4096)
         sock = next(iter(self.server.sockets))
         addr = sock.getsockname()
         return addr[0], addr[1]

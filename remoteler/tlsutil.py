@@ -6,6 +6,10 @@ import ssl
 import tempfile
 from pathlib import Path
 
+#: ALPN an agent offers on its tunnel connection, so the hub can queue agents
+#: apart from users before the handshake (hub/listener.py). Not authentication.
+TUNNEL_ALPN = "remoteler-tunnel/1"
+
 
 def _load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
     # ssl only loads key material from files: use a private temp dir, removed at once.
@@ -35,6 +39,7 @@ def client_context(
     ca_pem: bytes | None,
     cert_pem: bytes | None = None,
     key_pem: bytes | None = None,
+    alpn: list[str] | None = None,
 ) -> ssl.SSLContext:
     """Client context verifying the hub against ``ca_pem``.
 
@@ -55,4 +60,6 @@ def client_context(
         ctx.load_verify_locations(cadata=ca_pem.decode())
     if cert_pem is not None and key_pem is not None:
         _load_chain(ctx, cert_pem, key_pem)
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
     return ctx

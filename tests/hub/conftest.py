@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from hub import secrets as hs
 from hub.auth import AuthService
 from hub.backend import SQLiteBackend
 from hub.datadir import DataDir
+from hub.listener import ListenerLimits
 from hub.server import HubServer
 from remoteler.ca import (
     CertAuthority,
@@ -93,8 +95,13 @@ class Hub:
     def url(self, path: str) -> str:
         return f"wss://127.0.0.1:{self.port}{path}"
 
-    def tls(self, cert_pem: bytes | None = None, key_pem: bytes | None = None) -> object:
-        return client_context(self.auth.host_ca.x509_pem, cert_pem, key_pem)
+    def tls(
+        self,
+        cert_pem: bytes | None = None,
+        key_pem: bytes | None = None,
+        alpn: list[str] | None = None,
+    ) -> object:
+        return client_context(self.auth.host_ca.x509_pem, cert_pem, key_pem, alpn)
 
     async def node_creds(self, name: str = "node-1") -> tuple[bytes, bytes]:
         """Join a node with a fresh token; return its (x509 cert PEM, PKCS#8 key PEM)."""
@@ -111,8 +118,10 @@ class Hub:
         return issued.tls_cert.encode(), key_pem
 
 
-@pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
+@contextlib.asynccontextmanager
+async def running_hub(
+    tmp_path: Path, listener_limits: ListenerLimits | None = None
+) -> AsyncIterator[Hub]:
     """A HubServer assembled as ``hub start`` does, on 127.0.0.1 port 0."""
     data = DataDir(tmp_path / "hubdata")
     cluster = data.init("test")
@@ -121,10 +130,16 @@ async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
     ssl_ctx = server_context(cert, key, [user_ca.x509_pem, host_ca.x509_pem])
     backend = await SQLiteBackend.open(data.db_path)
     auth = AuthService(backend, user_ca, host_ca, cluster)
-    server = HubServer(auth, backend)
+    server = HubServer(auth, backend, listener_limits=listener_limits)
     _, port = await server.start("127.0.0.1", 0, ssl_ctx)
     try:
         yield Hub(server, auth, backend, port)
     finally:
         await server.close()
         await backend.close()
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
+    async with running_hub(tmp_path) as h:
+        yield h

@@ -1,0 +1,322 @@
+"""The hub's accept loop: two lanes, so a reconnect storm cannot starve ``tsh``.
+
+asyncio starts a TLS handshake for every accepted connection at once: 10,000
+agents coming back after a restart each get a slice of the loop, every
+handshake (and every user's) takes as long as all of them together, and clients
+time out and retry, wasting the work already done. Here each connection's
+ClientHello is peeked first (:mod:`remoteler.tlshello`, no TLS yet): agents
+(ALPN ``remoteler-tunnel/1``) wait in a FIFO lane that admits a few handshakes
+at a time and holds each permit until the websocket upgrade is done; users go
+through a separate, wider lane. Connections whose peer gave up while queued are
+dropped without a handshake, and a peer that does not send a complete
+ClientHello in time (slowloris) is closed.
+
+The websockets side reuses the library's public sans-I/O ``ServerProtocol`` and
+asyncio ``ServerConnection``/``Server``; only the accept and the TLS start are ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from websockets.asyncio.server import Server, ServerConnection
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
+
+from remoteler.tlshello import MAX_HELLO, NotClientHello, parse_client_hello
+from remoteler.tlsutil import TUNNEL_ALPN
+
+log = logging.getLogger("remoteler.hub.listener")
+
+ProcessRequest = Callable[[ServerConnection, Request], Awaitable[Response | None]]
+Handler = Callable[[ServerConnection], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ListenerLimits:
+    #: agent TLS + websocket handshakes in progress at once
+    tunnel_handshakes: int = 16
+    #: user (tsh, tctl, joins) handshakes in progress at once
+    user_handshakes: int = 64
+    #: connections accepted but not yet through their handshake; beyond it, closed at once
+    max_queued: int = 20_000
+    #: seconds for a peer to send its whole ClientHello
+    hello_timeout: float = 10.0
+    #: seconds for the TLS handshake and for the websocket upgrade, each
+    handshake_timeout: float = 15.0
+    #: a connection queued longer than this is dropped (its peer has given up)
+    max_queue_wait: float = 60.0
+
+
+class _Lane:
+    """A FIFO of connections waiting for one of ``size`` handshake permits."""
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name = name
+        self.sem = asyncio.Semaphore(size)
+        self.waiting = 0
+        self.admitted = 0
+
+
+class _AcceptLoop:
+    """What websockets' Server needs of an asyncio.Server, over our own accept loop."""
+
+    def __init__(self, sock: socket.socket, run: Callable[[], Awaitable[None]]) -> None:
+        self.sockets = (sock,)
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.ensure_future(run())
+        self._serving = True
+
+    def is_serving(self) -> bool:
+        return self._serving
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def close(self) -> None:
+        if self._serving:
+            self._serving = False
+            self._task.cancel()
+            self.sockets[0].close()
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def start_serving(self) -> None:  # serving from the start
+        return None
+
+
+class Listener:
+    """Accept TLS websocket connections on ``sock`` and hand them to ``handler``."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        ssl_ctx: ssl.SSLContext,
+        *,
+        process_request: ProcessRequest,
+        subprotocols: Sequence[str],
+        max_size: int,
+        limits: ListenerLimits | None = None,
+    ) -> None:
+        self.handler = handler
+        self.ssl_ctx = ssl_ctx
+        self.process_request = process_request
+        self.subprotocols = [Subprotocol(s) for s in subprotocols]
+        self.max_size = max_size
+        self.limits = limits or ListenerLimits()
+        self.lanes = {
+            "tunnel": _Lane("tunnel", self.limits.tunnel_handshakes),
+            "user": _Lane("user", self.limits.user_handshakes),
+        }
+        self.queued = 0
+        self.refused = 0
+        self._conn_tasks: set[asyncio.Task[None]] = set()
+        self.ws_server: Server | None = None
+
+    async def start(self, host: str, port: int, backlog: int = 4096) -> Server:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(backlog)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+
+        async def never() -> asyncio.Server:  # pragma: no cover - replaced below
+            raise RuntimeError("not used")
+
+        server = Server(never, self._protocol_handler, logging.getLogger("remoteler.hub.ws"))
+        server.server = cast(asyncio.Server, _AcceptLoop(sock, lambda: self._accept(sock)))
+        self.ws_server = server
+        return server
+
+    # accept and classify ----------------------------------------------------
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _addr = await loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("out of file descriptors; pausing accept for 1 s")
+                    await asyncio.sleep(1.0)
+                    continue
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                raise
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.queued >= self.limits.max_queued:
+                self.refused += 1
+                conn.close()
+                continue
+            task = asyncio.ensure_future(self._admit(conn))
+            self._conn_tasks.add(task)
+            task.add_done_callback(self._conn_tasks.discard)
+
+    async def _admit(self, conn: socket.socket) -> None:
+        self.queued += 1
+        release: Callable[[], None] | None = None
+        try:
+            try:
+                lane = self.lanes[await self._classify(conn)]
+            except (NotClientHello, TimeoutError, OSError) as exc:
+                log.info("connection closed before TLS: %s", _why(exc))
+                conn.close()
+                return
+            queued_at = time.monotonic()
+            lane.waiting += 1
+            try:
+                await lane.sem.acquire()
+            finally:
+                lane.waiting -= 1
+            release = lane.sem.release
+            if time.monotonic() - queued_at > self.limits.max_queue_wait or _peer_gone(conn):
+                conn.close()  # the peer gave up while queued: save the handshake
+                return
+            lane.admitted += 1
+            if not await self._start_tls(conn, release):
+                return
+            release = None  # the websocket handshake releases it
+        finally:
+            self.queued -= 1
+            if release is not None:
+                release()
+
+    async def _classify(self, conn: socket.socket) -> str:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self.limits.hello_timeout):
+            while True:
+                await _readable(loop, conn)
+                data = conn.recv(MAX_HELLO, socket.MSG_PEEK)
+                if not data:
+                    raise ConnectionResetError(errno.ECONNRESET, "closed before ClientHello")
+                hello = parse_client_hello(data)
+                if hello is not None:
+                    return "tunnel" if TUNNEL_ALPN in hello.alpn else "user"
+                if len(data) >= MAX_HELLO:
+                    raise NotClientHello("ClientHello too large")
+                await asyncio.sleep(0.05)  # the rest is in flight; peeking again at once spins
+
+    async def _start_tls(self, conn: socket.socket, release: Callable[[], None]) -> bool:
+        loop = asyncio.get_running_loop()
+        assert self.ws_server is not None
+        server = self.ws_server
+
+        def factory() -> ServerConnection:
+            protocol = ServerProtocol(
+                subprotocols=self.subprotocols,
+                max_size=self.max_size,
+                logger=server.logger,
+            )
+            connection = ServerConnection(protocol, server, ping_interval=None)
+            connection.remoteler_release = release  # type: ignore[attr-defined]
+            return connection
+
+        try:
+            await loop.connect_accepted_socket(
+                factory,
+                conn,
+                ssl=self.ssl_ctx,
+                ssl_handshake_timeout=self.limits.handshake_timeout,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            log.info("TLS handshake failed: %s", _why(exc))
+            conn.close()
+            return False
+        return True
+
+    # websocket --------------------------------------------------------------
+    async def _protocol_handler(self, connection: ServerConnection) -> None:
+        """As websockets' own: upgrade within a timeout, then run the handler."""
+        server = self.ws_server
+        assert server is not None
+        release: Callable[[], None] | None = getattr(connection, "remoteler_release", None)
+        try:
+            try:
+                async with asyncio.timeout(self.limits.handshake_timeout):
+                    await connection.handshake(self.process_request, None, None)
+            finally:
+                if release is not None:
+                    release()
+            if connection.protocol.state is not State.OPEN:
+                connection.transport.abort()
+                return
+            server.all_connections.add(connection)
+            try:
+                async with connection:
+                    await self.handler(connection)
+            except Exception:
+                log.exception("connection handler failed")
+            finally:
+                server.all_connections.discard(connection)
+        except Exception:
+            connection.transport.abort()
+        finally:
+            server.handler_tasks.discard(cast(Any, asyncio.current_task()))
+
+    def stats(self) -> dict[str, int]:
+        out = {"queued": self.queued, "refused": self.refused}
+        for name, lane in self.lanes.items():
+            out[f"{name}_waiting"] = lane.waiting
+            out[f"{name}_admitted"] = lane.admitted
+        return out
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+    fut: asyncio.Future[None] = loop.create_future()
+    fd = conn.fileno()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    loop.add_reader(fd, ready)
+    try:
+        await fut
+    finally:
+        loop.remove_reader(fd)
+
+
+#: tcp_info.tcpi_state values (linux/tcp_states.h) of a peer that closed or reset.
+_TCP_CLOSE, _TCP_CLOSE_WAIT = 7, 8
+
+
+def _peer_gone(conn: socket.socket) -> bool:
+    """True if the peer closed or reset while we kept it waiting.
+
+    Peeking cannot see a FIN behind the unread ClientHello, so ask the kernel for
+    the TCP state (Linux); elsewhere only an error on the socket counts.
+    """
+    try:
+        if conn.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            return True
+        tcp_info = getattr(socket, "TCP_INFO", None)
+        if tcp_info is None:
+            return False
+        state = conn.getsockopt(socket.IPPROTO_TCP, tcp_info, 1)[0]
+    except OSError:
+        return True
+    return state in (_TCP_CLOSE, _TCP_CLOSE_WAIT)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}"[:160]
