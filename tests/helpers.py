@@ -80,13 +80,21 @@ class Cluster:
         env.update(extra)
         return env
 
-    def start_hub(self) -> None:
+    def start_hub(self, *extra: str) -> None:
         log = self.root / "hub.log"
         self.logs.append(log)
         addr_file = self.data / "hub.addr"
         addr_file.unlink(missing_ok=True)
         self.hub = subprocess.Popen(
-            [str(BIN / "hub"), "start", "--data-dir", str(self.data), "--listen", self.addr],
+            [
+                str(BIN / "hub"),
+                "start",
+                "--data-dir",
+                str(self.data),
+                "--listen",
+                self.addr,
+                *extra,
+            ],
             stdout=open(log, "ab"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
             env=self.env(),
@@ -138,8 +146,15 @@ class Cluster:
         )
 
     def start_agent(
-        self, name: str, labels: str = "", token: str | None = None, *extra: str
+        self,
+        name: str,
+        labels: str = "",
+        token: str | None = None,
+        *extra: str,
+        hub: str | None = None,
     ) -> subprocess.Popen[Any]:
+        """Start (and on the first start, join) an agent; ``hub`` dials another address
+        than the hub's own, e.g. a fault proxy in front of it (kept for later starts)."""
         log = self.root / f"agent-{name}.log"
         self.logs.append(log)
         args = [
@@ -158,7 +173,7 @@ class Cluster:
         if not (self.root / f"agent-{name}" / "identity" / "node.json").exists():
             args += [
                 "--hub",
-                self.addr,
+                hub or self.addr,
                 "--token",
                 token or self.token(),
                 "--ca-pin",

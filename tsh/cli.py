@@ -15,7 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from remoteler.errors import AuthError, ConfigError, RemotelerError, TrustError, UsageError
+from remoteler.errors import (
+    AuthError,
+    ConfigError,
+    NodeError,
+    RemotelerError,
+    TrustError,
+    UsageError,
+)
 from remoteler.textfmt import fmt_time, table
 
 
@@ -217,8 +224,18 @@ async def cmd_ssh(args: argparse.Namespace) -> int:
     hub, ident = _identity(args)
     ciphers = [args.cipher] if args.cipher else None
     conn = await open_ssh(hub, ident, login, node, ciphers)
+    import asyncssh  # already loaded by open_ssh
+
     try:
         return await run_session(conn, list(args.cmd), args.pty)
+    except (asyncssh.DisconnectError, ConnectionError) as exc:
+        # The node's tunnel died (dead link, agent restart) or the hub went away:
+        # as ssh, exit 255 with one line rather than a traceback.
+        reason = exc.reason if isinstance(exc, asyncssh.Error) else str(exc)
+        raise NodeError(
+            f"connection to {node!r} lost ({reason}); the node hangs up the command when "
+            "it notices. Run 'tsh ls' to see when the node is back"
+        ) from None
     finally:
         conn.close()
 
