@@ -28,6 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--public-addr", action="append", default=[], help="extra name in the TLS certificate"
     )
+    start.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=30.0,
+        help="seconds open sessions get to finish on SIGTERM (default 30)",
+    )
+    start.add_argument(
+        "--drain-spread",
+        type=float,
+        default=None,
+        help="agents are told to reconnect at random within this many seconds "
+        "after a SIGTERM (default: 1 s per 200 agents, 5-120 s)",
+    )
     start.add_argument("--log-level", default="INFO")
     return parser
 
@@ -81,7 +94,11 @@ async def run(args: argparse.Namespace) -> None:
     flusher = asyncio.ensure_future(server.registry.run_flusher())
     try:
         await stop.wait()
+        spread = args.drain_spread
+        if spread is None:
+            spread = min(120.0, max(5.0, len(server.registry) / 200))
         log.info("hub stopping")
+        await server.drain(args.shutdown_grace, spread)
     finally:
         flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):

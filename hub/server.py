@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,7 +29,7 @@ from hub.auth import AuthService, Issued, check_name
 from hub.backend import Backend, Node
 from hub.identity import Identity, peer_identity
 from hub.listener import Listener, ListenerLimits
-from hub.tunnels import TunnelRegistry
+from hub.tunnels import LiveNode, TunnelRegistry
 from remoteler import rpc
 from remoteler.access import check_access, labels_match
 from remoteler.addr import parse_labels
@@ -41,7 +42,7 @@ from remoteler.errors import (
 )
 from remoteler.hubconn import ERROR_HEADER
 from remoteler.wire.aio import ChannelRequest, Tunnel
-from remoteler.wire.codes import OpenFailure
+from remoteler.wire.codes import ErrorCode, OpenFailure
 from remoteler.wire.connection import Connection, Role
 from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
 from remoteler.wire.limits import Limits
@@ -112,6 +113,40 @@ class HubServer:
         sock = next(iter(self.server.sockets))
         addr = sock.getsockname()
         return addr[0], addr[1]
+
+    async def drain(self, grace: float, spread: float, rng: random.Random | None = None) -> None:
+        """Graceful stop: accept nothing new, send every agent away with a spread-out
+        retry-after, and give tunnels carrying user sessions up to ``grace`` seconds.
+
+        Agents come back to the next hub over ``spread`` seconds instead of all at
+        once; a session still open after ``grace`` ends with a clear message.
+        """
+        rng = rng or random.Random()
+        if self.server is not None:
+            self.server.server.close()  # stop accepting; open connections stay
+        deadline = time.monotonic() + grace
+        live = self.registry.live()
+        log.info(
+            "draining",
+            extra={
+                "tunnels": len(live),
+                "sessions": sum(n.sessions for n in live),
+                "grace_s": grace,
+                "spread_s": spread,
+            },
+        )
+
+        async def send_away(node: LiveNode) -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(node.idle.wait(), max(0.0, deadline - time.monotonic()))
+            with contextlib.suppress(Exception):
+                await node.tunnel.close(
+                    ErrorCode.GOING_AWAY,
+                    "hub restarting; reconnect after the delay given",
+                    retry_after=rng.uniform(1.0, max(1.0, spread)),
+                )
+
+        await asyncio.gather(*(send_away(node) for node in live))
 
     async def close(self) -> None:
         if self.server is not None:
@@ -266,6 +301,7 @@ class HubServer:
             await ws.close(4502, f"node {node.name!r} did not accept the session; try again")
             return
         log.info("session relay start", extra=fields)
+        live.session_started()
         sent = received = 0
 
         async def user_to_node() -> None:
@@ -299,6 +335,7 @@ class HubServer:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             channel.close()
+            live.session_ended()
             log.info("session relay end", extra={**fields, "bytes_in": sent, "bytes_out": received})
 
     async def serve_rpc(self, ws: ServerConnection, ident: Identity | None) -> None:

@@ -28,6 +28,22 @@ class LiveNode:
     dirty: bool = False
     #: labels from the join token; the agent cannot override them
     token_labels: Mapping[str, str] = field(default_factory=dict)
+    #: user sessions relayed over this tunnel right now
+    sessions: int = 0
+    #: set while no session is relayed (a draining hub waits on it)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def session_started(self) -> None:
+        self.sessions += 1
+        self.idle.clear()
+
+    def session_ended(self) -> None:
+        self.sessions -= 1
+        if self.sessions <= 0:
+            self.idle.set()
 
 
 class TunnelRegistry:
@@ -51,6 +67,9 @@ class TunnelRegistry:
 
     def __len__(self) -> int:
         return len(self._live)
+
+    def live(self) -> list[LiveNode]:
+        return list(self._live.values())
 
     def register(self, node: Node, tunnel: Tunnel) -> LiveNode:
         """Make ``tunnel`` the node's route; the database learns it at the next flush."""
