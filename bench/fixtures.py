@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from fleet import provision as provision
 from helpers import BIN, Cluster, free_port, stop_process, wait_for
 
 LOGIN = pwd.getpwuid(os.geteuid()).pw_name

@@ -8,55 +8,19 @@ reconnect storm.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
-from bench.fixtures import BIN, Cluster, free_port, stop_process
+from bench.fixtures import BIN, Cluster, free_port, provision, stop_process
 from bench.footprint import cpu_seconds, rss_mib
 from bench.harness import Context, Figure, benchmark, median, p99
-from remoteler.ca import CertAuthority, generate_private_key, private_key_to_pkcs8_pem
 
 AGENTS_PER_PROCESS = 2500
-
-
-def provision(cluster: Cluster, n: int, out: Path) -> None:
-    """n node identities signed by the hub's host CA, registered as joined nodes."""
-    host_ca = CertAuthority.load(cluster.data / "ca", "host")
-    rows = []
-    with out.open("w") as f:
-        for i in range(n):
-            node_id = str(uuid.uuid4())
-            key = generate_private_key()
-            cert = host_ca.issue_x509(
-                key.public_key(),
-                common_name=node_id,
-                organization="remoteler-node",
-                usage="client",
-                ttl_seconds=86400,
-            )
-            f.write(
-                json.dumps({"cert": cert.decode(), "key": private_key_to_pkcs8_pem(key).decode()})
-                + "\n"
-            )
-            rows.append(
-                (node_id, f"sim-{i:05d}", json.dumps({"sim": "1"}), "", 0, None, time.time(), "{}")
-            )
-    db = sqlite3.connect(cluster.data / "hub.db", timeout=30)
-    db.executemany(
-        "INSERT INTO nodes (id, name, labels, version, online, last_seen, joined, token_labels) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        rows,
-    )
-    db.commit()
-    db.close()
 
 
 def connected(statuses: list[Path]) -> int:

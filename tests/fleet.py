@@ -1,0 +1,115 @@
+"""Simulated agents for tests and the hub scale benchmark: many per process, each with its
+own node certificate, a real TLS websocket tunnel, heartbeats and jittered reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from helpers import Cluster
+
+from edge_agent.agent import TUNNEL_SUBPROTOCOL, Backoff
+from remoteler.ca import CertAuthority, generate_private_key, private_key_to_pkcs8_pem
+from remoteler.errors import RemotelerError
+from remoteler.hubconn import open_ws
+from remoteler.tlsutil import TUNNEL_ALPN, client_context
+from remoteler.wire.aio import Tunnel
+from remoteler.wire.connection import Connection, Role
+from remoteler.wire.limits import Limits
+
+
+def provision(cluster: Cluster, n: int, out: Path) -> None:
+    """n node identities signed by the hub's host CA, registered as joined nodes."""
+    host_ca = CertAuthority.load(cluster.data / "ca", "host")
+    rows = []
+    with out.open("w") as f:
+        for i in range(n):
+            node_id = str(uuid.uuid4())
+            key = generate_private_key()
+            cert = host_ca.issue_x509(
+                key.public_key(),
+                common_name=node_id,
+                organization="remoteler-node",
+                usage="client",
+                ttl_seconds=86400,
+            )
+            f.write(
+                json.dumps({"cert": cert.decode(), "key": private_key_to_pkcs8_pem(key).decode()})
+                + "\n"
+            )
+            rows.append(
+                (node_id, f"sim-{i:05d}", json.dumps({"sim": "1"}), "", 0, None, time.time(), "{}")
+            )
+    db = sqlite3.connect(cluster.data / "hub.db", timeout=30)
+    db.executemany(
+        "INSERT INTO nodes (id, name, labels, version, online, last_seen, joined, token_labels) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    db.commit()
+    db.close()
+
+
+class Fleet:
+    def __init__(
+        self, hub: str, identities: list[dict[str, str]], ca_pem: bytes, heartbeat: float
+    ) -> None:
+        self.hub = hub
+        self.identities = identities
+        self.ca_pem = ca_pem
+        self.limits = Limits(send_heartbeats=True, heartbeat_interval=heartbeat, allowed_misses=3)
+        self.connected = 0
+        self.backoff = Backoff(base=0.5, cap=10.0, stable_after=30.0)
+
+    async def agent(self, ident: dict[str, str], rng: random.Random) -> None:
+        ctx = client_context(
+            self.ca_pem, ident["cert"].encode(), ident["key"].encode(), [TUNNEL_ALPN]
+        )
+        attempt = 0
+        query = f"?heartbeat={self.limits.heartbeat_interval:g}&misses={self.limits.allowed_misses}"
+        while True:
+            started = time.monotonic()
+            retry_after = None
+            try:
+                ws = await open_ws(
+                    self.hub, "/v1/tunnel" + query, ctx, subprotocol=TUNNEL_SUBPROTOCOL, timeout=60
+                )
+            except RemotelerError:
+                ws = None
+            if ws is not None:
+                tunnel = Tunnel(ws, Connection(Role.DIALER, self.limits, now=time.monotonic()))
+                tunnel.set_heartbeat_payload({"labels": {"sim": "1"}, "version": "loadgen"})
+                self.connected += 1
+                try:
+                    await tunnel.run()
+                finally:
+                    self.connected -= 1
+                retry_after = tunnel.retry_after
+            wait, attempt = self.backoff.next_wait(
+                attempt, time.monotonic() - started, retry_after, rng
+            )
+            await asyncio.sleep(wait)
+
+    async def run(self, status: Path | None, ramp: float) -> None:
+        """Run every agent until cancelled; write the connected count to ``status``."""
+        rng = random.Random()
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            for i, ident in enumerate(self.identities):
+                tasks.append(asyncio.create_task(self.agent(ident, rng)))
+                if ramp and i % 50 == 49:
+                    await asyncio.sleep(ramp * 50 / max(1, len(self.identities)))
+            while True:
+                if status is not None:
+                    status.write_text(str(self.connected))
+                await asyncio.sleep(0.5)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
