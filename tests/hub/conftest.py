@@ -12,6 +12,7 @@ import pytest
 from argon2 import PasswordHasher
 
 from hub import secrets as hs
+from hub.audit_store import AuditStore
 from hub.auth import AuthService
 from hub.backend import SQLiteBackend
 from hub.datadir import DataDir
@@ -120,7 +121,7 @@ class Hub:
 
 @contextlib.asynccontextmanager
 async def running_hub(
-    tmp_path: Path, listener_limits: ListenerLimits | None = None
+    tmp_path: Path, listener_limits: ListenerLimits | None = None, audit: bool = False
 ) -> AsyncIterator[Hub]:
     """A HubServer assembled as ``hub start`` does, on 127.0.0.1 port 0."""
     data = DataDir(tmp_path / "hubdata")
@@ -130,13 +131,16 @@ async def running_hub(
     ssl_ctx = server_context(cert, key, [user_ca.x509_pem, host_ca.x509_pem])
     backend = await SQLiteBackend.open(data.db_path)
     auth = AuthService(backend, user_ca, host_ca, cluster)
-    server = HubServer(auth, backend, listener_limits=listener_limits)
+    store = await AuditStore.open(tmp_path / "audit.db") if audit else None
+    server = HubServer(auth, backend, audit=store, listener_limits=listener_limits)
     _, port = await server.start("127.0.0.1", 0, ssl_ctx)
     try:
         yield Hub(server, auth, backend, port)
     finally:
         await server.close()
         await backend.close()
+        if store is not None:
+            await store.close()
 
 
 @pytest.fixture
