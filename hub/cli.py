@@ -54,12 +54,14 @@ async def run(args: argparse.Namespace) -> None:
     from hub.backend import SQLiteBackend
     from hub.datadir import DataDir
     from hub.server import HubServer
+    from hub.sslbuffer import share_ssl_read_buffer
     from remoteler.tlsutil import server_context
 
-    # asyncio gives every TLS connection a 256 KiB read buffer (SSLProtocol.max_size):
-    # 2.5 GiB for 10,000 idle agents. TLS records are at most 16 KiB, so 32 KiB
-    # loses little bulk throughput and saves ~220 KiB per tunnel (bench/scale.py).
-    asyncio.sslproto.SSLProtocol.max_size = SSL_READ_BUFFER
+    # asyncio gives every TLS connection its own 256 KiB read buffer: 2.5 GiB for
+    # 10,000 idle agents. All connections share one (hub/sslbuffer.py); if this
+    # Python's asyncio is not as expected, fall back to small per-connection ones.
+    if not share_ssl_read_buffer():
+        asyncio.sslproto.SSLProtocol.max_size = SSL_READ_BUFFER
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one descriptor per agent
