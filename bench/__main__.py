@@ -18,6 +18,7 @@ MODULES = [
     "bench.footprint",
     "bench.scale",
     "bench.audit",
+    "bench.chaos",
 ]
 
 

@@ -214,7 +214,7 @@ class FaultProxy:
         self._rate: float | None = None
         self._blackhole = False
         self._stats = Stats()
-        self._conns: dict[_Conn, asyncio.Task[None]] = {}
+        self._conns: set[_Conn] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
         self._changed: asyncio.Event | None = None
@@ -271,10 +271,13 @@ class FaultProxy:
             self._server.close()
         for conn in list(self._conns):
             conn.abort()
-        tasks = [*self._conns.values(), *self._handlers]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Aborted connections end their handlers; cancel only one still dialling the target
+        # (asyncio's server logs a cancelled handler as an error).
+        if self._handlers:
+            _, late = await asyncio.wait(set(self._handlers), timeout=5)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -371,18 +374,17 @@ class FaultProxy:
         self._handlers.add(task)
         self._stats.accepted += 1
         try:
-            try:
-                t_reader, t_writer = await asyncio.open_connection(*self.target)
-            except OSError:
-                _abort(c_writer)  # target down: the client sees a reset, as from a router
-                return
-            conn = _Conn(self, c_reader, c_writer, t_reader, t_writer)
-            self._conns[conn] = task
-            try:
-                await conn.run()
-            finally:
-                self._conns.pop(conn, None)
+            t_reader, t_writer = await asyncio.open_connection(*self.target)
+        except (OSError, asyncio.CancelledError):
+            _abort(c_writer)  # target down: the client sees a reset, as from a router
+            self._handlers.discard(task)
+            return
+        conn = _Conn(self, c_reader, c_writer, t_reader, t_writer)
+        self._conns.add(conn)
+        try:
+            await conn.run()
         finally:
+            self._conns.discard(conn)
             self._handlers.discard(task)
 
 
