@@ -117,6 +117,15 @@ class EdgeAgent:
             )
             await asyncio.sleep(delay)
 
+    def dial_timeout(self) -> float:
+        """Seconds one dial may take: the dead-tunnel bound, within 5-15 s.
+
+        A dial begun during an outage should not outlast the outage by much (the
+        hub queues agents in a storm, so a longer wait there would not help).
+        """
+        bound = self.limits.heartbeat_interval * self.limits.allowed_misses
+        return max(5.0, min(15.0, bound)) if bound > 0 else 15.0
+
     async def run_once(self) -> None:
         ident = self.ident
         ctx = client_context(ident.host_ca_pem, ident.tls_cert, ident.key_pem, [TUNNEL_ALPN])
@@ -128,6 +137,7 @@ class EdgeAgent:
             ctx,
             subprotocol=TUNNEL_SUBPROTOCOL,
             max_size=self.limits.max_frame_bytes + 1024,
+            timeout=self.dial_timeout(),
         )
         core = Connection(Role.DIALER, self.limits, now=time.monotonic())
         tunnel = Tunnel(ws, core, on_channel=self.on_channel)
