@@ -16,6 +16,7 @@ from .exceptions import (
     WireError,
 )
 from .limits import Limits
+from .sched import Priority
 
 __all__ = [
     "ChannelClosedError",
@@ -27,6 +28,7 @@ __all__ = [
     "InvalidState",
     "Limits",
     "OpenFailure",
+    "Priority",
     "ProtocolError",
     "Role",
     "State",

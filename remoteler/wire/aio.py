@@ -34,6 +34,7 @@ from .exceptions import (
     InvalidState,
     TunnelClosed,
 )
+from .sched import Priority
 
 __all__ = ["Channel", "ChannelRequest", "Tunnel", "WebSocketLike"]
 
@@ -41,9 +42,6 @@ logger = logging.getLogger("remoteler.wire")
 
 #: drain() blocks while more than this many bytes are buffered on a channel.
 HIGH_WATER = 1 << 20
-#: Payload bytes framed per messages_to_send() call, so control frames never
-#: queue behind a huge batch and buffered_amount() tracks what is really unsent.
-WRITE_BATCH = 1 << 20
 #: Seconds allowed to flush the GOAWAY once the tunnel is closed.
 FLUSH_TIMEOUT = 5.0
 
@@ -266,12 +264,15 @@ class ChannelRequest:
         self.answered = False
         self.channel: Channel | None = None
 
-    def accept(self) -> Channel:
-        """Accept and return the channel. Raises TunnelClosed if the tunnel is gone."""
+    def accept(self, priority: Priority | None = None) -> Channel:
+        """Accept and return the channel. Raises TunnelClosed if the tunnel is gone.
+
+        ``priority`` schedules what we send on it (default: by :attr:`kind`).
+        """
         if self.answered:
             raise InvalidState(f"channel request {self.channel_id} already answered")
         self._tunnel._check_open()
-        self._tunnel._core.accept_channel(self.channel_id)
+        self._tunnel._core.accept_channel(self.channel_id, priority)
         self.answered = True
         self.channel = Channel(self._tunnel, self.channel_id, self.kind, self.meta)
         self._tunnel._channels[self.channel_id] = self.channel
@@ -352,15 +353,18 @@ class Tunnel:
         kind: str,
         meta: dict[str, Any],
         timeout: float | None = 30,
+        priority: Priority | None = None,
     ) -> Channel:
         """Open a channel and wait for the peer to accept it.
 
-        Raises ChannelOpenError if refused (or not answered within ``timeout``:
-        code CONNECT_FAILED), TunnelClosed if the tunnel is or goes down.
+        ``priority`` schedules what we send on it (default: by ``kind``: "audit"
+        and "firmware" are LOW, the rest NORMAL). Raises ChannelOpenError if
+        refused (or not answered within ``timeout``: code CONNECT_FAILED),
+        TunnelClosed if the tunnel is or goes down.
         """
         self._check_open()
         try:
-            channel_id = self._core.open_channel(kind, meta)
+            channel_id = self._core.open_channel(kind, meta, priority)
         except InvalidState as exc:
             raise ChannelOpenError(OpenFailure.RESOURCE_SHORTAGE, str(exc)) from None
         channel = Channel(self, channel_id, kind, meta)
@@ -452,7 +456,13 @@ class Tunnel:
             while True:
                 await self._wakeup.wait()
                 self._wakeup.clear()
-                while messages := core.messages_to_send(WRITE_BATCH):
+                # One DATA frame per call, sent before the next is cut: the scheduler
+                # picks again for every frame, so a keystroke written meanwhile
+                # overtakes a backlog instead of waiting behind a batch already
+                # taken out of the core. Below us, websockets' send() waits while
+                # the transport holds more than its write_limit (32 KiB, resuming
+                # at 8 KiB), so little more than one frame is queued there.
+                while messages := core.messages_to_send(1):
                     self._notify_drainers()
                     for message in messages:
                         await ws.send(message)

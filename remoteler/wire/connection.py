@@ -51,8 +51,9 @@ from .frames import (
     encode_frame,
 )
 from .limits import Limits
+from .sched import Priority, Scheduler, priority_for_kind
 
-__all__ = ["ChannelState", "Connection", "Role", "State"]
+__all__ = ["ChannelState", "Connection", "Priority", "Role", "State"]
 
 logger = logging.getLogger("remoteler.wire")
 
@@ -105,16 +106,26 @@ class _Channel:
         "head_off",
         "id",
         "local",
+        "priority",
         "recv_outstanding",
         "recv_unacked",
         "recv_window",
         "scheduled",
         "send_buf",
         "send_window",
+        "sparse_bytes",
+        "sparse_epoch",
         "state",
     )
 
-    def __init__(self, channel_id: int, state: ChannelState, local: bool, recv_window: int) -> None:
+    def __init__(
+        self,
+        channel_id: int,
+        state: ChannelState,
+        local: bool,
+        recv_window: int,
+        priority: Priority,
+    ) -> None:
         self.id = channel_id
         self.state = state
         self.local = local
@@ -123,7 +134,10 @@ class _Channel:
         self.send_buf: deque[bytes] = deque()
         self.head_off = 0  # bytes of send_buf[0] already framed
         self.buffered = 0  # bytes in send_buf not yet framed
-        self.scheduled = False  # in Connection._ready
+        self.scheduled = False  # in Connection._sched
+        self.priority = priority
+        self.sparse_bytes = 0  # see Scheduler
+        self.sparse_epoch = -1
         self.eof_requested = False
         self.eof_sent = False
         self.close_sent = False
@@ -152,7 +166,9 @@ class Connection:
         """Clock value when the last message arrived."""
         self._state = State.OPEN
         self._channels: dict[int, _Channel] = {}
-        self._ready: deque[_Channel] = deque()
+        self._sched: Scheduler[_Channel] = Scheduler(
+            min(limits.data_quantum, limits.max_data_chunk)
+        )
         self._out: list[bytes] = []
         self._events: list[Event] = []
         self._next_id = 1 if role is Role.DIALER else 2
@@ -175,7 +191,7 @@ class Connection:
     @property
     def wants_write(self) -> bool:
         """True if :meth:`messages_to_send` may return something."""
-        return bool(self._out) or (bool(self._ready) and self._state is State.OPEN)
+        return bool(self._out) or (self._sched.size > 0 and self._state is State.OPEN)
 
     def channel_state(self, channel_id: int) -> ChannelState:
         ch = self._channels.get(channel_id)
@@ -196,12 +212,15 @@ class Connection:
     def messages_to_send(self, limit: int | None = None) -> list[bytes]:
         """Return and forget the messages to send, each one websocket binary message.
 
-        Buffered channel data is framed here, as far as each peer window allows,
-        one chunk per channel per round so a bulk channel cannot starve others.
-        ``limit`` caps the payload bytes framed in this call (at least one chunk
-        is framed); the rest stays buffered for the next call.
+        Control frames come first. Buffered channel data is framed here, as far
+        as each peer window allows, in the order the scheduler picks (priority
+        class, sparse channels first, byte round robin; see
+        :mod:`remoteler.wire.sched`). ``limit`` caps the payload bytes framed in
+        this call (at least one frame is framed); the rest stays buffered for the
+        next call. A writer that takes one frame at a time (``limit=1``) lets data
+        written meanwhile overtake what is still buffered.
         """
-        if self._ready and self._state is State.OPEN:
+        if self._sched.size and self._state is State.OPEN:
             self._frame_data(limit)
         out, self._out = self._out, []
         return out
@@ -298,7 +317,7 @@ class Connection:
             if not 0 <= retry_after <= MAX_RETRY_AFTER_MS / 1000:
                 raise InvalidState(f"retry_after must be 0..{MAX_RETRY_AFTER_MS // 1000} s")
             retry_ms = round(retry_after * 1000)
-        if self._ready:
+        if self._sched.size:
             self._frame_data(None)
         self._send(GoAwayFrame(code, reason[:MAX_REASON_LEN], retry_ms))
         self._terminate(ConnectionClosed(code, reason, by_peer=False))
@@ -311,10 +330,14 @@ class Connection:
 
     # -- channel commands -----------------------------------------------------
 
-    def open_channel(self, kind: str, meta: dict[str, Any]) -> int:
+    def open_channel(
+        self, kind: str, meta: dict[str, Any], priority: Priority | None = None
+    ) -> int:
         """Send OPEN and return the new channel id; wait for ChannelOpened/ChannelOpenFailed.
 
         Data may be sent right away; it is buffered until the peer accepts.
+        ``priority`` schedules what we send on it (default: by ``kind``, see
+        :func:`~remoteler.wire.sched.priority_for_kind`); the peer chooses its own.
         """
         self._check_open()
         if not 1 <= len(kind) <= MAX_KIND_LEN:
@@ -326,15 +349,24 @@ class Connection:
         if len(message) > self.limits.max_meta_bytes:
             raise InvalidState(f"OPEN frame exceeds {self.limits.max_meta_bytes} bytes")
         self._channels[channel_id] = _Channel(
-            channel_id, ChannelState.OPENING, True, self.limits.initial_window
+            channel_id,
+            ChannelState.OPENING,
+            True,
+            self.limits.initial_window,
+            priority_for_kind(kind) if priority is None else priority,
         )
         self._out.append(message)
         return channel_id
 
-    def accept_channel(self, channel_id: int) -> None:
-        """Accept a channel the peer asked for (ChannelOpenRequested)."""
+    def accept_channel(self, channel_id: int, priority: Priority | None = None) -> None:
+        """Accept a channel the peer asked for (ChannelOpenRequested).
+
+        ``priority`` schedules what we send on it (default: by the requested kind).
+        """
         ch = self._pending(channel_id)
         ch.state = ChannelState.OPEN
+        if priority is not None:
+            ch.priority = priority
         self._send(OpenOkFrame(channel_id, self.limits.initial_window))
 
     def reject_channel(self, channel_id: int, code: OpenFailure, reason: str) -> None:
@@ -357,10 +389,11 @@ class Connection:
             return
         if type(data) is not bytes:
             data = bytes(data)  # the caller may reuse a bytearray/memoryview
+        sparse = not ch.buffered  # nothing was waiting: a keystroke, a short reply
         ch.send_buf.append(data)
         ch.buffered += len(data)
         if ch.confirmed and ch.send_window > 0:
-            self._schedule(ch)
+            self._sched.push(ch, sparse)
 
     def send_eof(self, channel_id: int) -> None:
         """Half-close: EOF is sent after the buffered data. No-op if closing or unknown."""
@@ -370,7 +403,8 @@ class Connection:
         if ch.state is ChannelState.PENDING:
             raise InvalidState(f"channel {channel_id} is not accepted yet")
         ch.eof_requested = True
-        self._schedule(ch)
+        if ch.confirmed:
+            self._sched.push(ch, True)
 
     def close_channel(self, channel_id: int) -> None:
         """Close a channel: CLOSE is sent after the buffered data and any EOF.
@@ -385,7 +419,8 @@ class Connection:
             self.reject_channel(channel_id, OpenFailure.REFUSED, "closed")
             return
         ch.state = ChannelState.CLOSING
-        self._schedule(ch)
+        if ch.confirmed:
+            self._sched.push(ch, True)
 
     def consume(self, channel_id: int, n: int) -> None:
         """The application processed ``n`` received bytes: grant the peer more window."""
@@ -434,11 +469,6 @@ class Connection:
         self._next_id = channel_id + 2 if channel_id + 2 <= MAX_CHANNEL_ID else 2 - self._parity
         return channel_id
 
-    def _schedule(self, ch: _Channel) -> None:
-        if not ch.scheduled and ch.confirmed:
-            ch.scheduled = True
-            self._ready.append(ch)
-
     def _forget(self, ch: _Channel, emit: bool = True) -> None:
         ch.gone = True
         ch.send_buf.clear()
@@ -452,20 +482,20 @@ class Connection:
         for ch in self._channels.values():
             ch.gone = True
         self._channels.clear()
-        self._ready.clear()
+        self._sched.clear()
         self._events.append(event)
 
     def _frame_data(self, limit: int | None) -> None:
-        """Cut buffered data into DATA frames, round-robin; then EOF/CLOSE when drained."""
-        ready, out, chunk_max = self._ready, self._out, self.limits.max_data_chunk
+        """Cut buffered data into DATA frames in scheduler order; EOF/CLOSE once drained."""
+        sched, out, chunk_max = self._sched, self._out, self.limits.max_data_chunk
         budget = -1 if limit is None else max(limit, 1)
-        while ready and budget != 0:
-            ch = ready.popleft()
+        while budget != 0 and (picked := sched.pop()) is not None:
+            ch, sparse = picked
             if ch.gone:
                 ch.scheduled = False
                 continue
             if ch.buffered:
-                n = min(ch.buffered, ch.send_window, chunk_max)
+                n = min(ch.buffered, ch.send_window, sched.cap(ch, sparse, chunk_max))
                 if n <= 0:
                     ch.scheduled = False  # rescheduled by the peer's WINDOW
                     continue
@@ -473,12 +503,11 @@ class Connection:
                 if budget > 0:
                     budget = max(budget - n, 0)
                 if ch.buffered:
-                    if ch.send_window > 0:
-                        ready.append(ch)
-                    else:
-                        ch.scheduled = False
+                    sched.served(ch, n, sparse, ch.send_window > 0)
                     continue
-            ch.scheduled = False
+                sched.served(ch, n, sparse, False)
+            else:
+                ch.scheduled = False
             if ch.eof_requested and not ch.eof_sent:
                 ch.eof_sent = True
                 out.append(encode_frame(EofFrame(ch.id)))
@@ -549,7 +578,7 @@ class Connection:
                 self._check_window(ch, ch.send_window + increment)
                 ch.send_window += increment
                 if ch.buffered:
-                    self._schedule(ch)
+                    self._sched.push(ch, False)
                 self._events.append(WindowUpdated(channel_id))
             case EofFrame(channel_id):
                 ch = self._lookup(channel_id)
@@ -579,7 +608,13 @@ class Connection:
                         ErrorCode.TOO_MANY_CHANNELS,
                         f"peer exceeded {self.limits.max_channels} channels",
                     )
-                ch = _Channel(channel_id, ChannelState.PENDING, False, self.limits.initial_window)
+                ch = _Channel(
+                    channel_id,
+                    ChannelState.PENDING,
+                    False,
+                    self.limits.initial_window,
+                    priority_for_kind(kind),
+                )
                 self._check_window(ch, initial_window)
                 ch.send_window = initial_window
                 self._channels[channel_id] = ch
@@ -593,7 +628,7 @@ class Connection:
                     ch.state = ChannelState.OPEN
                 self._events.append(ChannelOpened(channel_id))
                 if ch.buffered or ch.eof_requested or ch.state is ChannelState.CLOSING:
-                    self._schedule(ch)
+                    self._sched.push(ch, False)
             case OpenFailFrame(channel_id, code, reason):
                 ch = self._opening(channel_id, "OPEN_FAIL")
                 self._forget(ch, emit=False)

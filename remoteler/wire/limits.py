@@ -17,7 +17,10 @@ class Limits:
     max_frame_bytes: int = 1 << 20
     """Largest encoded websocket message accepted (FRAME_TOO_LARGE above it)."""
     max_data_chunk: int = 256 * 1024
-    """Largest DATA payload we send."""
+    """Largest DATA payload we send (a channel alone on the tunnel sends this much per frame)."""
+    data_quantum: int = 16 * 1024
+    """Payload bytes per turn when several channels have data (capped at ``max_data_chunk``):
+    a keystroke waits behind at most this much of another channel. Local only."""
     max_channels: int = 1024
     """Channels each side may have open at once (counted per opening side)."""
     initial_window: int = 4 << 20
@@ -36,6 +39,8 @@ class Limits:
     def __post_init__(self) -> None:
         if self.max_data_chunk < 1 or self.max_data_chunk + DATA_OVERHEAD > self.max_frame_bytes:
             raise ValueError("max_data_chunk must be >= 1 and fit in max_frame_bytes")
+        if self.data_quantum < 1:
+            raise ValueError("data_quantum must be >= 1")
         if self.max_channels < 1:
             raise ValueError("max_channels must be >= 1")
         if not 2 <= self.initial_window <= self.max_window <= 0xFFFFFFFF:
