@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -10,11 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
-from edge_agent.authz import authorize_user_cert
+from edge_agent.authz import PERMISSIONS_INFO, decide_user_cert
 from edge_agent.identity import NodeIdentity
+from edge_agent.locks import LockStore
+from edge_agent.rotate import user_ca_for
 from edge_agent.session import CommandSession
+from remoteler.access import AccessDecision
 from remoteler.audit.events import EventType
-from remoteler.ca import CAError, parse_certificate, private_key_to_openssh, public_key_from_openssh
+from remoteler.ca import CAError, parse_certificate, private_key_to_openssh
 from remoteler.sshio import (
     CIPHERS,
     SSH_MAX_PACKET,
@@ -32,17 +36,41 @@ log = logging.getLogger("remoteler.agent.sshd")
 
 class NodeSSHServer(asyncssh.SSHServer):
     def __init__(
-        self, user_ca_line: str, fields: dict[str, Any], audit: AgentAudit | None = None
+        self,
+        user_ca_line: str,
+        fields: dict[str, Any],
+        audit: AgentAudit | None = None,
+        locks: LockStore | None = None,
     ) -> None:
-        self._user_ca = asyncssh.import_public_key(user_ca_line)
+        # One line per trusted user CA: two while a CA rotation is under way.
+        self._user_cas = [asyncssh.import_public_key(x) for x in user_ca_line.splitlines() if x]
         self._fields = fields
         self._audit = audit
+        self._locks = locks
+        self._untrack: Callable[[], None] | None = None
+        self._open: list[CommandSession] = []
         self._conn: Any = None
         self._sessions = 0
         self.login = ""
 
     def connection_made(self, conn: Any) -> None:
         self._conn = conn
+
+    def auth_completed(self) -> None:
+        if self._locks is not None and self._conn is not None:
+            user = self._conn.get_extra_info("remoteler_user", "")
+            self._untrack = self._locks.track(user, self.login, self._end_locked)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._untrack is not None:
+            self._untrack()
+
+    def _end_locked(self, message: str) -> None:
+        """End every session with ``message``, then the connection (no new channels)."""
+        for session in self._open:
+            session.end_locked(message)
+        if self._conn is not None:
+            asyncio.get_running_loop().call_later(2.0 if self._open else 0.0, self._conn.close)
 
     def begin_auth(self, username: str) -> bool:
         self.login = username
@@ -61,14 +89,16 @@ class NodeSSHServer(asyncssh.SSHServer):
         return False  # certificates only
 
     def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        return bool(key.public_data == self._user_ca.public_data)
+        return any(key.public_data == ca.public_data for ca in self._user_cas)
 
     def session_requested(self) -> CommandSession:
         self._sessions += 1
         base = self._fields.get("session_id") or ""
         session_id = base if self._sessions == 1 else f"{base}-{self._sessions}"
         user = self._conn.get_extra_info("remoteler_user", "") if self._conn else ""
-        return CommandSession(self.login, audit=self._audit, user=user, session_id=session_id)
+        session = CommandSession(self.login, audit=self._audit, user=user, session_id=session_id)
+        self._open.append(session)
+        return session
 
 
 class _CheckedTunnel(PipeTunnel):
@@ -77,7 +107,7 @@ class _CheckedTunnel(PipeTunnel):
     def __init__(
         self,
         pipe: BytePipe,
-        check: Callable[[bytes, str], str | None],
+        check: Callable[[bytes, str], AccessDecision],
         extra: dict[str, Any],
         on_refused: Callable[[str, str, str], None],
     ) -> None:
@@ -95,14 +125,16 @@ class _CheckedTunnel(PipeTunnel):
             async def validate(username: str, cert: Any) -> Any:
                 key = await original(username, cert)
                 key_id = _key_id(cert.public_data)
-                reason: str | None = "certificate refused (CA, validity or principal)"
+                decision = AccessDecision("certificate refused (CA, validity or principal)")
                 if key is not None:
-                    reason = self._check(cert.public_data, username)
-                if reason is not None:
-                    log.warning("ssh auth failed: %s", reason, extra={"login": username})
-                    self._on_refused(key_id, username, reason)
+                    decision = self._check(cert.public_data, username)
+                if decision.reason is not None:
+                    log.warning("ssh auth failed: %s", decision.reason, extra={"login": username})
+                    self._on_refused(key_id, username, decision.reason)
                     return None
-                conn.set_extra_info(remoteler_user=key_id)
+                conn.set_extra_info(
+                    remoteler_user=key_id, **{PERMISSIONS_INFO: decision.permissions}
+                )
                 return key
 
             conn._validate_openssh_certificate = validate
@@ -123,11 +155,12 @@ async def serve_ssh_channel(
     ident: NodeIdentity,
     labels: Callable[[], Mapping[str, str]],
     audit: AgentAudit | None = None,
+    locks: LockStore | None = None,
 ) -> None:
     """Serve one SSH connection arriving as a tunnel channel."""
     meta = channel.meta if isinstance(channel.meta, dict) else {}
     try:
-        await serve_ssh(ChannelPipe(channel), meta, ident, labels, audit)
+        await serve_ssh(ChannelPipe(channel), meta, ident, labels, audit, locks)
     finally:
         channel.close()
 
@@ -138,6 +171,7 @@ async def serve_ssh(
     ident: NodeIdentity,
     labels: Callable[[], Mapping[str, str]],
     audit: AgentAudit | None = None,
+    locks: LockStore | None = None,
 ) -> None:
     """Serve one SSH connection over ``pipe`` (a tunnel channel or a local TCP stream).
 
@@ -147,10 +181,16 @@ async def serve_ssh(
         "session_id": str(meta.get("session_id") or uuid.uuid4())[:64],
         "user": str(meta.get("user", ""))[:64],
     }
-    user_ca = public_key_from_openssh(ident.user_ca_ssh)
+    user_cas = ident.user_ca_ssh  # a CA rotation replaces it; this connection keeps these
 
-    def check(cert_blob: bytes, login: str) -> str | None:
-        return authorize_user_cert(cert_blob, login, user_ca, labels(), ident.name, time.time())
+    def check(cert_blob: bytes, login: str) -> AccessDecision:
+        user_ca = user_ca_for(cert_blob, user_cas)
+        decision = decide_user_cert(cert_blob, login, user_ca, labels(), ident.name, time.time())
+        if decision.reason is None and locks is not None:
+            lock = locks.find(_key_id(cert_blob), login)
+            if lock is not None:
+                return AccessDecision(f"{lock.refusal()} (lock {lock.id})")
+        return decision
 
     def refused(user: str, login: str, reason: str) -> None:
         if audit is not None:
@@ -172,7 +212,7 @@ async def serve_ssh(
         conn = await asyncssh.connect_reverse(
             tunnel=tunnel,
             config=None,
-            server_factory=lambda: NodeSSHServer(ident.user_ca_ssh, fields, audit),
+            server_factory=lambda: NodeSSHServer(user_cas, fields, audit, locks),
             server_host_keys=[(host_key, host_cert)],
             encryption_algs=CIPHERS,
             window=SSH_WINDOW,

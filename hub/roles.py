@@ -4,11 +4,24 @@ Example::
 
     kind = "role"
     name = "lab-operator"
-    logins = ["{{internal.logins}}", "pi"]
     max_session_ttl = "8h"
 
-    [node_labels]
-    env = ["lab", "staging-*"]     # glob patterns; "*" = any value
+    [allow]
+    logins = ["{{internal.logins}}", "pi"]
+    node_labels = { env = ["lab", "staging-*"], site = "^(berlin|paris)$" }
+
+    [deny]
+    logins = ["root"]
+    node_labels = { tier = "safety-critical" }
+
+    [permissions]
+    port_forwarding = true      # default true
+    file_transfer = true        # default true
+    serial_console = false      # default false
+    firmware_push = false       # default false
+
+Top-level ``logins`` and ``[node_labels]`` (the first format) still mean allow.
+Every error is one line that names the key at fault.
 """
 
 from __future__ import annotations
@@ -18,11 +31,82 @@ from pathlib import Path
 from typing import Any
 
 from hub.auth import check_logins, check_name
-from remoteler.access import LOGINS_TRAIT, Role
-from remoteler.addr import parse_ttl
+from remoteler.access import LOGINS_TRAIT, PatternError, Permission, Role, check_selector
+from remoteler.addr import parse_ttl, valid_labels
 from remoteler.errors import UsageError
 
-KNOWN_KEYS = {"kind", "name", "logins", "node_labels", "max_session_ttl"}
+KNOWN_KEYS = {
+    "kind",
+    "name",
+    "logins",
+    "node_labels",
+    "max_session_ttl",
+    "allow",
+    "deny",
+    "permissions",
+}
+RULE_KEYS = {"logins", "node_labels"}
+PERMISSIONS = [p.value for p in Permission]
+
+
+def _logins(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise UsageError(f"{where} must be a list of strings")
+    for login in value:
+        if login != LOGINS_TRAIT:
+            try:
+                check_logins([login])
+            except UsageError:
+                raise UsageError(
+                    f"bad login {login!r} in {where}: use an OS user name such as 'pi', "
+                    f"or {LOGINS_TRAIT!r} for the user's own logins"
+                ) from None
+    return tuple(value)
+
+
+def _labels(value: object, where: str) -> dict[str, tuple[str, ...]]:
+    if not isinstance(value, dict):
+        raise UsageError(f"[{where}] must be a table of key = [patterns]")
+    selector: dict[str, tuple[str, ...]] = {}
+    for key, patterns in value.items():
+        values = patterns if isinstance(patterns, list) else [patterns]
+        if not all(isinstance(v, str) for v in values):
+            raise UsageError(f"{where}.{key} must be a string or a list of strings")
+        if key == "*":
+            if values != ["*"]:
+                raise UsageError(f'{where}: the key "*" only takes "*" (every node)')
+        elif not valid_labels({key: ""}):
+            raise UsageError(f"bad label key {key!r} in {where}: use letters, digits, _ . - /")
+        selector[str(key)] = tuple(values)
+    try:
+        check_selector(selector)
+    except PatternError as exc:
+        raise UsageError(f"bad pattern in {where}: {exc}") from None
+    return selector
+
+
+def _rule(doc: dict[str, Any], where: str) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+    unknown = sorted(set(doc) - RULE_KEYS)
+    if unknown:
+        raise UsageError(f"unknown key {unknown[0]!r} in [{where}]; use logins or node_labels")
+    prefix = f"{where}." if where else ""
+    return (
+        _logins(doc.get("logins", []), f"{prefix}logins"),
+        _labels(doc.get("node_labels", {}), f"{prefix}node_labels"),
+    )
+
+
+def _permissions(value: object) -> dict[str, bool]:
+    if not isinstance(value, dict):
+        raise UsageError("[permissions] must be a table of name = true|false")
+    out: dict[str, bool] = {}
+    for key, flag in value.items():
+        if key not in PERMISSIONS:
+            raise UsageError(f"unknown permission {key!r}; use {', '.join(PERMISSIONS)}")
+        if not isinstance(flag, bool):
+            raise UsageError(f"permissions.{key} must be true or false")
+        out[key] = flag
+    return out
 
 
 def parse_role(doc: dict[str, Any]) -> Role:
@@ -37,30 +121,32 @@ def parse_role(doc: dict[str, Any]) -> Role:
     if not isinstance(name, str):
         raise UsageError('the role needs a name = "..."')
     check_name("role", name)
-    logins = doc.get("logins", [])
-    if not isinstance(logins, list) or not all(isinstance(x, str) for x in logins):
-        raise UsageError("logins must be a list of strings")
-    for login in logins:
-        if login != LOGINS_TRAIT:
-            try:
-                check_logins([login])
-            except UsageError:
-                raise UsageError(
-                    f"bad login {login!r} in the role: use an OS user name such as 'pi', "
-                    f"or {LOGINS_TRAIT!r} for the user's own logins"
-                ) from None
-    labels = doc.get("node_labels", {})
-    if not isinstance(labels, dict):
-        raise UsageError("[node_labels] must be a table of key = [patterns]")
-    node_labels: dict[str, tuple[str, ...]] = {}
-    for key, value in labels.items():
-        values = value if isinstance(value, list) else [value]
-        if not all(isinstance(v, str) for v in values):
-            raise UsageError(f"node_labels.{key} must be a string or a list of strings")
-        node_labels[str(key)] = tuple(values)
+    top = {k: doc[k] for k in RULE_KEYS if k in doc}
+    if "allow" in doc:
+        if top:
+            raise UsageError(
+                "give logins and node_labels either at the top level or under [allow], not both"
+            )
+        if not isinstance(doc["allow"], dict):
+            raise UsageError("[allow] must be a table with logins and node_labels")
+        logins, node_labels = _rule(doc["allow"], "allow")
+    else:
+        logins, node_labels = _rule(top, "")
+    deny = doc.get("deny", {})
+    if not isinstance(deny, dict):
+        raise UsageError("[deny] must be a table with logins and node_labels")
+    deny_logins, deny_node_labels = _rule(deny, "deny")
     ttl = doc.get("max_session_ttl", "12h")
     seconds = parse_ttl(str(ttl))
-    return Role(name=name, logins=tuple(logins), node_labels=node_labels, max_session_ttl=seconds)
+    return Role(
+        name=name,
+        logins=logins,
+        node_labels=node_labels,
+        max_session_ttl=seconds,
+        deny_logins=deny_logins,
+        deny_node_labels=deny_node_labels,
+        permissions=_permissions(doc.get("permissions", {})),
+    )
 
 
 def load_role_file(path: Path) -> Role:
