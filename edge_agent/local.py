@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 
 from edge_agent.audit import AgentAudit
 from edge_agent.identity import NodeIdentity
+from edge_agent.locks import LockStore
 from remoteler.sshio import StreamPipe
 
 log = logging.getLogger("remoteler.agent.local")
@@ -23,6 +24,7 @@ async def start_local_listener(
     ident: NodeIdentity,
     labels: Callable[[], Mapping[str, str]],
     audit: AgentAudit,
+    locks: LockStore | None = None,
 ) -> asyncio.Server:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         from edge_agent.sshd import serve_ssh  # asyncssh on first use, as for the tunnel
@@ -31,7 +33,7 @@ async def start_local_listener(
         meta = {"remote_addr": str(peer[0]), "session_id": str(uuid.uuid4()), "via": "local"}
         log.info("local ssh connection", extra={"peer": peer[0], "session_id": meta["session_id"]})
         try:
-            await serve_ssh(StreamPipe(reader, writer), meta, ident, labels, audit)
+            await serve_ssh(StreamPipe(reader, writer), meta, ident, labels, audit, locks)
         except Exception:
             log.exception("local ssh connection failed")
             writer.close()

@@ -65,6 +65,12 @@ def _reset_signals() -> None:  # runs in the child, before exec
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
+def _signal_group(proc: asyncio.subprocess.Process, sig: int) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+
+
 def _make_ctty() -> None:  # runs in the child after setsid()
     _reset_signals()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
@@ -98,6 +104,8 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._resumer: asyncio.Future[None] | None = None
         self._stdin_paused = False
         self._stdin_drainer: asyncio.Future[None] | None = None
+        #: set by :meth:`end_locked`: the session ends with this message, exit 255
+        self._locked: str | None = None
 
     # asyncssh callbacks ---------------------------------------------------
     def connection_made(self, chan: Any) -> None:
@@ -165,6 +173,21 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, signal.SIGHUP)
 
+    def end_locked(self, message: str) -> None:
+        """A lock now covers this session: tell the user why, hang up the command."""
+        if self._locked is not None or self._chan is None:
+            return
+        self._locked = message
+        with contextlib.suppress(Exception):
+            self._chan.write_stderr(f"\r\nremoteler: {message}\r\n".encode())
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            for sig, delay in ((signal.SIGHUP, 0.0), (signal.SIGKILL, 2.0)):
+                asyncio.get_running_loop().call_later(delay, _signal_group, proc, sig)
+        elif self._task is None:  # no command started yet
+            with contextlib.suppress(Exception):
+                self._chan.exit(255)
+
     # stdin flow control -------------------------------------------------------
     def _pause_stdin_if_full(self) -> None:
         backlog = len(self._stdin_buf)
@@ -226,6 +249,8 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
     async def _run(self) -> None:
         status = 255
         try:
+            if self._locked is not None:
+                raise PermissionError(self._locked)
             argv, kwargs = self._spawn_args()
             if self._audit is not None:
                 record = self._audit.session(
@@ -245,6 +270,8 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self._chan.write_stderr(f"remoteler: could not start the command: {exc}\r\n".encode())
             status = 255
         finally:
+            if self._locked is not None:
+                status = 255  # as ssh when the connection is cut, not the command's status
             if self._record is not None:
                 with contextlib.suppress(Exception):
                     await self._record.end(status)

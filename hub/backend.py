@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import aiosqlite
 
 from remoteler.access import PRESET_ROLES, Role
+from remoteler.locks import Lock
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -54,6 +55,21 @@ CREATE TABLE IF NOT EXISTS nodes (
     token_labels TEXT NOT NULL DEFAULT '{}',
     audit_pending INTEGER NOT NULL DEFAULT 0,
     audit_oldest REAL
+);
+CREATE TABLE IF NOT EXISTS locks (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    message TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    expires REAL,
+    created_by TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS login_guard (
+    user TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL,
+    first_failure REAL NOT NULL,
+    locked_until REAL
 );
 """
 
@@ -115,6 +131,16 @@ class Beat:
     audit_oldest: float | None = None
 
 
+@dataclass(frozen=True)
+class LoginGuardRow:
+    """Failed logins for one user name (known or not), and its lockout."""
+
+    user: str
+    failures: int
+    first_failure: float
+    locked_until: float | None = None
+
+
 class Backend(Protocol):
     """What the hub needs from storage; every method is one transaction."""
 
@@ -143,6 +169,12 @@ class Backend(Protocol):
     async def update_heartbeats(self, beats: Sequence[Beat]) -> list[str]: ...
     async def mark_all_offline(self) -> None: ...
     async def set_nodes_online(self, changes: Sequence[tuple[str, bool, float]]) -> None: ...
+    async def add_lock(self, lock: Lock) -> None: ...
+    async def list_locks(self, now: float) -> list[Lock]: ...
+    async def delete_lock(self, lock_id: str) -> Lock | None: ...
+    async def get_login_guard(self, user: str) -> LoginGuardRow | None: ...
+    async def put_login_guard(self, row: LoginGuardRow) -> None: ...
+    async def clear_login_guard(self, user: str) -> bool: ...
 
 
 def _user(row: aiosqlite.Row) -> User:
@@ -180,6 +212,18 @@ def _node(row: aiosqlite.Row) -> Node:
         token_labels=json.loads(row["token_labels"]),
         audit_pending=row["audit_pending"],
         audit_oldest=row["audit_oldest"],
+    )
+
+
+def _lock(row: aiosqlite.Row) -> Lock:
+    return Lock(
+        id=row["id"],
+        kind=row["kind"],
+        target=row["target"],
+        message=row["message"],
+        created=row["created"],
+        expires=row["expires"],
+        created_by=row["created_by"],
     )
 
 
@@ -400,6 +444,54 @@ class SQLiteBackend:
 
     async def mark_all_offline(self) -> None:
         await self._write("UPDATE nodes SET online = 0 WHERE online = 1", ())
+
+    # locks (hub/locks.py, tctl lock)
+    async def add_lock(self, lock: Lock) -> None:
+        await self._write(
+            "INSERT INTO locks VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                lock.id,
+                lock.kind,
+                lock.target,
+                lock.message,
+                lock.created,
+                lock.expires,
+                lock.created_by,
+            ),
+        )
+
+    async def list_locks(self, now: float) -> list[Lock]:
+        """Locks in force at ``now``, oldest first (expired ones are left out)."""
+        rows = await self._all(
+            "SELECT * FROM locks WHERE expires IS NULL OR expires > ? ORDER BY created, id",
+            (now,),
+        )
+        return [_lock(r) for r in rows]
+
+    async def delete_lock(self, lock_id: str) -> Lock | None:
+        row = await self._one("SELECT * FROM locks WHERE id = ?", (lock_id,))
+        if row is None:
+            return None
+        await self._write("DELETE FROM locks WHERE id = ?", (lock_id,))
+        return _lock(row)
+
+    # login protection (hub/ratelimit.py)
+    async def get_login_guard(self, user: str) -> LoginGuardRow | None:
+        row = await self._one("SELECT * FROM login_guard WHERE user = ?", (user,))
+        if row is None:
+            return None
+        return LoginGuardRow(
+            row["user"], row["failures"], row["first_failure"], row["locked_until"]
+        )
+
+    async def put_login_guard(self, row: LoginGuardRow) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO login_guard VALUES (?, ?, ?, ?)",
+            (row.user, row.failures, row.first_failure, row.locked_until),
+        )
+
+    async def clear_login_guard(self, user: str) -> bool:
+        return await self._write("DELETE FROM login_guard WHERE user = ?", (user,)) > 0
 
 
 def now() -> float:

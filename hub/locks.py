@@ -1,0 +1,189 @@
+"""The hub's side of locks: see new ones at once, end what they cover, tell the agents.
+
+``tctl lock`` writes the backend directly, so the hub polls the locks table (one
+small query a second). On every change it ends the relays of sessions a lock
+now covers and pushes the whole active set to each agent over a ``locks``
+channel; an agent that connects later gets the set within a poll interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from hub.backend import Backend
+from hub.tunnels import TunnelRegistry
+from remoteler.locks import Lock, encode_locks, find_lock
+from remoteler.wire.aio import Tunnel
+from remoteler.wire.codes import OpenFailure
+from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
+
+log = logging.getLogger("remoteler.hub.locks")
+
+#: Seconds between two reads of the locks table.
+POLL_INTERVAL = 1.0
+#: Seconds the agent gets to end a locked session itself (it shows the user the
+#: message inside the session) before the hub cuts the relay.
+RELAY_GRACE = 3.0
+#: Seconds before retrying a push that failed.
+PUSH_RETRY = 10.0
+#: Pushes in flight at once (a lock change reaches a large fleet in waves).
+MAX_PUSHES = 64
+#: websocket close code for a relay ended by a lock (4000-4999: application use).
+LOCKED_CLOSE_CODE = 4403
+
+
+def new_lock_id() -> str:
+    return secrets.token_hex(6)
+
+
+@dataclass
+class Relay:
+    user: str
+    login: str
+    nodes: tuple[str, ...]
+    close: Callable[[str], Awaitable[None]]
+    ending: bool = False
+
+
+class LockWatcher:
+    def __init__(
+        self,
+        backend: Backend,
+        registry: TunnelRegistry,
+        clock: Callable[[], float] = time.time,
+        interval: float = POLL_INTERVAL,
+        grace: float = RELAY_GRACE,
+    ) -> None:
+        self.backend = backend
+        self.registry = registry
+        self.clock = clock
+        self.interval = interval
+        self.grace = grace
+        self.locks: list[Lock] = []
+        self.digest = ""
+        self._relays: dict[int, Relay] = {}
+        self._next_relay = 0
+        #: tunnel -> (digest pushed, or "" while failing; time of the last attempt)
+        self._pushed: weakref.WeakKeyDictionary[Tunnel, tuple[str, float]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._pushing: set[Tunnel] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._slots = asyncio.Semaphore(MAX_PUSHES)
+
+    # sessions ------------------------------------------------------------------
+    def track_relay(
+        self, user: str, login: str, nodes: Sequence[str], close: Callable[[str], Awaitable[None]]
+    ) -> Callable[[], None]:
+        """Watch a relayed session; call the returned function when it ends."""
+        key = self._next_relay
+        self._next_relay += 1
+        relay = Relay(user, login, tuple(nodes), close)
+        self._relays[key] = relay
+        lock = find_lock(self.locks, user=user, login=login, nodes=relay.nodes, now=self.clock())
+        if lock is not None:  # locked between the connect check and now
+            self._end(relay, lock)
+
+        def untrack() -> None:
+            self._relays.pop(key, None)
+
+        return untrack
+
+    def _end(self, relay: Relay, lock: Lock) -> None:
+        if relay.ending:
+            return
+        relay.ending = True
+        log.info(
+            "ending a locked session",
+            extra={"user": relay.user, "login": relay.login, "lock_id": lock.id},
+        )
+
+        async def later() -> None:
+            await asyncio.sleep(self.grace)
+            with contextlib.suppress(Exception):
+                await relay.close(f"session ended: {lock.refusal()}")
+
+        self._spawn(later())
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # polling ---------------------------------------------------------------------
+    async def refresh(self) -> bool:
+        """Read the locks table; True if the active set changed."""
+        now = self.clock()
+        locks = await self.backend.list_locks(now)
+        digest = hashlib.sha256(encode_locks(locks)).hexdigest()[:16]
+        changed = digest != self.digest
+        self.locks, self.digest = locks, digest
+        if changed:
+            log.info("lock set changed", extra={"locks": len(locks), "digest": digest})
+            for relay in list(self._relays.values()):
+                lock = find_lock(
+                    locks, user=relay.user, login=relay.login, nodes=relay.nodes, now=now
+                )
+                if lock is not None:
+                    self._end(relay, lock)
+        return changed
+
+    def push_due(self) -> None:
+        """Start a push to every live agent that lacks the current set."""
+        now = time.monotonic()
+        for live in self.registry.live():
+            tunnel = live.tunnel
+            if tunnel in self._pushing:
+                continue
+            done, when = self._pushed.get(tunnel, ("", -PUSH_RETRY))
+            if done == self.digest or (not done and now - when < PUSH_RETRY):
+                continue
+            self._pushing.add(tunnel)
+            self._spawn(self._push(tunnel, live.node_id))
+
+    async def _push(self, tunnel: Tunnel, node_id: str) -> None:
+        digest, body = self.digest, encode_locks(self.locks)
+        try:
+            async with self._slots:
+                channel = await tunnel.open_channel("locks", {"digest": digest}, timeout=10)
+                try:
+                    channel.write(body)
+                    channel.write_eof()
+                    async with asyncio.timeout(10):
+                        while await channel.read(1024):
+                            pass
+                finally:
+                    channel.close()
+            self._pushed[tunnel] = (digest, time.monotonic())
+            log.debug("locks pushed", extra={"node_id": node_id, "digest": digest})
+        except ChannelOpenError as exc:
+            if exc.code == OpenFailure.UNKNOWN_KIND:  # an older agent: nothing to push to
+                self._pushed[tunnel] = (digest, time.monotonic())
+            else:
+                self._pushed[tunnel] = ("", time.monotonic())
+        except (TunnelClosed, TimeoutError, ConnectionError):
+            self._pushed[tunnel] = ("", time.monotonic())
+        finally:
+            self._pushing.discard(tunnel)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+                self.push_due()
+            except Exception:
+                log.exception("lock refresh failed; will retry")
+            await asyncio.sleep(self.interval)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

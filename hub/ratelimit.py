@@ -1,0 +1,171 @@
+"""Login protection: per-address rate limits and lockouts, per-user lockouts.
+
+Defaults follow Teleport (5 failed logins lock the account for a while) and
+are written down in docs/security.md. A user name is locked out the same way
+whether or not it exists, so the answers never tell an attacker which names
+are real. User lockouts are stored in the backend and survive a restart;
+address state is in memory (an address is cheap to change, a user is not).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hub.backend import Backend, LoginGuardRow
+from remoteler.errors import AuthError
+
+
+@dataclass(frozen=True)
+class LoginPolicy:
+    max_user_failures: int = 5
+    """Failed logins for one user name within ``failure_window`` before it is locked."""
+    failure_window: float = 30 * 60
+    user_lockout: float = 20 * 60
+    """Seconds a user name stays locked after too many failures."""
+    address_burst: int = 10
+    """Login attempts one address may make at once (token bucket size)."""
+    address_refill: float = 6.0
+    """Seconds per new attempt after the burst: 10 a minute."""
+    max_address_failures: int = 20
+    """Failed logins from one address within ``failure_window`` before it is locked."""
+    address_lockout: float = 15 * 60
+    max_tracked_addresses: int = 50_000
+
+
+class LoginRefused(AuthError):
+    """Refused before the credentials were looked at; ``reason`` goes to the audit log."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _wait_text(seconds: float, now: float) -> str:
+    minutes = math.ceil(seconds / 60)
+    if seconds < 120:
+        return f"in {math.ceil(seconds)} s"
+    at = time.strftime("%H:%M UTC", time.gmtime(now + seconds))
+    return f"in {minutes} min ({at})"
+
+
+@dataclass
+class _Address:
+    tokens: float
+    updated: float
+    failures: int = 0
+    first_failure: float = 0.0
+    locked_until: float = 0.0
+
+
+@dataclass
+class AddressGuard:
+    """Sans-I/O: a token bucket of attempts and a failure lockout per source address."""
+
+    policy: LoginPolicy = field(default_factory=LoginPolicy)
+    _seen: dict[str, _Address] = field(default_factory=dict)
+
+    def _get(self, addr: str, now: float) -> _Address:
+        state = self._seen.get(addr)
+        if state is None:
+            if len(self._seen) >= self.policy.max_tracked_addresses:
+                self._prune(now)
+            state = self._seen[addr] = _Address(float(self.policy.address_burst), now)
+        return state
+
+    def _prune(self, now: float) -> None:
+        """Forget addresses with a full bucket and no recent failure or lockout."""
+        p = self.policy
+        for addr, s in list(self._seen.items()):
+            full = s.tokens + (now - s.updated) / p.address_refill >= p.address_burst
+            if full and s.locked_until <= now and now - s.first_failure > p.failure_window:
+                del self._seen[addr]
+        while len(self._seen) >= p.max_tracked_addresses:  # still full: oldest first
+            del self._seen[next(iter(self._seen))]
+
+    def check(self, addr: str, now: float) -> None:
+        """Take one attempt for ``addr``; raise :class:`LoginRefused` if it has none."""
+        if not addr:
+            return
+        p, s = self.policy, self._get(addr, now)
+        if s.locked_until > now:
+            raise LoginRefused(
+                "login refused: too many failed logins from your address; "
+                f"try again {_wait_text(s.locked_until - now, now)}",
+                "address locked out",
+            )
+        s.tokens = min(float(p.address_burst), s.tokens + (now - s.updated) / p.address_refill)
+        s.updated = now
+        if s.tokens < 1:
+            wait = (1 - s.tokens) * p.address_refill
+            raise LoginRefused(
+                f"too many login attempts from your address; try again {_wait_text(wait, now)}",
+                "address rate limited",
+            )
+        s.tokens -= 1
+
+    def failed(self, addr: str, now: float) -> bool:
+        """Count a failure; True if it locked the address."""
+        if not addr:
+            return False
+        p, s = self.policy, self._get(addr, now)
+        if now - s.first_failure > p.failure_window:
+            s.failures, s.first_failure = 0, now
+        s.failures += 1
+        if s.failures >= p.max_address_failures:
+            s.locked_until, s.failures = now + p.address_lockout, 0
+            return True
+        return False
+
+
+class LoginGuard:
+    """What :class:`hub.auth.AuthService` asks before and after checking credentials."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        policy: LoginPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.backend = backend
+        self.policy = policy or LoginPolicy()
+        self.clock = clock
+        self.addresses = AddressGuard(self.policy)
+
+    async def check(self, user: str, addr: str) -> None:
+        """Raise :class:`LoginRefused` if this attempt must not even be evaluated."""
+        now = self.clock()
+        self.addresses.check(addr, now)
+        row = await self.backend.get_login_guard(user)
+        if row is not None and row.locked_until is not None and row.locked_until > now:
+            raise LoginRefused(
+                "login refused: too many failed logins for this account; try again "
+                f"{_wait_text(row.locked_until - now, now)} or ask an admin to run "
+                "'tctl users unlock'",
+                "user locked out",
+            )
+
+    async def failed(self, user: str, addr: str) -> bool:
+        """Count a failure for the user name and the address; True if the user got locked."""
+        now = self.clock()
+        self.addresses.failed(addr, now)
+        p = self.policy
+        row = await self.backend.get_login_guard(user)
+        if row is None or now - row.first_failure > p.failure_window:
+            row = LoginGuardRow(user, 0, now, None)
+        failures = row.failures + 1
+        locked = failures >= p.max_user_failures
+        await self.backend.put_login_guard(
+            LoginGuardRow(
+                user,
+                0 if locked else failures,
+                now if locked else row.first_failure,
+                now + p.user_lockout if locked else row.locked_until,
+            )
+        )
+        return locked
+
+    async def succeeded(self, user: str) -> None:
+        await self.backend.clear_login_guard(user)
