@@ -21,6 +21,7 @@ from remoteler.access import (
     AccessRule,
     allowed_logins,
     encode_rules,
+    may_port_forward,
     resolve_rules,
 )
 from remoteler.audit.events import HUB_NODE, EventType, make_event
@@ -200,6 +201,8 @@ class AuthService:
         logins = allowed_logins(rules)
         now = int(self.clock())
         extensions = dict(DEFAULT_USER_EXTENSIONS)
+        if not may_port_forward(rules):  # what OpenSSH's sshd enforces, as Teleport does
+            extensions.pop("permit-port-forwarding", None)
         extensions[RULES_EXTENSION] = encode_rules(rules)
         extensions[ROLES_EXTENSION] = ",".join(user.roles)
         ssh_cert = self.user_ca.sign_ssh_user_cert(

@@ -31,7 +31,7 @@ from hub.identity import Identity, peer_identity
 from hub.listener import Listener, ListenerLimits
 from hub.tunnels import LiveNode, TunnelRegistry
 from remoteler import rpc
-from remoteler.access import check_access, labels_match
+from remoteler.access import check_access, node_visible
 from remoteler.addr import parse_labels
 from remoteler.errors import (
     AccessDenied,
@@ -433,8 +433,8 @@ class HubServer:
         for node in await self.backend.list_nodes():
             live = self.registry.get(node.id)
             labels = self.registry.labels_of(node)
-            if not any(labels_match(r.node_labels, labels) for r in rules):
-                continue  # as Teleport: users only see nodes their roles match
+            if not node_visible(rules, labels):
+                continue  # as Teleport: users only see nodes their roles match (and no deny)
             if any(labels.get(k) != v for k, v in want.items()):
                 continue
             out.append(

@@ -352,8 +352,27 @@ async def cmd_status(args: argparse.Namespace) -> None:
     _emit(args, info, text)
 
 
+async def _record_role_event(args: argparse.Namespace, type: Any, **fields: Any) -> None:
+    """``role.created`` / ``role.deleted`` in the hub's audit store; user = who ran tctl."""
+    import getpass
+
+    from hub.audit_store import AuditStore, audit_db_path
+    from remoteler.audit.events import HUB_NODE, make_event
+
+    store = await AuditStore.open(audit_db_path(Path(args.data_dir)))
+    try:
+        try:
+            by = getpass.getuser()
+        except (KeyError, OSError):
+            by = str(os.geteuid())
+        await store.record(make_event(type, node=HUB_NODE, **fields, by=f"tctl:{by}"))
+    finally:
+        await store.close()
+
+
 async def cmd_create(args: argparse.Namespace) -> None:
     from hub.roles import load_role_file
+    from remoteler.audit.events import EventType
 
     role = load_role_file(Path(args.file))
     backend = await _backend(args)
@@ -362,7 +381,14 @@ async def cmd_create(args: argparse.Namespace) -> None:
         await backend.put_role(role)
     finally:
         await backend.close()
+    await _record_role_event(
+        args, EventType.ROLE_CREATED, name=role.name, spec=role.to_dict(), updated=existed
+    )
     print(f"Role {role.name!r} {'updated' if existed else 'created'}.")
+
+
+def _selector_text(selector: Any) -> str:
+    return format_labels({k: "|".join(v) for k, v in selector.items()})
 
 
 async def cmd_get(args: argparse.Namespace) -> None:
@@ -371,33 +397,54 @@ async def cmd_get(args: argparse.Namespace) -> None:
         roles = await backend.list_roles()
     finally:
         await backend.close()
-    rows = [
-        [
-            r.name,
-            ",".join(r.logins),
-            format_labels({k: "|".join(v) for k, v in r.node_labels.items()}),
-            str(r.max_session_ttl),
-        ]
-        for r in roles
-    ]
+    rows = []
+    for r in roles:
+        deny = [*r.deny_logins, _selector_text(r.deny_node_labels)]
+        rows.append(
+            [
+                r.name,
+                ",".join(r.logins),
+                _selector_text(r.node_labels),
+                " ".join(x for x in deny if x) or "-",
+                ",".join(sorted(r.grants() - r.vetoes())) or "-",
+                str(r.max_session_ttl),
+            ]
+        )
     _emit(
         args,
         [r.to_dict() for r in roles],
-        table(rows, ["Role", "Logins", "Node labels", "Max TTL (s)"]),
+        table(rows, ["Role", "Logins", "Node labels", "Deny", "Permissions", "Max TTL (s)"]),
     )
 
 
 async def cmd_rm(args: argparse.Namespace) -> None:
+    from remoteler.access import PRESET_ROLES
+    from remoteler.audit.events import EventType
+
     kind, _, name = args.ref.partition("/")
     if kind != "role" or not name:
         raise UsageError(f"cannot remove {args.ref!r}: use role/NAME")
+    if name in {r.name for r in PRESET_ROLES}:
+        raise UsageError(
+            f"role {name!r} is a preset and comes back at the next start; "
+            "change it with 'tctl create -f' instead"
+        )
     backend = await _backend(args)
     try:
         if not await backend.delete_role(name):
             raise UsageError(f"no role {name!r}; see 'tctl get roles'")
+        users = [u.name for u in await backend.list_users() if name in u.roles]
     finally:
         await backend.close()
+    await _record_role_event(args, EventType.ROLE_DELETED, name=name)
     print(f"Role {name!r} removed.")
+    if users:  # a missing role grants (and denies) nothing; their next login shows it
+        more = " and others" if len(users) > 5 else ""
+        print(
+            f"It no longer applies to {', '.join(users[:5])}{more} at the hub; certificates "
+            "they hold keep it on directly reached devices until they expire.",
+            file=sys.stderr,
+        )
 
 
 def parse_when(text: str, now: float | None = None) -> float:

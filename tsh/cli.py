@@ -184,6 +184,8 @@ async def cmd_login(args: argparse.Namespace) -> int:
     print(f"Logged in as {args.user} to {hub} (cluster {new.cluster})")
     print(f"  Logins:      {', '.join(result.get('logins') or []) or '(none)'}")
     print(f"  Valid until: {fmt_time(result.get('expires'))}")
+    if ttl and int(result.get("expires") or 0) < int(time.time()) + ttl - 60:
+        print(f"  (shorter than --ttl {args.ttl}: capped by your roles' max_session_ttl)")
     if in_agent:
         print("  Key and certificate loaded into your ssh-agent")
     return 0

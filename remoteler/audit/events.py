@@ -36,6 +36,11 @@ class EventType(StrEnum):
     TUNNEL_CONNECT = "tunnel.connect"
     TUNNEL_DISCONNECT = "tunnel.disconnect"
     AUDIT_DROPPED = "audit.dropped"
+    ROLE_CREATED = "role.created"
+    ROLE_DELETED = "role.deleted"
+    ROTATION_PHASE = "rotation.phase"
+    LOCK_CREATED = "lock.created"
+    LOCK_DELETED = "lock.deleted"
 
 
 #: Node name used for events the hub records itself.
@@ -111,6 +116,15 @@ FIELD_TYPES: dict[str, tuple[_Check, ...]] = {
         ("dropped", _is_count, "a non-negative int"),
         ("dropped_bytes", _is_count, "a non-negative int"),
     ),
+    EventType.ROTATION_PHASE: (
+        ("ca_type", lambda v: v in ("user", "host"), "'user' or 'host'"),
+        ("phase", _is_str, "a str"),
+    ),
+    EventType.ROLE_CREATED: (
+        ("name", _is_str, "a str"),
+        ("spec", lambda v: isinstance(v, dict), "a map (the role as stored)"),
+    ),
+    EventType.ROLE_DELETED: (("name", _is_str, "a str"),),
     EventType.CERT_CREATE: (
         ("ttl", _is_count, "a non-negative int"),
         ("logins", _is_str_list, "a list of str"),
