@@ -14,6 +14,7 @@ from typing import Any
 from hub import secrets as hs
 from hub.audit_store import AuditBackend
 from hub.backend import Backend, Node, Token, User
+from hub.ratelimit import LoginGuard, LoginRefused
 from remoteler.access import (
     DEFAULT_MAX_TTL,
     ROLES_EXTENSION,
@@ -27,7 +28,8 @@ from remoteler.access import (
 from remoteler.audit.events import HUB_NODE, EventType, make_event
 from remoteler.ca import DEFAULT_USER_EXTENSIONS, CertAuthority, public_key_from_openssh
 from remoteler.ca.errors import CAError
-from remoteler.errors import AuthError, UsageError
+from remoteler.errors import AccessDenied, AuthError, UsageError
+from remoteler.locks import find_lock
 
 log = logging.getLogger("remoteler.hub.auth")
 
@@ -77,6 +79,7 @@ class AuthService:
         self.cluster = cluster
         self.clock = clock
         self.audit = audit
+        self.guard = LoginGuard(backend, clock=clock)
 
     async def _record(self, type: EventType, *, node: str = HUB_NODE, **kw: Any) -> None:
         """Durable before the caller gets what it records (a store error fails the call)."""
@@ -123,7 +126,8 @@ class AuthService:
         log.info("user created", extra={"user": name, "roles": list(roles)})
         return user, invite
 
-    async def invite_info(self, name: str, invite: str) -> dict[str, str]:
+    async def invite_info(self, name: str, invite: str, remote_addr: str = "") -> dict[str, str]:
+        self.guard.addresses.check(remote_addr, self.clock())
         user = await self.backend.get_user(name)
         ok = await self.backend.check_invite(hs.hash_token(invite), name, self.clock())
         if not ok or user is None or user.totp_secret is None:
@@ -136,20 +140,40 @@ class AuthService:
         }
 
     async def accept_invite(
-        self, name: str, invite: str, password: str, otp: str, public_key: str, ttl: int | None
+        self,
+        name: str,
+        invite: str,
+        password: str,
+        otp: str,
+        public_key: str,
+        ttl: int | None,
+        remote_addr: str = "",
     ) -> Issued:
-        info = await self.invite_info(name, invite)
+        try:
+            await self.guard.check(name, remote_addr)
+        except LoginRefused as err:
+            await self._login_failed(name, remote_addr, err.reason, count=False)
+            raise
+        try:
+            info = await self.invite_info(name, invite)
+        except AuthError:
+            await self._login_failed(name, remote_addr, "invite not valid")
+            raise
         if len(password) < hs.MIN_PASSWORD:
             raise UsageError(f"password too short: use at least {hs.MIN_PASSWORD} characters")
         step = hs.totp_step(info["totp_secret"], otp, self.clock())
         if step is None or not await self.backend.record_totp_step(name, step):
+            await self._login_failed(name, remote_addr, "one-time code not accepted")
             raise AuthError(
                 "one-time code not accepted: check the authenticator app's clock and retry"
             )
         if not await self.backend.consume_invite(hs.hash_token(invite), name, self.clock()):
+            await self._login_failed(name, remote_addr, "invite not valid")
             raise AuthError(
                 "invite not valid: it is wrong, used or expired; ask an admin for a new one"
             )
+        await self.guard.succeeded(name)
+        await self._check_user_lock(name)
         user = await self.backend.get_user(name)
         assert user is not None
         await self.backend.put_user(
@@ -159,8 +183,10 @@ class AuthService:
                 totp_last_step=step,
             )
         )
-        log.info("invite accepted", extra={"user": name})
-        await self._record(EventType.USER_LOGIN, user=name)
+        log.info("invite accepted", extra={"user": name, "remote_addr": remote_addr})
+        await self._record(
+            EventType.USER_LOGIN, user=name, success=True, method="invite", remote_addr=remote_addr
+        )
         user = await self.backend.get_user(name)
         assert user is not None
         return await self.issue_user_certs(user, public_key, ttl)
@@ -176,20 +202,68 @@ class AuthService:
         return resolve_rules(roles, user.logins), cap
 
     async def login(
-        self, name: str, password: str, otp: str, public_key: str, ttl: int | None
+        self,
+        name: str,
+        password: str,
+        otp: str,
+        public_key: str,
+        ttl: int | None,
+        remote_addr: str = "",
     ) -> Issued:
+        try:
+            await self.guard.check(name, remote_addr)  # before any Argon2 work
+        except LoginRefused as err:
+            await self._login_failed(name, remote_addr, err.reason, count=False)
+            raise
         user = await self.backend.get_user(name)
         password_ok = await hs.verify_password_async(user.password_hash if user else None, password)
         if user is None or not password_ok or user.totp_secret is None:
-            log.warning("login failed", extra={"user": name})
+            reason = "unknown user" if user is None else "wrong password"
+            await self._login_failed(name, remote_addr, reason)
             raise AuthError(LOGIN_FAILED)
         step = hs.totp_step(user.totp_secret, otp, self.clock())
         if step is None or not await self.backend.record_totp_step(name, step):
-            log.warning("login failed: one-time code", extra={"user": name})
+            reason = "one-time code wrong" if step is None else "one-time code already used"
+            await self._login_failed(name, remote_addr, reason)
             raise AuthError(LOGIN_FAILED)
-        log.info("user login", extra={"user": name})
-        await self._record(EventType.USER_LOGIN, user=name)
+        await self.guard.succeeded(name)
+        # Locks are checked only once the credentials are right: they tell nothing to
+        # someone who does not have them.
+        await self._check_user_lock(name, remote_addr)
+        log.info("user login", extra={"user": name, "remote_addr": remote_addr})
+        await self._record(
+            EventType.USER_LOGIN,
+            user=name,
+            success=True,
+            method="password+totp",
+            remote_addr=remote_addr,
+        )
         return await self.issue_user_certs(user, public_key, ttl)
+
+    async def _login_failed(
+        self, name: str, remote_addr: str, reason: str, *, count: bool = True
+    ) -> None:
+        """Log and audit a refused login (never the password or code), and count it."""
+        locked = await self.guard.failed(name, remote_addr) if count else False
+        log.warning(
+            "login failed: %s",
+            reason,
+            extra={"user": name[:64], "remote_addr": remote_addr, "locked_out": locked},
+        )
+        await self._record(
+            EventType.USER_LOGIN,
+            user=name[:64],
+            success=False,
+            reason=reason,
+            remote_addr=remote_addr,
+            locked_out=locked,
+        )
+
+    async def _check_user_lock(self, name: str, remote_addr: str = "") -> None:
+        lock = find_lock(await self.backend.list_locks(self.clock()), user=name, now=self.clock())
+        if lock is not None:
+            await self._login_failed(name, remote_addr, f"locked ({lock.id})", count=False)
+            raise AccessDenied(lock.refusal())
 
     async def issue_user_certs(self, user: User, public_key: str, ttl: int | None) -> Issued:
         try:

@@ -3,7 +3,8 @@
 Layout (all secrets 0600, directory 0700)::
 
     DIR/cluster.json      cluster name
-    DIR/ca/               user_ca.{key,pub,crt}, host_ca.{key,pub,crt}
+    DIR/ca/               user_ca.{key,pub,crt}, host_ca.{key,pub,crt}; the keys are
+                          OpenSSH, or PKCS#8 encrypted with the CA passphrase (scrypt)
     DIR/tls/              hub.key, hub.crt (reissued at every start by the host CA)
     DIR/hub.db            SQLite (WAL): users, roles, tokens, nodes
     DIR/hub.addr          the address the running hub listens on
@@ -12,15 +13,28 @@ Layout (all secrets 0600, directory 0700)::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from remoteler.ca import CAError, CertAuthority, generate_private_key, write_secret_file
+from hub import secrets as hs
+from remoteler.ca import (
+    CAError,
+    CAKind,
+    CertAuthority,
+    check_secret_file_mode,
+    generate_private_key,
+    public_key_from_openssh,
+    write_file_atomic,
+    write_secret_file,
+)
 from remoteler.errors import ConfigError
+
+log = logging.getLogger("remoteler.hub")
 
 SERVER_CERT_TTL = 365 * 24 * 3600
 
@@ -28,6 +42,13 @@ SERVER_CERT_TTL = 365 * 24 * 3600
 @dataclass
 class DataDir:
     path: Path
+    #: encrypts the CA keys at rest; None: read $REMOTELER_CA_PASSPHRASE(_FILE) if set
+    passphrase: bytes | None = field(default=None, repr=False)
+
+    def ca_passphrase(self) -> bytes | None:
+        if self.passphrase is None:
+            self.passphrase = hs.read_passphrase(None)
+        return self.passphrase
 
     @property
     def ca_dir(self) -> Path:
@@ -61,17 +82,89 @@ class DataDir:
             meta.write_text(json.dumps({"cluster": cluster}))
         self.ca_dir.mkdir(exist_ok=True)
         os.chmod(self.ca_dir, 0o700)
-        for kind in ("user", "host"):
+        kinds: tuple[CAKind, ...] = ("user", "host")
+        for kind in kinds:
             if not CertAuthority.exists(self.ca_dir, kind):
-                CertAuthority.generate(kind, cluster).save(self.ca_dir)
+                self.save_ca(CertAuthority.generate(kind, cluster), self.ca_dir)
+        if self.ca_passphrase() is not None:
+            self.encrypt_ca_keys()
         return cluster
 
-    def load_ca(self, kind: str) -> CertAuthority:
+    def load_ca(self, kind: str, directory: Path | None = None) -> CertAuthority:
+        """The CA of ``kind`` from ``directory`` (default DIR/ca), decrypting its key if needed.
+
+        Refuses a key file any group or other may access, naming the file and the fix.
+        """
         self.cluster_name()
+        directory = directory or self.ca_dir
+        key_path, pub_path, crt_path = CertAuthority.paths(directory, kind)  # type: ignore[arg-type]
         try:
-            return CertAuthority.load(self.ca_dir, kind)  # type: ignore[arg-type]
+            if key_path.exists():
+                check_secret_file_mode(key_path)
+            if not key_path.exists() or not hs.is_encrypted_key(key_path.read_bytes()):
+                return CertAuthority.load(directory, kind)  # type: ignore[arg-type]
+            passphrase = self.ca_passphrase()
+            if passphrase is None:
+                raise ConfigError(
+                    f"the {kind} CA key {key_path} is encrypted: give its passphrase with "
+                    f"--ca-passphrase-file FILE or ${hs.PASSPHRASE_FILE_ENV} "
+                    f"or ${hs.PASSPHRASE_ENV}"
+                )
+            try:
+                key = hs.decrypt_private_key(key_path.read_bytes(), passphrase)
+            except (ValueError, TypeError):
+                raise ConfigError(
+                    f"wrong CA passphrase for {key_path}: check --ca-passphrase-file "
+                    f"or ${hs.PASSPHRASE_ENV}"
+                ) from None
+            pem = crt_path.read_bytes()
+            from remoteler.ca import x509 as ca_x509
+
+            ca = CertAuthority(kind, ca_x509.cert_organization(pem), key, pem)  # type: ignore[arg-type]
+            if pub_path.exists() and public_key_from_openssh(pub_path.read_text()) != ca.public_key:
+                raise ConfigError(f"{pub_path} does not match {key_path}; restore both from backup")
+            return ca
         except CAError as exc:
-            raise ConfigError(f"cannot load the {kind} CA from {self.ca_dir}: {exc}") from None
+            raise ConfigError(f"cannot load the {kind} CA from {directory}: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot load the {kind} CA from {directory}: {exc.strerror}: {exc.filename}"
+            ) from None
+
+    def save_ca(self, ca: CertAuthority, directory: Path) -> None:
+        """Write ``ca`` into ``directory``, its key encrypted when a passphrase is set."""
+        passphrase = self.ca_passphrase()
+        if passphrase is None:
+            ca.save(directory)
+            return
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key_path, pub_path, crt_path = CertAuthority.paths(directory, ca.kind)
+        write_file_atomic(crt_path, ca.x509_pem, 0o644)
+        write_file_atomic(pub_path, (ca.ssh_public_line() + "\n").encode(), 0o644)
+        write_secret_file(key_path, hs.encrypt_private_key(ca.private_key, passphrase))
+
+    def encrypt_ca_keys(self) -> list[Path]:
+        """Encrypt every plain CA key in DIR/ca with the passphrase (a one-way migration).
+
+        Code that writes CA keys elsewhere (a rotation's next CA) should use
+        :meth:`save_ca` and :meth:`load_ca` with its directory to get the same.
+        """
+        passphrase = self.ca_passphrase()
+        done: list[Path] = []
+        if passphrase is None:
+            return done
+        for key_path in sorted(self.ca_dir.glob("*_ca.key")):
+            data = key_path.read_bytes()
+            if hs.is_encrypted_key(data):
+                continue
+            check_secret_file_mode(key_path)
+            from remoteler.ca import private_key_from_openssh
+
+            key = private_key_from_openssh(data)
+            write_secret_file(key_path, hs.encrypt_private_key(key, passphrase))
+            done.append(key_path)
+            log.info("CA key encrypted with the CA passphrase", extra={"path": str(key_path)})
+        return done
 
     def issue_server_identity(
         self, host_ca: CertAuthority, hosts: list[str]
