@@ -344,8 +344,15 @@ class Tunnel:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             code = self.close_code or ErrorCode.GOING_AWAY
-            with contextlib.suppress(Exception):
-                await self._ws.close(_WS_CLOSE_CODES.get(code, 1002), code.name)
+            transport = getattr(self._ws, "transport", None)
+            if code is ErrorCode.HEARTBEAT_TIMEOUT and transport is not None:
+                # The link is dead: a closing handshake would wait websockets'
+                # close_timeout (10 s) for an answer that cannot come, keeping the
+                # node "online" at the hub and the agent from redialling.
+                transport.abort()
+            else:
+                with contextlib.suppress(Exception):
+                    await self._ws.close(_WS_CLOSE_CODES.get(code, 1002), code.name)
             self._finished.set()
 
     async def open_channel(

@@ -183,13 +183,7 @@ def test_blackhole_is_detected_by_both_ends_and_the_tunnel_comes_back(rig: Rig) 
         f"blackhole: agent detected in {agent_detect:.1f}s, session ended in {session_end:.1f}s,"
         f" hub offline in {hub_offline}, back {back:.1f}s after the link"
     )
-    if hub_offline is None:
-        pytest.xfail(
-            "product bug (hub/server.py serve_tunnel + remoteler/wire/aio.py Tunnel.run): "
-            "after HEARTBEAT_TIMEOUT the tunnel waits for a websocket closing handshake "
-            "(websockets close_timeout, 10 s) on the dead link before run() returns, so the "
-            f"node stays in the live registry (tsh ls: online) for ~{DEAD:g} s + 10 s"
-        )
+    assert hub_offline is not None, "the hub kept the dead node in its live registry"
 
 
 def test_reset_connections_reconnect(rig: Rig) -> None:

@@ -300,3 +300,28 @@ async def test_partial_reads_across_chunks() -> None:
             got += await channel.read(sizes[i % len(sizes)])
             i += 1
         assert got == data
+
+
+async def test_dead_link_ends_run_without_waiting_for_a_closing_handshake() -> None:
+    """A peer that went silent (a NAT forgot us) cannot answer a websocket close:
+    after HEARTBEAT_TIMEOUT, run() must return at once, not after close_timeout."""
+    silent = asyncio.Event()
+    peers: list[ServerConnection] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        peers.append(ws)
+        ws.transport.pause_reading()  # reads nothing more, answers nothing
+        await silent.wait()
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}", compression=None, close_timeout=10) as ws:
+            limits = Limits(heartbeat_interval=0.1, allowed_misses=2, send_heartbeats=True)
+            tunnel = Tunnel(ws, Connection(Role.DIALER, limits))
+            start = asyncio.get_running_loop().time()
+            await asyncio.wait_for(tunnel.run(), 8)
+            assert tunnel.close_code is ErrorCode.HEARTBEAT_TIMEOUT
+            assert asyncio.get_running_loop().time() - start < 5  # not 0.2 s + 10 s
+        for peer in peers:
+            peer.transport.abort()  # the silent side cannot close politely either
+        silent.set()
