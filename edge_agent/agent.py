@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from edge_agent.audit import AgentAudit
 from edge_agent.forwarder import run_forwarder
 from edge_agent.identity import NodeIdentity
+from edge_agent.locks import LockStore, serve_locks_channel
 from edge_agent.outbox import Outbox
 from remoteler.audit.events import EventType
-from remoteler.errors import RemotelerError
+from remoteler.errors import RemotelerError, TrustError
 from remoteler.hubconn import open_ws
 from remoteler.tlsutil import TUNNEL_ALPN, client_context
 from remoteler.wire.aio import ChannelRequest, Tunnel
@@ -67,8 +68,11 @@ class EdgeAgent:
         limits: Limits | None = None,
         backoff: Backoff | None = None,
         outbox: Outbox | None = None,
+        locks: LockStore | None = None,
     ) -> None:
         self.ident = ident
+        #: the hub's locks, as last pushed (kept in the data dir by the caller's store)
+        self.locks = locks or LockStore(nodes=(ident.node_id, ident.name))
         self.outbox = outbox
         self.audit = AgentAudit(outbox, ident.node_id)
         self.labels = dict(labels)  # the hub adds the join token's labels, which win
@@ -129,16 +133,21 @@ class EdgeAgent:
     async def run_once(self) -> None:
         ident = self.ident
         ctx = client_context(ident.host_ca_pem, ident.tls_cert, ident.key_pem, [TUNNEL_ALPN])
-        ws = await open_ws(
-            ident.hub,
-            # The hub watches for silence with our heartbeat settings, not its own.
-            f"/v1/tunnel?heartbeat={self.limits.heartbeat_interval:g}"
-            f"&misses={self.limits.allowed_misses}",
-            ctx,
-            subprotocol=TUNNEL_SUBPROTOCOL,
-            max_size=self.limits.max_frame_bytes + 1024,
-            timeout=self.dial_timeout(),
-        )
+        try:
+            ws = await open_ws(
+                ident.hub,
+                # The hub watches for silence with our heartbeat settings, not its own.
+                f"/v1/tunnel?heartbeat={self.limits.heartbeat_interval:g}"
+                f"&misses={self.limits.allowed_misses}",
+                ctx,
+                subprotocol=TUNNEL_SUBPROTOCOL,
+                max_size=self.limits.max_frame_bytes + 1024,
+                timeout=self.dial_timeout(),
+            )
+        except TrustError as err:  # was the hub's CA rotated while we were away?
+            from edge_agent.rotate import explain_dial_failure
+
+            raise await explain_dial_failure(ident, err) from None
         core = Connection(Role.DIALER, self.limits, now=time.monotonic())
         tunnel = Tunnel(ws, core, on_channel=self.on_channel)
         tunnel.set_heartbeat_payload(self.heartbeat_payload())
@@ -170,6 +179,14 @@ class EdgeAgent:
             )
 
     async def on_channel(self, request: ChannelRequest) -> None:
+        if request.kind == "rotate":  # new certificates and CAs from a CA rotation
+            from edge_agent.rotate import serve_rotate_channel
+
+            await serve_rotate_channel(request.accept(), self.ident)
+            return
+        if request.kind == "locks":  # the hub's lock set, whenever it changes
+            await serve_locks_channel(request.accept(), self.locks)
+            return
         if request.kind != "ssh":
             request.reject(OpenFailure.UNKNOWN_KIND, "unknown channel kind")
             return
@@ -178,4 +195,4 @@ class EdgeAgent:
         from edge_agent.sshd import serve_ssh_channel
 
         channel = request.accept()
-        await serve_ssh_channel(channel, self.ident, lambda: self.labels, self.audit)
+        await serve_ssh_channel(channel, self.ident, lambda: self.labels, self.audit, self.locks)

@@ -55,6 +55,7 @@ async def run(args: argparse.Namespace) -> None:
     from edge_agent.identity import NodeIdentity
     from edge_agent.join import join
     from edge_agent.local import start_local_listener
+    from edge_agent.locks import LockStore
     from edge_agent.outbox import Outbox
     from remoteler.addr import parse_hostport, parse_labels, parse_size
     from remoteler.wire.limits import Limits
@@ -63,6 +64,14 @@ async def run(args: argparse.Namespace) -> None:
     labels = parse_labels(args.labels)
     quota = parse_size(args.audit_quota)
     local_addr = parse_hostport(args.local_listen) if args.local_listen else None
+    if NodeIdentity.exists(data_dir) and args.token and args.hub and args.ca_pin:
+        from edge_agent.rotate import needs_rejoin
+
+        old = NodeIdentity.load(data_dir)
+        if await needs_rejoin(old, args.hub, args.ca_pin):  # CA rotated while we were away
+            log.warning("the hub's CA changed; joining again", extra={"node_id": old.node_id})
+            ident = await join(args.hub, args.token, args.ca_pin, args.name, labels, VERSION)
+            ident.save(data_dir)
     if NodeIdentity.exists(data_dir):
         ident = NodeIdentity.load(data_dir)
         if args.token:
@@ -95,11 +104,14 @@ async def run(args: argparse.Namespace) -> None:
     outbox = await Outbox.open(
         data_dir / "audit.db", quota_bytes=quota, policy=args.audit_policy, node=ident.node_id
     )
-    agent = EdgeAgent(ident, labels, limits=limits, backoff=backoff, outbox=outbox)
+    locks = LockStore.load(data_dir / "locks.json", (ident.node_id, ident.name))
+    agent = EdgeAgent(ident, labels, limits=limits, backoff=backoff, outbox=outbox, locks=locks)
     local = None
     if local_addr is not None:
         lhost, lport = local_addr
-        local = await start_local_listener(lhost, lport, ident, lambda: agent.labels, agent.audit)
+        local = await start_local_listener(
+            lhost, lport, ident, lambda: agent.labels, agent.audit, locks
+        )
     loop = asyncio.get_running_loop()
     main_task = asyncio.ensure_future(agent.run_forever())
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,13 +8,20 @@ Layout::
     DIR/identity/host_ca.crt     the hub's CA (pinned at join)
     DIR/identity/user_ca.pub     the user CA that signs the certificates we accept
     DIR/identity/node.json       node id, name, hub address, labels from the token
+    DIR/identity/rotation.json   certificates and trusted CAs pushed by a CA rotation
+
+``host_ca.crt`` and ``user_ca.pub`` may hold several CAs (one PEM or line
+each): during a CA rotation both the old and the new one are trusted.
+A rotation update replaces certificates and CAs in one atomic write of
+``rotation.json``, which :meth:`NodeIdentity.load` lays over the other files
+(which are then rewritten for tools that read them).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,8 @@ from remoteler.ca import (
 )
 from remoteler.errors import ConfigError
 
+ROTATION_FILE = "rotation.json"
+
 
 @dataclass
 class NodeIdentity:
@@ -42,6 +51,10 @@ class NodeIdentity:
     host_ca_pem: bytes
     user_ca_ssh: str
     cluster: str
+    #: the CA rotation revision these certificates and CAs belong to ("" at join)
+    ca_revision: str = ""
+    #: where it was loaded from or saved to (a rotation update saves there)
+    data_dir: Path | None = field(default=None, compare=False, repr=False)
 
     @property
     def key_pem(self) -> bytes:
@@ -56,10 +69,13 @@ class NodeIdentity:
         return (cls.directory(data_dir) / "node.json").exists()
 
     def save(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
         d = self.directory(data_dir)
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(data_dir, 0o700)
         os.chmod(d, 0o700)
+        # A new identity (a join) replaces whatever a rotation had pushed before.
+        (d / ROTATION_FILE).unlink(missing_ok=True)
         write_secret_file(d / "node.key", private_key_to_openssh(self.key))
         write_secret_file(d / "node-cert.pub", self.ssh_cert.encode())
         write_secret_file(d / "node.crt", self.tls_cert)
@@ -70,6 +86,7 @@ class NodeIdentity:
             "name": self.name,
             "hub": self.hub,
             "cluster": self.cluster,
+            "ca_revision": self.ca_revision,
         }
         # node.json is written last: its presence means the identity is complete.
         write_secret_file(d / "node.json", json.dumps(meta, indent=2).encode())
@@ -91,7 +108,9 @@ class NodeIdentity:
                 tls_cert=(d / "node.crt").read_bytes(),
                 host_ca_pem=(d / "host_ca.crt").read_bytes(),
                 user_ca_ssh=(d / "user_ca.pub").read_text().strip(),
-            )
+                ca_revision=str(meta.get("ca_revision", "")),
+                data_dir=data_dir,
+            )._with_rotation(d)
         except CAError as exc:
             raise ConfigError(f"node identity in {d} is unusable: {exc}") from None
         except (OSError, KeyError, ValueError) as exc:
@@ -99,3 +118,35 @@ class NodeIdentity:
                 f"node identity in {d} is damaged ({exc}); "
                 f"remove {d} and join again with a new token"
             ) from None
+
+    # -- CA rotation ------------------------------------------------------------
+
+    def rotation_fields(self) -> dict[str, str]:
+        return {
+            "ca_revision": self.ca_revision,
+            "ssh_cert": self.ssh_cert,
+            "tls_cert": self.tls_cert.decode(),
+            "host_ca_pem": self.host_ca_pem.decode(),
+            "user_ca_ssh": self.user_ca_ssh,
+        }
+
+    def save_rotation(self, data_dir: Path) -> None:
+        """Persist what a rotation pushed, atomically (one 0600 file), then the plain files."""
+        d = self.directory(data_dir)
+        write_secret_file(d / ROTATION_FILE, json.dumps(self.rotation_fields()).encode())
+        write_secret_file(d / "node-cert.pub", self.ssh_cert.encode())
+        write_secret_file(d / "node.crt", self.tls_cert)
+        write_secret_file(d / "host_ca.crt", self.host_ca_pem)
+        write_secret_file(d / "user_ca.pub", self.user_ca_ssh.encode())
+
+    def _with_rotation(self, d: Path) -> NodeIdentity:
+        path = d / ROTATION_FILE
+        if not path.exists():
+            return self
+        data = json.loads(path.read_text())
+        self.ca_revision = str(data["ca_revision"])
+        self.ssh_cert = str(data["ssh_cert"])
+        self.tls_cert = str(data["tls_cert"]).encode()
+        self.host_ca_pem = str(data["host_ca_pem"]).encode()
+        self.user_ca_ssh = str(data["user_ca_ssh"])
+        return self

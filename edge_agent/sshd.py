@@ -14,10 +14,11 @@ import asyncssh
 from edge_agent.authz import PERMISSIONS_INFO, decide_user_cert
 from edge_agent.identity import NodeIdentity
 from edge_agent.locks import LockStore
+from edge_agent.rotate import user_ca_for
 from edge_agent.session import CommandSession
 from remoteler.access import AccessDecision
 from remoteler.audit.events import EventType
-from remoteler.ca import CAError, parse_certificate, private_key_to_openssh, public_key_from_openssh
+from remoteler.ca import CAError, parse_certificate, private_key_to_openssh
 from remoteler.sshio import (
     CIPHERS,
     SSH_MAX_PACKET,
@@ -182,9 +183,8 @@ async def serve_ssh(
     }
     user_cas = ident.user_ca_ssh  # a CA rotation replaces it; this connection keeps these
 
-    user_ca = public_key_from_openssh(ident.user_ca_ssh)
-
     def check(cert_blob: bytes, login: str) -> AccessDecision:
+        user_ca = user_ca_for(cert_blob, user_cas)
         decision = decide_user_cert(cert_blob, login, user_ca, labels(), ident.name, time.time())
         if decision.reason is None and locks is not None:
             lock = locks.find(_key_id(cert_blob), login)

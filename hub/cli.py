@@ -26,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (port 0 picks one)")
     start.add_argument("--cluster-name", default="remoteler", help="name used on first start")
     start.add_argument(
+        "--ca-passphrase-file",
+        metavar="FILE",
+        help="encrypt the CA keys at rest with the passphrase in FILE (0600); "
+        "env REMOTELER_CA_PASSPHRASE_FILE or REMOTELER_CA_PASSPHRASE",
+    )
+    start.add_argument(
         "--public-addr", action="append", default=[], help="extra name in the TLS certificate"
     )
     start.add_argument(
@@ -53,9 +59,9 @@ async def run(args: argparse.Namespace) -> None:
     from hub.auth import AuthService
     from hub.backend import SQLiteBackend
     from hub.datadir import DataDir
+    from hub.rotation_runtime import HubRotation
     from hub.server import HubServer
     from hub.sslbuffer import share_ssl_read_buffer
-    from remoteler.tlsutil import server_context
 
     # asyncio gives every TLS connection its own 256 KiB read buffer: 2.5 GiB for
     # 10,000 idle agents. All connections share one (hub/sslbuffer.py); if this
@@ -66,17 +72,21 @@ async def run(args: argparse.Namespace) -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one descriptor per agent
     host, port = parse_hostport(args.listen)
-    data = DataDir(Path(args.data_dir))
+    from hub.secrets import read_passphrase
+
+    data = DataDir(Path(args.data_dir), passphrase=read_passphrase(args.ca_passphrase_file))
     cluster = data.init(args.cluster_name)
-    user_ca, host_ca = data.load_ca("user"), data.load_ca("host")
-    cert, key = data.issue_server_identity(host_ca, [host, *args.public_addr])
-    ssl_ctx = server_context(cert, key, [user_ca.x509_pem, host_ca.x509_pem])
+    # The CAs of the current rotation phase (hub/rotation_runtime.py), followed live.
+    rotation = HubRotation(data, [host, *args.public_addr])
+    user_ca, host_ca = rotation.cas.user.signer, rotation.cas.host.signer
+    ssl_ctx = rotation.tls_context()
     backend = await SQLiteBackend.open(data.db_path)
     await backend.mark_all_offline()
     audit = await AuditStore.open(audit_db_path(data.path))
     server = HubServer(
         AuthService(backend, user_ca, host_ca, cluster, audit=audit), backend, audit=audit
     )
+    rotation.attach(server)
     bound_host, bound_port = await server.start(host, port, ssl_ctx)
     addr = format_hostport(bound_host, bound_port)
     data.addr_file.write_text(addr + "\n")
@@ -85,7 +95,7 @@ async def run(args: argparse.Namespace) -> None:
         extra={
             "addr": addr,
             "cluster": cluster,
-            "ca_pin": host_ca.pin(),
+            "ca_pin": rotation.cas.host.server.pin(),
             "data_dir": str(data.path),
         },
     )
@@ -94,6 +104,7 @@ async def run(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     flusher = asyncio.ensure_future(server.registry.run_flusher())
+    follower = asyncio.ensure_future(rotation.run())
     try:
         await stop.wait()
         spread = args.drain_spread
@@ -102,9 +113,10 @@ async def run(args: argparse.Namespace) -> None:
         log.info("hub stopping")
         await server.drain(args.shutdown_grace, spread)
     finally:
-        flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flusher
+        for task in (flusher, follower):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await server.close()
         with contextlib.suppress(Exception):
             await server.registry.flush()

@@ -15,8 +15,9 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection
@@ -29,6 +30,7 @@ from hub.auth import AuthService, Issued, check_name
 from hub.backend import Backend, Node
 from hub.identity import Identity, peer_identity
 from hub.listener import Listener, ListenerLimits
+from hub.locks import LOCKED_CLOSE_CODE, LockWatcher
 from hub.tunnels import LiveNode, TunnelRegistry
 from remoteler import rpc
 from remoteler.access import check_access, node_visible
@@ -41,11 +43,15 @@ from remoteler.errors import (
     UsageError,
 )
 from remoteler.hubconn import ERROR_HEADER
+from remoteler.locks import find_lock
 from remoteler.wire.aio import ChannelRequest, Tunnel
 from remoteler.wire.codes import ErrorCode, OpenFailure
 from remoteler.wire.connection import Connection, Role
 from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
 from remoteler.wire.limits import Limits
+
+if TYPE_CHECKING:
+    from hub.rotation_runtime import HubRotation
 
 log = logging.getLogger("remoteler.hub.proxy")
 
@@ -62,6 +68,8 @@ RPC_IDLE_TIMEOUT = 30.0
 RPC_MAX_REQUESTS = 100
 
 Handler = Callable[[Identity | None, dict[str, Any]], Awaitable[Any]]
+#: The source address of the RPC connection being served (login protection).
+_RPC_PEER: ContextVar[str] = ContextVar("rpc_peer", default="")
 
 
 def _refuse(connection: ServerConnection, status: HTTPStatus, err: RemotelerError) -> Response:
@@ -86,6 +94,10 @@ class HubServer:
         self.audit = audit
         self.limits = limits or Limits()
         self.registry = TunnelRegistry(backend)
+        #: CA rotation follower (hub/rotation_runtime.py); set by its ``attach``
+        self.rotation: HubRotation | None = None
+        self.locks = LockWatcher(backend, self.registry)
+        self._lock_task: asyncio.Future[None] | None = None
         self.server: Server | None = None
         self.methods: dict[str, Handler] = {
             "ping": self.rpc_ping,
@@ -110,6 +122,8 @@ class HubServer:
         # Compression stays off (SSH bytes are encrypted: deflate only burns CPU and
         # memory) and websocket pings too: the tunnel has its own heartbeats.
         self.server = await self.listener.start(host, port, backlog=4096)
+        await self.locks.refresh()
+        self._lock_task = asyncio.ensure_future(self.locks.run())
         sock = next(iter(self.server.sockets))
         addr = sock.getsockname()
         return addr[0], addr[1]
@@ -149,6 +163,11 @@ class HubServer:
         await asyncio.gather(*(send_away(node) for node in live))
 
     async def close(self) -> None:
+        if self._lock_task is not None:
+            self._lock_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lock_task
+            await self.locks.close()
         if self.server is not None:
             self.server.close(close_connections=True)
             await self.server.wait_closed()
@@ -203,6 +222,20 @@ class HubServer:
         node = await self.backend.get_node(node_key)
         if node is None:
             raise NodeError(f"unknown node {node_key!r}; list nodes with 'tsh ls'")
+        # Read the table, not the watcher's copy: a lock made a moment ago applies.
+        lock = find_lock(
+            await self.backend.list_locks(time.time()),
+            user=user.name,
+            login=login,
+            nodes=(node.id, node.name),
+            now=time.time(),
+        )
+        if lock is not None:
+            log.warning(
+                "connect denied: locked",
+                extra={"user": user.name, "login": login, "node_id": node.id, "lock_id": lock.id},
+            )
+            raise AccessDenied(lock.refusal())
         live = self.registry.get(node.id)
         labels = self.registry.labels_of(node)
         rules, _ = await self.auth.rules_for(user)
@@ -302,6 +335,11 @@ class HubServer:
             return
         log.info("session relay start", extra=fields)
         live.session_started()
+
+        async def end_locked(reason: str) -> None:
+            await ws.close(LOCKED_CLOSE_CODE, reason[:120])
+
+        untrack = self.locks.track_relay(user, login, (node.id, node.name), end_locked)
         sent = received = 0
 
         async def user_to_node() -> None:
@@ -335,10 +373,12 @@ class HubServer:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             channel.close()
+            untrack()
             live.session_ended()
             log.info("session relay end", extra={**fields, "bytes_in": sent, "bytes_out": received})
 
     async def serve_rpc(self, ws: ServerConnection, ident: Identity | None) -> None:
+        _RPC_PEER.set(_peer_host(ws))
         for _ in range(RPC_MAX_REQUESTS):
             try:
                 async with asyncio.timeout(RPC_IDLE_TIMEOUT):
@@ -379,6 +419,7 @@ class HubServer:
             "user_ca_pem": self.auth.user_ca.x509_pem.decode(),
             "host_ca_ssh": self.auth.host_ca.ssh_public_line(),
             "user_ca_ssh": self.auth.user_ca.ssh_public_line(),
+            **(self.rotation.ping_info() if self.rotation is not None else {}),
         }
 
     async def rpc_login(self, ident: Identity | None, params: dict[str, Any]) -> Any:
@@ -389,11 +430,14 @@ class HubServer:
             _str(params, "otp"),
             _str(params, "public_key"),
             int(ttl) if isinstance(ttl, int) and ttl > 0 else None,
+            remote_addr=_RPC_PEER.get(),
         )
         return _issued(issued)
 
     async def rpc_invite_info(self, ident: Identity | None, params: dict[str, Any]) -> Any:
-        return await self.auth.invite_info(_str(params, "user"), _str(params, "invite"))
+        return await self.auth.invite_info(
+            _str(params, "user"), _str(params, "invite"), remote_addr=_RPC_PEER.get()
+        )
 
     async def rpc_invite_accept(self, ident: Identity | None, params: dict[str, Any]) -> Any:
         ttl = params.get("ttl")
@@ -404,6 +448,7 @@ class HubServer:
             _str(params, "otp"),
             _str(params, "public_key"),
             int(ttl) if isinstance(ttl, int) and ttl > 0 else None,
+            remote_addr=_RPC_PEER.get(),
         )
         return _issued(issued)
 
@@ -411,13 +456,16 @@ class HubServer:
         labels = params.get("labels") or {}
         if not isinstance(labels, dict):
             raise UsageError("labels must be a map")
-        return await self.auth.join(
+        result = await self.auth.join(
             _str(params, "token"),
             check_name("node", _str(params, "name")),
             parse_labels(",".join(f"{k}={v}" for k, v in labels.items())),
             _str(params, "public_key"),
             str(params.get("version", ""))[:64],
         )
+        if self.rotation is not None:  # every trusted CA, certificates from the phase's CAs
+            result = self.rotation.decorate_join(result, _str(params, "public_key"))
+        return result
 
     async def rpc_nodes_list(self, ident: Identity | None, params: dict[str, Any]) -> Any:
         if ident is None or ident.kind != "user":

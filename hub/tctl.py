@@ -16,12 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hub import tctl_locks, tctl_rotate
 from remoteler.addr import format_labels, parse_labels
 from remoteler.audit.events import AuditEvent
 from remoteler.errors import RemotelerError, UsageError
 from remoteler.textfmt import fmt_time, table
 
 DEFAULT_DATA_DIR = "/var/lib/remoteler-hub"
+LOCK_HANDLERS: dict[str, tctl_locks.Handler] = {}
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -53,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     fmt(ua)
     fmt(users.add_parser("ls", help="list users"))
     users.add_parser("rm", help="remove a user").add_argument("name")
+    tctl_locks.register_user_unlock(users)
 
     tokens = sub.add_parser("tokens", help="manage join tokens").add_subparsers(
         dest="cmd", required=True
@@ -76,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("-o", "--out", required=True, help="identity file path")
     export = authp.add_parser("export", help="print a CA for OpenSSH")
     export.add_argument("--type", choices=["user", "host"], required=True, dest="kind")
+    tctl_rotate.add_rotate_parser(authp)
 
     create = sub.add_parser("create", help="create or update a resource from a TOML file")
     create.add_argument("-f", "--file", required=True)
@@ -85,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("rm", help="remove a resource, e.g. role/NAME").add_argument("ref")
 
     fmt(sub.add_parser("status", help="hub address and CA pins"))
+    LOCK_HANDLERS.update(tctl_locks.register(sub))
 
     audit = sub.add_parser("audit", help="search the audit trail").add_subparsers(
         dest="cmd", required=True
@@ -124,7 +129,8 @@ async def _auth(args: argparse.Namespace) -> Any:
 
     data = DataDir(Path(args.data_dir))
     backend = await _backend(args)
-    return AuthService(backend, data.load_ca("user"), data.load_ca("host"), data.cluster_name())
+    cas = tctl_rotate.load_cas(args.data_dir)  # sign with the CAs of the rotation phase
+    return AuthService(backend, cas.user.signer, cas.host.signer, data.cluster_name())
 
 
 def _hub_addr(args: argparse.Namespace) -> str:
@@ -174,6 +180,8 @@ async def cmd_users(args: argparse.Namespace) -> None:
             if not await auth.backend.delete_user(args.name):
                 raise UsageError(f"no user {args.name!r}; see 'tctl users ls'")
             print(f"User {args.name!r} removed.")
+        elif args.cmd == "unlock":
+            await tctl_locks.cmd_users_unlock(args, auth.backend)
     finally:
         await auth.backend.close()
 
@@ -186,7 +194,7 @@ async def cmd_tokens(args: argparse.Namespace) -> None:
         if args.cmd == "add":
             ttl = parse_ttl(args.ttl)
             token, rec = await auth.add_token(args.kind, ttl, parse_labels(args.labels))
-            pin = auth.host_ca.pin()
+            pin = tctl_rotate.load_cas(args.data_dir).host.server.pin()  # what the hub serves
             hub = _hub_addr(args)
             data = {
                 "token": token,
@@ -292,8 +300,12 @@ async def cmd_auth(args: argparse.Namespace) -> None:
     from remoteler.addr import parse_ttl
 
     if args.cmd == "export":
-        ca = DataDir(Path(args.data_dir)).load_ca(args.kind)
-        print(ca.known_hosts_line() if args.kind == "host" else ca.trusted_user_ca_line())
+        DataDir(Path(args.data_dir)).cluster_name()
+        for ca in tctl_rotate.load_cas(args.data_dir).of(args.kind).trusted:  # 2 while rotating
+            print(ca.known_hosts_line() if args.kind == "host" else ca.trusted_user_ca_line())
+        return
+    if args.cmd == "rotate":
+        _emit(args, *await tctl_rotate.cmd_rotate(args))
         return
     from hub.audit_store import AuditStore, audit_db_path
 
@@ -311,7 +323,11 @@ async def cmd_auth(args: argparse.Namespace) -> None:
             user, public_key_to_openssh(key.public_key()), parse_ttl(args.ttl)
         )
         files = write_identity_file(
-            Path(args.out), key, issued.ssh_cert, issued.tls_cert.encode(), auth.host_ca.x509_pem
+            Path(args.out),
+            key,
+            issued.ssh_cert,
+            issued.tls_cert.encode(),
+            b"".join(tctl_rotate.load_cas(args.data_dir).host.trusted_pems()),
         )
         print(f"Identity for {user.name!r} valid until {fmt_time(issued.expires)} written to:")
         for f in files:
@@ -327,7 +343,6 @@ async def cmd_status(args: argparse.Namespace) -> None:
 
     data = DataDir(Path(args.data_dir))
     cluster = data.cluster_name()
-    user_ca, host_ca = data.load_ca("user"), data.load_ca("host")
     backend = await _backend(args)
     try:
         nodes = await backend.list_nodes()
@@ -336,10 +351,10 @@ async def cmd_status(args: argparse.Namespace) -> None:
     info = {
         "cluster": cluster,
         "hub": _hub_addr(args),
-        "ca_pin": host_ca.pin(),
-        "user_ca_pin": user_ca.pin(),
         "nodes": len(nodes),
         "nodes_online": sum(1 for n in nodes if n.online),
+        # ca_pin, user_ca_pin, rotation, nodes_updated
+        **tctl_rotate.status_info(args.data_dir, [n.id for n in nodes]),
     }
     text = "\n".join(
         [
@@ -347,6 +362,7 @@ async def cmd_status(args: argparse.Namespace) -> None:
             f"Hub:      {info['hub']}",
             f"CA pin:   {info['ca_pin']}",
             f"Nodes:    {info['nodes']} ({info['nodes_online']} online)",
+            *tctl_rotate.status_lines(info),
         ]
     )
     _emit(args, info, text)
@@ -567,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         "get": cmd_get,
         "rm": cmd_rm,
         "audit": cmd_audit,
+        **LOCK_HANDLERS,
     }[args.group]
     try:
         asyncio.run(handler(args))

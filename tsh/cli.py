@@ -18,6 +18,7 @@ from typing import Any
 from remoteler.errors import (
     AuthError,
     ConfigError,
+    HubUnreachable,
     NodeError,
     RemotelerError,
     TrustError,
@@ -175,6 +176,10 @@ async def cmd_login(args: argparse.Namespace) -> int:
         password = _read_secret(f"Password for {args.user}: ")
         otp = args.otp or _read_secret("One-time code: ")
         result = await rpc_call(hub, ctx, "login", password=password, otp=otp, ttl=ttl, **params)
+    if len(info.get("host_ca_pems") or []) > 1:
+        # A host CA rotation is under way: trust both CAs, as told over a verified connection.
+        verified = await rpc_call(hub, ctx, "ping")
+        ca_pem = "".join(verified.get("host_ca_pems") or [info["host_ca_pem"]]).encode()
     new = Profile(hub=hub, user=args.user, cluster=str(info.get("cluster", "")), ca_pin=pin)
     write_identity_file(new.key_path, key, result["ssh_cert"], result["tls_cert"].encode(), ca_pem)
     new.save()
@@ -313,6 +318,18 @@ async def cmd_logout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rotated(args: argparse.Namespace) -> RemotelerError | None:
+    """An AuthError saying to log in again if a CA rotation made our certificates useless."""
+    from tsh.profile import rotation_notice
+
+    try:
+        hub, ident = _identity(args)
+        notice = asyncio.run(rotation_notice(hub, ident.host_ca_pem, ident.tls_cert))
+    except Exception:  # the original error says more than a failed diagnosis
+        return None
+    return AuthError(notice) if notice else None
+
+
 COMMANDS = {
     "login": cmd_login,
     "ls": cmd_ls,
@@ -328,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(COMMANDS[args.command](args))
     except RemotelerError as err:
+        if args.command in ("ls", "ssh", "play") and isinstance(err, (TrustError, HubUnreachable)):
+            err = _rotated(args) or err
         print(f"tsh: {err}", file=sys.stderr)
         return 255 if args.command == "ssh" else err.exit_code
     except KeyboardInterrupt:

@@ -6,7 +6,8 @@ Layout::
     ~/.tsh/keys/<hub>/<user>           OpenSSH private key (0600)
     ~/.tsh/keys/<hub>/<user>-cert.pub  SSH user certificate
     ~/.tsh/keys/<hub>/<user>-tls.crt   x509 client certificate for the hub
-    ~/.tsh/keys/<hub>/<user>-ca.crt    the hub's CA, pinned at first login
+    ~/.tsh/keys/<hub>/<user>-ca.crt    the hub's CA, pinned at first login (two while
+                                       the hub's host CA is being rotated)
 """
 
 from __future__ import annotations
@@ -77,3 +78,35 @@ def remember_pin(hub: str, pin: str) -> None:
     data[hub] = pin
     path.parent.mkdir(parents=True, exist_ok=True)
     write_secret_file(path, json.dumps(data, indent=2).encode())
+
+
+ROTATED = "the hub's {kind} CA was rotated since you logged in: run 'tsh login' again"
+
+
+async def rotation_notice(hub: str, host_ca_pem: bytes, tls_cert: bytes) -> str | None:
+    """Why our certificates no longer work with ``hub`` if a CA rotation explains it.
+
+    Asks the hub's ``ping`` (unverified: it only chooses which advice to print).
+    """
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from remoteler.ca import pin_of_cert_pem, split_pem_bundle
+    from remoteler.hubconn import fetch_cluster_info
+
+    info = await fetch_cluster_info(hub)
+    ours = {pin_of_cert_pem(p) for p in split_pem_bundle(host_ca_pem)}
+    if pin_of_cert_pem(str(info["host_ca_pem"]).encode()) not in ours:
+        return ROTATED.format(kind="host")
+    cert = x509.load_pem_x509_certificate(tls_cert)
+    for pem in info.get("user_ca_pems") or [info.get("user_ca_pem", "")]:
+        pub = x509.load_pem_x509_certificate(str(pem).encode()).public_key()
+        if not isinstance(pub, Ed25519PublicKey):
+            continue
+        try:
+            pub.verify(cert.signature, cert.tbs_certificate_bytes)
+        except InvalidSignature:
+            continue
+        return None
+    return ROTATED.format(kind="user")

@@ -13,7 +13,7 @@ import tty
 from typing import Any
 from urllib.parse import quote
 
-from remoteler.ca import public_key_to_openssh
+from remoteler.ca import public_key_to_openssh, split_pem_bundle
 from remoteler.ca.x509 import load_certificate
 from remoteler.errors import AccessDenied, HubUnreachable, NodeError, TrustError
 from remoteler.hubconn import open_ws
@@ -25,9 +25,15 @@ CONNECT_SUBPROTOCOL = "remoteler.connect.v1"
 
 
 def host_ca_known_hosts(ident: UserIdentity) -> str:
-    """The host CA (same Ed25519 key as the hub's x509 CA) as an OpenSSH known_hosts line."""
-    pub = load_certificate(ident.host_ca_pem).public_key()
-    return f"@cert-authority * {public_key_to_openssh(pub)}"  # type: ignore[arg-type]
+    """The host CAs (same Ed25519 keys as the hub's x509 CAs) as OpenSSH known_hosts lines.
+
+    ``host_ca_pem`` holds two CAs while the host CA is being rotated: trust both.
+    """
+    lines = []
+    for pem in split_pem_bundle(ident.host_ca_pem):
+        pub = load_certificate(pem).public_key()
+        lines.append(f"@cert-authority * {public_key_to_openssh(pub)}")  # type: ignore[arg-type]
+    return "\n".join(lines)
 
 
 async def open_ssh(

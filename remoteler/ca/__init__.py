@@ -35,6 +35,7 @@ from .x509 import (
     issue_cert,
     load_certificate,
     make_root,
+    split_pem_bundle,
 )
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "public_key_from_openssh",
     "public_key_to_openssh",
     "spki_pin",
+    "split_pem_bundle",
     "write_file_atomic",
     "write_secret_file",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "issue_cert",
     "load_certificate",
     "make_root",
+    "split_pem_bundle",
 ]
 
 #: How far certificates are backdated so that slightly slow clocks accept them.
@@ -172,6 +173,18 @@ def load_certificate(pem_or_der: bytes) -> x509.Certificate:
         return x509.load_der_x509_certificate(pem_or_der)
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise CAError(f"cannot read x509 certificate ({exc})") from None
+
+
+def split_pem_bundle(bundle: bytes) -> list[bytes]:
+    """The PEM certificates of a bundle (several CA roots trusted at once, as during
+    a CA rotation), each ending in a newline; a single PEM gives a one-item list."""
+    marker = b"-----END CERTIFICATE-----"
+    out = []
+    for part in bundle.split(marker):
+        start = part.find(b"-----BEGIN CERTIFICATE-----")
+        if start >= 0:
+            out.append(part[start:] + marker + b"\n")
+    return out
 
 
 def cert_common_name(pem_or_der: bytes) -> str:
