@@ -354,7 +354,7 @@ async def cmd_status(args: argparse.Namespace) -> None:
         "nodes": len(nodes),
         "nodes_online": sum(1 for n in nodes if n.online),
         # ca_pin, user_ca_pin, rotation, nodes_updated
-        **tctl_rotate.status_info(args.data_dir, [n.id for n in nodes]),
+        **await tctl_rotate.status_info(args.data_dir, [n.id for n in nodes]),
     }
     text = "\n".join(
         [

@@ -43,29 +43,56 @@ def _data(args: argparse.Namespace) -> Any:
     return data
 
 
-def load_cas(data_dir: str, advance: bool = False) -> CASet:
-    """The CAs as the hub uses them in the current phase (``advance``: apply due auto steps)."""
+def load_cas(data_dir: str) -> CASet:
+    """The CAs as the hub uses them in the current phase."""
     from hub.datadir import DataDir
     from hub.rotation_store import RotationStore
 
-    store = RotationStore(DataDir(Path(data_dir)))
-    if advance:
-        store.advance_due(time.time())
-    return store.load()
+    return RotationStore(DataDir(Path(data_dir))).load()
+
+
+async def advance(data: Any) -> None:
+    """Make (and audit) auto-mode steps that fell due, e.g. while no hub was running."""
+    from hub.rotation_store import RotationStore
+
+    now = time.time()
+    changes = RotationStore(data).advance_due(now)
+    if changes:
+        await _record(data, now, list(changes))
+
+
+async def _record(data: Any, now: float, changes: list[tuple[str, Any]]) -> None:
+    from hub.audit_store import AuditStore, audit_db_path
+    from remoteler.audit.events import HUB_NODE, EventType, make_event
+
+    audit = await AuditStore.open(audit_db_path(data.path))
+    try:
+        for kind, change in changes:
+            await audit.record(
+                make_event(
+                    EventType.ROTATION_PHASE,
+                    node=HUB_NODE,
+                    now=now,
+                    ca_type=kind,
+                    phase=change.after.value,
+                    previous=change.before.value,
+                    mode=change.state.mode,
+                )
+            )
+    finally:
+        await audit.close()
 
 
 async def cmd_rotate(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """Make the phase change; return the JSON shape and the text to show."""
-    from hub.audit_store import AuditStore, audit_db_path
     from hub.rotation import Phase
     from hub.rotation_store import RotationStore
     from remoteler.addr import parse_ttl
-    from remoteler.audit.events import HUB_NODE, EventType, make_event
 
     data = _data(args)
     store = RotationStore(data)
     now = time.time()
-    store.advance_due(now)  # auto steps that fell due while no hub ran
+    await advance(data)  # auto steps that fell due while no hub ran
     if args.manual:
         if not args.phase:
             raise UsageError(f"--manual needs --phase, one of {', '.join(PHASES)}")
@@ -75,21 +102,7 @@ async def cmd_rotate(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
             raise UsageError("--phase needs --manual (without it the rotation runs by itself)")
         grace = parse_ttl(args.grace_period)
         change = store.change(args.kind, Phase.INIT, now, mode="auto", grace_period=grace)
-    audit = await AuditStore.open(audit_db_path(data.path))
-    try:
-        await audit.record(
-            make_event(
-                EventType.ROTATION_PHASE,
-                node=HUB_NODE,
-                now=now,
-                ca_type=args.kind,
-                phase=change.after.value,
-                previous=change.before.value,
-                mode=change.state.mode,
-            )
-        )
-    finally:
-        await audit.close()
+    await _record(data, now, [(args.kind, change)])
     cas = store.load()
     auth = cas.of(args.kind)
     info = {
@@ -137,13 +150,14 @@ def _describe(kind: str, info: dict[str, Any], grace: float) -> str:
     return "\n".join(lines)
 
 
-def status_info(data_dir: str, node_ids: list[str]) -> dict[str, Any]:
+async def status_info(data_dir: str, node_ids: list[str]) -> dict[str, Any]:
     """Rotation part of ``tctl status``: each CA's phase and how many nodes caught up."""
     from hub.datadir import DataDir
     from hub.rotation_store import RotationStore
 
-    store = RotationStore(DataDir(Path(data_dir)))
-    store.advance_due(time.time())
+    data = DataDir(Path(data_dir))
+    await advance(data)
+    store = RotationStore(data)
     cas = store.load()
     acks = store.read_acks()
     never = not any(cas.of(k).state.serial for k in ("user", "host"))
