@@ -17,6 +17,7 @@ from edge_agent.outbox import Outbox
 from remoteler.audit.events import EventType
 from remoteler.errors import RemotelerError, TrustError
 from remoteler.hubconn import open_ws
+from remoteler.locks import lock_digest
 from remoteler.tlsutil import TUNNEL_ALPN, client_context
 from remoteler.wire.aio import ChannelRequest, Tunnel
 from remoteler.wire.codes import OpenFailure
@@ -138,7 +139,9 @@ class EdgeAgent:
                 ident.hub,
                 # The hub watches for silence with our heartbeat settings, not its own.
                 f"/v1/tunnel?heartbeat={self.limits.heartbeat_interval:g}"
-                f"&misses={self.limits.allowed_misses}",
+                f"&misses={self.limits.allowed_misses}"
+                # The lock set we hold: the hub pushes a new one only if it differs.
+                f"&locks={lock_digest(self.locks.locks)}",
                 ctx,
                 subprotocol=TUNNEL_SUBPROTOCOL,
                 max_size=self.limits.max_frame_bytes + 1024,

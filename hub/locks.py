@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 import time
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 
 from hub.backend import Backend
 from hub.tunnels import TunnelRegistry
-from remoteler.locks import Lock, encode_locks, find_lock
+from remoteler.locks import Lock, encode_locks, find_lock, lock_digest
 from remoteler.wire.aio import Tunnel
 from remoteler.wire.codes import OpenFailure
 from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
@@ -123,7 +122,7 @@ class LockWatcher:
         """Read the locks table; True if the active set changed."""
         now = self.clock()
         locks = await self.backend.list_locks(now)
-        digest = hashlib.sha256(encode_locks(locks)).hexdigest()[:16]
+        digest = lock_digest(locks)
         changed = digest != self.digest
         self.locks, self.digest = locks, digest
         if changed:
@@ -135,6 +134,12 @@ class LockWatcher:
                 if lock is not None:
                     self._end(relay, lock)
         return changed
+
+    def agent_has(self, tunnel: Tunnel, digest: str) -> None:
+        """The agent dialled saying it holds the lock set ``digest``: no push is due
+        unless the hub's set differs."""
+        if len(digest) == 16 and all(c in "0123456789abcdef" for c in digest):
+            self._pushed[tunnel] = (digest, time.monotonic())
 
     def push_due(self) -> None:
         """Start a push to every live agent that lacks the current set."""

@@ -261,7 +261,9 @@ class HubServer:
             if path == "/v1/tunnel" and ident is not None:
                 query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
                 node: Node = ws.remoteler_node  # type: ignore[attr-defined]
-                await self.serve_tunnel(ws, node, self.tunnel_limits(query))
+                await self.serve_tunnel(
+                    ws, node, self.tunnel_limits(query), (query.get("locks") or [""])[0]
+                )
             elif path == "/v1/connect":
                 node, login = ws.remoteler_target  # type: ignore[attr-defined]
                 assert ident is not None
@@ -284,7 +286,9 @@ class HubServer:
             self.limits, heartbeat_interval=interval, allowed_misses=misses, send_heartbeats=False
         )
 
-    async def serve_tunnel(self, ws: ServerConnection, node: Node, limits: Limits) -> None:
+    async def serve_tunnel(
+        self, ws: ServerConnection, node: Node, limits: Limits, locks_digest: str = ""
+    ) -> None:
         node_id = node.id
         core = Connection(Role.LISTENER, limits, now=time.monotonic())
         tunnel = Tunnel(
@@ -294,6 +298,7 @@ class HubServer:
             on_heartbeat=lambda payload: self.registry.heartbeat(node_id, payload),
         )
         self.registry.register(node, tunnel)
+        self.locks.agent_has(tunnel, locks_digest)
         log.info("tunnel up", extra={"node_id": node_id, "peer": _peer(ws)})
         try:
             await tunnel.run()

@@ -7,6 +7,7 @@ copy in its data directory so it refuses locked users while the hub is away.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -96,6 +97,12 @@ def find_lock(
 
 def encode_locks(locks: Iterable[Lock]) -> bytes:
     return json.dumps([lock.to_wire() for lock in locks], sort_keys=True).encode()
+
+
+def lock_digest(locks: Iterable[Lock]) -> str:
+    """A short digest of a lock set: an agent reports it when it dials, and the hub
+    pushes only when it differs (a reconnect storm costs no pushes)."""
+    return hashlib.sha256(encode_locks(locks)).hexdigest()[:16]
 
 
 def decode_locks(data: bytes) -> list[Lock]:

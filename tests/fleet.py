@@ -18,6 +18,7 @@ from edge_agent.agent import TUNNEL_SUBPROTOCOL, Backoff
 from remoteler.ca import CertAuthority, generate_private_key, private_key_to_pkcs8_pem
 from remoteler.errors import RemotelerError
 from remoteler.hubconn import open_ws
+from remoteler.locks import lock_digest
 from remoteler.tlsutil import TUNNEL_ALPN, client_context
 from remoteler.wire.aio import Tunnel
 from remoteler.wire.connection import Connection, Role
@@ -72,7 +73,10 @@ class Fleet:
             self.ca_pem, ident["cert"].encode(), ident["key"].encode(), [TUNNEL_ALPN]
         )
         attempt = 0
-        query = f"?heartbeat={self.limits.heartbeat_interval:g}&misses={self.limits.allowed_misses}"
+        query = (
+            f"?heartbeat={self.limits.heartbeat_interval:g}&misses={self.limits.allowed_misses}"
+            f"&locks={lock_digest([])}"  # as a real agent holding no locks
+        )
         while True:
             started = time.monotonic()
             retry_after = None

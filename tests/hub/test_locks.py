@@ -1,0 +1,96 @@
+"""The hub's lock watcher against real agent tunnels: pushes go only where needed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from conftest import Hub, running_hub
+from websockets.asyncio.client import connect
+
+from hub.server import TUNNEL_SUBPROTOCOL
+from remoteler.locks import Lock, decode_locks, lock_digest
+from remoteler.tlsutil import TUNNEL_ALPN
+from remoteler.wire.aio import ChannelRequest, Tunnel
+from remoteler.wire.connection import Connection, Role
+from remoteler.wire.limits import Limits
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
+    async with running_hub(tmp_path) as h:
+        yield h
+
+
+class Agent:
+    """A minimal agent: a real tunnel that records the lock sets pushed to it."""
+
+    def __init__(self) -> None:
+        self.pushed: list[list[Lock]] = []
+        self.tunnel: Tunnel | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def on_channel(self, request: ChannelRequest) -> None:
+        assert request.kind == "locks"
+        channel = request.accept()
+        body = b""
+        while data := await channel.read(65536):
+            body += data
+        self.pushed.append(decode_locks(body))
+        channel.close()
+
+    async def dial(self, hub: Hub, name: str, digest: str | None) -> None:
+        creds = await hub.node_creds(name)
+        query = "?heartbeat=30&misses=3" + (f"&locks={digest}" if digest is not None else "")
+        ws = await connect(
+            hub.url("/v1/tunnel" + query),
+            ssl=hub.tls(*creds, alpn=[TUNNEL_ALPN]),
+            compression=None,
+            subprotocols=[TUNNEL_SUBPROTOCOL],  # type: ignore[list-item]
+        )
+        limits = Limits(send_heartbeats=True)
+        self.tunnel = Tunnel(ws, Connection(Role.DIALER, limits), on_channel=self.on_channel)
+        self.task = asyncio.ensure_future(self.tunnel.run())
+
+    async def close(self) -> None:
+        if self.tunnel is not None:
+            await self.tunnel.close()
+        if self.task is not None:
+            await self.task
+
+
+async def settle(hub: Hub, predicate: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+
+
+async def test_an_agent_that_holds_the_current_set_gets_no_push(hub: Hub) -> None:
+    current, stale = Agent(), Agent()
+    await current.dial(hub, "current", lock_digest([]))
+    await stale.dial(hub, "stale", None)  # an older agent, or one whose cache was lost
+    try:
+        await settle(hub, lambda: len(hub.server.registry) == 2)
+        await settle(hub, lambda: stale.pushed == [[]])
+        await asyncio.sleep(2.5)  # more than two poll intervals
+        assert current.pushed == []
+
+        lock = Lock("0123456789ab", "user", "mallory", "incident", time.time())
+        await hub.backend.add_lock(lock)
+        await settle(hub, lambda: current.pushed == [[lock]] and stale.pushed[-1] == [lock])
+        assert len(stale.pushed) == 2
+    finally:
+        await current.close()
+        await stale.close()
+
+
+def test_digest_is_of_the_set() -> None:
+    one = Lock("0123456789ab", "user", "mallory", "", 1.0)
+    two = Lock("ba9876543210", "node", "truck-042", "", 2.0)
+    assert lock_digest([]) != lock_digest([one])
+    assert lock_digest([one, two]) == lock_digest([one, two])
+    assert len(lock_digest([one])) == 16
