@@ -288,9 +288,7 @@ async def _read_one(channel: Any, reader: MessageReader, kind: str) -> dict[str,
 
 
 def _peer_cert(live: LiveNode) -> x509.Certificate | None:
-    ws = getattr(live.tunnel, "_ws", None)  # the tunnel's websocket (no public accessor)
-    transport = getattr(ws, "transport", None)
-    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    ssl_object = live.tunnel.get_extra_info("ssl_object")
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     if not der:
         return None

@@ -415,6 +415,11 @@ class Tunnel:
             with contextlib.suppress(Exception):
                 await self._ws.close(_WS_CLOSE_CODES.get(code, 1002), code.name)
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """The underlying transport's ``get_extra_info`` (``ssl_object``, ``peername``...)."""
+        transport = getattr(self._ws, "transport", None)
+        return transport.get_extra_info(name, default) if transport is not None else default
+
     def set_heartbeat_payload(self, payload: dict[str, Any] | None) -> None:
         """Status attached to the next PINGs (agent side)."""
         self._core.heartbeat_payload = payload
