@@ -141,7 +141,12 @@ class Listener:
         async def never() -> asyncio.Server:  # pragma: no cover - replaced below
             raise RuntimeError("not used")
 
-        server = Server(never, self._protocol_handler, logging.getLogger("remoteler.hub.ws"))
+        # websockets logs "connection open/closed" per connection at INFO: at 10,000
+        # agents that is noise (our own "tunnel up/down" lines say more) and ~3% of a
+        # reconnect storm's CPU. Its warnings and errors still get through.
+        ws_log = logging.getLogger("remoteler.hub.ws")
+        ws_log.setLevel(logging.WARNING)
+        server = Server(never, self._protocol_handler, ws_log)
         server.server = cast(asyncio.Server, _AcceptLoop(sock, lambda: self._accept(sock)))
         self.ws_server = server
         return server
@@ -203,10 +208,15 @@ class Listener:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.limits.hello_timeout):
             while True:
-                await _readable(loop, conn)
-                data = conn.recv(MAX_HELLO, socket.MSG_PEEK)
+                try:  # the hello has usually arrived by the time we accept
+                    data = conn.recv(MAX_HELLO, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    await _readable(loop, conn)
+                    continue
                 if not data:
                     raise ConnectionResetError(errno.ECONNRESET, "closed before ClientHello")
+                if _offers_tunnel_alpn(data):
+                    return "tunnel"
                 hello = parse_client_hello(data)
                 if hello is not None:
                     return "tunnel" if TUNNEL_ALPN in hello.alpn else "user"
@@ -277,6 +287,19 @@ class Listener:
             out[f"{name}_waiting"] = lane.waiting
             out[f"{name}_admitted"] = lane.admitted
         return out
+
+
+_TUNNEL_ALPN_ENTRY = bytes([len(TUNNEL_ALPN)]) + TUNNEL_ALPN.encode()
+
+
+def _offers_tunnel_alpn(data: bytes) -> bool:
+    """Fast path for a storm of agents: a complete one-record ClientHello holding the
+    tunnel ALPN entry. A miss falls back to the full parse; a client that plants the
+    bytes elsewhere only picks its queue (lanes are scheduling, not authentication)."""
+    if len(data) < 5 or data[0] != 0x16:
+        return False
+    end = 5 + int.from_bytes(data[3:5], "big")
+    return len(data) >= end and _TUNNEL_ALPN_ENTRY in data[5:end]
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:

@@ -144,3 +144,17 @@ async def test_many_agents_and_a_user_at_once(hub: Hub) -> None:
     opened = await asyncio.wait_for(tunnels, 60)
     assert len(opened) == 60
     await asyncio.gather(*(ws.close() for ws in opened))
+
+
+def test_fast_path_agrees_with_the_parser() -> None:
+    from hub.listener import _offers_tunnel_alpn
+    from remoteler.tlshello import parse_client_hello
+
+    agent, user = hello([TUNNEL_ALPN]), hello(None)
+    assert _offers_tunnel_alpn(agent)
+    assert not _offers_tunnel_alpn(user)
+    assert not _offers_tunnel_alpn(agent[:-1])  # incomplete: left to the parser
+    both = hello(["http/1.1", TUNNEL_ALPN])
+    assert _offers_tunnel_alpn(both)
+    parsed = parse_client_hello(both)
+    assert parsed is not None and TUNNEL_ALPN in parsed.alpn
