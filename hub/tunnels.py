@@ -54,6 +54,8 @@ class TunnelRegistry:
         self.flush_interval = flush_interval
         self._live: dict[str, LiveNode] = {}
         self._closing: set[asyncio.Future[None]] = set()
+        #: counts registrations, so periodic sweeps can skip a fleet that did not change
+        self.generation = 0
         #: online/offline changes not yet written: a reconnect storm costs no queries
         self._online: dict[str, tuple[bool, float]] = {}
 
@@ -73,6 +75,7 @@ class TunnelRegistry:
 
     def register(self, node: Node, tunnel: Tunnel) -> LiveNode:
         """Make ``tunnel`` the node's route; the database learns it at the next flush."""
+        self.generation += 1
         node_id = node.id
         old = self._live.get(node_id)
         now = time.time()
