@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from hub.listener import ListenerLimits
 from remoteler.addr import format_hostport, parse_hostport
 from remoteler.errors import RemotelerError
 
@@ -39,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         help="seconds open sessions get to finish on SIGTERM (default 30)",
+    )
+    start.add_argument(
+        "--max-agent-handshakes",
+        type=int,
+        default=ListenerLimits.tunnel_handshakes,
+        help="agent TLS + websocket handshakes in progress at once; more wait in a queue "
+        "so users stay served during reconnect storms (default %(default)s)",
     )
     start.add_argument(
         "--drain-spread",
@@ -84,7 +92,10 @@ async def run(args: argparse.Namespace) -> None:
     await backend.mark_all_offline()
     audit = await AuditStore.open(audit_db_path(data.path))
     server = HubServer(
-        AuthService(backend, user_ca, host_ca, cluster, audit=audit), backend, audit=audit
+        AuthService(backend, user_ca, host_ca, cluster, audit=audit),
+        backend,
+        audit=audit,
+        listener_limits=ListenerLimits(tunnel_handshakes=max(1, args.max_agent_handshakes)),
     )
     rotation.attach(server)
     bound_host, bound_port = await server.start(host, port, ssl_ctx)

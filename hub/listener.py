@@ -45,8 +45,11 @@ Handler = Callable[[ServerConnection], Awaitable[None]]
 
 @dataclass(frozen=True)
 class ListenerLimits:
-    #: agent TLS + websocket handshakes in progress at once
-    tunnel_handshakes: int = 16
+    #: agent TLS + websocket handshakes in progress at once. A permit is held for the
+    #: client's round trips too, so over cellular links (0.1-0.5 s RTT) a small
+    #: number would cap the rate; 64 keeps a loopback storm's loop iterations short
+    #: enough for users and still admits ~100-600 agents/s at cellular RTTs.
+    tunnel_handshakes: int = 64
     #: user (tsh, tctl, joins) handshakes in progress at once
     user_handshakes: int = 64
     #: connections accepted but not yet through their handshake; beyond it, closed at once
@@ -162,11 +165,15 @@ class Listener:
                     log.error("out of file descriptors; pausing accept for 1 s")
                     await asyncio.sleep(1.0)
                     continue
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                if exc.errno in _PEER_ERRORS:  # that connection failed, not the listener
                     continue
                 raise
-            conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                conn.setblocking(False)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # reset already (EINVAL on some kernels)
+                conn.close()
+                continue
             if self.queued >= self.limits.max_queued:
                 self.refused += 1
                 conn.close()
@@ -288,6 +295,25 @@ class Listener:
             out[f"{name}_admitted"] = lane.admitted
         return out
 
+
+#: accept() errors that belong to one pending connection: retry, as accept(2) says
+#: Linux requires (it reports the new socket's network errors through accept).
+_PEER_ERRORS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ECONNABORTED",
+        "EPROTO",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+        "EPERM",
+    )
+    if hasattr(errno, name)
+)
 
 _TUNNEL_ALPN_ENTRY = bytes([len(TUNNEL_ALPN)]) + TUNNEL_ALPN.encode()
 
