@@ -9,6 +9,7 @@ address state is in memory (an address is cheap to change, a user is not).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -133,6 +134,9 @@ class LoginGuard:
         self.policy = policy or LoginPolicy()
         self.clock = clock
         self.addresses = AddressGuard(self.policy)
+        #: failed() reads then writes the user's row: concurrent failures (a burst
+        #: from many addresses) must not overwrite each other's count
+        self._failing = asyncio.Lock()
 
     async def check(self, user: str, addr: str) -> None:
         """Raise :class:`LoginRefused` if this attempt must not even be evaluated."""
@@ -152,19 +156,20 @@ class LoginGuard:
         now = self.clock()
         self.addresses.failed(addr, now)
         p = self.policy
-        row = await self.backend.get_login_guard(user)
-        if row is None or now - row.first_failure > p.failure_window:
-            row = LoginGuardRow(user, 0, now, None)
-        failures = row.failures + 1
-        locked = failures >= p.max_user_failures
-        await self.backend.put_login_guard(
-            LoginGuardRow(
-                user,
-                0 if locked else failures,
-                now if locked else row.first_failure,
-                now + p.user_lockout if locked else row.locked_until,
+        async with self._failing:
+            row = await self.backend.get_login_guard(user)
+            if row is None or now - row.first_failure > p.failure_window:
+                row = LoginGuardRow(user, 0, now, None)
+            failures = row.failures + 1
+            locked = failures >= p.max_user_failures
+            await self.backend.put_login_guard(
+                LoginGuardRow(
+                    user,
+                    0 if locked else failures,
+                    now if locked else row.first_failure,
+                    now + p.user_lockout if locked else row.locked_until,
+                )
             )
-        )
         return locked
 
     async def succeeded(self, user: str) -> None:

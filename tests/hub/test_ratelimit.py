@@ -3,6 +3,7 @@ and the persisted per-user lockout against a real SQLite backend."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pyotp
@@ -92,6 +93,20 @@ async def test_failures_outside_the_window_do_not_add_up(tmp_path: Path) -> None
         for _ in range(2):
             assert not await guard.failed("alice", "")
         await guard.check("alice", "")
+    finally:
+        await backend.close()
+
+
+async def test_concurrent_failures_all_count(tmp_path: Path) -> None:
+    """A burst of wrong guesses in flight at once (from many addresses) must lock the
+    user as surely as the same guesses one after the other: no lost update."""
+    backend = await SQLiteBackend.open(tmp_path / "hub.db")
+    try:
+        guard = LoginGuard(backend, LoginPolicy(max_user_failures=3), clock=lambda: 100.0)
+        results = await asyncio.gather(*(guard.failed("alice", f"10.0.0.{i}") for i in range(3)))
+        assert sorted(results) == [False, False, True]
+        with pytest.raises(LoginRefused, match="too many failed logins for this account"):
+            await guard.check("alice", "10.9.9.9")
     finally:
         await backend.close()
 
