@@ -10,13 +10,14 @@ Layout (in the hub's data directory)::
 
 ``tctl`` and the running hub both change the state (tctl by command, the hub
 in auto mode), always under the lock; the hub notices any change by the state
-file's modification time (one ``stat`` a second).
+file's content (one small read a second).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -126,12 +127,17 @@ class RotationStore:
         except RotationError as exc:
             raise ConfigError(f"{self.state_path}: {exc}; restore it from backup") from None
 
-    def stamp(self) -> int:
-        """Changes whenever the state file is rewritten (0 if there is none)."""
+    def stamp(self) -> bytes:
+        """Changes whenever the state changes (b"" if there is no state file).
+
+        A digest of the (small) file, not its mtime: the kernel updates mtimes once
+        per clock tick, so two changes within one tick (auto mode advancing both CA
+        types) would look like one and the hub would miss the second.
+        """
         try:
-            return os.stat(self.state_path).st_mtime_ns
+            return hashlib.sha256(self.state_path.read_bytes()).digest()
         except FileNotFoundError:
-            return 0
+            return b""
 
     def load(self) -> CASet:
         """The CAs and states as stored now."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,20 @@ def test_store_full_rotation_on_disk(tmp_path: Path) -> None:
     assert not (store.next_dir / "host_ca.key").exists()
     with pytest.raises(UsageError, match="host CA: cannot go from phase standby"):
         store.change("host", Phase.ROLLBACK, 5.0)
+
+
+def test_stamp_sees_two_changes_within_one_clock_tick(tmp_path: Path) -> None:
+    """The kernel stamps mtimes per clock tick: a change made in the same tick as the
+    previous one (auto mode advancing both CA types) must still be seen by the hub."""
+    data = DataDir(tmp_path)
+    data.init("lab")
+    store = RotationStore(data)
+    store.change("user", Phase.INIT, 1.0)
+    first = os.stat(store.state_path)
+    stamp = store.stamp()
+    store.change("host", Phase.INIT, 1.0)
+    os.utime(store.state_path, ns=(first.st_atime_ns, first.st_mtime_ns))  # the same tick
+    assert store.stamp() != stamp
 
 
 def test_store_rollback_and_auto_advance(tmp_path: Path) -> None:
