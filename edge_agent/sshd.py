@@ -16,6 +16,7 @@ from edge_agent.identity import NodeIdentity
 from edge_agent.locks import LockStore
 from edge_agent.rotate import user_ca_for
 from edge_agent.session import CommandSession
+from edge_agent.sftp import NodeSession
 from remoteler.access import AccessDecision
 from remoteler.audit.events import EventType
 from remoteler.ca import CAError, parse_certificate, private_key_to_openssh
@@ -96,7 +97,7 @@ class NodeSSHServer(asyncssh.SSHServer):
         base = self._fields.get("session_id") or ""
         session_id = base if self._sessions == 1 else f"{base}-{self._sessions}"
         user = self._conn.get_extra_info("remoteler_user", "") if self._conn else ""
-        session = CommandSession(self.login, audit=self._audit, user=user, session_id=session_id)
+        session = NodeSession(self.login, audit=self._audit, user=user, session_id=session_id)
         self._open.append(session)
         return session
 

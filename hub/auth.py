@@ -357,7 +357,9 @@ class AuthService:
                 f"a node named {name!r} already exists; pick another --name "
                 "and ask for a new token (this one was used)"
             ) from None
-        ssh_cert = self.host_ca.sign_ssh_host_cert(pub, key_id=node_id, principals=[node_id, name])
+        # <name>.<cluster> is the host name OpenSSH checks through 'tsh config' (docs/openssh.md).
+        principals = [node_id, name, f"{name}.{self.cluster}"]
+        ssh_cert = self.host_ca.sign_ssh_host_cert(pub, key_id=node_id, principals=principals)
         tls_cert = self.host_ca.issue_x509(
             pub,
             common_name=node_id,

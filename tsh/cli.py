@@ -73,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     logout = sub.add_parser("logout", help="remove keys and certificates")
     _add_common(logout, False)
+    proxy = sub.add_parser("proxy", help="relay for OpenSSH's ProxyCommand (see 'tsh config')")
+    _add_common(proxy, False)
+    proxy_sub = proxy.add_subparsers(dest="proxy_kind", required=True)
+    proxy_ssh = proxy_sub.add_parser("ssh", help="relay stdin/stdout to a node's SSH server")
+    _add_common(proxy_ssh, False)
+    proxy_ssh.add_argument("target", help="login@host:port (ssh's %%r@%%h:%%p)")
+    config = sub.add_parser("config", help="print an ssh_config block for OpenSSH")
+    _add_common(config, False)
     return p
 
 
@@ -318,6 +326,30 @@ async def cmd_logout(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_proxy(args: argparse.Namespace) -> int:
+    from tsh.profile import Profile
+    from tsh.proxy import parse_target, proxy_ssh
+
+    profile = Profile.load()
+    login, node = parse_target(args.target, profile.cluster if profile else "")
+    hub, ident = _identity(args)
+    return await proxy_ssh(hub, ident, login, node)
+
+
+async def cmd_config(args: argparse.Namespace) -> int:
+    from tsh.config import ssh_config, tsh_command, write_known_hosts
+    from tsh.profile import Profile
+
+    _, ident = _identity(args)
+    profile = Profile.load()
+    if profile is None or args.identity or not profile.cluster:
+        raise UsageError("'tsh config' describes the current login: run 'tsh login' first")
+    known_hosts = profile.key_path.with_name(f"{profile.user}-known_hosts")
+    write_known_hosts(known_hosts, ident, profile.cluster)
+    print(ssh_config(profile.cluster, profile.key_path, known_hosts, tsh_command()), end="")
+    return 0
+
+
 def _rotated(args: argparse.Namespace) -> RemotelerError | None:
     """An AuthError saying to log in again if a CA rotation made our certificates useless."""
     from tsh.profile import rotation_notice
@@ -337,6 +369,8 @@ COMMANDS = {
     "status": cmd_status,
     "logout": cmd_logout,
     "play": cmd_play,
+    "proxy": cmd_proxy,
+    "config": cmd_config,
 }
 
 
@@ -345,10 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(COMMANDS[args.command](args))
     except RemotelerError as err:
-        if args.command in ("ls", "ssh", "play") and isinstance(err, (TrustError, HubUnreachable)):
+        rotatable = args.command in ("ls", "ssh", "play", "proxy")
+        if rotatable and isinstance(err, (TrustError, HubUnreachable)):
             err = _rotated(args) or err
         print(f"tsh: {err}", file=sys.stderr)
-        return 255 if args.command == "ssh" else err.exit_code
+        return 255 if args.command in ("ssh", "proxy") else err.exit_code
     except KeyboardInterrupt:
         return 130
 

@@ -197,7 +197,9 @@ async def test_join_issues_node_certs_and_token_is_single_use(auth: AuthService)
     joined = await auth.join(token, "truck-1", {"env": "dev"}, pub, "1.0")
     node_id = joined["node_id"]
     host = parse_certificate(joined["ssh_cert"])
-    assert host.cert_type == "host" and host.principals == (node_id, "truck-1")
+    # truck-1.<cluster>: the host name OpenSSH checks through 'tsh config'
+    principals = (node_id, "truck-1", f"truck-1.{auth.cluster}")
+    assert host.cert_type == "host" and host.principals == principals
     assert host.ca_public == auth.host_ca.public_key and host.forever
     assert cert_common_name(joined["tls_cert"].encode()) == node_id
     assert cert_organization(joined["tls_cert"].encode()) == "remoteler-node"

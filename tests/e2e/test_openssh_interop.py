@@ -1,0 +1,200 @@
+"""Real OpenSSH ``ssh``, ``scp`` and ``sftp`` through the hub, with ``tsh config``.
+
+One hub and one agent for the module (each test uses its own files); host keys
+are checked strictly against the host CA that ``tsh config`` writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import PASSWORD, Cluster, current_totp, free_port, wait_for
+
+ME = pwd.getpwuid(os.geteuid()).pw_name
+NODE = "truck-042"
+
+pytestmark = pytest.mark.skipif(
+    not all(shutil.which(b) for b in ("ssh", "scp", "sftp")), reason="OpenSSH client missing"
+)
+
+
+class OpenSSH:
+    def __init__(self, cluster: Cluster, home: Path, user: str) -> None:
+        self.cluster = cluster
+        self.env = cluster.env(TSH_HOME=str(home))
+        login = cluster.tsh(
+            "login",
+            "--proxy",
+            cluster.addr,
+            "--user",
+            user,
+            "--ca-pin",
+            cluster.ca_pin(),
+            "--otp",
+            current_totp(),
+            input=PASSWORD + "\n",
+            env=self.env,
+        )
+        assert login.returncode == 0, login.stderr
+        out = cluster.tsh("config", env=self.env)
+        assert out.returncode == 0, out.stderr
+        self.config = home / "ssh_config"
+        self.config.write_text(out.stdout)
+        cluster_name = json.loads(cluster.tsh("status", "--format", "json", env=self.env).stdout)
+        self.host = f"{NODE}.{cluster_name['cluster']}"
+
+    def run(self, *argv: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        tool, *rest = argv
+        return subprocess.run(
+            [tool, "-F", str(self.config), "-o", "BatchMode=yes", *rest],
+            input=input if input is not None else b"",
+            capture_output=True,
+            env=self.env,
+            timeout=60,
+        )
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Path]]:
+    root = tmp_path_factory.mktemp("openssh")
+    cluster = Cluster(root, free_port())
+    cluster.start_hub()
+    try:
+        role = root / "no-files.toml"
+        role.write_text(
+            'kind = "role"\nname = "no-files"\n[allow]\nlogins = ["{{internal.logins}}"]\n'
+            'node_labels = { "*" = "*" }\n[permissions]\nfile_transfer = false\n'
+        )
+        cluster.tctl("create", "-f", str(role))
+        cluster.add_user("alice", [ME])
+        cluster.add_user("bob", [ME], roles="no-files")
+        cluster.start_agent(NODE, "env=lab")
+        wait_for(lambda: cluster.node_online(NODE), what="node online")
+        yield cluster, root
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def alice(fleet: tuple[Cluster, Path]) -> OpenSSH:
+    cluster, root = fleet
+    return OpenSSH(cluster, root / "tsh-alice", "alice")
+
+
+def test_config_block(alice: OpenSSH) -> None:
+    text = alice.config.read_text()
+    assert "Host *." in text and "proxy ssh %r@%h:%p" in text
+    assert "StrictHostKeyChecking yes" in text
+    assert "ssh-ed25519-cert-v01@openssh.com" in text
+    known = next(line for line in text.splitlines() if "UserKnownHostsFile" in line)
+    path = Path(known.split(None, 1)[1].strip('"'))
+    assert path.read_text().startswith("@cert-authority *.")
+
+
+def test_ssh_exit_codes_and_stdin(alice: OpenSSH) -> None:
+    run = alice.run("ssh", f"{ME}@{alice.host}", "echo hi; exit 3")
+    assert (run.stdout, run.returncode) == (b"hi\n", 3), run.stderr
+    data = os.urandom(300_000)
+    run = alice.run("ssh", f"{ME}@{alice.host}", "cat", input=data)
+    assert run.returncode == 0 and run.stdout == data, run.stderr
+
+
+def test_ssh_unknown_node_fails_cleanly(alice: OpenSSH) -> None:
+    run = alice.run("ssh", f"{ME}@nosuch.{alice.host.split('.', 1)[1]}", "true")
+    assert run.returncode == 255
+    assert b"tsh: " in run.stderr
+
+
+def test_scp_both_ways_and_recursive(alice: OpenSSH, tmp_path: Path) -> None:
+    src = tmp_path / "up.bin"
+    src.write_bytes(os.urandom(100_000))
+    remote = tmp_path / "remote"  # the agent runs as us on this host: same filesystem
+    remote.mkdir()
+    run = alice.run("scp", str(src), f"{ME}@{alice.host}:{remote}/up.bin")
+    assert run.returncode == 0, run.stderr
+    assert (remote / "up.bin").read_bytes() == src.read_bytes()
+    back = tmp_path / "back.bin"
+    run = alice.run("scp", f"{ME}@{alice.host}:{remote}/up.bin", str(back))
+    assert run.returncode == 0, run.stderr
+    assert back.read_bytes() == src.read_bytes()
+
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.txt").write_text("a")
+    (tree / "sub" / "b.txt").write_text("b")
+    run = alice.run("scp", "-r", str(tree), f"{ME}@{alice.host}:{remote}/")
+    assert run.returncode == 0, run.stderr
+    assert (remote / "tree" / "sub" / "b.txt").read_text() == "b"
+    got = tmp_path / "got"
+    run = alice.run("scp", "-r", f"{ME}@{alice.host}:{remote}/tree", str(got))
+    assert run.returncode == 0, run.stderr
+    assert (got / "a.txt").read_text() == "a" and (got / "sub" / "b.txt").read_text() == "b"
+
+    run = alice.run("scp", f"{ME}@{alice.host}:{remote}/missing", str(back))
+    assert run.returncode != 0
+
+
+def test_sftp_put_get_and_large_file(alice: OpenSSH, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    with big.open("wb") as f:
+        for _ in range(50):
+            f.write(os.urandom(1 << 20))
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    batch = tmp_path / "batch"
+    batch.write_text(f"put {big} {remote}/big.bin\nget {remote}/big.bin {tmp_path}/big.back\n")
+    run = alice.run("sftp", "-b", str(batch), f"{ME}@{alice.host}")
+    assert run.returncode == 0, run.stderr
+    want = hashlib.sha256(big.read_bytes()).hexdigest()
+    assert hashlib.sha256((remote / "big.bin").read_bytes()).hexdigest() == want
+    assert hashlib.sha256((tmp_path / "big.back").read_bytes()).hexdigest() == want
+
+    batch.write_text(f"get {remote}/nope {tmp_path}/nope\n")
+    run = alice.run("sftp", "-b", str(batch), f"{ME}@{alice.host}")
+    assert run.returncode != 0
+
+
+def test_file_transfer_audited_per_file(
+    fleet: tuple[Cluster, Path], alice: OpenSSH, tmp_path: Path
+) -> None:
+    cluster, _ = fleet
+    src = tmp_path / "audited.txt"
+    src.write_text("x" * 1234)
+    run = alice.run("scp", str(src), f"{ME}@{alice.host}:{tmp_path}/audited.copy")
+    assert run.returncode == 0, run.stderr
+
+    def found() -> list[dict[str, Any]]:
+        events = cluster.tctl_json("audit", "search", "--type", "file.transfer")
+        return [e for e in events if e["fields"]["path"].endswith("audited.copy")]
+
+    (event,) = wait_for(found, what="file.transfer event")
+    assert event["fields"] == {
+        "path": f"{tmp_path}/audited.copy",
+        "size": 1234,
+        "direction": "upload",
+    }
+    assert event["user"] == "alice" and event["login"] == ME
+
+
+def test_file_transfer_refused_without_permission(
+    fleet: tuple[Cluster, Path], tmp_path: Path
+) -> None:
+    cluster, root = fleet
+    bob = OpenSSH(cluster, root / "tsh-bob", "bob")
+    run = bob.run("ssh", f"{ME}@{bob.host}", "echo shell ok")
+    assert (run.stdout, run.returncode) == (b"shell ok\n", 0), run.stderr
+    src = tmp_path / "f.txt"
+    src.write_text("f")
+    run = bob.run("scp", str(src), f"{ME}@{bob.host}:{tmp_path}/g.txt")
+    assert run.returncode != 0
+    assert b"file transfer is not permitted by your roles" in run.stderr
+    assert not (tmp_path / "g.txt").exists()

@@ -1,0 +1,130 @@
+"""``tsh proxy ssh``: an OpenSSH ``ProxyCommand`` that reaches a node through the hub.
+
+OpenSSH runs it with the SSH stream on our stdin/stdout; we relay those bytes,
+unchanged in both directions, over the hub's ``/v1/connect`` websocket to the
+node's SSH server. The SSH session (keys, host certificate check) stays end to
+end between ``ssh`` and the device: this process sees ciphertext only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import stat
+import sys
+from urllib.parse import quote
+
+from remoteler.errors import NodeError, UsageError
+from remoteler.identity import UserIdentity
+from remoteler.sshio import HIGH_WATER, WebSocketPipe
+
+STDIN_CHUNK = 256 * 1024
+#: After our stdin ends (ssh is done sending), how long the node may take to hang up.
+EOF_GRACE = 5.0
+
+
+def parse_target(target: str, cluster: str) -> tuple[str, str]:
+    """``[login@]host[:port]`` as ssh's ``%r@%h:%p`` gives it -> (login, node).
+
+    The port is ignored: a node has one SSH server. ``host`` may carry the
+    cluster suffix (``truck-042.<cluster>``), which is stripped.
+    """
+    login, _, hostport = target.rpartition("@")
+    host = hostport
+    if hostport.startswith("["):  # [host]:port
+        host = hostport[1:].partition("]")[0]
+    elif hostport.count(":") == 1:
+        host = hostport.partition(":")[0]
+    if cluster and host.endswith("." + cluster):
+        host = host[: -len(cluster) - 1]
+    if not login or not host:
+        raise UsageError("give the login and the node: tsh proxy ssh login@node[:port]")
+    return login, host
+
+
+async def _stdin_to_pipe(pipe: WebSocketPipe) -> None:
+    from tsh.ssh import _readable
+
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno()
+    try:
+        pollable = not stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return
+    if pollable:
+        os.set_blocking(fd, False)
+    while True:
+        if pollable:
+            try:
+                await _readable(loop, fd)
+            except PermissionError:
+                pollable = False
+        try:
+            data = os.read(fd, STDIN_CHUNK)
+        except BlockingIOError:
+            continue
+        except OSError:
+            return
+        if not data:
+            return
+        pipe.send(data)
+        if pipe.buffered() > HIGH_WATER:
+            await pipe.drain()
+
+
+async def _pipe_to_stdout(pipe: WebSocketPipe) -> int:
+    """Copy the node's bytes to stdout until it hangs up; return how many were copied."""
+    fd = sys.stdout.fileno()
+    total = 0
+    while data := await pipe.recv():
+        total += len(data)
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(fd, view)
+            except BlockingIOError:
+                await asyncio.sleep(0.005)
+                continue
+            except BrokenPipeError:
+                return total  # ssh went away
+            view = view[n:]
+    return total
+
+
+async def proxy_ssh(hub: str, ident: UserIdentity, login: str, node: str) -> int:
+    """Relay stdin/stdout to ``node``'s SSH server; return tsh's exit code."""
+    from remoteler.hubconn import open_ws
+    from remoteler.tlsutil import client_context
+    from tsh.ssh import CONNECT_SUBPROTOCOL
+
+    ctx = client_context(ident.host_ca_pem, ident.tls_cert, ident.key_pem)
+    ws = await open_ws(
+        hub,
+        f"/v1/connect?node={quote(node)}&login={quote(login)}",
+        ctx,
+        subprotocol=CONNECT_SUBPROTOCOL,
+    )
+    pipe = WebSocketPipe(ws)
+    upstream = asyncio.ensure_future(_stdin_to_pipe(pipe))
+    downstream = asyncio.ensure_future(_pipe_to_stdout(pipe))
+    try:
+        done, _ = await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
+        if downstream not in done:
+            # ssh closed our stdin: it has nothing more to send, the node hangs up soon.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(downstream), EOF_GRACE)
+        received = downstream.result() if downstream.done() else -1
+    finally:
+        for task in (upstream, downstream):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pipe.drain(), 2.0)
+        pipe.close()
+        with contextlib.suppress(Exception):
+            await ws.close()
+    if received == 0:
+        raise NodeError(pipe.close_reason or f"the hub closed the connection to {node!r}")
+    return 0
