@@ -174,14 +174,19 @@ class LockWatcher:
         try:
             async with self._slots:
                 channel = await tunnel.open_channel("locks", {"digest": digest}, timeout=10)
+                reply = b""
                 try:
                     channel.write(body)
                     channel.write_eof()
                     async with asyncio.timeout(10):
-                        while await channel.read(1024):
-                            pass
+                        while data := await channel.read(1024):
+                            reply = (reply + data)[:16]
                 finally:
                     channel.close()
+            if reply != b"ok":  # the agent refused the set (too large, unreadable)
+                log.warning("agent did not take the lock set", extra={"node_id": node_id})
+                self._pushed[tunnel] = ("", time.monotonic())
+                return
             self._pushed[tunnel] = (digest, time.monotonic())
             log.debug("locks pushed", extra={"node_id": node_id, "digest": digest})
         except ChannelOpenError as exc:

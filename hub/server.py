@@ -342,7 +342,7 @@ class HubServer:
         live.session_started()
 
         async def end_locked(reason: str) -> None:
-            await ws.close(LOCKED_CLOSE_CODE, reason[:120])
+            await ws.close(LOCKED_CLOSE_CODE, _close_reason(reason))
 
         untrack = self.locks.track_relay(user, login, (node.id, node.name), end_locked)
         sent = received = 0
@@ -531,6 +531,12 @@ def _str(params: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise UsageError(f"missing parameter {key!r}")
     return value
+
+
+def _close_reason(text: str) -> str:
+    """``text`` cut to what a websocket close frame holds: 123 bytes of UTF-8 (RFC 6455
+    section 5.5); a longer reason makes websockets refuse to close at all."""
+    return text.encode()[:123].decode("utf-8", "ignore")
 
 
 def _peer_host(ws: ServerConnection) -> str:

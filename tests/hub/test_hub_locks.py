@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import Hub, running_hub
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
-from hub.server import TUNNEL_SUBPROTOCOL
+from hub import locks as hub_locks
+from hub.server import CONNECT_SUBPROTOCOL, TUNNEL_SUBPROTOCOL
 from remoteler.locks import Lock, decode_locks, lock_digest
 from remoteler.tlsutil import TUNNEL_ALPN
 from remoteler.wire.aio import ChannelRequest, Tunnel
@@ -28,18 +30,24 @@ async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
 class Agent:
     """A minimal agent: a real tunnel that records the lock sets pushed to it."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: bytes = b"ok") -> None:
+        self.answer = answer
         self.pushed: list[list[Lock]] = []
         self.tunnel: Tunnel | None = None
         self.task: asyncio.Task[None] | None = None
 
     async def on_channel(self, request: ChannelRequest) -> None:
+        if request.kind == "ssh":  # a user session: held open, nothing served
+            request.accept()
+            return
         assert request.kind == "locks"
         channel = request.accept()
         body = b""
         while data := await channel.read(65536):
             body += data
         self.pushed.append(decode_locks(body))
+        channel.write(self.answer)  # as edge_agent/locks.py: "ok" once the set is saved
+        channel.write_eof()
         channel.close()
 
     async def dial(self, hub: Hub, name: str, digest: str | None) -> None:
@@ -86,6 +94,48 @@ async def test_an_agent_that_holds_the_current_set_gets_no_push(hub: Hub) -> Non
     finally:
         await current.close()
         await stale.close()
+
+
+async def test_a_set_the_agent_did_not_take_is_pushed_again(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent answers "ok" once it saved the set; without it (the set was too large
+    or unreadable there) the hub must not count the agent as up to date."""
+    monkeypatch.setattr(hub_locks, "PUSH_RETRY", 0.2)
+    refusing = Agent(answer=b"")
+    await refusing.dial(hub, "refusing", None)
+    try:
+        await settle(hub, lambda: len(refusing.pushed) >= 3)
+    finally:
+        await refusing.close()
+
+
+async def test_a_locked_session_is_cut_whatever_the_lock_message(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay ends with the lock's message as the close reason; a long non-ASCII
+    message must still fit the close frame (else websockets refuses to close)."""
+    monkeypatch.setattr(hub.server.locks, "grace", 0.1)
+    agent = Agent()
+    await agent.dial(hub, "node-1", lock_digest([]))
+    try:
+        await settle(hub, lambda: len(hub.server.registry) == 1)
+        creds = await hub.user_creds("alice")
+        async with connect(
+            hub.url("/v1/connect?node=node-1&login=pi"),
+            ssl=hub.tls(*creds),
+            compression=None,
+            subprotocols=[CONNECT_SUBPROTOCOL],  # type: ignore[list-item]
+            open_timeout=10,
+        ) as ws:
+            message = "このアカウントはセキュリティ上の理由でロックされています"
+            await hub.backend.add_lock(Lock("0123456789ab", "user", "alice", message, time.time()))
+            with pytest.raises(ConnectionClosed) as info:
+                await asyncio.wait_for(ws.recv(), 10)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 4403
+        assert "locked by an administrator" in info.value.rcvd.reason
+    finally:
+        await agent.close()
 
 
 def test_digest_is_of_the_set() -> None:
