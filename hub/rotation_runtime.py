@@ -30,6 +30,7 @@ import functools
 import logging
 import ssl
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,7 @@ from remoteler.audit.events import EventType, make_event
 from remoteler.audit.stream import MessageReader, encode_message
 from remoteler.ca import CAError, public_key_from_openssh
 from remoteler.tlsutil import server_context
+from remoteler.wire.aio import Tunnel
 from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
 
 if TYPE_CHECKING:
@@ -75,8 +77,10 @@ class HubRotation:
         self.acks = self.store.read_acks()
         self.server: HubServer | None = None
         self._pushing: dict[str, asyncio.Task[None]] = {}
-        #: node id -> (tunnel, revision) that refused or failed: not retried on that tunnel
-        self._failed: dict[str, tuple[int, str]] = {}
+        #: tunnel -> revision it refused or failed: not retried on that tunnel. Keyed by
+        #: the tunnel itself, not id(): a reconnected agent's new tunnel may get the
+        #: old one's id and would never be retried.
+        self._failed: weakref.WeakKeyDictionary[Tunnel, str] = weakref.WeakKeyDictionary()
         self._slots = asyncio.Semaphore(PUSH_CONCURRENCY)
 
     # -- what the hub presents and trusts -------------------------------------
@@ -144,9 +148,9 @@ class HubRotation:
         stamp = self.store.stamp()
         if stamp == self._stamp:
             return
-        self._stamp = stamp
         old = self.cas
         self.cas = self.store.load()
+        self._stamp = stamp  # only once loaded: a failed load is tried again next time
         if self.server is None:
             return
         self.attach(self.server)
@@ -183,7 +187,7 @@ class HubRotation:
         rev = self.cas.revision
         if self.acks.get(live.node_id) == rev or live.node_id in self._pushing:
             return False
-        return self._failed.get(live.node_id) != (id(live.tunnel), rev)
+        return self._failed.get(live.tunnel) != rev
 
     def sync_nodes(self) -> None:
         if self.server is None or not any(s.state.serial for s in (self.cas.user, self.cas.host)):
@@ -205,10 +209,10 @@ class HubRotation:
                 await self.push(live)
         except (ChannelOpenError, TunnelClosed, TimeoutError, ValueError, CAError) as exc:
             log.warning("rotation update not taken: %s", type(exc).__name__, extra=fields)
-            self._failed[live.node_id] = (id(live.tunnel), rev)
+            self._failed[live.tunnel] = rev
         except Exception:
             log.exception("rotation update failed", extra=fields)
-            self._failed[live.node_id] = (id(live.tunnel), rev)
+            self._failed[live.tunnel] = rev
 
     async def push(self, live: LiveNode) -> None:
         """One ``rotate`` exchange with ``live``'s agent; raises if it does not finish."""
