@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -144,6 +145,25 @@ async def test_many_agents_and_a_user_at_once(hub: Hub) -> None:
     opened = await asyncio.wait_for(tunnels, 60)
     assert len(opened) == 60
     await asyncio.gather(*(ws.close() for ws in opened))
+
+
+async def test_network_errors_from_accept_do_not_stop_the_listener(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linux reports a pending connection's network error through accept() (accept(2)):
+    that connection is lost, the listener must keep accepting."""
+    loop = asyncio.get_running_loop()
+    real = loop.sock_accept
+    pending = [errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EPERM]
+
+    async def accept(sock: Any) -> Any:
+        if pending:
+            raise OSError(pending.pop(), "network error of a pending connection")
+        return await real(sock)
+
+    monkeypatch.setattr(loop, "sock_accept", accept)
+    async with running_hub(tmp_path) as h:
+        assert await ping(h) < 5
 
 
 def test_fast_path_agrees_with_the_parser() -> None:
