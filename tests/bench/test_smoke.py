@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.timeout(600)  # every benchmark in turn; ~90 s alone, longer on a loaded CI
 def test_all_benchmarks_run_in_smoke_mode(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     proc = subprocess.run(

@@ -80,12 +80,13 @@ def test_lock_ends_a_live_session_with_its_message_and_unlock_lifts_it(
 
 def test_node_and_login_locks_and_expiry(cluster: Cluster) -> None:
     _ready(cluster)
-    node_lock = _lock(cluster, "--node", "dev1", "--ttl", "3s", "--message", "maintenance")
+    # Long enough that a loaded CI machine still connects before it expires.
+    node_lock = _lock(cluster, "--node", "dev1", "--ttl", "20s", "--message", "maintenance")
     refused = _ssh(cluster)
     assert refused.returncode != 0
     assert "node 'dev1' is locked by an administrator: maintenance" in refused.stderr
     # the lock expires by itself
-    wait_for(lambda: _ssh(cluster).returncode == 0, timeout=30, interval=0.5, what="expiry")
+    wait_for(lambda: _ssh(cluster).returncode == 0, timeout=60, interval=0.5, what="expiry")
     assert all(lock["id"] != node_lock for lock in cluster.tctl_json("locks", "ls"))
 
     login_lock = _lock(cluster, "--login", ME)
