@@ -76,7 +76,9 @@ class EdgeAgent:
         self.locks = locks or LockStore(nodes=(ident.node_id, ident.name))
         self.outbox = outbox
         self.audit = AgentAudit(outbox, ident.node_id)
-        self.labels = dict(labels)  # the hub adds the join token's labels, which win
+        # The join token's labels win over --labels, here as at the hub: the device's
+        # own access check (deny rules on labels) must see what the hub sees.
+        self.labels = {**dict(labels), **ident.token_labels}
         self.limits = limits or Limits(send_heartbeats=True)
         self.backoff = backoff or Backoff()
         self.rng = random.Random()

@@ -53,6 +53,8 @@ class NodeIdentity:
     cluster: str
     #: the CA rotation revision these certificates and CAs belong to ("" at join)
     ca_revision: str = ""
+    #: labels from the join token: they win over --labels, at the hub and on the device
+    token_labels: dict[str, str] = field(default_factory=dict)
     #: where it was loaded from or saved to (a rotation update saves there)
     data_dir: Path | None = field(default=None, compare=False, repr=False)
 
@@ -87,6 +89,7 @@ class NodeIdentity:
             "hub": self.hub,
             "cluster": self.cluster,
             "ca_revision": self.ca_revision,
+            "token_labels": self.token_labels,
         }
         # node.json is written last: its presence means the identity is complete.
         write_secret_file(d / "node.json", json.dumps(meta, indent=2).encode())
@@ -109,6 +112,7 @@ class NodeIdentity:
                 host_ca_pem=(d / "host_ca.crt").read_bytes(),
                 user_ca_ssh=(d / "user_ca.pub").read_text().strip(),
                 ca_revision=str(meta.get("ca_revision", "")),
+                token_labels=_labels(meta.get("token_labels")),
                 data_dir=data_dir,
             )._with_rotation(d)
         except CAError as exc:
@@ -150,3 +154,10 @@ class NodeIdentity:
         self.host_ca_pem = str(data["host_ca_pem"]).encode()
         self.user_ca_ssh = str(data["user_ca_ssh"])
         return self
+
+
+def _labels(value: object) -> dict[str, str]:
+    """Token labels as stored in node.json (absent in identities from before they were)."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Mapping
 
 from edge_agent.identity import NodeIdentity
+from remoteler.addr import valid_labels
 from remoteler.ca import generate_private_key, public_key_to_openssh
 from remoteler.errors import HubUnreachable
 from remoteler.hubconn import check_pin, fetch_cluster_info, rpc_call
@@ -47,6 +48,16 @@ async def join(
         host_ca_pem=result["host_ca_pem"].encode(),
         user_ca_ssh=result["user_ca_ssh"],
         cluster=result.get("cluster", ""),
+        token_labels=_token_labels(result.get("token_labels")),
     )
     log.info("joined", extra={"node_id": ident.node_id, "node_name": ident.name, "hub": hub})
     return ident
+
+
+def _token_labels(value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not valid_labels(value):
+        raise HubUnreachable("the hub sent malformed token labels with the join; try again")
+    assert isinstance(value, dict)
+    return {str(k): str(v) for k, v in value.items()}

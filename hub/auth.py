@@ -378,6 +378,8 @@ class AuthService:
             "node_id": node_id,
             "name": name,
             "labels": merged,
+            # The device must decide with these winning too (deny rules on token labels).
+            "token_labels": dict(record.labels),
             "ssh_cert": ssh_cert,
             "tls_cert": tls_cert.decode(),
             "host_ca_pem": self.host_ca.x509_pem.decode(),

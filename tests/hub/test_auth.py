@@ -230,6 +230,7 @@ async def test_join_token_labels_win_over_agent_labels(auth: AuthService) -> Non
     _, pub = new_key_line()
     joined = await auth.join(token, "n1", {"env": "dev", "arch": "arm64"}, pub, "")
     assert joined["labels"] == {"env": "prod", "site": "x", "arch": "arm64"}
+    assert joined["token_labels"] == {"env": "prod", "site": "x"}  # the device needs them too
     node = await auth.backend.get_node("n1")
     assert node is not None and dict(node.labels) == joined["labels"]
 
