@@ -45,12 +45,12 @@ Handler = Callable[[ServerConnection], Awaitable[None]]
 
 @dataclass(frozen=True)
 class ListenerLimits:
-    #: agent TLS + websocket handshakes in progress at once. A permit is held for the
+    #: agent TLS handshakes in progress at once. A permit is held for the
     #: client's round trips too, so over cellular links (0.1-0.5 s RTT) a small
     #: number would cap the rate; 64 keeps a loopback storm's loop iterations short
     #: enough for users and still admits ~100-600 agents/s at cellular RTTs.
     tunnel_handshakes: int = 64
-    #: user (tsh, tctl, joins) handshakes in progress at once
+    #: user (tsh, tctl, joins) TLS handshakes in progress at once
     user_handshakes: int = 64
     #: connections accepted but not yet through their handshake; beyond it, closed at once
     max_queued: int = 20_000
@@ -203,9 +203,9 @@ class Listener:
                 conn.close()  # the peer gave up while queued: save the handshake
                 return
             lane.admitted += 1
-            if not await self._start_tls(conn, release):
-                return
-            release = None  # the websocket handshake releases it
+            await self._start_tls(conn)
+            # The permit covered the CPU-heavy part. The websocket upgrade that follows
+            # has its own timeout; a client that stalls there no longer holds a permit.
         finally:
             self.queued -= 1
             if release is not None:
@@ -213,6 +213,7 @@ class Listener:
 
     async def _classify(self, conn: socket.socket) -> str:
         loop = asyncio.get_running_loop()
+        pause = 0.05
         async with asyncio.timeout(self.limits.hello_timeout):
             while True:
                 try:  # the hello has usually arrived by the time we accept
@@ -229,9 +230,12 @@ class Listener:
                     return "tunnel" if TUNNEL_ALPN in hello.alpn else "user"
                 if len(data) >= MAX_HELLO:
                     raise NotClientHello("ClientHello too large")
-                await asyncio.sleep(0.05)  # the rest is in flight; peeking again at once spins
+                # The rest is in flight; peeking again at once would spin. Back off,
+                # so thousands of slow senders cost few wake-ups.
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
 
-    async def _start_tls(self, conn: socket.socket, release: Callable[[], None]) -> bool:
+    async def _start_tls(self, conn: socket.socket) -> bool:
         loop = asyncio.get_running_loop()
         assert self.ws_server is not None
         server = self.ws_server
@@ -242,9 +246,7 @@ class Listener:
                 max_size=self.max_size,
                 logger=server.logger,
             )
-            connection = ServerConnection(protocol, server, ping_interval=None)
-            connection.remoteler_release = release  # type: ignore[attr-defined]
-            return connection
+            return ServerConnection(protocol, server, ping_interval=None)
 
         try:
             await loop.connect_accepted_socket(
@@ -264,14 +266,9 @@ class Listener:
         """As websockets' own: upgrade within a timeout, then run the handler."""
         server = self.ws_server
         assert server is not None
-        release: Callable[[], None] | None = getattr(connection, "remoteler_release", None)
         try:
-            try:
-                async with asyncio.timeout(self.limits.handshake_timeout):
-                    await connection.handshake(self.process_request, None, None)
-            finally:
-                if release is not None:
-                    release()
+            async with asyncio.timeout(self.limits.handshake_timeout):
+                await connection.handshake(self.process_request, None, None)
             if connection.protocol.state is not State.OPEN:
                 connection.transport.abort()
                 return

@@ -178,3 +178,22 @@ def test_fast_path_agrees_with_the_parser() -> None:
     assert _offers_tunnel_alpn(both)
     parsed = parse_client_hello(both)
     assert parsed is not None and TUNNEL_ALPN in parsed.alpn
+
+
+async def test_a_client_stalled_after_tls_holds_no_permit(tight_hub: Hub) -> None:
+    listener = tight_hub.server.listener
+    assert listener is not None
+    creds = await tight_hub.node_creds()
+    # TLS completes, then no HTTP request ever comes: the permit must be back.
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1",
+        tight_hub.port,
+        ssl=tight_hub.tls(*creds, alpn=[TUNNEL_ALPN]),
+        server_hostname="remoteler-hub",
+    )
+    try:
+        await wait_for(lambda: listener.lanes["tunnel"].admitted == 1)
+        ws = await asyncio.wait_for(open_tunnel(tight_hub, creds), 5)  # not after 10 s
+        await ws.close()
+    finally:
+        writer.close()
