@@ -6,13 +6,15 @@ are exactly as permitted as a shell's. The agent only watches the SFTP packets
 going by (draft-ietf-secsh-filexfer-02, the version OpenSSH speaks) to write one
 ``file.transfer`` audit event per file closed: path, bytes moved, direction.
 Modern ``scp`` uses SFTP, so it is covered too; legacy ``scp -O`` runs
-``scp -t``/``-f`` as an ordinary command.
+``scp -t``/``-f`` as an ordinary command, checked against the same permission
+but audited as a command.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shlex
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -218,6 +220,16 @@ class _SftpAgentAudit(AgentAudit):
         return SftpAudit(self, user, login, session_id)
 
 
+def is_legacy_scp(command: str) -> bool:
+    """Whether ``command`` is the server side of legacy scp (``scp [-r] [-d] -t|-f PATH``)."""
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return False
+    flags = {c for arg in argv[1:] if arg.startswith("-") for c in arg[1:]}
+    return bool(argv) and os.path.basename(argv[0]) == "scp" and bool(flags & {"t", "f"})
+
+
 def find_sftp_server() -> str | None:
     return next((p for p in SFTP_SERVERS if os.access(p, os.X_OK)), None)
 
@@ -233,7 +245,7 @@ class NodeSession(CommandSession):
         if subsystem != "sftp":
             return False
         server = find_sftp_server()
-        if not connection_permissions(self._chan.get_connection()).file_transfer:
+        if not self._file_transfer_allowed():
             self._refusal = "file transfer is not permitted by your roles"
         elif server is None:
             self._refusal = "sftp is not available on this device (no sftp-server installed)"
@@ -243,6 +255,15 @@ class NodeSession(CommandSession):
                 self._audit = _SftpAgentAudit(self._audit)
         # Accepted even when refused, so the client shows our reason, not a bare failure.
         return True
+
+    def exec_requested(self, command: str) -> bool:
+        """Legacy ``scp -O`` runs ``scp -t``/``scp -f`` here: same permission as sftp."""
+        if is_legacy_scp(command) and not self._file_transfer_allowed():
+            self._refusal = "file transfer is not permitted by your roles"
+        return super().exec_requested(command)
+
+    def _file_transfer_allowed(self) -> bool:
+        return connection_permissions(self._chan.get_connection()).file_transfer
 
     def session_started(self) -> None:
         if self._refusal is None:

@@ -55,6 +55,15 @@ def check_logins(logins: Sequence[str]) -> tuple[str, ...]:
     return tuple(logins)
 
 
+def host_principals(node_id: str, name: str, cluster: str) -> list[str]:
+    """A node's SSH host certificate principals.
+
+    ``<name>.<cluster>`` is the host name OpenSSH checks through ``tsh config``
+    (docs/openssh.md); ``tsh ssh`` checks the name.
+    """
+    return [node_id, name, f"{name}.{cluster}"]
+
+
 @dataclass(frozen=True)
 class Issued:
     ssh_cert: str
@@ -357,8 +366,7 @@ class AuthService:
                 f"a node named {name!r} already exists; pick another --name "
                 "and ask for a new token (this one was used)"
             ) from None
-        # <name>.<cluster> is the host name OpenSSH checks through 'tsh config' (docs/openssh.md).
-        principals = [node_id, name, f"{name}.{self.cluster}"]
+        principals = host_principals(node_id, name, self.cluster)
         ssh_cert = self.host_ca.sign_ssh_host_cert(pub, key_id=node_id, principals=principals)
         tls_cert = self.host_ca.issue_x509(
             pub,

@@ -38,6 +38,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from hub.auth import host_principals
 from hub.datadir import DataDir
 from hub.rotation_store import CASet, RotationStore
 from hub.tunnels import LiveNode
@@ -116,7 +117,9 @@ class HubRotation:
             result["ssh_cert"] = server_ca.sign_ssh_host_cert(
                 public_key_from_openssh(public_key),
                 key_id=result["node_id"],
-                principals=[result["node_id"], result["name"]],
+                principals=host_principals(
+                    result["node_id"], result["name"], self.data.cluster_name()
+                ),
             )
         result["host_ca_pem"] = b"".join(self.cas.host.trusted_pems()).decode()
         result["user_ca_ssh"] = "\n".join(ca.ssh_public_line() for ca in self.cas.user.trusted)
@@ -251,7 +254,9 @@ class HubRotation:
                     ).decode()
                 if request.get("ssh"):
                     certs["ssh_cert"] = server_ca.sign_ssh_host_cert(
-                        pub, key_id=node.id, principals=[node.id, node.name]
+                        pub,
+                        key_id=node.id,
+                        principals=host_principals(node.id, node.name, self.data.cluster_name()),
                     )
             channel.write(encode_message(certs))
             done = await _read_one(channel, reader, "done")

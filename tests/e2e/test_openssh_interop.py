@@ -142,6 +142,11 @@ def test_scp_both_ways_and_recursive(alice: OpenSSH, tmp_path: Path) -> None:
     run = alice.run("scp", f"{ME}@{alice.host}:{remote}/missing", str(back))
     assert run.returncode != 0
 
+    # legacy protocol (scp -t / -f run as a command on the device)
+    run = alice.run("scp", "-O", str(src), f"{ME}@{alice.host}:{remote}/legacy.bin")
+    assert run.returncode == 0, run.stderr
+    assert (remote / "legacy.bin").read_bytes() == src.read_bytes()
+
 
 def test_sftp_put_get_and_large_file(alice: OpenSSH, tmp_path: Path) -> None:
     big = tmp_path / "big.bin"
@@ -195,6 +200,9 @@ def test_file_transfer_refused_without_permission(
     src = tmp_path / "f.txt"
     src.write_text("f")
     run = bob.run("scp", str(src), f"{ME}@{bob.host}:{tmp_path}/g.txt")
+    assert run.returncode != 0
+    assert b"file transfer is not permitted by your roles" in run.stderr
+    run = bob.run("scp", "-O", str(src), f"{ME}@{bob.host}:{tmp_path}/g.txt")
     assert run.returncode != 0
     assert b"file transfer is not permitted by your roles" in run.stderr
     assert not (tmp_path / "g.txt").exists()

@@ -98,3 +98,15 @@ def test_never_raises(chunks: list[bytes], server: bool) -> None:
     for chunk in chunks:
         (w.server_data if server else w.client_data)(chunk)
     w.close()
+
+
+def test_legacy_scp_commands_are_recognised() -> None:
+    from edge_agent.sftp import is_legacy_scp
+
+    assert is_legacy_scp("scp -t /tmp/x")
+    assert is_legacy_scp("scp -r -d -t -- /tmp")
+    assert is_legacy_scp("/usr/bin/scp -pf 'a b'")
+    assert not is_legacy_scp("scp")
+    assert not is_legacy_scp("echo scp -t")
+    assert not is_legacy_scp("ls -t")
+    assert not is_legacy_scp("scp 'unclosed")
