@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hub.backend import Backend, LoginGuardRow
 from remoteler.errors import AuthError
+
+#: Names that can be users (hub.auth.check_name); others are never stored.
+_USER_NAME = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,62}", re.IGNORECASE)
+#: An attempt still counted as in flight after this many seconds is forgotten
+#: (an attempt that ended without failed()/succeeded(), e.g. an internal error).
+IN_FLIGHT_TTL = 30.0
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,9 @@ class LoginGuard:
         #: failed() reads then writes the user's row: concurrent failures (a burst
         #: from many addresses) must not overwrite each other's count
         self._failing = asyncio.Lock()
+        #: user name -> start times of attempts past check() and not yet decided: a
+        #: burst of guesses sent together counts against the limit before any fails
+        self._in_flight: dict[str, list[float]] = {}
 
     async def check(self, user: str, addr: str) -> None:
         """Raise :class:`LoginRefused` if this attempt must not even be evaluated."""
@@ -150,11 +160,32 @@ class LoginGuard:
                 "'tctl users unlock'",
                 "user locked out",
             )
+        window = self.policy.failure_window
+        recent = row.failures if row and now - row.first_failure <= window else 0
+        pending = [t for t in self._in_flight.get(user, ()) if now - t < IN_FLIGHT_TTL]
+        if recent + len(pending) >= self.policy.max_user_failures:
+            raise LoginRefused(
+                "login refused: too many login attempts for this account at once; "
+                "try again in a minute",
+                "user attempts in flight",
+            )
+        pending.append(now)
+        self._in_flight[user] = pending
+
+    def _finished(self, user: str) -> None:
+        pending = self._in_flight.get(user)
+        if pending:
+            pending.pop(0)
+        if not pending:
+            self._in_flight.pop(user, None)
 
     async def failed(self, user: str, addr: str) -> bool:
         """Count a failure for the user name and the address; True if the user got locked."""
         now = self.clock()
+        self._finished(user)
         self.addresses.failed(addr, now)
+        if not _USER_NAME.fullmatch(user):
+            return False  # not a possible user: nothing to lock, nothing to store
         p = self.policy
         async with self._failing:
             row = await self.backend.get_login_guard(user)
@@ -173,4 +204,5 @@ class LoginGuard:
         return locked
 
     async def succeeded(self, user: str) -> None:
+        self._finished(user)
         await self.backend.clear_login_guard(user)

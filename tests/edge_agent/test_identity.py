@@ -19,9 +19,7 @@ def identity(token_labels: dict[str, str]) -> NodeIdentity:
         node_id="00000000-0000-4000-8000-000000000001",
         name="truck-042",
         hub="127.0.0.1:3080",
-        ssh_cert=host_ca.sign_ssh_host_cert(
-            key.public_key(), key_id="n", principals=["truck-042"]
-        ),
+        ssh_cert=host_ca.sign_ssh_host_cert(key.public_key(), key_id="n", principals=["truck-042"]),
         tls_cert=host_ca.issue_x509(
             key.public_key(),
             common_name="n",

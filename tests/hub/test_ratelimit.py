@@ -160,3 +160,30 @@ async def test_a_locked_user_cannot_log_in(backend: SQLiteBackend, clock: Clock)
 
 def _cas() -> tuple[CertAuthority, CertAuthority]:
     return CertAuthority.generate("user", "test"), CertAuthority.generate("host", "test")
+
+
+async def test_guesses_in_flight_count_before_they_fail(tmp_path: Path) -> None:
+    """A burst of guesses sent together: all pass check() before any is judged, so
+    the ones in flight must count, or a 5-failure limit lets 10 through."""
+    backend = await SQLiteBackend.open(tmp_path / "hub.db")
+    try:
+        guard = LoginGuard(backend, LoginPolicy(max_user_failures=3), clock=lambda: 100.0)
+        for i in range(3):
+            await guard.check("alice", f"10.0.0.{i}")
+        with pytest.raises(LoginRefused, match="at once"):
+            await guard.check("alice", "10.0.0.9")
+        await guard.succeeded("alice")  # one attempt decided: room for one more
+        await guard.check("alice", "10.0.0.9")
+    finally:
+        await backend.close()
+
+
+async def test_impossible_user_names_are_not_stored(tmp_path: Path) -> None:
+    backend = await SQLiteBackend.open(tmp_path / "hub.db")
+    try:
+        guard = LoginGuard(backend, LoginPolicy(max_user_failures=1), clock=lambda: 100.0)
+        name = "x" * 100_000
+        assert await guard.failed(name, "10.0.0.1") is False
+        assert await backend.get_login_guard(name) is None
+    finally:
+        await backend.close()
