@@ -121,6 +121,7 @@ async def run(args: argparse.Namespace) -> None:
         spread = args.drain_spread
         if spread is None:
             spread = min(120.0, max(5.0, len(server.registry) / 200))
+        spread = min(max(spread, 1.0), 3600.0)  # a GOAWAY retry-after is at most an hour
         log.info("hub stopping")
         await server.drain(args.shutdown_grace, spread)
     finally:

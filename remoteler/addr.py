@@ -49,7 +49,7 @@ def parse_labels(text: str | None) -> dict[str, str]:
         if not item:
             continue
         key, sep, value = item.partition("=")
-        if not sep or not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
+        if not sep or not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
             raise UsageError(
                 f"bad label {item!r}: use key=value pairs separated by commas, "
                 "e.g. env=prod,site=berlin"
@@ -78,8 +78,8 @@ def valid_labels(labels: object) -> bool:
         and all(
             isinstance(k, str)
             and isinstance(v, str)
-            and bool(_LABEL_KEY.match(k))
-            and bool(_LABEL_VALUE.match(v))
+            and bool(_LABEL_KEY.fullmatch(k))
+            and bool(_LABEL_VALUE.fullmatch(v))
             for k, v in labels.items()
         )
     )

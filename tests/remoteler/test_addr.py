@@ -52,3 +52,11 @@ def test_valid_labels() -> None:
     assert valid_labels({})
     for bad in ([], {"env": 1}, {"a b": "c"}, {"k": "v;x"}, {f"k{i}": "v" for i in range(65)}):
         assert not valid_labels(bad)
+
+
+def test_label_values_with_a_trailing_newline_are_refused() -> None:
+    from remoteler.addr import valid_labels
+
+    # "$" also matches before a final newline: labels from heartbeats must not carry one.
+    assert not valid_labels({"env": "prod\n"})
+    assert not valid_labels({"env\n": "prod"})
