@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from edge_agent.authz import PERMISSIONS_INFO, decide_user_cert
+from edge_agent.forward import ForwardGate
 from edge_agent.identity import NodeIdentity
 from edge_agent.locks import LockStore
 from edge_agent.rotate import user_ca_for
@@ -51,11 +52,13 @@ class NodeSSHServer(asyncssh.SSHServer):
         self._untrack: Callable[[], None] | None = None
         self._open: list[CommandSession] = []
         self._conn: Any = None
+        self._forwards: ForwardGate | None = None
         self._sessions = 0
         self.login = ""
 
     def connection_made(self, conn: Any) -> None:
         self._conn = conn
+        self._forwards = ForwardGate(conn, self._audit, self._fields.get("session_id") or "")
 
     def auth_completed(self) -> None:
         if self._locks is not None and self._conn is not None:
@@ -91,6 +94,14 @@ class NodeSSHServer(asyncssh.SSHServer):
 
     def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         return any(key.public_data == ca.public_data for ca in self._user_cas)
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Any:
+        """``direct-tcpip`` (ssh -L): decided and served by edge_agent.forward."""
+        if self._forwards is None:
+            return False
+        return self._forwards.open(self.login, dest_host, dest_port)
 
     def session_requested(self) -> CommandSession:
         self._sessions += 1

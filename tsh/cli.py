@@ -58,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("-T", dest="pty", action="store_const", const=False, help="disable the pty")
     ssh.add_argument("-l", "--login", help="remote login (or login@node)")
     ssh.add_argument("-c", dest="cipher", help="cipher, e.g. chacha20-poly1305@openssh.com")
+    ssh.add_argument(
+        "-L",
+        dest="local_forwards",
+        action="append",
+        default=[],
+        metavar="[BIND:]PORT:HOST:HOSTPORT",
+        help="forward a local port to HOST:HOSTPORT as seen from the node (repeatable)",
+    )
+    ssh.add_argument("-N", dest="no_command", action="store_true", help="run no command (-L)")
     ssh.add_argument("target", help="[login@]node")
     ssh.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run")
 
@@ -236,12 +245,24 @@ async def cmd_ssh(args: argparse.Namespace) -> int:
     login = args.login or login
     if not login or not node:
         raise UsageError("give the login and the node: tsh ssh login@node [command]")
+    if args.no_command and args.cmd:
+        raise UsageError("-N runs no command: drop the command or -N")
+    forwards = []
+    if args.local_forwards:
+        from tsh.forward import parse_local_forward, start_local_forwards
+
+        forwards = [parse_local_forward(spec) for spec in args.local_forwards]
     hub, ident = _identity(args)
     ciphers = [args.cipher] if args.cipher else None
     conn = await open_ssh(hub, ident, login, node, ciphers)
     import asyncssh  # already loaded by open_ssh
 
     try:
+        if forwards:
+            await start_local_forwards(conn, forwards)
+        if args.no_command:
+            await conn.wait_closed()
+            raise NodeError(f"connection to {node!r} closed")
         return await run_session(conn, list(args.cmd), args.pty)
     except (asyncssh.DisconnectError, ConnectionError) as exc:
         # The node's tunnel died (dead link, agent restart) or the hub went away:

@@ -31,6 +31,7 @@ class EventType(StrEnum):
     EXEC = "exec"
     SESSION_DATA = "session.data"
     PORT_FORWARD = "port.forward"
+    PORT_FORWARD_END = "port.forward.end"
     FILE_TRANSFER = "file.transfer"
     AUTH_FAILED = "auth.failed"
     TUNNEL_CONNECT = "tunnel.connect"
@@ -111,6 +112,13 @@ FIELD_TYPES: dict[str, tuple[_Check, ...]] = {
     EventType.PORT_FORWARD: (
         ("host", _is_str, "a str"),
         ("port", lambda v: _is_int(v) and 0 <= v <= 65535, "a port number (0-65535)"),
+    ),
+    EventType.PORT_FORWARD_END: (
+        ("host", _is_str, "a str"),
+        ("port", lambda v: _is_int(v) and 0 <= v <= 65535, "a port number (0-65535)"),
+        ("bytes_in", _is_count, "a non-negative int"),
+        ("bytes_out", _is_count, "a non-negative int"),
+        ("duration", _is_seconds, "a non-negative number of seconds"),
     ),
     EventType.AUDIT_DROPPED: (
         ("dropped", _is_count, "a non-negative int"),

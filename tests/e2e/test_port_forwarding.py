@@ -1,0 +1,186 @@
+"""``tsh ssh -N -L`` through the hub to a service on the device, allowed and refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import socket
+import socketserver
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import BIN, Cluster, free_port, stop_process, wait_for
+
+ME = pwd.getpwuid(os.geteuid()).pw_name
+PAYLOAD = os.urandom(300_000) + b"hello through the tunnel"
+
+NO_FORWARDING = """\
+kind = "role"
+name = "access"
+[allow]
+logins = ["{{internal.logins}}"]
+node_labels = { "*" = "*" }
+[permissions]
+port_forwarding = false
+"""
+
+
+class _Upper(socketserver.StreamRequestHandler):
+    """Reads until EOF, answers with the same bytes upper-cased (both directions, half-close)."""
+
+    def handle(self) -> None:
+        assert isinstance(self.server, _Server)
+        self.server.connections += 1
+        self.wfile.write(self.rfile.read().upper())
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    block_on_close = False
+    connections = 0
+
+
+@pytest.fixture
+def service() -> Iterator[Any]:
+    """A TCP service on the 'device' (this machine), loopback only."""
+    server = _Server(("127.0.0.1", 0), _Upper)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _forward(cluster: Cluster, tmp_path: Path, spec: str) -> subprocess.Popen[Any]:
+    err = open(tmp_path / "tsh-forward.err", "wb")  # noqa: SIM115 - the child keeps it
+    return subprocess.Popen(
+        [str(BIN / "tsh"), "ssh", "-N", "-L", spec, f"{ME}@dev1"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+        env=cluster.env(),
+    )
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def _exchange(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _events(cluster: Cluster, type: str, want: Any) -> list[Any]:
+    def ready() -> list[Any] | None:
+        found = [e for e in cluster.tctl_json("audit", "search", "--type", type) if want(e)]
+        return found or None
+
+    return list(wait_for(ready, timeout=20, what=f"{type} at the hub"))
+
+
+def test_forward_reaches_a_device_service_then_refused_when_a_role_says_no(
+    cluster: Cluster, service: Any, tmp_path: Path
+) -> None:
+    target = service.server_address[1]
+    cluster.add_user("alice", [ME])
+    cluster.start_agent("dev1", "env=lab")
+    wait_for(lambda: cluster.node_online("dev1"), what="dev1 online")
+    assert cluster.login("alice").returncode == 0
+
+    local = free_port()
+    tsh = _forward(cluster, tmp_path, f"{local}:127.0.0.1:{target}")
+    try:
+        wait_for(lambda: tsh.poll() is not None or _listening(local), what="tsh -L listening")
+        assert tsh.poll() is None, (tmp_path / "tsh-forward.err").read_text()
+        assert _exchange(local, PAYLOAD) == PAYLOAD.upper()
+        assert _exchange(local, b"second") == b"SECOND"
+    finally:
+        stop_process(tsh)
+
+    if shutil.which("ssh"):  # plain OpenSSH -L through 'tsh proxy ssh' (docs/openssh.md)
+        config = tmp_path / "ssh_config"
+        config.write_text(cluster.tsh("config").stdout)
+        name = json.loads(cluster.tsh("status", "--format", "json").stdout)["cluster"]
+        openssh_port = free_port()
+        spec = f"{openssh_port}:127.0.0.1:{target}"
+        ssh = subprocess.Popen(
+            [
+                "ssh",
+                "-F",
+                str(config),
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-N",
+                "-L",
+                spec,
+                f"{ME}@dev1.{name}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=cluster.env(),
+        )
+        try:
+            wait_for(lambda: ssh.poll() is not None or _listening(openssh_port), what="ssh -L")
+            assert ssh.poll() is None, ssh.stderr.read() if ssh.stderr else ""
+            assert _exchange(openssh_port, PAYLOAD) == PAYLOAD.upper()
+        finally:
+            stop_process(ssh)
+            if ssh.stderr:
+                ssh.stderr.close()
+
+    def mine(e: Any) -> bool:
+        return bool(e["user"] == "alice" and e["fields"]["port"] == target)
+
+    opened = _events(cluster, "port.forward", mine)
+    assert opened[0]["login"] == ME and opened[0]["node"]
+    assert opened[0]["fields"]["host"] == "127.0.0.1" and opened[0]["fields"]["allowed"] is True
+    ends = _events(cluster, "port.forward.end", lambda e: mine(e) and e["fields"]["bytes_in"] > 6)
+    assert (ends[0]["fields"]["bytes_in"], ends[0]["fields"]["bytes_out"]) == (
+        len(PAYLOAD),
+        len(PAYLOAD),
+    )
+
+    # A role with port_forwarding = false vetoes it for the next certificate.
+    role = tmp_path / "no-forwarding.toml"
+    role.write_text(NO_FORWARDING)
+    cluster.tctl("create", "-f", str(role))
+    assert cluster.login("alice", offset_steps=1).returncode == 0  # a fresh TOTP step
+    before = service.connections
+    tsh = _forward(cluster, tmp_path, f"{local}:127.0.0.1:{target}")
+    try:
+        wait_for(lambda: tsh.poll() is not None or _listening(local), what="tsh -L listening")
+        assert _exchange(local, b"refused?") == b""
+        err = tmp_path / "tsh-forward.err"
+        wait_for(lambda: b"refused" in err.read_bytes(), what="the refusal on stderr")
+    finally:
+        stop_process(tsh)
+    assert service.connections == before, "nothing reached the service"
+    message = err.read_text()
+    assert (
+        f"the node refused forwarding to 127.0.0.1:{target}: port forwarding is not permitted"
+        in (message)
+    )
+    refused = _events(cluster, "port.forward", lambda e: e["fields"].get("allowed") is False)
+    assert refused[0]["user"] == "alice" and refused[0]["fields"]["port"] == target
+    assert "port_forwarding = false" in refused[0]["fields"]["reason"]
