@@ -215,7 +215,7 @@ class ForwardGate:
         except QuotaExceeded as exc:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE, str(exc)) from None
         except (OSError, TimeoutError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timed out"
+            why = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or "unreachable"
             reason = f"the node cannot connect to {host} port {port}: {why}"
             self._emit(EventType.PORT_FORWARD, host=host, port=port, allowed=False, reason=reason)
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import asyncssh
@@ -65,3 +66,13 @@ def test_gate_refuses_a_connection_without_a_decision() -> None:
     conn = _Conn(NO_PERMISSIONS, cert_permits=True)
     with pytest.raises(asyncssh.ChannelOpenError):
         ForwardGate(conn, None, "s1").open("pi", "127.0.0.1", 80)
+
+
+async def test_unreachable_destination_is_connect_failed_with_the_device_error() -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(asyncssh.ChannelOpenError) as failed:
+        await ForwardGate(_Conn(ALLOWED, True), None, "s1").open("pi", "127.0.0.1", port)
+    assert failed.value.code == asyncssh.OPEN_CONNECT_FAILED
+    assert failed.value.reason.startswith(f"the node cannot connect to 127.0.0.1 port {port}: ")
