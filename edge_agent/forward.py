@@ -22,6 +22,7 @@ way when the forwarded connection closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -105,21 +106,28 @@ class _Destination(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.flow.bytes_out += len(data)
-        self.channel.write(data)
+        if self.channel is not None:
+            with contextlib.suppress(BrokenPipeError):  # the client closed meanwhile
+                self.channel.write(data)
 
     def eof_received(self) -> bool:
-        self.channel.write_eof()
+        if self.channel is not None:
+            with contextlib.suppress(BrokenPipeError):
+                self.channel.write_eof()
         return True  # half-close: the client may still send
 
     def pause_writing(self) -> None:
-        self.channel.pause_reading()
+        if self.channel is not None:
+            self.channel.pause_reading()
 
     def resume_writing(self) -> None:
-        self.channel.resume_reading()
+        if self.channel is not None:
+            self.channel.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.channel is not None:
             self.channel.close()
+            self.channel = None
         self.flow.finish()
 
 
@@ -155,6 +163,7 @@ class _Channel(asyncssh.SSHTCPSession[bytes]):
             self.dest.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.dest.channel = None
         if self.dest.transport is not None:
             self.dest.transport.close()
         self.dest.flow.finish()

@@ -18,6 +18,7 @@ import pytest
 from helpers import BIN, Cluster, free_port, stop_process, wait_for
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
+OPENSSH = shutil.which("ssh") is not None  # else the OpenSSH -L cases are left out
 PAYLOAD = os.urandom(300_000) + b"hello through the tunnel"
 
 NO_FORWARDING = """\
@@ -59,15 +60,40 @@ def service() -> Iterator[Any]:
         server.server_close()
 
 
-def _forward(cluster: Cluster, tmp_path: Path, spec: str) -> subprocess.Popen[Any]:
-    err = open(tmp_path / "tsh-forward.err", "wb")  # noqa: SIM115 - the child keeps it
-    return subprocess.Popen(
-        [str(BIN / "tsh"), "ssh", "-N", "-L", spec, f"{ME}@dev1"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=err,
-        env=cluster.env(),
-    )
+def _forward(cluster: Cluster, err: Path, argv: list[str]) -> subprocess.Popen[Any]:
+    """Start ``argv`` (tsh ssh or ssh with -N -L), stderr to ``err``; the caller stops it."""
+    with open(err, "wb") as stderr:  # the child keeps its own copy
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=cluster.env(),
+        )
+
+
+def _tsh_forward(spec: str) -> list[str]:
+    return [str(BIN / "tsh"), "ssh", "-N", "-L", spec, f"{ME}@dev1"]
+
+
+def _openssh_forward(cluster: Cluster, tmp_path: Path, spec: str) -> list[str]:
+    """Plain OpenSSH through 'tsh proxy ssh', with the config 'tsh config' prints."""
+    config = tmp_path / "ssh_config"
+    config.write_text(cluster.tsh("config").stdout)
+    name = json.loads(cluster.tsh("status", "--format", "json").stdout)["cluster"]
+    options = ["-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes"]
+    return ["ssh", "-F", str(config), *options, "-N", "-L", spec, f"{ME}@dev1.{name}"]
+
+
+def _through(cluster: Cluster, err: Path, argv: list[str], port: int, data: bytes) -> bytes:
+    """What the service answers to ``data`` sent to the forwarded local ``port``."""
+    proc = _forward(cluster, err, argv)
+    try:
+        wait_for(lambda: proc.poll() is not None or _listening(port), what=f"{argv[0]} -L")
+        assert proc.poll() is None, err.read_text()
+        return _exchange(port, data)
+    finally:
+        stop_process(proc)
 
 
 def _listening(port: int) -> bool:
@@ -83,8 +109,11 @@ def _exchange(port: int, data: bytes) -> bytes:
         s.sendall(data)
         s.shutdown(socket.SHUT_WR)
         chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:  # ssh resets a refused connection that sent data
+            pass
     return b"".join(chunks)
 
 
@@ -105,49 +134,14 @@ def test_forward_reaches_a_device_service_then_refused_when_a_role_says_no(
     wait_for(lambda: cluster.node_online("dev1"), what="dev1 online")
     assert cluster.login("alice").returncode == 0
 
+    err = tmp_path / "forward.err"
     local = free_port()
-    tsh = _forward(cluster, tmp_path, f"{local}:127.0.0.1:{target}")
-    try:
-        wait_for(lambda: tsh.poll() is not None or _listening(local), what="tsh -L listening")
-        assert tsh.poll() is None, (tmp_path / "tsh-forward.err").read_text()
-        assert _exchange(local, PAYLOAD) == PAYLOAD.upper()
-        assert _exchange(local, b"second") == b"SECOND"
-    finally:
-        stop_process(tsh)
-
-    if shutil.which("ssh"):  # plain OpenSSH -L through 'tsh proxy ssh' (docs/openssh.md)
-        config = tmp_path / "ssh_config"
-        config.write_text(cluster.tsh("config").stdout)
-        name = json.loads(cluster.tsh("status", "--format", "json").stdout)["cluster"]
-        openssh_port = free_port()
-        spec = f"{openssh_port}:127.0.0.1:{target}"
-        ssh = subprocess.Popen(
-            [
-                "ssh",
-                "-F",
-                str(config),
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ExitOnForwardFailure=yes",
-                "-N",
-                "-L",
-                spec,
-                f"{ME}@dev1.{name}",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=cluster.env(),
-        )
-        try:
-            wait_for(lambda: ssh.poll() is not None or _listening(openssh_port), what="ssh -L")
-            assert ssh.poll() is None, ssh.stderr.read() if ssh.stderr else ""
-            assert _exchange(openssh_port, PAYLOAD) == PAYLOAD.upper()
-        finally:
-            stop_process(ssh)
-            if ssh.stderr:
-                ssh.stderr.close()
+    spec = f"{local}:127.0.0.1:{target}"
+    assert _through(cluster, err, _tsh_forward(spec), local, PAYLOAD) == PAYLOAD.upper()
+    assert _through(cluster, err, _tsh_forward(spec), local, b"second") == b"SECOND"
+    if OPENSSH:
+        argv = _openssh_forward(cluster, tmp_path, spec)
+        assert _through(cluster, err, argv, local, PAYLOAD) == PAYLOAD.upper()
 
     def mine(e: Any) -> bool:
         return bool(e["user"] == "alice" and e["fields"]["port"] == target)
@@ -167,20 +161,16 @@ def test_forward_reaches_a_device_service_then_refused_when_a_role_says_no(
     cluster.tctl("create", "-f", str(role))
     assert cluster.login("alice", offset_steps=1).returncode == 0  # a fresh TOTP step
     before = service.connections
-    tsh = _forward(cluster, tmp_path, f"{local}:127.0.0.1:{target}")
-    try:
-        wait_for(lambda: tsh.poll() is not None or _listening(local), what="tsh -L listening")
-        assert _exchange(local, b"refused?") == b""
-        err = tmp_path / "tsh-forward.err"
-        wait_for(lambda: b"refused" in err.read_bytes(), what="the refusal on stderr")
-    finally:
-        stop_process(tsh)
-    assert service.connections == before, "nothing reached the service"
+    assert _through(cluster, err, _tsh_forward(spec), local, b"refused?") == b""
     message = err.read_text()
-    assert (
-        f"the node refused forwarding to 127.0.0.1:{target}: port forwarding is not permitted"
-        in (message)
-    )
+    assert f"the node refused forwarding to 127.0.0.1:{target}: " in message
+    assert "port forwarding is not permitted by your certificate" in message
+    if OPENSSH:
+        argv = _openssh_forward(cluster, tmp_path, spec)
+        assert _through(cluster, err, argv, local, b"refused?") == b""
+        message = err.read_text()
+        assert "administratively prohibited: port forwarding is not permitted" in message
+    assert service.connections == before, "nothing reached the service"
     refused = _events(cluster, "port.forward", lambda e: e["fields"].get("allowed") is False)
     assert refused[0]["user"] == "alice" and refused[0]["fields"]["port"] == target
     assert "port_forwarding = false" in refused[0]["fields"]["reason"]
