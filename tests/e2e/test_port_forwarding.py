@@ -72,8 +72,9 @@ def _forward(cluster: Cluster, err: Path, argv: list[str]) -> subprocess.Popen[A
         )
 
 
-def _tsh_forward(spec: str) -> list[str]:
-    return [str(BIN / "tsh"), "ssh", "-N", "-L", spec, f"{ME}@dev1"]
+def _tsh_forward(spec: str, *command: str) -> list[str]:
+    no_command = [] if command else ["-N"]
+    return [str(BIN / "tsh"), "ssh", *no_command, "-L", spec, f"{ME}@dev1", *command]
 
 
 def _openssh_forward(cluster: Cluster, tmp_path: Path, spec: str) -> list[str]:
@@ -138,7 +139,8 @@ def test_forward_reaches_a_device_service_then_refused_when_a_role_says_no(
     local = free_port()
     spec = f"{local}:127.0.0.1:{target}"
     assert _through(cluster, err, _tsh_forward(spec), local, PAYLOAD) == PAYLOAD.upper()
-    assert _through(cluster, err, _tsh_forward(spec), local, b"second") == b"SECOND"
+    with_command = _tsh_forward(spec, "sleep 30")  # forwarding while a command runs
+    assert _through(cluster, err, with_command, local, b"second") == b"SECOND"
     if OPENSSH:
         argv = _openssh_forward(cluster, tmp_path, spec)
         assert _through(cluster, err, argv, local, PAYLOAD) == PAYLOAD.upper()
