@@ -77,6 +77,10 @@ class _Flow:
         self.bytes_out = 0  # destination -> client
         self._done = False
 
+    def discard(self) -> None:
+        """The forward never opened: no ``port.forward.end``."""
+        self._done = True
+
     def finish(self) -> None:
         if self._done:
             return
@@ -98,11 +102,17 @@ class _Destination(asyncio.Protocol):
         self.flow = flow
         self.transport: asyncio.Transport | None = None
         self.channel: Any = None
+        self.opened = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         transport.pause_reading()  # resumed by _Channel.connection_made
+
+    def close_if_unopened(self) -> None:
+        """asyncssh drops a session whose SSH connection closed before the channel opened."""
+        if not self.opened and self.transport is not None:
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         self.flow.bytes_out += len(data)
@@ -139,6 +149,7 @@ class _Channel(asyncssh.SSHTCPSession[bytes]):
 
     def connection_made(self, chan: Any) -> None:
         self.dest.channel = chan
+        self.dest.opened = True
         assert self.dest.transport is not None
         self.dest.transport.resume_reading()
 
@@ -235,6 +246,7 @@ class ForwardGate:
                     EventType.PORT_FORWARD, **self._who(), host=host, port=port, allowed=True
                 )
             except BaseException as exc:
+                flow.discard()
                 assert dest.transport is not None
                 dest.transport.close()
                 if isinstance(exc, QuotaExceeded):
@@ -243,4 +255,5 @@ class ForwardGate:
                     ) from None
                 raise
         log.info("port forward open", extra={**self._who(), "host": host, "port": port})
+        loop.call_later(CONNECT_TIMEOUT, dest.close_if_unopened)
         return _Channel(dest)  # asyncssh makes the channel (RFC 4254 §7.2)
