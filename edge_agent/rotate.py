@@ -17,7 +17,6 @@ import logging
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -29,6 +28,7 @@ from remoteler.ca import (
     pin_of_cert_pem,
     public_key_from_openssh,
     public_key_to_openssh,
+    signed_by,
     spki_pin,
     split_pem_bundle,
 )
@@ -170,13 +170,8 @@ def _x509_issuer_pin(cert_pem: bytes, ca_pems: list[bytes]) -> str | None:
         return None
     for pem in ca_pems:
         pub = x509.load_pem_x509_certificate(pem).public_key()
-        if not isinstance(pub, Ed25519PublicKey):
-            continue
-        try:
-            pub.verify(cert.signature, cert.tbs_certificate_bytes)
-        except InvalidSignature:
-            continue
-        return spki_pin(pub)
+        if signed_by(cert, pub):
+            return spki_pin(pub)
     return None
 
 

@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from remoteler.ca import CertAuthority
+from remoteler.ca import CertAuthority, signed_by
 
 
 @dataclass(frozen=True)
@@ -23,17 +21,6 @@ class Identity:
     kind: Literal["user", "node"]
     #: user name, or node id
     name: str
-
-
-def _signed_by(cert: x509.Certificate, ca: CertAuthority) -> bool:
-    pub = ca.public_key
-    if not isinstance(pub, Ed25519PublicKey):
-        return False
-    try:
-        pub.verify(cert.signature, cert.tbs_certificate_bytes)
-    except InvalidSignature:
-        return False
-    return True
 
 
 def peer_identity(
@@ -61,9 +48,9 @@ def peer_identity(
         if cert.issuer == host_subject:
             return Identity("node", cn)
         return None
-    if _signed_by(cert, user_ca):
+    if signed_by(cert, user_ca.public_key):
         return Identity("user", cn)
-    if _signed_by(cert, host_ca):
+    if signed_by(cert, host_ca.public_key):
         return Identity("node", cn)
     return None
 

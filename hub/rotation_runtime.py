@@ -35,8 +35,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from hub.auth import host_principals
 from hub.datadir import DataDir
@@ -44,7 +42,7 @@ from hub.rotation_store import CASet, RotationStore
 from hub.tunnels import LiveNode
 from remoteler.audit.events import EventType, make_event
 from remoteler.audit.stream import MessageReader, encode_message
-from remoteler.ca import CAError, public_key_from_openssh
+from remoteler.ca import CAError, public_key_from_openssh, signed_by
 from remoteler.tlsutil import server_context
 from remoteler.wire.aio import Tunnel
 from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
@@ -176,7 +174,7 @@ class HubRotation:
         trusted = [ca.public_key for ca in self.cas.host.trusted]
         for live in self.server.registry.live():
             cert = _peer_cert(live)
-            if cert is None or any(_signed_by(cert, pub) for pub in trusted):
+            if cert is None or any(signed_by(cert, pub) for pub in trusted):
                 continue
             log.info(
                 "tunnel certificate from a retired CA; closing", extra={"node_id": live.node_id}
@@ -305,11 +303,3 @@ def _peer_cert(live: LiveNode) -> x509.Certificate | None:
         return x509.load_der_x509_certificate(der)
     except ValueError:
         return None
-
-
-def _signed_by(cert: x509.Certificate, pub: Ed25519PublicKey) -> bool:
-    try:
-        pub.verify(cert.signature, cert.tbs_certificate_bytes)
-    except InvalidSignature:
-        return False
-    return True

@@ -89,10 +89,8 @@ async def rotation_notice(hub: str, host_ca_pem: bytes, tls_cert: bytes) -> str 
     Asks the hub's ``ping`` (unverified: it only chooses which advice to print).
     """
     from cryptography import x509
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from remoteler.ca import pin_of_cert_pem, split_pem_bundle
+    from remoteler.ca import pin_of_cert_pem, signed_by, split_pem_bundle
     from remoteler.hubconn import fetch_cluster_info
 
     info = await fetch_cluster_info(hub)
@@ -101,12 +99,6 @@ async def rotation_notice(hub: str, host_ca_pem: bytes, tls_cert: bytes) -> str 
         return ROTATED.format(kind="host")
     cert = x509.load_pem_x509_certificate(tls_cert)
     for pem in info.get("user_ca_pems") or [info.get("user_ca_pem", "")]:
-        pub = x509.load_pem_x509_certificate(str(pem).encode()).public_key()
-        if not isinstance(pub, Ed25519PublicKey):
-            continue
-        try:
-            pub.verify(cert.signature, cert.tbs_certificate_bytes)
-        except InvalidSignature:
-            continue
-        return None
+        if signed_by(cert, x509.load_pem_x509_certificate(str(pem).encode()).public_key()):
+            return None
     return ROTATED.format(kind="user")

@@ -13,7 +13,6 @@ import contextlib
 import os
 import stat
 import sys
-from urllib.parse import quote
 
 from remoteler.errors import NodeError, UsageError
 from remoteler.identity import UserIdentity
@@ -94,17 +93,9 @@ async def _pipe_to_stdout(pipe: WebSocketPipe) -> int:
 
 async def proxy_ssh(hub: str, ident: UserIdentity, login: str, node: str) -> int:
     """Relay stdin/stdout to ``node``'s SSH server; return tsh's exit code."""
-    from remoteler.hubconn import open_ws
-    from remoteler.tlsutil import client_context
-    from tsh.ssh import CONNECT_SUBPROTOCOL
+    from tsh.ssh import open_connect_ws
 
-    ctx = client_context(ident.host_ca_pem, ident.tls_cert, ident.key_pem)
-    ws = await open_ws(
-        hub,
-        f"/v1/connect?node={quote(node)}&login={quote(login)}",
-        ctx,
-        subprotocol=CONNECT_SUBPROTOCOL,
-    )
+    ws = await open_connect_ws(hub, ident, login, node)
     pipe = WebSocketPipe(ws)
     upstream = asyncio.ensure_future(_stdin_to_pipe(pipe))
     downstream = asyncio.ensure_future(_pipe_to_stdout(pipe))

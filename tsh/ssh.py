@@ -36,19 +36,24 @@ def host_ca_known_hosts(ident: UserIdentity) -> str:
     return "\n".join(lines)
 
 
+async def open_connect_ws(hub: str, ident: UserIdentity, login: str, node: str) -> Any:
+    """The hub's relay to ``node``'s SSH server for ``login`` (routing and access checked)."""
+    ctx = client_context(ident.host_ca_pem, ident.tls_cert, ident.key_pem)
+    return await open_ws(
+        hub,
+        f"/v1/connect?node={quote(node)}&login={quote(login)}",
+        ctx,
+        subprotocol=CONNECT_SUBPROTOCOL,
+    )
+
+
 async def open_ssh(
     hub: str, ident: UserIdentity, login: str, node: str, ciphers: list[str] | None = None
 ) -> Any:
     """Connect through the hub and authenticate end to end; return the asyncssh connection."""
     import asyncssh
 
-    ctx = client_context(ident.host_ca_pem, ident.tls_cert, ident.key_pem)
-    ws = await open_ws(
-        hub,
-        f"/v1/connect?node={quote(node)}&login={quote(login)}",
-        ctx,
-        subprotocol=CONNECT_SUBPROTOCOL,
-    )
+    ws = await open_connect_ws(hub, ident, login, node)
     pipe = WebSocketPipe(ws)
     from remoteler.ca import private_key_to_openssh
 

@@ -35,6 +35,7 @@ from .x509 import (
     issue_cert,
     load_certificate,
     make_root,
+    signed_by,
     split_pem_bundle,
 )
 
@@ -66,6 +67,7 @@ __all__ = [
     "private_key_to_pkcs8_pem",
     "public_key_from_openssh",
     "public_key_to_openssh",
+    "signed_by",
     "spki_pin",
     "split_pem_bundle",
     "write_file_atomic",

@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -226,3 +226,15 @@ def _utc(moment: datetime | None) -> datetime:
     if moment.tzinfo is None:
         raise CAError("datetimes must be timezone-aware (use datetime.now(UTC))")
     return moment.astimezone(UTC)
+
+
+def signed_by(cert: x509.Certificate, issuer_key: object) -> bool:
+    """True if ``issuer_key`` (an Ed25519 public key, as every Remoteler CA's) signed
+    ``cert``. Any other key type is False."""
+    if not isinstance(issuer_key, Ed25519PublicKey):
+        return False
+    try:
+        issuer_key.verify(cert.signature, cert.tbs_certificate_bytes)
+    except InvalidSignature:
+        return False
+    return True

@@ -243,3 +243,25 @@ def test_issue_x509_errors(user_ca: CertAuthority) -> None:
         user_ca.issue_x509(subject, common_name="a", usage="admin", ttl_seconds=60)  # type: ignore[arg-type]
     with pytest.raises(CAError):
         cert_common_name(b"garbage")
+
+
+def test_signed_by_tells_the_issuing_ca_apart() -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from remoteler.ca import CertAuthority, generate_private_key, signed_by
+
+    ca, other = CertAuthority.generate("host", "t"), CertAuthority.generate("host", "t")
+    key = generate_private_key()
+    cert = x509.load_pem_x509_certificate(
+        ca.issue_x509(
+            key.public_key(),
+            common_name="n",
+            organization="remoteler-node",
+            usage="client",
+            ttl_seconds=60,
+        )
+    )
+    assert signed_by(cert, ca.public_key)
+    assert not signed_by(cert, other.public_key)
+    assert not signed_by(cert, ec.generate_private_key(ec.SECP256R1()).public_key())
