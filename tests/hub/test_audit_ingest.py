@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Hub
+from hubkit import Hub
 from websockets.asyncio.client import connect
 
 from hub.audit_store import AuditStore, audit_db_path

@@ -8,7 +8,7 @@ import time
 
 import pyotp
 import pytest
-from conftest import PASSWORD, TOTP_SECRET, Clock, new_key_line
+from hubkit import PASSWORD, TOTP_SECRET, Clock, new_key_line
 
 from hub.auth import LOGIN_FAILED, AuthService
 from remoteler.access import (

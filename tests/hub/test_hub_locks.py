@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import Hub, running_hub
+from hubkit import Hub, running_hub
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 

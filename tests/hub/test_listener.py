@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Hub, running_hub
+from hubkit import Hub, running_hub
 from websockets.asyncio.client import connect
 
 from hub.listener import ListenerLimits

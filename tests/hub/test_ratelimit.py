@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyotp
 import pytest
-from conftest import PASSWORD, TOTP_SECRET, Clock, new_key_line
+from hubkit import PASSWORD, TOTP_SECRET, Clock, new_key_line
 
 from hub.audit_store import AuditStore
 from hub.auth import AuthService

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from conftest import Hub, new_key_line
+from hubkit import Hub, new_key_line
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect

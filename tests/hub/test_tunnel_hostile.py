@@ -17,7 +17,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from conftest import Hub, running_hub
+from hubkit import Hub, running_hub
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
