@@ -472,12 +472,20 @@ class HubServer:
             result = self.rotation.decorate_join(result, _str(params, "public_key"))
         return result
 
+    def _refuse_if_locked(self, user: str) -> None:
+        """A locked user's certificate still works until it expires: refuse it here too
+        (the lock watcher's copy, at most one poll old)."""
+        lock = find_lock(self.locks.locks, user=user, now=time.time())
+        if lock is not None:
+            raise AccessDenied(lock.refusal())
+
     async def rpc_nodes_list(self, ident: Identity | None, params: dict[str, Any]) -> Any:
         if ident is None or ident.kind != "user":
             raise AuthError("listing nodes needs a user certificate: run 'tsh login'")
         user = await self.backend.get_user(ident.name)
         if user is None:
             raise AuthError(f"user {ident.name!r} no longer exists; ask an admin")
+        self._refuse_if_locked(user.name)
         rules, _ = await self.auth.rules_for(user)
         want = params.get("labels") or {}
         if not isinstance(want, dict):
@@ -508,6 +516,7 @@ class HubServer:
             raise AuthError("reading a session needs a user certificate: run 'tsh login'")
         if await self.backend.get_user(ident.name) is None:
             raise AuthError(f"user {ident.name!r} no longer exists; ask an admin")
+        self._refuse_if_locked(ident.name)
         session_id = _str(params, "session_id")
         events = await self.audit.session(session_id) if self.audit and session_id else []
         # Every event must name the caller: an event forged into someone else's

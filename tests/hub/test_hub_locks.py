@@ -144,3 +144,23 @@ def test_digest_is_of_the_set() -> None:
     assert lock_digest([]) != lock_digest([one])
     assert lock_digest([one, two]) == lock_digest([one, two])
     assert len(lock_digest([one])) == 16
+
+
+async def test_a_locked_user_cannot_list_nodes_or_read_sessions(hub: Hub) -> None:
+    from remoteler import rpc
+    from remoteler.errors import AccessDenied
+
+    creds = await hub.user_creds("mallory")
+    lock = Lock("0123456789ab", "user", "mallory", "incident 7", time.time())
+    await hub.backend.add_lock(lock)
+    await hub.server.locks.refresh()
+    async with connect(
+        hub.url("/v1/rpc"),
+        ssl=hub.tls(*creds),
+        compression=None,
+        subprotocols=[rpc.SUBPROTOCOL],  # type: ignore[list-item]
+    ) as ws:
+        client = rpc.RpcClient(ws)
+        for method, params in (("nodes.list", {}), ("audit.session", {"session_id": "x"})):
+            with pytest.raises(AccessDenied, match="incident 7"):
+                await client.call(method, **params)
