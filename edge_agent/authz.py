@@ -73,18 +73,6 @@ def decide_user_cert(
     return decide(rules, login, labels, node=node_name, user=parsed.key_id)
 
 
-def authorize_user_cert(
-    cert: bytes | str,
-    login: str,
-    user_ca: Ed25519PublicKey,
-    labels: Mapping[str, str],
-    node_name: str,
-    now: float,
-) -> str | None:
-    """None if ``cert`` may log in as ``login`` here; otherwise the reason, for the log."""
-    return decide_user_cert(cert, login, user_ca, labels, node_name, now).reason
-
-
 def connection_permissions(conn: Any) -> Permissions:
     """The permissions of an authenticated SSH connection (none if it has no decision).
 

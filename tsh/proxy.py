@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import stat
 import sys
 
 from remoteler.errors import NodeError, UsageError
 from remoteler.identity import UserIdentity
 from remoteler.sshio import HIGH_WATER, WebSocketPipe
 
-STDIN_CHUNK = 256 * 1024
 #: After our stdin ends (ssh is done sending), how long the node may take to hang up.
 EOF_GRACE = 5.0
 
@@ -43,30 +40,9 @@ def parse_target(target: str, cluster: str) -> tuple[str, str]:
 
 
 async def _stdin_to_pipe(pipe: WebSocketPipe) -> None:
-    from tsh.ssh import _readable
+    from tsh.ssh import stdin_chunks
 
-    loop = asyncio.get_running_loop()
-    fd = sys.stdin.fileno()
-    try:
-        pollable = not stat.S_ISREG(os.fstat(fd).st_mode)
-    except OSError:
-        return
-    if pollable:
-        os.set_blocking(fd, False)
-    while True:
-        if pollable:
-            try:
-                await _readable(loop, fd)
-            except PermissionError:
-                pollable = False
-        try:
-            data = os.read(fd, STDIN_CHUNK)
-        except BlockingIOError:
-            continue
-        except OSError:
-            return
-        if not data:
-            return
+    async for data in stdin_chunks(nonblocking=True):
         pipe.send(data)
         if pipe.buffered() > HIGH_WATER:
             await pipe.drain()
@@ -74,20 +50,16 @@ async def _stdin_to_pipe(pipe: WebSocketPipe) -> None:
 
 async def _pipe_to_stdout(pipe: WebSocketPipe) -> int:
     """Copy the node's bytes to stdout until it hangs up; return how many were copied."""
+    from tsh.ssh import write_all
+
     fd = sys.stdout.fileno()
     total = 0
     while data := await pipe.recv():
         total += len(data)
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(fd, view)
-            except BlockingIOError:
-                await asyncio.sleep(0.005)
-                continue
-            except BrokenPipeError:
-                return total  # ssh went away
-            view = view[n:]
+        try:
+            await write_all(fd, data)
+        except BrokenPipeError:
+            return total  # ssh went away
     return total
 
 

@@ -10,6 +10,7 @@ import stat
 import sys
 import termios
 import tty
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -122,20 +123,20 @@ async def _readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
         loop.remove_reader(fd)
 
 
-async def _pump_stdin(process: Any) -> None:
-    """Copy our stdin to the remote side; send EOF when it ends.
+async def stdin_chunks(*, nonblocking: bool = False) -> AsyncIterator[bytes]:
+    """Our stdin in chunks until EOF or a read error, without a thread hop.
 
-    One chunk is read only after the previous one fits the SSH window, so a fast
-    producer (``cat bigfile |``) waits instead of piling up in memory.
+    ``nonblocking`` sets O_NONBLOCK on a pollable stdin: only where it is not a
+    terminal shared with the user's shell (ssh's ProxyCommand pipe, say).
     """
     loop = asyncio.get_running_loop()
     fd = sys.stdin.fileno()
     try:
-        mode = os.fstat(fd).st_mode
+        pollable = not stat.S_ISREG(os.fstat(fd).st_mode)
     except OSError:
-        process.stdin.write_eof()
         return
-    pollable = not stat.S_ISREG(mode)
+    if pollable and nonblocking:
+        os.set_blocking(fd, False)
     while True:
         if pollable:
             try:
@@ -148,9 +149,32 @@ async def _pump_stdin(process: Any) -> None:
         except BlockingIOError:
             continue
         except OSError:
-            data = b""
+            return
         if not data:
-            break
+            return
+        yield data
+
+
+async def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``, waiting while it is full; BrokenPipeError if
+    the reader went away."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            await asyncio.sleep(0.005)
+            continue
+        view = view[n:]
+
+
+async def _pump_stdin(process: Any) -> None:
+    """Copy our stdin to the remote side; send EOF when it ends.
+
+    One chunk is read only after the previous one fits the SSH window, so a fast
+    producer (``cat bigfile |``) waits instead of piling up in memory.
+    """
+    async for data in stdin_chunks():
         process.stdin.write(data)
         await process.stdin.drain()
     with contextlib.suppress(Exception):
@@ -159,14 +183,7 @@ async def _pump_stdin(process: Any) -> None:
 
 async def _pump_out(stream: Any, fd: int) -> None:
     while data := await stream.read(65536):
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(fd, view)
-            except BlockingIOError:
-                await asyncio.sleep(0.005)
-                continue
-            view = view[n:]
+        await write_all(fd, data)
 
 
 async def run_session(conn: Any, command: list[str], want_pty: bool | None) -> int:

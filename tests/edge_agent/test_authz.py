@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
-from edge_agent.authz import authorize_user_cert
+from edge_agent.authz import decide_user_cert
 from remoteler.access import (
     ACCESS_ROLE,
     RULES_EXTENSION,
@@ -68,7 +68,7 @@ def _check(
     labels: Mapping[str, str] = LABELS,
     now: float = NOW,
 ) -> str | None:
-    return authorize_user_cert(cert, login, ca.public_key, labels, "dev1", now)
+    return decide_user_cert(cert, login, ca.public_key, labels, "dev1", now).reason
 
 
 def test_accepts_a_good_certificate(user_ca: CertAuthority) -> None:
