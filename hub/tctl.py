@@ -73,10 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.add_parser("rm", help="remove a node (its identity stops working)").add_argument("name")
 
     authp = sub.add_parser("auth", help="certificates").add_subparsers(dest="cmd", required=True)
-    sign = authp.add_parser("sign", help="write an identity file for a user (automation)")
-    sign.add_argument("--user", required=True)
-    sign.add_argument("--ttl", default="12h")
-    sign.add_argument("-o", "--out", required=True, help="identity file path")
+    sign = authp.add_parser(
+        "sign", help="write a user identity file, or a host certificate for a device's own sshd"
+    )
+    who = sign.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user")
+    who.add_argument("--host", help="host certificate for this node name (needs --pubkey)")
+    sign.add_argument("--pubkey", help="with --host: the sshd's Ed25519 host public key file")
+    sign.add_argument("--ttl", help="validity (default: 12h for --user, 365d for --host)")
+    sign.add_argument("-o", "--out", required=True, help="identity / certificate file path")
     export = authp.add_parser("export", help="print a CA for OpenSSH")
     export.add_argument("--type", choices=["user", "host"], required=True, dest="kind")
     tctl_rotate.add_rotate_parser(authp)
@@ -307,6 +312,9 @@ async def cmd_auth(args: argparse.Namespace) -> None:
     if args.cmd == "rotate":
         _emit(args, *await tctl_rotate.cmd_rotate(args))
         return
+    if args.host:
+        await _sign_host(args)
+        return
     from hub.audit_store import AuditStore, audit_db_path
 
     auth = await _auth(args)
@@ -320,7 +328,7 @@ async def cmd_auth(args: argparse.Namespace) -> None:
             raise UsageError(f"no user {args.user!r}; create it with 'tctl users add'")
         key = generate_private_key()
         issued = await auth.issue_user_certs(
-            user, public_key_to_openssh(key.public_key()), parse_ttl(args.ttl)
+            user, public_key_to_openssh(key.public_key()), parse_ttl(args.ttl or "12h")
         )
         files = write_identity_file(
             Path(args.out),
@@ -336,6 +344,47 @@ async def cmd_auth(args: argparse.Namespace) -> None:
         await auth.backend.close()
         if auth.audit is not None:
             await auth.audit.close()
+
+
+async def _sign_host(args: argparse.Namespace) -> None:
+    """``tctl auth sign --host NAME --pubkey KEY.pub``: a host cert for a device's own sshd.
+
+    Principals as for joined nodes (hub.auth.host_principals, without a node id):
+    ``NAME`` for ``tsh ssh`` and ``NAME.<cluster>`` for OpenSSH through ``tsh config``.
+    """
+    from hub.auth import check_name
+    from hub.datadir import DataDir
+    from remoteler.addr import parse_ttl
+    from remoteler.audit.events import EventType
+    from remoteler.ca import CAError, public_key_from_openssh
+
+    if not args.pubkey:
+        raise UsageError("--host needs --pubkey, e.g. /etc/ssh/ssh_host_ed25519_key.pub")
+    name = check_name("node", args.host)
+    cluster = DataDir(Path(args.data_dir)).cluster_name()
+    try:
+        pub = public_key_from_openssh(Path(args.pubkey).read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.pubkey}: {exc.strerror}; give a .pub file") from None
+    except CAError:
+        raise UsageError(
+            f"{args.pubkey} is not an Ed25519 public key; sign the sshd's "
+            "ssh_host_ed25519_key.pub (ssh-keygen -t ed25519 makes one)"
+        ) from None
+    ttl = parse_ttl(args.ttl or "365d")
+    principals = [name, f"{name}.{cluster}"]
+    host_ca = tctl_rotate.load_cas(args.data_dir).host.signer
+    cert = host_ca.sign_ssh_host_cert(pub, key_id=name, principals=principals, ttl_seconds=ttl)
+    await _record_role_event(
+        args, EventType.CERT_CREATE, ttl=ttl, logins=[], host=name, principals=principals
+    )
+    out = Path(args.out)
+    try:
+        out.write_text(cert.rstrip("\n") + "\n")
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror}") from None
+    valid = fmt_time(int(time.time()) + ttl)
+    print(f"Host certificate for {', '.join(principals)} valid until {valid} written to {out}")
 
 
 async def cmd_status(args: argparse.Namespace) -> None:
