@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,7 +55,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     joined REAL NOT NULL,
     token_labels TEXT NOT NULL DEFAULT '{}',
     audit_pending INTEGER NOT NULL DEFAULT 0,
-    audit_oldest REAL
+    audit_oldest REAL,
+    recording TEXT NOT NULL DEFAULT 'off'
 );
 CREATE TABLE IF NOT EXISTS locks (
     id TEXT PRIMARY KEY,
@@ -72,6 +74,13 @@ CREATE TABLE IF NOT EXISTS login_guard (
     locked_until REAL
 );
 """
+#: Columns added after a table was first created: (table, column, definition).
+#: ``open`` adds the missing ones to an older database (CREATE TABLE IF NOT EXISTS
+#: leaves an existing table as it was).
+MIGRATIONS = (("nodes", "recording", "TEXT NOT NULL DEFAULT 'off'"),)
+#: A node's session mode: "off" = end to end (the hub only relays bytes), "proxy" =
+#: the hub terminates SSH and records the session (hub/recording.py).
+RECORDING_MODES = ("off", "proxy")
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,8 @@ class Node:
     #: events waiting in the device's outbox, and the time of the oldest (heartbeat)
     audit_pending: int = 0
     audit_oldest: float | None = None
+    #: one of :data:`RECORDING_MODES`
+    recording: str = "off"
 
     def effective_labels(self, reported: Mapping[str, str]) -> dict[str, str]:
         return {**dict(reported), **dict(self.token_labels)}
@@ -166,6 +177,7 @@ class Backend(Protocol):
     async def get_node(self, key: str) -> Node | None: ...
     async def list_nodes(self) -> list[Node]: ...
     async def delete_node(self, key: str) -> bool: ...
+    async def set_node_recording(self, key: str, mode: str) -> Node | None: ...
     async def update_heartbeats(self, beats: Sequence[Beat]) -> list[str]: ...
     async def mark_all_offline(self) -> None: ...
     async def set_nodes_online(self, changes: Sequence[tuple[str, bool, float]]) -> None: ...
@@ -212,6 +224,7 @@ def _node(row: aiosqlite.Row) -> Node:
         token_labels=json.loads(row["token_labels"]),
         audit_pending=row["audit_pending"],
         audit_oldest=row["audit_oldest"],
+        recording=row["recording"],
     )
 
 
@@ -225,6 +238,20 @@ def _lock(row: aiosqlite.Row) -> Lock:
         expires=row["expires"],
         created_by=row["created_by"],
     )
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    """Add the :data:`MIGRATIONS` columns an older database lacks (idempotent)."""
+    for table, column, definition in MIGRATIONS:
+        async with db.execute(f"PRAGMA table_info({table})") as cur:
+            have = {row[1] for row in await cur.fetchall()}
+        if column in have:
+            continue
+        try:  # fixed names from MIGRATIONS, never user input
+            await db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        except sqlite3.OperationalError as exc:  # tctl and the hub opening it together
+            if "duplicate column" not in str(exc):
+                raise
 
 
 class SQLiteBackend:
@@ -246,6 +273,7 @@ class SQLiteBackend:
         await db.execute("PRAGMA synchronous=NORMAL")
         await db.execute("PRAGMA busy_timeout=30000")
         await db.executescript(SCHEMA)
+        await _migrate(db)
         for role in PRESET_ROLES:
             await db.execute(
                 "INSERT OR IGNORE INTO roles (name, spec) VALUES (?, ?)",
@@ -385,7 +413,9 @@ class SQLiteBackend:
     # nodes
     async def add_node(self, node: Node) -> None:
         await self._write(
-            "INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO nodes (id, name, labels, version, online, last_seen, joined,"
+            " token_labels, audit_pending, audit_oldest, recording)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 node.id,
                 node.name,
@@ -397,6 +427,7 @@ class SQLiteBackend:
                 json.dumps(dict(node.token_labels)),
                 node.audit_pending,
                 node.audit_oldest,
+                node.recording,
             ),
         )
 
@@ -409,6 +440,15 @@ class SQLiteBackend:
 
     async def delete_node(self, key: str) -> bool:
         return await self._write("DELETE FROM nodes WHERE id = ? OR name = ?", (key, key)) > 0
+
+    async def set_node_recording(self, key: str, mode: str) -> Node | None:
+        """Set a node's recording mode (by id or name); the node as it now is, or None."""
+        if mode not in RECORDING_MODES:
+            raise ValueError(f"recording mode must be one of {RECORDING_MODES}")
+        await self._write(
+            "UPDATE nodes SET recording = ? WHERE id = ? OR name = ?", (mode, key, key)
+        )
+        return await self.get_node(key)
 
     async def set_nodes_online(self, changes: Sequence[tuple[str, bool, float]]) -> None:
         """Batch of (node id, online, when), one transaction."""

@@ -506,6 +506,7 @@ class HubServer:
                     "online": live is not None,
                     "last_seen": live.last_seen if live else node.last_seen,
                     "version": (live.version if live else "") or node.version,
+                    "recording": node.recording,
                 }
             )
         return out

@@ -71,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     nodes = sub.add_parser("nodes", help="manage nodes").add_subparsers(dest="cmd", required=True)
     fmt(nodes.add_parser("ls", help="list nodes"))
     nodes.add_parser("rm", help="remove a node (its identity stops working)").add_argument("name")
+    nset = nodes.add_parser("set", help="change a node's settings (recording mode)")
+    nset.add_argument("name", help="node name or id")
+    nset.add_argument(
+        "--recording",
+        choices=["off", "proxy"],
+        required=True,
+        help="proxy: the hub terminates SSH and records; off: end to end (default)",
+    )
 
     authp = sub.add_parser("auth", help="certificates").add_subparsers(dest="cmd", required=True)
     sign = authp.add_parser(
@@ -275,6 +283,7 @@ async def cmd_nodes(args: argparse.Namespace) -> None:
                     "version": n.version,
                     "audit_pending": n.audit_pending,
                     "audit_oldest": n.audit_oldest,
+                    "recording": n.recording,
                 }
                 for n in nodes
             ]
@@ -287,17 +296,38 @@ async def cmd_nodes(args: argparse.Namespace) -> None:
                     "online" if n.online else "offline",
                     fmt_time(n.last_seen),
                     _backlog(n.audit_pending, n.audit_oldest, now),
+                    n.recording,
                 ]
                 for n in nodes
             ]
-            headers = ["Node", "ID", "Labels", "Status", "Last seen", "Audit backlog"]
+            headers = ["Node", "ID", "Labels", "Status", "Last seen", "Audit backlog", "Recording"]
             _emit(args, items, table(rows, headers))
         elif args.cmd == "rm":
             if not await backend.delete_node(args.name):
                 raise UsageError(f"no node {args.name!r}; see 'tctl nodes ls'")
             print(f"Node {args.name!r} removed; its agent must join again with a new token.")
+        elif args.cmd == "set":
+            await _set_recording(args, backend)
     finally:
         await backend.close()
+
+
+async def _set_recording(args: argparse.Namespace, backend: Any) -> None:
+    """``tctl nodes set NAME --recording proxy|off``: applies to the next connection."""
+    from remoteler.audit.events import EventType
+
+    node = await backend.set_node_recording(args.name, args.recording)
+    if node is None:
+        raise UsageError(f"no node {args.name!r}; see 'tctl nodes ls'")
+    await _record_role_event(
+        args, EventType.NODE_UPDATED, name=node.name, node_id=node.id, recording=node.recording
+    )
+    how = (
+        "the hub records its sessions (it sees them in plaintext)"
+        if node.recording == "proxy"
+        else "sessions are end to end again"
+    )
+    print(f"Node {node.name!r}: recording {node.recording}; {how}. Applies to new connections.")
 
 
 async def cmd_auth(args: argparse.Namespace) -> None:

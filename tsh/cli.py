@@ -231,10 +231,11 @@ async def cmd_ls(args: argparse.Namespace) -> int:
             format_labels(n["labels"]),
             "online" if n["online"] else "offline",
             fmt_time(n["last_seen"]),
+            n.get("recording", "off"),  # an older hub does not say: end to end
         ]
         for n in nodes
     ]
-    print(table(rows, ["Node", "Labels", "Status", "Last seen"]))
+    print(table(rows, ["Node", "Labels", "Status", "Last seen", "Recording"]))
     return 0
 
 

@@ -42,6 +42,7 @@ class EventType(StrEnum):
     ROTATION_PHASE = "rotation.phase"
     LOCK_CREATED = "lock.created"
     LOCK_DELETED = "lock.deleted"
+    NODE_UPDATED = "node.updated"
 
 
 #: Node name used for events the hub records itself.
@@ -133,6 +134,10 @@ FIELD_TYPES: dict[str, tuple[_Check, ...]] = {
         ("spec", lambda v: isinstance(v, dict), "a map (the role as stored)"),
     ),
     EventType.ROLE_DELETED: (("name", _is_str, "a str"),),
+    EventType.NODE_UPDATED: (
+        ("name", _is_str, "a str"),
+        ("recording", lambda v: v in ("off", "proxy"), "'off' or 'proxy'"),
+    ),
     EventType.CERT_CREATE: (
         ("ttl", _is_count, "a non-negative int"),
         ("logins", _is_str_list, "a list of str"),
