@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     ssh.add_argument("target", help="[login@]node")
     ssh.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run")
 
+    scp = sub.add_parser("scp", help="copy files to or from a node (SFTP)")
+    _add_common(scp, False)
+    scp.add_argument("-r", dest="recurse", action="store_true", help="copy directories")
+    scp.add_argument("-p", dest="preserve", action="store_true", help="keep times and modes")
+    scp.add_argument("-q", dest="quiet", action="store_true", help="no progress bar")
+    scp.add_argument("paths", nargs="+", metavar="SRC... DST", help="local or login@node:path")
+
     status = sub.add_parser("status", help="show the current login")
     _add_common(status, False)
     status.add_argument("--format", choices=["text", "json"], default="text")
@@ -277,6 +284,14 @@ async def cmd_ssh(args: argparse.Namespace) -> int:
         conn.close()
 
 
+async def cmd_scp(args: argparse.Namespace) -> int:
+    from tsh.scp import make_plan, scp
+
+    plan = make_plan(args.paths)
+    hub, ident = _identity(args)
+    return await scp(hub, ident, plan, args.recurse, args.preserve, args.quiet)
+
+
 async def cmd_status(args: argparse.Namespace) -> int:
     from tsh.profile import Profile
 
@@ -388,6 +403,7 @@ COMMANDS = {
     "login": cmd_login,
     "ls": cmd_ls,
     "ssh": cmd_ssh,
+    "scp": cmd_scp,
     "status": cmd_status,
     "logout": cmd_logout,
     "play": cmd_play,
@@ -401,11 +417,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(COMMANDS[args.command](args))
     except RemotelerError as err:
-        rotatable = args.command in ("ls", "ssh", "play", "proxy")
+        rotatable = args.command in ("ls", "ssh", "scp", "play", "proxy")
         if rotatable and isinstance(err, (TrustError, HubUnreachable)):
             err = _rotated(args) or err
         print(f"tsh: {err}", file=sys.stderr)
-        return 255 if args.command in ("ssh", "proxy") else err.exit_code
+        scp_conn = args.command == "scp" and not isinstance(err, UsageError)
+        return 255 if args.command in ("ssh", "proxy") or scp_conn else err.exit_code
     except KeyboardInterrupt:
         return 130
 

@@ -1,0 +1,266 @@
+"""``tsh scp`` through a real hub to a real agent (whose sftp-server writes our filesystem).
+
+One hub and one agent for the module; each test copies into its own tmp_path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import re
+import select
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import BIN, Cluster, free_port, wait_for
+
+from remoteler.errors import UsageError
+from tsh.scp import Location, Plan, make_plan, parse_location
+
+ME = pwd.getpwuid(os.geteuid()).pw_name
+NODE = "scp-node"
+
+needs_sftp_server = pytest.mark.skipif(
+    not any(
+        os.path.exists(p)
+        for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server")
+    )
+    and not shutil.which("sftp-server"),
+    reason="no sftp-server on this machine",
+)
+
+
+# --- argument parsing (no network) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arg", "want"),
+    [
+        ("pi@truck:/tmp/x", Location("/tmp/x", "pi", "truck")),
+        ("pi@truck:", Location(".", "pi", "truck")),
+        ("pi@truck:~/logs", Location("logs", "pi", "truck")),
+        ("a@b@truck:f", Location("f", "a@b", "truck")),
+        ("./a:b", Location("./a:b")),
+        ("/tmp/a:b", Location("/tmp/a:b")),
+        ("plain.txt", Location("plain.txt")),
+    ],
+)
+def test_parse_location(arg: str, want: Location) -> None:
+    assert parse_location(arg) == want
+
+
+def test_plan_directions() -> None:
+    assert make_plan(["a", "b", "pi@n:d"]) == Plan(True, "pi", "n", ("a", "b"), "d")
+    assert make_plan(["pi@n:a", "pi@n:b", "."]) == Plan(False, "pi", "n", ("a", "b"), ".")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["only"], "source and a destination"),
+        (["pi@a:x", "pi@b:y"], "node to a node"),
+        (["a", "b"], "one side must be on a node"),
+        (["pi@a:x", "y", "z"], "one side must be on a node"),
+        (["pi@a:x", "pi@b:y", "z"], "one login@node"),
+        (["truck:x", "y"], "give the login"),
+    ],
+)
+def test_plan_refusals(args: list[str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        make_plan(args)
+
+
+# --- end to end ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("scp")
+    cluster = Cluster(root, free_port())
+    cluster.start_hub()
+    try:
+        role = root / "no-files.toml"
+        role.write_text(
+            'kind = "role"\nname = "no-files"\n[allow]\nlogins = ["{{internal.logins}}"]\n'
+            'node_labels = { "*" = "*" }\n[permissions]\nfile_transfer = false\n'
+        )
+        cluster.tctl("create", "-f", str(role))
+        cluster.add_user("alice", [ME])
+        cluster.add_user("bob", [ME], roles="no-files")
+        cluster.start_agent(NODE, "env=lab")
+        wait_for(lambda: cluster.node_online(NODE), what="node online")
+        login = cluster.login("alice")
+        assert login.returncode == 0, login.stderr
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _scp(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return cluster.tsh("scp", *args)
+
+
+def _at(path: Path | str) -> str:
+    return f"{ME}@{NODE}:{path}"
+
+
+@needs_sftp_server
+def test_upload_download_and_several_sources(fleet: Cluster, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.txt", tmp_path / "b.bin"
+    a.write_text("alpha\n")
+    b.write_bytes(os.urandom(70_000))
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    run = _scp(fleet, str(a), _at(remote / "a.copy"))
+    assert (run.returncode, run.stderr) == (0, "")
+    assert (remote / "a.copy").read_text() == "alpha\n"
+    run = _scp(fleet, str(a), str(b), _at(remote))
+    assert run.returncode == 0, run.stderr
+    assert (remote / "b.bin").read_bytes() == b.read_bytes()
+
+    back = tmp_path / "back"
+    back.mkdir()
+    run = _scp(fleet, _at(remote / "a.txt"), _at(remote / "b.bin"), str(back))
+    assert run.returncode == 0, run.stderr
+    assert (back / "b.bin").read_bytes() == b.read_bytes()
+    assert (back / "a.txt").read_text() == "alpha\n"
+    assert run.stderr == "", "no progress bar when stderr is not a terminal"
+
+
+@needs_sftp_server
+def test_recursive_tree_both_ways_and_preserve(fleet: Cluster, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "sub" / "deeper").mkdir(parents=True)
+    (tree / "top.txt").write_text("top")
+    (tree / "sub" / "deeper" / "leaf.txt").write_text("leaf")
+    os.chmod(tree / "top.txt", 0o640)
+    os.utime(tree / "top.txt", (1_700_000_000, 1_700_000_000))
+    remote = tmp_path / "remote"
+    remote.mkdir()
+
+    run = _scp(fleet, str(tree), _at(remote))
+    assert run.returncode == 1
+    assert run.stderr == f"tsh: {tree}: is a directory (use -r to copy directories)\n"
+
+    run = _scp(fleet, "-r", "-p", str(tree), _at(remote))
+    assert run.returncode == 0, run.stderr
+    assert (remote / "tree" / "sub" / "deeper" / "leaf.txt").read_text() == "leaf"
+    st = (remote / "tree" / "top.txt").stat()
+    assert (st.st_mode & 0o777, int(st.st_mtime)) == (0o640, 1_700_000_000)
+
+    got = tmp_path / "got"  # does not exist: becomes the copy, as with scp -r
+    run = _scp(fleet, "-r", _at(remote / "tree"), str(got))
+    assert run.returncode == 0, run.stderr
+    assert (got / "top.txt").read_text() == "top"
+    assert (got / "sub" / "deeper" / "leaf.txt").read_text() == "leaf"
+
+
+@needs_sftp_server
+def test_failures_name_the_file_and_the_rest_still_copies(fleet: Cluster, tmp_path: Path) -> None:
+    good = tmp_path / "good.txt"
+    good.write_text("good")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    remote = tmp_path / "remote"
+    remote.mkdir()
+
+    run = _scp(fleet, str(tmp_path / "missing"), str(good), _at(remote))
+    assert run.returncode == 1
+    assert run.stderr == f"tsh: {tmp_path / 'missing'}: no such file or directory\n"
+    assert (remote / "good.txt").read_text() == "good"
+
+    run = _scp(fleet, _at(remote / "nope"), str(tmp_path / "x"))
+    assert (run.returncode, run.stderr) == (
+        1,
+        f"tsh: {remote / 'nope'}: no such file or directory\n",
+    )
+
+    if os.geteuid() != 0:  # root writes anywhere
+        run = _scp(fleet, str(good), _at(locked / "g.txt"))
+        assert run.returncode == 1
+        assert run.stderr.endswith(": permission denied\n"), run.stderr
+        assert len(run.stderr.splitlines()) == 1
+
+    run = _scp(fleet, str(good), str(good), _at(remote / "good.txt"))
+    assert run.returncode == 1 and "not a directory" in run.stderr
+
+
+def test_connection_errors_exit_255(fleet: Cluster, tmp_path: Path) -> None:
+    run = _scp(fleet, str(tmp_path), f"{ME}@no-such-node:/tmp/")
+    assert run.returncode == 255
+    assert run.stderr.startswith("tsh: ") and len(run.stderr.splitlines()) == 1
+    run = _scp(fleet, "pi@a:x", "pi@b:y")
+    assert run.returncode == 2 and "node to a node" in run.stderr
+
+
+@needs_sftp_server
+def test_refused_without_file_transfer_permission(fleet: Cluster, tmp_path: Path) -> None:
+    home = tmp_path / "bob-tsh"
+    env = fleet.env(TSH_HOME=str(home))
+    from helpers import PASSWORD, current_totp
+
+    login = fleet.tsh(
+        "login", "--proxy", fleet.addr, "--user", "bob", "--ca-pin", fleet.ca_pin(),
+        "--otp", current_totp(), input=PASSWORD + "\n", env=env,
+    )  # fmt: skip
+    assert login.returncode == 0, login.stderr
+    src = tmp_path / "f.txt"
+    src.write_text("f")
+    run = fleet.tsh("scp", str(src), _at(tmp_path / "g.txt"), env=env)
+    assert run.returncode == 1
+    assert run.stderr == (
+        f"tsh: {src}: refused by the node: file transfer is not permitted by your roles\n"
+    )
+    assert not (tmp_path / "g.txt").exists()
+
+
+@needs_sftp_server
+def test_large_file_checksum_with_progress_on_a_pty(fleet: Cluster, tmp_path: Path) -> None:
+    """50 MiB up and back by checksum; stderr is a real pty, so the bar is drawn."""
+    big = tmp_path / "big.bin"
+    digest = hashlib.sha256()
+    with big.open("wb") as f:
+        for _ in range(50):
+            chunk = os.urandom(1 << 20)
+            digest.update(chunk)
+            f.write(chunk)
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen(
+            [str(BIN / "tsh"), "scp", str(big), _at(remote / "big.up")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=slave,
+            env=fleet.env(),
+        )
+        os.close(slave)
+        drawn = b""
+        while True:  # read until the child closes the pty (EIO), so it never blocks on it
+            ready, _, _ = select.select([master], [], [], 60)
+            assert ready, "tsh scp went quiet on its terminal"
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            drawn += data
+        assert proc.wait(timeout=60) == 0, drawn
+    finally:
+        os.close(master)
+    text = drawn.decode()
+    final = text.rstrip("\r\n").rsplit("\r", 1)[-1]
+    assert final.startswith("big.bin") and " 100% " in final and "50.0MiB" in final, text
+    assert re.search(r"\d+:\d\d\s*$", final), final
+    assert hashlib.sha256((remote / "big.up").read_bytes()).hexdigest() == digest.hexdigest()
+
+    run = _scp(fleet, "-q", _at(remote / "big.up"), str(tmp_path / "big.down"))
+    assert (run.returncode, run.stderr) == (0, "")
+    with (tmp_path / "big.down").open("rb") as f:
+        assert hashlib.file_digest(f, "sha256").hexdigest() == digest.hexdigest()

@@ -1,0 +1,233 @@
+"""``tsh scp``: copy files to and from a node over SFTP, through the hub.
+
+The same end-to-end SSH connection as ``tsh ssh`` (:func:`tsh.ssh.open_ssh`),
+then asyncssh's SFTP client on the node's ``sftp`` subsystem, which the agent
+serves with OpenSSH's ``sftp-server`` as the login (edge_agent/sftp.py: gated
+by the ``file_transfer`` permission, one ``file.transfer`` event per file).
+Files stream in blocks with a bounded number of requests in flight, so memory
+stays flat whatever the size.
+
+Exit status as ``scp``'s: 0 when everything was copied, 1 when a file failed
+(one ``tsh: PATH: reason`` line each, the others still copied), 255 when the
+connection to the node failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from remoteler.errors import NodeError, UsageError
+from remoteler.identity import UserIdentity
+
+#: How long to wait for the node's reason after it refused the sftp subsystem.
+REFUSAL_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class Location:
+    """One path argument: local, or ``login@node:path`` on a node."""
+
+    path: str
+    """The path; on a node, relative paths are from the login's home."""
+    login: str = ""
+    """The node's login (empty for a local path)."""
+    node: str = ""
+    """The node (empty for a local path)."""
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.node)
+
+    def __str__(self) -> str:
+        return f"{self.login}@{self.node}:{self.path}" if self.remote else self.path
+
+
+def parse_location(arg: str) -> Location:
+    """``login@node:path`` -> remote; anything else is local.
+
+    As ``scp``: a colon before the first slash makes it remote, so
+    ``./a:b`` and ``/tmp/a:b`` stay local.
+    """
+    head, colon, path = arg.partition(":")
+    if not colon or "/" in head:
+        return Location(arg)
+    login, at, node = head.rpartition("@")
+    if not at or not login or not node:
+        raise UsageError(f"give the login for {arg!r}: login@node:path")
+    if path == "~" or path.startswith("~/"):
+        path = path[2:]  # sftp-server starts in the login's home
+    return Location(path or ".", login, node)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one ``tsh scp`` run copies."""
+
+    upload: bool
+    """True: local sources to the node; False: node sources to a local path."""
+    login: str
+    """The node's login."""
+    node: str
+    """The one node involved."""
+    sources: tuple[str, ...]
+    """Source paths (on the node for a download)."""
+    dest: str
+    """Destination path (on the node for an upload)."""
+
+
+def make_plan(args: list[str]) -> Plan:
+    """Check the SRC... DST arguments; raise UsageError with what to do instead."""
+    if len(args) < 2:
+        raise UsageError("give a source and a destination: tsh scp [-r] SRC... DST")
+    *srcs, dst = (parse_location(a) for a in args)
+    dest_remote = dst.remote
+    if any(s.remote for s in srcs) and dest_remote:
+        raise UsageError(
+            "copying from a node to a node is not supported: copy to a local path first"
+        )
+    if dest_remote:
+        return Plan(True, dst.login, dst.node, tuple(s.path for s in srcs), dst.path)
+    if not all(s.remote for s in srcs):
+        raise UsageError("one side must be on a node: tsh scp SRC login@node:DST or the reverse")
+    nodes = {(s.login, s.node) for s in srcs}
+    if len(nodes) > 1:
+        raise UsageError("all sources must be on one login@node: run tsh scp once per node")
+    ((login, node),) = nodes
+    return Plan(False, login, node, tuple(s.path for s in srcs), dst.path)
+
+
+def describe(exc: BaseException) -> str:
+    """A failure's reason in a few words, as ``scp`` prints them."""
+    import asyncssh
+
+    if isinstance(exc, asyncssh.SFTPNoSuchFile):
+        return "no such file or directory"
+    if isinstance(exc, asyncssh.SFTPPermissionDenied):
+        return "permission denied"
+    if isinstance(exc, asyncssh.SFTPError):
+        return str(exc.reason) or "failed"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+class Refused(Exception):
+    """The node refused the sftp subsystem; ``str()`` is its reason."""
+
+
+async def start_sftp(conn: Any) -> Any:
+    """Open the node's sftp subsystem; raise :class:`Refused` with the node's reason.
+
+    asyncssh's own ``start_sftp_client`` drops the channel's stderr, where the
+    agent says why it refused (``remoteler: file transfer is not permitted ...``).
+    """
+    import asyncssh
+    from asyncssh.sftp import start_sftp_client
+
+    writer, reader, stderr = await conn.open_session(subsystem="sftp", encoding=None)
+    try:
+        return await start_sftp_client(
+            conn, asyncio.get_running_loop(), "strict", reader, writer, "utf-8", "strict", 3
+        )
+    except (asyncssh.Error, ConnectionError) as exc:
+        try:
+            said = await asyncio.wait_for(stderr.read(), REFUSAL_GRACE)
+        except (TimeoutError, asyncssh.Error, ConnectionError):
+            said = b""
+        text = said.decode("utf-8", "replace").strip().removeprefix("remoteler: ")
+        raise Refused(text.splitlines()[0] if text else f"sftp failed: {exc}") from None
+
+
+class Copier:
+    """Runs a :class:`Plan` on an SFTP client; collects one failure line per file."""
+
+    def __init__(
+        self, sftp: Any, recurse: bool, preserve: bool, progress: Any | None = None
+    ) -> None:
+        self.sftp = sftp
+        self.recurse = recurse
+        self.preserve = preserve
+        self.progress = progress
+        self.failures: list[str] = []
+
+    def fail(self, path: str, reason: str) -> None:
+        self.failures.append(f"{path}: {reason}")
+
+    def _on_error(self, exc: Exception) -> None:
+        import asyncssh
+
+        if isinstance(exc, asyncssh.SFTPConnectionLost):
+            raise exc  # the connection, not this file: stop (exit 255)
+        src = getattr(exc, "srcpath", b"")
+        name = src.decode("utf-8", "replace") if isinstance(src, bytes) else str(src)
+        self.fail(name, describe(exc))
+
+    async def _is_dir(self, upload: bool, path: str) -> bool:
+        return os.path.isdir(path) if upload else bool(await self.sftp.isdir(path))
+
+    async def run(self, plan: Plan) -> None:
+        """Copy every source; per-file failures land in :attr:`failures`."""
+        import asyncssh
+
+        dest_is_dir = await self._is_dir(not plan.upload, plan.dest)
+        if len(plan.sources) > 1 and not dest_is_dir:
+            self.fail(plan.dest, "not a directory (several sources need a directory)")
+            return
+        copy = self.sftp.put if plan.upload else self.sftp.get
+        for src in plan.sources:
+            try:
+                if not self.recurse and await self._is_dir(plan.upload, src):
+                    self.fail(src, "is a directory (use -r to copy directories)")
+                    continue
+                await copy(
+                    src,
+                    plan.dest,
+                    recurse=self.recurse,
+                    preserve=self.preserve,
+                    progress_handler=self.progress,
+                    error_handler=self._on_error,
+                )
+            except (asyncssh.SFTPConnectionLost, ConnectionError):
+                raise
+            except (OSError, asyncssh.SFTPError) as exc:
+                self.fail(src, describe(exc))
+            finally:
+                if self.progress is not None:
+                    self.progress.close()
+
+
+async def scp(
+    hub: str, ident: UserIdentity, plan: Plan, recurse: bool, preserve: bool, quiet: bool
+) -> int:
+    """Copy as ``plan`` says; print one line per failure; return scp's exit status."""
+    import asyncssh
+
+    from tsh.progress import TerminalProgress
+    from tsh.ssh import open_ssh
+
+    progress = None if quiet or not os.isatty(2) else TerminalProgress(2)
+    conn = await open_ssh(hub, ident, plan.login, plan.node)
+    try:
+        try:
+            sftp = await start_sftp(conn)
+        except Refused as refused:
+            for src in plan.sources:
+                print(f"tsh: {src}: refused by the node: {refused}", file=sys.stderr)
+            return 1
+        copier = Copier(sftp, recurse, preserve, progress)
+        async with sftp:
+            await copier.run(plan)
+    except (asyncssh.Error, ConnectionError) as exc:
+        reason = exc.reason if isinstance(exc, asyncssh.Error) else str(exc)
+        raise NodeError(
+            f"connection to {plan.node!r} lost ({reason}); run 'tsh ls' to see if it is online"
+        ) from None
+    finally:
+        conn.close()
+    for line in copier.failures:
+        print(f"tsh: {line}", file=sys.stderr)
+    return 1 if copier.failures else 0
