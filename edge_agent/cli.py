@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -19,6 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-agent", description="Remoteler edge agent")
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="join (first start) and serve the tunnel")
+    start.add_argument(
+        "--config",
+        help="TOML file with a key for any flag below (default: $REMOTELER_AGENT_CONFIG, "
+        "else /etc/remoteler/agent.toml if it exists); flags given here win",
+    )
     start.add_argument("--hub", help="hub HOST:PORT (needed to join)")
     start.add_argument("--token", help="join token (first start only)")
     start.add_argument("--ca-pin", help="sha256:... pin of the hub CA (first start only)")
@@ -47,11 +53,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to do when the outbox is full",
     )
     start.add_argument("--log-level", default="INFO")
+    health = sub.add_parser("health", help="exit 0 if the agent runs and its tunnel is up")
+    health.add_argument("--config", help="the agent's config file (for its data-dir)")
+    health.add_argument("--data-dir", help="default: the config's, else /var/lib/remoteler-agent")
+    health.add_argument(
+        "--max-down", type=float, default=300.0, help="unhealthy once the tunnel is down longer"
+    )
+    health.add_argument(
+        "--stale-after", type=float, default=180.0, help="unhealthy if the status is older"
+    )
     return parser
+
+
+def health_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from edge_agent import config
+    from edge_agent.health import check
+
+    data_dir = args.data_dir
+    path = config.resolve_path(args.config, os.environ)
+    start = config.subparser(parser, "start")
+    if data_dir is None and path is not None:
+        data_dir = config.load(path, start).get("data_dir")
+    data = Path(data_dir or start.get_default("data_dir"))
+    problem = check(data, args.max_down, args.stale_after)
+    if problem is not None:
+        print(f"edge-agent: unhealthy: {problem}", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def run(args: argparse.Namespace) -> None:
     from edge_agent.agent import VERSION, Backoff, EdgeAgent
+    from edge_agent.health import keep_status
     from edge_agent.identity import NodeIdentity
     from edge_agent.join import join
     from edge_agent.local import start_local_listener
@@ -68,7 +101,12 @@ async def run(args: argparse.Namespace) -> None:
         from edge_agent.rotate import needs_rejoin
 
         old = NodeIdentity.load(data_dir)
-        if await needs_rejoin(old, args.hub, args.ca_pin):  # CA rotated while we were away
+        try:
+            rotated = await needs_rejoin(old, args.hub, args.ca_pin)
+        except RemotelerError as err:  # a device booting offline must still start its loop
+            log.warning("cannot check the hub's CA now: %s", err, extra={"node_id": old.node_id})
+            rotated = False
+        if rotated:  # CA rotated while we were away
             log.warning("the hub's CA changed; joining again", extra={"node_id": old.node_id})
             ident = await join(args.hub, args.token, args.ca_pin, args.name, labels, VERSION)
             ident.save(data_dir)
@@ -114,6 +152,7 @@ async def run(args: argparse.Namespace) -> None:
         )
     loop = asyncio.get_running_loop()
     main_task = asyncio.ensure_future(agent.run_forever())
+    status_task = asyncio.ensure_future(keep_status(data_dir, lambda: agent.tunnel is not None))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, main_task.cancel)
     try:
@@ -123,6 +162,8 @@ async def run(args: argparse.Namespace) -> None:
         if agent.tunnel is not None:
             await agent.tunnel.close(reason="agent stopping")
     finally:
+        status_task.cancel()
+        await asyncio.gather(status_task, return_exceptions=True)
         if local is not None:
             local.close()
         await agent.audit.flush()
@@ -130,11 +171,17 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from edge_agent import config
     from remoteler import logs
 
-    args = build_parser().parse_args(argv)
-    logs.setup(args.log_level)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        if args.command == "health":
+            return health_main(parser, args)
+        args = config.apply(parser, config.subparser(parser, "start"), argv, args)
+        logs.setup(args.log_level)
         asyncio.run(run(args))
     except RemotelerError as err:
         print(f"edge-agent: {err}", file=sys.stderr)

@@ -1,0 +1,75 @@
+"""``edge-agent health``: the status file's rules (time passed in) and the real command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from edge_agent.health import Status, StatusWriter, read_status, verdict, write_status
+
+BIN = Path(sys.executable).parent
+
+
+def test_a_tunnel_down_longer_than_max_down_is_unhealthy() -> None:
+    up = Status(tunnel_up=True, since=0.0, updated=1000.0, pid=1)
+    assert verdict(up, now=1010.0, max_down=300, stale_after=180) is None
+    down = Status(tunnel_up=False, since=900.0, updated=1000.0, pid=1)
+    assert verdict(down, now=1010.0, max_down=300, stale_after=180) is None  # 110 s down
+    problem = verdict(down, now=1100.0, max_down=100, stale_after=180)
+    assert problem is not None and "down for 200 s" in problem
+
+
+def test_a_status_not_refreshed_is_unhealthy_even_if_up() -> None:
+    up = Status(tunnel_up=True, since=0.0, updated=1000.0, pid=42)
+    problem = verdict(up, now=1181.0, max_down=300, stale_after=180)
+    assert problem is not None and "hung" in problem
+    assert verdict(None, now=0, max_down=1, stale_after=1) is not None
+
+
+def test_the_writer_writes_on_change_and_every_refresh() -> None:
+    w = StatusWriter(now=100.0, refresh=60.0)
+    first = w.observe(False, 100.0)
+    assert first is not None and not first.tunnel_up and first.since == 100.0
+    assert w.observe(False, 101.0) is None
+    up = w.observe(True, 102.0)
+    assert up is not None and up.tunnel_up and up.since == 102.0
+    assert w.observe(True, 150.0) is None
+    again = w.observe(True, 162.0)
+    assert again is not None and again.since == 102.0 and again.updated == 162.0
+
+
+def run_health(data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "edge-agent"), "health", "--data-dir", str(data), *extra],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={k: v for k, v in os.environ.items() if k != "REMOTELER_AGENT_CONFIG"},
+    )
+
+
+def test_the_health_command_reads_the_status_file(tmp_path: Path) -> None:
+    import time
+
+    proc = run_health(tmp_path)
+    assert proc.returncode == 1 and "not running" in proc.stderr
+    now = time.time()
+    write_status(tmp_path, Status(True, now - 5, now, os.getpid()))
+    assert read_status(tmp_path) is not None
+    proc = run_health(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    write_status(tmp_path, Status(False, now - 500, now, os.getpid()))
+    proc = run_health(tmp_path, "--max-down", "60")
+    assert proc.returncode == 1 and "down for 500 s" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    write_status(tmp_path, Status(True, now, now, dead.pid))
+    proc = run_health(tmp_path)
+    assert proc.returncode == 1 and "gone" in proc.stderr
+    conf = tmp_path / "agent.toml"
+    conf.write_text(f'data-dir = "{tmp_path / "elsewhere"}"\n')
+    proc = run_health(tmp_path, "--config", str(conf))  # --data-dir wins over the file
+    assert proc.returncode == 1 and "gone" in proc.stderr
