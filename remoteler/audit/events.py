@@ -42,6 +42,15 @@ class EventType(StrEnum):
     ROTATION_PHASE = "rotation.phase"
     LOCK_CREATED = "lock.created"
     LOCK_DELETED = "lock.deleted"
+    # firmware roll-outs (docs/firmware-rollouts.md): the hub's, then the device's
+    FIRMWARE_ROLLOUT_START = "firmware.rollout.start"
+    FIRMWARE_ROLLOUT_STOP = "firmware.rollout.stop"
+    FIRMWARE_ROLLOUT_DONE = "firmware.rollout.done"
+    FIRMWARE_TRANSFER = "firmware.transfer"
+    FIRMWARE_INSTALL = "firmware.install"
+    FIRMWARE_INSTALLED = "firmware.installed"
+    FIRMWARE_FAILED = "firmware.failed"
+    FIRMWARE_ROLLBACK = "firmware.rollback"
     NODE_UPDATED = "node.updated"
 
 
@@ -88,6 +97,29 @@ def _is_str_list(v: Any) -> bool:
 
 # (field, check, what the check wants), per known type: required, type-checked.
 _Check = tuple[str, Any, str]
+
+
+def _firmware_fields() -> dict[str, tuple[_Check, ...]]:
+    rollout: _Check = ("rollout", _is_str, "a str (the roll-out id)")
+    version: _Check = ("version", _is_str, "a str")
+    reason: _Check = ("reason", _is_str, "a str")
+    return {
+        EventType.FIRMWARE_ROLLOUT_START: (rollout, version, ("nodes", _is_count, "an int")),
+        EventType.FIRMWARE_ROLLOUT_STOP: (rollout, reason),
+        EventType.FIRMWARE_ROLLOUT_DONE: (rollout,),
+        EventType.FIRMWARE_TRANSFER: (
+            rollout,
+            version,
+            ("size", _is_count, "a non-negative int"),
+            ("resumed_from", _is_count, "a non-negative int"),
+        ),
+        EventType.FIRMWARE_INSTALL: (rollout, version, ("slot", _is_str, "a str")),
+        EventType.FIRMWARE_INSTALLED: (rollout, version, ("slot", _is_str, "a str")),
+        EventType.FIRMWARE_FAILED: (rollout, version, reason),
+        EventType.FIRMWARE_ROLLBACK: (rollout, version, reason),
+    }
+
+
 FIELD_TYPES: dict[str, tuple[_Check, ...]] = {
     EventType.SESSION_END: (
         ("exit_status", _is_opt_int, "an int or None"),
@@ -142,6 +174,7 @@ FIELD_TYPES: dict[str, tuple[_Check, ...]] = {
         ("ttl", _is_count, "a non-negative int"),
         ("logins", _is_str_list, "a list of str"),
     ),
+    **_firmware_fields(),
 }
 
 
