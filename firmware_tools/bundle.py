@@ -1,0 +1,560 @@
+"""Signed firmware bundles: one file a device can verify without trusting the transport.
+
+Layout (all integers big-endian; details and rationale in docs/firmware.md)::
+
+    offset      size  field
+    0           6     magic b"RMLFWB"
+    6           1     format version, 1
+    7           1     reserved, 0
+    8           4     N, manifest length (2..16384)
+    12          N     manifest: canonical JSON (:meth:`Manifest.to_bytes`)
+    12+N        64    Ed25519 signature over SIGNING_CONTEXT + bytes [0, 12+N)
+    76+N        size  payload: a ustar tar archive, ``size`` and ``sha256`` in the manifest
+
+The signature covers the manifest, which covers the payload's length and hash,
+so the payload can be streamed (and a resumed transfer re-hashes its prefix)
+after the header alone was checked. Nothing from the file is trusted before
+the signature checks out: the manifest length is capped before any read, and
+the manifest is parsed only to word the refusal when no trusted key verifies it.
+
+Check order in :func:`verify_bundle`: signature, payload, then the device's
+policy (:func:`check_manifest`: target labels, agent version, version order).
+A receiver that streams calls :func:`verify_header` (signature and policy, so
+it can refuse before the download), then feeds a :class:`PayloadVerifier`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import struct
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from firmware_tools.errors import (
+    AgentTooOld,
+    AlreadyInstalled,
+    BundleError,
+    BundleTampered,
+    DowngradeRefused,
+    TargetMismatch,
+    UnsafeArchive,
+    UntrustedSigner,
+)
+from firmware_tools.keys import generate_key, key_id, load_public_key, load_signing_key
+from firmware_tools.versions import compare_versions, is_version
+from remoteler.access import PatternError, compile_pattern
+from remoteler.errors import UsageError
+
+__all__ = [
+    "AgentTooOld",
+    "AlreadyInstalled",
+    "BundleError",
+    "BundleTampered",
+    "DowngradeRefused",
+    "Manifest",
+    "PayloadVerifier",
+    "RawHeader",
+    "TargetMismatch",
+    "UnsafeArchive",
+    "UntrustedSigner",
+    "build_bundle",
+    "check_manifest",
+    "compare_versions",
+    "generate_key",
+    "header_size",
+    "key_id",
+    "load_public_key",
+    "load_signing_key",
+    "read_header",
+    "split_header",
+    "verify_bundle",
+    "verify_header",
+    "verify_signature",
+]
+
+MAGIC = b"RMLFWB"
+FORMAT_VERSION = 1
+FIXED_HEADER = 12
+SIGNATURE_SIZE = 64
+MAX_MANIFEST = 16 * 1024
+#: Domain separation: a signature over a bundle header is good for nothing else.
+SIGNING_CONTEXT = b"remoteler firmware bundle v1\x00"
+MAX_PAYLOAD = 1 << 40
+MAX_TARGETS = 64
+CHUNK = 1 << 20
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]{0,63}")
+_LABEL_KEY = re.compile(r"[A-Za-z0-9_.\-/]{1,63}")
+_TARGET_VALUE = re.compile(r"[A-Za-z0-9_.\-/:@+ *]{1,253}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_KEY_ID = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
+_HOOK_PART = re.compile(r"[A-Za-z0-9_.+\-@]{1,128}")
+MAX_HOOK = 255
+_FIELDS = (
+    "name",
+    "version",
+    "targets",
+    "size",
+    "sha256",
+    "min_agent_version",
+    "install_hook",
+    "created",
+    "key_id",
+)
+
+
+def _hook_problem(hook: str) -> str | None:
+    if not hook or len(hook) > MAX_HOOK:
+        return f"install hook must be 1 to {MAX_HOOK} characters"
+    if any(p in (".", "..") or not _HOOK_PART.fullmatch(p) for p in hook.split("/")):
+        return (
+            f"bad install hook {hook[:MAX_HOOK]!r}: use the relative path of an executable "
+            "in the payload, such as install.sh or bin/install"
+        )
+    return None
+
+
+def _manifest_problem(m: Manifest) -> str | None:
+    """What is wrong with ``m``, or None."""
+    if not isinstance(m.name, str) or not _NAME.fullmatch(m.name):
+        return "bad name: use letters, digits and . _ + - (at most 64), e.g. gateway-fw"
+    for what, value in (("version", m.version), ("min_agent_version", m.min_agent_version)):
+        if not isinstance(value, str) or not is_version(value):
+            return f"bad {what}: use dotted numbers with an optional pre-release, e.g. 1.4.2-rc.1"
+    if not isinstance(m.targets, dict) or not 1 <= len(m.targets) <= MAX_TARGETS:
+        return f"a bundle needs 1 to {MAX_TARGETS} target labels, e.g. --target board=rpi4"
+    for k, v in m.targets.items():
+        if not (isinstance(k, str) and isinstance(v, str)):
+            return "target labels must be strings"
+        if not _LABEL_KEY.fullmatch(k) or not _TARGET_VALUE.fullmatch(v):
+            return f"bad target {k[:64]}={v[:64]}: use key=value, '*' matches any run of characters"
+    if type(m.size) is not int or not 0 <= m.size <= MAX_PAYLOAD:
+        return "bad payload size"
+    if not isinstance(m.sha256, str) or not _SHA256.fullmatch(m.sha256):
+        return "bad payload sha256"
+    if not isinstance(m.install_hook, str):
+        return "bad install hook"
+    hook = _hook_problem(m.install_hook)
+    if hook:
+        return hook
+    if type(m.created) is not float or not math.isfinite(m.created) or m.created < 0:
+        return "bad creation time"
+    if not isinstance(m.key_id, str) or not _KEY_ID.fullmatch(m.key_id):
+        return "bad key id"
+    return None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a bundle claims about its payload; signed, so trusted once verified."""
+
+    name: str
+    """Firmware name, e.g. ``gateway-fw``."""
+    version: str
+    """Its version (:mod:`firmware_tools.versions`)."""
+    targets: dict[str, str]
+    """Labels a device must have (value ``*``-globs) to accept the bundle."""
+    size: int
+    """Payload length in bytes."""
+    sha256: str
+    """Payload SHA-256, lowercase hex."""
+    min_agent_version: str
+    """Oldest edge agent that may install it."""
+    install_hook: str
+    """Relative path of an executable in the payload (docs/firmware-rollouts.md runs it)."""
+    created: float
+    """Unix time the bundle was built."""
+    key_id: str
+    """Fingerprint of the signing key (:func:`firmware_tools.keys.key_id`)."""
+
+    def __post_init__(self) -> None:
+        problem = _manifest_problem(self)
+        if problem:
+            raise ValueError(problem)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _FIELDS} | {"targets": dict(self.targets)}
+
+    def to_bytes(self) -> bytes:
+        """Canonical JSON: sorted keys, no spaces, ASCII only; what the signature covers."""
+        return json.dumps(
+            self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        """Parse canonical manifest bytes; raise BundleTampered for anything else."""
+        if len(data) > MAX_MANIFEST:
+            raise BundleTampered("bundle manifest is too large: get the bundle again")
+        try:
+            obj = json.loads(data.decode("ascii"), parse_constant=_no_constant)
+            if not isinstance(obj, dict) or sorted(obj) != sorted(_FIELDS):
+                raise ValueError("fields")
+            manifest = cls(**obj)
+        except (ValueError, TypeError, RecursionError):
+            raise BundleTampered(
+                "bundle manifest is malformed: get the bundle again from its source"
+            ) from None
+        if manifest.to_bytes() != data:
+            raise BundleTampered("bundle manifest is not canonical: get the bundle again")
+        return manifest
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+# -- header -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RawHeader:
+    """A bundle header as bytes, before anything in it is trusted."""
+
+    signed: bytes
+    """Bytes ``[0, 12+N)``: fixed header and manifest, what the signature covers."""
+    signature: bytes
+    """The 64-byte Ed25519 signature."""
+
+    @property
+    def manifest_bytes(self) -> bytes:
+        return self.signed[FIXED_HEADER:]
+
+    @property
+    def payload_offset(self) -> int:
+        return len(self.signed) + SIGNATURE_SIZE
+
+
+def header_size(prefix: bytes) -> int | None:
+    """Length of the whole header (up to the payload), or None until 12 bytes are known.
+
+    Raise BundleTampered when the prefix is not a bundle this version reads.
+    """
+    if len(prefix) < FIXED_HEADER:
+        if not MAGIC.startswith(prefix[: len(MAGIC)]):
+            raise BundleTampered("not a firmware bundle (bad magic): check the file name")
+        return None
+    if prefix[:6] != MAGIC:
+        raise BundleTampered("not a firmware bundle (bad magic): check the file name")
+    if prefix[6] != FORMAT_VERSION or prefix[7] != 0:
+        raise BundleTampered(
+            f"bundle format {prefix[6]} is not supported (this tool reads {FORMAT_VERSION}): "
+            "upgrade firmware-tools or rebuild the bundle"
+        )
+    (n,) = struct.unpack(">I", prefix[8:12])
+    if not 2 <= n <= MAX_MANIFEST:
+        raise BundleTampered(
+            f"bundle manifest length {n} is out of range: the file is damaged, get it again"
+        )
+    return FIXED_HEADER + int(n) + SIGNATURE_SIZE
+
+
+def split_header(data: bytes) -> RawHeader:
+    """Cut the header from the first bytes of a bundle (at least :func:`header_size`)."""
+    size = header_size(data[:FIXED_HEADER])
+    if size is None or len(data) < size:
+        raise BundleTampered("bundle is truncated inside its header: get the bundle again")
+    end = size - SIGNATURE_SIZE
+    return RawHeader(signed=bytes(data[:end]), signature=bytes(data[end:size]))
+
+
+def _read_exact(f: BinaryIO, n: int) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise BundleTampered("bundle is truncated inside its header: get the bundle again")
+    return data
+
+
+def _read_raw(f: BinaryIO) -> RawHeader:
+    fixed = _read_exact(f, FIXED_HEADER)
+    size = header_size(fixed)
+    assert size is not None
+    return split_header(fixed + _read_exact(f, size - FIXED_HEADER))
+
+
+def _open(path: str | os.PathLike[str]) -> BinaryIO:
+    try:
+        return open(path, "rb")  # the caller closes it
+    except OSError as exc:
+        raise BundleError(f"cannot read bundle {path}: {exc.strerror}") from None
+
+
+def read_header(path: str | os.PathLike[str]) -> tuple[Manifest, bytes, int]:
+    """(manifest, signature, payload offset), without checking the signature or payload.
+
+    For display (``bundle inspect``) only: nothing returned is verified.
+    """
+    with _open(path) as f:
+        raw = _read_raw(f)
+    return Manifest.from_bytes(raw.manifest_bytes), raw.signature, raw.payload_offset
+
+
+# -- verification ---------------------------------------------------------------------
+
+
+def _signature_ok(pub: Ed25519PublicKey, raw: RawHeader) -> bool:
+    try:
+        pub.verify(raw.signature, SIGNING_CONTEXT + raw.signed)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def verify_signature(raw: RawHeader, trusted: Sequence[Ed25519PublicKey]) -> Manifest:
+    """The manifest, once one of ``trusted`` verifies the signature.
+
+    Raise UntrustedSigner when the bundle names a signer not among ``trusted``,
+    BundleTampered when it names a trusted one whose signature does not verify.
+    """
+    if not trusted:
+        raise UntrustedSigner(
+            "no trusted firmware signing key: pass the signer's public key (--key KEY.pub)"
+        )
+    signer = next((k for k in trusted if _signature_ok(k, raw)), None)
+    if signer is not None:
+        manifest = Manifest.from_bytes(raw.manifest_bytes)
+        if manifest.key_id != key_id(signer):
+            raise BundleTampered(
+                f"bundle manifest names key {manifest.key_id} but was signed by "
+                f"{key_id(signer)}: rebuild the bundle with firmware-tools"
+            )
+        return manifest
+    try:  # unverified, only to word the refusal; the key id format is checked
+        claimed: str | None = Manifest.from_bytes(raw.manifest_bytes).key_id
+    except BundleTampered:
+        claimed = None
+    ids = sorted(key_id(k) for k in trusted)
+    if claimed is None or claimed in ids:
+        raise BundleTampered(
+            "bundle signature does not match its manifest (changed after signing): "
+            "get the bundle again from its source"
+        )
+    raise UntrustedSigner(
+        f"bundle is signed by {claimed}, which is not a trusted firmware key "
+        f"(trusted: {', '.join(ids)}): verify with the signer's public key or rebuild "
+        "the bundle with a trusted key"
+    )
+
+
+def _show(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "(none)"
+
+
+def check_manifest(
+    manifest: Manifest,
+    *,
+    labels: Mapping[str, str],
+    installed_version: str | None,
+    agent_version: str,
+    force: bool = False,
+) -> None:
+    """Refuse a verified manifest this device must not install.
+
+    Every target label must be present with a matching value (``*`` globs,
+    :func:`remoteler.access.compile_pattern`). ``force`` allows a downgrade or a
+    re-install of the installed version; it never overrides the targets or
+    the agent version.
+    """
+    for key, pattern in sorted(manifest.targets.items()):
+        value = labels.get(key)
+        try:
+            ok = value is not None and compile_pattern(pattern)(value)
+        except PatternError:
+            ok = False
+        if not ok:
+            have = f"{key}={value}" if value is not None else f"no {key!r} label"
+            raise TargetMismatch(
+                f"bundle {manifest.name} {manifest.version} targets {_show(manifest.targets)} "
+                f"but this device has {have}: install a bundle built for this device"
+            )
+    try:
+        too_old = compare_versions(manifest.min_agent_version, agent_version) > 0
+    except ValueError:
+        too_old = True
+    if too_old:
+        raise AgentTooOld(
+            f"bundle {manifest.name} {manifest.version} needs edge agent "
+            f"{manifest.min_agent_version} or newer, this agent is {agent_version[:64]}: "
+            "upgrade the edge agent first"
+        )
+    if installed_version is None or force:
+        return
+    try:
+        order = compare_versions(manifest.version, installed_version)
+    except ValueError:
+        raise DowngradeRefused(
+            f"installed version {installed_version[:64]!r} cannot be compared with "
+            f"{manifest.version}: pass --force to install anyway"
+        ) from None
+    if order < 0:
+        raise DowngradeRefused(
+            f"bundle {manifest.name} {manifest.version} is older than the installed "
+            f"{installed_version}: pass --force to downgrade on purpose"
+        )
+    if order == 0:
+        raise AlreadyInstalled(
+            f"{manifest.name} {manifest.version} is already installed: "
+            "pass --force to install it again"
+        )
+
+
+def verify_header(
+    data: bytes,
+    trusted: Sequence[Ed25519PublicKey],
+    *,
+    labels: Mapping[str, str],
+    installed_version: str | None,
+    agent_version: str,
+    force: bool = False,
+) -> Manifest:
+    """Signature and device policy from the header bytes alone (before the payload)."""
+    manifest = verify_signature(split_header(data), trusted)
+    check_manifest(
+        manifest,
+        labels=labels,
+        installed_version=installed_version,
+        agent_version=agent_version,
+        force=force,
+    )
+    return manifest
+
+
+@dataclass
+class PayloadVerifier:
+    """Checks a payload received in chunks against a verified manifest (no I/O).
+
+    ``feed`` each chunk in order, then ``finish``. To resume a transfer, feed
+    the bytes already on disk first.
+    """
+
+    manifest: Manifest
+    received: int = 0
+    _hash: Any = field(default_factory=hashlib.sha256, repr=False)
+
+    def feed(self, chunk: bytes) -> None:
+        """Raise BundleTampered as soon as more than ``manifest.size`` bytes arrived."""
+        self.received += len(chunk)
+        if self.received > self.manifest.size:
+            raise BundleTampered(
+                f"bundle payload is longer than the {self.manifest.size} bytes its manifest "
+                "states: get the bundle again"
+            )
+        self._hash.update(chunk)
+
+    def finish(self) -> None:
+        """Raise BundleTampered unless exactly the signed bytes arrived."""
+        if self.received != self.manifest.size:
+            raise BundleTampered(
+                f"bundle payload is truncated ({self.received} of {self.manifest.size} "
+                "bytes): get the bundle again"
+            )
+        if self._hash.hexdigest() != self.manifest.sha256:
+            raise BundleTampered(
+                "bundle payload does not match its signed hash (changed after signing): "
+                "get the bundle again from its source"
+            )
+
+
+def verify_bundle(
+    path: str | os.PathLike[str],
+    trusted: Sequence[Ed25519PublicKey],
+    *,
+    labels: Mapping[str, str],
+    installed_version: str | None,
+    agent_version: str,
+    force: bool = False,
+) -> Manifest:
+    """The bundle's manifest if ``path`` may be installed here; raise a BundleError if not.
+
+    Order: signature, payload (length and hash), then :func:`check_manifest`.
+    """
+    with _open(path) as f:
+        manifest = verify_signature(_read_raw(f), trusted)
+        checker = PayloadVerifier(manifest)
+        while chunk := f.read(min(CHUNK, manifest.size - checker.received + 1)):
+            checker.feed(chunk)
+        checker.finish()
+    check_manifest(
+        manifest,
+        labels=labels,
+        installed_version=installed_version,
+        agent_version=agent_version,
+        force=force,
+    )
+    return manifest
+
+
+# -- building -------------------------------------------------------------------------
+
+
+def encode_header(manifest: Manifest, key: Ed25519PrivateKey) -> bytes:
+    """Fixed header, manifest and signature: everything that precedes the payload."""
+    body = manifest.to_bytes()
+    if len(body) > MAX_MANIFEST:
+        raise UsageError(f"manifest is over {MAX_MANIFEST} bytes: use fewer or shorter targets")
+    signed = MAGIC + bytes([FORMAT_VERSION, 0]) + struct.pack(">I", len(body)) + body
+    return signed + key.sign(SIGNING_CONTEXT + signed)
+
+
+def build_bundle(
+    payload: Path,
+    out: Path,
+    *,
+    name: str,
+    version: str,
+    targets: Mapping[str, str],
+    min_agent_version: str,
+    install_hook: str,
+    key: Ed25519PrivateKey,
+) -> Manifest:
+    """Pack ``payload`` (a directory or one file) as a tar, sign, and write ``out``.
+
+    ``install_hook`` must name an executable regular file in the payload.
+    Raise UsageError naming the bad argument. ``out`` appears whole or not at all.
+    """
+    from firmware_tools.archive import pack_payload  # tarfile is not needed to verify
+
+    problem = _hook_problem(install_hook)
+    if problem:
+        raise UsageError(problem)
+    out = Path(out)
+    out_dir = out.parent if str(out.parent) else Path(".")
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".fwbuild-") as tmp:
+        tar_path = Path(tmp) / "payload.tar"
+        pack_payload(Path(payload), tar_path, install_hook=install_hook)
+        digest = hashlib.sha256()
+        with tar_path.open("rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+        try:
+            manifest = Manifest(
+                name=name,
+                version=version,
+                targets=dict(targets),
+                size=tar_path.stat().st_size,
+                sha256=digest.hexdigest(),
+                min_agent_version=min_agent_version,
+                install_hook=install_hook,
+                created=round(time.time(), 3),
+                key_id=key_id(key.public_key()),
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        part = Path(tmp) / "bundle"
+        with part.open("wb") as dst, tar_path.open("rb") as src:
+            dst.write(encode_header(manifest, key))
+            shutil.copyfileobj(src, dst, CHUNK)
+        os.replace(part, out)
+    return manifest
