@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from edge_agent.audit import AgentAudit
@@ -14,6 +14,7 @@ from edge_agent.forwarder import run_forwarder
 from edge_agent.identity import NodeIdentity
 from edge_agent.locks import LockStore, serve_locks_channel
 from edge_agent.outbox import Outbox
+from edge_agent.serial_line import SerialConsoles
 from remoteler.audit.events import EventType
 from remoteler.errors import RemotelerError, TrustError
 from remoteler.hubconn import open_ws
@@ -70,8 +71,11 @@ class EdgeAgent:
         backoff: Backoff | None = None,
         outbox: Outbox | None = None,
         locks: LockStore | None = None,
+        serial_ports: Iterable[str] = (),
     ) -> None:
         self.ident = ident
+        #: the operator's serial console ports (--serial-port); pyserial loads on first use
+        self.consoles = SerialConsoles(serial_ports)
         #: the hub's locks, as last pushed (kept in the data dir by the caller's store)
         self.locks = locks or LockStore(nodes=(ident.node_id, ident.name))
         self.outbox = outbox
@@ -87,7 +91,12 @@ class EdgeAgent:
         self.retry_after: float | None = None
 
     def heartbeat_payload(self) -> dict[str, object]:
-        return {"labels": self.labels, "version": VERSION, "name": self.ident.name}
+        return {
+            "labels": self.labels,
+            "version": VERSION,
+            "name": self.ident.name,
+            "serial_ports": self.consoles.ports,
+        }
 
     async def _status_loop(self, tunnel: Tunnel) -> None:
         """Keep the heartbeat's status current: audit backlog depth and oldest event."""
@@ -200,4 +209,6 @@ class EdgeAgent:
         from edge_agent.sshd import serve_ssh_channel
 
         channel = request.accept()
-        await serve_ssh_channel(channel, self.ident, lambda: self.labels, self.audit, self.locks)
+        await serve_ssh_channel(
+            channel, self.ident, lambda: self.labels, self.audit, self.locks, self.consoles
+        )

@@ -45,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="also serve SSH on this local address (technicians on site; off by default)",
     )
+    start.add_argument(
+        "--serial-port",
+        dest="serial_ports",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="offer this serial port to 'tsh console' (repeatable; docs/serial-console.md)",
+    )
     start.add_argument("--audit-quota", default="256MiB", help="outbox size cap, e.g. 256MiB")
     start.add_argument(
         "--audit-policy",
@@ -90,9 +98,14 @@ async def run(args: argparse.Namespace) -> None:
     from edge_agent.local import start_local_listener
     from edge_agent.locks import LockStore
     from edge_agent.outbox import Outbox
+    from edge_agent.serial_ports import normalize_ports
     from remoteler.addr import parse_hostport, parse_labels, parse_size
     from remoteler.wire.limits import Limits
 
+    try:
+        serial_ports = normalize_ports(args.serial_ports)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     data_dir = Path(args.data_dir)
     labels = parse_labels(args.labels)
     quota = parse_size(args.audit_quota)
@@ -143,7 +156,15 @@ async def run(args: argparse.Namespace) -> None:
         data_dir / "audit.db", quota_bytes=quota, policy=args.audit_policy, node=ident.node_id
     )
     locks = LockStore.load(data_dir / "locks.json", (ident.node_id, ident.name))
-    agent = EdgeAgent(ident, labels, limits=limits, backoff=backoff, outbox=outbox, locks=locks)
+    agent = EdgeAgent(
+        ident,
+        labels,
+        limits=limits,
+        backoff=backoff,
+        outbox=outbox,
+        locks=locks,
+        serial_ports=serial_ports,
+    )
     local = None
     if local_addr is not None:
         lhost, lport = local_addr

@@ -16,8 +16,8 @@ from edge_agent.forward import ForwardGate
 from edge_agent.identity import NodeIdentity
 from edge_agent.locks import LockStore
 from edge_agent.rotate import user_ca_for
+from edge_agent.serial_console import ConsoleSession
 from edge_agent.session import CommandSession
-from edge_agent.sftp import NodeSession
 from remoteler.access import AccessDecision
 from remoteler.audit.events import EventType
 from remoteler.ca import CAError, parse_certificate, private_key_to_openssh
@@ -32,6 +32,7 @@ from remoteler.sshio import (
 
 if TYPE_CHECKING:
     from edge_agent.audit import AgentAudit
+    from edge_agent.serial_line import SerialConsoles
 
 log = logging.getLogger("remoteler.agent.sshd")
 
@@ -43,7 +44,9 @@ class NodeSSHServer(asyncssh.SSHServer):
         fields: dict[str, Any],
         audit: AgentAudit | None = None,
         locks: LockStore | None = None,
+        consoles: SerialConsoles | None = None,
     ) -> None:
+        self._consoles = consoles
         # One line per trusted user CA: two while a CA rotation is under way.
         self._user_cas = [asyncssh.import_public_key(x) for x in user_ca_line.splitlines() if x]
         self._fields = fields
@@ -108,7 +111,9 @@ class NodeSSHServer(asyncssh.SSHServer):
         base = self._fields.get("session_id") or ""
         session_id = base if self._sessions == 1 else f"{base}-{self._sessions}"
         user = self._conn.get_extra_info("remoteler_user", "") if self._conn else ""
-        session = NodeSession(self.login, audit=self._audit, user=user, session_id=session_id)
+        session = ConsoleSession(
+            self.login, audit=self._audit, user=user, session_id=session_id, consoles=self._consoles
+        )
         self._open.append(session)
         return session
 
@@ -168,11 +173,12 @@ async def serve_ssh_channel(
     labels: Callable[[], Mapping[str, str]],
     audit: AgentAudit | None = None,
     locks: LockStore | None = None,
+    consoles: SerialConsoles | None = None,
 ) -> None:
     """Serve one SSH connection arriving as a tunnel channel."""
     meta = channel.meta if isinstance(channel.meta, dict) else {}
     try:
-        await serve_ssh(ChannelPipe(channel), meta, ident, labels, audit, locks)
+        await serve_ssh(ChannelPipe(channel), meta, ident, labels, audit, locks, consoles)
     finally:
         channel.close()
 
@@ -184,6 +190,7 @@ async def serve_ssh(
     labels: Callable[[], Mapping[str, str]],
     audit: AgentAudit | None = None,
     locks: LockStore | None = None,
+    consoles: SerialConsoles | None = None,
 ) -> None:
     """Serve one SSH connection over ``pipe`` (a tunnel channel or a local TCP stream).
 
@@ -224,7 +231,7 @@ async def serve_ssh(
         conn = await asyncssh.connect_reverse(
             tunnel=tunnel,
             config=None,
-            server_factory=lambda: NodeSSHServer(user_cas, fields, audit, locks),
+            server_factory=lambda: NodeSSHServer(user_cas, fields, audit, locks, consoles),
             server_host_keys=[(host_key, host_cert)],
             encryption_algs=CIPHERS,
             window=SSH_WINDOW,

@@ -336,7 +336,11 @@ class HubServer:
             )
         except (ChannelOpenError, TunnelClosed, TimeoutError) as exc:
             log.warning("connect failed: %s", type(exc).__name__, extra=fields)
-            await ws.close(4502, f"node {node.name!r} did not accept the session; try again")
+            why = f"node {node.name!r} did not accept the session; try again"
+            if isinstance(exc, ChannelOpenError) and exc.code in _PASSED_ON and exc.reason:
+                # The device's own reason (forward mode: its sshd is down), shown as text only.
+                why = f"node {node.name!r}: " + "".join(c for c in exc.reason if c.isprintable())
+            await ws.close(4502, _close_reason(why))
             return
         log.info("session relay start", extra=fields)
         live.session_started()
@@ -507,6 +511,7 @@ class HubServer:
                     "last_seen": live.last_seen if live else node.last_seen,
                     "version": (live.version if live else "") or node.version,
                     "recording": node.recording,
+                    "ssh": live.ssh_mode if live else "",  # known while online only
                 }
             )
         return out
@@ -541,6 +546,10 @@ def _str(params: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise UsageError(f"missing parameter {key!r}")
     return value
+
+
+#: Channel refusals whose reason the device wrote for the user (edge_agent.target).
+_PASSED_ON = (OpenFailure.CONNECT_FAILED, OpenFailure.RESOURCE_SHORTAGE)
 
 
 def _close_reason(text: str) -> str:

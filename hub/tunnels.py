@@ -36,6 +36,12 @@ class LiveNode:
     def __post_init__(self) -> None:
         self.idle.set()
 
+    @property
+    def ssh_mode(self) -> str:
+        """How the agent serves SSH, from its heartbeat: ``"forward"`` (to the device's own
+        sshd, docs/legacy-devices.md) or ``"embedded"`` (also an agent that does not say)."""
+        return "forward" if self.status.get("ssh") == "forward" else "embedded"
+
     def session_started(self) -> None:
         self.sessions += 1
         self.idle.clear()

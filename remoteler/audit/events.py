@@ -51,6 +51,8 @@ class EventType(StrEnum):
     FIRMWARE_INSTALLED = "firmware.installed"
     FIRMWARE_FAILED = "firmware.failed"
     FIRMWARE_ROLLBACK = "firmware.rollback"
+    SERIAL_OPEN = "serial.open"
+    SERIAL_CLOSE = "serial.close"
     NODE_UPDATED = "node.updated"
 
 
@@ -169,6 +171,21 @@ FIELD_TYPES: dict[str, tuple[_Check, ...]] = {
     EventType.NODE_UPDATED: (
         ("name", _is_str, "a str"),
         ("recording", lambda v: v in ("off", "proxy"), "'off' or 'proxy'"),
+    ),
+    EventType.SERIAL_OPEN: (
+        ("port", _is_str, "a str"),
+        ("baud", _is_count, "a non-negative int"),
+        ("mode", lambda v: v in ("rw", "read-only", ""), "'rw', 'read-only' or ''"),
+        ("allowed", lambda v: isinstance(v, bool), "a bool"),
+    ),
+    EventType.SERIAL_CLOSE: (
+        ("port", _is_str, "a str"),
+        ("baud", _is_count, "a non-negative int"),
+        ("mode", lambda v: v in ("rw", "read-only"), "'rw' or 'read-only'"),
+        ("breaks", _is_count, "a non-negative int"),
+        ("duration", _is_seconds, "a non-negative number of seconds"),
+        ("bytes_in", _is_count, "a non-negative int"),
+        ("bytes_out", _is_count, "a non-negative int"),
     ),
     EventType.CERT_CREATE: (
         ("ttl", _is_count, "a non-negative int"),
