@@ -9,6 +9,7 @@ a break is checked to be accepted, not seen; docs/serial-console.md says so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import termios
 from collections.abc import Iterator
@@ -36,10 +37,8 @@ def pty_pair() -> Iterator[Pty]:
         yield Pty(master, slave, os.ttyname(slave))
     finally:
         for fd in (master, slave):
-            try:
+            with contextlib.suppress(OSError):  # the test may have closed it
                 os.close(fd)
-            except OSError:
-                pass  # the test closed it
 
 
 async def _read_master(fd: int, want: int) -> bytes:
@@ -98,7 +97,7 @@ def test_parse_request_checks_baud_and_mode() -> None:
 
 def test_one_writer_any_viewers() -> None:
     table = PortTable(["/dev/ttyS1"])
-    alice, bob, carol = Holder("alice", "pi", "s1"), Holder("bob", "pi", "s2"), Holder("c", "pi", "")
+    alice, bob, carol = Holder("alice", "pi", "s1"), Holder("bob", "pi", "s2"), Holder("c", "", "")
     table.claim("/dev/ttyS1", Mode.READ_WRITE, alice)
     with pytest.raises(ConsoleRefused, match=r"in use by alice \(login pi, since .*--read-only"):
         table.claim("/dev/ttyS1", Mode.READ_WRITE, bob)
