@@ -89,12 +89,15 @@ class EdgeAgent:
         self.tunnel: Tunnel | None = None
         #: the retry-after the hub's GOAWAY asked for on the last tunnel (run_once sets it)
         self.retry_after: float | None = None
+        #: forward mode: the device's own sshd (HOST, PORT) that ssh channels are relayed to
+        self.ssh_target: tuple[str, int] | None = None
 
     def heartbeat_payload(self) -> dict[str, object]:
         return {
             "labels": self.labels,
             "version": VERSION,
             "name": self.ident.name,
+            "ssh": "embedded" if self.ssh_target is None else "forward",
             "serial_ports": self.consoles.ports,
         }
 
@@ -203,6 +206,11 @@ class EdgeAgent:
             return
         if request.kind != "ssh":
             request.reject(OpenFailure.UNKNOWN_KIND, "unknown channel kind")
+            return
+        if self.ssh_target is not None:  # forward mode: no asyncssh in this process at all
+            from edge_agent.target import serve_target_channel
+
+            await serve_target_channel(request, *self.ssh_target, self.audit)
             return
         # asyncssh is imported on the first session, not at start-up: an idle agent
         # stays ~15 MiB smaller on small boards (bench agent_footprint).

@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="offer this serial port to 'tsh console' (repeatable; docs/serial-console.md)",
     )
+    start.add_argument(
+        "--ssh-target",
+        metavar="HOST:PORT",
+        help="forward mode: relay SSH sessions to the device's own sshd here, e.g. "
+        "127.0.0.1:22, instead of the embedded server (docs/legacy-devices.md)",
+    )
     start.add_argument("--audit-quota", default="256MiB", help="outbox size cap, e.g. 256MiB")
     start.add_argument(
         "--audit-policy",
@@ -110,6 +116,12 @@ async def run(args: argparse.Namespace) -> None:
     labels = parse_labels(args.labels)
     quota = parse_size(args.audit_quota)
     local_addr = parse_hostport(args.local_listen) if args.local_listen else None
+    ssh_target = parse_hostport(args.ssh_target) if args.ssh_target else None
+    if ssh_target is not None and local_addr is not None:
+        raise UsageError(
+            "--local-listen serves the embedded SSH server, --ssh-target forwards to the "
+            "device's sshd: give one (technicians on site can reach that sshd directly)"
+        )
     if NodeIdentity.exists(data_dir) and args.token and args.hub and args.ca_pin:
         from edge_agent.rotate import needs_rejoin
 
@@ -165,6 +177,7 @@ async def run(args: argparse.Namespace) -> None:
         locks=locks,
         serial_ports=serial_ports,
     )
+    agent.ssh_target = ssh_target
     local = None
     if local_addr is not None:
         lhost, lport = local_addr

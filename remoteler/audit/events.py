@@ -53,6 +53,8 @@ class EventType(StrEnum):
     FIRMWARE_ROLLBACK = "firmware.rollback"
     SERIAL_OPEN = "serial.open"
     SERIAL_CLOSE = "serial.close"
+    SSH_FORWARD_START = "ssh.forward.start"
+    SSH_FORWARD_END = "ssh.forward.end"
     NODE_UPDATED = "node.updated"
 
 
@@ -151,6 +153,14 @@ FIELD_TYPES: dict[str, tuple[_Check, ...]] = {
     EventType.PORT_FORWARD_END: (
         ("host", _is_str, "a str"),
         ("port", lambda v: _is_int(v) and 0 <= v <= 65535, "a port number (0-65535)"),
+        ("bytes_in", _is_count, "a non-negative int"),
+        ("bytes_out", _is_count, "a non-negative int"),
+        ("duration", _is_seconds, "a non-negative number of seconds"),
+    ),
+    # Forward mode (docs/legacy-devices.md): the agent relays to the device's own sshd.
+    EventType.SSH_FORWARD_START: (("target", _is_str, "a str"),),
+    EventType.SSH_FORWARD_END: (
+        ("target", _is_str, "a str"),
         ("bytes_in", _is_count, "a non-negative int"),
         ("bytes_out", _is_count, "a non-negative int"),
         ("duration", _is_seconds, "a non-negative number of seconds"),
