@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     scp.add_argument("-r", dest="recurse", action="store_true", help="copy directories")
     scp.add_argument("-p", dest="preserve", action="store_true", help="keep times and modes")
     scp.add_argument("-q", dest="quiet", action="store_true", help="no progress bar")
-    scp.add_argument("paths", nargs="+", metavar="SRC... DST", help="local or login@node:path")
+    scp.add_argument("paths", nargs="+", metavar="PATH", help="SRC... DST (login@node:path)")
 
     status = sub.add_parser("status", help="show the current login")
     _add_common(status, False)
@@ -368,22 +368,39 @@ async def cmd_proxy(args: argparse.Namespace) -> int:
     from tsh.proxy import parse_target, proxy_ssh
 
     profile = Profile.load()
-    login, node = parse_target(args.target, profile.cluster if profile else "")
     hub, ident = _identity(args)
+    if args.identity or profile is None:
+        from tsh.config import cluster_of
+
+        cluster = cluster_of(ident)  # an identity file with no 'tsh login' (automation)
+    else:
+        cluster = profile.cluster
+    login, node = parse_target(args.target, cluster)
     return await proxy_ssh(hub, ident, login, node)
 
 
 async def cmd_config(args: argparse.Namespace) -> int:
-    from tsh.config import ssh_config, tsh_command, write_known_hosts
+    import shlex
+
+    from tsh.config import cluster_of, ssh_config, tsh_command, write_known_hosts
     from tsh.profile import Profile
 
-    _, ident = _identity(args)
-    profile = Profile.load()
-    if profile is None or args.identity or not profile.cluster:
-        raise UsageError("'tsh config' describes the current login: run 'tsh login' first")
-    known_hosts = profile.key_path.with_name(f"{profile.user}-known_hosts")
-    write_known_hosts(known_hosts, ident, profile.cluster)
-    print(ssh_config(profile.cluster, profile.key_path, known_hosts, tsh_command()), end="")
+    hub, ident = _identity(args)
+    tsh = tsh_command()
+    if args.identity:
+        # An identity from 'tctl auth sign' (automation): the block names its files, and
+        # the ProxyCommand carries -i and --proxy, so no 'tsh login' profile is needed.
+        key_path = Path(args.identity).resolve()
+        cluster = cluster_of(ident)
+        tsh += f' -i "{key_path}" --proxy {shlex.quote(hub)}'
+    else:
+        profile = Profile.load()
+        if profile is None or not profile.cluster:
+            raise UsageError("'tsh config' describes the current login: run 'tsh login' first")
+        key_path, cluster = profile.key_path, profile.cluster
+    known_hosts = key_path.with_name(f"{key_path.name}-known_hosts")
+    write_known_hosts(known_hosts, ident, cluster)
+    print(ssh_config(cluster, key_path, known_hosts, tsh), end="")
     return 0
 
 

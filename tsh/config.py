@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from remoteler.ca import public_key_to_openssh, split_pem_bundle
-from remoteler.ca.x509 import load_certificate
+from remoteler.ca.x509 import cert_organization, load_certificate
 from remoteler.identity import UserIdentity
 
 #: Node host keys are Ed25519 with a certificate from the host CA.
@@ -28,6 +28,14 @@ def known_hosts_lines(ident: UserIdentity, cluster: str) -> str:
         ca = public_key_to_openssh(pub)  # type: ignore[arg-type]
         lines.append(f"@cert-authority *.{cluster} {ca}\n")
     return "".join(lines)
+
+
+def cluster_of(ident: UserIdentity) -> str:
+    """The cluster name, from the host CA in the identity (its subject Organization).
+
+    Lets an identity from ``tctl auth sign`` work with no ``tsh login`` profile.
+    """
+    return cert_organization(split_pem_bundle(ident.host_ca_pem)[0])
 
 
 def write_known_hosts(path: Path, ident: UserIdentity, cluster: str) -> None:
