@@ -8,6 +8,7 @@ import random
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from edge_agent.audit import AgentAudit
 from edge_agent.forwarder import run_forwarder
@@ -24,6 +25,9 @@ from remoteler.wire.aio import ChannelRequest, Tunnel
 from remoteler.wire.codes import OpenFailure
 from remoteler.wire.connection import Connection, Role
 from remoteler.wire.limits import Limits
+
+if TYPE_CHECKING:  # imported at start by the CLI, not here (tests build bare agents)
+    from edge_agent.firmware import FirmwareAgent
 
 log = logging.getLogger("remoteler.agent")
 
@@ -86,6 +90,8 @@ class EdgeAgent:
         self.limits = limits or Limits(send_heartbeats=True)
         self.backoff = backoff or Backoff()
         self.rng = random.Random()
+        #: serves the hub's firmware roll-outs (the caller sets it: edge_agent/firmware.py)
+        self.firmware: FirmwareAgent | None = None
         self.tunnel: Tunnel | None = None
         #: the retry-after the hub's GOAWAY asked for on the last tunnel (run_once sets it)
         self.retry_after: float | None = None
@@ -203,6 +209,12 @@ class EdgeAgent:
             return
         if request.kind == "locks":  # the hub's lock set, whenever it changes
             await serve_locks_channel(request.accept(), self.locks)
+            return
+        if request.kind == "firmware":  # a roll-out (docs/firmware-rollouts.md)
+            if self.firmware is None:
+                request.reject(OpenFailure.UNKNOWN_KIND, "firmware updates are off on this agent")
+                return
+            await self.firmware.serve(request.accept())
             return
         if request.kind != "ssh":
             request.reject(OpenFailure.UNKNOWN_KIND, "unknown channel kind")

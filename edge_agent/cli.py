@@ -59,6 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="forward mode: relay SSH sessions to the device's own sshd here, e.g. "
         "127.0.0.1:22, instead of the embedded server (docs/legacy-devices.md)",
     )
+    start.add_argument(
+        "--firmware-key",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="trust firmware bundles signed by the ssh-ed25519 key(s) in FILE (repeatable; "
+        "without one the agent refuses roll-outs: docs/firmware-rollouts.md)",
+    )
+    start.add_argument(
+        "--firmware-health-check",
+        metavar="CMD",
+        help="shell command run in the new firmware slot after an install; "
+        "a non-zero exit rolls back to the previous slot",
+    )
     start.add_argument("--audit-quota", default="256MiB", help="outbox size cap, e.g. 256MiB")
     start.add_argument(
         "--audit-policy",
@@ -184,6 +198,17 @@ async def run(args: argparse.Namespace) -> None:
         local = await start_local_listener(
             lhost, lport, ident, lambda: agent.labels, agent.audit, locks
         )
+    from edge_agent.firmware import open_firmware
+
+    agent.firmware = await open_firmware(
+        data_dir,
+        ident.name,
+        args.firmware_key,
+        args.firmware_health_check,
+        agent.audit,
+        lambda: agent.labels,
+        VERSION,
+    )
     loop = asyncio.get_running_loop()
     main_task = asyncio.ensure_future(agent.run_forever())
     status_task = asyncio.ensure_future(keep_status(data_dir, lambda: agent.tunnel is not None))

@@ -3,8 +3,8 @@
 The hub opens the channel; both sides then exchange messages framed as in
 ``remoteler.audit.stream`` (4-byte length + msgpack map)::
 
-    hub   -> agent  {"t": "offer", "rollout", "manifest": bytes, "signature": bytes,
-                     "size": bundle bytes, "sha256": hex of the whole bundle file}
+    hub   -> agent  {"t": "offer", "rollout", "header": bytes, "size": bundle bytes,
+                     "sha256": hex of the whole bundle file, "force": bool}
     agent -> hub    {"t": "resume", "offset": n, "prefix_sha256": hex of its first n bytes}
                  or {"t": "status", ...final state...}   (already done with this bundle)
                  or {"t": "refuse", "reason"}
@@ -55,6 +55,8 @@ MAX_MESSAGE = 256 * 1024
 #: Largest bundle the protocol carries (the agent also checks its free space).
 MAX_BUNDLE = 1 << 40
 MAX_TEXT = 400
+#: Largest bundle header offered (firmware_tools.bundle caps the manifest at 16 KiB).
+MAX_HEADER = 32 * 1024
 
 #: Node states a ``status`` message may carry, in the order a roll-out sees them.
 STATES = (
@@ -94,14 +96,14 @@ class Offer:
 
     rollout: str
     """Roll-out id, for status and audit."""
-    manifest: bytes
-    """The signed manifest, as in the bundle's header."""
-    signature: bytes
-    """Its signature."""
+    header: bytes
+    """The bundle's header (manifest and signature): check it before downloading."""
     size: int
     """Bytes of the whole bundle file."""
     sha256: str
     """Hex sha256 of the whole bundle file: the key of a staged partial download."""
+    force: bool
+    """Allow a downgrade or re-install (``tctl firmware push --force``)."""
 
 
 @dataclass(frozen=True)
@@ -221,7 +223,7 @@ class HubTransfer(_Core):
     """The hub's side: offer, agree on an offset, send chunks, collect statuses."""
 
     def __init__(
-        self, rollout: str, manifest: bytes, signature: bytes, size: int, sha256: str
+        self, rollout: str, header: bytes, size: int, sha256: str, force: bool = False
     ) -> None:
         super().__init__()
         if not 0 <= size <= MAX_BUNDLE or not _HEX64.fullmatch(sha256):
@@ -237,10 +239,10 @@ class HubTransfer(_Core):
             {
                 "t": "offer",
                 "rollout": rollout,
-                "manifest": manifest,
-                "signature": signature,
+                "header": header,
                 "size": size,
                 "sha256": sha256,
+                "force": force,
             }
         )
 
@@ -347,10 +349,10 @@ class AgentTransfer(_Core):
                 raise ProtocolError("offer message: rollout must be a short string")
             self.offer = Offer(
                 rollout,
-                _bytes(msg, "manifest", 64 * 1024),
-                _bytes(msg, "signature", 1024),
+                _bytes(msg, "header", MAX_HEADER),
                 _count(msg, "size"),
                 _hex(msg, "sha256"),
+                msg.get("force") is True,
             )
             return [self.offer]
         if kind == "data":

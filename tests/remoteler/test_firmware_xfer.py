@@ -32,7 +32,7 @@ SHA = hashlib.sha256(BUNDLE).hexdigest()
 
 
 def _hub() -> HubTransfer:
-    return HubTransfer("r1", b"manifest", b"sig", len(BUNDLE), SHA)
+    return HubTransfer("r1", b"header", len(BUNDLE), SHA)
 
 
 def _pump_data(hub: HubTransfer, agent: AgentTransfer, staged: bytearray) -> list[object]:
@@ -69,6 +69,7 @@ def test_fresh_transfer_then_final_status() -> None:
     hub, agent = _hub(), AgentTransfer()
     offer = _offer(hub, agent)
     assert (offer.size, offer.sha256, offer.rollout) == (len(BUNDLE), SHA, "r1")
+    assert offer.header == b"header" and offer.force is False
     req = _resume(hub, agent, b"")
     assert req.offset == 0
     hub.start_from(0)
@@ -132,7 +133,7 @@ def test_resume_past_the_bundle_is_a_protocol_error() -> None:
 
 
 def test_data_past_the_offered_size_is_refused_by_the_agent() -> None:
-    small = HubTransfer("r1", b"m", b"s", 10, hashlib.sha256(b"0123456789").hexdigest())
+    small = HubTransfer("r1", b"h", 10, hashlib.sha256(b"0123456789").hexdigest())
     agent = AgentTransfer()
     agent.receive_data(small.data_to_send())
     agent.resume(0, hashlib.sha256(b"").hexdigest())
@@ -205,7 +206,7 @@ def test_garbage_never_raises_anything_but_protocol_error(data: bytes) -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     st.dictionaries(
-        st.sampled_from(["t", "offset", "data", "size", "sha256", "rollout", "state", "manifest"]),
+        st.sampled_from(["t", "offset", "data", "size", "sha256", "rollout", "state", "header"]),
         st.one_of(
             st.integers(-(2**63), 2**64 - 1), st.binary(max_size=8), st.text(max_size=8), st.none()
         ),

@@ -1,0 +1,335 @@
+"""The agent's end of the hub-opened ``firmware`` channel: stage, verify, install, report.
+
+The hub offers a bundle (its header first); the agent checks the signature and
+its own policy (targets, versions) before a byte of payload moves, answers
+with how much of that bundle it already staged (a file and its bundle's hash
+under ``<data dir>/firmware/incoming``, kept across cut links and restarts),
+and receives the rest. The whole file is then verified again
+(``firmware_tools.bundle.verify_bundle``) and installed into the inactive slot
+(:mod:`edge_agent.firmware_install`). Every state goes back to the hub on the
+channel and the important ones into the audit outbox; a result is remembered
+per bundle, so a hub that asks again (after a cut link or a restart) gets the
+same answer instead of a second install.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge_agent.firmware_install import Firmware, Installer
+from edge_agent.slots import Result
+from firmware_tools.bundle import (
+    AlreadyInstalled,
+    BundleError,
+    read_header,
+    verify_bundle,
+    verify_header,
+)
+from remoteler.firmware_xfer import (
+    AgentTransfer,
+    Chunk,
+    Finished,
+    Offer,
+    ProtocolError,
+    XferState,
+)
+from remoteler.wire.aio import Channel
+from remoteler.wire.exceptions import ChannelClosedError, TunnelClosed
+
+__all__ = ["FirmwareAgent"]
+
+log = logging.getLogger("remoteler.agent.firmware")
+
+READ_SIZE = 64 * 1024
+#: Progress is reported at most this often (fraction of the bundle).
+PROGRESS_STEP = 0.1
+NO_KEY = "no firmware key is configured on this device: start the agent with --firmware-key FILE"
+
+
+class Staging:
+    """One partial download: ``bundle.part`` and the hash of the bundle it belongs to."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.part = root / "bundle.part"
+        self.meta = root / "bundle.json"
+
+    def resume_point(self, sha256: str, size: int) -> tuple[int, Any]:
+        """(bytes staged for this bundle, a sha256 object over them); drops a foreign file."""
+        try:
+            meta = json.loads(self.meta.read_text())
+        except (OSError, ValueError):
+            meta = {}
+        hasher = hashlib.sha256()
+        if not isinstance(meta, dict) or meta.get("sha256") != sha256 or not self.part.exists():
+            self.clear()
+            self.meta.write_text(json.dumps({"sha256": sha256, "size": size}))
+            return 0, hasher
+        with open(self.part, "r+b") as f:
+            f.truncate(min(size, os.fstat(f.fileno()).st_size))
+            while chunk := f.read(READ_SIZE):
+                hasher.update(chunk)
+            return f.tell(), hasher
+
+    def clear(self) -> None:
+        self.part.unlink(missing_ok=True)
+        self.meta.unlink(missing_ok=True)
+
+
+class FirmwareAgent:
+    """Serves ``firmware`` channels, one install at a time."""
+
+    def __init__(
+        self,
+        installer: Installer,
+        trusted: list[Ed25519PublicKey],
+        labels: Callable[[], Mapping[str, str]],
+        agent_version: str,
+        restart: Callable[[], None] | None = None,
+    ) -> None:
+        self.installer = installer
+        self.slots = installer.slots
+        self.trusted = trusted
+        self.labels = labels
+        self.agent_version = agent_version
+        self.restart = restart or (lambda: os.kill(os.getpid(), signal.SIGTERM))
+        self.staging = Staging(self.slots.root / "incoming")
+        self._busy = asyncio.Lock()
+        self._install: asyncio.Task[Result | None] | None = None
+
+    async def start(self) -> Result | None:
+        """At agent start: finish an install that was waiting for this restart."""
+        result = await self.installer.confirm_pending()
+        if result is not None:
+            log.info("pending firmware checked", extra={"state": result.state})
+        return result
+
+    async def serve(self, channel: Channel) -> None:
+        """Serve one channel until the exchange ends or the link drops; never raises."""
+        core = AgentTransfer()
+        session = _Session(self, core, channel)
+        try:
+            while not channel.at_eof and core.state is not XferState.DONE:
+                data = await channel.read(READ_SIZE)
+                if not data:
+                    break
+                for event in core.receive_data(data):
+                    await session.handle(event)
+                session.flush()
+        except ProtocolError as exc:
+            log.warning("bad firmware message from the hub: %s", exc)
+        except (ChannelClosedError, TunnelClosed, ConnectionError):
+            log.info("firmware channel lost; the hub will offer again")
+        finally:
+            session.close_file()
+            if session.locked:
+                self._busy.release()
+            session.flush()
+            channel.close()
+
+    def installing(self) -> bool:
+        return self._busy.locked() or (self._install is not None and not self._install.done())
+
+    async def _install_bundle(
+        self, offer: Offer, report: Callable[[str, str], Awaitable[None]]
+    ) -> Result | None:
+        """Verify the staged file as a whole, then install it; the result is remembered."""
+        from firmware_tools.archive import safe_extract  # tarfile only when installing
+
+        path = self.staging.part
+        try:
+            manifest = await asyncio.to_thread(
+                verify_bundle,
+                path,
+                self.trusted,
+                labels=self.labels(),
+                installed_version=self.slots.version(),
+                agent_version=self.agent_version,
+                force=offer.force,
+            )
+            offset = (await asyncio.to_thread(read_header, path))[2]
+        except BundleError as exc:
+            self.staging.clear()
+            result = Result("failed", str(exc)[:400], "")
+            self.slots.set_result(offer.sha256, result)
+            await self.installer.audit_event(
+                "firmware.failed", rollout=offer.rollout, version="", reason=str(exc)[:400]
+            )
+            return result
+        fw = Firmware(offer.sha256, offer.rollout, manifest.version)
+        try:
+            return await self.installer.install(
+                fw, manifest, lambda slot: safe_extract(path, slot, offset=offset), report
+            )
+        finally:
+            self.staging.clear()
+
+
+class _Session:
+    """One channel's exchange (state the event handlers share)."""
+
+    def __init__(self, agent: FirmwareAgent, core: AgentTransfer, channel: Channel) -> None:
+        self.agent, self.core, self.channel = agent, core, channel
+        self.offer: Offer | None = None
+        self.file: BinaryIO | None = None
+        self.hasher: Any = None
+        self.version = ""
+        self.resumed_from = 0
+        self.reported = 0.0
+        self.locked = False
+
+    def flush(self) -> None:
+        data = self.core.data_to_send()
+        if data and not self.channel.is_closed:
+            with contextlib.suppress(ChannelClosedError, TunnelClosed):
+                self.channel.write(data)
+
+    def close_file(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    async def handle(self, event: object) -> None:
+        if isinstance(event, Offer):
+            await self._offer(event)
+        elif isinstance(event, Chunk):
+            self._chunk(event)
+        elif isinstance(event, Finished):
+            await self._finished()
+
+    async def _offer(self, offer: Offer) -> None:
+        agent, core = self.agent, self.core
+        self.offer = offer
+        done = agent.slots.result(offer.sha256)
+        if done is not None:
+            core.status(done.state, done.detail, offer.size)
+            return
+        if agent.installing() or agent.slots.pending() is not None:
+            core.refuse("busy with another firmware install: the hub will offer again")
+            return
+        if not agent.trusted:
+            core.refuse(NO_KEY)
+            return
+        try:
+            manifest = verify_header(
+                offer.header,
+                agent.trusted,
+                labels=agent.labels(),
+                installed_version=agent.slots.version(),
+                agent_version=agent.agent_version,
+                force=offer.force,
+            )
+        except AlreadyInstalled as exc:
+            core.status("installed", str(exc), offer.size)
+            return
+        except BundleError as exc:
+            core.status("failed", str(exc), 0)
+            await agent.installer.audit_event(
+                "firmware.failed", rollout=offer.rollout, version="", reason=str(exc)[:400]
+            )
+            return
+        await agent._busy.acquire()
+        self.locked = True
+        self.version = manifest.version
+        offset, self.hasher = await asyncio.to_thread(
+            agent.staging.resume_point, offer.sha256, offer.size
+        )
+        self.resumed_from = offset
+        self.file = open(agent.staging.part, "ab")  # noqa: SIM115, ASYNC230 - closed by close_file
+        core.resume(offset, self.hasher.hexdigest())
+        core.status("transferring", f"from byte {offset}", offset)
+        log.info(
+            "firmware offered",
+            extra={"rollout": offer.rollout, "version": manifest.version, "resume_from": offset},
+        )
+
+    def _chunk(self, chunk: Chunk) -> None:
+        assert self.file is not None and self.offer is not None
+        if chunk.offset == 0 and self.file.tell() != 0:  # the hub did not trust our prefix
+            self.file.truncate(0)
+            self.file.seek(0)
+            self.hasher = hashlib.sha256()
+            self.resumed_from = 0
+        self.file.write(chunk.data)
+        self.file.flush()
+        self.hasher.update(chunk.data)
+        done = chunk.offset + len(chunk.data)
+        size = self.offer.size
+        if size and (done - self.reported) / size >= PROGRESS_STEP and done < size:
+            self.reported = done
+            self.core.status("transferring", f"{100 * done // size}%", done)
+
+    async def _finished(self) -> None:
+        assert self.offer is not None and self.file is not None
+        agent, offer = self.agent, self.offer
+        os.fsync(self.file.fileno())
+        self.close_file()
+        if self.hasher.hexdigest() != offer.sha256:
+            agent.staging.clear()
+            self.core.status("failed", "the bundle's hash does not match the offer", 0)
+            return
+        await agent.installer.audit_event(
+            "firmware.transfer",
+            rollout=offer.rollout,
+            version=self.version,
+            size=offer.size,
+            resumed_from=self.resumed_from,
+        )
+        # The install outlives this channel: a link cut mid-install must not stop it.
+        task = asyncio.ensure_future(agent._install_bundle(offer, self._report))
+        agent._install = task
+        result = await asyncio.shield(task)
+        if result is None:
+            self.flush()
+            await asyncio.sleep(0.2)  # let "restarting" reach the hub
+            agent.restart()
+            return
+        self.core.status(result.state, result.detail, offer.size)
+
+    async def _report(self, state: str, detail: str) -> None:
+        assert self.offer is not None
+        self.core.status(state, detail, self.offer.size)
+        self.flush()
+
+
+async def open_firmware(
+    data_dir: Path,
+    node: str,
+    key_files: list[str],
+    health_check: str | None,
+    audit: Any,
+    labels: Callable[[], Mapping[str, str]],
+    agent_version: str,
+) -> FirmwareAgent:
+    """The agent's firmware service, after finishing an install a restart interrupted.
+
+    ``key_files`` hold the trusted signing keys (``--firmware-key``, repeatable);
+    ``audit`` is the agent's :class:`edge_agent.audit.AgentAudit`.
+    """
+    from edge_agent.firmware_install import InstallConfig
+    from edge_agent.slots import Slots
+    from firmware_tools.keys import load_trusted_keys
+    from remoteler.audit.events import EventType
+
+    trusted = [key for path in key_files for key in load_trusted_keys(path)]
+
+    async def emit(type: str, **fields: Any) -> None:
+        await audit.emit(EventType(type), **fields)
+
+    config = InstallConfig(node=node, data_dir=data_dir, health_check=health_check or None)
+    installer = Installer(Slots(data_dir / "firmware"), config, emit)
+    firmware = FirmwareAgent(installer, trusted, labels, agent_version)
+    await firmware.start()
+    return firmware
