@@ -132,7 +132,14 @@ def _identity(args: argparse.Namespace) -> tuple[str, Any]:
             ident = read_identity_file(profile.key_path)
         except ConfigError:
             raise AuthError("your keys are missing: run 'tsh login'") from None
-    check_not_expired(ident, time.time())
+    try:
+        check_not_expired(ident, time.time())
+    except AuthError:
+        if not args.identity:
+            raise
+        raise AuthError(
+            f"the identity {args.identity} has expired: write a new one with 'tctl auth sign'"
+        ) from None
     return hub, ident
 
 

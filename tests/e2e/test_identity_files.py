@@ -320,3 +320,17 @@ def test_status_of_an_identity_file_needs_no_profile(fleet: Fleet, tmp_path: Pat
     assert run.returncode == 0, run.stderr
     data = json.loads(run.stdout)
     assert data["user"] == "jenkins" and data["logins"] == [ME] and not data["expired"]
+
+
+def test_an_expired_identity_says_to_sign_a_new_one(fleet: Fleet, tmp_path: Path) -> None:
+    _sign(fleet, "jenkins", tmp_path / "old", ttl="1s")
+    expires = keygen_l(tmp_path / "old-cert.pub").valid_to
+    wait_for(lambda: time.time() > expires + 1, what="expiry")
+    run = fleet.cluster.tsh(
+        "-i", str(tmp_path / "old"), "--proxy", fleet.cluster.addr, "ssh", f"{ME}@{NODE}", "true",
+        env=fleet.cluster.env(TSH_HOME=str(tmp_path / "none")),
+    )  # fmt: skip
+    assert run.returncode == 255
+    assert run.stderr == (
+        f"tsh: the identity {tmp_path / 'old'} has expired: write a new one with 'tctl auth sign'\n"
+    )
