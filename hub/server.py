@@ -323,6 +323,11 @@ class HubServer:
         if live is None:
             await ws.close(4503, f"node {node.name!r} went offline; try again when it reconnects")
             return
+        if node.recording == "proxy":  # the hub terminates SSH and records (hub/recording.py)
+            from hub.recording import RecordingProxy
+
+            await RecordingProxy(self).serve(ws, user, node, login, session_id, live)
+            return
         try:
             channel = await live.tunnel.open_channel(
                 "ssh",

@@ -1,0 +1,684 @@
+"""The recording proxy: for a node in ``proxy`` mode the hub terminates the user's SSH.
+
+Teleport's "recording proxy" for legacy devices, per node (``tctl nodes set NAME
+--recording proxy``). Over the user's ``/v1/connect`` websocket the hub runs an
+SSH server that
+
+- presents a host certificate for the node's names, signed by the host CA, so
+  ``tsh ssh`` and OpenSSH with ``tsh config``'s known_hosts accept it unchanged;
+- accepts the user's certificate from the user CA(s) and checks the login as the
+  device would (:mod:`hub.recording_auth`);
+- once the user is in, opens an ``ssh`` channel to the node's agent and logs in
+  there with a fresh key and a short-lived certificate for the same user and login
+  (same extensions: the device still enforces the roles), checking the device's
+  host certificate against the host CA;
+- bridges each session channel (pty, env, shell/exec/subsystem, window changes,
+  signals, breaks, EOF, exit status or signal) and records what the user sees
+  (:mod:`hub.recording_audit`).
+
+The hub sees the session in plaintext in this mode (docs/security.md). Port
+forwarding is refused through the proxy (``administratively prohibited`` with the
+reason): forwarded bytes would pass unrecorded, so use the node's ``off`` mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from hub.auth import host_principals
+from hub.recording_audit import HubSessionAudit
+from hub.recording_auth import check_user_cert, upstream_cert
+from remoteler.access import AccessDecision
+from remoteler.audit.events import HUB_NODE, EventType, make_event
+from remoteler.ca import CertAuthority, generate_private_key, private_key_to_openssh
+from remoteler.ca.sshcert import ParsedCert
+from remoteler.sshio import (
+    CIPHERS,
+    SSH_MAX_PACKET,
+    SSH_WINDOW,
+    BytePipe,
+    ChannelPipe,
+    PipeTunnel,
+    WebSocketPipe,
+)
+from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
+
+if TYPE_CHECKING:
+    from hub.backend import Node
+    from hub.server import HubServer
+    from hub.tunnels import LiveNode
+
+log = logging.getLogger("remoteler.hub.recording")
+
+#: Lifetime of the host certificate the hub presents for a node (checked at the
+#: key exchange only; a fresh one is signed for every connection).
+HOST_CERT_TTL = 3600
+#: Client input held while the device's session is being opened.
+PENDING_INPUT_LIMIT = 256 * 1024
+PORT_FORWARD_REFUSED = (
+    "port forwarding is not available through the hub's recording proxy; "
+    "ask an admin to set this node's recording to off"
+)
+
+
+class UpstreamError(Exception):
+    """The device could not be reached or refused the hub's login (message for the user)."""
+
+
+class _CheckingTunnel(PipeTunnel):
+    """Runs ``check`` on the user's certificate after asyncssh's own validation."""
+
+    def __init__(
+        self,
+        pipe: BytePipe,
+        extra: dict[str, Any],
+        check: Callable[[bytes, str], AccessDecision],
+    ) -> None:
+        super().__init__(pipe, extra)
+        self._check = check
+
+    async def create_connection(
+        self, session_factory: Callable[[], Any], host: str, port: int
+    ) -> Any:
+        def factory() -> Any:
+            conn = session_factory()
+            original = conn._validate_openssh_certificate
+
+            async def validate(username: str, cert: Any) -> Any:
+                key = await original(username, cert)
+                reason: str | None
+                if key is None:
+                    reason = "certificate refused (CA, validity, principal or source address)"
+                else:
+                    reason = self._check(cert.public_data, username).reason
+                if reason is not None:
+                    with contextlib.suppress(Exception):
+                        conn.send_auth_banner(f"remoteler hub: {reason}\r\n")
+                    return None
+                return key
+
+            conn._validate_openssh_certificate = validate
+            return conn
+
+        return await super().create_connection(factory, host, port)
+
+
+class RecordingProxy:
+    """Serves ``/v1/connect`` for nodes in ``proxy`` mode (see :meth:`serve`)."""
+
+    def __init__(self, server: HubServer) -> None:
+        self.server = server
+
+    # the CAs in use (two of a kind during a rotation) ---------------------------
+    def user_cas(self) -> list[CertAuthority]:
+        rotation = self.server.rotation
+        return list(rotation.cas.user.trusted) if rotation else [self.server.auth.user_ca]
+
+    def user_signer(self) -> CertAuthority:
+        rotation = self.server.rotation
+        return rotation.cas.user.signer if rotation else self.server.auth.user_ca
+
+    def host_cas(self) -> list[CertAuthority]:
+        rotation = self.server.rotation
+        return list(rotation.cas.host.trusted) if rotation else [self.server.auth.host_ca]
+
+    def host_server_ca(self) -> CertAuthority:
+        rotation = self.server.rotation
+        return rotation.cas.host.server if rotation else self.server.auth.host_ca
+
+    async def serve(
+        self, ws: Any, user: str, node: Node, login: str, session_id: str, live: LiveNode
+    ) -> None:
+        """Run the SSH server over ``ws`` until the user or the device hangs up."""
+        fields = {"user": user, "login": login, "node_id": node.id, "session_id": session_id}
+        peer = _peer_host(ws)
+        pipe = WebSocketPipe(ws)
+        labels = self.server.registry.labels_of(node)
+        trusted = [ca.public_key for ca in self.user_cas()]
+        refusals: list[str] = []
+
+        def check(blob: bytes, username: str) -> AccessDecision:
+            if username != login:
+                decision = AccessDecision(
+                    f"this connection is for login {login!r}, not {username[:32]!r}"
+                )
+            else:
+                checked = check_user_cert(
+                    blob,
+                    login,
+                    user=user,
+                    trusted=trusted,
+                    labels=labels,
+                    node_name=node.name,
+                    now=time.time(),
+                )
+                decision = checked.decision
+                if decision.reason is None and checked.cert is not None:
+                    state.user_cert = checked.cert
+            if decision.reason is not None:
+                log.warning("proxy auth refused: %s", decision.reason, extra=fields)
+                refusals.append(decision.reason)
+            return decision
+
+        state = _ConnState(self, user, node, login, session_id, live, peer)
+        host_key = generate_private_key()
+        host_cert = self.host_server_ca().sign_ssh_host_cert(
+            host_key.public_key(),
+            key_id=f"{node.id}@hub-recording-proxy",
+            principals=host_principals(node.id, node.name, self.server.auth.cluster),
+            ttl_seconds=HOST_CERT_TTL,
+        )
+        tunnel = _CheckingTunnel(
+            pipe, {"peername": (peer or "127.0.0.1", 0), "sockname": ("127.0.0.1", 0)}, check
+        )
+        live.session_started()
+        untrack = self.server.locks.track_relay(
+            user, login, (node.id, node.name), lambda reason: _close_locked(ws, reason)
+        )
+        try:
+            conn = await asyncssh.connect_reverse(
+                tunnel=tunnel,
+                config=None,
+                server_factory=lambda: _ProxyServer(state),
+                server_host_keys=[
+                    (
+                        asyncssh.import_private_key(private_key_to_openssh(host_key)),
+                        asyncssh.import_certificate(host_cert),
+                    )
+                ],
+                encryption_algs=CIPHERS,
+                window=SSH_WINDOW,
+                max_pktsize=SSH_MAX_PACKET,
+                login_timeout=30,
+                allow_pty=True,
+                encoding=None,
+                line_editor=False,
+                agent_forwarding=False,
+                x11_forwarding=False,
+            )
+        except (asyncssh.Error, OSError, TimeoutError) as exc:
+            log.info("proxy connection ended before login: %s", type(exc).__name__, extra=fields)
+            if refusals:
+                await self._audit_refusal(user, login, session_id, node, refusals[-1])
+            untrack()
+            live.session_ended()
+            pipe.close()
+            return
+        log.info("recording proxy start", extra=fields)
+        try:
+            await conn.wait_closed()
+        finally:
+            await state.close()
+            untrack()
+            live.session_ended()
+            pipe.close()
+            log.info("recording proxy end", extra=fields)
+
+    async def _audit_refusal(
+        self, user: str, login: str, session_id: str, node: Node, reason: str
+    ) -> None:
+        if self.server.audit is None:
+            return
+        with contextlib.suppress(Exception):
+            await self.server.audit.record(
+                make_event(
+                    EventType.AUTH_FAILED,
+                    node=HUB_NODE,
+                    user=user,
+                    login=login,
+                    session_id=session_id,
+                    reason=reason,
+                    recorded_by="hub",
+                    node_id=node.id,
+                    node_name=node.name,
+                )
+            )
+
+
+async def _close_locked(ws: Any, reason: str) -> None:
+    from hub.locks import LOCKED_CLOSE_CODE
+
+    await ws.close(LOCKED_CLOSE_CODE, reason.encode()[:123].decode("utf-8", "ignore"))
+
+
+def _peer_host(ws: Any) -> str:
+    try:
+        return str(ws.remote_address[0])
+    except (TypeError, IndexError, AttributeError):
+        return ""
+
+
+class _ConnState:
+    """One user connection: the user's certificate, the device connection, the sessions."""
+
+    def __init__(
+        self,
+        proxy: RecordingProxy,
+        user: str,
+        node: Node,
+        login: str,
+        session_id: str,
+        live: LiveNode,
+        peer: str,
+    ) -> None:
+        self.proxy = proxy
+        self.user = user
+        self.node = node
+        self.login = login
+        self.session_id = session_id
+        self.live = live
+        self.peer = peer
+        self.user_cert: ParsedCert | None = None
+        #: the agent records too (embedded server), under an id of its own
+        self.device_session = str(uuid.uuid4())
+        self.sessions = 0
+        self._upstream: asyncio.Future[asyncssh.SSHClientConnection] | None = None
+
+    def start_upstream(self) -> None:
+        if self._upstream is None:
+            self._upstream = asyncio.ensure_future(self._connect())
+
+    async def upstream(self) -> asyncssh.SSHClientConnection:
+        self.start_upstream()
+        assert self._upstream is not None
+        return await asyncio.shield(self._upstream)
+
+    async def _connect(self) -> asyncssh.SSHClientConnection:
+        node = self.node
+        fields = {"user": self.user, "node_id": node.id, "session_id": self.session_id}
+        if self.user_cert is None:
+            raise UpstreamError("no checked certificate")
+        try:
+            channel = await self.live.tunnel.open_channel(
+                "ssh",
+                {
+                    "user": self.user,
+                    "login": self.login,
+                    "session_id": self.device_session,
+                    "remote_addr": self.peer,
+                    "recorded_by": "hub",
+                },
+                timeout=15,
+            )
+        except (ChannelOpenError, TunnelClosed, TimeoutError) as exc:
+            log.warning("proxy upstream channel failed: %s", type(exc).__name__, extra=fields)
+            raise UpstreamError(
+                f"node {node.name!r} did not accept the session; try again"
+            ) from None
+        key = generate_private_key()
+        cert = upstream_cert(
+            self.proxy.user_signer(), self.user_cert, self.login, key, int(time.time())
+        )
+        known = "\n".join(ca.known_hosts_line("*") for ca in self.proxy.host_cas())
+        pipe = ChannelPipe(channel)
+        try:
+            return await asyncssh.connect(
+                node.name,
+                tunnel=PipeTunnel(pipe, {"peername": ("127.0.0.1", 0)}),
+                config=None,
+                username=self.login,
+                client_keys=[
+                    (
+                        asyncssh.import_private_key(private_key_to_openssh(key)),
+                        asyncssh.import_certificate(cert),
+                    )
+                ],
+                known_hosts=asyncssh.import_known_hosts(known),
+                agent_path=None,
+                preferred_auth="publickey",
+                encryption_algs=CIPHERS,
+                window=SSH_WINDOW,
+                max_pktsize=SSH_MAX_PACKET,
+                connect_timeout=30,
+            )
+        except asyncssh.PermissionDenied:
+            pipe.close()
+            log.warning("device refused the proxy login", extra=fields)
+            raise UpstreamError(
+                f"node {node.name!r} refused login {self.login!r} for you "
+                "(its own rules or sshd configuration)"
+            ) from None
+        except asyncssh.HostKeyNotVerifiable:
+            pipe.close()
+            log.error("device host certificate not from the host CA", extra=fields)
+            raise UpstreamError(
+                f"node {node.name!r} did not present a host certificate from the cluster's "
+                "host CA; tell the hub operator"
+            ) from None
+        except (asyncssh.Error, OSError, TimeoutError) as exc:
+            pipe.close()
+            log.warning("proxy upstream failed: %s", type(exc).__name__, extra=fields)
+            raise UpstreamError(f"connection to node {node.name!r} failed; try again") from None
+
+    async def close(self) -> None:
+        if self._upstream is None:
+            return
+        if not self._upstream.done():
+            self._upstream.cancel()
+        with contextlib.suppress(BaseException):
+            conn = await self._upstream
+            conn.close()
+            await conn.wait_closed()
+
+
+class _ProxyServer(asyncssh.SSHServer):
+    def __init__(self, state: _ConnState) -> None:
+        self._state = state
+        self._user_cas = [
+            asyncssh.import_public_key(ca.ssh_public_line()) for ca in state.proxy.user_cas()
+        ]
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self._closer: asyncio.Future[None] | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        return False  # certificates only
+
+    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        return any(key.public_data == ca.public_data for ca in self._user_cas)
+
+    def auth_completed(self) -> None:
+        self._state.start_upstream()  # the device login starts while the client sets up
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> bool:
+        raise asyncssh.ChannelOpenError(
+            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, PORT_FORWARD_REFUSED
+        )
+
+    def session_requested(self) -> _UserSession:
+        state = self._state
+        state.sessions += 1
+        sid = state.session_id if state.sessions == 1 else f"{state.session_id}-{state.sessions}"
+        return _UserSession(state, sid)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closer = asyncio.ensure_future(self._state.close())
+
+
+class _DeviceSession(asyncssh.SSHClientSession[bytes]):
+    """The device's side of one bridged session: its output goes to the user."""
+
+    def __init__(self, user_side: _UserSession) -> None:
+        self._user = user_side
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self._user.from_device(data, datatype)
+
+    def eof_received(self) -> bool:
+        self._user.device_eof()
+        return True
+
+    def exit_status_received(self, status: int) -> None:
+        self._user.exit_status = status
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self._user.exit_signal = (signal, core_dumped, msg, lang)
+
+    def pause_writing(self) -> None:
+        self._user.pause_user()
+
+    def resume_writing(self) -> None:
+        self._user.resume_user()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._user.device_closed()
+
+
+class _UserSession(asyncssh.SSHServerSession[bytes]):
+    """The user's side of one bridged session; opens the device's side when started."""
+
+    def __init__(self, state: _ConnState, session_id: str) -> None:
+        self._state = state
+        self.session_id = session_id
+        self._chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self._device: asyncssh.SSHClientChannel[bytes] | None = None
+        self._record: HubSessionAudit | None = None
+        self._command: str | None = None
+        self._subsystem: str | None = None
+        self._term: tuple[str, tuple[int, int, int, int], Any] | None = None
+        self._pending: list[tuple[bytes, asyncssh.DataType]] = []
+        self._pending_size = 0
+        self._pending_eof = False
+        self._paused: set[str] = set()
+        self._task: asyncio.Future[None] | None = None
+        self._ending: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self.exit_status: int | None = None
+        self.exit_signal: tuple[str, bool, str, str] | None = None
+
+    # the user's requests ---------------------------------------------------------
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self._chan = chan
+
+    def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
+        self._term = (term_type or "xterm", tuple(term_size), dict(term_modes or {}))
+        return True
+
+    def shell_requested(self) -> bool:
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        self._command = command
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        self._subsystem = subsystem  # the device decides (sftp needs file_transfer)
+        return True
+
+    def session_started(self) -> None:
+        self._task = asyncio.ensure_future(self._open_device())
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self._record is not None:
+            self._record.input(data)
+        if self._device is not None:
+            self._device.write(data, datatype)
+            return
+        self._pending.append((data, datatype))
+        self._pending_size += len(data)
+        if self._pending_size > PENDING_INPUT_LIMIT and self._chan is not None:
+            self._chan.pause_reading()  # the SSH window closes: the client waits
+
+    def eof_received(self) -> bool:
+        if self._device is not None:
+            self._device.write_eof()
+        else:
+            self._pending_eof = True
+        return True  # half-close (RFC 4254 section 5.3): output and exit status still flow
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        if self._term is not None:
+            self._term = (self._term[0], (width, height, pixwidth, pixheight), self._term[2])
+        if self._device is not None:
+            self._device.change_terminal_size(width, height, pixwidth, pixheight)
+
+    def signal_received(self, signal: str) -> None:
+        if self._device is not None:
+            self._device.send_signal(signal)
+
+    def break_received(self, msec: int) -> bool:
+        if self._device is None:
+            return False
+        self._device.send_break(msec)
+        return True
+
+    def pause_writing(self) -> None:
+        self._pause("user")
+
+    def resume_writing(self) -> None:
+        self._resume("user")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._device is not None:
+            self._device.close()  # device_closed ends the record
+            return
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._finish()
+
+    # flow control of the device's output ---------------------------------------------
+    def _pause(self, why: str) -> None:
+        if not self._paused and self._device is not None:
+            self._device.pause_reading()
+        self._paused.add(why)
+
+    def _resume(self, why: str) -> None:
+        self._paused.discard(why)
+        if not self._paused and self._device is not None:
+            self._device.resume_reading()
+
+    def pause_user(self) -> None:
+        if self._chan is not None:
+            self._chan.pause_reading()
+
+    def resume_user(self) -> None:
+        if self._chan is not None:
+            self._chan.resume_reading()
+
+    async def _wait_store(self) -> None:
+        assert self._record is not None
+        await self._record.wait_room()
+        self._resume("store")
+
+    # the device's side ------------------------------------------------------------------
+    async def _open_device(self) -> None:
+        assert self._chan is not None
+        state = self._state
+        store = state.proxy.server.audit
+        try:
+            conn = await state.upstream()
+            if store is not None:
+                record = HubSessionAudit(
+                    store,
+                    user=state.user,
+                    login=state.login,
+                    session_id=self.session_id,
+                    node_id=state.node.id,
+                    node_name=state.node.name,
+                    command=self._command,
+                    subsystem=self._subsystem,
+                    pty=self._term is not None,
+                    device_session=state.device_session,
+                )
+                await record.start()  # durable before the device runs anything
+                self._record = record
+            kwargs: dict[str, Any] = {}
+            if self._term is not None:
+                kwargs = {
+                    "term_type": self._term[0],
+                    "term_size": self._term[1],
+                    "term_modes": self._term[2],
+                }
+            if self._subsystem is not None:
+                kwargs["subsystem"] = self._subsystem
+            env: dict[bytes | str, bytes | str] = {
+                k: v for k, v in self._chan.get_environment_bytes().items()
+            }
+            device, _ = await conn.create_session(
+                lambda: _DeviceSession(self),
+                self._command,
+                env=env or None,
+                encoding=None,
+                window=SSH_WINDOW,
+                max_pktsize=SSH_MAX_PACKET,
+                **kwargs,
+            )
+        except UpstreamError as exc:
+            self._fail(str(exc))
+            return
+        except asyncssh.ChannelOpenError as exc:
+            self._fail(f"node {state.node.name!r} refused the session: {exc.reason}")
+            return
+        except (asyncssh.Error, OSError) as exc:
+            self._fail(f"session on node {state.node.name!r} failed: {type(exc).__name__}")
+            return
+        except asyncio.CancelledError:
+            self._finish()  # the user left while the device session was being opened
+            raise
+        except Exception:
+            log.exception("recording proxy session failed", extra={"session_id": self.session_id})
+            self._fail("the hub could not record this session; see the hub's log")
+            return
+        self._device = device
+        for data, datatype in self._pending:
+            device.write(data, datatype)
+        self._pending.clear()
+        if self._pending_size > PENDING_INPUT_LIMIT:
+            self._chan.resume_reading()
+        if self._pending_eof:
+            device.write_eof()
+        if self._paused:
+            device.pause_reading()
+
+    def _fail(self, message: str) -> None:
+        log.warning("proxied session refused: %s", message, extra={"session_id": self.session_id})
+        if self._chan is None:
+            return
+        with contextlib.suppress(Exception):
+            self._chan.write_stderr(f"remoteler: {message}\r\n".encode())
+            self._chan.exit(255)
+        self._finish()
+
+    def from_device(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self._chan is None or self._chan.is_closing():
+            return
+        self._chan.write(data, datatype)
+        if self._record is not None and self._record.output(data):
+            self._pause("store")  # the audit store is behind: stop reading the device
+            self._waiter = asyncio.ensure_future(self._wait_store())
+
+    def device_eof(self) -> None:
+        if self._chan is not None and not self._chan.is_closing():
+            with contextlib.suppress(Exception):
+                self._chan.write_eof()
+
+    def device_closed(self) -> None:
+        """The device's session ended: store its end, then pass the exit on."""
+        if self._ending is None:
+            self._ending = asyncio.ensure_future(self._end_and_exit())
+
+    async def _end_and_exit(self) -> None:
+        signal = self.exit_signal
+        if self._record is not None:
+            record, self._record = self._record, None
+            await record.end(self.exit_status, signal[0] if signal else "")
+        chan = self._chan
+        if chan is None or chan.is_closing():
+            return
+        with contextlib.suppress(Exception):
+            if self.exit_status is not None:
+                chan.exit(self.exit_status)
+            elif signal is not None:
+                chan.exit_with_signal(*signal)
+            else:
+                chan.close()
+
+    def _finish(self) -> None:
+        """The user's side is gone (or never got a device session): end the record."""
+        if self._record is not None and self._ending is None:
+            record, self._record = self._record, None
+            self._ending = asyncio.ensure_future(record.end(self.exit_status))
