@@ -39,8 +39,10 @@ class LiveNode:
     @property
     def ssh_mode(self) -> str:
         """How the agent serves SSH, from its heartbeat: ``"forward"`` (to the device's own
-        sshd, docs/legacy-devices.md) or ``"embedded"`` (also an agent that does not say)."""
-        return "forward" if self.status.get("ssh") == "forward" else "embedded"
+        sshd, docs/legacy-devices.md), ``"embedded"``, or ``""`` until its first heartbeat
+        after connecting says (and for agents older than forward mode)."""
+        mode = self.status.get("ssh")
+        return mode if mode in ("forward", "embedded") else ""
 
     def session_started(self) -> None:
         self.sessions += 1

@@ -118,8 +118,9 @@ class WebSocketPipe:
 
     @property
     def close_reason(self) -> str:
+        # websockets' asyncio connection says it as close_reason (there is no close_rcvd).
         rcvd = getattr(self._ws, "close_rcvd", None)
-        return str(getattr(rcvd, "reason", "") or "")
+        return str(getattr(rcvd, "reason", "") or getattr(self._ws, "close_reason", "") or "")
 
 
 class ChannelPipe:

@@ -1,0 +1,162 @@
+"""A legacy device: a real OpenSSH sshd behind an agent in forward mode, end to end.
+
+One hub; ``legacy-1`` runs ``edge-agent start --ssh-target`` in front of an sshd
+from tests/sshdkit.py (TrustedUserCAKeys from ``tctl auth export --type user``,
+host certificate from ``tctl auth sign --host``); ``legacy-down`` points at a
+port nobody listens on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import Cluster, free_port, wait_for
+from sshdkit import LegacySshd, have_sshd, legacy_sshd
+
+ME = pwd.getpwuid(os.geteuid()).pw_name
+NODE = "legacy-1"
+DOWN = "legacy-down"
+#: heartbeats carry the mode: often enough for the test, lenient on a loaded machine
+BEATS = ("--heartbeat-interval", "2", "--allowed-misses", "10")
+
+pytestmark = pytest.mark.skipif(
+    not (have_sshd() and shutil.which("ssh")), reason="OpenSSH sshd/ssh missing"
+)
+
+
+@dataclass
+class Fleet:
+    cluster: Cluster
+    root: Path
+    sshd: LegacySshd
+    down_port: int
+
+    def audit(self, type: str, node: str) -> list[dict[str, Any]]:
+        out = self.cluster.tctl_json("audit", "search", "--type", type, "--node", node)
+        return list(out)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    root = tmp_path_factory.mktemp("legacy")
+    cluster = Cluster(root, free_port())
+    cluster.start_hub()
+    try:
+        cluster.add_user("alice", [ME])
+        cluster.add_user("bob", ["operator"])  # a certificate without our login
+        with legacy_sshd(cluster, root, name=NODE) as sshd:
+            down_port = free_port()  # nothing listens there
+            for name, target in ((NODE, sshd.target), (DOWN, f"127.0.0.1:{down_port}")):
+                cluster.start_agent(name, "env=legacy", None, "--ssh-target", target, *BEATS)
+            wait_for(lambda: cluster.node_online(NODE) and cluster.node_online(DOWN), what="nodes")
+            login = cluster.login("alice")
+            assert login.returncode == 0, login.stderr
+            yield Fleet(cluster, root, sshd, down_port)
+    finally:
+        cluster.stop()
+
+
+def test_tsh_ssh_reaches_the_devices_sshd(fleet: Fleet) -> None:
+    run = fleet.cluster.tsh("ssh", f"{ME}@{NODE}", "echo hi; exit 3")
+    assert (run.stdout, run.returncode) == ("hi\n", 3), run.stderr
+    # It was the real sshd that let us in, with the user CA it trusts.
+    assert 'Accepted certificate ID "alice"' in fleet.sshd.log_text()
+    # The device's audit: start (user, login, session from the hub) and end with bytes.
+    start = wait_for(lambda: fleet.audit("ssh.forward.start", NODE), what="ssh.forward.start")
+    assert (start[0]["user"], start[0]["login"]) == ("alice", ME)
+    assert start[0]["fields"]["target"] == fleet.sshd.target and start[0]["session"]
+    end = wait_for(lambda: fleet.audit("ssh.forward.end", NODE), what="ssh.forward.end")
+    assert end[0]["session"] == start[0]["session"]
+    assert end[0]["fields"]["bytes_in"] > 0 and end[0]["fields"]["bytes_out"] > 0
+
+
+def test_nodes_list_says_forward_mode(fleet: Fleet) -> None:
+    """The agents' heartbeats (every 2 s here) carry the mode to nodes.list."""
+
+    def modes() -> dict[str, str]:
+        nodes = json.loads(fleet.cluster.tsh("ls", "--format", "json").stdout)
+        return {n["name"]: n["ssh"] for n in nodes}
+
+    wait_for(lambda: modes() == {NODE: "forward", DOWN: "forward"}, what=f"modes: {modes()}")
+
+
+def openssh_config(fleet: Fleet, identity: Path | None = None) -> tuple[Path, str]:
+    """``tsh config`` for alice (optionally offering another identity), and the host name."""
+    out = fleet.cluster.tsh("config")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    if identity is not None:  # same hub route as alice, another certificate inside SSH
+        lines = []
+        for line in text.splitlines():
+            if line.strip().startswith("IdentityFile"):
+                line = f'    IdentityFile "{identity}"'
+            elif line.strip().startswith("CertificateFile"):
+                line = f'    CertificateFile "{identity}-cert.pub"'
+            lines.append(line)
+        text = "\n".join(lines) + "\n"
+    config = fleet.root / ("ssh_config" if identity is None else f"ssh_config-{identity.name}")
+    config.write_text(text)
+    status = json.loads(fleet.cluster.tsh("status", "--format", "json").stdout)
+    return config, f"{NODE}.{status['cluster']}"
+
+
+def ssh(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ssh", "-F", str(config), "-o", "BatchMode=yes", *args],
+        capture_output=True,
+        text=True,
+        input="",
+        timeout=60,
+    )
+
+
+def test_openssh_through_tsh_proxy_checks_the_host_certificate(fleet: Fleet) -> None:
+    config, host = openssh_config(fleet)
+    assert "StrictHostKeyChecking yes" in config.read_text()
+    run = ssh(config, f"{ME}@{host}", "echo via-openssh")
+    assert (run.stdout, run.returncode) == ("via-openssh\n", 0), run.stderr
+    # A host key the host CA did not sign is refused (same route, strict checking).
+    other = fleet.root / "other-host-ca"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    known = fleet.root / "known_hosts-wrong-ca"
+    known.write_text(f"@cert-authority * {(other.with_suffix('.pub')).read_text()}")
+    run = ssh(config, "-o", f"UserKnownHostsFile={known}", f"{ME}@{host}", "true")
+    assert run.returncode == 255 and "Host key verification failed" in run.stderr
+
+
+def test_certificate_without_the_login_is_refused_by_sshd(fleet: Fleet) -> None:
+    bob = fleet.root / "bob-id"
+    fleet.cluster.tctl("auth", "sign", "--user", "bob", "--ttl", "1h", "-o", str(bob))
+    config, host = openssh_config(fleet, identity=bob)
+    run = ssh(config, f"{ME}@{host}", "true")
+    assert run.returncode == 255
+    assert "Permission denied (publickey)" in run.stderr, run.stderr
+    assert run.stdout == ""
+    wait_for(lambda: "not a listed principal" in fleet.sshd.log_text(), what="sshd's refusal")
+
+
+def test_target_down_is_a_clear_error_not_a_hang(fleet: Fleet) -> None:
+    started = time.monotonic()
+    run = fleet.cluster.tsh("ssh", f"{ME}@{DOWN}", "true", timeout=30)
+    assert run.returncode == 255
+    line = run.stderr.strip()
+    assert "\n" not in line
+    assert line.startswith(f"tsh: node '{DOWN}': the device's sshd at 127.0.0.1:")
+    assert "is unreachable (Connection refused)" in line
+    assert time.monotonic() - started < 30
+    event = wait_for(lambda: fleet.audit("ssh.forward.start", DOWN), what="failed start")[0]
+    assert "Connection refused" in event["fields"]["error"] and event["login"] == ME
+    assert fleet.audit("ssh.forward.end", DOWN) == []
+    # Logged once by the agent, not per retry.
+    log = (fleet.root / f"agent-{DOWN}.log").read_text()
+    assert log.count("ssh target unreachable") == 1
