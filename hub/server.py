@@ -513,6 +513,7 @@ class HubServer:
                     "name": node.name,
                     "labels": labels,
                     "online": live is not None,
+                    "serial_ports": live.serial_ports if live else [],  # while online
                     "last_seen": live.last_seen if live else node.last_seen,
                     "version": (live.version if live else "") or node.version,
                     "recording": node.recording,

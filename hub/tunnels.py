@@ -53,6 +53,14 @@ class LiveNode:
         if self.sessions <= 0:
             self.idle.set()
 
+    @property
+    def serial_ports(self) -> list[str]:
+        """The serial console ports the agent offers (its heartbeat; strings only, capped)."""
+        ports = self.status.get("serial_ports")
+        if not isinstance(ports, list):
+            return []
+        return [p[:256] for p in ports[:32] if isinstance(p, str)]
+
 
 class TunnelRegistry:
     """node id -> live tunnel; persists online state and heartbeats in batches."""

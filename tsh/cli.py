@@ -50,6 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(ls, False)
     ls.add_argument("labels", nargs="*", help="filter: k=v ...")
     ls.add_argument("--format", choices=["text", "json"], default="text")
+    ls.add_argument(
+        "-v", "--verbose", action="store_true", help="also versions and serial console ports"
+    )
+
+    console = sub.add_parser("console", help="a node's serial console (docs/serial-console.md)")
+    _add_common(console, False)
+    console.add_argument("-l", "--login", help="remote login (or login@node)")
+    console.add_argument(
+        "--port", help="serial port from 'tsh ls -v' (default: the node's only one)"
+    )
+    console.add_argument("--baud", default="115200", help="baud rate (default 115200)")
+    console.add_argument(
+        "--read-only", action="store_true", help="watch only; may share a port someone writes to"
+    )
+    console.add_argument("target", help="[login@]node")
 
     ssh = sub.add_parser("ssh", help="run a shell or command on a node")
     _add_common(ssh, False)
@@ -249,7 +264,12 @@ async def cmd_ls(args: argparse.Namespace) -> int:
         ]
         for n in nodes
     ]
-    print(table(rows, ["Node", "Labels", "Status", "Last seen", "Recording"]))
+    headers = ["Node", "Labels", "Status", "Last seen", "Recording"]
+    if args.verbose:
+        headers += ["Version", "Serial ports"]
+        for row, n in zip(rows, nodes, strict=True):
+            row += [n.get("version") or "", ",".join(n.get("serial_ports") or []) or "-"]
+    print(table(rows, headers))
     return 0
 
 
@@ -297,6 +317,34 @@ async def cmd_scp(args: argparse.Namespace) -> int:
     plan = make_plan(args.paths)
     hub, ident = _identity(args)
     return await scp(hub, ident, plan, args.recurse, args.preserve, args.quiet)
+
+
+async def cmd_console(args: argparse.Namespace) -> int:
+    from remoteler.console import parse_baud
+    from tsh.console import run_console
+    from tsh.ssh import open_ssh
+
+    login, _, node = args.target.rpartition("@")
+    login = args.login or login
+    if not login or not node:
+        raise UsageError("give the login and the node: tsh console login@node [--port PATH]")
+    try:
+        baud = parse_baud(args.baud)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    hub, ident = _identity(args)
+    conn = await open_ssh(hub, ident, login, node)
+    import asyncssh  # already loaded by open_ssh
+
+    try:
+        return await run_console(conn, args.port, baud, args.read_only)
+    except (asyncssh.DisconnectError, ConnectionError) as exc:
+        reason = exc.reason if isinstance(exc, asyncssh.Error) else str(exc)
+        raise NodeError(
+            f"connection to {node!r} lost ({reason}); run 'tsh ls' to see when it is back"
+        ) from None
+    finally:
+        conn.close()
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
@@ -427,6 +475,7 @@ COMMANDS = {
     "login": cmd_login,
     "ls": cmd_ls,
     "ssh": cmd_ssh,
+    "console": cmd_console,
     "scp": cmd_scp,
     "status": cmd_status,
     "logout": cmd_logout,
