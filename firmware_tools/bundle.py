@@ -50,10 +50,10 @@ from firmware_tools.errors import (
     UntrustedSigner,
 )
 from firmware_tools.keys import generate_key, key_id, load_public_key, load_signing_key
-from firmware_tools.manifest import MAX_MANIFEST, Manifest, hook_problem
+from firmware_tools.manifest import MAX_MANIFEST, Manifest
 from firmware_tools.versions import compare_versions
 from remoteler.access import PatternError, compile_pattern
-from remoteler.errors import UsageError
+from remoteler.errors import ConfigError, UsageError
 
 __all__ = [
     "AgentTooOld",
@@ -78,6 +78,7 @@ __all__ = [
     "read_header",
     "split_header",
     "verify_bundle",
+    "verify_file",
     "verify_header",
     "verify_signature",
 ]
@@ -341,6 +342,17 @@ class PayloadVerifier:
             )
 
 
+def verify_file(path: str | os.PathLike[str], trusted: Sequence[Ed25519PublicKey]) -> Manifest:
+    """Signature and payload of the bundle at ``path``, without the device's policy."""
+    with _open(path) as f:
+        manifest = verify_signature(_read_raw(f), trusted)
+        checker = PayloadVerifier(manifest)
+        while chunk := f.read(min(CHUNK, manifest.size - checker.received + 1)):
+            checker.feed(chunk)
+        checker.finish()
+    return manifest
+
+
 def verify_bundle(
     path: str | os.PathLike[str],
     trusted: Sequence[Ed25519PublicKey],
@@ -354,12 +366,7 @@ def verify_bundle(
 
     Order: signature, payload (length and hash), then :func:`check_manifest`.
     """
-    with _open(path) as f:
-        manifest = verify_signature(_read_raw(f), trusted)
-        checker = PayloadVerifier(manifest)
-        while chunk := f.read(min(CHUNK, manifest.size - checker.received + 1)):
-            checker.feed(chunk)
-        checker.finish()
+    manifest = verify_file(path, trusted)
     check_manifest(
         manifest,
         labels=labels,
@@ -400,25 +407,14 @@ def build_bundle(
     """
     from firmware_tools.archive import pack_payload  # tarfile is not needed to verify
 
-    problem = hook_problem(install_hook)
-    if problem:
-        raise UsageError(problem)
-    out = Path(out)
-    out_dir = out.parent if str(out.parent) else Path(".")
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".fwbuild-") as tmp:
-        tar_path = Path(tmp) / "payload.tar"
-        pack_payload(Path(payload), tar_path, install_hook=install_hook)
-        digest = hashlib.sha256()
-        with tar_path.open("rb") as f:
-            while chunk := f.read(CHUNK):
-                digest.update(chunk)
+    def manifest(size: int, sha256: str) -> Manifest:
         try:
-            manifest = Manifest(
+            return Manifest(
                 name=name,
                 version=version,
                 targets=dict(targets),
-                size=tar_path.stat().st_size,
-                sha256=digest.hexdigest(),
+                size=size,
+                sha256=sha256,
                 min_agent_version=min_agent_version,
                 install_hook=install_hook,
                 created=round(time.time(), 3),
@@ -426,9 +422,26 @@ def build_bundle(
             )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        part = Path(tmp) / "bundle"
-        with part.open("wb") as dst, tar_path.open("rb") as src:
-            dst.write(encode_header(manifest, key))
-            shutil.copyfileobj(src, dst, CHUNK)
-        os.replace(part, out)
-    return manifest
+
+    manifest(0, "0" * 64)  # refuse bad arguments before packing a large payload
+    out = Path(out)
+    try:
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".fwbuild-") as tmp:
+            tar_path = Path(tmp) / "payload.tar"
+            pack_payload(Path(payload), tar_path, install_hook=install_hook)
+            digest = hashlib.sha256()
+            with tar_path.open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    digest.update(chunk)
+            signed = manifest(tar_path.stat().st_size, digest.hexdigest())
+            part = Path(tmp) / "bundle"
+            with part.open("wb") as dst, tar_path.open("rb") as src:
+                dst.write(encode_header(signed, key))
+                shutil.copyfileobj(src, dst, CHUNK)
+            os.replace(part, out)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot build {out}: {exc.strerror or exc} ({exc.filename or out}): "
+            "check the paths and permissions"
+        ) from None
+    return signed

@@ -159,20 +159,14 @@ def _bundle_build(args: argparse.Namespace) -> int:
 
 
 def _bundle_inspect(args: argparse.Namespace) -> int:
-    from firmware_tools.bundle import BundleError, read_header, verify_bundle
+    from firmware_tools.bundle import BundleError, read_header, verify_file
     from firmware_tools.keys import load_trusted_keys
 
     manifest, _sig, offset = read_header(args.file)
     status = "not checked (pass --key KEY.pub)"
     if args.key:
         try:
-            verify_bundle(
-                args.file,
-                load_trusted_keys(args.key),
-                labels=manifest.targets,
-                installed_version=None,
-                agent_version=manifest.min_agent_version,
-            )
+            verify_file(args.file, load_trusted_keys(args.key))
             status = "good"
         except BundleError as exc:
             status = f"BAD: {exc}"

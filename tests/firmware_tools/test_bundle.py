@@ -33,7 +33,7 @@ from firmware_tools.bundle import (
     verify_bundle,
     verify_header,
 )
-from remoteler.errors import UsageError
+from remoteler.errors import ConfigError, UsageError
 
 KEY = Ed25519PrivateKey.generate()
 OTHER = Ed25519PrivateKey.generate()
@@ -242,6 +242,20 @@ def test_build_refuses_bad_arguments(tmp_path: Path, over: dict[str, object], me
     assert [p.name for p in tmp_path.iterdir()] == ["payload"]  # no temporary left
 
 
+def test_build_into_a_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot build"):
+        build_bundle(
+            make_payload(tmp_path),
+            tmp_path / "missing" / "fw.bundle",
+            name="x",
+            version="1",
+            targets={"a": "b"},
+            min_agent_version="0",
+            install_hook="install.sh",
+            key=KEY,
+        )
+
+
 def test_single_file_payload(tmp_path: Path) -> None:
     exe = tmp_path / "selfinstall.run"
     exe.write_bytes(b"#!/bin/sh\n" + os.urandom(100))
@@ -260,46 +274,55 @@ def test_single_file_payload(tmp_path: Path) -> None:
     assert verify(out, installed_version=None) == built
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data())
-def test_payload_verifier_in_random_chunks(data: st.DataObject) -> None:
-    payload = data.draw(st.binary(max_size=3000))
-    import hashlib
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, Manifest, int]:
+    path, manifest = build(tmp_path_factory.mktemp("shared"))
+    return path.read_bytes(), manifest, read_header(path)[2]
 
-    manifest = Manifest(
-        name="x",
-        version="1",
-        targets={"a": "b"},
-        size=len(payload),
-        sha256=hashlib.sha256(payload).hexdigest(),
-        min_agent_version="0",
-        install_hook="i",
-        created=1.0,
-        key_id=key_id(KEY.public_key()),
-    )
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(payload)), max_size=20)))
-    bounds = [0, *cuts, len(payload)]
+
+def whole_file_accepts(tmp: Path, data: bytes) -> bool:
+    path = tmp / "whole.bundle"
+    path.write_bytes(data)
+    try:
+        verify(path)
+    except BundleTampered:
+        return False
+    return True
+
+
+def chunked_accepts(manifest: Manifest, payload: bytes, cuts: list[int]) -> bool:
+    bounds = [0, *sorted(cuts), len(payload)]
     checker = PayloadVerifier(manifest)
-    for a, b in itertools.pairwise(bounds):
-        checker.feed(payload[a:b])
-    checker.finish()
-    assert checker.received == len(payload)
+    try:
+        for a, b in itertools.pairwise(bounds):
+            checker.feed(payload[a:b])
+        checker.finish()
+    except BundleTampered:
+        return False
+    return True
 
-    bad = PayloadVerifier(manifest)
-    if payload:
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_payload_verifier_in_random_chunks_equals_whole_file(
+    tmp_path_factory: pytest.TempPathFactory,
+    shared: tuple[bytes, Manifest, int],
+    data: st.DataObject,
+) -> None:
+    bundle, manifest, offset = shared
+    payload = bundle[offset:]
+    change = data.draw(st.sampled_from(["none", "flip", "truncate", "extend"]), label="change")
+    if change == "flip":
         pos = data.draw(st.integers(0, len(payload) - 1))
-        changed = payload[:pos] + bytes([payload[pos] ^ 0x80]) + payload[pos + 1 :]
-        bad.feed(changed)
-        with pytest.raises(BundleTampered, match="signed hash"):
-            bad.finish()
-        short = PayloadVerifier(manifest)
-        short.feed(payload[:-1])
-        with pytest.raises(BundleTampered, match="truncated"):
-            short.finish()
-    extra = PayloadVerifier(manifest)
-    extra.feed(payload)
-    with pytest.raises(BundleTampered, match="longer than"):
-        extra.feed(b"x")
+        payload = payload[:pos] + bytes([payload[pos] ^ 0x80]) + payload[pos + 1 :]
+    elif change == "truncate":
+        payload = payload[: data.draw(st.integers(0, len(payload) - 1))]
+    elif change == "extend":
+        payload += data.draw(st.binary(min_size=1, max_size=100))
+    cuts = data.draw(st.lists(st.integers(0, len(payload)), max_size=30))
+    chunked = chunked_accepts(manifest, payload, cuts)
+    assert chunked == whole_file_accepts(tmp_path_factory.mktemp("v"), bundle[:offset] + payload)
+    assert chunked == (change == "none")
 
 
 @settings(max_examples=300, deadline=None)
