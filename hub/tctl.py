@@ -403,7 +403,7 @@ async def _sign_host(args: argparse.Namespace) -> None:
         ) from None
     ttl = parse_ttl(args.ttl or "365d")
     principals = [name, f"{name}.{cluster}"]
-    host_ca = tctl_rotate.load_cas(args.data_dir).host.signer
+    host_ca = tctl_rotate.load_cas(args.data_dir).host.server  # as for nodes' host certs
     cert = host_ca.sign_ssh_host_cert(pub, key_id=name, principals=principals, ttl_seconds=ttl)
     await _record_role_event(
         args, EventType.CERT_CREATE, ttl=ttl, logins=[], host=name, principals=principals

@@ -160,3 +160,36 @@ def test_target_down_is_a_clear_error_not_a_hang(fleet: Fleet) -> None:
     # Logged once by the agent, not per retry.
     log = (fleet.root / f"agent-{DOWN}.log").read_text()
     assert log.count("ssh target unreachable") == 1
+
+
+def test_tctl_auth_sign_host_options_and_errors(fleet: Fleet) -> None:
+    key = fleet.root / "extra_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    cert = fleet.root / "extra_host_key-cert.pub"
+    fleet.cluster.tctl(
+        "auth", "sign", "--host", "gw-7", "--pubkey", f"{key}.pub", "--ttl", "2d", "-o", str(cert)
+    )
+    shown = subprocess.run(
+        ["ssh-keygen", "-L", "-f", str(cert)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "host certificate" in shown and 'Key ID: "gw-7"' in shown
+    status = json.loads(fleet.cluster.tsh("status", "--format", "json").stdout)
+    principals = shown.split("Principals:")[1].split("Critical Options:")[0].split()
+    assert principals == ["gw-7", f"gw-7.{status['cluster']}"]
+    valid = shown.split("Valid: from ")[1].split()[2]  # from A to B
+    assert valid.startswith(time.strftime("%Y-%m-%d", time.localtime(time.time() + 2 * 86400)))
+    events = fleet.cluster.tctl_json("audit", "search", "--type", "cert.create", "--node", "hub")
+    assert any(e["fields"].get("host") == "gw-7" for e in events)
+
+    rsa = fleet.root / "rsa_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-N", "", "-f", str(rsa)], check=True)
+    for args, message in (
+        (("--host", "gw-7"), "--host needs --pubkey"),
+        (("--host", "gw-7", "--pubkey", f"{rsa}.pub"), "is not an Ed25519 public key"),
+        (("--host", "gw 7", "--pubkey", f"{key}.pub"), "bad node name"),
+        (("--host", "gw-7", "--pubkey", str(fleet.root / "nope.pub")), "cannot read"),
+        (("--host", "gw-7", "--user", "alice", "--pubkey", f"{key}.pub"), "not allowed with"),
+    ):
+        run = fleet.cluster.tctl("auth", "sign", *args, "-o", str(cert), check=False)
+        assert run.returncode != 0 and message in run.stderr, (args, run.stderr)
+        assert run.stderr.count("\n") <= 3  # argparse prints usage + one line; ours one line
