@@ -89,13 +89,14 @@ async def relay(
     channel: Channel,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
+    flow: Flow,
     fields: dict[str, str] | None = None,
-) -> Flow:
-    """Copy bytes both ways until both sides are done or one fails; close both; the counts.
+) -> None:
+    """Copy bytes both ways until both sides are done or one fails, then close both.
 
-    ``fields`` go into the log line of a broken connection.
+    ``flow`` counts the bytes as they go (also if we are cancelled); ``fields``
+    go into the log line of a broken connection.
     """
-    flow = Flow()
     tasks = [
         asyncio.ensure_future(_user_to_target(channel, writer, flow)),
         asyncio.ensure_future(_target_to_user(reader, channel, flow)),
@@ -113,7 +114,6 @@ async def relay(
         writer.close()
         with contextlib.suppress(OSError, RuntimeError):
             await writer.wait_closed()
-    return flow
 
 
 def _who(meta: Any) -> dict[str, str]:
@@ -174,16 +174,12 @@ async def serve_target_channel(
         if channel is None:
             writer.close()
     log.info("ssh forward start", extra=fields)
-    flow = await relay(channel, reader, writer, fields)
-    log.info(
-        "ssh forward end",
-        extra={**fields, "bytes_in": flow.bytes_in, "bytes_out": flow.bytes_out},
-    )
-    if audit is not None:
-        audit.emit_nowait(
-            EventType.SSH_FORWARD_END,
-            **fields,
-            bytes_in=flow.bytes_in,
-            bytes_out=flow.bytes_out,
-            duration=round(time.time() - started, 3),
-        )
+    flow = Flow()
+    try:
+        await relay(channel, reader, writer, flow, fields)
+    finally:  # also when the agent stops meanwhile (its shutdown flushes the audit queue)
+        counts = {"bytes_in": flow.bytes_in, "bytes_out": flow.bytes_out}
+        log.info("ssh forward end", extra={**fields, **counts})
+        if audit is not None:
+            duration = round(time.time() - started, 3)
+            audit.emit_nowait(EventType.SSH_FORWARD_END, **fields, **counts, duration=duration)

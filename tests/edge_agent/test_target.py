@@ -60,8 +60,9 @@ async def tcp_server(handler: Serve) -> AsyncIterator[int]:
 
 
 class Rig:
-    def __init__(self, hub: Tunnel, outbox: Outbox, audit: AgentAudit) -> None:
+    def __init__(self, hub: Tunnel, agent: Tunnel, outbox: Outbox, audit: AgentAudit) -> None:
         self.hub = hub
+        self.agent = agent
         self.outbox = outbox
         self.audit = audit
 
@@ -98,9 +99,10 @@ async def rig(
             agent = Tunnel(ws, Connection(Role.DIALER, limits or Limits()), on_channel=on_channel)
             task = asyncio.create_task(agent.run())
             try:
-                yield Rig(await hubs.get(), outbox, audit)
+                yield Rig(await hubs.get(), agent, outbox, audit)
             finally:
-                await agent.close()
+                if not agent.closed.is_set():
+                    await agent.close()
                 await asyncio.wait_for(task, 5)
                 await audit.flush()
                 await outbox.close()
@@ -236,6 +238,26 @@ async def test_user_close_closes_target(tmp_path: Path) -> None:
         channel.close()  # the user went away without a half-close
         await asyncio.wait_for(closed.wait(), 10)
         await wait_events(r, "ssh.forward.end")
+
+
+async def test_agent_stopping_mid_relay_closes_target_and_records_the_end(
+    tmp_path: Path,
+) -> None:
+    closed = asyncio.Event()
+
+    async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"banner")
+        await reader.read()
+        closed.set()
+        writer.close()
+
+    async with tcp_server(banner) as port, rig(tmp_path, port) as r:
+        channel = await r.open()
+        assert await channel.read() == b"banner"
+        await r.agent.close()  # the agent's tunnel stops: its relay tasks are cancelled
+        await asyncio.wait_for(closed.wait(), 10)
+        end = await wait_events(r, "ssh.forward.end")
+        assert (end.fields["bytes_in"], end.fields["bytes_out"]) == (0, 6)
 
 
 async def test_slow_target_holds_the_user_back(tmp_path: Path) -> None:
