@@ -188,6 +188,9 @@ class Copier:
                     plan.dest,
                     recurse=self.recurse,
                     preserve=self.preserve,
+                    # asyncssh skips holes when sparse: a file ending in one (a disk
+                    # image, say) would arrive short. Copy every byte, as scp does.
+                    sparse=False,
                     progress_handler=self.progress,
                     error_handler=self._on_error,
                 )
@@ -200,6 +203,21 @@ class Copier:
                     self.progress.close()
 
 
+def _quiet_orphans(loop: asyncio.AbstractEventLoop) -> None:
+    """Drop "Task exception was never retrieved" for a lost connection.
+
+    asyncssh's parallel SFTP requests each fail with the connection; we report
+    it once (exit 255), not once per request in flight with a traceback.
+    """
+    import asyncssh
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if not isinstance(context.get("exception"), (asyncssh.Error, ConnectionError)):
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
 async def scp(
     hub: str, ident: UserIdentity, plan: Plan, recurse: bool, preserve: bool, quiet: bool
 ) -> int:
@@ -210,6 +228,7 @@ async def scp(
     from tsh.ssh import open_ssh
 
     progress = None if quiet or not os.isatty(2) else TerminalProgress(2)
+    _quiet_orphans(asyncio.get_running_loop())
     conn = await open_ssh(hub, ident, plan.login, plan.node)
     try:
         try:

@@ -11,12 +11,13 @@ import pwd
 import re
 import select
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import BIN, Cluster, free_port, wait_for
+from helpers import BIN, Cluster, free_port, stop_process, wait_for
 
 from remoteler.errors import UsageError
 from tsh.scp import Location, Plan, make_plan, parse_location
@@ -92,7 +93,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         cluster.add_user("alice", [ME])
         cluster.add_user("bob", [ME], roles="no-files")
         cluster.start_agent(NODE, "env=lab")
+        cluster.start_agent("doomed")  # killed mid-transfer by one test
         wait_for(lambda: cluster.node_online(NODE), what="node online")
+        wait_for(lambda: cluster.node_online("doomed"), what="second node online")
         login = cluster.login("alice")
         assert login.returncode == 0, login.stderr
         yield cluster
@@ -195,6 +198,30 @@ def test_connection_errors_exit_255(fleet: Cluster, tmp_path: Path) -> None:
     assert run.stderr.startswith("tsh: ") and len(run.stderr.splitlines()) == 1
     run = _scp(fleet, "pi@a:x", "pi@b:y")
     assert run.returncode == 2 and "node to a node" in run.stderr
+
+
+@needs_sftp_server
+def test_node_lost_mid_transfer_exits_255_with_one_line(fleet: Cluster, tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    with big.open("wb") as f:
+        f.truncate(1 << 30)  # a hole: copied as zeros, never all of it here
+    up = tmp_path / "big.up"
+    proc = subprocess.Popen(
+        [str(BIN / "tsh"), "scp", str(big), f"{ME}@doomed:{up}"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=fleet.env(),
+    )
+    try:
+        wait_for(lambda: up.exists() and up.stat().st_size > 0, what="transfer under way")
+        stop_process(fleet.agents.pop("doomed"), signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 255
+    assert err.startswith("tsh: connection to 'doomed' lost") and err.count("\n") == 1, err
 
 
 @needs_sftp_server
