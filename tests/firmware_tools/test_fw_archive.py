@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tarfile
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from firmware_tools.archive import pack_payload, safe_extract
 from firmware_tools.bundle import UnsafeArchive, build_bundle, read_header, verify_bundle
@@ -134,3 +137,38 @@ def test_pack_refuses_escaping_or_special_entries(tmp_path: Path) -> None:
         pack_payload(src, tmp_path / "p.tar", install_hook="install.sh")
     with pytest.raises(UsageError, match="does not exist"):
         pack_payload(tmp_path / "nope", tmp_path / "p.tar", install_hook="install.sh")
+
+
+PARTS = st.sampled_from(["a", "b", "..", ".", "", "l", "m"])
+NAMES = st.lists(PARTS, min_size=1, max_size=4).map("/".join)
+TARGETS = st.one_of(NAMES, NAMES.map(lambda n: "/" + n))
+ENTRIES = st.lists(
+    st.tuples(
+        NAMES,
+        st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE]),
+        TARGETS,
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ENTRIES)
+def test_generated_archives_land_inside_or_are_refused(
+    tmp_path_factory: pytest.TempPathFactory, entries: list[tuple[str, bytes, str]]
+) -> None:
+    root = tmp_path_factory.mktemp("g")
+    dest = root / "slot"
+    dest.mkdir()
+    try:
+        tar = hostile(root / "p.tar", *(entry(n, kind, link) for n, kind, link in entries))
+    except ValueError:  # a name tarfile itself cannot write
+        return
+    with contextlib.suppress(UnsafeArchive):
+        safe_extract(tar, dest)
+    assert {p.name for p in root.iterdir()} == {"slot", "p.tar"}
+    inside = str(dest.resolve())
+    for path in dest.rglob("*"):
+        real = os.path.realpath(path)
+        assert real == inside or real.startswith(inside + os.sep)  # a link to "." is fine
