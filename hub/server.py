@@ -51,6 +51,7 @@ from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
 from remoteler.wire.limits import Limits
 
 if TYPE_CHECKING:
+    from hub.firmware import FirmwareRollouts
     from hub.rotation_runtime import HubRotation
 
 log = logging.getLogger("remoteler.hub.proxy")
@@ -98,6 +99,9 @@ class HubServer:
         self.rotation: HubRotation | None = None
         self.locks = LockWatcher(backend, self.registry)
         self._lock_task: asyncio.Future[None] | None = None
+        #: roll-out orchestrator (hub/firmware.py), started with the listener
+        self.firmware: FirmwareRollouts | None = None
+        self._firmware_task: asyncio.Future[None] | None = None
         self.server: Server | None = None
         self.methods: dict[str, Handler] = {
             "ping": self.rpc_ping,
@@ -124,6 +128,11 @@ class HubServer:
         self.server = await self.listener.start(host, port, backlog=4096)
         await self.locks.refresh()
         self._lock_task = asyncio.ensure_future(self.locks.run())
+        if self.rotation is not None:  # firmware roll-outs live in the same data dir
+            from hub.firmware import FirmwareRollouts
+
+            self.firmware = FirmwareRollouts(self.rotation.data.path, self.registry, self.audit)
+            self._firmware_task = asyncio.ensure_future(self.firmware.run())
         sock = next(iter(self.server.sockets))
         addr = sock.getsockname()
         return addr[0], addr[1]
@@ -163,6 +172,9 @@ class HubServer:
         await asyncio.gather(*(send_away(node) for node in live))
 
     async def close(self) -> None:
+        if self._firmware_task is not None:
+            self._firmware_task.cancel()
+            await asyncio.gather(self._firmware_task, return_exceptions=True)
         if self._lock_task is not None:
             self._lock_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

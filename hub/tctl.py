@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hub import tctl_locks, tctl_rotate
+from hub import tctl_firmware, tctl_locks, tctl_rotate
 from remoteler.addr import format_labels, parse_labels
 from remoteler.audit.events import AuditEvent
 from remoteler.errors import RemotelerError, UsageError
@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fmt(sub.add_parser("status", help="hub address and CA pins"))
     LOCK_HANDLERS.update(tctl_locks.register(sub))
+    LOCK_HANDLERS.update(tctl_firmware.register(sub))
 
     audit = sub.add_parser("audit", help="search the audit trail").add_subparsers(
         dest="cmd", required=True

@@ -1,0 +1,333 @@
+"""``tctl firmware trust|push|status``: firmware roll-outs (docs/firmware-rollouts.md).
+
+``push`` verifies the bundle against the keys this hub trusts, copies it into
+the data dir and writes a roll-out to ``firmware.db``; the running hub picks it
+up within a second (hub/firmware.py) and reports progress to the same file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from remoteler.errors import UsageError
+from remoteler.textfmt import fmt_time, table
+
+Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, None]]
+
+TRUST_FILE = "trusted.pub"
+DEFAULT_PARALLEL = 10
+
+
+def register(sub: Any) -> dict[str, Handler]:
+    """Add ``tctl firmware ...`` to tctl's subparsers; return its handler by group."""
+    fw = sub.add_parser("firmware", help="roll firmware bundles out to nodes").add_subparsers(
+        dest="cmd", required=True
+    )
+    trust = fw.add_parser("trust", help="trust a firmware signing key (its .pub file)")
+    trust.add_argument("key_file", type=Path)
+    push = fw.add_parser("push", help="start a roll-out of a signed bundle")
+    push.add_argument("bundle", type=Path)
+    push.add_argument("--nodes", required=True, help="labels the nodes must have: k=v[,k2=v2]")
+    push.add_argument("--canary", help="first roll out to this share of the nodes, e.g. 5%%")
+    push.add_argument(
+        "--max-parallel", type=int, default=DEFAULT_PARALLEL, help="transfers at once"
+    )
+    push.add_argument("--rate", help="bandwidth cap per transfer, e.g. 256KiB/s")
+    push.add_argument("--force", action="store_true", help="allow a downgrade or re-install")
+    push.add_argument("--format", choices=["text", "json"], default="text")
+    status = fw.add_parser("status", help="roll-outs, or one roll-out's nodes")
+    status.add_argument("rollout", nargs="?")
+    status.add_argument("--format", choices=["text", "json"], default="text")
+    return {"firmware": cmd_firmware}
+
+
+async def cmd_firmware(args: argparse.Namespace) -> None:
+    if args.cmd == "trust":
+        _trust(args)
+    elif args.cmd == "push":
+        await _push(args)
+    else:
+        await _status(args)
+
+
+def _data(args: argparse.Namespace) -> Path:
+    from hub.datadir import DataDir
+
+    data = DataDir(Path(args.data_dir))
+    data.cluster_name()  # clear error if this is not a hub data dir
+    return data.path
+
+
+def _trusted(data_dir: Path) -> list[Any]:
+    from firmware_tools.keys import load_trusted_keys
+    from hub.firmware_store import firmware_dir
+
+    path = firmware_dir(data_dir) / TRUST_FILE
+    if not path.exists():
+        raise UsageError(
+            "this hub trusts no firmware signing key: add one with 'tctl firmware trust KEY.pub'"
+        )
+    return load_trusted_keys(path)
+
+
+def _trust(args: argparse.Namespace) -> None:
+    from firmware_tools.keys import key_ids, load_trusted_keys, public_line
+    from hub.firmware_store import firmware_dir
+
+    path = firmware_dir(_data(args)) / TRUST_FILE
+    keys = load_trusted_keys(args.key_file)  # ConfigError names the file and line
+    have = set(key_ids(load_trusted_keys(path))) if path.exists() else set()
+    new = [k for k, kid in zip(keys, key_ids(keys), strict=True) if kid not in have]
+    with open(path, "a") as f:
+        for key in new:
+            f.write(public_line(key) + "\n")
+    for kid in key_ids(keys):
+        print(f"Trusted firmware key {kid}{'' if new else ' (already trusted)'}")
+
+
+def _verify(bundle: Path, trusted: list[Any]) -> tuple[Any, str, int]:
+    """(manifest, sha256 of the whole file, size) once signature and payload check out."""
+    from firmware_tools.bundle import (
+        BundleError,
+        PayloadVerifier,
+        header_size,
+        split_header,
+        verify_signature,
+    )
+
+    try:
+        f = open(bundle, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise UsageError(f"cannot read {bundle}: {exc.strerror}") from None
+    with f:
+        whole = hashlib.sha256()
+        fixed = f.read(12)
+        size = header_size(fixed)
+        if size is None:
+            raise BundleError(f"{bundle} is too short to be a firmware bundle: check the file")
+        head = fixed + f.read(size - len(fixed))
+        whole.update(head)
+        manifest = verify_signature(split_header(head), trusted)
+        checker = PayloadVerifier(manifest)
+        while chunk := f.read(1 << 20):
+            checker.feed(chunk)
+            whole.update(chunk)
+        checker.finish()
+        return manifest, whole.hexdigest(), f.tell()
+
+
+def _canary_percent(text: str | None) -> float | None:
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%?\s*", text)
+    if not m or not 0 < float(m.group(1)) <= 100:
+        raise UsageError(f"bad --canary {text!r}: give a share of the nodes, e.g. 5%")
+    return float(m.group(1))
+
+
+async def _push(args: argparse.Namespace) -> None:
+    from firmware_tools.bundle import AgentTooOld, TargetMismatch, check_manifest
+    from hub.backend import SQLiteBackend
+    from hub.datadir import DataDir
+    from hub.firmware_store import FirmwareStore, Rollout, firmware_dir, new_rollout_id
+    from remoteler.addr import format_labels, parse_labels
+    from remoteler.audit.events import HUB_NODE, EventType, make_event
+    from remoteler.firmware_xfer import parse_rate
+
+    selector = parse_labels(args.nodes)
+    if not selector:
+        raise UsageError("--nodes needs at least one k=v label, e.g. --nodes env=prod")
+    percent = _canary_percent(args.canary)
+    if args.max_parallel < 1:
+        raise UsageError("--max-parallel must be at least 1")
+    try:
+        rate = parse_rate(args.rate) if args.rate else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    data_dir = _data(args)
+    manifest, sha256, size = _verify(args.bundle, _trusted(data_dir))
+    backend = await SQLiteBackend.open(DataDir(data_dir).db_path)
+    try:
+        all_nodes = await backend.list_nodes()
+    finally:
+        await backend.close()
+    chosen, skipped = [], []
+    for node in sorted(all_nodes, key=lambda n: n.name):
+        labels = node.effective_labels(node.labels)
+        if any(labels.get(k) != v for k, v in selector.items()):
+            continue
+        try:  # what the device will check too; versions are the device's to judge
+            check_manifest(
+                manifest, labels=labels, installed_version=None, agent_version=node.version or "0"
+            )
+        except (TargetMismatch, AgentTooOld) as exc:
+            skipped.append((node.name, str(exc)))
+            continue
+        chosen.append(node)
+    if not chosen:
+        why = f" ({len(skipped)} skipped: {skipped[0][1]})" if skipped else ""
+        raise UsageError(f"no node has labels {format_labels(selector)}{why}: see 'tctl nodes ls'")
+    canaries = 0 if percent is None else max(1, math.ceil(len(chosen) * percent / 100))
+    bundles = firmware_dir(data_dir) / "bundles"
+    bundles.mkdir(mode=0o700, exist_ok=True)
+    copy = bundles / f"{sha256}.bundle"
+    if not copy.exists():
+        tmp = copy.with_suffix(".tmp")
+        shutil.copyfile(args.bundle, tmp)
+        os.replace(tmp, copy)
+    rollout = Rollout(
+        id=new_rollout_id(),
+        created=time.time(),
+        name=manifest.name,
+        version=manifest.version,
+        bundle=str(copy),
+        sha256=sha256,
+        size=size,
+        selector=selector,
+        canary_percent=percent,
+        max_parallel=args.max_parallel,
+        rate=rate,
+        force=args.force,
+        state="running",
+    )
+    store = await FirmwareStore.open(data_dir)
+    try:
+        await store.create(rollout, [(n.id, n.name, i < canaries) for i, n in enumerate(chosen)])
+    finally:
+        await store.close()
+    await _audit(
+        data_dir,
+        make_event(
+            EventType.FIRMWARE_ROLLOUT_START,
+            node=HUB_NODE,
+            rollout=rollout.id,
+            version=manifest.version,
+            name=manifest.name,
+            nodes=len(chosen),
+            canaries=[n.name for n in chosen[:canaries]],
+            sha256=sha256,
+        ),
+    )
+    out = {
+        "id": rollout.id,
+        "name": manifest.name,
+        "version": manifest.version,
+        "nodes": [n.name for n in chosen],
+        "canaries": [n.name for n in chosen[:canaries]],
+        "skipped": [{"node": n, "reason": r} for n, r in skipped],
+    }
+    if args.format == "json":
+        print(json.dumps(out, indent=2, sort_keys=True))
+        return
+    canary = f", canaries first: {', '.join(out['canaries'])}" if canaries else ""
+    print(
+        f"Roll-out {rollout.id}: {manifest.name} {manifest.version} to {len(chosen)} node(s)"
+        f"{canary}. Follow it with 'tctl firmware status {rollout.id}'."
+    )
+    for name, reason in skipped:
+        print(f"  skipped {name}: {reason}")
+
+
+async def _audit(data_dir: Path, event: Any) -> None:
+    from hub.audit_store import AuditStore, audit_db_path
+
+    audit = await AuditStore.open(audit_db_path(data_dir))
+    try:
+        await audit.record(event)
+    finally:
+        await audit.close()
+
+
+def _node_json(n: Any) -> dict[str, Any]:
+    return {
+        "node": n.node_name,
+        "node_id": n.node_id,
+        "canary": n.canary,
+        "state": n.state,
+        "detail": n.detail,
+        "progress": n.progress,
+        "resumed_from": n.resumed_from,
+        "attempts": n.attempts,
+        "updated": n.updated,
+    }
+
+
+def _rollout_json(r: Any) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "name": r.name,
+        "version": r.version,
+        "state": r.state,
+        "reason": r.reason,
+        "created": r.created,
+        "finished": r.finished,
+        "nodes_selector": r.selector,
+        "canary_percent": r.canary_percent,
+        "max_parallel": r.max_parallel,
+        "rate": r.rate,
+        "sha256": r.sha256,
+        "size": r.size,
+    }
+
+
+async def _status(args: argparse.Namespace) -> None:
+    from hub.firmware_store import FirmwareStore
+
+    store = await FirmwareStore.open(_data(args))
+    try:
+        rollouts = await store.rollouts()
+        counts = {r.id: await store.nodes(r.id) for r in rollouts}
+    finally:
+        await store.close()
+    if args.rollout:
+        rollout = next((r for r in rollouts if r.id == args.rollout), None)
+        if rollout is None:
+            raise UsageError(
+                f"no roll-out {args.rollout!r}: see 'tctl firmware status' for the list"
+            )
+        nodes = counts[rollout.id]
+        if args.format == "json":
+            data = _rollout_json(rollout) | {"nodes": [_node_json(n) for n in nodes]}
+            print(json.dumps(data, indent=2, sort_keys=True))
+            return
+        head = f"Roll-out {rollout.id}: {rollout.name} {rollout.version}, {rollout.state}"
+        print(head + (f" ({rollout.reason})" if rollout.reason else ""))
+        rows = [
+            [
+                n.node_name,
+                "yes" if n.canary else "",
+                n.state,
+                f"{100 * n.progress // rollout.size}%" if rollout.size else "",
+                str(n.resumed_from or ""),
+                n.detail,
+            ]
+            for n in nodes
+        ]
+        print(table(rows, ["Node", "Canary", "State", "Staged", "Resumed from", "Detail"]))
+        return
+    if args.format == "json":
+        items = []
+        for r in rollouts:
+            states: dict[str, int] = {}
+            for n in counts[r.id]:
+                states[n.state] = states.get(n.state, 0) + 1
+            items.append(_rollout_json(r) | {"node_states": states})
+        print(json.dumps(items, indent=2, sort_keys=True))
+        return
+    rows = []
+    for r in rollouts:
+        done = sum(1 for n in counts[r.id] if n.state == "installed")
+        rows.append(
+            [r.id, r.name, r.version, r.state, f"{done}/{len(counts[r.id])}", fmt_time(r.created)]
+        )
+    print(table(rows, ["ID", "Bundle", "Version", "State", "Installed", "Created"]))

@@ -1,0 +1,176 @@
+"""Firmware roll-outs with real processes: a hub, three agents, real bundles and hooks.
+
+One agent's link goes through a fault proxy that is reset mid-transfer (the hub caps
+the rate so the cut lands mid-way): the transfer resumes from the staged offset.
+One agent's install hook fails: that node rolls back, the others install. In a second
+roll-out the canary's health check fails: the roll-out stops and no other node gets
+a byte of the bundle.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from faultproxy import FaultProxy
+from helpers import Cluster, wait_for
+
+from firmware_tools.bundle import build_bundle
+from firmware_tools.keys import load_signing_key, write_key_pair
+
+LABELS = "board=rpi4,fleet=test"
+BUNDLE_PAYLOAD = 300 * 1024
+HOOK = """#!/bin/sh
+if [ -e "$REMOTELER_DATA_DIR/fail-install" ]; then
+    echo "flash write failed on $REMOTELER_NODE" >&2
+    exit 4
+fi
+echo "$REMOTELER_FW_VERSION" > "$REMOTELER_FW_SLOT/hook-ran"
+"""
+HEALTH = 'test ! -e "$REMOTELER_DATA_DIR/unhealthy"'
+
+
+def _key_and_bundle(cluster: Cluster, version: str) -> tuple[Path, Path]:
+    key = cluster.root / "fw.key"
+    if not key.exists():
+        write_key_pair(key)
+        cluster.tctl("firmware", "trust", f"{key}.pub")
+    payload = cluster.root / f"payload-{version}"
+    payload.mkdir()
+    (payload / "rootfs.img").write_bytes(os.urandom(BUNDLE_PAYLOAD))
+    hook = payload / "install.sh"
+    hook.write_text(HOOK)
+    hook.chmod(0o755)
+    bundle = cluster.root / f"gw-{version}.bundle"
+    build_bundle(
+        payload,
+        bundle,
+        name="gw-fw",
+        version=version,
+        targets={"board": "rpi4"},
+        min_agent_version="0.1.0",
+        install_hook="install.sh",
+        key=load_signing_key(key),
+    )
+    return key, bundle
+
+
+def _agent_dir(cluster: Cluster, name: str) -> Path:
+    return cluster.root / f"agent-{name}"
+
+
+def _start(cluster: Cluster, name: str, *extra: str, hub: str | None = None) -> None:
+    key = cluster.root / "fw.key.pub"
+    cluster.start_agent(name, LABELS, None, "--firmware-key", str(key), *extra, hub=hub)
+
+
+def _status(cluster: Cluster, rollout: str) -> dict[str, Any]:
+    data: dict[str, Any] = cluster.tctl_json("firmware", "status", rollout)
+    return data
+
+
+def _events(cluster: Cluster, kind: str, node: str | None = None) -> list[dict[str, Any]]:
+    where = ["--node", node] if node else []
+    found: list[dict[str, Any]] = cluster.tctl_json("audit", "search", "--type", kind, *where)
+    return found
+
+
+def _by_node(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n["node"]: n for n in status["nodes"]}
+
+
+def test_rollout_resumes_a_cut_transfer_and_rolls_back_a_failed_hook(cluster: Cluster) -> None:
+    _key_and_bundle(cluster, "1.0.0")
+    bundle = cluster.root / "gw-1.0.0.bundle"
+    proxy = FaultProxy("127.0.0.1", cluster.hub_port).start()
+    try:
+        _start(cluster, "dev-a")
+        _start(cluster, "dev-b", hub=proxy.addr)
+        _start(cluster, "dev-c")
+        (_agent_dir(cluster, "dev-c")).mkdir(exist_ok=True)
+        (_agent_dir(cluster, "dev-c") / "fail-install").write_text("")
+        for name in ("dev-a", "dev-b", "dev-c"):
+            wait_for(lambda n=name: cluster.node_online(n), what=f"{name} online")
+        before = proxy.stats.bytes_down
+        out = cluster.tctl_json(
+            "firmware", "push", str(bundle), "--nodes", "fleet=test", "--rate", "100KiB/s"
+        )
+        rollout = out["id"]
+        assert sorted(out["nodes"]) == ["dev-a", "dev-b", "dev-c"] and out["canaries"] == []
+        # Cut dev-b's link once a third of the bundle went through it.
+        wait_for(
+            lambda: proxy.stats.bytes_down - before > 100 * 1024,
+            timeout=30,
+            what="transfer to dev-b under way",
+        )
+        assert proxy.reset() >= 1
+        wait_for(
+            lambda: _status(cluster, rollout)["state"] == "done",
+            timeout=60,
+            interval=0.5,
+            what="roll-out done",
+        )
+    finally:
+        proxy.stop()
+    nodes = _by_node(_status(cluster, rollout))
+    assert nodes["dev-a"]["state"] == "installed", nodes
+    assert nodes["dev-b"]["state"] == "installed", nodes
+    assert nodes["dev-b"]["resumed_from"] > 0, nodes  # continued, not restarted
+    assert nodes["dev-b"]["attempts"] >= 2
+    assert nodes["dev-a"]["resumed_from"] == 0
+    assert nodes["dev-c"]["state"] == "rolled-back", nodes
+    assert "install hook exited 4" in nodes["dev-c"]["detail"]
+    assert "flash write failed on dev-c" in nodes["dev-c"]["detail"]
+    for name in ("dev-a", "dev-b"):
+        current = _agent_dir(cluster, name) / "firmware" / "current"
+        assert (current / "hook-ran").read_text().strip() == "1.0.0"
+        assert (current / "rootfs.img").stat().st_size == BUNDLE_PAYLOAD
+    assert not (_agent_dir(cluster, "dev-c") / "firmware" / "current").exists()
+    # The devices' audit trail says the same, dev-b's transfer with its resume offset.
+    transfers = wait_for(
+        lambda: _events(cluster, "firmware.transfer", "dev-b"), what="dev-b's transfer event"
+    )
+    assert transfers[-1]["fields"]["resumed_from"] > 0
+    assert transfers[-1]["fields"]["rollout"] == rollout
+    rollbacks = wait_for(
+        lambda: _events(cluster, "firmware.rollback"), what="dev-c's firmware.rollback event"
+    )
+    assert len(rollbacks) == 1 and rollbacks == _events(cluster, "firmware.rollback", "dev-c")
+    done = cluster.tctl_json("audit", "search", "--type", "firmware.rollout.done")
+    assert [e["fields"]["rollout"] for e in done] == [rollout]
+
+
+def test_a_canary_failing_its_health_check_stops_the_rollout(cluster: Cluster) -> None:
+    _key, bundle = _key_and_bundle(cluster, "2.0.0")
+    for name in ("dev-a", "dev-b", "dev-c"):
+        _start(cluster, name, "--firmware-health-check", HEALTH)
+    (_agent_dir(cluster, "dev-a") / "unhealthy").write_text("")  # dev-a sorts first: canary
+    for name in ("dev-a", "dev-b", "dev-c"):
+        wait_for(lambda n=name: cluster.node_online(n), what=f"{name} online")
+    out = cluster.tctl_json(
+        "firmware", "push", str(bundle), "--nodes", "board=rpi4", "--canary", "10%"
+    )
+    assert out["canaries"] == ["dev-a"]
+    rollout = out["id"]
+    status = wait_for(
+        lambda: (s := _status(cluster, rollout))["state"] != "running" and s,
+        timeout=30,
+        interval=0.5,
+        what="roll-out to end",
+    )
+    assert status["state"] == "stopped", status
+    assert "canary dev-a rolled-back" in status["reason"]
+    assert "health check exited 1" in status["reason"]
+    nodes = _by_node(status)
+    assert nodes["dev-a"]["state"] == "rolled-back"
+    for name in ("dev-b", "dev-c"):
+        assert nodes[name]["state"] == "pending" and nodes[name]["attempts"] == 0, nodes
+        fw = _agent_dir(cluster, name) / "firmware"
+        assert not (fw / "incoming" / "bundle.part").exists()
+        assert not (fw / "current").exists()
+    assert not (_agent_dir(cluster, "dev-a") / "firmware" / "current").exists()
+    stops = cluster.tctl_json("audit", "search", "--type", "firmware.rollout.stop")
+    assert [e["fields"]["rollout"] for e in stops] == [rollout]
+    text = cluster.tctl("firmware", "status").stdout
+    assert rollout in text and "stopped" in text
