@@ -224,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(args)
     except RemotelerError as err:
-        print(f"firmware-tools: {err}", file=sys.stderr)
+        refusal = getattr(err, "refusal", None)
+        prefix = f"{refusal}: " if refusal else ""
+        print(f"firmware-tools: {prefix}{err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         return 130

@@ -13,7 +13,8 @@ Error tree (each ``str(err)`` is one line saying what to do next)::
         └── UnsafeArchive           a payload entry would land outside the slot   (16)
 
 ``exit_code`` is what ``firmware-tools bundle verify`` exits with; ``code`` is a
-stable name to send to a peer (the roll-out reports it to the hub).
+stable name to send to a peer (the roll-out reports it to the hub); ``refusal``
+names the refusal for a person (the CLI prints it before the message).
 """
 
 from __future__ import annotations
@@ -24,21 +25,25 @@ from remoteler.errors import RemotelerError
 class BundleError(RemotelerError):
     code = "bundle"
     exit_code = 1
+    refusal = "refused"
 
 
 class BundleTampered(BundleError):
     code = "bundle_tampered"
     exit_code = 10
+    refusal = "tampered bundle"
 
 
 class UntrustedSigner(BundleError):
     code = "bundle_untrusted_signer"
     exit_code = 11
+    refusal = "untrusted signer"
 
 
 class DowngradeRefused(BundleError):
     code = "bundle_downgrade"
     exit_code = 12
+    refusal = "downgrade refused"
 
 
 class AlreadyInstalled(DowngradeRefused):
@@ -46,21 +51,25 @@ class AlreadyInstalled(DowngradeRefused):
 
     code = "bundle_already_installed"
     exit_code = 13
+    refusal = "already installed"
 
 
 class TargetMismatch(BundleError):
     code = "bundle_target_mismatch"
     exit_code = 14
+    refusal = "target mismatch"
 
 
 class AgentTooOld(BundleError):
     code = "bundle_agent_too_old"
     exit_code = 15
+    refusal = "agent too old"
 
 
 class UnsafeArchive(BundleError):
     code = "bundle_unsafe_archive"
     exit_code = 16
+    refusal = "unsafe payload"
 
 
 BUNDLE_ERRORS: tuple[type[BundleError], ...] = (

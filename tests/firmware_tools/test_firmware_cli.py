@@ -71,7 +71,7 @@ def test_key_build_inspect_verify_as_processes(workdir: Path) -> None:
     wrong = run("bundle", "verify", "gw.bundle", "--key", "fw.key.pub",
                 "--labels", "board=rpi4,site=berlin", cwd=workdir)  # fmt: skip
     assert wrong.returncode == UntrustedSigner.exit_code
-    assert wrong.stderr.startswith("firmware-tools: bundle is signed by SHA256:")
+    assert wrong.stderr.startswith("firmware-tools: untrusted signer: bundle is signed by SHA256:")
 
 
 def _build(workdir: Path, *extra: str) -> Path:
@@ -126,7 +126,7 @@ def test_inspect_text_and_bad_signature(workdir: Path, capsys: pytest.CaptureFix
     assert "signature:    BAD: bundle is signed by" in out
     not_bundle = str(workdir / "payload" / "rootfs.img")
     assert main(["bundle", "inspect", not_bundle]) == BundleTampered.exit_code
-    assert "bad magic" in capsys.readouterr().err
+    assert "tampered bundle: not a firmware bundle (bad magic)" in capsys.readouterr().err
 
 
 def test_usage_errors_are_one_line(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
