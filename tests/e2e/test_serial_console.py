@@ -16,6 +16,7 @@ import json
 import os
 import pwd
 import select
+import shutil
 import subprocess
 import termios
 import time
@@ -27,6 +28,7 @@ import pytest
 from helpers import BIN, Cluster, stop_process, wait_for
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
+OPENSSH = shutil.which("ssh") is not None  # else the OpenSSH case is left out
 
 BOOT = b"U-Boot 2024.01\r\n=> \x00\xfe"
 ENV = b"bootcmd=run distro\r\n"
@@ -112,6 +114,34 @@ class Console:
                     pipe.close()
 
 
+def _openssh_console(cluster: Cluster, tmp_path: Path, master: int, slave: int, port: str) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text(cluster.tsh("config").stdout)
+    name = json.loads(cluster.tsh("status", "--format", "json").stdout)["cluster"]
+    env = f"SetEnv=REMOTELER_SERIAL_PORT={os.path.basename(port)} REMOTELER_SERIAL_BAUD=57600"
+    argv = ["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", env, "-e", "none", "-T"]
+    proc = subprocess.Popen(
+        [*argv, "-s", f"{ME}@dev1.{name}", "remoteler-serial"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=cluster.env(),
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        wait_for(lambda: termios.tcgetattr(slave)[5] == termios.B57600, what="57600 baud")
+        os.write(master, b"from the device\r\n")
+        _read_until(proc.stdout.fileno(), b"from the device\r\n")
+        proc.stdin.write(b"from openssh\r")
+        proc.stdin.flush()
+        assert _read_until(master, b"from openssh\r") == b"from openssh\r"
+    finally:
+        stop_process(proc)
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
 def _events(cluster: Cluster, type: str, want: Any, count: int = 1) -> list[Any]:
     def ready() -> list[Any] | None:
         found = [e for e in cluster.tctl_json("audit", "search", "--type", type) if want(e)]
@@ -182,6 +212,9 @@ def test_console_through_the_hub_both_ways_baud_break_sharing_and_refusal(
         for console in consoles:
             console.stop()
 
+    if OPENSSH:  # plain OpenSSH through 'tsh config': env requests and the subsystem by name
+        _openssh_console(cluster, tmp_path, master, slave, port)
+
     # Without the permission: one line from the device, a non-zero exit.
     bob_id = tmp_path / "bob.id"
     cluster.tctl("auth", "sign", "--user", "bob", "--ttl", "10m", "-o", str(bob_id))
@@ -194,16 +227,23 @@ def test_console_through_the_hub_both_ways_baud_break_sharing_and_refusal(
     # Audited at the hub: opens (allowed or refused with the reason) and closes.
     opens = _events(cluster, "serial.open", lambda e: True, count=4)
     allowed = [e for e in opens if e["fields"]["allowed"]]
-    assert sorted(e["fields"]["mode"] for e in allowed) == ["read-only", "rw"]
+    assert sorted(e["fields"]["mode"] for e in allowed) == ["read-only", "rw"] + ["rw"] * OPENSSH
     assert all(e["user"] == "alice" and e["fields"]["port"] == port for e in allowed)
     denied = {e["user"]: e["fields"]["reason"] for e in opens if not e["fields"]["allowed"]}
     assert "in use by alice" in denied["alice"]
     assert "permission serial_console" in denied["bob"]
-    rw_open = next(e for e in allowed if e["fields"]["mode"] == "rw")
+    rw_open = next(
+        e for e in allowed if (e["fields"]["mode"], e["fields"]["baud"]) == ("rw", 115200)
+    )
     close = _events(cluster, "serial.close", lambda e: e["session"] == rw_open["session"])[0]
     assert close["fields"]["baud"] == 9600 and close["fields"]["breaks"] == 1
     assert close["fields"]["bytes_in"] == len(b"printenv ~x\rafter\r")
     assert close["fields"]["bytes_out"] == len(DEVICE_OUTPUT)
+
+    if OPENSSH:
+        ssh_open = next(e for e in allowed if e["fields"]["baud"] == 57600)
+        ssh_close = _events(cluster, "serial.close", lambda e: e["session"] == ssh_open["session"])
+        assert ssh_close[0]["fields"]["bytes_in"] == len(b"from openssh\r")
 
     # Recorded like a shell session: tsh play replays the console's output.
     played = cluster.tsh("play", rw_open["session"], "--format", "json")
