@@ -467,6 +467,7 @@ class _UserSession(asyncssh.SSHServerSession[bytes]):
         self._task: asyncio.Future[None] | None = None
         self._ending: asyncio.Future[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._user_gone = False
         self.exit_status: int | None = None
         self.exit_signal: tuple[str, bool, str, str] | None = None
 
@@ -533,6 +534,7 @@ class _UserSession(asyncssh.SSHServerSession[bytes]):
         self._resume("user")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._user_gone = True
         if self._device is not None:
             self._device.close()  # device_closed ends the record
             return
@@ -667,8 +669,8 @@ class _UserSession(asyncssh.SSHServerSession[bytes]):
             record, self._record = self._record, None
             await record.end(self.exit_status, signal[0] if signal else "")
         chan = self._chan
-        if chan is None or chan.is_closing():
-            return
+        if chan is None or self._user_gone:
+            return  # is_closing() is already true after our EOF: exit status still goes
         with contextlib.suppress(Exception):
             if self.exit_status is not None:
                 chan.exit(self.exit_status)

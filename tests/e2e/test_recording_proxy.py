@@ -10,10 +10,12 @@ import pwd
 import re
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import BIN, Cluster, wait_for
+from sshdkit import have_sshd, legacy_sshd
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 TMUX = shutil.which("tmux")
@@ -119,34 +121,46 @@ def _screen_has(cluster: Cluster, pattern: str, what: str) -> str:
     return str(wait_for(found, timeout=30, interval=0.1, what=what))
 
 
-@pytest.mark.skipif(TMUX is None, reason="tmux is not installed")
-def test_interactive_pty_session_through_the_proxy(cluster: Cluster) -> None:
-    """A pty shell in a real terminal (tmux): TERM, size, resize, typed input, exit."""
-    cluster.add_user("ivy", [ME])
-    cluster.start_agent("dev1")
-    wait_for(lambda: cluster.node_online("dev1"), what="dev1 online")
-    assert cluster.login("ivy").returncode == 0
-    _proxy(cluster, "dev1")
-    tsh = f"{BIN / 'tsh'} ssh {ME}@dev1; echo EXIT=$?; exec sleep 600"
-    _tmux(cluster, "new-session", "-d", "-s", "t", "-x", "91", "-y", "17", tsh)
-    try:
-        _screen_has(cluster, r"[#$>%] *$", "the remote prompt")
-        _tmux(cluster, "send-keys", "-t", "t", "-l", "echo T=$TERM; stty size; tty\n")
-        _screen_has(cluster, r"^/dev/pts/", "the output")
-        _tmux(cluster, "resize-window", "-t", "t", "-x", "100", "-y", "20")
+@pytest.mark.skipif(TMUX is None or not have_sshd(), reason="needs tmux and OpenSSH's sshd")
+def test_legacy_sshd_behind_a_forward_agent_in_proxy_mode(cluster: Cluster, tmp_path: Path) -> None:
+    """A real sshd (trusting the user CA, host cert from the host CA) reached through a
+    forward-mode agent: exec and a pty shell in a real terminal (tmux), recorded at the hub."""
+    cluster.add_user("lena", [ME])
+    with legacy_sshd(cluster, tmp_path, name="legacy-1") as sshd:
+        cluster.start_agent("legacy-1", "", None, "--ssh-target", sshd.target)
+        wait_for(lambda: cluster.node_online("legacy-1"), what="legacy-1 online")
+        assert cluster.login("lena").returncode == 0
+        _proxy(cluster, "legacy-1")
 
-        def resized() -> bool:
-            _tmux(cluster, "send-keys", "-t", "t", "-l", "stty size\n")
-            return "20 100" in _screen_has(cluster, r"^\d+ \d+\s*$", "stty size")
+        run = cluster.tsh("ssh", f"{ME}@legacy-1", "echo hi; exit 3")
+        assert run.returncode == 3 and run.stdout == "hi\n", run.stderr
+        # sshd saw the hub's certificate for lena (same key id), signed by the user CA
+        assert re.search(r"Accepted publickey for \S+ .*ID lena ", sshd.log_text())
+        exec_start = _hub_sessions(cluster, "lena")[0]
+        assert exec_start["fields"]["command"] == "echo hi; exit 3"
+        played = cluster.tsh("play", exec_start["session"], "--format", "text")
+        assert played.stdout == "hi\n"
 
-        wait_for(resized, timeout=15, interval=0.2, what="the window change")
-        _tmux(cluster, "send-keys", "-t", "t", "-l", "exit 7\n")
-        screen = _screen_has(cluster, r"^EXIT=\d+", "tsh's exit")
-    finally:
-        with contextlib.suppress(AssertionError):
-            _tmux(cluster, "kill-server")
+        tsh = f"{BIN / 'tsh'} ssh {ME}@legacy-1; echo EXIT=$?; exec sleep 600"
+        _tmux(cluster, "new-session", "-d", "-s", "t", "-x", "91", "-y", "17", tsh)
+        try:
+            _screen_has(cluster, r"[#$>%] *$", "the remote prompt")
+            _tmux(cluster, "send-keys", "-t", "t", "-l", "echo T=$TERM; stty size; tty\n")
+            _screen_has(cluster, r"^/dev/pts/", "the output")
+            _tmux(cluster, "resize-window", "-t", "t", "-x", "100", "-y", "20")
+
+            def resized() -> bool:
+                _tmux(cluster, "send-keys", "-t", "t", "-l", "stty size\n")
+                return "20 100" in _screen_has(cluster, r"^\d+ \d+\s*$", "stty size")
+
+            wait_for(resized, timeout=15, interval=0.2, what="the window change")
+            _tmux(cluster, "send-keys", "-t", "t", "-l", "exit 7\n")
+            screen = _screen_has(cluster, r"^EXIT=\d+", "tsh's exit")
+        finally:
+            with contextlib.suppress(AssertionError):
+                _tmux(cluster, "kill-server")
     assert "EXIT=7" in screen and "T=screen-256color" in screen and "17 91" in screen, screen
-    start = _hub_sessions(cluster, "ivy")[0]
-    assert start["fields"]["pty"] is True
-    played = cluster.tsh("play", start["session"], "--format", "text").stdout
+    shell = [s for s in _hub_sessions(cluster, "lena") if s["fields"]["pty"]]
+    assert len(shell) == 1 and shell[0]["fields"]["command"] == ""
+    played = cluster.tsh("play", shell[0]["session"], "--format", "text").stdout
     assert "17 91" in played and "20 100" in played and "T=screen-256color" in played
