@@ -153,6 +153,7 @@ class Copier:
         self.preserve = preserve
         self.progress = progress
         self.failures: list[str] = []
+        self.upload = True
 
     def fail(self, path: str, reason: str) -> None:
         self.failures.append(f"{path}: {reason}")
@@ -162,9 +163,13 @@ class Copier:
 
         if isinstance(exc, asyncssh.SFTPConnectionLost):
             raise exc  # the connection, not this file: stop (exit 255)
-        src = getattr(exc, "srcpath", b"")
-        name = src.decode("utf-8", "replace") if isinstance(src, bytes) else str(src)
-        self.fail(name, describe(exc))
+        # Name the side that failed: an SFTPError comes from the node, an OSError from here.
+        remote = isinstance(exc, asyncssh.SFTPError)
+        side = "dstpath" if remote == self.upload else "srcpath"
+        path = getattr(exc, side, b"")
+        self.fail(
+            path.decode("utf-8", "replace") if isinstance(path, bytes) else str(path), describe(exc)
+        )
 
     async def _is_dir(self, upload: bool, path: str) -> bool:
         return os.path.isdir(path) if upload else bool(await self.sftp.isdir(path))
@@ -172,6 +177,8 @@ class Copier:
     async def run(self, plan: Plan) -> None:
         """Copy every source; per-file failures land in :attr:`failures`."""
         import asyncssh
+
+        self.upload = plan.upload
 
         dest_is_dir = await self._is_dir(not plan.upload, plan.dest)
         if len(plan.sources) > 1 and not dest_is_dir:

@@ -124,6 +124,13 @@ def test_upload_download_and_several_sources(fleet: Cluster, tmp_path: Path) -> 
     run = _scp(fleet, str(a), str(b), _at(remote))
     assert run.returncode == 0, run.stderr
     assert (remote / "b.bin").read_bytes() == b.read_bytes()
+    holey = tmp_path / "holey.img"  # data, then a hole to the end (a disk image, say)
+    with holey.open("wb") as f:
+        f.write(b"boot")
+        f.truncate(3 << 20)
+    run = _scp(fleet, str(holey), _at(remote))
+    assert run.returncode == 0, run.stderr
+    assert (remote / "holey.img").read_bytes() == holey.read_bytes()
 
     back = tmp_path / "back"
     back.mkdir()
@@ -182,11 +189,21 @@ def test_failures_name_the_file_and_the_rest_still_copies(fleet: Cluster, tmp_pa
         f"tsh: {remote / 'nope'}: no such file or directory\n",
     )
 
+    run = _scp(fleet, str(good), _at(remote / "no-dir" / "g.txt"))  # the node's side failed
+    assert (run.returncode, run.stderr) == (
+        1,
+        f"tsh: {remote / 'no-dir' / 'g.txt'}: no such file or directory\n",
+    )
+    run = _scp(fleet, _at(remote / "good.txt"), str(tmp_path / "no-dir" / "g.txt"))  # ours
+    assert (run.returncode, run.stderr) == (
+        1,
+        f"tsh: {tmp_path / 'no-dir' / 'g.txt'}: no such file or directory\n",
+    )
+
     if os.geteuid() != 0:  # root writes anywhere
         run = _scp(fleet, str(good), _at(locked / "g.txt"))
         assert run.returncode == 1
-        assert run.stderr.endswith(": permission denied\n"), run.stderr
-        assert len(run.stderr.splitlines()) == 1
+        assert run.stderr == f"tsh: {locked / 'g.txt'}: permission denied\n", run.stderr
 
     run = _scp(fleet, str(good), str(good), _at(remote / "good.txt"))
     assert run.returncode == 1 and "not a directory" in run.stderr
