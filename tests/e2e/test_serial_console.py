@@ -73,20 +73,30 @@ def _read_until(fd: int, marker: bytes, timeout: float = 20.0) -> bytes:
 
 
 class Console:
-    """One ``tsh console`` process with pipes; stderr goes to a file the test reads."""
+    """One ``tsh console`` process; stderr goes to a file the test reads.
 
-    def __init__(self, cluster: Cluster, err: Path, *args: str) -> None:
+    Its stdin is a pipe, or with ``tty`` a pseudo-terminal the test types into
+    (as a user's terminal: tsh must make it raw and restore it).
+    """
+
+    def __init__(self, cluster: Cluster, err: Path, *args: str, tty: bool = False) -> None:
         self.err = err
+        self.tty = os.openpty() if tty else None
+        #: the terminal's settings before tsh runs
+        self.cooked = termios.tcgetattr(self.tty[1]) if self.tty else None
         with open(err, "wb") as stderr:
             self.proc: subprocess.Popen[bytes] = subprocess.Popen(
                 [str(BIN / "tsh"), "console", *args],
-                stdin=subprocess.PIPE,
+                stdin=self.tty[1] if self.tty else subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 env=cluster.env(),
             )
 
     def type(self, data: bytes) -> None:
+        if self.tty is not None:
+            os.write(self.tty[0], data)
+            return
         stdin: IO[bytes] | None = self.proc.stdin
         assert stdin is not None
         stdin.write(data)
@@ -112,6 +122,9 @@ class Console:
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
+        for fd in self.tty or ():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _openssh_console(cluster: Cluster, tmp_path: Path, master: int, slave: int, port: str) -> None:
@@ -183,9 +196,14 @@ def test_console_through_the_hub_both_ways_baud_break_sharing_and_refusal(
         assert _read_until(master, b"printenv ~x\r") == b"printenv ~x\r"
 
         # A viewer shares the port; a second writer is refused, naming the holder.
-        viewer = Console(cluster, tmp_path / "viewer.err", "--read-only", f"{ME}@dev1")
+        viewer = Console(cluster, tmp_path / "viewer.err", "--read-only", f"{ME}@dev1", tty=True)
         consoles.append(viewer)
+        assert viewer.tty is not None and viewer.cooked is not None
+        assert viewer.cooked[3] & termios.ICANON and viewer.cooked[3] & termios.ECHO
         viewer.stderr_shows(f"remoteler: {port} at 115200 baud, read-only")
+        assert "[tsh: ~. to quit, ~? for help]" in viewer.err.read_text()
+        raw = termios.tcgetattr(viewer.tty[1])
+        assert not raw[3] & (termios.ICANON | termios.ECHO | termios.ISIG)  # keys go as typed
         second = cluster.tsh("console", f"{ME}@dev1")
         assert second.returncode == 1
         assert f"serial port {port} is in use by alice (login {ME}" in second.stderr
@@ -207,6 +225,7 @@ def test_console_through_the_hub_both_ways_baud_break_sharing_and_refusal(
         writer.stderr_shows("[tsh: break sent]")
 
         assert viewer.quit() == 0
+        assert termios.tcgetattr(viewer.tty[1]) == viewer.cooked  # the terminal, as it was
         assert writer.quit() == 0
     finally:
         for console in consoles:
