@@ -371,3 +371,17 @@ def test_unreachable_reason_is_one_line() -> None:
     )
     assert "(OSError)" in target.unreachable_reason("h", 1, OSError("x\ny"))
     assert "(no answer within 10s)" in target.unreachable_reason("h", 1, TimeoutError())
+
+
+def test_cli_refuses_ssh_target_with_local_listen(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_agent.cli import main
+
+    argv = ["start", "--data-dir", str(tmp_path / "agent"), "--ssh-target", "127.0.0.1:22"]
+    assert main([*argv, "--local-listen", "127.0.0.1:2222"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edge-agent: --local-listen serves the embedded SSH server")
+    assert main([*argv[:-1], "no-port"]) == 2
+    assert "bad address 'no-port'" in capsys.readouterr().err
+    assert not (tmp_path / "agent").exists()  # refused before joining or creating anything
