@@ -13,7 +13,6 @@ import json
 import math
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -95,35 +94,35 @@ def _trust(args: argparse.Namespace) -> None:
         print(f"Trusted firmware key {kid}{'' if new else ' (already trusted)'}")
 
 
-def _verify(bundle: Path, trusted: list[Any]) -> tuple[Any, str, int]:
-    """(manifest, sha256 of the whole file, size) once signature and payload check out."""
-    from firmware_tools.bundle import (
-        BundleError,
-        PayloadVerifier,
-        header_size,
-        split_header,
-        verify_signature,
-    )
+def _take_in(bundle: Path, data_dir: Path, trusted: list[Any]) -> tuple[Any, str, int, Path]:
+    """Copy the bundle into the data dir, then verify the copy (what will be pushed).
 
+    Returns (manifest, sha256 of the whole file, its size, the copy's path).
+    """
+    from firmware_tools.bundle import verify_file
+    from hub.firmware_store import firmware_dir
+
+    bundles = firmware_dir(data_dir) / "bundles"
+    bundles.mkdir(mode=0o700, exist_ok=True)
+    tmp = bundles / f".incoming-{os.getpid()}"
+    whole = hashlib.sha256()
     try:
-        f = open(bundle, "rb")  # noqa: SIM115 - closed below
+        with open(bundle, "rb") as src, open(tmp, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                whole.update(chunk)
+                dst.write(chunk)
+            size = dst.tell()
     except OSError as exc:
+        tmp.unlink(missing_ok=True)
         raise UsageError(f"cannot read {bundle}: {exc.strerror}") from None
-    with f:
-        whole = hashlib.sha256()
-        fixed = f.read(12)
-        size = header_size(fixed)
-        if size is None:
-            raise BundleError(f"{bundle} is too short to be a firmware bundle: check the file")
-        head = fixed + f.read(size - len(fixed))
-        whole.update(head)
-        manifest = verify_signature(split_header(head), trusted)
-        checker = PayloadVerifier(manifest)
-        while chunk := f.read(1 << 20):
-            checker.feed(chunk)
-            whole.update(chunk)
-        checker.finish()
-        return manifest, whole.hexdigest(), f.tell()
+    try:
+        manifest = verify_file(tmp, trusted)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    copy = bundles / f"{whole.hexdigest()}.bundle"
+    os.replace(tmp, copy)
+    return manifest, whole.hexdigest(), size, copy
 
 
 def _canary_percent(text: str | None) -> float | None:
@@ -139,7 +138,7 @@ async def _push(args: argparse.Namespace) -> None:
     from firmware_tools.bundle import AgentTooOld, TargetMismatch, check_manifest
     from hub.backend import SQLiteBackend
     from hub.datadir import DataDir
-    from hub.firmware_store import FirmwareStore, Rollout, firmware_dir, new_rollout_id
+    from hub.firmware_store import FirmwareStore, Rollout, new_rollout_id
     from remoteler.addr import format_labels, parse_labels
     from remoteler.audit.events import HUB_NODE, EventType, make_event
     from remoteler.firmware_xfer import parse_rate
@@ -155,7 +154,7 @@ async def _push(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     data_dir = _data(args)
-    manifest, sha256, size = _verify(args.bundle, _trusted(data_dir))
+    manifest, sha256, size, copy = _take_in(args.bundle, data_dir, _trusted(data_dir))
     backend = await SQLiteBackend.open(DataDir(data_dir).db_path)
     try:
         all_nodes = await backend.list_nodes()
@@ -178,13 +177,6 @@ async def _push(args: argparse.Namespace) -> None:
         why = f" ({len(skipped)} skipped: {skipped[0][1]})" if skipped else ""
         raise UsageError(f"no node has labels {format_labels(selector)}{why}: see 'tctl nodes ls'")
     canaries = 0 if percent is None else max(1, math.ceil(len(chosen) * percent / 100))
-    bundles = firmware_dir(data_dir) / "bundles"
-    bundles.mkdir(mode=0o700, exist_ok=True)
-    copy = bundles / f"{sha256}.bundle"
-    if not copy.exists():
-        tmp = copy.with_suffix(".tmp")
-        shutil.copyfile(args.bundle, tmp)
-        os.replace(tmp, copy)
     rollout = Rollout(
         id=new_rollout_id(),
         created=time.time(),
