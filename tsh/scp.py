@@ -146,14 +146,14 @@ class Copier:
     """Runs a :class:`Plan` on an SFTP client; collects one failure line per file."""
 
     def __init__(
-        self, sftp: Any, recurse: bool, preserve: bool, progress: Any | None = None
+        self, sftp: Any, plan: Plan, recurse: bool, preserve: bool, progress: Any | None = None
     ) -> None:
         self.sftp = sftp
+        self.plan = plan
         self.recurse = recurse
         self.preserve = preserve
         self.progress = progress
         self.failures: list[str] = []
-        self.upload = True
 
     def fail(self, path: str, reason: str) -> None:
         self.failures.append(f"{path}: {reason}")
@@ -165,21 +165,20 @@ class Copier:
             raise exc  # the connection, not this file: stop (exit 255)
         # Name the side that failed: an SFTPError comes from the node, an OSError from here.
         remote = isinstance(exc, asyncssh.SFTPError)
-        side = "dstpath" if remote == self.upload else "srcpath"
+        side = "dstpath" if remote == self.plan.upload else "srcpath"
         path = getattr(exc, side, b"")
         self.fail(
             path.decode("utf-8", "replace") if isinstance(path, bytes) else str(path), describe(exc)
         )
 
-    async def _is_dir(self, upload: bool, path: str) -> bool:
-        return os.path.isdir(path) if upload else bool(await self.sftp.isdir(path))
+    async def _is_dir(self, local: bool, path: str) -> bool:
+        return os.path.isdir(path) if local else bool(await self.sftp.isdir(path))
 
-    async def run(self, plan: Plan) -> None:
+    async def run(self) -> None:
         """Copy every source; per-file failures land in :attr:`failures`."""
         import asyncssh
 
-        self.upload = plan.upload
-
+        plan = self.plan
         dest_is_dir = await self._is_dir(not plan.upload, plan.dest)
         if len(plan.sources) > 1 and not dest_is_dir:
             self.fail(plan.dest, "not a directory (several sources need a directory)")
@@ -244,9 +243,9 @@ async def scp(
             for src in plan.sources:
                 print(f"tsh: {src}: refused by the node: {refused}", file=sys.stderr)
             return 1
-        copier = Copier(sftp, recurse, preserve, progress)
+        copier = Copier(sftp, plan, recurse, preserve, progress)
         async with sftp:
-            await copier.run(plan)
+            await copier.run()
     except (asyncssh.Error, ConnectionError) as exc:
         reason = exc.reason if isinstance(exc, asyncssh.Error) else str(exc)
         raise NodeError(
