@@ -7,8 +7,9 @@ owners are 0/0 with no names, modes 0755 for directories and executables and
 0644 otherwise, so the archive does not leak the build machine's accounts.
 
 :func:`safe_extract` refuses, before it writes anything, an archive with an
-absolute path, a ``..`` component, a duplicate name, a device file, FIFO or
-other special entry, a symlink whose target is absolute or leaves the
+absolute path, a ``..``, ``.`` or empty component, a duplicate name, a path under an entry
+that is not a directory (nothing is written through a symlink), a device file,
+FIFO or other special entry, a symlink whose target is absolute or leaves the
 destination, or a hard link to anything but an earlier regular file; it then
 extracts with Python's ``data`` filter (PEP 706), which re-checks every path
 with ``realpath`` on disk, so a chain of symlinks cannot escape either.
@@ -107,6 +108,7 @@ def _check_members(members: list[tarfile.TarInfo]) -> None:
         raise UnsafeArchive(f"payload has more than {MAX_ENTRIES} entries: refused")
     seen: set[str] = set()
     files: set[str] = set()
+    not_dirs: set[str] = set()
     for m in members:
         name = m.name
         shown = repr(name[:200])
@@ -116,9 +118,13 @@ def _check_members(members: list[tarfile.TarInfo]) -> None:
         if ".." in parts:
             raise UnsafeArchive(f"payload entry {shown} has a '..' component: refused")
         norm = "/".join(parts)
+        if norm != name.rstrip("/") if m.isdir() else norm != name:
+            raise UnsafeArchive(f"payload entry {shown} has '.' or empty components: refused")
         if not norm or norm in seen:
             raise UnsafeArchive(f"payload entry {shown} is empty or a duplicate: refused")
         seen.add(norm)
+        if not m.isdir():
+            not_dirs.add(norm)
         if m.issym():
             if not _inside(posixpath.dirname(norm), m.linkname):
                 raise UnsafeArchive(
@@ -137,6 +143,15 @@ def _check_members(members: list[tarfile.TarInfo]) -> None:
             raise UnsafeArchive(
                 f"payload entry {shown} is a device, FIFO or other special file: refused"
             )
+    for name in seen:  # nothing is written through a file or a symlink of the archive
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent in not_dirs:
+                raise UnsafeArchive(
+                    f"payload entry {name[:200]!r} lies under {parent[:200]!r}, "
+                    "which is not a directory: refused"
+                )
 
 
 def safe_extract(

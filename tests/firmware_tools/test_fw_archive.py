@@ -50,7 +50,9 @@ def entry(
         ([entry("tty", tarfile.CHRTYPE)], "device"),
         ([entry("sda", tarfile.BLKTYPE)], "device"),
         ([entry("fifo", tarfile.FIFOTYPE)], "device"),
-        ([entry("a"), entry("./a")], "duplicate"),
+        ([entry("a"), entry("a", tarfile.SYMTYPE, "first")], "duplicate"),
+        ([entry("./a")], "components"),
+        ([entry("a/.")], "components"),
     ],
 )
 def test_refused_before_anything_is_written(
