@@ -121,6 +121,14 @@ def test_upload_download_and_several_sources(fleet: Cluster, tmp_path: Path) -> 
     run = _scp(fleet, str(a), _at(remote / "a.copy"))
     assert (run.returncode, run.stderr) == (0, "")
     assert (remote / "a.copy").read_text() == "alpha\n"
+
+    def audited() -> list[dict[str, object]]:
+        events = fleet.tctl_json("audit", "search", "--type", "file.transfer")
+        return [e for e in events if e["fields"]["path"] == str(remote / "a.copy")]
+
+    (event,) = wait_for(audited, what="file.transfer event")  # the agent's sftp audit
+    assert event["fields"] == {"path": str(remote / "a.copy"), "size": 6, "direction": "upload"}
+    assert (event["user"], event["login"]) == ("alice", ME)
     run = _scp(fleet, str(a), str(b), _at(remote))
     assert run.returncode == 0, run.stderr
     assert (remote / "b.bin").read_bytes() == b.read_bytes()
