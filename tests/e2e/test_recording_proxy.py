@@ -85,11 +85,21 @@ def test_embedded_node_in_proxy_mode_records_at_the_hub(cluster: Cluster) -> Non
     assert denied.returncode == 255
     assert "nobody" in denied.stderr and denied.stderr.count("\n") == 1, denied.stderr
 
+    # the sftp subsystem passes through (tsh scp)
+    src = cluster.root / "src.txt"
+    src.write_text("payload\n")
+    dst = cluster.root / "dst.txt"
+    copied = cluster.tsh("scp", "-q", str(src), f"{ME}@dev1:{dst}")
+    assert copied.returncode == 0, copied.stderr
+    assert dst.read_text() == "payload\n"
+    sftp = _hub_sessions(cluster, "rita")[-1]
+    assert sftp["fields"]["subsystem"] == "sftp"
+
     # back to end to end: the hub records nothing more
     cluster.tctl("nodes", "set", "dev1", "--recording", "off")
     again = cluster.tsh("ssh", f"{ME}@dev1", "echo direct")
     assert again.returncode == 0 and again.stdout == "direct\n"
-    assert len(_hub_sessions(cluster, "rita")) == 1
+    assert len(_hub_sessions(cluster, "rita")) == 2
     assert cluster.tsh("ls", "--format", "json").stdout.count('"off"') == 1
     updates = cluster.tctl_json("audit", "search", "--type", "node.updated")
     assert [e["fields"]["recording"] for e in updates] == ["proxy", "off"]
