@@ -130,6 +130,9 @@ class FirmwareAgent:
                 session.flush()
         except ProtocolError as exc:
             log.warning("bad firmware message from the hub: %s", exc)
+        except OSError as exc:  # the data dir: full disk, permissions
+            log.error("cannot stage firmware: %s", exc)
+            core.status("failed", f"cannot stage the bundle on the device: {exc.strerror}")
         except (ChannelClosedError, TunnelClosed, ConnectionError):
             log.info("firmware channel lost; the hub will offer again")
         finally:
@@ -162,7 +165,7 @@ class FirmwareAgent:
             offset = (await asyncio.to_thread(read_header, path))[2]
         except BundleError as exc:
             self.staging.clear()
-            result = Result("failed", str(exc)[:400], "")
+            result = Result("failed", str(exc)[:400], "", offer.rollout)
             self.slots.set_result(offer.sha256, result)
             await self.installer.audit_event(
                 "firmware.failed", rollout=offer.rollout, version="", reason=str(exc)[:400]
@@ -213,7 +216,7 @@ class _Session:
         agent, core = self.agent, self.core
         self.offer = offer
         done = agent.slots.result(offer.sha256)
-        if done is not None:
+        if done is not None and done.rollout == offer.rollout:  # asked again: same answer
             core.status(done.state, done.detail, offer.size)
             return
         if agent.installing() or agent.slots.pending() is not None:

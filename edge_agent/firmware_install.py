@@ -247,7 +247,7 @@ class Installer:
     async def _final(
         self, fw: Firmware, state: str, detail: str, fields: dict[str, Any], audit: bool = True
     ) -> Result:
-        result = Result(state, detail[:400], fw.version)
+        result = Result(state, detail[:400], fw.version, fw.rollout)
         self.slots.set_result(fw.sha256, result)
         if state == "installed":
             await self.audit_event("firmware.installed", **fields)

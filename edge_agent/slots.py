@@ -55,6 +55,8 @@ class Result:
     """``installed``, ``failed`` or ``rolled-back``."""
     detail: str
     version: str
+    rollout: str = ""
+    """The roll-out it answered: a new roll-out of the same bundle is judged afresh."""
 
 
 class Slots:

@@ -52,6 +52,9 @@ POLL_INTERVAL = 1.0
 #: Seconds before offering again to a node whose transfer broke off.
 RETRY_AFTER = 2.0
 READ_SIZE = 64 * 1024
+#: Seconds an agent may stay silent on a firmware channel (its install hook and
+#: health check run 300 s + 60 s at most; it reports before each).
+IDLE_TIMEOUT = 900.0
 
 
 class FirmwareRollouts:
@@ -184,7 +187,8 @@ class FirmwareRollouts:
         try:
             channel.write(core.data_to_send())
             while core.state is not XferState.DONE:
-                data = await channel.read(READ_SIZE)
+                async with asyncio.timeout(IDLE_TIMEOUT):  # a hook and a health check at most
+                    data = await channel.read(READ_SIZE)
                 if not data:
                     break
                 for event in core.receive_data(data):
@@ -217,6 +221,8 @@ class FirmwareRollouts:
             log.warning("bad firmware message from the agent: %s", exc, extra=fields)
         except (ChannelClosedError, TunnelClosed, ConnectionError):
             log.info("firmware channel lost; will offer again", extra=fields)
+        except TimeoutError:
+            log.warning("agent silent on its firmware channel; will offer again", extra=fields)
         finally:
             if sender is not None:
                 sender.cancel()

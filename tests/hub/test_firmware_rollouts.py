@@ -1,0 +1,258 @@
+"""The hub's roll-out orchestrator against real agent tunnels and the real agent side.
+
+Each agent here is a real tunnel to a real HubServer whose ``firmware`` channels
+are served by edge_agent.firmware (real files, real bundles, real hook scripts),
+so canary order, the parallel limit and hostile agents are checked without
+starting processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hubkit import Hub, running_hub
+from websockets.asyncio.client import connect
+
+from edge_agent.firmware import FirmwareAgent
+from edge_agent.firmware_install import InstallConfig, Installer
+from edge_agent.slots import Slots
+from firmware_tools.bundle import build_bundle
+from firmware_tools.keys import load_signing_key, load_trusted_keys, write_key_pair
+from hub.firmware import FirmwareRollouts
+from hub.firmware_store import FirmwareStore, Rollout
+from hub.server import TUNNEL_SUBPROTOCOL
+from remoteler.audit.stream import encode_message
+from remoteler.tlsutil import TUNNEL_ALPN
+from remoteler.wire.aio import ChannelRequest, Tunnel
+from remoteler.wire.codes import OpenFailure
+from remoteler.wire.connection import Connection, Role
+from remoteler.wire.limits import Limits
+
+HOOK = "#!/bin/sh\nexit 0\n"
+
+
+class Agent:
+    """A real tunnel; ``firmware`` channels go to ``serve`` (a real FirmwareAgent by default)."""
+
+    def __init__(self, name: str, root: Path, trusted: Path) -> None:
+        self.name = name
+        self.log: list[tuple[str, float]] = []
+        config = InstallConfig(node=name, data_dir=root)
+        installer = Installer(Slots(root / "firmware"), config, self._audit)
+        self.firmware = FirmwareAgent(
+            installer, load_trusted_keys(trusted), lambda: {"board": "rpi4"}, "0.1.0"
+        )
+        self.serve: Callable[[ChannelRequest], Awaitable[None]] = self._serve
+        self.tunnel: Tunnel | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def _audit(self, type: str, **fields: Any) -> None:
+        self.log.append((type, time.monotonic()))
+
+    async def _serve(self, request: ChannelRequest) -> None:
+        await self.firmware.serve(request.accept())
+
+    async def on_channel(self, request: ChannelRequest) -> None:
+        assert request.kind == "firmware"
+        self.log.append(("offer", time.monotonic()))
+        await self.serve(request)
+
+    async def dial(self, hub: Hub) -> None:
+        creds = await hub.node_creds(self.name)
+        ws = await connect(
+            hub.url("/v1/tunnel?heartbeat=30&misses=3"),
+            ssl=hub.tls(*creds, alpn=[TUNNEL_ALPN]),
+            compression=None,
+            subprotocols=[TUNNEL_SUBPROTOCOL],  # type: ignore[list-item]
+        )
+        limits = Limits(send_heartbeats=True)
+        self.tunnel = Tunnel(ws, Connection(Role.DIALER, limits), on_channel=self.on_channel)
+        self.task = asyncio.ensure_future(self.tunnel.run())
+
+    async def close(self) -> None:
+        if self.tunnel is not None:
+            await self.tunnel.close()
+        if self.task is not None:
+            await self.task
+
+
+class Setup:
+    def __init__(self, hub: Hub, root: Path) -> None:
+        self.hub, self.root = hub, root
+        key = root / "fw.key"
+        write_key_pair(key)
+        payload = root / "payload"
+        payload.mkdir()
+        (payload / "image").write_bytes(b"\x00" * 200_000)
+        (payload / "install.sh").write_text(HOOK)
+        (payload / "install.sh").chmod(0o755)
+        self.bundle = root / "fw.bundle"
+        self.manifest = build_bundle(
+            payload,
+            self.bundle,
+            name="gw-fw",
+            version="1.0.0",
+            targets={"board": "rpi4"},
+            min_agent_version="0.1.0",
+            install_hook="install.sh",
+            key=load_signing_key(key),
+        )
+        self.trusted = Path(f"{key}.pub")
+        self.agents: list[Agent] = []
+        self.rollouts = FirmwareRollouts(root / "hubfw", hub.server.registry, None, interval=0.1)
+        (root / "hubfw").mkdir()
+        self.task: asyncio.Task[None] | None = None
+
+    async def agent(self, name: str) -> Agent:
+        agent = Agent(name, self.root / name, self.trusted)
+        await agent.dial(self.hub)
+        self.agents.append(agent)
+        return agent
+
+    async def push(self, canaries: int = 0, max_parallel: int = 10) -> str:
+        data = self.bundle.read_bytes()
+        rollout = Rollout(
+            id="fw-test",
+            created=time.time(),
+            name="gw-fw",
+            version="1.0.0",
+            bundle=str(self.bundle),
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            selector={"board": "rpi4"},
+            canary_percent=None,
+            max_parallel=max_parallel,
+            rate=None,
+            force=False,
+            state="running",
+        )
+        nodes = []
+        for i, agent in enumerate(self.agents):
+            node = await self.hub.backend.get_node(agent.name)
+            assert node is not None
+            nodes.append((node.id, agent.name, i < canaries))
+        store = await FirmwareStore.open(self.root / "hubfw")
+        try:
+            await store.create(rollout, nodes)
+        finally:
+            await store.close()
+        # The registry knows the agents once their tunnels are up.
+        await _until(lambda: len(self.hub.server.registry.live()) == len(self.agents))
+        self.task = asyncio.ensure_future(self.rollouts.run())
+        return rollout.id
+
+    async def wait_state(self, state: str, timeout: float = 20.0) -> dict[str, str]:
+        store = await FirmwareStore.open(self.root / "hubfw")
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                rollout = await store.rollout("fw-test")
+                assert rollout is not None
+                if rollout.state == state:
+                    return {n.node_name: n.state for n in await store.nodes("fw-test")}
+                assert time.monotonic() < deadline, f"roll-out still {rollout.state}"
+                await asyncio.sleep(0.05)
+        finally:
+            await store.close()
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        for agent in self.agents:
+            await agent.close()
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
+    async with running_hub(tmp_path) as hub:
+        s = Setup(hub, tmp_path)
+        try:
+            yield s
+        finally:
+            await s.close()
+
+
+async def test_canary_installs_before_anyone_else_is_offered_the_bundle(setup: Setup) -> None:
+    for name in ("a-canary", "b", "c"):
+        await setup.agent(name)
+    await setup.push(canaries=1)
+    states = await setup.wait_state("done")
+    assert states == {"a-canary": "installed", "b": "installed", "c": "installed"}
+    canary = dict(setup.agents[0].log)
+    for other in setup.agents[1:]:
+        offered = dict(other.log)["offer"]
+        assert offered > canary["firmware.installed"]
+
+
+async def test_max_parallel_limits_open_transfers(setup: Setup) -> None:
+    for name in ("a", "b", "c"):
+        await setup.agent(name)
+    await setup.push(max_parallel=1)
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, len(setup.rollouts._inflight))
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        states = await setup.wait_state("done")
+    finally:
+        watcher.cancel()
+    assert set(states.values()) == {"installed"}
+    assert peak == 1
+    offers = sorted(t for a in setup.agents for kind, t in a.log if kind == "offer")
+    ends = sorted(t for a in setup.agents for kind, t in a.log if kind == "firmware.installed")
+    assert offers[1] > ends[0] and offers[2] > ends[1]  # one after the other
+
+
+async def test_hostile_and_old_agents_do_not_stop_the_others(setup: Setup) -> None:
+    garbage = await setup.agent("a-garbage")
+    old = await setup.agent("b-old")
+    await setup.agent("c-good")
+
+    async def send_garbage(request: ChannelRequest) -> None:
+        channel = request.accept()
+        channel.write(b"\xff" * 64 + encode_message({"t": "resume", "offset": -1}))
+        await channel.wait_closed()
+
+    async def unknown_kind(request: ChannelRequest) -> None:
+        request.reject(OpenFailure.UNKNOWN_KIND, "unknown channel kind")
+
+    garbage.serve, old.serve = send_garbage, unknown_kind
+    await setup.push()
+    store = await FirmwareStore.open(setup.root / "hubfw")
+    try:
+
+        async def states() -> dict[str, Any]:
+            return {n.node_name: n for n in await store.nodes("fw-test")}
+
+        deadline = time.monotonic() + 20
+        while (await states())["c-good"].state != "installed" or (await states())[
+            "b-old"
+        ].state != "failed":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        nodes = await states()
+        assert "unknown channel kind" in nodes["b-old"].detail
+        assert nodes["a-garbage"].state == "pending"  # offered again later, never crashed
+        assert sum(kind == "offer" for kind, _ in garbage.log) >= 1
+    finally:
+        await store.close()
+    assert setup.task is not None and not setup.task.done()  # the orchestrator lives on
