@@ -222,7 +222,7 @@ class EdgeAgent:
         if self.ssh_target is not None:  # forward mode: no asyncssh in this process at all
             from edge_agent.target import serve_target_channel
 
-            await serve_target_channel(request, *self.ssh_target, self.audit)
+            await serve_target_channel(request, *self.ssh_target, self.audit, self.locks)
             return
         # asyncssh is imported on the first session, not at start-up: an idle agent
         # stays ~15 MiB smaller on small boards (bench agent_footprint).

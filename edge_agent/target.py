@@ -37,6 +37,7 @@ from remoteler.wire.codes import OpenFailure
 
 if TYPE_CHECKING:
     from edge_agent.audit import AgentAudit
+    from edge_agent.locks import LockStore
 
 log = logging.getLogger("remoteler.agent.target")
 
@@ -134,12 +135,26 @@ def unreachable_reason(host: str, port: int, exc: BaseException) -> str:
 
 
 async def serve_target_channel(
-    request: ChannelRequest, host: str, port: int, audit: AgentAudit | None
+    request: ChannelRequest,
+    host: str,
+    port: int,
+    audit: AgentAudit | None,
+    locks: LockStore | None = None,
 ) -> None:
-    """Answer one ``ssh`` channel request by relaying it to ``host:port``."""
+    """Answer one ``ssh`` channel request by relaying it to ``host:port``.
+
+    ``locks`` (the device's copy of the hub's locks) refuse a locked user, login
+    or node, and end the relay when a lock covering it arrives, as the embedded
+    server does; the user and login are the ones the hub authorised.
+    """
     who = _who(request.meta)
     target = f"{host}:{port}"
     fields = {**who, "target": target}
+    lock = locks.find(who["user"], who["login"]) if locks is not None else None
+    if lock is not None:
+        log.warning("ssh forward refused: locked", extra={**fields, "lock_id": lock.id})
+        request.reject(OpenFailure.PROHIBITED, lock.refusal())
+        return
     if audit is not None:
         try:
             audit.check_room()
@@ -175,9 +190,14 @@ async def serve_target_channel(
             writer.close()
     log.info("ssh forward start", extra=fields)
     flow = Flow()
+    untrack = None
+    if locks is not None:
+        untrack = locks.track(who["user"], who["login"], lambda _message: channel.close())
     try:
         await relay(channel, reader, writer, flow, fields)
-    finally:  # also when the agent stops meanwhile (its shutdown flushes the audit queue)
+    finally:
+        if untrack is not None:
+            untrack()  # also when the agent stops meanwhile (its shutdown flushes the audit queue)
         counts = {"bytes_in": flow.bytes_in, "bytes_out": flow.bytes_out}
         log.info("ssh forward end", extra={**fields, **counts})
         if audit is not None:

@@ -567,7 +567,7 @@ def _str(params: dict[str, Any], key: str) -> str:
 
 
 #: Channel refusals whose reason the device wrote for the user (edge_agent.target).
-_PASSED_ON = (OpenFailure.CONNECT_FAILED, OpenFailure.RESOURCE_SHORTAGE)
+_PASSED_ON = (OpenFailure.CONNECT_FAILED, OpenFailure.RESOURCE_SHORTAGE, OpenFailure.PROHIBITED)
 
 
 def _close_reason(text: str) -> str:

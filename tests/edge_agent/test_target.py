@@ -28,8 +28,10 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from edge_agent import target
 from edge_agent.audit import AgentAudit
+from edge_agent.locks import LockStore
 from edge_agent.outbox import Outbox
 from remoteler.audit.events import AuditEvent
+from remoteler.locks import Lock
 from remoteler.wire.aio import Channel, ChannelRequest, Tunnel
 from remoteler.wire.codes import OpenFailure
 from remoteler.wire.connection import Connection, Role
@@ -76,7 +78,11 @@ class Rig:
 
 @asynccontextmanager
 async def rig(
-    tmp_path: Path, port: int, limits: Limits | None = None, quota: int = 1 << 20
+    tmp_path: Path,
+    port: int,
+    limits: Limits | None = None,
+    quota: int = 1 << 20,
+    locks: LockStore | None = None,
 ) -> AsyncIterator[Rig]:
     """Hub side (opens channels) and agent side (relays them to 127.0.0.1:port)."""
     outbox = await Outbox.open(
@@ -91,7 +97,7 @@ async def rig(
         await tunnel.run()
 
     async def on_channel(request: ChannelRequest) -> None:
-        await target.serve_target_channel(request, "127.0.0.1", port, audit)
+        await target.serve_target_channel(request, "127.0.0.1", port, audit, locks)
 
     async with serve(hub_handler, "127.0.0.1", 0, compression=None) as server:
         hub_port = server.sockets[0].getsockname()[1]
@@ -258,6 +264,32 @@ async def test_agent_stopping_mid_relay_closes_target_and_records_the_end(
         await asyncio.wait_for(closed.wait(), 10)
         end = await wait_events(r, "ssh.forward.end")
         assert (end.fields["bytes_in"], end.fields["bytes_out"]) == (0, 6)
+
+
+async def test_locks_refuse_and_end_forwarded_sessions(tmp_path: Path) -> None:
+    ended = asyncio.Event()
+
+    async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"banner")
+        await reader.read()
+        ended.set()
+        writer.close()
+
+    store = LockStore(nodes=("n1", "legacy-1"))
+    async with tcp_server(banner) as port, rig(tmp_path, port, locks=store) as r:
+        channel = await r.open()
+        assert await channel.read() == b"banner"
+        other = await r.hub.open_channel("ssh", {**META, "user": "bob"})
+        # A lock on alice arrives (pushed by the hub): her relay ends, bob's goes on.
+        store.replace([Lock("0123456789ab", "user", "alice", "compromised laptop")])
+        await asyncio.wait_for(channel.wait_closed(), 10)
+        await asyncio.wait_for(ended.wait(), 10)
+        assert not other.is_closed and await other.read() == b"banner"
+        with pytest.raises(ChannelOpenError) as info:
+            await r.open()  # and she cannot start another
+        assert info.value.code == OpenFailure.PROHIBITED
+        assert info.value.reason == "user 'alice' is locked by an administrator: compromised laptop"
+        other.close()
 
 
 async def test_slow_target_holds_the_user_back(tmp_path: Path) -> None:
