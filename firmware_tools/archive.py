@@ -163,7 +163,8 @@ def safe_extract(
     to extract a verified bundle in place. Return the entry names. Raise
     UnsafeArchive, having written nothing, for an entry the module docstring
     refuses; on a refusal the data filter makes mid-way, ``dest`` holds a
-    partial tree the caller must remove.
+    partial tree the caller must remove. I/O failures (disk full, ``dest``
+    missing) raise OSError as they are.
     """
     try:
         with open(tar_path, "rb") as f:
