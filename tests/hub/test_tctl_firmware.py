@@ -1,0 +1,126 @@
+"""``tctl firmware``: every refusal is one line that says what to do next."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from firmware_tools.bundle import build_bundle
+from firmware_tools.keys import load_signing_key, write_key_pair
+from hub.datadir import DataDir
+from hub.tctl import main
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    DataDir(tmp_path / "hub").init("test")
+    return tmp_path / "hub"
+
+
+def _bundle(tmp: Path, key: Path) -> Path:
+    payload = tmp / "payload"
+    payload.mkdir()
+    (payload / "install.sh").write_text("#!/bin/sh\n")
+    (payload / "install.sh").chmod(0o755)
+    out = tmp / "fw.bundle"
+    build_bundle(
+        payload,
+        out,
+        name="gw-fw",
+        version="1.0.0",
+        targets={"board": "rpi4"},
+        min_agent_version="0.1.0",
+        install_hook="install.sh",
+        key=load_signing_key(key),
+    )
+    return out
+
+
+def _tctl(capsys: pytest.CaptureFixture[str], data: Path, *args: str) -> tuple[int, str, str]:
+    code = main(["--data-dir", str(data), "firmware", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line(err: str, *needles: str) -> None:
+    assert err.count("\n") == 1 and err.startswith("tctl: "), err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_push_needs_a_trusted_key_and_a_good_bundle(
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "fw.key"
+    write_key_pair(key)
+    bundle = _bundle(tmp_path, key)
+    code, _, err = _tctl(capsys, data, "push", str(bundle), "--nodes", "board=rpi4")
+    assert code == 2
+    _one_line(err, "tctl firmware trust")
+    code, out, err = _tctl(capsys, data, "trust", f"{key}.pub")
+    assert code == 0 and out.startswith("Trusted firmware key SHA256:")
+    code, out, _ = _tctl(capsys, data, "trust", f"{key}.pub")
+    assert "already trusted" in out
+    # A flipped payload byte: refused before anything is stored.
+    raw = bytearray(bundle.read_bytes())
+    raw[-1] ^= 1
+    tampered = tmp_path / "tampered.bundle"
+    tampered.write_bytes(bytes(raw))
+    code, _, err = _tctl(capsys, data, "push", str(tampered), "--nodes", "board=rpi4")
+    assert code != 0
+    _one_line(err, "bundle")
+    assert not list((data / "firmware" / "bundles").glob("*.bundle"))
+    # Signed by a key the hub does not trust.
+    other = tmp_path / "other"
+    other.mkdir()
+    write_key_pair(other / "k")
+    foreign = _bundle(other, other / "k")
+    code, _, err = _tctl(capsys, data, "push", str(foreign), "--nodes", "board=rpi4")
+    assert code != 0
+    _one_line(err, "not a trusted firmware key")
+    # A good bundle, but no node has the labels.
+    code, _, err = _tctl(capsys, data, "push", str(bundle), "--nodes", "board=rpi4")
+    assert code == 2
+    _one_line(err, "no node has labels board=rpi4", "tctl nodes ls")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--canary", "0%"], "bad --canary"),
+        (["--canary", "lots"], "bad --canary"),
+        (["--rate", "fast"], "bad rate"),
+        (["--max-parallel", "0"], "--max-parallel"),
+        (["--nodes", "=x"], "bad label"),
+    ],
+)
+def test_bad_push_options(
+    tmp_path: Path,
+    data: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    needle: str,
+) -> None:
+    argv = ["push", str(tmp_path / "missing.bundle"), "--nodes", "board=rpi4", *args]
+    code, _, err = _tctl(capsys, data, *argv)
+    assert code == 2
+    _one_line(err, needle)
+
+
+def test_trust_refuses_a_file_that_is_not_a_public_key(
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.pub"
+    bad.write_text("not a key\n")
+    code, _, err = _tctl(capsys, data, "trust", str(bad))
+    assert code != 0
+    _one_line(err, "ssh-ed25519")
+
+
+def test_status_of_an_unknown_rollout(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _tctl(capsys, data, "status")
+    assert code == 0 and "ID" in out
+    code, _, err = _tctl(capsys, data, "status", "fw-nope")
+    assert code == 2
+    _one_line(err, "no roll-out 'fw-nope'", "tctl firmware status")
