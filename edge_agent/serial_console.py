@@ -200,13 +200,23 @@ class ConsoleSession(NodeSession):
                 allowed=False,
                 reason=reason,
             )
-        self._chan.write_stderr(f"remoteler: {reason}\r\n".encode())
-        self._chan.exit(1)
+        with contextlib.suppress(Exception):  # the client may be gone already
+            self._chan.write_stderr(f"remoteler: {reason}\r\n".encode())
+            self._chan.exit(1)
 
     def _who_fields(self) -> dict[str, str]:
         return {"user": self._user, "login": self.login, "session_id": self._session_id}
 
     async def _serve_console(self) -> None:
+        try:
+            await self._console()
+        except Exception:
+            log.exception("serial console failed", extra=self._who_fields())
+            with contextlib.suppress(Exception):
+                self._chan.write_stderr(b"remoteler: the serial console failed on the device\r\n")
+                self._chan.exit(255)
+
+    async def _console(self) -> None:
         assert self._ended is not None
         consoles, conn = self._consoles, self._chan.get_connection()
         holder = self._who()
@@ -232,28 +242,32 @@ class ConsoleSession(NodeSession):
             self._refuse(str(exc), request)
             return
         self._request, self._line, self._console_audit = request, line, record
-        if request.mode is Mode.READ_WRITE:
-            conn.set_extra_info(**{WRITER_INFO: self})
-        line.subscribe(self, self._output, lambda reason: self._end(1, reason))
-        mode = "read-write" if request.mode is Mode.READ_WRITE else "read-only"
-        self._chan.write_stderr(
-            f"remoteler: {request.port} at {line.baud} baud, {mode}\r\n".encode()
-        )
-        log.info("serial console open", extra={**self._who_fields(), "port": request.port})
-        if self._early:
-            early, self._early = bytes(self._early), bytearray()
-            self._console_input(early)
-        status, message = await self._ended
-        line.unsubscribe(self)
-        if conn.get_extra_info(WRITER_INFO) is self:
-            conn.set_extra_info(**{WRITER_INFO: None})
-        consoles.release(request.port, holder)
-        self._line = None
-        if record is not None:
-            record.baud = line.baud if not line.closed else record.baud
-            with contextlib.suppress(Exception):
-                await record.end(status)
-        log.info("serial console closed", extra={**self._who_fields(), "port": request.port})
+        status, message = 255, "the serial console failed on the device"
+        try:
+            if request.mode is Mode.READ_WRITE:
+                conn.set_extra_info(**{WRITER_INFO: self})
+            line.subscribe(self, self._output, lambda reason: self._end(1, reason))
+            mode = "read-write" if request.mode is Mode.READ_WRITE else "read-only"
+            self._chan.write_stderr(
+                f"remoteler: {request.port} at {line.baud} baud, {mode}\r\n".encode()
+            )
+            log.info("serial console open", extra={**self._who_fields(), "port": request.port})
+            if self._early:
+                early, self._early = bytes(self._early), bytearray()
+                self._console_input(early)
+            status, message = await self._ended
+        finally:
+            line.unsubscribe(self)
+            if conn.get_extra_info(WRITER_INFO) is self:
+                conn.set_extra_info(**{WRITER_INFO: None})
+            if record is not None and not line.closed:
+                record.baud = line.baud  # a viewer's line may have changed rate meanwhile
+            consoles.release(request.port, holder)
+            self._line = None
+            if record is not None:
+                with contextlib.suppress(Exception):
+                    await record.end(status)
+            log.info("serial console closed", extra={**self._who_fields(), "port": request.port})
         if not self._chan.is_closing():
             with contextlib.suppress(Exception):
                 if message:

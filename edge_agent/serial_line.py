@@ -24,6 +24,9 @@ from remoteler.console import Mode
 log = logging.getLogger("remoteler.agent.serial")
 
 READ_SIZE = 64 * 1024
+#: Output kept while nobody is subscribed yet (the console's audit start is awaited
+#: between the open and the subscription); the newest bytes win.
+BACKLOG = 64 * 1024
 #: Input held for a port that is not taking it; past this the writer's channel pauses.
 WRITE_HIGH_WATER = 64 * 1024
 
@@ -54,6 +57,7 @@ class SerialLine:
         self._loop = asyncio.get_running_loop()
         self._subscribers: dict[object, _Subscriber] = {}
         self._pending = bytearray()
+        self._backlog = bytearray()
         self._drained: list[Callable[[], None]] = []
         self._break_end: asyncio.TimerHandle | None = None
         self.closed = False
@@ -87,6 +91,9 @@ class SerialLine:
         self, key: object, output: Callable[[bytes], None], gone: Callable[[str], None]
     ) -> None:
         self._subscribers[key] = _Subscriber(output, gone)
+        if self._backlog:
+            backlog, self._backlog = bytes(self._backlog), bytearray()
+            output(backlog)
 
     def unsubscribe(self, key: object) -> None:
         self._subscribers.pop(key, None)
@@ -133,6 +140,9 @@ class SerialLine:
         if not data:
             self._lost("the port went away (end of file)")
             return
+        if not self._subscribers:
+            self._backlog += data
+            del self._backlog[:-BACKLOG]
         for sub in list(self._subscribers.values()):
             sub.output(data)
 

@@ -133,16 +133,19 @@ def _openssh_console(cluster: Cluster, tmp_path: Path, master: int, slave: int, 
     name = json.loads(cluster.tsh("status", "--format", "json").stdout)["cluster"]
     env = f"SetEnv=REMOTELER_SERIAL_PORT={os.path.basename(port)} REMOTELER_SERIAL_BAUD=57600"
     argv = ["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", env, "-e", "none", "-T"]
-    proc = subprocess.Popen(
-        [*argv, "-s", f"{ME}@dev1.{name}", "remoteler-serial"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=cluster.env(),
-    )
+    err = tmp_path / "openssh.err"
+    with open(err, "wb") as stderr:
+        proc = subprocess.Popen(
+            [*argv, "-s", f"{ME}@dev1.{name}", "remoteler-serial"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=cluster.env(),
+        )
     try:
         assert proc.stdin is not None and proc.stdout is not None
-        wait_for(lambda: termios.tcgetattr(slave)[5] == termios.B57600, what="57600 baud")
+        wait_for(lambda: "at 57600 baud, read-write" in err.read_text(), what="ssh console open")
+        assert termios.tcgetattr(slave)[5] == termios.B57600
         os.write(master, b"from the device\r\n")
         _read_until(proc.stdout.fileno(), b"from the device\r\n")
         proc.stdin.write(b"from openssh\r")

@@ -141,3 +141,19 @@ async def test_a_port_another_program_holds_is_refused(pty_pair: Pty) -> None:
             consoles.open(ConsoleRequest(pty_pair.path, 9600, Mode.READ_WRITE), Holder("a", "", ""))
     finally:
         other.close()
+
+
+async def test_output_before_the_first_subscriber_is_kept_for_it(pty_pair: Pty) -> None:
+    """The console subscribes only once serial.open is durable: the device may speak first."""
+    line = SerialLine(pty_pair.path, 115200)
+    try:
+        os.write(pty_pair.master, b"early boot banner\r\n")
+        for _ in range(500):  # until the loop has read it (nobody to hand it to yet)
+            if line._backlog:
+                break
+            await asyncio.sleep(0.01)
+        got: list[bytes] = []
+        line.subscribe("late", got.append, lambda reason: None)
+        assert got == [b"early boot banner\r\n"]
+    finally:
+        line.close()
