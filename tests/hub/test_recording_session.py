@@ -1,0 +1,232 @@
+"""The recording proxy's session bridge in one process, over the real pieces: a hub on
+loopback (TLS, websockets, SQLite), a real tunnel from a test device whose asyncssh
+server trusts the user CA, and an asyncssh client as the user."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+from hubkit import Hub, running_hub
+from websockets.asyncio.client import connect
+
+from hub.recording import PORT_FORWARD_REFUSED
+from hub.server import CONNECT_SUBPROTOCOL, TUNNEL_SUBPROTOCOL
+from remoteler.ca import (
+    generate_private_key,
+    private_key_to_openssh,
+    private_key_to_pkcs8_pem,
+    public_key_to_openssh,
+)
+from remoteler.sshio import ChannelPipe, PipeTunnel, WebSocketPipe
+from remoteler.tlsutil import TUNNEL_ALPN
+from remoteler.wire.aio import ChannelRequest, Tunnel
+from remoteler.wire.connection import Connection, Role
+from remoteler.wire.limits import Limits
+
+
+def _ssh_key(key: Any) -> asyncssh.SSHKey:
+    return asyncssh.import_private_key(private_key_to_openssh(key))
+
+
+async def _device_process(process: asyncssh.SSHServerProcess[bytes]) -> None:
+    """The device's command: reports what reaches it, on stdout."""
+    out = process.stdout
+    if process.command == "env":
+        out.write(f"LANG={process.env.get('LANG', '')}\n".encode())
+        process.stderr.write(b"to stderr\n")
+        process.exit(5)
+        return
+    size = process.term_size
+    out.write(f"TERM {process.term_type} {size[0]}x{size[1]}\n".encode())
+    while True:
+        try:
+            data = await process.stdin.read(1024)
+        except asyncssh.TerminalSizeChanged as exc:
+            out.write(f"SIZE {exc.width}x{exc.height}\n".encode())
+            continue
+        except asyncssh.BreakReceived as exc:
+            out.write(f"BREAK {exc.msec}\n".encode())
+            continue
+        except asyncssh.SignalReceived as exc:
+            out.write(f"SIGNAL {exc.signal}\n".encode())
+            process.exit_with_signal("TERM")
+            return
+        if not data:
+            break
+        out.write(b"ECHO " + data)
+    process.exit(0)
+
+
+class Device:
+    """A node: a real tunnel to the hub; each ``ssh`` channel gets an asyncssh server."""
+
+    def __init__(self, hub: Hub, name: str) -> None:
+        self.hub = hub
+        self.name = name
+        self.key = generate_private_key()
+        self.cert = hub.auth.host_ca.sign_ssh_host_cert(
+            self.key.public_key(), key_id=name, principals=[name]
+        )
+        self.logins: list[str] = []
+        self.tunnel: Tunnel | None = None
+        self._tasks: list[asyncio.Future[Any]] = []
+
+    async def on_channel(self, request: ChannelRequest) -> None:
+        assert request.kind == "ssh"
+        channel = request.accept()
+        ca_line = self.hub.auth.user_ca.ssh_public_line()
+        conn = await asyncssh.connect_reverse(
+            tunnel=PipeTunnel(ChannelPipe(channel)),
+            config=None,
+            server_host_keys=[(_ssh_key(self.key), asyncssh.import_certificate(self.cert))],
+            authorized_client_keys=asyncssh.import_authorized_keys(f"cert-authority {ca_line}"),
+            process_factory=_device_process,
+            encoding=None,
+            line_editor=False,
+            allow_pty=True,
+        )
+        self.logins.append(str(conn.get_extra_info("username")))
+        await conn.wait_closed()
+
+    async def dial(self) -> None:
+        creds = await self.hub.node_creds(self.name)
+        ws = await connect(
+            self.hub.url("/v1/tunnel?heartbeat=30&misses=3"),
+            ssl=self.hub.tls(*creds, alpn=[TUNNEL_ALPN]),
+            compression=None,
+            subprotocols=[TUNNEL_SUBPROTOCOL],  # type: ignore[list-item]
+        )
+        self.tunnel = Tunnel(
+            ws, Connection(Role.DIALER, Limits(send_heartbeats=True)), on_channel=self.on_channel
+        )
+        self._tasks.append(asyncio.ensure_future(self.tunnel.run()))
+
+    async def close(self) -> None:
+        if self.tunnel is not None:
+            await self.tunnel.close()
+        for task in self._tasks:
+            with contextlib.suppress(Exception):
+                await task
+
+
+@pytest.fixture
+async def proxied(tmp_path: Path) -> AsyncIterator[tuple[Hub, Device]]:
+    async with running_hub(tmp_path, audit=True) as hub:
+        device = Device(hub, "dev1")
+        await device.dial()
+        try:
+            for _ in range(200):
+                if len(hub.server.registry) == 1:
+                    break
+                await asyncio.sleep(0.02)
+            assert await hub.backend.set_node_recording("dev1", "proxy") is not None
+            yield hub, device
+        finally:
+            await device.close()
+
+
+async def _user(hub: Hub, name: str = "alice", key: Any = None) -> tuple[Any, str, str]:
+    """A user allowed login ``pi``: (key, ssh cert line, x509 PEM)."""
+    user, _ = await hub.auth.add_user(name, ["access"], ["pi"])
+    key = key or generate_private_key()
+    issued = await hub.auth.issue_user_certs(user, public_key_to_openssh(key.public_key()), None)
+    return key, issued.ssh_cert, issued.tls_cert
+
+
+async def _ssh(
+    hub: Hub, key: Any, ssh_cert: str, tls_cert: str, login: str = "pi"
+) -> asyncssh.SSHClientConnection:
+    ws = await connect(
+        hub.url(f"/v1/connect?node=dev1&login={login}"),
+        ssl=hub.tls(tls_cert.encode(), private_key_to_pkcs8_pem(key)),
+        compression=None,
+        subprotocols=[CONNECT_SUBPROTOCOL],  # type: ignore[list-item]
+    )
+    return await asyncssh.connect(
+        "dev1",
+        tunnel=PipeTunnel(WebSocketPipe(ws)),
+        config=None,
+        username=login,
+        client_keys=[(_ssh_key(key), asyncssh.import_certificate(ssh_cert))],
+        known_hosts=asyncssh.import_known_hosts(hub.auth.host_ca.known_hosts_line("*")),
+        agent_path=None,
+        connect_timeout=20,
+    )
+
+
+async def test_exec_env_stderr_and_exit_status_pass_through(proxied: tuple[Hub, Device]) -> None:
+    hub, device = proxied
+    key, cert, tls = await _user(hub)
+    async with await _ssh(hub, key, cert, tls) as conn:
+        result = await conn.run("env", env={"LANG": "C.UTF-8"}, encoding=None)
+    assert result.exit_status == 5
+    assert result.stdout == b"LANG=C.UTF-8\n" and result.stderr == b"to stderr\n"
+    assert device.logins == ["pi"]  # the hub logged in to the device as the login
+    assert hub.server.audit is not None
+    starts = await hub.server.audit.search(type="session.start", node="hub")
+    assert [e.fields["command"] for e in starts] == ["env"]
+
+
+async def test_pty_window_change_break_signal_and_exit_signal(
+    proxied: tuple[Hub, Device],
+) -> None:
+    hub, _ = proxied
+    key, cert, tls = await _user(hub)
+    async with await _ssh(hub, key, cert, tls) as conn:
+        proc = await conn.create_process(
+            "events", term_type="vt100", term_size=(91, 17), encoding=None
+        )
+
+        async def line(want: bytes) -> None:
+            got = await asyncio.wait_for(proc.stdout.readline(), 10)
+            assert got.strip() == want, got
+
+        await line(b"TERM vt100 91x17")
+        proc.stdin.write(b"typed\n")
+        await line(b"ECHO typed")
+        proc.change_terminal_size(100, 40)
+        await line(b"SIZE 100x40")
+        proc.send_break(250)
+        await line(b"BREAK 250")
+        proc.send_signal("INT")
+        await line(b"SIGNAL INT")
+        await asyncio.wait_for(proc.wait_closed(), 10)
+    assert proc.exit_signal is not None and proc.exit_signal[0] == "TERM"
+    assert hub.server.audit is not None
+    ends = await hub.server.audit.search(type="session.end", node="hub")
+    assert [e.fields["exit_signal"] for e in ends] == ["TERM"]
+
+
+async def test_port_forwarding_is_refused_with_the_reason(proxied: tuple[Hub, Device]) -> None:
+    hub, _ = proxied
+    key, cert, tls = await _user(hub)
+    async with await _ssh(hub, key, cert, tls) as conn:
+        with pytest.raises(asyncssh.ChannelOpenError) as info:
+            await conn.open_connection("127.0.0.1", 22)
+    assert info.value.reason == PORT_FORWARD_REFUSED
+
+
+async def test_another_users_ssh_certificate_is_refused_at_the_hub(
+    proxied: tuple[Hub, Device],
+) -> None:
+    """Alice's websocket with Bob's SSH certificate: the hub refuses and says why."""
+    hub, device = proxied
+    alice_key, _, alice_tls = await _user(hub, "alice")
+    _, bob_cert, _ = await _user(hub, "bob", alice_key)  # Bob's cert for Alice's key
+    with pytest.raises(asyncssh.PermissionDenied):
+        await _ssh(hub, alice_key, bob_cert, alice_tls)
+    assert device.logins == []  # the device was never asked
+    assert hub.server.audit is not None
+    failed = []
+    for _ in range(100):
+        failed = await hub.server.audit.search(type="auth.failed", node="hub")
+        if failed:
+            break
+        await asyncio.sleep(0.05)
+    assert failed and "'bob'" in failed[0].fields["reason"]
