@@ -56,7 +56,8 @@ def _samples() -> list[AuditEvent]:
         make_event(EventType.PORT_FORWARD, node="n1", host="localhost", port=8080),
         make_event(EventType.AUDIT_DROPPED, node="n1", dropped=5, dropped_bytes=500),
         make_event(EventType.AUTH_FAILED, node="n1", reason="expired"),
-        make_event("firmware.install", node="n1", anything="goes"),  # a future type
+        make_event(EventType.FIRMWARE_INSTALL, node="n1", rollout="r", version="1.0", slot="b"),
+        make_event("widget.frobbed", node="n1", anything="goes"),  # a future type
     ]
 
 
