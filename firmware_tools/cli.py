@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from firmware_tools import provision_cli
 from remoteler.errors import RemotelerError, UsageError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     # feature) registers its subcommand here with one line; its handlers follow
     # the contract above (set_defaults(func=...), return an int, raise RemotelerError):
     #     provision_cli.register(sub)
+    provision_cli.register(sub)
     return p
 
 

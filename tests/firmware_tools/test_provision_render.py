@@ -1,0 +1,66 @@
+"""What provisioning writes: TOML the agent's own config loader accepts, values checked."""
+
+from __future__ import annotations
+
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edge_agent import config
+from edge_agent.cli import build_parser
+from firmware_tools.provision import AgentSettings, render, toml_string, write_script
+from remoteler.errors import UsageError
+
+PIN = "sha256:" + "0f" * 32
+
+
+@given(st.text())
+def test_any_string_survives_toml(text: str) -> None:
+    assert tomllib.loads(f"k = {toml_string(text)}")["k"] == text
+
+
+def test_the_agent_loads_what_provisioning_writes(tmp_path: Path) -> None:
+    settings = AgentSettings(
+        hub="hub.example:3025", ca_pin=PIN, token='t"ok\\en', labels="env=prod",
+        name="truck-042", data_dir="/data/agent",
+    )  # fmt: skip
+    path = tmp_path / "agent.toml"
+    path.write_text(render(settings))
+    path.chmod(0o600)
+    values = config.load(path, config.subparser(build_parser(), "start"))
+    assert values == {
+        "hub": "hub.example:3025", "ca_pin": PIN, "token": 't"ok\\en', "labels": "env=prod",
+        "name": "truck-042", "data_dir": "/data/agent",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "word"),
+    [
+        ({"hub": "no-port"}, "port"),
+        ({"ca_pin": "sha256:abc"}, "--ca-pin"),
+        ({"token": "two words"}, "--token"),
+        ({"token": ""}, "--token"),
+        ({"labels": "novalue"}, "label"),
+        ({"name": "a b"}, "--name"),
+    ],
+)
+def test_values_the_agent_would_refuse_are_refused_now(change: dict[str, str], word: str) -> None:
+    base = {"hub": "h:1", "ca_pin": PIN, "token": "tok"}
+    with pytest.raises(UsageError, match=word):
+        render(AgentSettings(**(base | change)))
+
+
+def test_the_serial_script_run_by_a_real_shell_writes_the_file(tmp_path: Path) -> None:
+    target = tmp_path / "it's here" / "agent.toml"
+    text = render(AgentSettings(hub="h:1", ca_pin=PIN, token="tok"))
+    out = subprocess.run(
+        ["/bin/sh", "-s"], input=write_script(text, str(target), "n0nce"), capture_output=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert target.read_text() == text and (target.stat().st_mode & 0o777) == 0o600
+    assert b"RMTL_42_n0nce_SUM " in out.stdout
