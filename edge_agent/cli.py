@@ -136,6 +136,11 @@ async def run(args: argparse.Namespace) -> None:
             "--local-listen serves the embedded SSH server, --ssh-target forwards to the "
             "device's sshd: give one (technicians on site can reach that sshd directly)"
         )
+    if ssh_target is not None and serial_ports:
+        raise UsageError(
+            "--serial-port is served by the embedded SSH server, which --ssh-target replaces: "
+            "drop one of them (docs/serial-console.md)"
+        )
     if NodeIdentity.exists(data_dir) and args.token and args.hub and args.ca_pin:
         from edge_agent.rotate import needs_rejoin
 
