@@ -33,6 +33,12 @@ log = logging.getLogger("remoteler.hub.recording")
 PENDING_INPUT_LIMIT = 256 * 1024
 
 
+def _gone() -> contextlib.suppress:
+    """Around a write to the device: it may have closed its side a moment ago (its
+    close is on the way and ends the session); that must not fail the connection."""
+    return contextlib.suppress(OSError, asyncssh.Error)
+
+
 class UpstreamError(Exception):
     """The device could not be reached or refused the hub's login (message for the user)."""
 
@@ -115,7 +121,8 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
         if self._record is not None:
             self._record.input(data)
         if self._device is not None:
-            self._device.write(data, datatype)
+            with _gone():
+                self._device.write(data, datatype)
             return
         self._pending.append((data, datatype))
         self._pending_size += len(data)
@@ -124,7 +131,8 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
 
     def eof_received(self) -> bool:
         if self._device is not None:
-            self._device.write_eof()
+            with _gone():
+                self._device.write_eof()
         else:
             self._pending_eof = True
         return True  # half-close (RFC 4254 section 5.3): output and exit status still flow
@@ -133,16 +141,19 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
         if self._term is not None:
             self._term = (self._term[0], (width, height, pixwidth, pixheight), self._term[2])
         if self._device is not None:
-            self._device.change_terminal_size(width, height, pixwidth, pixheight)
+            with _gone():
+                self._device.change_terminal_size(width, height, pixwidth, pixheight)
 
     def signal_received(self, signal: str) -> None:
         if self._device is not None:
-            self._device.send_signal(signal)
+            with _gone():
+                self._device.send_signal(signal)
 
     def break_received(self, msec: int) -> bool:
         if self._device is None:
             return False
-        self._device.send_break(msec)
+        with _gone():
+            self._device.send_break(msec)
         return True
 
     def pause_writing(self) -> None:
@@ -267,7 +278,7 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
         if self._chan is None or self._chan.is_closing():
             return
         self._chan.write(data, datatype)
-        if self._record is not None and self._record.output(data):
+        if self._record is not None and self._record.output(data) and "store" not in self._paused:
             self._pause("store")  # the audit store is behind: stop reading the device
             self._waiter = asyncio.ensure_future(self._wait_store())
 
