@@ -41,6 +41,8 @@ log = logging.getLogger("remoteler.agent.serial")
 
 #: Connection extra info: the console this SSH connection holds for writing.
 WRITER_INFO = "remoteler_serial_writer"
+#: Input held while the port opens; past this the channel pauses (RFC 4254 §5.2 window).
+EARLY_HIGH_WATER = 64 * 1024
 NOT_PERMITTED = "the serial console is not permitted by your roles (permission serial_console)"
 
 
@@ -171,6 +173,8 @@ class ConsoleSession(NodeSession):
             return
         if line is None:
             self._early += data
+            if len(self._early) > EARLY_HIGH_WATER:
+                self._chan.pause_reading()  # resumed once the port has taken it
             return
         if self._console_audit is not None:
             self._console_audit.input(data)
@@ -254,6 +258,7 @@ class ConsoleSession(NodeSession):
             log.info("serial console open", extra={**self._who_fields(), "port": request.port})
             if self._early:
                 early, self._early = bytes(self._early), bytearray()
+                self._chan.resume_reading()
                 self._console_input(early)
             status, message = await self._ended
         finally:
