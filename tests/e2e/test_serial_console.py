@@ -6,6 +6,8 @@ writes there must come out of tsh's stdout, what it types into tsh's stdin must
 arrive there. The baud rate is read back from the slave's termios. A pty cannot
 show a break (Linux's pty driver has no ``break_ctl``), so the break is checked
 by what can be seen: tsh's note and the ``breaks`` count in ``serial.close``.
+The read-only viewer's stdin is a pty too, to see tsh make a terminal raw and
+restore it; plain OpenSSH (through ``tsh config``) opens the console by name.
 """
 
 from __future__ import annotations
