@@ -23,29 +23,17 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from edge_agent.firmware_install import Firmware, Installer
 from edge_agent.slots import Result
-from firmware_tools.bundle import (
-    AlreadyInstalled,
-    BundleError,
-    read_header,
-    verify_bundle,
-    verify_header,
-)
-from remoteler.firmware_xfer import (
-    AgentTransfer,
-    Chunk,
-    Finished,
-    Offer,
-    ProtocolError,
-    XferState,
-)
 from remoteler.wire.aio import Channel
 from remoteler.wire.exceptions import ChannelClosedError, TunnelClosed
+
+if TYPE_CHECKING:  # the bundle checks and the transfer core load on the first offer
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from remoteler.firmware_xfer import AgentTransfer, Chunk, Offer
 
 __all__ = ["FirmwareAgent"]
 
@@ -118,6 +106,8 @@ class FirmwareAgent:
 
     async def serve(self, channel: Channel) -> None:
         """Serve one channel until the exchange ends or the link drops; never raises."""
+        from remoteler.firmware_xfer import AgentTransfer, ProtocolError, XferState
+
         core = AgentTransfer()
         session = _Session(self, core, channel)
         try:
@@ -149,7 +139,8 @@ class FirmwareAgent:
         self, offer: Offer, report: Callable[[str, str], Awaitable[None]]
     ) -> Result | None:
         """Verify the staged file as a whole, then install it; the result is remembered."""
-        from firmware_tools.archive import safe_extract  # tarfile only when installing
+        from firmware_tools.archive import safe_extract
+        from firmware_tools.bundle import BundleError, read_header, verify_bundle
 
         path = self.staging.part
         try:
@@ -205,6 +196,8 @@ class _Session:
             self.file = None
 
     async def handle(self, event: object) -> None:
+        from remoteler.firmware_xfer import Chunk, Finished, Offer
+
         if isinstance(event, Offer):
             await self._offer(event)
         elif isinstance(event, Chunk):
@@ -213,6 +206,8 @@ class _Session:
             await self._finished()
 
     async def _offer(self, offer: Offer) -> None:
+        from firmware_tools.bundle import AlreadyInstalled, BundleError, verify_header
+
         agent, core = self.agent, self.core
         self.offer = offer
         done = agent.slots.result(offer.sha256)
@@ -323,10 +318,13 @@ async def open_firmware(
     """
     from edge_agent.firmware_install import InstallConfig
     from edge_agent.slots import Slots
-    from firmware_tools.keys import load_trusted_keys
     from remoteler.audit.events import EventType
 
-    trusted = [key for path in key_files for key in load_trusted_keys(path)]
+    trusted: list[Ed25519PublicKey] = []
+    if key_files:  # cryptography's key parsing only when firmware is on
+        from firmware_tools.keys import load_trusted_keys
+
+        trusted = [key for path in key_files for key in load_trusted_keys(path)]
 
     async def emit(type: str, **fields: Any) -> None:
         await audit.emit(EventType(type), **fields)

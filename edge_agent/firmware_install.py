@@ -32,10 +32,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.slots import Pending, Result, Slots
-from firmware_tools.bundle import Manifest
+
+if TYPE_CHECKING:
+    from firmware_tools.bundle import Manifest
 
 __all__ = ["InstallConfig", "Installer"]
 
