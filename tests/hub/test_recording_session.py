@@ -14,6 +14,7 @@ import asyncssh
 import pytest
 from hubkit import Hub, running_hub
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from hub.recording import PORT_FORWARD_REFUSED
 from hub.server import CONNECT_SUBPROTOCOL, TUNNEL_SUBPROTOCOL
@@ -230,3 +231,23 @@ async def test_another_users_ssh_certificate_is_refused_at_the_hub(
             break
         await asyncio.sleep(0.05)
     assert failed and "'bob'" in failed[0].fields["reason"]
+
+
+async def test_garbage_instead_of_ssh_closes_only_that_connection(
+    proxied: tuple[Hub, Device],
+) -> None:
+    hub, device = proxied
+    key, cert, tls = await _user(hub)
+    async with connect(
+        hub.url("/v1/connect?node=dev1&login=pi"),
+        ssl=hub.tls(tls.encode(), private_key_to_pkcs8_pem(key)),
+        compression=None,
+        subprotocols=[CONNECT_SUBPROTOCOL],  # type: ignore[list-item]
+    ) as ws:
+        await ws.send(b"SSH-2.0-x\r\n" + bytes(range(256)) * 512)
+        with pytest.raises(ConnectionClosed):
+            while True:  # the hub's banner, then it hangs up
+                await asyncio.wait_for(ws.recv(), 10)
+    assert device.logins == []
+    async with await _ssh(hub, key, cert, tls) as conn:  # the hub still serves
+        assert (await conn.run("env", encoding=None)).exit_status == 5
