@@ -122,24 +122,28 @@ class Refused(Exception):
 async def start_sftp(conn: Any) -> Any:
     """Open the node's sftp subsystem; raise :class:`Refused` with the node's reason.
 
-    asyncssh's own ``start_sftp_client`` drops the channel's stderr, where the
-    agent says why it refused (``remoteler: file transfer is not permitted ...``).
+    asyncssh's ``start_sftp_client`` drops the channel's stderr, where the agent
+    says why it refused (``remoteler: file transfer is not permitted ...``); so
+    after a failure we ask once more on a bare session and read that stderr.
+    Public asyncssh API only: its module-level SFTP start-up changed signature
+    within the versions we allow.
     """
     import asyncssh
-    from asyncssh.sftp import start_sftp_client
 
-    writer, reader, stderr = await conn.open_session(subsystem="sftp", encoding=None)
     try:
-        return await start_sftp_client(
-            conn, asyncio.get_running_loop(), "strict", reader, writer, "utf-8", "strict", 3
-        )
-    except (asyncssh.Error, ConnectionError) as exc:
-        try:
-            said = await asyncio.wait_for(stderr.read(), REFUSAL_GRACE)
-        except (TimeoutError, asyncssh.Error, ConnectionError):
-            said = b""
-        text = said.decode("utf-8", "replace").strip().removeprefix("remoteler: ")
-        raise Refused(text.splitlines()[0] if text else f"sftp failed: {exc}") from None
+        return await conn.start_sftp_client()
+    except (asyncssh.DisconnectError, ConnectionError):
+        raise  # the connection itself (exit 255), not a refusal
+    except asyncssh.Error as exc:
+        failure = exc
+    try:
+        writer, _, stderr = await conn.open_session(subsystem="sftp", encoding=None)
+        writer.write_eof()  # a server that did start sftp-server sees EOF and exits
+        said = await asyncio.wait_for(stderr.read(), REFUSAL_GRACE)
+    except (TimeoutError, asyncssh.Error, ConnectionError):
+        said = b""
+    text = said.decode("utf-8", "replace").strip().removeprefix("remoteler: ")
+    raise Refused(text.splitlines()[0] if text else f"sftp failed: {failure}") from None
 
 
 class Copier:
