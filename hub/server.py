@@ -1,8 +1,9 @@
 """The hub's one TLS port: ``/v1/rpc``, ``/v1/tunnel`` (agents), ``/v1/connect`` (users).
 
-The proxy never decrypts a session: after the access check it asks the node's
-agent for an ``ssh`` channel and only copies bytes between the user's
-websocket and that channel.
+By default the proxy never decrypts a session: after the access check it asks
+the node's agent for an ``ssh`` channel and only copies bytes between the user's
+websocket and that channel. For a node set to ``--recording proxy`` the hub
+terminates SSH itself and records the session instead (:mod:`hub.recording`).
 """
 
 from __future__ import annotations
