@@ -4,7 +4,8 @@ One agent's link goes through a fault proxy that is reset mid-transfer (the hub 
 the rate so the cut lands mid-way): the transfer resumes from the staged offset.
 One agent's install hook fails: that node rolls back, the others install. In a second
 roll-out the canary's health check fails: the roll-out stops and no other node gets
-a byte of the bundle.
+a byte of the bundle. In a third, the hook asks for a restart: the agent stops, and
+the next start health-checks the new slot before the hub hears "installed".
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ if [ -e "$REMOTELER_DATA_DIR/fail-install" ]; then
     exit 4
 fi
 echo "$REMOTELER_FW_VERSION" > "$REMOTELER_FW_SLOT/hook-ran"
+if [ -e "$REMOTELER_DATA_DIR/restart-after-install" ]; then
+    touch "$REMOTELER_FW_RESTART_FILE"
+fi
 """
 HEALTH = 'test ! -e "$REMOTELER_DATA_DIR/unhealthy"'
 
@@ -65,8 +69,10 @@ def _current_version(cluster: Cluster, name: str) -> str | None:
 
 
 def _start(cluster: Cluster, name: str, *extra: str, hub: str | None = None) -> None:
+    extra = ("--firmware-health-check", HEALTH, *extra)
     key = cluster.root / "fw.key.pub"
-    cluster.start_agent(name, LABELS, None, "--firmware-key", str(key), *extra, hub=hub)
+    labels = f"{LABELS},dev={name}"
+    cluster.start_agent(name, labels, None, "--firmware-key", str(key), *extra, hub=hub)
 
 
 def _status(cluster: Cluster, rollout: str) -> dict[str, Any]:
@@ -98,13 +104,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, F
         pin = cluster.ca_pin()
         cluster.ca_pin = lambda: pin  # type: ignore[method-assign]  # one tctl call, not three
         for name in ("dev-a", "dev-b", "dev-c"):
-            _start(
-                cluster,
-                name,
-                "--firmware-health-check",
-                HEALTH,
-                hub=proxy.addr if name == "dev-b" else None,
-            )
+            _start(cluster, name, hub=proxy.addr if name == "dev-b" else None)
         for name in ("dev-a", "dev-b", "dev-c"):  # the hub routes to them from now on
             log = cluster.root / f"agent-{name}.log"
             wait_for(lambda p=log: b"tunnel up" in p.read_bytes(), what=f"{name}'s tunnel")
@@ -203,3 +203,29 @@ def test_a_canary_failing_its_health_check_stops_the_rollout(
     assert [e["fields"]["rollout"] for e in stops] == [rollout]
     text = cluster.tctl("firmware", "status").stdout
     assert rollout in text and "stopped" in text
+
+
+def test_an_install_that_asks_for_a_restart_is_health_checked_after_it(
+    fleet: tuple[Cluster, FaultProxy],
+) -> None:
+    cluster, proxy = fleet
+    bundle = _bundle(cluster, "3.0.0")
+    (_agent_dir(cluster, "dev-b") / "restart-after-install").write_text("")
+    old = cluster.agents["dev-b"]
+    out = cluster.tctl_json("firmware", "push", str(bundle), "--nodes", "dev=dev-b")
+    assert out["nodes"] == ["dev-b"]
+    # The agent stops itself once the hook asked for a restart (a supervisor would
+    # start it again); the new slot is active but not yet confirmed.
+    assert old.wait(timeout=30) == 0
+    assert _current_version(cluster, "dev-b") == "3.0.0"
+    assert _status(cluster, out["id"])["nodes"][0]["state"] == "restarting"
+    _start(cluster, "dev-b", hub=proxy.addr)  # the health check runs before it dials
+    status = wait_for(
+        lambda: (s := _status(cluster, out["id"]))["state"] == "done" and s,
+        timeout=30,
+        interval=0.5,
+        what="roll-out done after the restart",
+    )
+    node = status["nodes"][0]
+    assert node["state"] == "installed" and node["attempts"] >= 1, node
+    assert _current_version(cluster, "dev-b") == "3.0.0"
