@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -236,6 +237,19 @@ class _Session:
             core.status("failed", str(exc), 0)
             await agent.installer.audit_event(
                 "firmware.failed", rollout=offer.rollout, version="", reason=str(exc)[:400]
+            )
+            return
+        if offer.size != len(offer.header) + manifest.size:  # the signed size decides
+            core.status("failed", "the offered size does not match the bundle's manifest", 0)
+            return
+        free = shutil.disk_usage(agent.slots.root).free
+        need = offer.size + manifest.size  # the download, then the unpacked slot
+        if free < need:
+            core.status(
+                "failed",
+                f"not enough free space on the device: {free >> 20} MiB free, "
+                f"{need >> 20} MiB needed",
+                0,
             )
             return
         await agent._busy.acquire()

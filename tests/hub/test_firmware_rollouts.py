@@ -40,14 +40,17 @@ HOOK = "#!/bin/sh\nexit 0\n"
 class Agent:
     """A real tunnel; ``firmware`` channels go to ``serve`` (a real FirmwareAgent by default)."""
 
-    def __init__(self, name: str, root: Path, trusted: Path) -> None:
+    def __init__(
+        self, name: str, root: Path, trusted: Path | None, labels: dict[str, str] | None = None
+    ) -> None:
         self.name = name
+        self.root = root
         self.log: list[tuple[str, float]] = []
         config = InstallConfig(node=name, data_dir=root)
         installer = Installer(Slots(root / "firmware"), config, self._audit)
-        self.firmware = FirmwareAgent(
-            installer, load_trusted_keys(trusted), lambda: {"board": "rpi4"}, "0.1.0"
-        )
+        keys = load_trusted_keys(trusted) if trusted else []
+        board = labels or {"board": "rpi4"}
+        self.firmware = FirmwareAgent(installer, keys, lambda: board, "0.1.0")
         self.serve: Callable[[ChannelRequest], Awaitable[None]] = self._serve
         self.tunnel: Tunnel | None = None
         self.task: asyncio.Task[None] | None = None
@@ -109,8 +112,10 @@ class Setup:
         (root / "hubfw").mkdir()
         self.task: asyncio.Task[None] | None = None
 
-    async def agent(self, name: str) -> Agent:
-        agent = Agent(name, self.root / name, self.trusted)
+    async def agent(
+        self, name: str, trusted: bool = True, labels: dict[str, str] | None = None
+    ) -> Agent:
+        agent = Agent(name, self.root / name, self.trusted if trusted else None, labels)
         await agent.dial(self.hub)
         self.agents.append(agent)
         return agent
@@ -256,3 +261,21 @@ async def test_hostile_and_old_agents_do_not_stop_the_others(setup: Setup) -> No
     finally:
         await store.close()
     assert setup.task is not None and not setup.task.done()  # the orchestrator lives on
+
+
+async def test_devices_refuse_before_the_download(setup: Setup) -> None:
+    no_key = await setup.agent("a-no-key", trusted=False)
+    other_board = await setup.agent("b-x86", labels={"board": "x86"})
+    await setup.agent("c-good")
+    await setup.push()
+    states = await setup.wait_state("done")
+    assert states == {"a-no-key": "failed", "b-x86": "failed", "c-good": "installed"}
+    store = await FirmwareStore.open(setup.root / "hubfw")
+    try:
+        details = {n.node_name: n.detail for n in await store.nodes("fw-test")}
+    finally:
+        await store.close()
+    assert "--firmware-key" in details["a-no-key"]
+    assert "board=rpi4" in details["b-x86"] and "board=x86" in details["b-x86"]
+    for agent in (no_key, other_board):  # not a byte staged
+        assert not (agent.root / "firmware" / "incoming" / "bundle.part").exists()
