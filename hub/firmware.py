@@ -103,8 +103,13 @@ class FirmwareRollouts:
 
     async def tick(self) -> None:
         assert self.store is not None
-        for rollout in await self.store.rollouts("running"):
+        running = await self.store.rollouts("running")
+        for rollout in running:
             await self._step(rollout, await self.store.nodes(rollout.id))
+        live = {r.id for r in running}
+        for (rollout_id, _node), task in list(self._inflight.items()):
+            if rollout_id not in live:  # stopped (tctl firmware stop, a canary): no more bytes
+                task.cancel()
 
     async def _step(self, rollout: Rollout, nodes: list[NodeState]) -> None:
         assert self.store is not None

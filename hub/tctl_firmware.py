@@ -44,6 +44,8 @@ def register(sub: Any) -> dict[str, Handler]:
     push.add_argument("--rate", help="bandwidth cap per transfer, e.g. 256KiB/s")
     push.add_argument("--force", action="store_true", help="allow a downgrade or re-install")
     push.add_argument("--format", choices=["text", "json"], default="text")
+    stop = fw.add_parser("stop", help="stop a roll-out: no node is offered the bundle any more")
+    stop.add_argument("rollout")
     status = fw.add_parser("status", help="roll-outs, or one roll-out's nodes")
     status.add_argument("rollout", nargs="?")
     status.add_argument("--format", choices=["text", "json"], default="text")
@@ -55,6 +57,8 @@ async def cmd_firmware(args: argparse.Namespace) -> None:
         _trust(args)
     elif args.cmd == "push":
         await _push(args)
+    elif args.cmd == "stop":
+        await _stop(args)
     else:
         await _status(args)
 
@@ -228,6 +232,38 @@ async def _push(args: argparse.Namespace) -> None:
     )
     for name, reason in skipped:
         print(f"  skipped {name}: {reason}")
+
+
+async def _stop(args: argparse.Namespace) -> None:
+    from hub.firmware_store import FirmwareStore
+    from remoteler.audit.events import HUB_NODE, EventType, make_event
+
+    data_dir = _data(args)
+    store = await FirmwareStore.open(data_dir)
+    try:
+        rollout = await store.rollout(args.rollout)
+        if rollout is None:
+            raise UsageError(
+                f"no roll-out {args.rollout!r}: see 'tctl firmware status' for the list"
+            )
+        if rollout.state != "running":
+            raise UsageError(f"roll-out {rollout.id} is already {rollout.state}")
+        await store.finish(rollout.id, "stopped", "stopped with tctl firmware stop")
+    finally:
+        await store.close()
+    await _audit(
+        data_dir,
+        make_event(
+            EventType.FIRMWARE_ROLLOUT_STOP,
+            node=HUB_NODE,
+            rollout=rollout.id,
+            reason="stopped with tctl firmware stop",
+        ),
+    )
+    print(
+        f"Roll-out {rollout.id} stopped: no node is offered the bundle any more "
+        "(an install already running on a device finishes there)."
+    )
 
 
 async def _audit(data_dir: Path, event: Any) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from firmware_tools.bundle import build_bundle
 from firmware_tools.keys import load_signing_key, write_key_pair
 from hub.datadir import DataDir
+from hub.firmware_store import FirmwareStore, Rollout
 from hub.tctl import main
 
 
@@ -124,3 +127,39 @@ def test_status_of_an_unknown_rollout(data: Path, capsys: pytest.CaptureFixture[
     code, _, err = _tctl(capsys, data, "status", "fw-nope")
     assert code == 2
     _one_line(err, "no roll-out 'fw-nope'", "tctl firmware status")
+
+
+def test_stop_a_running_rollout(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async def create() -> None:
+        store = await FirmwareStore.open(data)
+        try:
+            rollout = Rollout(
+                "fw-1",
+                0.0,
+                "gw-fw",
+                "1.0.0",
+                "/nonexistent",
+                "0" * 64,
+                1,
+                {},
+                None,
+                1,
+                None,
+                False,
+                "running",
+            )
+            await store.create(rollout, [("id-1", "dev-1", False)])
+        finally:
+            await store.close()
+
+    asyncio.run(create())
+    code, out, _ = _tctl(capsys, data, "stop", "fw-1")
+    assert code == 0 and "stopped" in out
+    code, out, _ = _tctl(capsys, data, "status", "fw-1", "--format", "json")
+    status = json.loads(out)
+    assert status["state"] == "stopped" and status["nodes"][0]["state"] == "pending"
+    code, _, err = _tctl(capsys, data, "stop", "fw-1")
+    assert code == 2
+    _one_line(err, "already stopped")
+    code, _, err = _tctl(capsys, data, "stop", "fw-2")
+    _one_line(err, "no roll-out 'fw-2'")
