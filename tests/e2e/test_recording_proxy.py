@@ -52,6 +52,9 @@ def test_embedded_node_in_proxy_mode_records_at_the_hub(cluster: Cluster) -> Non
     table = cluster.tsh("ls").stdout
     assert "Recording" in table and "proxy" in table
     assert cluster.tctl_json("nodes", "ls")[0]["recording"] == "proxy"
+    unknown = cluster.tctl("nodes", "set", "nosuch", "--recording", "proxy", check=False)
+    assert unknown.returncode != 0 and unknown.stderr.count("\n") == 1, unknown.stderr
+    assert "tctl nodes ls" in unknown.stderr
 
     run = cluster.tsh("ssh", f"{ME}@dev1", "echo hi; echo oops >&2; exit 3")
     assert run.returncode == 3, run.stderr
