@@ -110,6 +110,8 @@ class FirmwareRollouts:
         for (rollout_id, _node), task in list(self._inflight.items()):
             if rollout_id not in live:  # stopped (tctl firmware stop, a canary): no more bytes
                 task.cancel()
+        for key in [k for k in self._retry_at if k[0] not in live]:
+            del self._retry_at[key]
 
     async def _step(self, rollout: Rollout, nodes: list[NodeState]) -> None:
         assert self.store is not None
