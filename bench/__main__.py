@@ -19,6 +19,7 @@ MODULES = [
     "bench.scale",
     "bench.audit",
     "bench.chaos",
+    "bench.recording_proxy",
 ]
 
 

@@ -103,6 +103,13 @@ async def _run(argv: list[str], cwd: Path, env: dict[str, str], timeout: float) 
     return code, text[-OUTPUT_TAIL:]
 
 
+def _failure(code: int, out: str) -> str:
+    """``exited 3: <output tail>``, ``exited 1``, or ``timed out after 60s``."""
+    if code < 0:
+        return out
+    return f"exited {code}: {out}" if out else f"exited {code}"
+
+
 class Installer:
     """Runs one install at a time over :class:`Slots`; reports each step.
 
@@ -173,7 +180,7 @@ class Installer:
                 code, out = 127, f"cannot run: {exc.strerror}"
             if code != 0:
                 self.slots.prepare(new)
-                reason = f"install hook exited {code}: {out}" if code > 0 else f"install hook {out}"
+                reason = f"install hook {_failure(code, out)}"
                 return await self._final(
                     fw, "rolled-back", f"{reason}; slot {old or 'none'} kept", fields
                 )
@@ -228,7 +235,7 @@ class Installer:
                 self.config.health_timeout,
             )
             if code != 0:
-                why = f"exited {code}: {out}" if code > 0 else out
+                why = _failure(code, out)
                 return await self._rollback(fw, pending, f"health check {why}", fields)
         self.slots.set_pending(None)
         return await self._final(fw, "installed", f"slot {pending.new}", fields)

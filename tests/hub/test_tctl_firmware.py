@@ -158,6 +158,9 @@ def test_stop_a_running_rollout(data: Path, capsys: pytest.CaptureFixture[str]) 
     code, out, _ = _tctl(capsys, data, "status", "fw-1", "--format", "json")
     status = json.loads(out)
     assert status["state"] == "stopped" and status["nodes"][0]["state"] == "pending"
+    code, out, _ = _tctl(capsys, data, "status", "fw-1")
+    assert "Roll-out fw-1: gw-fw 1.0.0, stopped (stopped with tctl firmware stop)" in out
+    assert "dev-1" in out and "pending" in out
     code, _, err = _tctl(capsys, data, "stop", "fw-1")
     assert code == 2
     _one_line(err, "already stopped")
