@@ -138,6 +138,7 @@ class RecordingProxy:
         labels = self.server.registry.labels_of(node)
         trusted = [ca.public_key for ca in self.user_cas()]
         refusals: list[str] = []
+        state = ConnState(self, user, node, login, session_id, live, peer)
 
         def check(blob: bytes, username: str) -> AccessDecision:
             if username != login:
@@ -162,7 +163,6 @@ class RecordingProxy:
                 refusals.append(decision.reason)
             return decision
 
-        state = ConnState(self, user, node, login, session_id, live, peer)
         host_key = generate_private_key()
         host_cert = self.host_server_ca().sign_ssh_host_cert(
             host_key.public_key(),
@@ -178,43 +178,42 @@ class RecordingProxy:
             user, login, (node.id, node.name), lambda reason: _close_locked(ws, reason)
         )
         try:
-            conn = await asyncssh.connect_reverse(
-                tunnel=tunnel,
-                config=None,
-                server_factory=lambda: _ProxyServer(state),
-                server_host_keys=[
-                    (
-                        asyncssh.import_private_key(private_key_to_openssh(host_key)),
-                        asyncssh.import_certificate(host_cert),
-                    )
-                ],
-                encryption_algs=CIPHERS,
-                window=SSH_WINDOW,
-                max_pktsize=SSH_MAX_PACKET,
-                login_timeout=30,
-                allow_pty=True,
-                encoding=None,
-                line_editor=False,
-                agent_forwarding=False,
-                x11_forwarding=False,
-            )
-        except (asyncssh.Error, OSError, TimeoutError) as exc:
-            log.info("proxy connection ended before login: %s", type(exc).__name__, extra=fields)
-            if refusals:
-                await self._audit_refusal(user, login, session_id, node, refusals[-1])
-            untrack()
-            live.session_ended()
-            pipe.close()
-            return
-        log.info("recording proxy start", extra=fields)
-        try:
+            try:
+                conn = await asyncssh.connect_reverse(
+                    tunnel=tunnel,
+                    config=None,
+                    server_factory=lambda: _ProxyServer(state),
+                    server_host_keys=[
+                        (
+                            asyncssh.import_private_key(private_key_to_openssh(host_key)),
+                            asyncssh.import_certificate(host_cert),
+                        )
+                    ],
+                    encryption_algs=CIPHERS,
+                    window=SSH_WINDOW,
+                    max_pktsize=SSH_MAX_PACKET,
+                    login_timeout=30,
+                    allow_pty=True,
+                    encoding=None,
+                    line_editor=False,
+                    agent_forwarding=False,
+                    x11_forwarding=False,
+                )
+            except (asyncssh.Error, OSError, TimeoutError) as exc:
+                log.info(
+                    "proxy connection ended before login: %s", type(exc).__name__, extra=fields
+                )
+                if refusals:
+                    await self._audit_refusal(user, login, session_id, node, refusals[-1])
+                return
+            log.info("recording proxy start", extra=fields)
             await conn.wait_closed()
+            log.info("recording proxy end", extra=fields)
         finally:
             await state.close()
             untrack()
             live.session_ended()
             pipe.close()
-            log.info("recording proxy end", extra=fields)
 
     async def _audit_refusal(
         self, user: str, login: str, session_id: str, node: Node, reason: str
