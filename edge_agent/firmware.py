@@ -121,11 +121,11 @@ class FirmwareAgent:
                 session.flush()
         except ProtocolError as exc:
             log.warning("bad firmware message from the hub: %s", exc)
+        except (ChannelClosedError, TunnelClosed, ConnectionError):
+            log.info("firmware channel lost; the hub will offer again")
         except OSError as exc:  # the data dir: full disk, permissions
             log.error("cannot stage firmware: %s", exc)
             core.status("failed", f"cannot stage the bundle on the device: {exc.strerror}")
-        except (ChannelClosedError, TunnelClosed, ConnectionError):
-            log.info("firmware channel lost; the hub will offer again")
         finally:
             session.close_file()
             if session.locked:

@@ -230,6 +230,8 @@ class FirmwareRollouts:
             log.info("firmware channel lost; will offer again", extra=fields)
         except TimeoutError:
             log.warning("agent silent on its firmware channel; will offer again", extra=fields)
+        except Exception:  # the hub's copy of the bundle, its database: logged, retried
+            log.exception("firmware transfer failed; will offer again", extra=fields)
         finally:
             if sender is not None:
                 sender.cancel()
@@ -244,6 +246,17 @@ class FirmwareRollouts:
         return req.offset if digest == req.prefix_sha256 else 0
 
     async def _send(self, rollout: Rollout, core: HubTransfer, channel: Channel) -> None:
+        """Send the bundle from the agreed offset; on a failure close the channel (the
+        reader then ends the transfer, to be offered again)."""
+        try:
+            await self._send_chunks(rollout, core, channel)
+        except (ChannelClosedError, TunnelClosed, ConnectionError):
+            pass
+        except Exception:
+            log.exception("sending firmware failed", extra={"rollout": rollout.id})
+            channel.close()
+
+    async def _send_chunks(self, rollout: Rollout, core: HubTransfer, channel: Channel) -> None:
         bucket = TokenBucket(rollout.rate, now=time.monotonic()) if rollout.rate else None
         while want := core.wants_data:
             data = await asyncio.to_thread(_read_at, rollout.bundle, core.position, want)
