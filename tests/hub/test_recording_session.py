@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from remoteler.ca import (
     private_key_to_pkcs8_pem,
     public_key_to_openssh,
 )
+from remoteler.locks import Lock
 from remoteler.sshio import ChannelPipe, PipeTunnel, WebSocketPipe
 from remoteler.tlsutil import TUNNEL_ALPN
 from remoteler.wire.aio import ChannelRequest, Tunnel
@@ -251,3 +253,24 @@ async def test_garbage_instead_of_ssh_closes_only_that_connection(
     assert device.logins == []
     async with await _ssh(hub, key, cert, tls) as conn:  # the hub still serves
         assert (await conn.run("env", encoding=None)).exit_status == 5
+
+
+async def test_a_lock_ends_a_proxied_session(
+    proxied: tuple[Hub, Device], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub, _ = proxied
+    monkeypatch.setattr(hub.server.locks, "grace", 0.1)
+    key, cert, tls = await _user(hub)
+    async with await _ssh(hub, key, cert, tls) as conn:
+        proc = await conn.create_process("events", term_type="vt100", encoding=None)
+        assert (await asyncio.wait_for(proc.stdout.readline(), 10)).startswith(b"TERM")
+        await hub.backend.add_lock(Lock("0123456789ab", "user", "alice", "incident", time.time()))
+        await asyncio.wait_for(conn.wait_closed(), 15)
+    assert proc.exit_status is None  # cut, not ended by the device
+    assert hub.server.audit is not None
+    for _ in range(100):  # the hub's record of the cut session is closed too
+        if await hub.server.audit.search(type="session.end", node="hub"):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("no session.end for the locked session")
