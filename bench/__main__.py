@@ -16,6 +16,7 @@ MODULES = [
     "bench.setup_time",
     "bench.latency",
     "bench.footprint",
+    "bench.agent_size",
     "bench.scale",
     "bench.audit",
     "bench.chaos",

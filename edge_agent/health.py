@@ -22,8 +22,11 @@ from pathlib import Path
 STATUS_FILE = "status.json"
 #: the agent rewrites the file at least this often (seconds)
 REFRESH = 60.0
-#: how often the agent looks at its tunnel (seconds)
+#: how often the agent looks at its tunnel (seconds) ...
 POLL = 2.0
+#: ... and for the first seconds after it went down (or the agent started), so a
+#: status reader (the health check, bench agent_size) sees the tunnel come up at once
+FAST_POLL, FAST_FOR = 0.1, 10.0
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,8 @@ async def keep_status(data_dir: Path, tunnel_up: Callable[[], bool]) -> None:
             if status is not None:
                 with contextlib.suppress(OSError):  # a full disk must not stop the agent
                     write_status(data_dir, status)
-            await asyncio.sleep(POLL)
+            recent = not writer.up and time.time() - writer.since < FAST_FOR
+            await asyncio.sleep(FAST_POLL if recent else POLL)
     finally:  # a stopped agent is unhealthy at once, not after stale_after
         with contextlib.suppress(OSError):
             status_path(data_dir).unlink()

