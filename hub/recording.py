@@ -175,7 +175,7 @@ class RecordingProxy:
         )
         live.session_started()
         untrack = self.server.locks.track_relay(
-            user, login, (node.id, node.name), lambda reason: _close_locked(ws, reason)
+            user, login, (node.id, node.name), lambda reason: state.end_locked(ws, reason)
         )
         try:
             try:
@@ -236,12 +236,6 @@ class RecordingProxy:
             )
 
 
-async def _close_locked(ws: Any, reason: str) -> None:
-    from hub.locks import LOCKED_CLOSE_CODE
-
-    await ws.close(LOCKED_CLOSE_CODE, reason.encode()[:123].decode("utf-8", "ignore"))
-
-
 def _peer_host(ws: Any) -> str:
     try:
         return str(ws.remote_address[0])
@@ -273,6 +267,9 @@ class ConnState:
         #: the agent records too (embedded server), under an id of its own
         self.device_session = str(uuid.uuid4())
         self.sessions = 0
+        self.open_sessions: list[UserSession] = []
+        #: the user's SSH connection, once it is up
+        self.user_conn: asyncssh.SSHServerConnection | None = None
         self._upstream: asyncio.Future[asyncssh.SSHClientConnection] | None = None
 
     def start_upstream(self) -> None:
@@ -351,6 +348,17 @@ class ConnState:
             log.warning("proxy upstream failed: %s", type(exc).__name__, extra=fields)
             raise UpstreamError(f"connection to node {node.name!r} failed; try again") from None
 
+    async def end_locked(self, ws: Any, reason: str) -> None:
+        """A lock now covers this connection: tell each session why, then hang up."""
+        for session in self.open_sessions:
+            session.end_locked(reason)
+        if self.user_conn is not None:
+            self.user_conn.close()  # the pipe sends what is queued, then closes the websocket
+            return
+        from hub.locks import LOCKED_CLOSE_CODE
+
+        await ws.close(LOCKED_CLOSE_CODE, reason.encode()[:123].decode("utf-8", "ignore"))
+
     async def close(self) -> None:
         if self._upstream is None:
             return
@@ -373,6 +381,7 @@ class _ProxyServer(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
+        self._state.user_conn = conn
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -406,7 +415,9 @@ class _ProxyServer(asyncssh.SSHServer):
         state = self._state
         state.sessions += 1
         sid = state.session_id if state.sessions == 1 else f"{state.session_id}-{state.sessions}"
-        return UserSession(state, sid)
+        session = UserSession(state, sid)
+        state.open_sessions.append(session)
+        return session
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closer = asyncio.ensure_future(self._state.close())

@@ -57,10 +57,10 @@ class DeviceSession(asyncssh.SSHClientSession[bytes]):
         return True
 
     def exit_status_received(self, status: int) -> None:
-        self._user.exit_status = status
+        self._user.device_exit(status, None)
 
     def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
-        self._user.exit_signal = (signal, core_dumped, msg, lang)
+        self._user.device_exit(None, (signal, core_dumped, msg, lang))
 
     def pause_writing(self) -> None:
         self._user.pause_user()
@@ -92,6 +92,8 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
         self._ending: asyncio.Future[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._user_gone = False
+        #: set by :meth:`end_locked`: what the device reports after that is ignored
+        self._locked = False
         self.exit_status: int | None = None
         self.exit_signal: tuple[str, bool, str, str] | None = None
 
@@ -170,6 +172,21 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._finish()
+
+    def end_locked(self, message: str) -> None:
+        """End this session with ``message`` on stderr and status 255 (as ssh when cut)."""
+        chan = self._chan
+        if chan is None or self._user_gone or self._locked:
+            return
+        self._locked = True
+        self.exit_status, self.exit_signal = 255, None
+        with contextlib.suppress(Exception):
+            chan.write_stderr(f"\r\nremoteler: {message}\r\n".encode())
+            chan.exit(255)
+        if self._device is not None:
+            self._device.close()  # device_closed ends the record
+        else:
+            self._finish()
 
     # flow control of the device's output ---------------------------------------------
     def _pause(self, why: str) -> None:
@@ -286,6 +303,10 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
         if self._chan is not None and not self._chan.is_closing():
             with contextlib.suppress(Exception):
                 self._chan.write_eof()
+
+    def device_exit(self, status: int | None, signal: tuple[str, bool, str, str] | None) -> None:
+        if not self._locked:
+            self.exit_status, self.exit_signal = status, signal
 
     def device_closed(self) -> None:
         """The device's session ended: store its end, then pass the exit on."""

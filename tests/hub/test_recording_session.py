@@ -266,7 +266,8 @@ async def test_a_lock_ends_a_proxied_session(
         assert (await asyncio.wait_for(proc.stdout.readline(), 10)).startswith(b"TERM")
         await hub.backend.add_lock(Lock("0123456789ab", "user", "alice", "incident", time.time()))
         await asyncio.wait_for(conn.wait_closed(), 15)
-    assert proc.exit_status is None  # cut, not ended by the device
+    assert proc.exit_status == 255  # as ssh when a session is cut
+    assert b"incident" in await proc.stderr.read()  # the lock's message, before the cut
     assert hub.server.audit is not None
     for _ in range(100):  # the hub's record of the cut session is closed too
         if await hub.server.audit.search(type="session.end", node="hub"):
