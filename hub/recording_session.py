@@ -218,22 +218,34 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
         state = self._state
         store = state.proxy.server.audit
         try:
+            if store is None:  # never unrecorded in this mode
+                raise UpstreamError("the hub has no audit store to record this session in")
             conn = await state.upstream()
-            if store is not None:
-                record = HubSessionAudit(
-                    store,
-                    user=state.user,
-                    login=state.login,
-                    session_id=self.session_id,
-                    node_id=state.node.id,
-                    node_name=state.node.name,
-                    command=self._command,
-                    subsystem=self._subsystem,
-                    pty=self._term is not None,
-                    device_session=state.device_session,
-                )
+            record = HubSessionAudit(
+                store,
+                user=state.user,
+                login=state.login,
+                session_id=self.session_id,
+                node_id=state.node.id,
+                node_name=state.node.name,
+                command=self._command,
+                subsystem=self._subsystem,
+                pty=self._term is not None,
+                device_session=state.device_session,
+            )
+            try:
                 await record.start()  # durable before the device runs anything
-                self._record = record
+            except Exception as exc:
+                log.error(
+                    "session.start not stored: %s",
+                    type(exc).__name__,
+                    extra={"session_id": self.session_id},
+                )
+                raise UpstreamError(
+                    "the hub could not record this session (its audit store failed); "
+                    "try again or tell the hub operator"
+                ) from None
+            self._record = record
             kwargs: dict[str, Any] = {}
             if self._term is not None:
                 kwargs = {
@@ -269,7 +281,7 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
             raise
         except Exception:
             log.exception("recording proxy session failed", extra={"session_id": self.session_id})
-            self._fail("the hub could not record this session; see the hub's log")
+            self._fail("the hub could not open this session; see the hub's log")
             return
         self._device = device
         for data, datatype in self._pending:

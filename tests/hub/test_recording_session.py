@@ -275,3 +275,26 @@ async def test_a_lock_ends_a_proxied_session(
         await asyncio.sleep(0.05)
     else:
         raise AssertionError("no session.end for the locked session")
+
+
+class FullStore:
+    """An audit store whose disk is full."""
+
+    async def record(self, event: object) -> None:
+        raise OSError(28, "No space left on device")
+
+
+async def test_a_session_the_hub_cannot_record_is_refused(
+    proxied: tuple[Hub, Device], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub, _ = proxied
+    key, cert, tls = await _user(hub)
+    monkeypatch.setattr(hub.server, "audit", FullStore())
+    async with await _ssh(hub, key, cert, tls) as conn:
+        result = await conn.run("env", encoding=None)
+    assert result.exit_status == 255
+    assert b"could not record this session" in result.stderr
+    monkeypatch.setattr(hub.server, "audit", None)
+    async with await _ssh(hub, key, cert, tls) as conn:
+        result = await conn.run("env", encoding=None)
+    assert result.exit_status == 255 and b"no audit store" in result.stderr
