@@ -74,3 +74,9 @@ def test_the_health_command_reads_the_status_file(tmp_path: Path) -> None:
     conf.write_text(f'data-dir = "{tmp_path / "elsewhere"}"\n')
     proc = run_health(tmp_path, "--config", str(conf))  # --data-dir wins over the file
     assert proc.returncode == 1 and "gone" in proc.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write_status(elsewhere, Status(True, now, time.time(), os.getpid()))
+    cmd = [str(BIN / "edge-agent"), "health", "--config", str(conf)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr  # the data dir came from the config file
