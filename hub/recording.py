@@ -49,6 +49,7 @@ from remoteler.sshio import (
     PipeTunnel,
     WebSocketPipe,
 )
+from remoteler.wire.codes import OpenFailure
 from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
 
 if TYPE_CHECKING:
@@ -61,6 +62,9 @@ log = logging.getLogger("remoteler.hub.recording")
 #: Lifetime of the host certificate the hub presents for a node (checked at the
 #: key exchange only; a fresh one is signed for every connection).
 HOST_CERT_TTL = 3600
+#: Channel refusals whose reason comes from the device and is shown to the user (as
+#: the relay in hub/server.py does).
+DEVICE_REASONS = (OpenFailure.CONNECT_FAILED, OpenFailure.RESOURCE_SHORTAGE, OpenFailure.PROHIBITED)
 PORT_FORWARD_REFUSED = (
     "port forwarding is not available through the hub's recording proxy; "
     "ask an admin to set this node's recording to off"
@@ -300,9 +304,11 @@ class ConnState:
             )
         except (ChannelOpenError, TunnelClosed, TimeoutError) as exc:
             log.warning("proxy upstream channel failed: %s", type(exc).__name__, extra=fields)
-            raise UpstreamError(
-                f"node {node.name!r} did not accept the session; try again"
-            ) from None
+            why = f"node {node.name!r} did not accept the session; try again"
+            if isinstance(exc, ChannelOpenError) and exc.code in DEVICE_REASONS and exc.reason:
+                # The device's own reason (forward mode: its sshd is down), as text only.
+                why = f"node {node.name!r}: " + "".join(c for c in exc.reason if c.isprintable())
+            raise UpstreamError(why) from None
         key = generate_private_key()
         cert = upstream_cert(
             self.proxy.user_signer(), self.user_cert, self.login, key, int(time.time())

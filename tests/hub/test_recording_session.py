@@ -29,6 +29,7 @@ from remoteler.locks import Lock
 from remoteler.sshio import ChannelPipe, PipeTunnel, WebSocketPipe
 from remoteler.tlsutil import TUNNEL_ALPN
 from remoteler.wire.aio import ChannelRequest, Tunnel
+from remoteler.wire.codes import OpenFailure
 from remoteler.wire.connection import Connection, Role
 from remoteler.wire.limits import Limits
 
@@ -77,11 +78,15 @@ class Device:
             self.key.public_key(), key_id=name, principals=[name]
         )
         self.logins: list[str] = []
+        self.refuse: str | None = None
         self.tunnel: Tunnel | None = None
         self._tasks: list[asyncio.Future[Any]] = []
 
     async def on_channel(self, request: ChannelRequest) -> None:
         assert request.kind == "ssh"
+        if self.refuse is not None:  # as a forward-mode agent whose sshd is down
+            request.reject(OpenFailure.CONNECT_FAILED, self.refuse)
+            return
         channel = request.accept()
         ca_line = self.hub.auth.user_ca.ssh_public_line()
         conn = await asyncssh.connect_reverse(
@@ -298,3 +303,15 @@ async def test_a_session_the_hub_cannot_record_is_refused(
     async with await _ssh(hub, key, cert, tls) as conn:
         result = await conn.run("env", encoding=None)
     assert result.exit_status == 255 and b"no audit store" in result.stderr
+
+
+async def test_the_devices_refusal_reaches_the_user(proxied: tuple[Hub, Device]) -> None:
+    hub, device = proxied
+    device.refuse = "the device's SSH server at 127.0.0.1:22 cannot be reached\x1b[2J"
+    key, cert, tls = await _user(hub)
+    async with await _ssh(hub, key, cert, tls) as conn:
+        result = await conn.run("env", encoding=None)
+    assert result.exit_status == 255
+    assert result.stderr == (
+        b"remoteler: node 'dev1': the device's SSH server at 127.0.0.1:22 cannot be reached[2J\r\n"
+    )  # text only: no escape sequence from the device reaches the terminal
