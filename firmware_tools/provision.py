@@ -112,9 +112,9 @@ def provision_dir(
 ) -> list[Path]:
     """Write the config (and optionally install + enable ``unit``) under image root ``root``.
 
-    The config is 0600 and owned by whoever runs this unless ``owner`` is given
-    (uid, gid: needs root, or fakeroot when building an image). Returns the paths
-    written.
+    The config is 0600; every file is owned by whoever runs this unless ``owner``
+    is given (uid, gid: needs root, or fakeroot when building an image). Returns
+    the paths written.
     """
     if not root.is_dir():
         raise UsageError(f"--root {root} is not a directory: point it at the image's root")
@@ -138,12 +138,13 @@ def provision_dir(
         link.symlink_to(Path("/etc/systemd/system") / UNIT_NAME)
         written += [dest, link]
     if owner is not None:
-        try:
-            os.chown(conf, *owner)
-        except PermissionError:
-            raise UsageError(
-                f"cannot chown {conf} to {owner[0]}:{owner[1]}; run as root (or under fakeroot)"
-            ) from None
+        for path in written:
+            try:
+                os.lchown(path, *owner)
+            except PermissionError:
+                raise UsageError(
+                    f"cannot chown {path} to {owner[0]}:{owner[1]}; run as root (or fakeroot)"
+                ) from None
     return written
 
 

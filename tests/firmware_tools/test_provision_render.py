@@ -64,3 +64,23 @@ def test_the_serial_script_run_by_a_real_shell_writes_the_file(tmp_path: Path) -
     assert out.returncode == 0, out.stderr
     assert target.read_text() == text and (target.stat().st_mode & 0o777) == 0o600
     assert b"RMTL_42_n0nce_SUM " in out.stdout
+
+
+def test_owner_applies_to_every_file_written(tmp_path: Path) -> None:
+    import os
+
+    from firmware_tools.provision import provision_dir
+
+    unit = tmp_path / "x.service"
+    unit.write_text("[Service]\nExecStart=/bin/true\n")
+    root = tmp_path / "image"
+    root.mkdir()
+    text = render(AgentSettings(hub="h:1", ca_pin=PIN, token="tok"))
+    if os.geteuid() != 0:
+        with pytest.raises(UsageError, match="fakeroot"):
+            provision_dir(root, text, unit, owner=(0, 0))
+        return
+    written = provision_dir(root, text, unit, owner=(4321, 4321))
+    assert len(written) == 3
+    assert {os.lstat(p).st_uid for p in written} == {4321}
+    assert (written[0].stat().st_mode & 0o777) == 0o600
