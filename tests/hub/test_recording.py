@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from hub import recording_audit
 from hub.audit_store import AuditStore
@@ -283,3 +285,23 @@ async def test_an_older_database_gets_the_recording_column(tmp_path: Path) -> No
             await backend.delete_node("new")
         finally:
             await backend.close()
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_any_bytes_are_refused_never_raised(user_ca: CertAuthority, data: st.DataObject) -> None:
+    """The user's certificate blob comes off the wire: every mutation of a good one,
+    and any bytes at all, get a reason (never an exception, never an accept)."""
+    original = _cert(user_ca)
+    good = bytearray(original)
+    if data.draw(st.booleans()):
+        blob = data.draw(st.binary(max_size=600))
+    else:
+        for _ in range(data.draw(st.integers(1, 4))):
+            i = data.draw(st.integers(0, len(good) - 1))
+            good[i] ^= data.draw(st.integers(1, 255))
+        blob = bytes(good)
+    assume(blob != original)  # two flips of one byte may cancel out
+    assert _reason(blob, [user_ca]) is not None
