@@ -17,8 +17,8 @@ SSH server that
   (:mod:`hub.recording_audit`).
 
 The hub sees the session in plaintext in this mode (docs/security.md). Port
-forwarding is refused through the proxy (``administratively prohibited`` with the
-reason): forwarded bytes would pass unrecorded, so use the node's ``off`` mode.
+forwards (``ssh -L``) go through the hub's connection to the device, audited
+but not recorded (:mod:`hub.recording_forward`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import asyncssh
 
 from hub.auth import host_principals
 from hub.recording_auth import check_user_cert, upstream_cert
+from hub.recording_forward import open_forward
 from hub.recording_session import UpstreamError, UserSession
 from remoteler.access import AccessDecision
 from remoteler.audit.events import HUB_NODE, EventType, make_event
@@ -65,10 +66,6 @@ HOST_CERT_TTL = 3600
 #: Channel refusals whose reason comes from the device and is shown to the user (as
 #: the relay in hub/server.py does).
 DEVICE_REASONS = (OpenFailure.CONNECT_FAILED, OpenFailure.RESOURCE_SHORTAGE, OpenFailure.PROHIBITED)
-PORT_FORWARD_REFUSED = (
-    "port forwarding is not available through the hub's recording proxy; "
-    "ask an admin to set this node's recording to off"
-)
 
 
 class _CheckingTunnel(PipeTunnel):
@@ -412,10 +409,9 @@ class _ProxyServer(asyncssh.SSHServer):
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
-    ) -> bool:
-        raise asyncssh.ChannelOpenError(
-            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, PORT_FORWARD_REFUSED
-        )
+    ) -> Any:
+        """``ssh -L``: a coroutine asyncssh awaits before it answers the channel open."""
+        return open_forward(self._state, dest_host, dest_port)
 
     def session_requested(self) -> UserSession:
         state = self._state

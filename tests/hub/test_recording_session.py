@@ -13,14 +13,15 @@ from typing import Any
 
 import asyncssh
 import pytest
+from helpers import free_port
 from hubkit import Hub, running_hub
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from hub.recording import PORT_FORWARD_REFUSED
 from hub.server import CONNECT_SUBPROTOCOL, TUNNEL_SUBPROTOCOL
 from remoteler.ca import (
     generate_private_key,
+    parse_certificate,
     private_key_to_openssh,
     private_key_to_pkcs8_pem,
     public_key_to_openssh,
@@ -67,6 +68,11 @@ async def _device_process(process: asyncssh.SSHServerProcess[bytes]) -> None:
     process.exit(0)
 
 
+class _DeviceServer(asyncssh.SSHServer):
+    def connection_requested(self, host: str, port: int, orig_host: str, orig_port: int) -> bool:
+        return True  # forwards: the device connects to host:port itself
+
+
 class Device:
     """A node: a real tunnel to the hub; each ``ssh`` channel gets an asyncssh server."""
 
@@ -92,6 +98,7 @@ class Device:
         conn = await asyncssh.connect_reverse(
             tunnel=PipeTunnel(ChannelPipe(channel)),
             config=None,
+            server_factory=_DeviceServer,
             server_host_keys=[(_ssh_key(self.key), asyncssh.import_certificate(self.cert))],
             authorized_client_keys=asyncssh.import_authorized_keys(f"cert-authority {ca_line}"),
             process_factory=_device_process,
@@ -211,13 +218,73 @@ async def test_pty_window_change_break_signal_and_exit_signal(
     assert [e.fields["exit_signal"] for e in ends] == ["TERM"]
 
 
-async def test_port_forwarding_is_refused_with_the_reason(proxied: tuple[Hub, Device]) -> None:
+async def _echo_server() -> tuple[asyncio.Server, int]:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def _events(hub: Hub, type: str) -> list[Any]:
+    assert hub.server.audit is not None
+    for _ in range(100):
+        found = await hub.server.audit.search(type=type, node="hub")
+        if found:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {type} at the hub")
+
+
+async def test_port_forwarding_goes_through_the_device_and_is_audited(
+    proxied: tuple[Hub, Device],
+) -> None:
     hub, _ = proxied
+    server, port = await _echo_server()
     key, cert, tls = await _user(hub)
-    async with await _ssh(hub, key, cert, tls) as conn:
-        with pytest.raises(asyncssh.ChannelOpenError) as info:
+    try:
+        async with await _ssh(hub, key, cert, tls) as conn:
+            reader, writer = await conn.open_connection("127.0.0.1", port)
+            writer.write(b"ping" * 1000)
+            writer.write_eof()
+            echoed = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            assert echoed == b"ping" * 1000
+            # a port nobody listens on: the device's own reason, named after the node
+            with pytest.raises(asyncssh.ChannelOpenError) as info:
+                await conn.open_connection("127.0.0.1", free_port())
+            assert info.value.reason.startswith("node 'dev1': ")
+    finally:
+        server.close()
+    start = (await _events(hub, "port.forward"))[0]
+    assert (start.user, start.fields["port"], start.fields["recorded_by"]) == ("alice", port, "hub")
+    ends = await _events(hub, "port.forward.end")
+    done = next(e for e in ends if not e.fields["error"])
+    assert done.fields["bytes_in"] == 4000 and done.fields["bytes_out"] == 4000
+    assert any(e.fields["error"] for e in ends)  # the refused one
+
+
+async def test_port_forwarding_needs_the_permission_in_the_users_certificate(
+    proxied: tuple[Hub, Device],
+) -> None:
+    hub = proxied[0]
+    user, _ = await hub.auth.add_user("noforward", ["access"], ["pi"])
+    key = generate_private_key()
+    issued = await hub.auth.issue_user_certs(user, public_key_to_openssh(key.public_key()), None)
+    parsed = parse_certificate(issued.ssh_cert)
+    extensions = {k: v for k, v in parsed.extensions.items() if k != "permit-port-forwarding"}
+    cert = hub.auth.user_ca.sign_ssh_user_cert(
+        key.public_key(), key_id="noforward", principals=["pi"], ttl_seconds=600,
+        extensions=extensions,
+    )  # fmt: skip
+    async with await _ssh(hub, key, cert, issued.tls_cert) as conn:
+        with pytest.raises(asyncssh.ChannelOpenError):
             await conn.open_connection("127.0.0.1", 22)
-    assert info.value.reason == PORT_FORWARD_REFUSED
+    assert hub.server.audit is not None
+    assert await hub.server.audit.search(type="port.forward", node="hub") == []
 
 
 async def test_another_users_ssh_certificate_is_refused_at_the_hub(
