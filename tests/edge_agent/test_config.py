@@ -165,3 +165,20 @@ def test_which_file_is_read(tmp_path: Path) -> None:
         assert args.config is None and args.name == "n"
     with pytest.raises(ConfigError, match="does not exist"):
         parse(["start"], {config.ENV_VAR: str(tmp_path / "missing.toml")})
+
+
+def test_the_agent_process_stops_with_one_line_on_a_bad_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = write(tmp_path / "agent.toml", 'hub = "h:1"\nheartbeat = 5\n')
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "edge-agent"), "start", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 1
+    assert out.stderr == f"edge-agent: unknown key 'heartbeat' in {path} " + (
+        "(keys are the 'edge-agent start' flags without '--')\n"
+    )
