@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -30,9 +31,21 @@ def tree_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
+def source_copy(dest: Path) -> Path:
+    """What the wheel is built from, copied: an in-tree build would leave build/ behind."""
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    dest.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, dest / name)
+    for package in (*AGENT_CODE, *NOT_AGENT):
+        shutil.copytree(ROOT / package, dest / package, ignore=skip)
+    return dest
+
+
 def installed_sizes(target: Path, with_deps: bool) -> dict[str, int]:
     """Bytes per top-level entry of a ``pip install --target`` of this project."""
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--target", str(target), str(ROOT)]
+    src = source_copy(target.with_name("src"))
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--target", str(target), str(src)]
     if not with_deps:
         cmd.append("--no-deps")
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
