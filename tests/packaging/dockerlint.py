@@ -3,7 +3,8 @@
 It checks what matters for Dockerfile.edge: valid instructions, FROM first, every
 base image pinned by a tag (no ``latest``), no ``ADD`` of URLs, a non-root
 ``USER`` before ``CMD``/``ENTRYPOINT`` in the final stage, a ``HEALTHCHECK`` and
-a ``VOLUME`` there, and no compilers installed into the final stage.
+a ``VOLUME`` there, no compilers installed into the final stage, and no
+architecture-specific names (a multi-arch build runs the same file everywhere).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ INSTRUCTIONS = {
     "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK",
     "LABEL", "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
 }  # fmt: skip
+ARCH = re.compile(r"\b(amd64|x86_64|aarch64|arm64|armv7l?|armhf|i386)\b")
 COMPILERS = re.compile(r"\b(gcc|g\+\+|clang|build-essential|make|cargo|rustc)\b")
 
 
@@ -79,6 +81,8 @@ def problems(text: str) -> list[str]:
     for ins in instrs:
         if ins.name == "ADD" and re.search(r"\b(https?|ftp)://", ins.args):
             found.append(f"line {ins.line}: ADD of a URL (download in a RUN, check a sum)")
+        if ins.name in ("FROM", "RUN", "ADD", "COPY") and ARCH.search(ins.args):
+            found.append(f"line {ins.line}: architecture-specific name (breaks multi-arch)")
     final = instrs[stages[-1] :] if stages else []
     user = None
     for ins in final:

@@ -60,6 +60,7 @@ def test_the_image_copies_only_the_agents_packages_and_the_context_allows_them()
         (("ENV PYTHONUNBUFFERED=1", "ADD https://example.com/x.tgz /x"), "ADD of a URL"),
         (("ENV PYTHONUNBUFFERED=1", "RUN apt-get install -y gcc"), "build tools"),
         (("ENV PYTHONUNBUFFERED=1", "FETCH x"), "unknown instruction"),
+        (("ENV PYTHONUNBUFFERED=1", "RUN curl -o /t https://x/t-linux-amd64"), "architecture"),
         (("ENV PYTHONUNBUFFERED=1", "RUN true \\"), "continued instruction"),
     ],
 )
