@@ -9,12 +9,13 @@ import os
 import pwd
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import BIN, Cluster, wait_for
+from helpers import BIN, Cluster, free_port, stop_process, wait_for
 from sshdkit import have_sshd, legacy_sshd
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
@@ -122,6 +123,17 @@ def test_embedded_node_in_proxy_mode_records_at_the_hub(cluster: Cluster) -> Non
     assert [e["fields"]["recording"] for e in updates] == ["proxy", "off"]
 
 
+def _banner(port: int) -> str | None:
+    """The first line a TCP server on ``port`` sends, or None."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), 2) as sock:
+            sock.settimeout(5)
+            line = sock.recv(64).decode(errors="replace")
+    except OSError:
+        return None
+    return line if line.startswith("SSH-2.0-") else None
+
+
 def _tmux(cluster: Cluster, *args: str) -> str:
     assert TMUX is not None
     sock, conf = cluster.root / "tmux.sock", cluster.root / "tmux.conf"
@@ -167,6 +179,35 @@ def test_legacy_sshd_behind_a_forward_agent_in_proxy_mode(cluster: Cluster, tmp_
         assert exec_start["fields"]["command"] == "echo hi; exit 3"
         played = cluster.tsh("play", exec_start["session"], "--format", "text")
         assert played.stdout == "hi\n"
+
+        # a port forward through the proxy, to the device's own sshd: its banner
+        local = free_port()
+        forward = subprocess.Popen(
+            [
+                str(BIN / "tsh"),
+                "ssh",
+                "-N",
+                "-L",
+                f"{local}:127.0.0.1:{sshd.port}",
+                f"{ME}@legacy-1",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=cluster.env(),
+        )
+        try:
+            wait_for(lambda: _banner(local), what="the banner through tsh -L")
+        finally:
+            stop_process(forward)
+        assert _banner(local) is None  # stopped
+        ends = wait_for(
+            lambda: cluster.tctl_json(
+                "audit", "search", "--type", "port.forward.end", "--node", "hub"
+            ),
+            what="port.forward.end at the hub",
+        )
+        assert ends[0]["fields"]["port"] == sshd.port and ends[0]["fields"]["bytes_out"]
 
         tsh = f"{BIN / 'tsh'} ssh {ME}@legacy-1; echo EXIT=$?; exec sleep 600"
         _tmux(cluster, "new-session", "-d", "-s", "t", "-x", "91", "-y", "17", tsh)
