@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from hub.extras import require_hub_extra
 from hub.listener import ListenerLimits
 from remoteler.addr import format_hostport, parse_hostport
 from remoteler.errors import RemotelerError
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.setup(args.log_level)
     try:
+        require_hub_extra()
         asyncio.run(run(args))
     except RemotelerError as err:
         print(f"hub: {err}", file=sys.stderr)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hub import tctl_firmware, tctl_locks, tctl_rotate
+from hub.extras import require_hub_extra
 from remoteler.addr import format_labels, parse_labels
 from remoteler.audit.events import AuditEvent
 from remoteler.errors import RemotelerError, UsageError
@@ -666,6 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         **LOCK_HANDLERS,
     }[args.group]
     try:
+        require_hub_extra()
         asyncio.run(handler(args))
     except RemotelerError as err:
         print(f"tctl: {err}", file=sys.stderr)

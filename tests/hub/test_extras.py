@@ -1,0 +1,54 @@
+"""hub and tctl without the [hub] extra: one line naming the install command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+# A fresh interpreter in which argon2 and pyotp cannot be found, as after
+# 'pip install remoteler' without the extra.
+RUNNER = textwrap.dedent(
+    """
+    import importlib.util, sys
+    real = importlib.util.find_spec
+    importlib.util.find_spec = lambda n, *a: None if n in ("argon2", "pyotp") else real(n, *a)
+    class Block:
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] in ("argon2", "pyotp"):
+                raise ImportError(f"No module named {name!r}")
+    sys.meta_path.insert(0, Block())
+    import importlib
+    main = importlib.import_module(sys.argv[1]).main
+    sys.exit(main(sys.argv[2:]))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "prog"),
+    [("hub.tctl", ["status"], "tctl"), ("hub.cli", ["start", "--data-dir", "DATA"], "hub")],
+)
+def test_missing_hub_extra_is_one_line(
+    module: str, args: list[str], prog: str, tmp_path: Path
+) -> None:
+    argv = [a.replace("DATA", str(tmp_path / "data")) for a in args]
+    done = subprocess.run(
+        [sys.executable, "-c", RUNNER, module, *argv], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines == [
+        f"{prog}: missing argon2, pyotp: the hub and tctl need "
+        "\"pip install 'remoteler[hub]'\" (an agent-only install leaves them out)"
+    ]
+    assert not (tmp_path / "data").exists()  # refused before touching anything
+
+
+def test_present_extra_passes() -> None:
+    from hub.extras import require_hub_extra
+
+    require_hub_extra()
