@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from hub.auth import host_principals
+from hub.recording_audit import END_TIMEOUT
 from hub.recording_auth import check_user_cert, upstream_cert
 from hub.recording_forward import open_forward
 from hub.recording_session import UpstreamError, UserSession
@@ -272,6 +273,7 @@ class ConnState:
         #: the user's SSH connection, once it is up
         self.user_conn: asyncssh.SSHServerConnection | None = None
         self._upstream: asyncio.Future[asyncssh.SSHClientConnection] | None = None
+        self._watcher: asyncio.Future[None] | None = None
 
     def start_upstream(self) -> None:
         if self._upstream is None:
@@ -313,7 +315,7 @@ class ConnState:
         known = "\n".join(ca.known_hosts_line("*") for ca in self.proxy.host_cas())
         pipe = ChannelPipe(channel)
         try:
-            return await asyncssh.connect(
+            conn = await asyncssh.connect(
                 node.name,
                 tunnel=PipeTunnel(pipe, {"peername": ("127.0.0.1", 0)}),
                 config=None,
@@ -350,6 +352,18 @@ class ConnState:
             pipe.close()
             log.warning("proxy upstream failed: %s", type(exc).__name__, extra=fields)
             raise UpstreamError(f"connection to node {node.name!r} failed; try again") from None
+        self._watcher = asyncio.ensure_future(self._hang_up_after(conn))
+        return conn
+
+    async def _hang_up_after(self, conn: asyncssh.SSHClientConnection) -> None:
+        """The device's connection is gone (agent restart, tunnel loss): once the
+        sessions have passed their end on, close the user's connection too."""
+        await conn.wait_closed()
+        endings = [s.ending for s in self.open_sessions if s.ending is not None]
+        if endings:
+            await asyncio.wait(endings, timeout=END_TIMEOUT)
+        if self.user_conn is not None:
+            self.user_conn.close()
 
     async def end_locked(self, ws: Any, reason: str) -> None:
         """A lock now covers this connection: tell each session why, then hang up."""

@@ -188,6 +188,11 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
         else:
             self._finish()
 
+    @property
+    def ending(self) -> asyncio.Future[None] | None:
+        """Set once the session is ending: done when its end is stored and passed on."""
+        return self._ending
+
     # flow control of the device's output ---------------------------------------------
     def _pause(self, why: str) -> None:
         if not self._paused and self._device is not None:

@@ -382,3 +382,14 @@ async def test_the_devices_refusal_reaches_the_user(proxied: tuple[Hub, Device])
     assert result.stderr == (
         b"remoteler: node 'dev1': the device's SSH server at 127.0.0.1:22 cannot be reached[2J\r\n"
     )  # text only: no escape sequence from the device reaches the terminal
+
+
+async def test_losing_the_device_ends_the_users_connection(proxied: tuple[Hub, Device]) -> None:
+    hub, device = proxied
+    key, cert, tls = await _user(hub)
+    async with await _ssh(hub, key, cert, tls) as conn:
+        proc = await conn.create_process("events", term_type="vt100", encoding=None)
+        assert (await asyncio.wait_for(proc.stdout.readline(), 10)).startswith(b"TERM")
+        await device.close()  # the agent goes away
+        await asyncio.wait_for(conn.wait_closed(), 15)
+    assert proc.exit_status is None or proc.exit_status == -1  # cut: no status from the device
