@@ -250,6 +250,7 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
                     "the hub could not record this session (its audit store failed); "
                     "try again or tell the hub operator"
                 ) from None
+            record.bytes_in = self._pending_size  # typed while the device was being reached
             self._record = record
             kwargs: dict[str, Any] = {}
             if self._term is not None:
