@@ -119,10 +119,9 @@ async def open_forward(state: ConnState, host: str, port: int) -> SSHForwarder:
         _, opened = await upstream.create_connection(factory, host, port)
         device_side = cast(_Counted, opened)
     except asyncssh.ChannelOpenError as exc:
-        await end(0, 0, exc.reason)
-        raise asyncssh.ChannelOpenError(
-            exc.code, f"node {state.node.name!r}: {exc.reason}"
-        ) from None
+        reason = "".join(c for c in exc.reason if c.isprintable())  # the device's text
+        await end(0, 0, reason)
+        raise asyncssh.ChannelOpenError(exc.code, f"node {state.node.name!r}: {reason}") from None
     except (asyncssh.Error, OSError) as exc:
         await end(0, 0, type(exc).__name__)
         raise asyncssh.ChannelOpenError(

@@ -277,7 +277,8 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
             self._fail(str(exc))
             return
         except asyncssh.ChannelOpenError as exc:
-            self._fail(f"node {state.node.name!r} refused the session: {exc.reason}")
+            reason = "".join(c for c in exc.reason if c.isprintable())  # the device's text
+            self._fail(f"node {state.node.name!r} refused the session: {reason}")
             return
         except (asyncssh.Error, OSError) as exc:
             self._fail(f"session on node {state.node.name!r} failed: {type(exc).__name__}")
