@@ -305,3 +305,25 @@ def test_any_bytes_are_refused_never_raised(user_ca: CertAuthority, data: st.Dat
         blob = bytes(good)
     assume(blob != original)  # two flips of one byte may cancel out
     assert _reason(blob, [user_ca]) is not None
+
+
+async def test_a_quiet_session_is_flushed_within_a_chunk_interval(tmp_path: Path) -> None:
+    """A few bytes and then silence (a shell prompt) reach the store while the session
+    is still open: memory holds at most one interval of output."""
+    now = [1000.0]
+    store = await _store(tmp_path)
+    try:
+        rec = _record(store, clock=lambda: now[0])
+        rec.recorder.max_chunk_seconds = 0.05
+        await rec.start()
+        rec.output(b"$ ")
+        now[0] += 1.0  # the chunk is due by the session's clock
+        for _ in range(200):
+            if await store.search(type="session.data"):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the pending chunk was not flushed")
+        await rec.end(0)
+    finally:
+        await store.close()
