@@ -261,7 +261,8 @@ def test_errors_are_one_line_and_say_what_to_do(cluster: Cluster, tmp_path: Path
     cluster.tctl("auth", "sign", "--user", "heidi", "--ttl", "1s", "-o", str(ident))
     time.sleep(1.2)
     expired = cluster.tsh("-i", str(ident), "--proxy", cluster.addr, "ls")
-    assert "expired: run 'tsh login'" in expired.stderr
+    assert "has expired: write a new one with 'tctl auth sign'" in expired.stderr
+    assert expired.stderr.count("\n") == 1
 
 
 def test_invite_flow(cluster: Cluster) -> None:
