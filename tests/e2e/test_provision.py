@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tomllib
@@ -134,7 +135,7 @@ def test_provision_over_a_serial_console_to_a_real_shell(tmp_path: Path) -> None
         assert shell.poll() is None  # the shell is still there for the technician
     finally:
         os.close(slave)
-        stop_process(shell)
+        stop_process(shell, signal.SIGKILL)  # an interactive shell ignores SIGTERM
 
 
 def test_serial_provisioning_fails_clearly_when_no_shell_answers(tmp_path: Path) -> None:
