@@ -165,11 +165,19 @@ class FirmwareAgent:
             return result
         fw = Firmware(offer.sha256, offer.rollout, manifest.version)
         try:
-            return await self.installer.install(
+            result = await self.installer.install(
                 fw, manifest, lambda slot: safe_extract(path, slot, offset=offset), report
             )
         finally:
             self.staging.clear()
+        if result is None:
+            # The hook asked for a restart. Done here, not by the channel's handler:
+            # a link cut mid-install cancels that, and the pending install would then
+            # wait for a restart that never comes (every later offer refused "busy").
+            await asyncio.sleep(0.2)  # best effort: let "restarting" reach the hub
+            log.info("restarting the agent for the firmware install")
+            self.restart()
+        return result
 
 
 class _Session:
@@ -303,10 +311,7 @@ class _Session:
         task = asyncio.ensure_future(agent._install_bundle(offer, self._report))
         agent._install = task
         result = await asyncio.shield(task)
-        if result is None:
-            self.flush()
-            await asyncio.sleep(0.2)  # let "restarting" reach the hub
-            agent.restart()
+        if result is None:  # the install task restarts the agent
             return
         self.core.status(result.state, result.detail, offer.size)
 

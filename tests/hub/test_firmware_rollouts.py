@@ -50,7 +50,10 @@ class Agent:
         installer = Installer(Slots(root / "firmware"), config, self._audit)
         keys = load_trusted_keys(trusted) if trusted else []
         board = labels or {"board": "rpi4"}
-        self.firmware = FirmwareAgent(installer, keys, lambda: board, "0.1.0")
+        self.restarted = asyncio.Event()
+        self.firmware = FirmwareAgent(
+            installer, keys, lambda: board, "0.1.0", restart=self.restarted.set
+        )
         self.serve: Callable[[ChannelRequest], Awaitable[None]] = self._serve
         self.tunnel: Tunnel | None = None
         self.task: asyncio.Task[None] | None = None
@@ -88,29 +91,33 @@ class Agent:
 class Setup:
     def __init__(self, hub: Hub, root: Path) -> None:
         self.hub, self.root = hub, root
-        key = root / "fw.key"
-        write_key_pair(key)
-        payload = root / "payload"
-        payload.mkdir()
-        (payload / "image").write_bytes(b"\x00" * 200_000)
-        (payload / "install.sh").write_text(HOOK)
-        (payload / "install.sh").chmod(0o755)
+        self.key = root / "fw.key"
+        write_key_pair(self.key)
         self.bundle = root / "fw.bundle"
-        self.manifest = build_bundle(
-            payload,
-            self.bundle,
-            name="gw-fw",
-            version="1.0.0",
-            targets={"board": "rpi4"},
-            min_agent_version="0.1.0",
-            install_hook="install.sh",
-            key=load_signing_key(key),
-        )
-        self.trusted = Path(f"{key}.pub")
+        self.build()
+        self.trusted = Path(f"{self.key}.pub")
         self.agents: list[Agent] = []
         self.rollouts = FirmwareRollouts(root / "hubfw", hub.server.registry, None, interval=0.1)
         (root / "hubfw").mkdir()
         self.task: asyncio.Task[None] | None = None
+
+    def build(self, hook: str = HOOK, version: str = "1.0.0") -> None:
+        """(Re)build ``self.bundle`` with this install hook and version."""
+        payload = self.root / f"payload-{version}"
+        payload.mkdir(exist_ok=True)
+        (payload / "image").write_bytes(b"\x00" * 200_000)
+        (payload / "install.sh").write_text(hook)
+        (payload / "install.sh").chmod(0o755)
+        self.manifest = build_bundle(
+            payload,
+            self.bundle,
+            name="gw-fw",
+            version=version,
+            targets={"board": "rpi4"},
+            min_agent_version="0.1.0",
+            install_hook="install.sh",
+            key=load_signing_key(self.key),
+        )
 
     async def agent(
         self, name: str, trusted: bool = True, labels: dict[str, str] | None = None
@@ -120,13 +127,13 @@ class Setup:
         self.agents.append(agent)
         return agent
 
-    async def push(self, canaries: int = 0, max_parallel: int = 10) -> str:
+    async def push(self, canaries: int = 0, max_parallel: int = 10, force: bool = False) -> str:
         data = self.bundle.read_bytes()
         rollout = Rollout(
             id="fw-test",
             created=time.time(),
             name="gw-fw",
-            version="1.0.0",
+            version=self.manifest.version,
             bundle=str(self.bundle),
             sha256=hashlib.sha256(data).hexdigest(),
             size=len(data),
@@ -134,7 +141,7 @@ class Setup:
             canary_percent=None,
             max_parallel=max_parallel,
             rate=None,
-            force=False,
+            force=force,
             state="running",
         )
         nodes = []
@@ -279,3 +286,30 @@ async def test_devices_refuse_before_the_download(setup: Setup) -> None:
     assert "board=rpi4" in details["b-x86"] and "board=x86" in details["b-x86"]
     for agent in (no_key, other_board):  # not a byte staged
         assert not (agent.root / "firmware" / "incoming" / "bundle.part").exists()
+
+
+async def _nodes(setup: Setup) -> dict[str, Any]:
+    store = await FirmwareStore.open(setup.root / "hubfw")
+    try:
+        return {n.node_name: n for n in await store.nodes("fw-test")}
+    finally:
+        await store.close()
+
+
+async def test_a_restart_asked_for_while_the_link_is_down_still_happens(setup: Setup) -> None:
+    # The hook asks for a restart and waits; meanwhile the tunnel drops, which
+    # cancels the channel's handler (Tunnel.run does): the install goes on and
+    # must restart the agent itself, or the pending install blocks every offer.
+    setup.build(
+        '#!/bin/sh\ntouch "$REMOTELER_FW_RESTART_FILE" "$REMOTELER_DATA_DIR/hook-started"\n'
+        'while [ ! -e "$REMOTELER_DATA_DIR/hook-go" ]; do sleep 0.01; done\n'
+    )
+    agent = await setup.agent("a")
+    await setup.push()
+    await _until(lambda: (agent.root / "hook-started").exists())
+    await agent.close()  # the link is lost mid-hook
+    (agent.root / "hook-go").touch()
+    async with asyncio.timeout(10):
+        await agent.restarted.wait()
+    pending = agent.firmware.slots.pending()
+    assert pending is not None and pending.restart and pending.version == "1.0.0"
