@@ -165,19 +165,19 @@ class FirmwareAgent:
             return result
         fw = Firmware(offer.sha256, offer.rollout, manifest.version)
         try:
-            result = await self.installer.install(
+            outcome = await self.installer.install(
                 fw, manifest, lambda slot: safe_extract(path, slot, offset=offset), report
             )
         finally:
             self.staging.clear()
-        if result is None:
+        if outcome is None:
             # The hook asked for a restart. Done here, not by the channel's handler:
             # a link cut mid-install cancels that, and the pending install would then
             # wait for a restart that never comes (every later offer refused "busy").
             await asyncio.sleep(0.2)  # best effort: let "restarting" reach the hub
             log.info("restarting the agent for the firmware install")
             self.restart()
-        return result
+        return outcome
 
 
 class _Session:
