@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import stat
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from remoteler.errors import ConfigError
+from remoteler.fsutil import check_secret_file_mode
 
 ENV_VAR = "REMOTELER_AGENT_CONFIG"
 DEFAULT_PATH = Path("/etc/remoteler/agent.toml")
@@ -138,14 +138,8 @@ def convert(key: str, action: argparse.Action, value: object) -> Any:
 
 def _check_mode(path: Path, data: Mapping[str, object]) -> None:
     secrets = sorted(SECRET_KEYS & data.keys())
-    if not secrets:
-        return
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            f"{path} holds the {secrets[0]} but is accessible by group/other "
-            f"(mode {stat.S_IMODE(mode):04o}); run 'chmod 600 {path}'"
-        )
+    if secrets:
+        check_secret_file_mode(path, ConfigError, f"{path} (it holds the {secrets[0]})")
 
 
 def load(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:

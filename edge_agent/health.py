@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from remoteler.fsutil import write_file_atomic
+
 STATUS_FILE = "status.json"
 #: the agent rewrites the file at least this often (seconds)
 REFRESH = 60.0
@@ -47,10 +49,7 @@ def status_path(data_dir: Path) -> Path:
 
 def write_status(data_dir: Path, status: Status) -> None:
     """Replace the status file atomically (it holds no secret: mode 0644)."""
-    path = status_path(data_dir)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(asdict(status)))
-    os.replace(tmp, path)
+    write_file_atomic(status_path(data_dir), json.dumps(asdict(status)).encode(), 0o644)
 
 
 def read_status(data_dir: Path) -> Status | None:

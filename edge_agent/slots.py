@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from remoteler.fsutil import write_file_atomic
+
 __all__ = ["SLOT_NAMES", "Pending", "Result", "Slots"]
 
 SLOT_NAMES = ("a", "b")
@@ -80,12 +82,7 @@ class Slots:
         return state if isinstance(state, dict) else {"versions": {}, "results": {}}
 
     def _save(self) -> None:
-        tmp = self.state_path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(self._state, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state_path)
+        write_file_atomic(self.state_path, json.dumps(self._state, sort_keys=True).encode())
 
     # -- slots -----------------------------------------------------------------
     def path(self, slot: str) -> Path:

@@ -7,10 +7,7 @@ can inspect them with ``ssh-keygen -y -f user_ca.key``. Pins follow Teleport's
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import stat
 from pathlib import Path
 
 from cryptography import x509
@@ -22,6 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
+from .. import fsutil
+from ..fsutil import write_file_atomic, write_secret_file
 from .errors import CAError
 
 __all__ = [
@@ -123,57 +122,13 @@ def pin_of_cert_pem(pem: bytes) -> str:
         raise CAError(f"cannot read x509 certificate PEM ({exc})") from None
 
 
-def write_file_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically with permission bits ``mode``.
-
-    A temporary file is created next to ``path`` (``O_EXCL``, ``mode``), fsynced
-    and renamed over ``path``, so readers see either the old or the new content.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
-    try:
-        try:
-            os.fchmod(fd, mode)  # the umask may have removed bits; never adds any
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def write_secret_file(path: Path, data: bytes) -> None:
-    """Atomically write a secret readable only by its owner (mode 0600)."""
-    write_file_atomic(path, data, 0o600)
-
-
 def check_secret_file_mode(path: Path) -> None:
     """Raise :class:`CAError` if ``path`` grants any access to group or other.
 
     Like OpenSSH's "UNPROTECTED PRIVATE KEY FILE" check, any group/other bit
     (not only read) is refused.
     """
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise CAError(f"secret file {path} does not exist") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise CAError(
-            f"secret file {path} is accessible by group/other (mode {stat.S_IMODE(mode):04o}); "
-            f"run 'chmod 600 {path}' and check who may have copied it"
-        )
+    fsutil.check_secret_file_mode(path, CAError)
 
 
 def _check_comment(comment: str) -> None:
