@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         "without one the agent refuses roll-outs: docs/firmware-rollouts.md)",
     )
     start.add_argument(
+        "--firmware-allow-downgrade",
+        action="store_true",
+        help="let a roll-out pushed with --force downgrade or re-install this device's "
+        "firmware (off: such offers are refused; docs/firmware-rollouts.md)",
+    )
+    start.add_argument(
         "--firmware-health-check",
         metavar="CMD",
         help="shell command run in the new firmware slot after an install; "
@@ -213,6 +219,7 @@ async def run(args: argparse.Namespace) -> None:
         agent.audit,
         lambda: agent.labels,
         VERSION,
+        allow_downgrade=args.firmware_allow_downgrade,
     )
     loop = asyncio.get_running_loop()
     main_task = asyncio.ensure_future(agent.run_forever())

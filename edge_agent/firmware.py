@@ -44,6 +44,10 @@ READ_SIZE = 64 * 1024
 #: Progress is reported at most this often (fraction of the bundle).
 PROGRESS_STEP = 0.1
 NO_KEY = "no firmware key is configured on this device: start the agent with --firmware-key FILE"
+NO_DOWNGRADE = (
+    "the hub asked for a forced downgrade or re-install ({why}); this device does not "
+    "allow one: start its agent with --firmware-allow-downgrade"
+)
 
 
 class Staging:
@@ -87,8 +91,12 @@ class FirmwareAgent:
         labels: Callable[[], Mapping[str, str]],
         agent_version: str,
         restart: Callable[[], None] | None = None,
+        allow_downgrade: bool = False,
     ) -> None:
         self.installer = installer
+        #: Whether the hub's ``force`` (not signed) may downgrade or re-install:
+        #: the device's consent, off by default (``--firmware-allow-downgrade``).
+        self.allow_downgrade = allow_downgrade
         self.slots = installer.slots
         self.trusted = trusted
         self.labels = labels
@@ -152,7 +160,7 @@ class FirmwareAgent:
                 labels=self.labels(),
                 installed_version=self.slots.version(),
                 agent_version=self.agent_version,
-                force=offer.force,
+                force=offer.force and self.allow_downgrade,
             )
             offset = (await asyncio.to_thread(read_header, path))[2]
         except BundleError as exc:
@@ -215,7 +223,12 @@ class _Session:
             await self._finished()
 
     async def _offer(self, offer: Offer) -> None:
-        from firmware_tools.bundle import AlreadyInstalled, BundleError, verify_header
+        from firmware_tools.bundle import (
+            AlreadyInstalled,
+            BundleError,
+            DowngradeRefused,
+            verify_header,
+        )
 
         agent, core = self.agent, self.core
         self.offer = offer
@@ -236,10 +249,20 @@ class _Session:
                 labels=agent.labels(),
                 installed_version=agent.slots.version(),
                 agent_version=agent.agent_version,
-                force=offer.force,
+                force=offer.force and agent.allow_downgrade,
             )
-        except AlreadyInstalled as exc:
-            core.status("installed", str(exc), offer.size)
+        except (AlreadyInstalled, DowngradeRefused) as exc:
+            if offer.force:  # forced by the hub, refused by the device
+                reason = NO_DOWNGRADE.format(why=str(exc).split(":")[0][:200])
+            elif isinstance(exc, AlreadyInstalled):
+                core.status("installed", str(exc), offer.size)
+                return
+            else:
+                reason = str(exc)
+            core.status("failed", reason, 0)
+            await agent.installer.audit_event(
+                "firmware.failed", rollout=offer.rollout, version="", reason=reason[:400]
+            )
             return
         except BundleError as exc:
             core.status("failed", str(exc), 0)
@@ -329,11 +352,13 @@ async def open_firmware(
     audit: Any,
     labels: Callable[[], Mapping[str, str]],
     agent_version: str,
+    allow_downgrade: bool = False,
 ) -> FirmwareAgent:
     """The agent's firmware service, after finishing an install a restart interrupted.
 
     ``key_files`` hold the trusted signing keys (``--firmware-key``, repeatable);
-    ``audit`` is the agent's :class:`edge_agent.audit.AgentAudit`.
+    ``audit`` is the agent's :class:`edge_agent.audit.AgentAudit`;
+    ``allow_downgrade`` lets the hub's ``force`` downgrade or re-install.
     """
     from edge_agent.firmware_install import InstallConfig
     from edge_agent.slots import Slots
@@ -350,6 +375,8 @@ async def open_firmware(
 
     config = InstallConfig(node=node, data_dir=data_dir, health_check=health_check or None)
     installer = Installer(Slots(data_dir / "firmware"), config, emit)
-    firmware = FirmwareAgent(installer, trusted, labels, agent_version)
+    firmware = FirmwareAgent(
+        installer, trusted, labels, agent_version, allow_downgrade=allow_downgrade
+    )
     await firmware.start()
     return firmware

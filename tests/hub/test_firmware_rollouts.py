@@ -41,7 +41,12 @@ class Agent:
     """A real tunnel; ``firmware`` channels go to ``serve`` (a real FirmwareAgent by default)."""
 
     def __init__(
-        self, name: str, root: Path, trusted: Path | None, labels: dict[str, str] | None = None
+        self,
+        name: str,
+        root: Path,
+        trusted: Path | None,
+        labels: dict[str, str] | None = None,
+        allow_downgrade: bool = False,
     ) -> None:
         self.name = name
         self.root = root
@@ -52,7 +57,12 @@ class Agent:
         board = labels or {"board": "rpi4"}
         self.restarted = asyncio.Event()
         self.firmware = FirmwareAgent(
-            installer, keys, lambda: board, "0.1.0", restart=self.restarted.set
+            installer,
+            keys,
+            lambda: board,
+            "0.1.0",
+            restart=self.restarted.set,
+            allow_downgrade=allow_downgrade,
         )
         self.serve: Callable[[ChannelRequest], Awaitable[None]] = self._serve
         self.tunnel: Tunnel | None = None
@@ -120,9 +130,14 @@ class Setup:
         )
 
     async def agent(
-        self, name: str, trusted: bool = True, labels: dict[str, str] | None = None
+        self,
+        name: str,
+        trusted: bool = True,
+        labels: dict[str, str] | None = None,
+        allow_downgrade: bool = False,
     ) -> Agent:
-        agent = Agent(name, self.root / name, self.trusted if trusted else None, labels)
+        trust = self.trusted if trusted else None
+        agent = Agent(name, self.root / name, trust, labels, allow_downgrade)
         await agent.dial(self.hub)
         self.agents.append(agent)
         return agent
@@ -313,3 +328,21 @@ async def test_a_restart_asked_for_while_the_link_is_down_still_happens(setup: S
         await agent.restarted.wait()
     pending = agent.firmware.slots.pending()
     assert pending is not None and pending.restart and pending.version == "1.0.0"
+
+
+async def test_a_forced_downgrade_needs_the_devices_consent(setup: Setup) -> None:
+    # force comes from the hub and is not signed: a device that did not opt in
+    # (--firmware-allow-downgrade) refuses an older (or the same) signed bundle.
+    refusing = await setup.agent("a-refuses")
+    consenting = await setup.agent("b-consents", allow_downgrade=True)
+    for agent in (refusing, consenting):
+        agent.firmware.slots.switch("a", "2.0.0")  # a newer firmware is installed
+    await setup.push(force=True)
+    states = await setup.wait_state("done")
+    assert states == {"a-refuses": "failed", "b-consents": "installed"}
+    detail = (await _nodes(setup))["a-refuses"].detail
+    assert "--firmware-allow-downgrade" in detail and "older than the installed 2.0.0" in detail
+    assert "\n" not in detail
+    assert refusing.firmware.slots.version() == "2.0.0"
+    assert [kind for kind, _ in refusing.log] == ["offer", "firmware.failed"]
+    assert consenting.firmware.slots.version() == "1.0.0"
