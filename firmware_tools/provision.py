@@ -26,6 +26,7 @@ from typing import Protocol
 
 from remoteler.addr import parse_hostport, parse_labels
 from remoteler.errors import ConfigError, UsageError
+from remoteler.fsutil import write_file_atomic, write_secret_file
 
 CONFIG_PATH = Path("etc/remoteler/agent.toml")
 UNIT_NAME = "remoteler-agent.service"
@@ -91,17 +92,21 @@ def render(settings: AgentSettings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+def _in_image(root: Path, rel: Path) -> Path:
+    """``root / rel``, refused if any part of it under ``root`` is a symlink.
+
+    An image's symlinks point into the image once it boots, but here they would
+    lead onto the build host (``etc`` -> ``/etc``, a masked unit -> ``/dev/null``).
+    """
+    path = root
+    for part in rel.parts:
+        path = path / part
+        if path.is_symlink():
+            raise UsageError(
+                f"{path} is a symlink; provision will not write through it onto this "
+                "host: replace it with a real directory or file in the image and retry"
+            )
+    return path
 
 
 def provision_dir(
@@ -118,19 +123,20 @@ def provision_dir(
     """
     if not root.is_dir():
         raise UsageError(f"--root {root} is not a directory: point it at the image's root")
-    conf = root / CONFIG_PATH
-    _write_private(conf, text.encode())
-    written = [conf]
-    if unit is not None:
+    conf = _in_image(root, CONFIG_PATH)
+    if unit is not None:  # refused before anything is written
         try:
             unit_text = unit.read_bytes()
         except OSError as err:
             raise UsageError(f"cannot read --systemd-unit {unit}: {err.strerror}") from None
-        dest = root / "etc/systemd/system" / UNIT_NAME
+        dest = _in_image(root, Path("etc/systemd/system") / UNIT_NAME)
+        wants = _in_image(root, WANTS_DIR)
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    write_secret_file(conf, text.encode())
+    written = [conf]
+    if unit is not None:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(unit_text)
-        dest.chmod(0o644)
-        wants = root / WANTS_DIR
+        write_file_atomic(dest, unit_text, 0o644)  # a new file: replaces, never writes through
         wants.mkdir(parents=True, exist_ok=True)
         link = wants / UNIT_NAME
         link.unlink(missing_ok=True)
@@ -177,7 +183,8 @@ def write_script(text: str, remote_path: str, nonce: str) -> bytes:
     return (
         # The heredoc carries the token: keep it out of the shell's history file.
         "HISTFILE=/dev/null\n"
-        f"mkdir -p {folder} && (umask 077 && base64 -d > {tmp}) <<'{eof}'\n"
+        # A leftover tmp file would keep its mode through '>': remove it first.
+        f"mkdir -p {folder} && rm -f {tmp} && (umask 077 && base64 -d > {tmp}) <<'{eof}'\n"
         f"{encoded}{eof}\n"
         f"if chmod 600 {tmp} && mv -f {tmp} {path}; then "
         f"echo RMTL_$((40+2))_{nonce}_SUM $(sha256sum {path} | cut -c1-64); "

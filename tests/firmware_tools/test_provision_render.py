@@ -84,3 +84,87 @@ def test_owner_applies_to_every_file_written(tmp_path: Path) -> None:
     assert len(written) == 3
     assert {os.lstat(p).st_uid for p in written} == {4321}
     assert (written[0].stat().st_mode & 0o777) == 0o600
+
+
+def test_a_leftover_world_readable_tmp_file_never_holds_the_token(tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    target = tmp_path / "etc" / "agent.toml"
+    target.parent.mkdir()
+    leftover = target.with_name("agent.toml.tmp")
+    leftover.write_text("old")
+    leftover.chmod(0o644)
+    # A base64 that notes the mode of the file it writes to, then decodes as usual.
+    bin_dir, log = tmp_path / "bin", tmp_path / "mode.log"
+    bin_dir.mkdir()
+    fake = bin_dir / "base64"
+    fake.write_text(
+        f'#!/bin/sh\nstat -c %a "$(readlink /proc/$$/fd/1)" > {log}\n'
+        f'exec {shutil.which("base64")} "$@"\n'
+    )
+    fake.chmod(0o755)
+    text = render(AgentSettings(hub="h:1", ca_pin=PIN, token="tok"))
+    out = subprocess.run(
+        ["/bin/sh", "-s"],
+        input=write_script(text, str(target), "n0nce"),
+        capture_output=True,
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert log.read_text().strip() == "600"
+    assert target.read_text() == text and not leftover.exists()
+
+
+def _image(tmp_path: Path) -> tuple[Path, Path, str]:
+    unit = tmp_path / "x.service"
+    unit.write_text("[Service]\nExecStart=/bin/true\n")
+    root = tmp_path / "image"
+    (root / "etc/systemd/system").mkdir(parents=True)
+    return root, unit, render(AgentSettings(hub="h:1", ca_pin=PIN, token="tok"))
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "etc/systemd/system/remoteler-agent.service",  # a unit symlinked to a host file
+        "etc/remoteler",  # an absolute link in the image: the host's /etc/remoteler
+        "etc/remoteler/agent.toml",
+        "etc/systemd/system/multi-user.target.wants",
+    ],
+)
+def test_provision_never_writes_through_a_symlink_in_the_image(tmp_path: Path, link: str) -> None:
+    from firmware_tools.provision import provision_dir
+
+    root, unit, text = _image(tmp_path)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "file").write_text("keep")
+    (victim / "file").chmod(0o600)
+    path = root / link
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(victim / "file" if link.endswith((".service", ".toml")) else victim)
+    with pytest.raises(UsageError, match="is a symlink") as err:
+        provision_dir(root, text, unit)
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in victim.iterdir()) == ["file"]
+    assert (victim / "file").read_text() == "keep"
+    assert ((victim / "file").stat().st_mode & 0o777) == 0o600
+    if not link.startswith("etc/remoteler"):
+        assert not (root / "etc/remoteler").exists()  # refused before anything was written
+
+
+def test_provision_replaces_what_it_wrote_before(tmp_path: Path) -> None:
+    from firmware_tools.provision import provision_dir
+
+    root, unit, text = _image(tmp_path)
+    provision_dir(root, text, unit)
+    written = provision_dir(root, text, unit)
+    assert [p.relative_to(root).as_posix() for p in written] == [
+        "etc/remoteler/agent.toml",
+        "etc/systemd/system/remoteler-agent.service",
+        "etc/systemd/system/multi-user.target.wants/remoteler-agent.service",
+    ]
+    assert (written[0].stat().st_mode & 0o777) == 0o600
+    assert (written[1].stat().st_mode & 0o777) == 0o644 and not written[1].is_symlink()
+    assert sorted(p.name for p in written[0].parent.iterdir()) == ["agent.toml"]
