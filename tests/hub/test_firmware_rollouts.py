@@ -142,14 +142,21 @@ class Setup:
         self.agents.append(agent)
         return agent
 
-    async def push(self, canaries: int = 0, max_parallel: int = 10, force: bool = False) -> str:
-        data = self.bundle.read_bytes()
+    async def push(
+        self,
+        canaries: int = 0,
+        max_parallel: int = 10,
+        force: bool = False,
+        bundle: Path | None = None,
+    ) -> str:
+        bundle = bundle or self.bundle
+        data = bundle.read_bytes()
         rollout = Rollout(
             id="fw-test",
             created=time.time(),
             name="gw-fw",
             version=self.manifest.version,
-            bundle=str(self.bundle),
+            bundle=str(bundle),
             sha256=hashlib.sha256(data).hexdigest(),
             size=len(data),
             selector={"board": "rpi4"},
@@ -292,14 +299,12 @@ async def test_devices_refuse_before_the_download(setup: Setup) -> None:
     await setup.push()
     states = await setup.wait_state("done")
     assert states == {"a-no-key": "failed", "b-x86": "failed", "c-good": "installed"}
-    store = await FirmwareStore.open(setup.root / "hubfw")
-    try:
-        details = {n.node_name: n.detail for n in await store.nodes("fw-test")}
-    finally:
-        await store.close()
-    assert "--firmware-key" in details["a-no-key"]
-    assert "board=rpi4" in details["b-x86"] and "board=x86" in details["b-x86"]
-    for agent in (no_key, other_board):  # not a byte staged
+    nodes = await _nodes(setup)
+    assert "--firmware-key" in nodes["a-no-key"].detail
+    assert "board=rpi4" in nodes["b-x86"].detail and "board=x86" in nodes["b-x86"].detail
+    for agent in (no_key, other_board):  # refused before a byte of payload moved
+        node = nodes[agent.name]
+        assert (node.attempts, node.progress) == (0, 0)
         assert not (agent.root / "firmware" / "incoming" / "bundle.part").exists()
 
 
@@ -346,3 +351,22 @@ async def test_a_forced_downgrade_needs_the_devices_consent(setup: Setup) -> Non
     assert refusing.firmware.slots.version() == "2.0.0"
     assert [kind for kind, _ in refusing.log] == ["offer", "firmware.failed"]
     assert consenting.firmware.slots.version() == "1.0.0"
+
+
+async def test_the_device_verifies_the_whole_bundle_before_it_unpacks(setup: Setup) -> None:
+    # A hub (or a path) that flips a payload byte behind a valid signed header,
+    # with the offer's sha256 that of the tampered file: the transfer itself
+    # checks out, the device's verify of the complete file must not.
+    agent = await setup.agent("a")
+    agent.firmware.slots.switch("a", "0.9.0")
+    data = bytearray(setup.bundle.read_bytes())
+    data[-1000] ^= 0x01
+    tampered = setup.root / "tampered.bundle"
+    tampered.write_bytes(bytes(data))
+    await setup.push(bundle=tampered)
+    states = await setup.wait_state("done")
+    assert states == {"a": "failed"}
+    assert "does not match its signed hash" in (await _nodes(setup))["a"].detail
+    assert agent.firmware.slots.current() == "a" and agent.firmware.slots.version() == "0.9.0"
+    assert [kind for kind, _ in agent.log] == ["offer", "firmware.transfer", "firmware.failed"]
+    assert not (agent.root / "firmware" / "slots" / "b" / "image").exists()
