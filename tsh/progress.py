@@ -14,6 +14,8 @@ import os
 import time
 from collections.abc import Callable
 
+from remoteler.text import printable
+
 #: Redraw at most this often (seconds), as OpenSSH's ``scp`` (once a second) but livelier.
 INTERVAL = 0.1
 
@@ -45,7 +47,8 @@ class ProgressLine:
     """One file's progress: name, percent, bytes, rate and ETA in ``width`` columns."""
 
     def __init__(self, name: str, total: int, width: int, now: float) -> None:
-        self.name = name
+        # The name may be the node's (a -r download): never a control character to the terminal.
+        self.name = printable(name, limit=len(name))
         self.total = total
         self.width = max(width, 20)
         self.started = now

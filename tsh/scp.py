@@ -15,6 +15,7 @@ connection to the node failed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -22,9 +23,14 @@ from typing import Any
 
 from remoteler.errors import NodeError, UsageError
 from remoteler.identity import UserIdentity
+from remoteler.text import printable
 
 #: How long to wait for the node's reason after it refused the sftp subsystem.
 REFUSAL_GRACE = 5.0
+#: At most this much of the node's stderr is read for that reason (one line is used).
+REFUSAL_MAX = 4096
+#: Paths in failure lines are cut to this many characters (reasons to printable's default).
+PATH_MAX = 1024
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,11 @@ def make_plan(args: list[str]) -> Plan:
 
 
 def describe(exc: BaseException) -> str:
-    """A failure's reason in a few words, as ``scp`` prints them."""
+    """A failure's reason in a few words, as ``scp`` prints them.
+
+    The node chooses an SFTP status text: the result goes through :func:`printable`
+    (in :meth:`Copier.fail`) before it reaches a terminal.
+    """
     import asyncssh
 
     if isinstance(exc, asyncssh.SFTPNoSuchFile):
@@ -136,14 +146,24 @@ async def start_sftp(conn: Any) -> Any:
         raise  # the connection itself (exit 255), not a refusal
     except asyncssh.Error as exc:
         failure = exc
-    try:
+    said = bytearray()
+
+    async def first_line() -> None:
+        # Bounded: a node that streams stderr without end must not hold us (or our memory).
         writer, _, stderr = await conn.open_session(subsystem="sftp", encoding=None)
         writer.write_eof()  # a server that did start sftp-server sees EOF and exits
-        said = await asyncio.wait_for(stderr.read(), REFUSAL_GRACE)
-    except (TimeoutError, asyncssh.Error, ConnectionError):
-        said = b""
-    text = said.decode("utf-8", "replace").strip().removeprefix("remoteler: ")
-    raise Refused(text.splitlines()[0] if text else f"sftp failed: {failure}") from None
+        while len(said) < REFUSAL_MAX and b"\n" not in said:
+            chunk = await stderr.read(REFUSAL_MAX - len(said))
+            if not chunk:
+                return
+            said.extend(chunk)
+
+    # On a timeout or error, what arrived in time is still the node's reason.
+    with contextlib.suppress(TimeoutError, asyncssh.Error, ConnectionError):
+        await asyncio.wait_for(first_line(), REFUSAL_GRACE)
+    text = bytes(said).decode("utf-8", "replace").strip().removeprefix("remoteler: ")
+    why = text.splitlines()[0] if text else f"sftp failed: {failure}"
+    raise Refused(printable(why)) from None
 
 
 class Copier:
@@ -160,7 +180,8 @@ class Copier:
         self.failures: list[str] = []
 
     def fail(self, path: str, reason: str) -> None:
-        self.failures.append(f"{path}: {reason}")
+        # Both may come from the node (a name under a -r download, an SFTP status text).
+        self.failures.append(f"{printable(path, PATH_MAX)}: {printable(reason)}")
 
     def _on_error(self, exc: Exception) -> None:
         import asyncssh
@@ -251,7 +272,7 @@ async def scp(
         async with sftp:
             await copier.run()
     except (asyncssh.Error, ConnectionError) as exc:
-        reason = exc.reason if isinstance(exc, asyncssh.Error) else str(exc)
+        reason = printable(exc.reason if isinstance(exc, asyncssh.Error) else str(exc))
         raise NodeError(
             f"connection to {plan.node!r} lost ({reason}); run 'tsh ls' to see if it is online"
         ) from None

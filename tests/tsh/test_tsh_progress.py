@@ -61,6 +61,25 @@ def test_long_names_are_cut_from_the_left_and_empty_files_are_100() -> None:
     assert empty is not None and " 100% " in empty and empty.endswith("\n")
 
 
+def test_a_node_chosen_name_reaches_the_terminal_as_printable_only() -> None:
+    evil = "\x1b]52;c;ZXZpbA==\x07\x1b[2Jlog\u202etxt.exe"
+    for text in (ProgressLine(evil, 10, 80, now=0.0).render(now=1.0), _drawn(evil)):
+        assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+        assert "?]52;c;ZXZpbA==??[2Jlog?txt.exe" in text
+
+
+def _drawn(name: str) -> str:
+    master, slave = os.openpty()
+    try:
+        bar = TerminalProgress(slave, now=lambda: 0.0)
+        bar(b"/remote/" + name.encode(), b"local", 5, 10)
+        bar.close()
+        return _read_all(master)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
 @pytest.fixture
 def pty() -> Iterator[tuple[int, int]]:
     master, slave = os.openpty()

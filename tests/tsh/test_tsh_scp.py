@@ -5,6 +5,7 @@ One hub and one agent for the module; each test copies into its own tmp_path.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import pwd
@@ -20,7 +21,17 @@ import pytest
 from helpers import BIN, Cluster, free_port, stop_process, wait_for
 
 from remoteler.errors import UsageError
-from tsh.scp import Location, Plan, make_plan, parse_location
+from tsh.scp import (
+    REFUSAL_MAX,
+    Copier,
+    Location,
+    Plan,
+    Refused,
+    describe,
+    make_plan,
+    parse_location,
+    start_sftp,
+)
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 NODE = "scp-node"
@@ -73,6 +84,79 @@ def test_plan_directions() -> None:
 def test_plan_refusals(args: list[str], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         make_plan(args)
+
+
+# --- node-controlled text (no network) ------------------------------------------------------
+
+EVIL = "\x1b]52;c;ZXZpbA==\x07\x1b[2J\u202e"  # OSC 52 clipboard write, clear screen, RLO
+SHOWN = "?]52;c;ZXZpbA==??[2J?"
+
+
+def test_failure_lines_show_node_text_as_printable_only() -> None:
+    import asyncssh
+
+    copier = Copier(None, Plan(False, "pi", "n", ("/d",), "/tmp/x"), True, False)
+    exc = asyncssh.SFTPFailure(f"disk {EVIL} full")
+    exc.srcpath = f"/d/{EVIL}name".encode()  # type: ignore[attr-defined]
+    copier._on_error(exc)
+    copier.fail("/tmp/x", describe(asyncssh.SFTPError(99, EVIL * 100)))
+    for line in copier.failures:
+        assert line.isprintable(), repr(line)
+    assert copier.failures[0] == f"/d/{SHOWN}name: disk {SHOWN} full"
+    assert len(copier.failures[1]) <= len("/tmp/x: ") + 200
+
+
+class _Stderr:
+    """A node's stderr that says why, then never ends (or streams without a newline)."""
+
+    def __init__(self, first: bytes, endless: bytes = b"") -> None:
+        self.chunks = [first]
+        self.endless = endless
+        self.asked: list[int] = []
+
+    async def read(self, n: int = -1) -> bytes:
+        self.asked.append(n)
+        if self.chunks:
+            return self.chunks.pop(0)[:n]
+        if self.endless:
+            return self.endless[:n]
+        await asyncio.Event().wait()  # no EOF: the node keeps the channel open
+        return b""
+
+
+class _Writer:
+    def write_eof(self) -> None:
+        pass
+
+
+class _Conn:
+    def __init__(self, stderr: _Stderr) -> None:
+        self.stderr = stderr
+
+    async def start_sftp_client(self) -> None:
+        import asyncssh
+
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "refused")
+
+    async def open_session(self, **_: object) -> tuple[_Writer, None, _Stderr]:
+        return _Writer(), None, self.stderr
+
+
+async def test_refusal_text_is_printable_and_read_bounded() -> None:
+    stderr = _Stderr(f"remoteler: no {EVIL} for you\nmore\n".encode())
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(Refused) as refused:
+        await start_sftp(_Conn(stderr))
+    assert loop.time() - started < 1  # the first line is enough: no wait for EOF
+    assert str(refused.value) == f"no {SHOWN} for you"
+    assert all(0 < n <= REFUSAL_MAX for n in stderr.asked)
+
+    flood = _Stderr(b"x" * 1000, endless=b"y" * 65536)  # never a newline, never EOF
+    with pytest.raises(Refused) as refused:
+        await start_sftp(_Conn(flood))
+    assert len(str(refused.value)) <= 200 and str(refused.value).startswith("x" * 100)
+    assert all(0 < n <= REFUSAL_MAX for n in flood.asked) and len(flood.asked) <= REFUSAL_MAX
 
 
 # --- end to end ----------------------------------------------------------------------------
