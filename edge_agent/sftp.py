@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ from edge_agent.audit import AgentAudit, SessionAudit
 from edge_agent.authz import connection_permissions
 from edge_agent.session import CommandSession
 from remoteler.audit.events import EventType
+from remoteler.filetransfer import FILE_TRANSFER_REFUSED, SFTP_SUBSYSTEM, is_legacy_scp
 
 log = logging.getLogger("remoteler.agent.sftp")
 
@@ -220,16 +220,6 @@ class _SftpAgentAudit(AgentAudit):
         return SftpAudit(self, user, login, session_id)
 
 
-def is_legacy_scp(command: str) -> bool:
-    """Whether ``command`` is the server side of legacy scp (``scp [-r] [-d] -t|-f PATH``)."""
-    try:
-        argv = shlex.split(command)
-    except ValueError:
-        return False
-    flags = {c for arg in argv[1:] if arg.startswith("-") for c in arg[1:]}
-    return bool(argv) and os.path.basename(argv[0]) == "scp" and bool(flags & {"t", "f"})
-
-
 def find_sftp_server() -> str | None:
     return next((p for p in SFTP_SERVERS if os.access(p, os.X_OK)), None)
 
@@ -242,11 +232,11 @@ class NodeSession(CommandSession):
         self._refusal: str | None = None
 
     def subsystem_requested(self, subsystem: str) -> bool:
-        if subsystem != "sftp":
+        if subsystem != SFTP_SUBSYSTEM:
             return False
         server = find_sftp_server()
         if not self._file_transfer_allowed():
-            self._refusal = "file transfer is not permitted by your roles"
+            self._refusal = FILE_TRANSFER_REFUSED
         elif server is None:
             self._refusal = "sftp is not available on this device (no sftp-server installed)"
         else:
@@ -259,7 +249,7 @@ class NodeSession(CommandSession):
     def exec_requested(self, command: str) -> bool:
         """Legacy ``scp -O`` runs ``scp -t``/``scp -f`` here: same permission as sftp."""
         if is_legacy_scp(command) and not self._file_transfer_allowed():
-            self._refusal = "file transfer is not permitted by your roles"
+            self._refusal = FILE_TRANSFER_REFUSED
         return super().exec_requested(command)
 
     def _file_transfer_allowed(self) -> bool:

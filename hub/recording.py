@@ -38,7 +38,7 @@ from hub.recording_audit import END_TIMEOUT
 from hub.recording_auth import check_user_cert, upstream_cert
 from hub.recording_forward import open_forward
 from hub.recording_session import UpstreamError, UserSession
-from remoteler.access import AccessDecision
+from remoteler.access import NO_PERMISSIONS, AccessDecision, Permissions
 from remoteler.audit.events import HUB_NODE, EventType, make_event
 from remoteler.ca import CertAuthority, generate_private_key, private_key_to_openssh
 from remoteler.ca.sshcert import ParsedCert
@@ -160,6 +160,7 @@ class RecordingProxy:
                 decision = checked.decision
                 if decision.reason is None and checked.cert is not None:
                     state.user_cert = checked.cert
+                    state.permissions = decision.permissions  # enforced here: see ConnState
             if decision.reason is not None:
                 log.warning("proxy auth refused: %s", decision.reason, extra=fields)
                 refusals.append(decision.reason)
@@ -266,6 +267,9 @@ class ConnState:
         self.live = live
         self.peer = peer
         self.user_cert: ParsedCert | None = None
+        #: what the signed rules let this login do on this node; the hub enforces
+        #: file_transfer and port_forwarding itself (a legacy sshd cannot read the rules)
+        self.permissions: Permissions = NO_PERMISSIONS
         #: the agent records too (embedded server), under an id of its own
         self.device_session = str(uuid.uuid4())
         self.sessions = 0
@@ -425,6 +429,11 @@ class _ProxyServer(asyncssh.SSHServer):
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
     ) -> Any:
         """``ssh -L``: a coroutine asyncssh awaits before it answers the channel open."""
+        if not self._state.permissions.port_forwarding:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                "port forwarding is not permitted by your roles",
+            )
         return open_forward(self._state, dest_host, dest_port)
 
     def session_requested(self) -> UserSession:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from hub.recording_audit import HubSessionAudit
+from remoteler.filetransfer import FILE_TRANSFER_REFUSED, is_legacy_scp
 from remoteler.sshio import SSH_MAX_PACKET, SSH_WINDOW
 
 if TYPE_CHECKING:
@@ -83,6 +84,8 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
         self._record: HubSessionAudit | None = None
         self._command: str | None = None
         self._subsystem: str | None = None
+        #: why the hub refuses this session before asking the device (its permissions)
+        self._refusal: str | None = None
         self._term: tuple[str, tuple[int, int, int, int], Any] | None = None
         self._pending: list[tuple[bytes, asyncssh.DataType]] = []
         self._pending_size = 0
@@ -110,13 +113,28 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
 
     def exec_requested(self, command: str) -> bool:
         self._command = command
+        if is_legacy_scp(command) and not self._state.permissions.file_transfer:
+            self._refusal = FILE_TRANSFER_REFUSED  # scp -O: the same permission as sftp
         return True
 
     def subsystem_requested(self, subsystem: str) -> bool:
-        self._subsystem = subsystem  # the device decides (sftp needs file_transfer)
-        return True
+        """Every subsystem needs ``file_transfer`` (an sshd may serve sftp under any
+        name): the hub decides, since a legacy sshd cannot read the signed rules."""
+        self._subsystem = subsystem
+        if not self._state.permissions.file_transfer:
+            self._refusal = FILE_TRANSFER_REFUSED
+        return True  # accepted even when refused, so the client shows our reason
 
     def session_started(self) -> None:
+        if self._refusal is not None:
+            log.info(
+                "proxied session refused: %s", self._refusal, extra={"session_id": self.session_id}
+            )
+            if self._chan is not None:
+                with contextlib.suppress(Exception):
+                    self._chan.write_stderr(f"remoteler: {self._refusal}\r\n".encode())
+                    self._chan.exit(1)
+            return
         self._task = asyncio.ensure_future(self._open_device())
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:

@@ -101,7 +101,7 @@ def test_never_raises(chunks: list[bytes], server: bool) -> None:
 
 
 def test_legacy_scp_commands_are_recognised() -> None:
-    from edge_agent.sftp import is_legacy_scp
+    from remoteler.filetransfer import is_legacy_scp
 
     assert is_legacy_scp("scp -t /tmp/x")
     assert is_legacy_scp("scp -r -d -t -- /tmp")

@@ -19,6 +19,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from hub.server import CONNECT_SUBPROTOCOL, TUNNEL_SUBPROTOCOL
+from remoteler.access import Role as AccessRole
 from remoteler.ca import (
     generate_private_key,
     parse_certificate,
@@ -46,6 +47,10 @@ async def _device_process(process: asyncssh.SSHServerProcess[bytes]) -> None:
         out.write(f"LANG={process.env.get('LANG', '')}\n".encode())
         process.stderr.write(b"to stderr\n")
         process.exit(5)
+        return
+    if process.command and process.command.startswith("scp "):
+        out.write(b"SCP\n")
+        process.exit(0)
         return
     size = process.term_size
     out.write(f"TERM {process.term_type} {size[0]}x{size[1]}\n".encode())
@@ -393,3 +398,55 @@ async def test_losing_the_device_ends_the_users_connection(proxied: tuple[Hub, D
         await device.close()  # the agent goes away
         await asyncio.wait_for(conn.wait_closed(), 15)
     assert proc.exit_status is None or proc.exit_status == -1  # cut: no status from the device
+
+
+async def test_file_transfer_and_forwarding_off_in_the_roles_are_enforced_at_the_hub(
+    proxied: tuple[Hub, Device],
+) -> None:
+    """A legacy sshd cannot read the signed rules: the hub refuses sftp, every other
+    subsystem, legacy scp and forwards itself when the roles leave them out."""
+    hub, _ = proxied
+    await hub.backend.put_role(
+        AccessRole(
+            "no-files",
+            logins=("pi",),
+            node_labels={"*": ("*",)},
+            permissions={"file_transfer": False, "port_forwarding": False},
+        )
+    )
+    user, _ = await hub.auth.add_user("carol", ["no-files"], ["pi"])
+    key = generate_private_key()
+    issued = await hub.auth.issue_user_certs(user, public_key_to_openssh(key.public_key()), None)
+    # permit-port-forwarding in the certificate, port_forwarding false in its signed rules
+    parsed = parse_certificate(issued.ssh_cert)
+    cert = hub.auth.user_ca.sign_ssh_user_cert(
+        key.public_key(), key_id="carol", principals=["pi"], ttl_seconds=600,
+        extensions={**parsed.extensions, "permit-port-forwarding": ""},
+    )  # fmt: skip
+    refused = b"remoteler: file transfer is not permitted by your roles\r\n"
+    async with await _ssh(hub, key, cert, issued.tls_cert) as conn:
+        for command in ("scp -t /tmp/x", "/usr/bin/scp -r -f /etc"):
+            result = await conn.run(command, encoding=None)
+            assert (result.exit_status, result.stderr) == (1, refused)
+        for subsystem in ("sftp", "other"):
+            proc = await conn.create_process(subsystem=subsystem, encoding=None)
+            await asyncio.wait_for(proc.wait_closed(), 10)
+            assert (proc.exit_status, await proc.stderr.read()) == (1, refused)
+        with pytest.raises(asyncssh.ChannelOpenError) as info:
+            await conn.open_connection("127.0.0.1", 22)
+        assert info.value.reason == "port forwarding is not permitted by your roles"
+        assert (await conn.run("env", encoding=None)).exit_status == 5  # a command still runs
+    assert hub.server.audit is not None
+    starts = await hub.server.audit.search(type="session.start", node="hub")
+    assert [e.fields["command"] for e in starts] == ["env"]
+    assert await hub.server.audit.search(type="port.forward", node="hub") == []
+
+
+async def test_legacy_scp_passes_when_the_roles_allow_file_transfer(
+    proxied: tuple[Hub, Device],
+) -> None:
+    hub, _ = proxied
+    key, cert, tls = await _user(hub)
+    async with await _ssh(hub, key, cert, tls) as conn:
+        result = await conn.run("scp -t /tmp/x", encoding=None)
+    assert (result.exit_status, result.stdout) == (0, b"SCP\n")  # the device ran it
