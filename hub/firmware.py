@@ -118,12 +118,14 @@ class FirmwareRollouts:
         failed = [n for n in nodes if n.canary and n.state in CANARY_FAILURES]
         if failed:
             reason = f"canary {failed[0].node_name} {failed[0].state}: {failed[0].detail}"
-            await self.store.finish(rollout.id, "stopped", reason)
+            if not await self.store.finish(rollout.id, "stopped", reason):
+                return  # stopped meanwhile (tctl firmware stop)
             await self._record(EventType.FIRMWARE_ROLLOUT_STOP, rollout, reason=reason[:400])
             log.warning("roll-out stopped", extra={"rollout": rollout.id, "reason": reason})
             return
         if all(n.final for n in nodes):
-            await self.store.finish(rollout.id, "done")
+            if not await self.store.finish(rollout.id, "done"):
+                return  # stopped meanwhile: it stays stopped
             counts: dict[str, int] = {}
             for n in nodes:
                 counts[n.state] = counts.get(n.state, 0) + 1
@@ -143,6 +145,9 @@ class FirmwareRollouts:
             live = self.registry.get(node.node_id)
             if live is None:
                 continue  # offline: offered when it connects
+            current = await self.store.rollout(rollout.id)  # tctl firmware stop races the tick
+            if current is None or current.state != "running":
+                return
             busy += 1
             task = asyncio.ensure_future(self._transfer(rollout, node, live.tunnel))
             self._inflight[key] = task
@@ -179,6 +184,10 @@ class FirmwareRollouts:
         store, fields = self.store, {"rollout": rollout.id, "node_id": node.node_id}
         try:
             header = await asyncio.to_thread(self._header, rollout)
+        except Exception as exc:  # missing, unreadable, not a bundle: retrying cannot help
+            await self._unreadable(rollout, exc)
+            return
+        try:
             channel = await tunnel.open_channel(FIRMWARE_KIND, {"rollout": rollout.id}, timeout=15)
         except ChannelOpenError as exc:
             if exc.code == OpenFailure.UNKNOWN_KIND:
@@ -230,6 +239,8 @@ class FirmwareRollouts:
             log.info("firmware channel lost; will offer again", extra=fields)
         except TimeoutError:
             log.warning("agent silent on its firmware channel; will offer again", extra=fields)
+        except OSError as exc:  # reading the hub's copy (the resume check)
+            await self._unreadable(rollout, exc)
         except Exception:  # the hub's copy of the bundle, its database: logged, retried
             log.exception("firmware transfer failed; will offer again", extra=fields)
         finally:
@@ -237,6 +248,21 @@ class FirmwareRollouts:
                 sender.cancel()
                 await asyncio.gather(sender, return_exceptions=True)
             channel.close()
+
+    async def _unreadable(self, rollout: Rollout, exc: Exception) -> None:
+        """Stop a roll-out whose bundle the hub cannot read any more (and say so)."""
+        assert self.store is not None
+        if isinstance(exc, OSError) and exc.strerror:
+            why = f"{exc.strerror}: {exc.filename or rollout.bundle}"
+        else:
+            why = str(exc) or type(exc).__name__
+        reason = f"hub copy of the bundle unreadable: {why}"[:400]
+        self._headers.pop(rollout.sha256, None)
+        if not await self.store.finish(rollout.id, "stopped", reason):
+            return  # already stopped or done (another transfer, tctl firmware stop)
+        await self._record(EventType.FIRMWARE_ROLLOUT_STOP, rollout, reason=reason)
+        log.error("roll-out stopped", extra={"rollout": rollout.id, "reason": reason})
+        self._wake.set()  # the next tick cancels its other transfers
 
     async def _agree(self, rollout: Rollout, req: ResumeRequested) -> int:
         """The agent's offset if its prefix hash matches the bundle's, else 0."""
@@ -252,6 +278,9 @@ class FirmwareRollouts:
             await self._send_chunks(rollout, core, channel)
         except (ChannelClosedError, TunnelClosed, ConnectionError):
             pass
+        except OSError as exc:  # the hub's copy of the bundle
+            await self._unreadable(rollout, exc)
+            channel.close()
         except Exception:
             log.exception("sending firmware failed", extra={"rollout": rollout.id})
             channel.close()

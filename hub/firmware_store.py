@@ -216,12 +216,15 @@ class FirmwareStore:
         )
         await self._db.commit()
 
-    async def finish(self, rollout_id: str, state: str, reason: str = "") -> None:
-        await self._db.execute(
-            "UPDATE rollouts SET state = ?, reason = ?, finished = ? WHERE id = ?",
+    async def finish(self, rollout_id: str, state: str, reason: str = "") -> bool:
+        """End a running roll-out; False (nothing changed) if it was not running."""
+        cur = await self._db.execute(
+            "UPDATE rollouts SET state = ?, reason = ?, finished = ?"
+            " WHERE id = ? AND state = 'running'",
             (state, reason[:400], time.time(), rollout_id),
         )
         await self._db.commit()
+        return cur.rowcount > 0
 
 
 def _rollout(row: Any) -> Rollout:

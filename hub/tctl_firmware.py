@@ -248,7 +248,9 @@ async def _stop(args: argparse.Namespace) -> None:
             )
         if rollout.state != "running":
             raise UsageError(f"roll-out {rollout.id} is already {rollout.state}")
-        await store.finish(rollout.id, "stopped", "stopped with tctl firmware stop")
+        if not await store.finish(rollout.id, "stopped", "stopped with tctl firmware stop"):
+            now = await store.rollout(rollout.id)  # the hub ended it meanwhile
+            raise UsageError(f"roll-out {rollout.id} is already {now.state if now else 'gone'}")
     finally:
         await store.close()
     await _audit(

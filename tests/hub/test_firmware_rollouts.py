@@ -148,9 +148,10 @@ class Setup:
         max_parallel: int = 10,
         force: bool = False,
         bundle: Path | None = None,
+        start: bool = True,
     ) -> str:
         bundle = bundle or self.bundle
-        data = bundle.read_bytes()
+        data = bundle.read_bytes() if bundle.exists() else b""
         rollout = Rollout(
             id="fw-test",
             created=time.time(),
@@ -178,7 +179,8 @@ class Setup:
             await store.close()
         # The registry knows the agents once their tunnels are up.
         await _until(lambda: len(self.hub.server.registry.live()) == len(self.agents))
-        self.task = asyncio.ensure_future(self.rollouts.run())
+        if start:
+            self.task = asyncio.ensure_future(self.rollouts.run())
         return rollout.id
 
     async def wait_state(self, state: str, timeout: float = 20.0) -> dict[str, str]:
@@ -370,3 +372,63 @@ async def test_the_device_verifies_the_whole_bundle_before_it_unpacks(setup: Set
     assert agent.firmware.slots.current() == "a" and agent.firmware.slots.version() == "0.9.0"
     assert [kind for kind, _ in agent.log] == ["offer", "firmware.transfer", "firmware.failed"]
     assert not (agent.root / "firmware" / "slots" / "b" / "image").exists()
+
+
+class _Audit:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    async def record(self, event: Any) -> None:
+        self.events.append({"type": event.type, **event.fields})
+
+
+async def _rollout_row(setup: Setup) -> Rollout:
+    store = await FirmwareStore.open(setup.root / "hubfw")
+    try:
+        rollout = await store.rollout("fw-test")
+    finally:
+        await store.close()
+    assert rollout is not None
+    return rollout
+
+
+@pytest.mark.parametrize("damage", ["missing", "not-a-bundle"])
+async def test_an_unreadable_hub_copy_stops_the_rollout(setup: Setup, damage: str) -> None:
+    await setup.agent("a")
+    audit = _Audit()
+    setup.rollouts.audit = audit
+    bad = setup.root / "gone.bundle"
+    if damage == "not-a-bundle":
+        bad.write_bytes(b"this is not a firmware bundle at all")
+    await setup.push(bundle=bad)
+    await setup.wait_state("stopped")
+    reason = (await _rollout_row(setup)).reason
+    assert reason.startswith("hub copy of the bundle unreadable: ")
+    assert ("No such file" in reason) if damage == "missing" else ("bad magic" in reason)
+    stops = [e for e in audit.events if e.get("type") == "firmware.rollout.stop"]
+    assert len(stops) == 1 and stops[0]["reason"] == reason
+    assert setup.agents[0].log == []  # never offered
+
+
+async def test_a_stop_during_a_tick_wins(setup: Setup) -> None:
+    # The tick read the roll-out as running; tctl firmware stop lands before it
+    # starts a transfer, or before it marks the roll-out done.
+    agent = await setup.agent("a")
+    await setup.push(start=False)
+    rollouts = setup.rollouts
+    rollouts.store = store = await FirmwareStore.open(setup.root / "hubfw")
+    try:
+        running = await store.rollouts("running")
+        nodes = await store.nodes("fw-test")
+        assert await store.finish("fw-test", "stopped", "stopped with tctl firmware stop")
+        await rollouts._step(running[0], nodes)
+        assert rollouts._inflight == {} and agent.log == []
+        node = nodes[0]
+        await store.update_node("fw-test", node.node_id, "installed", "slot a")
+        await rollouts._step(running[0], await store.nodes("fw-test"))  # all final now
+        assert not await store.finish("fw-test", "done")
+        rollout = await store.rollout("fw-test")
+        assert rollout is not None
+        assert (rollout.state, rollout.reason) == ("stopped", "stopped with tctl firmware stop")
+    finally:
+        await rollouts.close()
