@@ -33,15 +33,17 @@ from remoteler.locks import find_lock
 
 log = logging.getLogger("remoteler.hub.auth")
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,62}$", re.IGNORECASE)
-_LOGIN = re.compile(r"^[a-z_][a-z0-9_.\-]{0,31}\$?$", re.IGNORECASE)
+# Used with fullmatch only: "$" with match() would let a trailing newline through.
+# ASCII: with IGNORECASE alone, [a-z] also matches four non-ASCII letters (the Kelvin sign...).
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,62}", re.IGNORECASE | re.ASCII)
+_LOGIN = re.compile(r"[a-z_][a-z0-9_.\-]{0,31}\$?", re.IGNORECASE | re.ASCII)
 LOGIN_FAILED = "login failed: wrong user name, password or one-time code; check them and try again"
 INVITE_TTL = 24 * 3600
 NODE_X509_TTL = 10 * 365 * 24 * 3600
 
 
 def check_name(kind: str, name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise UsageError(
             f"bad {kind} name {name!r}: use letters, digits, '.', '-' or '_' (at most 63)"
         )
@@ -50,7 +52,7 @@ def check_name(kind: str, name: str) -> str:
 
 def check_logins(logins: Sequence[str]) -> tuple[str, ...]:
     for login in logins:
-        if not _LOGIN.match(login):
+        if not _LOGIN.fullmatch(login):
             raise UsageError(f"bad login {login!r}: use a valid OS user name such as 'pi'")
     return tuple(logins)
 

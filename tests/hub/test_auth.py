@@ -348,3 +348,21 @@ async def test_no_secret_in_any_log_record(
         if record.name.startswith("remoteler"):
             for seed in (TOTP_SECRET, info["totp_secret"]):
                 assert seed not in text, (record.name, record.msg)
+
+
+@pytest.mark.parametrize("name", ["legacy-1\n", "legacy-1\r", "\u212aelvin", "\u017fh", "a b", ""])
+def test_check_name_refuses_a_trailing_newline_and_non_ascii(name: str) -> None:
+    from hub.auth import check_name
+
+    with pytest.raises(UsageError, match="bad node name"):
+        check_name("node", name)
+
+
+def test_check_name_and_logins_accept_plain_names() -> None:
+    from hub.auth import check_logins, check_name
+
+    assert check_name("node", "Legacy-1.plc_2") == "Legacy-1.plc_2"
+    assert check_logins(["pi", "svc$", "Ubuntu"]) == ("pi", "svc$", "Ubuntu")
+    for bad in ("pi\n", "svc$\n", "\u212a"):
+        with pytest.raises(UsageError, match="bad login"):
+            check_logins([bad])
