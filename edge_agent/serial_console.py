@@ -43,6 +43,13 @@ log = logging.getLogger("remoteler.agent.serial")
 WRITER_INFO = "remoteler_serial_writer"
 #: Input held while the port opens; past this the channel pauses (RFC 4254 §5.2 window).
 EARLY_HIGH_WATER = 64 * 1024
+#: Port output buffered for one client that is not reading it (a stalled viewer): past
+#: this its output is dropped (counted in ``serial.close``); the shared port never waits.
+OUTPUT_HIGH_WATER = 1024 * 1024
+FALLING_BEHIND = (
+    b"\r\nremoteler: this client is not reading fast enough: port output is dropped "
+    b"while it is behind\r\n"
+)
 NOT_PERMITTED = "the serial console is not permitted by your roles (permission serial_console)"
 
 
@@ -55,6 +62,8 @@ class ConsoleAudit(SessionAudit):
         self.mode = request.mode
         self.baud = baud
         self.breaks = 0
+        #: port output not sent to a client that fell behind (bytes)
+        self.dropped = 0
 
     async def start(self) -> None:
         """Raise QuotaExceeded (refuse-sessions) or return once ``serial.open`` is durable."""
@@ -69,7 +78,7 @@ class ConsoleAudit(SessionAudit):
         )
         self._timer = asyncio.ensure_future(self._flush_due())
 
-    async def end(self, exit_status: int | None) -> None:
+    async def end(self, exit_status: int | None, reason: str | None = None) -> None:
         if self._timer is not None:
             self._timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -88,6 +97,8 @@ class ConsoleAudit(SessionAudit):
             duration=round(time.time() - self.started, 3),
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
+            dropped=self.dropped,
+            **({"reason": reason} if reason else {}),
         )
         await self.audit.flush()
 
@@ -105,6 +116,7 @@ class ConsoleSession(NodeSession):
         self._early = bytearray()  # input that arrived before the port was open
         self._ended: asyncio.Future[tuple[int, str]] | None = None
         self._told_read_only = False
+        self._dropped = 0
 
     # asyncssh callbacks ---------------------------------------------------
     def subsystem_requested(self, subsystem: str) -> bool:
@@ -184,6 +196,11 @@ class ConsoleSession(NodeSession):
     def _output(self, data: bytes) -> None:
         if self._chan.is_closing():
             return
+        if self._chan.get_write_buffer_size() > OUTPUT_HIGH_WATER:
+            if not self._dropped:
+                self._chan.write_stderr(FALLING_BEHIND)
+            self._dropped += len(data)
+            return
         if self._console_audit is not None:
             self._console_audit.output(data)
         self._chan.write(data)
@@ -233,18 +250,37 @@ class ConsoleSession(NodeSession):
             if consoles is None:
                 raise ConsoleRefused("this device serves no serial console")
             request = consoles.table.parse_request(self._chan.get_environment())
-            line = consoles.open(request, holder)
+            consoles.claim(request, holder)
         except ConsoleRefused as exc:
             self._refuse(str(exc), request)
             return
-        record = ConsoleAudit(self._audit, holder, request, line.baud) if self._audit else None
+        # The port is claimed, not opened: it is opened (or its rate set) only once
+        # serial.open is durable, and a refusal leaves it as it was.
+        baud = consoles.rate(request)
+        record = ConsoleAudit(self._audit, holder, request, baud) if self._audit else None
         try:
             if record is not None:
-                await record.start()  # durable before the port is used
+                await record.start()
         except (QuotaExceeded, OSError) as exc:
             consoles.release(request.port, holder)
             self._refuse(str(exc), request)
             return
+        except BaseException:
+            consoles.release(request.port, holder)
+            raise
+        try:
+            line = consoles.attach(request, holder)  # gives the claim back if it fails
+        except ConsoleRefused as exc:
+            log.info("serial console failed to open: %s", exc, extra=self._who_fields())
+            with contextlib.suppress(Exception):
+                self._chan.write_stderr(f"remoteler: {exc}\r\n".encode())
+                self._chan.exit(1)
+            if record is not None:
+                with contextlib.suppress(Exception):
+                    await record.end(1, str(exc))
+            return
+        if record is not None:
+            record.baud = line.baud
         self._request, self._line, self._console_audit = request, line, record
         status, message = 255, "the serial console failed on the device"
         try:
@@ -267,6 +303,8 @@ class ConsoleSession(NodeSession):
                 conn.set_extra_info(**{WRITER_INFO: None})
             if record is not None and not line.closed:
                 record.baud = line.baud  # a viewer's line may have changed rate meanwhile
+            if record is not None:
+                record.dropped = self._dropped
             consoles.release(request.port, holder)
             self._line = None
             if record is not None:

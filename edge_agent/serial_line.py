@@ -181,11 +181,29 @@ class SerialConsoles:
         return list(self.table.ports)
 
     def open(self, request: ConsoleRequest, holder: Holder) -> SerialLine:
-        """Claim and open (or join) the port; ConsoleRefused with a reason for the user.
+        """:meth:`claim` then :meth:`attach` (the console awaits its audit in between)."""
+        self.claim(request, holder)
+        return self.attach(request, holder)
+
+    def claim(self, request: ConsoleRequest, holder: Holder) -> None:
+        """Take a writer's or a viewer's place on the port (nothing is opened yet).
+
+        ConsoleRefused with a reason for the user (port busy, unknown port).
+        """
+        self.table.claim(request.port, request.mode, holder)
+
+    def rate(self, request: ConsoleRequest) -> int:
+        """The baud rate :meth:`attach` will leave the line at for ``request``."""
+        line = self._lines.get(request.port)
+        if request.mode is Mode.READ_ONLY and line is not None and not line.closed:
+            return line.baud
+        return request.baud
+
+    def attach(self, request: ConsoleRequest, holder: Holder) -> SerialLine:
+        """Open (or join) the claimed port; on failure release the claim, ConsoleRefused.
 
         A writer sets the line's baud rate; a viewer takes the rate it is at.
         """
-        self.table.claim(request.port, request.mode, holder)
         line = self._lines.get(request.port)
         try:
             if line is None or line.closed:

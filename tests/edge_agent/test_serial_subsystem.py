@@ -214,3 +214,102 @@ async def test_refusals_are_one_line_and_audited(
     (opened,) = await _events(env, "serial.open")
     assert opened.fields["allowed"] is False and reason in opened.fields["reason"]
     assert opened.user == "alice" and opened.login == ME
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():  # a reader/writer callback may run again before it is removed
+        future.set_result(None)
+
+
+async def test_a_refused_writer_leaves_the_line_as_it_was(env: dict[str, Any]) -> None:
+    """serial.open is durable before the rate changes: a full outbox refuses, nothing changes."""
+    _, slave, port = env["pty"]
+    async with await _connect(env) as viewer_conn, await _connect(env) as writer_conn:
+        viewer = await _open(viewer_conn, **{ENV_MODE: "read-only", ENV_BAUD: "19200"})
+        assert termios.tcgetattr(slave)[5] == termios.B19200
+        env["outbox"].policy, env["outbox"].quota_bytes = "refuse-sessions", 1
+        refused = await writer_conn.run(
+            subsystem=CONSOLE_SUBSYSTEM, env={ENV_BAUD: "9600"}, encoding=None
+        )
+        assert refused.exit_status == 1 and b"quota" in refused.stderr.lower(), refused.stderr
+        assert termios.tcgetattr(slave)[5] == termios.B19200  # the viewer's line, untouched
+        assert env["consoles"].table.writer(port) is None  # the claim was given back
+        viewer.close()
+        await asyncio.wait_for(viewer.wait_closed(), TIMEOUT)
+    tasks = [x._task for x in env["sessions"] if x._kind == CONSOLE_SUBSYSTEM]
+    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    assert env["consoles"].table.holders(port) == 0
+    assert env["consoles"]._lines == {}
+
+
+async def test_a_port_that_fails_to_open_ends_the_allowed_session(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    missing = str(tmp_path / "ttyGONE")
+    env["consoles"] = SerialConsoles([missing])
+    async with await _connect(env) as conn:
+        result = await conn.run(
+            subsystem=CONSOLE_SUBSYSTEM, env={"REMOTELER_SERIAL_PORT": missing}, encoding=None
+        )
+    assert result.exit_status == 1
+    assert result.stderr.decode().splitlines() == [
+        f"remoteler: could not open serial port {missing}: No such file or directory"
+    ]
+    await asyncio.wait_for(env["sessions"][-1]._task, TIMEOUT)
+    (opened,) = await _events(env, "serial.open")
+    (closed,) = await _events(env, "serial.close")
+    assert opened.fields["allowed"] is True  # durable before the port was touched
+    assert closed.fields["exit_status"] == 1 and "No such file" in closed.fields["reason"]
+    assert env["consoles"].table.holders(missing) == 0
+
+
+async def test_a_stalled_viewer_loses_output_instead_of_buffering_it(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A viewer that stops reading never holds up the port or the other holders."""
+    monkeypatch.setattr("edge_agent.serial_console.OUTPUT_HIGH_WATER", 8192)
+    master = env["pty"][0]
+    total = 256 * 1024
+    async with await _connect(env) as writer_conn, await _connect(env) as viewer_conn:
+        writer = await _open(writer_conn)
+        slow = await viewer_conn.create_process(
+            subsystem=CONSOLE_SUBSYSTEM, env={ENV_MODE: "read-only"}, encoding=None,
+            window=4096, max_pktsize=1024,
+        )  # fmt: skip
+        assert b"read-only" in await asyncio.wait_for(slow.stderr.readuntil(b"\r\n"), TIMEOUT)
+        slow.channel.pause_reading()
+        loop = asyncio.get_running_loop()
+
+        async def feed() -> None:
+            data = memoryview(b"x" * total)
+            while data:
+                ready = loop.create_future()
+                loop.add_writer(master, _settle, ready)
+                try:
+                    await asyncio.wait_for(ready, TIMEOUT)
+                finally:
+                    loop.remove_writer(master)
+                with contextlib.suppress(BlockingIOError):
+                    data = data[os.write(master, data[:4096]) :]
+
+        feeder = asyncio.ensure_future(feed())
+        got = await asyncio.wait_for(writer.stdout.readexactly(total), TIMEOUT)
+        await feeder
+        assert got == b"x" * total  # the writer got everything while the viewer stalled
+        session = next(x for x in env["sessions"] if x._request and x._request.mode.value != "rw")
+        assert 0 < session._chan.get_write_buffer_size() <= 8192 + 4096 + 256
+        slow.channel.resume_reading()
+        drain = asyncio.ensure_future(slow.stdout.read())  # what it was sent before it fell behind
+        assert b"not reading fast enough" in await asyncio.wait_for(
+            slow.stderr.readuntil(b"behind\r\n"), TIMEOUT
+        )
+        for process in (writer, slow):
+            process.close()
+            await asyncio.wait_for(process.wait_closed(), TIMEOUT)
+        await asyncio.wait_for(drain, TIMEOUT)
+    tasks = [x._task for x in env["sessions"] if x._kind == CONSOLE_SUBSYSTEM]
+    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    closes = {e.fields["mode"]: e.fields for e in await _events(env, "serial.close")}
+    assert closes["rw"]["dropped"] == 0 and closes["rw"]["bytes_out"] == total
+    viewer = closes["read-only"]
+    assert viewer["dropped"] > 0 and viewer["bytes_out"] + viewer["dropped"] == total
