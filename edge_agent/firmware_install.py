@@ -51,6 +51,8 @@ HEALTH_TIMEOUT = 60.0
 RESTART_WINDOW = 900.0
 #: Characters of a failing command's output kept in the reason.
 OUTPUT_TAIL = 160
+#: Bytes of a command's output kept while it runs (the rest is read and dropped).
+READ_TAIL = 4096
 
 Report = Callable[[str, str], Awaitable[None]]
 Audit = Callable[..., Awaitable[None]]
@@ -88,9 +90,14 @@ async def _run(argv: list[str], cwd: Path, env: dict[str, str], timeout: float) 
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
     )
+    assert proc.stdout is not None
+    tail = bytearray()
     try:
         async with asyncio.timeout(timeout):
-            out, _ = await proc.communicate()
+            while chunk := await proc.stdout.read(64 * 1024):  # a chatty hook: bounded memory
+                tail += chunk
+                del tail[:-READ_TAIL]
+            await proc.wait()
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 9)
@@ -99,7 +106,7 @@ async def _run(argv: list[str], cwd: Path, env: dict[str, str], timeout: float) 
     code = proc.returncode if proc.returncode is not None else -1
     if code < 0:
         return code, f"was killed by signal {-code}"
-    text = out.decode(errors="replace").strip().replace("\n", " | ")
+    text = tail.decode(errors="replace").strip().replace("\n", " | ")
     return code, text[-OUTPUT_TAIL:]
 
 

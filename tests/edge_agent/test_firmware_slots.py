@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from edge_agent.firmware import Staging
-from edge_agent.firmware_install import Firmware, InstallConfig, Installer
+from edge_agent.firmware_install import Firmware, InstallConfig, Installer, _run
 from edge_agent.slots import Pending, Slots
 from firmware_tools.archive import safe_extract
 from firmware_tools.bundle import Manifest, build_bundle, read_header
@@ -209,3 +210,16 @@ def test_staging_keeps_a_prefix_of_the_same_bundle_only(tmp_path: Path) -> None:
     assert staging.resume_point(sha, 200)[0] == 200  # never more than the bundle
     assert staging.resume_point("b" * 64, 1000)[0] == 0  # another bundle: start over
     assert not staging.part.exists()
+
+
+def test_a_chatty_hook_output_is_read_with_bounded_memory(tmp_path: Path) -> None:
+    # 40 MB of output: only a tail is kept (was read whole into memory).
+    script = "head -c 40000000 /dev/zero | tr '\\0' x; echo; echo 'flash write failed'; exit 3"
+    tracemalloc.start()
+    try:
+        code, out = asyncio.run(_run(["/bin/sh", "-c", script], tmp_path, {}, 60))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code == 3 and out.endswith("flash write failed") and len(out) <= 160
+    assert peak < 4 << 20, f"peak {peak >> 20} MiB"
