@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,21 @@ def test_the_full_access_drop_in_undoes_the_sandbox() -> None:
     d = {k: v[-1] for (s, k), v in directives(DROP_IN.read_text()).items() if s == "Service"}
     assert d["User"] == "root" and d["DynamicUser"] == "no"
     assert d["ProtectSystem"] == "no" and d["NoNewPrivileges"] == "no"
+
+
+#: The unit's sandboxing directives: each one the unit sets, the drop-in resets.
+SANDBOX = re.compile(
+    r"(Protect|Private|Restrict|Lock|NoNewPrivileges|RemoveIPC|SystemCall|ReadWritePaths"
+    r"|ReadOnlyPaths|InaccessiblePaths|CapabilityBoundingSet|AmbientCapabilities|Device)"
+)
+
+
+def test_the_full_access_drop_in_resets_every_sandbox_directive_of_the_unit() -> None:
+    unit = {k for (s, k) in directives(UNIT.read_text()) if s == "Service" and SANDBOX.match(k)}
+    assert {"ProtectKernelTunables", "LockPersonality", "SystemCallArchitectures"} <= unit
+    drop_in = {k: v[-1] for (s, k), v in directives(DROP_IN.read_text()).items() if s == "Service"}
+    left = sorted(k for k in unit if drop_in.get(k) not in ("no", ""))
+    assert left == [], f"full-access.conf leaves these sandbox directives on: {left}"
 
 
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
