@@ -158,6 +158,15 @@ class RecordingProxy:
                     now=time.time(),
                 )
                 decision = checked.decision
+                limited = checked.cert is not None and (
+                    "source-address" in checked.cert.critical_options
+                )
+                if decision.reason is None and not peer and limited:
+                    # asyncssh would check it against the stand-in address below
+                    decision = AccessDecision(
+                        "your certificate is restricted to source addresses and the hub "
+                        "cannot tell yours; connect directly, not through a proxy"
+                    )
                 if decision.reason is None and checked.cert is not None:
                     state.user_cert = checked.cert
                     state.permissions = decision.permissions  # enforced here: see ConnState
@@ -313,11 +322,15 @@ class ConnState:
                 why = f"node {node.name!r}: " + "".join(c for c in exc.reason if c.isprintable())
             raise UpstreamError(why) from None
         key = generate_private_key()
-        cert = upstream_cert(
-            self.proxy.user_signer(), self.user_cert, self.login, key, int(time.time())
-        )
-        known = "\n".join(ca.known_hosts_line("*") for ca in self.proxy.host_cas())
         pipe = ChannelPipe(channel)
+        try:  # the user's certificate may have expired while the device was reached
+            cert = upstream_cert(
+                self.proxy.user_signer(), self.user_cert, self.login, key, int(time.time())
+            )
+        except UpstreamError:
+            pipe.close()
+            raise
+        known = "\n".join(ca.known_hosts_line("*") for ca in self.proxy.host_cas())
         try:
             conn = await asyncssh.connect(
                 node.name,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from hub.recording_session import UpstreamError
 from remoteler.access import RULES_EXTENSION, AccessDecision, decide, decode_rules
 from remoteler.ca import CAError, CertAuthority, parse_certificate
 from remoteler.ca.sshcert import ParsedCert
@@ -94,9 +95,13 @@ def upstream_cert(
     Same key id, extensions (permit-*, the signed access rules and roles: the device
     still enforces them) and critical options, bar ``source-address``: the hub
     enforced it against the user's address, and the device sees the hub's.
-    Valid for :data:`UPSTREAM_TTL` seconds, never past the user's own certificate.
+    Valid for :data:`UPSTREAM_TTL` seconds, never past the user's own certificate;
+    :class:`~hub.recording_session.UpstreamError` if that one has expired since it
+    was checked (the device login can take a while).
     """
-    ttl = max(1, min(UPSTREAM_TTL, user_cert.valid_before - now))
+    if user_cert.valid_before <= now:
+        raise UpstreamError("your certificate has expired; run 'tsh login'")
+    ttl = min(UPSTREAM_TTL, user_cert.valid_before - now)
     return user_ca.sign_ssh_user_cert(
         key.public_key(),
         key_id=user_cert.key_id,

@@ -22,6 +22,7 @@ from hub.audit_store import AuditStore
 from hub.backend import Node, SQLiteBackend
 from hub.recording_audit import HubSessionAudit
 from hub.recording_auth import UPSTREAM_TTL, check_user_cert, upstream_cert
+from hub.recording_session import UpstreamError
 from remoteler.access import ACCESS_ROLE, RULES_EXTENSION, Role, encode_rules, resolve_rules
 from remoteler.audit.events import AuditEvent
 from remoteler.ca import DEFAULT_USER_EXTENSIONS, CertAuthority, generate_private_key
@@ -146,6 +147,10 @@ def test_upstream_certificate_is_the_users_for_one_login_and_short(
     # never past the user's own certificate
     late = upstream_cert(user_ca, user, "pi", key, user.valid_before - 5)
     assert parse_certificate(late).valid_before == user.valid_before
+    # expired while the device was being reached: no certificate at all
+    for now in (user.valid_before, user.valid_before + 60):
+        with pytest.raises(UpstreamError, match="expired; run 'tsh login'"):
+            upstream_cert(user_ca, user, "pi", key, now)
     # and OpenSSH reads it
     path = tmp_path / "up-cert.pub"
     path.write_text(line + "\n")

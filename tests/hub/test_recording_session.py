@@ -450,3 +450,27 @@ async def test_legacy_scp_passes_when_the_roles_allow_file_transfer(
     async with await _ssh(hub, key, cert, tls) as conn:
         result = await conn.run("scp -t /tmp/x", encoding=None)
     assert (result.exit_status, result.stdout) == (0, b"SCP\n")  # the device ran it
+
+
+async def test_a_source_address_certificate_is_refused_when_the_peer_is_unknown(
+    proxied: tuple[Hub, Device], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub cannot check source-address without the user's address: it refuses,
+    rather than checking it against a stand-in 127.0.0.1."""
+    from hub import recording
+
+    hub, device = proxied
+    user, _ = await hub.auth.add_user("dave", ["access"], ["pi"])
+    key = generate_private_key()
+    issued = await hub.auth.issue_user_certs(user, public_key_to_openssh(key.public_key()), None)
+    cert = hub.auth.user_ca.sign_ssh_user_cert(
+        key.public_key(), key_id="dave", principals=["pi"], ttl_seconds=600,
+        extensions=parse_certificate(issued.ssh_cert).extensions,
+        critical_options={"source-address": "127.0.0.1/32"},
+    )  # fmt: skip
+    async with await _ssh(hub, key, cert, issued.tls_cert) as conn:  # the address is known
+        assert (await conn.run("env", encoding=None)).exit_status == 5
+    monkeypatch.setattr(recording, "_peer_host", lambda ws: "")
+    with pytest.raises(asyncssh.PermissionDenied):
+        await _ssh(hub, key, cert, issued.tls_cert)
+    assert device.logins == ["pi"]
