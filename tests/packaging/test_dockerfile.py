@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -70,3 +71,22 @@ def test_our_checks_catch_what_they_claim_to(change: tuple[str, str], word: str)
     assert old in text
     bad = text.replace(old, new) if word != "continued instruction" else text + new
     assert any(word in p for p in problems(bad)), problems(bad)
+
+
+def test_the_run_example_restarts_and_mounts_a_config_the_agent_can_read() -> None:
+    """The header's example, as docs/packaging.md's: --restart, config 0600 owned by AGENT_UID."""
+    text = DOCKERFILE.read_text()
+    header = " ".join(
+        line.lstrip("#").strip().rstrip("\\") for line in text.splitlines() if line.startswith("#")
+    )
+    uid = re.search(r"^ARG AGENT_UID=(\d+)$", text, re.M)
+    assert uid is not None
+    install = re.search(r"install -m 600 -o (\d+) -g (\d+) agent\.toml (\S+)", header)
+    assert install is not None and install.group(1) == install.group(2) == uid.group(1)
+    run = re.search(r"docker run (.*?) remoteler-agent", header)
+    assert run is not None and "--restart unless-stopped" in run.group(1)
+    assert f"-v {install.group(3)}:/etc/remoteler/agent.toml:ro" in " ".join(run.group(1).split())
+    docs = " ".join((ROOT / "docs" / "packaging.md").read_text().replace("\\\n", " ").split())
+    assert (
+        install.group(0) in docs and "docker run -d --name agent --restart unless-stopped" in docs
+    )
