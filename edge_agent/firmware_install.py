@@ -159,12 +159,16 @@ class Installer:
         new = self.slots.inactive()
         fields: dict[str, Any] = {"version": fw.version, "rollout": fw.rollout, "slot": new}
         await report("staging", f"unpacking into slot {new}")
-        slot_dir = self.slots.prepare(new)
+        try:
+            slot_dir = self.slots.prepare(new)
+        except OSError as exc:
+            why = f"cannot empty slot {new} for the install: {exc}"
+            return await self._final(fw, "failed", why, fields)
         try:
             await asyncio.to_thread(unpack, slot_dir)
         except Exception as exc:
-            self.slots.prepare(new)
-            return await self._final(fw, "failed", f"unpacking failed: {exc}"[:200], fields)
+            why = f"unpacking failed: {exc}"[:200] + self._empty(new)
+            return await self._final(fw, "failed", why, fields)
         await self.audit_event("firmware.install", **fields)
         hook = manifest.install_hook
         if hook:
@@ -186,11 +190,8 @@ class Installer:
             except OSError as exc:
                 code, out = 127, f"cannot run: {exc.strerror}"
             if code != 0:
-                self.slots.prepare(new)
-                reason = f"install hook {_failure(code, out)}"
-                return await self._final(
-                    fw, "rolled-back", f"{reason}; slot {old or 'none'} kept", fields
-                )
+                reason = f"install hook {_failure(code, out)}; slot {old or 'none'} kept"
+                return await self._final(fw, "rolled-back", reason + self._empty(new), fields)
         restart = self._restart_file().exists()
         self._restart_file().unlink(missing_ok=True)
         pending = Pending(
@@ -209,6 +210,15 @@ class Installer:
             log.info("firmware asks for a restart", extra={"version": fw.version, "slot": new})
             return None
         return await self.confirm_pending(report)
+
+    def _empty(self, slot: str) -> str:
+        """Empty a half-installed slot: "" or why it could not be (for the result)."""
+        try:
+            self.slots.prepare(slot)
+        except OSError as exc:
+            log.warning("cannot empty firmware slot", extra={"slot": slot, "error": str(exc)})
+            return f"; slot {slot} could not be emptied: {exc}"
+        return ""
 
     async def confirm_pending(self, report: Report | None = None) -> Result | None:
         """Health-check a switched, unconfirmed slot: confirm it or switch back.

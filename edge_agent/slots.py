@@ -18,6 +18,9 @@ import contextlib
 import json
 import os
 import shutil
+import stat
+import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -109,9 +112,14 @@ class Slots:
         return versions.get(slot) if slot else None
 
     def prepare(self, slot: str) -> Path:
-        """Empty ``slot`` for a new firmware and return its directory."""
+        """Empty ``slot`` for a new firmware and return its directory.
+
+        Read-only directories a hook left behind are made writable and removed;
+        raises OSError when something still cannot be.
+        """
         path = self.path(slot)
-        shutil.rmtree(path, ignore_errors=True)
+        if os.path.lexists(path):
+            _rmtree(str(path), _writable_and_retry)
         path.mkdir(parents=True)
         self._state.setdefault("versions", {}).pop(slot, None)
         self._save()
@@ -162,3 +170,30 @@ class Slots:
         while len(results) > MAX_RESULTS:
             results.pop(next(iter(results)))
         self._save()
+
+
+Handler = Callable[[Callable[..., Any], str, Any], None]
+
+
+def _rmtree(path: str, handler: Handler) -> None:
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=handler)
+    else:
+        shutil.rmtree(path, onerror=handler)
+
+
+def _writable_and_retry(func: Callable[..., Any], path: str, _exc: object) -> None:
+    """rmtree's error handler: give the owner write (and search) access, try once more."""
+    for target in (os.path.dirname(path), path):
+        with contextlib.suppress(OSError):
+            mode = os.lstat(target).st_mode
+            if stat.S_ISDIR(mode):
+                os.chmod(target, stat.S_IMODE(mode) | stat.S_IRWXU)
+    if func in (os.open, os.scandir, os.lstat) and os.path.isdir(path):
+        _rmtree(path, _fail)  # could not be opened before: now it can
+    else:
+        func(path)
+
+
+def _fail(func: Callable[..., Any], path: str, exc: Any) -> None:
+    raise exc if isinstance(exc, BaseException) else exc[1]

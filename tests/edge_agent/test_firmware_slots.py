@@ -223,3 +223,45 @@ def test_a_chatty_hook_output_is_read_with_bounded_memory(tmp_path: Path) -> Non
         tracemalloc.stop()
     assert code == 3 and out.endswith("flash write failed") and len(out) <= 160
     assert peak < 4 << 20, f"peak {peak >> 20} MiB"
+
+
+def test_prepare_removes_what_a_hook_left_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slots = Slots(tmp_path / "firmware")
+    stuck = slots.path("a") / "etc" / "ro"
+    stuck.mkdir(parents=True)
+    (stuck / "config").write_text("x")
+    stuck.chmod(0o555)
+    # As root the mode alone does not stop an unlink: fail the first one as a user's would.
+    real_unlink, refused = os.unlink, []
+
+    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        if not refused and os.stat(stuck).st_mode & 0o200 == 0:
+            refused.append(path)
+            raise PermissionError(13, "Permission denied", str(path))
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    assert slots.prepare("a") == slots.path("a")
+    assert refused and list(slots.path("a").iterdir()) == []
+
+
+def test_a_slot_that_cannot_be_emptied_ends_the_install_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rec = Recorder()
+    inst = _installer(tmp_path, rec)
+    bundle, manifest = _bundle(tmp_path, "1.0.0", OK_HOOK)
+
+    def prepare(slot: str) -> Path:
+        raise PermissionError(13, "Permission denied", str(inst.slots.path(slot) / "ro"))
+
+    monkeypatch.setattr(inst.slots, "prepare", prepare)
+    result = asyncio.run(_install(inst, bundle, manifest, rec))
+    assert result.state == "failed"
+    assert result.detail.startswith("cannot empty slot a for the install: ")
+    assert "Permission denied" in result.detail
+    assert rec.types() == ["firmware.failed"]
+    assert inst.slots.result(hashlib.sha256(bundle.read_bytes()).hexdigest()) == result
+    assert inst.slots.current() is None
