@@ -81,8 +81,18 @@ async def test_bytes_both_ways_baud_change_and_break(pty_pair: Pty) -> None:
         line.set_baud(9600)
         assert line.baud == 9600
         assert _speed(pty_pair.slave) == (termios.B9600, termios.B9600)
+        ended = asyncio.Event()
+        end_break = line._end_break
+
+        def _end_break() -> None:
+            end_break()
+            ended.set()
+
+        line._end_break = _end_break  # type: ignore[method-assign]
         line.send_break(0.01)  # accepted; a pty shows nothing (module docstring)
-        await asyncio.sleep(0.02)
+        assert line._serial.break_condition is True and line._break_end is not None
+        await asyncio.wait_for(ended.wait(), 5)
+        assert line._break_end is None and line._serial.break_condition is False
     finally:
         line.close()
 
