@@ -393,12 +393,21 @@ async def _sign_host(args: argparse.Namespace) -> None:
     if not args.pubkey:
         raise UsageError("--host needs --pubkey, e.g. /etc/ssh/ssh_host_ed25519_key.pub")
     name = check_name("node", args.host)
+    out = Path(args.out)
+    pubkey = Path(args.pubkey)
+    # -o ssh_host_ed25519_key (a slip for ...-cert.pub) would destroy the device's host key.
+    keys = {pubkey.resolve(), pubkey.with_suffix("").resolve() if pubkey.suffix == ".pub" else None}
+    if out.resolve() in keys:
+        raise UsageError(
+            f"-o {args.out} would overwrite the host key; write the certificate next to it, "
+            f"e.g. -o {str(pubkey).removesuffix('.pub')}-cert.pub"
+        )
     cluster = DataDir(Path(args.data_dir)).cluster_name()
     try:
-        pub = public_key_from_openssh(Path(args.pubkey).read_text())
+        pub = public_key_from_openssh(pubkey.read_text())
     except OSError as exc:
         raise UsageError(f"cannot read {args.pubkey}: {exc.strerror}; give a .pub file") from None
-    except CAError:
+    except (CAError, UnicodeDecodeError):
         raise UsageError(
             f"{args.pubkey} is not an Ed25519 public key; sign the sshd's "
             "ssh_host_ed25519_key.pub (ssh-keygen -t ed25519 makes one)"
@@ -410,7 +419,6 @@ async def _sign_host(args: argparse.Namespace) -> None:
     await _record_role_event(
         args, EventType.CERT_CREATE, ttl=ttl, logins=[], host=name, principals=principals
     )
-    out = Path(args.out)
     try:
         out.write_text(cert.rstrip("\n") + "\n")
     except OSError as exc:

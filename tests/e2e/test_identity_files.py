@@ -196,8 +196,6 @@ def test_keygen_reads_a_host_cert_from_tctl_auth_sign_host(fleet: Fleet, tmp_pat
         "auth", "sign", "--host", "old-plc", "--pubkey", f"{key}.pub", "--ttl", "30d",
         "-o", str(out), check=False,
     )  # fmt: skip
-    if signed.returncode != 0 and "--host" in signed.stderr:
-        pytest.skip("tctl auth sign --host is not available")
     assert signed.returncode == 0, signed.stderr
     cert = keygen_l(out)
     assert cert.type == "ssh-ed25519-cert-v01@openssh.com host certificate"
@@ -206,6 +204,32 @@ def test_keygen_reads_a_host_cert_from_tctl_auth_sign_host(fleet: Fleet, tmp_pat
     assert cert.principals == ["old-plc", f"old-plc.{fleet.name}"]
     assert cert.critical == [] and cert.extensions == []
     assert abs((cert.valid_to - cert.valid_from) - 30 * 86400) <= 120
+
+
+def test_tctl_auth_sign_host_never_overwrites_the_host_key(fleet: Fleet, tmp_path: Path) -> None:
+    key = tmp_path / "ssh_host_ed25519_key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30
+    )
+    private, public = key.read_bytes(), Path(f"{key}.pub").read_bytes()
+    for out in (key, Path(f"{key}.pub"), tmp_path / "." / key.name):
+        run = fleet.cluster.tctl(
+            "auth", "sign", "--host", "old-plc", "--pubkey", f"{key}.pub", "-o", str(out),
+            check=False,
+        )  # fmt: skip
+        assert run.returncode == 2, run.stderr
+        assert run.stderr.count("\n") == 1 and "would overwrite the host key" in run.stderr
+        assert f"-o {key}-cert.pub" in run.stderr, run.stderr
+    assert (key.read_bytes(), Path(f"{key}.pub").read_bytes()) == (private, public)
+
+    binary = tmp_path / "binary.pub"
+    binary.write_bytes(b"\xff\xfe\x00ssh-ed25519 \x80\x81")
+    run = fleet.cluster.tctl(
+        "auth", "sign", "--host", "old-plc", "--pubkey", str(binary),
+        "-o", str(tmp_path / "c.pub"), check=False,
+    )  # fmt: skip
+    assert run.returncode == 2 and "is not an Ed25519 public key" in run.stderr, run.stderr
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
 
 
 # --- Jenkins: an identity file, no tsh login ------------------------------------------------
