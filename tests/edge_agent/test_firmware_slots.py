@@ -234,7 +234,8 @@ def test_prepare_removes_what_a_hook_left_read_only(
     (stuck / "config").write_text("x")
     stuck.chmod(0o555)
     # As root the mode alone does not stop an unlink: fail the first one as a user's would.
-    real_unlink, refused = os.unlink, []
+    real_unlink = os.unlink
+    refused: list[Any] = []
 
     def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
         if not refused and os.stat(stuck).st_mode & 0o200 == 0:
