@@ -166,12 +166,14 @@ def _bundle_inspect(args: argparse.Namespace) -> int:
 
     manifest, _sig, offset = read_header(args.file)
     status = "not checked (pass --key KEY.pub)"
+    code = 0
     if args.key:
         try:
             verify_file(args.file, load_trusted_keys(args.key))
             status = "good"
-        except BundleError as exc:
+        except BundleError as exc:  # shown, and the exit status says so (as verify's)
             status = f"BAD: {exc}"
+            code = exc.exit_code
     if args.format == "json":
         doc = manifest.to_dict() | {"payload_offset": offset, "signature": status}
         print(json.dumps(doc, indent=2, sort_keys=True))
@@ -191,7 +193,7 @@ def _bundle_inspect(args: argparse.Namespace) -> int:
         ]
         for k, v in rows:
             print(f"{k + ':':<14}{v}")
-    return 0
+    return code
 
 
 def _bundle_verify(args: argparse.Namespace) -> int:
