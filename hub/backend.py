@@ -178,6 +178,8 @@ class Backend(Protocol):
     async def list_nodes(self) -> list[Node]: ...
     async def delete_node(self, key: str) -> bool: ...
     async def set_node_recording(self, key: str, mode: str) -> Node | None: ...
+    async def node_recordings(self, ids: Sequence[str]) -> dict[str, str]: ...
+    async def outside_writes(self) -> int: ...
     async def update_heartbeats(self, beats: Sequence[Beat]) -> list[str]: ...
     async def mark_all_offline(self) -> None: ...
     async def set_nodes_online(self, changes: Sequence[tuple[str, bool, float]]) -> None: ...
@@ -449,6 +451,24 @@ class SQLiteBackend:
             "UPDATE nodes SET recording = ? WHERE id = ? OR name = ?", (mode, key, key)
         )
         return await self.get_node(key)
+
+    async def node_recordings(self, ids: Sequence[str]) -> dict[str, str]:
+        """node id -> recording mode, for the ids still in the table."""
+        unique = set(ids)
+        if len(unique) > 32:  # one pass over the table beats many lookups
+            rows = await self._all("SELECT id, recording FROM nodes")
+        else:
+            rows = []
+            for node_id in unique:
+                row = await self._one("SELECT id, recording FROM nodes WHERE id = ?", (node_id,))
+                rows += [row] if row else []
+        return {row["id"]: row["recording"] for row in rows if row["id"] in unique}
+
+    async def outside_writes(self) -> int:
+        """A number that changes when another connection (``tctl``) commits a write
+        (SQLite's ``data_version``); the hub's own writes leave it alone."""
+        row = await self._one("PRAGMA data_version", ())
+        return int(row[0]) if row else 0
 
     async def set_nodes_online(self, changes: Sequence[tuple[str, bool, float]]) -> None:
         """Batch of (node id, online, when), one transaction."""

@@ -4,6 +4,12 @@
 small query a second). On every change it ends the relays of sessions a lock
 now covers and pushes the whole active set to each agent over a ``locks``
 channel; an agent that connects later gets the set within a poll interval.
+
+The same poll ends relays whose node's recording mode (``tctl nodes set
+--recording``) is no longer the one they were opened in, so a long-lived
+connection (OpenSSH ControlPersist) cannot outlive a switch to ``proxy``
+unrecorded. The nodes table is read only when another process wrote the
+database or a relay was opened since the last poll.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ PUSH_RETRY = 10.0
 MAX_PUSHES = 64
 #: websocket close code for a relay ended by a lock (4000-4999: application use).
 LOCKED_CLOSE_CODE = 4403
+#: What the user of a relay ended by a recording-mode change is told.
+RECORDING_CHANGED = "this node's recording mode changed; connect again"
 
 
 def new_lock_id() -> str:
@@ -49,6 +57,8 @@ class Relay:
     login: str
     nodes: tuple[str, ...]
     close: Callable[[str], Awaitable[None]]
+    #: the node's recording mode when the relay was opened (None: not watched)
+    recording: str | None = None
     ending: bool = False
 
 
@@ -79,22 +89,37 @@ class LockWatcher:
         self._clean: tuple[str, int] | None = None
         self._tasks: set[asyncio.Future[None]] = set()
         self._slots = asyncio.Semaphore(MAX_PUSHES)
+        #: the backend's outside-write counter at the last recording-mode check
+        self._writes: int | None = None
+        #: relays opened since that check (their mode was read before they started)
+        self._unchecked: set[int] = set()
 
     # sessions ------------------------------------------------------------------
     def track_relay(
-        self, user: str, login: str, nodes: Sequence[str], close: Callable[[str], Awaitable[None]]
+        self,
+        user: str,
+        login: str,
+        nodes: Sequence[str],
+        close: Callable[[str], Awaitable[None]],
+        recording: str | None = None,
     ) -> Callable[[], None]:
-        """Watch a relayed session; call the returned function when it ends."""
+        """Watch a relayed session; call the returned function when it ends.
+
+        ``nodes``: the node's id, then its name; ``recording``: the node's recording
+        mode the relay was opened in (the relay is ended if that changes)."""
         key = self._next_relay
         self._next_relay += 1
-        relay = Relay(user, login, tuple(nodes), close)
+        relay = Relay(user, login, tuple(nodes), close, recording)
         self._relays[key] = relay
+        if recording is not None:
+            self._unchecked.add(key)
         lock = find_lock(self.locks, user=user, login=login, nodes=relay.nodes, now=self.clock())
         if lock is not None:  # locked between the connect check and now
             self._end(relay, lock)
 
         def untrack() -> None:
             self._relays.pop(key, None)
+            self._unchecked.discard(key)
 
         return untrack
 
@@ -113,6 +138,36 @@ class LockWatcher:
                 await relay.close(f"session ended: {lock.refusal()}")
 
         self._spawn(later())
+
+    async def check_recording(self) -> None:
+        """End the relays whose node's recording mode changed since they opened."""
+        writes = await self.backend.outside_writes()
+        if writes != self._writes:
+            self._writes = writes
+            keys = [k for k, r in self._relays.items() if r.recording is not None]
+        else:
+            keys = [k for k in self._unchecked if k in self._relays]
+        self._unchecked.clear()
+        if not keys:
+            return
+        modes = await self.backend.node_recordings([self._relays[k].nodes[0] for k in keys])
+        for key in keys:
+            relay = self._relays.get(key)
+            if relay is None or relay.ending:
+                continue
+            mode = modes.get(relay.nodes[0])
+            if mode is not None and mode != relay.recording:
+                relay.ending = True
+                log.info(
+                    "ending a relay: the node's recording mode changed",
+                    extra={"user": relay.user, "node_id": relay.nodes[0], "recording": mode},
+                )
+                self._spawn(self._close(relay, RECORDING_CHANGED))
+
+    @staticmethod
+    async def _close(relay: Relay, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await relay.close(reason)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -204,6 +259,7 @@ class LockWatcher:
             try:
                 await self.refresh()
                 self.push_due()
+                await self.check_recording()
             except Exception:
                 log.exception("lock refresh failed; will retry")
             await asyncio.sleep(self.interval)

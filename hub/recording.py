@@ -187,7 +187,11 @@ class RecordingProxy:
         )
         live.session_started()
         untrack = self.server.locks.track_relay(
-            user, login, (node.id, node.name), lambda reason: state.end_locked(ws, reason)
+            user,
+            login,
+            (node.id, node.name),
+            lambda reason: state.end_locked(ws, reason),
+            recording=node.recording,
         )
         try:
             try:

@@ -366,7 +366,9 @@ class HubServer:
         async def end_locked(reason: str) -> None:
             await ws.close(LOCKED_CLOSE_CODE, _close_reason(reason))
 
-        untrack = self.locks.track_relay(user, login, (node.id, node.name), end_locked)
+        untrack = self.locks.track_relay(
+            user, login, (node.id, node.name), end_locked, recording=node.recording
+        )
         sent = received = 0
 
         async def user_to_node() -> None:

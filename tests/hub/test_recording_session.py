@@ -474,3 +474,35 @@ async def test_a_source_address_certificate_is_refused_when_the_peer_is_unknown(
     with pytest.raises(asyncssh.PermissionDenied):
         await _ssh(hub, key, cert, issued.tls_cert)
     assert device.logins == ["pi"]
+
+
+async def test_changing_the_recording_mode_ends_the_open_connections_of_the_other_mode(
+    proxied: tuple[Hub, Device], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``tctl nodes set --recording`` (another process) ends the node's relays opened in
+    the other mode: a long-lived connection cannot stay unrecorded after a switch."""
+    from hub.backend import SQLiteBackend
+    from hub.datadir import DataDir
+
+    hub, _ = proxied
+    monkeypatch.setattr(hub.server.locks, "interval", 0.05)
+    key, cert, tls = await _user(hub)
+    tctl = await SQLiteBackend.open(DataDir(tmp_path / "hubdata").db_path)
+    try:
+        for now in ("off", "proxy"):  # proxied -> off, then end to end -> proxy
+            async with await _ssh(hub, key, cert, tls) as conn:
+                proc = await conn.create_process("events", term_type="vt100", encoding=None)
+                assert (await asyncio.wait_for(proc.stdout.readline(), 10)).startswith(b"TERM")
+                # the same mode written again is no change (a few polls pass)
+                await tctl.set_node_recording("dev1", "proxy" if now == "off" else "off")
+                await asyncio.sleep(0.2)
+                assert not proc.is_closing()
+                await tctl.set_node_recording("dev1", now)
+                await asyncio.wait_for(conn.wait_closed(), 10)
+            if now == "off":  # the hub's own session tells the user why
+                assert proc.exit_status == 255
+                assert b"this node's recording mode changed; connect again" in (
+                    await proc.stderr.read()
+                )
+    finally:
+        await tctl.close()
