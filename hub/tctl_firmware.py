@@ -42,7 +42,12 @@ def register(sub: Any) -> dict[str, Handler]:
         "--max-parallel", type=int, default=DEFAULT_PARALLEL, help="transfers at once"
     )
     push.add_argument("--rate", help="bandwidth cap per transfer, e.g. 256KiB/s")
-    push.add_argument("--force", action="store_true", help="allow a downgrade or re-install")
+    push.add_argument(
+        "--force",
+        action="store_true",
+        help="ask for a downgrade or re-install (only devices started with "
+        "--firmware-allow-downgrade accept it)",
+    )
     push.add_argument("--format", choices=["text", "json"], default="text")
     stop = fw.add_parser("stop", help="stop a roll-out: no node is offered the bundle any more")
     stop.add_argument("rollout")
