@@ -227,6 +227,10 @@ class RecordingProxy:
             log.info("recording proxy end", extra=fields)
         finally:
             await state.close()
+            # the sessions' ends are being stored: the node is idle (drain) only after
+            endings = [s.ending for s in state.open_sessions if s.ending is not None]
+            if endings:
+                await asyncio.wait(endings, timeout=END_TIMEOUT)
             untrack()
             live.session_ended()
             pipe.close()
@@ -397,15 +401,25 @@ class ConnState:
 
         await ws.close(LOCKED_CLOSE_CODE, reason.encode()[:123].decode("utf-8", "ignore"))
 
+    def forget(self, session: UserSession) -> None:
+        """``session`` is over (its end stored): the connection no longer holds it."""
+        with contextlib.suppress(ValueError):
+            self.open_sessions.remove(session)
+
     async def close(self) -> None:
-        if self._upstream is None:
+        """Close the device's connection. A cancellation of the caller (hub shutdown)
+        propagates; the upstream's own failure or cancellation is not an error here."""
+        upstream = self._upstream
+        if upstream is None:
             return
-        if not self._upstream.done():
-            self._upstream.cancel()
-        with contextlib.suppress(BaseException):
-            conn = await self._upstream
-            conn.close()
-            await conn.wait_closed()
+        if not upstream.done():
+            upstream.cancel()
+        await asyncio.wait([upstream])
+        if upstream.cancelled() or upstream.exception() is not None:
+            return
+        conn = upstream.result()
+        conn.close()
+        await conn.wait_closed()
 
 
 class _ProxyServer(asyncssh.SSHServer):

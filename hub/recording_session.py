@@ -190,6 +190,8 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._finish()
+        if self._ending is None:  # nothing to store: done with it now
+            self._state.forget(self)
 
     def end_locked(self, message: str) -> None:
         """End this session with ``message`` on stderr and status 255 (as ssh when cut)."""
@@ -204,7 +206,14 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
         if self._device is not None:
             self._device.close()  # device_closed ends the record
         else:
+            if self._task is not None and not self._task.done():
+                self._task.cancel()  # no session.start, no device session after the lock
             self._finish()
+
+    def _ending_with(self, coro: Any) -> None:
+        """Start storing the end; the connection forgets the session once it is stored."""
+        self._ending = asyncio.ensure_future(coro)
+        self._ending.add_done_callback(lambda _: self._state.forget(self))
 
     @property
     def ending(self) -> asyncio.Future[None] | None:
@@ -240,6 +249,7 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
         assert self._chan is not None
         state = self._state
         store = state.proxy.server.audit
+        record: HubSessionAudit | None = None
         try:
             if store is None:  # never unrecorded in this mode
                 raise UpstreamError("the hub has no audit store to record this session in")
@@ -302,7 +312,10 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
             self._fail(f"session on node {state.node.name!r} failed: {type(exc).__name__}")
             return
         except asyncio.CancelledError:
-            self._finish()  # the user left while the device session was being opened
+            # the user left (or a lock came) while the device session was being opened
+            if record is not None and self._record is None:
+                self._record = record  # its start may be stored: store its end too
+            self._finish()
             raise
         except Exception:
             log.exception("recording proxy session failed", extra={"session_id": self.session_id})
@@ -348,7 +361,7 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
     def device_closed(self) -> None:
         """The device's session ended: store its end, then pass the exit on."""
         if self._ending is None:
-            self._ending = asyncio.ensure_future(self._end_and_exit())
+            self._ending_with(self._end_and_exit())
 
     async def _end_and_exit(self) -> None:
         signal = self.exit_signal
@@ -370,4 +383,4 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
         """The user's side is gone (or never got a device session): end the record."""
         if self._record is not None and self._ending is None:
             record, self._record = self._record, None
-            self._ending = asyncio.ensure_future(record.end(self.exit_status))
+            self._ending_with(record.end(self.exit_status))

@@ -506,3 +506,107 @@ async def test_changing_the_recording_mode_ends_the_open_connections_of_the_othe
                 )
     finally:
         await tctl.close()
+
+
+class _SlowEnds:
+    """The hub's audit store, with ``session.end`` held until ``gate`` is set."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.gate = asyncio.Event()
+        self.ends = 0
+
+    async def record(self, event: Any) -> None:
+        if event.type == "session.end":
+            await self.gate.wait()
+            self.ends += 1
+        await self.store.record(event)
+
+
+async def test_sessions_are_forgotten_once_ended_and_the_node_stays_busy_until_then(
+    proxied: tuple[Hub, Device], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hub import recording
+
+    hub, _ = proxied
+    states: list[Any] = []
+
+    class Captured(recording.ConnState):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            states.append(self)
+
+    monkeypatch.setattr(recording, "ConnState", Captured)
+    key, cert, tls = await _user(hub)
+    async with await _ssh(hub, key, cert, tls) as conn:
+        for _ in range(3):  # one long multiplexed connection
+            assert (await conn.run("env", encoding=None)).exit_status == 5
+        assert states[0].open_sessions == []  # not kept until the connection ends
+        slow = _SlowEnds(hub.server.audit)
+        monkeypatch.setattr(hub.server, "audit", slow)
+        proc = await conn.create_process("events", term_type="vt100", encoding=None)
+        assert (await asyncio.wait_for(proc.stdout.readline(), 10)).startswith(b"TERM")
+        live = hub.server.registry.get(states[0].node.id)
+        assert live is not None
+    # the user hung up; the session's end is not stored yet: the node is not idle
+    for _ in range(200):
+        if states[0].open_sessions and states[0].open_sessions[0].ending is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert live.sessions == 1 and not live.idle.is_set()
+    slow.gate.set()
+    await asyncio.wait_for(live.idle.wait(), 10)
+    assert slow.ends == 1 and states[0].open_sessions == []
+
+
+async def test_closing_the_connection_state_lets_a_cancellation_through() -> None:
+    """Hub shutdown cancels serve(): close() must not swallow that cancellation."""
+    from hub.recording import ConnState
+
+    state = ConnState(None, "alice", None, "pi", "sid", None, "")  # type: ignore[arg-type]
+    release = asyncio.Event()
+
+    async def slow_upstream() -> Any:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await release.wait()  # a slow cleanup after the cancel
+
+    state._upstream = asyncio.ensure_future(slow_upstream())
+    closer = asyncio.ensure_future(state.close())
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    closer.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await closer
+    assert closer.cancelled()
+
+
+async def test_a_lock_cancels_a_session_still_waiting_for_the_device() -> None:
+    from hub.recording_session import UserSession
+
+    class Chan:
+        def __init__(self) -> None:
+            self.stderr = b""
+            self.status: int | None = None
+
+        def write_stderr(self, data: bytes) -> None:
+            self.stderr += data
+
+        def exit(self, status: int) -> None:
+            self.status = status
+
+    class State:
+        def forget(self, session: Any) -> None:
+            pass
+
+    session = UserSession(State(), "sid")  # type: ignore[arg-type]
+    chan = Chan()
+    session.connection_made(chan)  # type: ignore[arg-type]
+    waiting = asyncio.ensure_future(asyncio.Event().wait())  # as _open_device on the device
+    session._task = waiting
+    session.end_locked("session ended: locked")
+    await asyncio.sleep(0)
+    assert waiting.cancelled()  # no session.start, no device session after the lock
+    assert (chan.status, chan.stderr) == (255, b"\r\nremoteler: session ended: locked\r\n")
