@@ -8,12 +8,14 @@ port nobody listens on.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import pwd
 import shutil
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +85,18 @@ def test_tsh_ssh_reaches_the_devices_sshd(fleet: Fleet) -> None:
     end = wait_for(lambda: fleet.audit("ssh.forward.end", NODE), what="ssh.forward.end")
     assert end[0]["session"] == start[0]["session"]
     assert end[0]["fields"]["bytes_in"] > 0 and end[0]["fields"]["bytes_out"] > 0
+
+
+def test_sshdkit_leaves_no_file_open(fleet: Fleet, tmp_path: Path) -> None:
+    """legacy_sshd hands the log to sshd's stderr and closes its own copy (no fd leak)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with legacy_sshd(fleet.cluster, tmp_path, name="leak-check") as sshd:
+            gc.collect()
+            assert sshd.pid > 0
+        gc.collect()
+    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not [m for m in unclosed if "sshd.log" in m], unclosed
 
 
 def test_nodes_list_says_forward_mode(fleet: Fleet) -> None:
