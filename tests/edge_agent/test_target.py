@@ -417,3 +417,12 @@ def test_cli_refuses_ssh_target_with_local_listen(
     assert main([*argv[:-1], "no-port"]) == 2
     assert "bad address 'no-port'" in capsys.readouterr().err
     assert not (tmp_path / "agent").exists()  # refused before joining or creating anything
+
+
+def test_docs_quote_the_real_unreachable_text() -> None:
+    """docs/legacy-devices.md quotes what the user reads when the device's sshd is down."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "legacy-devices.md").read_text()
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed")
+    why = target.unreachable_reason("127.0.0.1", 22, refused)
+    line = f"tsh: node 'legacy-1': {why}"
+    assert f"`{line}`" in " ".join(doc.split()), line
