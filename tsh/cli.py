@@ -447,7 +447,7 @@ async def cmd_config(args: argparse.Namespace) -> int:
         # the ProxyCommand carries -i and --proxy, so no 'tsh login' profile is needed.
         key_path = Path(args.identity).resolve()
         cluster = cluster_of(ident)
-        tsh += f' -i "{key_path}" --proxy {shlex.quote(hub)}'
+        tsh += f" -i {shlex.quote(str(key_path))} --proxy {shlex.quote(hub)}"
     else:
         profile = Profile.load()
         if profile is None or not profile.cluster:

@@ -14,6 +14,7 @@ import json
 import os
 import pwd
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -236,7 +237,9 @@ def test_tctl_auth_sign_host_never_overwrites_the_host_key(fleet: Fleet, tmp_pat
 
 
 def test_jenkins_identity_works_with_ssh_and_tsh(fleet: Fleet, tmp_path: Path) -> None:
-    box = tmp_path / "jenkins-box"  # what a CI box has: the four files, no ~/.tsh
+    # What a CI box has: the four files, no ~/.tsh; in a workspace whose path has a space
+    # and a '%' (ssh_config expands %-tokens, ProxyCommand runs with the shell).
+    box = tmp_path / "jenkins box %h"
     box.mkdir()
     _sign(fleet, "jenkins", box / "jenkins")
     assert stat.S_IMODE((box / "jenkins").stat().st_mode) == 0o600
@@ -257,10 +260,12 @@ def test_jenkins_identity_works_with_ssh_and_tsh(fleet: Fleet, tmp_path: Path) -
     assert out.returncode == 0, out.stderr
     config = box / "ssh_config"
     config.write_text(out.stdout)
-    assert f'-i "{box / "jenkins"}" --proxy {fleet.cluster.addr} proxy ssh' in out.stdout
+    relay = shlex.quote(str(box / "jenkins")).replace("%", "%%")
+    assert f"-i {relay} --proxy {fleet.cluster.addr} proxy ssh" in out.stdout
     assert (box / "jenkins-known_hosts").read_text().startswith(f"@cert-authority *.{fleet.name} ")
     host = f"{ME}@{NODE}.{fleet.name}"
-    run = _ssh("-i", str(box / "jenkins"), "-F", str(config), host, "echo via ssh", env=env)
+    key = str(box / "jenkins").replace("%", "%%")  # ssh expands %-tokens in -i too
+    run = _ssh("-i", key, "-F", str(config), host, "echo via ssh", env=env)
     assert (run.returncode, run.stdout) == (0, b"via ssh\n"), run.stderr
     assert not (tmp_path / "never-logged-in" / "profile").exists()
 
