@@ -9,6 +9,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -211,7 +212,10 @@ def test_legacy_sshd_behind_a_forward_agent_in_proxy_mode(cluster: Cluster, tmp_
 
         tsh = f"{BIN / 'tsh'} ssh {ME}@legacy-1; echo EXIT=$?; exec sleep 600"
         _tmux(cluster, "new-session", "-d", "-s", "t", "-x", "91", "-y", "17", tsh)
+        pids: list[int] = []  # tmux's server and the pane's shell, if kill-server fails
         try:
+            shown = _tmux(cluster, "display-message", "-p", "-t", "t", "#{pid} #{pane_pid}")
+            pids = [int(pid) for pid in shown.split()]
             _screen_has(cluster, r"[#$>%] *$", "the remote prompt")
             _tmux(cluster, "send-keys", "-t", "t", "-l", "echo T=$TERM; stty size; tty\n")
             _screen_has(cluster, r"^/dev/pts/", "the output")
@@ -225,8 +229,12 @@ def test_legacy_sshd_behind_a_forward_agent_in_proxy_mode(cluster: Cluster, tmp_
             _tmux(cluster, "send-keys", "-t", "t", "-l", "exit 7\n")
             screen = _screen_has(cluster, r"^EXIT=\d+", "tsh's exit")
         finally:
-            with contextlib.suppress(AssertionError):
+            try:
                 _tmux(cluster, "kill-server")
+            except (AssertionError, subprocess.TimeoutExpired):
+                for pid in reversed(pids):  # the pane's `exec sleep 600` must not linger
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
     assert "EXIT=7" in screen and "T=screen-256color" in screen and "17 91" in screen, screen
     shell = [s for s in _hub_sessions(cluster, "lena") if s["fields"]["pty"]]
     assert len(shell) == 1 and shell[0]["fields"]["command"] == ""

@@ -145,6 +145,8 @@ async def proxied(tmp_path: Path) -> AsyncIterator[tuple[Hub, Device]]:
                 if len(hub.server.registry) == 1:
                     break
                 await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the test device's tunnel did not register at the hub")
             assert await hub.backend.set_node_recording("dev1", "proxy") is not None
             yield hub, device
         finally:
@@ -234,14 +236,16 @@ async def _echo_server() -> tuple[asyncio.Server, int]:
     return server, server.sockets[0].getsockname()[1]
 
 
-async def _events(hub: Hub, type: str) -> list[Any]:
+async def _events(hub: Hub, type: str, count: int = 1) -> list[Any]:
+    """The hub's ``type`` events once there are ``count`` (some are stored in the background)."""
     assert hub.server.audit is not None
+    found: list[Any] = []
     for _ in range(100):
         found = await hub.server.audit.search(type=type, node="hub")
-        if found:
+        if len(found) >= count:
             return found
         await asyncio.sleep(0.05)
-    raise AssertionError(f"no {type} at the hub")
+    raise AssertionError(f"{len(found)} {type} at the hub, not {count}")
 
 
 async def test_port_forwarding_goes_through_the_device_and_is_audited(
@@ -266,7 +270,7 @@ async def test_port_forwarding_goes_through_the_device_and_is_audited(
         server.close()
     start = (await _events(hub, "port.forward"))[0]
     assert (start.user, start.fields["port"], start.fields["recorded_by"]) == ("alice", port, "hub")
-    ends = await _events(hub, "port.forward.end")
+    ends = await _events(hub, "port.forward.end", 2)  # the refused one, the one that worked
     done = next(e for e in ends if not e.fields["error"])
     assert done.fields["bytes_in"] == 4000 and done.fields["bytes_out"] == 4000
     assert any(e.fields["error"] for e in ends)  # the refused one
@@ -610,3 +614,35 @@ async def test_a_lock_cancels_a_session_still_waiting_for_the_device() -> None:
     await asyncio.sleep(0)
     assert waiting.cancelled()  # no session.start, no device session after the lock
     assert (chan.status, chan.stderr) == (255, b"\r\nremoteler: session ended: locked\r\n")
+
+
+async def test_a_proxied_login_cannot_use_another_principal_of_the_certificate(
+    proxied: tuple[Hub, Device],
+) -> None:
+    """The websocket was authorised for ``pi``: the certificate also names ``root``, but
+    the hub refuses an SSH login as ``root`` on that connection (and says why)."""
+    hub, device = proxied
+    user, _ = await hub.auth.add_user("erin", ["access"], ["pi", "root"])
+    key = generate_private_key()
+    issued = await hub.auth.issue_user_certs(user, public_key_to_openssh(key.public_key()), None)
+    assert {"pi", "root"} <= set(parse_certificate(issued.ssh_cert).principals)
+    ws = await connect(
+        hub.url("/v1/connect?node=dev1&login=pi"),
+        ssl=hub.tls(issued.tls_cert.encode(), private_key_to_pkcs8_pem(key)),
+        compression=None,
+        subprotocols=[CONNECT_SUBPROTOCOL],  # type: ignore[list-item]
+    )
+    with pytest.raises(asyncssh.PermissionDenied):
+        await asyncssh.connect(
+            "dev1",
+            tunnel=PipeTunnel(WebSocketPipe(ws)),
+            config=None,
+            username="root",
+            client_keys=[(_ssh_key(key), asyncssh.import_certificate(issued.ssh_cert))],
+            known_hosts=asyncssh.import_known_hosts(hub.auth.host_ca.known_hosts_line("*")),
+            agent_path=None,
+            connect_timeout=20,
+        )
+    assert device.logins == []  # the device was never asked
+    failed = await _events(hub, "auth.failed")
+    assert "for login 'pi', not 'root'" in failed[0].fields["reason"]
