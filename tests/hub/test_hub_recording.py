@@ -123,6 +123,30 @@ def test_refuses_expired_and_unknown_critical_options(user_ca: CertAuthority) ->
     assert _reason(b"garbage", [user_ca]) is not None
 
 
+def test_the_hub_decides_as_the_device_for_the_users_own_certificate(
+    user_ca: CertAuthority,
+) -> None:
+    """One check (remoteler/usercert.py) at both: same answer, same permissions."""
+    from edge_agent.authz import decide_user_cert
+
+    other = CertAuthority.generate("user", "other")
+    cases = [
+        (_cert(user_ca), "pi"),
+        (_cert(user_ca), "root"),
+        (_cert(user_ca, roles=(PROD_ONLY,)), "pi"),
+        (_cert(user_ca, critical={"verify-required": ""}), "pi"),
+        (_cert(other), "pi"),
+        (b"garbage", "pi"),
+    ]
+    for blob, login in cases:
+        device = decide_user_cert(blob, login, user_ca.public_key, LABELS, "dev1", NOW)
+        hub = check_user_cert(
+            blob, login, user="alice", trusted=[user_ca.public_key], labels=LABELS,
+            node_name="dev1", now=NOW,
+        ).decision  # fmt: skip
+        assert hub == device, (login, hub, device)
+
+
 # -- the certificate the hub presents to the device -------------------------------------
 
 
