@@ -38,6 +38,7 @@ from hub.recording_audit import END_TIMEOUT
 from hub.recording_auth import check_user_cert, upstream_cert
 from hub.recording_forward import open_forward
 from hub.recording_session import UpstreamError, UserSession
+from hub.wsutil import DEVICE_REASONS, close_reason, device_refusal, peer_host
 from remoteler.access import NO_PERMISSIONS, AccessDecision, Permissions
 from remoteler.audit.events import HUB_NODE, EventType, make_event
 from remoteler.ca import CertAuthority, generate_private_key, private_key_to_openssh
@@ -51,7 +52,6 @@ from remoteler.sshio import (
     PipeTunnel,
     WebSocketPipe,
 )
-from remoteler.wire.codes import OpenFailure
 from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
 
 if TYPE_CHECKING:
@@ -64,9 +64,6 @@ log = logging.getLogger("remoteler.hub.recording")
 #: Lifetime of the host certificate the hub presents for a node (checked at the
 #: key exchange only; a fresh one is signed for every connection).
 HOST_CERT_TTL = 3600
-#: Channel refusals whose reason comes from the device and is shown to the user (as
-#: the relay in hub/server.py does).
-DEVICE_REASONS = (OpenFailure.CONNECT_FAILED, OpenFailure.RESOURCE_SHORTAGE, OpenFailure.PROHIBITED)
 
 
 class _CheckingTunnel(PipeTunnel):
@@ -135,7 +132,7 @@ class RecordingProxy:
     ) -> None:
         """Run the SSH server over ``ws`` until the user or the device hangs up."""
         fields = {"user": user, "login": login, "node_id": node.id, "session_id": session_id}
-        peer = _peer_host(ws)
+        peer = peer_host(ws)
         pipe = WebSocketPipe(ws)
         labels = self.server.registry.labels_of(node)
         trusted = [ca.public_key for ca in self.user_cas()]
@@ -256,13 +253,6 @@ class RecordingProxy:
             )
 
 
-def _peer_host(ws: Any) -> str:
-    try:
-        return str(ws.remote_address[0])
-    except (TypeError, IndexError, AttributeError):
-        return ""
-
-
 class ConnState:
     """One user connection: the user's certificate, the device connection, the sessions."""
 
@@ -326,8 +316,7 @@ class ConnState:
             log.warning("proxy upstream channel failed: %s", type(exc).__name__, extra=fields)
             why = f"node {node.name!r} did not accept the session; try again"
             if isinstance(exc, ChannelOpenError) and exc.code in DEVICE_REASONS and exc.reason:
-                # The device's own reason (forward mode: its sshd is down), as text only.
-                why = f"node {node.name!r}: " + "".join(c for c in exc.reason if c.isprintable())
+                why = device_refusal(node.name, exc.reason)  # forward mode: its sshd is down
             raise UpstreamError(why) from None
         key = generate_private_key()
         pipe = ChannelPipe(channel)
@@ -399,7 +388,7 @@ class ConnState:
             return
         from hub.locks import LOCKED_CLOSE_CODE
 
-        await ws.close(LOCKED_CLOSE_CODE, reason.encode()[:123].decode("utf-8", "ignore"))
+        await ws.close(LOCKED_CLOSE_CODE, close_reason(reason))
 
     def forget(self, session: UserSession) -> None:
         """``session`` is over (its end stored): the connection no longer holds it."""

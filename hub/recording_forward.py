@@ -25,6 +25,7 @@ import asyncssh
 from asyncssh.forward import SSHForwarder
 
 from remoteler.audit.events import HUB_NODE, EventType, make_event
+from remoteler.text import printable
 
 if TYPE_CHECKING:
     from hub.recording import ConnState
@@ -119,7 +120,7 @@ async def open_forward(state: ConnState, host: str, port: int) -> SSHForwarder:
         _, opened = await upstream.create_connection(factory, host, port)
         device_side = cast(_Counted, opened)
     except asyncssh.ChannelOpenError as exc:
-        reason = "".join(c for c in exc.reason if c.isprintable())  # the device's text
+        reason = printable(exc.reason)  # the device's text
         await end(0, 0, reason)
         raise asyncssh.ChannelOpenError(exc.code, f"node {state.node.name!r}: {reason}") from None
     except (asyncssh.Error, OSError) as exc:

@@ -24,6 +24,7 @@ import asyncssh
 from hub.recording_audit import HubSessionAudit
 from remoteler.filetransfer import FILE_TRANSFER_REFUSED, is_legacy_scp
 from remoteler.sshio import SSH_MAX_PACKET, SSH_WINDOW
+from remoteler.text import printable
 
 if TYPE_CHECKING:
     from hub.recording import ConnState
@@ -305,8 +306,7 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
             self._fail(str(exc))
             return
         except asyncssh.ChannelOpenError as exc:
-            reason = "".join(c for c in exc.reason if c.isprintable())  # the device's text
-            self._fail(f"node {state.node.name!r} refused the session: {reason}")
+            self._fail(f"node {state.node.name!r} refused the session: {printable(exc.reason)}")
             return
         except (asyncssh.Error, OSError) as exc:
             self._fail(f"session on node {state.node.name!r} failed: {type(exc).__name__}")

@@ -33,6 +33,7 @@ from hub.identity import Identity, peer_identity
 from hub.listener import Listener, ListenerLimits
 from hub.locks import LOCKED_CLOSE_CODE, LockWatcher
 from hub.tunnels import LiveNode, TunnelRegistry
+from hub.wsutil import DEVICE_REASONS, close_reason, device_refusal, peer_host
 from remoteler import rpc
 from remoteler.access import check_access, node_visible
 from remoteler.addr import parse_labels
@@ -348,23 +349,22 @@ class HubServer:
                     "user": user,
                     "login": login,
                     "session_id": session_id,
-                    "remote_addr": _peer_host(ws),
+                    "remote_addr": peer_host(ws),
                 },
                 timeout=15,
             )
         except (ChannelOpenError, TunnelClosed, TimeoutError) as exc:
             log.warning("connect failed: %s", type(exc).__name__, extra=fields)
             why = f"node {node.name!r} did not accept the session; try again"
-            if isinstance(exc, ChannelOpenError) and exc.code in _PASSED_ON and exc.reason:
-                # The device's own reason (forward mode: its sshd is down), shown as text only.
-                why = f"node {node.name!r}: " + "".join(c for c in exc.reason if c.isprintable())
-            await ws.close(4502, _close_reason(why))
+            if isinstance(exc, ChannelOpenError) and exc.code in DEVICE_REASONS and exc.reason:
+                why = device_refusal(node.name, exc.reason)  # forward mode: its sshd is down
+            await ws.close(4502, close_reason(why))
             return
         log.info("session relay start", extra=fields)
         live.session_started()
 
         async def end_locked(reason: str) -> None:
-            await ws.close(LOCKED_CLOSE_CODE, _close_reason(reason))
+            await ws.close(LOCKED_CLOSE_CODE, close_reason(reason))
 
         untrack = self.locks.track_relay(
             user, login, (node.id, node.name), end_locked, recording=node.recording
@@ -407,7 +407,7 @@ class HubServer:
             log.info("session relay end", extra={**fields, "bytes_in": sent, "bytes_out": received})
 
     async def serve_rpc(self, ws: ServerConnection, ident: Identity | None) -> None:
-        _RPC_PEER.set(_peer_host(ws))
+        _RPC_PEER.set(peer_host(ws))
         for _ in range(RPC_MAX_REQUESTS):
             try:
                 async with asyncio.timeout(RPC_IDLE_TIMEOUT):
@@ -567,23 +567,6 @@ def _str(params: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise UsageError(f"missing parameter {key!r}")
     return value
-
-
-#: Channel refusals whose reason the device wrote for the user (edge_agent.target).
-_PASSED_ON = (OpenFailure.CONNECT_FAILED, OpenFailure.RESOURCE_SHORTAGE, OpenFailure.PROHIBITED)
-
-
-def _close_reason(text: str) -> str:
-    """``text`` cut to what a websocket close frame holds: 123 bytes of UTF-8 (RFC 6455
-    section 5.5); a longer reason makes websockets refuse to close at all."""
-    return text.encode()[:123].decode("utf-8", "ignore")
-
-
-def _peer_host(ws: ServerConnection) -> str:
-    try:
-        return str(ws.remote_address[0])
-    except (TypeError, IndexError):
-        return ""
 
 
 def _peer(ws: ServerConnection) -> str:

@@ -389,8 +389,30 @@ async def test_the_devices_refusal_reaches_the_user(proxied: tuple[Hub, Device])
         result = await conn.run("env", encoding=None)
     assert result.exit_status == 255
     assert result.stderr == (
-        b"remoteler: node 'dev1': the device's SSH server at 127.0.0.1:22 cannot be reached[2J\r\n"
-    )  # text only: no escape sequence from the device reaches the terminal
+        b"remoteler: node 'dev1': the device's SSH server at 127.0.0.1:22 cannot be reached?[2J\r\n"
+    )  # text only (remoteler.text.printable): no escape sequence reaches the terminal
+
+
+async def test_the_devices_refusal_is_printable_in_forward_mode_too(
+    proxied: tuple[Hub, Device],
+) -> None:
+    hub, device = proxied
+    await hub.backend.set_node_recording("dev1", "off")
+    device.refuse = "sshd down\x1b]52;c;aGk=\x07"
+    key, _, tls = await _user(hub)
+    async with connect(
+        hub.url("/v1/connect?node=dev1&login=pi"),
+        ssl=hub.tls(tls.encode(), private_key_to_pkcs8_pem(key)),
+        compression=None,
+        subprotocols=[CONNECT_SUBPROTOCOL],  # type: ignore[list-item]
+    ) as ws:
+        with pytest.raises(ConnectionClosed) as info:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert info.value.rcvd is not None
+    assert (info.value.rcvd.code, info.value.rcvd.reason) == (
+        4502,
+        "node 'dev1': sshd down?]52;c;aGk=?",
+    )
 
 
 async def test_losing_the_device_ends_the_users_connection(proxied: tuple[Hub, Device]) -> None:
@@ -474,7 +496,7 @@ async def test_a_source_address_certificate_is_refused_when_the_peer_is_unknown(
     )  # fmt: skip
     async with await _ssh(hub, key, cert, issued.tls_cert) as conn:  # the address is known
         assert (await conn.run("env", encoding=None)).exit_status == 5
-    monkeypatch.setattr(recording, "_peer_host", lambda ws: "")
+    monkeypatch.setattr(recording, "peer_host", lambda ws: "")
     with pytest.raises(asyncssh.PermissionDenied):
         await _ssh(hub, key, cert, issued.tls_cert)
     assert device.logins == ["pi"]
