@@ -137,6 +137,15 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
                     self._chan.exit(1)
             return
         self._task = asyncio.ensure_future(self._open_device())
+        self._task.add_done_callback(self._opened)
+
+    def _opened(self, task: asyncio.Future[None]) -> None:
+        """A cancelled opening (user gone, lock) ends the session here: its record, if
+        any, is ended; otherwise the connection forgets it at once."""
+        if task.cancelled():
+            self._finish()
+            if self._ending is None:
+                self._state.forget(self)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if self._record is not None:
@@ -189,10 +198,11 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
             self._device.close()  # device_closed ends the record
             return
         if self._task is not None and not self._task.done():
-            self._task.cancel()
-        self._finish()
-        if self._ending is None:  # nothing to store: done with it now
-            self._state.forget(self)
+            self._task.cancel()  # its end forgets the session (or stores its end first)
+        else:
+            self._finish()
+            if self._ending is None:  # nothing to store: done with it now
+                self._state.forget(self)
 
     def end_locked(self, message: str) -> None:
         """End this session with ``message`` on stderr and status 255 (as ssh when cut)."""

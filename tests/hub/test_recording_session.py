@@ -624,17 +624,21 @@ async def test_a_lock_cancels_a_session_still_waiting_for_the_device() -> None:
             self.status = status
 
     class State:
+        forgotten: list[Any] = []
+
         def forget(self, session: Any) -> None:
-            pass
+            self.forgotten.append(session)
 
     session = UserSession(State(), "sid")  # type: ignore[arg-type]
     chan = Chan()
     session.connection_made(chan)  # type: ignore[arg-type]
     waiting = asyncio.ensure_future(asyncio.Event().wait())  # as _open_device on the device
+    waiting.add_done_callback(session._opened)
     session._task = waiting
     session.end_locked("session ended: locked")
     await asyncio.sleep(0)
     assert waiting.cancelled()  # no session.start, no device session after the lock
+    assert State.forgotten == [session]  # nothing to store: the connection lets it go
     assert (chan.status, chan.stderr) == (255, b"\r\nremoteler: session ended: locked\r\n")
 
 
