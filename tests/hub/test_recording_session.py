@@ -636,7 +636,8 @@ async def test_a_lock_cancels_a_session_still_waiting_for_the_device() -> None:
     waiting.add_done_callback(session._opened)
     session._task = waiting
     session.end_locked("session ended: locked")
-    await asyncio.sleep(0)
+    await asyncio.wait([waiting], timeout=5)
+    await asyncio.sleep(0)  # its done callbacks run
     assert waiting.cancelled()  # no session.start, no device session after the lock
     assert State.forgotten == [session]  # nothing to store: the connection lets it go
     assert (chan.status, chan.stderr) == (255, b"\r\nremoteler: session ended: locked\r\n")
