@@ -19,3 +19,22 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop()
+
+
+#: The longest-running modules, started first: with ``-n 2 --dist loadfile`` each
+#: module runs whole on one worker, so a long one picked up last makes the other
+#: worker idle at the end (see the Makefile's pytest line).
+SLOW_FIRST = ("e2e/test_end_to_end.py", "e2e/test_ca_rotation.py", "bench/test_smoke.py")
+#: Then the other real-process directories; unit tests fill the gaps last.
+HEAVY_DIRS = ("e2e", "tsh", "bench")
+
+
+def _module_rank(item: pytest.Item) -> tuple[int, int]:
+    rel = Path(str(item.fspath)).relative_to(Path(__file__).parent).as_posix()
+    if rel in SLOW_FIRST:
+        return (0, SLOW_FIRST.index(rel))
+    return (1, 0) if rel.split("/", 1)[0] in HEAVY_DIRS else (2, 0)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=_module_rank)  # stable: a module's tests stay together, in order
