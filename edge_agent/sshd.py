@@ -27,8 +27,8 @@ from remoteler.sshio import (
     SSH_WINDOW,
     BytePipe,
     ChannelPipe,
-    PipeTunnel,
 )
+from remoteler.sshserver import CertificateOnlyServer, CheckedTunnel
 
 if TYPE_CHECKING:
     from edge_agent.audit import AgentAudit
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("remoteler.agent.sshd")
 
 
-class NodeSSHServer(asyncssh.SSHServer):
+class NodeSSHServer(CertificateOnlyServer):
     def __init__(
         self,
         user_ca_line: str,
@@ -48,7 +48,7 @@ class NodeSSHServer(asyncssh.SSHServer):
     ) -> None:
         self._consoles = consoles
         # One line per trusted user CA: two while a CA rotation is under way.
-        self._user_cas = [asyncssh.import_public_key(x) for x in user_ca_line.splitlines() if x]
+        self.user_cas = [asyncssh.import_public_key(x) for x in user_ca_line.splitlines() if x]
         self._fields = fields
         self._audit = audit
         self._locks = locks
@@ -83,21 +83,6 @@ class NodeSSHServer(asyncssh.SSHServer):
         self.login = username
         return True
 
-    def password_auth_supported(self) -> bool:
-        return False
-
-    def kbdint_auth_supported(self) -> bool:
-        return False
-
-    def public_key_auth_supported(self) -> bool:
-        return True
-
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        return False  # certificates only
-
-    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        return any(key.public_data == ca.public_data for ca in self._user_cas)
-
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
     ) -> Any:
@@ -116,48 +101,6 @@ class NodeSSHServer(asyncssh.SSHServer):
         )
         self._open.append(session)
         return session
-
-
-class _CheckedTunnel(PipeTunnel):
-    """Adds the device's own rule check to asyncssh's certificate validation."""
-
-    def __init__(
-        self,
-        pipe: BytePipe,
-        check: Callable[[bytes, str], AccessDecision],
-        extra: dict[str, Any],
-        on_refused: Callable[[str, str, str], None],
-    ) -> None:
-        super().__init__(pipe, extra)
-        self._check = check
-        self._on_refused = on_refused
-
-    async def create_connection(
-        self, session_factory: Callable[[], Any], host: str, port: int
-    ) -> Any:
-        def factory() -> Any:
-            conn = session_factory()
-            original = conn._validate_openssh_certificate
-
-            async def validate(username: str, cert: Any) -> Any:
-                key = await original(username, cert)
-                key_id = _key_id(cert.public_data)
-                decision = AccessDecision("certificate refused (CA, validity or principal)")
-                if key is not None:
-                    decision = self._check(cert.public_data, username)
-                if decision.reason is not None:
-                    log.warning("ssh auth failed: %s", decision.reason, extra={"login": username})
-                    self._on_refused(key_id, username, decision.reason)
-                    return None
-                conn.set_extra_info(
-                    remoteler_user=key_id, **{PERMISSIONS_INFO: decision.permissions}
-                )
-                return key
-
-            conn._validate_openssh_certificate = validate
-            return conn
-
-        return await super().create_connection(factory, host, port)
 
 
 def _key_id(cert_blob: bytes) -> str:
@@ -211,7 +154,9 @@ async def serve_ssh(
                 return AccessDecision(f"{lock.refusal()} (lock {lock.id})")
         return decision
 
-    def refused(user: str, login: str, reason: str) -> None:
+    def refused(conn: Any, cert_blob: bytes, login: str, reason: str) -> None:
+        user = _key_id(cert_blob)
+        log.warning("ssh auth failed: %s", reason, extra={"login": login})
         if audit is not None:
             audit.emit_nowait(
                 EventType.AUTH_FAILED,
@@ -222,8 +167,14 @@ async def serve_ssh(
             )
 
     peer = str(meta.get("remote_addr") or "127.0.0.1")
-    tunnel = _CheckedTunnel(
-        pipe, check, {"peername": (peer, 0), "sockname": ("127.0.0.1", 0)}, refused
+
+    def accepted(conn: Any, cert_blob: bytes, decision: AccessDecision) -> None:
+        conn.set_extra_info(
+            remoteler_user=_key_id(cert_blob), **{PERMISSIONS_INFO: decision.permissions}
+        )
+
+    tunnel = CheckedTunnel(
+        pipe, {"peername": (peer, 0), "sockname": ("127.0.0.1", 0)}, check, refused, accepted
     )
     host_key = asyncssh.import_private_key(private_key_to_openssh(ident.key))
     host_cert = asyncssh.import_certificate(ident.ssh_cert)

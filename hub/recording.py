@@ -28,7 +28,6 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -47,11 +46,11 @@ from remoteler.sshio import (
     CIPHERS,
     SSH_MAX_PACKET,
     SSH_WINDOW,
-    BytePipe,
     ChannelPipe,
     PipeTunnel,
     WebSocketPipe,
 )
+from remoteler.sshserver import CertificateOnlyServer, CheckedTunnel
 from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
 
 if TYPE_CHECKING:
@@ -66,42 +65,10 @@ log = logging.getLogger("remoteler.hub.recording")
 HOST_CERT_TTL = 3600
 
 
-class _CheckingTunnel(PipeTunnel):
-    """Runs ``check`` on the user's certificate after asyncssh's own validation."""
-
-    def __init__(
-        self,
-        pipe: BytePipe,
-        extra: dict[str, Any],
-        check: Callable[[bytes, str], AccessDecision],
-    ) -> None:
-        super().__init__(pipe, extra)
-        self._check = check
-
-    async def create_connection(
-        self, session_factory: Callable[[], Any], host: str, port: int
-    ) -> Any:
-        def factory() -> Any:
-            conn = session_factory()
-            original = conn._validate_openssh_certificate
-
-            async def validate(username: str, cert: Any) -> Any:
-                key = await original(username, cert)
-                reason: str | None
-                if key is None:
-                    reason = "certificate refused (CA, validity, principal or source address)"
-                else:
-                    reason = self._check(cert.public_data, username).reason
-                if reason is not None:
-                    with contextlib.suppress(Exception):
-                        conn.send_auth_banner(f"remoteler hub: {reason}\r\n")
-                    return None
-                return key
-
-            conn._validate_openssh_certificate = validate
-            return conn
-
-        return await super().create_connection(factory, host, port)
+def _banner_refusal(conn: Any, cert: bytes, login: str, reason: str) -> None:
+    """OpenSSH shows an auth banner to the user (tsh does not, its refusal is generic)."""
+    with contextlib.suppress(Exception):
+        conn.send_auth_banner(f"remoteler hub: {reason}\r\n")
 
 
 class RecordingProxy:
@@ -179,8 +146,11 @@ class RecordingProxy:
             principals=host_principals(node.id, node.name, self.server.auth.cluster),
             ttl_seconds=HOST_CERT_TTL,
         )
-        tunnel = _CheckingTunnel(
-            pipe, {"peername": (peer or "127.0.0.1", 0), "sockname": ("127.0.0.1", 0)}, check
+        tunnel = CheckedTunnel(
+            pipe,
+            {"peername": (peer or "127.0.0.1", 0), "sockname": ("127.0.0.1", 0)},
+            check,
+            _banner_refusal,
         )
         live.session_started()
         untrack = self.server.locks.track_relay(
@@ -411,10 +381,10 @@ class ConnState:
         await conn.wait_closed()
 
 
-class _ProxyServer(asyncssh.SSHServer):
+class _ProxyServer(CertificateOnlyServer):
     def __init__(self, state: ConnState) -> None:
         self._state = state
-        self._user_cas = [
+        self.user_cas = [
             asyncssh.import_public_key(ca.ssh_public_line()) for ca in state.proxy.user_cas()
         ]
         self._conn: asyncssh.SSHServerConnection | None = None
@@ -426,21 +396,6 @@ class _ProxyServer(asyncssh.SSHServer):
 
     def begin_auth(self, username: str) -> bool:
         return True
-
-    def password_auth_supported(self) -> bool:
-        return False
-
-    def kbdint_auth_supported(self) -> bool:
-        return False
-
-    def public_key_auth_supported(self) -> bool:
-        return True
-
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        return False  # certificates only
-
-    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        return any(key.public_data == ca.public_data for ca in self._user_cas)
 
     def auth_completed(self) -> None:
         self._state.start_upstream()  # the device login starts while the client sets up
