@@ -329,7 +329,10 @@ async def _set_recording(args: argparse.Namespace, backend: Any) -> None:
         if node.recording == "proxy"
         else "sessions are end to end again"
     )
-    print(f"Node {node.name!r}: recording {node.recording}; {how}. Open connections in the other mode are ended.")
+    print(
+        f"Node {node.name!r}: recording {node.recording}; {how}. "
+        "Open connections in the other mode are ended."
+    )
 
 
 async def cmd_auth(args: argparse.Namespace) -> None:
