@@ -15,6 +15,20 @@ import msgpack
 CODEC = "zlib-msgpack-v1"
 MAX_CHUNK_BYTES = 64 * 1024
 MAX_CHUNK_SECONDS = 1.0
+#: zlib level: terminal output still shrinks ~100x at level 1, three times faster
+#: than level 6 (this runs on the agent's event loop for every output byte).
+LEVEL = 1
+#: Bytes tried first: output that does not shrink (binary, already compressed) is
+#: stored (level 0, a copy) instead of costing ~27 ms per MiB to compress for nothing.
+SAMPLE = 4096
+
+
+def compress_chunk(raw: bytes) -> bytes:
+    """``raw`` as a zlib stream: level 1, or stored when a sample does not shrink."""
+    level = LEVEL
+    if len(raw) > 2 * SAMPLE and len(zlib.compress(raw[:SAMPLE], LEVEL)) > SAMPLE * 9 // 10:
+        level = 0
+    return zlib.compress(raw, level)
 
 
 class SessionRecorder:
@@ -58,7 +72,7 @@ class SessionRecorder:
     def flush(self) -> bytes | None:
         if not self._frames:
             return None
-        chunk = zlib.compress(msgpack.packb(self._frames, use_bin_type=True), 6)
+        chunk = compress_chunk(msgpack.packb(self._frames, use_bin_type=True))
         self._frames, self._size, self._first = [], 0, None
         self.chunks += 1
         return chunk

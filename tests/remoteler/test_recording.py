@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import os
+import zlib
+
 import pytest
 
-from remoteler.recording import CODEC, SessionRecorder, decode_chunk
+from remoteler.recording import CODEC, SessionRecorder, compress_chunk, decode_chunk
 
 
 def test_chunks_keep_bytes_and_timing() -> None:
@@ -33,3 +36,22 @@ def test_damaged_chunks_raise_value_error(data: bytes) -> None:
         decode_chunk(CODEC, data)
     with pytest.raises(ValueError):
         decode_chunk("other", data)
+
+
+def test_text_is_compressed_and_incompressible_output_is_stored() -> None:
+    text = b"Nov 25 12:00:01 gw kernel: eth0 link up 1000 Mb/s\n" * 1000
+    packed = compress_chunk(text)
+    assert zlib.decompress(packed) == text and len(packed) < len(text) // 50
+    noise = os.urandom(64 * 1024)
+    stored = compress_chunk(noise)
+    assert zlib.decompress(stored) == noise
+    # stored (level 0): the bytes appear verbatim after the zlib header
+    assert noise[:1000] in stored and len(stored) < len(noise) + 64
+
+
+def test_random_output_replays_exactly() -> None:
+    rec = SessionRecorder(start=100.0, max_chunk_bytes=16 * 1024)
+    noise = os.urandom(20 * 1024)
+    chunk = rec.output(noise, 100.5)
+    assert chunk is not None
+    assert decode_chunk(CODEC, chunk) == [(500, noise)]
