@@ -11,7 +11,7 @@ import asyncssh
 from edge_agent.identity import NodeIdentity
 from edge_agent.sshd import NodeSSHServer
 from remoteler.ca import private_key_to_openssh
-from remoteler.sshio import CIPHERS, SSH_MAX_PACKET, SSH_WINDOW
+from remoteler.sshserver import SERVER_OPTIONS
 
 
 async def main() -> None:
@@ -27,12 +27,8 @@ async def main() -> None:
         0,
         server_factory=lambda: NodeSSHServer(ident.user_ca_ssh, {}),
         server_host_keys=[(key, cert)],
-        encryption_algs=CIPHERS,
-        window=SSH_WINDOW,
-        max_pktsize=SSH_MAX_PACKET,
-        encoding=None,
-        line_editor=False,
         config=None,
+        **SERVER_OPTIONS,  # the agent's own server settings: only the hub path differs
     )
     port = server.sockets[0].getsockname()[1]
     Path(args.port_file).write_text(str(port))

@@ -22,13 +22,10 @@ from remoteler.access import AccessDecision
 from remoteler.audit.events import EventType
 from remoteler.ca import CAError, parse_certificate, private_key_to_openssh
 from remoteler.sshio import (
-    CIPHERS,
-    SSH_MAX_PACKET,
-    SSH_WINDOW,
     BytePipe,
     ChannelPipe,
 )
-from remoteler.sshserver import CertificateOnlyServer, CheckedTunnel
+from remoteler.sshserver import SERVER_OPTIONS, CertificateOnlyServer, CheckedTunnel
 
 if TYPE_CHECKING:
     from edge_agent.audit import AgentAudit
@@ -184,15 +181,7 @@ async def serve_ssh(
             config=None,
             server_factory=lambda: NodeSSHServer(user_cas, fields, audit, locks, consoles),
             server_host_keys=[(host_key, host_cert)],
-            encryption_algs=CIPHERS,
-            window=SSH_WINDOW,
-            max_pktsize=SSH_MAX_PACKET,
-            login_timeout=30,
-            allow_pty=True,
-            encoding=None,
-            line_editor=False,
-            agent_forwarding=False,
-            x11_forwarding=False,
+            **SERVER_OPTIONS,
         )
     except (asyncssh.Error, OSError, TimeoutError) as exc:
         log.info("ssh connection ended before login: %s", type(exc).__name__, extra=fields)

@@ -50,7 +50,7 @@ from remoteler.sshio import (
     PipeTunnel,
     WebSocketPipe,
 )
-from remoteler.sshserver import CertificateOnlyServer, CheckedTunnel
+from remoteler.sshserver import SERVER_OPTIONS, CertificateOnlyServer, CheckedTunnel
 from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
 
 if TYPE_CHECKING:
@@ -172,15 +172,7 @@ class RecordingProxy:
                             asyncssh.import_certificate(host_cert),
                         )
                     ],
-                    encryption_algs=CIPHERS,
-                    window=SSH_WINDOW,
-                    max_pktsize=SSH_MAX_PACKET,
-                    login_timeout=30,
-                    allow_pty=True,
-                    encoding=None,
-                    line_editor=False,
-                    agent_forwarding=False,
-                    x11_forwarding=False,
+                    **SERVER_OPTIONS,
                 )
             except (asyncssh.Error, OSError, TimeoutError) as exc:
                 log.info(

@@ -4,13 +4,31 @@ plain keys). The device's embedded server and the hub's recording proxy use it."
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import asyncssh
 
 from remoteler.access import AccessDecision
-from remoteler.sshio import BytePipe, PipeTunnel
+from remoteler.sshio import CIPHERS, SSH_MAX_PACKET, SSH_WINDOW, BytePipe, PipeTunnel
+
+#: asyncssh server options of every Remoteler SSH server (the device's embedded
+#: server, the hub's recording proxy): our ciphers, large windows and packets,
+#: bytes not text, no line editor, no agent or X11 forwarding.
+SERVER_OPTIONS: Mapping[str, Any] = MappingProxyType(
+    {
+        "encryption_algs": CIPHERS,
+        "window": SSH_WINDOW,
+        "max_pktsize": SSH_MAX_PACKET,
+        "login_timeout": 30,
+        "allow_pty": True,
+        "encoding": None,
+        "line_editor": False,
+        "agent_forwarding": False,
+        "x11_forwarding": False,
+    }
+)
 
 #: Why a certificate asyncssh itself refused was refused.
 ASYNCSSH_REFUSED = "certificate refused (CA, validity, principal or source address)"
