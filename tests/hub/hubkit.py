@@ -3,6 +3,7 @@ on loopback. tests/hub/conftest.py exposes the fixtures to pytest."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
+from websockets.asyncio.client import connect
 
 from hub import secrets as hs
 from hub.audit_store import AuditStore
@@ -18,14 +20,17 @@ from hub.auth import AuthService
 from hub.backend import SQLiteBackend
 from hub.datadir import DataDir
 from hub.listener import ListenerLimits
-from hub.server import HubServer
+from hub.server import TUNNEL_SUBPROTOCOL, HubServer
 from remoteler.ca import (
     CertAuthority,
     generate_private_key,
     private_key_to_pkcs8_pem,
     public_key_to_openssh,
 )
-from remoteler.tlsutil import client_context, server_context
+from remoteler.tlsutil import TUNNEL_ALPN, client_context, server_context
+from remoteler.wire.aio import ChannelRequest, Tunnel
+from remoteler.wire.connection import Connection, Role
+from remoteler.wire.limits import Limits
 
 TOTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 PASSWORD = "correct horse battery staple"
@@ -118,6 +123,36 @@ class Hub:
         key_pem, pub = new_key_line()
         issued = await self.auth.issue_user_certs(user, pub, None)
         return issued.tls_cert.encode(), key_pem
+
+
+class FakeAgent:
+    """An agent's side of a real tunnel to a running hub: TLS with a joined node's
+    certificate, websockets, the tunnel protocol. Subclasses answer channels."""
+
+    tunnel: Tunnel | None = None
+    task: asyncio.Task[None] | None = None
+
+    async def on_channel(self, request: ChannelRequest) -> None:
+        raise NotImplementedError
+
+    async def dial(self, hub: Hub, name: str, query: str = "") -> None:
+        """Join ``name`` and open its tunnel; ``query`` is appended to the tunnel URL."""
+        creds = await hub.node_creds(name)
+        ws = await connect(
+            hub.url("/v1/tunnel?heartbeat=30&misses=3" + query),
+            ssl=hub.tls(*creds, alpn=[TUNNEL_ALPN]),
+            compression=None,
+            subprotocols=[TUNNEL_SUBPROTOCOL],  # type: ignore[list-item]
+        )
+        limits = Limits(send_heartbeats=True)
+        self.tunnel = Tunnel(ws, Connection(Role.DIALER, limits), on_channel=self.on_channel)
+        self.task = asyncio.ensure_future(self.tunnel.run())
+
+    async def close(self) -> None:
+        if self.tunnel is not None:
+            await self.tunnel.close()
+        if self.task is not None:
+            await self.task
 
 
 @contextlib.asynccontextmanager

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hubkit import Hub, running_hub
-from websockets.asyncio.client import connect
+from hubkit import FakeAgent, Hub, running_hub
 
 from edge_agent.firmware import FirmwareAgent
 from edge_agent.firmware_install import InstallConfig, Installer
@@ -26,18 +25,14 @@ from firmware_tools.bundle import build_bundle
 from firmware_tools.keys import load_signing_key, load_trusted_keys, write_key_pair
 from hub.firmware import FirmwareRollouts
 from hub.firmware_store import FirmwareStore, Rollout
-from hub.server import TUNNEL_SUBPROTOCOL
 from remoteler.audit.stream import encode_message
-from remoteler.tlsutil import TUNNEL_ALPN
-from remoteler.wire.aio import ChannelRequest, Tunnel
+from remoteler.wire.aio import ChannelRequest
 from remoteler.wire.codes import OpenFailure
-from remoteler.wire.connection import Connection, Role
-from remoteler.wire.limits import Limits
 
 HOOK = "#!/bin/sh\nexit 0\n"
 
 
-class Agent:
+class Agent(FakeAgent):
     """A real tunnel; ``firmware`` channels go to ``serve`` (a real FirmwareAgent by default)."""
 
     def __init__(
@@ -65,8 +60,6 @@ class Agent:
             allow_downgrade=allow_downgrade,
         )
         self.serve: Callable[[ChannelRequest], Awaitable[None]] = self._serve
-        self.tunnel: Tunnel | None = None
-        self.task: asyncio.Task[None] | None = None
 
     async def _audit(self, type: str, **fields: Any) -> None:
         self.log.append((type, time.monotonic()))
@@ -78,24 +71,6 @@ class Agent:
         assert request.kind == "firmware"
         self.log.append(("offer", time.monotonic()))
         await self.serve(request)
-
-    async def dial(self, hub: Hub) -> None:
-        creds = await hub.node_creds(self.name)
-        ws = await connect(
-            hub.url("/v1/tunnel?heartbeat=30&misses=3"),
-            ssl=hub.tls(*creds, alpn=[TUNNEL_ALPN]),
-            compression=None,
-            subprotocols=[TUNNEL_SUBPROTOCOL],  # type: ignore[list-item]
-        )
-        limits = Limits(send_heartbeats=True)
-        self.tunnel = Tunnel(ws, Connection(Role.DIALER, limits), on_channel=self.on_channel)
-        self.task = asyncio.ensure_future(self.tunnel.run())
-
-    async def close(self) -> None:
-        if self.tunnel is not None:
-            await self.tunnel.close()
-        if self.task is not None:
-            await self.task
 
 
 class Setup:
@@ -138,7 +113,7 @@ class Setup:
     ) -> Agent:
         trust = self.trusted if trusted else None
         agent = Agent(name, self.root / name, trust, labels, allow_downgrade)
-        await agent.dial(self.hub)
+        await agent.dial(self.hub, agent.name)
         self.agents.append(agent)
         return agent
 

@@ -8,17 +8,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from hubkit import Hub, running_hub
+from hubkit import FakeAgent, Hub, running_hub
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from hub import locks as hub_locks
-from hub.server import CONNECT_SUBPROTOCOL, TUNNEL_SUBPROTOCOL
+from hub.server import CONNECT_SUBPROTOCOL
 from remoteler.locks import Lock, decode_locks, lock_digest
-from remoteler.tlsutil import TUNNEL_ALPN
-from remoteler.wire.aio import ChannelRequest, Tunnel
-from remoteler.wire.connection import Connection, Role
-from remoteler.wire.limits import Limits
+from remoteler.wire.aio import ChannelRequest
 
 
 @pytest.fixture
@@ -27,14 +24,12 @@ async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
         yield h
 
 
-class Agent:
+class Agent(FakeAgent):
     """A minimal agent: a real tunnel that records the lock sets pushed to it."""
 
     def __init__(self, answer: bytes = b"ok") -> None:
         self.answer = answer
         self.pushed: list[list[Lock]] = []
-        self.tunnel: Tunnel | None = None
-        self.task: asyncio.Task[None] | None = None
 
     async def on_channel(self, request: ChannelRequest) -> None:
         if request.kind == "ssh":  # a user session: held open, nothing served
@@ -50,24 +45,8 @@ class Agent:
         channel.write_eof()
         channel.close()
 
-    async def dial(self, hub: Hub, name: str, digest: str | None) -> None:
-        creds = await hub.node_creds(name)
-        query = "?heartbeat=30&misses=3" + (f"&locks={digest}" if digest is not None else "")
-        ws = await connect(
-            hub.url("/v1/tunnel" + query),
-            ssl=hub.tls(*creds, alpn=[TUNNEL_ALPN]),
-            compression=None,
-            subprotocols=[TUNNEL_SUBPROTOCOL],  # type: ignore[list-item]
-        )
-        limits = Limits(send_heartbeats=True)
-        self.tunnel = Tunnel(ws, Connection(Role.DIALER, limits), on_channel=self.on_channel)
-        self.task = asyncio.ensure_future(self.tunnel.run())
-
-    async def close(self) -> None:
-        if self.tunnel is not None:
-            await self.tunnel.close()
-        if self.task is not None:
-            await self.task
+    async def dial_with(self, hub: Hub, name: str, digest: str | None) -> None:
+        await self.dial(hub, name, f"&locks={digest}" if digest is not None else "")
 
 
 async def settle(hub: Hub, predicate: object, timeout: float = 10.0) -> None:
@@ -79,8 +58,8 @@ async def settle(hub: Hub, predicate: object, timeout: float = 10.0) -> None:
 
 async def test_an_agent_that_holds_the_current_set_gets_no_push(hub: Hub) -> None:
     current, stale = Agent(), Agent()
-    await current.dial(hub, "current", lock_digest([]))
-    await stale.dial(hub, "stale", None)  # an older agent, or one whose cache was lost
+    await current.dial_with(hub, "current", lock_digest([]))
+    await stale.dial_with(hub, "stale", None)  # an older agent, or one whose cache was lost
     try:
         await settle(hub, lambda: len(hub.server.registry) == 2)
         await settle(hub, lambda: stale.pushed == [[]])
@@ -103,7 +82,7 @@ async def test_a_set_the_agent_did_not_take_is_pushed_again(
     or unreadable there) the hub must not count the agent as up to date."""
     monkeypatch.setattr(hub_locks, "PUSH_RETRY", 0.2)
     refusing = Agent(answer=b"")
-    await refusing.dial(hub, "refusing", None)
+    await refusing.dial_with(hub, "refusing", None)
     try:
         await settle(hub, lambda: len(refusing.pushed) >= 3)
     finally:
@@ -117,7 +96,7 @@ async def test_a_locked_session_is_cut_whatever_the_lock_message(
     message must still fit the close frame (else websockets refuses to close)."""
     monkeypatch.setattr(hub.server.locks, "grace", 0.1)
     agent = Agent()
-    await agent.dial(hub, "node-1", lock_digest([]))
+    await agent.dial_with(hub, "node-1", lock_digest([]))
     try:
         await settle(hub, lambda: len(hub.server.registry) == 1)
         creds = await hub.user_creds("alice")

@@ -14,11 +14,11 @@ from typing import Any
 import asyncssh
 import pytest
 from helpers import free_port
-from hubkit import Hub, running_hub
+from hubkit import FakeAgent, Hub, running_hub
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from hub.server import CONNECT_SUBPROTOCOL, TUNNEL_SUBPROTOCOL
+from hub.server import CONNECT_SUBPROTOCOL
 from remoteler.access import Role as AccessRole
 from remoteler.ca import (
     generate_private_key,
@@ -29,11 +29,8 @@ from remoteler.ca import (
 )
 from remoteler.locks import Lock
 from remoteler.sshio import ChannelPipe, PipeTunnel, WebSocketPipe
-from remoteler.tlsutil import TUNNEL_ALPN
-from remoteler.wire.aio import ChannelRequest, Tunnel
+from remoteler.wire.aio import ChannelRequest
 from remoteler.wire.codes import OpenFailure
-from remoteler.wire.connection import Connection, Role
-from remoteler.wire.limits import Limits
 
 
 def _ssh_key(key: Any) -> asyncssh.SSHKey:
@@ -78,7 +75,7 @@ class _DeviceServer(asyncssh.SSHServer):
         return True  # forwards: the device connects to host:port itself
 
 
-class Device:
+class Device(FakeAgent):
     """A node: a real tunnel to the hub; each ``ssh`` channel gets an asyncssh server."""
 
     def __init__(self, hub: Hub, name: str) -> None:
@@ -90,8 +87,6 @@ class Device:
         )
         self.logins: list[str] = []
         self.refuse: str | None = None
-        self.tunnel: Tunnel | None = None
-        self._tasks: list[asyncio.Future[Any]] = []
 
     async def on_channel(self, request: ChannelRequest) -> None:
         assert request.kind == "ssh"
@@ -114,32 +109,19 @@ class Device:
         self.logins.append(str(conn.get_extra_info("username")))
         await conn.wait_closed()
 
-    async def dial(self) -> None:
-        creds = await self.hub.node_creds(self.name)
-        ws = await connect(
-            self.hub.url("/v1/tunnel?heartbeat=30&misses=3"),
-            ssl=self.hub.tls(*creds, alpn=[TUNNEL_ALPN]),
-            compression=None,
-            subprotocols=[TUNNEL_SUBPROTOCOL],  # type: ignore[list-item]
-        )
-        self.tunnel = Tunnel(
-            ws, Connection(Role.DIALER, Limits(send_heartbeats=True)), on_channel=self.on_channel
-        )
-        self._tasks.append(asyncio.ensure_future(self.tunnel.run()))
-
     async def close(self) -> None:
         if self.tunnel is not None:
             await self.tunnel.close()
-        for task in self._tasks:
+        if self.task is not None:
             with contextlib.suppress(Exception):
-                await task
+                await self.task
 
 
 @pytest.fixture
 async def proxied(tmp_path: Path) -> AsyncIterator[tuple[Hub, Device]]:
     async with running_hub(tmp_path, audit=True) as hub:
         device = Device(hub, "dev1")
-        await device.dial()
+        await device.dial(hub, device.name)
         try:
             for _ in range(200):
                 if len(hub.server.registry) == 1:
