@@ -68,6 +68,25 @@ def p99(values: Sequence[float]) -> float:
     return float(ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))])
 
 
+def rate_mib_s(size: int, wall: float, setup: float) -> float:
+    """MiB/s of a transfer whose process took ``wall`` s, ``setup`` of it start-up.
+
+    NaN (printed as "-") when the transfer took under a tenth of the wall time:
+    then the figure would be set-up noise (the smoke runs' 1 MiB), not a rate.
+    """
+    transfer = wall - setup
+    if transfer <= 0.1 * wall:
+        return float("nan")
+    return size / (1 << 20) / transfer
+
+
+def ratio(value: float, reference: float) -> float | None:
+    """``value / reference``, or None when either is missing (NaN) or the reference is 0."""
+    if value != value or reference != reference or not reference:
+        return None
+    return value / reference
+
+
 def timed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()

@@ -13,7 +13,7 @@ import os
 import subprocess
 
 from bench.fixtures import LOGIN, NODE, hub_rig
-from bench.harness import Context, Figure, benchmark, median, timed
+from bench.harness import Context, Figure, benchmark, median, rate_mib_s, ratio, timed
 
 MiB = 1 << 20
 
@@ -42,7 +42,7 @@ def recording_proxy(ctx: Context) -> list[Figure]:
             cat_cmd = rig.tsh("ssh", f"{LOGIN}@{NODE}", f"cat {payload}")
             setup = median([timed(lambda c=true_cmd: _run(c)) for _ in range(ctx.repeats)])
             samples = [
-                size / MiB / max(timed(lambda c=cat_cmd: _run(c)) - setup, 1e-6)
+                rate_mib_s(size, timed(lambda c=cat_cmd: _run(c)), setup)
                 for _ in range(ctx.repeats)
             ]
             rates[mode] = (median(samples), samples)
@@ -58,7 +58,7 @@ def recording_proxy(ctx: Context) -> list[Figure]:
             proxied,
             samples=proxied_samples,
             reference=ref,
-            ratio=proxied / e2e if e2e else None,
+            ratio=ratio(proxied, e2e),
             note="the hub decrypts, records and re-encrypts every byte",
         )
     )

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from bench.fixtures import LOGIN, NODE, direct_client, direct_server, hub_rig, openssh_server
-from bench.harness import Context, Figure, benchmark, median, timed
+from bench.harness import Context, Figure, benchmark, median, rate_mib_s, ratio, timed
 
 MiB = 1 << 20
 CIPHERS = {"aes128-gcm": "aes128-gcm@openssh.com", "chacha20": "chacha20-poly1305@openssh.com"}
@@ -32,7 +32,7 @@ def _throughput(
     rates = []
     for _ in range(repeats):
         wall = timed(lambda: _run(cmd_for["cat"], payload))
-        rates.append(size / MiB / max(wall - setup, 1e-6))
+        rates.append(rate_mib_s(size, wall, setup))
     return median(rates), rates
 
 
@@ -69,7 +69,7 @@ def relay_throughput(ctx: Context) -> list[Figure]:
                     hub,
                     samples=h_samples,
                     reference=ref,
-                    ratio=hub / direct,
+                    ratio=ratio(hub, direct),
                     goal=">= 0.8x direct",
                     met=None if ctx.smoke else hub / direct >= 0.8,
                 )

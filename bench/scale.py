@@ -44,7 +44,8 @@ def run_size(ctx: Context, n: int) -> list[Figure]:
     root = ctx.workdir / f"n{n}"
     root.mkdir()
     cluster = Cluster(root, free_port())
-    cluster.start_hub()
+    hub_args = os.environ.get("BENCH_HUB_ARGS", "").split()  # e.g. --handshake-threads 0
+    cluster.start_hub(*hub_args)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         cluster.add_user("bench", ["root"])
@@ -116,8 +117,9 @@ def run_size(ctx: Context, n: int) -> list[Figure]:
                     errors += 1
                 time.sleep(0.2)
 
+        gen_cpu0 = sum(cpu_seconds(p.pid) for p in procs)
         restart = time.monotonic()
-        cluster.start_hub()
+        cluster.start_hub(*hub_args)
         profile = os.environ.get("BENCH_PROFILE_HUB")  # py-spy raw output path, optional
         spy = None
         if profile and cluster.hub is not None:
@@ -141,6 +143,8 @@ def run_size(ctx: Context, n: int) -> list[Figure]:
         poller.start()
         all_back = not math.isnan(wait_all(statuses, n, 300))
         back = time.monotonic() - restart if all_back else float("nan")
+        hub_cpu = cpu_seconds(cluster.hub.pid)
+        gen_cpu = sum(cpu_seconds(p.pid) for p in procs) - gen_cpu0
         storm_over.set()
         poller.join()
         if spy is not None:
@@ -169,6 +173,14 @@ def run_size(ctx: Context, n: int) -> list[Figure]:
             back,
             goal="< 60 s",
             met=(back < 60) if full else None,
+        ),
+        Figure(
+            "hub_scale",
+            f"{label}: hub CPU per agent back",
+            "ms",
+            1000 * hub_cpu / n,
+            note=f"hub start to all back, {hub_cpu:.1f} s CPU; load generator "
+            f"{1000 * gen_cpu / n:.2f} ms per agent",
         ),
         Figure(
             "hub_scale",
