@@ -16,7 +16,7 @@ from typing import Any
 import asyncssh
 import pytest
 
-from edge_agent.session import CommandSession
+from edge_agent.session import PIPE_SIZE, CommandSession
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 TIMEOUT = 30
@@ -298,3 +298,12 @@ async def test_command_does_not_inherit_ignored_signals(conn: Any, pty: bool) ->
         mask = int(masks[name], 16)
         for sig in (*ignored, signal.SIGUSR1):
             assert not mask & (1 << (sig - 1)), f"{sig.name} in {name} of the command"
+
+
+async def test_command_pipes_are_grown_for_bulk_transfers(conn: Any) -> None:
+    # F_GETPIPE_SZ (1032) of the command's stdin and stdout, as the command sees them.
+    probe = "import fcntl; print(fcntl.fcntl(0, 1032), fcntl.fcntl(1, 1032))"
+    result = await conn.run(f"python3 -c '{probe}'", timeout=TIMEOUT)
+    with open("/proc/sys/fs/pipe-max-size") as f:
+        expected = min(PIPE_SIZE, int(f.read()))
+    assert result.stdout.split() == [str(expected)] * 2  # Linux's default is 65536
