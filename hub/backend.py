@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -214,20 +214,34 @@ def _token(row: aiosqlite.Row) -> Token:
     )
 
 
-def _node(row: aiosqlite.Row) -> Node:
+def _node(row: aiosqlite.Row, loads: Callable[[str], Any] = json.loads) -> Node:
     return Node(
         id=row["id"],
         name=row["name"],
-        labels=json.loads(row["labels"]),
+        labels=loads(row["labels"]),
         version=row["version"],
         online=bool(row["online"]),
         last_seen=row["last_seen"],
         joined=row["joined"],
-        token_labels=json.loads(row["token_labels"]),
+        token_labels=loads(row["token_labels"]),
         audit_pending=row["audit_pending"],
         audit_oldest=row["audit_oldest"],
         recording=row["recording"],
     )
+
+
+def _labels_loader() -> Callable[[str], dict[str, str]]:
+    """``json.loads`` for the label maps of many rows: a fleet has few distinct label
+    sets, so each distinct text is parsed once and every row gets its own copy."""
+    parsed: dict[str, dict[str, str]] = {}
+
+    def loads(text: str) -> dict[str, str]:
+        labels = parsed.get(text)
+        if labels is None:
+            labels = parsed[text] = json.loads(text)
+        return dict(labels)  # label maps are flat: a shallow copy is a whole copy
+
+    return loads
 
 
 def _lock(row: aiosqlite.Row) -> Lock:
@@ -438,7 +452,8 @@ class SQLiteBackend:
         return _node(row) if row else None
 
     async def list_nodes(self) -> list[Node]:
-        return [_node(r) for r in await self._all("SELECT * FROM nodes ORDER BY name")]
+        loads = _labels_loader()
+        return [_node(r, loads) for r in await self._all("SELECT * FROM nodes ORDER BY name")]
 
     async def delete_node(self, key: str) -> bool:
         return await self._write("DELETE FROM nodes WHERE id = ? OR name = ?", (key, key)) > 0

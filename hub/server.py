@@ -515,10 +515,16 @@ class HubServer:
         if not isinstance(want, dict):
             raise UsageError("labels must be a map")
         out = []
+        # A fleet has few distinct label sets: decide each once per call, not per node.
+        visible: dict[frozenset[tuple[str, str]], bool] = {}
         for node in await self.backend.list_nodes():
             live = self.registry.get(node.id)
             labels = self.registry.labels_of(node)
-            if not node_visible(rules, labels):
+            key = frozenset(labels.items())
+            shown = visible.get(key)
+            if shown is None:
+                shown = visible[key] = node_visible(rules, labels)
+            if not shown:
                 continue  # as Teleport: users only see nodes their roles match (and no deny)
             if any(labels.get(k) != v for k, v in want.items()):
                 continue
