@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
         "so users stay served during reconnect storms (default %(default)s)",
     )
     start.add_argument(
+        "--gc-interval",
+        type=float,
+        default=600.0,
+        help="seconds between full garbage collections; in between, objects that "
+        "survived one are not walked again (docs/performance.md) (default %(default)s)",
+    )
+    start.add_argument(
         "--drain-spread",
         type=float,
         default=None,
@@ -68,6 +75,7 @@ async def run(args: argparse.Namespace) -> None:
     from hub.auth import AuthService
     from hub.backend import SQLiteBackend
     from hub.datadir import DataDir
+    from hub.gcpolicy import GcPolicy
     from hub.rotation_runtime import HubRotation
     from hub.server import HubServer
     from hub.sslbuffer import share_ssl_read_buffer
@@ -115,8 +123,11 @@ async def run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    gc_policy = GcPolicy(max(1.0, args.gc_interval))
+    gc_policy.install()
     flusher = asyncio.ensure_future(server.registry.run_flusher())
     follower = asyncio.ensure_future(rotation.run())
+    collector = asyncio.ensure_future(gc_policy.run())
     try:
         await stop.wait()
         spread = args.drain_spread
@@ -126,7 +137,7 @@ async def run(args: argparse.Namespace) -> None:
         log.info("hub stopping")
         await server.drain(args.shutdown_grace, spread)
     finally:
-        for task in (flusher, follower):
+        for task in (flusher, follower, collector):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
