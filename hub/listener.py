@@ -6,8 +6,9 @@ handshake (and every user's) takes as long as all of them together, and clients
 time out and retry, wasting the work already done. Here each connection's
 ClientHello is peeked first (:mod:`remoteler.tlshello`, no TLS yet): agents
 (ALPN ``remoteler-tunnel/1``) wait in a FIFO lane that admits a few handshakes
-at a time and holds each permit until the websocket upgrade is done; users go
-through a separate, wider lane. Connections whose peer gave up while queued are
+at a time, as many as the event loop's lag allows (:mod:`hub.admission`), and
+holds each permit for the TLS handshake; users go through a separate lane that
+nothing throttles. Connections whose peer gave up while queued are
 dropped without a handshake, and a peer that does not send a complete
 ClientHello in time (slowloris) is closed.
 
@@ -34,6 +35,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
+from hub.admission import Gate, LagGovernor
 from remoteler.tlshello import MAX_HELLO, NotClientHello, parse_client_hello
 from remoteler.tlsutil import TUNNEL_ALPN
 
@@ -45,11 +47,17 @@ Handler = Callable[[ServerConnection], Awaitable[None]]
 
 @dataclass(frozen=True)
 class ListenerLimits:
-    #: agent TLS handshakes in progress at once. A permit is held for the
+    #: most agent TLS handshakes in progress at once. A permit is held for the
     #: client's round trips too, so over cellular links (0.1-0.5 s RTT) a small
-    #: number would cap the rate; 64 keeps a loopback storm's loop iterations short
-    #: enough for users and still admits ~100-600 agents/s at cellular RTTs.
+    #: number would cap the rate: 64 admits ~100-600 agents/s at cellular RTTs.
+    #: Fewer are let in while the event loop lags (hub/admission.py).
     tunnel_handshakes: int = 64
+    #: loop lag (seconds) above which fewer agent handshakes are let in
+    lag_target: float = 0.02
+    #: seconds between loop-lag measurements
+    lag_tick: float = 0.05
+    #: connections accepted in one go before other work gets the loop
+    accept_burst: int = 32
     #: user (tsh, tctl, joins) TLS handshakes in progress at once
     user_handshakes: int = 64
     #: connections accepted but not yet through their handshake; beyond it, closed at once
@@ -63,11 +71,11 @@ class ListenerLimits:
 
 
 class _Lane:
-    """A FIFO of connections waiting for one of ``size`` handshake permits."""
+    """A FIFO of connections waiting for one of its gate's handshake permits."""
 
     def __init__(self, name: str, size: int) -> None:
         self.name = name
-        self.sem = asyncio.Semaphore(size)
+        self.gate = Gate(size)
         self.waiting = 0
         self.admitted = 0
 
@@ -75,10 +83,10 @@ class _Lane:
 class _AcceptLoop:
     """What websockets' Server needs of an asyncio.Server, over our own accept loop."""
 
-    def __init__(self, sock: socket.socket, run: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, sock: socket.socket, *runs: Callable[[], Awaitable[None]]) -> None:
         self.sockets = (sock,)
         self._loop = asyncio.get_running_loop()
-        self._task = asyncio.ensure_future(run())
+        self._tasks = [asyncio.ensure_future(run()) for run in runs]
         self._serving = True
 
     def is_serving(self) -> bool:
@@ -90,12 +98,14 @@ class _AcceptLoop:
     def close(self) -> None:
         if self._serving:
             self._serving = False
-            self._task.cancel()
+            for task in self._tasks:
+                task.cancel()
             self.sockets[0].close()
 
     async def wait_closed(self) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def start_serving(self) -> None:  # serving from the start
         return None
@@ -124,6 +134,7 @@ class Listener:
             "tunnel": _Lane("tunnel", self.limits.tunnel_handshakes),
             "user": _Lane("user", self.limits.user_handshakes),
         }
+        self.governor = LagGovernor(self.limits.tunnel_handshakes, target=self.limits.lag_target)
         self.queued = 0
         self.refused = 0
         self._conn_tasks: set[asyncio.Task[None]] = set()
@@ -150,14 +161,33 @@ class Listener:
         ws_log = logging.getLogger("remoteler.hub.ws")
         ws_log.setLevel(logging.WARNING)
         server = Server(never, self._protocol_handler, ws_log)
-        server.server = cast(asyncio.Server, _AcceptLoop(sock, lambda: self._accept(sock)))
+        server.server = cast(
+            asyncio.Server, _AcceptLoop(sock, lambda: self._accept(sock), self._govern)
+        )
         self.ws_server = server
         return server
+
+    async def _govern(self) -> None:
+        """Measure the loop's lag each tick; let in as many agent handshakes as it allows."""
+        loop = asyncio.get_running_loop()
+        tick = self.limits.lag_tick
+        gate = self.lanes["tunnel"].gate
+        while True:
+            start = loop.time()
+            await asyncio.sleep(tick)
+            gate.resize(self.governor.observe(loop.time() - start - tick))
 
     # accept and classify ----------------------------------------------------
     async def _accept(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
+        burst = 0
         while True:
+            burst += 1
+            if burst >= self.limits.accept_burst:
+                # sock_accept does not yield while connections are pending: 4,096 of
+                # them in the backlog would be one long loop iteration.
+                burst = 0
+                await asyncio.sleep(0)
             try:
                 conn, _addr = await loop.sock_accept(sock)
             except OSError as exc:
@@ -195,10 +225,10 @@ class Listener:
             queued_at = time.monotonic()
             lane.waiting += 1
             try:
-                await lane.sem.acquire()
+                await lane.gate.acquire()
             finally:
                 lane.waiting -= 1
-            release = lane.sem.release
+            release = lane.gate.release
             if time.monotonic() - queued_at > self.limits.max_queue_wait or _peer_gone(conn):
                 conn.close()  # the peer gave up while queued: save the handshake
                 return
@@ -286,7 +316,11 @@ class Listener:
             server.handler_tasks.discard(cast(Any, asyncio.current_task()))
 
     def stats(self) -> dict[str, int]:
-        out = {"queued": self.queued, "refused": self.refused}
+        out = {
+            "queued": self.queued,
+            "refused": self.refused,
+            "tunnel_capacity": self.lanes["tunnel"].gate.capacity,
+        }
         for name, lane in self.lanes.items():
             out[f"{name}_waiting"] = lane.waiting
             out[f"{name}_admitted"] = lane.admitted

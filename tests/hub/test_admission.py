@@ -1,0 +1,105 @@
+"""Agent admission by loop lag: the governor's arithmetic, the gate's FIFO, and a
+listener whose loop is made to lag letting fewer agents in."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from hubkit import running_hub
+
+from hub.admission import Gate, LagGovernor
+from hub.listener import ListenerLimits
+
+
+def test_governor_starts_at_the_ceiling_and_shrinks_by_a_third_on_lag() -> None:
+    gov = LagGovernor(64, target=0.02)
+    assert gov.capacity == 64
+    assert gov.observe(0.05) == 42
+    assert gov.observe(0.05) == 28
+    for _ in range(20):
+        gov.observe(1.0)
+    assert gov.capacity == gov.floor == 2
+
+
+def test_governor_grows_by_one_when_calm_and_holds_in_between() -> None:
+    gov = LagGovernor(10, floor=2, target=0.02)
+    for _ in range(5):
+        gov.observe(1.0)
+    assert gov.capacity == 2
+    assert gov.observe(0.015) == 2  # between half the target and the target: hold
+    assert gov.observe(0.001) == 3
+    for _ in range(20):
+        gov.observe(0.0)
+    assert gov.capacity == 10  # never past the operator's ceiling
+
+
+def test_governor_floor_never_exceeds_the_ceiling() -> None:
+    gov = LagGovernor(1)
+    assert gov.floor == 1
+    assert gov.observe(5.0) == 1
+    with pytest.raises(ValueError):
+        LagGovernor(0)
+
+
+async def test_gate_admits_in_order_and_resizes_while_permits_are_out() -> None:
+    gate = Gate(2)
+    await gate.acquire()
+    await gate.acquire()
+    order: list[int] = []
+
+    async def waiter(i: int) -> None:
+        await gate.acquire()
+        order.append(i)
+
+    tasks = [asyncio.ensure_future(waiter(i)) for i in range(3)]
+    await asyncio.sleep(0)
+    assert gate.waiting == 3 and order == []
+    gate.resize(1)  # shrinking takes no permit back
+    gate.release()
+    await asyncio.sleep(0)
+    assert order == [] and gate.in_use == 1  # 1 out of 1: still full
+    gate.resize(3)
+    await asyncio.sleep(0)
+    assert order == [0, 1] and gate.in_use == 3
+    gate.release()
+    await asyncio.gather(*tasks)
+    assert order == [0, 1, 2] and gate.in_use == 3
+
+
+async def test_gate_cancelled_waiters_leak_no_permit() -> None:
+    gate = Gate(1)
+    await gate.acquire()
+    queued = asyncio.ensure_future(gate.acquire())
+    await asyncio.sleep(0)
+    queued.cancel()
+    await asyncio.gather(queued, return_exceptions=True)
+    assert gate.waiting == 0
+    # Granted and cancelled in the same turn: the permit passes to the next waiter.
+    granted = asyncio.ensure_future(gate.acquire())
+    after = asyncio.ensure_future(gate.acquire())
+    await asyncio.sleep(0)
+    gate.release()  # grants ``granted``...
+    granted.cancel()  # ...which is cancelled before it runs
+    await asyncio.gather(granted, return_exceptions=True)
+    await asyncio.wait_for(after, 1)
+    assert gate.in_use == 1 and gate.waiting == 0
+
+
+async def test_a_lagging_loop_lets_fewer_agents_in(tmp_path: Path) -> None:
+    limits = ListenerLimits(tunnel_handshakes=32, lag_target=0.01, lag_tick=0.02)
+    async with running_hub(tmp_path, limits) as hub:
+        listener = hub.server.listener
+        assert listener is not None
+        assert listener.stats()["tunnel_capacity"] == 32
+        for _ in range(3):
+            time.sleep(0.1)  # the point: the loop is blocked
+            await asyncio.sleep(0.03)
+        lagged = listener.stats()["tunnel_capacity"]
+        assert lagged < 32
+        deadline = time.monotonic() + 10
+        while listener.stats()["tunnel_capacity"] < 32:
+            assert time.monotonic() < deadline, "capacity did not recover on a calm loop"
+            await asyncio.sleep(0.05)
