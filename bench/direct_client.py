@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from bench.direct import connect_direct_tcp
+from remoteler import malloc
 from tsh.ssh import run_session
 
 
@@ -29,4 +30,5 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
+    malloc.tune()  # as tsh and edge-agent do at start
     sys.exit(asyncio.run(main()))

@@ -10,6 +10,7 @@ import asyncssh
 
 from edge_agent.identity import NodeIdentity
 from edge_agent.sshd import NodeSSHServer
+from remoteler import malloc
 from remoteler.ca import private_key_to_openssh
 from remoteler.sshserver import SERVER_OPTIONS
 
@@ -36,4 +37,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    malloc.tune()  # as tsh and edge-agent do at start
     asyncio.run(main())

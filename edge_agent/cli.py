@@ -243,8 +243,9 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from edge_agent import config
-    from remoteler import logs
+    from remoteler import logs, malloc
 
+    malloc.tune()
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -152,8 +152,9 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from remoteler import logs
+    from remoteler import logs, malloc
 
+    malloc.tune()
     args = build_parser().parse_args(argv)
     logs.setup(args.log_level)
     try:

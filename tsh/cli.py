@@ -486,6 +486,9 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    from remoteler import malloc
+
+    malloc.tune()
     args = build_parser().parse_args(argv)
     try:
         return asyncio.run(COMMANDS[args.command](args))

@@ -6,7 +6,7 @@ import asyncio
 
 import asyncssh
 
-from remoteler.sshio import PipeTunnel
+from remoteler.sshio import PipeTunnel, messages
 
 
 class MemoryPipe:
@@ -88,3 +88,22 @@ async def test_asyncssh_runs_over_pipes_both_ways() -> None:
     server_conn.close()
     await server_conn.wait_closed()
     assert client_pipe.sent > len(payload)
+
+
+def test_messages_join_small_chunks_and_slice_large_ones_in_order() -> None:
+    chunks = [b"a" * 3, b"b" * 4, b"c" * 25, b"d" * 2, b"e" * 10]
+    out = list(messages(chunks, 10))
+    assert [bytes(m) for m in out] == [
+        b"aaabbbb",
+        b"c" * 10,
+        b"c" * 10,
+        b"c" * 5,
+        b"dd",
+        b"e" * 10,
+    ]
+    assert all(len(m) <= 10 for m in out)
+    assert b"".join(bytes(m) for m in out) == b"".join(chunks)
+    big = [bytes(range(256)) * 4]
+    sliced = list(messages(big, 256))
+    assert all(isinstance(m, memoryview) for m in sliced)  # no copy of large chunks
+    assert list(messages([], 10)) == []
