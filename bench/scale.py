@@ -46,7 +46,7 @@ def run_size(ctx: Context, n: int) -> list[Figure]:
     root = ctx.workdir / f"n{n}"
     root.mkdir()
     cluster = Cluster(root, free_port())
-    hub_args = os.environ.get("BENCH_HUB_ARGS", "").split()  # e.g. --handshake-threads 0
+    hub_args = os.environ.get("BENCH_HUB_ARGS", "").split()  # e.g. --max-agent-handshakes 16
     cluster.start_hub(*hub_args)
     procs: list[subprocess.Popen[bytes]] = []
     try:
