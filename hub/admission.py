@@ -32,23 +32,37 @@ class LagGovernor:
 
     #: most permits (the operator's ``--max-agent-handshakes``)
     ceiling: int
-    #: fewest permits: a storm always makes progress
-    floor: int = 2
+    #: fewest permits (clamped to the ceiling): a storm always makes progress, and
+    #: a few peers that stall their handshake cannot hold the lane shut
+    floor: int = 8
     #: seconds of lag per tick above which permits shrink
     target: float = 0.02
+    #: ticks between two decreases: a cut shows in the lag only once the
+    #: handshakes already admitted are through (TCP cuts once per round trip)
+    cooldown: int = 4
     #: permits in force; starts at the ceiling (an idle hub admits at full rate)
     capacity: int = field(init=False)
+    _since_cut: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         if self.ceiling < 1:
             raise ValueError("ceiling must be >= 1")
         self.floor = max(1, min(self.floor, self.ceiling))
         self.capacity = self.ceiling
+        self._since_cut = self.cooldown
 
-    def observe(self, lag: float) -> int:
-        """Take one tick's measured lag (seconds past the timer); return the capacity."""
+    def observe(self, lag: float, queued: bool = True) -> int:
+        """Take one tick's measured lag (seconds past the timer) and whether agents
+        are waiting for a permit; return the capacity to use.
+
+        Lag with no agent waiting is not the lane's doing (a big ``tsh ls``, the
+        collector): the capacity is then left alone rather than cut.
+        """
+        self._since_cut += 1
         if lag > self.target:
-            self.capacity = max(self.floor, self.capacity * 2 // 3)
+            if queued and self._since_cut >= self.cooldown:
+                self.capacity = max(self.floor, self.capacity * 2 // 3)
+                self._since_cut = 0
         elif lag < self.target / 2:
             self.capacity = min(self.ceiling, self.capacity + 1)
         return self.capacity
@@ -65,7 +79,7 @@ class Gate:
 
     @property
     def waiting(self) -> int:
-        return sum(1 for w in self._waiters if not w.done())
+        return len(self._waiters)  # granted and cancelled waiters leave the queue
 
     async def acquire(self) -> None:
         """Wait for a permit; the caller must :meth:`release` it exactly once."""

@@ -7,10 +7,10 @@ time out and retry, wasting the work already done. Here each connection's
 ClientHello is peeked first (:mod:`remoteler.tlshello`, no TLS yet): agents
 (ALPN ``remoteler-tunnel/1``) wait in a FIFO lane that admits a few handshakes
 at a time, as many as the event loop's lag allows (:mod:`hub.admission`), and
-holds each permit for the TLS handshake; users go through a separate lane that
-nothing throttles. Connections whose peer gave up while queued are
-dropped without a handshake, and a peer that does not send a complete
-ClientHello in time (slowloris) is closed.
+holds each permit for the TLS handshake; users go through a lane of their own
+whose ``user_handshakes`` permits lag does not shrink. Connections whose peer
+gave up while queued are dropped without a handshake, and a peer that does not
+send a complete ClientHello in time (slowloris) is closed.
 
 The websockets side reuses the library's public sans-I/O ``ServerProtocol`` and
 asyncio ``ServerConnection``/``Server``; only the accept and the TLS start are ours.
@@ -76,8 +76,11 @@ class _Lane:
     def __init__(self, name: str, size: int) -> None:
         self.name = name
         self.gate = Gate(size)
-        self.waiting = 0
         self.admitted = 0
+
+    @property
+    def waiting(self) -> int:
+        return self.gate.waiting
 
 
 class _AcceptLoop:
@@ -175,7 +178,7 @@ class Listener:
         while True:
             start = loop.time()
             await asyncio.sleep(tick)
-            gate.resize(self.governor.observe(loop.time() - start - tick))
+            gate.resize(self.governor.observe(loop.time() - start - tick, gate.waiting > 0))
 
     # accept and classify ----------------------------------------------------
     async def _accept(self, sock: socket.socket) -> None:
@@ -223,11 +226,7 @@ class Listener:
                 conn.close()
                 return
             queued_at = time.monotonic()
-            lane.waiting += 1
-            try:
-                await lane.gate.acquire()
-            finally:
-                lane.waiting -= 1
+            await lane.gate.acquire()
             release = lane.gate.release
             if time.monotonic() - queued_at > self.limits.max_queue_wait or _peer_gone(conn):
                 conn.close()  # the peer gave up while queued: save the handshake
