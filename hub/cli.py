@@ -46,15 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-agent-handshakes",
         type=int,
         default=ListenerLimits.tunnel_handshakes,
-        help="agent TLS + websocket handshakes in progress at once; more wait in a queue "
-        "so users stay served during reconnect storms (default %(default)s)",
+        help="most agent TLS handshakes in progress at once, fewer while the hub's event "
+        "loop lags; more wait in a queue so users stay served during reconnect storms "
+        "(default %(default)s)",
     )
     start.add_argument(
         "--gc-interval",
         type=float,
         default=600.0,
-        help="seconds between full garbage collections; in between, objects that "
-        "survived one are not walked again (docs/performance.md) (default %(default)s)",
+        help="seconds between full garbage collections, at least 60; in between, objects "
+        "that survived one are not walked again; 0 leaves Python's collector as it is "
+        "(docs/tunnels.md) (default %(default)s)",
     )
     start.add_argument(
         "--drain-spread",
@@ -75,7 +77,7 @@ async def run(args: argparse.Namespace) -> None:
     from hub.auth import AuthService
     from hub.backend import SQLiteBackend
     from hub.datadir import DataDir
-    from hub.gcpolicy import GcPolicy
+    from hub.gcpolicy import MIN_INTERVAL, GcPolicy
     from hub.rotation_runtime import HubRotation
     from hub.server import HubServer
     from hub.sslbuffer import share_ssl_read_buffer
@@ -123,11 +125,14 @@ async def run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    gc_policy = GcPolicy(max(1.0, args.gc_interval))
-    gc_policy.install()
-    flusher = asyncio.ensure_future(server.registry.run_flusher())
-    follower = asyncio.ensure_future(rotation.run())
-    collector = asyncio.ensure_future(gc_policy.run())
+    tasks = [
+        asyncio.ensure_future(server.registry.run_flusher()),
+        asyncio.ensure_future(rotation.run()),
+    ]
+    gc_policy = GcPolicy(max(MIN_INTERVAL, args.gc_interval))
+    if args.gc_interval > 0:
+        gc_policy.install()
+        tasks.append(asyncio.ensure_future(gc_policy.run()))
     try:
         await stop.wait()
         spread = args.drain_spread
@@ -137,10 +142,11 @@ async def run(args: argparse.Namespace) -> None:
         log.info("hub stopping")
         await server.drain(args.shutdown_grace, spread)
     finally:
-        for task in (flusher, follower, collector):
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        gc_policy.uninstall()
         await server.close()
         with contextlib.suppress(Exception):
             await server.registry.flush()

@@ -31,7 +31,6 @@ async def test_survivors_of_a_full_collection_are_frozen(policy: GcPolicy) -> No
     assert frozen > 0  # start-up objects
     keep = [Node() for _ in range(1000)]
     gc.collect(2)  # as the collector would on its own
-    await asyncio.sleep(0)  # the freeze runs on the loop, after the collection
     assert policy.frozen_after_full == 1
     assert gc.get_freeze_count() >= frozen + len(keep)
     gc.collect(1)  # a young collection freezes nothing
@@ -61,3 +60,17 @@ async def test_uninstall_unfreezes_and_stops_freezing(policy: GcPolicy) -> None:
     gc.collect(2)
     await asyncio.sleep(0)
     assert policy.frozen_after_full == 0
+
+
+async def test_maintenance_is_not_counted_as_an_automatic_full_collection(
+    policy: GcPolicy,
+) -> None:
+    policy.install()
+    policy.maintain()
+    assert policy.frozen_after_full == 0
+
+
+async def test_collections_in_other_threads_freeze_too(policy: GcPolicy) -> None:
+    policy.install()
+    await asyncio.to_thread(gc.collect, 2)  # aiosqlite's and the pool's threads
+    assert policy.frozen_after_full == 1
