@@ -32,9 +32,10 @@ log = logging.getLogger("remoteler.agent.session")
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ACCEPT_ENV_PREFIXES = ("LANG", "LC_", "TZ", "COLORTERM")
 READ_SIZE = 64 * 1024
-#: pipe buffer asked for between a command and us (Linux default 64 KiB); bulk
-#: stdin and stdout then move in fewer, larger writes: fewer loop wake-ups
-PIPE_SIZE = 1 << 20
+#: pipe buffer asked for between a command and us (Linux default 64 KiB), so a
+#: 256 KiB SSH packet's data is one write, not four loop wake-ups. Pipe pages count
+#: against the agent's user (pipe-user-pages-soft, 64 MiB): 512 KiB per session.
+PIPE_SIZE = 256 * 1024
 #: Client input held for a command that is not reading it; past this the channel
 #: stops reading, so the SSH window closes and the client waits (RFC 4254 §5.2).
 STDIN_HIGH_WATER = 256 * 1024
