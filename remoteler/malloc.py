@@ -14,18 +14,23 @@ Only glibc has ``mallopt``; elsewhere (musl, macOS) :func:`tune` does nothing.
 
 from __future__ import annotations
 
+import os
 import sys
 
-#: blocks above this come from mmap (glibc's M_MMAP_THRESHOLD)
+#: blocks above this come from mmap (glibc's M_MMAP_THRESHOLD; 32-bit glibc takes
+#: at most 512 KiB, still above a 256 KiB packet)
 MMAP_THRESHOLD = 4 << 20
+MMAP_THRESHOLD_32BIT = 512 << 10
 #: free memory at the top of the heap above this goes back to the kernel (M_TRIM_THRESHOLD)
 TRIM_THRESHOLD = 8 << 20
+#: ``REMOTELER_MALLOC_TUNE=0`` keeps glibc's own dynamic thresholds
+ENV = "REMOTELER_MALLOC_TUNE"
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
 def tune() -> bool:
-    """Apply the thresholds; True if this C library took them."""
-    if not sys.platform.startswith("linux"):
+    """Apply the thresholds; True if this C library took both."""
+    if not sys.platform.startswith("linux") or os.environ.get(ENV) == "0":
         return False
     import ctypes
 
@@ -33,6 +38,7 @@ def tune() -> bool:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc
         return False
-    return bool(
-        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    )
+    mmap = MMAP_THRESHOLD if ctypes.sizeof(ctypes.c_void_p) == 8 else MMAP_THRESHOLD_32BIT
+    took_mmap = bool(mallopt(_M_MMAP_THRESHOLD, mmap))
+    took_trim = bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return took_mmap and took_trim
