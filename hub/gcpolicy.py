@@ -51,9 +51,10 @@ class GcPolicy:
         gc.callbacks.append(self._on_gc)
 
     def uninstall(self) -> None:
+        """Undo :meth:`install`; nothing if it was not installed (``--gc-interval 0``)."""
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
-        gc.unfreeze()
+            gc.unfreeze()
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         # Runs in whichever thread triggered the collection, with the GIL held and

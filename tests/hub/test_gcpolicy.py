@@ -74,3 +74,13 @@ async def test_collections_in_other_threads_freeze_too(policy: GcPolicy) -> None
     policy.install()
     await asyncio.to_thread(gc.collect, 2)  # aiosqlite's and the pool's threads
     assert policy.frozen_after_full == 1
+
+
+async def test_uninstall_without_install_leaves_other_freezes_alone(policy: GcPolicy) -> None:
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        policy.uninstall()  # as the hub does at shutdown with --gc-interval 0
+        assert gc.get_freeze_count() == frozen > 0
+    finally:
+        gc.unfreeze()
