@@ -15,6 +15,7 @@ from hub import secrets as hs
 from hub.audit_store import AuditBackend
 from hub.backend import Backend, Node, Token, User
 from hub.ratelimit import LoginGuard, LoginRefused
+from hub.sessioncap import user_roles
 from remoteler.access import (
     DEFAULT_MAX_TTL,
     ROLES_EXTENSION,
@@ -30,6 +31,7 @@ from remoteler.ca import DEFAULT_USER_EXTENSIONS, CertAuthority, public_key_from
 from remoteler.ca.errors import CAError
 from remoteler.errors import AccessDenied, AuthError, UsageError
 from remoteler.locks import find_lock
+from remoteler.roleopts import DISCONNECT_EXTENSION, disconnect_expired_cert
 
 log = logging.getLogger("remoteler.hub.auth")
 
@@ -290,6 +292,8 @@ class AuthService:
             extensions.pop("permit-port-forwarding", None)
         extensions[RULES_EXTENSION] = encode_rules(rules)
         extensions[ROLES_EXTENSION] = ",".join(user.roles)
+        if disconnect_expired_cert(await user_roles(self.backend, user), ttl):
+            extensions[DISCONNECT_EXTENSION] = ""  # the device ends sessions at expiry
         ssh_cert = self.user_ca.sign_ssh_user_cert(
             pub,
             key_id=user.name,

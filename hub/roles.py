@@ -5,6 +5,8 @@ Example::
     kind = "role"
     name = "lab-operator"
     max_session_ttl = "8h"
+    max_sessions = 10                 # default 32 open sessions per user
+    disconnect_expired_cert = true    # default: true for certificates under 1h
 
     [allow]
     logins = ["{{internal.logins}}", "pi"]
@@ -34,6 +36,7 @@ from hub.auth import check_logins, check_name
 from remoteler.access import LOGINS_TRAIT, PatternError, Permission, Role, check_selector
 from remoteler.addr import parse_ttl, valid_labels
 from remoteler.errors import UsageError
+from remoteler.roleopts import DEFAULT_MAX_SESSIONS, MAX_MAX_SESSIONS
 
 KNOWN_KEYS = {
     "kind",
@@ -44,6 +47,8 @@ KNOWN_KEYS = {
     "allow",
     "deny",
     "permissions",
+    "max_sessions",
+    "disconnect_expired_cert",
 }
 RULE_KEYS = {"logins", "node_labels"}
 PERMISSIONS = [p.value for p in Permission]
@@ -109,6 +114,26 @@ def _permissions(value: object) -> dict[str, bool]:
     return out
 
 
+def _max_sessions(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_MAX_SESSIONS:
+        raise UsageError(
+            f"max_sessions must be a whole number from 1 to {MAX_MAX_SESSIONS} "
+            f"(default {DEFAULT_MAX_SESSIONS})"
+        )
+    return value
+
+
+def _disconnect(value: object) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise UsageError(
+            "disconnect_expired_cert must be true or false "
+            "(default: true for certificates shorter than 1h)"
+        )
+    return value
+
+
 def parse_role(doc: dict[str, Any]) -> Role:
     if doc.get("kind") != "role":
         raise UsageError('the file must say kind = "role"')
@@ -146,6 +171,8 @@ def parse_role(doc: dict[str, Any]) -> Role:
         deny_logins=deny_logins,
         deny_node_labels=deny_node_labels,
         permissions=_permissions(doc.get("permissions", {})),
+        max_sessions=_max_sessions(doc.get("max_sessions")),
+        disconnect_expired_cert=_disconnect(doc.get("disconnect_expired_cert")),
     )
 
 

@@ -32,6 +32,7 @@ from hub.backend import Backend, Node
 from hub.identity import Identity, peer_identity
 from hub.listener import Listener, ListenerLimits
 from hub.locks import LOCKED_CLOSE_CODE, LockWatcher
+from hub.sessioncap import SessionCounter, TooManySessions, relay_deadline, user_roles
 from hub.tunnels import LiveNode, TunnelRegistry
 from hub.wsutil import DEVICE_REASONS, close_reason, device_refusal, peer_host
 from remoteler import rpc
@@ -46,6 +47,7 @@ from remoteler.errors import (
 )
 from remoteler.hubconn import ERROR_HEADER
 from remoteler.locks import find_lock
+from remoteler.roleopts import expiry_message, session_limit
 from remoteler.wire.aio import ChannelRequest, Tunnel
 from remoteler.wire.codes import ErrorCode, OpenFailure
 from remoteler.wire.connection import Connection, Role
@@ -69,6 +71,11 @@ MAX_HEARTBEAT = 3600.0
 #: An RPC connection is closed after this many idle seconds, or this many requests.
 RPC_IDLE_TIMEOUT = 30.0
 RPC_MAX_REQUESTS = 100
+#: A relayed session whose roles end it at certificate expiry is cut by the hub
+#: this long after: the device ends it first, with its message (hub/sessioncap.py).
+EXPIRY_GRACE = 5.0
+#: Close code of a relay cut at certificate expiry.
+EXPIRED_CLOSE_CODE = 4401
 
 Handler = Callable[[Identity | None, dict[str, Any]], Awaitable[Any]]
 #: The source address of the RPC connection being served (login protection).
@@ -100,6 +107,8 @@ class HubServer:
         #: CA rotation follower (hub/rotation_runtime.py); set by its ``attach``
         self.rotation: HubRotation | None = None
         self.locks = LockWatcher(backend, self.registry)
+        #: open /v1/connect sessions per user (role option max_sessions)
+        self.sessions = SessionCounter()
         self._lock_task: asyncio.Future[None] | None = None
         #: roll-out orchestrator (hub/firmware.py), started with the listener
         self.firmware: FirmwareRollouts | None = None
@@ -211,10 +220,14 @@ class HubServer:
                 node_key = (query.get("node") or [""])[0]
                 login = (query.get("login") or [""])[0]
                 node = await self.authorize_connect(ident, node_key, login)
+                assert ident is not None
+                await self._take_session_slot(connection, ident.name)
                 connection.remoteler_target = (node, login)  # type: ignore[attr-defined]
                 return None
         except AuthError as err:
             return _refuse(connection, HTTPStatus.UNAUTHORIZED, err)
+        except TooManySessions as err:
+            return _refuse(connection, HTTPStatus.TOO_MANY_REQUESTS, err)
         except AccessDenied as err:
             return _refuse(connection, HTTPStatus.FORBIDDEN, err)
         except NodeError as err:
@@ -224,6 +237,21 @@ class HubServer:
         return _refuse(
             connection, HTTPStatus.NOT_FOUND, UsageError(f"no such endpoint {url.path!r}")
         )
+
+    async def _take_session_slot(self, connection: ServerConnection, name: str) -> None:
+        """Count this connection against the user's ``max_sessions`` until its TCP
+        connection is gone (raise TooManySessions when the user is at the limit)."""
+        user = await self.backend.get_user(name)
+        roles = await user_roles(self.backend, user) if user is not None else []
+        try:
+            release = self.sessions.acquire(name, session_limit(roles))
+        except TooManySessions:
+            log.warning("connect refused: session limit", extra={"user": name})
+            raise
+        connection.connection_lost_waiter.add_done_callback(lambda _: release())
+        connection.remoteler_release = release  # type: ignore[attr-defined]
+        deadline = relay_deadline(connection.transport, roles)
+        connection.remoteler_deadline = deadline  # type: ignore[attr-defined]
 
     async def authorize_connect(self, ident: Identity | None, node_key: str, login: str) -> Node:
         if ident is None or ident.kind != "user":
@@ -281,7 +309,10 @@ class HubServer:
             elif path == "/v1/connect":
                 node, login = ws.remoteler_target  # type: ignore[attr-defined]
                 assert ident is not None
-                await self.serve_connect(ws, ident.name, node, login)
+                try:
+                    await self.serve_connect(ws, ident.name, node, login)
+                finally:
+                    ws.remoteler_release()  # type: ignore[attr-defined]
             elif path == "/v1/rpc":
                 await self.serve_rpc(ws, ident)
         except ConnectionClosed:
@@ -389,7 +420,15 @@ class HubServer:
                 await ws.send(data)
             await ws.close()
 
+        async def end_at_expiry(deadline: float) -> None:
+            await asyncio.sleep(max(0.0, deadline - time.time()) + EXPIRY_GRACE)
+            log.info("session relay cut: certificate expired", extra=fields)
+            await ws.close(EXPIRED_CLOSE_CODE, close_reason(expiry_message(deadline)))
+
         tasks = [asyncio.ensure_future(user_to_node()), asyncio.ensure_future(node_to_user())]
+        deadline: float | None = getattr(ws, "remoteler_deadline", None)
+        if deadline is not None:
+            tasks.append(asyncio.ensure_future(end_at_expiry(deadline)))
         try:
             _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             # Let the other direction finish its last bytes briefly, then stop.

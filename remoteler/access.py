@@ -249,6 +249,14 @@ def _selector_from(data: Any) -> dict[str, tuple[str, ...]]:
     }
 
 
+def _opt_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _opt_bool(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
 @dataclass(frozen=True)
 class Role:
     """A named set of permissions, as stored by the hub."""
@@ -266,6 +274,10 @@ class Role:
     deny_node_labels: Selector = field(default_factory=dict)
     #: Permissions the role sets explicitly (others take :data:`DEFAULT_PERMISSIONS`).
     permissions: Mapping[str, bool] = field(default_factory=dict)
+    #: Concurrent sessions per user; None: the default (:mod:`remoteler.roleopts`).
+    max_sessions: int | None = None
+    #: End sessions when the certificate expires; None: only for TTLs under 1 h.
+    disconnect_expired_cert: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -276,6 +288,8 @@ class Role:
             "deny_logins": list(self.deny_logins),
             "deny_node_labels": _selector_dict(self.deny_node_labels),
             "permissions": dict(self.permissions),
+            "max_sessions": self.max_sessions,
+            "disconnect_expired_cert": self.disconnect_expired_cert,
         }
 
     @classmethod
@@ -288,6 +302,8 @@ class Role:
             deny_logins=tuple(str(x) for x in data.get("deny_logins") or ()),
             deny_node_labels=_selector_from(data.get("deny_node_labels")),
             permissions={str(k): bool(v) for k, v in (data.get("permissions") or {}).items()},
+            max_sessions=_opt_int(data.get("max_sessions")),
+            disconnect_expired_cert=_opt_bool(data.get("disconnect_expired_cert")),
         )
 
     def grants(self) -> frozenset[str]:

@@ -1,0 +1,146 @@
+"""Role option ``max_sessions``: a hostile client's stalled ``/v1/connect`` sessions
+are bounded per user, refused with one line, and every slot comes back however
+the connection ends. A real HubServer (TLS, websockets) and a real tunnel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from hubkit import FakeAgent, Hub, new_key_line
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
+
+from hub.server import CONNECT_SUBPROTOCOL
+from remoteler.access import LOGINS_TRAIT, Role
+from remoteler.errors import AccessDenied
+from remoteler.hubconn import ERROR_HEADER, open_ws
+from remoteler.roleopts import DEFAULT_MAX_SESSIONS
+from remoteler.wire.aio import ChannelRequest
+
+FILL = b"x" * 65536
+
+
+class Agent(FakeAgent):
+    """Accepts every ``ssh`` channel, sends output nobody reads, and holds it open."""
+
+    async def on_channel(self, request: ChannelRequest) -> None:
+        assert request.kind == "ssh"
+        channel = request.accept()
+        with contextlib.suppress(Exception):
+            channel.write(FILL)
+            await channel.read(1)  # until the hub closes it
+
+
+async def _user(hub: Hub, name: str, roles: list[str]) -> tuple[bytes, bytes]:
+    user, _ = await hub.auth.add_user(name, roles, ["pi"])
+    key_pem, pub = new_key_line()
+    issued = await hub.auth.issue_user_certs(user, pub, None)
+    return issued.tls_cert.encode(), key_pem
+
+
+def _stalled(hub: Hub, creds: tuple[bytes, bytes]) -> Any:
+    """A connect that never reads (the client library buffers one message, then stops)."""
+    return connect(
+        hub.url("/v1/connect?node=node-1&login=pi"),
+        ssl=hub.tls(*creds),
+        compression=None,
+        subprotocols=[CONNECT_SUBPROTOCOL],  # type: ignore[list-item]
+        open_timeout=5,
+        close_timeout=1,
+        max_queue=1,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _agent(hub: Hub) -> AsyncIterator[Agent]:
+    agent = Agent()
+    await agent.dial(hub, "node-1")
+    try:
+        yield agent
+    finally:
+        await agent.close()
+
+
+async def _wait_count(hub: Hub, user: str, want: int) -> None:
+    async with asyncio.timeout(5):
+        while hub.server.sessions.count(user) != want:
+            await asyncio.sleep(0.02)
+
+
+async def test_extra_session_refused_then_allowed_after_one_closes(hub: Hub) -> None:
+    await hub.backend.put_role(
+        Role("ops", logins=(LOGINS_TRAIT,), node_labels={"*": ("*",)}, max_sessions=3)
+    )
+    alice = await _user(hub, "alice", ["ops", "access"])
+    bob = await _user(hub, "bob", ["access"])
+    open_: list[ClientConnection] = []
+    async with _agent(hub):
+        try:
+            for _ in range(3):
+                open_.append(await _stalled(hub, alice))
+            with pytest.raises(InvalidStatus) as exc:
+                await _stalled(hub, alice)
+            response = exc.value.response
+            assert response.status_code == 429
+            assert response.headers[ERROR_HEADER] == "access_denied"
+            line = "too many open sessions for alice (3, role ops); close one or ask an admin"
+            assert response.body.decode().strip() == line
+            # what tsh ssh / tsh scp print (as "tsh: ...", exit 255)
+            with pytest.raises(AccessDenied, match=r"^too many open sessions for alice \(3"):
+                await open_ws(
+                    f"127.0.0.1:{hub.port}",
+                    "/v1/connect?node=node-1&login=pi",
+                    hub.tls(*alice),  # type: ignore[arg-type]
+                    subprotocol=CONNECT_SUBPROTOCOL,
+                )
+            # another user is not affected
+            open_.append(await _stalled(hub, bob))
+            # a clean close gives the slot back
+            await open_.pop(0).close()
+            await _wait_count(hub, "alice", 2)
+            open_.append(await _stalled(hub, alice))
+            # so does a connection cut without a close handshake
+            victim = open_.pop(0)
+            victim.transport.abort()
+            await _wait_count(hub, "alice", 2)
+            open_.append(await _stalled(hub, alice))
+            assert hub.server.sessions.count("alice") == 3
+        finally:
+            for ws in open_:
+                ws.transport.abort()
+        await _wait_count(hub, "alice", 0)
+        await _wait_count(hub, "bob", 0)
+
+
+async def test_default_cap_applies_without_the_option(hub: Hub) -> None:
+    carol = await _user(hub, "carol", ["access"])
+    open_: list[ClientConnection] = []
+    async with _agent(hub):
+        try:
+            for _ in range(DEFAULT_MAX_SESSIONS):
+                open_.append(await _stalled(hub, carol))
+            with pytest.raises(InvalidStatus) as exc:
+                await _stalled(hub, carol)
+            assert exc.value.response.status_code == 429
+            assert b"(32, the default)" in exc.value.response.body
+        finally:
+            for ws in open_:
+                ws.transport.abort()
+        await _wait_count(hub, "carol", 0)
+
+
+async def test_refused_connect_holds_no_slot(hub: Hub) -> None:
+    """A connect the access check refuses (no such node) never counts."""
+    dave = await _user(hub, "dave", ["access"])
+    with pytest.raises(InvalidStatus):
+        async with connect(
+            hub.url("/v1/connect?node=nope&login=pi"),
+            ssl=hub.tls(*dave),
+            subprotocols=[CONNECT_SUBPROTOCOL],  # type: ignore[list-item]
+        ):
+            pass
+    assert hub.server.sessions.count("dave") == 0
