@@ -72,6 +72,9 @@ class AgentAudit:
 class SessionAudit:
     """Events and recording of one SSH session channel."""
 
+    #: why the session was ended from our side (``session.end`` field ``reason``)
+    end_reason: str | None = None
+
     def __init__(
         self,
         audit: AgentAudit,
@@ -147,5 +150,6 @@ class SessionAudit:
             duration=round(time.time() - self.started, 3),
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
+            **({"reason": self.end_reason} if self.end_reason else {}),
         )
         await self.audit.flush()

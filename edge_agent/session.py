@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from edge_agent.outbox import QuotaExceeded
+from remoteler.roleopts import EXPIRED_REASON
 
 if TYPE_CHECKING:
     from edge_agent.audit import AgentAudit, SessionAudit
@@ -122,6 +123,8 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._stdin_drainer: asyncio.Future[None] | None = None
         #: set by :meth:`end_locked`: the session ends with this message, exit 255
         self._locked: str | None = None
+        #: set by :meth:`end_expired`: the ``reason`` of the session's end event
+        self._end_reason: str | None = None
 
     # asyncssh callbacks ---------------------------------------------------
     def connection_made(self, chan: Any) -> None:
@@ -203,6 +206,11 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         elif self._task is None:  # no command started yet
             with contextlib.suppress(Exception):
                 self._chan.exit(255)
+
+    def end_expired(self, message: str) -> None:
+        """The certificate expired and its roles end sessions then: as a lock does."""
+        self._end_reason = EXPIRED_REASON
+        self.end_locked(message)
 
     # stdin flow control -------------------------------------------------------
     def _pause_stdin_if_full(self) -> None:
@@ -289,6 +297,7 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             if self._locked is not None:
                 status = 255  # as ssh when the connection is cut, not the command's status
             if self._record is not None:
+                self._record.end_reason = self._end_reason
                 with contextlib.suppress(Exception):
                     await self._record.end(status)
             if self._on_exit is not None:

@@ -21,6 +21,7 @@ from edge_agent.session import CommandSession
 from remoteler.access import AccessDecision
 from remoteler.audit.events import EventType
 from remoteler.ca import CAError, parse_certificate, private_key_to_openssh
+from remoteler.roleopts import ends_at_expiry, expiry_message
 from remoteler.sshio import (
     BytePipe,
     ChannelPipe,
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from edge_agent.serial_line import SerialConsoles
 
 log = logging.getLogger("remoteler.agent.sshd")
+
+#: Key of the connection's extra info: when its certificate's sessions must end.
+EXPIRY_INFO = "remoteler_ends_at"
 
 
 class NodeSSHServer(CertificateOnlyServer):
@@ -54,6 +58,9 @@ class NodeSSHServer(CertificateOnlyServer):
         self._conn: Any = None
         self._forwards: ForwardGate | None = None
         self._sessions = 0
+        self._expiry: asyncio.TimerHandle | None = None
+        #: set once the certificate expired (disconnect_expired_cert): no new sessions
+        self._expired: str | None = None
         self.login = ""
 
     def connection_made(self, conn: Any) -> None:
@@ -64,10 +71,26 @@ class NodeSSHServer(CertificateOnlyServer):
         if self._locks is not None and self._conn is not None:
             user = self._conn.get_extra_info("remoteler_user", "")
             self._untrack = self._locks.track(user, self.login, self._end_locked)
+        expires = self._conn.get_extra_info(EXPIRY_INFO) if self._conn is not None else None
+        if isinstance(expires, int):  # the certificate's roles end its sessions at expiry
+            self._expiry = asyncio.get_running_loop().call_later(
+                max(0.0, expires - time.time()), self._end_expired, expires
+            )
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._untrack is not None:
             self._untrack()
+        if self._expiry is not None:
+            self._expiry.cancel()
+
+    def _end_expired(self, expires: int) -> None:
+        """End every session with the expiry message (exit 255), then the connection."""
+        self._expired = message = expiry_message(expires)
+        log.info("ssh sessions ended: certificate expired", extra=self._fields)
+        for session in self._open:
+            session.end_expired(message)
+        if self._conn is not None:
+            asyncio.get_running_loop().call_later(2.0 if self._open else 0.0, self._conn.close)
 
     def _end_locked(self, message: str) -> None:
         """End every session with ``message``, then the connection (no new channels)."""
@@ -88,7 +111,9 @@ class NodeSSHServer(CertificateOnlyServer):
             return False
         return self._forwards.open(self.login, dest_host, dest_port)
 
-    def session_requested(self) -> CommandSession:
+    def session_requested(self) -> CommandSession | bool:
+        if self._expired is not None:
+            return False  # the connection is closing
         self._sessions += 1
         base = self._fields.get("session_id") or ""
         session_id = base if self._sessions == 1 else f"{base}-{self._sessions}"
@@ -98,6 +123,15 @@ class NodeSSHServer(CertificateOnlyServer):
         )
         self._open.append(session)
         return session
+
+
+def _ends_at(cert_blob: bytes) -> int | None:
+    """When this certificate's sessions must end (disconnect_expired_cert), or None."""
+    try:
+        cert = parse_certificate(cert_blob)
+    except CAError:
+        return None
+    return cert.valid_before if ends_at_expiry(cert.extensions) else None
 
 
 def _key_id(cert_blob: bytes) -> str:
@@ -167,7 +201,8 @@ async def serve_ssh(
 
     def accepted(conn: Any, cert_blob: bytes, decision: AccessDecision) -> None:
         conn.set_extra_info(
-            remoteler_user=_key_id(cert_blob), **{PERMISSIONS_INFO: decision.permissions}
+            remoteler_user=_key_id(cert_blob),
+            **{PERMISSIONS_INFO: decision.permissions, EXPIRY_INFO: _ends_at(cert_blob)},
         )
 
     tunnel = CheckedTunnel(
