@@ -42,6 +42,7 @@ from remoteler.access import NO_PERMISSIONS, AccessDecision, Permissions
 from remoteler.audit.events import HUB_NODE, EventType, make_event
 from remoteler.ca import CertAuthority, generate_private_key, private_key_to_openssh
 from remoteler.ca.sshcert import ParsedCert
+from remoteler.roleopts import ends_at_expiry, expiry_message
 from remoteler.sshio import (
     CIPHERS,
     SSH_MAX_PACKET,
@@ -247,6 +248,28 @@ class ConnState:
         self.user_conn: asyncssh.SSHServerConnection | None = None
         self._upstream: asyncio.Future[asyncssh.SSHClientConnection] | None = None
         self._watcher: asyncio.Future[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+
+    def end_at_expiry(self) -> None:
+        """If the user's certificate asks for it, end the sessions when it expires."""
+        cert = self.user_cert
+        if cert is not None and ends_at_expiry(cert.extensions) and self._expiry is None:
+            delay = max(0.0, cert.valid_before - time.time())
+            self._expiry = asyncio.get_running_loop().call_later(
+                delay, self.end_expired, cert.valid_before
+            )
+
+    def end_expired(self, expires: int) -> None:
+        """Tell each session its certificate expired (exit 255), then hang up."""
+        message = expiry_message(expires)
+        log.info(
+            "proxied sessions ended: certificate expired",
+            extra={"user": self.user, "session_id": self.session_id},
+        )
+        for session in self.open_sessions:
+            session.end_expired(message)
+        if self.user_conn is not None:
+            self.user_conn.close()
 
     def start_upstream(self) -> None:
         if self._upstream is None:
@@ -360,6 +383,8 @@ class ConnState:
     async def close(self) -> None:
         """Close the device's connection. A cancellation of the caller (hub shutdown)
         propagates; the upstream's own failure or cancellation is not an error here."""
+        if self._expiry is not None:
+            self._expiry.cancel()
         upstream = self._upstream
         if upstream is None:
             return
@@ -391,6 +416,7 @@ class _ProxyServer(CertificateOnlyServer):
 
     def auth_completed(self) -> None:
         self._state.start_upstream()  # the device login starts while the client sets up
+        self._state.end_at_expiry()
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int

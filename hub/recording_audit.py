@@ -158,8 +158,9 @@ class HubSessionAudit:
             if self._queued_bytes <= HIGH_WATER // 2:
                 self._room.set()
 
-    async def end(self, exit_status: int | None, exit_signal: str = "") -> None:
-        """Flush the recording and store ``exec`` (for a command) and ``session.end``."""
+    async def end(self, exit_status: int | None, exit_signal: str = "", reason: str = "") -> None:
+        """Flush the recording and store ``exec`` (for a command) and ``session.end``
+        (with ``reason`` when the hub ended the session, e.g. certificate expired)."""
         if self._writer is not None:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -179,6 +180,7 @@ class HubSessionAudit:
                 duration=round(max(0.0, self.clock() - self.started), 3),
                 bytes_in=self.bytes_in,
                 bytes_out=self.bytes_out,
+                **({"reason": reason} if reason else {}),
             ),
             0,
         )

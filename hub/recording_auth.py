@@ -17,6 +17,7 @@ from hub.recording_session import UpstreamError
 from remoteler import usercert
 from remoteler.ca import CertAuthority
 from remoteler.ca.sshcert import ParsedCert
+from remoteler.roleopts import DISCONNECT_EXTENSION
 from remoteler.usercert import Checked
 
 __all__ = ["UPSTREAM_TTL", "Checked", "check_user_cert", "upstream_cert"]
@@ -50,7 +51,8 @@ def upstream_cert(
 
     Same key id, extensions (permit-*, the signed access rules and roles: the device
     still enforces them) and critical options, bar ``source-address``: the hub
-    enforced it against the user's address, and the device sees the hub's.
+    enforced it against the user's address, and the device sees the hub's; and bar
+    the disconnect-at-expiry flag, which the hub enforces at the user's own expiry.
     Valid for :data:`UPSTREAM_TTL` seconds, never past the user's own certificate;
     :class:`~hub.recording_session.UpstreamError` if that one has expired since it
     was checked (the device login can take a while).
@@ -64,7 +66,8 @@ def upstream_cert(
         principals=[login],
         ttl_seconds=ttl,
         now=now,
-        extensions=dict(user_cert.extensions),
+        # the hub ends the user's sessions at the user's expiry; this one is shorter
+        extensions={k: v for k, v in user_cert.extensions.items() if k != DISCONNECT_EXTENSION},
         critical_options={
             k: v for k, v in user_cert.critical_options.items() if k != "source-address"
         },

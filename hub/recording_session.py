@@ -23,6 +23,7 @@ import asyncssh
 
 from hub.recording_audit import HubSessionAudit
 from remoteler.filetransfer import FILE_TRANSFER_REFUSED, is_legacy_scp
+from remoteler.roleopts import EXPIRED_REASON
 from remoteler.sshio import SSH_MAX_PACKET, SSH_WINDOW
 from remoteler.text import printable
 
@@ -98,6 +99,8 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
         self._user_gone = False
         #: set by :meth:`end_locked`: what the device reports after that is ignored
         self._locked = False
+        #: set by :meth:`end_expired`: the ``reason`` of the session's end event
+        self._end_reason = ""
         self.exit_status: int | None = None
         self.exit_signal: tuple[str, bool, str, str] | None = None
 
@@ -220,6 +223,12 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
             if self._task is not None and not self._task.done():
                 self._task.cancel()  # no session.start, no device session after the lock
             self._finish()
+
+    def end_expired(self, message: str) -> None:
+        """The user's certificate expired and its roles end sessions then: as a lock."""
+        if not self._locked:
+            self._end_reason = EXPIRED_REASON
+        self.end_locked(message)
 
     def _ending_with(self, coro: Any) -> None:
         """Start storing the end; the connection forgets the session once it is stored."""
@@ -377,7 +386,7 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
         signal = self.exit_signal
         if self._record is not None:
             record, self._record = self._record, None
-            await record.end(self.exit_status, signal[0] if signal else "")
+            await record.end(self.exit_status, signal[0] if signal else "", self._end_reason)
         chan = self._chan
         if chan is None or self._user_gone:
             return  # is_closing() is already true after our EOF: exit status still goes
@@ -393,4 +402,4 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
         """The user's side is gone (or never got a device session): end the record."""
         if self._record is not None and self._ending is None:
             record, self._record = self._record, None
-            self._ending_with(record.end(self.exit_status))
+            self._ending_with(record.end(self.exit_status, reason=self._end_reason))

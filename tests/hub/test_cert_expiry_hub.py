@@ -1,0 +1,95 @@
+"""``disconnect_expired_cert`` at the hub, for devices that cannot enforce it: the
+recording proxy ends the user's sessions at the certificate's expiry (message,
+exit 255, ``session.end`` reason), and the byte relay closes the websocket. A real
+hub on loopback, a real tunnel, a test device whose asyncssh server knows nothing
+of the flag, and an asyncssh client as the user with a 3-second certificate."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hubkit import Hub, running_hub
+from test_recording_session import Device, _ssh
+
+import hub.server
+from hub.recording_auth import upstream_cert
+from remoteler.ca import generate_private_key, parse_certificate, public_key_to_openssh
+from remoteler.roleopts import DISCONNECT_EXTENSION, EXPIRED_REASON
+
+TTL = 3
+
+
+@pytest.fixture
+async def device(tmp_path: Path) -> AsyncIterator[tuple[Hub, Device]]:
+    async with running_hub(tmp_path, audit=True) as h:
+        dev = Device(h, "dev1")
+        await dev.dial(h, dev.name)
+        try:
+            async with asyncio.timeout(5):
+                while len(h.server.registry) != 1:
+                    await asyncio.sleep(0.02)
+            yield h, dev
+        finally:
+            await dev.close()
+
+
+async def _short_user(h: Hub) -> tuple[Any, str, str]:
+    """A user of the preset role with a ``TTL``-second certificate (flag on by default)."""
+    user, _ = await h.auth.add_user("alice", ["access"], ["pi"])
+    key = generate_private_key()
+    issued = await h.auth.issue_user_certs(user, public_key_to_openssh(key.public_key()), TTL)
+    assert DISCONNECT_EXTENSION in parse_certificate(issued.ssh_cert).extensions
+    return key, issued.ssh_cert, issued.tls_cert
+
+
+async def test_recording_proxy_ends_the_session_at_expiry(device: tuple[Hub, Device]) -> None:
+    h, _ = device
+    assert await h.backend.set_node_recording("dev1", "proxy") is not None
+    key, cert, tls = await _short_user(h)
+    started = time.monotonic()
+    async with await _ssh(h, key, cert, tls) as conn:
+        result = await asyncio.wait_for(conn.run("sleep 30", encoding=None, check=False), 15)
+    assert time.monotonic() - started < 12
+    assert result.exit_status == 255
+    assert b"remoteler: your certificate expired at " in result.stderr
+    assert h.server.audit is not None
+    async with asyncio.timeout(5):
+        while not (ends := await h.server.audit.search(type="session.end", node="hub")):
+            await asyncio.sleep(0.05)
+    assert ends[0].fields["reason"] == EXPIRED_REASON
+    assert ends[0].fields["exit_status"] == 255
+
+
+async def test_relay_closes_the_websocket_at_expiry(
+    device: tuple[Hub, Device], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hub.server, "EXPIRY_GRACE", 0.5, raising=False)
+    h, _ = device
+    key, cert, tls = await _short_user(h)
+    started = time.monotonic()
+    async with await _ssh(h, key, cert, tls) as conn:
+        proc = await conn.create_process("sleep 30", encoding=None)
+        await asyncio.wait_for(proc.wait_closed(), 15)  # the device would have run on
+    assert time.monotonic() - started < 12
+
+
+def test_upstream_certificate_drops_the_flag() -> None:
+    """The hub's short device login must not end the session at its own expiry."""
+    from remoteler.ca import CertAuthority
+
+    ca = CertAuthority.generate("user", "test")
+    user_key = generate_private_key()
+    line = ca.sign_ssh_user_cert(
+        user_key.public_key(),
+        key_id="alice",
+        principals=["pi"],
+        ttl_seconds=600,
+        extensions={DISCONNECT_EXTENSION: "", "permit-pty": ""},
+    )
+    up = upstream_cert(ca, parse_certificate(line), "pi", generate_private_key(), int(time.time()))
+    assert set(parse_certificate(up).extensions) == {"permit-pty"}
