@@ -1,0 +1,78 @@
+"""Role options with real processes (hub, agent, tsh): ``max_sessions`` refuses the
+next ``tsh ssh`` / ``tsh scp`` with one line and exit 255, and ``disconnect_expired_cert``
+ends a running ``tsh ssh`` when a short certificate expires."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import time
+from pathlib import Path
+
+from helpers import BIN, Cluster, stop_process, wait_for
+
+ME = pwd.getpwuid(os.geteuid()).pw_name
+REFUSAL = "tsh: too many open sessions for alice (1, role one); close one or ask an admin"
+
+ROLE = f"""
+kind = "role"
+name = "one"
+max_sessions = 1
+[allow]
+logins = ["{ME}"]
+node_labels = {{ "*" = "*" }}
+"""
+
+
+def _ready(cluster: Cluster, roles: str, *login: str) -> None:
+    cluster.add_user("alice", [ME], roles=roles)
+    cluster.start_agent("dev1", "env=lab", None)
+    wait_for(lambda: cluster.node_online("dev1"), what="dev1 online")
+    done = cluster.login("alice", *login)
+    assert done.returncode == 0, done.stderr
+
+
+def test_max_sessions_refuses_ssh_and_scp_with_one_line(cluster: Cluster, tmp_path: Path) -> None:
+    role = tmp_path / "one.toml"
+    role.write_text(ROLE)
+    cluster.tctl("create", "-f", str(role))
+    _ready(cluster, "one")
+    out = tmp_path / "out"
+    with open(out, "wb") as stdout:
+        live = subprocess.Popen(
+            [str(BIN / "tsh"), "ssh", f"{ME}@dev1", "echo started; sleep 60"],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.DEVNULL,
+            env=cluster.env(),
+        )
+    try:
+        wait_for(lambda: b"started" in out.read_bytes(), timeout=30, what="session running")
+        ssh = cluster.tsh("ssh", f"{ME}@dev1", "true")
+        assert (ssh.returncode, ssh.stderr.strip()) == (255, REFUSAL)
+        local = tmp_path / "f"
+        local.write_text("x")
+        scp = cluster.tsh("scp", str(local), f"{ME}@dev1:{tmp_path / 'g'}")
+        assert (scp.returncode, scp.stderr.strip()) == (255, REFUSAL)
+    finally:
+        stop_process(live)
+    # the hub sees the connection go and gives the slot back
+    wait_for(
+        lambda: cluster.tsh("ssh", f"{ME}@dev1", "true").returncode == 0,
+        timeout=20,
+        interval=0.3,
+        what="a session once the first ended",
+    )
+
+
+def test_short_certificate_ends_a_running_session(cluster: Cluster) -> None:
+    _ready(cluster, "access", "--ttl", "6s")
+    started = time.monotonic()
+    ran = cluster.tsh("ssh", f"{ME}@dev1", "sleep 30", timeout=40)
+    assert time.monotonic() - started < 20
+    assert ran.returncode == 255, ran.stderr
+    assert "remoteler: your certificate expired at " in ran.stderr
+    assert "Traceback" not in ran.stderr
+    ends = cluster.tctl_json("audit", "search", "--type", "session.end")
+    assert [e["fields"].get("reason") for e in ends] == ["certificate expired"]
