@@ -10,11 +10,13 @@ import pytest
 from hub.auth import AuthService
 from hub.backend import User
 from hub.roles import parse_role
+from hub.sessioncap import SessionCounter, TooManySessions
 from remoteler.access import Role
 from remoteler.ca import generate_private_key, parse_certificate, public_key_to_openssh
 from remoteler.errors import UsageError
 from remoteler.roleopts import (
     DISCONNECT_EXTENSION,
+    SessionLimit,
     ends_at_expiry,
     expiry_message,
     session_limit,
@@ -100,3 +102,19 @@ async def test_certificate_carries_the_flag(auth: AuthService) -> None:
     assert not ends_at_expiry(await _cert_extensions(auth, ["keep"], 600))
     exts = await _cert_extensions(auth, ["access", "cut"], 8 * 3600)
     assert exts[DISCONNECT_EXTENSION] == ""
+
+
+def test_session_counter_releases_once() -> None:
+    counter = SessionCounter()
+    limit = SessionLimit(2, "ops")
+    first, second = counter.acquire("alice", limit), counter.acquire("alice", limit)
+    with pytest.raises(TooManySessions, match=r"\(2, role ops\)"):
+        counter.acquire("alice", limit)
+    counter.acquire("bob", limit)  # per user
+    first()
+    first()  # a second release of the same slot gives nothing back twice
+    assert counter.count("alice") == 1
+    counter.acquire("alice", limit)
+    assert counter.count("alice") == 2
+    second()
+    assert counter.count("alice") == 1
