@@ -71,7 +71,11 @@ async def _wait_count(hub: Hub, user: str, want: int) -> None:
             await asyncio.sleep(0.02)
 
 
-async def test_extra_session_refused_then_allowed_after_one_closes(hub: Hub) -> None:
+@pytest.mark.parametrize("recording", ["", "proxy"])
+async def test_extra_session_refused_then_allowed_after_one_closes(
+    hub: Hub, recording: str
+) -> None:
+    """Both ways a session is served count: the byte relay and the recording proxy."""
     await hub.backend.put_role(
         Role("ops", logins=(LOGINS_TRAIT,), node_labels={"*": ("*",)}, max_sessions=3)
     )
@@ -79,6 +83,8 @@ async def test_extra_session_refused_then_allowed_after_one_closes(hub: Hub) -> 
     bob = await _user(hub, "bob", ["access"])
     open_: list[ClientConnection] = []
     async with _agent(hub):
+        if recording:
+            assert await hub.backend.set_node_recording("node-1", recording) is not None
         try:
             for _ in range(3):
                 open_.append(await _stalled(hub, alice))
