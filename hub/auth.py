@@ -9,11 +9,12 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NoReturn
 
 from hub import secrets as hs
 from hub.audit_store import AuditBackend
 from hub.backend import Backend, Node, Token, User
+from hub.hashgate import BUSY_MESSAGE, BUSY_REASON, HashGate, HubBusy
 from hub.ratelimit import LoginGuard, LoginRefused
 from remoteler.access import (
     DEFAULT_MAX_TTL,
@@ -83,6 +84,7 @@ class AuthService:
         cluster: str,
         clock: Callable[[], float] = time.time,
         audit: AuditBackend | None = None,
+        hash_gate: HashGate | None = None,
     ) -> None:
         self.backend = backend
         self.user_ca = user_ca
@@ -91,6 +93,8 @@ class AuthService:
         self.clock = clock
         self.audit = audit
         self.guard = LoginGuard(backend, clock=clock)
+        #: a hub-wide cap on Argon2 runs for logins and invites (hub/hashgate.py)
+        self.hash_gate = hash_gate or HashGate()
 
     async def _record(self, type: EventType, *, node: str = HUB_NODE, **kw: Any) -> None:
         """Durable before the caller gets what it records (a store error fails the call)."""
@@ -172,6 +176,11 @@ class AuthService:
             raise
         if len(password) < hs.MIN_PASSWORD:
             raise UsageError(f"password too short: use at least {hs.MIN_PASSWORD} characters")
+        try:  # before the code and the invite are used up: a busy hub costs neither
+            async with self.hash_gate.slot():
+                password_hash = await hs.hash_password_async(password)
+        except HubBusy:
+            await self._hub_busy(name, remote_addr)
         step = hs.totp_step(info["totp_secret"], otp, self.clock())
         if step is None or not await self.backend.record_totp_step(name, step):
             await self._login_failed(name, remote_addr, "one-time code not accepted")
@@ -187,13 +196,7 @@ class AuthService:
         await self._check_user_lock(name)
         user = await self.backend.get_user(name)
         assert user is not None
-        await self.backend.put_user(
-            replace(
-                user,
-                password_hash=await hs.hash_password_async(password),
-                totp_last_step=step,
-            )
-        )
+        await self.backend.put_user(replace(user, password_hash=password_hash, totp_last_step=step))
         log.info("invite accepted", extra={"user": name, "remote_addr": remote_addr})
         await self._record(
             EventType.USER_LOGIN, user=name, success=True, method="invite", remote_addr=remote_addr
@@ -227,7 +230,13 @@ class AuthService:
             await self._login_failed(name, remote_addr, err.reason, count=False)
             raise
         user = await self.backend.get_user(name)
-        password_ok = await hs.verify_password_async(user.password_hash if user else None, password)
+        try:  # an unknown name's dummy hash takes a slot like a real one
+            async with self.hash_gate.slot():
+                password_ok = await hs.verify_password_async(
+                    user.password_hash if user else None, password
+                )
+        except HubBusy:
+            await self._hub_busy(name, remote_addr)
         if user is None or not password_ok or user.totp_secret is None:
             reason = "unknown user" if user is None else "wrong password"
             await self._login_failed(name, remote_addr, reason)
@@ -269,6 +278,12 @@ class AuthService:
             remote_addr=remote_addr,
             locked_out=locked,
         )
+
+    async def _hub_busy(self, name: str, remote_addr: str) -> NoReturn:
+        """Refuse an attempt that found no password-hash slot (not counted as a failure)."""
+        self.guard.abandoned(name)
+        await self._login_failed(name, remote_addr, BUSY_REASON, count=False)
+        raise LoginRefused(BUSY_MESSAGE, BUSY_REASON)
 
     async def _check_user_lock(self, name: str, remote_addr: str = "") -> None:
         lock = find_lock(await self.backend.list_locks(self.clock()), user=name, now=self.clock())

@@ -189,6 +189,7 @@ class Backend(Protocol):
     async def get_login_guard(self, user: str) -> LoginGuardRow | None: ...
     async def put_login_guard(self, row: LoginGuardRow) -> None: ...
     async def clear_login_guard(self, user: str) -> bool: ...
+    async def prune_login_guard(self, window_start: float, now: float, limit: int) -> int: ...
 
 
 def _user(row: aiosqlite.Row) -> User:
@@ -567,6 +568,15 @@ class SQLiteBackend:
 
     async def clear_login_guard(self, user: str) -> bool:
         return await self._write("DELETE FROM login_guard WHERE user = ?", (user,)) > 0
+
+    async def prune_login_guard(self, window_start: float, now: float, limit: int) -> int:
+        """Delete up to ``limit`` rows whose failures began before ``window_start`` and
+        that hold no lockout still in force at ``now``; return how many."""
+        return await self._write(
+            "DELETE FROM login_guard WHERE rowid IN (SELECT rowid FROM login_guard "
+            "WHERE first_failure < ? AND (locked_until IS NULL OR locked_until <= ?) LIMIT ?)",
+            (window_start, now, limit),
+        )
 
 
 def now() -> float:
