@@ -15,6 +15,7 @@ from hub import secrets as hs
 from hub.audit_store import AuditBackend
 from hub.backend import Backend, Node, Token, User
 from hub.hashgate import BUSY_MESSAGE, BUSY_REASON, HashGate, HubBusy
+from hub.joinguard import JoinGuard, JoinRefused
 from hub.ratelimit import LoginGuard, LoginRefused
 from remoteler.access import (
     DEFAULT_MAX_TTL,
@@ -85,6 +86,7 @@ class AuthService:
         clock: Callable[[], float] = time.time,
         audit: AuditBackend | None = None,
         hash_gate: HashGate | None = None,
+        join_guard: JoinGuard | None = None,
     ) -> None:
         self.backend = backend
         self.user_ca = user_ca
@@ -95,6 +97,8 @@ class AuthService:
         self.guard = LoginGuard(backend, clock=clock)
         #: a hub-wide cap on Argon2 runs for logins and invites (hub/hashgate.py)
         self.hash_gate = hash_gate or HashGate()
+        #: rate limits on joins per address and hub-wide (hub/joinguard.py)
+        self.join_guard = join_guard or JoinGuard()
 
     async def _record(self, type: EventType, *, node: str = HUB_NODE, **kw: Any) -> None:
         """Durable before the caller gets what it records (a store error fails the call)."""
@@ -335,10 +339,21 @@ class AuthService:
         return token, record
 
     async def join(
-        self, token: str, name: str, labels: Mapping[str, str], public_key: str, version: str
+        self,
+        token: str,
+        name: str,
+        labels: Mapping[str, str],
+        public_key: str,
+        version: str,
+        remote_addr: str = "",
     ) -> dict[str, Any]:
         check_name("node", name)
         token_hash = hs.hash_token(token)
+        try:
+            self.join_guard.check(remote_addr, self.clock())
+        except JoinRefused as err:
+            await self._join_failed(name, remote_addr, token_hash, err.reason)
+            raise
         record = await self.backend.get_token(token_hash)
         now = self.clock()
         bad = None
@@ -349,10 +364,11 @@ class AuthService:
         elif record.expires <= now:
             bad = "join token expired"
         if bad or record is None:
-            log.warning("join refused: %s", bad, extra={"node_name": name})
+            await self._join_failed(name, remote_addr, token_hash, bad or "")
             raise AuthError(
                 f"{bad}; ask the hub operator for a new one (tctl tokens add --type node)"
             )
+        self.join_guard.succeeded(remote_addr, now)  # a valid token is not a guess
         try:
             pub = public_key_from_openssh(public_key)
         except CAError as exc:
@@ -365,6 +381,7 @@ class AuthService:
             )
         node_id = str(uuid.uuid4())
         if not await self.backend.consume_token(token_hash, node_id, now):
+            await self._join_failed(name, remote_addr, token_hash, "join token was already used")
             raise AuthError("join token was already used; ask the hub operator for a new one")
         merged = {**dict(labels), **dict(record.labels)}  # the operator's token labels win
         try:
@@ -411,3 +428,19 @@ class AuthService:
             "user_ca_ssh": self.user_ca.ssh_public_line(),
             "cluster": self.cluster,
         }
+
+    async def _join_failed(self, name: str, remote_addr: str, token_hash: str, reason: str) -> None:
+        """Log and audit a refused join: the token only as its public id (a digest prefix)."""
+        token_id = token_hash[:12]
+        log.warning(
+            "join refused: %s",
+            reason,
+            extra={"node_name": name, "remote_addr": remote_addr, "token_id": token_id},
+        )
+        await self._record(
+            EventType.JOIN_FAILED,
+            name=name,
+            remote_addr=remote_addr,
+            reason=reason,
+            token_id=token_id,
+        )
