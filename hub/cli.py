@@ -119,6 +119,7 @@ async def run(args: argparse.Namespace) -> None:
     from hub.hashgate import HashGate, HashGatePolicy
     from hub.joinguard import JoinGuard, JoinPolicy
     from hub.rotation_runtime import HubRotation
+    from hub.seedcrypt import SeedCipher
     from hub.server import HubServer
     from hub.sslbuffer import share_ssl_read_buffer
 
@@ -139,7 +140,15 @@ async def run(args: argparse.Namespace) -> None:
     rotation = HubRotation(data, [host, *args.public_addr])
     user_ca, host_ca = rotation.cas.user.signer, rotation.cas.host.signer
     ssl_ctx = rotation.tls_context()
-    backend = await SQLiteBackend.open(data.db_path)
+    passphrase = data.ca_passphrase()
+    seeds = SeedCipher(passphrase) if passphrase is not None else None
+    backend = await SQLiteBackend.open(data.db_path, seeds)
+    try:  # encrypt plain TOTP seeds with the CA passphrase (docs/security.md)
+        if migrated := await backend.migrate_totp_seeds():
+            log.info("TOTP seeds encrypted with the CA passphrase", extra={"users": migrated})
+    except RemotelerError:
+        await backend.close()
+        raise
     await backend.mark_all_offline()
     audit = await AuditStore.open(audit_db_path(data.path))
     server = HubServer(
