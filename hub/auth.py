@@ -181,7 +181,7 @@ class AuthService:
         if len(password) < hs.MIN_PASSWORD:
             raise UsageError(f"password too short: use at least {hs.MIN_PASSWORD} characters")
         try:  # before the code and the invite are used up: a busy hub costs neither
-            async with self.hash_gate.slot():
+            async with self.hash_gate.slot(priority=self.guard.trusted(remote_addr)):
                 password_hash = await hs.hash_password_async(password)
         except HubBusy:
             await self._hub_busy(name, remote_addr)
@@ -235,7 +235,7 @@ class AuthService:
             raise
         user = await self.backend.get_user(name)
         try:  # an unknown name's dummy hash takes a slot like a real one
-            async with self.hash_gate.slot():
+            async with self.hash_gate.slot(priority=self.guard.trusted(remote_addr)):
                 password_ok = await hs.verify_password_async(
                     user.password_hash if user else None, password
                 )
@@ -250,7 +250,7 @@ class AuthService:
             reason = "one-time code wrong" if step is None else "one-time code already used"
             await self._login_failed(name, remote_addr, reason)
             raise AuthError(LOGIN_FAILED)
-        await self.guard.succeeded(name)
+        await self.guard.succeeded(name, remote_addr)
         # Locks are checked only once the credentials are right: they tell nothing to
         # someone who does not have them.
         await self._check_user_lock(name, remote_addr)
