@@ -9,11 +9,13 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NoReturn
 
 from hub import secrets as hs
 from hub.audit_store import AuditBackend
 from hub.backend import Backend, Node, Token, User
+from hub.hashgate import BUSY_MESSAGE, BUSY_REASON, HashGate, HubBusy
+from hub.joinguard import JoinGuard, JoinRefused
 from hub.ratelimit import LoginGuard, LoginRefused
 from hub.sessioncap import user_roles
 from remoteler.access import (
@@ -85,6 +87,8 @@ class AuthService:
         cluster: str,
         clock: Callable[[], float] = time.time,
         audit: AuditBackend | None = None,
+        hash_gate: HashGate | None = None,
+        join_guard: JoinGuard | None = None,
     ) -> None:
         self.backend = backend
         self.user_ca = user_ca
@@ -93,6 +97,10 @@ class AuthService:
         self.clock = clock
         self.audit = audit
         self.guard = LoginGuard(backend, clock=clock)
+        #: a hub-wide cap on Argon2 runs for logins and invites (hub/hashgate.py)
+        self.hash_gate = hash_gate or HashGate()
+        #: rate limits on joins per address and hub-wide (hub/joinguard.py)
+        self.join_guard = join_guard or JoinGuard()
 
     async def _record(self, type: EventType, *, node: str = HUB_NODE, **kw: Any) -> None:
         """Durable before the caller gets what it records (a store error fails the call)."""
@@ -174,6 +182,11 @@ class AuthService:
             raise
         if len(password) < hs.MIN_PASSWORD:
             raise UsageError(f"password too short: use at least {hs.MIN_PASSWORD} characters")
+        try:  # before the code and the invite are used up: a busy hub costs neither
+            async with self.hash_gate.slot(priority=self.guard.trusted(remote_addr)):
+                password_hash = await hs.hash_password_async(password)
+        except HubBusy:
+            await self._hub_busy(name, remote_addr)
         step = hs.totp_step(info["totp_secret"], otp, self.clock())
         if step is None or not await self.backend.record_totp_step(name, step):
             await self._login_failed(name, remote_addr, "one-time code not accepted")
@@ -189,13 +202,7 @@ class AuthService:
         await self._check_user_lock(name)
         user = await self.backend.get_user(name)
         assert user is not None
-        await self.backend.put_user(
-            replace(
-                user,
-                password_hash=await hs.hash_password_async(password),
-                totp_last_step=step,
-            )
-        )
+        await self.backend.put_user(replace(user, password_hash=password_hash, totp_last_step=step))
         log.info("invite accepted", extra={"user": name, "remote_addr": remote_addr})
         await self._record(
             EventType.USER_LOGIN, user=name, success=True, method="invite", remote_addr=remote_addr
@@ -229,7 +236,13 @@ class AuthService:
             await self._login_failed(name, remote_addr, err.reason, count=False)
             raise
         user = await self.backend.get_user(name)
-        password_ok = await hs.verify_password_async(user.password_hash if user else None, password)
+        try:  # an unknown name's dummy hash takes a slot like a real one
+            async with self.hash_gate.slot(priority=self.guard.trusted(remote_addr)):
+                password_ok = await hs.verify_password_async(
+                    user.password_hash if user else None, password
+                )
+        except HubBusy:
+            await self._hub_busy(name, remote_addr)
         if user is None or not password_ok or user.totp_secret is None:
             reason = "unknown user" if user is None else "wrong password"
             await self._login_failed(name, remote_addr, reason)
@@ -239,7 +252,7 @@ class AuthService:
             reason = "one-time code wrong" if step is None else "one-time code already used"
             await self._login_failed(name, remote_addr, reason)
             raise AuthError(LOGIN_FAILED)
-        await self.guard.succeeded(name)
+        await self.guard.succeeded(name, remote_addr)
         # Locks are checked only once the credentials are right: they tell nothing to
         # someone who does not have them.
         await self._check_user_lock(name, remote_addr)
@@ -271,6 +284,12 @@ class AuthService:
             remote_addr=remote_addr,
             locked_out=locked,
         )
+
+    async def _hub_busy(self, name: str, remote_addr: str) -> NoReturn:
+        """Refuse an attempt that found no password-hash slot (not counted as a failure)."""
+        self.guard.abandoned(name)
+        await self._login_failed(name, remote_addr, BUSY_REASON, count=False)
+        raise LoginRefused(BUSY_MESSAGE, BUSY_REASON)
 
     async def _check_user_lock(self, name: str, remote_addr: str = "") -> None:
         lock = find_lock(await self.backend.list_locks(self.clock()), user=name, now=self.clock())
@@ -324,10 +343,21 @@ class AuthService:
         return token, record
 
     async def join(
-        self, token: str, name: str, labels: Mapping[str, str], public_key: str, version: str
+        self,
+        token: str,
+        name: str,
+        labels: Mapping[str, str],
+        public_key: str,
+        version: str,
+        remote_addr: str = "",
     ) -> dict[str, Any]:
         check_name("node", name)
         token_hash = hs.hash_token(token)
+        try:
+            self.join_guard.check(remote_addr, self.clock())
+        except JoinRefused as err:
+            await self._join_failed(name, remote_addr, token_hash, err.reason)
+            raise
         record = await self.backend.get_token(token_hash)
         now = self.clock()
         bad = None
@@ -338,10 +368,11 @@ class AuthService:
         elif record.expires <= now:
             bad = "join token expired"
         if bad or record is None:
-            log.warning("join refused: %s", bad, extra={"node_name": name})
+            await self._join_failed(name, remote_addr, token_hash, bad or "")
             raise AuthError(
                 f"{bad}; ask the hub operator for a new one (tctl tokens add --type node)"
             )
+        self.join_guard.succeeded(remote_addr, now)  # a valid token is not a guess
         try:
             pub = public_key_from_openssh(public_key)
         except CAError as exc:
@@ -354,6 +385,7 @@ class AuthService:
             )
         node_id = str(uuid.uuid4())
         if not await self.backend.consume_token(token_hash, node_id, now):
+            await self._join_failed(name, remote_addr, token_hash, "join token was already used")
             raise AuthError("join token was already used; ask the hub operator for a new one")
         merged = {**dict(labels), **dict(record.labels)}  # the operator's token labels win
         try:
@@ -400,3 +432,19 @@ class AuthService:
             "user_ca_ssh": self.user_ca.ssh_public_line(),
             "cluster": self.cluster,
         }
+
+    async def _join_failed(self, name: str, remote_addr: str, token_hash: str, reason: str) -> None:
+        """Log and audit a refused join: the token only as its public id (a digest prefix)."""
+        token_id = token_hash[:12]
+        log.warning(
+            "join refused: %s",
+            reason,
+            extra={"node_name": name, "remote_addr": remote_addr, "token_id": token_id},
+        )
+        await self._record(
+            EventType.JOIN_FAILED,
+            name=name,
+            remote_addr=remote_addr,
+            reason=reason,
+            token_id=token_id,
+        )

@@ -2,7 +2,8 @@
 
 Secrets are stored only as verifiers: join tokens and invites as SHA-256
 digests, passwords as Argon2id hashes. The TOTP seed is the one secret kept
-(it must be, to verify codes), in a 0600 database file.
+(it must be, to verify codes), in a 0600 database file, encrypted with the CA
+passphrase when there is one (hub/seedcrypt.py).
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import aiosqlite
 
+from hub.seedcrypt import SeedCipher, is_encrypted
 from remoteler.access import PRESET_ROLES, Role
+from remoteler.errors import ConfigError
 from remoteler.locks import Lock
 
 SCHEMA = """
@@ -189,6 +192,7 @@ class Backend(Protocol):
     async def get_login_guard(self, user: str) -> LoginGuardRow | None: ...
     async def put_login_guard(self, row: LoginGuardRow) -> None: ...
     async def clear_login_guard(self, user: str) -> bool: ...
+    async def prune_login_guard(self, window_start: float, now: float, limit: int) -> int: ...
 
 
 def _user(row: aiosqlite.Row) -> User:
@@ -273,11 +277,13 @@ async def _migrate(db: aiosqlite.Connection) -> None:
 class SQLiteBackend:
     """The embedded default: one SQLite file in WAL mode, shared with ``tctl``."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, seeds: SeedCipher | None = None) -> None:
         self._db = db
+        #: encrypts TOTP seeds at rest (hub/seedcrypt.py); None: stored as they come
+        self._seeds = seeds
 
     @classmethod
-    async def open(cls, path: Path) -> SQLiteBackend:
+    async def open(cls, path: Path, seeds: SeedCipher | None = None) -> SQLiteBackend:
         if not path.exists():
             fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
             os.close(fd)
@@ -288,6 +294,7 @@ class SQLiteBackend:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=NORMAL")
         await db.execute("PRAGMA busy_timeout=30000")
+        await db.execute("PRAGMA secure_delete=ON")  # a replaced TOTP seed leaves no trace
         await db.executescript(SCHEMA)
         await _migrate(db)
         for role in PRESET_ROLES:
@@ -296,7 +303,7 @@ class SQLiteBackend:
                 (role.name, json.dumps(role.to_dict())),
             )
         await db.commit()
-        return cls(db)
+        return cls(db, seeds)
 
     async def close(self) -> None:
         await self._db.close()
@@ -317,10 +324,40 @@ class SQLiteBackend:
     # users
     async def get_user(self, name: str) -> User | None:
         row = await self._one("SELECT * FROM users WHERE name = ?", (name,))
-        return _user(row) if row else None
+        return self._seed_out(_user(row)) if row else None
 
     async def list_users(self) -> list[User]:
-        return [_user(r) for r in await self._all("SELECT * FROM users ORDER BY name")]
+        rows = await self._all("SELECT * FROM users ORDER BY name")
+        return [self._seed_out(_user(r)) for r in rows]
+
+    def _seed_out(self, user: User) -> User:
+        """Decrypt the TOTP seed; without a cipher an encrypted one stays as it is, opaque
+        (put_user writes it back unchanged)."""
+        if self._seeds is None or user.totp_secret is None:
+            return user
+        return replace(user, totp_secret=self._seeds.decrypt(user.totp_secret, user.name))
+
+    async def migrate_totp_seeds(self) -> int:
+        """Encrypt every plain TOTP seed (with a cipher); return how many. Without a cipher,
+        refuse to go on if any seed is encrypted: the hub could not check codes."""
+        rows = await self._all("SELECT name, totp_secret FROM users WHERE totp_secret IS NOT NULL")
+        if self._seeds is None:
+            if any(is_encrypted(r["totp_secret"]) for r in rows):
+                raise ConfigError(
+                    "the TOTP seeds in the hub database are encrypted: start the hub with "
+                    "--ca-passphrase-file FILE (the CA passphrase)"
+                )
+            return 0
+        plain = [(r["name"], r["totp_secret"]) for r in rows if not is_encrypted(r["totp_secret"])]
+        for name, seed in plain:
+            await self._db.execute(
+                "UPDATE users SET totp_secret = ? WHERE name = ? AND totp_secret = ?",
+                (self._seeds.encrypt(seed, name), name, seed),
+            )
+        await self._db.commit()
+        if plain:  # the plain seeds' old pages leave the WAL (secure_delete zeroed them)
+            await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return len(plain)
 
     async def put_user(self, user: User) -> None:
         await self._write(
@@ -330,7 +367,7 @@ class SQLiteBackend:
                 json.dumps(list(user.roles)),
                 json.dumps(list(user.logins)),
                 user.password_hash,
-                user.totp_secret,
+                self._seed_in(user),
                 user.totp_last_step,
                 user.created,
             ),
@@ -338,6 +375,11 @@ class SQLiteBackend:
 
     async def delete_user(self, name: str) -> bool:
         return await self._write("DELETE FROM users WHERE name = ?", (name,)) > 0
+
+    def _seed_in(self, user: User) -> str | None:
+        if self._seeds is None or user.totp_secret is None:
+            return user.totp_secret
+        return self._seeds.encrypt(user.totp_secret, user.name)
 
     async def record_totp_step(self, name: str, step: int) -> bool:
         """Atomically accept a TOTP time step only if newer than the last one used."""
@@ -567,6 +609,15 @@ class SQLiteBackend:
 
     async def clear_login_guard(self, user: str) -> bool:
         return await self._write("DELETE FROM login_guard WHERE user = ?", (user,)) > 0
+
+    async def prune_login_guard(self, window_start: float, now: float, limit: int) -> int:
+        """Delete up to ``limit`` rows whose failures began before ``window_start`` and
+        that hold no lockout still in force at ``now``; return how many."""
+        return await self._write(
+            "DELETE FROM login_guard WHERE rowid IN (SELECT rowid FROM login_guard "
+            "WHERE first_failure < ? AND (locked_until IS NULL OR locked_until <= ?) LIMIT ?)",
+            (window_start, now, limit),
+        )
 
 
 def now() -> float:

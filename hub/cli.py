@@ -65,8 +65,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="agents are told to reconnect at random within this many seconds "
         "after a SIGTERM (default: 1 s per 200 agents, 5-120 s)",
     )
+    add_auth_limit_flags(start)
     start.add_argument("--log-level", default="INFO")
     return parser
+
+
+def add_auth_limit_flags(start: argparse.ArgumentParser) -> None:
+    """Password-hash and join limits (hub/hashgate.py, hub/joinguard.py; docs/security.md)."""
+    from hub.hashgate import HashGatePolicy
+    from hub.joinguard import JoinPolicy
+
+    start.add_argument(
+        "--max-password-hashes",
+        type=int,
+        default=HashGatePolicy.max_hashes,
+        help="password hashes (logins, invites) running at once, hub-wide (default %(default)s)",
+    )
+    start.add_argument(
+        "--password-hash-wait",
+        type=float,
+        default=HashGatePolicy.max_wait,
+        help="seconds a login waits for a hash slot before 'the hub is busy' (default %(default)s)",
+    )
+    start.add_argument(
+        "--join-failures-per-address",
+        type=int,
+        default=JoinPolicy.address_failures,
+        help="failed joins one address may make per 10 min (default %(default)s)",
+    )
+    start.add_argument(
+        "--join-failures",
+        type=int,
+        default=JoinPolicy.global_failures,
+        help="failed joins from all addresses per 10 min (default %(default)s)",
+    )
+    start.add_argument(
+        "--join-attempts-per-address",
+        type=int,
+        default=JoinPolicy.address_attempts,
+        help="join attempts, failed or not, one address may make per minute (default %(default)s)",
+    )
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -78,7 +116,10 @@ async def run(args: argparse.Namespace) -> None:
     from hub.backend import SQLiteBackend
     from hub.datadir import DataDir
     from hub.gcpolicy import MIN_INTERVAL, GcPolicy
+    from hub.hashgate import HashGate, HashGatePolicy
+    from hub.joinguard import JoinGuard, JoinPolicy
     from hub.rotation_runtime import HubRotation
+    from hub.seedcrypt import SeedCipher
     from hub.server import HubServer
     from hub.sslbuffer import share_ssl_read_buffer
 
@@ -99,11 +140,38 @@ async def run(args: argparse.Namespace) -> None:
     rotation = HubRotation(data, [host, *args.public_addr])
     user_ca, host_ca = rotation.cas.user.signer, rotation.cas.host.signer
     ssl_ctx = rotation.tls_context()
-    backend = await SQLiteBackend.open(data.db_path)
+    passphrase = data.ca_passphrase()
+    seeds = SeedCipher(passphrase) if passphrase is not None else None
+    backend = await SQLiteBackend.open(data.db_path, seeds)
+    try:  # encrypt plain TOTP seeds with the CA passphrase (docs/security.md)
+        if migrated := await backend.migrate_totp_seeds():
+            log.info("TOTP seeds encrypted with the CA passphrase", extra={"users": migrated})
+    except RemotelerError:
+        await backend.close()
+        raise
     await backend.mark_all_offline()
     audit = await AuditStore.open(audit_db_path(data.path))
     server = HubServer(
-        AuthService(backend, user_ca, host_ca, cluster, audit=audit),
+        AuthService(
+            backend,
+            user_ca,
+            host_ca,
+            cluster,
+            audit=audit,
+            hash_gate=HashGate(
+                HashGatePolicy(
+                    max_hashes=max(1, args.max_password_hashes),
+                    max_wait=max(0.0, args.password_hash_wait),
+                )
+            ),
+            join_guard=JoinGuard(
+                JoinPolicy(
+                    address_failures=max(1, args.join_failures_per_address),
+                    global_failures=max(1, args.join_failures),
+                    address_attempts=max(1, args.join_attempts_per_address),
+                )
+            ),
+        ),
         backend,
         audit=audit,
         listener_limits=ListenerLimits(tunnel_handshakes=max(1, args.max_agent_handshakes)),

@@ -41,6 +41,13 @@ class LoginPolicy:
     """Failed logins from one address within ``failure_window`` before it is locked."""
     address_lockout: float = 15 * 60
     max_tracked_addresses: int = 50_000
+    trusted_address_ttl: float = 24 * 3600
+    """Seconds an address where a login succeeded keeps the password-hash priority lane."""
+    max_trusted_addresses: int = 10_000
+    prune_interval: float = 60.0
+    """Seconds between deletions of user rows whose window passed and that are not locked."""
+    prune_batch: int = 1000
+    """Most rows one pruning deletes (one short transaction)."""
 
 
 class LoginRefused(AuthError):
@@ -144,6 +151,9 @@ class LoginGuard:
         #: failed() reads then writes the user's row: concurrent failures (a burst
         #: from many addresses) must not overwrite each other's count
         self._failing = asyncio.Lock()
+        #: address -> until when it is served first for password hashes (hub/hashgate.py)
+        self._trusted: dict[str, float] = {}
+        self._pruned = -math.inf  # clock time of the last pruning of login_guard rows
         #: user name -> start times of attempts past check() and not yet decided: a
         #: burst of guesses sent together counts against the limit before any fails
         self._in_flight: dict[str, list[float]] = {}
@@ -179,6 +189,10 @@ class LoginGuard:
         if not pending:
             self._in_flight.pop(user, None)
 
+    def abandoned(self, user: str) -> None:
+        """An attempt past check() that ends undecided (e.g. the hub was busy)."""
+        self._finished(user)
+
     async def failed(self, user: str, addr: str) -> bool:
         """Count a failure for the user name and the address; True if the user got locked."""
         now = self.clock()
@@ -201,8 +215,37 @@ class LoginGuard:
                     now + p.user_lockout if locked else row.locked_until,
                 )
             )
+            if now - self._pruned >= p.prune_interval:
+                self._pruned = now
+                await self.prune(now)
         return locked
 
-    async def succeeded(self, user: str) -> None:
+    async def prune(self, now: float) -> int:
+        """Delete the rows of names whose failure window passed and that are not locked.
+
+        Runs on a failure at most every ``prune_interval`` seconds, so the table holds
+        about the names that failed within one window (each failure cost a password
+        hash, hub/hashgate.py), not every name ever tried.
+        """
+        p = self.policy
+        return await self.backend.prune_login_guard(now - p.failure_window, now, p.prune_batch)
+
+    async def succeeded(self, user: str, addr: str = "") -> None:
         self._finished(user)
+        if addr:
+            self._trust(addr)
         await self.backend.clear_login_guard(user)
+
+    def _trust(self, addr: str) -> None:
+        now = self.clock()
+        self._trusted.pop(addr, None)  # re-inserted last: the dict stays oldest first
+        if len(self._trusted) >= self.policy.max_trusted_addresses:
+            for old in [a for a, until in self._trusted.items() if until <= now]:
+                del self._trusted[old]
+            while len(self._trusted) >= self.policy.max_trusted_addresses:
+                del self._trusted[next(iter(self._trusted))]
+        self._trusted[addr] = now + self.policy.trusted_address_ttl
+
+    def trusted(self, addr: str) -> bool:
+        """Did a login succeed from ``addr`` within ``trusted_address_ttl``?"""
+        return bool(addr) and self._trusted.get(addr, 0.0) > self.clock()

@@ -530,6 +530,7 @@ class HubServer:
             parse_labels(",".join(f"{k}={v}" for k, v in labels.items())),
             _str(params, "public_key"),
             str(params.get("version", ""))[:64],
+            remote_addr=_RPC_PEER.get(),
         )
         if self.rotation is not None:  # every trusted CA, certificates from the phase's CAs
             result = self.rotation.decorate_join(result, _str(params, "public_key"))

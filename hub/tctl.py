@@ -132,10 +132,14 @@ def _audit_filters(parser: argparse.ArgumentParser, default_limit: int | None) -
 async def _backend(args: argparse.Namespace) -> Any:
     from hub.backend import SQLiteBackend
     from hub.datadir import DataDir
+    from hub.seedcrypt import SeedCipher
 
     data = DataDir(Path(args.data_dir))
     data.cluster_name()  # clear error if this is not a hub data dir
-    return await SQLiteBackend.open(data.db_path)
+    passphrase = data.ca_passphrase()  # the hub's: TOTP seeds are written encrypted with it
+    return await SQLiteBackend.open(
+        data.db_path, SeedCipher(passphrase) if passphrase is not None else None
+    )
 
 
 async def _auth(args: argparse.Namespace) -> Any:

@@ -26,6 +26,7 @@ class EventType(StrEnum):
     USER_LOGIN = "user.login"
     CERT_CREATE = "cert.create"
     JOIN = "join"
+    JOIN_FAILED = "join.failed"
     SESSION_START = "session.start"
     SESSION_END = "session.end"
     EXEC = "exec"
@@ -141,6 +142,11 @@ FIELD_TYPES: dict[str, tuple[_Check, ...]] = {
         ("data", lambda v: isinstance(v, bytes), "bytes"),
     ),
     EventType.AUTH_FAILED: (("reason", _is_str, "a str"),),
+    EventType.JOIN_FAILED: (
+        ("name", _is_str, "a str (the node name asked for)"),
+        ("remote_addr", _is_str, "a str"),
+        ("reason", _is_str, "a str"),
+    ),
     EventType.FILE_TRANSFER: (
         ("path", _is_str, "a str"),
         ("size", _is_count, "a non-negative int"),

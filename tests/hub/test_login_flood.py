@@ -1,0 +1,220 @@
+"""Password guessing from many source addresses (issue #14 A5), against a real hub on
+loopback: the hub-wide cap on password hashes, the "hub busy" refusal, pruning of
+login_guard rows."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pyotp
+import pytest
+from hubkit import PASSWORD, TOTP_SECRET, Clock, Hub, new_key_line, running_hub
+from websockets.asyncio.client import connect
+
+from hub import secrets as hs
+from hub.audit_store import AuditStore
+from hub.backend import SQLiteBackend
+from hub.hashgate import BUSY_MESSAGE, HashGate, HashGatePolicy, HubBusy
+from hub.ratelimit import LoginGuard, LoginPolicy
+from remoteler import rpc
+from remoteler.errors import RemotelerError
+
+GUESSES = 48
+HASH_SECONDS = 0.1  # what one hash costs in this test (production: ~0.2 s of CPU)
+
+
+class CountingHash:
+    """The real (test-cost) Argon2 verify, made to last HASH_SECONDS, counting how many
+    run at once in the hub's two-thread pool."""
+
+    def __init__(self, verify: Any) -> None:
+        self.verify = verify
+        self.lock = threading.Lock()
+        self.now = 0
+        self.peak = 0
+        self.calls = 0
+
+    def __call__(self, stored: str | None, password: str) -> bool:
+        with self.lock:
+            self.now += 1
+            self.calls += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            time.sleep(HASH_SECONDS)  # sleeps, so the test does not burn the shared CPUs
+            return bool(self.verify(stored, password))
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+async def _login(hub: Hub, source: str, user: str, password: str, otp: str) -> tuple[str, float]:
+    """One login RPC from the source address ``source``; (error message or "ok", seconds)."""
+    _, pub = new_key_line()
+    start = time.monotonic()
+    async with connect(
+        hub.url("/v1/rpc"),
+        ssl=hub.tls(),
+        compression=None,
+        subprotocols=[rpc.SUBPROTOCOL],  # type: ignore[list-item]
+        open_timeout=10,
+        close_timeout=1,
+        local_addr=(source, 0),  # Linux routes all of 127/8 to lo
+    ) as ws:
+        try:
+            await asyncio.wait_for(
+                rpc.RpcClient(ws).call(
+                    "login", user=user, password=password, otp=otp, public_key=pub
+                ),
+                30,
+            )
+            return "ok", time.monotonic() - start
+        except RemotelerError as err:
+            return str(err), time.monotonic() - start
+
+
+@pytest.mark.usefixtures("fast_argon2")
+async def test_guesses_from_many_addresses_get_hub_busy_and_a_real_login_gets_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counting = CountingHash(hs.verify_password)
+    monkeypatch.setattr(hs, "verify_password", counting)
+    policy = HashGatePolicy(max_hashes=1, max_waiting=4, max_wait=0.5)
+    async with running_hub(tmp_path, audit=True) as hub:
+        store = hub.server.audit
+        assert isinstance(store, AuditStore)
+        hub.auth.audit = store
+        hub.auth.hash_gate = HashGate(policy)
+        await hub.auth.add_user("alice", ["access"], ["pi"], PASSWORD, TOTP_SECRET)
+
+        # alice logged in from her usual address yesterday: it is served first now
+        code = pyotp.TOTP(TOTP_SECRET).at(time.time() - 30)
+        assert (await _login(hub, "127.2.0.1", "alice", PASSWORD, code))[0] == "ok"
+
+        # one guess each from GUESSES addresses (a fresh bucket each), unknown names
+        guesses = [
+            _login(hub, f"127.1.{i // 200}.{i % 200 + 1}", f"guess{i}", "p" * 10, "123456")
+            for i in range(GUESSES)
+        ]
+        attack = asyncio.gather(*guesses)
+        gate = hub.auth.hash_gate
+        for _ in range(200):  # until the burst is in (TLS handshakes first) and queued
+            if gate.waiting >= policy.max_waiting:
+                break
+            await asyncio.sleep(0.05)
+        assert gate.waiting >= policy.max_waiting, "the guesses should be queued by now"
+        code = pyotp.TOTP(TOTP_SECRET).now()
+        real, took = await _login(hub, "127.2.0.1", "alice", PASSWORD, code)
+        # a first login from a new address queues with the guesses: it may be told to retry
+        newcomer = "busy"
+        deadline = time.monotonic() + 20
+        while newcomer != "ok" and time.monotonic() < deadline:
+            code = pyotp.TOTP(TOTP_SECRET).at(time.time() + 30)
+            newcomer, _ = await _login(hub, "127.2.0.2", "alice", PASSWORD, code)
+            if newcomer != "ok":
+                assert newcomer == BUSY_MESSAGE, newcomer
+                await asyncio.sleep(0.3)
+        results = await attack
+
+        assert real == "ok", f"the real user was refused while the guesses ran: {real}"
+        assert took < policy.max_wait + 2.0, f"the real user waited {took:.1f} s"
+        assert newcomer == "ok", newcomer
+        busy = [t for msg, t in results if msg == BUSY_MESSAGE]
+        failed = [msg for msg, _ in results if msg.startswith("login failed")]
+        assert len(busy) + len(failed) == GUESSES, {m for m, _ in results}
+        # 48 hashes one at a time would take ~4.8 s; most are refused instead, and quickly
+        assert len(busy) >= GUESSES // 2, f"only {len(busy)} of {GUESSES} refused as busy"
+        assert max(busy) < policy.max_wait + 3.0, f"a busy refusal took {max(busy):.1f} s"
+        assert counting.peak <= policy.max_hashes, f"{counting.peak} hashes ran at once"
+        assert hub.auth.hash_gate.peak <= policy.max_hashes
+        assert hub.auth.hash_gate.running == 0 and hub.auth.hash_gate.waiting == 0
+
+        events = [e for e in await store.search(type="user.login", limit=1000)]
+        reasons = [e.fields.get("reason") for e in events if e.fields.get("success") is False]
+        assert reasons.count("hub busy") >= len(busy), "every busy refusal is audited"
+        # a busy refusal is not a failed guess: it is not counted against the name
+        first_busy = next(i for i, (msg, _) in enumerate(results) if msg == BUSY_MESSAGE)
+        assert await hub.backend.get_login_guard(f"guess{first_busy}") is None
+
+
+async def test_gate_refuses_at_once_when_the_queue_is_full_and_after_the_deadline() -> None:
+    gate = HashGate(HashGatePolicy(max_hashes=1, max_waiting=1, max_wait=0.2))
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with gate.slot():
+            await release.wait()
+
+    holder = asyncio.ensure_future(hold())
+    await asyncio.sleep(0)
+    waiter = asyncio.ensure_future(hold())
+    await asyncio.sleep(0)
+    start = time.monotonic()
+    with pytest.raises(HubBusy):  # one waits already: the queue is full
+        async with gate.slot():
+            pass
+    assert time.monotonic() - start < 0.1
+    with pytest.raises(HubBusy):  # the waiter's deadline passes
+        await waiter
+    assert gate.waiting == 0 and gate.running == 1
+    release.set()
+    await holder
+    assert gate.running == 0 and gate.peak == 1 and gate.refused == 2
+    async with gate.slot():  # free again
+        assert gate.running == 1
+
+
+async def test_gate_serves_the_priority_lane_first() -> None:
+    gate = HashGate(HashGatePolicy(max_hashes=1, max_waiting=8, max_wait=5.0))
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with gate.slot():
+            await release.wait()
+
+    async def run(name: str, priority: bool) -> None:
+        async with gate.slot(priority=priority):
+            order.append(name)
+
+    holder = asyncio.ensure_future(hold())
+    await asyncio.sleep(0)
+    tasks = [asyncio.ensure_future(run(f"guess{i}", False)) for i in range(3)]
+    await asyncio.sleep(0)
+    tasks.append(asyncio.ensure_future(run("regular", True)))
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(holder, *tasks)
+    assert order == ["regular", "guess0", "guess1", "guess2"]
+
+
+async def test_login_guard_rows_are_pruned_after_their_window(tmp_path: Path) -> None:
+    clock = Clock()
+    policy = LoginPolicy(max_user_failures=3, failure_window=600.0, user_lockout=1200.0)
+    backend = await SQLiteBackend.open(tmp_path / "hub.db")
+    try:
+        guard = LoginGuard(backend, policy, clock=clock)
+        for i in range(200):  # a spray of names, one guess each
+            await guard.failed(f"name{i}", "")
+        for _ in range(3):  # and one name locked out
+            await guard.failed("alice", "")
+        assert await _rows(backend) == 201
+        clock.advance(policy.failure_window + 1)  # the window passed; alice still locked
+        await guard.failed("late", "")
+        left = await _rows(backend)
+        assert left == 2, f"{left} rows left: only 'alice' (locked) and 'late' should be"
+        assert (await backend.get_login_guard("alice")) is not None
+        clock.advance(policy.user_lockout)  # the lockout and its window are over
+        assert await guard.prune(clock()) == 2
+        assert await _rows(backend) == 0
+    finally:
+        await backend.close()
+
+
+async def _rows(backend: SQLiteBackend) -> int:
+    row = await backend._one("SELECT COUNT(*) FROM login_guard", ())
+    assert row is not None
+    return int(row[0])
