@@ -269,12 +269,16 @@ async def test_node_ignoring_its_quota_is_refused_then_cut_off(
 
 @pytest.mark.parametrize("old_agent", [False, True])
 async def test_agent_over_quota_delivers_everything_exactly_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old_agent: bool
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    old_agent: bool,
 ) -> None:
     """The real forwarder and outbox against the real hub with a small quota: the excess
     waits in the outbox and arrives after the retry-after, each event once. An agent from
     before refusals (it only knows ``ack``: refusals are ignored, and it sends again
     after its ack timeout) loses nothing either."""
+    caplog.set_level(logging.DEBUG, "remoteler.hub.audit")
     if old_agent:
         monkeypatch.setattr(forwarder, "parse_reply", lambda msg: Reply(parse_ack(msg)))
     async with audit_hub(tmp_path, QuotaConfig(rate_per_minute=1200, burst=40)) as hub:
@@ -292,7 +296,10 @@ async def test_agent_over_quota_delivers_everything_exactly_once(
             ]
             async with agent_tunnel(hub, ctx) as tunnel:
                 task = asyncio.ensure_future(
-                    forwarder.run_forwarder(box, tunnel, max_count=50, ack_timeout=1.0)
+                    # the current agent waits for the retry-after, not for an ack timeout
+                    forwarder.run_forwarder(
+                        box, tunnel, max_count=50, ack_timeout=1.0 if old_agent else 60
+                    )
                 )
                 async with asyncio.timeout(20):
                     while (held := (await box.depth())[0]) == 100:
@@ -307,3 +314,9 @@ async def test_agent_over_quota_delivers_everything_exactly_once(
             await box.close()
         stored = await hub.store.search(node=node.id, type="exec")
         assert sorted(e.id for e in stored) == sorted(e.id for e in appended)
+    closed = [r for r in caplog.records if r.getMessage() == "audit channel closed"]
+    early = sum(getattr(r, "early", 0) for r in closed)
+    assert len(closed) == 1 and getattr(closed[0], "stored", 0) == 100
+    # The current agent never sends before its retry-after; the old one did after a
+    # partial ack (refused unread, then re-sent after its ack timeout: nothing lost).
+    assert early >= 1 if old_agent else early == 0
