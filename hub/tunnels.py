@@ -27,8 +27,9 @@ class LiveNode:
     #: the last heartbeat's status, replaced whole by each one (hub/node_status.py)
     status: NodeStatus = field(default_factory=NodeStatus)
     dirty: bool = False
-    #: a refused (oversized) or trimmed heartbeat was logged on this tunnel already
+    #: an oversized heartbeat / one with unknown keys was logged on this tunnel already
     status_warned: bool = False
+    status_trimmed: bool = False
     #: labels from the join token; the agent cannot override them
     token_labels: Mapping[str, str] = field(default_factory=dict)
     #: user sessions relayed over this tunnel right now
@@ -138,8 +139,8 @@ class TunnelRegistry:
                     extra={"node_id": node_id},
                 )
             return
-        if status.unknown and not live.status_warned:
-            live.status_warned = True
+        if status.unknown and not live.status_trimmed:
+            live.status_trimmed = True
             log.info(
                 "heartbeat keys dropped (logged once per tunnel): %s",
                 ", ".join(status.unknown),
