@@ -12,11 +12,12 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from helpers import Cluster, free_port, wait_for
+from helpers import BIN, Cluster, free_port, wait_for
 
 from edge_agent.outbox import Outbox
 from remoteler.audit.events import EventType, make_event
@@ -104,3 +105,17 @@ def drain_over_quota(cluster: Cluster) -> None:
     assert "audit quota reached" in logs  # the hub, once per channel
     assert "hub audit quota" in logs  # the agent, waiting out a retry-after
     assert "ignores its quota" not in logs
+
+
+def test_bad_quota_flags_are_one_line_errors(tmp_path: Path) -> None:
+    for flags in (["--node-audit-rate", "-1"],):  # QuotaConfig's checks: test_audit_quota.py
+        proc = subprocess.run(
+            [str(BIN / "hub"), "start", "--data-dir", str(tmp_path / "hub"), *flags],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode != 0
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "--node-audit-rate / --node-audit-burst" in lines[0], lines
+        assert not (tmp_path / "hub").exists()  # refused before anything was created
