@@ -8,7 +8,8 @@ message a length-prefixed msgpack map (:mod:`remoteler.audit.stream`):
 * over the node's quota at the hub: an ``ack`` of the batch's first events with
   ``retry_after``, or ``{"t": "refused", "retry_after": s, ...}``. The rest stays
   in the outbox; the forwarder sends nothing more until ``retry_after`` plus a
-  jitter of up to 20 % (at least 0.1 s) has passed, then goes on from the oldest.
+  jitter of up to 20 % (at least 0.1 s) has passed, then goes on from the oldest
+  (logged at info once per channel).
 
 One batch is in flight at a time. Anything not acked stays in the outbox and is
 sent again, oldest first, on the next tunnel; the hub's insert is idempotent on
@@ -94,6 +95,7 @@ async def _send_loop(
     max_bytes: int,
     ack_timeout: float,
 ) -> None:
+    waited = False
     while not closed.is_set():
         while not acks.empty():  # late acks of a batch sent again after a timeout
             if (late := acks.get_nowait()) is None:
@@ -126,12 +128,15 @@ async def _send_loop(
             await outbox.ack(reply.ids)
         if reply.retry_after is not None:  # the hub's quota: the rest waits in the outbox
             delay = retry_delay(reply.retry_after, random.random())
-            log.info(
+            # info once per channel (a long drain past the quota waits every few seconds)
+            log.log(
+                logging.DEBUG if waited else logging.INFO,
                 "hub audit quota: %d of %d events stored, sending the rest in %.1fs",
                 len(reply.ids),
                 len(events),
                 delay,
             )
+            waited = True
             await _first(asyncio.sleep(delay), closed.wait())
 
 
