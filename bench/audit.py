@@ -4,7 +4,9 @@ The outbox is the real one (SQLite, WAL, synchronous=FULL) in the work dir. The
 backlog drains through the real forwarder and a real Tunnel pair over websockets
 on 127.0.0.1 (no TLS) to a tiny in-process receiver that validates each batch
 (``parse_batch``), keeps the events in a dict and acks: the hub's SQLite store is
-not in this figure. Events are ``exec`` records of about 150 bytes.
+not in this figure. Events are ``exec`` records of about 150 bytes. The receiver
+applies the hub's default per-node quota (hub/audit_quota.py) as the hub does: a
+drain it would throttle shows as refused events and a longer drain.
 """
 
 from __future__ import annotations
@@ -19,8 +21,15 @@ from websockets.asyncio.server import ServerConnection, serve
 from bench.harness import Context, Figure, benchmark, median
 from edge_agent.forwarder import run_forwarder
 from edge_agent.outbox import Outbox
+from hub.audit_quota import AuditQuotas
 from remoteler.audit.events import AuditEvent, EventType, make_event
-from remoteler.audit.stream import MessageReader, ack_message, encode_message, parse_batch
+from remoteler.audit.stream import (
+    MessageReader,
+    ack_message,
+    encode_message,
+    parse_batch,
+    refused_message,
+)
 from remoteler.wire.aio import ChannelRequest, Tunnel
 from remoteler.wire.codes import OpenFailure
 from remoteler.wire.connection import Connection, Role
@@ -67,6 +76,8 @@ class _Receiver:
         self.stored: dict[str, AuditEvent] = {}
         self.expected = expected
         self.busy = 0.0  # seconds spent decoding and storing
+        self.quotas = AuditQuotas()  # the hub's defaults
+        self.refused = 0
         self.done = asyncio.Event()
 
     async def on_channel(self, request: ChannelRequest) -> None:
@@ -79,9 +90,17 @@ class _Receiver:
             start = time.perf_counter()
             for message in reader.feed(data):
                 events = parse_batch(message)
-                for e in events:
+                grant = self.quotas.take(NODE, len(events), time.monotonic())
+                self.refused += len(events) - grant.accepted
+                for e in events[: grant.accepted]:
                     self.stored.setdefault(e.id, e)
-                channel.write(encode_message(ack_message([e.id for e in events])))
+                if grant.retry_after is None:
+                    reply = ack_message([e.id for e in events])
+                elif grant.accepted:
+                    reply = ack_message([e.id for e in events[: grant.accepted]], grant.retry_after)
+                else:
+                    reply = refused_message(grant.retry_after, "quota")
+                channel.write(encode_message(reply))
             self.busy += time.perf_counter() - start
             if len(self.stored) >= self.expected:
                 self.done.set()
@@ -90,8 +109,9 @@ class _Receiver:
         await Tunnel(ws, Connection(Role.LISTENER), on_channel=self.on_channel).run()
 
 
-async def _drain(path: Path, n: int) -> tuple[float, float, float]:
-    """Buffer ``n`` events, drain them; return (fill events/s, drain seconds, ingest events/s)."""
+async def _drain(path: Path, n: int) -> tuple[float, float, float, int]:
+    """Buffer ``n`` events, drain them; return (fill events/s, drain seconds, ingest
+    events/s, events refused by the default per-node quota)."""
     box = await Outbox.open(path, node=NODE)
     try:
         fill_rate = await _fill(box, n, 1024)
@@ -110,7 +130,7 @@ async def _drain(path: Path, n: int) -> tuple[float, float, float]:
                 await tunnel.close()
                 await asyncio.gather(forwarder, pump)
         assert len(receiver.stored) == n
-        return fill_rate, elapsed, n / receiver.busy
+        return fill_rate, elapsed, n / receiver.busy, receiver.refused
     finally:
         await box.close()
         for p in path.parent.glob(path.name + "*"):
@@ -152,6 +172,14 @@ def audit(ctx: Context) -> list[Figure]:
             goal="< 20 s for 100,000",
             met=None if ctx.smoke else median(drains) < 20,
             note=f"buffered at {median([r[0] for r in runs]):,.0f} events/s (1024 writers)",
+        ),
+        Figure(
+            "audit",
+            "drain: events refused by the default per-node hub quota",
+            "events",
+            max(r[3] for r in runs),
+            goal="0 (burst 200,000)",
+            met=max(r[3] for r in runs) == 0,
         ),
         Figure(
             "audit",

@@ -5,6 +5,11 @@ message a length-prefixed msgpack map (:mod:`remoteler.audit.stream`):
 
 * agent → hub ``{"t": "batch", "events": [event.to_wire(), ...]}``
 * hub → agent ``{"t": "ack", "ids": [...]}`` once the hub has committed them.
+* over the node's quota at the hub: an ``ack`` of the batch's first events with
+  ``retry_after``, or ``{"t": "refused", "retry_after": s, ...}``. The rest stays
+  in the outbox; the forwarder sends nothing more until ``retry_after`` plus a
+  jitter of up to 20 % (at least 0.1 s) has passed, then goes on from the oldest
+  (logged at info once per channel).
 
 One batch is in flight at a time. Anything not acked stays in the outbox and is
 sent again, oldest first, on the next tunnel; the hub's insert is idempotent on
@@ -16,19 +21,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Coroutine
 from typing import Any
 
 from edge_agent.outbox import Outbox
-from remoteler.audit.stream import MessageReader, batch_message, encode_message, parse_ack
+from remoteler.audit.stream import (
+    MessageReader,
+    Reply,
+    batch_message,
+    encode_message,
+    parse_reply,
+)
 from remoteler.wire.aio import Channel, Tunnel
 from remoteler.wire.exceptions import ChannelClosedError, ChannelOpenError, TunnelClosed
 
-__all__ = ["run_forwarder"]
+__all__ = ["retry_delay", "run_forwarder"]
 
 log = logging.getLogger("remoteler.agent.forwarder")
 
 CHANNEL_KIND = "audit"
+
+
+def retry_delay(retry_after: float, rand: float) -> float:
+    """Seconds to wait after the hub asked for ``retry_after``: never less, plus a jitter
+    of up to 20 % (at least 0.1 s) so refused nodes do not come back in step.
+    ``rand`` is uniform in [0, 1)."""
+    base = max(0.0, retry_after)
+    return base + rand * max(0.1, 0.2 * base)
 
 
 async def run_forwarder(
@@ -52,7 +72,7 @@ async def run_forwarder(
         return
     except TunnelClosed:
         return
-    acks: asyncio.Queue[list[str] | None] = asyncio.Queue()
+    acks: asyncio.Queue[Reply | None] = asyncio.Queue()
     closed = asyncio.Event()
     reader = asyncio.create_task(_read_acks(channel, acks, closed))
     try:
@@ -69,17 +89,19 @@ async def run_forwarder(
 async def _send_loop(
     outbox: Outbox,
     channel: Channel,
-    acks: asyncio.Queue[list[str] | None],
+    acks: asyncio.Queue[Reply | None],
     closed: asyncio.Event,
     max_count: int,
     max_bytes: int,
     ack_timeout: float,
 ) -> None:
+    waited = False
     while not closed.is_set():
         while not acks.empty():  # late acks of a batch sent again after a timeout
             if (late := acks.get_nowait()) is None:
                 return
-            await outbox.ack(late)
+            if late.ids:
+                await outbox.ack(late.ids)
         outbox.changed.clear()  # before reading, so an append after the read still wakes us
         events = await outbox.batch(max_count, max_bytes)
         if not events:
@@ -94,19 +116,32 @@ async def _send_loop(
         channel.write(message)
         await channel.drain()
         try:
-            ids = await asyncio.wait_for(acks.get(), ack_timeout)
+            reply = await asyncio.wait_for(acks.get(), ack_timeout)
         except TimeoutError:
             log.warning(
                 "no audit ack within %.0fs; sending from the oldest unacked again", ack_timeout
             )
             continue
-        if ids is None:  # channel closed: what was not acked is sent on the next tunnel
+        if reply is None:  # channel closed: what was not acked is sent on the next tunnel
             return
-        await outbox.ack(ids)
+        if reply.ids:
+            await outbox.ack(reply.ids)
+        if reply.retry_after is not None:  # the hub's quota: the rest waits in the outbox
+            delay = retry_delay(reply.retry_after, random.random())
+            # info once per channel (a long drain past the quota waits every few seconds)
+            log.log(
+                logging.DEBUG if waited else logging.INFO,
+                "hub audit quota: %d of %d events stored, sending the rest in %.1fs",
+                len(reply.ids),
+                len(events),
+                delay,
+            )
+            waited = True
+            await _first(asyncio.sleep(delay), closed.wait())
 
 
 async def _read_acks(
-    channel: Channel, acks: asyncio.Queue[list[str] | None], closed: asyncio.Event
+    channel: Channel, acks: asyncio.Queue[Reply | None], closed: asyncio.Event
 ) -> None:
     reader = MessageReader()
     try:
@@ -118,7 +153,7 @@ async def _read_acks(
                 return
             for message in messages:
                 try:
-                    acks.put_nowait(parse_ack(message))
+                    acks.put_nowait(parse_reply(message))
                 except ValueError as exc:
                     log.warning("audit channel: ignoring a message from the hub: %s", exc)
     finally:

@@ -4,14 +4,28 @@ The ack goes out only after the batch is committed, and lists every id of the
 batch, new or already stored: the agent may then delete them all. If the hub
 dies between commit and ack, the agent re-sends and the idempotent insert
 turns the duplicate into a no-op, so delivery is exactly-once in effect.
+
+Past the node's quota (:mod:`hub.audit_quota`) only the batch's first events
+are stored and acked, with a retry-after for the rest (or a ``refused`` when
+none is stored); a node that keeps sending before its retry-after gets its
+channel closed. Refusals are logged once per channel, with the totals at close.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
+from hub.audit_quota import AuditQuotas
 from hub.audit_store import AuditBackend
-from remoteler.audit.stream import MessageReader, ack_message, encode_message, parse_batch
+from remoteler.audit.stream import (
+    MessageReader,
+    ack_message,
+    encode_message,
+    parse_batch,
+    refused_message,
+)
 from remoteler.wire.aio import Channel
 from remoteler.wire.exceptions import ChannelClosedError, TunnelClosed
 
@@ -20,7 +34,13 @@ log = logging.getLogger("remoteler.hub.audit")
 READ_SIZE = 65536
 
 
-async def serve_audit_channel(channel: Channel, node_id: str, store: AuditBackend) -> None:
+async def serve_audit_channel(
+    channel: Channel,
+    node_id: str,
+    store: AuditBackend,
+    quotas: AuditQuotas | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
     """Serve one audit channel until the agent closes it; never raises (bar cancellation).
 
     ``node_id`` is the tunnel's authenticated node: every event is stored under it.
@@ -28,13 +48,43 @@ async def serve_audit_channel(channel: Channel, node_id: str, store: AuditBacken
     """
     reader = MessageReader()
     fields = {"node_id": node_id, "channel": channel.channel_id}
-    stored = 0
+    stored = refused = early = 0
     try:
         while data := await channel.read(READ_SIZE):
             for message in reader.feed(data):
+                if quotas is not None and (too_soon := quotas.early(node_id, clock())):
+                    early += 1
+                    assert too_soon.retry_after is not None
+                    if too_soon.close:
+                        log.warning(
+                            "audit channel closed: the node ignores its quota's retry-after",
+                            extra={**fields, "retry_after": round(too_soon.retry_after, 1)},
+                        )
+                        return
+                    reply = refused_message(too_soon.retry_after, "sent before its retry-after")
+                    channel.write(encode_message(reply))
+                    await channel.drain()
+                    continue
                 events = parse_batch(message)
-                stored += await store.insert(node_id, events)
-                channel.write(encode_message(ack_message([e.id for e in events])))
+                grant = quotas.take(node_id, len(events), clock()) if quotas is not None else None
+                if grant is None or grant.retry_after is None:
+                    stored += await store.insert(node_id, events)
+                    channel.write(encode_message(ack_message([e.id for e in events])))
+                    await channel.drain()
+                    continue
+                if not refused:
+                    log.info(
+                        "audit quota reached: events refused with a retry-after",
+                        extra={**fields, "retry_after": round(grant.retry_after, 1)},
+                    )
+                kept = events[: grant.accepted]
+                refused += len(events) - len(kept)
+                if kept:
+                    stored += await store.insert(node_id, kept)
+                    reply = ack_message([e.id for e in kept], grant.retry_after)
+                else:
+                    reply = refused_message(grant.retry_after, "node audit quota reached")
+                channel.write(encode_message(reply))
                 await channel.drain()
     except ValueError as exc:
         log.warning("audit stream refused: %s", exc, extra=fields)
@@ -44,4 +94,7 @@ async def serve_audit_channel(channel: Channel, node_id: str, store: AuditBacken
         log.error("audit batch not stored: %s: %s", type(exc).__name__, exc, extra=fields)
     finally:
         channel.close()
-        log.debug("audit channel closed", extra={**fields, "stored": stored})
+        log.debug(
+            "audit channel closed",
+            extra={**fields, "stored": stored, "refused": refused, "early": early},
+        )

@@ -10,10 +10,11 @@ import signal
 import sys
 from pathlib import Path
 
+from hub.audit_quota import DEFAULT_BURST, DEFAULT_RATE, QuotaConfig
 from hub.extras import require_hub_extra
 from hub.listener import ListenerLimits
 from remoteler.addr import format_hostport, parse_hostport
-from remoteler.errors import RemotelerError
+from remoteler.errors import RemotelerError, UsageError
 
 log = logging.getLogger("remoteler.hub")
 DEFAULT_LISTEN = "127.0.0.1:3080"
@@ -66,6 +67,22 @@ def build_parser() -> argparse.ArgumentParser:
         "after a SIGTERM (default: 1 s per 200 agents, 5-120 s)",
     )
     add_auth_limit_flags(start)
+    start.add_argument(
+        "--node-audit-rate",
+        type=float,
+        default=DEFAULT_RATE,
+        metavar="EVENTS_PER_MIN",
+        help=f"audit events each node may have stored per minute, sustained "
+        f"(default {DEFAULT_RATE:g}; 0: no quota); the excess waits in the node's outbox",
+    )
+    start.add_argument(
+        "--node-audit-burst",
+        type=int,
+        default=DEFAULT_BURST,
+        metavar="EVENTS",
+        help=f"audit events a node may send at once, e.g. a backlog after an outage "
+        f"(default {DEFAULT_BURST})",
+    )
     start.add_argument("--log-level", default="INFO")
     return parser
 
@@ -129,6 +146,10 @@ async def run(args: argparse.Namespace) -> None:
     if not share_ssl_read_buffer():
         asyncio.sslproto.SSLProtocol.max_size = SSL_READ_BUFFER
 
+    try:
+        quota = QuotaConfig(args.node_audit_rate, args.node_audit_burst)
+    except ValueError as exc:
+        raise UsageError(f"{exc}: fix --node-audit-rate / --node-audit-burst") from None
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one descriptor per agent
     host, port = parse_hostport(args.listen)
@@ -175,6 +196,7 @@ async def run(args: argparse.Namespace) -> None:
         backend,
         audit=audit,
         listener_limits=ListenerLimits(tunnel_handshakes=max(1, args.max_agent_handshakes)),
+        audit_quota=quota,
     )
     rotation.attach(server)
     bound_host, bound_port = await server.start(host, port, ssl_ctx)

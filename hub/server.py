@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from hub.audit_ingest import serve_audit_channel
+from hub.audit_quota import AuditQuotas, QuotaConfig
 from hub.audit_store import AuditBackend
 from hub.auth import AuthService, Issued, check_name
 from hub.backend import Backend, Node
@@ -96,8 +97,11 @@ class HubServer:
         limits: Limits | None = None,
         audit: AuditBackend | None = None,
         listener_limits: ListenerLimits | None = None,
+        audit_quota: QuotaConfig | None = None,
     ) -> None:
         self.auth = auth
+        #: each node's audit events per minute (hub/audit_quota.py)
+        self.audit_quotas = AuditQuotas(audit_quota or QuotaConfig())
         self.listener_limits = listener_limits
         self.listener: Listener | None = None
         self.backend = backend
@@ -357,7 +361,11 @@ class HubServer:
     async def _agent_channel(self, request: ChannelRequest, node_id: str) -> None:
         """Channels an agent may open: only ``audit``, stored under the tunnel's node id."""
         if request.kind == "audit" and self.audit is not None:
-            await serve_audit_channel(request.accept(), node_id, self.audit)
+            wait = self.audit_quotas.blocked(node_id, time.monotonic())
+            if wait is not None:  # it ignored the quota's retry-after: not before it is over
+                request.reject(OpenFailure.RESOURCE_SHORTAGE, f"audit quota: retry in {wait:.0f}s")
+                return
+            await serve_audit_channel(request.accept(), node_id, self.audit, self.audit_quotas)
             return
         request.reject(OpenFailure.UNKNOWN_KIND, f"unknown channel kind {request.kind[:32]!r}")
 

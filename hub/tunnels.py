@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hub.backend import Backend, Beat, Node
-from remoteler.addr import valid_labels
+from hub.node_status import NodeStatus, StatusTooLarge, parse_status
 from remoteler.wire.aio import Tunnel
 
 log = logging.getLogger("remoteler.hub.tunnels")
@@ -24,8 +24,12 @@ class LiveNode:
     last_seen: float
     labels: Mapping[str, str] = field(default_factory=dict)
     version: str = ""
-    status: dict[str, Any] = field(default_factory=dict)
+    #: the last heartbeat's status, replaced whole by each one (hub/node_status.py)
+    status: NodeStatus = field(default_factory=NodeStatus)
     dirty: bool = False
+    #: an oversized heartbeat / one with unknown keys was logged on this tunnel already
+    status_warned: bool = False
+    status_trimmed: bool = False
     #: labels from the join token; the agent cannot override them
     token_labels: Mapping[str, str] = field(default_factory=dict)
     #: user sessions relayed over this tunnel right now
@@ -41,8 +45,7 @@ class LiveNode:
         """How the agent serves SSH, from its heartbeat: ``"forward"`` (to the device's own
         sshd, docs/legacy-devices.md), ``"embedded"``, or ``""`` until its first heartbeat
         after connecting says (and for agents older than forward mode)."""
-        mode = self.status.get("ssh")
-        return mode if mode in ("forward", "embedded") else ""
+        return self.status.ssh
 
     def session_started(self) -> None:
         self.sessions += 1
@@ -56,10 +59,7 @@ class LiveNode:
     @property
     def serial_ports(self) -> list[str]:
         """The serial console ports the agent offers (its heartbeat; strings only, capped)."""
-        ports = self.status.get("serial_ports")
-        if not isinstance(ports, list):
-            return []
-        return [p[:256] for p in ports[:32] if isinstance(p, str)]
+        return list(self.status.serial_ports)
 
 
 class TunnelRegistry:
@@ -126,15 +126,32 @@ class TunnelRegistry:
             return
         live.last_seen = time.time()
         live.dirty = True
-        if isinstance(payload, dict):
-            labels = payload.get("labels")
-            if valid_labels(labels):
-                assert isinstance(labels, dict)
-                live.labels = {**labels, **live.token_labels}
-            version = payload.get("version")
-            if isinstance(version, str):
-                live.version = version[:64]
-            live.status.update((k, v) for k, v in payload.items() if k != "labels")
+        if not isinstance(payload, dict):
+            return  # a PING without payload: the status did not change
+        try:
+            status = parse_status(payload)
+        except StatusTooLarge as exc:
+            if not live.status_warned:
+                live.status_warned = True
+                log.warning(
+                    "heartbeat status ignored (logged once per tunnel): %s",
+                    exc,
+                    extra={"node_id": node_id},
+                )
+            return
+        if status.unknown and not live.status_trimmed:
+            live.status_trimmed = True
+            log.info(
+                "heartbeat keys dropped (logged once per tunnel): %s",
+                ", ".join(status.unknown),
+                extra={"node_id": node_id},
+            )
+        # Replaced, never merged: what the hub holds for a node is one status at most.
+        live.status = status
+        if status.labels is not None:
+            live.labels = {**status.labels, **live.token_labels}
+        if status.version:
+            live.version = status.version
 
     async def flush(self) -> None:
         if self._online:
@@ -146,14 +163,8 @@ class TunnelRegistry:
         for live in self._live.values():
             if live.dirty:
                 live.dirty = False
-                audit = live.status.get("audit")
-                pending, oldest = 0, None
-                if isinstance(audit, dict):
-                    raw_pending, raw_oldest = audit.get("pending"), audit.get("oldest")
-                    if isinstance(raw_pending, int) and not isinstance(raw_pending, bool):
-                        pending = max(0, raw_pending)
-                    if isinstance(raw_oldest, (int, float)) and not isinstance(raw_oldest, bool):
-                        oldest = float(raw_oldest)
+                audit = live.status.audit
+                pending, oldest = (audit.pending, audit.oldest) if audit else (0, None)
                 beats.append(
                     Beat(live.node_id, live.last_seen, live.labels, live.version, pending, oldest)
                 )

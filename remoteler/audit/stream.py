@@ -6,6 +6,12 @@ a msgpack map of that many bytes:
 - agent → hub ``{"t": "batch", "events": [AuditEvent.to_wire(), ...]}``
 - hub → agent ``{"t": "ack", "ids": [event id, ...]}``, sent only after the hub
   committed every event of the batch (inserted now or earlier).
+- hub → agent, over the node's quota (docs/audit.md): ``ack`` with the ids of the
+  batch's first events it stored and ``"retry_after": seconds`` for the rest, or
+  ``{"t": "refused", "code": 1, "reason": "...", "retry_after": seconds}`` when
+  it stored none. The agent keeps what was not acked and sends it again after
+  ``retry_after``. An agent older than this ignores ``refused`` (and the extra
+  key): it re-sends after its ack timeout, so nothing is lost either way.
 
 The agent deletes from its outbox only what was acked and re-sends the rest
 after a reconnect; the hub's insert is idempotent on (node, id).
@@ -14,6 +20,7 @@ after a reconnect; the hub's insert is idempotent on (node, id).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import msgpack
@@ -22,13 +29,25 @@ from remoteler.audit.events import AuditEvent
 
 __all__ = [
     "MAX_MESSAGE",
+    "MAX_RETRY_AFTER",
+    "REFUSED_QUOTA",
     "MessageReader",
+    "Reply",
     "ack_message",
     "batch_message",
     "encode_message",
     "parse_ack",
     "parse_batch",
+    "parse_reply",
+    "refused_message",
 ]
+
+#: ``refused`` code: the node's audit quota at the hub is used up.
+REFUSED_QUOTA = 1
+#: Longest retry-after an agent honours (seconds): a hub cannot park it for longer.
+MAX_RETRY_AFTER = 3600.0
+#: Wait after a ``refused`` that gives no retry-after.
+DEFAULT_REFUSED_WAIT = 30.0
 
 #: Largest message either side accepts (the agent caps its batches below this).
 MAX_MESSAGE = 4 << 20
@@ -95,8 +114,29 @@ def batch_message(events: Iterable[AuditEvent]) -> dict[str, Any]:
     return {"t": "batch", "events": [e.to_wire() for e in events]}
 
 
-def ack_message(ids: Sequence[str]) -> dict[str, Any]:
-    return {"t": "ack", "ids": list(ids)}
+def ack_message(ids: Sequence[str], retry_after: float | None = None) -> dict[str, Any]:
+    """An ack; with ``retry_after`` it acks only part of the batch (the rest was refused)."""
+    msg: dict[str, Any] = {"t": "ack", "ids": list(ids)}
+    if retry_after is not None:
+        msg["retry_after"] = float(retry_after)
+    return msg
+
+
+def refused_message(retry_after: float, reason: str, code: int = REFUSED_QUOTA) -> dict[str, Any]:
+    """Nothing of the batch was stored: send it again after ``retry_after`` seconds."""
+    return {"t": "refused", "code": code, "reason": reason[:200], "retry_after": float(retry_after)}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The hub's answer to a batch: the ids it stored, and whether to wait before the next."""
+
+    ids: list[str]
+    #: seconds to wait before sending again (0 ... :data:`MAX_RETRY_AFTER`), or None
+    retry_after: float | None = None
+    #: ``refused`` code, 0 for an ack
+    code: int = 0
+    reason: str = ""
 
 
 def parse_batch(msg: dict[str, Any]) -> list[AuditEvent]:
@@ -117,3 +157,22 @@ def parse_ack(msg: dict[str, Any]) -> list[str]:
     if not all(isinstance(i, str) for i in ids):
         raise ValueError("ack ids must be strings")
     return ids
+
+
+def parse_reply(msg: dict[str, Any]) -> Reply:
+    """An ``ack`` (whole or partial) or a ``refused``; ValueError if it is anything else."""
+    raw = msg.get("retry_after")
+    retry_after: float | None = None
+    if raw is not None:
+        if not isinstance(raw, (int, float)) or isinstance(raw, bool) or not raw == raw:
+            raise ValueError("retry_after must be a number of seconds")
+        retry_after = min(max(0.0, float(raw)), MAX_RETRY_AFTER)
+    if msg.get("t") == "refused":
+        code, reason = msg.get("code"), msg.get("reason")
+        return Reply(
+            [],
+            DEFAULT_REFUSED_WAIT if retry_after is None else retry_after,
+            code if isinstance(code, int) and not isinstance(code, bool) else -1,
+            reason[:200] if isinstance(reason, str) else "",
+        )
+    return Reply(parse_ack(msg), retry_after)

@@ -15,6 +15,9 @@ import pytest
 from hubkit import Hub
 from websockets.asyncio.client import connect
 
+from edge_agent import forwarder
+from edge_agent.outbox import Outbox
+from hub.audit_quota import QuotaConfig
 from hub.audit_store import AuditStore, audit_db_path
 from hub.auth import AuthService
 from hub.backend import SQLiteBackend
@@ -22,9 +25,10 @@ from hub.datadir import DataDir
 from hub.server import TUNNEL_SUBPROTOCOL, HubServer
 from remoteler import rpc
 from remoteler.audit import AuditEvent, EventType, MessageReader, encode_message, make_event
-from remoteler.audit.stream import batch_message, parse_ack
+from remoteler.audit.stream import REFUSED_QUOTA, Reply, batch_message, parse_ack, parse_reply
 from remoteler.tlsutil import server_context
 from remoteler.wire.aio import Channel, Tunnel
+from remoteler.wire.codes import OpenFailure
 from remoteler.wire.connection import Connection, Role
 from remoteler.wire.exceptions import ChannelOpenError
 from remoteler.wire.limits import Limits
@@ -38,6 +42,12 @@ class AuditHub(Hub):
 @pytest.fixture
 async def ahub(tmp_path: Path) -> AsyncIterator[AuditHub]:
     """A HubServer assembled as ``hub start`` does, with its audit store."""
+    async with audit_hub(tmp_path) as hub:
+        yield hub
+
+
+@contextlib.asynccontextmanager
+async def audit_hub(tmp_path: Path, quota: QuotaConfig | None = None) -> AsyncIterator[AuditHub]:
     data = DataDir(tmp_path / "hubdata")
     cluster = data.init("test")
     user_ca, host_ca = data.load_ca("user"), data.load_ca("host")
@@ -46,7 +56,7 @@ async def ahub(tmp_path: Path) -> AsyncIterator[AuditHub]:
     backend = await SQLiteBackend.open(data.db_path)
     store = await AuditStore.open(audit_db_path(data.path))
     auth = AuthService(backend, user_ca, host_ca, cluster, audit=store)
-    server = HubServer(auth, backend, audit=store)
+    server = HubServer(auth, backend, audit=store, audit_quota=quota)
     _, port = await server.start("127.0.0.1", 0, ssl_ctx)
     try:
         yield AuditHub(server, auth, backend, port, store)
@@ -212,3 +222,101 @@ async def test_audit_session_rpc_is_for_the_sessions_user_only(ahub: AuditHub) -
         assert type(exc.value).__name__ == "AccessDenied"
     with pytest.raises(Exception, match="user certificate"):
         await call(ahub.tls(), session_id="s1")
+
+
+# -- per-node quota (hub/audit_quota.py) ------------------------------------------
+
+
+async def _replies(channel: Channel) -> list[Reply]:
+    """The hub's replies on the channel until it closes it."""
+    reader, out = MessageReader(), []
+    while data := await asyncio.wait_for(channel.read(65536), 5):
+        out += [parse_reply(m) for m in reader.feed(data)]
+    return out
+
+
+async def test_node_ignoring_its_quota_is_refused_then_cut_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hostile node keeps sending after being told to wait: nothing past its quota is
+    stored, its early batches are refused unread, then its audit channel is closed."""
+    caplog.set_level(logging.INFO, "remoteler.hub.audit")
+    async with audit_hub(tmp_path, QuotaConfig(rate_per_minute=60, burst=30)) as hub:
+        assert hub.store is not None
+        ctx = hub.tls(*await hub.node_creds("node-1"))
+        node = await hub.backend.get_node("node-1")
+        assert node is not None
+        events = _events(50)
+        async with agent_tunnel(hub, ctx) as tunnel:
+            channel = await tunnel.open_channel("audit", {}, timeout=5)
+            channel.write(encode_message(batch_message(events)))
+            for _ in range(10):  # ignore the retry-after: send everything again at once
+                channel.write(encode_message(batch_message(events)))
+            first, *replies = await _replies(channel)
+            assert first.ids == [e.id for e in events[:30]]
+            assert first.retry_after is not None and 15 <= first.retry_after <= 30
+            assert len(replies) == 2  # the third early batch closes the channel
+            assert all(r.ids == [] and r.code == REFUSED_QUOTA for r in replies)
+            with pytest.raises(ChannelOpenError) as refused:  # no new channel until it is over
+                await tunnel.open_channel("audit", {}, timeout=5)
+            assert refused.value.code == OpenFailure.RESOURCE_SHORTAGE
+        assert await hub.store.count(node.id) == 30 + 1  # + the hub's join event
+        await ping(hub)
+    lines = [r.getMessage() for r in caplog.records if r.name == "remoteler.hub.audit"]
+    assert sum("quota reached" in m for m in lines) == 1  # once per channel, not per batch
+    assert sum("ignores its quota" in m for m in lines) == 1
+
+
+@pytest.mark.parametrize("old_agent", [False, True])
+async def test_agent_over_quota_delivers_everything_exactly_once(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    old_agent: bool,
+) -> None:
+    """The real forwarder and outbox against the real hub with a small quota: the excess
+    waits in the outbox and arrives after the retry-after, each event once. An agent from
+    before refusals (it only knows ``ack``: refusals are ignored, and it sends again
+    after its ack timeout) loses nothing either."""
+    caplog.set_level(logging.DEBUG, "remoteler.hub.audit")
+    if old_agent:
+        monkeypatch.setattr(forwarder, "parse_reply", lambda msg: Reply(parse_ack(msg)))
+    async with audit_hub(tmp_path, QuotaConfig(rate_per_minute=1200, burst=40)) as hub:
+        assert hub.store is not None
+        ctx = hub.tls(*await hub.node_creds("node-1"))
+        node = await hub.backend.get_node("node-1")
+        assert node is not None
+        box = await Outbox.open(tmp_path / "outbox.db", node=node.id)
+        try:
+            appended = [
+                await box.append(
+                    make_event(EventType.EXEC, node=node.id, command=f"c{i}", exit_code=0)
+                )
+                for i in range(100)
+            ]
+            async with agent_tunnel(hub, ctx) as tunnel:
+                task = asyncio.ensure_future(
+                    # the current agent waits for the retry-after, not for an ack timeout
+                    forwarder.run_forwarder(
+                        box, tunnel, max_count=50, ack_timeout=1.0 if old_agent else 60
+                    )
+                )
+                async with asyncio.timeout(20):
+                    while (held := (await box.depth())[0]) == 100:
+                        await asyncio.sleep(0.01)
+                    assert held == 60  # the first batch of 50 was stored, 10 of the second
+                    assert 40 + 1 <= await hub.store.count(node.id) < 100 + 1  # + join event
+                    while (await box.depth())[0]:
+                        await asyncio.sleep(0.05)
+                await tunnel.close()
+                await asyncio.wait_for(task, 5)
+        finally:
+            await box.close()
+        stored = await hub.store.search(node=node.id, type="exec")
+        assert sorted(e.id for e in stored) == sorted(e.id for e in appended)
+    closed = [r for r in caplog.records if r.getMessage() == "audit channel closed"]
+    early = sum(getattr(r, "early", 0) for r in closed)
+    assert len(closed) == 1 and getattr(closed[0], "stored", 0) == 100
+    # The current agent never sends before its retry-after; the old one did after a
+    # partial ack (refused unread, then re-sent after its ack timeout: nothing lost).
+    assert early >= 1 if old_agent else early == 0

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.backend import Node, SQLiteBackend
+from hub.node_status import MAX_STATUS_BYTES, AuditBacklog, parse_status, status_size
 from hub.tctl import _backlog
 from hub.tunnels import TunnelRegistry
 
@@ -34,7 +35,10 @@ async def test_heartbeat_status_is_flushed_with_token_labels_winning(tmp_path: P
                 "audit": {"pending": 42, "bytes": 1000, "oldest": 123.5},
             },
         )
-        registry.heartbeat("n1", {"labels": {"bad key": "x"}})  # invalid labels are ignored
+        # invalid labels are ignored: the node keeps the labels it had
+        registry.heartbeat(
+            "n1", {"labels": {"bad key": "x"}, "audit": {"pending": 42, "oldest": 123.5}}
+        )
         await registry.flush()
         stored = await backend.get_node("truck")
         assert stored is not None and stored.online
@@ -65,3 +69,59 @@ def test_backlog_column() -> None:
     assert _backlog(5, 70.0, 100.0) == "5 (oldest 30s)"
     assert _backlog(5, 100.0 - 600, 100.0) == "5 (oldest 10m)"
     assert _backlog(5, 100.0 - 4 * 3600, 100.0) == "5 (oldest 4h)"
+
+
+async def test_heartbeat_status_is_replaced_not_merged(tmp_path: Path) -> None:
+    backend = await SQLiteBackend.open(tmp_path / "hub.db")
+    try:
+        node = Node(id="n3", name="dev", joined=1.0)
+        await backend.add_node(node)
+        registry = TunnelRegistry(backend)
+        registry.register(node, _Closable())  # type: ignore[arg-type]
+        first = {"version": "1", "ssh": "forward", "serial_ports": ["ttyS0"], "new-1": "x" * 100}
+        registry.heartbeat("n3", first)
+        live = registry.get("n3")
+        assert live is not None
+        assert (live.ssh_mode, live.serial_ports) == ("forward", ["ttyS0"])
+        registry.heartbeat("n3", {"version": "2", "new-2": "y"})
+        assert (live.ssh_mode, live.serial_ports, live.version) == ("", [], "2")
+        assert live.status.audit is None
+        registry.heartbeat("n3", None)  # a PING without payload keeps the status
+        assert live.version == "2"
+        # over the cap: ignored whole, the previous status stays
+        huge = {"version": "3", "ssh": "embedded", "junk": "z" * (MAX_STATUS_BYTES + 1)}
+        registry.heartbeat("n3", huge)
+        assert (live.version, live.ssh_mode) == ("2", "")
+        for i in range(1000):  # new keys every time: nothing accumulates
+            registry.heartbeat("n3", {f"key-{i}": "v" * 1000, "ssh": "embedded"})
+        assert live.ssh_mode == "embedded"
+        assert len(repr(live.status)) < 1024
+    finally:
+        await backend.close()
+
+
+def test_parse_status_keeps_known_keys_typed_and_capped() -> None:
+    status = parse_status(
+        {
+            "labels": {"env": "lab"},
+            "version": "v" * 500,
+            "name": 7,
+            "ssh": "telnet",
+            "serial_ports": ["p" * 1000, 5, *[f"tty{i}" for i in range(100)]],
+            "audit": {"pending": -5, "bytes": True, "oldest": float("nan")},
+            "extra": {"deep": ["x"]},
+        }
+    )
+    assert status.labels == {"env": "lab"}
+    assert (len(status.version), status.name, status.ssh) == (64, "", "")
+    assert len(status.serial_ports) == 31 and status.serial_ports[0] == "p" * 256
+    assert status.audit == AuditBacklog(0, 0, None)
+    assert status.unknown == ("extra",)
+    assert parse_status({"labels": {"bad key": "x"}}).labels is None
+
+
+def test_status_size_stops_at_the_cap() -> None:
+    assert status_size({"a": "bb"}, 100) == 1 + 2 + 3
+    big = {str(i): [i] * 10 for i in range(100_000)}
+    assert status_size(big, 1000) <= 1000 + 64
+    assert status_size(["x" * 10] * 10**6, 1000) == 1001

@@ -1,0 +1,151 @@
+"""What the hub keeps of an agent's heartbeat status: known keys only, typed, capped.
+
+Sans-I/O. A heartbeat's status *replaces* the previous one (it is never merged
+into it), so a node cannot grow what the hub holds for it by sending new keys.
+The keys kept are the ones the agent sends (``edge_agent/agent.py``
+``heartbeat_payload`` and ``_status_loop``); every other key is dropped, and
+every value is type- and size-checked (a wrong type counts as absent):
+
+========================  ==================================================
+``labels``                map of at most 64 labels (:func:`valid_labels`)
+``version``               string, first 64 characters
+``name``                  string, first 253 characters
+``ssh``                   ``"embedded"`` or ``"forward"``
+``serial_ports``          list of strings: first 32, each its first 256 chars
+``audit``                 map: ``pending``/``bytes`` non-negative ints,
+                          ``oldest`` a number (seconds since the epoch)
+========================  ==================================================
+
+A heartbeat whose payload is larger than :data:`MAX_STATUS_BYTES` (estimated
+encoded size, counted only up to the cap) is refused whole: the caller keeps the
+previous status, logs once per tunnel, and the heartbeat still proves liveness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from remoteler.addr import valid_labels
+
+__all__ = [
+    "MAX_STATUS_BYTES",
+    "AuditBacklog",
+    "NodeStatus",
+    "StatusTooLarge",
+    "parse_status",
+    "status_size",
+]
+
+#: Largest heartbeat payload kept (estimated encoded bytes). The real agent's is
+#: under 1 KiB plus its labels (at most 64 x 316 bytes) and serial ports (32 x 256).
+MAX_STATUS_BYTES = 64 * 1024
+MAX_VERSION = 64
+MAX_NAME = 253
+MAX_PORTS = 32
+MAX_PORT_NAME = 256
+#: largest integer kept for the audit counters (SQLite's INTEGER range)
+_MAX_INT = (1 << 63) - 1
+KNOWN_KEYS = frozenset({"labels", "version", "name", "ssh", "serial_ports", "audit"})
+
+
+class StatusTooLarge(ValueError):
+    """The heartbeat's payload is over the cap: ignore it whole."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditBacklog:
+    pending: int = 0
+    bytes: int = 0
+    oldest: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """One heartbeat's status, as kept; the defaults mean "not sent"."""
+
+    #: ``None`` when absent or invalid (the caller keeps the labels it had)
+    labels: dict[str, str] | None = None
+    version: str = ""
+    name: str = ""
+    ssh: str = ""
+    serial_ports: tuple[str, ...] = ()
+    audit: AuditBacklog | None = None
+    #: names of keys dropped (at most 8, each its first 64 characters), for a log line
+    unknown: tuple[str, ...] = field(default=(), compare=False)
+
+
+def status_size(payload: object, cap: int) -> int:
+    """Estimated encoded size of ``payload``, counted until it passes ``cap``.
+
+    Strings count their length, containers 1 byte plus their items, scalars 9
+    bytes. It stops as soon as the total passes ``cap``, so a huge payload costs
+    no more than a small one over the cap. Iterative: no recursion limit to hit.
+    """
+    total = 0
+    stack: list[object] = [payload]
+    while stack and total <= cap:
+        item = stack.pop()
+        if isinstance(item, (str, bytes)):
+            total += 1 + len(item)
+        elif isinstance(item, Mapping):
+            total += 1
+            for key, value in item.items():
+                stack.append(key)
+                stack.append(value)
+                if len(stack) > cap:
+                    return cap + 1
+        elif isinstance(item, (list, tuple)):
+            total += 1
+            if len(item) > cap:
+                return cap + 1
+            stack.extend(item)
+        else:
+            total += 9
+    return total
+
+
+def parse_status(payload: Mapping[str, Any], max_bytes: int = MAX_STATUS_BYTES) -> NodeStatus:
+    """The status to keep from one heartbeat payload; :class:`StatusTooLarge` over the cap."""
+    size = status_size(payload, max_bytes)
+    if size > max_bytes:
+        raise StatusTooLarge(f"heartbeat status over {max_bytes} bytes")
+    labels = payload.get("labels")
+    version = payload.get("version")
+    name = payload.get("name")
+    ssh = payload.get("ssh")
+    unknown = [str(k)[:64] for k in payload if k not in KNOWN_KEYS][:8]
+    return NodeStatus(
+        labels=dict(labels) if valid_labels(labels) else None,  # type: ignore[arg-type]
+        version=version[:MAX_VERSION] if isinstance(version, str) else "",
+        name=name[:MAX_NAME] if isinstance(name, str) else "",
+        ssh=ssh if ssh in ("embedded", "forward") else "",
+        serial_ports=_ports(payload.get("serial_ports")),
+        audit=_audit(payload.get("audit")),
+        unknown=tuple(unknown),
+    )
+
+
+def _ports(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(p[:MAX_PORT_NAME] for p in value[:MAX_PORTS] if isinstance(p, str))
+
+
+def _count(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return min(max(0, value), _MAX_INT)
+    return 0
+
+
+def _audit(value: object) -> AuditBacklog | None:
+    if not isinstance(value, Mapping):
+        return None
+    oldest = value.get("oldest")
+    ok = isinstance(oldest, (int, float)) and not isinstance(oldest, bool)
+    return AuditBacklog(
+        pending=_count(value.get("pending")),
+        bytes=_count(value.get("bytes")),
+        oldest=float(oldest) if ok and oldest == oldest else None,  # type: ignore[arg-type]
+    )
