@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from hubkit import Hub, running_hub
 from test_listener import hello, open_tunnel, ping, wait_for
+from websockets.exceptions import InvalidHandshake
 
 from hub.listener import ListenerLimits
 from remoteler.tlsutil import TUNNEL_ALPN, client_context
@@ -163,3 +166,30 @@ async def test_one_address_cannot_queue_more_than_its_share(tmp_path: Path) -> N
             assert listener.drops.totals["refused"] == 1
             # ...but not anyone else's.
             assert await ping(hub) < 5.0
+
+
+async def test_a_fleet_behind_one_address_gets_in_with_backoff(tmp_path: Path) -> None:
+    """A carrier NAT: every agent from one address, far more than its caps allow at
+    once (scaled down: caps 8 pending / 2 handshakes, 40 agents). Those refused retry
+    with jittered backoff, as agents do; all of them are in, none locked out."""
+    limits = ListenerLimits(max_pending_per_addr=8, tunnel_handshakes_per_addr=2)
+    async with running_hub(tmp_path, limits) as hub:
+        listener = hub.server.listener
+        assert listener is not None
+        creds = [await hub.node_creds(f"nat-{i}") for i in range(40)]
+        rng = random.Random(7)
+
+        async def agent(c: tuple[bytes, bytes]) -> Any:
+            wait = 0.1
+            while True:
+                try:
+                    return await open_tunnel(hub, c)
+                except (OSError, InvalidHandshake, TimeoutError):
+                    await asyncio.sleep(rng.uniform(0, wait))
+                    wait = min(wait * 2, 2.0)
+
+        opened = await asyncio.wait_for(asyncio.gather(*(agent(c) for c in creds)), 60)
+        assert len(opened) == 40
+        assert listener.drops.totals["refused"] > 0  # the cap did bite
+        assert listener.lanes["tunnel"].admitted >= 40
+        await asyncio.gather(*(ws.close() for ws in opened))
