@@ -331,11 +331,12 @@ class Listener:
         deadline = HandshakeDeadline(
             loop.time(), self.limits.tls_reply_timeout, self.limits.handshake_timeout
         )
+        watched = WatchedContext(self.ssl_ctx, deadline, loop.time)
         handshake = asyncio.ensure_future(
             loop.connect_accepted_socket(
                 factory,
                 conn,
-                ssl=cast(ssl.SSLContext, WatchedContext(self.ssl_ctx, deadline, loop.time)),
+                ssl=cast(ssl.SSLContext, watched),
                 ssl_handshake_timeout=self.limits.handshake_timeout,
             )
         )
@@ -361,6 +362,7 @@ class Listener:
         finally:
             if not handshake.done():
                 handshake.cancel()  # we are cancelled (shutdown)
+            watched.detach()
         return True
 
     # websocket --------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any
 __all__ = ["HandshakeDeadline", "WatchedContext"]
 
 
-@dataclass
+@dataclass(slots=True)
 class HandshakeDeadline:
     """When a TLS handshake in progress is to be given up."""
 
@@ -115,7 +115,7 @@ class WatchedContext:
         self, ctx: ssl.SSLContext, deadline: HandshakeDeadline, clock: Callable[[], float]
     ) -> None:
         self._ctx = ctx
-        self._deadline = deadline
+        self._deadline: HandshakeDeadline | None = deadline
         self._clock = clock
 
     def wrap_bio(
@@ -126,6 +126,7 @@ class WatchedContext:
         server_hostname: str | None = None,
         session: ssl.SSLSession | None = None,
     ) -> Any:
+        assert self._deadline is not None, "wrap_bio after detach()"
         obj = self._ctx.wrap_bio(
             incoming,
             outgoing,
@@ -134,6 +135,11 @@ class WatchedContext:
             session=session,
         )
         return _WatchedSSLObject(obj, outgoing, self._deadline, self._clock)
+
+    def detach(self) -> None:
+        """Drop the deadline once the handshake is over (SSLProtocol keeps this object
+        for the connection's life)."""
+        self._deadline = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ctx, name)
