@@ -10,7 +10,11 @@ at a time, as many as the event loop's lag allows (:mod:`hub.admission`), and
 holds each permit for the TLS handshake; users go through a lane of their own
 whose ``user_handshakes`` permits lag does not shrink. Connections whose peer
 gave up while queued are dropped without a handshake, and a peer that does not
-send a complete ClientHello in time (slowloris) is closed.
+send a complete ClientHello in time (slowloris) is closed. One source address
+holds only a few permits of a lane, addresses take turns for the rest, and a
+client that does not answer the hub's TLS flight within a few seconds loses its
+permit and its connection (:mod:`hub.tlswatch`). Dropped connections are
+counted and summarised once a minute (:mod:`hub.dropcount`), not logged each.
 
 The websockets side reuses the library's public sans-I/O ``ServerProtocol`` and
 asyncio ``ServerConnection``/``Server``; only the accept and the TLS start are ours.
@@ -87,7 +91,8 @@ class ListenerLimits:
 
 
 class _Lane:
-    """A FIFO of connections waiting for one of its gate's handshake permits."""
+    """Connections waiting for one of its gate's handshake permits (FIFO per source
+    address, addresses in turn)."""
 
     def __init__(self, name: str, size: int, per_addr: int) -> None:
         self.name = name
@@ -349,8 +354,7 @@ class Listener:
                 await asyncio.wait((handshake,), timeout=max(0.0, wake - now))
                 if not handshake.done() and deadline.expired(loop.time()):
                     handshake.cancel()  # asyncio aborts the transport
-                    with contextlib.suppress(BaseException):
-                        await handshake
+                    await asyncio.wait((handshake,))
                     self.drops.add("tls", deadline.why(), loop.time(), key)
                     conn.close()
                     return False
