@@ -402,6 +402,8 @@ class Listener:
         for name, lane in self.lanes.items():
             out[f"{name}_waiting"] = lane.waiting
             out[f"{name}_admitted"] = lane.admitted
+        for stage, count in self.drops.totals.items():
+            out[f"dropped_{stage}"] = count
         return out
 
 
