@@ -130,6 +130,7 @@ class Gate:
                     queue.remove(waiter)
                 if not queue and self._queues.get(key) is queue:
                     del self._queues[key]  # its stale turn is skipped in _wake
+                    self._prune_turns()
             raise
 
     def release(self, key: Hashable = None) -> None:
@@ -154,6 +155,13 @@ class Gate:
         if key in self._queues and key not in self._in_turns and self._may_take(key):
             self._turns.append(key)
             self._in_turns.add(key)
+
+    def _prune_turns(self) -> None:
+        """Drop stale turns once they outnumber live ones: while the gate is full,
+        peers from ever new addresses that give up would otherwise pile them up."""
+        if len(self._turns) > 2 * len(self._queues) + 16:
+            self._turns = deque(k for k in self._turns if k in self._queues)
+            self._in_turns = set(self._turns)
 
     def _wake(self) -> None:
         while self._turns and self.in_use < self.capacity:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from hubkit import running_hub
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hub.admission import Gate, LagGovernor, source_key
 from hub.listener import ListenerLimits
@@ -188,3 +190,56 @@ def test_source_key() -> None:
     assert source_key("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
     assert source_key("fe80::1%eth0") == "fe80::/64"
     assert source_key("not-an-address") == "not-an-address"
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["acquire", "release", "cancel", "resize"]), st.integers(0, 5)),
+        max_size=60,
+    )
+)
+def test_gate_invariants_under_any_sequence(ops: list[tuple[str, int]]) -> None:
+    """Whatever the order of acquires, releases, cancellations and resizes: no key
+    holds more than its cap, permits in use are the sum of those held, every waiter
+    is counted, and stale turns stay bounded."""
+
+    async def run() -> None:
+        gate = Gate(3, per_key=2)
+        granted: list[tuple[str, asyncio.Task[None]]] = []
+        pending: list[tuple[str, asyncio.Task[None]]] = []
+        for op, n in ops:
+            key = f"k{n % 4}"
+            if op == "acquire":
+                pending.append((key, asyncio.ensure_future(gate.acquire(key))))
+            elif op == "release" and granted:
+                k, _ = granted.pop(n % len(granted))
+                gate.release(k)
+            elif op == "cancel" and pending:
+                pending.pop(n % len(pending))[1].cancel()
+            elif op == "resize":
+                gate.resize(n)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            still = []
+            for k, task in pending:
+                if task.done():
+                    if not task.cancelled():
+                        granted.append((k, task))
+                else:
+                    still.append((k, task))
+            pending = still
+            held = {k: sum(1 for g, _ in granted if g == k) for k, _ in granted}
+            assert all(gate.held(k) == n for k, n in held.items())
+            assert all(n <= 2 for n in held.values())
+            assert gate.in_use == len(granted)
+            assert gate.waiting == len(pending)
+            assert len(gate._turns) <= 2 * len(gate._queues) + 17
+        for _, task in pending:
+            task.cancel()
+        await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
+        for k, _ in granted:
+            gate.release(k)
+        assert gate.in_use == 0 and gate.waiting == 0
+
+    asyncio.run(run())
