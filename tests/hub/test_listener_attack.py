@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import socket
 import ssl
@@ -14,11 +15,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from faultproxy import FaultProxy
 from hubkit import Hub, running_hub
 from test_listener import hello, open_tunnel, ping, wait_for
+from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidHandshake
 
 from hub.listener import ListenerLimits
+from hub.server import TUNNEL_SUBPROTOCOL
 from remoteler.tlsutil import TUNNEL_ALPN, client_context
 
 
@@ -193,3 +197,35 @@ async def test_a_fleet_behind_one_address_gets_in_with_backoff(tmp_path: Path) -
         assert listener.drops.totals["refused"] > 0  # the cap did bite
         assert listener.lanes["tunnel"].admitted >= 40
         await asyncio.gather(*(ws.close() for ws in opened))
+
+
+async def test_an_agent_on_a_slow_cellular_link_gets_in(tmp_path: Path) -> None:
+    """The reply deadline must not cut a live but slow link: an agent behind 0.75 s of
+    one-way latency (a 1.5 s RTT: its answer to our flight arrives 1.5 s after it)
+    gets its tunnel with the default 5 s, and not with a deadline shorter than that."""
+    async with running_hub(tmp_path) as hub, FaultProxy("127.0.0.1", hub.port) as proxy:
+        creds = await hub.node_creds()
+        proxy.delay(0.75)
+        ws = await connect(
+            f"wss://{proxy.addr}/v1/tunnel",
+            ssl=hub.tls(*creds, alpn=[TUNNEL_ALPN]),
+            compression=None,
+            subprotocols=[TUNNEL_SUBPROTOCOL],  # type: ignore[list-item]
+            open_timeout=20,
+        )
+        assert ws.subprotocol == TUNNEL_SUBPROTOCOL
+        await ws.close()
+        listener = hub.server.listener
+        assert listener is not None
+        # The same link against a 1 s reply deadline: cut, as a silent client is.
+        listener.limits = dataclasses.replace(listener.limits, tls_reply_timeout=1.0)
+        with contextlib.suppress(OSError, InvalidHandshake, TimeoutError):
+            await connect(
+                f"wss://{proxy.addr}/v1/tunnel",
+                ssl=hub.tls(*creds, alpn=[TUNNEL_ALPN]),
+                compression=None,
+                subprotocols=[TUNNEL_SUBPROTOCOL],  # type: ignore[list-item]
+                open_timeout=20,
+            )
+            raise AssertionError("a 1.5 s RTT passed a 1 s reply deadline")
+        assert listener.drops.totals["tls"] == 1
