@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-__all__ = ["Gate", "LagGovernor"]
+__all__ = ["Gate", "LagGovernor", "source_key"]
 
 
 @dataclass
@@ -69,46 +71,129 @@ class LagGovernor:
 
 
 class Gate:
-    """A FIFO of waiters for ``capacity`` permits; :meth:`resize` may change the
-    capacity while permits are out (those already out are never taken back)."""
+    """Waiters for ``capacity`` permits, served fairly across keys.
 
-    def __init__(self, capacity: int) -> None:
+    A key is a source address (:func:`source_key`). Each key holds at most
+    ``per_key`` permits at once; the waiters of one key are served in arrival
+    order, and keys with waiters take turns (round robin), so one address with
+    a thousand queued connections delays another address's next connection by
+    one permit, not by a thousand. With one key this is a plain FIFO.
+    :meth:`resize` may change the capacity while permits are out (those
+    already out are never taken back).
+    """
+
+    def __init__(self, capacity: int, per_key: int | None = None) -> None:
         self.capacity = capacity
+        #: most permits one key holds at once (None: no cap)
+        self.per_key = per_key
         self.in_use = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiting = 0
+        self._held: dict[Hashable, int] = {}
+        self._queues: dict[Hashable, deque[asyncio.Future[None]]] = {}
+        #: keys with waiters and a permit to spare, in turn order (may hold stale keys)
+        self._turns: deque[Hashable] = deque()
+        self._in_turns: set[Hashable] = set()
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)  # granted and cancelled waiters leave the queue
+        return self._waiting  # granted and cancelled waiters leave the queue
 
-    async def acquire(self) -> None:
-        """Wait for a permit; the caller must :meth:`release` it exactly once."""
-        if self.in_use < self.capacity and not self._waiters:
-            self.in_use += 1
+    def held(self, key: Hashable = None) -> int:
+        """Permits ``key`` holds now."""
+        return self._held.get(key, 0)
+
+    def _may_take(self, key: Hashable) -> bool:
+        return self.per_key is None or self._held.get(key, 0) < self.per_key
+
+    async def acquire(self, key: Hashable = None) -> None:
+        """Wait for a permit for ``key``; the caller must :meth:`release` it exactly once,
+        with the same key."""
+        if self.in_use < self.capacity and not self._turns and self._may_take(key):
+            self._grant(key)
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+        queue.append(waiter)
+        self._waiting += 1
+        self._offer_turn(key)
+        self._wake()  # the turns ahead may all be stale
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self.release()  # granted just as we were cancelled: hand it on
+                self.release(key)  # granted just as we were cancelled: hand it on
             else:
+                self._waiting -= 1
                 with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+                    queue.remove(waiter)
+                if not queue and self._queues.get(key) is queue:
+                    del self._queues[key]  # its stale turn is skipped in _wake
+                    self._prune_turns()
             raise
 
-    def release(self) -> None:
+    def release(self, key: Hashable = None) -> None:
         self.in_use -= 1
+        held = self._held[key] - 1
+        if held:
+            self._held[key] = held
+        else:
+            del self._held[key]
+        self._offer_turn(key)
         self._wake()
 
     def resize(self, capacity: int) -> None:
         self.capacity = capacity
         self._wake()
 
+    def _grant(self, key: Hashable) -> None:
+        self.in_use += 1
+        self._held[key] = self._held.get(key, 0) + 1
+
+    def _offer_turn(self, key: Hashable) -> None:
+        if key in self._queues and key not in self._in_turns and self._may_take(key):
+            self._turns.append(key)
+            self._in_turns.add(key)
+
+    def _prune_turns(self) -> None:
+        """Drop stale turns once they outnumber live ones: while the gate is full,
+        peers from ever new addresses that give up would otherwise pile them up."""
+        if len(self._turns) > 2 * len(self._queues) + 16:
+            self._turns = deque(k for k in self._turns if k in self._queues)
+            self._in_turns = set(self._turns)
+
     def _wake(self) -> None:
-        while self._waiters and self.in_use < self.capacity:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self.in_use += 1
-                waiter.set_result(None)
+        while self._turns and self.in_use < self.capacity:
+            key = self._turns.popleft()
+            self._in_turns.discard(key)
+            queue = self._queues.get(key)
+            if queue is None or not self._may_take(key):
+                continue  # its waiters left, or it took its share meanwhile
+            waiter = None
+            while queue and waiter is None:
+                waiter = queue.popleft()
+                if waiter.done():  # cancelled: its acquire() counts it out
+                    waiter = None
+            if not queue:
+                del self._queues[key]
+            if waiter is None:
+                continue
+            self._waiting -= 1
+            self._grant(key)
+            waiter.set_result(None)
+            self._offer_turn(key)  # its next waiter goes to the back of the line
+
+
+def source_key(host: str) -> str:
+    """The key a peer's connections are counted under: its IPv4 address, or the
+    /64 of its IPv6 address (one host often holds a whole /64)."""
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)

@@ -52,6 +52,34 @@ def build_parser() -> argparse.ArgumentParser:
         "(default %(default)s)",
     )
     start.add_argument(
+        "--max-agent-handshakes-per-addr",
+        type=int,
+        default=ListenerLimits.tunnel_handshakes_per_addr,
+        help="most agent TLS handshakes one source address (IPv6: /64) has in progress; "
+        "its others wait their turn, addresses take turns (default %(default)s)",
+    )
+    start.add_argument(
+        "--max-user-handshakes-per-addr",
+        type=int,
+        default=ListenerLimits.user_handshakes_per_addr,
+        help="most user (tsh, tctl) TLS handshakes one source address has in progress "
+        "(default %(default)s)",
+    )
+    start.add_argument(
+        "--max-pending-per-addr",
+        type=int,
+        default=ListenerLimits.max_pending_per_addr,
+        help="most connections from one source address not yet through TLS; more are "
+        "closed at once and agents retry with backoff (default %(default)s)",
+    )
+    start.add_argument(
+        "--tls-reply-timeout",
+        type=float,
+        default=ListenerLimits.tls_reply_timeout,
+        help="seconds a client has to answer the hub's TLS flight before its handshake "
+        "is given up (docs/tunnels.md) (default %(default)s)",
+    )
+    start.add_argument(
         "--gc-interval",
         type=float,
         default=600.0,
@@ -195,7 +223,13 @@ async def run(args: argparse.Namespace) -> None:
         ),
         backend,
         audit=audit,
-        listener_limits=ListenerLimits(tunnel_handshakes=max(1, args.max_agent_handshakes)),
+        listener_limits=ListenerLimits(
+            tunnel_handshakes=max(1, args.max_agent_handshakes),
+            tunnel_handshakes_per_addr=max(1, args.max_agent_handshakes_per_addr),
+            user_handshakes_per_addr=max(1, args.max_user_handshakes_per_addr),
+            max_pending_per_addr=max(1, args.max_pending_per_addr),
+            tls_reply_timeout=max(0.5, args.tls_reply_timeout),
+        ),
         audit_quota=quota,
     )
     rotation.attach(server)

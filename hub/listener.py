@@ -10,7 +10,11 @@ at a time, as many as the event loop's lag allows (:mod:`hub.admission`), and
 holds each permit for the TLS handshake; users go through a lane of their own
 whose ``user_handshakes`` permits lag does not shrink. Connections whose peer
 gave up while queued are dropped without a handshake, and a peer that does not
-send a complete ClientHello in time (slowloris) is closed.
+send a complete ClientHello in time (slowloris) is closed. One source address
+holds only a few permits of a lane, addresses take turns for the rest, and a
+client that does not answer the hub's TLS flight within a few seconds loses its
+permit and its connection (:mod:`hub.tlswatch`). Dropped connections are
+counted and summarised once a minute (:mod:`hub.dropcount`), not logged each.
 
 The websockets side reuses the library's public sans-I/O ``ServerProtocol`` and
 asyncio ``ServerConnection``/``Server``; only the accept and the TLS start are ours.
@@ -35,7 +39,9 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from hub.admission import Gate, LagGovernor
+from hub.admission import Gate, LagGovernor, source_key
+from hub.dropcount import DropCounter
+from hub.tlswatch import HandshakeDeadline, WatchedContext
 from remoteler.tlshello import MAX_HELLO, NotClientHello, parse_client_hello
 from remoteler.tlsutil import TUNNEL_ALPN
 
@@ -60,22 +66,37 @@ class ListenerLimits:
     accept_burst: int = 32
     #: user (tsh, tctl, joins) TLS handshakes in progress at once
     user_handshakes: int = 64
+    #: agent handshakes one source address (IPv4, or IPv6 /64) holds at once; its
+    #: others wait their turn (addresses take turns), so a fleet behind one carrier
+    #: NAT is slowed, never refused: 1,000 agents at 0.5 s RTT are in within ~30 s
+    tunnel_handshakes_per_addr: int = 32
+    #: user handshakes one source address holds at once (others wait their turn)
+    user_handshakes_per_addr: int = 8
+    #: connections from one address accepted but not yet through TLS (ClientHello,
+    #: queue, handshake); beyond it, closed at once. Agents retry with backoff.
+    max_pending_per_addr: int = 2_000
+    #: seconds a peer has to answer the hub's TLS flight (one round trip and one
+    #: signature): 5 s covers a 1 s cellular RTT plus two TCP retransmissions
+    tls_reply_timeout: float = 5.0
+    #: seconds between summaries of dropped connections (hub/dropcount.py)
+    drop_summary_interval: float = 60.0
     #: connections accepted but not yet through their handshake; beyond it, closed at once
     max_queued: int = 20_000
     #: seconds for a peer to send its whole ClientHello
     hello_timeout: float = 10.0
-    #: seconds for the TLS handshake and for the websocket upgrade, each
+    #: seconds for the whole TLS handshake and for the websocket upgrade, each
     handshake_timeout: float = 15.0
     #: a connection queued longer than this is dropped (its peer has given up)
     max_queue_wait: float = 60.0
 
 
 class _Lane:
-    """A FIFO of connections waiting for one of its gate's handshake permits."""
+    """Connections waiting for one of its gate's handshake permits (FIFO per source
+    address, addresses in turn)."""
 
-    def __init__(self, name: str, size: int) -> None:
+    def __init__(self, name: str, size: int, per_addr: int) -> None:
         self.name = name
-        self.gate = Gate(size)
+        self.gate = Gate(size, per_key=per_addr)
         self.admitted = 0
 
     @property
@@ -134,12 +155,19 @@ class Listener:
         self.max_size = max_size
         self.limits = limits or ListenerLimits()
         self.lanes = {
-            "tunnel": _Lane("tunnel", self.limits.tunnel_handshakes),
-            "user": _Lane("user", self.limits.user_handshakes),
+            "tunnel": _Lane(
+                "tunnel", self.limits.tunnel_handshakes, self.limits.tunnel_handshakes_per_addr
+            ),
+            "user": _Lane(
+                "user", self.limits.user_handshakes, self.limits.user_handshakes_per_addr
+            ),
         }
         self.governor = LagGovernor(self.limits.tunnel_handshakes, target=self.limits.lag_target)
         self.queued = 0
         self.refused = 0
+        #: connections per source address accepted and not yet through TLS
+        self.pending: dict[str, int] = {}
+        self.drops = DropCounter(self.limits.drop_summary_interval)
         self._conn_tasks: set[asyncio.Task[None]] = set()
         self.ws_server: Server | None = None
 
@@ -179,6 +207,9 @@ class Listener:
             start = loop.time()
             await asyncio.sleep(tick)
             gate.resize(self.governor.observe(loop.time() - start - tick, gate.waiting > 0))
+            line = self.drops.summary(loop.time())
+            if line is not None:
+                log.info(line)
 
     # accept and classify ----------------------------------------------------
     async def _accept(self, sock: socket.socket) -> None:
@@ -192,7 +223,7 @@ class Listener:
                 burst = 0
                 await asyncio.sleep(0)
             try:
-                conn, _addr = await loop.sock_accept(sock)
+                conn, addr = await loop.sock_accept(sock)
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     log.error("out of file descriptors; pausing accept for 1 s")
@@ -207,38 +238,61 @@ class Listener:
             except OSError:  # reset already (EINVAL on some kernels)
                 conn.close()
                 continue
+            key = source_key(str(addr[0]))
+            refused = None
             if self.queued >= self.limits.max_queued:
+                refused = "queue full"
+            elif self.pending.get(key, 0) >= self.limits.max_pending_per_addr:
+                refused = "per-address cap"
+            if refused is not None:
                 self.refused += 1
+                self.drops.add("refused", refused, loop.time(), key)
                 conn.close()
                 continue
-            task = asyncio.ensure_future(self._admit(conn))
+            self.pending[key] = self.pending.get(key, 0) + 1
+            self.queued += 1
+            task = asyncio.ensure_future(self._admit(conn, key))
             self._conn_tasks.add(task)
             task.add_done_callback(self._conn_tasks.discard)
 
-    async def _admit(self, conn: socket.socket) -> None:
-        self.queued += 1
-        release: Callable[[], None] | None = None
+    async def _admit(self, conn: socket.socket, key: str) -> None:
+        """Take one accepted connection through ClientHello, queue and TLS; the
+        caller has counted it in ``queued`` and ``pending``."""
+        loop = asyncio.get_running_loop()
+        gate: Gate | None = None
         try:
             try:
                 lane = self.lanes[await self._classify(conn)]
             except (NotClientHello, TimeoutError, OSError) as exc:
-                log.info("connection closed before TLS: %s", _why(exc))
+                self.drops.add("hello", _hello_why(exc), loop.time(), key)
                 conn.close()
                 return
             queued_at = time.monotonic()
-            await lane.gate.acquire()
-            release = lane.gate.release
-            if time.monotonic() - queued_at > self.limits.max_queue_wait or _peer_gone(conn):
+            await lane.gate.acquire(key)
+            gate = lane.gate
+            if time.monotonic() - queued_at > self.limits.max_queue_wait:
+                why = "waited too long"
+            elif _peer_gone(conn):
+                why = "peer gave up"
+            else:
+                why = None
+            if why is not None:
+                self.drops.add("queue", why, loop.time(), key)
                 conn.close()  # the peer gave up while queued: save the handshake
                 return
             lane.admitted += 1
-            await self._start_tls(conn)
+            await self._start_tls(conn, key)
             # The permit covered the CPU-heavy part. The websocket upgrade that follows
             # has its own timeout; a client that stalls there no longer holds a permit.
         finally:
             self.queued -= 1
-            if release is not None:
-                release()
+            left = self.pending[key] - 1
+            if left:
+                self.pending[key] = left
+            else:
+                del self.pending[key]
+            if gate is not None:
+                gate.release(key)
 
     async def _classify(self, conn: socket.socket) -> str:
         loop = asyncio.get_running_loop()
@@ -264,7 +318,9 @@ class Listener:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
 
-    async def _start_tls(self, conn: socket.socket) -> bool:
+    async def _start_tls(self, conn: socket.socket, key: str) -> bool:
+        """The TLS handshake, given up when the peer does not answer our flight within
+        ``tls_reply_timeout`` (hub/tlswatch.py) or takes ``handshake_timeout`` in all."""
         loop = asyncio.get_running_loop()
         assert self.ws_server is not None
         server = self.ws_server
@@ -277,17 +333,40 @@ class Listener:
             )
             return ServerConnection(protocol, server, ping_interval=None)
 
-        try:
-            await loop.connect_accepted_socket(
+        deadline = HandshakeDeadline(
+            loop.time(), self.limits.tls_reply_timeout, self.limits.handshake_timeout
+        )
+        watched = WatchedContext(self.ssl_ctx, deadline, loop.time)
+        handshake = asyncio.ensure_future(
+            loop.connect_accepted_socket(
                 factory,
                 conn,
-                ssl=self.ssl_ctx,
+                ssl=cast(ssl.SSLContext, watched),
                 ssl_handshake_timeout=self.limits.handshake_timeout,
             )
+        )
+        try:
+            while not handshake.done():
+                # Wake at the deadline, and at least once per reply timeout: a flight
+                # sent meanwhile moves the deadline earlier than the one we slept for.
+                now = loop.time()
+                wake = min(deadline.deadline(), now + self.limits.tls_reply_timeout)
+                await asyncio.wait((handshake,), timeout=max(0.0, wake - now))
+                if not handshake.done() and deadline.expired(loop.time()):
+                    handshake.cancel()  # asyncio aborts the transport
+                    await asyncio.wait((handshake,))
+                    self.drops.add("tls", deadline.why(), loop.time(), key)
+                    conn.close()
+                    return False
+            handshake.result()
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-            log.info("TLS handshake failed: %s", _why(exc))
+            self.drops.add("tls", _tls_why(exc), loop.time(), key)
             conn.close()
             return False
+        finally:
+            if not handshake.done():
+                handshake.cancel()  # we are cancelled (shutdown)
+            watched.detach()
         return True
 
     # websocket --------------------------------------------------------------
@@ -323,6 +402,8 @@ class Listener:
         for name, lane in self.lanes.items():
             out[f"{name}_waiting"] = lane.waiting
             out[f"{name}_admitted"] = lane.admitted
+        for stage, count in self.drops.totals.items():
+            out[f"dropped_{stage}"] = count
         return out
 
 
@@ -395,7 +476,28 @@ def _peer_gone(conn: socket.socket) -> bool:
     return state in (_TCP_CLOSE, _TCP_CLOSE_WAIT)
 
 
-def _why(exc: BaseException) -> str:
+def _hello_why(exc: BaseException) -> str:
+    if isinstance(exc, NotClientHello):
+        return "not TLS"
     if isinstance(exc, TimeoutError):
+        return "no ClientHello in time"
+    if isinstance(exc, ConnectionResetError):
+        return "closed early"
+    return _errno_name(exc)
+
+
+def _tls_why(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return (exc.reason or exc.__class__.__name__).lower().replace("_", " ")
+    if isinstance(exc, TimeoutError | ConnectionAbortedError):
         return "timed out"
-    return f"{type(exc).__name__}: {exc}"[:160]
+    if isinstance(exc, ConnectionResetError | BrokenPipeError):
+        return "reset by peer"
+    return _errno_name(exc)
+
+
+def _errno_name(exc: BaseException) -> str:
+    code = getattr(exc, "errno", None)
+    if isinstance(code, int) and code in errno.errorcode:
+        return errno.errorcode[code]
+    return type(exc).__name__

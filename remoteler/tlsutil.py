@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import ssl
 import tempfile
 from pathlib import Path
+
+log = logging.getLogger("remoteler.tls")
 
 #: ALPN an agent offers on its tunnel connection, so the hub can queue agents
 #: apart from users before the handshake (hub/listener.py). Not authentication.
@@ -22,16 +26,81 @@ def _load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
         ctx.load_cert_chain(str(cert_path), str(key_path))
 
 
+#: key-exchange groups the hub accepts, in its order of preference (docs/security.md):
+#: X25519 first (fast, constant-time), the NIST curves for FIPS-minded clients. No
+#: finite-field groups (one ffdhe2048 operation costs 9x an X25519 one, ffdhe8192
+#: 200x: 0.49 / 11.4 ms against 0.055 ms, `openssl speed` on the hub's machine, a
+#: lever for a flood of ClientHellos offering only them), no X448 or P-521 (slower,
+#: and no client of ours needs them).
+HUB_GROUPS = ("X25519", "P-256", "P-384")
+
+#: OpenSSL's SSL_CTX_ctrl commands (ssl.h): SSL_CTX_set1_groups_list and
+#: SSL_CTX_get_min_proto_version are macros over it.
+_SSL_CTRL_SET_GROUPS_LIST = 92
+_SSL_CTRL_GET_MIN_PROTO_VERSION = 130
+_TLS1_3_VERSION = 0x0304
+
+
+def set_groups(ctx: ssl.SSLContext, groups: tuple[str, ...]) -> bool:
+    """Restrict ``ctx`` to the key-exchange ``groups``; False if this Python cannot.
+
+    Python 3.11's ssl has no ``set_groups`` (3.13 adds none either), and
+    ``set_ecdh_curve`` sets exactly one curve (on OpenSSL 3 it replaces the group
+    list with that curve, and cannot name X25519). So this calls OpenSSL's
+    ``SSL_CTX_set1_groups_list`` on the context's ``SSL_CTX`` through ctypes:
+    CPython keeps that pointer right after the object header (``PySSLContext``
+    in Modules/_ssl.c). Before using it, two values read back through it must
+    equal what the ssl module reports (verify mode, minimum version, the latter
+    TLS 1.3 as set by :func:`server_context`), so a different layout or library
+    is detected and nothing is written.
+    """
+    try:
+        import _ssl
+
+        lib = ctypes.CDLL(_ssl.__file__)  # its symbol lookup covers the libssl it uses
+        ctrl = lib.SSL_CTX_ctrl
+        get_verify_mode = lib.SSL_CTX_get_verify_mode
+    except (ImportError, AttributeError, OSError, TypeError):
+        return False
+    ctrl.restype = ctypes.c_long
+    ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    get_verify_mode.restype = ctypes.c_int
+    get_verify_mode.argtypes = [ctypes.c_void_p]
+    ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    if not ptr:
+        return False
+    # SSL_VERIFY_PEER = 1, SSL_VERIFY_FAIL_IF_NO_PEER_CERT = 2 (ssl.h), as _ssl.c sets them
+    expected_mode = {ssl.CERT_NONE: 0, ssl.CERT_OPTIONAL: 1, ssl.CERT_REQUIRED: 3}
+    if ctx.minimum_version is not ssl.TLSVersion.TLSv1_3:
+        return False  # the read-back check below relies on it
+    if get_verify_mode(ptr) != expected_mode[ctx.verify_mode]:
+        return False
+    if ctrl(ptr, _SSL_CTRL_GET_MIN_PROTO_VERSION, 0, None) != _TLS1_3_VERSION:
+        return False
+    done: int = ctrl(ptr, _SSL_CTRL_SET_GROUPS_LIST, 0, ":".join(groups).encode())
+    return done == 1
+
+
 def server_context(cert_pem: bytes, key_pem: bytes, client_ca_pems: list[bytes]) -> ssl.SSLContext:
-    """Hub context: client certificates optional (login needs none), from either CA."""
+    """Hub context: client certificates optional (login needs none), from either CA.
+
+    TLS 1.3 only (every client of the hub, tsh, tctl, agents and peer hubs, speaks
+    it; all its suites are AEAD with ECDHE), key exchange limited to
+    :data:`HUB_GROUPS` (docs/security.md).
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     _load_chain(ctx, cert_pem, key_pem)
     ctx.verify_mode = ssl.CERT_OPTIONAL
     # asyncio clients cannot resume sessions, so tickets are pure cost: about
     # 0.7 ms of each handshake with OpenSSL 3.0 (bench/scale.py, reconnect storms).
     ctx.num_tickets = 0
     ctx.load_verify_locations(cadata=b"".join(client_ca_pems).decode())
+    if not set_groups(ctx, HUB_GROUPS):
+        log.warning(
+            "cannot restrict TLS key-exchange groups with this Python/OpenSSL; "
+            "OpenSSL's defaults apply (see docs/security.md)"
+        )
     return ctx
 
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 from hubkit import running_hub
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from hub.admission import Gate, LagGovernor
+from hub.admission import Gate, LagGovernor, source_key
 from hub.listener import ListenerLimits
 
 
@@ -126,3 +128,118 @@ async def test_a_lagging_loop_lets_fewer_agents_in(tmp_path: Path) -> None:
         while listener.stats()["tunnel_capacity"] < 32:
             assert time.monotonic() < deadline, "capacity did not recover on a calm loop"
             await asyncio.sleep(0.05)
+
+
+async def test_gate_caps_the_permits_of_each_key() -> None:
+    """Per-address accounting: one address holds at most ``per_key`` permits; its
+    others wait although permits are free, and other addresses are not behind them."""
+    gate = Gate(4, per_key=2)
+    await gate.acquire("a")
+    await gate.acquire("a")
+    third = asyncio.ensure_future(gate.acquire("a"))
+    await asyncio.sleep(0)
+    assert gate.held("a") == 2 and gate.in_use == 2 and gate.waiting == 1
+    await asyncio.wait_for(gate.acquire("b"), 1)
+    assert gate.held("b") == 1 and gate.in_use == 3 and not third.done()
+    gate.release("a")
+    await asyncio.wait_for(third, 1)
+    assert gate.held("a") == 2 and gate.in_use == 3 and gate.waiting == 0
+    for key in ("a", "a", "b"):
+        gate.release(key)
+    assert gate.in_use == 0 and gate.held("a") == 0 and gate.held("b") == 0
+
+
+async def test_gate_serves_keys_in_turn_and_each_key_in_order() -> None:
+    gate = Gate(1)
+    await gate.acquire("x")
+    order: list[str] = []
+
+    async def waiter(name: str) -> None:
+        await gate.acquire(name[0])
+        order.append(name)
+        gate.release(name[0])
+
+    tasks = [asyncio.ensure_future(waiter(n)) for n in ("a1", "a2", "a3", "b1", "c1", "b2")]
+    await asyncio.sleep(0)
+    assert gate.waiting == 6
+    gate.release("x")
+    await asyncio.gather(*tasks)
+    # The busiest address does not make the others wait behind its whole queue.
+    assert order == ["a1", "b1", "c1", "a2", "b2", "a3"]
+    assert gate.in_use == 0 and gate.waiting == 0
+
+
+async def test_gate_cancelled_keyed_waiters_leave_no_trace() -> None:
+    gate = Gate(1, per_key=1)
+    await gate.acquire("a")
+    gone = [asyncio.ensure_future(gate.acquire(k)) for k in ("b", "c")]
+    last = asyncio.ensure_future(gate.acquire("d"))
+    await asyncio.sleep(0)
+    for task in gone:
+        task.cancel()
+    await asyncio.gather(*gone, return_exceptions=True)
+    gate.release("a")  # the stale turns of "b" and "c" are skipped
+    await asyncio.wait_for(last, 1)
+    assert gate.held("d") == 1 and gate.waiting == 0 and gate.in_use == 1
+
+
+def test_source_key() -> None:
+    assert source_key("127.0.0.2") == "127.0.0.2"
+    assert source_key("::ffff:10.0.0.1") == "10.0.0.1"
+    assert source_key("2001:db8:1:2:aaaa::1") == source_key("2001:db8:1:2:bbbb::9")
+    assert source_key("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert source_key("fe80::1%eth0") == "fe80::/64"
+    assert source_key("not-an-address") == "not-an-address"
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["acquire", "release", "cancel", "resize"]), st.integers(0, 5)),
+        max_size=60,
+    )
+)
+def test_gate_invariants_under_any_sequence(ops: list[tuple[str, int]]) -> None:
+    """Whatever the order of acquires, releases, cancellations and resizes: no key
+    holds more than its cap, permits in use are the sum of those held, every waiter
+    is counted, and stale turns stay bounded."""
+
+    async def run() -> None:
+        gate = Gate(3, per_key=2)
+        granted: list[tuple[str, asyncio.Task[None]]] = []
+        pending: list[tuple[str, asyncio.Task[None]]] = []
+        for op, n in ops:
+            key = f"k{n % 4}"
+            if op == "acquire":
+                pending.append((key, asyncio.ensure_future(gate.acquire(key))))
+            elif op == "release" and granted:
+                k, _ = granted.pop(n % len(granted))
+                gate.release(k)
+            elif op == "cancel" and pending:
+                pending.pop(n % len(pending))[1].cancel()
+            elif op == "resize":
+                gate.resize(n)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            still = []
+            for k, task in pending:
+                if task.done():
+                    if not task.cancelled():
+                        granted.append((k, task))
+                else:
+                    still.append((k, task))
+            pending = still
+            held = {k: sum(1 for g, _ in granted if g == k) for k, _ in granted}
+            assert all(gate.held(k) == n for k, n in held.items())
+            assert all(n <= 2 for n in held.values())
+            assert gate.in_use == len(granted)
+            assert gate.waiting == len(pending)
+            assert len(gate._turns) <= 2 * len(gate._queues) + 17
+        for _, task in pending:
+            task.cancel()
+        await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
+        for k, _ in granted:
+            gate.release(k)
+        assert gate.in_use == 0 and gate.waiting == 0
+
+    asyncio.run(run())
