@@ -42,8 +42,8 @@ from remoteler.access import NO_PERMISSIONS, AccessDecision, Permissions
 from remoteler.audit.events import HUB_NODE, EventType, make_event
 from remoteler.ca import CertAuthority, generate_private_key, private_key_to_openssh
 from remoteler.ca.sshcert import ParsedCert
+from remoteler.sshalgs import client_options
 from remoteler.sshio import (
-    CIPHERS,
     SSH_MAX_PACKET,
     SSH_WINDOW,
     ChannelPipe,
@@ -305,7 +305,7 @@ class ConnState:
                 known_hosts=asyncssh.import_known_hosts(known),
                 agent_path=None,
                 preferred_auth="publickey",
-                encryption_algs=CIPHERS,
+                **client_options(),
                 window=SSH_WINDOW,
                 max_pktsize=SSH_MAX_PACKET,
                 connect_timeout=30,
