@@ -133,3 +133,11 @@ def test_token_on_the_command_line_joins_with_one_warning(agents: dict[str, Agen
     assert log.count(CMDLINE_WARNING) == 1, log
     assert CMDLINE_WARNING.startswith("edge-agent: warning: --token is visible")
     assert agent.token.encode() in agent.cmdline()  # what the warning is about
+
+
+def test_tctl_tokens_add_prints_the_safe_form(cluster: Cluster) -> None:
+    out = cluster.tctl("tokens", "add", "--type", "node").stdout
+    command = next(line.strip() for line in out.splitlines() if "edge-agent start" in line)
+    token = out.splitlines()[0].rsplit(" ", 1)[1]
+    assert command.startswith(f"REMOTELER_JOIN_TOKEN={token} edge-agent start --hub "), out
+    assert "--token" not in command, out
