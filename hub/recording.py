@@ -324,6 +324,13 @@ class ConnState:
                 f"node {node.name!r} did not present a host certificate from the cluster's "
                 "host CA; tell the hub operator"
             ) from None
+        except asyncssh.KeyExchangeFailed:
+            pipe.close()
+            log.error("device offers no SSH algorithm in common with the hub", extra=fields)
+            raise UpstreamError(
+                f"node {node.name!r} offers no modern SSH algorithm (curve25519, AES-GCM or "
+                "chacha20, Ed25519); tell the hub operator (docs/security.md)"
+            ) from None
         except (asyncssh.Error, OSError, TimeoutError) as exc:
             pipe.close()
             log.warning("proxy upstream failed: %s", type(exc).__name__, extra=fields)
