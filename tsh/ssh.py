@@ -90,6 +90,12 @@ async def open_ssh(
             f"node {node!r} refused login {login!r} with your certificate; "
             "check 'tsh status' for your logins or run 'tsh login' again"
         ) from None
+    except asyncssh.KeyExchangeFailed:
+        raise NodeError(
+            f"node {node!r} offers no modern SSH algorithm (curve25519, AES-GCM or chacha20, "
+            "Ed25519); its sshd needs updating or its weak-only settings removed "
+            "(docs/security.md)"
+        ) from None
     except asyncssh.HostKeyNotVerifiable:
         raise TrustError(
             f"node {node!r} did not present a host certificate from the cluster's host CA; "
