@@ -11,6 +11,7 @@ import socket
 import sys
 from pathlib import Path
 
+from edge_agent import jointoken
 from remoteler.errors import RemotelerError, UsageError
 
 log = logging.getLogger("remoteler.agent")
@@ -26,7 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
         "else /etc/remoteler/agent.toml if it exists); flags given here win",
     )
     start.add_argument("--hub", help="hub HOST:PORT (needed to join)")
-    start.add_argument("--token", help="join token (first start only)")
+    start.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="file holding the join token (first start only; or $REMOTELER_JOIN_TOKEN)",
+    )
+    start.add_argument(
+        "--token",
+        help="join token (first start only); visible in ps: prefer --token-file",
+    )
     start.add_argument("--ca-pin", help="sha256:... pin of the hub CA (first start only)")
     start.add_argument("--name", default=socket.gethostname(), help="node name (default: hostname)")
     start.add_argument("--labels", default="", help="k=v,k2=v2")
@@ -116,6 +125,27 @@ def health_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     return 0
 
 
+def _join_token(args: argparse.Namespace, required: bool) -> str | None:
+    """The join token from ``--token-file``, ``--token`` or the environment (taken by
+    :func:`main`); a warning line to stderr if its file is readable by others.
+
+    When the agent has joined already (``required`` false), a token file that is gone or
+    unreadable only means there is no token: the node rejoins no more by itself.
+    """
+    try:
+        token, warning = jointoken.join_token(
+            args.token, args.token_file, getattr(args, "env_token", None)
+        )
+    except RemotelerError as err:
+        if required:
+            raise
+        log.info("no join token for a rejoin: %s", err)
+        return None
+    if warning:
+        print(warning, file=sys.stderr)
+    return token
+
+
 async def run(args: argparse.Namespace) -> None:
     from edge_agent.agent import VERSION, Backoff, EdgeAgent
     from edge_agent.health import keep_status
@@ -147,7 +177,10 @@ async def run(args: argparse.Namespace) -> None:
             "--serial-port is served by the embedded SSH server, which --ssh-target replaces: "
             "drop one of them (docs/serial-console.md)"
         )
-    if NodeIdentity.exists(data_dir) and args.token and args.hub and args.ca_pin:
+    token = None
+    if not NodeIdentity.exists(data_dir) or (args.hub and args.ca_pin):
+        token = _join_token(args, required=not NodeIdentity.exists(data_dir))
+    if NodeIdentity.exists(data_dir) and token and args.hub and args.ca_pin:
         from edge_agent.rotate import needs_rejoin
 
         old = NodeIdentity.load(data_dir)
@@ -158,26 +191,32 @@ async def run(args: argparse.Namespace) -> None:
             rotated = False
         if rotated:  # CA rotated while we were away
             log.warning("the hub's CA changed; joining again", extra={"node_id": old.node_id})
-            ident = await join(args.hub, args.token, args.ca_pin, args.name, labels, VERSION)
+            ident = await join(args.hub, token, args.ca_pin, args.name, labels, VERSION)
             ident.save(data_dir)
     if NodeIdentity.exists(data_dir):
         ident = NodeIdentity.load(data_dir)
-        if args.token:
+        if token or args.token or args.token_file:
             log.info(
                 "already joined; the join token is not needed", extra={"node_id": ident.node_id}
             )
     else:
         missing = [
-            f"--{n}" for n in ("hub", "token", "ca-pin") if not getattr(args, n.replace("-", "_"))
+            flag
+            for flag, value in (
+                ("--hub", args.hub),
+                (f"--token-file (or ${jointoken.ENV_VAR})", token),
+                ("--ca-pin", args.ca_pin),
+            )
+            if not value
         ]
-        if missing:
+        if missing or token is None:
             raise UsageError(
                 f"first start needs {', '.join(missing)}: "
                 "get them from 'tctl tokens add --type node'"
             )
         parse_hostport(args.hub)
         data_dir.mkdir(parents=True, exist_ok=True)
-        ident = await join(args.hub, args.token, args.ca_pin, args.name, labels, VERSION)
+        ident = await join(args.hub, token, args.ca_pin, args.name, labels, VERSION)
         ident.save(data_dir)
     if args.heartbeat_interval <= 0 or args.allowed_misses < 1 or args.reconnect_max <= 0:
         raise UsageError(
@@ -252,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "health":
             return health_main(parser, args)
-        args = config.apply(parser, config.subparser(parser, "start"), argv, args)
+        start = config.subparser(parser, "start")
+        args = config.apply(parser, start, argv, args)
+        args.env_token = jointoken.take_env_token(os.environ)
+        if "token" in config.explicit_dests(parser, start, argv):
+            print(jointoken.CMDLINE_WARNING, file=sys.stderr)
         logs.setup(args.log_level)
         asyncio.run(run(args))
     except RemotelerError as err:

@@ -43,7 +43,7 @@ def rotated_offline_message(ident: NodeIdentity) -> str:
     return (
         "the hub's CA was rotated while this node was offline; join again with a new token: "
         f"on the hub run 'tctl nodes rm {ident.name}' and 'tctl tokens add --type node', "
-        "then here 'edge-agent start --token TOKEN --ca-pin NEWPIN ...' with the same "
+        "then here 'edge-agent start --token-file FILE --ca-pin NEWPIN ...' with the same "
         "--data-dir (the old identity is replaced; see docs/rotation.md)"
     )
 

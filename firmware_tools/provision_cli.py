@@ -23,9 +23,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--hub", required=True, help="hub HOST:PORT")
     p.add_argument("--ca-pin", required=True, help="sha256:... from 'tctl status'")
     token = p.add_mutually_exclusive_group(required=True)
-    token.add_argument("--token", help="join token from 'tctl tokens add --type node'")
+    token.add_argument(
+        "--token-file", metavar="FILE", help="read the join token from FILE (not argv)"
+    )
     token.add_argument(
         "--token-stdin", action="store_true", help="read the token from stdin (not argv)"
+    )
+    token.add_argument(
+        "--token", help="join token from 'tctl tokens add --type node' (visible in ps)"
     )
     p.add_argument("--labels", default="", help="k=v,k2=v2 (labels on the token win)")
     p.add_argument("--name", help="node name (default: the device's host name)")
@@ -58,9 +63,22 @@ def _owner(text: str | None) -> tuple[int, int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edge_agent.jointoken import read_token_file
     from firmware_tools.provision import AgentSettings, provision_dir, provision_serial, render
 
-    token = sys.stdin.readline().strip() if args.token_stdin else args.token
+    if args.token_file:
+        token, warning = read_token_file(Path(args.token_file))
+        if warning:
+            print(warning.replace("edge-agent:", "firmware-tools:", 1), file=sys.stderr)
+    elif args.token_stdin:
+        token = sys.stdin.readline().strip()
+    else:
+        token = args.token
+        print(
+            "firmware-tools: warning: --token is visible to other users in the process list "
+            "(ps); use --token-file FILE or --token-stdin",
+            file=sys.stderr,
+        )
     text = render(
         AgentSettings(
             hub=args.hub,

@@ -43,8 +43,8 @@ from remoteler.audit.events import HUB_NODE, EventType, make_event
 from remoteler.ca import CertAuthority, generate_private_key, private_key_to_openssh
 from remoteler.ca.sshcert import ParsedCert
 from remoteler.roleopts import ends_at_expiry, expiry_message
+from remoteler.sshalgs import client_options
 from remoteler.sshio import (
-    CIPHERS,
     SSH_MAX_PACKET,
     SSH_WINDOW,
     ChannelPipe,
@@ -328,7 +328,7 @@ class ConnState:
                 known_hosts=asyncssh.import_known_hosts(known),
                 agent_path=None,
                 preferred_auth="publickey",
-                encryption_algs=CIPHERS,
+                **client_options(),
                 window=SSH_WINDOW,
                 max_pktsize=SSH_MAX_PACKET,
                 connect_timeout=30,
@@ -346,6 +346,13 @@ class ConnState:
             raise UpstreamError(
                 f"node {node.name!r} did not present a host certificate from the cluster's "
                 "host CA; tell the hub operator"
+            ) from None
+        except asyncssh.KeyExchangeFailed:
+            pipe.close()
+            log.error("device offers no SSH algorithm in common with the hub", extra=fields)
+            raise UpstreamError(
+                f"node {node.name!r} offers no modern SSH algorithm (curve25519, AES-GCM or "
+                "chacha20, Ed25519); tell the hub operator (docs/security.md)"
             ) from None
         except (asyncssh.Error, OSError, TimeoutError) as exc:
             pipe.close()

@@ -226,8 +226,8 @@ async def cmd_tokens(args: argparse.Namespace) -> None:
             }
             text = (
                 f"Join token (single use, expires {fmt_time(rec.expires)}): {token}\n"
-                f"Start the agent on the device with:\n"
-                f"  edge-agent start --hub {hub} --token {token} --ca-pin {pin} "
+                f"Start the agent on the device with (the token stays out of ps):\n"
+                f"  REMOTELER_JOIN_TOKEN={token} edge-agent start --hub {hub} --ca-pin {pin} "
                 f"--name NAME --labels k=v --data-dir /var/lib/remoteler-agent"
             )
             _emit(args, data, text)

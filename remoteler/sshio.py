@@ -14,15 +14,10 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-#: AES-GCM first: with AES instructions it nearly doubles asyncssh's throughput
-#: over chacha20-poly1305 (bench/relay.py, docs/performance.md).
-CIPHERS = [
-    "aes128-gcm@openssh.com",
-    "aes256-gcm@openssh.com",
-    "chacha20-poly1305@openssh.com",
-    "aes128-ctr",
-    "aes256-ctr",
-]
+from remoteler import sshalgs
+
+#: The ciphers, preferred first (remoteler/sshalgs.py has every algorithm list).
+CIPHERS = list(sshalgs.CIPHERS)
 #: SSH channel window and largest packet we accept (asyncssh: 2 MiB / 32 KiB).
 #: Bigger packets mean fewer per-packet Python calls on every hop.
 SSH_WINDOW = 8 << 20

@@ -11,14 +11,15 @@ from typing import Any
 import asyncssh
 
 from remoteler.access import AccessDecision
-from remoteler.sshio import CIPHERS, SSH_MAX_PACKET, SSH_WINDOW, BytePipe, PipeTunnel
+from remoteler.sshalgs import common_options
+from remoteler.sshio import SSH_MAX_PACKET, SSH_WINDOW, BytePipe, PipeTunnel
 
 #: asyncssh server options of every Remoteler SSH server (the device's embedded
-#: server, the hub's recording proxy): our ciphers, large windows and packets,
-#: bytes not text, no line editor, no agent or X11 forwarding.
+#: server, the hub's recording proxy): modern algorithms only (remoteler/sshalgs.py),
+#: large windows and packets, bytes not text, no line editor, no agent or X11 forwarding.
 SERVER_OPTIONS: Mapping[str, Any] = MappingProxyType(
     {
-        "encryption_algs": CIPHERS,
+        **common_options(),
         "window": SSH_WINDOW,
         "max_pktsize": SSH_MAX_PACKET,
         "login_timeout": 30,

@@ -56,10 +56,11 @@ PIN=$(tctl status --format json | "$BIN/python" -c 'import json,sys; print(json.
 for spec in "truck-042 env=prod,kind=vehicle" "gateway-7 env=lab,kind=gateway"; do
     set -- $spec
     TOKEN=$(tctl tokens add --type node --ttl 10m --format json | "$BIN/python" -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-    edge-agent start --hub "$HUB" --token "$TOKEN" --ca-pin "$PIN" --name "$1" --labels "$2" \
-        --data-dir "$DATA/agent-$1" >"$DATA/agent-$1.log" 2>&1 &
+    # The token through the environment: a --token would show in every user's ps.
+    REMOTELER_JOIN_TOKEN=$TOKEN edge-agent start --hub "$HUB" --ca-pin "$PIN" --name "$1" \
+        --labels "$2" --data-dir "$DATA/agent-$1" >"$DATA/agent-$1.log" 2>&1 &
     echo $! >"$DATA/agent-$1.pid"
-    echo "edge-agent start --hub $HUB --token <token> --ca-pin $PIN --name $1 --labels $2"
+    echo "REMOTELER_JOIN_TOKEN=<token> edge-agent start --hub $HUB --ca-pin $PIN --name $1 --labels $2"
 done
 for _ in $(seq 100); do
     [ "$(tctl nodes ls --format json | "$BIN/python" -c 'import json,sys; print(sum(n["online"] for n in json.load(sys.stdin)))')" = 2 ] && break

@@ -16,10 +16,11 @@ from urllib.parse import quote
 
 from remoteler.ca import public_key_to_openssh, split_pem_bundle
 from remoteler.ca.x509 import load_certificate
-from remoteler.errors import AccessDenied, HubUnreachable, NodeError, TrustError
+from remoteler.errors import AccessDenied, HubUnreachable, NodeError, TrustError, UsageError
 from remoteler.hubconn import open_ws
 from remoteler.identity import UserIdentity
-from remoteler.sshio import CIPHERS, SSH_MAX_PACKET, SSH_WINDOW, PipeTunnel, WebSocketPipe
+from remoteler.sshalgs import CIPHERS, client_options
+from remoteler.sshio import SSH_MAX_PACKET, SSH_WINDOW, PipeTunnel, WebSocketPipe
 from remoteler.tlsutil import client_context
 
 CONNECT_SUBPROTOCOL = "remoteler.connect.v1"
@@ -51,7 +52,16 @@ async def open_connect_ws(hub: str, ident: UserIdentity, login: str, node: str) 
 async def open_ssh(
     hub: str, ident: UserIdentity, login: str, node: str, ciphers: list[str] | None = None
 ) -> Any:
-    """Connect through the hub and authenticate end to end; return the asyncssh connection."""
+    """Connect through the hub and authenticate end to end; return the asyncssh connection.
+
+    ``ciphers`` (``tsh ssh -c``) narrows :data:`~remoteler.sshalgs.CIPHERS`, never widens it.
+    """
+    unknown = [c for c in ciphers or () if c not in CIPHERS]
+    if unknown:
+        raise UsageError(
+            f"cipher {unknown[0]!r} is not offered (weak or unknown); "
+            f"use one of {', '.join(CIPHERS)}"
+        )
     import asyncssh
 
     ws = await open_connect_ws(hub, ident, login, node)
@@ -70,7 +80,7 @@ async def open_ssh(
             known_hosts=asyncssh.import_known_hosts(host_ca_known_hosts(ident)),
             agent_path=None,
             preferred_auth="publickey",
-            encryption_algs=ciphers or CIPHERS,
+            **{**client_options(), "encryption_algs": ciphers or list(CIPHERS)},
             window=SSH_WINDOW,
             max_pktsize=SSH_MAX_PACKET,
             connect_timeout=30,
@@ -79,6 +89,12 @@ async def open_ssh(
         raise AccessDenied(
             f"node {node!r} refused login {login!r} with your certificate; "
             "check 'tsh status' for your logins or run 'tsh login' again"
+        ) from None
+    except asyncssh.KeyExchangeFailed:
+        raise NodeError(
+            f"node {node!r} offers no modern SSH algorithm (curve25519, AES-GCM or chacha20, "
+            "Ed25519); its sshd needs updating or its weak-only settings removed "
+            "(docs/security.md)"
         ) from None
     except asyncssh.HostKeyNotVerifiable:
         raise TrustError(

@@ -29,6 +29,8 @@ ME = pwd.getpwuid(os.geteuid()).pw_name
 NODE = "legacy-1"
 DOWN = "legacy-down"
 STRICT = "legacy-strict"  # its sshd admits only the principal "admins" (AuthorizedPrincipalsFile)
+WEAK = "legacy-weak"  # its sshd offers only algorithms Remoteler's clients refuse
+WEAK_SSHD = "KexAlgorithms ecdh-sha2-nistp256\nCiphers aes128-ctr\nMACs hmac-sha2-256\n"
 #: heartbeats carry the mode: often enough for the test, lenient on a loaded machine
 BEATS = ("--heartbeat-interval", "2", "--allowed-misses", "10")
 
@@ -60,9 +62,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         with (
             legacy_sshd(cluster, root, name=NODE) as sshd,
             legacy_sshd(cluster, root, name=STRICT, principals=["admins"]) as strict,
+            legacy_sshd(cluster, root, name=WEAK, extra_config=WEAK_SSHD) as weak,
         ):
             down_port = free_port()  # nothing listens there
             targets = {NODE: sshd.target, DOWN: f"127.0.0.1:{down_port}", STRICT: strict.target}
+            targets[WEAK] = weak.target
             for name, target in targets.items():
                 cluster.start_agent(name, "env=legacy", None, "--ssh-target", target, *BEATS)
             wait_for(lambda: all(cluster.node_online(n) for n in targets), what="nodes online")
@@ -106,7 +110,7 @@ def test_nodes_list_says_forward_mode(fleet: Fleet) -> None:
         nodes = json.loads(fleet.cluster.tsh("ls", "--format", "json").stdout)
         return {n["name"]: n["ssh"] for n in nodes}
 
-    want = {NODE: "forward", DOWN: "forward", STRICT: "forward"}
+    want = {NODE: "forward", DOWN: "forward", STRICT: "forward", WEAK: "forward"}
     wait_for(lambda: modes() == want, what=f"modes: {modes()}")
 
 
@@ -197,6 +201,16 @@ def test_target_down_is_a_clear_error_not_a_hang(fleet: Fleet) -> None:
     # Logged once per connection by the agent.
     log = (fleet.root / f"agent-{DOWN}.log").read_text()
     assert log.count("ssh target unreachable") == 2
+
+
+def test_a_device_sshd_with_only_weak_algorithms_is_refused_clearly(fleet: Fleet) -> None:
+    run = fleet.cluster.tsh("ssh", f"{ME}@{WEAK}", "true", timeout=30)
+    assert run.returncode == 255 and run.stdout == "", run
+    line = run.stderr.strip()
+    assert line == (
+        f"tsh: node '{WEAK}' offers no modern SSH algorithm (curve25519, AES-GCM or chacha20, "
+        "Ed25519); its sshd needs updating or its weak-only settings removed (docs/security.md)"
+    )
 
 
 def test_tctl_auth_sign_host_options_and_errors(fleet: Fleet) -> None:

@@ -89,11 +89,14 @@ def test_an_agent_joins_from_a_provisioned_image_and_restarts_without_the_token(
 
 
 def test_bad_provisioning_input_is_one_line(tmp_path: Path) -> None:
-    out = provision("--root", str(tmp_path), "--hub", "h:1", "--ca-pin", "md5:x", "--token", "t")
+    out = provision(
+        "--root", str(tmp_path), "--hub", "h:1", "--ca-pin", "md5:x", "--token-stdin", input="t\n"
+    )
     assert out.returncode == 2 and "--ca-pin" in out.stderr and out.stderr.count("\n") == 1
     out = provision(
-        "--root", str(tmp_path / "nope"), "--hub", "h:1", "--ca-pin", PIN, "--token", "t"
-    )
+        "--root", str(tmp_path / "nope"), "--hub", "h:1", "--ca-pin", PIN, "--token-stdin",
+        input="t\n",
+    )  # fmt: skip
     assert out.returncode == 2 and "not a directory" in out.stderr
     assert not (tmp_path / "etc").exists()
 
@@ -138,12 +141,34 @@ def test_provision_over_a_serial_console_to_a_real_shell(tmp_path: Path) -> None
         stop_process(shell, signal.SIGKILL)  # an interactive shell ignores SIGTERM
 
 
+def test_a_token_file_provisions_and_a_token_on_the_command_line_warns(tmp_path: Path) -> None:
+    token = tmp_path / "join.token"
+    token.write_text("tok-123\n")
+    token.chmod(0o600)
+    root = tmp_path / "root"
+    root.mkdir()
+    out = provision(
+        "--root", str(root), "--hub", "h:1", "--ca-pin", PIN, "--token-file", str(token)
+    )
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    conf = root / "etc" / "remoteler" / "agent.toml"
+    assert tomllib.loads(conf.read_text())["token"] == "tok-123"
+    out = provision("--root", str(root), "--hub", "h:1", "--ca-pin", PIN, "--token", "tok-123")
+    assert out.returncode == 0
+    assert out.stderr.startswith("firmware-tools: warning: --token is visible"), out.stderr
+    token.write_text("")
+    out = provision(
+        "--root", str(root), "--hub", "h:1", "--ca-pin", PIN, "--token-file", str(token)
+    )
+    assert out.returncode != 0 and out.stderr.count("\n") == 1 and "is empty" in out.stderr
+
+
 def test_serial_provisioning_fails_clearly_when_no_shell_answers(tmp_path: Path) -> None:
     master, slave = os.openpty()  # nobody reads the other end
     try:
         out = provision(
             "--serial", os.ttyname(slave), "--remote-root", str(tmp_path),
-            "--hub", "h:1", "--ca-pin", PIN, "--token", "t", "--timeout", "1",
+            "--hub", "h:1", "--ca-pin", PIN, "--token-stdin", "--timeout", "1", input="t\n",
         )  # fmt: skip
     finally:
         os.close(slave)

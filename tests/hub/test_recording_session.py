@@ -87,6 +87,7 @@ class Device(FakeAgent):
         )
         self.logins: list[str] = []
         self.refuse: str | None = None
+        self.options: dict[str, Any] = {}  # e.g. a device whose sshd offers weak algorithms
 
     async def on_channel(self, request: ChannelRequest) -> None:
         assert request.kind == "ssh"
@@ -105,6 +106,7 @@ class Device(FakeAgent):
             encoding=None,
             line_editor=False,
             allow_pty=True,
+            **self.options,
         )
         self.logins.append(str(conn.get_extra_info("username")))
         await conn.wait_closed()
@@ -144,7 +146,7 @@ async def _user(hub: Hub, name: str = "alice", key: Any = None) -> tuple[Any, st
 
 
 async def _ssh(
-    hub: Hub, key: Any, ssh_cert: str, tls_cert: str, login: str = "pi"
+    hub: Hub, key: Any, ssh_cert: str, tls_cert: str, login: str = "pi", **options: Any
 ) -> asyncssh.SSHClientConnection:
     ws = await connect(
         hub.url(f"/v1/connect?node=dev1&login={login}"),
@@ -161,6 +163,7 @@ async def _ssh(
         known_hosts=asyncssh.import_known_hosts(hub.auth.host_ca.known_hosts_line("*")),
         agent_path=None,
         connect_timeout=20,
+        **options,
     )
 
 
@@ -655,3 +658,41 @@ async def test_a_proxied_login_cannot_use_another_principal_of_the_certificate(
     assert device.logins == []  # the device was never asked
     failed = await _events(hub, "auth.failed")
     assert "for login 'pi', not 'root'" in failed[0].fields["reason"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"kex_algs": ["ecdh-sha2-nistp256"]},
+        {"kex_algs": ["diffie-hellman-group14-sha256"]},
+        {"encryption_algs": ["aes128-ctr"]},
+        {"server_host_key_algs": ["ssh-rsa"]},
+    ],
+)
+async def test_the_proxy_refuses_a_user_forcing_a_weak_algorithm(
+    proxied: tuple[Hub, Device], options: dict[str, Any]
+) -> None:
+    hub, device = proxied
+    key, cert, tls = await _user(hub)
+    with pytest.raises((asyncssh.KeyExchangeFailed, asyncssh.ConnectionLost)):
+        await _ssh(hub, key, cert, tls, **options)
+    assert device.logins == []
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"kex_algs": ["ecdh-sha2-nistp256"]}, {"encryption_algs": ["aes128-ctr", "aes128-cbc"]}],
+)
+async def test_the_proxy_does_not_reach_a_device_that_offers_only_weak_algorithms(
+    proxied: tuple[Hub, Device], options: dict[str, Any]
+) -> None:
+    hub, device = proxied
+    device.options = options
+    key, cert, tls = await _user(hub)
+    async with await _ssh(hub, key, cert, tls) as conn:
+        result = await conn.run("env", encoding=None)
+    assert result.exit_status == 255, result
+    assert result.stderr.startswith(
+        b"remoteler: node 'dev1' offers no modern SSH algorithm (curve25519, AES-GCM"
+    ), result.stderr
+    assert device.logins == []
