@@ -340,9 +340,12 @@ async def cmd_auth(args: argparse.Namespace) -> None:
     from remoteler.addr import parse_ttl
 
     if args.cmd == "export":
-        DataDir(Path(args.data_dir)).cluster_name()
+        cluster = DataDir(Path(args.data_dir)).cluster_name()
         for ca in tctl_rotate.load_cas(args.data_dir).of(args.kind).trusted:  # 2 while rotating
-            print(ca.known_hosts_line() if args.kind == "host" else ca.trusted_user_ca_line())
+            # Host CAs: the pattern 'tsh config' writes, so the CA vouches for this
+            # cluster's node names (NODE.<cluster>) only, never for any host at all.
+            line = ca.known_hosts_line(f"*.{cluster}") if args.kind == "host" else None
+            print(line or ca.trusted_user_ca_line())
         return
     if args.cmd == "rotate":
         _emit(args, *await tctl_rotate.cmd_rotate(args))

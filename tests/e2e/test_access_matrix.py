@@ -104,7 +104,7 @@ def _local_ssh(env: Env, ident: Path, command: str = "echo ok") -> subprocess.Co
             "-o",
             "GlobalKnownHostsFile=/dev/null",
             "-o",
-            "HostKeyAlias=dev1",
+            f"HostKeyAlias={env.known_hosts.read_text().split()[1].replace('*', 'dev1', 1)}",
             "-o",
             "StrictHostKeyChecking=yes",
             "-o",
