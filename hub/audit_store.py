@@ -95,8 +95,8 @@ async def resolve_session_prefix(store: AuditBackend, prefix: str, user: str) ->
     if len(found) > 1:
         more = ", ..." if len(found) > MAX_CANDIDATES else ""
         raise UsageError(
-            f"session id {prefix[:64]!r} is ambiguous: it starts "
-            f"{', '.join(found[:MAX_CANDIDATES])}{more}; give more characters"
+            f"session id {prefix[:64]!r} matches several of your sessions "
+            f"({', '.join(found[:MAX_CANDIDATES])}{more}); give more characters"
         )
     return prefix
 
