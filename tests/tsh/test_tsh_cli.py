@@ -16,6 +16,7 @@ import pytest
 from helpers import BIN, PASSWORD, Cluster, current_totp, free_port, wait_for
 
 from remoteler.ca import generate_private_key, private_key_to_openssh, write_secret_file
+from remoteler.errors import UsageError
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 
@@ -226,3 +227,54 @@ def test_play_accepts_the_short_session_id(node: Cluster) -> None:
         hugo = _login_as(node, "hugo")
     other = node.tsh("play", full[:8], env=hugo)  # not hugo's session
     assert other.returncode != 0 and "no session" in _one_line(other)
+
+
+def test_login_target_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tsh.cli import login_target
+    from tsh.profile import Profile
+
+    monkeypatch.delenv("TSH_USER", raising=False)
+    monkeypatch.setenv("USER", "osuser")
+    current = Profile(hub="h1:1", user="alice", cluster="c", ca_pin="p")
+    assert login_target(None, None, current, ("h2:2", "bob")) == ("h1:1", "alice")
+    assert login_target(None, None, None, ("h2:2", "bob")) == ("h2:2", "bob")
+    assert login_target("h3:3", None, current, ("h2:2", "bob")) == ("h3:3", "osuser")
+    assert login_target("h2:2", None, current, ("h2:2", "bob")) == ("h2:2", "bob")
+    monkeypatch.setenv("TSH_USER", "carol")
+    assert login_target(None, None, current, None) == ("h1:1", "carol")
+    assert login_target(None, "dave", current, None) == ("h1:1", "dave")
+    with pytest.raises(UsageError, match="give the hub"):
+        login_target(None, None, None, None)
+
+
+def _cert(rules: list[object], permit: bool = True) -> str:
+    from remoteler.access import RULES_EXTENSION, encode_rules
+    from remoteler.ca import DEFAULT_USER_EXTENSIONS, CertAuthority
+
+    extensions = dict(DEFAULT_USER_EXTENSIONS)
+    if not permit:
+        extensions.pop("permit-port-forwarding", None)
+    extensions[RULES_EXTENSION] = encode_rules(rules)  # type: ignore[arg-type]
+    ca = CertAuthority.generate("user", "example")
+    key = generate_private_key().public_key()
+    return ca.sign_ssh_user_cert(
+        key, key_id="alice", principals=["pi"], ttl_seconds=600, extensions=extensions
+    )
+
+
+def test_forward_refusal_decides_as_the_device_from_our_certificate() -> None:
+    from remoteler.access import DEFAULT_GRANTS, AccessRule
+    from tsh.forward import forward_refusal
+
+    lab = AccessRule("lab", ("pi",), {"env": ("lab",)}, grants=DEFAULT_GRANTS)
+    bare = AccessRule("bare", ("pi",), {"env": ("prod",)}, grants=frozenset())
+    veto = AccessRule("nofwd", ("pi",), {"*": ("*",)}, vetoes=frozenset({"port_forwarding"}))
+    cert = _cert([lab, bare])
+    assert forward_refusal(cert, "pi", "dev1", None) is None  # labels unknown: the device says
+    assert forward_refusal(cert, "pi", "dev1", {"env": "lab"}) is None
+    refused = forward_refusal(cert, "pi", "dev2", {"env": "prod"})
+    assert refused is not None and "'dev2'" in refused and "grants port_forwarding" in refused
+    assert "'nofwd'" in str(forward_refusal(_cert([lab, veto], permit=False), "pi", "d", None))
+    no_ext = forward_refusal(_cert([lab], permit=False), "pi", "d", None)
+    assert no_ext == "port forwarding is not permitted by your certificate"
+    assert forward_refusal("garbage", "pi", "d", None) is None
