@@ -184,7 +184,7 @@ def _audit_filters(parser: argparse.ArgumentParser, default_limit: int | None) -
         help="from this time: ISO 8601 or a duration ago, 1h, 2d (default: the first event)",
     )
     parser.add_argument(
-        "--until", help="before this time: ISO 8601 or a duration ago (default: now)"
+        "--until", help="before this time: ISO 8601 or a duration ago (default: no end)"
     )
     parser.add_argument(
         "--limit",
