@@ -34,6 +34,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     cluster = Cluster(tmp_path_factory.mktemp("tshcli"), free_port())
     cluster.start_hub()
     try:
+        cluster.start_agent("dev1", "env=lab")  # joins while the users are made
         _role(
             cluster,
             "nofwd",
@@ -48,7 +49,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         cluster.add_user("sam", [ME, "nosuch"])
         cluster.add_user("fred", [ME], roles="nofwd")
         cluster.add_user("hugo", [ME], roles="elsewhere")
-        cluster.start_agent("dev1", "env=lab")
         wait_for(lambda: cluster.node_online("dev1"), what="dev1 online")
         login = cluster.login("sam")
         assert login.returncode == 0, login.stderr
