@@ -65,6 +65,10 @@ def test_version_names_the_tool_and_protocol(tool: str) -> None:
 def test_versions_match_the_package_and_the_wire() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["version"] == clihelp.VERSION
+    from edge_agent.agent import VERSION as AGENT_VERSION  # what heartbeats report
+    from hub.server import VERSION as HUB_VERSION  # what ping reports
+
+    assert AGENT_VERSION == HUB_VERSION == clihelp.VERSION
     assert rpc.SUBPROTOCOL.endswith(f".v{clihelp.PROTOCOL_VERSION}")
 
 
