@@ -437,18 +437,21 @@ async def cmd_console(args: argparse.Namespace) -> int:
 
     login, _, node = args.target.rpartition("@")
     login = args.login or login
-    if not login or not node:
-        raise UsageError("give the login and the node: tsh console login@node [--port PATH]")
+    if not node:
+        raise UsageError("give the node: tsh console [login@]node [--port PATH]")
     try:
         baud = parse_baud(args.baud)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     hub, ident = _identity(args)
+    login = login or _default_login(ident)
     conn = await open_ssh(hub, ident, login, node)
     import asyncssh  # already loaded by open_ssh
 
     try:
         return await run_console(conn, args.port, baud, args.read_only)
+    except asyncssh.ChannelOpenError as exc:  # e.g. the login does not exist there
+        raise NodeError(exc.reason or f"node {node!r} refused the session") from None
     except (asyncssh.DisconnectError, ConnectionError) as exc:
         reason = exc.reason if isinstance(exc, asyncssh.Error) else str(exc)
         raise NodeError(

@@ -180,6 +180,9 @@ def test_login_missing_on_the_device_exits_255_with_one_line(node: Cluster) -> N
     run = node.tsh("ssh", "nosuch@dev1", "true")
     assert run.returncode == 255
     assert _one_line(run) == "tsh: login 'nosuch' does not exist on dev1\n"
+    console = node.tsh("console", "nosuch@dev1")  # the same refusal, no traceback
+    assert console.returncode != 0
+    assert _one_line(console) == "tsh: login 'nosuch' does not exist on dev1\n"
 
 
 # -- C7: empty listings, and a node the user may not see ---------------------------------
