@@ -12,9 +12,18 @@ import sys
 from pathlib import Path
 
 from edge_agent import jointoken
+from remoteler.clihelp import finish
 from remoteler.errors import RemotelerError, UsageError
 
 log = logging.getLogger("remoteler.agent")
+
+
+EXAMPLES = {
+    "start": "edge-agent start --hub hub.example.com:3080 --token <token> --ca-pin sha256:<pin> "
+    "--name truck-042 --labels env=prod --data-dir /var/lib/remoteler-agent\n"
+    "edge-agent start --config /etc/remoteler/agent.toml",
+    "health": "edge-agent health --data-dir /var/lib/remoteler-agent",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,17 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="TOML file with a key for any flag below (default: $REMOTELER_AGENT_CONFIG, "
         "else /etc/remoteler/agent.toml if it exists); flags given here win",
     )
-    start.add_argument("--hub", help="hub HOST:PORT (needed to join)")
+    start.add_argument("--hub", help="hub HOST:PORT (default: none; needed to join)")
     start.add_argument(
         "--token-file",
         metavar="FILE",
-        help="file holding the join token (first start only; or $REMOTELER_JOIN_TOKEN)",
+        help="file holding the join token (default: none; first start only; "
+        "or $REMOTELER_JOIN_TOKEN)",
     )
     start.add_argument(
         "--token",
-        help="join token (first start only); visible in ps: prefer --token-file",
+        help="join token (default: none; first start only); visible in ps: prefer --token-file",
     )
-    start.add_argument("--ca-pin", help="sha256:... pin of the hub CA (first start only)")
+    start.add_argument(
+        "--ca-pin", help="sha256:... pin of the hub CA (default: none; first start only)"
+    )
     start.add_argument("--name", default=socket.gethostname(), help="node name (default: hostname)")
     start.add_argument("--labels", default="", help="k=v,k2=v2")
     start.add_argument("--data-dir", default="/var/lib/remoteler-agent")
@@ -66,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ssh-target",
         metavar="HOST:PORT",
         help="forward mode: relay SSH sessions to the device's own sshd here, e.g. "
-        "127.0.0.1:22, instead of the embedded server (docs/legacy-devices.md)",
+        "127.0.0.1:22, instead of the embedded server (default: none, the embedded server; "
+        "docs/legacy-devices.md)",
     )
     start.add_argument(
         "--firmware-key",
@@ -86,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--firmware-health-check",
         metavar="CMD",
         help="shell command run in the new firmware slot after an install; "
-        "a non-zero exit rolls back to the previous slot",
+        "a non-zero exit rolls back to the previous slot (default: none, no check)",
     )
     start.add_argument("--audit-quota", default="256MiB", help="outbox size cap, e.g. 256MiB")
     start.add_argument(
@@ -97,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     start.add_argument("--log-level", default="INFO")
     health = sub.add_parser("health", help="exit 0 if the agent runs and its tunnel is up")
-    health.add_argument("--config", help="the agent's config file (for its data-dir)")
+    health.add_argument(
+        "--config", help="the agent's config file, for its data-dir (default: none)"
+    )
     health.add_argument("--data-dir", help="default: the config's, else /var/lib/remoteler-agent")
     health.add_argument(
         "--max-down", type=float, default=300.0, help="unhealthy once the tunnel is down longer"
@@ -105,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument(
         "--stale-after", type=float, default=180.0, help="unhealthy if the status is older"
     )
-    return parser
+    return finish(parser, "edge-agent", EXAMPLES)
 
 
 def health_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -237,6 +237,19 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self._chan.resume_reading()
 
     # running the command ----------------------------------------------------
+    @staticmethod
+    def missing_login(login: str) -> bool:
+        """True when sessions for ``login`` cannot start here: running as root, the
+        agent switches to that account, which does not exist (not root: it runs
+        every session as itself)."""
+        if os.geteuid() != 0:
+            return False
+        try:
+            pwd.getpwnam(login)
+        except KeyError:
+            return True
+        return False
+
     def _spawn_args(self) -> tuple[list[str], dict[str, Any]]:
         me = os.geteuid() == 0
         try:

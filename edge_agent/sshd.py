@@ -114,6 +114,14 @@ class NodeSSHServer(CertificateOnlyServer):
     def session_requested(self) -> CommandSession | bool:
         if self._expired is not None:
             return False  # the connection is closing
+        if CommandSession.missing_login(self.login):
+            # Refuse the channel with the reason: tsh prints it and exits 255, as ssh.
+            node = self._fields.get("node_name") or "this device"
+            log.warning("session refused: no such login", extra={"login": self.login})
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                f"login {self.login!r} does not exist on {node}",
+            )
         self._sessions += 1
         base = self._fields.get("session_id") or ""
         session_id = base if self._sessions == 1 else f"{base}-{self._sessions}"
@@ -173,6 +181,7 @@ async def serve_ssh(
     fields = {
         "session_id": str(meta.get("session_id") or uuid.uuid4())[:64],
         "user": str(meta.get("user", ""))[:64],
+        "node_name": ident.name,
     }
     user_cas = ident.user_ca_ssh  # a CA rotation replaces it; this connection keeps these
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from firmware_tools import provision_cli
+from remoteler.clihelp import finish
 from remoteler.errors import RemotelerError, UsageError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -80,7 +81,9 @@ def _add_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     inspect = bsub.add_parser("inspect", help="show a bundle's manifest")
     inspect.add_argument("file", type=Path)
-    inspect.add_argument("--key", type=Path, help="public key file: also check the signature")
+    inspect.add_argument(
+        "--key", type=Path, help="public key file: also check the signature (default: none)"
+    )
     inspect.add_argument("--format", choices=["text", "json"], default="text")
     inspect.set_defaults(func=_bundle_inspect)
 
@@ -88,12 +91,29 @@ def _add_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     verify.add_argument("file", type=Path)
     verify.add_argument("--key", required=True, type=Path, help="trusted public key file(s)")
     verify.add_argument("--labels", type=_labels, default={}, help="device labels k=v,...")
-    verify.add_argument("--installed-version", help="version installed on the device")
+    verify.add_argument(
+        "--installed-version", help="version installed on the device (default: none)"
+    )
     verify.add_argument(
         "--agent-version", help="edge agent version (default: this package's version)"
     )
     verify.add_argument("--force", action="store_true", help="allow a downgrade or re-install")
     verify.set_defaults(func=_bundle_verify)
+
+
+EXAMPLES = {
+    "key": "firmware-tools key generate -o fw-signing.key",
+    "key generate": "firmware-tools key generate -o fw-signing.key",
+    "key id": "firmware-tools key id fw-signing.key.pub",
+    "bundle": "firmware-tools bundle inspect gw-1.4.2.bundle",
+    "bundle build": "firmware-tools bundle build --payload rootfs/ --name gateway-fw "
+    "--version 1.4.2 --target board=rpi4 --key fw-signing.key -o gw-1.4.2.bundle",
+    "bundle inspect": "firmware-tools bundle inspect gw-1.4.2.bundle --format json",
+    "bundle verify": "firmware-tools bundle verify gw-1.4.2.bundle --key fw-signing.key.pub "
+    "--labels board=rpi4 --installed-version 1.4.1",
+    "provision": "firmware-tools provision --root /mnt/rootfs --hub hub.example.com:3080 "
+    "--ca-pin sha256:<pin> --token-stdin --labels env=prod",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     # the contract above (set_defaults(func=...), return an int, raise RemotelerError):
     #     provision_cli.register(sub)
     provision_cli.register(sub)
-    return p
+    return finish(p, "firmware-tools", EXAMPLES)
 
 
 # -- handlers ------------------------------------------------------------------------

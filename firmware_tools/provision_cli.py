@@ -18,8 +18,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(--root) or onto a running device through its serial console (--serial).",
     )
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--root", type=Path, help="the device image's root directory")
-    where.add_argument("--serial", metavar="DEVICE", help="serial console, e.g. /dev/ttyUSB0")
+    where.add_argument(
+        "--root",
+        type=Path,
+        help="the device image's root directory (default: none; --root or --serial)",
+    )
+    where.add_argument(
+        "--serial", metavar="DEVICE", help="serial console, e.g. /dev/ttyUSB0 (default: none)"
+    )
     p.add_argument("--hub", required=True, help="hub HOST:PORT")
     p.add_argument("--ca-pin", required=True, help="sha256:... from 'tctl status'")
     token = p.add_mutually_exclusive_group(required=True)
@@ -38,10 +44,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--systemd-unit",
         type=Path,
-        help="with --root: install this unit and enable it (multi-user.target.wants link)",
+        help="with --root: install this unit and enable it, multi-user.target.wants link "
+        "(default: none)",
     )
     p.add_argument(
-        "--owner", metavar="UID:GID", help="with --root: chown the config (needs root/fakeroot)"
+        "--owner",
+        metavar="UID:GID",
+        help="with --root: chown the config, needs root/fakeroot (default: none)",
     )
     p.add_argument("--baud", type=int, default=115200, help="with --serial (default 115200)")
     p.add_argument(

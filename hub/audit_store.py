@@ -73,6 +73,34 @@ def _event(row: aiosqlite.Row) -> AuditEvent:
     )
 
 
+#: A session id prefix shorter than this is not looked up (tctl shows 8 characters).
+MIN_SESSION_PREFIX = 4
+#: How many candidate sessions an ambiguous prefix names.
+MAX_CANDIDATES = 5
+
+
+async def resolve_session_prefix(store: AuditBackend, prefix: str, user: str) -> str:
+    """The one session of ``user`` whose id starts with ``prefix``; else ``prefix``.
+
+    Raises UsageError naming up to :data:`MAX_CANDIDATES` ids when several match
+    (only ``user``'s own: a prefix reveals nothing about other users' sessions).
+    """
+    from remoteler.errors import UsageError
+
+    if len(prefix) < MIN_SESSION_PREFIX:
+        return prefix
+    found = await store.session_ids(prefix, user, MAX_CANDIDATES + 1)
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        more = ", ..." if len(found) > MAX_CANDIDATES else ""
+        raise UsageError(
+            f"session id {prefix[:64]!r} matches several of your sessions "
+            f"({', '.join(found[:MAX_CANDIDATES])}{more}); give more characters"
+        )
+    return prefix
+
+
 class AuditBackend(Protocol):
     """What the hub needs from audit storage. :class:`AuditStore` (SQLite) is the
     embedded default; a shared database can implement the same methods."""
@@ -92,6 +120,7 @@ class AuditBackend(Protocol):
         limit: int | None = 1000,
     ) -> list[AuditEvent]: ...
     async def session(self, session_id: str) -> list[AuditEvent]: ...
+    async def session_ids(self, prefix: str, user: str, limit: int) -> list[str]: ...
     async def count(self, node: str | None = None) -> int: ...
 
 
@@ -183,8 +212,10 @@ class AuditStore:
         since: float | None = None,
         until: float | None = None,
         limit: int | None = None,
+        newest_first: bool = False,
     ) -> AsyncIterator[AuditEvent]:
-        """As :meth:`search`, fetched a page at a time (for exports of any size)."""
+        """As :meth:`search`, fetched a page at a time (for exports of any size);
+        ``newest_first`` walks from the newest event back (``limit`` keeps the newest)."""
         if limit is not None and limit < 1:
             raise ValueError("limit must be at least 1")
         where: list[str] = []
@@ -211,12 +242,15 @@ class AuditStore:
             cond = list(where)
             page_args: list[Any] = list(args)
             if after is not None:  # keyset pagination on the full sort key
-                cond.append("(time, seq, id, node) > (?, ?, ?, ?)")
+                cond.append(f"(time, seq, id, node) {'<' if newest_first else '>'} (?, ?, ?, ?)")
                 page_args += after
             sql = _SELECT
             if cond:  # fixed column names; every value is a bound parameter
                 sql += " WHERE " + " AND ".join(cond)
-            sql += " ORDER BY time, seq, id, node LIMIT ?"
+            if newest_first:
+                sql += " ORDER BY time DESC, seq DESC, id DESC, node DESC LIMIT ?"
+            else:
+                sql += " ORDER BY time, seq, id, node LIMIT ?"
             async with self._db.execute(sql, [*page_args, page]) as cur:
                 rows = list(await cur.fetchall())
             for row in rows:
@@ -233,6 +267,18 @@ class AuditStore:
         sql = _SELECT + " WHERE session_id = ? ORDER BY seq, time, id"
         async with self._db.execute(sql, (session_id,)) as cur:
             return [_event(r) for r in await cur.fetchall()]
+
+    async def session_ids(self, prefix: str, user: str, limit: int) -> list[str]:
+        """Up to ``limit`` distinct ids of ``user``'s sessions starting with ``prefix``."""
+        # A range on the session index, then an exact prefix test (no LIKE wildcards).
+        sql = (
+            "SELECT DISTINCT session_id FROM events WHERE session_id != ''"
+            " AND session_id >= ? AND session_id < ? AND substr(session_id, 1, ?) = ?"
+            " AND user = ? ORDER BY session_id LIMIT ?"
+        )
+        args = (prefix, prefix + "\U0010ffff", len(prefix), prefix, user, limit)
+        async with self._db.execute(sql, args) as cur:
+            return [str(r[0]) for r in await cur.fetchall()]
 
     async def count(self, node: str | None = None) -> int:
         if node is None:

@@ -14,11 +14,15 @@ from hub.audit_quota import DEFAULT_BURST, DEFAULT_RATE, QuotaConfig
 from hub.extras import require_hub_extra
 from hub.listener import ListenerLimits
 from remoteler.addr import format_hostport, parse_hostport
+from remoteler.clihelp import finish
 from remoteler.errors import RemotelerError, UsageError
 
 log = logging.getLogger("remoteler.hub")
 DEFAULT_LISTEN = "127.0.0.1:3080"
 SSL_READ_BUFFER = 32 * 1024
+
+
+EXAMPLES = {"start": "hub start --data-dir /var/lib/remoteler-hub --listen 0.0.0.0:3080"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ca-passphrase-file",
         metavar="FILE",
         help="encrypt the CA keys at rest with the passphrase in FILE (0600); "
-        "env REMOTELER_CA_PASSPHRASE_FILE or REMOTELER_CA_PASSPHRASE",
+        "env REMOTELER_CA_PASSPHRASE_FILE or REMOTELER_CA_PASSPHRASE (default: none, "
+        "keys unencrypted)",
     )
     start.add_argument(
         "--public-addr", action="append", default=[], help="extra name in the TLS certificate"
@@ -112,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {DEFAULT_BURST})",
     )
     start.add_argument("--log-level", default="INFO")
-    return parser
+    return finish(parser, "hub", EXAMPLES)
 
 
 def add_auth_limit_flags(start: argparse.ArgumentParser) -> None:

@@ -27,7 +27,7 @@ from websockets.http11 import Request, Response
 
 from hub.audit_ingest import serve_audit_channel
 from hub.audit_quota import AuditQuotas, QuotaConfig
-from hub.audit_store import AuditBackend
+from hub.audit_store import AuditBackend, resolve_session_prefix
 from hub.auth import AuthService, Issued, check_name
 from hub.backend import Backend, Node
 from hub.identity import Identity, peer_identity
@@ -266,8 +266,11 @@ class HubServer:
         if not node_key or not login:
             raise UsageError("give a node and a login, as in 'tsh ssh login@node'")
         node = await self.backend.get_node(node_key)
-        if node is None:
-            raise NodeError(f"unknown node {node_key!r}; list nodes with 'tsh ls'")
+        rules, _ = await self.auth.rules_for(user)
+        if node is None or not node_visible(rules, self.registry.labels_of(node)):
+            # One answer for both: a node the user may not list must not show its
+            # labels (or its existence) through the refusal.
+            raise NodeError(f"node {node_key[:64]!r} not found or access denied; see 'tsh ls'")
         # Read the table, not the watcher's copy: a lock made a moment ago applies.
         lock = find_lock(
             await self.backend.list_locks(time.time()),
@@ -284,7 +287,6 @@ class HubServer:
             raise AccessDenied(lock.refusal())
         live = self.registry.get(node.id)
         labels = self.registry.labels_of(node)
-        rules, _ = await self.auth.rules_for(user)
         reason = check_access(rules, login, labels, node=node.name, user=user.name)
         if reason:
             log.warning(
@@ -600,6 +602,9 @@ class HubServer:
         self._refuse_if_locked(ident.name)
         session_id = _str(params, "session_id")
         events = await self.audit.session(session_id) if self.audit and session_id else []
+        if not events and self.audit is not None:  # the short id 'tctl audit search' shows
+            session_id = await resolve_session_prefix(self.audit, session_id, ident.name)
+            events = await self.audit.session(session_id)
         # Every event must name the caller: an event forged into someone else's
         # session opens it to nobody, and an unknown id looks like someone else's.
         if not events or any(e.user != ident.name for e in events):

@@ -20,6 +20,7 @@ from hub import tctl_firmware, tctl_locks, tctl_rotate
 from hub.extras import require_hub_extra
 from remoteler.addr import format_labels, parse_labels
 from remoteler.audit.events import AuditEvent
+from remoteler.clihelp import finish
 from remoteler.errors import RemotelerError, UsageError
 from remoteler.textfmt import fmt_time, table
 
@@ -34,13 +35,59 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
         print(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tctl", description="Administer a Remoteler hub")
+EXAMPLES = {
+    "users": "tctl users ls",
+    "users add": "tctl users add alice --roles access --logins pi,root",
+    "users ls": "tctl users ls --format json",
+    "users rm": "tctl users rm alice",
+    "users unlock": "tctl users unlock alice",
+    "tokens": "tctl tokens ls",
+    "tokens add": "tctl tokens add --type node --ttl 1h --labels env=prod",
+    "tokens ls": "tctl tokens ls",
+    "tokens rm": "tctl tokens rm 3f2a9c1e",
+    "nodes": "tctl nodes ls",
+    "nodes ls": "tctl nodes ls --format json",
+    "nodes rm": "tctl nodes rm truck-042",
+    "nodes set": "tctl nodes set legacy-1 --recording proxy",
+    "auth": "tctl auth export --type host > known_hosts",
+    "auth sign": "tctl auth sign --user jenkins --ttl 8h -o jenkins-id\n"
+    "tctl auth sign --host legacy-1 --pubkey ssh_host_ed25519_key.pub "
+    "-o ssh_host_ed25519_key-cert.pub",
+    "auth export": "tctl auth export --type host > known_hosts\n"
+    "tctl auth export --type user > trusted_user_ca_keys.pub",
+    "auth rotate": "tctl auth rotate --type host --grace-period 30h",
+    "create": "tctl create -f lab-operator.toml",
+    "get": "tctl get roles --format json",
+    "rm": "tctl rm role/lab-operator",
+    "status": "tctl status --data-dir /var/lib/remoteler-hub",
+    "lock": 'tctl lock --user bob --ttl 1h --message "incident 42"',
+    "locks": "tctl locks ls",
+    "locks ls": "tctl locks ls --format json",
+    "unlock": "tctl unlock 3f2a9c1e",
+    "firmware": "tctl firmware status",
+    "firmware trust": "tctl firmware trust fw-signing.key.pub",
+    "firmware push": "tctl firmware push gw-1.4.2.bundle --nodes board=rpi4 --canary 5%",
+    "firmware stop": "tctl firmware stop 3f2a9c1e",
+    "firmware status": "tctl firmware status 3f2a9c1e --format json",
+    "audit": "tctl audit search --type session.start --since 1h",
+    "audit search": "tctl audit search --user alice --since 1h --limit 20",
+    "audit export": "tctl audit export --since 2026-11-01T00:00:00 > audit.jsonl",
+}
+
+
+def _add_data_dir(p: argparse.ArgumentParser, top: bool = False) -> None:
+    """``--data-dir``: before the subcommand or after it (``tctl users ls --data-dir X``)."""
+    default = os.environ.get("REMOTELER_HUB_DATA", DEFAULT_DATA_DIR) if top else argparse.SUPPRESS
     p.add_argument(
         "--data-dir",
-        default=os.environ.get("REMOTELER_HUB_DATA", DEFAULT_DATA_DIR),
-        help="the hub's data directory (env REMOTELER_HUB_DATA)",
+        default=default,
+        help=f"the hub's data directory (default: $REMOTELER_HUB_DATA, else {DEFAULT_DATA_DIR})",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tctl", description="Administer a Remoteler hub")
+    _add_data_dir(p, top=True)
     sub = p.add_subparsers(dest="group", required=True)
 
     def fmt(parser: argparse.ArgumentParser) -> None:
@@ -86,9 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
         "sign", help="write a user identity file, or a host certificate for a device's own sshd"
     )
     who = sign.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user")
-    who.add_argument("--host", help="host certificate for this node name (needs --pubkey)")
-    sign.add_argument("--pubkey", help="with --host: the sshd's Ed25519 host public key file")
+    who.add_argument(
+        "--user", help="user identity file for this user (default: none; --user or --host)"
+    )
+    who.add_argument(
+        "--host", help="host certificate for this node name, needs --pubkey (default: none)"
+    )
+    sign.add_argument(
+        "--pubkey", help="with --host: the sshd's Ed25519 host public key file (default: none)"
+    )
     sign.add_argument("--ttl", help="validity (default: 12h for --user, 365d for --host)")
     sign.add_argument("-o", "--out", required=True, help="identity / certificate file path")
     export = authp.add_parser("export", help="print a CA for OpenSSH")
@@ -116,17 +169,35 @@ def build_parser() -> argparse.ArgumentParser:
         audit.add_parser("export", help="events as JSON lines (all of them unless --limit)"),
         default_limit=None,
     )
-    return p
+    return finish(p, "tctl", EXAMPLES, _add_data_dir)
 
 
 def _audit_filters(parser: argparse.ArgumentParser, default_limit: int | None) -> None:
-    parser.add_argument("--type", help="event type, e.g. session.start")
-    parser.add_argument("--node", help="node name or id ('hub' for the hub's own events)")
-    parser.add_argument("--user", help="Remoteler user")
-    parser.add_argument("--session", dest="session_id", help="session id")
-    parser.add_argument("--since", help="from this time: ISO 8601 or a duration ago (1h, 2d)")
-    parser.add_argument("--until", help="before this time: ISO 8601 or a duration ago")
-    parser.add_argument("--limit", type=int, default=default_limit, help="at most N events")
+    parser.add_argument("--type", help="event type, e.g. session.start (default: any)")
+    parser.add_argument(
+        "--node", help="node name or id, 'hub' for the hub's own events (default: any)"
+    )
+    parser.add_argument("--user", help="Remoteler user (default: any)")
+    parser.add_argument("--session", dest="session_id", help="session id (default: any)")
+    parser.add_argument(
+        "--since",
+        help="from this time: ISO 8601 or a duration ago, 1h, 2d (default: the first event)",
+    )
+    parser.add_argument(
+        "--until", help="before this time: ISO 8601 or a duration ago (default: no end)"
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=default_limit,
+        help=f"at most N events, see --order (default: {default_limit or 'all'})",
+    )
+    parser.add_argument(
+        "--order",
+        choices=["desc", "asc"],
+        default="desc",
+        help="which N --limit keeps: desc the newest, asc the oldest; printed oldest first",
+    )
 
 
 async def _backend(args: argparse.Namespace) -> Any:
@@ -177,11 +248,15 @@ async def cmd_users(args: argparse.Namespace) -> None:
                 "logins": list(user.logins),
             }
             if invite:
+                # The pin lets the invitee check the hub on first contact (no trust on first use).
+                pin = tctl_rotate.load_cas(args.data_dir).host.server.pin()
                 data["invite"] = invite
                 data["invite_expires"] = int(time.time()) + 24 * 3600
+                data["ca_pin"] = pin
                 text = (
                     f"User {user.name!r} created. Invite (valid 24h, use once):\n"
-                    f"  tsh login --proxy {_hub_addr(args)} --user {user.name} --invite {invite}"
+                    f"  tsh login --proxy {_hub_addr(args)} --user {user.name} --invite {invite} "
+                    f"--ca-pin {pin}"
                 )
             else:
                 assert user.totp_secret is not None
@@ -344,9 +419,12 @@ async def cmd_auth(args: argparse.Namespace) -> None:
     from remoteler.addr import parse_ttl
 
     if args.cmd == "export":
-        DataDir(Path(args.data_dir)).cluster_name()
+        cluster = DataDir(Path(args.data_dir)).cluster_name()
         for ca in tctl_rotate.load_cas(args.data_dir).of(args.kind).trusted:  # 2 while rotating
-            print(ca.known_hosts_line() if args.kind == "host" else ca.trusted_user_ca_line())
+            # Host CAs: the pattern 'tsh config' writes, so the CA vouches for this
+            # cluster's node names (NODE.<cluster>) only, never for any host at all.
+            line = ca.known_hosts_line(f"*.{cluster}") if args.kind == "host" else None
+            print(line or ca.trusted_user_ca_line())
         return
     if args.cmd == "rotate":
         _emit(args, *await tctl_rotate.cmd_rotate(args))
@@ -624,6 +702,7 @@ async def cmd_audit(args: argparse.Namespace) -> None:
             node = found.id if found else node  # a removed node's id or "hub" still works
     finally:
         await backend.close()
+    newest = args.limit is not None and args.order == "desc"
     store = await AuditStore.open(audit_db_path(Path(args.data_dir)))
     try:
         events = store.iter_search(
@@ -634,12 +713,19 @@ async def cmd_audit(args: argparse.Namespace) -> None:
             since=since,
             until=until,
             limit=args.limit,
+            newest_first=newest,
         )
-        if args.cmd == "export":
+        if args.cmd == "export" and not newest:
             async for event in events:
                 print(json.dumps(audit_json(event), sort_keys=True, default=_json_default))
             return
-        found_events = [e async for e in events]
+        found_events = [e async for e in events]  # at most --limit when newest first
+        if newest:
+            found_events.reverse()  # the newest N, printed oldest first
+        if args.cmd == "export":
+            for event in found_events:
+                print(json.dumps(audit_json(event), sort_keys=True, default=_json_default))
+            return
     finally:
         await store.close()
     if args.format == "json":

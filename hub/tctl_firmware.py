@@ -37,11 +37,14 @@ def register(sub: Any) -> dict[str, Handler]:
     push = fw.add_parser("push", help="start a roll-out of a signed bundle")
     push.add_argument("bundle", type=Path)
     push.add_argument("--nodes", required=True, help="labels the nodes must have: k=v[,k2=v2]")
-    push.add_argument("--canary", help="first roll out to this share of the nodes, e.g. 5%%")
+    push.add_argument(
+        "--canary",
+        help="first roll out to this share of the nodes, e.g. 5%% (default: no canary stage)",
+    )
     push.add_argument(
         "--max-parallel", type=int, default=DEFAULT_PARALLEL, help="transfers at once"
     )
-    push.add_argument("--rate", help="bandwidth cap per transfer, e.g. 256KiB/s")
+    push.add_argument("--rate", help="bandwidth cap per transfer, e.g. 256KiB/s (default: no cap)")
     push.add_argument(
         "--force",
         action="store_true",
@@ -52,7 +55,7 @@ def register(sub: Any) -> dict[str, Handler]:
     stop = fw.add_parser("stop", help="stop a roll-out: no node is offered the bundle any more")
     stop.add_argument("rollout")
     status = fw.add_parser("status", help="roll-outs, or one roll-out's nodes")
-    status.add_argument("rollout", nargs="?")
+    status.add_argument("rollout", nargs="?", help="roll-out id (default: list every roll-out)")
     status.add_argument("--format", choices=["text", "json"], default="text")
     return {"firmware": cmd_firmware}
 

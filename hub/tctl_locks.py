@@ -25,9 +25,11 @@ def register(sub: Any) -> dict[str, Handler]:
         "lock", help="lock a user, node or login: refuse new sessions, end open ones"
     )
     target = lock.add_mutually_exclusive_group(required=True)
-    target.add_argument("--user", help="Remoteler user to lock")
-    target.add_argument("--node", help="node name or id to lock")
-    target.add_argument("--login", help="OS login to lock on every node")
+    target.add_argument(
+        "--user", help="Remoteler user to lock (default: none; give one of --user/--node/--login)"
+    )
+    target.add_argument("--node", help="node name or id to lock (default: none)")
+    target.add_argument("--login", help="OS login to lock on every node (default: none)")
     lock.add_argument("--ttl", help="lift the lock after this long (e.g. 30m, 8h); default never")
     lock.add_argument("--message", default="", help="shown to the locked user")
     lock.add_argument("--format", choices=["text", "json"], default="text")

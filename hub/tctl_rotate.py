@@ -31,7 +31,11 @@ def add_rotate_parser(authp: Any) -> None:
         "(default 30h)",
     )
     rot.add_argument("--manual", action="store_true", help="move one phase at a time")
-    rot.add_argument("--phase", choices=PHASES, help="with --manual: the phase to move to")
+    rot.add_argument(
+        "--phase",
+        choices=PHASES,
+        help="with --manual: the phase to move to (default: none, automatic)",
+    )
     rot.add_argument("--format", choices=["text", "json"], default="text")
 
 

@@ -86,10 +86,35 @@ def read_identity_file(path: Path) -> UserIdentity:
         key, cert_path.read_text().strip(), tls_path.read_bytes(), ca_path.read_bytes()
     )
     try:
-        ident.valid_before  # noqa: B018 - parse now so garbage fails here
+        cert = parse_certificate(ident.ssh_cert)  # parse now so garbage fails here
     except CAError as exc:
         raise ConfigError(f"cannot use {cert_path}: {exc}") from None
+    for path, public in ((cert_path, cert.subject_public), (tls_path, _tls_public(ident.tls_cert))):
+        if not _same_key(public, key):
+            raise ConfigError(
+                f"the key {key_path} does not match its certificate {path.name}: the files "
+                "come from different logins; run 'tsh login' or 'tctl auth sign' again"
+            )
     return ident
+
+
+def _tls_public(pem: bytes) -> object:
+    from cryptography import x509
+
+    try:
+        return x509.load_pem_x509_certificate(pem).public_key()
+    except ValueError:
+        return None
+
+
+def _same_key(public: object, key: Ed25519PrivateKey) -> bool:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    if not isinstance(public, Ed25519PublicKey):
+        return False
+    return public.public_bytes(Encoding.Raw, PublicFormat.Raw) == raw
 
 
 def remove_identity_file(path: Path) -> None:

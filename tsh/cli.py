@@ -10,14 +10,16 @@ import asyncio
 import getpass
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from remoteler.clihelp import finish
 from remoteler.errors import (
+    AccessDenied,
     AuthError,
-    ConfigError,
     HubUnreachable,
     NodeError,
     RemotelerError,
@@ -29,8 +31,38 @@ from remoteler.textfmt import fmt_time, table
 
 def _add_common(p: argparse.ArgumentParser, top: bool) -> None:
     default = None if top else argparse.SUPPRESS
-    p.add_argument("--proxy", default=default, help="hub HOST:PORT")
-    p.add_argument("-i", "--identity", default=default, help="identity file from 'tctl auth sign'")
+    p.add_argument(
+        "--proxy",
+        default=default,
+        help="hub HOST:PORT (default: $TSH_PROXY, else the hub of your current login)",
+    )
+    p.add_argument(
+        "-i",
+        "--identity",
+        default=default,
+        help="identity file from 'tctl auth sign' (default: the keys of your current login)",
+    )
+
+
+LOGIN_HELP = (
+    "remote login, or give login@node (default: the first login your certificate allows, "
+    "see 'tsh status')"
+)
+EXAMPLES = {
+    "login": "tsh login --proxy hub.example.com:3080 --user alice --ca-pin sha256:<pin>\n"
+    "tsh login      # again, as the last user to the last hub",
+    "ls": "tsh ls env=prod --format json",
+    "console": "tsh console pi@truck-042 --port ttyUSB0 --baud 115200",
+    "ssh": "tsh ssh pi@truck-042 uptime\ntsh ssh -N -L 8080:127.0.0.1:80 truck-042",
+    "scp": "tsh scp -r ./logs pi@truck-042:/tmp/",
+    "status": "tsh status --format json",
+    "play": "tsh play 3f2a9c1e --speed 4",
+    "logout": "tsh logout",
+    "proxy": "tsh proxy ssh pi@truck-042.remoteler:22   # what 'tsh config' puts in ssh_config",
+    "proxy ssh": "tsh proxy ssh pi@truck-042.remoteler:22",
+    "config": "tsh config > remoteler.ssh_config && ssh -F remoteler.ssh_config "
+    "pi@truck-042.remoteler",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,11 +72,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     login = sub.add_parser("login", help="log in and get short-lived certificates")
     _add_common(login, False)
-    login.add_argument("--user", default=os.environ.get("USER", ""))
-    login.add_argument("--ca-pin", help="sha256:... from 'tctl status' (else trust on first use)")
-    login.add_argument("--ttl", help="certificate lifetime, e.g. 8h (capped by your roles)")
-    login.add_argument("--otp", help="one-time code (else prompted)")
-    login.add_argument("--invite", help="invite token from 'tctl users add'")
+    login.add_argument(
+        "--user",
+        help="user name (default: $TSH_USER, else the user of the last login to this hub, "
+        "else $USER)",
+    )
+    login.add_argument(
+        "--ca-pin",
+        help="sha256:... from 'tctl status' or the invite (default: the pin remembered for "
+        "this hub, else trust on first use)",
+    )
+    login.add_argument(
+        "--ttl",
+        help="certificate lifetime, e.g. 8h (default: your roles' max_session_ttl, 12h unless "
+        "set; always capped by it)",
+    )
+    login.add_argument("--otp", help="one-time code (default: prompted, or the next line of stdin)")
+    login.add_argument(
+        "--invite", help="invite token from 'tctl users add' (default: none, a password login)"
+    )
 
     ls = sub.add_parser("ls", help="list nodes")
     _add_common(ls, False)
@@ -56,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     console = sub.add_parser("console", help="a node's serial console (docs/serial-console.md)")
     _add_common(console, False)
-    console.add_argument("-l", "--login", help="remote login (or login@node)")
+    console.add_argument("-l", "--login", help=LOGIN_HELP)
     console.add_argument(
         "--port", help="serial port from 'tsh ls -v' (default: the node's only one)"
     )
@@ -71,8 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     group = ssh.add_mutually_exclusive_group()
     group.add_argument("-t", dest="pty", action="store_const", const=True, help="force a pty")
     group.add_argument("-T", dest="pty", action="store_const", const=False, help="disable the pty")
-    ssh.add_argument("-l", "--login", help="remote login (or login@node)")
-    ssh.add_argument("-c", dest="cipher", help="cipher, e.g. chacha20-poly1305@openssh.com")
+    ssh.add_argument("-l", "--login", help=LOGIN_HELP)
+    ssh.add_argument(
+        "-c",
+        dest="cipher",
+        help="cipher, e.g. chacha20-poly1305@openssh.com (default: aes128-gcm first, then "
+        "the others asyncssh offers)",
+    )
     ssh.add_argument(
         "-L",
         dest="local_forwards",
@@ -97,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--format", choices=["text", "json"], default="text")
     play = sub.add_parser("play", help="replay a recorded session")
     _add_common(play, False)
-    play.add_argument("session_id")
+    play.add_argument("session_id", help="a session id, or the start of one ('tctl audit search')")
     play.add_argument("--speed", type=float, default=1.0, help="playback speed factor")
     play.add_argument(
         "--format", choices=["tty", "text", "json"], default="tty", help="tty replays with timing"
@@ -112,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     proxy_ssh.add_argument("target", help="login@host:port (ssh's %%r@%%h:%%p)")
     config = sub.add_parser("config", help="print an ssh_config block for OpenSSH")
     _add_common(config, False)
-    return p
+    return finish(p, "tsh", EXAMPLES)
 
 
 def _read_secret(prompt: str) -> str:
@@ -143,10 +194,9 @@ def _identity(args: argparse.Namespace) -> tuple[str, Any]:
         if args.proxy and args.proxy != profile.hub:
             raise AuthError(f"not logged in to {args.proxy}: run 'tsh login --proxy {args.proxy}'")
         hub = profile.hub
-        try:
-            ident = read_identity_file(profile.key_path)
-        except ConfigError:
-            raise AuthError("your keys are missing: run 'tsh login'") from None
+        if not profile.key_path.exists():
+            raise AuthError("your keys are missing: run 'tsh login'")
+        ident = read_identity_file(profile.key_path)
     try:
         check_not_expired(ident, time.time())
     except AuthError:
@@ -158,24 +208,45 @@ def _identity(args: argparse.Namespace) -> tuple[str, Any]:
     return hub, ident
 
 
+PIN_RE = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def login_target(
+    proxy: str | None, user: str | None, profile: Any, last: tuple[str, str] | None
+) -> tuple[str, str]:
+    """(hub, user) for ``tsh login``: flags, then $TSH_PROXY / $TSH_USER, then the
+    current profile, then the last login (kept by ``tsh logout``), then $USER."""
+    hub = proxy or (profile.hub if profile else None) or (last[0] if last else None)
+    if not hub:
+        raise UsageError("give the hub: tsh login --proxy HOST:PORT --user NAME")
+    user = user or os.environ.get("TSH_USER") or None
+    if not user and profile is not None and profile.hub == hub:
+        user = profile.user
+    if not user and last is not None and last[0] == hub:
+        user = last[1]
+    user = user or os.environ.get("USER") or ""
+    if not user:
+        raise UsageError("give a user name: tsh login --user NAME")
+    return hub, user
+
+
 async def cmd_login(args: argparse.Namespace) -> int:
     from remoteler.ca import generate_private_key, pin_of_cert_pem, public_key_to_openssh
     from remoteler.hubconn import check_pin, fetch_cluster_info, rpc_call
     from remoteler.identity import UserIdentity, write_identity_file
     from remoteler.tlsutil import client_context
     from tsh.agentkeys import add_to_agent
-    from tsh.profile import Profile, known_pin, remember_pin
+    from tsh.profile import Profile, known_pin, last_login, remember_login, remember_pin
 
-    profile = Profile.load()
-    hub = args.proxy or (profile.hub if profile else None)
-    if not hub:
-        raise UsageError("give the hub: tsh login --proxy HOST:PORT --user NAME")
-    if not args.user:
-        raise UsageError("give a user name: tsh login --user NAME")
+    hub, args.user = login_target(args.proxy, args.user, Profile.load(), last_login())
+    if args.ca_pin and not PIN_RE.fullmatch(args.ca_pin.strip().lower()):
+        raise UsageError(
+            f"bad --ca-pin {args.ca_pin[:80]!r}: give sha256:<64 hex digits> from 'tctl status'"
+        )
     info = await fetch_cluster_info(hub)
     pin = pin_of_cert_pem(info["host_ca_pem"].encode())
     if args.ca_pin:
-        check_pin(info, args.ca_pin)
+        check_pin(info, args.ca_pin)  # the pin, not trust on first use, vouches for the hub
     else:
         remembered = known_pin(hub)
         if remembered and remembered != pin:
@@ -230,6 +301,7 @@ async def cmd_login(args: argparse.Namespace) -> int:
     write_identity_file(new.key_path, key, result["ssh_cert"], result["tls_cert"].encode(), ca_pem)
     new.save()
     remember_pin(hub, pin)
+    remember_login(hub, args.user)
     ident = UserIdentity(key, result["ssh_cert"], result["tls_cert"].encode(), ca_pem)
     in_agent = await add_to_agent(ident)
     print(f"Logged in as {args.user} to {hub} (cluster {new.cluster})")
@@ -252,7 +324,11 @@ async def cmd_ls(args: argparse.Namespace) -> int:
     ctx = client_context(ident.host_ca_pem, ident.tls_cert, ident.key_pem)
     nodes = await rpc_call(hub, ctx, "nodes.list", labels=want)
     if args.format == "json":
-        print(json.dumps(nodes, indent=2, sort_keys=True))
+        print(json.dumps(nodes, indent=2, sort_keys=True))  # [] when none: stdout stays JSON
+        return 0
+    if not nodes:  # stdout stays empty for scripts; the person reads stderr
+        which = f" {format_labels(want)}" if want else ""
+        print(f"no nodes match{which} (or none you may access)", file=sys.stderr)
         return 0
     rows = [
         [
@@ -278,8 +354,8 @@ async def cmd_ssh(args: argparse.Namespace) -> int:
 
     login, _, node = args.target.rpartition("@")
     login = args.login or login
-    if not login or not node:
-        raise UsageError("give the login and the node: tsh ssh login@node [command]")
+    if not node:
+        raise UsageError("give the node: tsh ssh [login@]node [command]")
     if args.no_command and args.cmd:
         raise UsageError("-N runs no command: drop the command or -N")
     forwards = []
@@ -288,6 +364,9 @@ async def cmd_ssh(args: argparse.Namespace) -> int:
 
         forwards = [parse_local_forward(spec) for spec in args.local_forwards]
     hub, ident = _identity(args)
+    login = login or _default_login(ident)
+    if forwards:
+        await _check_forwarding(hub, ident, login, node)  # refused: fail before binding
     ciphers = [args.cipher] if args.cipher else None
     conn = await open_ssh(hub, ident, login, node, ciphers)
     import asyncssh  # already loaded by open_ssh
@@ -299,6 +378,9 @@ async def cmd_ssh(args: argparse.Namespace) -> int:
             await conn.wait_closed()
             raise NodeError(f"connection to {node!r} closed")
         return await run_session(conn, list(args.cmd), args.pty)
+    except asyncssh.ChannelOpenError as exc:
+        # The node refused the session (e.g. the login does not exist there): its reason.
+        raise NodeError(exc.reason or f"node {node!r} refused the session") from None
     except (asyncssh.DisconnectError, ConnectionError) as exc:
         # The node's tunnel died (dead link, agent restart) or the hub went away:
         # as ssh, exit 255 with one line rather than a traceback.
@@ -309,6 +391,35 @@ async def cmd_ssh(args: argparse.Namespace) -> int:
         ) from None
     finally:
         conn.close()
+
+
+def _default_login(ident: Any) -> str:
+    """The first login the certificate allows (as Teleport's default login)."""
+    for login in ident.logins:
+        if not login.startswith("-"):  # "-remoteler-no-login-USER": a placeholder
+            return str(login)
+    raise UsageError("your certificate allows no login: ask an admin to add one to your roles")
+
+
+async def _check_forwarding(hub: str, ident: Any, login: str, node: str) -> None:
+    """AccessDenied with the role's reason if ``-L`` would be refused on ``node``.
+
+    The certificate carries what the device decides on (the permit-port-forwarding
+    extension and the signed rules); the node's labels come from ``nodes.list``.
+    """
+    from remoteler.hubconn import rpc_call
+    from remoteler.tlsutil import client_context
+    from tsh.forward import forward_refusal
+
+    reason = forward_refusal(ident.ssh_cert, login, node, None)
+    if reason is None:
+        ctx = client_context(ident.host_ca_pem, ident.tls_cert, ident.key_pem)
+        nodes = await rpc_call(hub, ctx, "nodes.list", labels={})
+        found = [n for n in nodes if node in (n.get("name"), n.get("id"))]
+        if found:  # a node we cannot list: the connection says "not found or denied"
+            reason = forward_refusal(ident.ssh_cert, login, node, found[0].get("labels") or {})
+    if reason is not None:
+        raise AccessDenied(f"-L refused: {reason}")
 
 
 async def cmd_scp(args: argparse.Namespace) -> int:
@@ -326,18 +437,21 @@ async def cmd_console(args: argparse.Namespace) -> int:
 
     login, _, node = args.target.rpartition("@")
     login = args.login or login
-    if not login or not node:
-        raise UsageError("give the login and the node: tsh console login@node [--port PATH]")
+    if not node:
+        raise UsageError("give the node: tsh console [login@]node [--port PATH]")
     try:
         baud = parse_baud(args.baud)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     hub, ident = _identity(args)
+    login = login or _default_login(ident)
     conn = await open_ssh(hub, ident, login, node)
     import asyncssh  # already loaded by open_ssh
 
     try:
         return await run_console(conn, args.port, baud, args.read_only)
+    except asyncssh.ChannelOpenError as exc:  # e.g. the login does not exist there
+        raise NodeError(exc.reason or f"node {node!r} refused the session") from None
     except (asyncssh.DisconnectError, ConnectionError) as exc:
         reason = exc.reason if isinstance(exc, asyncssh.Error) else str(exc)
         raise NodeError(
@@ -490,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
 
     malloc.tune()
     args = build_parser().parse_args(argv)
+    args.proxy = args.proxy or os.environ.get("TSH_PROXY") or None
     try:
         return asyncio.run(COMMANDS[args.command](args))
     except RemotelerError as err:

@@ -93,3 +93,41 @@ async def start_local_forwards(conn: Any, forwards: list[LocalForward]) -> list[
             ) from None
         listeners.append(listener)
     return listeners
+
+
+#: The OpenSSH certificate extension a device requires for ``direct-tcpip``.
+PERMIT_PORT_FORWARDING = "permit-port-forwarding"
+
+
+def forward_refusal(
+    ssh_cert: str, login: str, node: str, labels: dict[str, str] | None
+) -> str | None:
+    """Why the device will refuse ``-L`` for ``login`` on ``node``, or None.
+
+    Decided as the device does (edge_agent.forward), from our own certificate:
+    a role that sets ``port_forwarding = false`` (named), the certificate's
+    permit-port-forwarding extension, and with the node's ``labels`` (None:
+    unknown, skip) whether a role allowing this login there grants it.
+    """
+    from remoteler.access import RULES_EXTENSION, decide, decode_rules
+    from remoteler.ca import CAError, parse_certificate
+
+    try:
+        cert = parse_certificate(ssh_cert)
+        rules = decode_rules(cert.extensions.get(RULES_EXTENSION) or "")
+    except (CAError, ValueError):
+        return None  # the device says why; nothing to tell in advance
+    vetoing = sorted({r.role for r in rules if "port_forwarding" in r.vetoes})
+    if vetoing:
+        return f"port forwarding is off: your role {vetoing[0]!r} sets port_forwarding = false"
+    if PERMIT_PORT_FORWARDING not in cert.extensions:
+        return "port forwarding is not permitted by your certificate"
+    if labels is None:
+        return None
+    decision = decide(rules, login, labels, node=node, user=cert.key_id)
+    if decision.allowed and not decision.permissions.port_forwarding:
+        return (
+            f"port forwarding is not permitted for login {login!r} on {node!r}: "
+            "no role of yours that allows it there grants port_forwarding"
+        )
+    return None

@@ -3,6 +3,8 @@
 Layout::
 
     ~/.tsh/profile                     JSON: current hub, user, cluster, CA pin
+    ~/.tsh/last_login                  JSON: hub and user of the last login (kept by
+                                       'tsh logout': 'tsh login' alone logs in again)
     ~/.tsh/keys/<hub>/<user>           OpenSSH private key (0600)
     ~/.tsh/keys/<hub>/<user>-cert.pub  SSH user certificate
     ~/.tsh/keys/<hub>/<user>-tls.crt   x509 client certificate for the hub
@@ -55,6 +57,19 @@ class Profile:
     @staticmethod
     def remove() -> None:
         (tsh_home() / "profile").unlink(missing_ok=True)
+
+
+def last_login() -> tuple[str, str] | None:
+    """(hub, user) of the last successful ``tsh login``; kept across ``tsh logout``."""
+    try:
+        data = json.loads((tsh_home() / "last_login").read_text())
+        return str(data["hub"]), str(data["user"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def remember_login(hub: str, user: str) -> None:
+    write_secret_file(tsh_home() / "last_login", json.dumps({"hub": hub, "user": user}).encode())
 
 
 def known_pin(hub: str) -> str | None:

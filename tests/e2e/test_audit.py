@@ -85,7 +85,7 @@ def _openssh(
             "-o",
             "StrictHostKeyChecking=yes",
             "-o",
-            f"HostKeyAlias={node}",
+            f"HostKeyAlias={known.read_text().split()[1].replace('*', node, 1)}",
             "-o",
             "BatchMode=yes",
             "-o",

@@ -169,7 +169,7 @@ def _openssh(
             "-o",
             "GlobalKnownHostsFile=/dev/null",
             "-o",
-            f"HostKeyAlias={alias}",
+            f"HostKeyAlias={known_hosts.read_text().split()[1].replace('*', alias, 1)}",
             "-o",
             "StrictHostKeyChecking=yes",
             "-o",

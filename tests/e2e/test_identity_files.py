@@ -133,7 +133,7 @@ def keygen_l(path: Path) -> KeygenL:
 
 def _ca_fingerprint(fleet: Fleet, kind: str) -> str:
     line = fleet.cluster.tctl("auth", "export", "--type", kind).stdout.splitlines()[0]
-    key = line.split(None, 2)[2] if kind == "host" else line  # @cert-authority * KEY [COMMENT]
+    key = line.split(None, 2)[2] if kind == "host" else line  # @cert-authority PATTERN KEY
     out = subprocess.run(
         ["ssh-keygen", "-l", "-f", "-"], input=key, capture_output=True, text=True, timeout=30
     )

@@ -163,16 +163,20 @@ def test_forward_reaches_a_device_service_then_refused_when_a_role_says_no(
     cluster.tctl("create", "-f", str(role))
     assert cluster.login("alice", offset_steps=1).returncode == 0  # a fresh TOTP step
     before = service.connections
-    assert _through(cluster, err, _tsh_forward(spec), local, b"refused?") == b""
-    message = err.read_text()
-    assert f"the node refused forwarding to 127.0.0.1:{target}: " in message
-    assert "port forwarding is not permitted by your certificate" in message
-    if OPENSSH:
+    # tsh reads the veto from its own certificate: it fails at once, binding nothing.
+    early = subprocess.run(
+        _tsh_forward(spec), capture_output=True, text=True, env=cluster.env(), timeout=60
+    )
+    assert early.returncode == 255 and not _listening(local)
+    assert early.stderr == (
+        "tsh: -L refused: port forwarding is off: your role 'access' sets port_forwarding = false\n"
+    )
+    if OPENSSH:  # the device refuses too, whatever the client (and records it)
         argv = _openssh_forward(cluster, tmp_path, spec)
         assert _through(cluster, err, argv, local, b"refused?") == b""
         message = err.read_text()
         assert "administratively prohibited: port forwarding is not permitted" in message
+        refused = _events(cluster, "port.forward", lambda e: e["fields"].get("allowed") is False)
+        assert refused[0]["user"] == "alice" and refused[0]["fields"]["port"] == target
+        assert "port_forwarding = false" in refused[0]["fields"]["reason"]
     assert service.connections == before, "nothing reached the service"
-    refused = _events(cluster, "port.forward", lambda e: e["fields"].get("allowed") is False)
-    assert refused[0]["user"] == "alice" and refused[0]["fields"]["port"] == target
-    assert "port_forwarding = false" in refused[0]["fields"]["reason"]

@@ -50,7 +50,8 @@ def test_json_shapes_and_removals(cluster: Cluster, tmp_path: Path) -> None:
 def test_auth_export_lines_are_what_openssh_reads(cluster: Cluster, tmp_path: Path) -> None:
     host = cluster.tctl("auth", "export", "--type", "host").stdout.strip()
     user = cluster.tctl("auth", "export", "--type", "user").stdout.strip()
-    assert host.startswith("@cert-authority * ssh-ed25519 ")
+    cluster_name = cluster.tctl_json("status")["cluster"]
+    assert host.startswith(f"@cert-authority *.{cluster_name} ssh-ed25519 ")
     assert user.startswith("ssh-ed25519 ")
     path = tmp_path / "user_ca.pub"
     path.write_text(user + "\n")

@@ -104,6 +104,36 @@ async def test_search_pages_through_more_than_a_page(
     await store.insert("n", batch)
     assert [e.id for e in await store.search(limit=None)] == [e.id for e in batch]
     assert [e.id for e in await store.search(limit=20)] == [e.id for e in batch[:20]]
+    newest = [e.id async for e in store.iter_search(limit=20, newest_first=True)]
+    assert newest == [e.id for e in reversed(batch[-20:])]  # keyset paging backwards
+    every = [e.id async for e in store.iter_search(newest_first=True)]
+    assert every == [e.id for e in reversed(batch)]
+
+
+async def test_a_short_session_id_resolves_to_one_of_the_users_sessions(
+    store: AuditStore,
+) -> None:
+    from remoteler.errors import UsageError
+
+    await store.insert(
+        "n",
+        [
+            _ev("session.start", 1, 1.0, session_id="abcd1111-x", user="u"),
+            _ev("exec", 2, 2.0, session_id="abcd1111-x", user="u"),
+            _ev("session.start", 3, 3.0, session_id="abcd2222-y", user="u"),
+            _ev("session.start", 4, 4.0, session_id="abce3333-z", user="other"),
+            _ev("session.start", 5, 5.0, session_id="ab%_4444", user="u"),
+        ],
+    )
+    resolve = audit_store.resolve_session_prefix
+    assert await resolve(store, "abcd1", "u") == "abcd1111-x"
+    assert await resolve(store, "abce", "u") == "abce"  # someone else's: not resolved
+    assert await resolve(store, "abce", "other") == "abce3333-z"
+    assert await resolve(store, "ab%_", "u") == "ab%_4444"  # no LIKE wildcards
+    assert await resolve(store, "abc", "u") == "abc"  # too short to look up
+    with pytest.raises(UsageError) as err:
+        await resolve(store, "abcd", "u")
+    assert "abcd1111-x, abcd2222-y" in str(err.value) and "more characters" in str(err.value)
 
 
 async def test_session_is_ordered_by_seq(store: AuditStore) -> None:

@@ -100,7 +100,24 @@ def test_search_json_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     )
     assert [e["id"] for e in typed] == [old.id]
     limited = json.loads(_run(capsys, tmp_path, "search", "--limit", "1", "--format", "json"))
-    assert [e["id"] for e in limited] == [old.id]
+    assert [e["id"] for e in limited] == [chunk.id]  # the newest
+
+
+def test_limit_keeps_the_newest_printed_oldest_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old, login, start, chunk = _fill(tmp_path)
+
+    def ids(*argv: str) -> list[str]:
+        return [e["id"] for e in json.loads(_run(capsys, tmp_path, *argv, "--format", "json"))]
+
+    assert ids("search", "--limit", "2") == [start.id, chunk.id]
+    assert ids("search", "--limit", "2", "--order", "asc") == [old.id, login.id]
+    assert ids("search", "--limit", "99") == [old.id, login.id, start.id, chunk.id]
+    exported = _run(capsys, tmp_path, "export", "--limit", "3").splitlines()
+    assert [json.loads(line)["id"] for line in exported] == [login.id, start.id, chunk.id]
+    table = _run(capsys, tmp_path, "search", "--limit", "1").splitlines()
+    assert len(table) == 3 and "session.data" in table[2]  # header, rule, the newest
 
 
 def test_search_text_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
