@@ -30,13 +30,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--ca-pin", required=True, help="sha256:... from 'tctl status'")
     token = p.add_mutually_exclusive_group(required=True)
     token.add_argument(
-        "--token-file", metavar="FILE", help="read the join token from FILE (not argv)"
+        "--token-file",
+        metavar="FILE",
+        help="read the join token from FILE, not argv (default: none)",
     )
     token.add_argument(
         "--token-stdin", action="store_true", help="read the token from stdin (not argv)"
     )
     token.add_argument(
-        "--token", help="join token from 'tctl tokens add --type node' (visible in ps)"
+        "--token",
+        help="join token from 'tctl tokens add --type node' (default: none; visible in ps)",
     )
     p.add_argument("--labels", default="", help="k=v,k2=v2 (labels on the token win)")
     p.add_argument("--name", help="node name (default: the device's host name)")
