@@ -36,6 +36,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from hub.admission import Gate, LagGovernor
+from hub.wsguard import GuardedConnection, WsGuardLimits
 from remoteler.tlshello import MAX_HELLO, NotClientHello, parse_client_hello
 from remoteler.tlsutil import TUNNEL_ALPN
 
@@ -133,6 +134,7 @@ class Listener:
         self.subprotocols = [Subprotocol(s) for s in subprotocols]
         self.max_size = max_size
         self.limits = limits or ListenerLimits()
+        self.guard = WsGuardLimits()
         self.lanes = {
             "tunnel": _Lane("tunnel", self.limits.tunnel_handshakes),
             "user": _Lane("user", self.limits.user_handshakes),
@@ -275,7 +277,8 @@ class Listener:
                 max_size=self.max_size,
                 logger=server.logger,
             )
-            return ServerConnection(protocol, server, ping_interval=None)
+            # Caps the bytes a peer can make us buffer, bounds close() (hub/wsguard.py).
+            return GuardedConnection(protocol, server, ping_interval=None, guard=self.guard)
 
         try:
             await loop.connect_accepted_socket(
