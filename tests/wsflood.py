@@ -16,9 +16,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-import msgpack
-
-from remoteler.wire.codes import FrameType
+from remoteler.wire.frames import MAX_SEQ, PingFrame, encode_frame
 
 OP_BINARY, OP_PING = 0x2, 0x9
 
@@ -40,7 +38,7 @@ def ws_frame(opcode: int, payload: bytes) -> bytes:
 
 def tunnel_ping(seq: int) -> bytes:
     """Our wire protocol's PING frame (no status payload), as one binary message."""
-    return bytes(msgpack.packb([int(FrameType.PING), seq & 0xFFFFFFFF]))
+    return encode_frame(PingFrame(seq & MAX_SEQ, None))
 
 
 @dataclass
@@ -69,7 +67,7 @@ async def open_raw(
         sock.close()
         raise
     reader, writer = await asyncio.open_connection(
-        sock=sock, ssl=ctx, server_hostname="remoteler-hub", limit=1 << 16
+        sock=sock, ssl=ctx, server_hostname="remoteler-hub", limit=8192
     )
     key = base64.b64encode(os.urandom(16)).decode()
     writer.write(
@@ -117,7 +115,9 @@ async def flood(
 async def tunnel_pings(writer: asyncio.StreamWriter, seconds: float, batch: int = 64) -> Flood:
     """Flood with tunnel PING frames (each its own websocket binary message)."""
     frames = b"".join(ws_frame(OP_BINARY, tunnel_ping(i)) for i in range(batch))
-    return await flood(writer, frames, seconds, batch=1)
+    out = await flood(writer, frames, seconds, batch=1)
+    out.sent *= batch  # frames, not writes
+    return out
 
 
 def ws_ping(size: int = 125) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import ssl
 import time
@@ -28,7 +29,6 @@ from remoteler import rpc
 from remoteler.ca import private_key_to_pkcs8_pem
 from remoteler.hubconn import fetch_cluster_info
 from remoteler.tlsutil import TUNNEL_ALPN, client_context
-from remoteler.wire.limits import Limits
 
 MiB = 1 << 20
 #: how long each flood may run: the hub cuts it off in ~3 s (after the kernel's
@@ -128,19 +128,23 @@ async def test_ping_flood_on_the_tunnel_is_cut_off(cluster: Cluster) -> None:
 
 async def test_tunnel_ping_frames_without_reading_stay_capped(hub: Hub) -> None:
     """Our own protocol's PINGs: the hub's unsent PONGs stay under the core's cap."""
+    cap = 256  # a small cap: the flood outruns it within the test's seconds
+    hub.server.limits = dataclasses.replace(hub.server.limits, max_queued_control=cap)
     cert, key = await hub.node_creds("flood")
     ctx = cast(ssl.SSLContext, hub.tls(cert, key, alpn=[TUNNEL_ALPN]))
     _, writer = await open_raw(
         "127.0.0.1", hub.port, "/v1/tunnel?heartbeat=30&misses=3", ctx, TUNNEL_SUBPROTOCOL
     )
-    cap = Limits().max_queued_control
     most = 0
 
     async def watch() -> None:
         nonlocal most
         while True:
             for live in hub.server.registry.live():  # the flooder's tunnel only
-                most = max(most, live.tunnel._core.queued_control)
+                if not most:  # a slow link: the PONGs soon wait in the hub, not the kernel
+                    sock = live.tunnel.get_extra_info("socket")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+                most = max(most, live.tunnel._core.queued_control, 1)
             await asyncio.sleep(0.01)
 
     watcher = asyncio.ensure_future(watch())
