@@ -45,8 +45,10 @@ class WsGuardLimits:
     #: peers never get near it: a websocket PONG is at most 127 bytes and
     #: websockets pauses our own sends at ``write_limit`` (32 KiB).
     max_unsent: int = 1 << 20
-    #: seconds a send may wait without the peer taking a single byte
-    stall_timeout: float = 60.0
+    #: seconds a send may wait without the peer taking a single byte: longer
+    #: than a tunnel's heartbeat timeout (90 s), which acts first on tunnels;
+    #: a suspended ``tsh`` (Ctrl-Z) with output pending keeps its session this long
+    stall_timeout: float = 120.0
     #: seconds for the whole closing handshake, flush included
     close_timeout: float = 10.0
 

@@ -19,7 +19,16 @@ from typing import Any, cast
 import pytest
 from helpers import Cluster
 from hubkit import Hub
-from wsflood import close_quietly, flood, open_raw, tunnel_pings, vm_rss, ws_ping
+from wsflood import (
+    OP_BINARY,
+    close_quietly,
+    flood,
+    open_raw,
+    tunnel_pings,
+    vm_rss,
+    ws_frame,
+    ws_ping,
+)
 
 import hub.server as hub_server
 from edge_agent.join import join
@@ -187,5 +196,33 @@ async def test_silent_peer_is_closed_by_the_idle_timeout_and_close_deadline(
         assert conn.state.name == "CLOSED", "the silent peer's connection is still open"
         assert time.monotonic() - opened < 6
         assert "closing took" in (getattr(conn, "aborted_for", None) or "")
+    finally:
+        close_quietly(writer)
+
+
+async def test_a_send_the_peer_never_reads_is_aborted_at_the_stall_deadline(hub: Hub) -> None:
+    """The hub has an answer to send and the peer reads nothing: the send gives up
+    after ``stall_timeout`` (here 1 s) instead of holding the connection for ever."""
+    assert hub.server.listener is not None and hub.server.server is not None
+    hub.server.listener.guard = WsGuardLimits(stall_timeout=1.0, max_unsent=64 * MiB)
+    _, writer = await open_raw("127.0.0.1", hub.port, "/v1/rpc", insecure(), rpc.SUBPROTOCOL)
+    try:
+        (conn,) = hub.server.server.connections
+        conn.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 8192
+        )
+        ping = ws_ping() * 64
+        async with asyncio.timeout(5):  # unread PONGs past write_limit: sends now wait
+            while conn.transport.get_write_buffer_size() < 64 * 1024:
+                writer.write(ping)
+                await writer.drain()
+                await asyncio.sleep(0)
+        writer.write(ws_frame(OP_BINARY, rpc.encode({"id": 1, "method": "ping", "params": {}})))
+        asked = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(conn.wait_closed(), 6)
+        assert conn.state.name == "CLOSED", "the hub still waits to send its answer"
+        assert time.monotonic() - asked < 5
+        assert "took no data" in (getattr(conn, "aborted_for", None) or "")
     finally:
         close_quietly(writer)
