@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import socket
 import ssl
 import time
@@ -18,7 +19,8 @@ from typing import Any, cast
 
 import pytest
 from helpers import Cluster
-from hubkit import Hub
+from hubkit import FakeAgent, Hub
+from websockets.asyncio.client import connect
 from wsflood import (
     OP_BINARY,
     close_quietly,
@@ -32,12 +34,13 @@ from wsflood import (
 
 import hub.server as hub_server
 from edge_agent.join import join
-from hub.server import TUNNEL_SUBPROTOCOL
-from hub.wsguard import WsGuardLimits
+from hub.server import CONNECT_SUBPROTOCOL, TUNNEL_SUBPROTOCOL
+from hub.wsguard import GuardedConnection, WsGuardLimits
 from remoteler import rpc
 from remoteler.ca import private_key_to_pkcs8_pem
 from remoteler.hubconn import fetch_cluster_info
 from remoteler.tlsutil import TUNNEL_ALPN, client_context
+from remoteler.wire.aio import ChannelRequest
 
 MiB = 1 << 20
 #: how long each flood may run: the hub cuts it off in ~3 s (after the kernel's
@@ -226,3 +229,70 @@ async def test_a_send_the_peer_never_reads_is_aborted_at_the_stall_deadline(hub:
         assert "took no data" in (getattr(conn, "aborted_for", None) or "")
     finally:
         close_quietly(writer)
+
+
+class EchoAgent(FakeAgent):
+    async def on_channel(self, request: ChannelRequest) -> None:
+        channel = request.accept()
+        while data := await channel.read(1 << 20):
+            channel.write(data)
+            await channel.drain()
+        channel.write_eof()
+
+
+async def test_a_bulk_relay_stays_far_below_the_cap(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Legitimate traffic, measured: 4 MiB echoed through /v1/connect and the tunnel
+    in 256 KiB messages over small socket buffers, the user's client pinging every
+    50 ms. What the peers made
+    the hub buffer beyond its own message in flight stays far below ``max_unsent``."""
+    most = raw = 0
+    original = GuardedConnection.data_received
+
+    slow: set[GuardedConnection] = set()
+
+    def measured(self: GuardedConnection, data: bytes) -> None:
+        nonlocal most, raw
+        if self not in slow:  # small kernel buffers, as on a slow link: ours fill
+            slow.add(self)
+            sock = self.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        original(self, data)
+        if not self.transport.is_closing():
+            unsent = self.transport.get_write_buffer_size()
+            raw = max(raw, unsent)
+            most = max(most, unsent - self._own_bytes)
+
+    monkeypatch.setattr(GuardedConnection, "data_received", measured)
+    agent = EchoAgent()
+    await agent.dial(hub, "echo")
+    try:
+        async with asyncio.timeout(60):
+            while not hub.server.registry.live():
+                await asyncio.sleep(0.02)
+            creds = await hub.user_creds("alice")
+            async with connect(
+                hub.url("/v1/connect?node=echo&login=pi"),
+                ssl=hub.tls(*creds),
+                compression=None,
+                subprotocols=[CONNECT_SUBPROTOCOL],  # type: ignore[list-item]
+                ping_interval=0.05,
+                max_size=2 << 20,
+            ) as ws:
+                chunk, total = os.urandom(256 * 1024), 4 * MiB
+
+                async def send() -> None:
+                    for _ in range(total // len(chunk)):
+                        await ws.send(chunk)
+
+                sender = asyncio.ensure_future(send())
+                got = 0
+                while got < total:
+                    got += len(await ws.recv())
+                await sender
+    finally:
+        await agent.close()
+    assert got == total
+    assert raw > 0, "the relay never had bytes waiting: nothing was measured"
+    assert most < WsGuardLimits().max_unsent // 4, f"{most} bytes unsent beyond our own"
