@@ -124,21 +124,6 @@ def ws_ping(size: int = 125) -> bytes:
     return ws_frame(OP_PING, os.urandom(size))
 
 
-async def is_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-    """True if the hub has closed or reset the connection (reads and drops what it sent)."""
-    if writer.transport.is_closing():
-        return True
-    try:
-        while True:
-            data = await asyncio.wait_for(reader.read(1 << 20), 0.05)
-            if not data:
-                return True
-    except TimeoutError:
-        return False
-    except (ConnectionError, OSError, ssl.SSLError):
-        return True
-
-
 def close_quietly(writer: asyncio.StreamWriter) -> None:
     transport = writer.transport
     if not transport.is_closing():

@@ -294,5 +294,6 @@ async def test_a_bulk_relay_stays_far_below_the_cap(
     finally:
         await agent.close()
     assert got == total
+    assert len(slow) == 2, "the tunnel and /v1/connect: both guarded"
     assert raw > 0, "the relay never had bytes waiting: nothing was measured"
     assert most < WsGuardLimits().max_unsent // 4, f"{most} bytes unsent beyond our own"
