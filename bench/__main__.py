@@ -21,6 +21,7 @@ MODULES = [
     "bench.audit",
     "bench.chaos",
     "bench.recording_proxy",
+    "bench.attack_memory",
 ]
 
 

@@ -42,6 +42,7 @@ from websockets.typing import Subprotocol
 from hub.admission import Gate, LagGovernor, source_key
 from hub.dropcount import DropCounter
 from hub.tlswatch import HandshakeDeadline, WatchedContext
+from hub.wsguard import GuardedConnection, WsGuardLimits
 from remoteler.tlshello import MAX_HELLO, NotClientHello, parse_client_hello
 from remoteler.tlsutil import TUNNEL_ALPN
 
@@ -154,6 +155,7 @@ class Listener:
         self.subprotocols = [Subprotocol(s) for s in subprotocols]
         self.max_size = max_size
         self.limits = limits or ListenerLimits()
+        self.guard = WsGuardLimits()
         self.lanes = {
             "tunnel": _Lane(
                 "tunnel", self.limits.tunnel_handshakes, self.limits.tunnel_handshakes_per_addr
@@ -331,7 +333,8 @@ class Listener:
                 max_size=self.max_size,
                 logger=server.logger,
             )
-            return ServerConnection(protocol, server, ping_interval=None)
+            # Caps the bytes a peer can make us buffer, bounds close() (hub/wsguard.py).
+            return GuardedConnection(protocol, server, ping_interval=None, guard=self.guard)
 
         deadline = HandshakeDeadline(
             loop.time(), self.limits.tls_reply_timeout, self.limits.handshake_timeout

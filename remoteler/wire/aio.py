@@ -311,6 +311,9 @@ class Tunnel:
         self._draining: set[Channel] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
+        #: set when the core's control backlog is below the adapter's pause mark
+        self._room = asyncio.Event()
+        self._room.set()
         self._finished = asyncio.Event()
         self._running = False
         self.closed = asyncio.Event()
@@ -451,8 +454,16 @@ class Tunnel:
         from websockets.exceptions import ConnectionClosed as WsClosed
 
         core, ws, clock = self._core, self._ws, self._clock
+        # Stop reading while our replies to the peer's frames are not being sent:
+        # well below the core's cap, so a slow but honest peer only waits.
+        pause_at = max(core.limits.max_queued_control // 4, 1)
         try:
             while core.state is State.OPEN:
+                if core.queued_control >= pause_at:
+                    self._room.clear()
+                    self._wakeup.set()
+                    await self._room.wait()
+                    continue
                 message = await ws.recv()
                 core.receive_message(message, clock())
                 self._process()
@@ -475,6 +486,7 @@ class Tunnel:
                 # the transport holds more than its write_limit (32 KiB, resuming
                 # at 8 KiB), so little more than one frame is queued there.
                 while messages := core.messages_to_send(1):
+                    self._room.set()
                     self._notify_drainers()
                     for message in messages:
                         await ws.send(message)
@@ -557,6 +569,7 @@ class Tunnel:
         self.close_code, self.close_reason = code, reason
         self.retry_after = retry_after
         self.closed.set()
+        self._room.set()
         channels, self._channels = self._channels, {}
         for channel in channels.values():
             channel._set_closed()

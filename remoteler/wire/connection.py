@@ -193,6 +193,11 @@ class Connection:
         """True if :meth:`messages_to_send` may return something."""
         return bool(self._out) or (self._sched.size > 0 and self._state is State.OPEN)
 
+    @property
+    def queued_control(self) -> int:
+        """Frames queued for :meth:`messages_to_send` (control frames: PONG, WINDOW...)."""
+        return len(self._out)
+
     def channel_state(self, channel_id: int) -> ChannelState:
         ch = self._channels.get(channel_id)
         return ChannelState.CLOSED if ch is None else ch.state
@@ -232,6 +237,15 @@ class Connection:
         self.last_received = now
         if isinstance(message, str):
             self.fail(ErrorCode.TEXT_MESSAGE, "text websocket message")
+            return
+        if len(self._out) >= self.limits.max_queued_control:
+            # Each frame the peer sends may queue a reply (PONG, CLOSE); it sends
+            # more while it reads none of them. Refuse to pile them up.
+            self._out.clear()
+            self.fail(
+                ErrorCode.FLOW_CONTROL,
+                f"{len(self._out)} control frames unsent: the peer is not reading",
+            )
             return
         try:
             frame = decode_frame(message, self.limits)

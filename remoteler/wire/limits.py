@@ -35,6 +35,13 @@ class Limits:
     """The tunnel fails after ``heartbeat_interval * allowed_misses`` s of silence."""
     send_heartbeats: bool = False
     """True on the dialing agent; the hub only answers PINGs and watches for silence."""
+    max_queued_control: int = 4096
+    """Control frames (PONG, WINDOW, OPEN_OK, CLOSE...) queued and not yet taken by
+    :meth:`~remoteler.wire.connection.Connection.messages_to_send`. Input that arrives
+    while this many wait fails the tunnel with ``FLOW_CONTROL``: a peer that sends
+    PINGs and reads none of our PONGs cannot pile them up. The asyncio adapter stops
+    reading at a quarter of it until its writer catches up, so a slow but honest
+    peer never gets there."""
 
     def __post_init__(self) -> None:
         if self.max_data_chunk < 1 or self.max_data_chunk + DATA_OVERHEAD > self.max_frame_bytes:
@@ -47,5 +54,7 @@ class Limits:
             raise ValueError("need 2 <= initial_window <= max_window <= 2**32 - 1")
         if self.max_meta_bytes < 64 or self.max_meta_bytes > self.max_frame_bytes:
             raise ValueError("max_meta_bytes must be in [64, max_frame_bytes]")
+        if self.max_queued_control < 4:
+            raise ValueError("max_queued_control must be >= 4")
         if self.heartbeat_interval < 0 or self.allowed_misses < 1:
             raise ValueError("heartbeat_interval must be >= 0 and allowed_misses >= 1")

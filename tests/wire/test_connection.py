@@ -30,6 +30,7 @@ from remoteler.wire.frames import (
     OpenFailFrame,
     OpenFrame,
     OpenOkFrame,
+    PingFrame,
     PongFrame,
     WindowFrame,
     decode_frame,
@@ -690,6 +691,34 @@ def test_silence_fails_both_sides_with_heartbeat_timeout() -> None:
     assert pair.listener.state is State.OPEN
     pair.listener.handle_timer(30.0)
     assert_failed(pair.listener, ErrorCode.HEARTBEAT_TIMEOUT)
+
+
+def test_ping_flood_without_reading_fails_at_the_control_cap() -> None:
+    """A peer that sends PINGs and never lets our PONGs out cannot pile them up."""
+    hub = Connection(Role.LISTENER, Limits(max_queued_control=64))
+    for seq in range(64):
+        inject(hub, PingFrame(seq, None))
+    assert hub.state is State.OPEN and hub.queued_control == 64
+    inject(hub, PingFrame(64, None))
+    assert hub.queued_control == 1  # the unsent PONGs are dropped; only GOAWAY is left
+    assert_failed(hub, ErrorCode.FLOW_CONTROL)
+    for seq in range(1000):  # more input after the failure queues nothing
+        inject(hub, PingFrame(seq, None))
+    assert hub.queued_control == 0
+
+
+def test_a_peer_that_reads_its_pongs_may_ping_for_ever() -> None:
+    hub = Connection(Role.LISTENER, Limits(max_queued_control=64))
+    for seq in range(10_000):
+        inject(hub, PingFrame(seq, None))
+        if hub.queued_control >= 32:
+            assert len(hub.messages_to_send()) == 32
+    assert hub.state is State.OPEN
+
+
+def test_max_queued_control_is_checked() -> None:
+    with pytest.raises(ValueError, match="max_queued_control"):
+        Limits(max_queued_control=0)
 
 
 def test_heartbeats_disabled() -> None:
