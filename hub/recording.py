@@ -106,6 +106,7 @@ class RecordingProxy:
         trusted = [ca.public_key for ca in self.user_cas()]
         refusals: list[str] = []
         state = ConnState(self, user, node, login, session_id, live, peer)
+        state.role_deadline = getattr(ws, "remoteler_deadline", None)
 
         def check(blob: bytes, username: str) -> AccessDecision:
             if username != login:
@@ -249,17 +250,25 @@ class ConnState:
         self._upstream: asyncio.Future[asyncssh.SSHClientConnection] | None = None
         self._watcher: asyncio.Future[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        #: when the user's current roles end this connection (hub/sessioncap.py
+        #: ``relay_deadline``: the x509 certificate's expiry), or None
+        self.role_deadline: float | None = None
 
     def end_at_expiry(self) -> None:
-        """If the user's certificate asks for it, end the sessions when it expires."""
+        """End the sessions when the user's certificate expires, if its flag or the
+        user's current roles say so (a role set to true after the certificate was
+        issued without the flag): whichever comes first."""
         cert = self.user_cert
-        if cert is not None and ends_at_expiry(cert.extensions) and self._expiry is None:
-            delay = max(0.0, cert.valid_before - time.time())
+        ends = [self.role_deadline] if self.role_deadline is not None else []
+        if cert is not None and ends_at_expiry(cert.extensions):
+            ends.append(float(cert.valid_before))
+        if ends and self._expiry is None:
+            at = min(ends)
             self._expiry = asyncio.get_running_loop().call_later(
-                delay, self.end_expired, cert.valid_before
+                max(0.0, at - time.time()), self.end_expired, at
             )
 
-    def end_expired(self, expires: int) -> None:
+    def end_expired(self, expires: float) -> None:
         """Tell each session its certificate expired (exit 255), then hang up."""
         message = expiry_message(expires)
         log.info(

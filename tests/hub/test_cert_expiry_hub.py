@@ -7,6 +7,7 @@ of the flag, and an asyncssh client as the user with a 3-second certificate."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from test_recording_session import Device, _ssh
 
 import hub.server
 from hub.recording_auth import upstream_cert
+from remoteler.access import Role
 from remoteler.ca import generate_private_key, parse_certificate, public_key_to_openssh
 from remoteler.roleopts import DISCONNECT_EXTENSION, EXPIRED_REASON
 
@@ -63,6 +65,24 @@ async def test_recording_proxy_ends_the_session_at_expiry(device: tuple[Hub, Dev
             await asyncio.sleep(0.05)
     assert ends[0].fields["reason"] == EXPIRED_REASON
     assert ends[0].fields["exit_status"] == 255
+
+
+async def test_recording_proxy_goes_by_current_roles_too(device: tuple[Hub, Device]) -> None:
+    """A certificate issued without the flag (its role said false) is still ended at
+    expiry in the recording proxy once the role says true, as the byte relay does."""
+    h, _ = device
+    assert await h.backend.set_node_recording("dev1", "proxy") is not None
+    ops = Role("ops", logins=("pi",), node_labels={"*": ("*",)}, disconnect_expired_cert=False)
+    await h.backend.put_role(ops)
+    user, _ = await h.auth.add_user("alice", ["ops"], ["pi"])
+    key = generate_private_key()
+    issued = await h.auth.issue_user_certs(user, public_key_to_openssh(key.public_key()), TTL)
+    assert DISCONNECT_EXTENSION not in parse_certificate(issued.ssh_cert).extensions
+    await h.backend.put_role(dataclasses.replace(ops, disconnect_expired_cert=True))
+    async with await _ssh(h, key, issued.ssh_cert, issued.tls_cert) as conn:
+        result = await asyncio.wait_for(conn.run("sleep 30", encoding=None, check=False), 15)
+    assert result.exit_status == 255
+    assert b"remoteler: your certificate expired at " in result.stderr
 
 
 async def test_relay_closes_the_websocket_at_expiry(
