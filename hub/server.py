@@ -250,8 +250,10 @@ class HubServer:
         except TooManySessions:
             log.warning("connect refused: session limit", extra={"user": name})
             raise
+        # Not when the handler returns: the connection lives on until the client
+        # answers the close or websockets gives up on it, and a client that does not
+        # read could otherwise hold any number of them.
         connection.connection_lost_waiter.add_done_callback(lambda _: release())
-        connection.remoteler_release = release  # type: ignore[attr-defined]
         deadline = relay_deadline(connection.transport, roles)
         connection.remoteler_deadline = deadline  # type: ignore[attr-defined]
 
@@ -311,10 +313,8 @@ class HubServer:
             elif path == "/v1/connect":
                 node, login = ws.remoteler_target  # type: ignore[attr-defined]
                 assert ident is not None
-                try:
-                    await self.serve_connect(ws, ident.name, node, login)
-                finally:
-                    ws.remoteler_release()  # type: ignore[attr-defined]
+                # the session's slot is given back when the TCP connection is gone
+                await self.serve_connect(ws, ident.name, node, login)
             elif path == "/v1/rpc":
                 await self.serve_rpc(ws, ident)
         except ConnectionClosed:

@@ -150,3 +150,26 @@ async def test_refused_connect_holds_no_slot(hub: Hub) -> None:
         ):
             pass
     assert hub.server.sessions.count("dave") == 0
+
+
+async def test_slot_is_held_until_the_tcp_connection_is_gone(hub: Hub) -> None:
+    """The session is over at the hub (the recording proxy gave up on bytes that are
+    not SSH) but the client neither reads nor answers the close: its connection
+    still costs the hub, and still counts, until it is gone."""
+    erin = await _user(hub, "erin", ["access"])
+    async with _agent(hub):
+        assert await hub.backend.set_node_recording("node-1", "proxy") is not None
+        live = hub.server.registry.live()[0]
+        ws = await _stalled(hub, erin)
+        ws.transport.pause_reading()  # reads nothing more, not even the close frame
+        try:
+            await _wait_count(hub, "erin", 1)
+            await ws.send(b"SSH-1.0-not-ssh\r\n")  # the proxy's SSH server hangs up
+            async with asyncio.timeout(5):
+                while live.sessions:
+                    await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)  # the handler has returned; the close is unanswered
+            assert hub.server.sessions.count("erin") == 1
+        finally:
+            ws.transport.abort()
+        await _wait_count(hub, "erin", 0)
