@@ -59,7 +59,7 @@ class NodeSSHServer(CertificateOnlyServer):
         self._forwards: ForwardGate | None = None
         self._sessions = 0
         self._expiry: asyncio.TimerHandle | None = None
-        #: set once the certificate expired (disconnect_expired_cert): no new sessions
+        #: set once the certificate expired (disconnect_expired_cert): no new channels
         self._expired: str | None = None
         self.login = ""
 
@@ -107,6 +107,10 @@ class NodeSSHServer(CertificateOnlyServer):
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
     ) -> Any:
         """``direct-tcpip`` (ssh -L): decided and served by edge_agent.forward."""
+        if self._expired is not None:  # the connection is closing: no new channel
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, self._expired
+            )
         if self._forwards is None:
             return False
         return self._forwards.open(self.login, dest_host, dest_port)
