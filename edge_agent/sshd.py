@@ -21,7 +21,12 @@ from edge_agent.session import CommandSession
 from remoteler.access import AccessDecision
 from remoteler.audit.events import EventType
 from remoteler.ca import CAError, parse_certificate, private_key_to_openssh
-from remoteler.roleopts import ends_at_expiry, expiry_message
+from remoteler.roleopts import (
+    SESSIONS_PER_CONNECTION,
+    SESSIONS_PER_CONNECTION_REFUSAL,
+    ends_at_expiry,
+    expiry_message,
+)
 from remoteler.sshio import (
     BytePipe,
     ChannelPipe,
@@ -118,6 +123,11 @@ class NodeSSHServer(CertificateOnlyServer):
     def session_requested(self) -> CommandSession | bool:
         if self._expired is not None:
             return False  # the connection is closing
+        self._open = [s for s in self._open if s.is_open()]
+        if len(self._open) >= SESSIONS_PER_CONNECTION:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_RESOURCE_SHORTAGE, SESSIONS_PER_CONNECTION_REFUSAL
+            )
         self._sessions += 1
         base = self._fields.get("session_id") or ""
         session_id = base if self._sessions == 1 else f"{base}-{self._sessions}"

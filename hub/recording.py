@@ -42,7 +42,12 @@ from remoteler.access import NO_PERMISSIONS, AccessDecision, Permissions
 from remoteler.audit.events import HUB_NODE, EventType, make_event
 from remoteler.ca import CertAuthority, generate_private_key, private_key_to_openssh
 from remoteler.ca.sshcert import ParsedCert
-from remoteler.roleopts import ends_at_expiry, expiry_message
+from remoteler.roleopts import (
+    SESSIONS_PER_CONNECTION,
+    SESSIONS_PER_CONNECTION_REFUSAL,
+    ends_at_expiry,
+    expiry_message,
+)
 from remoteler.sshio import (
     CIPHERS,
     SSH_MAX_PACKET,
@@ -440,6 +445,10 @@ class _ProxyServer(CertificateOnlyServer):
 
     def session_requested(self) -> UserSession:
         state = self._state
+        if len(state.open_sessions) >= SESSIONS_PER_CONNECTION:  # each one is recorded here
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_RESOURCE_SHORTAGE, SESSIONS_PER_CONNECTION_REFUSAL
+            )
         state.sessions += 1
         sid = state.session_id if state.sessions == 1 else f"{state.session_id}-{state.sessions}"
         session = UserSession(state, sid)
