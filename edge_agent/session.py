@@ -213,8 +213,10 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
                 self._chan.exit(255)
 
     def end_expired(self, message: str) -> None:
-        """The certificate expired and its roles end sessions then: as a lock does."""
-        self._end_reason = EXPIRED_REASON
+        """The certificate expired and its roles end sessions then: as a lock does
+        (a session a lock already ended keeps that as the reason)."""
+        if self._locked is None:
+            self._end_reason = EXPIRED_REASON
         self.end_locked(message)
 
     # stdin flow control -------------------------------------------------------

@@ -207,6 +207,19 @@ async def test_certificate_expiry_ends_the_console_with_the_reason(env: dict[str
     assert closed.fields["reason"] == EXPIRED_REASON
 
 
+async def test_a_lock_first_is_not_reported_as_expiry(env: dict[str, Any]) -> None:
+    """A lock ended the session; the certificate expiring a moment later (before
+    the connection closed) must not make the audit say it was the expiry."""
+    async with await _connect(env) as conn:
+        process = await _open(conn)
+        env["sessions"][-1].end_locked("locked by admin: incident 42")
+        env["sessions"][-1].end_expired("your certificate expired at 12:00:00 UTC")
+        await asyncio.wait_for(process.wait_closed(), TIMEOUT)
+        assert process.exit_status == 255
+    (closed,) = await _events(env, "serial.close")
+    assert closed.fields.get("reason") != EXPIRED_REASON
+
+
 @pytest.mark.parametrize(
     ("allow", "extra", "reason"),
     [
