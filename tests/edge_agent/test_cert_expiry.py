@@ -33,7 +33,7 @@ from remoteler.roleopts import DISCONNECT_EXTENSION, EXPIRED_REASON
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 NODE = "00000000-0000-4000-8000-000000000001"
-TTL = 2
+TTL = 3  # seconds; login must finish within it on a loaded machine
 
 
 @dataclass

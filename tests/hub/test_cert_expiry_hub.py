@@ -169,7 +169,7 @@ async def test_a_cut_relay_stops_a_client_that_does_not_read(
         try:
             user, _ = await h.auth.add_user("alice", ["access"], ["pi"])
             key_pem, pub = new_key_line()
-            issued = await h.auth.issue_user_certs(user, pub, 2 if cut == "expiry" else None)
+            issued = await h.auth.issue_user_certs(user, pub, 4 if cut == "expiry" else None)
             expires = x509.load_pem_x509_certificate(issued.tls_cert.encode()).not_valid_after_utc
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
