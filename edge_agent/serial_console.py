@@ -309,7 +309,7 @@ class ConsoleSession(NodeSession):
             self._line = None
             if record is not None:
                 with contextlib.suppress(Exception):
-                    await record.end(status)
+                    await record.end(status, self._end_reason)  # e.g. certificate expired
             log.info("serial console closed", extra={**self._who_fields(), "port": request.port})
         if not self._chan.is_closing():
             with contextlib.suppress(Exception):

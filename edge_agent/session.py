@@ -126,6 +126,11 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         #: set by :meth:`end_expired`: the ``reason`` of the session's end event
         self._end_reason: str | None = None
 
+    def is_open(self) -> bool:
+        """Whether the channel is still open (or not set up yet): it counts against
+        :data:`~remoteler.roleopts.SESSIONS_PER_CONNECTION`."""
+        return self._chan is None or not self._chan.is_closing()
+
     # asyncssh callbacks ---------------------------------------------------
     def connection_made(self, chan: Any) -> None:
         self._chan = chan
@@ -208,8 +213,10 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
                 self._chan.exit(255)
 
     def end_expired(self, message: str) -> None:
-        """The certificate expired and its roles end sessions then: as a lock does."""
-        self._end_reason = EXPIRED_REASON
+        """The certificate expired and its roles end sessions then: as a lock does
+        (a session a lock already ended keeps that as the reason)."""
+        if self._locked is None:
+            self._end_reason = EXPIRED_REASON
         self.end_locked(message)
 
     # stdin flow control -------------------------------------------------------

@@ -21,7 +21,12 @@ from edge_agent.session import CommandSession
 from remoteler.access import AccessDecision
 from remoteler.audit.events import EventType
 from remoteler.ca import CAError, parse_certificate, private_key_to_openssh
-from remoteler.roleopts import ends_at_expiry, expiry_message
+from remoteler.roleopts import (
+    SESSIONS_PER_CONNECTION,
+    SESSIONS_PER_CONNECTION_REFUSAL,
+    ends_at_expiry,
+    expiry_message,
+)
 from remoteler.sshio import (
     BytePipe,
     ChannelPipe,
@@ -59,7 +64,7 @@ class NodeSSHServer(CertificateOnlyServer):
         self._forwards: ForwardGate | None = None
         self._sessions = 0
         self._expiry: asyncio.TimerHandle | None = None
-        #: set once the certificate expired (disconnect_expired_cert): no new sessions
+        #: set once the certificate expired (disconnect_expired_cert): no new channels
         self._expired: str | None = None
         self.login = ""
 
@@ -107,6 +112,10 @@ class NodeSSHServer(CertificateOnlyServer):
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
     ) -> Any:
         """``direct-tcpip`` (ssh -L): decided and served by edge_agent.forward."""
+        if self._expired is not None:  # the connection is closing: no new channel
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, self._expired
+            )
         if self._forwards is None:
             return False
         return self._forwards.open(self.login, dest_host, dest_port)
@@ -121,6 +130,11 @@ class NodeSSHServer(CertificateOnlyServer):
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                 f"login {self.login!r} does not exist on {node}",
+            )
+        self._open = [s for s in self._open if s.is_open()]
+        if len(self._open) >= SESSIONS_PER_CONNECTION:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_RESOURCE_SHORTAGE, SESSIONS_PER_CONNECTION_REFUSAL
             )
         self._sessions += 1
         base = self._fields.get("session_id") or ""

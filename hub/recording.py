@@ -42,7 +42,12 @@ from remoteler.access import NO_PERMISSIONS, AccessDecision, Permissions
 from remoteler.audit.events import HUB_NODE, EventType, make_event
 from remoteler.ca import CertAuthority, generate_private_key, private_key_to_openssh
 from remoteler.ca.sshcert import ParsedCert
-from remoteler.roleopts import ends_at_expiry, expiry_message
+from remoteler.roleopts import (
+    SESSIONS_PER_CONNECTION,
+    SESSIONS_PER_CONNECTION_REFUSAL,
+    ends_at_expiry,
+    expiry_message,
+)
 from remoteler.sshalgs import client_options
 from remoteler.sshio import (
     SSH_MAX_PACKET,
@@ -106,6 +111,7 @@ class RecordingProxy:
         trusted = [ca.public_key for ca in self.user_cas()]
         refusals: list[str] = []
         state = ConnState(self, user, node, login, session_id, live, peer)
+        state.role_deadline = getattr(ws, "remoteler_deadline", None)
 
         def check(blob: bytes, username: str) -> AccessDecision:
             if username != login:
@@ -249,17 +255,25 @@ class ConnState:
         self._upstream: asyncio.Future[asyncssh.SSHClientConnection] | None = None
         self._watcher: asyncio.Future[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        #: when the user's current roles end this connection (hub/sessioncap.py
+        #: ``relay_deadline``: the x509 certificate's expiry), or None
+        self.role_deadline: float | None = None
 
     def end_at_expiry(self) -> None:
-        """If the user's certificate asks for it, end the sessions when it expires."""
+        """End the sessions when the user's certificate expires, if its flag or the
+        user's current roles say so (a role set to true after the certificate was
+        issued without the flag): whichever comes first."""
         cert = self.user_cert
-        if cert is not None and ends_at_expiry(cert.extensions) and self._expiry is None:
-            delay = max(0.0, cert.valid_before - time.time())
+        ends = [self.role_deadline] if self.role_deadline is not None else []
+        if cert is not None and ends_at_expiry(cert.extensions):
+            ends.append(float(cert.valid_before))
+        if ends and self._expiry is None:
+            at = min(ends)
             self._expiry = asyncio.get_running_loop().call_later(
-                delay, self.end_expired, cert.valid_before
+                max(0.0, at - time.time()), self.end_expired, at
             )
 
-    def end_expired(self, expires: int) -> None:
+    def end_expired(self, expires: float) -> None:
         """Tell each session its certificate expired (exit 255), then hang up."""
         message = expiry_message(expires)
         log.info(
@@ -438,6 +452,10 @@ class _ProxyServer(CertificateOnlyServer):
 
     def session_requested(self) -> UserSession:
         state = self._state
+        if len(state.open_sessions) >= SESSIONS_PER_CONNECTION:  # each one is recorded here
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_RESOURCE_SHORTAGE, SESSIONS_PER_CONNECTION_REFUSAL
+            )
         state.sessions += 1
         sid = state.session_id if state.sessions == 1 else f"{state.session_id}-{state.sessions}"
         session = UserSession(state, sid)

@@ -77,6 +77,8 @@ RPC_MAX_REQUESTS = 100
 EXPIRY_GRACE = 5.0
 #: Close code of a relay cut at certificate expiry.
 EXPIRED_CLOSE_CODE = 4401
+#: A relay cut (lock, expiry) waits this long for the user's side of the close.
+CUT_CLOSE_TIMEOUT = 5.0
 
 Handler = Callable[[Identity | None, dict[str, Any]], Awaitable[Any]]
 #: The source address of the RPC connection being served (login protection).
@@ -252,8 +254,10 @@ class HubServer:
         except TooManySessions:
             log.warning("connect refused: session limit", extra={"user": name})
             raise
+        # Not when the handler returns: the connection lives on until the client
+        # answers the close or websockets gives up on it, and a client that does not
+        # read could otherwise hold any number of them.
         connection.connection_lost_waiter.add_done_callback(lambda _: release())
-        connection.remoteler_release = release  # type: ignore[attr-defined]
         deadline = relay_deadline(connection.transport, roles)
         connection.remoteler_deadline = deadline  # type: ignore[attr-defined]
 
@@ -315,10 +319,8 @@ class HubServer:
             elif path == "/v1/connect":
                 node, login = ws.remoteler_target  # type: ignore[attr-defined]
                 assert ident is not None
-                try:
-                    await self.serve_connect(ws, ident.name, node, login)
-                finally:
-                    ws.remoteler_release()  # type: ignore[attr-defined]
+                # the session's slot is given back when the TCP connection is gone
+                await self.serve_connect(ws, ident.name, node, login)
             elif path == "/v1/rpc":
                 await self.serve_rpc(ws, ident)
         except ConnectionClosed:
@@ -404,8 +406,17 @@ class HubServer:
         log.info("session relay start", extra=fields)
         live.session_started()
 
+        async def cut(code: int, reason: str) -> None:
+            """End the relay now: the device's channel first (a client that does not
+            read never gets our close frame, and what it sends must not reach the
+            device), then the websocket, waiting at most CUT_CLOSE_TIMEOUT."""
+            channel.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CUT_CLOSE_TIMEOUT):
+                    await ws.close(code, close_reason(reason))
+
         async def end_locked(reason: str) -> None:
-            await ws.close(LOCKED_CLOSE_CODE, close_reason(reason))
+            await cut(LOCKED_CLOSE_CODE, reason)
 
         untrack = self.locks.track_relay(
             user, login, (node.id, node.name), end_locked, recording=node.recording
@@ -433,7 +444,7 @@ class HubServer:
         async def end_at_expiry(deadline: float) -> None:
             await asyncio.sleep(max(0.0, deadline - time.time()) + EXPIRY_GRACE)
             log.info("session relay cut: certificate expired", extra=fields)
-            await ws.close(EXPIRED_CLOSE_CODE, close_reason(expiry_message(deadline)))
+            await cut(EXPIRED_CLOSE_CODE, expiry_message(deadline))
 
         tasks = [asyncio.ensure_future(user_to_node()), asyncio.ensure_future(node_to_user())]
         deadline: float | None = getattr(ws, "remoteler_deadline", None)

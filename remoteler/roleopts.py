@@ -26,6 +26,15 @@ DISCONNECT_BELOW_TTL = 3600
 DISCONNECT_EXTENSION = "remoteler-disconnect-expired-cert@remoteler"
 #: Audit reason of a session ended at certificate expiry (``session.end``).
 EXPIRED_REASON = "certificate expired"
+#: Session channels one SSH connection may have open at once, on the device's
+#: embedded server and in the hub's recording proxy, as OpenSSH's ``MaxSessions``
+#: (default 10): ``max_sessions`` counts connections, and each multiplexes channels.
+SESSIONS_PER_CONNECTION = 10
+#: Why the next session channel on a connection was refused.
+SESSIONS_PER_CONNECTION_REFUSAL = (
+    f"too many sessions on this connection ({SESSIONS_PER_CONNECTION}, as OpenSSH's "
+    "MaxSessions); close one first"
+)
 
 
 @dataclass(frozen=True)

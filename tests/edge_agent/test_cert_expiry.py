@@ -33,7 +33,7 @@ from remoteler.roleopts import DISCONNECT_EXTENSION, EXPIRED_REASON
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 NODE = "00000000-0000-4000-8000-000000000001"
-TTL = 2
+TTL = 3  # seconds; login must finish within it on a loaded machine
 
 
 @dataclass
@@ -121,3 +121,20 @@ async def test_session_ends_at_expiry_only_with_the_flag(device: Device) -> None
     events = [e for e in await device.outbox.batch() if e.type == "session.end"]
     ends = {e.fields["exit_status"]: e.fields.get("reason") for e in events}
     assert ends == {255: EXPIRED_REASON, 0: None}
+
+
+async def test_no_port_forward_once_the_certificate_expired(device: Device) -> None:
+    """In the 2 s between the sessions' end and the connection's, a new ``ssh -L``
+    channel is refused with the expiry message."""
+    target = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+    port = target.sockets[0].getsockname()[1]
+    conn = await _connect(device, flag=True)
+    try:
+        ended = await asyncio.wait_for(conn.run("sleep 30", encoding=None, check=False), 15)
+        assert ended.exit_status == 255
+        with pytest.raises(asyncssh.ChannelOpenError, match="certificate expired"):
+            await conn.open_connection("127.0.0.1", port)
+    finally:
+        conn.close()
+        target.close()
+        await target.wait_closed()

@@ -26,6 +26,7 @@ from edge_agent.serial_console import ConsoleSession
 from edge_agent.serial_line import SerialConsoles
 from remoteler.access import Permissions
 from remoteler.console import CONSOLE_SUBSYSTEM, CONTROL_SUBSYSTEM, ENV_BAUD, ENV_MODE
+from remoteler.roleopts import EXPIRED_REASON
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 TIMEOUT = 20
@@ -192,6 +193,31 @@ async def test_a_lock_ends_the_console(env: dict[str, Any]) -> None:
         await asyncio.wait_for(process.wait_closed(), TIMEOUT)
         assert process.exit_status == 255
         assert b"locked by admin: incident 42" in await process.stderr.read()
+
+
+async def test_certificate_expiry_ends_the_console_with_the_reason(env: dict[str, Any]) -> None:
+    """disconnect_expired_cert: as a lock, and ``serial.close`` says why."""
+    async with await _connect(env) as conn:
+        process = await _open(conn)
+        env["sessions"][-1].end_expired("your certificate expired at 12:00:00 UTC")
+        await asyncio.wait_for(process.wait_closed(), TIMEOUT)
+        assert process.exit_status == 255
+        assert b"your certificate expired" in await process.stderr.read()
+    (closed,) = await _events(env, "serial.close")
+    assert closed.fields["reason"] == EXPIRED_REASON
+
+
+async def test_a_lock_first_is_not_reported_as_expiry(env: dict[str, Any]) -> None:
+    """A lock ended the session; the certificate expiring a moment later (before
+    the connection closed) must not make the audit say it was the expiry."""
+    async with await _connect(env) as conn:
+        process = await _open(conn)
+        env["sessions"][-1].end_locked("locked by admin: incident 42")
+        env["sessions"][-1].end_expired("your certificate expired at 12:00:00 UTC")
+        await asyncio.wait_for(process.wait_closed(), TIMEOUT)
+        assert process.exit_status == 255
+    (closed,) = await _events(env, "serial.close")
+    assert closed.fields.get("reason") != EXPIRED_REASON
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncssh
 import pytest
 from hubkit import FakeAgent, Hub, new_key_line
+from test_recording_session import Device, _ssh, proxied
+from test_recording_session import _user as _proxy_user
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
@@ -18,8 +21,14 @@ from hub.server import CONNECT_SUBPROTOCOL
 from remoteler.access import LOGINS_TRAIT, Role
 from remoteler.errors import AccessDenied
 from remoteler.hubconn import ERROR_HEADER, open_ws
-from remoteler.roleopts import DEFAULT_MAX_SESSIONS
+from remoteler.roleopts import (
+    DEFAULT_MAX_SESSIONS,
+    SESSIONS_PER_CONNECTION,
+    SESSIONS_PER_CONNECTION_REFUSAL,
+)
 from remoteler.wire.aio import ChannelRequest
+
+__all__ = ["proxied"]  # the fixture, from test_recording_session
 
 FILL = b"x" * 65536
 
@@ -150,3 +159,54 @@ async def test_refused_connect_holds_no_slot(hub: Hub) -> None:
         ):
             pass
     assert hub.server.sessions.count("dave") == 0
+
+
+async def test_slot_is_held_until_the_tcp_connection_is_gone(hub: Hub) -> None:
+    """The session is over at the hub (the recording proxy gave up on bytes that are
+    not SSH) but the client neither reads nor answers the close: its connection
+    still costs the hub, and still counts, until it is gone."""
+    erin = await _user(hub, "erin", ["access"])
+    async with _agent(hub):
+        assert await hub.backend.set_node_recording("node-1", "proxy") is not None
+        live = hub.server.registry.live()[0]
+        ws = await _stalled(hub, erin)
+        ws.transport.pause_reading()  # reads nothing more, not even the close frame
+        try:
+            await _wait_count(hub, "erin", 1)
+            await ws.send(b"SSH-1.0-not-ssh\r\n")  # the proxy's SSH server hangs up
+            async with asyncio.timeout(5):
+                while live.sessions:
+                    await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)  # the handler has returned; the close is unanswered
+            assert hub.server.sessions.count("erin") == 1
+        finally:
+            ws.transport.abort()
+        await _wait_count(hub, "erin", 0)
+
+
+async def test_recording_proxy_caps_sessions_per_connection(
+    proxied: tuple[Hub, Device],
+) -> None:
+    """One connection multiplexes channels, and the proxy records each one here:
+    at most SESSIONS_PER_CONNECTION at once, the next refused with one line."""
+    h, _ = proxied
+    key, cert, tls = await _proxy_user(h)
+    async with await _ssh(h, key, cert, tls) as conn:
+        held = [
+            await conn.create_process("cat", encoding=None) for _ in range(SESSIONS_PER_CONNECTION)
+        ]
+        with pytest.raises(asyncssh.ChannelOpenError) as exc:
+            await conn.create_process("cat", encoding=None)
+        assert exc.value.reason == SESSIONS_PER_CONNECTION_REFUSAL
+        held[0].stdin.write_eof()  # an ended session gives its place back
+        await asyncio.wait_for(held[0].wait_closed(), 10)
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    again = await conn.create_process("cat", encoding=None)
+                    break
+                except asyncssh.ChannelOpenError:  # its end is being stored
+                    await asyncio.sleep(0.05)
+        for process in [*held[1:], again]:
+            process.stdin.write_eof()
+        await asyncio.wait_for(asyncio.gather(*(p.wait_closed() for p in [*held[1:], again])), 10)
