@@ -4,6 +4,7 @@ file; the end-to-end path (hub start, tctl, tsh) is in tests/e2e/test_totp_at_re
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,47 @@ def _all_bytes(path: Path) -> bytes:
     return b"".join(
         p.read_bytes() for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()
     )
+
+
+async def test_the_hub_checks_the_passphrase_and_derives_seed_keys_at_start_not_in_a_login(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """scrypt costs ~0.1-0.3 s of CPU: derived on the event loop in a login, it stalls the
+    hub and, the first time, answers later for a real name than for an unknown one."""
+    path = tmp_path / "hub.db"
+    tctl = await SQLiteBackend.open(path, SeedCipher(PASSPHRASE))  # `tctl users add`
+    try:
+        await tctl.put_user(User("carol", ("access",), ("pi",), None, TOTP_SECRET, 0, 0.0))
+    finally:
+        await tctl.close()
+
+    wrong = await SQLiteBackend.open(path, SeedCipher(b"not the CA passphrase"))
+    try:  # refused at start, with what to do, rather than in carol's next login
+        with pytest.raises(ConfigError, match="wrong CA passphrase"):
+            await wrong.migrate_totp_seeds()
+    finally:
+        await wrong.close()
+
+    from cryptography.hazmat.primitives.kdf import scrypt
+
+    on_loop: list[str] = []
+    real_derive = scrypt.Scrypt.derive
+
+    def derive(self: scrypt.Scrypt, key_material: bytes) -> bytes:
+        if threading.current_thread() is threading.main_thread():
+            on_loop.append("derive")
+        return real_derive(self, key_material)
+
+    monkeypatch.setattr(scrypt.Scrypt, "derive", derive)
+    hub = await SQLiteBackend.open(path, SeedCipher(PASSPHRASE))
+    try:
+        assert await hub.migrate_totp_seeds() == 0
+        user = await hub.get_user("carol")  # a login
+        assert user is not None and user.totp_secret == TOTP_SECRET
+        await hub.put_user(User("dave", ("access",), ("pi",), None, TOTP_SECRET, 0, 0.0))
+        assert on_loop == [], "a seed key was derived on the event loop"
+    finally:
+        await hub.close()
+    with sqlite3.connect(path) as db:
+        salts = {s.split(":")[1] for (s,) in db.execute("SELECT totp_secret FROM users")}
+    assert len(salts) == 1, "every writer should reuse the salt in the database (one key)"
