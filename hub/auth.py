@@ -354,7 +354,7 @@ class AuthService:
         check_name("node", name)
         token_hash = hs.hash_token(token)
         try:
-            self.join_guard.check(remote_addr, self.clock())
+            hub_reserved = self.join_guard.check(remote_addr, self.clock())
         except JoinRefused as err:
             await self._join_failed(name, remote_addr, token_hash, err.reason)
             raise
@@ -367,12 +367,16 @@ class AuthService:
             bad = "join token was already used"
         elif record.expires <= now:
             bad = "join token expired"
+        if bad and not hub_reserved:  # too many failures hub-wide: only valid tokens pass
+            refused = self.join_guard.refusal(now)
+            await self._join_failed(name, remote_addr, token_hash, refused.reason)
+            raise refused
         if bad or record is None:
             await self._join_failed(name, remote_addr, token_hash, bad or "")
             raise AuthError(
                 f"{bad}; ask the hub operator for a new one (tctl tokens add --type node)"
             )
-        self.join_guard.succeeded(remote_addr, now)  # a valid token is not a guess
+        self.join_guard.succeeded(remote_addr, now, hub_reserved)  # a valid token: no guess
         try:
             pub = public_key_from_openssh(public_key)
         except CAError as exc:

@@ -106,7 +106,30 @@ async def test_attempts_per_address_and_failures_hub_wide() -> None:
         guard.check("10.0.0.1", 0.0)
     assert info.value.reason == "address rate limited"
     for i in range(8):  # eight failures from eight addresses
-        guard.check(f"10.0.1.{i}", 0.0)
-    with pytest.raises(JoinRefused, match="too many failed joins at the hub") as info:
-        guard.check("10.0.2.1", 0.0)
-    assert info.value.reason == "hub failures"
+        assert guard.check(f"10.0.1.{i}", 0.0)
+    assert not guard.check("10.0.2.1", 0.0), "the hub-wide bucket is empty"
+    refused = guard.refusal(0.0)
+    assert "too many failed joins at the hub" in str(refused)
+    assert refused.reason == "hub failures"
+    guard.succeeded("10.0.2.1", 0.0, hub_reserved=False)  # a valid token: nothing to return
+    assert not guard.check("10.0.2.2", 0.0), "a valid token gave back no hub-wide failure"
+
+
+async def test_guesses_from_many_addresses_do_not_hold_up_a_real_join(tmp_path: Path) -> None:
+    """The hub-wide failure bucket, emptied by wrong tokens from many addresses (cheap
+    with IPv6), refuses wrong tokens only: a device with a valid token still joins."""
+    async with running_hub(tmp_path) as hub:
+        hub.auth.join_guard = JoinGuard(JoinPolicy(global_failures=6))
+        guesses = [
+            _joins(hub, f"127.3.1.{i}", [_join(secrets.token_hex(16), "truck-1")] * 2)
+            for i in range(1, 6)
+        ]
+        answers = [a for batch in await asyncio.gather(*guesses) for a in batch]
+        hub_wide = [a for a in answers if "too many failed joins at the hub" in a]
+        assert len(hub_wide) == 4, answers  # 10 guesses, 6 judged, then the hub-wide limit
+        assert (
+            "too many failed joins at the hub"
+            in (await _joins(hub, "127.3.2.1", [_join(secrets.token_hex(16), "truck-1")]))[0]
+        )
+        token, _ = await hub.auth.add_token("node", 600, {})
+        assert await _joins(hub, "127.3.2.2", [_join(token, "truck-2")]) == ["ok"]
