@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 from hub import secrets as hs
 from hub.audit_store import AuditBackend
+from hub.auditbudget import AuditBudget
 from hub.backend import Backend, Node, Token, User
 from hub.hashgate import BUSY_MESSAGE, BUSY_REASON, HashGate, HubBusy
 from hub.joinguard import JoinGuard, JoinRefused
@@ -101,6 +102,8 @@ class AuthService:
         self.hash_gate = hash_gate or HashGate()
         #: rate limits on joins per address and hub-wide (hub/joinguard.py)
         self.join_guard = join_guard or JoinGuard()
+        #: join refusals by the limits are audited within this budget (hub/auditbudget.py)
+        self.join_refusals = AuditBudget()
 
     async def _record(self, type: EventType, *, node: str = HUB_NODE, **kw: Any) -> None:
         """Durable before the caller gets what it records (a store error fails the call)."""
@@ -356,7 +359,7 @@ class AuthService:
         try:
             hub_reserved = self.join_guard.check(remote_addr, self.clock())
         except JoinRefused as err:
-            await self._join_failed(name, remote_addr, token_hash, err.reason)
+            await self._join_failed(name, remote_addr, token_hash, err.reason, limited=True)
             raise
         record = await self.backend.get_token(token_hash)
         now = self.clock()
@@ -369,7 +372,7 @@ class AuthService:
             bad = "join token expired"
         if bad and not hub_reserved:  # too many failures hub-wide: only valid tokens pass
             refused = self.join_guard.refusal(now)
-            await self._join_failed(name, remote_addr, token_hash, refused.reason)
+            await self._join_failed(name, remote_addr, token_hash, refused.reason, limited=True)
             raise refused
         if bad or record is None:
             await self._join_failed(name, remote_addr, token_hash, bad or "")
@@ -437,13 +440,24 @@ class AuthService:
             "cluster": self.cluster,
         }
 
-    async def _join_failed(self, name: str, remote_addr: str, token_hash: str, reason: str) -> None:
-        """Log and audit a refused join: the token only as its public id (a digest prefix)."""
+    async def _join_failed(
+        self, name: str, remote_addr: str, token_hash: str, reason: str, *, limited: bool = False
+    ) -> None:
+        """Log and audit a refused join: the token only as its public id (a digest prefix).
+        A refusal by the limits (``limited``) is logged and audited within a hub-wide
+        budget; the ones left out are counted in the next one's ``suppressed``."""
+        extra: dict[str, Any] = {}
+        if limited:
+            left_out = self.join_refusals.admit(self.clock())
+            if left_out is None:
+                return
+            if left_out:
+                extra["suppressed"] = left_out
         token_id = token_hash[:12]
         log.warning(
             "join refused: %s",
             reason,
-            extra={"node_name": name, "remote_addr": remote_addr, "token_id": token_id},
+            extra={"node_name": name, "remote_addr": remote_addr, "token_id": token_id, **extra},
         )
         await self._record(
             EventType.JOIN_FAILED,
@@ -451,4 +465,5 @@ class AuthService:
             remote_addr=remote_addr,
             reason=reason,
             token_id=token_id,
+            **extra,
         )
