@@ -104,6 +104,8 @@ class AuthService:
         self.join_guard = join_guard or JoinGuard()
         #: join refusals by the limits are audited within this budget (hub/auditbudget.py)
         self.join_refusals = AuditBudget()
+        #: so are login refusals by the limits and "hub busy"
+        self.login_refusals = AuditBudget()
 
     async def _record(self, type: EventType, *, node: str = HUB_NODE, **kw: Any) -> None:
         """Durable before the caller gets what it records (a store error fails the call)."""
@@ -176,7 +178,7 @@ class AuthService:
         try:
             await self.guard.check(name, remote_addr)
         except LoginRefused as err:
-            await self._login_failed(name, remote_addr, err.reason, count=False)
+            await self._login_failed(name, remote_addr, err.reason, count=False, limited=True)
             raise
         try:
             info = await self.invite_info(name, invite)
@@ -236,7 +238,7 @@ class AuthService:
         try:
             await self.guard.check(name, remote_addr)  # before any Argon2 work
         except LoginRefused as err:
-            await self._login_failed(name, remote_addr, err.reason, count=False)
+            await self._login_failed(name, remote_addr, err.reason, count=False, limited=True)
             raise
         user = await self.backend.get_user(name)
         try:  # an unknown name's dummy hash takes a slot like a real one
@@ -270,14 +272,29 @@ class AuthService:
         return await self.issue_user_certs(user, public_key, ttl)
 
     async def _login_failed(
-        self, name: str, remote_addr: str, reason: str, *, count: bool = True
+        self,
+        name: str,
+        remote_addr: str,
+        reason: str,
+        *,
+        count: bool = True,
+        limited: bool = False,
     ) -> None:
-        """Log and audit a refused login (never the password or code), and count it."""
+        """Log and audit a refused login (never the password or code), and count it.
+        A refusal by the limits (``limited``) is logged and audited within a hub-wide
+        budget; the ones left out are counted in the next one's ``suppressed``."""
+        extra: dict[str, Any] = {}
+        if limited:
+            left_out = self.login_refusals.admit(self.clock())
+            if left_out is None:
+                return
+            if left_out:
+                extra["suppressed"] = left_out
         locked = await self.guard.failed(name, remote_addr) if count else False
         log.warning(
             "login failed: %s",
             reason,
-            extra={"user": name[:64], "remote_addr": remote_addr, "locked_out": locked},
+            extra={"user": name[:64], "remote_addr": remote_addr, "locked_out": locked, **extra},
         )
         await self._record(
             EventType.USER_LOGIN,
@@ -286,12 +303,13 @@ class AuthService:
             reason=reason,
             remote_addr=remote_addr,
             locked_out=locked,
+            **extra,
         )
 
     async def _hub_busy(self, name: str, remote_addr: str) -> NoReturn:
         """Refuse an attempt that found no password-hash slot (not counted as a failure)."""
         self.guard.abandoned(name)
-        await self._login_failed(name, remote_addr, BUSY_REASON, count=False)
+        await self._login_failed(name, remote_addr, BUSY_REASON, count=False, limited=True)
         raise LoginRefused(BUSY_MESSAGE, BUSY_REASON)
 
     async def _check_user_lock(self, name: str, remote_addr: str = "") -> None:

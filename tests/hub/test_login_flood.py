@@ -17,6 +17,7 @@ from websockets.asyncio.client import connect
 
 from hub import secrets as hs
 from hub.audit_store import AuditStore
+from hub.auditbudget import AuditBudget, AuditBudgetPolicy
 from hub.backend import SQLiteBackend
 from hub.hashgate import BUSY_MESSAGE, HashGate, HashGatePolicy, HubBusy
 from hub.ratelimit import LoginGuard, LoginPolicy
@@ -218,3 +219,40 @@ async def _rows(backend: SQLiteBackend) -> int:
     row = await backend._one("SELECT COUNT(*) FROM login_guard", ())
     assert row is not None
     return int(row[0])
+
+
+@pytest.mark.usefixtures("fast_argon2")
+async def test_login_refusals_by_the_limits_are_audited_within_a_budget(tmp_path: Path) -> None:
+    """A refused login costs the peer one request; one durable audit row each let one
+    address grow the audit database at request rate (195 a second measured)."""
+    async with running_hub(tmp_path, audit=True) as hub:
+        store = hub.server.audit
+        assert isinstance(store, AuditStore)
+        hub.auth.audit = store
+        hub.auth.login_refusals = AuditBudget(AuditBudgetPolicy(burst=20, refill=3600.0))
+        _, pub = new_key_line()
+        answers: list[str] = []
+        async with connect(
+            hub.url("/v1/rpc"),
+            ssl=hub.tls(),
+            compression=None,
+            subprotocols=[rpc.SUBPROTOCOL],  # type: ignore[list-item]
+            open_timeout=10,
+            close_timeout=1,
+            local_addr=("127.4.0.1", 0),
+        ) as ws:
+            client = rpc.RpcClient(ws)
+            for _ in range(GUESSES * 2):
+                try:
+                    await client.call(
+                        "login", user="alice", password="p" * 12, otp="123456", public_key=pub
+                    )
+                except RemotelerError as err:
+                    answers.append(str(err))
+        judged = [a for a in answers if a.startswith("login failed")]
+        assert len(answers) == GUESSES * 2 and len(judged) < GUESSES, set(answers)
+        events = await store.search(type="user.login", limit=1000)
+        limited = [e for e in events if e.fields["reason"] != "unknown user"]
+        assert len([e for e in events if e.fields["reason"] == "unknown user"]) == len(judged)
+        assert len(limited) == 20, f"{len(limited)} refusals by the limits audited"
+        assert hub.auth.login_refusals.suppressed == GUESSES * 2 - len(judged) - 20
