@@ -188,8 +188,10 @@ class AuthService:
         if len(password) < hs.MIN_PASSWORD:
             raise UsageError(f"password too short: use at least {hs.MIN_PASSWORD} characters")
         try:  # before the code and the invite are used up: a busy hub costs neither
-            async with self.hash_gate.slot(priority=self.guard.trusted(remote_addr)):
-                password_hash = await hs.hash_password_async(password)
+            password_hash = await self.hash_gate.run(
+                lambda: hs.hash_password_async(password),
+                priority=self.guard.trusted(remote_addr),
+            )
         except HubBusy:
             await self._hub_busy(name, remote_addr)
         step = hs.totp_step(info["totp_secret"], otp, self.clock())
@@ -242,10 +244,10 @@ class AuthService:
             raise
         user = await self.backend.get_user(name)
         try:  # an unknown name's dummy hash takes a slot like a real one
-            async with self.hash_gate.slot(priority=self.guard.trusted(remote_addr)):
-                password_ok = await hs.verify_password_async(
-                    user.password_hash if user else None, password
-                )
+            password_ok = await self.hash_gate.run(
+                lambda: hs.verify_password_async(user.password_hash if user else None, password),
+                priority=self.guard.trusted(remote_addr),
+            )
         except HubBusy:
             await self._hub_busy(name, remote_addr)
         if user is None or not password_ok or user.totp_secret is None:

@@ -256,3 +256,44 @@ async def test_login_refusals_by_the_limits_are_audited_within_a_budget(tmp_path
         assert len([e for e in events if e.fields["reason"] == "unknown user"]) == len(judged)
         assert len(limited) == 20, f"{len(limited)} refusals by the limits audited"
         assert hub.auth.login_refusals.suppressed == GUESSES * 2 - len(judged) - 20
+
+
+async def test_a_cancelled_login_holds_its_hash_slot_until_the_hash_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelling the coroutine does not stop the Argon2 thread: were the slot freed at
+    once, cancelled logins (a hub shutdown, a deadline around the handler) would let
+    more hashes run or queue in the pool than the cap."""
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def verify(stored: str | None, password: str) -> bool:
+        started.release()
+        release.wait(10)
+        return False
+
+    monkeypatch.setattr(hs, "verify_password", verify)
+    async with running_hub(tmp_path) as hub:
+        gate = hub.auth.hash_gate = HashGate(HashGatePolicy(max_hashes=1, max_wait=5.0))
+        _, pub = new_key_line()
+        first = asyncio.ensure_future(
+            hub.auth.login("nobody", "p" * 12, "123456", pub, None, "127.6.0.1")
+        )
+        assert await asyncio.to_thread(started.acquire, True, 5), "the hash never started"
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert gate.running == 1, "the slot was freed while its hash still runs"
+        second = asyncio.ensure_future(
+            hub.auth.login("nobody2", "p" * 12, "123456", pub, None, "127.6.0.2")
+        )
+        await asyncio.sleep(0.1)
+        assert gate.waiting == 1, "a second hash must wait for the first thread"
+        release.set()
+        with pytest.raises(RemotelerError, match="login failed"):
+            await second
+        for _ in range(50):
+            if gate.running == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert gate.running == 0 and gate.waiting == 0 and gate.peak == 1
