@@ -3,7 +3,10 @@ file; the end-to-end path (hub start, tctl, tsh) is in tests/e2e/test_totp_at_re
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -11,6 +14,8 @@ import pytest
 from hubkit import TOTP_SECRET
 
 from hub.backend import SQLiteBackend, User
+from hub.datadir import DataDir
+from hub.secrets import PASSPHRASE_FILE_ENV as _FILE
 from hub.seedcrypt import SeedCipher
 from remoteler.errors import ConfigError
 
@@ -120,3 +125,28 @@ async def test_the_hub_checks_the_passphrase_and_derives_seed_keys_at_start_not_
     with sqlite3.connect(path) as db:
         salts = {s.split(":")[1] for (s,) in db.execute("SELECT totp_secret FROM users")}
     assert len(salts) == 1, "every writer should reuse the salt in the database (one key)"
+
+
+def test_tctl_without_the_passphrase_refuses_in_one_line_and_exits(tmp_path: Path) -> None:
+    """The hub encrypts the CA keys and the seeds with the passphrase; tctl run without
+    it (or with a wrong one) must say so and exit, not hang on an open database."""
+    data = DataDir(tmp_path / "data", passphrase=PASSPHRASE)
+    data.init("test")
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the CA passphrase\n")
+    wrong.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REMOTELER_CA_PASSPHRASE")}
+    tctl = str(Path(sys.executable).with_name("tctl"))
+    for extra, says in (({}, "is encrypted: give its passphrase"), ({_FILE: str(wrong)}, "wrong")):
+        try:
+            proc = subprocess.run(
+                [tctl, "--data-dir", str(data.path), "users", "add", "bob", "--logins", "pi"],
+                env={**env, **extra},
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+        except subprocess.TimeoutExpired:
+            raise AssertionError("tctl printed its error but did not exit") from None
+        assert proc.returncode != 0 and says in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
