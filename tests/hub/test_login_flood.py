@@ -215,6 +215,26 @@ async def test_login_guard_rows_are_pruned_after_their_window(tmp_path: Path) ->
         await backend.close()
 
 
+async def test_login_guard_pruning_keeps_up_while_full_batches_come_back(tmp_path: Path) -> None:
+    """Failures faster than one batch a minute (more hash slots, a faster machine): a full
+    batch means more rows are due, so the next failure prunes again rather than a
+    minute later, or the table grows for as long as the spray runs."""
+    clock = Clock()
+    policy = LoginPolicy(failure_window=600.0, prune_batch=10)
+    backend = await SQLiteBackend.open(tmp_path / "hub.db")
+    try:
+        guard = LoginGuard(backend, policy, clock=clock)
+        for i in range(50):
+            await guard.failed(f"name{i}", "")
+        clock.advance(policy.failure_window + 1)
+        for i in range(3):  # three failures within a second
+            await guard.failed(f"late{i}", "")
+        left = await _rows(backend)
+        assert left == 50 + 3 - 30, f"{left} rows left: 3 full batches should be gone"
+    finally:
+        await backend.close()
+
+
 async def _rows(backend: SQLiteBackend) -> int:
     row = await backend._one("SELECT COUNT(*) FROM login_guard", ())
     assert row is not None
