@@ -363,14 +363,7 @@ class SQLiteBackend:
                     "--ca-passphrase-file FILE (the CA passphrase)"
                 )
             return 0
-        checked: set[bytes] = set()
-        for r in rows:  # derive each key now, not in a login; a wrong passphrase stops here
-            salt = salt_of(r["totp_secret"])
-            if is_encrypted(r["totp_secret"]) and salt not in checked:
-                await self._seed_key(salt)
-                self._seeds.decrypt(r["totp_secret"], r["name"])
-                checked.add(salt or b"")
-        await self._seed_key(self._seeds.write_salt())
+        await self.check_totp_seeds()
         plain = [(r["name"], r["totp_secret"]) for r in rows if not is_encrypted(r["totp_secret"])]
         for name, seed in plain:
             await self._db.execute(
@@ -381,6 +374,23 @@ class SQLiteBackend:
         if plain:  # the plain seeds' old pages leave the WAL (secure_delete zeroed them)
             await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return len(plain)
+
+    async def check_totp_seeds(self) -> None:
+        """With a cipher: derive every salt's key now (not in a login) and decrypt one seed
+        per salt, so a wrong passphrase raises :class:`ConfigError` here, at start."""
+        if self._seeds is None:
+            return
+        rows = await self._all(
+            "SELECT name, totp_secret FROM users WHERE totp_secret LIKE 'enc1:%'"
+        )
+        checked: set[bytes | None] = set()
+        for r in rows:
+            salt = salt_of(r["totp_secret"])
+            if salt not in checked or salt is None:
+                await self._seed_key(salt)
+                self._seeds.decrypt(r["totp_secret"], r["name"])
+                checked.add(salt)
+        await self._seed_key(self._seeds.write_salt())
 
     async def put_user(self, user: User) -> None:
         await self._write(

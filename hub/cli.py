@@ -135,13 +135,19 @@ async def run(args: argparse.Namespace) -> None:
     from hub.secrets import read_passphrase
 
     data = DataDir(Path(args.data_dir), passphrase=read_passphrase(args.ca_passphrase_file))
+    passphrase = data.ca_passphrase()
+    seeds = SeedCipher(passphrase) if passphrase is not None else None
+    if seeds is not None and data.db_path.exists():  # before init encrypts plain CA keys
+        checking = await SQLiteBackend.open(data.db_path, seeds)  # with this passphrase
+        try:
+            await checking.check_totp_seeds()
+        finally:
+            await checking.close()
     cluster = data.init(args.cluster_name)
     # The CAs of the current rotation phase (hub/rotation_runtime.py), followed live.
     rotation = HubRotation(data, [host, *args.public_addr])
     user_ca, host_ca = rotation.cas.user.signer, rotation.cas.host.signer
     ssl_ctx = rotation.tls_context()
-    passphrase = data.ca_passphrase()
-    seeds = SeedCipher(passphrase) if passphrase is not None else None
     backend = await SQLiteBackend.open(data.db_path, seeds)
     try:  # encrypt plain TOTP seeds with the CA passphrase (docs/security.md)
         if migrated := await backend.migrate_totp_seeds():

@@ -150,3 +150,32 @@ def test_tctl_without_the_passphrase_refuses_in_one_line_and_exits(tmp_path: Pat
             raise AssertionError("tctl printed its error but did not exit") from None
         assert proc.returncode != 0 and says in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+async def test_a_hub_started_with_a_wrong_passphrase_leaves_its_plain_ca_keys_alone(
+    tmp_path: Path,
+) -> None:
+    """Plain CA keys next to encrypted seeds (a restored backup): a start with a mistyped
+    passphrase must refuse before it encrypts the CA keys with it, one way."""
+    data = DataDir(tmp_path / "data")
+    data.init("test")
+    backend = await SQLiteBackend.open(data.db_path, SeedCipher(PASSPHRASE))
+    try:
+        await backend.put_user(User("carol", ("access",), ("pi",), None, TOTP_SECRET, 0, 0.0))
+    finally:
+        await backend.close()
+    keys = {p: p.read_bytes() for p in data.ca_dir.glob("*_ca.key")}
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the CA passphrase\n")
+    wrong.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REMOTELER_CA_PASSPHRASE")}
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("hub")), "start", "--data-dir", str(data.path),
+         "--listen", "127.0.0.1:0", "--ca-passphrase-file", str(wrong)],
+        env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode != 0, proc.stderr
+    assert "cannot decrypt the TOTP seed of user 'carol'" in proc.stderr, proc.stderr
+    assert keys and all(p.read_bytes() == k for p, k in keys.items()), (
+        "the CA keys were encrypted with the wrong passphrase"
+    )
