@@ -9,11 +9,16 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hub.extras import require_hub_extra
 from hub.listener import ListenerLimits
 from remoteler.addr import format_hostport, parse_hostport
 from remoteler.errors import RemotelerError
+
+if TYPE_CHECKING:
+    from hub.hashgate import HashGate
+    from hub.joinguard import JoinGuard
 
 log = logging.getLogger("remoteler.hub")
 DEFAULT_LISTEN = "127.0.0.1:3080"
@@ -107,6 +112,27 @@ def add_auth_limit_flags(start: argparse.ArgumentParser) -> None:
     )
 
 
+def auth_limits(args: argparse.Namespace) -> tuple[HashGate, JoinGuard]:
+    """The password-hash cap (and an Argon2 pool as wide) and the join limits."""
+    from hub import secrets as hs
+    from hub.hashgate import HashGate, HashGatePolicy
+    from hub.joinguard import JoinGuard, JoinPolicy
+
+    max_hashes = max(1, args.max_password_hashes)
+    hs.set_hash_threads(max_hashes)
+    gate = HashGate(
+        HashGatePolicy(max_hashes=max_hashes, max_wait=max(0.0, args.password_hash_wait))
+    )
+    guard = JoinGuard(
+        JoinPolicy(
+            address_failures=max(1, args.join_failures_per_address),
+            global_failures=max(1, args.join_failures),
+            address_attempts=max(1, args.join_attempts_per_address),
+        )
+    )
+    return gate, guard
+
+
 async def run(args: argparse.Namespace) -> None:
     import asyncio.sslproto
     import resource
@@ -116,8 +142,6 @@ async def run(args: argparse.Namespace) -> None:
     from hub.backend import SQLiteBackend
     from hub.datadir import DataDir
     from hub.gcpolicy import MIN_INTERVAL, GcPolicy
-    from hub.hashgate import HashGate, HashGatePolicy
-    from hub.joinguard import JoinGuard, JoinPolicy
     from hub.rotation_runtime import HubRotation
     from hub.seedcrypt import SeedCipher
     from hub.server import HubServer
@@ -157,6 +181,7 @@ async def run(args: argparse.Namespace) -> None:
         raise
     await backend.mark_all_offline()
     audit = await AuditStore.open(audit_db_path(data.path))
+    hash_gate, join_guard = auth_limits(args)
     server = HubServer(
         AuthService(
             backend,
@@ -164,19 +189,8 @@ async def run(args: argparse.Namespace) -> None:
             host_ca,
             cluster,
             audit=audit,
-            hash_gate=HashGate(
-                HashGatePolicy(
-                    max_hashes=max(1, args.max_password_hashes),
-                    max_wait=max(0.0, args.password_hash_wait),
-                )
-            ),
-            join_guard=JoinGuard(
-                JoinPolicy(
-                    address_failures=max(1, args.join_failures_per_address),
-                    global_failures=max(1, args.join_failures),
-                    address_attempts=max(1, args.join_attempts_per_address),
-                )
-            ),
+            hash_gate=hash_gate,
+            join_guard=join_guard,
         ),
         backend,
         audit=audit,

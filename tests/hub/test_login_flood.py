@@ -317,3 +317,23 @@ async def test_a_cancelled_login_holds_its_hash_slot_until_the_hash_ends(
                 break
             await asyncio.sleep(0.02)
         assert gate.running == 0 and gate.waiting == 0 and gate.peak == 1
+
+
+async def test_max_password_hashes_widens_the_argon2_pool_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """hub start --max-password-hashes 3: three hashes let in by the cap must run, not
+    wait in the two-thread pool's queue, where no deadline applies."""
+    from hub.cli import auth_limits, build_parser
+
+    counting = CountingHash(lambda stored, password: False)
+    monkeypatch.setattr(hs, "verify_password", counting)
+    args = build_parser().parse_args(["start", "--max-password-hashes", "3"])
+    try:
+        gate, _ = auth_limits(args)
+        await asyncio.gather(
+            *(gate.run(lambda: hs.verify_password_async(None, "p" * 12)) for _ in range(3))
+        )
+    finally:
+        hs.set_hash_threads(HashGatePolicy.max_hashes)
+    assert gate.peak == 3 and counting.peak == 3, f"{counting.peak} hashes ran at once"
