@@ -32,7 +32,7 @@ from remoteler.access import (
 from remoteler.audit.events import HUB_NODE, EventType, make_event
 from remoteler.ca import DEFAULT_USER_EXTENSIONS, CertAuthority, public_key_from_openssh
 from remoteler.ca.errors import CAError
-from remoteler.errors import AccessDenied, AuthError, UsageError
+from remoteler.errors import AccessDenied, AuthError, ConfigError, UsageError
 from remoteler.locks import find_lock
 from remoteler.roleopts import DISCONNECT_EXTENSION, disconnect_expired_cert
 
@@ -154,7 +154,7 @@ class AuthService:
 
     async def invite_info(self, name: str, invite: str, remote_addr: str = "") -> dict[str, str]:
         self.guard.addresses.check(remote_addr, self.clock())
-        user = await self.backend.get_user(name)
+        user = await self._user_before_credentials(name)
         ok = await self.backend.check_invite(hs.hash_token(invite), name, self.clock())
         if not ok or user is None or user.totp_secret is None:
             raise AuthError(
@@ -218,6 +218,17 @@ class AuthService:
         assert user is not None
         return await self.issue_user_certs(user, public_key, ttl)
 
+    async def _user_before_credentials(self, name: str) -> User | None:
+        """The user, for a caller who has not proven anything yet. A TOTP seed that does
+        not decrypt (a row altered while the hub runs) is the admin's to fix: logged
+        here, and the caller is answered as for an unknown name, so the error's text
+        (which names the user) does not tell an attacker that the name exists."""
+        try:
+            return await self.backend.get_user(name)
+        except ConfigError as err:
+            log.error("user record unreadable: %s", err, extra={"user": name})
+            return None
+
     async def rules_for(self, user: User) -> tuple[list[AccessRule], int]:
         """Resolved access rules and the TTL cap (the smallest max_session_ttl)."""
         roles = []
@@ -242,7 +253,7 @@ class AuthService:
         except LoginRefused as err:
             await self._login_failed(name, remote_addr, err.reason, count=False, limited=True)
             raise
-        user = await self.backend.get_user(name)
+        user = await self._user_before_credentials(name)
         try:  # an unknown name's dummy hash takes a slot like a real one
             password_ok = await self.hash_gate.run(
                 lambda: hs.verify_password_async(user.password_hash if user else None, password),

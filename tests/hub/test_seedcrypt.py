@@ -11,13 +11,15 @@ import threading
 from pathlib import Path
 
 import pytest
-from hubkit import TOTP_SECRET
+from hubkit import PASSWORD, TOTP_SECRET, new_key_line, running_hub
+from websockets.asyncio.client import connect
 
 from hub.backend import SQLiteBackend, User
 from hub.datadir import DataDir
 from hub.secrets import PASSPHRASE_FILE_ENV as _FILE
 from hub.seedcrypt import SeedCipher
-from remoteler.errors import ConfigError
+from remoteler import rpc
+from remoteler.errors import ConfigError, RemotelerError
 
 PASSPHRASE = b"a long CA passphrase for tests"
 
@@ -179,3 +181,40 @@ async def test_a_hub_started_with_a_wrong_passphrase_leaves_its_plain_ca_keys_al
     assert keys and all(p.read_bytes() == k for p, k in keys.items()), (
         "the CA keys were encrypted with the wrong passphrase"
     )
+
+
+async def test_a_seed_that_does_not_decrypt_is_answered_as_an_unknown_name(
+    tmp_path: Path,
+) -> None:
+    """A row altered while the hub runs (a seed moved from another user's row): the
+    error names the user, so a client with no credentials must not read it."""
+    async with running_hub(tmp_path) as hub:
+        await hub.auth.add_user("carol", ["access"], ["pi"], PASSWORD, TOTP_SECRET)
+        cipher = SeedCipher(PASSPHRASE)
+        hub.backend._seeds = cipher  # the hub runs with the passphrase
+        await hub.backend._write(
+            "UPDATE users SET totp_secret = ? WHERE name = ?",
+            (cipher.encrypt(TOTP_SECRET, "mallory"), "carol"),
+        )
+        _, pub = new_key_line()
+        answers = []
+        async with connect(
+            hub.url("/v1/rpc"),
+            ssl=hub.tls(),
+            compression=None,
+            subprotocols=[rpc.SUBPROTOCOL],  # type: ignore[list-item]
+            open_timeout=10,
+            close_timeout=1,
+        ) as ws:
+            client = rpc.RpcClient(ws)
+            for name in ("carol", "nosuchuser"):
+                with pytest.raises(RemotelerError) as info:
+                    await client.call(
+                        "login", user=name, password="p" * 12, otp="123456", public_key=pub
+                    )
+                answers.append(str(info.value))
+            with pytest.raises(RemotelerError) as info:
+                await client.call("invite.info", user="carol", invite="0" * 32)
+            answers.append(str(info.value))
+        assert answers[0] == answers[1], answers
+        assert not any("carol" in a or "passphrase" in a for a in answers), answers
