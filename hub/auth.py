@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 from hub import secrets as hs
 from hub.audit_store import AuditBackend
+from hub.auditbudget import AuditBudget
 from hub.backend import Backend, Node, Token, User
 from hub.hashgate import BUSY_MESSAGE, BUSY_REASON, HashGate, HubBusy
 from hub.joinguard import JoinGuard, JoinRefused
@@ -31,7 +32,7 @@ from remoteler.access import (
 from remoteler.audit.events import HUB_NODE, EventType, make_event
 from remoteler.ca import DEFAULT_USER_EXTENSIONS, CertAuthority, public_key_from_openssh
 from remoteler.ca.errors import CAError
-from remoteler.errors import AccessDenied, AuthError, UsageError
+from remoteler.errors import AccessDenied, AuthError, ConfigError, UsageError
 from remoteler.locks import find_lock
 from remoteler.roleopts import DISCONNECT_EXTENSION, disconnect_expired_cert
 
@@ -101,6 +102,10 @@ class AuthService:
         self.hash_gate = hash_gate or HashGate()
         #: rate limits on joins per address and hub-wide (hub/joinguard.py)
         self.join_guard = join_guard or JoinGuard()
+        #: join refusals by the limits are audited within this budget (hub/auditbudget.py)
+        self.join_refusals = AuditBudget()
+        #: so are login refusals by the limits and "hub busy"
+        self.login_refusals = AuditBudget()
 
     async def _record(self, type: EventType, *, node: str = HUB_NODE, **kw: Any) -> None:
         """Durable before the caller gets what it records (a store error fails the call)."""
@@ -149,7 +154,7 @@ class AuthService:
 
     async def invite_info(self, name: str, invite: str, remote_addr: str = "") -> dict[str, str]:
         self.guard.addresses.check(remote_addr, self.clock())
-        user = await self.backend.get_user(name)
+        user = await self._user_before_credentials(name)
         ok = await self.backend.check_invite(hs.hash_token(invite), name, self.clock())
         if not ok or user is None or user.totp_secret is None:
             raise AuthError(
@@ -173,7 +178,7 @@ class AuthService:
         try:
             await self.guard.check(name, remote_addr)
         except LoginRefused as err:
-            await self._login_failed(name, remote_addr, err.reason, count=False)
+            await self._login_failed(name, remote_addr, err.reason, count=False, limited=True)
             raise
         try:
             info = await self.invite_info(name, invite)
@@ -183,8 +188,10 @@ class AuthService:
         if len(password) < hs.MIN_PASSWORD:
             raise UsageError(f"password too short: use at least {hs.MIN_PASSWORD} characters")
         try:  # before the code and the invite are used up: a busy hub costs neither
-            async with self.hash_gate.slot(priority=self.guard.trusted(remote_addr)):
-                password_hash = await hs.hash_password_async(password)
+            password_hash = await self.hash_gate.run(
+                lambda: hs.hash_password_async(password),
+                priority=self.guard.trusted(remote_addr),
+            )
         except HubBusy:
             await self._hub_busy(name, remote_addr)
         step = hs.totp_step(info["totp_secret"], otp, self.clock())
@@ -211,6 +218,17 @@ class AuthService:
         assert user is not None
         return await self.issue_user_certs(user, public_key, ttl)
 
+    async def _user_before_credentials(self, name: str) -> User | None:
+        """The user, for a caller who has not proven anything yet. A TOTP seed that does
+        not decrypt (a row altered while the hub runs) is the admin's to fix: logged
+        here, and the caller is answered as for an unknown name, so the error's text
+        (which names the user) does not tell an attacker that the name exists."""
+        try:
+            return await self.backend.get_user(name)
+        except ConfigError as err:
+            log.error("user record unreadable: %s", err, extra={"user": name})
+            return None
+
     async def rules_for(self, user: User) -> tuple[list[AccessRule], int]:
         """Resolved access rules and the TTL cap (the smallest max_session_ttl)."""
         roles = []
@@ -233,14 +251,14 @@ class AuthService:
         try:
             await self.guard.check(name, remote_addr)  # before any Argon2 work
         except LoginRefused as err:
-            await self._login_failed(name, remote_addr, err.reason, count=False)
+            await self._login_failed(name, remote_addr, err.reason, count=False, limited=True)
             raise
-        user = await self.backend.get_user(name)
+        user = await self._user_before_credentials(name)
         try:  # an unknown name's dummy hash takes a slot like a real one
-            async with self.hash_gate.slot(priority=self.guard.trusted(remote_addr)):
-                password_ok = await hs.verify_password_async(
-                    user.password_hash if user else None, password
-                )
+            password_ok = await self.hash_gate.run(
+                lambda: hs.verify_password_async(user.password_hash if user else None, password),
+                priority=self.guard.trusted(remote_addr),
+            )
         except HubBusy:
             await self._hub_busy(name, remote_addr)
         if user is None or not password_ok or user.totp_secret is None:
@@ -267,14 +285,29 @@ class AuthService:
         return await self.issue_user_certs(user, public_key, ttl)
 
     async def _login_failed(
-        self, name: str, remote_addr: str, reason: str, *, count: bool = True
+        self,
+        name: str,
+        remote_addr: str,
+        reason: str,
+        *,
+        count: bool = True,
+        limited: bool = False,
     ) -> None:
-        """Log and audit a refused login (never the password or code), and count it."""
+        """Log and audit a refused login (never the password or code), and count it.
+        A refusal by the limits (``limited``) is logged and audited within a hub-wide
+        budget; the ones left out are counted in the next one's ``suppressed``."""
+        extra: dict[str, Any] = {}
+        if limited:
+            left_out = self.login_refusals.admit(self.clock())
+            if left_out is None:
+                return
+            if left_out:
+                extra["suppressed"] = left_out
         locked = await self.guard.failed(name, remote_addr) if count else False
         log.warning(
             "login failed: %s",
             reason,
-            extra={"user": name[:64], "remote_addr": remote_addr, "locked_out": locked},
+            extra={"user": name[:64], "remote_addr": remote_addr, "locked_out": locked, **extra},
         )
         await self._record(
             EventType.USER_LOGIN,
@@ -283,12 +316,13 @@ class AuthService:
             reason=reason,
             remote_addr=remote_addr,
             locked_out=locked,
+            **extra,
         )
 
     async def _hub_busy(self, name: str, remote_addr: str) -> NoReturn:
         """Refuse an attempt that found no password-hash slot (not counted as a failure)."""
         self.guard.abandoned(name)
-        await self._login_failed(name, remote_addr, BUSY_REASON, count=False)
+        await self._login_failed(name, remote_addr, BUSY_REASON, count=False, limited=True)
         raise LoginRefused(BUSY_MESSAGE, BUSY_REASON)
 
     async def _check_user_lock(self, name: str, remote_addr: str = "") -> None:
@@ -354,9 +388,9 @@ class AuthService:
         check_name("node", name)
         token_hash = hs.hash_token(token)
         try:
-            self.join_guard.check(remote_addr, self.clock())
+            hub_reserved = self.join_guard.check(remote_addr, self.clock())
         except JoinRefused as err:
-            await self._join_failed(name, remote_addr, token_hash, err.reason)
+            await self._join_failed(name, remote_addr, token_hash, err.reason, limited=True)
             raise
         record = await self.backend.get_token(token_hash)
         now = self.clock()
@@ -367,12 +401,16 @@ class AuthService:
             bad = "join token was already used"
         elif record.expires <= now:
             bad = "join token expired"
+        if bad and not hub_reserved:  # too many failures hub-wide: only valid tokens pass
+            refused = self.join_guard.refusal(now)
+            await self._join_failed(name, remote_addr, token_hash, refused.reason, limited=True)
+            raise refused
         if bad or record is None:
             await self._join_failed(name, remote_addr, token_hash, bad or "")
             raise AuthError(
                 f"{bad}; ask the hub operator for a new one (tctl tokens add --type node)"
             )
-        self.join_guard.succeeded(remote_addr, now)  # a valid token is not a guess
+        self.join_guard.succeeded(remote_addr, now, hub_reserved)  # a valid token: no guess
         try:
             pub = public_key_from_openssh(public_key)
         except CAError as exc:
@@ -433,13 +471,24 @@ class AuthService:
             "cluster": self.cluster,
         }
 
-    async def _join_failed(self, name: str, remote_addr: str, token_hash: str, reason: str) -> None:
-        """Log and audit a refused join: the token only as its public id (a digest prefix)."""
+    async def _join_failed(
+        self, name: str, remote_addr: str, token_hash: str, reason: str, *, limited: bool = False
+    ) -> None:
+        """Log and audit a refused join: the token only as its public id (a digest prefix).
+        A refusal by the limits (``limited``) is logged and audited within a hub-wide
+        budget; the ones left out are counted in the next one's ``suppressed``."""
+        extra: dict[str, Any] = {}
+        if limited:
+            left_out = self.join_refusals.admit(self.clock())
+            if left_out is None:
+                return
+            if left_out:
+                extra["suppressed"] = left_out
         token_id = token_hash[:12]
         log.warning(
             "join refused: %s",
             reason,
-            extra={"node_name": name, "remote_addr": remote_addr, "token_id": token_id},
+            extra={"node_name": name, "remote_addr": remote_addr, "token_id": token_id, **extra},
         )
         await self._record(
             EventType.JOIN_FAILED,
@@ -447,4 +496,5 @@ class AuthService:
             remote_addr=remote_addr,
             reason=reason,
             token_id=token_id,
+            **extra,
         )

@@ -8,6 +8,7 @@ passphrase when there is one (hub/seedcrypt.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 
 import aiosqlite
 
-from hub.seedcrypt import SeedCipher, is_encrypted
+from hub.seedcrypt import SeedCipher, is_encrypted, salt_of
 from remoteler.access import PRESET_ROLES, Role
 from remoteler.errors import ConfigError
 from remoteler.locks import Lock
@@ -303,6 +304,14 @@ class SQLiteBackend:
                 (role.name, json.dumps(role.to_dict())),
             )
         await db.commit()
+        if seeds is not None:  # write with the salt already there: one key for all seeds
+            row = await (
+                await db.execute(
+                    "SELECT totp_secret FROM users WHERE totp_secret LIKE 'enc1:%' LIMIT 1"
+                )
+            ).fetchone()
+            if row is not None and (salt := salt_of(row[0])) is not None:
+                seeds.use_salt(salt)
         return cls(db, seeds)
 
     async def close(self) -> None:
@@ -324,18 +333,24 @@ class SQLiteBackend:
     # users
     async def get_user(self, name: str) -> User | None:
         row = await self._one("SELECT * FROM users WHERE name = ?", (name,))
-        return self._seed_out(_user(row)) if row else None
+        return await self._seed_out(_user(row)) if row else None
 
     async def list_users(self) -> list[User]:
         rows = await self._all("SELECT * FROM users ORDER BY name")
-        return [self._seed_out(_user(r)) for r in rows]
+        return [await self._seed_out(_user(r)) for r in rows]
 
-    def _seed_out(self, user: User) -> User:
+    async def _seed_out(self, user: User) -> User:
         """Decrypt the TOTP seed; without a cipher an encrypted one stays as it is, opaque
         (put_user writes it back unchanged)."""
         if self._seeds is None or user.totp_secret is None:
             return user
+        await self._seed_key(salt_of(user.totp_secret))
         return replace(user, totp_secret=self._seeds.decrypt(user.totp_secret, user.name))
+
+    async def _seed_key(self, salt: bytes | None) -> None:
+        """Derive a missing seed key in a thread: scrypt must not stall the event loop."""
+        if self._seeds is not None and salt is not None and not self._seeds.has_key(salt):
+            await asyncio.to_thread(self._seeds.derive, salt)
 
     async def migrate_totp_seeds(self) -> int:
         """Encrypt every plain TOTP seed (with a cipher); return how many. Without a cipher,
@@ -348,6 +363,7 @@ class SQLiteBackend:
                     "--ca-passphrase-file FILE (the CA passphrase)"
                 )
             return 0
+        await self.check_totp_seeds()
         plain = [(r["name"], r["totp_secret"]) for r in rows if not is_encrypted(r["totp_secret"])]
         for name, seed in plain:
             await self._db.execute(
@@ -359,6 +375,23 @@ class SQLiteBackend:
             await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return len(plain)
 
+    async def check_totp_seeds(self) -> None:
+        """With a cipher: derive every salt's key now (not in a login) and decrypt one seed
+        per salt, so a wrong passphrase raises :class:`ConfigError` here, at start."""
+        if self._seeds is None:
+            return
+        rows = await self._all(
+            "SELECT name, totp_secret FROM users WHERE totp_secret LIKE 'enc1:%'"
+        )
+        checked: set[bytes | None] = set()
+        for r in rows:
+            salt = salt_of(r["totp_secret"])
+            if salt not in checked or salt is None:
+                await self._seed_key(salt)
+                self._seeds.decrypt(r["totp_secret"], r["name"])
+                checked.add(salt)
+        await self._seed_key(self._seeds.write_salt())
+
     async def put_user(self, user: User) -> None:
         await self._write(
             "INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -367,7 +400,7 @@ class SQLiteBackend:
                 json.dumps(list(user.roles)),
                 json.dumps(list(user.logins)),
                 user.password_hash,
-                self._seed_in(user),
+                await self._seed_in(user),
                 user.totp_last_step,
                 user.created,
             ),
@@ -376,9 +409,10 @@ class SQLiteBackend:
     async def delete_user(self, name: str) -> bool:
         return await self._write("DELETE FROM users WHERE name = ?", (name,)) > 0
 
-    def _seed_in(self, user: User) -> str | None:
+    async def _seed_in(self, user: User) -> str | None:
         if self._seeds is None or user.totp_secret is None:
             return user.totp_secret
+        await self._seed_key(self._seeds.write_salt())
         return self._seeds.encrypt(user.totp_secret, user.name)
 
     async def record_totp_step(self, name: str, step: int) -> bool:

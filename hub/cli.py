@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hub.audit_quota import DEFAULT_BURST, DEFAULT_RATE, QuotaConfig
 from hub.extras import require_hub_extra
@@ -16,6 +17,10 @@ from hub.listener import ListenerLimits
 from remoteler.addr import format_hostport, parse_hostport
 from remoteler.clihelp import finish
 from remoteler.errors import RemotelerError, UsageError
+
+if TYPE_CHECKING:
+    from hub.hashgate import HashGate
+    from hub.joinguard import JoinGuard
 
 log = logging.getLogger("remoteler.hub")
 DEFAULT_LISTEN = "127.0.0.1:3080"
@@ -157,6 +162,27 @@ def add_auth_limit_flags(start: argparse.ArgumentParser) -> None:
     )
 
 
+def auth_limits(args: argparse.Namespace) -> tuple[HashGate, JoinGuard]:
+    """The password-hash cap (and an Argon2 pool as wide) and the join limits."""
+    from hub import secrets as hs
+    from hub.hashgate import HashGate, HashGatePolicy
+    from hub.joinguard import JoinGuard, JoinPolicy
+
+    max_hashes = max(1, args.max_password_hashes)
+    hs.set_hash_threads(max_hashes)
+    gate = HashGate(
+        HashGatePolicy(max_hashes=max_hashes, max_wait=max(0.0, args.password_hash_wait))
+    )
+    guard = JoinGuard(
+        JoinPolicy(
+            address_failures=max(1, args.join_failures_per_address),
+            global_failures=max(1, args.join_failures),
+            address_attempts=max(1, args.join_attempts_per_address),
+        )
+    )
+    return gate, guard
+
+
 async def run(args: argparse.Namespace) -> None:
     import asyncio.sslproto
     import resource
@@ -166,8 +192,6 @@ async def run(args: argparse.Namespace) -> None:
     from hub.backend import SQLiteBackend
     from hub.datadir import DataDir
     from hub.gcpolicy import MIN_INTERVAL, GcPolicy
-    from hub.hashgate import HashGate, HashGatePolicy
-    from hub.joinguard import JoinGuard, JoinPolicy
     from hub.rotation_runtime import HubRotation
     from hub.seedcrypt import SeedCipher
     from hub.server import HubServer
@@ -189,13 +213,19 @@ async def run(args: argparse.Namespace) -> None:
     from hub.secrets import read_passphrase
 
     data = DataDir(Path(args.data_dir), passphrase=read_passphrase(args.ca_passphrase_file))
+    passphrase = data.ca_passphrase()
+    seeds = SeedCipher(passphrase) if passphrase is not None else None
+    if seeds is not None and data.db_path.exists():  # before init encrypts plain CA keys
+        checking = await SQLiteBackend.open(data.db_path, seeds)  # with this passphrase
+        try:
+            await checking.check_totp_seeds()
+        finally:
+            await checking.close()
     cluster = data.init(args.cluster_name)
     # The CAs of the current rotation phase (hub/rotation_runtime.py), followed live.
     rotation = HubRotation(data, [host, *args.public_addr])
     user_ca, host_ca = rotation.cas.user.signer, rotation.cas.host.signer
     ssl_ctx = rotation.tls_context()
-    passphrase = data.ca_passphrase()
-    seeds = SeedCipher(passphrase) if passphrase is not None else None
     backend = await SQLiteBackend.open(data.db_path, seeds)
     try:  # encrypt plain TOTP seeds with the CA passphrase (docs/security.md)
         if migrated := await backend.migrate_totp_seeds():
@@ -205,6 +235,7 @@ async def run(args: argparse.Namespace) -> None:
         raise
     await backend.mark_all_offline()
     audit = await AuditStore.open(audit_db_path(data.path))
+    hash_gate, join_guard = auth_limits(args)
     server = HubServer(
         AuthService(
             backend,
@@ -212,19 +243,8 @@ async def run(args: argparse.Namespace) -> None:
             host_ca,
             cluster,
             audit=audit,
-            hash_gate=HashGate(
-                HashGatePolicy(
-                    max_hashes=max(1, args.max_password_hashes),
-                    max_wait=max(0.0, args.password_hash_wait),
-                )
-            ),
-            join_guard=JoinGuard(
-                JoinPolicy(
-                    address_failures=max(1, args.join_failures_per_address),
-                    global_failures=max(1, args.join_failures),
-                    address_attempts=max(1, args.join_attempts_per_address),
-                )
-            ),
+            hash_gate=hash_gate,
+            join_guard=join_guard,
         ),
         backend,
         audit=audit,

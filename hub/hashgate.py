@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 BUSY_MESSAGE = "login refused: the hub is busy; try again in a few seconds"
 BUSY_REASON = "hub busy"
@@ -70,6 +73,25 @@ class HashGate:
             yield
         finally:
             self._release()
+
+    async def run(self, work: Callable[[], Awaitable[T]], priority: bool = False) -> T:
+        """``await work()`` (a password hash in the worker pool) in a slot, as :meth:`slot`,
+        but the slot is held until the work ends even if the caller is cancelled: the
+        worker thread keeps hashing, and a slot freed early would let more hashes run
+        (or queue in the pool) than the cap."""
+        await self._acquire(priority)
+        try:
+            task = asyncio.ensure_future(work())
+        except BaseException:
+            self._release()
+            raise
+        task.add_done_callback(self._work_done)
+        return await asyncio.shield(task)
+
+    def _work_done(self, task: asyncio.Future[Any]) -> None:
+        self._release()
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller cancelled meanwhile does not log it
 
     async def _acquire(self, priority: bool) -> None:
         p = self.policy

@@ -9,6 +9,10 @@ with valid tokens, and a successful join gives its failure back.
 Each attempt reserves one failure from its address's bucket and from the
 hub-wide bucket before the token is looked up, so a burst sent together cannot
 slip past the limit before any of it is judged; a valid token returns both.
+The hub-wide bucket never refuses before the lookup: with it empty, an attempt
+goes on without a reservation and only a valid token passes (an attacker with
+many addresses must not hold up every real join; the lookup is one digest and
+one indexed read, no more than the refusal's own audit write).
 
 Sans-I/O: time is passed in. State is in memory (an address is cheap to change).
 """
@@ -105,10 +109,11 @@ class JoinGuard:
         while len(self._seen) >= self.policy.max_tracked_addresses:
             del self._seen[next(iter(self._seen))]
 
-    def check(self, addr: str, now: float) -> None:
+    def check(self, addr: str, now: float) -> bool:
         """Take one attempt for ``addr`` and reserve one failure; raise :class:`JoinRefused`
-        if the address or the hub has none left. An empty ``addr`` (an in-process call)
-        is limited only hub-wide."""
+        if the address has none left. Return whether a hub-wide failure was reserved:
+        False (the hub-wide bucket is empty) means only a valid token may pass, see
+        :meth:`refusal`. An empty ``addr`` (an in-process call) is limited only hub-wide."""
         hub = self._hub(now)
         hub.settle(now)
         state = self._address(addr, now) if addr else None
@@ -128,22 +133,30 @@ class JoinGuard:
                     "(tctl tokens add --type node)",
                     "address failures",
                 )
-        if hub.tokens < 1:
-            raise JoinRefused(
-                "join refused: too many failed joins at the hub right now; "
-                f"try again in {math.ceil(hub.wait())} s",
-                "hub failures",
-            )
-        hub.tokens -= 1
         if state is not None:
             state.attempts.tokens -= 1
             state.failures.tokens -= 1
+        if hub.tokens < 1:
+            return False
+        hub.tokens -= 1
+        return True
 
-    def succeeded(self, addr: str, now: float) -> None:
-        """The token was valid: give back the failure :meth:`check` reserved."""
+    def refusal(self, now: float) -> JoinRefused:
+        """What a wrong token gets while the hub-wide bucket is empty."""
         hub = self._hub(now)
         hub.settle(now)
-        hub.tokens = min(hub.size, hub.tokens + 1)
+        return JoinRefused(
+            "join refused: too many failed joins at the hub right now; "
+            f"try again in {math.ceil(hub.wait())} s",
+            "hub failures",
+        )
+
+    def succeeded(self, addr: str, now: float, hub_reserved: bool = True) -> None:
+        """The token was valid: give back the failures :meth:`check` reserved."""
+        hub = self._hub(now)
+        hub.settle(now)
+        if hub_reserved:
+            hub.tokens = min(hub.size, hub.tokens + 1)
         state = self._seen.get(addr) if addr else None
         if state is not None:
             state.failures.settle(now)

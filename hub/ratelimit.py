@@ -217,7 +217,8 @@ class LoginGuard:
             )
             if now - self._pruned >= p.prune_interval:
                 self._pruned = now
-                await self.prune(now)
+                if await self.prune(now) >= p.prune_batch:  # more left: at the next failure
+                    self._pruned = -math.inf
         return locked
 
     async def prune(self, now: float) -> int:

@@ -27,6 +27,15 @@ _DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
 _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="argon2")
 
 
+def set_hash_threads(count: int) -> None:
+    """Run up to ``count`` password hashes at once (``hub start --max-password-hashes``):
+    the pool must be as wide as the hub-wide cap (hub/hashgate.py), or hashes let in by
+    the cap wait in the pool's queue, where no deadline applies."""
+    global _POOL
+    old, _POOL = _POOL, ThreadPoolExecutor(max_workers=max(1, count), thread_name_prefix="argon2")
+    old.shutdown(wait=False)
+
+
 def hash_password(password: str) -> str:
     return _hasher.hash(password)
 

@@ -6,12 +6,15 @@ With a CA passphrase the seed is stored as ``enc1:<salt>:<nonce+ciphertext>``
 (base64): AES-256-GCM under a key derived from the passphrase with scrypt (the
 CA keys' parameters, 16 MiB), the user name as associated data, so a seed moved
 to another user's row does not decrypt. The key is derived once per salt and
-kept in memory; a process writes every seed with one salt of its own.
+kept in memory. Every writer (the hub, tctl) reuses the salt already in the
+database, so all seeds share one key: scrypt costs ~0.1-0.3 s of CPU, and the
+hub derives the keys at start (hub/backend.py, in a thread), never during a login.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import secrets
 
 from remoteler.errors import ConfigError
@@ -24,6 +27,16 @@ def is_encrypted(stored: str) -> bool:
     return stored.startswith(PREFIX)
 
 
+def salt_of(stored: str) -> bytes | None:
+    """The scrypt salt of an encrypted seed; None for plain text or a malformed value."""
+    if not is_encrypted(stored):
+        return None
+    try:
+        return base64.b64decode(stored[len(PREFIX) :].split(":", 1)[0], validate=True)
+    except (ValueError, binascii.Error):
+        return None
+
+
 class SeedCipher:
     def __init__(self, passphrase: bytes) -> None:
         self._passphrase = passphrase
@@ -32,6 +45,23 @@ class SeedCipher:
 
     def __repr__(self) -> str:
         return "SeedCipher(<passphrase>)"
+
+    def use_salt(self, salt: bytes) -> None:
+        """Write with ``salt`` (one already in the database) rather than a new one."""
+        if self._salt is None:
+            self._salt = salt
+
+    def write_salt(self) -> bytes:
+        if self._salt is None:
+            self._salt = secrets.token_bytes(16)
+        return self._salt
+
+    def has_key(self, salt: bytes) -> bool:
+        return salt in self._keys
+
+    def derive(self, salt: bytes) -> None:
+        """Derive and keep the key for ``salt`` (scrypt: CPU-heavy, run it in a thread)."""
+        self._key(salt)
 
     def _key(self, salt: bytes) -> bytes:
         key = self._keys.get(salt)
@@ -50,11 +80,10 @@ class SeedCipher:
             return seed
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-        if self._salt is None:
-            self._salt = secrets.token_bytes(16)
-        nonce = secrets.token_bytes(12)
-        sealed = AESGCM(self._key(self._salt)).encrypt(nonce, seed.encode(), _AAD + user.encode())
-        return PREFIX + _b64(self._salt) + ":" + _b64(nonce + sealed)
+        salt = self.write_salt()
+        nonce = secrets.token_bytes(12)  # random 96 bits: one key seals few seeds
+        sealed = AESGCM(self._key(salt)).encrypt(nonce, seed.encode(), _AAD + user.encode())
+        return PREFIX + _b64(salt) + ":" + _b64(nonce + sealed)
 
     def decrypt(self, stored: str, user: str) -> str:
         """The seed in ``stored``; plain text (not yet migrated) is returned as is."""

@@ -218,8 +218,10 @@ async def _auth(args: argparse.Namespace) -> Any:
     from hub.datadir import DataDir
 
     data = DataDir(Path(args.data_dir))
-    backend = await _backend(args)
+    # the CAs first: a missing or wrong passphrase must not leave an open database,
+    # whose thread would keep tctl from exiting after it printed the error
     cas = tctl_rotate.load_cas(args.data_dir)  # sign with the CAs of the rotation phase
+    backend = await _backend(args)
     return AuthService(backend, cas.user.signer, cas.host.signer, data.cluster_name())
 
 

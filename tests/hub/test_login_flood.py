@@ -17,6 +17,7 @@ from websockets.asyncio.client import connect
 
 from hub import secrets as hs
 from hub.audit_store import AuditStore
+from hub.auditbudget import AuditBudget, AuditBudgetPolicy
 from hub.backend import SQLiteBackend
 from hub.hashgate import BUSY_MESSAGE, HashGate, HashGatePolicy, HubBusy
 from hub.ratelimit import LoginGuard, LoginPolicy
@@ -214,7 +215,125 @@ async def test_login_guard_rows_are_pruned_after_their_window(tmp_path: Path) ->
         await backend.close()
 
 
+async def test_login_guard_pruning_keeps_up_while_full_batches_come_back(tmp_path: Path) -> None:
+    """Failures faster than one batch a minute (more hash slots, a faster machine): a full
+    batch means more rows are due, so the next failure prunes again rather than a
+    minute later, or the table grows for as long as the spray runs."""
+    clock = Clock()
+    policy = LoginPolicy(failure_window=600.0, prune_batch=10)
+    backend = await SQLiteBackend.open(tmp_path / "hub.db")
+    try:
+        guard = LoginGuard(backend, policy, clock=clock)
+        for i in range(50):
+            await guard.failed(f"name{i}", "")
+        clock.advance(policy.failure_window + 1)
+        for i in range(3):  # three failures within a second
+            await guard.failed(f"late{i}", "")
+        left = await _rows(backend)
+        assert left == 50 + 3 - 30, f"{left} rows left: 3 full batches should be gone"
+    finally:
+        await backend.close()
+
+
 async def _rows(backend: SQLiteBackend) -> int:
     row = await backend._one("SELECT COUNT(*) FROM login_guard", ())
     assert row is not None
     return int(row[0])
+
+
+@pytest.mark.usefixtures("fast_argon2")
+async def test_login_refusals_by_the_limits_are_audited_within_a_budget(tmp_path: Path) -> None:
+    """A refused login costs the peer one request; one durable audit row each let one
+    address grow the audit database at request rate (195 a second measured)."""
+    async with running_hub(tmp_path, audit=True) as hub:
+        store = hub.server.audit
+        assert isinstance(store, AuditStore)
+        hub.auth.audit = store
+        hub.auth.login_refusals = AuditBudget(AuditBudgetPolicy(burst=20, refill=3600.0))
+        _, pub = new_key_line()
+        answers: list[str] = []
+        async with connect(
+            hub.url("/v1/rpc"),
+            ssl=hub.tls(),
+            compression=None,
+            subprotocols=[rpc.SUBPROTOCOL],  # type: ignore[list-item]
+            open_timeout=10,
+            close_timeout=1,
+            local_addr=("127.4.0.1", 0),
+        ) as ws:
+            client = rpc.RpcClient(ws)
+            for _ in range(GUESSES * 2):
+                try:
+                    await client.call(
+                        "login", user="alice", password="p" * 12, otp="123456", public_key=pub
+                    )
+                except RemotelerError as err:
+                    answers.append(str(err))
+        judged = [a for a in answers if a.startswith("login failed")]
+        assert len(answers) == GUESSES * 2 and len(judged) < GUESSES, set(answers)
+        events = await store.search(type="user.login", limit=1000)
+        limited = [e for e in events if e.fields["reason"] != "unknown user"]
+        assert len([e for e in events if e.fields["reason"] == "unknown user"]) == len(judged)
+        assert len(limited) == 20, f"{len(limited)} refusals by the limits audited"
+        assert hub.auth.login_refusals.suppressed == GUESSES * 2 - len(judged) - 20
+
+
+async def test_a_cancelled_login_holds_its_hash_slot_until_the_hash_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelling the coroutine does not stop the Argon2 thread: were the slot freed at
+    once, cancelled logins (a hub shutdown, a deadline around the handler) would let
+    more hashes run or queue in the pool than the cap."""
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def verify(stored: str | None, password: str) -> bool:
+        started.release()
+        release.wait(10)
+        return False
+
+    monkeypatch.setattr(hs, "verify_password", verify)
+    async with running_hub(tmp_path) as hub:
+        gate = hub.auth.hash_gate = HashGate(HashGatePolicy(max_hashes=1, max_wait=5.0))
+        _, pub = new_key_line()
+        first = asyncio.ensure_future(
+            hub.auth.login("nobody", "p" * 12, "123456", pub, None, "127.6.0.1")
+        )
+        assert await asyncio.to_thread(started.acquire, True, 5), "the hash never started"
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert gate.running == 1, "the slot was freed while its hash still runs"
+        second = asyncio.ensure_future(
+            hub.auth.login("nobody2", "p" * 12, "123456", pub, None, "127.6.0.2")
+        )
+        await asyncio.sleep(0.1)
+        assert gate.waiting == 1, "a second hash must wait for the first thread"
+        release.set()
+        with pytest.raises(RemotelerError, match="login failed"):
+            await second
+        for _ in range(50):
+            if gate.running == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert gate.running == 0 and gate.waiting == 0 and gate.peak == 1
+
+
+async def test_max_password_hashes_widens_the_argon2_pool_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """hub start --max-password-hashes 3: three hashes let in by the cap must run, not
+    wait in the two-thread pool's queue, where no deadline applies."""
+    from hub.cli import auth_limits, build_parser
+
+    counting = CountingHash(lambda stored, password: False)
+    monkeypatch.setattr(hs, "verify_password", counting)
+    args = build_parser().parse_args(["start", "--max-password-hashes", "3"])
+    try:
+        gate, _ = auth_limits(args)
+        await asyncio.gather(
+            *(gate.run(lambda: hs.verify_password_async(None, "p" * 12)) for _ in range(3))
+        )
+    finally:
+        hs.set_hash_threads(HashGatePolicy.max_hashes)
+    assert gate.peak == 3 and counting.peak == 3, f"{counting.peak} hashes ran at once"
