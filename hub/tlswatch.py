@@ -63,7 +63,7 @@ class HandshakeDeadline:
 class _WatchedSSLObject:
     """An ``ssl.SSLObject`` that reports each flight it produces to a deadline."""
 
-    __slots__ = ("_clock", "_deadline", "_obj", "_outgoing", "pending", "read", "write")
+    __slots__ = ("_clock", "_deadline", "_obj", "_outgoing", "read", "write")
 
     def __init__(
         self,
@@ -80,7 +80,6 @@ class _WatchedSSLObject:
         # so they are the real object's own methods, not a frame of ours around each.
         self.read = obj.read
         self.write = obj.write
-        self.pending = obj.pending
 
     def do_handshake(self) -> None:
         try:
@@ -111,7 +110,7 @@ class WatchedContext:
     ) -> None:
         self._ctx = ctx
         self._deadline: HandshakeDeadline | None = deadline
-        self._clock = clock
+        self._clock: Callable[[], float] | None = clock
 
     def wrap_bio(
         self,
@@ -121,7 +120,7 @@ class WatchedContext:
         server_hostname: str | None = None,
         session: ssl.SSLSession | None = None,
     ) -> Any:
-        assert self._deadline is not None, "wrap_bio after detach()"
+        assert self._deadline is not None and self._clock is not None, "wrap_bio after detach()"
         obj = self._ctx.wrap_bio(
             incoming,
             outgoing,
@@ -134,7 +133,7 @@ class WatchedContext:
     def detach(self) -> None:
         """Drop the deadline once the handshake is over (SSLProtocol keeps this object
         for the connection's life)."""
-        self._deadline = None
+        self._deadline = self._clock = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ctx, name)

@@ -97,7 +97,6 @@ def test_the_data_path_runs_no_code_of_ours(tmp_path: Path) -> None:
         with contextlib.suppress(ssl.SSLWantReadError):
             server.read(1024)  # nothing more: SSLProtocol's last read of a batch
         server.write(b"pong")
-        server.pending()
     finally:
         sys.setprofile(None)
     assert ours == []
