@@ -108,8 +108,9 @@ class _AcceptLoop:
     """What websockets' Server needs of an asyncio.Server, over our own accept loop.
 
     ``admitting`` are the tasks of connections not yet through TLS (websockets
-    only knows the open ones): closing cancels them too, which closes their sockets
-    and gives their permits back."""
+    only knows the open ones). :meth:`close` only stops accepting (a drain lets
+    them through); :meth:`wait_closed`, the server's final close, cancels them,
+    which closes their sockets and gives their permits back."""
 
     def __init__(
         self,
@@ -135,14 +136,15 @@ class _AcceptLoop:
             for task in self._tasks:
                 task.cancel()
             self.sockets[0].close()
-            for task in self._admitting:
-                task.cancel()
 
     async def wait_closed(self) -> None:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await asyncio.gather(*self._admitting, return_exceptions=True)
+        admitting = list(self._admitting)
+        for task in admitting:
+            task.cancel()
+        await asyncio.gather(*admitting, return_exceptions=True)
 
     async def start_serving(self) -> None:  # serving from the start
         return None
