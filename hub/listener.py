@@ -106,12 +106,23 @@ class _Lane:
 
 
 class _AcceptLoop:
-    """What websockets' Server needs of an asyncio.Server, over our own accept loop."""
+    """What websockets' Server needs of an asyncio.Server, over our own accept loop.
 
-    def __init__(self, sock: socket.socket, *runs: Callable[[], Awaitable[None]]) -> None:
+    ``admitting`` are the tasks of connections not yet through TLS (websockets
+    only knows the open ones). :meth:`close` only stops accepting (a drain lets
+    them through); :meth:`wait_closed`, the server's final close, cancels them,
+    which closes their sockets and gives their permits back."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        admitting: set[asyncio.Task[None]],
+        *runs: Callable[[], Awaitable[None]],
+    ) -> None:
         self.sockets = (sock,)
         self._loop = asyncio.get_running_loop()
         self._tasks = [asyncio.ensure_future(run()) for run in runs]
+        self._admitting = admitting
         self._serving = True
 
     def is_serving(self) -> bool:
@@ -131,6 +142,10 @@ class _AcceptLoop:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        admitting = list(self._admitting)
+        for task in admitting:
+            task.cancel()
+        await asyncio.gather(*admitting, return_exceptions=True)
 
     async def start_serving(self) -> None:  # serving from the start
         return None
@@ -195,7 +210,8 @@ class Listener:
         ws_log.setLevel(logging.WARNING)
         server = Server(never, self._protocol_handler, ws_log)
         server.server = cast(
-            asyncio.Server, _AcceptLoop(sock, lambda: self._accept(sock), self._govern)
+            asyncio.Server,
+            _AcceptLoop(sock, self._conn_tasks, lambda: self._accept(sock), self._govern),
         )
         self.ws_server = server
         return server
@@ -262,6 +278,7 @@ class Listener:
         caller has counted it in ``queued`` and ``pending``."""
         loop = asyncio.get_running_loop()
         gate: Gate | None = None
+        tls = False  # once the TLS start has it, the socket is the transport's to close
         try:
             try:
                 lane = self.lanes[await self._classify(conn)]
@@ -283,10 +300,13 @@ class Listener:
                 conn.close()  # the peer gave up while queued: save the handshake
                 return
             lane.admitted += 1
+            tls = True
             await self._start_tls(conn, key)
             # The permit covered the CPU-heavy part. The websocket upgrade that follows
             # has its own timeout; a client that stalls there no longer holds a permit.
         finally:
+            if not tls:
+                conn.close()  # cancelled (the listener closes) or an unexpected error
             self.queued -= 1
             left = self.pending[key] - 1
             if left:

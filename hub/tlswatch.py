@@ -63,7 +63,7 @@ class HandshakeDeadline:
 class _WatchedSSLObject:
     """An ``ssl.SSLObject`` that reports each flight it produces to a deadline."""
 
-    __slots__ = ("_clock", "_deadline", "_obj", "_outgoing")
+    __slots__ = ("_clock", "_deadline", "_obj", "_outgoing", "read", "write")
 
     def __init__(
         self,
@@ -75,7 +75,11 @@ class _WatchedSSLObject:
         self._obj = obj
         self._outgoing: ssl.MemoryBIO | None = outgoing
         self._deadline: HandshakeDeadline | None = deadline
-        self._clock = clock
+        self._clock: Callable[[], float] | None = clock
+        # The data path: SSLProtocol calls these per record for the connection's life,
+        # so they are the real object's own methods, not a frame of ours around each.
+        self.read = obj.read
+        self.write = obj.write
 
     def do_handshake(self) -> None:
         try:
@@ -83,23 +87,13 @@ class _WatchedSSLObject:
         except ssl.SSLWantReadError:
             # Bytes waiting in the outgoing BIO now are a flight: SSLProtocol writes
             # them to the socket before it returns to the loop.
-            out, deadline = self._outgoing, self._deadline
-            if deadline is not None and out is not None and out.pending:
-                deadline.flight_sent(self._clock())
+            out, deadline, clock = self._outgoing, self._deadline, self._clock
+            if deadline is not None and out is not None and clock is not None and out.pending:
+                deadline.flight_sent(clock())
             raise
         if self._deadline is not None:
             self._deadline.done = True
-        self._outgoing = self._deadline = None
-
-    # the data path, spelled out (no __getattr__ detour per record)
-    def read(self, *args: Any) -> Any:
-        return self._obj.read(*args)
-
-    def write(self, data: Any) -> int:
-        return self._obj.write(data)
-
-    def pending(self) -> int:
-        return self._obj.pending()
+        self._outgoing = self._deadline = self._clock = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._obj, name)
@@ -116,7 +110,7 @@ class WatchedContext:
     ) -> None:
         self._ctx = ctx
         self._deadline: HandshakeDeadline | None = deadline
-        self._clock = clock
+        self._clock: Callable[[], float] | None = clock
 
     def wrap_bio(
         self,
@@ -126,7 +120,7 @@ class WatchedContext:
         server_hostname: str | None = None,
         session: ssl.SSLSession | None = None,
     ) -> Any:
-        assert self._deadline is not None, "wrap_bio after detach()"
+        assert self._deadline is not None and self._clock is not None, "wrap_bio after detach()"
         obj = self._ctx.wrap_bio(
             incoming,
             outgoing,
@@ -139,7 +133,7 @@ class WatchedContext:
     def detach(self) -> None:
         """Drop the deadline once the handshake is over (SSLProtocol keeps this object
         for the connection's life)."""
-        self._deadline = None
+        self._deadline = self._clock = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ctx, name)

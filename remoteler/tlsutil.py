@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import ssl
+import sys
 import tempfile
 from pathlib import Path
 
@@ -44,19 +45,34 @@ _TLS1_3_VERSION = 0x0304
 def set_groups(ctx: ssl.SSLContext, groups: tuple[str, ...]) -> bool:
     """Restrict ``ctx`` to the key-exchange ``groups``; False if this Python cannot.
 
-    Python 3.11's ssl has no ``set_groups`` (3.13 adds none either), and
-    ``set_ecdh_curve`` sets exactly one curve (on OpenSSL 3 it replaces the group
-    list with that curve, and cannot name X25519). So this calls OpenSSL's
-    ``SSL_CTX_set1_groups_list`` on the context's ``SSL_CTX`` through ctypes:
-    CPython keeps that pointer right after the object header (``PySSLContext``
-    in Modules/_ssl.c). Before using it, two values read back through it must
-    equal what the ssl module reports (verify mode, minimum version, the latter
-    TLS 1.3 as set by :func:`server_context`), so a different layout or library
-    is detected and nothing is written.
+    Python 3.11's ssl has no ``set_groups`` (3.13 adds none either; a Python that
+    has one, 3.15's gh-136306, is simply asked), and ``set_ecdh_curve`` sets
+    exactly one curve (on OpenSSL 3 it replaces the group list with that curve,
+    and cannot name X25519). So this calls OpenSSL's ``SSL_CTX_set1_groups_list``
+    on the context's ``SSL_CTX`` through ctypes: CPython keeps that pointer right
+    after the object header (``PySSLContext`` in Modules/_ssl.c, 3.8 to 3.14,
+    ``object.__basicsize__`` covering debug and free-threaded headers). Only a
+    real ``_ssl._SSLContext`` on CPython is read at all (``id()`` is no address
+    elsewhere, and any other object's first field is no ``SSL_CTX``). Before
+    writing, two values read back through the pointer must equal what the ssl
+    module reports (verify mode, minimum version, the latter TLS 1.3 as set by
+    :func:`server_context`), so a different layout or library is detected and
+    nothing is written. The functions come from ``_ssl``'s own handle, whose
+    lookup covers the libssl it is linked against (another libssl on the
+    system, e.g. found by name, would not know this ``SSL_CTX``).
     """
+    native = getattr(ctx, "set_groups", None)
+    if callable(native):
+        try:
+            native(":".join(groups))
+        except (ssl.SSLError, ValueError):
+            return False
+        return True
     try:
         import _ssl
 
+        if sys.implementation.name != "cpython" or not isinstance(ctx, _ssl._SSLContext):
+            return False
         lib = ctypes.CDLL(_ssl.__file__)  # its symbol lookup covers the libssl it uses
         ctrl = lib.SSL_CTX_ctrl
         get_verify_mode = lib.SSL_CTX_get_verify_mode

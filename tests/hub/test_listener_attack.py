@@ -229,3 +229,29 @@ async def test_an_agent_on_a_slow_cellular_link_gets_in(tmp_path: Path) -> None:
             )
             raise AssertionError("a 1.5 s RTT passed a 1 s reply deadline")
         assert listener.drops.totals["tls"] == 1
+
+
+async def test_closing_the_hub_closes_connections_not_yet_through_tls(tmp_path: Path) -> None:
+    """Connections waiting for their ClientHello, for a permit or in their handshake
+    belong to the listener: closing it closes them and gives their permits back (before:
+    they outlived the hub, open until their hello, handshake or queue timeouts)."""
+    async with running_hub(tmp_path) as hub:
+        listener = hub.server.listener
+        assert listener is not None
+        lane = listener.lanes["user"]
+        async with (
+            silent_clients(hub, b"\x16", 3, ["127.0.0.2"]) as slow,
+            silent_clients(hub, hello(None), 12, ["127.0.0.3"]) as stalled,
+        ):
+            # 8 in their handshake (the per-address cap), 4 queued, 3 before a hello
+            await wait_for(lambda: lane.gate.in_use == 8 and lane.waiting == 4)
+            assert listener.ws_server is not None
+            listener.ws_server.close()
+            await asyncio.wait_for(listener.ws_server.wait_closed(), 5)
+            assert lane.gate.in_use == 0 and lane.waiting == 0
+            assert listener.queued == 0 and listener.pending == {}
+            loop = asyncio.get_running_loop()
+            for sock in [*slow, *stalled]:
+                with contextlib.suppress(ConnectionResetError):
+                    while await asyncio.wait_for(loop.sock_recv(sock, 65536), 3):
+                        pass  # our flight, then the close

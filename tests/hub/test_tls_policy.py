@@ -6,13 +6,18 @@ from __future__ import annotations
 import asyncio
 import shutil
 import ssl
+import sys
+import types
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from hubkit import Hub, running_hub
 
 from hub.datadir import DataDir
+from hub.tlswatch import HandshakeDeadline, WatchedContext
+from remoteler import tlsutil
 from remoteler.tlsutil import HUB_GROUPS, server_context, set_groups
 
 
@@ -88,3 +93,50 @@ def test_set_groups_checks_what_it_writes_to(tmp_path: Path) -> None:
     strict = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     strict.minimum_version = ssl.TLSVersion.TLSv1_3
     assert not set_groups(strict, ("no-such-group",))  # OpenSSL refuses unknown names
+
+
+class _NoLib:
+    """Stands in for ``_ssl``'s library: any function taken from it is a failure."""
+
+    def __init__(self, _path: str) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"{name} looked up: something would be read through a pointer")
+
+
+def _hub_ctx(tmp_path: Path) -> ssl.SSLContext:
+    data = DataDir(tmp_path / "hub")
+    data.init("test")
+    host_ca = data.load_ca("host")
+    cert, key = data.issue_server_identity(host_ca, ["127.0.0.1"])
+    return server_context(cert, key, [host_ca.x509_pem])
+
+
+def test_set_groups_reads_no_memory_of_what_is_not_cpythons_context(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pointer is read at ``id(ctx)`` + the object header: meaningless for an
+    object that only looks like a context (the listener hands asyncio such a wrapper,
+    hub/tlswatch.py, whose first field is a Python object) or on another Python."""
+    ctx = _hub_ctx(tmp_path)
+    monkeypatch.setattr(tlsutil.ctypes, "CDLL", _NoLib)
+    look_alike = WatchedContext(ctx, HandshakeDeadline(0.0, 5.0, 15.0), lambda: 0.0)
+    assert look_alike.minimum_version is ssl.TLSVersion.TLSv1_3  # it passes for one
+    assert not set_groups(cast(ssl.SSLContext, look_alike), HUB_GROUPS)
+    monkeypatch.setattr(sys, "implementation", types.SimpleNamespace(name="pypy"))
+    assert not set_groups(ctx, HUB_GROUPS)
+
+
+def test_set_groups_uses_the_ssl_modules_own_when_there_is_one(tmp_path: Path) -> None:
+    """Python 3.15 adds ``SSLContext.set_groups`` (gh-136306): no ctypes then."""
+    calls: list[str] = []
+
+    class WithSetGroups(ssl.SSLContext):
+        def set_groups(self, groups: str) -> None:
+            calls.append(groups)
+
+    ctx = WithSetGroups(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    assert set_groups(ctx, HUB_GROUPS)
+    assert calls == ["X25519:P-256:P-384"]

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+import sys
+import types
 from pathlib import Path
 
+from hub import tlswatch
 from hub.datadir import DataDir
 from hub.tlswatch import HandshakeDeadline, WatchedContext
 from remoteler.tlsutil import client_context, server_context
@@ -61,3 +64,41 @@ def test_the_watched_context_reports_our_flight_and_the_end(tmp_path: Path) -> N
     server.write(b"hello")
     _pump(s_out, c_in)
     assert client.read(5) == b"hello"
+
+
+def test_the_data_path_runs_no_code_of_ours(tmp_path: Path) -> None:
+    """SSLProtocol keeps the watched object for the connection's life and calls its
+    ``read``/``write`` per record: after the handshake that must be the real object's
+    methods, not a Python frame of ours around each (it cost ~1 us per record read,
+    +24% on a 64-byte record, measured over memory BIOs)."""
+    deadline = HandshakeDeadline(0.0, reply_timeout=5.0, total_timeout=15.0)
+    ctx = WatchedContext(_server_ctx(tmp_path), deadline, lambda: 0.0)
+    s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
+    server = ctx.wrap_bio(s_in, s_out, server_side=True)
+    client = client_context(None).wrap_bio(c_in, c_out, server_hostname="hub")
+    for _ in range(4):  # hello, our flight, the client's answer, done
+        for obj in (client, server):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                obj.do_handshake()
+        _pump(c_out, s_in)
+        _pump(s_out, c_in)
+    assert deadline.done
+    client.write(b"ping")
+    _pump(c_out, s_in)
+    ours: list[str] = []
+
+    def profile(frame: types.FrameType, event: str, _arg: object) -> None:
+        if event == "call" and frame.f_code.co_filename == tlswatch.__file__:
+            ours.append(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    try:
+        assert server.read(1024) == b"ping"
+        with contextlib.suppress(ssl.SSLWantReadError):
+            server.read(1024)  # nothing more: SSLProtocol's last read of a batch
+        server.write(b"pong")
+    finally:
+        sys.setprofile(None)
+    assert ours == []
+    _pump(s_out, c_in)
+    assert client.read(4) == b"pong"
