@@ -6,9 +6,10 @@ dies between commit and ack, the agent re-sends and the idempotent insert
 turns the duplicate into a no-op, so delivery is exactly-once in effect.
 
 Past the node's quota (:mod:`hub.audit_quota`) only the batch's first events
-are stored and acked, with a retry-after for the rest (or a ``refused`` when
-none is stored); a node that keeps sending before its retry-after gets its
-channel closed. Refusals are logged once per channel, with the totals at close.
+are stored and acked (each event costs one token per started 128 KiB), with a
+retry-after for the rest (or a ``refused`` when none is stored); a node that
+keeps sending before its retry-after gets its channel closed. Refusals are
+logged once per channel, with the totals at close.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from hub.audit_quota import AuditQuotas
+from hub.audit_quota import AuditQuotas, event_cost
 from hub.audit_store import AuditBackend
+from hub.node_status import status_size
 from remoteler.audit.stream import (
+    MAX_MESSAGE,
     MessageReader,
     ack_message,
     encode_message,
@@ -66,7 +69,11 @@ async def serve_audit_channel(
                     await channel.drain()
                     continue
                 events = parse_batch(message)
-                grant = quotas.take(node_id, len(events), clock()) if quotas is not None else None
+                grant = None
+                if quotas is not None and quotas.config.enabled:
+                    # by size too: a huge event spends as many tokens as it holds chunks
+                    costs = [event_cost(status_size(e, MAX_MESSAGE)) for e in message["events"]]
+                    grant = quotas.take(node_id, len(events), clock(), costs)
                 if grant is None or grant.retry_after is None:
                     stored += await store.insert(node_id, events)
                     channel.write(encode_message(ack_message([e.id for e in events])))

@@ -267,6 +267,30 @@ async def test_node_ignoring_its_quota_is_refused_then_cut_off(
     assert sum("ignores its quota" in m for m in lines) == 1
 
 
+async def test_huge_events_spend_the_quota_by_size(tmp_path: Path) -> None:
+    """Events of 1 MiB each cost 8 tokens (one per started 128 KiB): a burst of 20
+    stores two of them, not all three (the quota is not only a count of events)."""
+    async with audit_hub(tmp_path, QuotaConfig(rate_per_minute=60, burst=20)) as hub:
+        assert hub.store is not None
+        ctx = hub.tls(*await hub.node_creds("node-1"))
+        node = await hub.backend.get_node("node-1")
+        assert node is not None
+        events = [
+            dataclasses.replace(e, fields={**e.fields, "blob": bytes(1 << 20)}) for e in _events(3)
+        ]
+        async with agent_tunnel(hub, ctx) as tunnel:
+            channel = await tunnel.open_channel("audit", {}, timeout=5)
+            channel.write(encode_message(batch_message(events)))
+            await channel.drain()
+            reader = MessageReader()
+            while not (messages := reader.feed(await asyncio.wait_for(channel.read(65536), 5))):
+                pass
+            (reply,) = [parse_reply(m) for m in messages]
+            assert reply.ids == [e.id for e in events[:2]]
+            assert reply.retry_after is not None and reply.retry_after >= 4
+        assert await hub.store.count(node.id) == 2 + 1  # + the hub's join event
+
+
 @pytest.mark.parametrize("old_agent", [False, True])
 async def test_agent_over_quota_delivers_everything_exactly_once(
     tmp_path: Path,
