@@ -13,7 +13,7 @@ every value is type- and size-checked (a wrong type counts as absent):
 ``ssh``                   ``"embedded"`` or ``"forward"``
 ``serial_ports``          list of strings: first 32, each its first 256 chars
 ``audit``                 map: ``pending``/``bytes`` non-negative ints,
-                          ``oldest`` a number (seconds since the epoch)
+                          ``oldest`` a finite number (seconds since the epoch)
 ========================  ==================================================
 
 A heartbeat whose payload is larger than :data:`MAX_STATUS_BYTES` (estimated
@@ -23,6 +23,7 @@ previous status, logs once per tunnel, and the heartbeat still proves liveness.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,5 +148,6 @@ def _audit(value: object) -> AuditBacklog | None:
     return AuditBacklog(
         pending=_count(value.get("pending")),
         bytes=_count(value.get("bytes")),
-        oldest=float(oldest) if ok and oldest == oldest else None,  # type: ignore[arg-type]
+        # finite only: tctl nodes ls computes the age with int() (inf raised there)
+        oldest=float(oldest) if ok and math.isfinite(oldest) else None,  # type: ignore[arg-type]
     )
