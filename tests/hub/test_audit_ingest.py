@@ -268,17 +268,17 @@ async def test_node_ignoring_its_quota_is_refused_then_cut_off(
     assert sum("ignores its quota" in m for m in lines) == 1
 
 
-async def test_huge_events_spend_the_quota_by_size(tmp_path: Path) -> None:
+@pytest.mark.parametrize("blob", [bytes(1 << 20), "\U0001f600" * (1 << 18)])
+async def test_huge_events_spend_the_quota_by_size(tmp_path: Path, blob: bytes | str) -> None:
     """Events of 1 MiB each cost 8 tokens (one per started 128 KiB): a burst of 20
-    stores two of them, not all three (the quota is not only a count of events)."""
+    stores two of them, not all three (the quota is not only a count of events).
+    Their encoded size counts, not characters: 2**18 emoji are 1 MiB of UTF-8."""
     async with audit_hub(tmp_path, QuotaConfig(rate_per_minute=60, burst=20)) as hub:
         assert hub.store is not None
         ctx = hub.tls(*await hub.node_creds("node-1"))
         node = await hub.backend.get_node("node-1")
         assert node is not None
-        events = [
-            dataclasses.replace(e, fields={**e.fields, "blob": bytes(1 << 20)}) for e in _events(3)
-        ]
+        events = [dataclasses.replace(e, fields={**e.fields, "blob": blob}) for e in _events(3)]
         async with agent_tunnel(hub, ctx) as tunnel:
             channel = await tunnel.open_channel("audit", {}, timeout=5)
             channel.write(encode_message(batch_message(events)))
