@@ -12,7 +12,8 @@ message a length-prefixed msgpack map (:mod:`remoteler.audit.stream`):
   (logged at info once per channel).
 
 One batch is in flight at a time. Anything not acked stays in the outbox and is
-sent again, oldest first, on the next tunnel; the hub's insert is idempotent on
+sent again, oldest first, on the next channel (one the hub closed is opened
+again after :data:`REOPEN_FIRST`) or tunnel; the hub's insert is idempotent on
 (node, id), so a batch sent twice is stored once.
 """
 
@@ -51,6 +52,14 @@ def retry_delay(retry_after: float, rand: float) -> float:
     return base + rand * max(0.1, 0.2 * base)
 
 
+#: Wait before reopening an audit channel the hub closed (or refused) while the
+#: tunnel stays up, doubled after each channel that delivered nothing, up to
+#: :data:`REOPEN_MAX`; a jitter of +-20 %. Without it the outbox would wait for the
+#: next tunnel, which on a steady link may be days.
+REOPEN_FIRST = 5.0
+REOPEN_MAX = 60.0
+
+
 async def run_forwarder(
     outbox: Outbox,
     tunnel: Tunnel,
@@ -59,24 +68,53 @@ async def run_forwarder(
     max_bytes: int = 512 * 1024,
     ack_timeout: float = 60,
 ) -> None:
-    """Forward the outbox until the channel or tunnel closes; never raises on peer input.
+    """Forward the outbox until the tunnel closes; never raises on peer input.
 
-    Start it again on each new tunnel. If the hub refuses the channel (an older
-    hub), it logs once and returns when the tunnel closes.
+    Start it again on each new tunnel. If the hub closes the audit channel (a
+    storage error, garbage, its quota's cut-off) or refuses to open one (an older
+    hub, or a node cut off by its quota), the channel is opened again after
+    :data:`REOPEN_FIRST` seconds, backing off to :data:`REOPEN_MAX`.
     """
-    try:
-        channel = await tunnel.open_channel(CHANNEL_KIND, {})
-    except ChannelOpenError as exc:
-        log.warning("hub refused the audit channel: %s", exc)
-        await tunnel.closed.wait()
-        return
-    except TunnelClosed:
-        return
+    wait = REOPEN_FIRST
+    refusals = 0
+    while not tunnel.closed.is_set():
+        delivered, opened = 0, False
+        try:
+            channel = await tunnel.open_channel(CHANNEL_KIND, {})
+        except ChannelOpenError as exc:
+            refusals += 1
+            log.log(
+                logging.WARNING if refusals == 1 else logging.DEBUG,
+                "hub refused the audit channel: %s; trying again in %.0fs or on the next tunnel",
+                exc,
+                wait,
+            )
+        except TunnelClosed:
+            return
+        else:
+            opened = True
+            delivered = await _forward(outbox, channel, max_count, max_bytes, ack_timeout)
+        if tunnel.closed.is_set():
+            return
+        if delivered:
+            wait = REOPEN_FIRST
+        delay = wait * (0.8 + 0.4 * random.random())
+        if opened:
+            log.info("hub closed the audit channel; opening another in %.1fs", delay)
+        await _first(asyncio.sleep(delay), tunnel.closed.wait())
+        wait = min(REOPEN_MAX, wait * 2)
+
+
+async def _forward(
+    outbox: Outbox, channel: Channel, max_count: int, max_bytes: int, ack_timeout: float
+) -> int:
+    """Forward over one channel until it closes; return how many events were acked."""
     acks: asyncio.Queue[Reply | None] = asyncio.Queue()
     closed = asyncio.Event()
+    acked = [0]
     reader = asyncio.create_task(_read_acks(channel, acks, closed))
     try:
-        await _send_loop(outbox, channel, acks, closed, max_count, max_bytes, ack_timeout)
+        await _send_loop(outbox, channel, acks, closed, max_count, max_bytes, ack_timeout, acked)
     except ChannelClosedError:
         pass
     finally:
@@ -84,6 +122,7 @@ async def run_forwarder(
         with contextlib.suppress(asyncio.CancelledError):
             await reader
         channel.close()
+    return acked[0]
 
 
 async def _send_loop(
@@ -94,6 +133,7 @@ async def _send_loop(
     max_count: int,
     max_bytes: int,
     ack_timeout: float,
+    acked: list[int],
 ) -> None:
     waited = False
     while not closed.is_set():
@@ -101,7 +141,7 @@ async def _send_loop(
             if (late := acks.get_nowait()) is None:
                 return
             if late.ids:
-                await outbox.ack(late.ids)
+                acked[0] += await outbox.ack(late.ids)
         outbox.changed.clear()  # before reading, so an append after the read still wakes us
         events = await outbox.batch(max_count, max_bytes)
         if not events:
@@ -125,7 +165,7 @@ async def _send_loop(
         if reply is None:  # channel closed: what was not acked is sent on the next tunnel
             return
         if reply.ids:
-            await outbox.ack(reply.ids)
+            acked[0] += await outbox.ack(reply.ids)
         if reply.retry_after is not None:  # the hub's quota: the rest waits in the outbox
             delay = retry_delay(reply.retry_after, random.random())
             # info once per channel (a long drain past the quota waits every few seconds)

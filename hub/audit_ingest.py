@@ -6,9 +6,10 @@ dies between commit and ack, the agent re-sends and the idempotent insert
 turns the duplicate into a no-op, so delivery is exactly-once in effect.
 
 Past the node's quota (:mod:`hub.audit_quota`) only the batch's first events
-are stored and acked, with a retry-after for the rest (or a ``refused`` when
-none is stored); a node that keeps sending before its retry-after gets its
-channel closed. Refusals are logged once per channel, with the totals at close.
+are stored and acked (each event costs one token per started 128 KiB), with a
+retry-after for the rest (or a ``refused`` when none is stored); a node that
+keeps sending before its retry-after gets its channel closed. Refusals are
+logged once per channel, with the totals at close.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from hub.audit_quota import AuditQuotas
+import msgpack
+
+from hub.audit_quota import EVENT_UNIT, AuditQuotas, event_cost
 from hub.audit_store import AuditBackend
 from remoteler.audit.stream import (
     MessageReader,
@@ -32,6 +35,12 @@ from remoteler.wire.exceptions import ChannelClosedError, TunnelClosed
 log = logging.getLogger("remoteler.hub.audit")
 
 READ_SIZE = 65536
+
+
+def _pack(wire_event: object) -> bytes:
+    """An event's encoded size is measured by encoding it again (~4 us)."""
+    body: bytes = msgpack.packb(wire_event, use_bin_type=True)
+    return body
 
 
 async def serve_audit_channel(
@@ -51,7 +60,8 @@ async def serve_audit_channel(
     stored = refused = early = 0
     try:
         while data := await channel.read(READ_SIZE):
-            for message in reader.feed(data):
+            messages = reader.feed(data)
+            for message, size in zip(messages, reader.sizes, strict=True):
                 if quotas is not None and (too_soon := quotas.early(node_id, clock())):
                     early += 1
                     assert too_soon.retry_after is not None
@@ -66,7 +76,13 @@ async def serve_audit_channel(
                     await channel.drain()
                     continue
                 events = parse_batch(message)
-                grant = quotas.take(node_id, len(events), clock()) if quotas is not None else None
+                grant = None
+                if quotas is not None and quotas.config.enabled:
+                    # by size too (a batch within one unit: one token each, no encoding)
+                    costs = None
+                    if size > EVENT_UNIT:
+                        costs = [event_cost(len(_pack(e))) for e in message["events"]]
+                    grant = quotas.take(node_id, len(events), clock(), costs)
                 if grant is None or grant.retry_after is None:
                     stored += await store.insert(node_id, events)
                     channel.write(encode_message(ack_message([e.id for e in events])))

@@ -9,21 +9,29 @@ A node that sends again before the retry-after it was given is *early*; its
 batch is refused whole, without being looked at. :data:`MAX_STRIKES` early
 batches in a row and the hub closes the node's audit channel and refuses to open
 another until the retry-after is over.
+
+Tokens are spent by size as well as by count: an event costs one token per
+started :data:`EVENT_UNIT` bytes of its encoded size (at least one), so a node
+sending huge events gets no more bytes stored than one sending full recording
+chunks: at most ``EVENT_UNIT`` bytes per token.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
     "DEFAULT_BURST",
     "DEFAULT_RATE",
+    "EVENT_UNIT",
     "MAX_RETRY_AFTER",
     "MAX_STRIKES",
     "AuditQuotas",
     "Grant",
     "QuotaConfig",
     "TokenBucket",
+    "event_cost",
 ]
 
 #: Sustained events per minute per node (100/s): several interactive sessions
@@ -40,10 +48,18 @@ MIN_RETRY_AFTER = 0.5
 MAX_STRIKES = 3
 #: Grace for a batch that arrives a little before the retry-after (network jitter).
 EARLY_SLACK = 1.0
+#: Bytes of an event's encoded size one token pays for: a recording chunk of 64 KiB
+#: of output (the largest, incompressible, ~66 KiB with its framing) costs one.
+EVENT_UNIT = 128 * 1024
 #: Buckets kept before full ones are forgotten (a full bucket is the default state).
 PRUNE_ABOVE = 4096
 #: ... at most this often (seconds), so a fleet of many nodes does not prune per batch
 PRUNE_EVERY = 60.0
+
+
+def event_cost(size: int) -> int:
+    """Tokens an event of ``size`` encoded bytes costs: one per started :data:`EVENT_UNIT`."""
+    return max(1, -(-size // EVENT_UNIT))
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +114,22 @@ class TokenBucket:
         self.tokens -= taken
         return taken
 
+    def take_each(self, costs: Sequence[int], now: float) -> int:
+        """Take the costs of the first events that fit, in order; return how many fit.
+
+        A cost above the burst counts as the burst: such an event goes through once
+        the bucket is full again instead of never.
+        """
+        self.refill(now)
+        accepted = 0
+        for cost in costs:
+            cost = min(max(1, cost), self.burst)
+            if cost > self.tokens:
+                break
+            self.tokens -= cost
+            accepted += 1
+        return accepted
+
     def wait_for(self, n: int) -> float:
         """Seconds until ``n`` tokens (at most ``burst``) are back, from the last refill."""
         missing = min(n, self.burst) - self.tokens
@@ -135,16 +167,26 @@ class AuditQuotas:
         wait = max(MIN_RETRY_AFTER, node.not_before - now)
         return Grant(0, wait, early=True, close=node.strikes >= MAX_STRIKES)
 
-    def take(self, node_id: str, count: int, now: float) -> Grant:
-        """Decide on a batch of ``count`` events from ``node_id`` (not early) at ``now``."""
+    def take(
+        self, node_id: str, count: int, now: float, costs: Sequence[int] | None = None
+    ) -> Grant:
+        """Decide on a batch of ``count`` events from ``node_id`` (not early) at ``now``.
+
+        ``costs``: each event's tokens (:func:`event_cost`); one each when not given.
+        """
         if not self.config.enabled:
             return Grant(count)
         node = self._node(node_id, now)
         node.strikes = 0
-        accepted = node.bucket.take(count, now)
+        if costs is None:
+            accepted = node.bucket.take(count, now)
+            missing = count - accepted
+        else:
+            accepted = node.bucket.take_each(costs, now)
+            missing = sum(min(max(1, c), self.config.burst) for c in costs[accepted:])
         if accepted == count:
             return Grant(count)
-        wait = min(MAX_RETRY_AFTER, max(MIN_RETRY_AFTER, node.bucket.wait_for(count - accepted)))
+        wait = min(MAX_RETRY_AFTER, max(MIN_RETRY_AFTER, node.bucket.wait_for(missing)))
         node.not_before = now + wait
         return Grant(accepted, wait)
 

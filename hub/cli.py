@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_RATE,
         metavar="EVENTS_PER_MIN",
         help=f"audit events each node may have stored per minute, sustained "
-        f"(default {DEFAULT_RATE:g}; 0: no quota); the excess waits in the node's outbox",
+        f"(default {DEFAULT_RATE:g}; 0: no quota); the excess waits in the node's outbox; "
+        "an event over 128 KiB counts once per started 128 KiB",
     )
     start.add_argument(
         "--node-audit-burst",

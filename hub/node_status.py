@@ -4,7 +4,8 @@ Sans-I/O. A heartbeat's status *replaces* the previous one (it is never merged
 into it), so a node cannot grow what the hub holds for it by sending new keys.
 The keys kept are the ones the agent sends (``edge_agent/agent.py``
 ``heartbeat_payload`` and ``_status_loop``); every other key is dropped, and
-every value is type- and size-checked (a wrong type counts as absent):
+every value is type- and size-checked (a wrong type counts as absent), and
+non-printable characters in strings are replaced by ``?``:
 
 ========================  ==================================================
 ``labels``                map of at most 64 labels (:func:`valid_labels`)
@@ -13,7 +14,7 @@ every value is type- and size-checked (a wrong type counts as absent):
 ``ssh``                   ``"embedded"`` or ``"forward"``
 ``serial_ports``          list of strings: first 32, each its first 256 chars
 ``audit``                 map: ``pending``/``bytes`` non-negative ints,
-                          ``oldest`` a number (seconds since the epoch)
+                          ``oldest`` a finite number (seconds since the epoch)
 ========================  ==================================================
 
 A heartbeat whose payload is larger than :data:`MAX_STATUS_BYTES` (estimated
@@ -23,11 +24,13 @@ previous status, logs once per tunnel, and the heartbeat still proves liveness.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from remoteler.addr import valid_labels
+from remoteler.text import printable
 
 __all__ = [
     "MAX_STATUS_BYTES",
@@ -118,8 +121,8 @@ def parse_status(payload: Mapping[str, Any], max_bytes: int = MAX_STATUS_BYTES) 
     unknown = [str(k)[:64] for k in payload if k not in KNOWN_KEYS][:8]
     return NodeStatus(
         labels=dict(labels) if valid_labels(labels) else None,  # type: ignore[arg-type]
-        version=version[:MAX_VERSION] if isinstance(version, str) else "",
-        name=name[:MAX_NAME] if isinstance(name, str) else "",
+        version=_text(version, MAX_VERSION),
+        name=_text(name, MAX_NAME),
         ssh=ssh if ssh in ("embedded", "forward") else "",
         serial_ports=_ports(payload.get("serial_ports")),
         audit=_audit(payload.get("audit")),
@@ -127,10 +130,16 @@ def parse_status(payload: Mapping[str, Any], max_bytes: int = MAX_STATUS_BYTES) 
     )
 
 
+def _text(value: object, limit: int) -> str:
+    """A string's first ``limit`` characters, controls replaced by '?' (they reach
+    operators' terminals in ``tsh ls -v`` and ``tctl nodes ls``); "" if not a string."""
+    return printable(value[:limit], limit) if isinstance(value, str) else ""
+
+
 def _ports(value: object) -> tuple[str, ...]:
     if not isinstance(value, list):
         return ()
-    return tuple(p[:MAX_PORT_NAME] for p in value[:MAX_PORTS] if isinstance(p, str))
+    return tuple(_text(p, MAX_PORT_NAME) for p in value[:MAX_PORTS] if isinstance(p, str))
 
 
 def _count(value: object) -> int:
@@ -147,5 +156,6 @@ def _audit(value: object) -> AuditBacklog | None:
     return AuditBacklog(
         pending=_count(value.get("pending")),
         bytes=_count(value.get("bytes")),
-        oldest=float(oldest) if ok and oldest == oldest else None,  # type: ignore[arg-type]
+        # finite only: tctl nodes ls computes the age with int() (inf raised there)
+        oldest=float(oldest) if ok and math.isfinite(oldest) else None,  # type: ignore[arg-type]
     )

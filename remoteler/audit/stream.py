@@ -72,6 +72,8 @@ class MessageReader:
         self.max_message = max_message
         self._buf = bytearray()
         self._failed: str | None = None
+        #: the encoded size of each message the last :meth:`feed` returned
+        self.sizes: list[int] = []
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         """Add bytes; return the messages now complete (possibly none).
@@ -82,6 +84,7 @@ class MessageReader:
             raise ValueError(self._failed)
         self._buf += data
         out: list[dict[str, Any]] = []
+        self.sizes = []
         while len(self._buf) >= _HEADER:
             size = int.from_bytes(self._buf[:_HEADER], "big")
             if size > self.max_message:
@@ -97,6 +100,7 @@ class MessageReader:
             if not isinstance(obj, dict):
                 self._fail("an audit message must be a map")
             out.append(obj)
+            self.sizes.append(size)
         return out
 
     @property

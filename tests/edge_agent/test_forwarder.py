@@ -12,6 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
+from edge_agent import forwarder
 from edge_agent.forwarder import run_forwarder
 from edge_agent.outbox import Outbox
 from remoteler.audit.events import AuditEvent, EventType, make_event
@@ -136,24 +137,43 @@ async def test_resumes_from_oldest_unacked_after_the_connection_dies(outbox: Out
     assert await outbox.depth() == (0, 0, None)
 
 
-async def test_peer_garbage_ends_the_forwarder_quietly(outbox: Outbox) -> None:
+async def test_after_garbage_or_a_refusal_the_channel_is_opened_again(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub closes the audit channel (garbage here; a storage error or its quota's
+    cut-off at a real hub) and then refuses one: the forwarder opens another on the
+    same tunnel, after a wait, and the event arrives. It used to return and leave the
+    outbox to the next tunnel, which on a steady link may be days away."""
+    monkeypatch.setattr(forwarder, "REOPEN_FIRST", 0.05, raising=False)
     await outbox.append(event(0))
+    receiver = Receiver()
+    opened = 0
 
-    async def garbage(request: ChannelRequest) -> None:
-        channel = request.accept()
-        await channel.read()
-        channel.write(b"\xff\xff\xff\xffnot a message")
-        await channel.wait_closed()
+    async def flaky(request: ChannelRequest) -> None:
+        nonlocal opened
+        opened += 1
+        if opened == 1:
+            channel = request.accept()
+            await channel.read()
+            channel.write(b"\xff\xff\xff\xffnot a message")
+            await channel.wait_closed()
+        elif opened == 2:
+            request.reject(OpenFailure.RESOURCE_SHORTAGE, "not now")
+        else:
+            await receiver.on_channel(request)
 
     async def handler(ws: ServerConnection) -> None:
-        await Tunnel(ws, Connection(Role.LISTENER), on_channel=garbage).run()
+        await Tunnel(ws, Connection(Role.LISTENER), on_channel=flaky).run()
 
     async with serve(handler, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
         async with agent_tunnel(port) as tunnel:
-            await asyncio.wait_for(run_forwarder(outbox, tunnel), 5)
-            assert not tunnel.closed.is_set()
-    assert (await outbox.depth())[0] == 1  # nothing acked, nothing lost
+            task = asyncio.create_task(run_forwarder(outbox, tunnel))
+            await wait_until_empty(outbox, 5)
+            assert opened == 3 and not task.done()
+            await tunnel.close()
+            await asyncio.wait_for(task, 5)  # ends with the tunnel
+    assert list(receiver.received.values()) == [1]
 
 
 async def test_no_ack_in_time_sends_again(outbox: Outbox) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -265,6 +266,70 @@ async def test_node_ignoring_its_quota_is_refused_then_cut_off(
     lines = [r.getMessage() for r in caplog.records if r.name == "remoteler.hub.audit"]
     assert sum("quota reached" in m for m in lines) == 1  # once per channel, not per batch
     assert sum("ignores its quota" in m for m in lines) == 1
+
+
+@pytest.mark.parametrize("blob", [bytes(1 << 20), "\U0001f600" * (1 << 18)])
+async def test_huge_events_spend_the_quota_by_size(tmp_path: Path, blob: bytes | str) -> None:
+    """Events of 1 MiB each cost 8 tokens (one per started 128 KiB): a burst of 20
+    stores two of them, not all three (the quota is not only a count of events).
+    Their encoded size counts, not characters: 2**18 emoji are 1 MiB of UTF-8."""
+    async with audit_hub(tmp_path, QuotaConfig(rate_per_minute=60, burst=20)) as hub:
+        assert hub.store is not None
+        ctx = hub.tls(*await hub.node_creds("node-1"))
+        node = await hub.backend.get_node("node-1")
+        assert node is not None
+        events = [dataclasses.replace(e, fields={**e.fields, "blob": blob}) for e in _events(3)]
+        async with agent_tunnel(hub, ctx) as tunnel:
+            channel = await tunnel.open_channel("audit", {}, timeout=5)
+            channel.write(encode_message(batch_message(events)))
+            await channel.drain()
+            reader = MessageReader()
+            while not (messages := reader.feed(await asyncio.wait_for(channel.read(65536), 5))):
+                pass
+            (reply,) = [parse_reply(m) for m in messages]
+            assert reply.ids == [e.id for e in events[:2]]
+            assert reply.retry_after is not None and reply.retry_after >= 4
+        assert await hub.store.count(node.id) == 2 + 1  # + the hub's join event
+
+
+async def test_agent_reopens_the_channel_after_a_storage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub's insert fails once (disk full, a locked database): it closes the audit
+    channel without an ack. The real forwarder opens another on the same tunnel and
+    delivers; before, its outbox waited for the next tunnel."""
+    monkeypatch.setattr(forwarder, "REOPEN_FIRST", 0.1, raising=False)
+    async with audit_hub(tmp_path) as hub:
+        store = hub.store
+        assert store is not None
+        ctx = hub.tls(*await hub.node_creds("node-1"))
+        node = await hub.backend.get_node("node-1")
+        assert node is not None
+        real_insert, failed = store.insert, []
+
+        async def insert_failing_once(node_id: str, events: list[AuditEvent]) -> int:
+            if not failed:
+                failed.append(1)
+                raise sqlite3.OperationalError("database or disk is full")
+            return await real_insert(node_id, events)
+
+        monkeypatch.setattr(store, "insert", insert_failing_once)
+        box = await Outbox.open(tmp_path / "outbox.db", node=node.id)
+        try:
+            event = await box.append(
+                make_event(EventType.EXEC, node=node.id, command="c", exit_code=0)
+            )
+            async with agent_tunnel(hub, ctx) as tunnel:
+                task = asyncio.ensure_future(forwarder.run_forwarder(box, tunnel))
+                async with asyncio.timeout(10):
+                    while (await box.depth())[0]:
+                        await asyncio.sleep(0.05)
+                assert failed and not task.done() and not tunnel.closed.is_set()
+                await tunnel.close()
+                await asyncio.wait_for(task, 5)
+        finally:
+            await box.close()
+        assert [e.id for e in await store.search(node=node.id, type="exec")] == [event.id]
 
 
 @pytest.mark.parametrize("old_agent", [False, True])

@@ -6,12 +6,14 @@ import pytest
 
 from edge_agent.forwarder import retry_delay
 from hub.audit_quota import (
+    EVENT_UNIT,
     MAX_RETRY_AFTER,
     MAX_STRIKES,
     PRUNE_ABOVE,
     AuditQuotas,
     Grant,
     QuotaConfig,
+    event_cost,
 )
 from remoteler.audit.stream import ack_message, parse_reply, refused_message
 
@@ -84,3 +86,19 @@ def test_reply_codec_and_agent_delay() -> None:
     assert retry_delay(10.0, 0.0) == 10.0
     assert retry_delay(10.0, 0.999) == pytest.approx(12.0, abs=0.01)
     assert retry_delay(0.0, 0.5) == pytest.approx(0.05)
+
+
+def test_events_cost_by_size() -> None:
+    """A node sending huge events gets no more bytes stored than one per token's unit."""
+    assert [event_cost(n) for n in (0, 200, EVENT_UNIT, EVENT_UNIT + 1)] == [1, 1, 1, 2]
+    assert event_cost(1 << 20) == 8
+    quotas = AuditQuotas(QuotaConfig(rate_per_minute=60, burst=20))  # 1 token/s
+    grant = quotas.take("n", 5, 0.0, [8, 8, 8, 1, 1])
+    assert grant.accepted == 2  # 16 of 20 tokens: the third event (8) does not fit
+    assert grant.retry_after == pytest.approx(6.0)  # 10 tokens missing, 4 held
+    # An event costlier than the whole burst goes through once the bucket is full again.
+    small = AuditQuotas(QuotaConfig(rate_per_minute=60, burst=4))
+    assert small.take("n", 1, 0.0, [32]) == Grant(1)
+    grant = small.take("n", 1, 0.0, [32])
+    assert grant.accepted == 0 and grant.retry_after == pytest.approx(4.0)
+    assert small.take("n", 1, 4.0, [32]) == Grant(1)

@@ -48,6 +48,48 @@ async def test_heartbeat_status_is_flushed_with_token_labels_winning(tmp_path: P
         await backend.close()
 
 
+async def test_infinite_oldest_does_not_break_tctl_nodes_ls(tmp_path: Path) -> None:
+    """A node reporting its oldest pending event at +-infinity (msgpack carries it) had it
+    stored as is, and ``tctl nodes ls`` then died on int(inf) for every admin."""
+    backend = await SQLiteBackend.open(tmp_path / "hub.db")
+    try:
+        registry = TunnelRegistry(backend)
+        for i, oldest in enumerate((float("inf"), float("-inf"))):
+            node = Node(id=f"n{i}", name=f"dev{i}", joined=1.0)
+            await backend.add_node(node)
+            registry.register(node, _Closable())  # type: ignore[arg-type]
+            registry.heartbeat(node.id, {"audit": {"pending": 3, "oldest": oldest}})
+        await registry.flush()
+        for node in await backend.list_nodes():
+            assert node.audit_oldest is None
+            assert _backlog(node.audit_pending, node.audit_oldest, 100.0) == "3"
+    finally:
+        await backend.close()
+
+
+async def test_heartbeat_text_reaches_terminals_without_controls(tmp_path: Path) -> None:
+    """Version and serial port names are printed by tsh ls -v and tctl nodes ls: a
+    compromised device's escape sequences (OSC 52 clipboard writes, cursor moves) in
+    them are replaced by '?' at the hub, not passed to operators' terminals."""
+    backend = await SQLiteBackend.open(tmp_path / "hub.db")
+    try:
+        node = Node(id="n4", name="dev4", joined=1.0)
+        await backend.add_node(node)
+        registry = TunnelRegistry(backend)
+        registry.register(node, _Closable())  # type: ignore[arg-type]
+        evil = "1.0\x1b]52;c;ZWNobyBwd25lZA==\x07\x1b[2J"
+        registry.heartbeat("n4", {"version": evil, "serial_ports": ["tty\x1b[1A\r"]})
+        live = registry.get("n4")
+        assert live is not None
+        assert live.version == "1.0?]52;c;ZWNobyBwd25lZA==??[2J"
+        assert live.serial_ports == ["tty?[1A?"]
+        await registry.flush()
+        stored = await backend.get_node("dev4")
+        assert stored is not None and stored.version == live.version
+    finally:
+        await backend.close()
+
+
 async def test_removed_node_gets_its_tunnel_closed(tmp_path: Path) -> None:
     backend = await SQLiteBackend.open(tmp_path / "hub.db")
     try:

@@ -39,6 +39,15 @@ def test_joined_in_one_feed_and_split_anywhere() -> None:
         assert reader.feed(stream[:cut]) + reader.feed(stream[cut:]) == MESSAGES
 
 
+def test_reader_tells_each_message_size() -> None:
+    """The hub's quota charges a batch by its encoded size (hub/audit_ingest.py)."""
+    a, b = encode_message({"t": "x"}), encode_message({"t": "y" * 1000})
+    reader = MessageReader()
+    assert reader.feed(a + b[:10]) == [{"t": "x"}] and reader.sizes == [len(a) - 4]
+    assert reader.feed(b[10:]) == [{"t": "y" * 1000}] and reader.sizes == [len(b) - 4]
+    assert reader.feed(b"") == [] and reader.sizes == []
+
+
 def test_batch_and_ack_parse_back() -> None:
     batch, ack, _ = MESSAGES
     events = parse_batch(batch)
