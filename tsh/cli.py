@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from remoteler import sshalgs
 from remoteler.clihelp import finish
 from remoteler.errors import (
     AccessDenied,
@@ -121,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     ssh.add_argument(
         "-c",
         dest="cipher",
-        help="cipher, e.g. chacha20-poly1305@openssh.com (default: aes128-gcm first, then "
-        "the others asyncssh offers)",
+        help=f"one cipher, of {', '.join(sshalgs.CIPHERS)} (default: all of them, in that "
+        "order; nothing weaker is offered)",
     )
     ssh.add_argument(
         "-L",
