@@ -271,8 +271,10 @@ class AuditStore:
     async def session_ids(self, prefix: str, user: str | None, limit: int) -> list[str]:
         """Up to ``limit`` distinct ids of ``user``'s sessions (None: anyone's, for
         ``tctl``) starting with ``prefix``, in order (an exact id comes first)."""
-        # A range on the session index, then an exact prefix test (no LIKE wildcards);
-        # a None user is no filter: 'user = coalesce(?, user)' with every value bound.
+        # A range on the session index, then an exact prefix test (no LIKE wildcards).
+        # 'user = coalesce(?, user)': None is no filter, and SQLite cannot use the user
+        # index for it; with 'user = ?' it walked every event of the user (545 ms for
+        # 200,000) instead of the prefix's range (0.01 ms).
         sql = (
             "SELECT DISTINCT session_id FROM events WHERE session_id != ''"
             " AND session_id >= ? AND session_id < ? AND substr(session_id, 1, ?) = ?"
