@@ -19,8 +19,8 @@ log = logging.getLogger("remoteler.agent")
 
 
 EXAMPLES = {
-    "start": "edge-agent start --hub hub.example.com:3080 --token <token> --ca-pin sha256:<pin> "
-    "--name truck-042 --labels env=prod --data-dir /var/lib/remoteler-agent\n"
+    "start": "edge-agent start --hub hub.example.com:3080 --token-file /run/secrets/join-token "
+    "--ca-pin sha256:<pin> --name truck-042 --labels env=prod --data-dir /var/lib/remoteler-agent\n"
     "edge-agent start --config /etc/remoteler/agent.toml",
     "health": "edge-agent health --data-dir /var/lib/remoteler-agent",
 }

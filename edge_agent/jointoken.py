@@ -40,9 +40,13 @@ def read_token_file(path: Path) -> tuple[str, str | None]:
     ConfigError (one line) if the file cannot be read, is empty or is not a token.
     """
     try:
-        with open(path, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            if not stat.S_ISREG(mode):
+        # Non-blocking open: a named pipe with no writer must not hang the start.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISFIFO(mode):  # '--token-file <(pass show token)', /dev/stdin
+                os.set_blocking(fd, True)  # no writer left: reads end at once (empty)
+            elif not stat.S_ISREG(mode):
                 raise ConfigError(f"token file {path} is not a regular file; give the token's file")
             data = f.read(MAX_TOKEN_FILE + 1)
     except FileNotFoundError:
@@ -69,7 +73,7 @@ def read_token_file(path: Path) -> tuple[str, str | None]:
             f"token file {path} does not hold one join token; it must contain only the token"
         )
     warning = None
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
+    if stat.S_ISREG(mode) and mode & (stat.S_IRGRP | stat.S_IROTH):
         warning = (
             f"edge-agent: warning: token file {path} is readable by other users "
             f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it, and delete it once the node joined"

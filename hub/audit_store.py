@@ -120,7 +120,7 @@ class AuditBackend(Protocol):
         limit: int | None = 1000,
     ) -> list[AuditEvent]: ...
     async def session(self, session_id: str) -> list[AuditEvent]: ...
-    async def session_ids(self, prefix: str, user: str, limit: int) -> list[str]: ...
+    async def session_ids(self, prefix: str, user: str | None, limit: int) -> list[str]: ...
     async def count(self, node: str | None = None) -> int: ...
 
 
@@ -268,13 +268,17 @@ class AuditStore:
         async with self._db.execute(sql, (session_id,)) as cur:
             return [_event(r) for r in await cur.fetchall()]
 
-    async def session_ids(self, prefix: str, user: str, limit: int) -> list[str]:
-        """Up to ``limit`` distinct ids of ``user``'s sessions starting with ``prefix``."""
+    async def session_ids(self, prefix: str, user: str | None, limit: int) -> list[str]:
+        """Up to ``limit`` distinct ids of ``user``'s sessions (None: anyone's, for
+        ``tctl``) starting with ``prefix``, in order (an exact id comes first)."""
         # A range on the session index, then an exact prefix test (no LIKE wildcards).
+        # 'user = coalesce(?, user)': None is no filter, and SQLite cannot use the user
+        # index for it; with 'user = ?' it walked every event of the user (545 ms for
+        # 200,000) instead of the prefix's range (0.01 ms).
         sql = (
             "SELECT DISTINCT session_id FROM events WHERE session_id != ''"
             " AND session_id >= ? AND session_id < ? AND substr(session_id, 1, ?) = ?"
-            " AND user = ? ORDER BY session_id LIMIT ?"
+            " AND user = coalesce(?, user) ORDER BY session_id LIMIT ?"
         )
         args = (prefix, prefix + "\U0010ffff", len(prefix), prefix, user, limit)
         async with self._db.execute(sql, args) as cur:

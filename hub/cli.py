@@ -36,7 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     start = sub.add_parser("start", help="start the hub")
     start.add_argument("--data-dir", default="/var/lib/remoteler-hub", help="state directory")
     start.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (port 0 picks one)")
-    start.add_argument("--cluster-name", default="remoteler", help="name used on first start")
+    start.add_argument(
+        "--cluster-name",
+        default="remoteler",
+        help="name used on first start: a DNS name, the suffix of NODE.<cluster> "
+        "(default: remoteler)",
+    )
     start.add_argument(
         "--ca-passphrase-file",
         metavar="FILE",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,23 @@ from remoteler.errors import ConfigError
 log = logging.getLogger("remoteler.hub")
 
 SERVER_CERT_TTL = 365 * 24 * 3600
+
+
+#: A cluster name is the DNS suffix of node names (``NODE.<cluster>``), and the pattern
+#: ``*.<cluster>`` in known_hosts lines: letters, digits, '-' and inner dots only, so that
+#: no ``*``, ``?``, ``,`` or ``!`` turns the pattern into "any host".
+_CLUSTER = re.compile(
+    r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", re.I | re.A
+)
+
+
+def check_cluster_name(name: str) -> str:
+    if len(name) > 63 or not _CLUSTER.fullmatch(name):
+        raise ConfigError(
+            f"bad --cluster-name {name[:80]!r}: use a DNS name (letters, digits, '-', "
+            "inner dots; at most 63), as node names are NODE.<cluster>"
+        )
+    return name
 
 
 @dataclass
@@ -79,6 +97,7 @@ class DataDir:
         if meta.exists():
             cluster = self.cluster_name()
         else:
+            check_cluster_name(cluster)
             meta.write_text(json.dumps({"cluster": cluster}))
         self.ca_dir.mkdir(exist_ok=True)
         os.chmod(self.ca_dir, 0o700)

@@ -612,7 +612,9 @@ class HubServer:
             raise AuthError(f"user {ident.name!r} no longer exists; ask an admin")
         self._refuse_if_locked(ident.name)
         session_id = _str(params, "session_id")
-        events = await self.audit.session(session_id) if self.audit and session_id else []
+        if not session_id:  # '' is every event outside a session: a full scan, not one
+            raise UsageError("give a session id: 'tctl audit search' shows them")
+        events = await self.audit.session(session_id) if self.audit else []
         if not events and self.audit is not None:  # the short id 'tctl audit search' shows
             session_id = await resolve_session_prefix(self.audit, session_id, ident.name)
             events = await self.audit.session(session_id)

@@ -688,6 +688,24 @@ def _summary(fields: Any, width: int = 60) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
+async def _session_arg(store: Any, session_id: str | None) -> str | None:
+    """``--session``: a whole id, or the start of one as the table shows (8 characters)."""
+    from hub.audit_store import MAX_CANDIDATES, MIN_SESSION_PREFIX
+
+    if session_id is None or len(session_id) < MIN_SESSION_PREFIX:
+        return session_id
+    found = await store.session_ids(session_id, None, MAX_CANDIDATES + 1)
+    if not found or found[0] == session_id:  # sorted: an exact id comes first
+        return session_id
+    if len(found) > 1:
+        more = ", ..." if len(found) > MAX_CANDIDATES else ""
+        raise UsageError(
+            f"--session {session_id[:64]!r} matches several sessions "
+            f"({', '.join(found[:MAX_CANDIDATES])}{more}); give more characters"
+        )
+    return str(found[0])
+
+
 async def cmd_audit(args: argparse.Namespace) -> None:
     from hub.audit_store import AuditStore, audit_db_path
 
@@ -707,11 +725,12 @@ async def cmd_audit(args: argparse.Namespace) -> None:
     newest = args.limit is not None and args.order == "desc"
     store = await AuditStore.open(audit_db_path(Path(args.data_dir)))
     try:
+        session_id = await _session_arg(store, args.session_id)
         events = store.iter_search(
             type=args.type,
             node=node,
             user=args.user,
-            session_id=args.session_id,
+            session_id=session_id,
             since=since,
             until=until,
             limit=args.limit,

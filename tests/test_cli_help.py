@@ -85,3 +85,13 @@ def test_tctl_takes_global_flags_after_the_subcommand(tmp_path: Path) -> None:
     )
     assert run.returncode != 0 and run.stderr.count("\n") == 1
     assert str(tmp_path / "nothing") in run.stderr  # the flag given after 'status' was used
+
+
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_no_example_puts_a_secret_on_the_command_line(tool: str) -> None:
+    """The examples are what people copy: a join token or password flag in one ends up
+    in every user's ps (docs/security.md, the join token)."""
+    for path, parser in clihelp.walk(TOOLS[tool]()):
+        for line in (parser.epilog or "").splitlines():
+            words = line.split()
+            assert not {"--token", "--password"} & set(words), f"{tool} {path}: {line.strip()}"

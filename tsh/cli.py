@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from remoteler import sshalgs
 from remoteler.clihelp import finish
 from remoteler.errors import (
     AccessDenied,
@@ -121,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     ssh.add_argument(
         "-c",
         dest="cipher",
-        help="cipher, e.g. chacha20-poly1305@openssh.com (default: aes128-gcm first, then "
-        "the others asyncssh offers)",
+        help=f"one cipher, of {', '.join(sshalgs.CIPHERS)} (default: all of them, in that "
+        "order; nothing weaker is offered)",
     )
     ssh.add_argument(
         "-L",
@@ -350,7 +351,7 @@ async def cmd_ls(args: argparse.Namespace) -> int:
 
 
 async def cmd_ssh(args: argparse.Namespace) -> int:
-    from tsh.ssh import open_ssh, run_session
+    from tsh.ssh import node_errors, open_ssh, run_session
 
     login, _, node = args.target.rpartition("@")
     login = args.login or login
@@ -369,26 +370,19 @@ async def cmd_ssh(args: argparse.Namespace) -> int:
         await _check_forwarding(hub, ident, login, node)  # refused: fail before binding
     ciphers = [args.cipher] if args.cipher else None
     conn = await open_ssh(hub, ident, login, node, ciphers)
-    import asyncssh  # already loaded by open_ssh
-
+    # A refused session (e.g. the login does not exist there) or a dead tunnel / hub:
+    # as ssh, exit 255 with one line rather than a traceback.
+    lost = (
+        "the node hangs up the command when it notices. Run 'tsh ls' to see when the node is back"
+    )
     try:
-        if forwards:
-            await start_local_forwards(conn, forwards)
-        if args.no_command:
-            await conn.wait_closed()
-            raise NodeError(f"connection to {node!r} closed")
-        return await run_session(conn, list(args.cmd), args.pty)
-    except asyncssh.ChannelOpenError as exc:
-        # The node refused the session (e.g. the login does not exist there): its reason.
-        raise NodeError(exc.reason or f"node {node!r} refused the session") from None
-    except (asyncssh.DisconnectError, ConnectionError) as exc:
-        # The node's tunnel died (dead link, agent restart) or the hub went away:
-        # as ssh, exit 255 with one line rather than a traceback.
-        reason = exc.reason if isinstance(exc, asyncssh.Error) else str(exc)
-        raise NodeError(
-            f"connection to {node!r} lost ({reason}); the node hangs up the command when "
-            "it notices. Run 'tsh ls' to see when the node is back"
-        ) from None
+        with node_errors(node, lost):
+            if forwards:
+                await start_local_forwards(conn, forwards)
+            if args.no_command:
+                await conn.wait_closed()
+                raise NodeError(f"connection to {node!r} closed")
+            return await run_session(conn, list(args.cmd), args.pty)
     finally:
         conn.close()
 
@@ -433,7 +427,7 @@ async def cmd_scp(args: argparse.Namespace) -> int:
 async def cmd_console(args: argparse.Namespace) -> int:
     from remoteler.console import parse_baud
     from tsh.console import run_console
-    from tsh.ssh import open_ssh
+    from tsh.ssh import node_errors, open_ssh
 
     login, _, node = args.target.rpartition("@")
     login = args.login or login
@@ -446,17 +440,9 @@ async def cmd_console(args: argparse.Namespace) -> int:
     hub, ident = _identity(args)
     login = login or _default_login(ident)
     conn = await open_ssh(hub, ident, login, node)
-    import asyncssh  # already loaded by open_ssh
-
     try:
-        return await run_console(conn, args.port, baud, args.read_only)
-    except asyncssh.ChannelOpenError as exc:  # e.g. the login does not exist there
-        raise NodeError(exc.reason or f"node {node!r} refused the session") from None
-    except (asyncssh.DisconnectError, ConnectionError) as exc:
-        reason = exc.reason if isinstance(exc, asyncssh.Error) else str(exc)
-        raise NodeError(
-            f"connection to {node!r} lost ({reason}); run 'tsh ls' to see when it is back"
-        ) from None
+        with node_errors(node, "run 'tsh ls' to see when it is back"):
+            return await run_console(conn, args.port, baud, args.read_only)
     finally:
         conn.close()
 

@@ -10,7 +10,7 @@ import stat
 import sys
 import termios
 import tty
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -21,6 +21,7 @@ from remoteler.hubconn import open_ws
 from remoteler.identity import UserIdentity
 from remoteler.sshalgs import CIPHERS, client_options
 from remoteler.sshio import SSH_MAX_PACKET, SSH_WINDOW, PipeTunnel, WebSocketPipe
+from remoteler.text import printable
 from remoteler.tlsutil import client_context
 
 CONNECT_SUBPROTOCOL = "remoteler.connect.v1"
@@ -200,6 +201,26 @@ async def _pump_stdin(process: Any) -> None:
 async def _pump_out(stream: Any, fd: int) -> None:
     while data := await stream.read(65536):
         await write_all(fd, data)
+
+
+@contextlib.contextmanager
+def node_errors(node: str, lost_hint: str) -> Iterator[None]:
+    """A refused channel or a lost connection as one NodeError line (exit 255, as ssh).
+
+    The reasons are the device's text: only :func:`~remoteler.text.printable` reaches the
+    terminal (an escape sequence in a refusal would otherwise be the user's terminal's).
+    """
+    import asyncssh
+
+    try:
+        yield
+    except asyncssh.ChannelOpenError as exc:  # e.g. the login does not exist there
+        raise NodeError(
+            printable(exc.reason) if exc.reason else f"node {node!r} refused the session"
+        ) from None
+    except (asyncssh.DisconnectError, ConnectionError) as exc:
+        reason = exc.reason if isinstance(exc, asyncssh.Error) else str(exc)
+        raise NodeError(f"connection to {node!r} lost ({printable(reason)}); {lost_hint}") from None
 
 
 async def run_session(conn: Any, command: list[str], want_pty: bool | None) -> int:

@@ -172,8 +172,6 @@ def test_wrong_ca_pin_stops_join_before_token_is_sent(cluster: Cluster) -> None:
             "start",
             "--hub",
             cluster.addr,
-            "--token",
-            token,
             "--ca-pin",
             bad_pin,
             "--name",
@@ -184,7 +182,7 @@ def test_wrong_ca_pin_stops_join_before_token_is_sent(cluster: Cluster) -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        env=cluster.env(),
+        env=cluster.env(REMOTELER_JOIN_TOKEN=token),  # as 'tctl tokens add' says (no warning)
     )
     assert proc.returncode != 0
     assert "CA pin mismatch" in proc.stderr

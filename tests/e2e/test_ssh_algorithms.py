@@ -73,7 +73,8 @@ def openssh(env: Env, *options: str) -> subprocess.CompletedProcess[str]:
             "-o",
             "GlobalKnownHostsFile=/dev/null",
             "-o",
-            f"HostKeyAlias={NODE}",
+            # NODE.<cluster>: the name the exported '@cert-authority *.<cluster>' line covers
+            f"HostKeyAlias={env.known_hosts.read_text().split()[1].replace('*', NODE, 1)}",
             "-o",
             "StrictHostKeyChecking=yes",
             "-o",

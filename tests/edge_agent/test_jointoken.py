@@ -3,13 +3,21 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from edge_agent.cli import main
-from edge_agent.jointoken import CMDLINE_WARNING, ENV_VAR, join_token, take_env_token
-from remoteler.errors import UsageError
+from edge_agent.jointoken import (
+    CMDLINE_WARNING,
+    ENV_VAR,
+    join_token,
+    read_token_file,
+    take_env_token,
+)
+from remoteler.errors import ConfigError, UsageError
 
 PIN = "sha256:" + "0f" * 32
 
@@ -99,3 +107,42 @@ def test_sources_in_order(tmp_path: Path) -> None:
     assert warning is not None and "readable by other users (mode 0640)" in warning
     with pytest.raises(UsageError):
         join_token("a", str(path), None)
+
+
+def _read_in_thread(path: Path) -> tuple[threading.Thread, list[object]]:
+    got: list[object] = []
+
+    def run() -> None:
+        try:
+            got.append(read_token_file(path))
+        except ConfigError as exc:
+            got.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, got
+
+
+def test_a_pipe_is_read_and_a_fifo_without_writer_does_not_hang(tmp_path: Path) -> None:
+    """``--token-file <(pass show join-token)`` or ``/dev/stdin`` hand the agent a pipe:
+    it is read (no mode warning: a pipe's bits say nothing). A named pipe that nobody
+    writes is one line at once, not a start that hangs in open()."""
+    fifo = tmp_path / "join.fifo"
+    os.mkfifo(fifo, 0o644)
+    thread, got = _read_in_thread(fifo)
+    thread.join(5)
+    if thread.is_alive():  # the old open() blocks until a writer comes: let it go
+        with open(fifo, "wb"):
+            pass
+        thread.join(5)
+        pytest.fail("reading a token FIFO with no writer hung")
+    assert isinstance(got[0], ConfigError) and "is empty" in str(got[0]), got
+
+    read, write = os.pipe()
+    os.write(write, b"tok-from-a-pipe\n")
+    os.close(write)
+    try:
+        token, warning = read_token_file(Path(f"/proc/self/fd/{read}"))
+    finally:
+        os.close(read)
+    assert (token, warning) == ("tok-from-a-pipe", None)

@@ -225,6 +225,20 @@ async def test_audit_session_rpc_is_for_the_sessions_user_only(ahub: AuditHub) -
         await call(ahub.tls(), session_id="s1")
 
 
+async def test_audit_session_rpc_refuses_an_empty_session_id(ahub: AuditHub) -> None:
+    """An empty id is no session: the hub must not read every event without one (a full
+    scan of the audit table per call) nor hand the caller their own non-session events."""
+    assert ahub.store is not None
+    alice = ahub.tls(*await ahub.user_creds("alice"))
+    # The only events without a session are alice's own (her cert.create).
+    assert [e.user for e in await ahub.store.search(session_id="")] == ["alice"]
+    async with connect(ahub.url("/v1/rpc"), ssl=alice, subprotocols=[rpc.SUBPROTOCOL]) as ws:  # type: ignore[list-item]
+        for sid in ("", "ab"):
+            with pytest.raises(Exception, match="session") as exc:
+                await asyncio.wait_for(rpc.RpcClient(ws).call("audit.session", session_id=sid), 5)
+            assert type(exc.value).__name__ in ("UsageError", "AccessDenied")
+
+
 # -- per-node quota (hub/audit_quota.py) ------------------------------------------
 
 

@@ -148,3 +148,36 @@ def test_bad_time_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_parse_when() -> None:
     assert tctl.parse_when("2h", now=10_000.0) == 10_000.0 - 7200
     assert tctl.parse_when("1970-01-01T01:00:00+00:00") == 3600.0
+
+
+def test_session_takes_the_short_id_the_table_shows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--session 3f2a9c1e`` (the table's 8 characters) finds the session, as ``tsh play``
+    does; a whole id that is also the start of another (its ``-2`` channel) is exact."""
+    data = DataDir(tmp_path)
+    data.init("test")
+    first, other = "3f2a9c1e-0000-4000-8000-000000000001", "3f2a0000-0000-4000-8000-000000000002"
+
+    def ev(sid: str, user: str) -> AuditEvent:
+        return make_event(EventType.SESSION_START, node="x", user=user, session_id=sid, now=NOW)
+
+    async def fill() -> None:
+        store = await AuditStore.open(audit_db_path(data.path))
+        events = [ev(first, "alice"), ev(first + "-2", "alice"), ev(other, "bob")]
+        await store.insert("n", [dataclasses.replace(e, seq=i) for i, e in enumerate(events)])
+        await store.close()
+
+    asyncio.run(fill())
+
+    def sessions(*argv: str) -> list[str]:
+        out = _run(capsys, tmp_path, "search", *argv, "--format", "json")
+        return [e["session"] for e in json.loads(out)]
+
+    assert sessions("--session", other[:8]) == [other]
+    assert sessions("--session", first) == [first]  # exact, not ambiguous with first-2
+    assert sessions("--session", first + "-2") == [first + "-2"]
+    assert sessions("--session", "ffff") == []
+    assert tctl.main(["--data-dir", str(tmp_path), "audit", "search", "--session", "3f2a"]) == 2
+    err = capsys.readouterr().err
+    assert "matches several sessions" in err and err.count("\n") == 1

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 from pathlib import Path
@@ -43,3 +44,15 @@ def test_kex_names_the_installed_ssh_does_not_know_are_left_out() -> None:
         "curve25519-sha256"
     ]
     assert all(alg in known for alg in FALLBACK_KEX)
+
+
+def test_tsh_ssh_cipher_help_names_exactly_what_is_offered() -> None:
+    """``tsh ssh -c``: the help lists the ciphers tsh accepts (sshalgs.CIPHERS), no more."""
+    from tsh.cli import build_parser
+
+    ssh = next(
+        a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices["ssh"]
+    text = next(a.help for a in ssh._actions if a.dest == "cipher") or ""
+    assert all(c in text for c in sshalgs.CIPHERS), text
+    assert "asyncssh offers" not in text and "ctr" not in text
