@@ -10,6 +10,9 @@ stopped; plus how long a legitimate RPC (``tsh``'s first call) takes meanwhile.
 - ``ws_ping_tunnel``: the same on ``/v1/tunnel`` with a joined node's certificate.
 - ``tunnel_ping_frames``: the tunnel protocol's own PING frames, never reading
   the PONGs (remoteler/wire caps them).
+- ``handshake_slowloris``: 300 sockets from 127.0.0.2-5, each sends a real
+  ClientHello and goes silent, and dials again when the hub closes it
+  (hub/tlswatch.py, per-address caps in hub/admission.py).
 
 Figures, not pass/fail: ``docs/security.md`` quotes them.
 """
@@ -17,6 +20,8 @@ Figures, not pass/fail: ``docs/security.md`` quotes them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
 import statistics
 import sys
@@ -63,6 +68,16 @@ def _insecure() -> ssl.SSLContext:
     return ctx
 
 
+def _client_hello() -> bytes:
+    """A real OpenSSL ClientHello (user ALPN), to send by hand and then stall."""
+    obj = client_context(None).wrap_bio(
+        ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname="remoteler-hub"
+    )
+    with contextlib.suppress(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return out.read()
+
+
 class Attacks:
     def __init__(self, cluster: Cluster, node_ctx: ssl.SSLContext) -> None:
         self.cluster = cluster
@@ -88,8 +103,32 @@ class Attacks:
             finally:
                 close_quietly(writer)
 
+    async def _silent_hello(self, until: float, source: str, hello: bytes) -> None:
+        """Send a ClientHello, read nothing, wait to be closed; again until ``until``."""
+        loop = asyncio.get_running_loop()
+        while (left := until - time.monotonic()) > 0:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                sock.bind((source, 0))
+                await loop.sock_connect(sock, ("127.0.0.1", self.cluster.hub_port))
+                await loop.sock_sendall(sock, hello)
+                self.connections += 1
+                while await asyncio.wait_for(loop.sock_recv(sock, 65536), left):
+                    left = until - time.monotonic()  # the hub's flight: ignore it
+            except (OSError, TimeoutError):
+                await asyncio.sleep(0.1)
+            finally:
+                sock.close()
+
     def run(self, name: str, seconds: float) -> Awaitable[None]:
         until = time.monotonic() + seconds
+        if name == "handshake_slowloris":
+            hello = _client_hello()
+            sources = [f"127.0.0.{i}" for i in range(2, 6)]
+            return asyncio.gather(
+                *(self._silent_hello(until, sources[i % 4], hello) for i in range(300))
+            )
         if name == "ws_ping_rpc":
             workers = [
                 self._worker(until, "/v1/rpc", _insecure(), rpc.SUBPROTOCOL, "ws") for _ in range(4)
@@ -141,7 +180,7 @@ async def _run(ctx: Context) -> list[Figure]:
         await asyncio.sleep(ctx.pick(5.0, 0.2))  # let start-up settle
         attacks = Attacks(cluster, node_ctx)
         figures: list[Figure] = []
-        for name in ("ws_ping_rpc", "ws_ping_tunnel", "tunnel_ping_frames"):
+        for name in ("ws_ping_rpc", "ws_ping_tunnel", "tunnel_ping_frames", "handshake_slowloris"):
             res = await _measure(cluster, attacks, name, ctx)
             note = f"{res.connections} attack connections; after = {ctx.pick(60, 1)} s later"
             for label, value in (("before", res.before), ("peak", res.peak), ("after", res.after)):
