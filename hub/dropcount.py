@@ -26,6 +26,7 @@ STAGES: dict[str, str] = {
     "hello": "before TLS",
     "queue": "while queued",
     "tls": "TLS handshake failures",
+    "ws": "websockets aborted",
 }
 
 #: distinct source addresses remembered per interval (a spoofed flood must not grow it)

@@ -340,6 +340,10 @@ class Listener:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
 
+    def _ws_aborted(self, kind: str, source: str) -> None:
+        """A websocket cut by hub/wsguard.py: counted into the summary, not logged alone."""
+        self.drops.add("ws", kind, asyncio.get_running_loop().time(), source)
+
     async def _start_tls(self, conn: socket.socket, key: str) -> bool:
         """The TLS handshake, given up when the peer does not answer our flight within
         ``tls_reply_timeout`` (hub/tlswatch.py) or takes ``handshake_timeout`` in all."""
@@ -354,7 +358,9 @@ class Listener:
                 logger=server.logger,
             )
             # Caps the bytes a peer can make us buffer, bounds close() (hub/wsguard.py).
-            return GuardedConnection(protocol, server, ping_interval=None, guard=self.guard)
+            return GuardedConnection(
+                protocol, server, ping_interval=None, guard=self.guard, on_abort=self._ws_aborted
+            )
 
         deadline = HandshakeDeadline(
             loop.time(), self.limits.tls_reply_timeout, self.limits.handshake_timeout

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,13 +54,21 @@ class WsGuardLimits:
     close_timeout: float = 10.0
 
 
+#: ``on_abort(kind, peer_host)``: told of each abort instead of a log line per
+#: connection (the listener counts them into its once-a-minute summary)
+AbortHook = Callable[[str, str], None]
+
+
 class GuardedConnection(ServerConnection):
     """websockets' ServerConnection with a cap on unsent bytes and bounded waits."""
 
-    def __init__(self, *args: Any, guard: WsGuardLimits, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, guard: WsGuardLimits, on_abort: AbortHook | None = None, **kwargs: Any
+    ) -> None:
         kwargs.setdefault("close_timeout", guard.close_timeout)
         super().__init__(*args, **kwargs)
         self.guard = guard
+        self.on_abort = on_abort
         #: bytes of the messages our own ``send`` calls are writing right now
         self._own_bytes = 0
         self.aborted_for: str | None = None
@@ -71,7 +80,7 @@ class GuardedConnection(ServerConnection):
         if self.aborted_for is None and hasattr(self, "transport"):
             unsent = self.transport.get_write_buffer_size()
             if unsent > self.guard.max_unsent + self._own_bytes:
-                self._abort(f"{unsent} bytes unsent (peer not reading)")
+                self._abort("unsent cap", f"{unsent} bytes unsent (peer not reading)")
 
     async def send(self, message: Any, *, text: bool | None = None) -> None:
         size = len(message) if isinstance(message, bytes | bytearray | memoryview | str) else 0
@@ -92,7 +101,9 @@ class GuardedConnection(ServerConnection):
                 return
             except TimeoutError:
                 if self.transport.get_write_buffer_size() >= before:
-                    self._abort(f"peer took no data for {self.guard.stall_timeout:g} s")
+                    self._abort(
+                        "stalled send", f"peer took no data for {self.guard.stall_timeout:g} s"
+                    )
                     raise
         await super().drain()
 
@@ -102,14 +113,18 @@ class GuardedConnection(ServerConnection):
             async with asyncio.timeout(self.guard.close_timeout):
                 await super().close(code, reason)
         except TimeoutError:
-            self._abort(f"closing took over {self.guard.close_timeout:g} s")
+            self._abort("close deadline", f"closing took over {self.guard.close_timeout:g} s")
             await asyncio.shield(self.connection_lost_waiter)
 
-    def _abort(self, why: str) -> None:
+    def _abort(self, kind: str, why: str) -> None:
+        """Abort the transport; ``kind`` is a fixed category, ``why`` the detail."""
         if self.aborted_for is not None:
             return
         self.aborted_for = why
-        log.warning("websocket aborted: %s", why, extra={"peer": _peer(self)})
+        if self.on_abort is not None:
+            self.on_abort(kind, _peer(self).rsplit(":", 1)[0])
+        else:
+            log.warning("websocket aborted: %s", why, extra={"peer": _peer(self)})
         self.transport.abort()
 
 

@@ -170,20 +170,16 @@ class Cluster:
             "1",
             *extra,
         ]
+        env = self.env()
         if not (self.root / f"agent-{name}" / "identity" / "node.json").exists():
-            args += [
-                "--hub",
-                hub or self.addr,
-                "--token",
-                token or self.token(),
-                "--ca-pin",
-                self.ca_pin(),
-            ]
+            args += ["--hub", hub or self.addr, "--ca-pin", self.ca_pin()]
+            # As the docs say: the token in the environment, not on the command line.
+            env["REMOTELER_JOIN_TOKEN"] = token or self.token()
         proc = subprocess.Popen(
             args,
             stdout=open(log, "ab"),  # noqa: SIM115 - the child keeps it
             stderr=subprocess.STDOUT,
-            env=self.env(),
+            env=env,
         )
         self.agents[name] = proc
         return proc
