@@ -15,6 +15,7 @@ Sans-I/O: time is passed in.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -48,3 +49,11 @@ class AuditBudget:
         self._tokens -= 1
         left_out, self.suppressed = self.suppressed, 0
         return left_out
+
+    def fields(self, now: float) -> dict[str, Any] | None:
+        """:meth:`admit` as the audit event's extra fields: None (do not audit), ``{}``,
+        or ``{"suppressed": N}``."""
+        left_out = self.admit(now)
+        if left_out is None:
+            return None
+        return {"suppressed": left_out} if left_out else {}

@@ -296,13 +296,9 @@ class AuthService:
         """Log and audit a refused login (never the password or code), and count it.
         A refusal by the limits (``limited``) is logged and audited within a hub-wide
         budget; the ones left out are counted in the next one's ``suppressed``."""
-        extra: dict[str, Any] = {}
-        if limited:
-            left_out = self.login_refusals.admit(self.clock())
-            if left_out is None:
-                return
-            if left_out:
-                extra["suppressed"] = left_out
+        extra = self.login_refusals.fields(self.clock()) if limited else {}
+        if extra is None:
+            return  # past the budget: counted, not audited
         locked = await self.guard.failed(name, remote_addr) if count else False
         log.warning(
             "login failed: %s",
@@ -477,13 +473,9 @@ class AuthService:
         """Log and audit a refused join: the token only as its public id (a digest prefix).
         A refusal by the limits (``limited``) is logged and audited within a hub-wide
         budget; the ones left out are counted in the next one's ``suppressed``."""
-        extra: dict[str, Any] = {}
-        if limited:
-            left_out = self.join_refusals.admit(self.clock())
-            if left_out is None:
-                return
-            if left_out:
-                extra["suppressed"] = left_out
+        extra = self.join_refusals.fields(self.clock()) if limited else {}
+        if extra is None:
+            return  # past the budget: counted, not audited
         token_id = token_hash[:12]
         log.warning(
             "join refused: %s",

@@ -84,7 +84,8 @@ def test_tsh_ssh_gets_through_a_handshake_flood_and_the_log_stays_quiet(
     print(f"tsh ssh: {calm:.2f} s calm, {took:.2f} s in the flood; log +{grew} lines")
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "through"
-    # Before: 300 silent hellos held all 64 user permits for 15 s each (13.7 s for tsh).
-    assert took < calm + 2.0, f"tsh ssh took {took:.1f} s in the flood, {calm:.1f} s without"
+    # Before: 300 silent hellos held all 64 user permits for 15 s each (13.7 s for tsh,
+    # 32.3 s here). Measured after: 1.9 s. The bound only tells the two apart.
+    assert took < calm + 8.0, f"tsh ssh took {took:.1f} s in the flood, {calm:.1f} s without"
     # Before: one INFO line per aborted connection (350 here).
     assert grew <= 2, f"the hub log grew by {grew} lines during the flood"

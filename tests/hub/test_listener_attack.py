@@ -61,7 +61,8 @@ async def test_tsh_gets_in_while_300_silent_clients_hold_handshakes(tmp_path: Pa
         async with silent_clients(hub, hello(None), 300, ATTACKERS):
             await wait_for(lambda: listener.queued >= 300 and lane.admitted >= 24)
             took = await ping(hub)  # TLS + websocket + RPC, from 127.0.0.1
-            assert took < 2.0, f"a user waited {took:.1f} s behind silent clients"
+            # A correctness bound, not a speed goal: ~0.1 s here, 13.7 s+ before.
+            assert took < 8.0, f"a user waited {took:.1f} s behind silent clients"
             assert listener.queued >= 290  # the attack was still on
         # Not a permit leaked: once they are gone, the lane is idle.
         await wait_for(lambda: lane.gate.in_use == 0 and listener.pending == {}, 10)
@@ -120,7 +121,8 @@ async def test_silent_after_our_flight_is_closed_after_the_reply_timeout(tmp_pat
             assert flight.startswith(b"\x16\x03")  # our flight came, we said nothing
         finally:
             writer.close()
-        assert took < 4.0, f"a silent client kept its handshake {took:.1f} s"
+        # ~1 s (the reply timeout) here; 15 s (the whole-handshake limit) before.
+        assert took < 8.0, f"a silent client kept its handshake {took:.1f} s"
         assert listener.drops.totals["tls"] == 1
         assert listener.lanes["user"].gate.in_use == 0
 
