@@ -27,7 +27,7 @@ from websockets.http11 import Request, Response
 
 from hub.audit_ingest import serve_audit_channel
 from hub.audit_quota import AuditQuotas, QuotaConfig
-from hub.audit_store import AuditBackend, resolve_session_prefix
+from hub.audit_store import MIN_SESSION_PREFIX, AuditBackend, resolve_session_prefix
 from hub.auth import AuthService, Issued, check_name
 from hub.backend import Backend, Node
 from hub.identity import Identity, peer_identity
@@ -621,7 +621,14 @@ class HubServer:
         # Every event must name the caller: an event forged into someone else's
         # session opens it to nobody, and an unknown id looks like someone else's.
         if not events or any(e.user != ident.name for e in events):
-            raise AccessDenied(f"no session {session_id[:64]!r} of yours is recorded on this hub")
+            hint = (
+                f" (a short id needs at least {MIN_SESSION_PREFIX} characters)"
+                if len(session_id) < MIN_SESSION_PREFIX
+                else "; 'tctl audit search --type session.start' lists the ids"
+            )
+            raise AccessDenied(
+                f"no session {session_id[:64]!r} of yours is recorded on this hub{hint}"
+            )
         return [e.to_wire() for e in events]
 
 

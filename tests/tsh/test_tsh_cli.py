@@ -230,6 +230,8 @@ def test_play_accepts_the_short_session_id(node: Cluster) -> None:
         hugo = _login_as(node, "hugo")
     other = node.tsh("play", full[:8], env=hugo)  # not hugo's session
     assert other.returncode != 0 and "no session" in _one_line(other)
+    too_short = node.tsh("play", full[:2])
+    assert too_short.returncode != 0 and "at least 4 characters" in _one_line(too_short)
 
 
 def test_login_target_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
