@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from hub.admission import source_key
 from remoteler.errors import AuthError
 
 
@@ -116,7 +117,8 @@ class JoinGuard:
         :meth:`refusal`. An empty ``addr`` (an in-process call) is limited only hub-wide."""
         hub = self._hub(now)
         hub.settle(now)
-        state = self._address(addr, now) if addr else None
+        # Keyed as the listener counts connections: an IPv6 host holds a whole /64.
+        state = self._address(source_key(addr), now) if addr else None
         if state is not None:
             state.attempts.settle(now)
             state.failures.settle(now)
@@ -157,7 +159,7 @@ class JoinGuard:
         hub.settle(now)
         if hub_reserved:
             hub.tokens = min(hub.size, hub.tokens + 1)
-        state = self._seen.get(addr) if addr else None
+        state = self._seen.get(source_key(addr)) if addr else None
         if state is not None:
             state.failures.settle(now)
             state.failures.tokens = min(state.failures.size, state.failures.tokens + 1)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from hub.admission import source_key
 from hub.backend import Backend, LoginGuardRow
 from remoteler.errors import AuthError
 
@@ -83,6 +84,7 @@ class AddressGuard:
     _seen: dict[str, _Address] = field(default_factory=dict)
 
     def _get(self, addr: str, now: float) -> _Address:
+        addr = source_key(addr)  # as the listener: an IPv6 host holds a whole /64
         state = self._seen.get(addr)
         if state is None:
             if len(self._seen) >= self.policy.max_tracked_addresses:

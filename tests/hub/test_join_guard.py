@@ -163,3 +163,14 @@ def test_the_audit_budget_carries_the_count_left_out_into_the_next_event() -> No
     assert budget.admit(5.0) is None  # half a refill
     assert budget.admit(10.0) == 4, "the next one audited says how many were left out"
     assert budget.admit(10.0) is None and budget.suppressed == 1
+
+
+async def test_ipv6_addresses_of_one_64_share_the_address_limits() -> None:
+    """The listener counts an IPv6 peer by its /64 (hub.admission.source_key): a host
+    holds the whole /64, so a new address per guess must not get a new budget."""
+    guard = JoinGuard(JoinPolicy(address_failures=3, global_failures=1000))
+    for i in range(3):
+        guard.check(f"2001:db8:1:2::{i + 1:x}", 0.0)
+    with pytest.raises(JoinRefused, match="too many failed joins from your address"):
+        guard.check("2001:db8:1:2::ffff", 0.0)
+    guard.check("2001:db8:1:3::1", 0.0)  # another /64 has its own

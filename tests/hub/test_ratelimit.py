@@ -187,3 +187,13 @@ async def test_impossible_user_names_are_not_stored(tmp_path: Path) -> None:
         assert await backend.get_login_guard(name) is None
     finally:
         await backend.close()
+
+
+def test_ipv6_addresses_of_one_64_share_the_address_bucket() -> None:
+    """Keyed as the listener counts peers (hub.admission.source_key): one /64, one bucket."""
+    guard = AddressGuard(LoginPolicy(address_burst=2, address_refill=10.0))
+    guard.check("2001:db8::1", 0.0)
+    guard.check("2001:db8::2", 0.0)
+    with pytest.raises(LoginRefused, match="too many login attempts"):
+        guard.check("2001:db8::3", 0.0)
+    guard.check("2001:db8:0:1::1", 0.0)  # another /64
