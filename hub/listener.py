@@ -341,8 +341,9 @@ class Listener:
                 pause = min(pause * 2, 1.0)
 
     def _ws_aborted(self, kind: str, source: str) -> None:
-        """A websocket cut by hub/wsguard.py: counted into the summary, not logged alone."""
-        self.drops.add("ws", kind, asyncio.get_running_loop().time(), source)
+        """A websocket cut by hub/wsguard.py: counted into the summary, not logged alone,
+        under the key the other stages use (an IPv6 peer's /64)."""
+        self.drops.add("ws", kind, asyncio.get_running_loop().time(), source_key(source))
 
     async def _start_tls(self, conn: socket.socket, key: str) -> bool:
         """The TLS handshake, given up when the peer does not answer our flight within

@@ -66,3 +66,33 @@ async def test_a_flood_of_aborted_connections_is_one_summary_line(
         with contextlib.suppress(AssertionError):  # a second interval stays silent
             await wait_for(lambda: len(caplog.records) > len(lines), 1.5)
         assert len(caplog.records) == len(lines)
+
+
+async def test_websocket_aborts_are_summarised_under_the_listeners_source_key() -> None:
+    """hub/wsguard.py reports the peer's host; the summary keys every stage by
+    hub.admission.source_key, so an IPv6 /64 cut at the websocket and refused at
+    accept is one source, not one per address."""
+    import ssl
+
+    from hub.listener import Listener
+
+    async def handler(_: object) -> None:
+        return None
+
+    async def process(_: object, __: object) -> None:
+        return None
+
+    listener = Listener(
+        handler,  # type: ignore[arg-type]
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH),
+        process_request=process,  # type: ignore[arg-type]
+        subprotocols=[],
+        max_size=1 << 16,
+        limits=ListenerLimits(drop_summary_interval=0.0),
+    )
+    now = asyncio.get_running_loop().time()
+    listener.drops.add("refused", "per-address cap", now, "2001:db8::/64")
+    listener._ws_aborted("unsent cap", "2001:db8::7")
+    listener._ws_aborted("stalled send", "2001:db8::8")
+    line = listener.drops.summary(now + 1.0)
+    assert line is not None and "most from 2001:db8::/64 (3)" in line, line
