@@ -210,3 +210,37 @@ async def test_recording_proxy_caps_sessions_per_connection(
         for process in [*held[1:], again]:
             process.stdin.write_eof()
         await asyncio.wait_for(asyncio.gather(*(p.wait_closed() for p in [*held[1:], again])), 10)
+
+
+async def test_slot_comes_back_when_the_websocket_guard_aborts(hub: Hub) -> None:
+    """Across two parts of #14: a /v1/connect peer that sends PINGs and never reads is
+    aborted by hub/wsguard.py's unsent cap, and that abort gives its max_sessions slot
+    back (the slot is released when the TCP connection is gone, however it goes)."""
+    from wsflood import flood, open_raw, ws_ping
+
+    from hub.wsguard import WsGuardLimits
+
+    await hub.backend.put_role(
+        Role("one", logins=(LOGINS_TRAIT,), node_labels={"*": ("*",)}, max_sessions=1)
+    )
+    alice = await _user(hub, "alice", ["one", "access"])
+    assert hub.server.listener is not None
+    hub.server.listener.guard = WsGuardLimits(max_unsent=64 * 1024)
+    async with _agent(hub):
+        _, writer = await open_raw(
+            "127.0.0.1",
+            hub.port,
+            "/v1/connect?node=node-1&login=pi",
+            hub.tls(*alice),  # type: ignore[arg-type]
+            CONNECT_SUBPROTOCOL,
+        )
+        try:
+            await _wait_count(hub, "alice", 1)
+            result = await flood(writer, ws_ping(), 10.0)
+            assert result.cut, f"the hub did not abort the flooder ({result.sent} PINGs)"
+            await _wait_count(hub, "alice", 0)
+        finally:
+            writer.transport.abort()
+        ws = await _stalled(hub, alice)  # the slot is free again
+        ws.transport.abort()
+        await _wait_count(hub, "alice", 0)
