@@ -152,7 +152,7 @@ def add_auth_limit_flags(start: argparse.ArgumentParser) -> None:
         "--join-failures-per-address",
         type=int,
         default=JoinPolicy.address_failures,
-        help="failed joins one address may make per 10 min (default %(default)s)",
+        help="failed joins one address (IPv6: /64) may make per 10 min (default %(default)s)",
     )
     start.add_argument(
         "--join-failures",
@@ -164,7 +164,8 @@ def add_auth_limit_flags(start: argparse.ArgumentParser) -> None:
         "--join-attempts-per-address",
         type=int,
         default=JoinPolicy.address_attempts,
-        help="join attempts, failed or not, one address may make per minute (default %(default)s)",
+        help="join attempts, failed or not, one address (IPv6: /64) may make per minute "
+        "(default %(default)s)",
     )
 
 
