@@ -244,3 +244,29 @@ async def test_slot_comes_back_when_the_websocket_guard_aborts(hub: Hub) -> None
         ws = await _stalled(hub, alice)  # the slot is free again
         ws.transport.abort()
         await _wait_count(hub, "alice", 0)
+
+
+async def test_a_user_at_the_cap_gets_the_missing_node_answer_not_429(hub: Hub) -> None:
+    """C7 and A4 together: the node check comes before the session count, so a user at
+    their limit asking for a node they may not see gets the same 404 line as for a
+    missing one; a 429 there would tell the node exists."""
+    await hub.backend.put_role(
+        Role("one", logins=(LOGINS_TRAIT,), node_labels={"*": ("*",)}, max_sessions=1)
+    )
+    alice = await _user(hub, "alice", ["one", "access"])
+    async with _agent(hub):
+        held = await _stalled(hub, alice)
+        try:
+            with pytest.raises(InvalidStatus) as exc:
+                async with connect(
+                    hub.url("/v1/connect?node=nope&login=pi"),
+                    ssl=hub.tls(*alice),
+                    subprotocols=[CONNECT_SUBPROTOCOL],  # type: ignore[list-item]
+                ):
+                    pass
+            response = exc.value.response
+            assert response.status_code == 404
+            assert "not found or access denied" in response.body.decode()
+        finally:
+            held.transport.abort()
+        await _wait_count(hub, "alice", 0)
