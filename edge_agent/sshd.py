@@ -121,8 +121,10 @@ class NodeSSHServer(CertificateOnlyServer):
         return self._forwards.open(self.login, dest_host, dest_port)
 
     def session_requested(self) -> CommandSession | bool:
-        if self._expired is not None:
-            return False  # the connection is closing
+        if self._expired is not None:  # the connection is closing: say why, as -L does
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, self._expired
+            )
         if CommandSession.missing_login(self.login):
             # Refuse the channel with the reason: tsh prints it and exits 255, as ssh.
             node = self._fields.get("node_name") or "this device"

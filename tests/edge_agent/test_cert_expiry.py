@@ -138,3 +138,16 @@ async def test_no_port_forward_once_the_certificate_expired(device: Device) -> N
         conn.close()
         target.close()
         await target.wait_closed()
+
+
+async def test_no_new_session_once_the_certificate_expired(device: Device) -> None:
+    """A session channel opened in those 2 s gets the expiry message too (as ``-L``
+    does), not a bare refusal with no reason."""
+    conn = await _connect(device, flag=True)
+    try:
+        ended = await asyncio.wait_for(conn.run("sleep 30", encoding=None, check=False), 15)
+        assert ended.exit_status == 255
+        with pytest.raises(asyncssh.ChannelOpenError, match="certificate expired"):
+            await conn.run("true", check=False)
+    finally:
+        conn.close()
