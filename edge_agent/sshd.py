@@ -64,7 +64,8 @@ class NodeSSHServer(CertificateOnlyServer):
         self._forwards: ForwardGate | None = None
         self._sessions = 0
         self._expiry: asyncio.TimerHandle | None = None
-        #: set once the certificate expired (disconnect_expired_cert): no new channels
+        #: why the connection is being ended (its certificate expired under
+        #: disconnect_expired_cert, or a lock covers it): no new channels
         self._expired: str | None = None
         self.login = ""
 
@@ -99,6 +100,7 @@ class NodeSSHServer(CertificateOnlyServer):
 
     def _end_locked(self, message: str) -> None:
         """End every session with ``message``, then the connection (no new channels)."""
+        self._expired = message
         for session in self._open:
             session.end_locked(message)
         if self._conn is not None:

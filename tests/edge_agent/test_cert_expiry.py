@@ -151,3 +151,47 @@ async def test_no_new_session_once_the_certificate_expired(device: Device) -> No
             await conn.run("true", check=False)
     finally:
         conn.close()
+
+
+async def test_no_new_channel_once_a_lock_ended_the_sessions(tmp_path: Path) -> None:
+    """The same 2 s after a lock ended the sessions: a new session or ``-L`` channel is
+    refused with the lock's line (it was opened, and ran)."""
+    from edge_agent.locks import LockStore
+    from remoteler.locks import Lock
+
+    host_ca = CertAuthority.generate("host", "test")
+    user_ca = CertAuthority.generate("user", "test")
+    key = generate_private_key()
+    ident = NodeIdentity(
+        key=key,
+        node_id=NODE,
+        name="truck-042",
+        hub="127.0.0.1:9",
+        ssh_cert=host_ca.sign_ssh_host_cert(key.public_key(), key_id=NODE, principals=["x"]),
+        tls_cert=b"",
+        host_ca_pem=host_ca.x509_pem,
+        user_ca_ssh=user_ca.ssh_public_line(),
+        cluster="test",
+    )
+    store = LockStore(nodes=(NODE, "truck-042"))
+    outbox = await Outbox.open(tmp_path / "outbox.db", node=NODE)
+    server = await start_local_listener(
+        "127.0.0.1", 0, ident, lambda: {"env": "lab"}, AgentAudit(outbox, NODE), locks=store
+    )
+    device = Device(user_ca, server.sockets[0].getsockname()[1], outbox)
+    try:
+        conn = await _connect(device, flag=False)
+        try:
+            running = asyncio.ensure_future(conn.run("sleep 30", encoding=None, check=False))
+            await asyncio.sleep(0.5)
+            store.replace([Lock("0123456789ab", "user", "alice", "", time.time())])
+            ended = await asyncio.wait_for(running, 15)
+            assert ended.exit_status == 255
+            with pytest.raises(asyncssh.ChannelOpenError, match="locked"):
+                await conn.run("true", check=False)
+        finally:
+            conn.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+        await outbox.close()
