@@ -18,12 +18,12 @@ from hub.backend import Backend, Node, Token, User
 from hub.hashgate import BUSY_MESSAGE, BUSY_REASON, HashGate, HubBusy
 from hub.joinguard import JoinGuard, JoinRefused
 from hub.ratelimit import LoginGuard, LoginRefused
-from hub.sessioncap import user_roles
 from remoteler.access import (
     DEFAULT_MAX_TTL,
     ROLES_EXTENSION,
     RULES_EXTENSION,
     AccessRule,
+    Role,
     allowed_logins,
     encode_rules,
     may_port_forward,
@@ -69,6 +69,12 @@ def host_principals(node_id: str, name: str, cluster: str) -> list[str]:
     (docs/openssh.md); ``tsh ssh`` checks the name.
     """
     return [node_id, name, f"{name}.{cluster}"]
+
+
+def rules_of(user: User, roles: Sequence[Role]) -> tuple[list[AccessRule], int]:
+    """``user``'s access rules from ``roles``, and the TTL cap (the smallest max_session_ttl)."""
+    cap = min((r.max_session_ttl for r in roles), default=DEFAULT_MAX_TTL)
+    return resolve_rules(roles, user.logins), cap
 
 
 @dataclass(frozen=True)
@@ -229,15 +235,18 @@ class AuthService:
             log.error("user record unreadable: %s", err, extra={"user": name})
             return None
 
-    async def rules_for(self, user: User) -> tuple[list[AccessRule], int]:
-        """Resolved access rules and the TTL cap (the smallest max_session_ttl)."""
+    async def roles_of(self, user: User) -> list[Role]:
+        """The user's roles as stored now (a removed role grants and limits nothing)."""
         roles = []
         for role_name in user.roles:
             role = await self.backend.get_role(role_name)
             if role is not None:
                 roles.append(role)
-        cap = min((r.max_session_ttl for r in roles), default=DEFAULT_MAX_TTL)
-        return resolve_rules(roles, user.logins), cap
+        return roles
+
+    async def rules_for(self, user: User) -> tuple[list[AccessRule], int]:
+        """Resolved access rules and the TTL cap (the smallest max_session_ttl)."""
+        return rules_of(user, await self.roles_of(user))
 
     async def login(
         self,
@@ -332,7 +341,8 @@ class AuthService:
             pub = public_key_from_openssh(public_key)
         except CAError as exc:
             raise UsageError(f"bad public key: {exc}") from None
-        rules, cap = await self.rules_for(user)
+        roles = await self.roles_of(user)
+        rules, cap = rules_of(user, roles)
         ttl = min(ttl or DEFAULT_MAX_TTL, cap)
         logins = allowed_logins(rules)
         now = int(self.clock())
@@ -341,7 +351,7 @@ class AuthService:
             extensions.pop("permit-port-forwarding", None)
         extensions[RULES_EXTENSION] = encode_rules(rules)
         extensions[ROLES_EXTENSION] = ",".join(user.roles)
-        if disconnect_expired_cert(await user_roles(self.backend, user), ttl):
+        if disconnect_expired_cert(roles, ttl):
             extensions[DISCONNECT_EXTENSION] = ""  # the device ends sessions at expiry
         ssh_cert = self.user_ca.sign_ssh_user_cert(
             pub,

@@ -28,15 +28,16 @@ from websockets.http11 import Request, Response
 from hub.audit_ingest import serve_audit_channel
 from hub.audit_quota import AuditQuotas, QuotaConfig
 from hub.audit_store import MIN_SESSION_PREFIX, AuditBackend, resolve_session_prefix
-from hub.auth import AuthService, Issued, check_name
+from hub.auth import AuthService, Issued, check_name, rules_of
 from hub.backend import Backend, Node
 from hub.identity import Identity, peer_identity
 from hub.listener import Listener, ListenerLimits
 from hub.locks import LOCKED_CLOSE_CODE, LockWatcher
-from hub.sessioncap import SessionCounter, TooManySessions, relay_deadline, user_roles
+from hub.sessioncap import SessionCounter, TooManySessions, relay_deadline
 from hub.tunnels import LiveNode, TunnelRegistry
 from hub.wsutil import DEVICE_REASONS, close_reason, device_refusal, peer_host
 from remoteler import rpc
+from remoteler.access import Role as UserRole
 from remoteler.access import check_access, node_visible
 from remoteler.addr import parse_labels
 from remoteler.errors import (
@@ -225,9 +226,9 @@ class HubServer:
                 query = parse_qs(url.query)
                 node_key = (query.get("node") or [""])[0]
                 login = (query.get("login") or [""])[0]
-                node = await self.authorize_connect(ident, node_key, login)
+                node, roles = await self.authorize_connect(ident, node_key, login)
                 assert ident is not None
-                await self._take_session_slot(connection, ident.name)
+                self._take_session_slot(connection, ident.name, roles)
                 connection.remoteler_target = (node, login)  # type: ignore[attr-defined]
                 return None
         except AuthError as err:
@@ -244,11 +245,11 @@ class HubServer:
             connection, HTTPStatus.NOT_FOUND, UsageError(f"no such endpoint {url.path!r}")
         )
 
-    async def _take_session_slot(self, connection: ServerConnection, name: str) -> None:
+    def _take_session_slot(
+        self, connection: ServerConnection, name: str, roles: list[UserRole]
+    ) -> None:
         """Count this connection against the user's ``max_sessions`` until its TCP
         connection is gone (raise TooManySessions when the user is at the limit)."""
-        user = await self.backend.get_user(name)
-        roles = await user_roles(self.backend, user) if user is not None else []
         try:
             release = self.sessions.acquire(name, session_limit(roles))
         except TooManySessions:
@@ -261,7 +262,10 @@ class HubServer:
         deadline = relay_deadline(connection.transport, roles)
         connection.remoteler_deadline = deadline  # type: ignore[attr-defined]
 
-    async def authorize_connect(self, ident: Identity | None, node_key: str, login: str) -> Node:
+    async def authorize_connect(
+        self, ident: Identity | None, node_key: str, login: str
+    ) -> tuple[Node, list[UserRole]]:
+        """The node to connect to and the user's roles (which set the session's limits)."""
         if ident is None or ident.kind != "user":
             raise AuthError("connecting to a node needs a user certificate: run 'tsh login'")
         user = await self.backend.get_user(ident.name)
@@ -270,7 +274,8 @@ class HubServer:
         if not node_key or not login:
             raise UsageError("give a node and a login, as in 'tsh ssh login@node'")
         node = await self.backend.get_node(node_key)
-        rules, _ = await self.auth.rules_for(user)
+        roles = await self.auth.roles_of(user)
+        rules, _ = rules_of(user, roles)
         if node is None or not node_visible(rules, self.registry.labels_of(node)):
             # One answer for both: a node the user may not list must not show its
             # labels (or its existence) through the refusal.
@@ -303,7 +308,7 @@ class HubServer:
             raise NodeError(
                 f"node {node.name!r} is offline (last seen {seen}); try again when it reconnects"
             )
-        return node
+        return node, roles
 
     # connections -----------------------------------------------------------
     async def handle(self, ws: ServerConnection) -> None:

@@ -15,7 +15,6 @@ from datetime import datetime
 
 from cryptography import x509
 
-from hub.backend import Backend, User
 from remoteler.access import Role
 from remoteler.ca.x509 import CLOCK_SKEW
 from remoteler.errors import AccessDenied
@@ -58,16 +57,6 @@ class SessionCounter:
                 self._open.pop(user, None)
 
         return release
-
-
-async def user_roles(backend: Backend, user: User) -> list[Role]:
-    """The user's roles as stored now (a removed role grants and limits nothing)."""
-    roles = []
-    for name in user.roles:
-        role = await backend.get_role(name)
-        if role is not None:
-            roles.append(role)
-    return roles
 
 
 def relay_deadline(transport: object, roles: Iterable[Role]) -> float | None:
