@@ -35,7 +35,7 @@ from hub.listener import Listener, ListenerLimits
 from hub.locks import LOCKED_CLOSE_CODE, LockWatcher
 from hub.sessioncap import SessionCounter, TooManySessions, relay_deadline
 from hub.tunnels import LiveNode, TunnelRegistry
-from hub.wsutil import DEVICE_REASONS, close_reason, device_refusal, peer_host
+from hub.wsutil import DEVICE_REASONS, close_reason, device_refusal, peer_addr, peer_host
 from remoteler import rpc
 from remoteler.access import Role as UserRole
 from remoteler.access import check_access, node_visible
@@ -357,7 +357,7 @@ class HubServer:
         )
         self.registry.register(node, tunnel)
         self.locks.agent_has(tunnel, locks_digest)
-        log.info("tunnel up", extra={"node_id": node_id, "peer": _peer(ws)})
+        log.info("tunnel up", extra={"node_id": node_id, "peer": peer_addr(ws)})
         try:
             await tunnel.run()
         finally:
@@ -651,11 +651,3 @@ def _str(params: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise UsageError(f"missing parameter {key!r}")
     return value
-
-
-def _peer(ws: ServerConnection) -> str:
-    try:
-        host, port = ws.remote_address[:2]
-    except (TypeError, ValueError):
-        return "?"
-    return f"{host}:{port}"

@@ -36,6 +36,8 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 
+from hub.wsutil import peer_addr, peer_host
+
 log = logging.getLogger("remoteler.hub.wsguard")
 
 
@@ -122,15 +124,7 @@ class GuardedConnection(ServerConnection):
             return
         self.aborted_for = why
         if self.on_abort is not None:
-            self.on_abort(kind, _peer(self).rsplit(":", 1)[0])
+            self.on_abort(kind, peer_host(self) or "?")
         else:
-            log.warning("websocket aborted: %s", why, extra={"peer": _peer(self)})
+            log.warning("websocket aborted: %s", why, extra={"peer": peer_addr(self)})
         self.transport.abort()
-
-
-def _peer(connection: ServerConnection) -> str:
-    try:
-        host, port = connection.remote_address[:2]
-    except (TypeError, ValueError, AttributeError):
-        return "?"
-    return f"{host}:{port}"

@@ -30,3 +30,12 @@ def peer_host(ws: Any) -> str:
         return str(ws.remote_address[0])
     except (TypeError, IndexError, AttributeError):
         return ""
+
+
+def peer_addr(ws: Any) -> str:
+    """``host:port`` the websocket came from (for logs), or "?" if unknown."""
+    try:
+        host, port = ws.remote_address[:2]
+    except (TypeError, ValueError, AttributeError):
+        return "?"
+    return f"{host}:{port}"
