@@ -109,21 +109,57 @@ def _in_image(root: Path, rel: Path) -> Path:
     return path
 
 
+#: Mode of every directory provisioning creates, whatever the operator's umask.
+DIR_MODE = 0o755
+#: Mode of the agent's data directory when ``--owner`` creates it.
+DATA_DIR_MODE = 0o700
+#: The agent's data directory unless ``--data-dir`` names another (edge-agent start's default).
+DEFAULT_DATA_DIR = "/var/lib/remoteler-agent"
+
+
+def _make_dirs(root: Path, rel: Path, mode: int = DIR_MODE) -> list[Path]:
+    """Create ``root / rel`` and its missing parents at ``mode`` (umask ignored).
+
+    Returns the directories created, outermost first; existing ones are left as
+    they are (they belong to the image).
+    """
+    made = []
+    path = root
+    for part in rel.parts:
+        path = path / part
+        if not path.is_dir():
+            path.mkdir()
+            os.chmod(path, mode)  # mkdir's mode is masked by the umask; chmod is not
+            made.append(path)
+    return made
+
+
 def provision_dir(
     root: Path,
     text: str,
     unit: Path | None = None,
     owner: tuple[int, int] | None = None,
+    data_dir: str | None = None,
 ) -> list[Path]:
     """Write the config (and optionally install + enable ``unit``) under image root ``root``.
 
-    The config is 0600; every file is owned by whoever runs this unless ``owner``
-    is given (uid, gid: needs root, or fakeroot when building an image). Returns
-    the paths written.
+    The config is 0600, the directories created 0755 whatever the umask. Every
+    path is owned by whoever runs this; ``owner`` (uid, gid: needs root, or
+    fakeroot when building an image) chowns only what the agent owns: the
+    config, its directory ``etc/remoteler`` and the agent's data directory
+    (``data_dir`` in the image, default :data:`DEFAULT_DATA_DIR`; created 0700).
+    The unit and its link stay with the caller: systemd, as root, reads them.
+    Returns the paths written, then the agent's directories when ``owner`` is given.
     """
     if not root.is_dir():
         raise UsageError(f"--root {root} is not a directory: point it at the image's root")
     conf = _in_image(root, CONFIG_PATH)
+    data: Path | None = None
+    if owner is not None:
+        where = data_dir or DEFAULT_DATA_DIR
+        if not where.startswith("/"):
+            raise UsageError(f"--data-dir {where!r} must be an absolute path on the device")
+        data = _in_image(root, Path(where.lstrip("/")))
     if unit is not None:  # refused before anything is written
         try:
             unit_text = unit.read_bytes()
@@ -131,27 +167,32 @@ def provision_dir(
             raise UsageError(f"cannot read --systemd-unit {unit}: {err.strerror}") from None
         dest = _in_image(root, Path("etc/systemd/system") / UNIT_NAME)
         wants = _in_image(root, WANTS_DIR)
-    conf.parent.mkdir(parents=True, exist_ok=True)
+    _make_dirs(root, CONFIG_PATH.parent)
     write_secret_file(conf, text.encode())
     written = [conf]
     if unit is not None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        _make_dirs(root, dest.parent.relative_to(root))
         write_file_atomic(dest, unit_text, 0o644)  # a new file: replaces, never writes through
-        wants.mkdir(parents=True, exist_ok=True)
+        _make_dirs(root, WANTS_DIR)
         link = wants / UNIT_NAME
         link.unlink(missing_ok=True)
         # What 'systemctl enable' creates: an absolute link, valid once the image boots.
         link.symlink_to(Path("/etc/systemd/system") / UNIT_NAME)
         written += [dest, link]
-    if owner is not None:
-        for path in written:
-            try:
-                os.lchown(path, *owner)
-            except PermissionError:
-                raise UsageError(
-                    f"cannot chown {path} to {owner[0]}:{owner[1]}; run as root (or fakeroot)"
-                ) from None
-    return written
+    if owner is None:
+        return written
+    assert data is not None
+    _make_dirs(root, data.relative_to(root))
+    os.chmod(data, DATA_DIR_MODE)  # the agent's keys live there
+    agent_dirs = [conf.parent, data]
+    for path in [conf, *agent_dirs]:
+        try:
+            os.lchown(path, *owner)
+        except PermissionError:
+            raise UsageError(
+                f"cannot chown {path} to {owner[0]}:{owner[1]}; run as root (or fakeroot)"
+            ) from None
+    return written + agent_dirs
 
 
 # -- over a serial console ------------------------------------------------------------

@@ -53,7 +53,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--owner",
         metavar="UID:GID",
-        help="with --root: chown the config, needs root/fakeroot (default: none)",
+        help="with --root: chown the config, /etc/remoteler and the agent's data dir "
+        "(created 0700) to UID:GID; the unit stays the caller's. Needs root/fakeroot "
+        "(default: none)",
     )
     p.add_argument("--baud", type=int, default=115200, help="with --serial (default 115200)")
     p.add_argument(
@@ -102,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     if args.root is not None:
-        for path in provision_dir(args.root, text, args.systemd_unit, _owner(args.owner)):
+        for path in provision_dir(
+            args.root, text, args.systemd_unit, _owner(args.owner), args.data_dir
+        ):
             print(f"wrote {path}")
         return 0
     if args.systemd_unit or args.owner:

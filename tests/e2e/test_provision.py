@@ -176,3 +176,37 @@ def test_serial_provisioning_fails_clearly_when_no_shell_answers(tmp_path: Path)
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1 and "no shell answered" in out.stderr
     assert not (tmp_path / "etc").exists()
+
+
+def test_owner_chowns_the_agents_paths_only_and_dirs_are_0755_under_umask_077(
+    tmp_path: Path,
+) -> None:
+    # As for the container image: the agent runs as uid 10001, systemd (root) reads the unit.
+    assert os.geteuid() == 0, "this test chowns to another uid: run the suite as root"
+    root = tmp_path / "image"
+    root.mkdir()
+    out = subprocess.run(
+        ["/bin/sh", "-c", 'umask 077 && exec "$@"', "sh", sys.executable, "-m",
+         "firmware_tools.cli", "provision", "--root", str(root), "--hub", "h:1",
+         "--ca-pin", PIN, "--token-stdin", "--systemd-unit", str(UNIT), "--owner", "10001:10002",
+         "--data-dir", "/data/agent"],
+        input="tok\n", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    mine = (os.geteuid(), os.getegid())
+    expect = {  # path: (uid, gid, mode)
+        "etc": (*mine, 0o755),
+        "etc/remoteler": (10001, 10002, 0o755),
+        "etc/remoteler/agent.toml": (10001, 10002, 0o600),
+        "etc/systemd": (*mine, 0o755),
+        "etc/systemd/system": (*mine, 0o755),
+        "etc/systemd/system/remoteler-agent.service": (*mine, 0o644),
+        "etc/systemd/system/multi-user.target.wants": (*mine, 0o755),
+        "data": (*mine, 0o755),
+        "data/agent": (10001, 10002, 0o700),
+    }
+    for rel, (uid, gid, mode) in expect.items():
+        st = os.lstat(root / rel)
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (uid, gid, mode), rel
+    link = os.lstat(root / "etc/systemd/system/multi-user.target.wants/remoteler-agent.service")
+    assert (link.st_uid, link.st_gid) == mine

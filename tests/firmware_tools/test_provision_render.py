@@ -66,7 +66,7 @@ def test_the_serial_script_run_by_a_real_shell_writes_the_file(tmp_path: Path) -
     assert b"RMTL_42_n0nce_SUM " in out.stdout
 
 
-def test_owner_applies_to_every_file_written(tmp_path: Path) -> None:
+def test_owner_applies_to_the_agents_files_only(tmp_path: Path) -> None:
     import os
 
     from firmware_tools.provision import provision_dir
@@ -81,8 +81,15 @@ def test_owner_applies_to_every_file_written(tmp_path: Path) -> None:
             provision_dir(root, text, unit, owner=(0, 0))
         return
     written = provision_dir(root, text, unit, owner=(4321, 4321))
-    assert len(written) == 3
-    assert {os.lstat(p).st_uid for p in written} == {4321}
+    rel = [p.relative_to(root).as_posix() for p in written]
+    assert rel[3:] == ["etc/remoteler", "var/lib/remoteler-agent"]
+    owned = {p.relative_to(root).as_posix(): os.lstat(p).st_uid for p in written}
+    assert owned["etc/remoteler/agent.toml"] == 4321
+    assert owned["etc/remoteler"] == owned["var/lib/remoteler-agent"] == 4321
+    assert owned["etc/systemd/system/remoteler-agent.service"] == os.geteuid()
+    assert owned["etc/systemd/system/multi-user.target.wants/remoteler-agent.service"] == (
+        os.geteuid()
+    )
     assert (written[0].stat().st_mode & 0o777) == 0o600
 
 
