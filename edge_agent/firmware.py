@@ -48,6 +48,25 @@ NO_DOWNGRADE = (
     "the hub asked for a forced downgrade or re-install ({why}); this device does not "
     "allow one: start its agent with --firmware-allow-downgrade"
 )
+#: Both steps a downgrade or re-install needs (the hub's push, the device's consent).
+DOWNGRADE_STEPS = (
+    "{why}: a downgrade or re-install needs 'tctl firmware push --force' and this "
+    "device's agent started with --firmware-allow-downgrade"
+)
+
+
+def claimed_version(header: bytes) -> str:
+    """The version a bundle header names, verified or not ("" if it names none).
+
+    For the audit of a refusal only: a refused bundle's version is what it claims.
+    """
+    from firmware_tools.bundle import BundleError, split_header
+    from firmware_tools.manifest import Manifest
+
+    try:
+        return Manifest.from_bytes(split_header(header).manifest_bytes).version[:64]
+    except (BundleError, ValueError):
+        return ""
 
 
 class Staging:
@@ -133,7 +152,7 @@ class FirmwareAgent:
             log.info("firmware channel lost; the hub will offer again")
         except OSError as exc:  # the data dir: full disk, permissions
             log.error("cannot stage firmware: %s", exc)
-            core.status("failed", f"cannot stage the bundle on the device: {exc.strerror}")
+            await session.fail(f"cannot stage the bundle on the device: {exc.strerror}")
         finally:
             session.close_file()
             if session.locked:
@@ -165,10 +184,11 @@ class FirmwareAgent:
             offset = (await asyncio.to_thread(read_header, path))[2]
         except BundleError as exc:
             self.staging.clear()
-            result = Result("failed", str(exc)[:400], "", offer.rollout)
+            version = claimed_version(offer.header)
+            result = Result("failed", str(exc)[:400], version, offer.rollout)
             self.slots.set_result(offer.sha256, result)
             await self.installer.audit_event(
-                "firmware.failed", rollout=offer.rollout, version="", reason=str(exc)[:400]
+                "firmware.failed", rollout=offer.rollout, version=version, reason=str(exc)[:400]
             )
             return result
         fw = Firmware(offer.sha256, offer.rollout, manifest.version)
@@ -212,6 +232,18 @@ class _Session:
             self.file.close()
             self.file = None
 
+    async def fail(self, reason: str, version: str | None = None) -> None:
+        """Report ``failed`` to the hub and audit ``firmware.failed`` with the bundle's version."""
+        self.core.status("failed", reason, 0)
+        offer = self.offer
+        if offer is None:
+            return
+        if version is None:
+            version = self.version or claimed_version(offer.header)
+        await self.agent.installer.audit_event(
+            "firmware.failed", rollout=offer.rollout, version=version, reason=reason[:400]
+        )
+
     async def handle(self, event: object) -> None:
         from remoteler.firmware_xfer import Chunk, Finished, Offer
 
@@ -241,6 +273,12 @@ class _Session:
             return
         if not agent.trusted:
             core.refuse(NO_KEY)
+            await agent.installer.audit_event(
+                "firmware.failed",
+                rollout=offer.rollout,
+                version=claimed_version(offer.header),
+                reason=NO_KEY,
+            )
             return
         try:
             manifest = verify_header(
@@ -258,34 +296,26 @@ class _Session:
                 core.status("installed", str(exc), offer.size)
                 return
             else:
-                reason = str(exc)
-            core.status("failed", reason, 0)
-            await agent.installer.audit_event(
-                "firmware.failed", rollout=offer.rollout, version="", reason=reason[:400]
-            )
+                reason = DOWNGRADE_STEPS.format(why=str(exc).split(":")[0][:200])
+            await self.fail(reason)
             return
         except BundleError as exc:
-            core.status("failed", str(exc), 0)
-            await agent.installer.audit_event(
-                "firmware.failed", rollout=offer.rollout, version="", reason=str(exc)[:400]
-            )
+            await self.fail(str(exc))
             return
+        self.version = manifest.version
         if offer.size != len(offer.header) + manifest.size:  # the signed size decides
-            core.status("failed", "the offered size does not match the bundle's manifest", 0)
+            await self.fail("the offered size does not match the bundle's manifest")
             return
         free = shutil.disk_usage(agent.slots.root).free
         need = offer.size + manifest.size  # the download, then the unpacked slot
         if free < need:
-            core.status(
-                "failed",
+            await self.fail(
                 f"not enough free space on the device: {free >> 20} MiB free, "
-                f"{need >> 20} MiB needed",
-                0,
+                f"{need >> 20} MiB needed (the bundle, then its unpacked slot)"
             )
             return
         await agent._busy.acquire()
         self.locked = True
-        self.version = manifest.version
         offset, self.hasher = await asyncio.to_thread(
             agent.staging.resume_point, offer.sha256, offer.size
         )
@@ -321,7 +351,7 @@ class _Session:
         self.close_file()
         if self.hasher.hexdigest() != offer.sha256:
             agent.staging.clear()
-            self.core.status("failed", "the bundle's hash does not match the offer", 0)
+            await self.fail("the bundle's hash does not match the offer")
             return
         await agent.installer.audit_event(
             "firmware.transfer",

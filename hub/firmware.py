@@ -6,8 +6,10 @@ it (and wakes early when a transfer ends). Per running roll-out:
 * a canary that ends ``failed`` or ``rolled-back`` stops the roll-out: no other
   node is offered the bundle;
 * until every canary is ``installed`` only canaries are offered it; then the rest;
-* at most ``max_parallel`` transfers at once; nodes offline now stay
-  ``pending`` and are offered the bundle when they connect;
+* at most ``max_parallel`` transfers at once; nodes offline now show as
+  ``offline since ...`` and are offered the bundle when they connect; a canary
+  offline for longer than the roll-out's canary timeout is replaced by another
+  online node, or the roll-out stops saying so (:mod:`hub.rollout_presence`);
 * once every node is final the roll-out is ``done``.
 
 A transfer is one ``firmware`` channel (LOW priority: interactive sessions go
@@ -75,6 +77,8 @@ class FirmwareRollouts:
         self._retry_at: dict[tuple[str, str], float] = {}
         self._wake = asyncio.Event()
         self._headers: dict[str, bytes] = {}
+        #: node id -> last heartbeat (wall clock) of an offline node, read once from the backend
+        self._last_seen: dict[str, float | None] = {}
 
     async def run(self) -> None:
         self.store = await FirmwareStore.open(self.data_dir)
@@ -104,8 +108,13 @@ class FirmwareRollouts:
     async def tick(self) -> None:
         assert self.store is not None
         running = await self.store.rollouts("running")
+        ids: set[str] = set()
         for rollout in running:
-            await self._step(rollout, await self.store.nodes(rollout.id))
+            nodes = await self.store.nodes(rollout.id)
+            ids.update(n.node_id for n in nodes)
+            await self._step(rollout, nodes)
+        for node_id in [k for k in self._last_seen if k not in ids]:
+            del self._last_seen[node_id]  # its roll-outs ended
         live = {r.id for r in running}
         for (rollout_id, _node), task in list(self._inflight.items()):
             if rollout_id not in live:  # stopped (tctl firmware stop, a canary): no more bytes
@@ -132,6 +141,11 @@ class FirmwareRollouts:
             await self._record(EventType.FIRMWARE_ROLLOUT_DONE, rollout, results=counts)
             log.info("roll-out done", extra={"rollout": rollout.id, "results": counts})
             return
+        if await self._presence(rollout, nodes):
+            nodes = await self.store.nodes(rollout.id)
+            current = await self.store.rollout(rollout.id)
+            if current is None or current.state != "running":
+                return
         canaries_left = [n for n in nodes if n.canary and not n.final]
         wave = canaries_left or [n for n in nodes if not n.final]
         busy = sum(1 for key in self._inflight if key[0] == rollout.id)
@@ -152,6 +166,60 @@ class FirmwareRollouts:
             task = asyncio.ensure_future(self._transfer(rollout, node, live.tunnel))
             self._inflight[key] = task
             task.add_done_callback(functools.partial(self._ended, key))
+
+    async def _presence(self, rollout: Rollout, nodes: list[NodeState]) -> bool:
+        """Show offline nodes, replace a canary offline too long (or stop); True if changed."""
+        from hub.rollout_presence import (
+            OFFLINE,
+            WAITING,
+            MarkOffline,
+            MarkOnline,
+            ReplaceCanary,
+            Stop,
+            plan,
+        )
+
+        assert self.store is not None
+        busy = {node for rid, node in self._inflight if rid == rollout.id}
+        online = {n.node_id for n in nodes if self.registry.get(n.node_id) is not None}
+        for node_id in online:
+            self._last_seen.pop(node_id, None)
+        for n in nodes:
+            wanted = n.state in WAITING or n.canary
+            if n.final or n.node_id in online or n.node_id in busy or not wanted:
+                continue
+            if self._last_seen.get(n.node_id) is None:  # None: asked again next tick
+                seen = self.registry.offline_since(n.node_id)
+                if seen is None:
+                    record = await self.registry.backend.get_node(n.node_id)
+                    seen = record.last_seen if record else None
+                self._last_seen[n.node_id] = seen
+        actions = plan(rollout, nodes, online, busy, self._last_seen, time.time())
+        for action in actions:
+            if isinstance(action, MarkOffline):
+                node = action.node
+                await self.store.update_node(rollout.id, node.node_id, OFFLINE, action.detail)
+            elif isinstance(action, MarkOnline):
+                await self.store.update_node(rollout.id, action.node.node_id, "pending", "")
+            elif isinstance(action, ReplaceCanary):
+                old, new = action.old, action.new
+                if await self.store.replace_canary(
+                    rollout.id, old.node_id, new.node_id, action.detail
+                ):
+                    log.warning(
+                        "offline canary replaced",
+                        extra={"rollout": rollout.id, "node": old.node_name, "by": new.node_name},
+                    )
+            elif isinstance(action, Stop) and await self.store.finish(
+                rollout.id, "stopped", action.reason
+            ):
+                await self._record(
+                    EventType.FIRMWARE_ROLLOUT_STOP, rollout, reason=action.reason[:400]
+                )
+                log.warning(
+                    "roll-out stopped", extra={"rollout": rollout.id, "reason": action.reason}
+                )
+        return bool(actions)
 
     def _ended(self, key: tuple[str, str], _task: object = None) -> None:
         self._inflight.pop(key, None)

@@ -24,6 +24,8 @@ __all__ = ["FINAL", "FirmwareStore", "NodeState", "Rollout", "firmware_dir"]
 FINAL = frozenset({"installed", "failed", "rolled-back"})
 #: Node states that stop a roll-out when a canary reaches them.
 CANARY_FAILURES = frozenset({"failed", "rolled-back"})
+#: Seconds a canary may stay offline before another node replaces it (--canary-timeout).
+CANARY_TIMEOUT = 600.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollouts (
@@ -41,7 +43,8 @@ CREATE TABLE IF NOT EXISTS rollouts (
     force INTEGER NOT NULL,
     state TEXT NOT NULL,
     reason TEXT NOT NULL DEFAULT '',
-    finished REAL
+    finished REAL,
+    canary_timeout REAL NOT NULL DEFAULT 600
 );
 CREATE TABLE IF NOT EXISTS rollout_nodes (
     rollout TEXT NOT NULL REFERENCES rollouts(id),
@@ -90,6 +93,8 @@ class Rollout:
     """``running``, ``stopped`` (a canary failed) or ``done``."""
     reason: str = ""
     finished: float | None = None
+    canary_timeout: float = CANARY_TIMEOUT
+    """Seconds an offline canary is waited for before another node replaces it."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,12 @@ class FirmwareStore:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA busy_timeout=30000")
         await db.executescript(SCHEMA)
+        async with db.execute("PRAGMA table_info(rollouts)") as cur:
+            columns = {row["name"] for row in await cur.fetchall()}
+        if "canary_timeout" not in columns:  # a firmware.db from before --canary-timeout
+            await db.execute(
+                "ALTER TABLE rollouts ADD COLUMN canary_timeout REAL NOT NULL DEFAULT 600"
+            )
         await db.commit()
         return cls(db, root)
 
@@ -140,7 +151,9 @@ class FirmwareStore:
         """Store a roll-out and its nodes (id, name, canary), all ``pending``."""
         now = time.time()
         await self._db.execute(
-            "INSERT INTO rollouts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO rollouts (id, created, name, version, bundle, sha256, size, selector,"
+            " canary_percent, max_parallel, rate, force, state, reason, finished, canary_timeout)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 rollout.id,
                 rollout.created,
@@ -157,6 +170,7 @@ class FirmwareStore:
                 rollout.state,
                 rollout.reason,
                 rollout.finished,
+                rollout.canary_timeout,
             ),
         )
         await self._db.executemany(
@@ -216,6 +230,33 @@ class FirmwareStore:
         )
         await self._db.commit()
 
+    async def replace_canary(self, rollout_id: str, old_id: str, new_id: str, detail: str) -> bool:
+        """Make ``new_id`` a canary in place of ``old_id`` (one transaction).
+
+        False (nothing changed) if the roll-out is not running or ``new_id`` is
+        no longer a pending non-canary.
+        """
+        try:
+            cur = await self._db.execute(
+                "UPDATE rollout_nodes SET canary = 1, updated = ?"
+                " WHERE rollout = ? AND node_id = ? AND canary = 0 AND state = 'pending'"
+                " AND EXISTS (SELECT 1 FROM rollouts WHERE id = ? AND state = 'running')",
+                (time.time(), rollout_id, new_id, rollout_id),
+            )
+            if cur.rowcount == 0:
+                await self._db.rollback()
+                return False
+            await self._db.execute(
+                "UPDATE rollout_nodes SET canary = 0, detail = ?, updated = ?"
+                " WHERE rollout = ? AND node_id = ?",
+                (detail[:400], time.time(), rollout_id, old_id),
+            )
+            await self._db.commit()
+        except BaseException:
+            await self._db.rollback()
+            raise
+        return True
+
     async def finish(self, rollout_id: str, state: str, reason: str = "") -> bool:
         """End a running roll-out; False (nothing changed) if it was not running."""
         cur = await self._db.execute(
@@ -244,6 +285,7 @@ def _rollout(row: Any) -> Rollout:
         state=row["state"],
         reason=row["reason"],
         finished=row["finished"],
+        canary_timeout=row["canary_timeout"],
     )
 
 

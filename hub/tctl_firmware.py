@@ -1,4 +1,4 @@
-"""``tctl firmware trust|push|status``: firmware roll-outs (docs/firmware-rollouts.md).
+"""``tctl firmware trust|untrust|push|stop|status``: firmware roll-outs (docs/firmware-rollouts.md).
 
 ``push`` verifies the bundle against the keys this hub trusts, copies it into
 the data dir and writes a roll-out to ``firmware.db``; the running hub picks it
@@ -32,14 +32,31 @@ def register(sub: Any) -> dict[str, Handler]:
     fw = sub.add_parser("firmware", help="roll firmware bundles out to nodes").add_subparsers(
         dest="cmd", required=True
     )
-    trust = fw.add_parser("trust", help="trust a firmware signing key (its .pub file)")
-    trust.add_argument("key_file", type=Path)
+    trust = fw.add_parser(
+        "trust",
+        help="trust a firmware signing key (its .pub file); 'trust ls' lists the trusted keys",
+    )
+    trust.add_argument("key_file", type=Path, help="KEY.pub to trust, or 'ls' to list")
+    trust.add_argument(
+        "--format", choices=["text", "json"], default="text", help="with ls (default: text)"
+    )
+    untrust = fw.add_parser("untrust", help="stop trusting a firmware signing key")
+    untrust.add_argument(
+        "key_id", help="its key id (SHA256:...), as 'tctl firmware trust ls' shows"
+    )
     push = fw.add_parser("push", help="start a roll-out of a signed bundle")
     push.add_argument("bundle", type=Path)
     push.add_argument("--nodes", required=True, help="labels the nodes must have: k=v[,k2=v2]")
     push.add_argument(
         "--canary",
-        help="first roll out to this share of the nodes, e.g. 5%% (default: no canary stage)",
+        help="first roll out to N nodes (--canary 1) or a share of them (--canary 5%%); "
+        "the rest wait until every canary installed (default: no canary stage)",
+    )
+    push.add_argument(
+        "--canary-timeout",
+        default="10m",
+        help="a canary offline this long is replaced by another online node, or the "
+        "roll-out stops (default: 10m)",
     )
     push.add_argument(
         "--max-parallel", type=int, default=DEFAULT_PARALLEL, help="transfers at once"
@@ -61,8 +78,12 @@ def register(sub: Any) -> dict[str, Handler]:
 
 
 async def cmd_firmware(args: argparse.Namespace) -> None:
-    if args.cmd == "trust":
+    if args.cmd == "trust" and str(args.key_file) == "ls":
+        _trust_ls(args)
+    elif args.cmd == "trust":
         _trust(args)
+    elif args.cmd == "untrust":
+        _untrust(args)
     elif args.cmd == "push":
         await _push(args)
     elif args.cmd == "stop":
@@ -106,12 +127,64 @@ def _trust(args: argparse.Namespace) -> None:
         print(f"Trusted firmware key {kid}{'' if new else ' (already trusted)'}")
 
 
+def _trust_ls(args: argparse.Namespace) -> None:
+    from firmware_tools.keys import key_id, load_public_key
+    from hub.firmware_store import firmware_dir
+
+    path = firmware_dir(_data(args)) / TRUST_FILE
+    rows = [(key_id(load_public_key(line)), line) for line in _key_lines(path)]
+    if args.format == "json":
+        items = [{"key_id": kid, "public_key": line.strip()} for kid, line in rows]
+        print(json.dumps(items, indent=2, sort_keys=True))
+        return
+    if not rows:
+        print("No firmware signing key is trusted: add one with 'tctl firmware trust KEY.pub'")
+        return
+    print(table([[kid, " ".join(line.split()[2:])] for kid, line in rows], ["Key ID", "Comment"]))
+
+
+def _key_lines(path: Path) -> list[str]:
+    """The trust file's key lines (its comments and blank lines left out)."""
+    from firmware_tools.keys import load_trusted_keys
+
+    if not path.exists():
+        return []
+    load_trusted_keys(path)  # ConfigError names the file and a bad line
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def _untrust(args: argparse.Namespace) -> None:
+    from firmware_tools.keys import key_id, load_public_key
+    from hub.firmware_store import firmware_dir
+    from remoteler.fsutil import write_file_atomic
+
+    path = firmware_dir(_data(args)) / TRUST_FILE
+    lines = _key_lines(path)
+    ids = [key_id(load_public_key(line)) for line in lines]
+    if args.key_id not in ids:
+        have = ", ".join(ids) if ids else "none"
+        raise UsageError(
+            f"firmware key {args.key_id!r} is not trusted (trusted: {have}): "
+            "see 'tctl firmware trust ls'"
+        )
+    keep = [line for line, kid in zip(lines, ids, strict=True) if kid != args.key_id]
+    if keep:
+        write_file_atomic(path, "".join(line + "\n" for line in keep).encode(), 0o600)
+    else:
+        path.unlink()
+    print(
+        f"Firmware key {args.key_id} is no longer trusted: 'tctl firmware push' refuses "
+        "bundles it signed (devices trust their own --firmware-key files)"
+    )
+
+
 def _take_in(bundle: Path, data_dir: Path, trusted: list[Any]) -> tuple[Any, str, int, Path]:
     """Copy the bundle into the data dir, then verify the copy (what will be pushed).
 
     Returns (manifest, sha256 of the whole file, its size, the copy's path).
     """
-    from firmware_tools.bundle import verify_file
+    from firmware_tools.bundle import BundleError, verify_file
     from hub.firmware_store import firmware_dir
 
     bundles = firmware_dir(data_dir) / "bundles"
@@ -129,6 +202,9 @@ def _take_in(bundle: Path, data_dir: Path, trusted: list[Any]) -> tuple[Any, str
         raise UsageError(f"cannot read {bundle}: {exc.strerror}") from None
     try:
         manifest = verify_file(tmp, trusted)
+    except BundleError as exc:  # named as firmware-tools names it: "untrusted signer: ..."
+        tmp.unlink(missing_ok=True)
+        raise type(exc)(f"{exc.refusal}: {exc}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -137,13 +213,22 @@ def _take_in(bundle: Path, data_dir: Path, trusted: list[Any]) -> tuple[Any, str
     return manifest, whole.hexdigest(), size, copy
 
 
-def _canary_percent(text: str | None) -> float | None:
+def _canary(text: str | None) -> tuple[int | None, float | None]:
+    """``--canary``: (a number of nodes, None) for ``N``, (None, a percentage) for ``N%``."""
     if text is None:
-        return None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%?\s*", text)
-    if not m or not 0 < float(m.group(1)) <= 100:
-        raise UsageError(f"bad --canary {text!r}: give a share of the nodes, e.g. 5%")
-    return float(m.group(1))
+        return None, None
+    bad = UsageError(
+        f"bad --canary {text!r}: give a number of nodes (e.g. 1) or a share of them (e.g. 5%)"
+    )
+    if m := re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", text):
+        if not 0 < float(m.group(1)) <= 100:
+            raise bad
+        return None, float(m.group(1))
+    if m := re.fullmatch(r"\s*(\d+)\s*", text):
+        if int(m.group(1)) < 1:
+            raise bad
+        return int(m.group(1)), None
+    raise bad
 
 
 async def _push(args: argparse.Namespace) -> None:
@@ -151,14 +236,15 @@ async def _push(args: argparse.Namespace) -> None:
     from hub.backend import SQLiteBackend
     from hub.datadir import DataDir
     from hub.firmware_store import FirmwareStore, Rollout, new_rollout_id
-    from remoteler.addr import format_labels, parse_labels
+    from remoteler.addr import format_labels, parse_labels, parse_ttl
     from remoteler.audit.events import HUB_NODE, EventType, make_event
     from remoteler.firmware_xfer import parse_rate
 
     selector = parse_labels(args.nodes)
     if not selector:
         raise UsageError("--nodes needs at least one k=v label, e.g. --nodes env=prod")
-    percent = _canary_percent(args.canary)
+    count, percent = _canary(args.canary)
+    canary_timeout = float(parse_ttl(args.canary_timeout))
     if args.max_parallel < 1:
         raise UsageError("--max-parallel must be at least 1")
     try:
@@ -188,7 +274,10 @@ async def _push(args: argparse.Namespace) -> None:
     if not chosen:
         why = f" ({len(skipped)} skipped: {skipped[0][1]})" if skipped else ""
         raise UsageError(f"no node has labels {format_labels(selector)}{why}: see 'tctl nodes ls'")
-    canaries = 0 if percent is None else max(1, math.ceil(len(chosen) * percent / 100))
+    if count is not None:
+        canaries = min(count, len(chosen))
+    else:
+        canaries = 0 if percent is None else max(1, math.ceil(len(chosen) * percent / 100))
     rollout = Rollout(
         id=new_rollout_id(),
         created=time.time(),
@@ -203,6 +292,7 @@ async def _push(args: argparse.Namespace) -> None:
         rate=rate,
         force=args.force,
         state="running",
+        canary_timeout=canary_timeout,
     )
     store = await FirmwareStore.open(data_dir)
     try:
@@ -286,12 +376,17 @@ async def _audit(data_dir: Path, event: Any) -> None:
         await audit.close()
 
 
-def _node_json(n: Any) -> dict[str, Any]:
+def _shown_state(rollout: Any, n: Any) -> str:
+    """A stopped roll-out's unfinished nodes show as ``stopped``: nothing more happens to them."""
+    return "stopped" if rollout.state == "stopped" and not n.final else str(n.state)
+
+
+def _node_json(rollout: Any, n: Any) -> dict[str, Any]:
     return {
         "node": n.node_name,
         "node_id": n.node_id,
         "canary": n.canary,
-        "state": n.state,
+        "state": _shown_state(rollout, n),
         "detail": n.detail,
         "progress": n.progress,
         "resumed_from": n.resumed_from,
@@ -311,6 +406,7 @@ def _rollout_json(r: Any) -> dict[str, Any]:
         "finished": r.finished,
         "nodes_selector": r.selector,
         "canary_percent": r.canary_percent,
+        "canary_timeout": r.canary_timeout,
         "max_parallel": r.max_parallel,
         "rate": r.rate,
         "sha256": r.sha256,
@@ -335,7 +431,7 @@ async def _status(args: argparse.Namespace) -> None:
             )
         nodes = counts[rollout.id]
         if args.format == "json":
-            data = _rollout_json(rollout) | {"nodes": [_node_json(n) for n in nodes]}
+            data = _rollout_json(rollout) | {"nodes": [_node_json(rollout, n) for n in nodes]}
             print(json.dumps(data, indent=2, sort_keys=True))
             return
         head = f"Roll-out {rollout.id}: {rollout.name} {rollout.version}, {rollout.state}"
@@ -344,8 +440,8 @@ async def _status(args: argparse.Namespace) -> None:
             [
                 n.node_name,
                 "yes" if n.canary else "",
-                n.state,
-                f"{100 * n.progress // rollout.size}%" if rollout.size else "",
+                _shown_state(rollout, n),
+                f"{100 * n.progress // rollout.size}%" if rollout.size and n.progress else "",
                 str(n.resumed_from or ""),
                 n.detail,
             ]

@@ -120,6 +120,11 @@ class TunnelRegistry:
         del self._live[node_id]
         self._online[node_id] = (False, time.time())
 
+    def offline_since(self, node_id: str) -> float | None:
+        """When the node's tunnel closed here, until the next flush tells the database."""
+        change = self._online.get(node_id)
+        return change[1] if change is not None and not change[0] else None
+
     def heartbeat(self, node_id: str, payload: dict[str, Any] | None) -> None:
         live = self._live.get(node_id)
         if live is None:

@@ -194,8 +194,8 @@ def test_a_canary_failing_its_health_check_stops_the_rollout(
     assert "health check exited 1" in status["reason"]
     nodes = _by_node(status)
     assert nodes["dev-a"]["state"] == "rolled-back"
-    for name in ("dev-b", "dev-c"):
-        assert nodes[name]["state"] == "pending" and nodes[name]["attempts"] == 0, nodes
+    for name in ("dev-b", "dev-c"):  # never offered; nothing more happens to them
+        assert nodes[name]["state"] == "stopped" and nodes[name]["attempts"] == 0, nodes
         assert not (_agent_dir(cluster, name) / "firmware" / "incoming" / "bundle.part").exists()
     # Every device runs what it ran before: dev-a went back to its previous slot.
     assert {name: _current_version(cluster, name) for name in before} == before

@@ -9,7 +9,9 @@ starting processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -46,6 +48,8 @@ class Agent(FakeAgent):
         self.name = name
         self.root = root
         self.log: list[tuple[str, float]] = []
+        #: every audit event the device wrote: (type, fields)
+        self.events: list[tuple[str, dict[str, Any]]] = []
         config = InstallConfig(node=name, data_dir=root)
         installer = Installer(Slots(root / "firmware"), config, self._audit)
         keys = load_trusted_keys(trusted) if trusted else []
@@ -63,6 +67,7 @@ class Agent(FakeAgent):
 
     async def _audit(self, type: str, **fields: Any) -> None:
         self.log.append((type, time.monotonic()))
+        self.events.append((type, fields))
 
     async def _serve(self, request: ChannelRequest) -> None:
         await self.firmware.serve(request.accept())
@@ -124,6 +129,10 @@ class Setup:
         force: bool = False,
         bundle: Path | None = None,
         start: bool = True,
+        sha256: str | None = None,
+        size: int | None = None,
+        canary_timeout: float = 600.0,
+        online: int | None = None,
     ) -> str:
         bundle = bundle or self.bundle
         data = bundle.read_bytes() if bundle.exists() else b""
@@ -133,14 +142,15 @@ class Setup:
             name="gw-fw",
             version=self.manifest.version,
             bundle=str(bundle),
-            sha256=hashlib.sha256(data).hexdigest(),
-            size=len(data),
+            sha256=sha256 or hashlib.sha256(data).hexdigest(),
+            size=len(data) if size is None else size,
             selector={"board": "rpi4"},
             canary_percent=None,
             max_parallel=max_parallel,
             rate=None,
             force=force,
             state="running",
+            canary_timeout=canary_timeout,
         )
         nodes = []
         for i, agent in enumerate(self.agents):
@@ -153,7 +163,8 @@ class Setup:
         finally:
             await store.close()
         # The registry knows the agents once their tunnels are up.
-        await _until(lambda: len(self.hub.server.registry.live()) == len(self.agents))
+        live = len(self.agents) if online is None else online
+        await _until(lambda: len(self.hub.server.registry.live()) == live)
         if start:
             self.task = asyncio.ensure_future(self.rollouts.run())
         return rollout.id
@@ -407,3 +418,106 @@ async def test_a_stop_during_a_tick_wins(setup: Setup) -> None:
         assert (rollout.state, rollout.reason) == ("stopped", "stopped with tctl firmware stop")
     finally:
         await rollouts.close()
+
+
+def _failed(agent: Agent) -> list[dict[str, Any]]:
+    return [fields for kind, fields in agent.events if kind == "firmware.failed"]
+
+
+@pytest.mark.parametrize("refusal", ["hash", "size", "space"])
+async def test_every_refusal_is_audited_with_the_bundles_version(
+    setup: Setup, refusal: str
+) -> None:
+    root = setup.root / "a"
+    root.mkdir()
+    if refusal == "space":  # the device's data dir on a small file system, filled up
+        mount = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "rmtl-fw-full", str(root)],
+            capture_output=True,
+            text=True,
+        )
+        assert mount.returncode == 0, f"mount -t tmpfs failed (run as root): {mount.stderr}"
+    try:
+        agent = await setup.agent("a")
+        if refusal == "space":
+            with open(root / "filler", "wb") as f, contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+        size = setup.bundle.stat().st_size
+        if refusal == "hash":  # the bytes that arrive are not the ones offered
+            await setup.push(sha256="0" * 64)
+        elif refusal == "size":
+            await setup.push(size=size + 1)
+        else:
+            await setup.push()
+        assert await setup.wait_state("done") == {"a": "failed"}
+        detail = (await _nodes(setup))["a"].detail
+        want = {
+            "hash": "hash does not match the offer",
+            "size": "size does not match",
+            "space": "not enough free space",
+        }[refusal]
+        assert want in detail
+        failed = _failed(agent)
+        assert len(failed) == 1, agent.events
+        assert failed[0]["version"] == "1.0.0" and want in failed[0]["reason"]
+        assert failed[0]["rollout"] == "fw-test"
+    finally:
+        await setup.close()
+        setup.agents.clear()
+        if refusal == "space":
+            subprocess.run(["umount", str(root)], check=True)
+
+
+async def test_refusals_before_the_download_carry_the_claimed_version(setup: Setup) -> None:
+    no_key = await setup.agent("a-no-key", trusted=False)
+    x86 = await setup.agent("b-x86", labels={"board": "x86"})
+    older = await setup.agent("c-newer-installed")
+    older.firmware.slots.switch("a", "2.0.0")
+    await setup.push()
+    await setup.wait_state("done")
+    for agent in (no_key, x86, older):
+        failed = _failed(agent)
+        assert [f["version"] for f in failed] == ["1.0.0"], agent.name
+    # A downgrade names both steps it needs: the push's and the device's.
+    reason = _failed(older)[0]["reason"]
+    assert "tctl firmware push --force" in reason and "--firmware-allow-downgrade" in reason
+    assert "older than the installed 2.0.0" in reason
+
+
+async def test_an_offline_canary_is_replaced_after_the_canary_timeout(setup: Setup) -> None:
+    gone = await setup.agent("a-canary")
+    await gone.close()
+    spare = await setup.agent("b")
+    await setup.agent("c")
+    off = await setup.agent("d-off")
+    await off.close()
+    await setup.push(canaries=1, canary_timeout=1.0, online=2)
+    deadline = time.monotonic() + 20
+    while True:
+        nodes = await _nodes(setup)
+        if nodes["b"].state == nodes["c"].state == "installed":
+            break
+        assert time.monotonic() < deadline, {n: (v.state, v.detail) for n, v in nodes.items()}
+        await asyncio.sleep(0.05)
+    assert nodes["b"].canary and not nodes["a-canary"].canary
+    for name in ("a-canary", "d-off"):  # says what blocks it, not "pending 0%"
+        assert nodes[name].state == "offline"
+        assert nodes[name].detail.startswith("offline since "), nodes[name].detail
+    assert "replaced as canary by b" in nodes["a-canary"].detail
+    offered_c = dict(setup.agents[2].log)["offer"]
+    assert offered_c > dict(spare.log)["firmware.installed"]  # b was the canary
+    assert (await _rollout_row(setup)).state == "running"  # the offline ones get it later
+
+
+async def test_an_offline_canary_nobody_can_replace_stops_the_rollout(setup: Setup) -> None:
+    gone = await setup.agent("a-canary")
+    await gone.close()
+    started = time.monotonic()
+    await setup.push(canaries=1, canary_timeout=0.5, online=0)
+    await setup.wait_state("stopped")
+    assert time.monotonic() - started >= 0.5
+    reason = (await _rollout_row(setup)).reason
+    assert reason.startswith("canary a-canary offline since "), reason
+    assert "--canary-timeout 0.5 s" in reason and "no other online node" in reason

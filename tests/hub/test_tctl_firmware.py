@@ -157,12 +157,106 @@ def test_stop_a_running_rollout(data: Path, capsys: pytest.CaptureFixture[str]) 
     assert code == 0 and "stopped" in out
     code, out, _ = _tctl(capsys, data, "status", "fw-1", "--format", "json")
     status = json.loads(out)
-    assert status["state"] == "stopped" and status["nodes"][0]["state"] == "pending"
+    # Its unfinished nodes show as stopped: nothing more happens to them.
+    assert status["state"] == "stopped" and status["nodes"][0]["state"] == "stopped"
     code, out, _ = _tctl(capsys, data, "status", "fw-1")
     assert "Roll-out fw-1: gw-fw 1.0.0, stopped (stopped with tctl firmware stop)" in out
-    assert "dev-1" in out and "pending" in out
+    row = next(line for line in out.splitlines() if line.startswith("dev-1"))
+    assert row.split()[1] == "stopped" and "pending" not in out and "0%" not in row
     code, _, err = _tctl(capsys, data, "stop", "fw-1")
     assert code == 2
     _one_line(err, "already stopped")
     code, _, err = _tctl(capsys, data, "stop", "fw-2")
     _one_line(err, "no roll-out 'fw-2'")
+
+
+def test_trust_ls_and_untrust_round_trip(
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from firmware_tools.keys import key_id, load_public_key
+
+    ids = {}
+    for name in ("release", "hotfix"):
+        (tmp_path / name).mkdir()
+        write_key_pair(tmp_path / name / "k")
+        ids[name] = key_id(load_public_key((tmp_path / name / "k.pub").read_text()))
+        assert _tctl(capsys, data, "trust", str(tmp_path / name / "k.pub"))[0] == 0
+    code, out, _ = _tctl(capsys, data, "trust", "ls")
+    assert code == 0 and ids["release"] in out and ids["hotfix"] in out
+    code, out, _ = _tctl(capsys, data, "trust", "ls", "--format", "json")
+    assert [k["key_id"] for k in json.loads(out)] == [ids["release"], ids["hotfix"]]
+
+    code, out, _ = _tctl(capsys, data, "untrust", ids["hotfix"])
+    assert code == 0 and "no longer trusted" in out
+    code, out, _ = _tctl(capsys, data, "trust", "ls", "--format", "json")
+    assert [k["key_id"] for k in json.loads(out)] == [ids["release"]]
+    # A bundle the untrusted key signed is refused, named as firmware-tools names it.
+    bundle = _bundle(tmp_path / "hotfix", tmp_path / "hotfix" / "k")
+    code, _, err = _tctl(capsys, data, "push", str(bundle), "--nodes", "board=rpi4")
+    assert code == 11
+    _one_line(err, "tctl: untrusted signer: ", ids["release"])
+    # An unknown id: one line naming what is trusted.
+    code, _, err = _tctl(capsys, data, "untrust", ids["hotfix"])
+    assert code == 2
+    _one_line(err, "is not trusted", ids["release"], "tctl firmware trust ls")
+    # The last key gone: nothing is trusted, and push says how to add one.
+    assert _tctl(capsys, data, "untrust", ids["release"])[0] == 0
+    code, out, _ = _tctl(capsys, data, "trust", "ls")
+    assert code == 0 and "No firmware signing key is trusted" in out
+    code, _, err = _tctl(capsys, data, "push", str(bundle), "--nodes", "board=rpi4")
+    assert code == 2
+    _one_line(err, "tctl firmware trust")
+
+
+def test_push_refusals_carry_firmware_tools_refusal_names(
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from firmware_tools.cli import main as fwtools
+
+    key = tmp_path / "fw.key"
+    write_key_pair(key)
+    assert _tctl(capsys, data, "trust", f"{key}.pub")[0] == 0
+    raw = bytearray(_bundle(tmp_path, key).read_bytes())
+    raw[-1] ^= 1
+    tampered = tmp_path / "tampered.bundle"
+    tampered.write_bytes(bytes(raw))
+    code, _, err = _tctl(capsys, data, "push", str(tampered), "--nodes", "board=rpi4")
+    assert fwtools(["bundle", "verify", str(tampered), "--key", f"{key}.pub"]) == code == 10
+    fw_err = capsys.readouterr().err
+    assert fw_err.startswith("firmware-tools: tampered bundle: "), fw_err
+    _one_line(err, "tctl: tampered bundle: ")
+    assert err.removeprefix("tctl: ") == fw_err.removeprefix("firmware-tools: ")
+
+
+def test_canary_is_a_number_of_nodes_or_a_share(
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hub.backend import Node, SQLiteBackend
+
+    async def add_nodes() -> None:
+        backend = await SQLiteBackend.open(DataDir(data).db_path)
+        try:
+            for i in range(20):
+                node = Node(f"id-{i:02}", f"gw-{i:02}", {"board": "rpi4"}, version="0.1.0")
+                await backend.add_node(node)
+        finally:
+            await backend.close()
+
+    asyncio.run(add_nodes())
+    key = tmp_path / "fw.key"
+    write_key_pair(key)
+    assert _tctl(capsys, data, "trust", f"{key}.pub")[0] == 0
+    bundle = _bundle(tmp_path, key)
+    for canary, count in (("3", 3), ("10%", 2), ("1%", 1), ("25", 20)):
+        code, out, err = _tctl(
+            capsys, data, "push", str(bundle), "--nodes", "board=rpi4", "--canary", canary,
+            "--canary-timeout", "30s", "--format", "json",
+        )  # fmt: skip
+        assert code == 0, err
+        assert len(json.loads(out)["canaries"]) == count, canary
+    code, out, _ = _tctl(capsys, data, "status", json.loads(out)["id"], "--format", "json")
+    assert json.loads(out)["canary_timeout"] == 30
+    for bad in ("1.5", "0", "0%", "x"):
+        code, _, err = _tctl(capsys, data, "push", str(bundle), "--nodes", "b=1", "--canary", bad)
+        assert code == 2
+        _one_line(err, "bad --canary", "number of nodes", "5%")
