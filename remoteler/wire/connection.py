@@ -276,6 +276,10 @@ class Connection:
         """
         self.last_received = now
         self._next_ping = now + self.limits.heartbeat_interval
+        if self.limits.send_heartbeats and self.heartbeat_payload is not None:
+            # The first PING (the agent's status: serial ports, labels) goes at once,
+            # so the hub shows it from the connect, not one heartbeat interval later.
+            self._next_ping = now
 
     def handle_timer(self, now: float) -> None:
         """Send a PING if one is due; fail with HEARTBEAT_TIMEOUT if the peer is silent."""

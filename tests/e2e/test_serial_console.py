@@ -274,3 +274,22 @@ def test_console_through_the_hub_both_ways_baud_break_sharing_and_refusal(
     assert played.returncode == 0, played.stderr
     frames = json.loads(played.stdout)
     assert b"".join(base64.b64decode(f["data_b64"]) for f in frames) == DEVICE_OUTPUT
+
+
+def test_a_serial_port_is_listed_as_soon_as_the_agent_connects(
+    cluster: Cluster, pty_pair: tuple[int, int, str]
+) -> None:
+    # A heartbeat every 300 s: none is due while this test runs, so the port can
+    # only come from what the agent sends at connect.
+    _master, _slave, port = pty_pair
+    cluster.start_agent("dev2", "", None, "--serial-port", port, "--heartbeat-interval", "300")
+    cluster.add_user("alice", [ME])  # while the agent joins
+    assert cluster.login("alice").returncode == 0
+    log = cluster.root / "agent-dev2.log"
+    wait_for(lambda: "tunnel up" in log.read_text(), what="dev2's tunnel up")
+    listed = wait_for(
+        lambda: port in (out := cluster.tsh("ls", "-v").stdout) and out,
+        timeout=10,
+        what="the port in tsh ls -v within 10 s of connecting",
+    )
+    assert "Serial ports" in listed
