@@ -5,7 +5,9 @@ the rate so the cut lands mid-way): the transfer resumes from the staged offset.
 One agent's install hook fails: that node rolls back, the others install. In a second
 roll-out the canary's health check fails: the roll-out stops and no other node gets
 a byte of the bundle. In a third, the hook asks for a restart: the agent stops, and
-the next start health-checks the new slot before the hub hears "installed".
+the next start health-checks the new slot before the hub hears "installed". A
+downgrade pushed without --force is refused by the device, and the hub's audit
+trail has the firmware.failed with the bundle's version.
 """
 
 from __future__ import annotations
@@ -228,4 +230,32 @@ def test_an_install_that_asks_for_a_restart_is_health_checked_after_it(
     )
     node = status["nodes"][0]
     assert node["state"] == "installed" and node["attempts"] >= 1, node
+    assert _current_version(cluster, "dev-b") == "3.0.0"
+
+
+def test_a_refused_downgrade_reaches_the_hub_audit_with_its_version(
+    fleet: tuple[Cluster, FaultProxy],
+) -> None:
+    # dev-b runs 3.0.0 since the test before: 1.5.0 without --force is refused by
+    # the device, and the hub's audit trail has the refusal with the version.
+    cluster, _proxy = fleet
+    bundle = _bundle(cluster, "1.5.0")
+    out = cluster.tctl_json("firmware", "push", str(bundle), "--nodes", "dev=dev-b")
+    status = wait_for(
+        lambda: (s := _status(cluster, out["id"]))["state"] == "done" and s,
+        timeout=30,
+        interval=0.5,
+        what="roll-out done",
+    )
+    assert status["nodes"][0]["state"] == "failed"
+    failed = wait_for(
+        lambda: [
+            e for e in _events(cluster, "firmware.failed", "dev-b")
+            if e["fields"].get("rollout") == out["id"]
+        ],
+        what="firmware.failed at the hub",
+    )  # fmt: skip
+    assert [e["fields"]["version"] for e in failed] == ["1.5.0"]
+    reason = failed[0]["fields"]["reason"]
+    assert "tctl firmware push --force" in reason and "--firmware-allow-downgrade" in reason
     assert _current_version(cluster, "dev-b") == "3.0.0"
