@@ -664,6 +664,25 @@ def test_ping_pong_with_fake_clock() -> None:
     assert pair.dialer.events_received() == []
 
 
+def test_the_first_ping_with_a_status_goes_when_the_timers_start() -> None:
+    # The agent's status (serial ports, labels) is known to the hub at connect,
+    # not one heartbeat interval later; then every interval as before.
+    pair = heartbeat_pair()
+    pair.dialer.heartbeat_payload = {"serial_ports": ["/dev/ttyUSB0"]}
+    pair.dialer.start_timers(100.0)
+    assert pair.dialer.get_timer() == 100.0
+    pair.now = 100.0
+    pair.dialer.handle_timer(100.0)
+    assert pair.dialer.get_timer() == 110.0
+    pair.send(pair.dialer)
+    assert pair.listener.events_received() == [
+        HeartbeatReceived({"serial_ports": ["/dev/ttyUSB0"]})
+    ]
+    bare = heartbeat_pair()  # no status yet: nothing to say early
+    bare.dialer.start_timers(100.0)
+    assert bare.dialer.get_timer() == 110.0
+
+
 def test_pings_continue_while_busy() -> None:
     pair = heartbeat_pair()
     channel_id = pair.open()
