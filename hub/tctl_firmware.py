@@ -268,7 +268,7 @@ async def _push(args: argparse.Namespace) -> None:
                 manifest, labels=labels, installed_version=None, agent_version=node.version or "0"
             )
         except (TargetMismatch, AgentTooOld) as exc:
-            skipped.append((node.name, str(exc)))
+            skipped.append((node.name, f"{exc.refusal}: {exc}"))  # as firmware-tools names it
             continue
         chosen.append(node)
     if not chosen:

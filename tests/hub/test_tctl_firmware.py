@@ -239,6 +239,7 @@ def test_canary_is_a_number_of_nodes_or_a_share(
             for i in range(20):
                 node = Node(f"id-{i:02}", f"gw-{i:02}", {"board": "rpi4"}, version="0.1.0")
                 await backend.add_node(node)
+            await backend.add_node(Node("id-old", "gw-old", {"board": "rpi4"}, version="0.0.1"))
         finally:
             await backend.close()
 
@@ -254,6 +255,8 @@ def test_canary_is_a_number_of_nodes_or_a_share(
         )  # fmt: skip
         assert code == 0, err
         assert len(json.loads(out)["canaries"]) == count, canary
+        (skipped,) = json.loads(out)["skipped"]  # named as firmware-tools names it
+        assert skipped["node"] == "gw-old" and skipped["reason"].startswith("agent too old: ")
     code, out, _ = _tctl(capsys, data, "status", json.loads(out)["id"], "--format", "json")
     assert json.loads(out)["canary_timeout"] == 30
     for bad in ("1.5", "0", "0%", "x"):
