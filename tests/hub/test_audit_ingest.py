@@ -19,7 +19,7 @@ from websockets.asyncio.client import connect
 from edge_agent import forwarder
 from edge_agent.outbox import Outbox
 from hub.audit_quota import QuotaConfig
-from hub.audit_store import AuditStore, audit_db_path
+from hub.audit_store import AuditStore, Inserted, audit_db_path
 from hub.auth import AuthService
 from hub.backend import SQLiteBackend
 from hub.datadir import DataDir
@@ -319,15 +319,15 @@ async def test_agent_reopens_the_channel_after_a_storage_error(
         ctx = hub.tls(*await hub.node_creds("node-1"))
         node = await hub.backend.get_node("node-1")
         assert node is not None
-        real_insert, failed = store.insert, []
+        real_insert, failed = store.insert_checked, []
 
-        async def insert_failing_once(node_id: str, events: list[AuditEvent]) -> int:
+        async def insert_failing_once(node_id: str, events: list[AuditEvent]) -> Inserted:
             if not failed:
                 failed.append(1)
                 raise sqlite3.OperationalError("database or disk is full")
             return await real_insert(node_id, events)
 
-        monkeypatch.setattr(store, "insert", insert_failing_once)
+        monkeypatch.setattr(store, "insert_checked", insert_failing_once)
         box = await Outbox.open(tmp_path / "outbox.db", node=node.id)
         try:
             event = await box.append(
