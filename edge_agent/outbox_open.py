@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.outbox import Outbox, Policy
-from edge_agent.outbox_check import check_outbox, move_aside, salvage, write_rows
+from edge_agent.outbox_check import (
+    Salvage,
+    check_outbox,
+    count_pages,
+    move_aside,
+    salvage,
+    write_rows,
+)
 from edge_agent.seqmark import SeqMark, SeqMarkError
 from remoteler.audit.events import EventType, make_event
 
@@ -72,7 +79,12 @@ def recover(path: Path, mark: SeqMark, now: float, reason: str | None = None) ->
         _drop_stale(path, now)
         return out
     aside = move_aside(path, now)
-    saved = salvage(aside, mark.reserved)
+    try:
+        saved = salvage(aside, mark.reserved)
+    except Exception:  # a damage salvage did not foresee: start empty rather than not at all
+        log.exception("audit outbox salvage failed; starting with an empty outbox")
+        pages = count_pages(aside)[0]
+        saved = Salvage((), pages, pages, 0)
     write_rows(path, saved.rows)
     mark.floor = max(mark.reserved, saved.last_seq) + 1
     log.error(
