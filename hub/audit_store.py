@@ -57,6 +57,15 @@ PAGE = 1000
 _SEQ_CHUNK = 500
 
 
+def seq_owner_query(n: int) -> str:
+    """SELECT (seq, id) of ``n`` seqs of one node: one index probe per seq.
+
+    With a partial index (``WHERE seq > 0``) and ``seq > 0`` in the query, SQLite
+    range-scanned every seq of the node instead: a batch cost grew with the trail.
+    """
+    return f"SELECT seq, id FROM events WHERE node = ? AND seq IN ({','.join('?' * n)})"  # noqa: S608
+
+
 @dataclass(frozen=True)
 class ReusedSeq:
     """An event refused because its node already stored its seq under another id."""
@@ -218,11 +227,7 @@ class AuditStore:
         owner: dict[int, str] = {}
         for i in range(0, len(seqs), _SEQ_CHUNK):
             chunk = seqs[i : i + _SEQ_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            # node = ? AND seq IN (...): one index probe per seq (with 'seq > 0' as well
-            # SQLite range-scanned every seq of the node: a batch cost O(the node's trail)).
-            sql = f"SELECT seq, id FROM events WHERE node = ? AND seq IN ({marks})"  # noqa: S608
-            async with self._db.execute(sql, [node, *chunk]) as cur:
+            async with self._db.execute(seq_owner_query(len(chunk)), [node, *chunk]) as cur:
                 for seq, event_id in await cur.fetchall():
                     owner.setdefault(int(seq), str(event_id))
         kept: list[AuditEvent] = []

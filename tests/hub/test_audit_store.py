@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -213,3 +214,16 @@ async def test_two_events_of_one_batch_with_one_seq_keep_the_first(store: AuditS
     a, b = _ev("exec", 9, 1000.0), _ev("exec", 9, 1001.0)
     result = await store.insert_checked("node-a", [a, b])
     assert result.inserted == 1 and [r.id for r in result.reused] == [b.id]
+
+
+async def test_the_reused_seq_check_probes_the_index(tmp_path: Path, store: AuditStore) -> None:
+    """One index lookup per seq, not a scan of the node's trail (which made each batch
+    cost grow with the events already stored)."""
+    db = sqlite3.connect(tmp_path / "audit.db")
+    try:
+        plan = db.execute(
+            "EXPLAIN QUERY PLAN " + audit_store.seq_owner_query(3), ["n", 1, 2, 3]
+        ).fetchall()
+    finally:
+        db.close()
+    assert "events_node_seq (node=? AND seq=?)" in " ".join(str(row[-1]) for row in plan)
