@@ -19,6 +19,7 @@ MODULES = [
     "bench.agent_size",
     "bench.scale",
     "bench.audit",
+    "bench.seqmark",
     "bench.chaos",
     "bench.recording_proxy",
     "bench.attack_memory",

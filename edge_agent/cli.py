@@ -168,7 +168,7 @@ async def run(args: argparse.Namespace) -> None:
     from edge_agent.join import join
     from edge_agent.local import start_local_listener
     from edge_agent.locks import LockStore
-    from edge_agent.outbox import Outbox
+    from edge_agent.outbox_open import open_outbox
     from edge_agent.serial_ports import normalize_ports
     from remoteler.addr import parse_hostport, parse_labels, parse_size
     from remoteler.wire.limits import Limits
@@ -243,8 +243,12 @@ async def run(args: argparse.Namespace) -> None:
         allowed_misses=args.allowed_misses,
     )
     backoff = Backoff(base=min(1.0, args.reconnect_max), cap=args.reconnect_max)
-    outbox = await Outbox.open(
-        data_dir / "audit.db", quota_bytes=quota, policy=args.audit_policy, node=ident.node_id
+    outbox = await open_outbox(  # a damaged or lost audit.db never stops the agent
+        data_dir / "audit.db",
+        NodeIdentity.directory(data_dir),
+        ident.node_id,
+        quota_bytes=quota,
+        policy=args.audit_policy,
     )
     locks = LockStore.load(data_dir / "locks.json", (ident.node_id, ident.name))
     agent = EdgeAgent(

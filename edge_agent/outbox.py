@@ -41,6 +41,7 @@ from typing import Any, Literal
 import aiosqlite
 import msgpack
 
+from edge_agent.seqmark import SeqMark
 from remoteler.audit.events import AuditEvent, EventType, make_event
 from remoteler.errors import RemotelerError
 
@@ -144,6 +145,7 @@ class Outbox:
         self._recording_bytes = 0
         self._next_seq = 1
         self._dropped: _Dropped | None = None
+        self._mark: SeqMark | None = None
 
     @classmethod
     async def open(
@@ -153,8 +155,13 @@ class Outbox:
         quota_bytes: int = 256 << 20,
         policy: Policy = "drop-recordings-first",
         node: str = "",
+        mark: SeqMark | None = None,
     ) -> Outbox:
-        """Open (or create, mode 0600) the outbox at ``path``; call :meth:`close` when done."""
+        """Open (or create, mode 0600) the outbox at ``path``; call :meth:`close` when done.
+
+        With ``mark`` (edge_agent/seqmark.py) sequence numbers start at its floor at
+        least and are reserved in it before they are committed.
+        """
         if policy not in POLICIES:
             raise ValueError(f"unknown outbox policy {policy!r}; choose from {', '.join(POLICIES)}")
         if quota_bytes <= 0:
@@ -170,6 +177,7 @@ class Outbox:
             await db.executescript(SCHEMA)
             await db.commit()
             self = cls(db, quota_bytes=quota_bytes, policy=policy, node=node)
+            self._mark = mark
             await self._load()
         except BaseException:
             await db.close()
@@ -189,6 +197,8 @@ class Outbox:
         async with self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'") as cur:
             last = await cur.fetchone()
         self._next_seq = (last[0] if last else 0) + 1
+        if self._mark is not None:
+            self._next_seq = max(self._next_seq, self._mark.floor)
 
     # -- public API -------------------------------------------------------------
 
@@ -402,6 +412,8 @@ class Outbox:
                     dropped,
                     dropped_bytes,
                 )
+            if self._mark is not None and not self._mark.covers(next_seq - 1):
+                await asyncio.to_thread(self._mark.reserve, next_seq - 1)  # before the commit
             await db.executemany(
                 "INSERT INTO events (seq, id, type, time, size, body) VALUES (?, ?, ?, ?, ?, ?)",
                 [(r.seq, r.event.id, r.event.type, r.event.time, r.size, r.body) for r in kept],

@@ -10,6 +10,12 @@ are stored and acked (each event costs one token per started 128 KiB), with a
 retry-after for the rest (or a ``refused`` when none is stored); a node that
 keeps sending before its retry-after gets its channel closed. Refusals are
 logged once per channel, with the totals at close.
+
+An event whose seq the node already stored under another id (an agent that lost
+its outbox and numbered from 1 again) is neither stored nor acked: the ack lists
+the rest of the batch with a retry-after of :data:`REUSED_SEQ_RETRY`, so the
+agent keeps it and re-sends it slowly instead of in a loop. The first such event
+on a channel is logged and recorded as a hub ``audit.seq_reused`` event.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from collections.abc import Callable
 import msgpack
 
 from hub.audit_quota import EVENT_UNIT, AuditQuotas, event_cost
-from hub.audit_store import AuditBackend
+from hub.audit_store import AuditBackend, Inserted
+from remoteler.audit.events import AuditEvent, EventType, make_event
 from remoteler.audit.stream import (
     MessageReader,
     ack_message,
@@ -35,6 +42,8 @@ from remoteler.wire.exceptions import ChannelClosedError, TunnelClosed
 log = logging.getLogger("remoteler.hub.audit")
 
 READ_SIZE = 65536
+#: Seconds an agent waits before re-sending events refused for a reused seq.
+REUSED_SEQ_RETRY = 30.0
 
 
 def _pack(wire_event: object) -> bytes:
@@ -57,7 +66,21 @@ async def serve_audit_channel(
     """
     reader = MessageReader()
     fields = {"node_id": node_id, "channel": channel.channel_id}
-    stored = refused = early = 0
+    stored = refused = early = reused = 0
+
+    async def insert(events: list[AuditEvent]) -> tuple[list[str], float | None]:
+        """Store; return the ids to ack and the retry-after reused seqs ask for."""
+        nonlocal stored, reused
+        result: Inserted = await store.insert_checked(node_id, events)
+        stored += result.inserted
+        if not result.reused:
+            return [e.id for e in events], None
+        if not reused:
+            await _note_reused(store, node_id, result, fields)
+        reused += len(result.reused)
+        refused_ids = {r.id for r in result.reused}
+        return [e.id for e in events if e.id not in refused_ids], REUSED_SEQ_RETRY
+
     try:
         while data := await channel.read(READ_SIZE):
             messages = reader.feed(data)
@@ -84,8 +107,8 @@ async def serve_audit_channel(
                         costs = [event_cost(len(_pack(e))) for e in message["events"]]
                     grant = quotas.take(node_id, len(events), clock(), costs)
                 if grant is None or grant.retry_after is None:
-                    stored += await store.insert(node_id, events)
-                    channel.write(encode_message(ack_message([e.id for e in events])))
+                    ids, retry = await insert(events)
+                    channel.write(encode_message(ack_message(ids, retry)))
                     await channel.drain()
                     continue
                 if not refused:
@@ -96,8 +119,8 @@ async def serve_audit_channel(
                 kept = events[: grant.accepted]
                 refused += len(events) - len(kept)
                 if kept:
-                    stored += await store.insert(node_id, kept)
-                    reply = ack_message([e.id for e in kept], grant.retry_after)
+                    ids, retry = await insert(kept)
+                    reply = ack_message(ids, max(grant.retry_after, retry or 0))
                 else:
                     reply = refused_message(grant.retry_after, "node audit quota reached")
                 channel.write(encode_message(reply))
@@ -112,5 +135,33 @@ async def serve_audit_channel(
         channel.close()
         log.debug(
             "audit channel closed",
-            extra={**fields, "stored": stored, "refused": refused, "early": early},
+            extra={
+                **fields,
+                "stored": stored,
+                "refused": refused,
+                "early": early,
+                "reused_seq": reused,
+            },
         )
+
+
+async def _note_reused(
+    store: AuditBackend, node_id: str, result: Inserted, fields: dict[str, object]
+) -> None:
+    """Log and audit (once per channel) the first event refused for a reused seq."""
+    first = result.reused[0]
+    log.warning(
+        "audit events refused: seq already stored under another id (did the device lose"
+        " its outbox?); they stay on the device",
+        extra={**fields, "seq": first.seq, "id": first.id, "stored_id": first.stored_id},
+    )
+    await store.record(
+        make_event(
+            EventType.AUDIT_SEQ_REUSED,
+            node=node_id,
+            seq=first.seq,
+            refused_id=first.id,
+            stored_id=first.stored_id,
+            refused=len(result.reused),
+        )
+    )

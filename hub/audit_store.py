@@ -1,7 +1,10 @@
 """The hub's audit store: its own SQLite file (``DATA/audit.db``), append-only.
 
 Insert is idempotent on (node, event id): an agent that re-sends a batch after
-a lost ack inserts nothing twice. The node column is always the node the hub
+a lost ack inserts nothing twice. A node's seq (its outbox's order) is stored
+once: an event whose (node, seq) is already stored under another id is refused
+(:meth:`AuditStore.insert_checked` names it), so a device that lost its outbox and
+numbers from 1 again cannot blur the order of its trail. The node column is always the node the hub
 authenticated (the tunnel's certificate), never what an event claims, so one
 device cannot write into another's trail. ``synchronous=FULL``: a commit the
 hub acked survives a power cut, not only a crash.
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +43,7 @@ CREATE INDEX IF NOT EXISTS events_time ON events (time, seq, id, node);
 CREATE INDEX IF NOT EXISTS events_session ON events (session_id, seq) WHERE session_id != '';
 CREATE INDEX IF NOT EXISTS events_user ON events (user, time);
 CREATE INDEX IF NOT EXISTS events_type ON events (type, time);
+CREATE INDEX IF NOT EXISTS events_node_seq ON events (node, seq);
 """
 
 _INSERT = (
@@ -48,6 +53,38 @@ _INSERT = (
 _SELECT = "SELECT node, id, type, time, user, login, session_id, seq, fields FROM events"
 #: Rows fetched per query when iterating a large search.
 PAGE = 1000
+#: seq numbers looked up per query when checking a batch for reused ones
+_SEQ_CHUNK = 500
+
+
+def seq_owner_query(n: int) -> str:
+    """SELECT (seq, id) of ``n`` seqs of one node: one index probe per seq.
+
+    With a partial index (``WHERE seq > 0``) and ``seq > 0`` in the query, SQLite
+    range-scanned every seq of the node instead: a batch cost grew with the trail.
+    """
+    return f"SELECT seq, id FROM events WHERE node = ? AND seq IN ({','.join('?' * n)})"  # noqa: S608
+
+
+@dataclass(frozen=True)
+class ReusedSeq:
+    """An event refused because its node already stored its seq under another id."""
+
+    seq: int
+    id: str
+    """The refused event's id."""
+    stored_id: str
+    """The id already stored with that seq."""
+
+
+@dataclass(frozen=True)
+class Inserted:
+    """What :meth:`AuditStore.insert_checked` did with a batch."""
+
+    inserted: int
+    """Rows new in the store."""
+    reused: tuple[ReusedSeq, ...] = ()
+    """Events not stored: their seq is another event's (never acked: see audit_ingest)."""
 
 
 def audit_db_path(data_dir: Path) -> Path:
@@ -107,6 +144,7 @@ class AuditBackend(Protocol):
 
     async def close(self) -> None: ...
     async def insert(self, node: str, events: Sequence[AuditEvent]) -> int: ...
+    async def insert_checked(self, node: str, events: Sequence[AuditEvent]) -> Inserted: ...
     async def record(self, event: AuditEvent) -> None: ...
     async def search(
         self,
@@ -156,21 +194,52 @@ class AuditStore:
     async def insert(self, node: str, events: Sequence[AuditEvent]) -> int:
         """Store a batch in one transaction under ``node``; return how many rows were new.
 
-        When this returns the batch is durable: only then may it be acked.
+        When this returns the batch is durable: only then may it be acked. Events
+        whose seq is reused are not stored (:meth:`insert_checked` names them).
+        """
+        return (await self.insert_checked(node, events)).inserted
+
+    async def insert_checked(self, node: str, events: Sequence[AuditEvent]) -> Inserted:
+        """As :meth:`insert`, and say which events were refused for a reused seq.
+
+        The same id again (a re-send) is a no-op as before; a seq (> 0) that
+        ``node`` already stored under another id, or that an earlier event of the
+        batch took, is refused. Checked and inserted in one transaction.
         """
         if not events:
-            return 0
-        rows = [_row(node, e) for e in events]
+            return Inserted(0)
         async with self._lock:
             before = self._db.total_changes
             try:
-                await self._db.executemany(_INSERT, rows)
+                kept, reused = await self._split_reused(node, events)
+                await self._db.executemany(_INSERT, [_row(node, e) for e in kept])
                 inserted = self._db.total_changes - before
                 await self._db.commit()
             except BaseException:
                 await self._db.rollback()
                 raise
-        return inserted
+        return Inserted(inserted, tuple(reused))
+
+    async def _split_reused(
+        self, node: str, events: Sequence[AuditEvent]
+    ) -> tuple[list[AuditEvent], list[ReusedSeq]]:
+        seqs = sorted({e.seq for e in events if e.seq > 0})
+        owner: dict[int, str] = {}
+        for i in range(0, len(seqs), _SEQ_CHUNK):
+            chunk = seqs[i : i + _SEQ_CHUNK]
+            async with self._db.execute(seq_owner_query(len(chunk)), [node, *chunk]) as cur:
+                for seq, event_id in await cur.fetchall():
+                    owner.setdefault(int(seq), str(event_id))
+        kept: list[AuditEvent] = []
+        reused: list[ReusedSeq] = []
+        for e in events:
+            if e.seq > 0:
+                stored = owner.setdefault(e.seq, e.id)
+                if stored != e.id:
+                    reused.append(ReusedSeq(e.seq, e.id, stored))
+                    continue
+            kept.append(e)
+        return kept, reused
 
     async def record(self, event: AuditEvent) -> None:
         """Store an event the hub itself produced (``event.node`` is usually ``"hub"``)."""

@@ -38,6 +38,10 @@ class EventType(StrEnum):
     TUNNEL_CONNECT = "tunnel.connect"
     TUNNEL_DISCONNECT = "tunnel.disconnect"
     AUDIT_DROPPED = "audit.dropped"
+    # a damaged or lost device outbox (docs/audit.md "Corrupt or lost outbox")
+    AUDIT_CORRUPT = "audit.corrupt"
+    AUDIT_GAP = "audit.gap"
+    AUDIT_SEQ_REUSED = "audit.seq_reused"
     ROLE_CREATED = "role.created"
     ROLE_DELETED = "role.deleted"
     ROTATION_PHASE = "rotation.phase"
@@ -174,6 +178,21 @@ FIELD_TYPES: dict[str, tuple[_Check, ...]] = {
     EventType.AUDIT_DROPPED: (
         ("dropped", _is_count, "a non-negative int"),
         ("dropped_bytes", _is_count, "a non-negative int"),
+    ),
+    EventType.AUDIT_CORRUPT: (
+        ("events_salvaged", _is_count, "a non-negative int"),
+        ("pages", _is_count, "a non-negative int"),
+        ("pages_lost", _is_count, "a non-negative int"),
+        ("moved_to", _is_str, "a str (the file kept aside)"),
+    ),
+    EventType.AUDIT_GAP: (
+        ("reason", lambda v: v in ("missing", "empty"), "'missing' or 'empty'"),
+        ("resumed_at", _is_count, "a non-negative int"),
+    ),
+    EventType.AUDIT_SEQ_REUSED: (
+        ("seq", _is_count, "a non-negative int"),
+        ("refused_id", _is_str, "a str"),
+        ("stored_id", _is_str, "a str"),
     ),
     EventType.ROTATION_PHASE: (
         ("ca_type", lambda v: v in ("user", "host"), "'user' or 'host'"),

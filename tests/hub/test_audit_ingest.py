@@ -18,8 +18,9 @@ from websockets.asyncio.client import connect
 
 from edge_agent import forwarder
 from edge_agent.outbox import Outbox
+from hub import audit_ingest
 from hub.audit_quota import QuotaConfig
-from hub.audit_store import AuditStore, audit_db_path
+from hub.audit_store import AuditStore, Inserted, audit_db_path
 from hub.auth import AuthService
 from hub.backend import SQLiteBackend
 from hub.datadir import DataDir
@@ -319,15 +320,15 @@ async def test_agent_reopens_the_channel_after_a_storage_error(
         ctx = hub.tls(*await hub.node_creds("node-1"))
         node = await hub.backend.get_node("node-1")
         assert node is not None
-        real_insert, failed = store.insert, []
+        real_insert, failed = store.insert_checked, []
 
-        async def insert_failing_once(node_id: str, events: list[AuditEvent]) -> int:
+        async def insert_failing_once(node_id: str, events: list[AuditEvent]) -> Inserted:
             if not failed:
                 failed.append(1)
                 raise sqlite3.OperationalError("database or disk is full")
             return await real_insert(node_id, events)
 
-        monkeypatch.setattr(store, "insert", insert_failing_once)
+        monkeypatch.setattr(store, "insert_checked", insert_failing_once)
         box = await Outbox.open(tmp_path / "outbox.db", node=node.id)
         try:
             event = await box.append(
@@ -399,3 +400,43 @@ async def test_agent_over_quota_delivers_everything_exactly_once(
     # The current agent never sends before its retry-after; the old one did after a
     # partial ack (refused unread, then re-sent after its ack timeout: nothing lost).
     assert early >= 1 if old_agent else early == 0
+
+
+async def _reply_to(channel: Channel, reader: MessageReader, events: list[AuditEvent]) -> Reply:
+    channel.write(encode_message(batch_message(events)))
+    await channel.drain()
+    while not (messages := reader.feed(await asyncio.wait_for(channel.read(65536), 5))):
+        pass
+    (reply,) = [parse_reply(m) for m in messages]
+    return reply
+
+
+async def test_a_reused_seq_is_refused_unacked_and_audited_once(
+    ahub: AuditHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A device that lost its outbox numbers from 1 again (an agent without the
+    high-water mark): the hub stores none of its events whose seq it already holds
+    under another id, leaves them unacked (so the device keeps them) with a retry-after,
+    and logs and records ``audit.seq_reused`` once per channel."""
+    assert ahub.store is not None
+    caplog.set_level(logging.WARNING, "remoteler.hub.audit")
+    ctx = ahub.tls(*await ahub.node_creds("node-1"))
+    node = await ahub.backend.get_node("node-1")
+    assert node is not None
+    first, again = _events(3), _events(4)  # again: new ids, seq 1-4
+    async with agent_tunnel(ahub, ctx) as tunnel:
+        channel = await tunnel.open_channel("audit", {}, timeout=5)
+        reader = MessageReader()
+        assert (await _reply_to(channel, reader, first)).ids == [e.id for e in first]
+        for _ in range(2):  # the device re-sends after the retry-after: refused again
+            reply = await _reply_to(channel, reader, again)
+            assert reply.ids == [again[3].id]
+            assert reply.retry_after == audit_ingest.REUSED_SEQ_RETRY
+        assert (await _reply_to(channel, reader, first)).ids == [e.id for e in first]  # dedup
+    stored = await ahub.store.search(node=node.id, type="exec")
+    assert [(e.seq, e.id) for e in stored] == [(e.seq, e.id) for e in [*first, again[3]]]
+    (note,) = await ahub.store.search(node=node.id, type="audit.seq_reused")
+    assert note.fields["seq"] == 1 and note.fields["refused"] == 3
+    assert (note.fields["refused_id"], note.fields["stored_id"]) == (again[0].id, first[0].id)
+    warned = [r for r in caplog.records if "seq already stored" in r.getMessage()]
+    assert len(warned) == 1 and getattr(warned[0], "node_id", None) == node.id

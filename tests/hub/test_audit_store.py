@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -184,3 +185,45 @@ async def test_a_short_id_lookup_walks_the_session_index_not_the_users_events(
             assert "events_session" in plan and "events_user" not in plan, plan
     finally:
         db.close()
+
+
+async def test_a_reused_seq_is_refused_and_the_same_id_is_still_a_no_op(
+    store: AuditStore,
+) -> None:
+    """A device that lost its outbox and numbered from 1 again: its new events under
+    seq 1-3 are refused (named), the re-sent originals stay no-ops, other nodes and
+    the hub's own seq-0 events are not affected."""
+    first = [_ev("exec", i, 1000.0 + i) for i in range(1, 4)]
+    assert await store.insert("node-a", first) == 3
+    again = [_ev("exec", i, 2000.0 + i) for i in range(1, 5)]  # new ids, seq 1-4
+    result = await store.insert_checked("node-a", [*first, *again])
+    assert result.inserted == 1  # only seq 4 is new
+    assert [(r.seq, r.id, r.stored_id) for r in result.reused] == [
+        (e.seq, e.id, f.id) for e, f in zip(again, first, strict=False)
+    ]
+    assert [e.id for e in await store.search(node="node-a")] == [
+        *(e.id for e in first),
+        again[3].id,
+    ]
+    assert await store.insert("node-b", again) == 4  # seq is per node
+    hub_events = [make_event(EventType.USER_LOGIN, node="hub", user="u") for _ in range(3)]
+    assert await store.insert("hub", hub_events) == 3  # seq 0: never compared
+
+
+async def test_two_events_of_one_batch_with_one_seq_keep_the_first(store: AuditStore) -> None:
+    a, b = _ev("exec", 9, 1000.0), _ev("exec", 9, 1001.0)
+    result = await store.insert_checked("node-a", [a, b])
+    assert result.inserted == 1 and [r.id for r in result.reused] == [b.id]
+
+
+async def test_the_reused_seq_check_probes_the_index(tmp_path: Path, store: AuditStore) -> None:
+    """One index lookup per seq, not a scan of the node's trail (which made each batch
+    cost grow with the events already stored)."""
+    db = sqlite3.connect(tmp_path / "audit.db")
+    try:
+        plan = db.execute(
+            "EXPLAIN QUERY PLAN " + audit_store.seq_owner_query(3), ["n", 1, 2, 3]
+        ).fetchall()
+    finally:
+        db.close()
+    assert "events_node_seq (node=? AND seq=?)" in " ".join(str(row[-1]) for row in plan)

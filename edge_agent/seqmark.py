@@ -1,0 +1,98 @@
+"""The audit sequence's high-water mark, kept with the identity (``identity/audit-seq.json``).
+
+The outbox numbers events 1, 2, 3, ... and the hub orders a node's trail by that
+number, so a number must never be handed out twice, even when ``audit.db`` is
+lost, emptied or replaced by a salvaged copy. The mark is a *reservation*: every
+``seq`` the outbox hands out is at or below :attr:`SeqMark.reserved`, and before
+it would cross it the outbox calls :meth:`SeqMark.reserve`, which durably writes
+(fsync, atomic rename, directory fsync) a mark :data:`RESERVE_AHEAD` further on.
+One durable write therefore covers :data:`RESERVE_AHEAD` events instead of one
+per event (measured: docs/audit.md "Corrupt or lost outbox").
+
+An outbox that was lost restarts at ``reserved + 1`` (:attr:`SeqMark.floor`):
+possibly skipping numbers that were never used, never repeating one.
+
+File format (JSON, mode 0600)::
+
+    {"node_id": "...", "reserved": 8192}
+
+A mark written for another node id (the device joined again) is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from remoteler.fsutil import write_secret_file
+
+__all__ = ["MARK_FILE", "RESERVE_AHEAD", "SeqMark", "SeqMarkError"]
+
+log = logging.getLogger("remoteler.agent.seqmark")
+
+MARK_FILE = "audit-seq.json"
+#: Sequence numbers reserved by one durable write of the mark.
+RESERVE_AHEAD = 4096
+
+
+class SeqMarkError(Exception):
+    """The mark file exists but cannot be read (damaged); its message says which file."""
+
+
+@dataclass
+class SeqMark:
+    """The reservation for one node; :meth:`load` it, then hand it to the outbox."""
+
+    path: Path
+    node_id: str
+    reserved: int = 0
+    """Every seq handed out so far is at most this (0: nothing was ever reserved)."""
+    floor: int = 1
+    """The lowest seq the outbox may hand out next (``reserved + 1`` after a loss)."""
+    ahead: int = RESERVE_AHEAD
+    writes: int = 0
+    """Durable writes made by this process (for the bench and the tests)."""
+
+    @classmethod
+    def load(cls, identity_dir: Path, node_id: str, ahead: int = RESERVE_AHEAD) -> SeqMark:
+        """The node's mark (``reserved`` 0 if there is none yet, or it is another node's).
+
+        Raises :class:`SeqMarkError` if the file exists but is damaged.
+        """
+        path = identity_dir / MARK_FILE
+        mark = cls(path, node_id, ahead=ahead)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return mark
+        except OSError as exc:
+            raise SeqMarkError(f"{path} cannot be read: {exc.strerror}") from None
+        try:
+            data = json.loads(raw)
+            node, reserved = data["node_id"], data["reserved"]
+            if not isinstance(node, str) or not isinstance(reserved, int) or reserved < 0:
+                raise ValueError("wrong types")
+        except (ValueError, TypeError, KeyError) as exc:
+            raise SeqMarkError(f"{path} is damaged ({type(exc).__name__})") from None
+        if node != node_id:
+            log.info("audit sequence mark belongs to another node id; starting a new one")
+            return mark
+        mark.reserved = reserved
+        return mark
+
+    def covers(self, seq: int) -> bool:
+        """True if ``seq`` may be handed out without writing the mark first."""
+        return seq <= self.reserved
+
+    def reserve(self, seq: int) -> None:
+        """Durably reserve up to ``seq + ahead``; return only once the mark is on disk.
+
+        Blocking (fsync): call it from a thread in asyncio code.
+        """
+        reserved = max(self.reserved, seq + self.ahead)
+        data = json.dumps({"node_id": self.node_id, "reserved": reserved}).encode()
+        write_secret_file(self.path, data)
+        self.reserved = reserved
+        self.writes += 1

@@ -1,0 +1,138 @@
+"""Opening the agent's outbox over a damaged, empty or missing audit.db (real files)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from edge_agent.outbox import Outbox
+from edge_agent.outbox_open import open_outbox
+from edge_agent.seqmark import MARK_FILE, SeqMark
+from remoteler.audit.events import AuditEvent, EventType, make_event
+
+NOW = 1_800_000_000.0
+
+
+async def _open(data: Path) -> Outbox:
+    return await open_outbox(
+        data / "audit.db",
+        data / "identity",
+        "n1",
+        quota_bytes=1 << 20,
+        policy="drop-recordings-first",
+        now=NOW,
+    )
+
+
+async def _run(data: Path, n: int) -> list[AuditEvent]:
+    """Start, record ``n`` events, stop (as an agent's life)."""
+    box = await _open(data)
+    try:
+        return list(
+            await asyncio.gather(
+                *(
+                    box.append(make_event(EventType.EXEC, node="n1", command=f"c{i}", exit_code=0))
+                    for i in range(n)
+                )
+            )
+        )
+    finally:
+        await box.close()
+
+
+async def _all(box: Outbox) -> list[AuditEvent]:
+    return await box.batch(max_count=10_000, max_bytes=1 << 30)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    (tmp_path / "identity").mkdir()
+    return tmp_path
+
+
+async def test_first_start_and_restart_record_nothing(data: Path) -> None:
+    first = await _run(data, 3)
+    assert [e.seq for e in first] == [1, 2, 3]
+    box = await _open(data)
+    try:
+        assert [e.type for e in await _all(box)] == ["exec"] * 3
+        assert (await box.append(first[0])).seq == 4  # a sound outbox goes on from itself
+    finally:
+        await box.close()
+
+
+@pytest.mark.parametrize("how", ["missing", "empty"])
+async def test_a_lost_outbox_resumes_after_the_mark_with_a_gap_event(data: Path, how: str) -> None:
+    before = await _run(data, 5)
+    reserved = SeqMark.load(data / "identity", "n1").reserved
+    assert reserved >= 5
+    outbox = data / "audit.db"
+    if how == "missing":
+        outbox.unlink()
+    else:
+        os.truncate(outbox, 0)
+    box = await _open(data)
+    try:
+        (gap,) = await _all(box)
+        assert gap.type == "audit.gap" and gap.seq == reserved + 1
+        assert gap.fields == {"reason": how, "resumed_at": reserved + 1, "reserved": reserved}
+        assert max(e.seq for e in before) < gap.seq
+    finally:
+        await box.close()
+
+
+async def test_garbage_is_set_aside_and_recorded(data: Path) -> None:
+    await _run(data, 5)
+    reserved = SeqMark.load(data / "identity", "n1").reserved
+    garbage = os.urandom(16 << 10)
+    (data / "audit.db").write_bytes(garbage)
+    box = await _open(data)
+    try:
+        (note,) = await _all(box)
+    finally:
+        await box.close()
+    assert note.type == "audit.corrupt" and note.seq == reserved + 1
+    assert note.fields["events_salvaged"] == 0
+    assert note.fields["pages"] == note.fields["pages_lost"] == 4
+    assert "not a database" in note.fields["reason"]
+    aside = data / note.fields["moved_to"]
+    assert aside.name == "audit.db.corrupt-20270115T080000Z"
+    assert aside.read_bytes() == garbage  # kept for forensics, untouched
+
+
+async def test_salvaged_events_keep_their_seq_and_numbering_goes_on(data: Path) -> None:
+    before = await _run(data, 200)
+    path = data / "audit.db"
+    raw = bytearray(path.read_bytes())
+    leaves = [n for n in range(1, len(raw) // 4096) if raw[n * 4096] == 13]
+    victim = leaves[len(leaves) // 2]
+    raw[victim * 4096 : (victim + 1) * 4096] = os.urandom(4096)
+    path.write_bytes(bytes(raw))
+    box = await _open(data)
+    try:
+        events = await _all(box)
+    finally:
+        await box.close()
+    *salvaged, note = events
+    assert note.type == "audit.corrupt" and note.fields["events_salvaged"] == len(salvaged)
+    assert 150 < len(salvaged) < 200 and note.fields["pages_lost"] == 1
+    by_id = {e.id: e for e in before}
+    assert all(by_id[e.id] == e for e in salvaged)  # same id, seq, fields
+    assert note.seq > max(e.seq for e in before)
+
+
+async def test_a_damaged_mark_is_set_aside_and_the_outbox_goes_on(data: Path) -> None:
+    await _run(data, 3)
+    (data / "identity" / MARK_FILE).write_bytes(b"\x00\x01")
+    box = await _open(data)
+    try:
+        assert (
+            await box.append(make_event(EventType.EXEC, node="n1", command="c", exit_code=0))
+        ).seq == 4
+    finally:
+        await box.close()
+    assert [p.name for p in (data / "identity").iterdir() if ".corrupt-" in p.name]
+    assert SeqMark.load(data / "identity", "n1").reserved >= 4

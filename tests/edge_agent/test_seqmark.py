@@ -1,0 +1,84 @@
+"""The audit sequence's high-water mark on real files, alone and under a real outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from edge_agent.outbox import Outbox
+from edge_agent.seqmark import MARK_FILE, SeqMark, SeqMarkError
+from remoteler.audit.events import AuditEvent, EventType, make_event
+
+
+def _exec(i: int) -> AuditEvent:
+    return make_event(EventType.EXEC, node="n1", command=f"c{i}", exit_code=0)
+
+
+def test_no_file_is_a_mark_at_zero(tmp_path: Path) -> None:
+    mark = SeqMark.load(tmp_path, "n1")
+    assert mark.reserved == 0 and mark.floor == 1
+    assert not mark.covers(1)
+
+
+def test_reserve_is_durable_private_and_ahead(tmp_path: Path) -> None:
+    mark = SeqMark.load(tmp_path, "n1", ahead=100)
+    mark.reserve(7)
+    assert mark.reserved == 107 and mark.covers(107) and not mark.covers(108)
+    path = tmp_path / MARK_FILE
+    assert json.loads(path.read_text()) == {"node_id": "n1", "reserved": 107}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert SeqMark.load(tmp_path, "n1").reserved == 107
+    mark.reserve(3)  # never goes back
+    assert mark.reserved == 107
+    assert [p.name for p in tmp_path.iterdir()] == [MARK_FILE]  # no temporary file left
+
+
+def test_another_nodes_mark_is_ignored(tmp_path: Path) -> None:
+    SeqMark.load(tmp_path, "old-node").reserve(10)
+    assert SeqMark.load(tmp_path, "new-node").reserved == 0
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\x00garbage", b"[]", b'{"node_id": "n1"}', b'{"node_id": "n1", "reserved": -1}'],
+)
+def test_a_damaged_mark_raises_one_clear_error(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / MARK_FILE).write_bytes(content)
+    with pytest.raises(SeqMarkError, match=MARK_FILE):
+        SeqMark.load(tmp_path, "n1")
+
+
+async def test_outbox_reserves_before_it_crosses_the_mark(tmp_path: Path) -> None:
+    """Every committed seq is covered by the mark on disk; one write per ``ahead`` events."""
+    mark = SeqMark.load(tmp_path, "n1", ahead=50)
+    box = await Outbox.open(tmp_path / "audit.db", node="n1", mark=mark)
+    try:
+        for i in range(120):
+            stored = await box.append(_exec(i))
+            assert SeqMark.load(tmp_path, "n1").reserved >= stored.seq
+        # a burst in one group commit: one reservation covers it
+        burst = await asyncio.gather(*(box.append(_exec(i)) for i in range(300)))
+        assert SeqMark.load(tmp_path, "n1").reserved >= max(e.seq for e in burst)
+    finally:
+        await box.close()
+    assert mark.writes == 4  # 1-50, 51-100, 101-150, then 420 + 50 at once
+    assert mark.reserved == 470
+
+
+async def test_outbox_starts_at_the_floor_after_a_loss(tmp_path: Path) -> None:
+    mark = SeqMark.load(tmp_path, "n1", ahead=50)
+    box = await Outbox.open(tmp_path / "audit.db", node="n1", mark=mark)
+    await box.append(_exec(0))
+    await box.close()
+    (tmp_path / "audit.db").unlink()
+    mark = SeqMark.load(tmp_path, "n1")
+    mark.floor = mark.reserved + 1
+    box = await Outbox.open(tmp_path / "audit.db", node="n1", mark=mark)
+    try:
+        assert (await box.append(_exec(1))).seq == 52
+    finally:
+        await box.close()
