@@ -171,8 +171,11 @@ class HubServer:
         once; a session still open after ``grace`` ends with a clear message.
         """
         rng = rng or random.Random()
-        # Still accepting: a new session or tunnel hears "hub is restarting, try again
-        # in N s" (process_request) rather than a refused connection.
+        # Still accepting: a new session hears "hub is restarting, try again in N s"
+        # (process_request) rather than a refused connection; agents are closed before
+        # TLS, as by a closed port.
+        if self.listener is not None:
+            self.listener.refuse_tunnels = True
         deadline = self.drain_deadline = time.monotonic() + grace
         live = self.registry.live()
         log.info(

@@ -14,6 +14,8 @@ import os
 import pwd
 import re
 import signal
+import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 import pytest
 from faultproxy import FaultProxy
 from helpers import BIN, Cluster, free_port, stop_process, wait_for
+
+from remoteler.tlsutil import TUNNEL_ALPN
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 GRACE = 8
@@ -103,6 +107,22 @@ def test_frozen_link_is_reported_within_the_probe_deadline(rig: Rig) -> None:
     print(f"frozen link: tsh answered in {took:.1f} s")
 
 
+def _tunnel_handshake_refused(cluster: Cluster) -> bool:
+    """True if the hub closes a connection offering the agents' ALPN before TLS."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols([TUNNEL_ALPN])
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", cluster.hub_port), timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname="remoteler-hub"),
+        ):
+            return False
+    except (ssl.SSLError, ConnectionError):
+        return True
+
+
 def test_drain_tells_open_and_new_sessions_when(rig: Rig) -> None:
     cluster = rig.cluster
     _hub_running(cluster, "d1")
@@ -125,6 +145,7 @@ def test_drain_tells_open_and_new_sessions_when(rig: Rig) -> None:
         hub.send_signal(signal.SIGTERM)
         wait_for(lambda: "draining" in log.read_text(), what="the drain to start")
         refused = cluster.tsh("ssh", f"{ME}@d1", "echo new", timeout=30)
+        agent_refused = _tunnel_handshake_refused(cluster)
         out, err = session.communicate(timeout=30)
     finally:
         stop_process(session)
@@ -133,6 +154,8 @@ def test_drain_tells_open_and_new_sessions_when(rig: Rig) -> None:
     again = re.fullmatch(r"tsh: hub is restarting, try again in (\d+) s\n", refused.stderr)
     assert again is not None, refused.stderr
     assert 1 <= int(again.group(1)) <= GRACE
+    # An agent's dial is closed before TLS, as a closed port did (no handshake spent).
+    assert agent_refused, "the draining hub completed a TLS handshake for an agent"
     # The open session: one notice line with the time left, and it still finishes.
     assert (session.returncode, out) == (0, "finished\n"), err
     notice = re.search(
