@@ -3,8 +3,8 @@ and silent links"), on one hub with two agents, one behind a fault proxy:
 
 * a frozen link (open, nothing gets through): ``tsh ssh`` says at once that the
   node is not answering, instead of waiting out the channel-open timeout;
-* SIGTERM: open sessions are told how long they have, new sessions during the
-  drain are told when to come back;
+* SIGTERM: open sessions (tsh ssh, and OpenSSH through tsh proxy ssh) are told
+  how long they have, new sessions during the drain are told when to come back;
 * SIGKILL: ``tctl nodes ls`` does not keep showing the dead hub's tunnels online.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -20,6 +21,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from faultproxy import FaultProxy
@@ -38,10 +40,15 @@ MISSES = 10  # the frozen agent is dropped after 10 s of silence, probed after 2
 class Rig:
     cluster: Cluster
     proxy: FaultProxy
+    #: ``tsh config``'s OpenSSH block (ProxyCommand ``tsh proxy ssh``)
+    ssh_config: Path
+    #: d1 as OpenSSH names it: ``d1.<cluster>``
+    ssh_host: str
 
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    assert shutil.which("ssh"), "needs OpenSSH's ssh client: apt-get install openssh-client"
     cluster = Cluster(tmp_path_factory.mktemp("restarts"), free_port())
     cluster.start_hub(*HUB_FLAGS)
     proxy = FaultProxy("127.0.0.1", cluster.hub_port).start()
@@ -60,7 +67,13 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         )
         login = cluster.login("alice")
         assert login.returncode == 0, login.stderr
-        yield Rig(cluster, proxy)
+        config = cluster.tsh("config")
+        assert config.returncode == 0, config.stderr
+        ssh_config = cluster.root / "ssh_config"
+        ssh_config.write_text(config.stdout)
+        suffix = re.search(r"^Host \*\.(\S+)$", config.stdout, re.M)
+        assert suffix is not None, config.stdout
+        yield Rig(cluster, proxy, ssh_config, f"d1.{suffix.group(1)}")
     finally:
         proxy.stop()
         cluster.stop()
@@ -128,17 +141,25 @@ def test_drain_tells_open_and_new_sessions_when(rig: Rig) -> None:
     _hub_running(cluster, "d1")
     log = cluster.root / "hub.log"
     starts = log.read_text().count("session relay start")
-    session = subprocess.Popen(
-        [str(BIN / "tsh"), "ssh", f"{ME}@d1", "sleep 5; echo finished"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cluster.env(),
+    command = "sleep 5; echo finished"
+    session, openssh = (
+        subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cluster.env(),
+        )
+        for argv in (
+            [str(BIN / "tsh"), "ssh", f"{ME}@d1", command],
+            ["ssh", "-F", str(rig.ssh_config), "-oBatchMode=yes", f"{ME}@{rig.ssh_host}", command],
+        )
     )
     try:
         wait_for(
-            lambda: log.read_text().count("session relay start") > starts, what="session to start"
+            lambda: log.read_text().count("session relay start") >= starts + 2,
+            what="both sessions to start",
         )
         assert cluster.hub is not None
         hub = cluster.hub
@@ -147,8 +168,10 @@ def test_drain_tells_open_and_new_sessions_when(rig: Rig) -> None:
         refused = cluster.tsh("ssh", f"{ME}@d1", "echo new", timeout=30)
         agent_refused = _tunnel_handshake_refused(cluster)
         out, err = session.communicate(timeout=30)
+        ssh_out, ssh_err = openssh.communicate(timeout=30)
     finally:
         stop_process(session)
+        stop_process(openssh)
     # The new session: a clear line instead of "cannot reach the hub".
     assert refused.returncode == 255, refused.stderr
     again = re.fullmatch(r"tsh: hub is restarting, try again in (\d+) s\n", refused.stderr)
@@ -165,6 +188,9 @@ def test_drain_tells_open_and_new_sessions_when(rig: Rig) -> None:
     )
     assert notice is not None, err
     assert GRACE - 2 <= int(notice.group(1)) <= GRACE
+    # OpenSSH through 'tsh proxy ssh' shows the same line (the ProxyCommand's stderr).
+    assert (openssh.returncode, ssh_out) == (0, "finished\n"), ssh_err
+    assert notice.group(0) in ssh_err.splitlines(), ssh_err
     assert hub.wait(timeout=30) == 0
     cluster.hub = None
 
@@ -185,3 +211,4 @@ def test_sigkilled_hub_leaves_no_node_online(rig: Rig) -> None:
     print(f"SIGKILL: tctl nodes ls showed the node offline after {shown:.1f} s")
     assert re.search(r"\bd1\b.*\boffline\b", ls.stdout), ls.stdout
     assert ls.stderr.startswith("tctl: the hub is not running (no sign of life for "), ls.stderr
+    assert cluster.tctl_json("status")["nodes_online"] == 0
