@@ -164,11 +164,13 @@ class HubServer:
         return addr[0], addr[1]
 
     async def drain(self, grace: float, spread: float, rng: random.Random | None = None) -> None:
-        """Graceful stop: accept nothing new, send every agent away with a spread-out
-        retry-after, and give tunnels carrying user sessions up to ``grace`` seconds.
+        """Graceful stop: refuse new sessions and tunnels, tell open sessions how long
+        they have, send every agent away with a spread-out retry-after, and give
+        tunnels carrying user sessions up to ``grace`` seconds.
 
         Agents come back to the next hub over ``spread`` seconds instead of all at
-        once; a session still open after ``grace`` ends with a clear message.
+        once; a session still open after ``grace`` ends with a clear message. Next:
+        :meth:`close`, which stops listening.
         """
         rng = rng or random.Random()
         # Still accepting: a new session hears "hub is restarting, try again in N s"
