@@ -32,8 +32,10 @@ from remoteler.tlsutil import TUNNEL_ALPN
 ME = pwd.getpwuid(os.geteuid()).pw_name
 GRACE = 8
 HUB_FLAGS = ("--shutdown-grace", str(GRACE), "--drain-spread", "1")
-HEARTBEAT = 1.0
-MISSES = 10  # the frozen agent is dropped after 10 s of silence, probed after 2 s
+HEARTBEAT = 1.5
+#: the frozen agent is probed after 3 s of silence, dropped after 15 s: room for a
+#: slow tsh start-up on a loaded machine before the node would just be "offline"
+MISSES = 10
 
 
 @dataclass
@@ -114,8 +116,8 @@ def test_frozen_link_is_reported_within_the_probe_deadline(rig: Rig) -> None:
     )
     assert said is not None, run.stderr
     assert 2 * HEARTBEAT <= int(said.group(1)) <= time.monotonic() - frozen + 1
-    # The 2 s probe plus tsh's own start-up, on a loaded machine; before: ~7.5 s, the
-    # rest of the 10 s heartbeat deadline (the 15 s open timeout is longer still).
+    # The 2 s probe plus tsh's own start-up, on a loaded machine; before: ~11 s, the
+    # rest of the 15 s heartbeat deadline, and then "did not accept the session".
     assert took < 9, took
     print(f"frozen link: tsh answered in {took:.1f} s")
 
