@@ -3,7 +3,8 @@ restarts and silent links").
 
 * Each open ``/v1/connect`` session whose client asked for notices
   (:data:`remoteler.notice.NOTICE_PARAM`) gets one text message when the drain
-  starts: :func:`session_notice`, with the seconds until the hub ends it.
+  starts: :func:`session_notice`, with the seconds until the hub ends it, and
+  :data:`SESSION_CUT` if it is still open when that time is up.
 * A new session (or tunnel) during the drain is refused with HTTP 503, a
   ``Retry-After`` header and :func:`restart_refusal` as the message.
 """
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from typing import Any
 
 log = logging.getLogger("remoteler.hub.proxy")
@@ -21,6 +23,10 @@ log = logging.getLogger("remoteler.hub.proxy")
 #: A notice that the session's client does not take within this many seconds is
 #: given up (its relay may be stalled; the drain must not wait on it).
 SEND_TIMEOUT = 2.0
+
+
+#: The last line of a session still open when the drain's grace is over.
+SESSION_CUT = "hub restarting: this session ends now; reconnect with the same command"
 
 
 def seconds_left(deadline: float, now: float) -> int:
@@ -64,5 +70,11 @@ class Notices:
         sent = await asyncio.gather(*(one(ws) for ws in list(self._open)))
         return sum(sent)
 
+    async def announce_at(self, deadline: float, text: str) -> int:
+        """:meth:`announce` ``text`` at ``deadline`` (``time.monotonic()``) to the relays
+        open then."""
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        return await self.announce(text)
 
-__all__ = ["Notices", "restart_refusal", "seconds_left", "session_notice"]
+
+__all__ = ["SESSION_CUT", "Notices", "restart_refusal", "seconds_left", "session_notice"]

@@ -30,7 +30,13 @@ from hub.audit_quota import AuditQuotas, QuotaConfig
 from hub.audit_store import MIN_SESSION_PREFIX, AuditBackend, resolve_session_prefix
 from hub.auth import AuthService, Issued, check_name, rules_of
 from hub.backend import Backend, Node
-from hub.drain_notice import Notices, restart_refusal, seconds_left, session_notice
+from hub.drain_notice import (
+    SESSION_CUT,
+    Notices,
+    restart_refusal,
+    seconds_left,
+    session_notice,
+)
 from hub.identity import Identity, peer_identity
 from hub.linkprobe import check_link, not_answering
 from hub.listener import Listener, ListenerLimits
@@ -191,10 +197,13 @@ class HubServer:
             },
         )
         await self.notices.announce(session_notice(seconds_left(deadline, time.monotonic())))
+        last_call = asyncio.ensure_future(self.notices.announce_at(deadline, SESSION_CUT))
 
         async def send_away(node: LiveNode) -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(node.idle.wait(), max(0.0, deadline - time.monotonic()))
+            if not node.idle.is_set():  # its sessions hear why they end, then it closes
+                await asyncio.shield(last_call)
             with contextlib.suppress(Exception):
                 await node.tunnel.close(
                     ErrorCode.GOING_AWAY,
@@ -202,7 +211,11 @@ class HubServer:
                     retry_after=rng.uniform(1.0, max(1.0, spread)),
                 )
 
-        await asyncio.gather(*(send_away(node) for node in live))
+        try:
+            await asyncio.gather(*(send_away(node) for node in live))
+        finally:
+            last_call.cancel()
+            await asyncio.gather(last_call, return_exceptions=True)
 
     async def close(self) -> None:
         if self._firmware_task is not None:

@@ -143,7 +143,7 @@ def test_drain_tells_open_and_new_sessions_when(rig: Rig) -> None:
     _hub_running(cluster, "d1")
     log = cluster.root / "hub.log"
     starts = log.read_text().count("session relay start")
-    command = "sleep 5; echo finished"
+    # The tsh session outlasts the grace and is cut; OpenSSH's ends before it.
     session, openssh = (
         subprocess.Popen(
             argv,
@@ -154,8 +154,11 @@ def test_drain_tells_open_and_new_sessions_when(rig: Rig) -> None:
             env=cluster.env(),
         )
         for argv in (
-            [str(BIN / "tsh"), "ssh", f"{ME}@d1", command],
-            ["ssh", "-F", str(rig.ssh_config), "-oBatchMode=yes", f"{ME}@{rig.ssh_host}", command],
+            [str(BIN / "tsh"), "ssh", f"{ME}@d1", "echo started; sleep 60"],
+            [
+                *("ssh", "-F", str(rig.ssh_config), "-oBatchMode=yes"),
+                *(f"{ME}@{rig.ssh_host}", "sleep 5; echo finished"),
+            ],
         )
     )
     try:
@@ -181,8 +184,8 @@ def test_drain_tells_open_and_new_sessions_when(rig: Rig) -> None:
     assert 1 <= int(again.group(1)) <= GRACE
     # An agent's dial is closed before TLS, as a closed port did (no handshake spent).
     assert agent_refused, "the draining hub completed a TLS handshake for an agent"
-    # The open session: one notice line with the time left, and it still finishes.
-    assert (session.returncode, out) == (0, "finished\n"), err
+    # Open sessions: one notice line with the time left; one that ends in time ends
+    # normally (OpenSSH through 'tsh proxy ssh': the ProxyCommand's stderr).
     notice = re.search(
         r"^tsh: hub restarting: this session ends in (\d+) s; reconnect with the same command$",
         err,
@@ -190,9 +193,13 @@ def test_drain_tells_open_and_new_sessions_when(rig: Rig) -> None:
     )
     assert notice is not None, err
     assert GRACE - 2 <= int(notice.group(1)) <= GRACE
-    # OpenSSH through 'tsh proxy ssh' shows the same line (the ProxyCommand's stderr).
     assert (openssh.returncode, ssh_out) == (0, "finished\n"), ssh_err
     assert notice.group(0) in ssh_err.splitlines(), ssh_err
+    # One still open when the grace is over hears that it ends now, then ends (255).
+    assert (session.returncode, out) == (255, "started\n"), err
+    cut = "tsh: hub restarting: this session ends now; reconnect with the same command"
+    lines = err.splitlines()
+    assert cut in lines and lines.index(cut) > lines.index(notice.group(0)), err
     assert hub.wait(timeout=30) == 0
     cluster.hub = None
 

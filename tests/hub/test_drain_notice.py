@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from hub.drain_notice import Notices, restart_refusal, seconds_left, session_notice
+from hub.drain_notice import (
+    SESSION_CUT,
+    Notices,
+    restart_refusal,
+    seconds_left,
+    session_notice,
+)
 
 
 def test_seconds_left_rounds_up_and_is_never_zero() -> None:
@@ -22,6 +29,7 @@ def test_lines() -> None:
         "hub restarting: this session ends in 30 s; reconnect with the same command"
     )
     assert restart_refusal(12) == "hub is restarting, try again in 12 s"
+    assert SESSION_CUT == "hub restarting: this session ends now; reconnect with the same command"
 
 
 async def test_announce_reaches_every_open_relay_and_skips_closed_ones() -> None:
@@ -53,4 +61,9 @@ async def test_announce_reaches_every_open_relay_and_skips_closed_ones() -> None
             for client in (one, two):
                 got = await asyncio.wait_for(client.recv(), 5)
                 assert got == session_notice(7)  # a text message, one line
+            at = time.monotonic() + 0.2
+            assert await notices.announce_at(at, SESSION_CUT) == 2
+            assert time.monotonic() >= at
+            for client in (one, two):
+                assert await asyncio.wait_for(client.recv(), 5) == SESSION_CUT
             done.set()
