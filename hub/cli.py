@@ -194,6 +194,9 @@ async def run(args: argparse.Namespace) -> None:
     import asyncio.sslproto
     import resource
 
+    from hub.alive import alive_path, keep_alive
+    from hub.alive import stop as stop_alive
+    from hub.alive import touch as touch_alive
     from hub.audit_store import AuditStore, audit_db_path
     from hub.auth import AuthService
     from hub.backend import SQLiteBackend
@@ -241,6 +244,8 @@ async def run(args: argparse.Namespace) -> None:
         await backend.close()
         raise
     await backend.mark_all_offline()
+    alive = alive_path(data.path)  # tctl shows nodes online only while this is fresh
+    touch_alive(alive)
     audit = await AuditStore.open(audit_db_path(data.path))
     hash_gate, join_guard = auth_limits(args)
     server = HubServer(
@@ -284,6 +289,7 @@ async def run(args: argparse.Namespace) -> None:
     tasks = [
         asyncio.ensure_future(server.registry.run_flusher()),
         asyncio.ensure_future(rotation.run()),
+        asyncio.ensure_future(keep_alive(alive)),
     ]
     gc_policy = GcPolicy(max(MIN_INTERVAL, args.gc_interval))
     if args.gc_interval > 0:
@@ -311,6 +317,7 @@ async def run(args: argparse.Namespace) -> None:
         await audit.close()
         with contextlib.suppress(FileNotFoundError):
             data.addr_file.unlink()
+        stop_alive(alive)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -182,6 +182,9 @@ class Listener:
         self.governor = LagGovernor(self.limits.tunnel_handshakes, target=self.limits.lag_target)
         self.queued = 0
         self.refused = 0
+        #: set by a draining hub: agents' connections are closed before TLS (cheap, as a
+        #: closed port was); users still get through to hear "hub is restarting"
+        self.refuse_tunnels = False
         #: connections per source address accepted and not yet through TLS
         self.pending: dict[str, int] = {}
         self.drops = DropCounter(self.limits.drop_summary_interval)
@@ -281,9 +284,14 @@ class Listener:
         tls = False  # once the TLS start has it, the socket is the transport's to close
         try:
             try:
-                lane = self.lanes[await self._classify(conn)]
+                lane_name = await self._classify(conn)
+                lane = self.lanes[lane_name]
             except (NotClientHello, TimeoutError, OSError) as exc:
                 self.drops.add("hello", _hello_why(exc), loop.time(), key)
+                conn.close()
+                return
+            if self.refuse_tunnels and lane_name == "tunnel":
+                self.drops.add("queue", "hub draining", loop.time(), key)
                 conn.close()
                 return
             queued_at = time.monotonic()

@@ -30,7 +30,15 @@ from hub.audit_quota import AuditQuotas, QuotaConfig
 from hub.audit_store import MIN_SESSION_PREFIX, AuditBackend, resolve_session_prefix
 from hub.auth import AuthService, Issued, check_name, rules_of
 from hub.backend import Backend, Node
+from hub.drain_notice import (
+    SESSION_CUT,
+    Notices,
+    restart_refusal,
+    seconds_left,
+    session_notice,
+)
 from hub.identity import Identity, peer_identity
+from hub.linkprobe import check_link, not_answering
 from hub.listener import Listener, ListenerLimits
 from hub.locks import LOCKED_CLOSE_CODE, LockWatcher
 from hub.sessioncap import SessionCounter, TooManySessions, relay_deadline
@@ -43,12 +51,14 @@ from remoteler.addr import parse_labels
 from remoteler.errors import (
     AccessDenied,
     AuthError,
+    HubRestarting,
     NodeError,
     RemotelerError,
     UsageError,
 )
 from remoteler.hubconn import ERROR_HEADER
 from remoteler.locks import find_lock
+from remoteler.notice import NOTICE_PARAM
 from remoteler.roleopts import expiry_message, session_limit
 from remoteler.wire.aio import ChannelRequest, Tunnel
 from remoteler.wire.codes import ErrorCode, OpenFailure
@@ -121,6 +131,10 @@ class HubServer:
         self.firmware: FirmwareRollouts | None = None
         self._firmware_task: asyncio.Future[None] | None = None
         self.server: Server | None = None
+        #: monotonic end of the drain's grace once SIGTERM started it (hub/drain_notice.py)
+        self.drain_deadline: float | None = None
+        #: open relays whose clients take notice lines
+        self.notices = Notices()
         self.methods: dict[str, Handler] = {
             "ping": self.rpc_ping,
             "login": self.rpc_login,
@@ -156,16 +170,21 @@ class HubServer:
         return addr[0], addr[1]
 
     async def drain(self, grace: float, spread: float, rng: random.Random | None = None) -> None:
-        """Graceful stop: accept nothing new, send every agent away with a spread-out
-        retry-after, and give tunnels carrying user sessions up to ``grace`` seconds.
+        """Graceful stop: refuse new sessions and tunnels, tell open sessions how long
+        they have, send every agent away with a spread-out retry-after, and give
+        tunnels carrying user sessions up to ``grace`` seconds.
 
         Agents come back to the next hub over ``spread`` seconds instead of all at
-        once; a session still open after ``grace`` ends with a clear message.
+        once; a session still open after ``grace`` ends with a clear message. Next:
+        :meth:`close`, which stops listening.
         """
         rng = rng or random.Random()
-        if self.server is not None:
-            self.server.server.close()  # stop accepting; open connections stay
-        deadline = time.monotonic() + grace
+        # Still accepting: a new session hears "hub is restarting, try again in N s"
+        # (process_request) rather than a refused connection; agents are closed before
+        # TLS, as by a closed port.
+        if self.listener is not None:
+            self.listener.refuse_tunnels = True
+        deadline = self.drain_deadline = time.monotonic() + grace
         live = self.registry.live()
         log.info(
             "draining",
@@ -174,12 +193,17 @@ class HubServer:
                 "sessions": sum(n.sessions for n in live),
                 "grace_s": grace,
                 "spread_s": spread,
+                "notices": len(self.notices),
             },
         )
+        await self.notices.announce(session_notice(seconds_left(deadline, time.monotonic())))
+        last_call = asyncio.ensure_future(self.notices.announce_at(deadline, SESSION_CUT))
 
         async def send_away(node: LiveNode) -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(node.idle.wait(), max(0.0, deadline - time.monotonic()))
+            if not node.idle.is_set():  # its sessions hear why they end, then it closes
+                await asyncio.shield(last_call)
             with contextlib.suppress(Exception):
                 await node.tunnel.close(
                     ErrorCode.GOING_AWAY,
@@ -187,7 +211,11 @@ class HubServer:
                     retry_after=rng.uniform(1.0, max(1.0, spread)),
                 )
 
-        await asyncio.gather(*(send_away(node) for node in live))
+        try:
+            await asyncio.gather(*(send_away(node) for node in live))
+        finally:
+            last_call.cancel()
+            await asyncio.gather(last_call, return_exceptions=True)
 
     async def close(self) -> None:
         if self._firmware_task is not None:
@@ -212,6 +240,13 @@ class HubServer:
         try:
             if url.path == "/v1/rpc":
                 return None
+            if self.drain_deadline is not None and url.path in ("/v1/tunnel", "/v1/connect"):
+                left = seconds_left(self.drain_deadline, time.monotonic())
+                response = _refuse(
+                    connection, HTTPStatus.SERVICE_UNAVAILABLE, HubRestarting(restart_refusal(left))
+                )
+                response.headers["Retry-After"] = str(left)
+                return response
             if url.path == "/v1/tunnel":
                 if ident is None or ident.kind != "node":
                     raise AuthError("the tunnel endpoint needs a node certificate from the host CA")
@@ -308,6 +343,13 @@ class HubServer:
             raise NodeError(
                 f"node {node.name!r} is offline (last seen {seen}); try again when it reconnects"
             )
+        silent = await check_link(live.tunnel)  # a frozen link: say so in 2 s, not 15
+        if silent is not None:
+            log.warning(
+                "connect refused: link silent",
+                extra={"user": user.name, "node_id": node.id, "silent_s": round(silent.silence)},
+            )
+            raise NodeError(not_answering(node.name, silent))
         return node, roles
 
     # connections -----------------------------------------------------------
@@ -325,7 +367,13 @@ class HubServer:
                 node, login = ws.remoteler_target  # type: ignore[attr-defined]
                 assert ident is not None
                 # the session's slot is given back when the TCP connection is gone
-                await self.serve_connect(ws, ident.name, node, login)
+                query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
+                if (query.get(NOTICE_PARAM) or [""])[0] == "1":
+                    self.notices.add(ws)
+                try:
+                    await self.serve_connect(ws, ident.name, node, login)
+                finally:
+                    self.notices.discard(ws)
             elif path == "/v1/rpc":
                 await self.serve_rpc(ws, ident)
         except ConnectionClosed:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hub import tctl_firmware, tctl_locks, tctl_rotate
+from hub.alive import as_seen
 from hub.extras import require_hub_extra
 from remoteler.addr import format_labels, parse_labels
 from remoteler.audit.events import AuditEvent
@@ -356,7 +357,9 @@ async def cmd_nodes(args: argparse.Namespace) -> None:
     backend = await _backend(args)
     try:
         if args.cmd == "ls":
-            nodes = await backend.list_nodes()
+            nodes, note = as_seen(await backend.list_nodes(), Path(args.data_dir), time.time())
+            if note:  # stored "online" flags outlived a hub that died (hub/alive.py)
+                print(note, file=sys.stderr)
             items = [
                 {
                     "id": n.id,
@@ -522,7 +525,7 @@ async def cmd_status(args: argparse.Namespace) -> None:
     cluster = data.cluster_name()
     backend = await _backend(args)
     try:
-        nodes = await backend.list_nodes()
+        nodes, _ = as_seen(await backend.list_nodes(), Path(args.data_dir), time.time())
     finally:
         await backend.close()
     info = {

@@ -9,7 +9,8 @@ Error tree::
     ├── TrustError                 CA pin mismatch, unknown hub certificate
     ├── AuthError                  bad credentials, expired certificate, bad token
     ├── AccessDenied               authenticated but not allowed (names the rule)
-    └── NodeError                  unknown node or node offline
+    ├── NodeError                  unknown node or node offline
+    └── HubRestarting              the hub is draining; try again in the seconds given
 
 Wire-level violations live in :mod:`remoteler.wire.exceptions`; the RPC layer
 turns remote failures into these classes by their ``code``.
@@ -61,6 +62,12 @@ class NodeError(RemotelerError):
     code = "node"
 
 
+class HubRestarting(RemotelerError):
+    """The hub is draining before a restart: the message says when to try again."""
+
+    code = "restarting"
+
+
 ERRORS_BY_CODE: dict[str, type[RemotelerError]] = {
     cls.code: cls
     for cls in (
@@ -72,6 +79,7 @@ ERRORS_BY_CODE: dict[str, type[RemotelerError]] = {
         AuthError,
         AccessDenied,
         NodeError,
+        HubRestarting,
     )
 }
 

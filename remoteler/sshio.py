@@ -65,10 +65,15 @@ class BytePipe(Protocol):
 
 
 class WebSocketPipe:
-    """A websocket carrying raw bytes as binary messages (the ``/v1/connect`` leg)."""
+    """A websocket carrying raw bytes as binary messages (the ``/v1/connect`` leg).
 
-    def __init__(self, ws: Any) -> None:
+    A text message ends the stream, unless ``on_text`` is given: then it is passed
+    there (a notice line from the hub, :mod:`remoteler.notice`) and reading goes on.
+    """
+
+    def __init__(self, ws: Any, on_text: Callable[[str], None] | None = None) -> None:
         self._ws = ws
+        self._on_text = on_text
         self._queue: list[bytes] = []
         self._size = 0
         self._wake = asyncio.Event()
@@ -103,11 +108,16 @@ class WebSocketPipe:
     async def recv(self) -> bytes:
         from websockets.exceptions import ConnectionClosed
 
-        try:
-            data = await self._ws.recv()
-        except ConnectionClosed:
-            return b""
-        return data if isinstance(data, bytes) else b""
+        while True:
+            try:
+                data = await self._ws.recv()
+            except ConnectionClosed:
+                return b""
+            if isinstance(data, bytes):
+                return data
+            if self._on_text is None:
+                return b""
+            self._on_text(data)
 
     def send(self, data: bytes) -> None:
         if self._closed or self._writer.done():

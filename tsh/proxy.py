@@ -65,10 +65,10 @@ async def _pipe_to_stdout(pipe: WebSocketPipe) -> int:
 
 async def proxy_ssh(hub: str, ident: UserIdentity, login: str, node: str) -> int:
     """Relay stdin/stdout to ``node``'s SSH server; return tsh's exit code."""
-    from tsh.ssh import open_connect_ws
+    from tsh.ssh import open_connect_ws, show_notice
 
     ws = await open_connect_ws(hub, ident, login, node)
-    pipe = WebSocketPipe(ws)
+    pipe = WebSocketPipe(ws, on_text=show_notice)  # OpenSSH shows our stderr
     upstream = asyncio.ensure_future(_stdin_to_pipe(pipe))
     downstream = asyncio.ensure_future(_pipe_to_stdout(pipe))
     try:

@@ -19,6 +19,7 @@ from remoteler.ca.x509 import load_certificate
 from remoteler.errors import AccessDenied, HubUnreachable, NodeError, TrustError, UsageError
 from remoteler.hubconn import open_ws
 from remoteler.identity import UserIdentity
+from remoteler.notice import NOTICE_PARAM, notice_line
 from remoteler.sshalgs import CIPHERS, client_options
 from remoteler.sshio import SSH_MAX_PACKET, SSH_WINDOW, PipeTunnel, WebSocketPipe
 from remoteler.text import printable
@@ -44,10 +45,22 @@ async def open_connect_ws(hub: str, ident: UserIdentity, login: str, node: str) 
     ctx = client_context(ident.host_ca_pem, ident.tls_cert, ident.key_pem)
     return await open_ws(
         hub,
-        f"/v1/connect?node={quote(node)}&login={quote(login)}",
+        f"/v1/connect?node={quote(node)}&login={quote(login)}&{NOTICE_PARAM}=1",
         ctx,
         subprotocol=CONNECT_SUBPROTOCOL,
     )
+
+
+def show_notice(text: str) -> None:
+    """A notice from the hub (a drain, say) as one line on stderr, beside the session.
+
+    On a terminal the line starts and ends with CR LF: a raw-mode pty session does not
+    turn LF into a new line, and the cursor may be mid-line in the remote's output.
+    """
+    line = f"tsh: {notice_line(text)}"
+    with contextlib.suppress(OSError):
+        sys.stderr.write(f"\r\n{line}\r\n" if sys.stderr.isatty() else f"{line}\n")
+        sys.stderr.flush()
 
 
 async def open_ssh(
@@ -66,7 +79,7 @@ async def open_ssh(
     import asyncssh
 
     ws = await open_connect_ws(hub, ident, login, node)
-    pipe = WebSocketPipe(ws)
+    pipe = WebSocketPipe(ws, on_text=show_notice)
     from remoteler.ca import private_key_to_openssh
 
     key = asyncssh.import_private_key(private_key_to_openssh(ident.key))

@@ -34,6 +34,7 @@ from .exceptions import (
     InvalidState,
     TunnelClosed,
 )
+from .limits import Limits
 from .sched import Priority
 
 __all__ = ["Channel", "ChannelRequest", "Tunnel", "WebSocketLike"]
@@ -322,6 +323,8 @@ class Tunnel:
         self.retry_after: float | None = None
         """Seconds the peer's GOAWAY asked us to wait before reconnecting, else None."""
         self.last_rtt: float | None = None
+        #: :meth:`probe` calls waiting for the peer's next message
+        self._probes: set[asyncio.Future[bool]] = set()
 
     # -- public API -----------------------------------------------------------
 
@@ -423,6 +426,32 @@ class Tunnel:
         transport = getattr(self._ws, "transport", None)
         return transport.get_extra_info(name, default) if transport is not None else default
 
+    @property
+    def silence(self) -> float:
+        """Seconds since the peer last sent anything."""
+        return max(0.0, self._clock() - self._core.last_received)
+
+    @property
+    def limits(self) -> Limits:
+        return self._core.limits
+
+    async def probe(self, timeout: float) -> bool:
+        """PING the peer; True as soon as anything arrives from it, False if nothing
+        does within ``timeout`` seconds (or the tunnel closes first)."""
+        if self.closed.is_set() or self._core.state is not State.OPEN:
+            return False
+        heard: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._probes.add(heard)
+        try:
+            self._core.ping(self._clock())
+            self._process()
+            async with asyncio.timeout(timeout):
+                return bool(await heard)
+        except TimeoutError:
+            return False
+        finally:
+            self._probes.discard(heard)
+
     def set_heartbeat_payload(self, payload: dict[str, Any] | None) -> None:
         """Status attached to the next PINGs (agent side)."""
         self._core.heartbeat_payload = payload
@@ -466,6 +495,9 @@ class Tunnel:
                     continue
                 message = await ws.recv()
                 core.receive_message(message, clock())
+                for probe in self._probes:
+                    if not probe.done():
+                        probe.set_result(True)
                 self._process()
         except WsClosed as exc:
             core.connection_lost(f"websocket closed: {exc}")
@@ -570,6 +602,9 @@ class Tunnel:
         self.retry_after = retry_after
         self.closed.set()
         self._room.set()
+        for probe in self._probes:
+            if not probe.done():
+                probe.set_result(False)
         channels, self._channels = self._channels, {}
         for channel in channels.values():
             channel._set_closed()

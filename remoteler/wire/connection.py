@@ -307,6 +307,18 @@ class Connection:
 
     # -- tunnel commands ------------------------------------------------------
 
+    def ping(self, now: float) -> None:
+        """Queue a PING without payload now (a liveness probe, from either end): the
+        peer answers PONG, and whatever arrives next moves :attr:`last_received`."""
+        if self._state is not State.OPEN:
+            raise InvalidState("tunnel is closed")
+        seq = self._ping_seq
+        self._ping_seq = (seq + 1) & MAX_SEQ
+        self._pings[seq] = now
+        if len(self._pings) > _MAX_OUTSTANDING_PINGS:
+            del self._pings[next(iter(self._pings))]
+        self._send(PingFrame(seq, None))
+
     def fail(self, code: ErrorCode, reason: str) -> None:
         """Abort the tunnel: GOAWAY(code) to the peer, ConnectionClosed locally.
 

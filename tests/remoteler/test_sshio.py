@@ -107,3 +107,31 @@ def test_messages_join_small_chunks_and_slice_large_ones_in_order() -> None:
     sliced = list(messages(big, 256))
     assert all(isinstance(m, memoryview) for m in sliced)  # no copy of large chunks
     assert list(messages([], 10)) == []
+
+
+async def test_websocket_pipe_hands_text_to_on_text_and_reads_on() -> None:
+    """A hub's notice (a text message, remoteler/notice.py) between SSH bytes: shown,
+    not taken for the end of the stream; without on_text it still ends it."""
+    from websockets.asyncio.client import connect
+    from websockets.asyncio.server import ServerConnection, serve
+
+    from remoteler.sshio import WebSocketPipe
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(b"one")
+        await ws.send("hub restarting: this session ends in 30 s")
+        await ws.send(b"two")
+        await ws.close()
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        shown: list[str] = []
+        async with connect(url, compression=None) as ws:
+            pipe = WebSocketPipe(ws, on_text=shown.append)
+            assert [await pipe.recv() for _ in range(3)] == [b"one", b"two", b""]
+            pipe.close()
+        assert shown == ["hub restarting: this session ends in 30 s"]
+        async with connect(url, compression=None) as ws:
+            plain = WebSocketPipe(ws)
+            assert [await plain.recv(), await plain.recv()] == [b"one", b""]
+            plain.close()

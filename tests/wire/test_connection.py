@@ -683,6 +683,23 @@ def test_the_first_ping_with_a_status_goes_when_the_timers_start() -> None:
     assert bare.dialer.get_timer() == 110.0
 
 
+def test_the_hub_can_probe_with_a_ping_of_its_own() -> None:
+    """Connection.ping (hub/linkprobe.py): a PING without payload from the end that
+    sends no heartbeats; the agent answers PONG, which moves last_received."""
+    pair = heartbeat_pair()
+    pair.now = 25.0
+    pair.listener.ping(25.0)
+    assert pair.send(pair.listener) == [PingFrame(0, None)]
+    assert pair.dialer.events_received() == [HeartbeatReceived(None)]
+    pair.now = 25.5
+    assert pair.send(pair.dialer) == [PongFrame(0)]
+    assert pair.listener.events_received() == [PongReceived(0, 0.5)]
+    assert pair.listener.last_received == 25.5
+    pair.listener.close()
+    with pytest.raises(InvalidState):
+        pair.listener.ping(26.0)
+
+
 def test_pings_continue_while_busy() -> None:
     pair = heartbeat_pair()
     channel_id = pair.open()
