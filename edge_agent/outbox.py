@@ -22,6 +22,14 @@ silent; every event given up is counted in an ``audit.dropped`` event:
     other events of sessions already running are still stored (the quota is then
     exceeded), and their ``session.data`` chunks past the quota are dropped.
 
+Full disk (:mod:`edge_agent.outbox_quota`): recordings and new sessions never
+use the last ``reserve`` bytes of the file system (default the larger of 2 MiB
+and 5 %), kept for the ends of running sessions, ``audit.dropped`` and the
+drain; :meth:`Outbox.admit` decides whether a session may start. An append
+whose commit fails (``SQLITE_FULL``, I/O error) is counted and reported in the
+next ``audit.dropped`` event that can be written. The WAL is checkpointed with
+``TRUNCATE`` once an ack empties the outbox or the WAL passes :data:`WAL_BOUND`.
+
 Drops are merged into one ``audit.dropped`` event per overflow episode: the
 counts go into the pending one until the forwarder has taken it in a batch
 (or the outbox is reopened), then a new one is written. That event itself may
@@ -41,6 +49,8 @@ from typing import Any, Literal
 import aiosqlite
 import msgpack
 
+from edge_agent import outbox_quota
+from edge_agent.outbox_quota import Admission
 from remoteler.audit.events import AuditEvent, EventType, make_event
 from remoteler.errors import RemotelerError
 
@@ -57,6 +67,8 @@ MAX_GROUP = 4096
 MAX_EVENT = 1 << 20
 #: Ids per ``DELETE ... IN (...)`` (well under SQLite's variable limit).
 _ACK_CHUNK = 500
+#: WAL size past which an ack checkpoints with TRUNCATE even if events remain.
+WAL_BOUND = 4 << 20
 _RECORDING = str(EventType.SESSION_DATA)
 
 # The literal 'session.data' lets SQLite use the partial index.
@@ -126,9 +138,21 @@ class Outbox:
     """The audit outbox; create it with :meth:`open`, end with :meth:`close`."""
 
     def __init__(
-        self, db: aiosqlite.Connection, *, quota_bytes: int, policy: Policy, node: str
+        self,
+        db: aiosqlite.Connection,
+        *,
+        quota_bytes: int,
+        policy: Policy,
+        node: str,
+        path: Path | None = None,
+        reserve_bytes: int | None = None,
     ) -> None:
         self.quota_bytes = quota_bytes
+        self.path = path
+        """The database file (None: no disk checks)."""
+        self.reserve_bytes = reserve_bytes
+        """Free space kept for session ends and the drain (None: the default share)."""
+        self._lost = (0, 0)  # (events, bytes) whose commit failed, not yet in audit.dropped
         self.policy: Policy = policy
         self.node = node
         self.changed = asyncio.Event()
@@ -153,6 +177,7 @@ class Outbox:
         quota_bytes: int = 256 << 20,
         policy: Policy = "drop-recordings-first",
         node: str = "",
+        reserve_bytes: int | None = None,
     ) -> Outbox:
         """Open (or create, mode 0600) the outbox at ``path``; call :meth:`close` when done."""
         if policy not in POLICIES:
@@ -169,7 +194,14 @@ class Outbox:
             await db.execute("PRAGMA synchronous=FULL")  # durable at commit, even on power loss
             await db.executescript(SCHEMA)
             await db.commit()
-            self = cls(db, quota_bytes=quota_bytes, policy=policy, node=node)
+            self = cls(
+                db,
+                quota_bytes=quota_bytes,
+                policy=policy,
+                node=node,
+                path=path,
+                reserve_bytes=reserve_bytes,
+            )
             await self._load()
         except BaseException:
             await db.close()
@@ -209,13 +241,39 @@ class Outbox:
         return await asyncio.shield(future)
 
     def check_room(self) -> None:
-        """Under ``refuse-sessions``, raise :class:`QuotaExceeded` when full (before a session)."""
-        if self.policy == "refuse-sessions" and self._bytes >= self.quota_bytes:
+        """Raise :class:`QuotaExceeded` if a new session could not be audited (before it starts)."""
+        self.admit()
+
+    def disk(self) -> outbox_quota.DiskRoom | None:
+        """The file system holding the outbox (None: no path, or ``statvfs`` failed)."""
+        if self.path is None:
+            return None
+        return outbox_quota.disk_room(self.path, self.path.with_name(self.path.name + "-wal"))
+
+    def reserve(self, room: outbox_quota.DiskRoom) -> int:
+        return outbox_quota.reserve_bytes(room.total, self.reserve_bytes)
+
+    def admit(self) -> Admission:
+        """Whether a new session may start and is recorded; raise :class:`QuotaExceeded`
+        with one line for the user if it could not be audited."""
+        room = self.disk()
+        reserve = self.reserve(room) if room is not None else 0
+        verdict = outbox_quota.admit_session(
+            room, reserve, self.policy, self._bytes, self.quota_bytes
+        )
+        if verdict is not Admission.REFUSED:
+            return verdict
+        if room is not None and room.free - reserve < outbox_quota.START_COST * 4:
             raise QuotaExceeded(
-                f"audit outbox full ({self._bytes} of {self.quota_bytes} bytes, {self._count}"
-                " events waiting for the hub): new sessions are refused until the device"
-                " reaches the hub and its audit backlog drains, or the outbox quota is raised"
+                f"the device's disk is full ({room.free >> 10} KiB free, {reserve >> 10} KiB"
+                " kept for audit): new sessions are refused until space is freed on the"
+                " device or its audit backlog drains to the hub"
             )
+        raise QuotaExceeded(
+            f"audit outbox full ({self._bytes} of {self.quota_bytes} bytes, {self._count}"
+            " events waiting for the hub): new sessions are refused until the device"
+            " reaches the hub and its audit backlog drains, or the outbox quota is raised"
+        )
 
     async def batch(self, max_count: int = 500, max_bytes: int = 512 * 1024) -> list[AuditEvent]:
         """The oldest unacknowledged events, in seq order, within the caps (at least one)."""
@@ -262,7 +320,19 @@ class Outbox:
                     self._recording_bytes -= size
                 if self._dropped is not None and seq == self._dropped.event.seq:
                     self._dropped = None
+            await self._checkpoint_if_due()
             return len(deleted)
+
+    async def _checkpoint_if_due(self) -> None:
+        """``wal_checkpoint(TRUNCATE)`` once the outbox is empty or the WAL is past
+        :data:`WAL_BOUND`, so a drain never leaves the disk fuller than before it."""
+        room = self.disk()
+        if self._count and (room is None or room.wal < WAL_BOUND):
+            return
+        try:
+            await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except Exception as exc:  # busy or no room: the next ack tries again
+            log.warning("audit outbox checkpoint failed: %s: %s", type(exc).__name__, exc)
 
     async def depth(self) -> tuple[int, int, float | None]:
         """(events, bytes, time of the oldest event or None) waiting for the hub."""
@@ -294,6 +364,8 @@ class Outbox:
                         results = await self._commit([(event, body) for event, body, _ in group])
                 except Exception as exc:
                     log.error("audit outbox commit failed: %s: %s", type(exc).__name__, exc)
+                    lost, lost_bytes = self._lost
+                    self._lost = (lost + len(group), lost_bytes + sum(len(b) for _, b, _ in group))
                     for _, _, future in group:
                         if not future.done():
                             future.set_exception(exc)
@@ -315,12 +387,22 @@ class Outbox:
         rows: list[_Row] = []
         victims: list[tuple[int, int]] = []  # (seq, size) of stored recordings to delete
         stored_recordings = _StoredRecordings(self._db)
-        dropped = dropped_bytes = 0
+        lost = self._lost  # failed commits: reported in this group's audit.dropped
+        dropped, dropped_bytes = lost
+        room = self.disk()
+        reserve = self.reserve(room) if room is not None else 0
         results: list[AuditEvent] = []
         for event, body in events:
             stored = replace(event, seq=next_seq)
             size = len(body)
             is_recording = event.type == _RECORDING
+            if is_recording and room is not None:
+                if not outbox_quota.record_fits(room, reserve, size):
+                    dropped += 1  # the disk's reserve is for session ends, not output
+                    dropped_bytes += size
+                    results.append(event)  # seq 0: not stored
+                    continue
+                room = replace(room, free=room.free - size - outbox_quota.CHUNK_OVERHEAD)
             if total + size > quota:
                 # Delete old recordings only if that makes room (always, for other events).
                 if drop_old and (not is_recording or total - recording + size <= quota):
@@ -397,7 +479,7 @@ class Outbox:
                     next_seq += 1
                     dropped_state = _Dropped(row.event, row.size)
                 log.warning(
-                    "audit outbox over quota (%s): %d events (%d bytes) dropped",
+                    "audit outbox over quota or disk reserve (%s): %d events (%d bytes) dropped",
                     self.policy,
                     dropped,
                     dropped_bytes,
@@ -415,6 +497,7 @@ class Outbox:
                 results[row.index] = replace(row.event, seq=0)
         self._bytes, self._recording_bytes, self._count = total, recording, count
         self._next_seq, self._dropped = next_seq, dropped_state
+        self._lost = (self._lost[0] - lost[0], self._lost[1] - lost[1])
         return results
 
 
