@@ -69,7 +69,7 @@ REOPEN_MAX = 60.0
 #: Wait before retrying an outbox operation that failed (disk full, I/O error),
 #: doubled after each failure up to :data:`STORAGE_RETRY_MAX`; +-20 % jitter.
 STORAGE_RETRY_FIRST = 0.5
-STORAGE_RETRY_MAX = 10.0
+STORAGE_RETRY_MAX = 5.0
 
 T = TypeVar("T")
 

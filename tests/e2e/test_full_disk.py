@@ -1,0 +1,227 @@
+"""Full disks with real processes: the agent's data dir on an 8 MiB tmpfs, filled by
+the test with a file of its own, then freed.
+
+* A delete that fails after the hub's ack (``SQLITE_FULL``) does not end the
+  forwarder: once space is back the backlog drains on the same tunnel, and the
+  drain leaves the WAL checkpointed to nothing.
+* ``edge-agent health`` says the running agent cannot write its status (disk
+  full) instead of calling it healthy or stopped.
+* At the reserve, ``refuse-sessions`` refuses a ``tsh ssh`` with one line;
+  ``drop-recordings-first`` runs it unrecorded and the drop reaches the hub as an
+  ``audit.dropped`` event with its counts, next to the session's end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import pwd
+import signal
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import BIN, Cluster, free_port, stop_process, wait_for
+
+from edge_agent.outbox import Outbox
+from remoteler.audit.events import EventType, make_event
+
+ME = pwd.getpwuid(os.geteuid()).pw_name
+SIZE = 8 << 20
+#: The stuck backlog of the bug report.
+N = 129
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: int = SIZE) -> Iterator[Path]:
+    """A tmpfs of ``size`` bytes mounted at ``path``, always unmounted after."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.fail(
+            f"cannot mount a tmpfs ({done.stderr.strip()}): these tests need root and "
+            "mount(8) (Debian package mount)"
+        )
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False, capture_output=True)
+        if os.path.ismount(path):
+            subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def fill(dirpath: Path, leave: int = 0) -> Path:
+    """Write a file that leaves about ``leave`` bytes free on ``dirpath``'s file system."""
+    filler = dirpath / "filler"
+    st = os.statvfs(dirpath)
+    want = max(0, st.f_bavail * st.f_frsize - leave)
+    block = b"\0" * (1 << 16)
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while want > 0:
+                want -= f.write(block[: min(len(block), want)])
+            if leave == 0:
+                while True:  # to the last byte
+                    f.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+def free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def query(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return list(db.execute(sql, args).fetchall())
+    finally:
+        db.close()
+
+
+def outbox_depth(data: Path) -> int:
+    return int(query(data / "audit.db", "SELECT count(*) FROM events")[0][0])
+
+
+def node_id(cluster: Cluster, name: str) -> str:
+    return str(next(n["id"] for n in cluster.tctl_json("nodes", "ls") if n["name"] == name))
+
+
+def health(data: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "REMOTELER_AGENT_CONFIG"}
+    return subprocess.run(
+        [str(BIN / "edge-agent"), "health", "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+
+
+def seed(path: Path, node: str, n: int) -> None:
+    async def go() -> None:
+        box = await Outbox.open(path, node=node)
+        try:
+            for i in range(n):
+                await box.append(
+                    make_event(
+                        EventType.EXEC, node=node, user="seed", command=f"seed {i}", exit_code=0
+                    )
+                )
+        finally:
+            await box.close()
+
+    asyncio.run(go())
+
+
+@pytest.fixture
+def disk_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path, free_port())
+    c.start_hub()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def test_a_failed_delete_after_the_ack_does_not_stop_delivery(disk_cluster: Cluster) -> None:
+    cluster = disk_cluster
+    data = cluster.root / "agent-dev"
+    with tmpfs(data):
+        cluster.start_agent("dev")
+        wait_for(lambda: cluster.node_online("dev"), what="dev online")
+        node = node_id(cluster, "dev")
+        stop_process(cluster.agents.pop("dev"))
+        seed(data / "audit.db", node, N)
+        cluster.kill_hub(signal.SIGTERM)
+        agent = cluster.start_agent("dev")  # offline: the backlog waits
+        wait_for((data / "audit.db-wal").exists, what="the agent to open its outbox")
+        filler = fill(data)  # to the last byte
+        try:
+            cluster.start_hub()
+            hub_db = cluster.data / "audit.db"
+
+            def hub_has_all() -> bool:
+                rows = query(hub_db, "SELECT count(*) FROM events WHERE user = 'seed'")
+                return int(rows[0][0]) == N
+
+            wait_for(hub_has_all, timeout=30, what="the hub to store the backlog")
+            log = cluster.root / "agent-dev.log"
+            wait_for(
+                lambda: "could not delete acked events" in log.read_text(),
+                what="the failed delete to be logged",
+            )
+            assert outbox_depth(data) >= N  # acked, but the delete failed: still there
+            assert agent.poll() is None
+            # B4: running, not hung or stopped: the status file cannot be written.
+            wait_for(lambda: health(data).returncode == 1, what="health to turn unhealthy")
+            report = health(data)
+            assert "running" in report.stderr and "disk" in report.stderr, report.stderr
+            assert report.stderr.count("\n") == 1, report.stderr
+        finally:
+            filler.unlink()
+        wait_for(lambda: outbox_depth(data) == 0, timeout=30, what="the backlog to drain")
+        text = log.read_text()
+        assert text.count("could not delete acked events") == 1, "logged once, not per retry"
+        assert text.count("tunnel up") == 2, "drained on the same tunnel, no reconnect"
+        # B3: the drain checkpointed the WAL away.
+        wait_for(lambda: (data / "audit.db-wal").stat().st_size == 0, what="WAL truncated")
+        wait_for(lambda: health(data).returncode == 0, what="healthy again")
+        stop_process(cluster.agents.pop("dev"))
+        assert "not running" in health(data).stderr
+
+
+def _events(cluster: Cluster, node: str, type_: str) -> list[dict[str, Any]]:
+    found = cluster.tctl_json("audit", "search", "--type", type_)
+    return [e for e in found if e["node"] == node]
+
+
+def test_sessions_at_the_reserve_are_refused_or_run_unrecorded(disk_cluster: Cluster) -> None:
+    cluster = disk_cluster
+    cluster.add_user("dora", [ME])
+    assert cluster.login("dora").returncode == 0
+    strict, lenient = cluster.root / "agent-strict", cluster.root / "agent-lenient"
+    with tmpfs(strict), tmpfs(lenient):
+        cluster.start_agent("strict", "", None, "--audit-policy", "refuse-sessions")
+        cluster.start_agent("lenient", "", None, "--audit-policy", "drop-recordings-first")
+        wait_for(
+            lambda: cluster.node_online("strict") and cluster.node_online("lenient"),
+            what="both online",
+        )
+        node = node_id(cluster, "lenient")
+        # Reserve: max(2 MiB, 5 % of 8 MiB) = 2 MiB. Leave 1.5 MiB: inside it.
+        fillers = [fill(strict, leave=1536 << 10), fill(lenient, leave=1536 << 10)]
+        try:
+            assert 1 << 20 < free_bytes(strict) < 2 << 20
+            run = cluster.tsh("ssh", f"{ME}@strict", "echo should-not-run")
+            assert run.returncode != 0
+            assert "should-not-run" not in run.stdout
+            line = run.stderr.strip()
+            assert "disk is full" in line and "refused" in line, run.stderr
+            assert line.count("\n") == 0, run.stderr
+
+            run = cluster.tsh("ssh", f"{ME}@lenient", "seq 1 20000; echo done")
+            assert run.returncode == 0, run.stderr
+            assert run.stdout.endswith("done\n")
+            assert "not recorded" in run.stderr and run.stderr.count("\n") == 1, run.stderr
+        finally:
+            for filler in fillers:
+                filler.unlink()
+        ends = wait_for(lambda: _events(cluster, node, "session.end"), what="session.end")
+        assert [e["fields"]["exit_status"] for e in ends] == [0]
+        session = ends[0]["session"]
+        assert not [e for e in _events(cluster, node, "session.data") if e["session"] == session]
+        (note,) = wait_for(lambda: _events(cluster, node, "audit.dropped"), what="audit.dropped")
+        assert note["fields"]["dropped"] >= 1
+        assert note["fields"]["dropped_bytes"] > 0
