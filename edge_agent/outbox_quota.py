@@ -121,9 +121,10 @@ def admit_session(
 
 
 def disk_room(path: Path, wal: Path | None = None) -> DiskRoom | None:
-    """``statvfs`` of the file system holding ``path`` (and the WAL's size), or None."""
+    """``statvfs`` of the file system holding ``path`` (its directory's: the file may be
+    gone) and the WAL's size, or None."""
     try:
-        st = os.statvfs(path)
+        st = os.statvfs(path.parent)
     except OSError:
         return None
     wal_size = 0
