@@ -28,7 +28,8 @@ and 5 %), kept for the ends of running sessions, ``audit.dropped`` and the
 drain; :meth:`Outbox.admit` decides whether a session may start. An append
 whose commit fails (``SQLITE_FULL``, I/O error) is counted and reported in the
 next ``audit.dropped`` event that can be written. The WAL is checkpointed with
-``TRUNCATE`` once an ack empties the outbox or the WAL passes :data:`WAL_BOUND`.
+``TRUNCATE`` once an ack empties the outbox or the WAL passes :data:`WAL_BOUND`
+or half the reserve, whichever is smaller.
 
 Drops are merged into one ``audit.dropped`` event per overflow episode: the
 counts go into the pending one until the forwarder has taken it in a batch
@@ -325,9 +326,12 @@ class Outbox:
 
     async def _checkpoint_if_due(self) -> None:
         """``wal_checkpoint(TRUNCATE)`` once the outbox is empty or the WAL is past
-        :data:`WAL_BOUND`, so a drain never leaves the disk fuller than before it."""
+        :data:`WAL_BOUND` or half the reserve: a drain never fills the disk."""
         room = self.disk()
-        if self._count and (room is None or room.wal < WAL_BOUND):
+        if room is None:
+            return
+        # Within half the reserve, so the WAL never takes what the reserve keeps.
+        if self._count and room.wal < min(WAL_BOUND, self.reserve(room) // 2):
             return
         try:
             await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
