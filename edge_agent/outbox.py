@@ -70,6 +70,8 @@ MAX_EVENT = 1 << 20
 _ACK_CHUNK = 500
 #: WAL size past which an ack checkpoints with TRUNCATE even if events remain.
 WAL_BOUND = 4 << 20
+#: Seconds between tries to record the count of failed appends in ``audit.dropped``.
+LOST_RETRY = 2.0
 _RECORDING = str(EventType.SESSION_DATA)
 
 # The literal 'session.data' lets SQLite use the partial index.
@@ -361,6 +363,8 @@ class Outbox:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            if not self._queue and self._lost[0] and not self._closing:
+                await self._write_lost()
             while self._queue:
                 group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
                 try:
@@ -373,6 +377,9 @@ class Outbox:
                     for _, _, future in group:
                         if not future.done():
                             future.set_exception(exc)
+                    # Report the loss by itself once there is room, even if nothing
+                    # else is appended meanwhile.
+                    asyncio.get_running_loop().call_later(LOST_RETRY, self._wakeup.set)
                     continue
                 for (_, _, future), result in zip(group, results, strict=True):
                     if not future.done():
@@ -380,6 +387,16 @@ class Outbox:
                 self.changed.set()
             if self._closing:
                 return
+
+    async def _write_lost(self) -> None:
+        """Store the ``audit.dropped`` count of failed commits alone (retried until it works)."""
+        try:
+            async with self._lock:
+                await self._commit([])
+        except Exception:
+            asyncio.get_running_loop().call_later(LOST_RETRY, self._wakeup.set)
+        else:
+            self.changed.set()
 
     async def _commit(self, events: list[tuple[AuditEvent, bytes]]) -> list[AuditEvent]:
         """One transaction for a group of appends, applying the quota policy.
@@ -468,7 +485,7 @@ class Outbox:
                 if dropped_state is None:
                     note = make_event(
                         EventType.AUDIT_DROPPED,
-                        node=self.node or events[0][0].node,
+                        node=self.node or (events[0][0].node if events else ""),
                         dropped=dropped,
                         dropped_bytes=dropped_bytes,
                         quota_bytes=quota,
