@@ -177,3 +177,30 @@ def test_sessions_at_the_reserve_are_refused_or_run_unrecorded(disk_cluster: Clu
         (note,) = wait_for(lambda: _events(cluster, node, "audit.dropped"), what="audit.dropped")
         assert note["fields"]["dropped"] >= 1
         assert note["fields"]["dropped_bytes"] > 0
+
+        # The disk fills up (another process took the reserve too) during a session:
+        # its end cannot be recorded, so it is not reported as a success, and the loss
+        # reaches the hub once there is room again.
+        marker = cluster.root / "started"
+        proc = subprocess.Popen(
+            [str(BIN / "tsh"), "ssh", f"{ME}@strict", f"touch {marker}; sleep 2; echo late"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=cluster.env(),
+        )
+        try:
+            wait_for(marker.exists, what="the session to start")
+            filler = fill(strict)  # to the last byte
+            try:
+                out, err = proc.communicate(timeout=60)
+            finally:
+                filler.unlink()
+        finally:
+            stop_process(proc)
+        assert proc.returncode == 255, (out, err)
+        assert "could not record this session's end" in err and err.count("\n") == 1, err
+        strict_id = node_id(cluster, "strict")
+        lost = wait_for(lambda: _events(cluster, strict_id, "audit.dropped"), what="the loss")
+        assert sum(e["fields"]["dropped"] for e in lost) >= 2  # its exec and session.end
