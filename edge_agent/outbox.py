@@ -266,7 +266,10 @@ class Outbox:
         )
         if verdict is not Admission.REFUSED:
             return verdict
-        if room is not None and room.free - reserve < outbox_quota.START_COST * 4:
+        by_quota = outbox_quota.admit_session(
+            None, 0, self.policy, self._bytes + (room.wal if room else 0), self.quota_bytes
+        )
+        if room is not None and by_quota is not Admission.REFUSED:  # the disk refused
             raise QuotaExceeded(
                 f"the device's disk is full ({room.free >> 10} KiB free, {reserve >> 10} KiB"
                 " kept for audit): new sessions are refused until space is freed on the"
