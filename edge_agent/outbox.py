@@ -502,7 +502,8 @@ class Outbox:
                     count += 1
                     next_seq += 1
                     dropped_state = _Dropped(row.event, row.size)
-                log.warning(
+                log.log(  # a warning per episode, not per chunk of a long session
+                    logging.WARNING if self._dropped is None else logging.DEBUG,
                     "audit outbox over quota or disk reserve (%s): %d events (%d bytes) dropped",
                     self.policy,
                     dropped,
