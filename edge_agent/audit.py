@@ -13,6 +13,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.outbox_quota import Admission
 from remoteler.audit.events import EventType, make_event
 from remoteler.recording import CODEC, SessionRecorder
 
@@ -59,9 +60,10 @@ class AgentAudit:
         while self._writer is not None and not self._writer.done():
             await self._writer
 
-    def check_room(self) -> None:
-        if self.outbox is not None:
-            self.outbox.check_room()
+    def check_room(self) -> Admission | None:
+        """Raise QuotaExceeded if a new session could not be audited; else whether its
+        recording is kept (None: no outbox)."""
+        return self.outbox.admit() if self.outbox is not None else None
 
     def session(
         self, user: str, login: str, session_id: str, command: str | None, pty: bool
@@ -74,6 +76,8 @@ class SessionAudit:
 
     #: why the session was ended from our side (``session.end`` field ``reason``)
     end_reason: str | None = None
+    #: False when the disk is at its reserve: the output is dropped and counted
+    recorded: bool = True
 
     def __init__(
         self,
@@ -96,7 +100,7 @@ class SessionAudit:
 
     async def start(self) -> None:
         """Raise QuotaExceeded (refuse-sessions) or return once session.start is durable."""
-        self.audit.check_room()
+        self.recorded = self.audit.check_room() is not Admission.UNRECORDED
         await self.audit.emit(
             EventType.SESSION_START,
             **self.who,
@@ -139,11 +143,14 @@ class SessionAudit:
         chunk = self.recorder.flush()
         if chunk is not None:
             self._chunk(chunk)
+        await self.audit.flush()  # the output first, in order
+        # Awaited, not in the background: if they cannot be stored (a full disk took
+        # the reserve), the caller must not report the session as a success.
         if self.command is not None:
-            self.audit.emit_nowait(
+            await self.audit.emit(
                 EventType.EXEC, **self.who, command=self.command, exit_code=exit_status
             )
-        self.audit.emit_nowait(
+        await self.audit.emit(
             EventType.SESSION_END,
             **self.who,
             exit_status=exit_status,
@@ -152,4 +159,3 @@ class SessionAudit:
             bytes_out=self.bytes_out,
             **({"reason": self.end_reason} if self.end_reason else {}),
         )
-        await self.audit.flush()

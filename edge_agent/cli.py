@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="drop-recordings-first",
         help="what to do when the outbox is full",
     )
+    start.add_argument(
+        "--audit-reserve",
+        help="free disk space recordings and new sessions never use, kept for session "
+        "ends and audit.dropped, e.g. 8MiB (default: the larger of 2MiB and 5%% of the "
+        "data dir's file system)",
+    )
     start.add_argument("--log-level", default="INFO")
     health = sub.add_parser("health", help="exit 0 if the agent runs and its tunnel is up")
     health.add_argument(
@@ -180,6 +186,7 @@ async def run(args: argparse.Namespace) -> None:
     data_dir = Path(args.data_dir)
     labels = parse_labels(args.labels)
     quota = parse_size(args.audit_quota)
+    reserve = parse_size(args.audit_reserve) if args.audit_reserve else None
     local_addr = parse_hostport(args.local_listen) if args.local_listen else None
     ssh_target = parse_hostport(args.ssh_target) if args.ssh_target else None
     if ssh_target is not None and local_addr is not None:
@@ -249,6 +256,7 @@ async def run(args: argparse.Namespace) -> None:
         ident.node_id,
         quota_bytes=quota,
         policy=args.audit_policy,
+        reserve_bytes=reserve,
     )
     locks = LockStore.load(data_dir / "locks.json", (ident.node_id, ident.name))
     agent = EdgeAgent(

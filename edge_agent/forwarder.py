@@ -15,6 +15,13 @@ One batch is in flight at a time. Anything not acked stays in the outbox and is
 sent again, oldest first, on the next channel (one the hub closed is opened
 again after :data:`REOPEN_FIRST`) or tunnel; the hub's insert is idempotent on
 (node, id), so a batch sent twice is stored once.
+
+A storage error in the outbox (``SQLITE_FULL`` on the delete after an ack, an I/O
+error reading a batch) never ends the forwarder: it is logged once (warning, then
+debug until it clears, then info), and the same operation is retried after
+:data:`STORAGE_RETRY_FIRST` seconds, doubling up to :data:`STORAGE_RETRY_MAX`, on
+the same channel, so delivery resumes by itself once space is freed. Acked ids
+whose delete failed when the channel closes are simply sent again later.
 """
 
 from __future__ import annotations
@@ -23,10 +30,11 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from edge_agent.outbox import Outbox
+from remoteler.audit.events import AuditEvent
 from remoteler.audit.stream import (
     MessageReader,
     Reply,
@@ -58,6 +66,42 @@ def retry_delay(retry_after: float, rand: float) -> float:
 #: next tunnel, which on a steady link may be days.
 REOPEN_FIRST = 5.0
 REOPEN_MAX = 60.0
+#: Wait before retrying an outbox operation that failed (disk full, I/O error),
+#: doubled after each failure up to :data:`STORAGE_RETRY_MAX`; +-20 % jitter.
+STORAGE_RETRY_FIRST = 0.5
+STORAGE_RETRY_MAX = 5.0
+
+T = TypeVar("T")
+
+
+async def _retry_storage(
+    op: Callable[[], Awaitable[T]], what: str, closed: asyncio.Event, default: T
+) -> T:
+    """Run ``op`` until it succeeds or the channel closes (then ``default``), retrying
+    storage errors with backoff; logs the first failure and the recovery."""
+    wait, failures = STORAGE_RETRY_FIRST, 0
+    while True:
+        try:
+            result = await op()
+        except Exception as exc:
+            failures += 1
+            log.log(
+                logging.WARNING if failures == 1 else logging.DEBUG,
+                "audit outbox: could not %s: %s: %s; retrying every %.1f-%.0fs until it works",
+                what,
+                type(exc).__name__,
+                exc,
+                STORAGE_RETRY_FIRST,
+                STORAGE_RETRY_MAX,
+            )
+            await _first(asyncio.sleep(wait * (0.8 + 0.4 * random.random())), closed.wait())
+            wait = min(STORAGE_RETRY_MAX, wait * 2)
+            if closed.is_set():
+                return default
+            continue
+        if failures:
+            log.info("audit outbox: %s works again after %d failed tries", what, failures)
+        return result
 
 
 async def run_forwarder(
@@ -93,7 +137,10 @@ async def run_forwarder(
             return
         else:
             opened = True
-            delivered = await _forward(outbox, channel, max_count, max_bytes, ack_timeout)
+            try:
+                delivered = await _forward(outbox, channel, max_count, max_bytes, ack_timeout)
+            except Exception:  # a bug must not stop delivery until the next tunnel
+                log.exception("audit forwarder failed; opening another channel")
         if tunnel.closed.is_set():
             return
         if delivered:
@@ -141,9 +188,11 @@ async def _send_loop(
             if (late := acks.get_nowait()) is None:
                 return
             if late.ids:
-                acked[0] += await outbox.ack(late.ids)
+                acked[0] += await _ack(outbox, late.ids, closed)
         outbox.changed.clear()  # before reading, so an append after the read still wakes us
-        events = await outbox.batch(max_count, max_bytes)
+        events: list[AuditEvent] = await _retry_storage(
+            lambda: outbox.batch(max_count, max_bytes), "read a batch", closed, []
+        )
         if not events:
             await _first(outbox.changed.wait(), closed.wait())
             continue
@@ -165,7 +214,7 @@ async def _send_loop(
         if reply is None:  # channel closed: what was not acked is sent on the next tunnel
             return
         if reply.ids:
-            acked[0] += await outbox.ack(reply.ids)
+            acked[0] += await _ack(outbox, reply.ids, closed)
         if reply.retry_after is not None:  # the hub's quota: the rest waits in the outbox
             delay = retry_delay(reply.retry_after, random.random())
             # info once per channel (a long drain past the quota waits every few seconds)
@@ -178,6 +227,11 @@ async def _send_loop(
             )
             waited = True
             await _first(asyncio.sleep(delay), closed.wait())
+
+
+async def _ack(outbox: Outbox, ids: list[str], closed: asyncio.Event) -> int:
+    """Delete what the hub acked, retrying storage errors (e.g. ``SQLITE_FULL``)."""
+    return await _retry_storage(lambda: outbox.ack(ids), "delete acked events", closed, 0)
 
 
 async def _read_acks(

@@ -6,6 +6,12 @@ change and at least every :data:`REFRESH` seconds, so a hung agent goes stale).
 ``edge-agent health`` reads it and exits 0 when healthy, 1 with one line saying
 what is wrong otherwise: the Docker ``HEALTHCHECK`` and any other supervisor
 can run it. It imports nothing beyond the standard library.
+
+On a full disk the atomic rewrite (a new file, then a rename) fails; the agent
+then overwrites the file in place (it is always written padded to
+:data:`STATUS_SIZE` bytes, so that needs no new block) with ``disk_full`` set,
+and ``edge-agent health`` says the agent is running but cannot write its status
+(exit 1) instead of calling it stopped or hung once the file goes stale.
 """
 
 from __future__ import annotations
@@ -16,12 +22,16 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from remoteler.fsutil import write_file_atomic
 
 STATUS_FILE = "status.json"
+#: the file is padded with spaces to this size, so it can be rewritten in place
+STATUS_SIZE = 512
+#: below this many free bytes the disk holding the data dir counts as full
+DISK_FULL_BELOW = 64 * 1024
 #: the agent rewrites the file at least this often (seconds)
 REFRESH = 60.0
 #: how often the agent looks at its tunnel (seconds) ...
@@ -41,15 +51,43 @@ class Status:
     updated: float
     #: the agent's process id
     pid: int
+    #: the last atomic rewrite failed for want of space: this copy was written in place
+    disk_full: bool = False
 
 
 def status_path(data_dir: Path) -> Path:
     return data_dir / STATUS_FILE
 
 
+def _encode(status: Status) -> bytes:
+    return json.dumps(asdict(status)).encode().ljust(STATUS_SIZE - 1) + b"\n"
+
+
 def write_status(data_dir: Path, status: Status) -> None:
     """Replace the status file atomically (it holds no secret: mode 0644)."""
-    write_file_atomic(status_path(data_dir), json.dumps(asdict(status)).encode(), 0o644)
+    write_file_atomic(status_path(data_dir), _encode(status), 0o644)
+
+
+def write_status_in_place(data_dir: Path, status: Status) -> None:
+    """Overwrite the existing status file without allocating (for a full disk); raises
+    OSError if there is none or it is too short to hold ``status``."""
+    data = _encode(status)
+    fd = os.open(status_path(data_dir), os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        if os.fstat(fd).st_size < len(data):
+            raise OSError(f"{STATUS_FILE} is too short to be rewritten in place")
+        os.pwrite(fd, data, 0)
+    finally:
+        os.close(fd)
+
+
+def disk_free(data_dir: Path) -> int | None:
+    """Bytes free for an unprivileged writer on the data dir's file system, or None."""
+    try:
+        st = os.statvfs(data_dir)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def read_status(data_dir: Path) -> Status | None:
@@ -61,6 +99,7 @@ def read_status(data_dir: Path) -> Status | None:
             since=float(doc["since"]),
             updated=float(doc["updated"]),
             pid=int(doc["pid"]),
+            disk_full=bool(doc.get("disk_full", False)),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -70,6 +109,12 @@ def verdict(status: Status | None, now: float, max_down: float, stale_after: flo
     """None if healthy, else one line saying what is wrong (pure: ``now`` is passed in)."""
     if status is None:
         return "no agent status: 'edge-agent start' is not running with this data directory"
+    if status.disk_full:
+        return (
+            f"the agent (process {status.pid}) is running, but its status file is not "
+            "writable: the disk holding its data directory is full; free space there "
+            "(audit events and sessions need it too)"
+        )
     if now - status.updated > stale_after:
         return (
             f"the agent has not updated its status for {now - status.updated:.0f} s "
@@ -110,8 +155,12 @@ async def keep_status(data_dir: Path, tunnel_up: Callable[[], bool]) -> None:
         while True:
             status = writer.observe(tunnel_up(), time.time())
             if status is not None:
-                with contextlib.suppress(OSError):  # a full disk must not stop the agent
+                try:
                     write_status(data_dir, status)
+                except OSError:  # a full disk must not stop the agent
+                    with contextlib.suppress(OSError):
+                        write_status_in_place(data_dir, replace(status, disk_full=True))
+                    writer.written = None  # try the atomic write again on the next poll
             recent = not writer.up and time.time() - writer.since < FAST_FOR
             await asyncio.sleep(FAST_POLL if recent else POLL)
     finally:  # a stopped agent is unhealthy at once, not after stale_after
@@ -129,4 +178,15 @@ def check(data_dir: Path, max_down: float, stale_after: float) -> str | None:
             return f"the agent (process {status.pid}) is gone; restart it"
         except PermissionError:
             pass  # alive, another user's
-    return verdict(status, time.time(), max_down, stale_after)
+    problem = verdict(status, time.time(), max_down, stale_after)
+    free = disk_free(data_dir)
+    if problem is not None and free is not None and free < DISK_FULL_BELOW:
+        if status is not None and not status.disk_full:  # alive, as checked above
+            return (
+                f"the agent (process {status.pid}) is running, but its status file is not "
+                f"writable: the disk holding its data directory is full ({free} bytes "
+                "free); free space there"
+            )
+        if status is None:
+            problem += f" (and its disk is full, {free} bytes free: free space there first)"
+    return problem

@@ -22,6 +22,15 @@ silent; every event given up is counted in an ``audit.dropped`` event:
     other events of sessions already running are still stored (the quota is then
     exceeded), and their ``session.data`` chunks past the quota are dropped.
 
+Full disk (:mod:`edge_agent.outbox_quota`): recordings and new sessions never
+use the last ``reserve`` bytes of the file system (default the larger of 2 MiB
+and 5 %), kept for the ends of running sessions, ``audit.dropped`` and the
+drain; :meth:`Outbox.admit` decides whether a session may start. An append
+whose commit fails (``SQLITE_FULL``, I/O error) is counted and reported in the
+next ``audit.dropped`` event that can be written. The WAL is checkpointed with
+``TRUNCATE`` once an ack empties the outbox or the WAL passes :data:`WAL_BOUND`
+or half the reserve, whichever is smaller.
+
 Drops are merged into one ``audit.dropped`` event per overflow episode: the
 counts go into the pending one until the forwarder has taken it in a batch
 (or the outbox is reopened), then a new one is written. That event itself may
@@ -41,6 +50,8 @@ from typing import Any, Literal
 import aiosqlite
 import msgpack
 
+from edge_agent import outbox_quota
+from edge_agent.outbox_quota import Admission
 from edge_agent.seqmark import SeqMark
 from remoteler.audit.events import AuditEvent, EventType, make_event
 from remoteler.errors import RemotelerError
@@ -58,6 +69,10 @@ MAX_GROUP = 4096
 MAX_EVENT = 1 << 20
 #: Ids per ``DELETE ... IN (...)`` (well under SQLite's variable limit).
 _ACK_CHUNK = 500
+#: WAL size past which an ack checkpoints with TRUNCATE even if events remain.
+WAL_BOUND = 4 << 20
+#: Seconds between tries to record the count of failed appends in ``audit.dropped``.
+LOST_RETRY = 2.0
 _RECORDING = str(EventType.SESSION_DATA)
 
 # The literal 'session.data' lets SQLite use the partial index.
@@ -127,9 +142,21 @@ class Outbox:
     """The audit outbox; create it with :meth:`open`, end with :meth:`close`."""
 
     def __init__(
-        self, db: aiosqlite.Connection, *, quota_bytes: int, policy: Policy, node: str
+        self,
+        db: aiosqlite.Connection,
+        *,
+        quota_bytes: int,
+        policy: Policy,
+        node: str,
+        path: Path | None = None,
+        reserve_bytes: int | None = None,
     ) -> None:
         self.quota_bytes = quota_bytes
+        self.path = path
+        """The database file (None: no disk checks)."""
+        self.reserve_bytes = reserve_bytes
+        """Free space kept for session ends and the drain (None: the default share)."""
+        self._lost = (0, 0)  # (events, bytes) whose commit failed, not yet in audit.dropped
         self.policy: Policy = policy
         self.node = node
         self.changed = asyncio.Event()
@@ -156,6 +183,7 @@ class Outbox:
         policy: Policy = "drop-recordings-first",
         node: str = "",
         mark: SeqMark | None = None,
+        reserve_bytes: int | None = None,
     ) -> Outbox:
         """Open (or create, mode 0600) the outbox at ``path``; call :meth:`close` when done.
 
@@ -176,7 +204,14 @@ class Outbox:
             await db.execute("PRAGMA synchronous=FULL")  # durable at commit, even on power loss
             await db.executescript(SCHEMA)
             await db.commit()
-            self = cls(db, quota_bytes=quota_bytes, policy=policy, node=node)
+            self = cls(
+                db,
+                quota_bytes=quota_bytes,
+                policy=policy,
+                node=node,
+                path=path,
+                reserve_bytes=reserve_bytes,
+            )
             self._mark = mark
             await self._load()
         except BaseException:
@@ -219,13 +254,42 @@ class Outbox:
         return await asyncio.shield(future)
 
     def check_room(self) -> None:
-        """Under ``refuse-sessions``, raise :class:`QuotaExceeded` when full (before a session)."""
-        if self.policy == "refuse-sessions" and self._bytes >= self.quota_bytes:
+        """Raise :class:`QuotaExceeded` if a new session could not be audited (before it starts)."""
+        self.admit()
+
+    def disk(self) -> outbox_quota.DiskRoom | None:
+        """The file system holding the outbox (None: no path, or ``statvfs`` failed)."""
+        if self.path is None:
+            return None
+        return outbox_quota.disk_room(self.path, self.path.with_name(self.path.name + "-wal"))
+
+    def reserve(self, room: outbox_quota.DiskRoom) -> int:
+        return outbox_quota.reserve_bytes(room.total, self.reserve_bytes)
+
+    def admit(self) -> Admission:
+        """Whether a new session may start and is recorded; raise :class:`QuotaExceeded`
+        with one line for the user if it could not be audited."""
+        room = self.disk()
+        reserve = self.reserve(room) if room is not None else 0
+        verdict = outbox_quota.admit_session(
+            room, reserve, self.policy, self._bytes, self.quota_bytes
+        )
+        if verdict is not Admission.REFUSED:
+            return verdict
+        by_quota = outbox_quota.admit_session(
+            None, 0, self.policy, self._bytes + (room.wal if room else 0), self.quota_bytes
+        )
+        if room is not None and by_quota is not Admission.REFUSED:  # the disk refused
             raise QuotaExceeded(
-                f"audit outbox full ({self._bytes} of {self.quota_bytes} bytes, {self._count}"
-                " events waiting for the hub): new sessions are refused until the device"
-                " reaches the hub and its audit backlog drains, or the outbox quota is raised"
+                f"the device's disk is full ({room.free >> 10} KiB free, {reserve >> 10} KiB"
+                " kept for audit): new sessions are refused until space is freed on the"
+                " device or its audit backlog drains to the hub"
             )
+        raise QuotaExceeded(
+            f"audit outbox full ({self._bytes} of {self.quota_bytes} bytes, {self._count}"
+            " events waiting for the hub): new sessions are refused until the device"
+            " reaches the hub and its audit backlog drains, or the outbox quota is raised"
+        )
 
     async def batch(self, max_count: int = 500, max_bytes: int = 512 * 1024) -> list[AuditEvent]:
         """The oldest unacknowledged events, in seq order, within the caps (at least one)."""
@@ -272,7 +336,22 @@ class Outbox:
                     self._recording_bytes -= size
                 if self._dropped is not None and seq == self._dropped.event.seq:
                     self._dropped = None
+            await self._checkpoint_if_due()
             return len(deleted)
+
+    async def _checkpoint_if_due(self) -> None:
+        """``wal_checkpoint(TRUNCATE)`` once the outbox is empty or the WAL is past
+        :data:`WAL_BOUND` or half the reserve: a drain never fills the disk."""
+        room = self.disk()
+        if room is None:
+            return
+        # Within half the reserve, so the WAL never takes what the reserve keeps.
+        if self._count and room.wal < min(WAL_BOUND, self.reserve(room) // 2):
+            return
+        try:
+            await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except Exception as exc:  # busy or no room: the next ack tries again
+            log.warning("audit outbox checkpoint failed: %s: %s", type(exc).__name__, exc)
 
     async def depth(self) -> tuple[int, int, float | None]:
         """(events, bytes, time of the oldest event or None) waiting for the hub."""
@@ -297,6 +376,8 @@ class Outbox:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            if not self._queue and self._lost[0] and not self._closing:
+                await self._write_lost()
             while self._queue:
                 group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
                 try:
@@ -304,9 +385,14 @@ class Outbox:
                         results = await self._commit([(event, body) for event, body, _ in group])
                 except Exception as exc:
                     log.error("audit outbox commit failed: %s: %s", type(exc).__name__, exc)
+                    lost, lost_bytes = self._lost
+                    self._lost = (lost + len(group), lost_bytes + sum(len(b) for _, b, _ in group))
                     for _, _, future in group:
                         if not future.done():
                             future.set_exception(exc)
+                    # Report the loss by itself once there is room, even if nothing
+                    # else is appended meanwhile.
+                    asyncio.get_running_loop().call_later(LOST_RETRY, self._wakeup.set)
                     continue
                 for (_, _, future), result in zip(group, results, strict=True):
                     if not future.done():
@@ -314,6 +400,16 @@ class Outbox:
                 self.changed.set()
             if self._closing:
                 return
+
+    async def _write_lost(self) -> None:
+        """Store the ``audit.dropped`` count of failed commits alone (retried until it works)."""
+        try:
+            async with self._lock:
+                await self._commit([])
+        except Exception:
+            asyncio.get_running_loop().call_later(LOST_RETRY, self._wakeup.set)
+        else:
+            self.changed.set()
 
     async def _commit(self, events: list[tuple[AuditEvent, bytes]]) -> list[AuditEvent]:
         """One transaction for a group of appends, applying the quota policy.
@@ -325,12 +421,22 @@ class Outbox:
         rows: list[_Row] = []
         victims: list[tuple[int, int]] = []  # (seq, size) of stored recordings to delete
         stored_recordings = _StoredRecordings(self._db)
-        dropped = dropped_bytes = 0
+        lost = self._lost  # failed commits: reported in this group's audit.dropped
+        dropped, dropped_bytes = lost
+        room = self.disk()
+        reserve = self.reserve(room) if room is not None else 0
         results: list[AuditEvent] = []
         for event, body in events:
             stored = replace(event, seq=next_seq)
             size = len(body)
             is_recording = event.type == _RECORDING
+            if is_recording and room is not None:
+                if not outbox_quota.record_fits(room, reserve, size):
+                    dropped += 1  # the disk's reserve is for session ends, not output
+                    dropped_bytes += size
+                    results.append(event)  # seq 0: not stored
+                    continue
+                room = replace(room, free=room.free - size - outbox_quota.CHUNK_OVERHEAD)
             if total + size > quota:
                 # Delete old recordings only if that makes room (always, for other events).
                 if drop_old and (not is_recording or total - recording + size <= quota):
@@ -392,7 +498,7 @@ class Outbox:
                 if dropped_state is None:
                     note = make_event(
                         EventType.AUDIT_DROPPED,
-                        node=self.node or events[0][0].node,
+                        node=self.node or (events[0][0].node if events else ""),
                         dropped=dropped,
                         dropped_bytes=dropped_bytes,
                         quota_bytes=quota,
@@ -406,8 +512,9 @@ class Outbox:
                     count += 1
                     next_seq += 1
                     dropped_state = _Dropped(row.event, row.size)
-                log.warning(
-                    "audit outbox over quota (%s): %d events (%d bytes) dropped",
+                log.log(  # a warning per episode, not per chunk of a long session
+                    logging.WARNING if self._dropped is None else logging.DEBUG,
+                    "audit outbox over quota or disk reserve (%s): %d events (%d bytes) dropped",
                     self.policy,
                     dropped,
                     dropped_bytes,
@@ -427,6 +534,7 @@ class Outbox:
                 results[row.index] = replace(row.event, seq=0)
         self._bytes, self._recording_bytes, self._count = total, recording, count
         self._next_seq, self._dropped = next_seq, dropped_state
+        self._lost = (self._lost[0] - lost[0], self._lost[1] - lost[1])
         return results
 
 

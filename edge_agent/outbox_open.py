@@ -153,6 +153,7 @@ async def open_outbox(
     *,
     quota_bytes: int,
     policy: Policy,
+    reserve_bytes: int | None = None,
     now: float | None = None,
 ) -> Outbox:
     """Check, repair if needed, open the outbox, and record what was repaired."""
@@ -161,12 +162,22 @@ async def open_outbox(
     done = await asyncio.to_thread(recover, path, mark, when)
     try:
         outbox = await Outbox.open(
-            path, quota_bytes=quota_bytes, policy=policy, node=node_id, mark=mark
+            path,
+            quota_bytes=quota_bytes,
+            policy=policy,
+            node=node_id,
+            mark=mark,
+            reserve_bytes=reserve_bytes,
         )
     except sqlite3.DatabaseError as exc:  # passed quick_check, yet not an outbox
         done = await asyncio.to_thread(recover, path, mark, when, str(exc))
         outbox = await Outbox.open(
-            path, quota_bytes=quota_bytes, policy=policy, node=node_id, mark=mark
+            path,
+            quota_bytes=quota_bytes,
+            policy=policy,
+            node=node_id,
+            mark=mark,
+            reserve_bytes=reserve_bytes,
         )
     for type_, fields in done.events:
         await outbox.append(make_event(type_, node=node_id, now=when, **fields))

@@ -40,6 +40,15 @@ PIPE_SIZE = 256 * 1024
 #: Client input held for a command that is not reading it; past this the channel
 #: stops reading, so the SSH window closes and the client waits (RFC 4254 §5.2).
 STDIN_HIGH_WATER = 256 * 1024
+#: One line to the user when the device's disk is at the outbox's reserve.
+UNRECORDED_NOTICE = (
+    b"remoteler: the device's disk is nearly full: this session's output is not recorded"
+    b" (the drop is counted in the audit trail)\r\n"
+)
+END_NOT_AUDITED = (
+    b"remoteler: the device could not record this session's end (its disk is full);"
+    b" it is reported as failed and counted in the audit trail\r\n"
+)
 
 
 def _accepted_env(env: Any) -> dict[str, str]:
@@ -302,6 +311,8 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
                 )
                 await record.start()  # durable before anything runs; may raise QuotaExceeded
                 self._record = record
+                if not record.recorded:
+                    self._chan.write_stderr(UNRECORDED_NOTICE)
             if self._term is not None:
                 status = await self._run_pty(argv, kwargs)
             else:
@@ -318,8 +329,13 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
                 status = 255  # as ssh when the connection is cut, not the command's status
             if self._record is not None:
                 self._record.end_reason = self._end_reason
-                with contextlib.suppress(Exception):
+                try:
                     await self._record.end(status)
+                except Exception as exc:  # counted in audit.dropped once the disk has room
+                    log.error("session end not audited: %s: %s", type(exc).__name__, exc)
+                    with contextlib.suppress(Exception):
+                        self._chan.write_stderr(END_NOT_AUDITED)
+                    status = 255
             if self._on_exit is not None:
                 self._on_exit(status)
             with contextlib.suppress(Exception):

@@ -111,7 +111,9 @@ def test_refuse_sessions_policy_refuses_with_a_clear_message(
         "",
         None,
         "--audit-quota",
-        "2KiB",
+        # room for a few sessions: each needs its start, end and a minimum of
+        # recording (192 KiB) under the quota, which counts the WAL too
+        "400KiB",
         "--audit-policy",
         "refuse-sessions",
         "--local-listen",

@@ -203,3 +203,41 @@ async def test_no_ack_in_time_sends_again(outbox: Outbox) -> None:
             await tunnel.close()
             await asyncio.wait_for(forwarder, 5)
     assert (await outbox.depth())[0] == 1  # never acked: still there for the next tunnel
+
+
+async def test_a_drain_on_a_nearly_full_disk_never_fills_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """4.5 MiB of backlog on an 8 MiB tmpfs with 1.5 MiB left: deleting what the hub
+    acked grows the WAL; checkpointed with TRUNCATE at half the 2 MiB reserve, it
+    never takes the last of the disk (before: SQLITE_FULL once it passed 1.5 MiB)."""
+    from tmpfskit import fill, tmpfs
+
+    with tmpfs(tmp_path / "fs", 8 << 20) as fs:
+        path = fs / "audit.db"
+        pad = "x" * 3000
+        for round_ in range(5):  # reopened each round: close() empties the WAL
+            box = await Outbox.open(path, node=NODE)
+            await asyncio.gather(
+                *(
+                    box.append(make_event(EventType.EXEC, node=NODE, command=pad, exit_code=i))
+                    for i in range(round_ * 300, round_ * 300 + 300)
+                )
+            )
+            await box.close()
+        box = await Outbox.open(path, node=NODE)
+        filler = fill(fs, leave=1536 << 10)
+        try:
+            receiver = Receiver()
+            async with hub(receiver) as port, agent_tunnel(port) as tunnel:
+                forwarder_task = asyncio.create_task(run_forwarder(box, tunnel, max_count=100))
+                await wait_until_empty(box, timeout=30)
+                await tunnel.close()
+                await asyncio.wait_for(forwarder_task, 5)
+            assert len(receiver.stored) == 1500
+            assert not [r for r in caplog.records if "could not" in r.getMessage()]
+            room = box.disk()
+            assert room is not None and room.wal == 0
+        finally:
+            await box.close()
+            filler.unlink()

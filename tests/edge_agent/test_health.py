@@ -80,3 +80,41 @@ def test_the_health_command_reads_the_status_file(tmp_path: Path) -> None:
     cmd = [str(BIN / "edge-agent"), "health", "--config", str(conf)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr  # the data dir came from the config file
+
+
+def test_a_full_disk_is_told_from_a_stopped_agent(tmp_path: Path) -> None:
+    """The atomic rewrite fails on a full disk: the agent rewrites in place with
+    ``disk_full``, and health says it runs but cannot write its status."""
+    import time
+
+    from tmpfskit import fill, tmpfs
+
+    from edge_agent.health import write_status_in_place
+
+    with tmpfs(tmp_path / "data", 1 << 20) as data:
+        now = time.time()
+        write_status(data, Status(True, now, now, os.getpid()))
+        filler = fill(data)
+        try:
+            try:
+                write_status(data, Status(True, now, now + 1, os.getpid()))
+                raise AssertionError("the atomic rewrite should fail on a full disk")
+            except OSError:
+                pass
+            write_status_in_place(data, Status(True, now, now + 1, os.getpid(), disk_full=True))
+            status = read_status(data)
+            assert status is not None and status.disk_full and status.updated == now + 1
+            proc = run_health(data)
+            assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+            assert "is running" in proc.stderr and "not writable" in proc.stderr
+            assert "full" in proc.stderr
+            # An older file (not rewritten, gone stale) on a full disk: still "running".
+            write_status_in_place(data, Status(True, now - 999, now - 999, os.getpid()))
+            proc = run_health(data)
+            assert proc.returncode == 1 and "is running" in proc.stderr, proc.stderr
+            (data / "status.json").unlink()
+            proc = run_health(data)
+            assert proc.returncode == 1 and "not running" in proc.stderr
+            assert "disk is full" in proc.stderr, proc.stderr
+        finally:
+            filler.unlink()

@@ -16,10 +16,12 @@ from typing import Any
 import pytest
 
 from edge_agent.outbox import Outbox, QuotaExceeded
+from edge_agent.outbox_quota import END_COST, MIN_RECORDING, START_COST
 from remoteler.audit.events import AuditEvent, EventType, make_event
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE = "node-1"
+SESSION_NEED = START_COST + END_COST + MIN_RECORDING
 
 
 def exec_event(i: int = 0) -> AuditEvent:
@@ -231,15 +233,21 @@ async def test_drop_recordings_first_within_one_group(tmp_path: Path) -> None:
 async def test_refuse_sessions(tmp_path: Path) -> None:
     rec, _ = await sizes(tmp_path)
     path = tmp_path / "q.db"
-    box = await Outbox.open(path, quota_bytes=3 * rec, policy="refuse-sessions", node=NODE)
+    box = await Outbox.open(path, quota_bytes=1 << 30, policy="refuse-sessions", node=NODE)
     try:
         for i in range(2):
             await box.append(chunk(i))
-        box.check_room()
-        await box.append(chunk(2))  # exactly at the quota
+        room = box.disk()
+        assert room is not None and room.wal > 0
+        # The quota counts stored events and the WAL; a session needs room for its
+        # start, its end and a minimum of recording.
+        box.quota_bytes = 2 * rec + room.wal + SESSION_NEED
+        box.check_room()  # just fits
+        await box.append(chunk(2))
         with pytest.raises(QuotaExceeded) as info:
             box.check_room()
         assert "refused" in str(info.value) and "quota" in str(info.value)
+        box.quota_bytes = 3 * rec  # exactly at the quota, in stored bytes
         end = await box.append(exec_event())  # a running session's end is still recorded
         assert end.seq > 0
         assert (await box.append(chunk(3))).seq == 0  # its output past the quota is not
@@ -251,7 +259,11 @@ async def test_refuse_sessions(tmp_path: Path) -> None:
         (note,) = dropped_events(stored)
         assert note.fields["dropped"] == 2 and note.fields["dropped_bytes"] == 2 * rec
 
-        await box.ack([stored[0].id, stored[1].id])  # the hub took some: room again
+        # The hub took everything: the WAL is checkpointed away, room again.
+        await box.ack([e.id for e in stored])
+        after = box.disk()
+        assert after is not None and after.wal == 0
+        box.quota_bytes = SESSION_NEED
         box.check_room()
     finally:
         await box.close()

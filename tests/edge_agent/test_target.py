@@ -332,9 +332,11 @@ async def test_full_outbox_refuses_before_dialling(tmp_path: Path) -> None:
         dialled += 1
         writer.close()
 
-    async with tcp_server(count) as port, rig(tmp_path, port, quota=1) as r:
-        channel = await r.open()  # its ssh.forward.start fills the 1-byte outbox
+    async with tcp_server(count) as port, rig(tmp_path, port) as r:
+        channel = await r.open()
         channel.close()
+        # No room left under the quota for a session's start, end and some recording.
+        r.outbox.quota_bytes = 1
         with pytest.raises(ChannelOpenError) as info:
             await r.open()
         assert info.value.code == OpenFailure.RESOURCE_SHORTAGE

@@ -1,0 +1,157 @@
+"""The outbox's disk arithmetic (no I/O), and statvfs on a real tmpfs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tmpfskit import fill, tmpfs
+
+from edge_agent.outbox import Outbox, QuotaExceeded
+from edge_agent.outbox_quota import (
+    CHUNK_OVERHEAD,
+    END_COST,
+    MIN_RECORDING,
+    START_COST,
+    Admission,
+    DiskRoom,
+    admit_session,
+    disk_room,
+    record_fits,
+    reserve_bytes,
+)
+from remoteler.audit.events import AuditEvent, EventType, make_event
+
+MiB = 1 << 20
+NEED = START_COST + END_COST + MIN_RECORDING
+
+
+def test_reserve_is_2_mib_or_5_percent_whichever_is_larger() -> None:
+    assert reserve_bytes(8 * MiB) == 2 * MiB
+    assert reserve_bytes(40 * MiB) == 2 * MiB
+    assert reserve_bytes(1000 * MiB) == 50 * MiB
+    assert reserve_bytes(1000 * MiB, configured=3 * MiB) == 3 * MiB
+    assert reserve_bytes(1000 * MiB, configured=-1) == 0
+
+
+def test_recordings_never_use_the_reserve() -> None:
+    room = DiskRoom(free=3 * MiB, total=8 * MiB)
+    assert record_fits(room, 2 * MiB, MiB - CHUNK_OVERHEAD)
+    assert not record_fits(room, 2 * MiB, MiB - CHUNK_OVERHEAD + 1)
+
+
+def test_refuse_sessions_needs_start_end_and_some_recording_outside_the_reserve() -> None:
+    reserve = 2 * MiB
+    fits = DiskRoom(free=reserve + NEED, total=8 * MiB)
+    short = DiskRoom(free=reserve + NEED - 1, total=8 * MiB)
+    big = 1 << 30
+    assert admit_session(fits, reserve, "refuse-sessions", 0, big) is Admission.RECORDED
+    assert admit_session(short, reserve, "refuse-sessions", 0, big) is Admission.REFUSED
+
+
+def test_refuse_sessions_counts_the_wal_in_the_quota() -> None:
+    room = DiskRoom(free=100 * MiB, total=1000 * MiB, wal=MiB)
+    quota = 5 * MiB
+    stored = quota - MiB - NEED
+    assert admit_session(room, 0, "refuse-sessions", stored, quota) is Admission.RECORDED
+    assert admit_session(room, 0, "refuse-sessions", stored + 1, quota) is Admission.REFUSED
+    # statvfs failed: the quota alone decides
+    assert admit_session(None, 0, "refuse-sessions", quota - NEED, quota) is Admission.RECORDED
+
+
+def test_drop_recordings_first_runs_unrecorded_in_the_first_half_of_the_reserve() -> None:
+    reserve, total, policy = 2 * MiB, 8 * MiB, "drop-recordings-first"
+
+    def admit(free: int) -> Admission:
+        # the quota never refuses under this policy: old recordings make room
+        return admit_session(DiskRoom(free, total), reserve, policy, 1 << 40, 1)
+
+    assert admit(reserve + NEED) is Admission.RECORDED
+    assert admit(reserve + NEED - 1) is Admission.UNRECORDED
+    assert admit(reserve // 2 + START_COST + END_COST) is Admission.UNRECORDED
+    assert admit(reserve // 2 + START_COST + END_COST - 1) is Admission.REFUSED
+    assert admit(0) is Admission.REFUSED
+    assert admit_session(None, reserve, policy, 0, 1) is Admission.RECORDED
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "mnt", 4 * MiB) as mnt:
+        yield mnt
+
+
+def test_disk_room_reads_statvfs_and_the_wal(small_fs: Path) -> None:
+    wal = small_fs / "audit.db-wal"
+    wal.write_bytes(b"w" * 12345)
+    room = disk_room(small_fs / "audit.db", wal)
+    assert room is not None
+    assert room.total == 4 * MiB and room.wal == 12345
+    assert 4 * MiB - 16 * 1024 <= room.free <= 4 * MiB - 12345
+    (small_fs / "more").write_bytes(os.urandom(MiB))
+    after = disk_room(small_fs / "audit.db", wal)
+    assert after is not None and after.free <= room.free - MiB
+    assert disk_room(small_fs / "gone" / "audit.db") is None
+    assert disk_room(small_fs / "audit.db", small_fs / "no-wal") == DiskRoom(
+        free=after.free, total=after.total, wal=0
+    )
+
+
+def _exec(i: int) -> AuditEvent:
+    return make_event(EventType.EXEC, node="n1", user="u", command=f"c{i}", exit_code=0)
+
+
+def _chunk(i: int) -> AuditEvent:
+    return make_event(
+        EventType.SESSION_DATA, node="n1", chunk=i, codec="zlib", data=os.urandom(10_000)
+    )
+
+
+async def test_the_outbox_keeps_its_reserve_and_counts_failed_commits(small_fs: Path) -> None:
+    """On a real 4 MiB tmpfs (reserve 2 MiB): a chunk inside the reserve is dropped, an
+    end still stored; a commit that fails on a full disk is counted in the next
+    audit.dropped once there is room."""
+    box = await Outbox.open(small_fs / "audit.db", node="n1")
+    try:
+        assert (await box.append(_chunk(0))).seq > 0
+        inside = fill(small_fs, leave=MiB)
+        assert (await box.append(_chunk(1))).seq == 0  # would cut into the reserve
+        assert (await box.append(_exec(0))).seq > 0  # a session's end: into the reserve
+        with pytest.raises(QuotaExceeded, match="disk is full"):
+            box.check_room()  # the reserve minus a session's needs
+        full = fill(small_fs, name="rest")
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            await box.append(_exec(1))
+        full.unlink()
+        inside.unlink()
+
+        async def dropped() -> int:
+            stored = await box.batch(max_count=100, max_bytes=1 << 30)
+            # (a batch sends the pending note on its way: a later drop writes a new one)
+            return sum(
+                int(e.fields["dropped"]) for e in stored if e.type == EventType.AUDIT_DROPPED
+            )
+
+        async with asyncio.timeout(10):  # recorded by itself, with nothing appended
+            while await dropped() < 2:  # the chunk, and the exec whose commit failed
+                await asyncio.sleep(0.1)
+        assert (await box.append(_exec(2))).seq > 0
+        stored = await box.batch(max_count=100, max_bytes=1 << 30)
+        assert [e.fields["command"] for e in stored if e.type == EventType.EXEC] == ["c0", "c2"]
+        assert await dropped() == 2
+        assert box.admit() is Admission.RECORDED
+    finally:
+        await box.close()
+
+
+async def test_a_configured_reserve_replaces_the_default(small_fs: Path) -> None:
+    box = await Outbox.open(small_fs / "audit.db", node="n1", reserve_bytes=0)
+    try:
+        filler = fill(small_fs, leave=MiB)
+        assert (await box.append(_chunk(0))).seq > 0
+        filler.unlink()
+    finally:
+        await box.close()
