@@ -13,7 +13,10 @@ last seen and the wall clock; it applies the actions returned:
 * a canary offline for longer than the roll-out's ``canary_timeout`` (counted
   from its last heartbeat, or from the roll-out's start if that is later) is
   replaced by a pending, online non-canary (:class:`ReplaceCanary`); with none
-  to take its place the roll-out stops, saying why (:class:`Stop`).
+  to take its place the roll-out stops, saying why (:class:`Stop`). A canary
+  that went offline past the transfer (``staging`` ... ``restarting``) is never
+  replaced: it may not have come back from the new firmware, so the roll-out
+  stops.
 """
 
 from __future__ import annotations
@@ -133,6 +136,18 @@ def plan(
             continue
         detail = offline_detail(seen)
         waited = _duration(rollout.canary_timeout)
+        if node.state not in WAITING and node.state != OFFLINE:
+            # It went down past the transfer (staging ... restarting): it may not have
+            # come back from the new firmware. That is the canary's answer; another
+            # node in its place would hide it and let the roll-out go on.
+            actions.append(
+                Stop(
+                    f"canary {node.node_name} {detail} while {node.state}, more than "
+                    f"--canary-timeout {waited}: it may not have come back from the new "
+                    "firmware; check the device"
+                )
+            )
+            break
         if spare:
             new = spare.pop(0)
             actions.append(
