@@ -197,10 +197,14 @@ class FirmwareRollouts:
         actions = plan(rollout, nodes, online, busy, self._last_seen, time.time())
         for action in actions:
             if isinstance(action, MarkOffline):
-                node = action.node
-                await self.store.update_node(rollout.id, node.node_id, OFFLINE, action.detail)
+                node = action.node  # only from the state read (a transfer may have reported since)
+                await self.store.update_node(
+                    rollout.id, node.node_id, OFFLINE, action.detail, expect=node.state
+                )
             elif isinstance(action, MarkOnline):
-                await self.store.update_node(rollout.id, action.node.node_id, "pending", "")
+                await self.store.update_node(
+                    rollout.id, action.node.node_id, "pending", "", expect=OFFLINE
+                )
             elif isinstance(action, ReplaceCanary):
                 old, new = action.old, action.new
                 if await self.store.replace_canary(

@@ -521,3 +521,27 @@ async def test_an_offline_canary_nobody_can_replace_stops_the_rollout(setup: Set
     reason = (await _rollout_row(setup)).reason
     assert reason.startswith("canary a-canary offline since "), reason
     assert "--canary-timeout 0.5 s" in reason and "no other online node" in reason
+
+
+async def test_a_state_reported_after_the_ticks_read_is_not_overwritten_as_offline(
+    setup: Setup,
+) -> None:
+    # The tick read the node as 'transferring'; meanwhile its transfer reported
+    # 'restarting' and ended (the device reboots into the new slot, its tunnel gone).
+    # The stale read must not turn that into 'offline' (then 'pending' and a new offer).
+    gone = await setup.agent("a")
+    await gone.close()
+    await setup.push(start=False, online=0)
+    rollouts = setup.rollouts
+    rollouts.store = store = await FirmwareStore.open(setup.root / "hubfw")
+    try:
+        (rollout,) = await store.rollouts("running")
+        (node,) = await store.nodes("fw-test")
+        await store.update_node("fw-test", node.node_id, "transferring", "from byte 0", 0)
+        stale = await store.nodes("fw-test")
+        await store.update_node("fw-test", node.node_id, "restarting", "into slot a")
+        await rollouts._presence(rollout, stale)
+        (now,) = await store.nodes("fw-test")
+        assert (now.state, now.detail) == ("restarting", "into slot a")
+    finally:
+        await rollouts.close()
