@@ -244,7 +244,13 @@ async def _push(args: argparse.Namespace) -> None:
     if not selector:
         raise UsageError("--nodes needs at least one k=v label, e.g. --nodes env=prod")
     count, percent = _canary(args.canary)
-    canary_timeout = float(parse_ttl(args.canary_timeout))
+    try:
+        canary_timeout = float(parse_ttl(args.canary_timeout))
+    except UsageError:
+        raise UsageError(
+            f"bad --canary-timeout {args.canary_timeout!r}: give a duration with s, m, h "
+            "or d, e.g. 10m (the default) or 30s"
+        ) from None
     if args.max_parallel < 1:
         raise UsageError("--max-parallel must be at least 1")
     try:
@@ -454,7 +460,8 @@ async def _status(args: argparse.Namespace) -> None:
         for r in rollouts:
             states: dict[str, int] = {}
             for n in counts[r.id]:
-                states[n.state] = states.get(n.state, 0) + 1
+                shown = _shown_state(r, n)
+                states[shown] = states.get(shown, 0) + 1
             items.append(_rollout_json(r) | {"node_states": states})
         print(json.dumps(items, indent=2, sort_keys=True))
         return

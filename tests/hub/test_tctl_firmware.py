@@ -163,6 +163,8 @@ def test_stop_a_running_rollout(data: Path, capsys: pytest.CaptureFixture[str]) 
     assert "Roll-out fw-1: gw-fw 1.0.0, stopped (stopped with tctl firmware stop)" in out
     row = next(line for line in out.splitlines() if line.startswith("dev-1"))
     assert row.split()[1] == "stopped" and "pending" not in out and "0%" not in row
+    code, out, _ = _tctl(capsys, data, "status", "--format", "json")  # the list says the same
+    assert json.loads(out)[0]["node_states"] == {"stopped": 1}
     code, _, err = _tctl(capsys, data, "stop", "fw-1")
     assert code == 2
     _one_line(err, "already stopped")
@@ -263,3 +265,9 @@ def test_canary_is_a_number_of_nodes_or_a_share(
         code, _, err = _tctl(capsys, data, "push", str(bundle), "--nodes", "b=1", "--canary", bad)
         assert code == 2
         _one_line(err, "bad --canary", "number of nodes", "5%")
+    for bad in ("0", "10x", "soon"):  # the error names the option, not just "duration"
+        code, _, err = _tctl(
+            capsys, data, "push", str(bundle), "--nodes", "b=1", "--canary-timeout", bad
+        )
+        assert code == 2
+        _one_line(err, f"bad --canary-timeout {bad!r}", "10m")
