@@ -188,7 +188,7 @@ class FirmwareRollouts:
             wanted = n.state in WAITING or n.canary
             if n.final or n.node_id in online or n.node_id in busy or not wanted:
                 continue
-            if self._last_seen.get(n.node_id) is None:  # None: asked again next tick
+            if n.node_id not in self._last_seen:  # once per time offline (None: never seen)
                 seen = self.registry.offline_since(n.node_id)
                 if seen is None:
                     record = await self.registry.backend.get_node(n.node_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import subprocess
 import time
@@ -544,4 +545,36 @@ async def test_a_state_reported_after_the_ticks_read_is_not_overwritten_as_offli
         (now,) = await store.nodes("fw-test")
         assert (now.state, now.detail) == ("restarting", "into slot a")
     finally:
+        await rollouts.close()
+
+
+async def test_a_node_never_seen_is_looked_up_once_not_every_tick(setup: Setup) -> None:
+    # A roll-out to many devices that joined but never connected must not query the
+    # hub's database for each of them every second.
+    from hub.backend import Node
+
+    backend = setup.hub.server.registry.backend
+    await backend.add_node(Node("id-never", "never", {"board": "rpi4"}, version="0.1.0"))
+    await setup.push(start=False, online=0)  # no agent: an empty roll-out, then one node
+    rollouts = setup.rollouts
+    rollouts.store = store = await FirmwareStore.open(setup.root / "hubfw")
+    real, calls = backend.get_node, []
+
+    async def counted(node_id: str) -> Any:
+        calls.append(node_id)
+        return await real(node_id)
+
+    backend.get_node = counted  # type: ignore[method-assign]
+    try:
+        rollout = dataclasses.replace(
+            (await store.rollouts("running"))[0], id="fw-never", canary_timeout=3600.0
+        )
+        await store.create(rollout, [("id-never", "never", True)])
+        for _ in range(3):
+            await rollouts._presence(rollout, await store.nodes("fw-never"))
+        (node,) = await store.nodes("fw-never")
+        assert (node.state, node.detail) == ("offline", "offline, never connected")
+        assert calls == ["id-never"]
+    finally:
+        backend.get_node = real  # type: ignore[method-assign]
         await rollouts.close()
