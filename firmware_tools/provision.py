@@ -147,7 +147,7 @@ def provision_dir(
     path is owned by whoever runs this; ``owner`` (uid, gid: needs root, or
     fakeroot when building an image) chowns only what the agent owns: the
     config, its directory ``etc/remoteler`` and the agent's data directory
-    (``data_dir`` in the image, default :data:`DEFAULT_DATA_DIR`; created 0700).
+    (``data_dir`` in the image, default :data:`DEFAULT_DATA_DIR`; made 0700).
     The unit and its link stay with the caller: systemd, as root, reads them.
     Returns the paths written, then the agent's directories when ``owner`` is given.
     """
