@@ -168,11 +168,13 @@ def _untrust(args: argparse.Namespace) -> None:
             f"firmware key {args.key_id!r} is not trusted (trusted: {have}): "
             "see 'tctl firmware trust ls'"
         )
-    keep = [line for line, kid in zip(lines, ids, strict=True) if kid != args.key_id]
-    if keep:
-        write_file_atomic(path, "".join(line + "\n" for line in keep).encode(), 0o600)
-    else:
-        path.unlink()
+    drop = {line for line, kid in zip(lines, ids, strict=True) if kid == args.key_id}
+    if len(drop) == len(set(lines)):
+        path.unlink()  # its last key
+    else:  # the operator's comments and the other keys stay, as does the file's mode
+        text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        keep = "".join(line + "\n" for line in text if line not in drop)
+        write_file_atomic(path, keep.encode(), os.stat(path).st_mode & 0o777)
     print(
         f"Firmware key {args.key_id} is no longer trusted: 'tctl firmware push' refuses "
         "bundles it signed (devices trust their own --firmware-key files)"

@@ -210,6 +210,26 @@ def test_trust_ls_and_untrust_round_trip(
     _one_line(err, "tctl firmware trust")
 
 
+def test_untrust_keeps_the_operators_comments_and_the_files_mode(
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from firmware_tools.keys import key_id, load_public_key
+
+    pubs = []
+    for name in ("release", "hotfix"):
+        write_key_pair(tmp_path / name)
+        pubs.append((tmp_path / f"{name}.pub").read_text().strip())
+    trusted = data / "firmware" / "trusted.pub"
+    trusted.parent.mkdir(exist_ok=True)
+    text = f"# release key: do not remove (ops ticket 42)\n{pubs[0]}\n\n{pubs[1]}\n"
+    trusted.write_text(text)
+    trusted.chmod(0o644)
+    code, _, err = _tctl(capsys, data, "untrust", key_id(load_public_key(pubs[1])))
+    assert code == 0, err
+    assert trusted.read_text() == f"# release key: do not remove (ops ticket 42)\n{pubs[0]}\n\n"
+    assert trusted.stat().st_mode & 0o777 == 0o644
+
+
 def test_push_refusals_carry_firmware_tools_refusal_names(
     tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
