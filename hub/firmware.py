@@ -79,8 +79,11 @@ class FirmwareRollouts:
         self._headers: dict[str, bytes] = {}
         #: node id -> last heartbeat (wall clock) of an offline node, read once from the backend
         self._last_seen: dict[str, float | None] = {}
+        #: wall clock when this hub began watching roll-outs (its downtime is not a canary's)
+        self._watching_since = time.time()
 
     async def run(self) -> None:
+        self._watching_since = time.time()
         self.store = await FirmwareStore.open(self.data_dir)
         try:
             while True:
@@ -194,7 +197,9 @@ class FirmwareRollouts:
                     record = await self.registry.backend.get_node(n.node_id)
                     seen = record.last_seen if record else None
                 self._last_seen[n.node_id] = seen
-        actions = plan(rollout, nodes, online, busy, self._last_seen, time.time())
+        actions = plan(
+            rollout, nodes, online, busy, self._last_seen, time.time(), self._watching_since
+        )
         for action in actions:
             if isinstance(action, MarkOffline):
                 node = action.node  # only from the state read (a transfer may have reported since)

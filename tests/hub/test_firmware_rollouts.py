@@ -578,3 +578,44 @@ async def test_a_node_never_seen_is_looked_up_once_not_every_tick(setup: Setup) 
     finally:
         backend.get_node = real  # type: ignore[method-assign]
         await rollouts.close()
+
+
+async def test_the_hubs_own_downtime_does_not_count_against_an_offline_canary(
+    setup: Setup,
+) -> None:
+    # The hub was down for an hour (an upgrade): its canary's last heartbeat and the
+    # push are an hour old, and no agent has reconnected yet when the hub starts.
+    # The canary gets its --canary-timeout from the hub's start, not zero.
+    from hub.backend import Node
+
+    hour_ago = time.time() - 3600
+    backend = setup.hub.server.registry.backend
+    await backend.add_node(
+        Node("id-late", "late", {"board": "rpi4"}, version="0.1.0", last_seen=hour_ago)
+    )
+    await setup.push(start=False, online=0)  # no agent: an empty roll-out, then one node
+    store = await FirmwareStore.open(setup.root / "hubfw")
+    try:
+        rollout = dataclasses.replace(
+            (await store.rollouts("running"))[0], created=hour_ago, canary_timeout=1.0
+        )
+        await store.finish("fw-test", "done")
+        await store.create(dataclasses.replace(rollout, id="fw-late"), [("id-late", "late", True)])
+    finally:
+        await store.close()
+    started = time.monotonic()
+    setup.task = asyncio.ensure_future(setup.rollouts.run())
+    deadline = started + 20
+    while True:
+        store = await FirmwareStore.open(setup.root / "hubfw")
+        try:
+            late = await store.rollout("fw-late")
+        finally:
+            await store.close()
+        assert late is not None
+        if late.state != "running":
+            break
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert time.monotonic() - started >= 1.0, late.reason
+    assert late.state == "stopped" and late.reason.startswith("canary late offline since ")
