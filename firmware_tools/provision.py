@@ -147,7 +147,7 @@ def provision_dir(
     path is owned by whoever runs this; ``owner`` (uid, gid: needs root, or
     fakeroot when building an image) chowns only what the agent owns: the
     config, its directory ``etc/remoteler`` and the agent's data directory
-    (``data_dir`` in the image, default :data:`DEFAULT_DATA_DIR`; created 0700).
+    (``data_dir`` in the image, default :data:`DEFAULT_DATA_DIR`; made 0700).
     The unit and its link stay with the caller: systemd, as root, reads them.
     Returns the paths written, then the agent's directories when ``owner`` is given.
     """
@@ -157,9 +157,14 @@ def provision_dir(
     data: Path | None = None
     if owner is not None:
         where = data_dir or DEFAULT_DATA_DIR
-        if not where.startswith("/"):
-            raise UsageError(f"--data-dir {where!r} must be an absolute path on the device")
-        data = _in_image(root, Path(where.lstrip("/")))
+        parts = Path(where).parts[1:]
+        if not where.startswith("/") or not parts or ".." in parts:
+            # It is chowned and chmodded: never the build host's, nor the image's root.
+            raise UsageError(
+                f"--data-dir {where!r} must be an absolute path on the device, below / "
+                "and without '..' (e.g. /var/lib/remoteler-agent)"
+            )
+        data = _in_image(root, Path(*parts))
     if unit is not None:  # refused before anything is written
         try:
             unit_text = unit.read_bytes()

@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--owner",
         metavar="UID:GID",
         help="with --root: chown the config, /etc/remoteler and the agent's data dir "
-        "(created 0700) to UID:GID; the unit stays the caller's. Needs root/fakeroot "
+        "(made 0700) to UID:GID; the unit stays the caller's. Needs root/fakeroot "
         "(default: none)",
     )
     p.add_argument("--baud", type=int, default=115200, help="with --serial (default 115200)")

@@ -79,8 +79,11 @@ class FirmwareRollouts:
         self._headers: dict[str, bytes] = {}
         #: node id -> last heartbeat (wall clock) of an offline node, read once from the backend
         self._last_seen: dict[str, float | None] = {}
+        #: wall clock when this hub began watching roll-outs (its downtime is not a canary's)
+        self._watching_since = time.time()
 
     async def run(self) -> None:
+        self._watching_since = time.time()
         self.store = await FirmwareStore.open(self.data_dir)
         try:
             while True:
@@ -188,19 +191,25 @@ class FirmwareRollouts:
             wanted = n.state in WAITING or n.canary
             if n.final or n.node_id in online or n.node_id in busy or not wanted:
                 continue
-            if self._last_seen.get(n.node_id) is None:  # None: asked again next tick
+            if n.node_id not in self._last_seen:  # once per time offline (None: never seen)
                 seen = self.registry.offline_since(n.node_id)
                 if seen is None:
                     record = await self.registry.backend.get_node(n.node_id)
                     seen = record.last_seen if record else None
                 self._last_seen[n.node_id] = seen
-        actions = plan(rollout, nodes, online, busy, self._last_seen, time.time())
+        actions = plan(
+            rollout, nodes, online, busy, self._last_seen, time.time(), self._watching_since
+        )
         for action in actions:
             if isinstance(action, MarkOffline):
-                node = action.node
-                await self.store.update_node(rollout.id, node.node_id, OFFLINE, action.detail)
+                node = action.node  # only from the state read (a transfer may have reported since)
+                await self.store.update_node(
+                    rollout.id, node.node_id, OFFLINE, action.detail, expect=node.state
+                )
             elif isinstance(action, MarkOnline):
-                await self.store.update_node(rollout.id, action.node.node_id, "pending", "")
+                await self.store.update_node(
+                    rollout.id, action.node.node_id, "pending", "", expect=OFFLINE
+                )
             elif isinstance(action, ReplaceCanary):
                 old, new = action.old, action.new
                 if await self.store.replace_canary(

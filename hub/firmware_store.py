@@ -209,14 +209,19 @@ class FirmwareStore:
         progress: int | None = None,
         resumed_from: int | None = None,
         attempt: bool = False,
-    ) -> None:
-        """Set a node's state; ``resumed_from`` keeps the largest value seen."""
-        await self._db.execute(
+        expect: str | None = None,
+    ) -> bool:
+        """Set a node's state; ``resumed_from`` keeps the largest value seen.
+
+        With ``expect``, only if the node is still in that state (compare-and-set:
+        a state read earlier must not overwrite one reported since). True if set.
+        """
+        cur = await self._db.execute(
             "UPDATE rollout_nodes SET state = ?, detail = ?, updated = ?,"
             " progress = COALESCE(?, progress),"
             " resumed_from = MAX(resumed_from, COALESCE(?, 0)),"
             " attempts = attempts + ?"
-            " WHERE rollout = ? AND node_id = ?",
+            " WHERE rollout = ? AND node_id = ? AND (? IS NULL OR state = ?)",
             (
                 state,
                 detail[:400],
@@ -226,9 +231,12 @@ class FirmwareStore:
                 int(attempt),
                 rollout_id,
                 node_id,
+                expect,
+                expect,
             ),
         )
         await self._db.commit()
+        return cur.rowcount > 0
 
     async def replace_canary(self, rollout_id: str, old_id: str, new_id: str, detail: str) -> bool:
         """Make ``new_id`` a canary in place of ``old_id`` (one transaction).

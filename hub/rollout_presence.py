@@ -11,9 +11,13 @@ last seen and the wall clock; it applies the actions returned:
   ``health-check``, ``restarting``) keeps its state: the device goes on by
   itself and reports when it is back;
 * a canary offline for longer than the roll-out's ``canary_timeout`` (counted
-  from its last heartbeat, or from the roll-out's start if that is later) is
-  replaced by a pending, online non-canary (:class:`ReplaceCanary`); with none
-  to take its place the roll-out stops, saying why (:class:`Stop`).
+  from its last heartbeat, the roll-out's start or the hub's start, whichever
+  is latest) is replaced by a pending, online non-canary
+  (:class:`ReplaceCanary`); with none to take its place the roll-out stops,
+  saying why (:class:`Stop`). A canary
+  that went offline past the transfer (``staging`` ... ``restarting``) is never
+  replaced: it may not have come back from the new firmware, so the roll-out
+  stops.
 """
 
 from __future__ import annotations
@@ -100,12 +104,16 @@ def plan(
     busy: Collection[str],
     last_seen: Mapping[str, float | None],
     now: float,
+    watching_since: float = 0.0,
 ) -> list[Action]:
     """The actions for this tick.
 
     ``online``: node ids holding a tunnel now; ``busy``: node ids with a transfer
     running (left alone); ``last_seen``: wall-clock last heartbeat of each offline
-    node (absent or None: never); ``now``: wall clock (``time.time()``).
+    node (absent or None: never); ``now``: wall clock (``time.time()``);
+    ``watching_since``: when this hub began watching the roll-out (its start): a
+    canary's timeout never counts the hub's own downtime, when no agent could
+    connect to it.
     """
     actions: list[Action] = []
     offline: list[NodeState] = []
@@ -128,11 +136,23 @@ def plan(
         if not node.canary:
             continue
         seen = last_seen.get(node.node_id)
-        since = max(rollout.created, seen or rollout.created)
+        since = max(rollout.created, seen or rollout.created, watching_since)
         if now - since < rollout.canary_timeout:
             continue
         detail = offline_detail(seen)
         waited = _duration(rollout.canary_timeout)
+        if node.state not in WAITING and node.state != OFFLINE:
+            # It went down past the transfer (staging ... restarting): it may not have
+            # come back from the new firmware. That is the canary's answer; another
+            # node in its place would hide it and let the roll-out go on.
+            actions.append(
+                Stop(
+                    f"canary {node.node_name} {detail} while {node.state}, more than "
+                    f"--canary-timeout {waited}: it may not have come back from the new "
+                    "firmware; check the device"
+                )
+            )
+            break
         if spare:
             new = spare.pop(0)
             actions.append(

@@ -168,11 +168,13 @@ def _untrust(args: argparse.Namespace) -> None:
             f"firmware key {args.key_id!r} is not trusted (trusted: {have}): "
             "see 'tctl firmware trust ls'"
         )
-    keep = [line for line, kid in zip(lines, ids, strict=True) if kid != args.key_id]
-    if keep:
-        write_file_atomic(path, "".join(line + "\n" for line in keep).encode(), 0o600)
-    else:
-        path.unlink()
+    drop = {line for line, kid in zip(lines, ids, strict=True) if kid == args.key_id}
+    if len(drop) == len(set(lines)):
+        path.unlink()  # its last key
+    else:  # the operator's comments and the other keys stay, as does the file's mode
+        text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        keep = "".join(line + "\n" for line in text if line not in drop)
+        write_file_atomic(path, keep.encode(), os.stat(path).st_mode & 0o777)
     print(
         f"Firmware key {args.key_id} is no longer trusted: 'tctl firmware push' refuses "
         "bundles it signed (devices trust their own --firmware-key files)"
@@ -244,7 +246,13 @@ async def _push(args: argparse.Namespace) -> None:
     if not selector:
         raise UsageError("--nodes needs at least one k=v label, e.g. --nodes env=prod")
     count, percent = _canary(args.canary)
-    canary_timeout = float(parse_ttl(args.canary_timeout))
+    try:
+        canary_timeout = float(parse_ttl(args.canary_timeout))
+    except UsageError:
+        raise UsageError(
+            f"bad --canary-timeout {args.canary_timeout!r}: give a duration with s, m, h "
+            "or d, e.g. 10m (the default) or 30s"
+        ) from None
     if args.max_parallel < 1:
         raise UsageError("--max-parallel must be at least 1")
     try:
@@ -454,7 +462,8 @@ async def _status(args: argparse.Namespace) -> None:
         for r in rollouts:
             states: dict[str, int] = {}
             for n in counts[r.id]:
-                states[n.state] = states.get(n.state, 0) + 1
+                shown = _shown_state(r, n)
+                states[shown] = states.get(shown, 0) + 1
             items.append(_rollout_json(r) | {"node_states": states})
         print(json.dumps(items, indent=2, sort_keys=True))
         return

@@ -93,6 +93,31 @@ def test_owner_applies_to_the_agents_files_only(tmp_path: Path) -> None:
     assert (written[0].stat().st_mode & 0o777) == 0o600
 
 
+@pytest.mark.parametrize("data_dir", ["/../outside", "/var/../../outside", "/", "/var/.."])
+def test_a_data_dir_outside_the_image_is_refused_before_anything_changes(
+    tmp_path: Path, data_dir: str
+) -> None:
+    # --owner chowns and chmods the data dir: it must be a directory inside the image,
+    # never the build host's (tmp_path/outside) nor the image's root itself.
+    import os
+
+    from firmware_tools.provision import provision_dir
+
+    root = tmp_path / "image"
+    root.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o755)
+    before = {p: os.lstat(p) for p in (root, outside)}
+    text = render(AgentSettings(hub="h:1", ca_pin=PIN, token="tok"))
+    with pytest.raises(UsageError, match="--data-dir") as err:
+        provision_dir(root, text, None, owner=(4321, 4321), data_dir=data_dir)
+    assert "\n" not in str(err.value)
+    for path, old in before.items():
+        now = os.lstat(path)
+        assert (now.st_uid, now.st_mode) == (old.st_uid, old.st_mode), path
+    assert list(root.iterdir()) == []  # refused before the config was written
+
+
 def test_a_leftover_world_readable_tmp_file_never_holds_the_token(tmp_path: Path) -> None:
     import os
     import shutil

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import subprocess
 import time
@@ -521,3 +522,100 @@ async def test_an_offline_canary_nobody_can_replace_stops_the_rollout(setup: Set
     reason = (await _rollout_row(setup)).reason
     assert reason.startswith("canary a-canary offline since "), reason
     assert "--canary-timeout 0.5 s" in reason and "no other online node" in reason
+
+
+async def test_a_state_reported_after_the_ticks_read_is_not_overwritten_as_offline(
+    setup: Setup,
+) -> None:
+    # The tick read the node as 'transferring'; meanwhile its transfer reported
+    # 'restarting' and ended (the device reboots into the new slot, its tunnel gone).
+    # The stale read must not turn that into 'offline' (then 'pending' and a new offer).
+    gone = await setup.agent("a")
+    await gone.close()
+    await setup.push(start=False, online=0)
+    rollouts = setup.rollouts
+    rollouts.store = store = await FirmwareStore.open(setup.root / "hubfw")
+    try:
+        (rollout,) = await store.rollouts("running")
+        (node,) = await store.nodes("fw-test")
+        await store.update_node("fw-test", node.node_id, "transferring", "from byte 0", 0)
+        stale = await store.nodes("fw-test")
+        await store.update_node("fw-test", node.node_id, "restarting", "into slot a")
+        await rollouts._presence(rollout, stale)
+        (now,) = await store.nodes("fw-test")
+        assert (now.state, now.detail) == ("restarting", "into slot a")
+    finally:
+        await rollouts.close()
+
+
+async def test_a_node_never_seen_is_looked_up_once_not_every_tick(setup: Setup) -> None:
+    # A roll-out to many devices that joined but never connected must not query the
+    # hub's database for each of them every second.
+    from hub.backend import Node
+
+    backend = setup.hub.server.registry.backend
+    await backend.add_node(Node("id-never", "never", {"board": "rpi4"}, version="0.1.0"))
+    await setup.push(start=False, online=0)  # no agent: an empty roll-out, then one node
+    rollouts = setup.rollouts
+    rollouts.store = store = await FirmwareStore.open(setup.root / "hubfw")
+    real, calls = backend.get_node, []
+
+    async def counted(node_id: str) -> Any:
+        calls.append(node_id)
+        return await real(node_id)
+
+    backend.get_node = counted  # type: ignore[method-assign]
+    try:
+        rollout = dataclasses.replace(
+            (await store.rollouts("running"))[0], id="fw-never", canary_timeout=3600.0
+        )
+        await store.create(rollout, [("id-never", "never", True)])
+        for _ in range(3):
+            await rollouts._presence(rollout, await store.nodes("fw-never"))
+        (node,) = await store.nodes("fw-never")
+        assert (node.state, node.detail) == ("offline", "offline, never connected")
+        assert calls == ["id-never"]
+    finally:
+        backend.get_node = real  # type: ignore[method-assign]
+        await rollouts.close()
+
+
+async def test_the_hubs_own_downtime_does_not_count_against_an_offline_canary(
+    setup: Setup,
+) -> None:
+    # The hub was down for an hour (an upgrade): its canary's last heartbeat and the
+    # push are an hour old, and no agent has reconnected yet when the hub starts.
+    # The canary gets its --canary-timeout from the hub's start, not zero.
+    from hub.backend import Node
+
+    hour_ago = time.time() - 3600
+    backend = setup.hub.server.registry.backend
+    await backend.add_node(
+        Node("id-late", "late", {"board": "rpi4"}, version="0.1.0", last_seen=hour_ago)
+    )
+    await setup.push(start=False, online=0)  # no agent: an empty roll-out, then one node
+    store = await FirmwareStore.open(setup.root / "hubfw")
+    try:
+        rollout = dataclasses.replace(
+            (await store.rollouts("running"))[0], created=hour_ago, canary_timeout=1.0
+        )
+        await store.finish("fw-test", "done")
+        await store.create(dataclasses.replace(rollout, id="fw-late"), [("id-late", "late", True)])
+    finally:
+        await store.close()
+    started = time.monotonic()
+    setup.task = asyncio.ensure_future(setup.rollouts.run())
+    deadline = started + 20
+    while True:
+        store = await FirmwareStore.open(setup.root / "hubfw")
+        try:
+            late = await store.rollout("fw-late")
+        finally:
+            await store.close()
+        assert late is not None
+        if late.state != "running":
+            break
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert time.monotonic() - started >= 1.0, late.reason
+    assert late.state == "stopped" and late.reason.startswith("canary late offline since ")

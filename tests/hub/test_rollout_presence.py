@@ -62,3 +62,16 @@ def test_no_spare_node_stops_the_rollout_with_the_reason() -> None:
         "canary a offline, never connected, more than --canary-timeout 10 min, and no "
         "other online node to replace it: bring it online and push again"
     )
+
+
+def test_a_canary_gone_offline_past_the_transfer_stops_and_is_never_replaced() -> None:
+    # It may not have come back from the new firmware: a replacement would hide that
+    # and let the roll-out reach the rest of the fleet.
+    nodes = [node("a", "restarting", canary=True), node("b")]
+    seen = {"id-a": T0 + 10}
+    assert plan(rollout(60), nodes, {"id-b"}, set(), seen, T0 + 69) == []
+    (action,) = plan(rollout(60), nodes, {"id-b"}, set(), seen, T0 + 70)
+    assert isinstance(action, Stop), action
+    assert action.reason.startswith("canary a offline since "), action.reason
+    assert "while restarting, more than --canary-timeout 1 min" in action.reason
+    assert "may not have come back from the new firmware" in action.reason

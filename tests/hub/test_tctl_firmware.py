@@ -163,6 +163,8 @@ def test_stop_a_running_rollout(data: Path, capsys: pytest.CaptureFixture[str]) 
     assert "Roll-out fw-1: gw-fw 1.0.0, stopped (stopped with tctl firmware stop)" in out
     row = next(line for line in out.splitlines() if line.startswith("dev-1"))
     assert row.split()[1] == "stopped" and "pending" not in out and "0%" not in row
+    code, out, _ = _tctl(capsys, data, "status", "--format", "json")  # the list says the same
+    assert json.loads(out)[0]["node_states"] == {"stopped": 1}
     code, _, err = _tctl(capsys, data, "stop", "fw-1")
     assert code == 2
     _one_line(err, "already stopped")
@@ -206,6 +208,26 @@ def test_trust_ls_and_untrust_round_trip(
     code, _, err = _tctl(capsys, data, "push", str(bundle), "--nodes", "board=rpi4")
     assert code == 2
     _one_line(err, "tctl firmware trust")
+
+
+def test_untrust_keeps_the_operators_comments_and_the_files_mode(
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from firmware_tools.keys import key_id, load_public_key
+
+    pubs = []
+    for name in ("release", "hotfix"):
+        write_key_pair(tmp_path / name)
+        pubs.append((tmp_path / f"{name}.pub").read_text().strip())
+    trusted = data / "firmware" / "trusted.pub"
+    trusted.parent.mkdir(exist_ok=True)
+    text = f"# release key: do not remove (ops ticket 42)\n{pubs[0]}\n\n{pubs[1]}\n"
+    trusted.write_text(text)
+    trusted.chmod(0o644)
+    code, _, err = _tctl(capsys, data, "untrust", key_id(load_public_key(pubs[1])))
+    assert code == 0, err
+    assert trusted.read_text() == f"# release key: do not remove (ops ticket 42)\n{pubs[0]}\n\n"
+    assert trusted.stat().st_mode & 0o777 == 0o644
 
 
 def test_push_refusals_carry_firmware_tools_refusal_names(
@@ -263,3 +285,9 @@ def test_canary_is_a_number_of_nodes_or_a_share(
         code, _, err = _tctl(capsys, data, "push", str(bundle), "--nodes", "b=1", "--canary", bad)
         assert code == 2
         _one_line(err, "bad --canary", "number of nodes", "5%")
+    for bad in ("0", "10x", "soon"):  # the error names the option, not just "duration"
+        code, _, err = _tctl(
+            capsys, data, "push", str(bundle), "--nodes", "b=1", "--canary-timeout", bad
+        )
+        assert code == 2
+        _one_line(err, f"bad --canary-timeout {bad!r}", "10m")
