@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:  # stdin/stdout not pipes or sockets, or gone
         print(f"sftp: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # a request asyncssh could not handle: one line, no traceback
+        print(f"sftp: internal error ({type(exc).__name__}); session ended", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -148,10 +148,16 @@ class Handler(SFTPServerHandler):
     _packet_handlers = {**SFTPServerHandler._packet_handlers, b"limits@openssh.com": _limits}
 
 
-async def serve(reader: asyncio.StreamReader, out: PipeWriter, client_version: str = "") -> None:
-    """Serve one SFTP session from ``reader`` to ``out`` until the client's EOF."""
+async def serve(
+    reader: asyncio.StreamReader,
+    out: PipeWriter,
+    client_version: str = "",
+    chroot: str | None = None,
+) -> None:
+    """Serve one SFTP session from ``reader`` to ``out`` until the client's EOF;
+    ``chroot``: confine paths to that directory (asyncssh's own mapping; tests)."""
     handler = Handler(
-        Server(out.channel),  # type: ignore[arg-type]
+        Server(out.channel, chroot.encode() if chroot else None),  # type: ignore[arg-type]
         PipeReader(reader, out, client_version),  # type: ignore[arg-type]
         out,  # type: ignore[arg-type]
         SFTP_VERSION,

@@ -269,14 +269,18 @@ def test_tsh_scp_r_keeps_modes_as_openssh_scp_and_links_as_links(
     assert tsh["private"] == ("dir", 0o700, False) and tsh["ro.txt"][1] == 0o444
 
     down = tmp_path / "down"
-    (down / "ossh").mkdir(parents=True)
-    (down / "tsh").mkdir()
+    for side in ("ossh", "tsh"):  # a file already there keeps its mode, with both
+        (down / side / "tree").mkdir(parents=True)
+        (down / side / "tree" / "group.txt").write_text("old")
+        (down / side / "tree" / "group.txt").chmod(0o600)
     ossh_scp("-r", f"{ME}@{alice.host}:{tree}", str(down / "ossh"))
     tsh_scp("-r", f"{ME}@{NODE}:{tree}", str(down / "tsh"))
     ossh, tsh = _listing(down / "ossh" / "tree"), _listing(down / "tsh" / "tree")
     assert tsh.pop("link.txt")[0] == "link" and ossh.pop("link.txt")[0] == "file"
     assert tsh == ossh
     assert tsh["ro.txt"] == ("file", 0o644, False)  # a download keeps the owner's write bit
+    assert tsh["group.txt"] == ("file", 0o600, False)
+    assert (down / "tsh" / "tree" / "group.txt").read_text() == "group.txt"
 
     (remote / "ossh-p").mkdir()
     (remote / "tsh-p").mkdir()

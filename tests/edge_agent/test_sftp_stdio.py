@@ -4,17 +4,23 @@ socket pair on stdin/stdout), and raw packets for the limits it keeps."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import select
 import shutil
 import struct
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import IO
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from edge_agent.sftp_stdio import MAX_DATA, MAX_PACKET
+from edge_agent.sftp_stdio import MAX_DATA, MAX_PACKET, PipeWriter, serve
 
 CHILD = [sys.executable, "-I", "-m", "edge_agent.sftp_child"]
 OPENSSH = ["--client-version", "SSH-2.0-OpenSSH_9.2p1"]
@@ -131,3 +137,81 @@ def test_bad_options_one_line_exit_1(args: list[str], said: str) -> None:
     assert run.returncode == 1
     assert run.stderr.startswith("sftp: cannot start: ") and said in run.stderr
     assert run.stderr.count("\n") == 1, run.stderr
+
+
+#: READ requests sent without reading a reply: 40,000 x 255 KiB would be 10 GiB of replies.
+#: The child holds about 1 MiB of requests (its reader's buffer) and the pipe 64 KiB.
+ASKED = 40_000
+
+
+def test_a_client_that_reads_no_replies_is_not_read_either(tmp_path: Path) -> None:
+    """Requests keep coming, replies are never read: the child stops reading requests
+    once a reply waits (the pipe, then the SSH window, push back), so its memory stays
+    at a reply or two instead of one 255 KiB reply per request queued."""
+    (tmp_path / "f").write_bytes(b"r" * MAX_DATA)
+    proc = subprocess.Popen(
+        CHILD,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    assert proc.stdin and proc.stdout
+    try:
+        proc.stdin.write(_packet(1, struct.pack(">I", 3)))
+        proc.stdin.write(_packet(3, struct.pack(">I", 1) + _string(b"f") + bytes(8)))
+        proc.stdin.flush()
+        _reply(proc.stdout)
+        handle = _reply(proc.stdout)[5:]
+        read = _packet(5, struct.pack(">I", 2) + handle + struct.pack(">QI", 0, MAX_DATA))
+        os.set_blocking(proc.stdin.fileno(), False)
+        sent = 0
+        deadline = time.monotonic() + 30
+        while sent < ASKED and time.monotonic() < deadline:
+            try:
+                os.write(proc.stdin.fileno(), read)
+                sent += 1
+            except BlockingIOError:  # the child pushes back when it stays full for 2 s
+                _, writable, _ = select.select([], [proc.stdin], [], 2.0)
+                if not writable:
+                    break
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        rss_kib = int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1])
+        assert sent < ASKED, "every request was read: nothing pushed back"
+        assert rss_kib < 100 * 1024, f"{rss_kib >> 10} MiB after {sent} unread replies"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=64),  # garbage
+            st.builds(  # a well-framed packet of any type with a random body
+                lambda kind, body: _packet(kind, body),
+                st.integers(0, 255),
+                st.binary(max_size=48),
+            ),
+        ),
+        max_size=8,
+    )
+)
+def test_any_bytes_end_the_session_quietly(chunks: list[bytes]) -> None:
+    """Whatever follows INIT, serve() returns (no exception out of it), confined to
+    a scratch directory by asyncssh's chroot mapping."""
+    with tempfile.TemporaryDirectory() as scratch:
+
+        async def run() -> None:
+            reader = asyncio.StreamReader()
+            reader.feed_data(_packet(1, struct.pack(">I", 3)) + b"".join(chunks))
+            reader.feed_eof()
+            out = PipeWriter(devnull)
+            await asyncio.wait_for(serve(reader, out, chroot=scratch), 10)
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            asyncio.run(run())
+        finally:
+            os.close(devnull)

@@ -36,6 +36,9 @@ from tsh.scp import (
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 NODE = "scp-node"
+#: A node configured with OpenSSH's sftp-server (--sftp-server PATH).
+OPENSSH_NODE = "openssh-node"
+OPENSSH_SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 
 # --- argument parsing (no network) -------------------------------------------------------
 
@@ -176,8 +179,18 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, other: OsUser) -> Iterator[C
         cluster.add_user("bob", [ME], roles="no-files")
         cluster.start_agent(NODE, "env=lab", wrapper=WITHOUT_SFTP_SERVER)
         cluster.start_agent("doomed", wrapper=WITHOUT_SFTP_SERVER)  # killed by one test
+        openssh = root / "sftp-server"  # OpenSSH's, configured; says when it starts
+        assert os.access(OPENSSH_SFTP_SERVER, os.X_OK), (
+            f"{OPENSSH_SFTP_SERVER} missing: apt-get install openssh-sftp-server"
+        )
+        openssh.write_text(
+            f"#!/bin/sh\necho started >> {root}/openssh-used\nexec {OPENSSH_SFTP_SERVER}\n"
+        )
+        openssh.chmod(0o755)
+        cluster.start_agent(OPENSSH_NODE, "", None, "--sftp-server", str(openssh))
         wait_for(lambda: cluster.node_online(NODE), what="node online")
         wait_for(lambda: cluster.node_online("doomed"), what="second node online")
+        wait_for(lambda: cluster.node_online(OPENSSH_NODE), what="third node online")
         login = cluster.login("alice")
         assert login.returncode == 0, login.stderr
         yield cluster
@@ -425,3 +438,20 @@ def test_root_agent_serves_sftp_as_the_login(fleet: Cluster, other: OsUser, tmp_
     assert run.returncode == 1
     assert run.stderr == f"tsh: {secret.name}: permission denied\n", run.stderr
     assert not (tmp_path / "stolen.txt").exists()
+
+
+def test_openssh_sftp_server_when_configured(fleet: Cluster, tmp_path: Path) -> None:
+    """--sftp-server PATH: that program serves, watched for audit the same way."""
+    src = tmp_path / "via-openssh.txt"
+    src.write_text("x" * 321)
+    run = _scp(fleet, str(src), f"{ME}@{OPENSSH_NODE}:{tmp_path}/copy.txt")
+    assert (run.returncode, run.stderr) == (0, "")
+    assert (tmp_path / "copy.txt").read_text() == "x" * 321
+    assert (fleet.root / "openssh-used").read_text() == "started\n"
+
+    def audited() -> list[dict[str, object]]:
+        events = fleet.tctl_json("audit", "search", "--type", "file.transfer")
+        return [e for e in events if e["fields"]["path"] == f"{tmp_path}/copy.txt"]
+
+    (event,) = wait_for(audited, what="file.transfer event")
+    assert event["fields"]["size"] == 321 and event["fields"]["direction"] == "upload"
