@@ -2,8 +2,10 @@
 
 The same end-to-end SSH connection as ``tsh ssh`` (:func:`tsh.ssh.open_ssh`),
 then asyncssh's SFTP client on the node's ``sftp`` subsystem, which the agent
-serves with OpenSSH's ``sftp-server`` as the login (edge_agent/sftp.py: gated
-by the ``file_transfer`` permission, one ``file.transfer`` event per file).
+serves as the login with its built-in server or OpenSSH's ``sftp-server``
+(edge_agent/sftp.py: gated by the ``file_transfer`` permission, one
+``file.transfer`` event per file). Without ``-p`` what the copy creates gets
+its source's mode as with OpenSSH's ``scp`` (tsh/scp_modes.py).
 Files stream in blocks with a bounded number of requests in flight, so memory
 stays flat whatever the size.
 
