@@ -15,6 +15,7 @@ an upload to the node's ``sftp-server`` umask, 022 on most systems).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import posixpath
@@ -22,7 +23,9 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
-#: Directories walked per copied tree, at most (beyond it, modes are left as asyncssh set them).
+#: chmod requests on the node in flight at once (asyncssh's client allows many).
+CHMODS_IN_FLIGHT = 64
+#: Entries looked at per copied tree, at most (past it, modes stay as asyncssh set them).
 MAX_ENTRIES = 100_000
 
 
@@ -56,7 +59,8 @@ class Entry:
 
 def local_entries(root: str, limit: int = MAX_ENTRIES) -> list[Entry]:
     """Regular files and directories under ``root`` (itself included), children
-    first; symbolic links are not followed. At most ``limit`` entries."""
+    first; symbolic links are not followed. The walk stops after ``limit`` entries
+    (the directories it is in still count)."""
     out: list[Entry] = []
 
     def walk(path: str, rel: str) -> None:
@@ -128,19 +132,38 @@ class ModeFixer:
         self._existing = {e.rel for e in await self._dest_entries(dest)}
 
     async def after(self, src: str, dest: str) -> None:
+        entries = local_entries(src) if self.upload else await remote_entries(self.sftp, src)
+        todo = [
+            (posixpath.join(dest, e.rel) if e.rel else dest, e.rel.count("/"), e.is_dir,
+             created_mode(e.mode, e.is_dir, self.upload, self.umask))
+            for e in entries
+            if e.rel not in self._existing
+        ]  # fmt: skip
+        if not self.upload:
+            for path, _, _, mode in todo:
+                local = os.path.normpath(path)
+                with contextlib.suppress(OSError):
+                    if not os.path.islink(local):  # a node's listing never chmods through a link
+                        os.chmod(local, mode)
+            return
+        # On the node each chmod is a round trip: many in flight (a thousand files over a
+        # 200 ms link is 3 s, not 200), files first, then directories deepest first.
+        files = [(path, mode) for path, _, is_dir, mode in todo if not is_dir]
+        await self._remote_chmods(files)
+        depths = sorted({depth for _, depth, is_dir, _ in todo if is_dir}, reverse=True)
+        for depth in depths:
+            await self._remote_chmods(
+                [(path, mode) for path, d, is_dir, mode in todo if is_dir and d == depth]
+            )
+
+    async def _remote_chmods(self, items: list[tuple[str, int]]) -> None:
         import asyncssh
 
-        entries = local_entries(src) if self.upload else await remote_entries(self.sftp, src)
-        for e in entries:
-            if e.rel in self._existing:
-                continue
-            mode = created_mode(e.mode, e.is_dir, self.upload, self.umask)
-            if self.upload:
-                # The copy reported its own failure for anything missing here.
-                with contextlib.suppress(asyncssh.SFTPError):
-                    await self.sftp.chmod(posixpath.join(dest, e.rel) if e.rel else dest, mode)
-            else:
-                path = os.path.join(dest, e.rel) if e.rel else dest
-                with contextlib.suppress(OSError):
-                    if not os.path.islink(path):  # a node's listing never chmods through a link
-                        os.chmod(path, mode)
+        async def one(path: str, mode: int) -> None:
+            # The copy reported its own failure for anything missing here.
+            with contextlib.suppress(asyncssh.SFTPError):
+                await self.sftp.chmod(path, mode)
+
+        for start in range(0, len(items), CHMODS_IN_FLIGHT):
+            batch = items[start : start + CHMODS_IN_FLIGHT]
+            await asyncio.gather(*(one(path, mode) for path, mode in batch))
