@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from helpers import PASSWORD, Cluster, current_totp, free_port, wait_for
-from nosftp import WITHOUT_SFTP_SERVER, assert_no_sftp_server
+from nosftp import WITHOUT_SFTP_SERVER, OsUser, assert_no_sftp_server, os_user
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 NODE = "truck-042"
@@ -65,7 +65,16 @@ class OpenSSH:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Path]]:
+def other() -> Iterator[OsUser]:
+    """A second OS account: the agent runs as root and must drop to it."""
+    with os_user("rmtssh") as user:
+        yield user
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory, other: OsUser
+) -> Iterator[tuple[Cluster, Path]]:
     assert not MISSING, f"OpenSSH's {', '.join(MISSING)} missing: apt-get install openssh-client"
     root = tmp_path_factory.mktemp("openssh")
     cluster = Cluster(root, free_port())
@@ -77,7 +86,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, P
             'node_labels = { "*" = "*" }\n[permissions]\nfile_transfer = false\n'
         )
         cluster.tctl("create", "-f", str(role))
-        cluster.add_user("alice", [ME])
+        cluster.add_user("alice", [ME, other.name])
         cluster.add_user("bob", [ME], roles="no-files")
         agent = cluster.start_agent(NODE, "env=lab", wrapper=WITHOUT_SFTP_SERVER)
         wait_for(lambda: cluster.node_online(NODE), what="node online")
@@ -290,3 +299,37 @@ def test_tsh_scp_r_keeps_modes_as_openssh_scp_and_links_as_links(
     del ossh["link.txt"], tsh["link.txt"]
     assert tsh == ossh
     assert tsh["group.txt"] == ("file", 0o640, True)
+
+
+def test_sftp_and_scp_as_another_login_run_as_that_account(
+    alice: OpenSSH, other: OsUser, tmp_path: Path
+) -> None:
+    """The agent runs as root with no sftp-server: OpenSSH's sftp and scp reach the
+    built-in server running as the login, and the kernel refuses what it may not do."""
+    assert os.geteuid() == 0, "run as root: the agent must switch to another login"
+    at = f"{other.name}@{alice.host}"
+    src = tmp_path / "hello.txt"
+    src.write_text("hello")
+    tmp_path.chmod(0o700)  # root's
+    secret = other.home / "root-only.txt"
+    secret.write_text("root only")
+    secret.chmod(0o600)
+    batch = tmp_path / "batch"
+    batch.write_text(f"put {src} via-sftp.txt\n")
+    run = alice.run("sftp", "-b", str(batch), at)
+    assert run.returncode == 0, run.stderr
+    run = alice.run("scp", str(src), f"{at}:via-scp.txt")
+    assert run.returncode == 0, run.stderr
+    for name in ("via-sftp.txt", "via-scp.txt"):
+        st = (other.home / name).stat()
+        assert (st.st_uid, st.st_gid, (other.home / name).read_text()) == (
+            other.uid, other.gid, "hello",
+        )  # fmt: skip
+
+    run = alice.run("scp", str(src), f"{at}:{tmp_path}/planted.txt")
+    assert run.returncode != 0 and b"Permission denied" in run.stderr, run.stderr
+    assert not (tmp_path / "planted.txt").exists()
+    batch.write_text(f"get root-only.txt {tmp_path}/stolen.txt\n")
+    run = alice.run("sftp", "-b", str(batch), at)
+    assert run.returncode != 0 and b"Permission denied" in run.stderr, run.stderr
+    assert not (tmp_path / "stolen.txt").exists()
