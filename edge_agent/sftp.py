@@ -3,11 +3,13 @@
 By default the server is the agent's own (``python -I -m edge_agent.sftp_child``,
 :mod:`edge_agent.sftp_stdio`), so devices without OpenSSH serve ``sftp`` and
 ``scp`` too; ``--sftp-server PATH`` runs OpenSSH's ``sftp-server`` instead.
-Either is started like any command, as the login's OS user, by
-:class:`~edge_agent.session.CommandSession`, one process per SFTP session, so
-the file operations are exactly as permitted as a shell's. The agent only watches the SFTP packets
-going by (draft-ietf-secsh-filexfer-02, the version OpenSSH speaks) to write one
-``file.transfer`` audit event per file closed: path, bytes moved, direction.
+Either is one process per SFTP session, started by
+:class:`~edge_agent.session.CommandSession` as the login's OS user (the
+built-in one, started as root, switches to it itself once loaded), so the file
+operations are exactly as permitted as a shell's. The agent only watches the
+SFTP packets going by (draft-ietf-secsh-filexfer-02, the version OpenSSH speaks)
+to write one ``file.transfer`` audit event per file closed: path, bytes moved,
+direction.
 Modern ``scp`` uses SFTP, so it is covered too; legacy ``scp -O`` runs
 ``scp -t``/``-f`` as an ordinary command, checked against the same permission
 but audited as a command.
