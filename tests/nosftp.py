@@ -14,6 +14,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -70,11 +71,13 @@ def os_user(prefix: str) -> Iterator[OsUser]:
     assert useradd, "useradd missing: apt-get install passwd"
     name = f"{prefix}{os.getpid() % 100000}"
     home = Path(tempfile.mkdtemp(prefix=f"{name}-"))
-    subprocess.run(
-        [useradd, "--no-create-home", "--home-dir", str(home), "--shell", "/bin/sh", name],
-        check=True,
-        capture_output=True,
-    )
+    argv = [useradd, "--no-create-home", "--home-dir", str(home), "--shell", "/bin/sh", name]
+    for attempt in range(5):  # /etc/passwd may be locked a moment by another test's useradd
+        run = subprocess.run(argv, capture_output=True, text=True)
+        if run.returncode == 0:
+            break
+        assert attempt < 4, f"useradd {name} failed: {run.stderr.strip()}"
+        time.sleep(0.5)
     try:
         pw = pwd.getpwnam(name)
         os.chown(home, pw.pw_uid, pw.pw_gid)
