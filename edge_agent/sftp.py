@@ -27,6 +27,7 @@ from typing import Any
 from edge_agent.audit import AgentAudit, SessionAudit
 from edge_agent.authz import connection_permissions
 from edge_agent.session import CommandSession
+from edge_agent.sftp_symlink import SymlinkOrder, needs_reorder
 from remoteler.audit.events import EventType
 from remoteler.errors import UsageError
 from remoteler.filetransfer import FILE_TRANSFER_REFUSED, SFTP_SUBSYSTEM, is_legacy_scp
@@ -267,6 +268,8 @@ class NodeSession(CommandSession):
         super().__init__(*args, **kwargs)
         self._refusal: str | None = None
         self._builtin = False
+        #: set for OpenSSH's server and a client sending SYMLINK in the draft's order
+        self._reorder: SymlinkOrder | None = None
 
     def subsystem_requested(self, subsystem: str) -> bool:
         if subsystem != SFTP_SUBSYSTEM:
@@ -281,6 +284,8 @@ class NodeSession(CommandSession):
                 self._builtin = True
             else:
                 self._command = server  # through the login's shell, as sshd runs it
+                if needs_reorder(self._client_version()):
+                    self._reorder = SymlinkOrder()
             if self._audit is not None:
                 self._audit = _SftpAgentAudit(self._audit)
         # Accepted even when refused, so the client shows our reason, not a bare failure.
@@ -301,8 +306,17 @@ class NodeSession(CommandSession):
             kwargs.pop("user")
             kwargs.pop("group", None)
             kwargs.pop("extra_groups", None)
-        version = self._chan.get_connection().get_extra_info("client_version", "")
-        return builtin_argv(str(version or ""), user), kwargs
+        return builtin_argv(self._client_version(), user), kwargs
+
+    def _client_version(self) -> str:
+        return str(self._chan.get_connection().get_extra_info("client_version", "") or "")
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        if self._reorder is not None:
+            data = self._reorder.feed(data)
+            if not data:
+                return  # part of a packet: the rest completes it
+        super().data_received(data, datatype)
 
     def exec_requested(self, command: str) -> bool:
         """Legacy ``scp -O`` runs ``scp -t``/``scp -f`` here: same permission as sftp."""

@@ -455,3 +455,20 @@ def test_openssh_sftp_server_when_configured(fleet: Cluster, tmp_path: Path) -> 
 
     (event,) = wait_for(audited, what="file.transfer event")
     assert event["fields"]["size"] == 321 and event["fields"]["direction"] == "upload"
+
+
+def test_links_kept_through_a_configured_openssh_sftp_server(
+    fleet: Cluster, tmp_path: Path
+) -> None:
+    """OpenSSH's server reads SYMLINK's paths in OpenSSH's order; tsh (asyncssh) sends
+    the draft's to the agent: the agent swaps them, and the link comes out right."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "target.txt").write_text("t")
+    (tree / "link").symlink_to("target.txt")
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    run = _scp(fleet, "-r", str(tree), f"{ME}@{OPENSSH_NODE}:{remote}")
+    assert (run.returncode, run.stderr) == (0, "")
+    assert os.readlink(remote / "tree" / "link") == "target.txt"
+    assert (remote / "tree" / "link").read_text() == "t"
