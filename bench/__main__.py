@@ -23,6 +23,7 @@ MODULES = [
     "bench.chaos",
     "bench.recording_proxy",
     "bench.attack_memory",
+    "bench.sftp_server",
 ]
 
 

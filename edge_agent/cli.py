@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="shell command run in the new firmware slot after an install; "
         "a non-zero exit rolls back to the previous slot (default: none, no check)",
     )
+    start.add_argument(
+        "--sftp-server",
+        default="builtin",
+        metavar="PATH",
+        help="what serves sftp and scp: 'builtin' (default: the agent's own server, no "
+        "OpenSSH needed) or the path of OpenSSH's sftp-server (docs/openssh.md)",
+    )
     start.add_argument("--audit-quota", default="256MiB", help="outbox size cap, e.g. 256MiB")
     start.add_argument(
         "--audit-policy",
@@ -183,6 +190,9 @@ async def run(args: argparse.Namespace) -> None:
         serial_ports = normalize_ports(args.serial_ports)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    from edge_agent import sftp
+
+    sftp.configure(args.sftp_server)
     data_dir = Path(args.data_dir)
     labels = parse_labels(args.labels)
     quota = parse_size(args.audit_quota)

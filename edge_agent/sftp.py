@@ -1,10 +1,15 @@
-"""The ``sftp`` subsystem: OpenSSH's ``sftp-server`` run as the login's user.
+"""The ``sftp`` subsystem: an SFTP server run as the login's user.
 
-The file operations happen in ``sftp-server`` (started like any command, as
-the login's OS user, by :class:`~edge_agent.session.CommandSession`), so they
-are exactly as permitted as a shell's. The agent only watches the SFTP packets
-going by (draft-ietf-secsh-filexfer-02, the version OpenSSH speaks) to write one
-``file.transfer`` audit event per file closed: path, bytes moved, direction.
+By default the server is the agent's own (``python -I -m edge_agent.sftp_child``,
+:mod:`edge_agent.sftp_stdio`), so devices without OpenSSH serve ``sftp`` and
+``scp`` too; ``--sftp-server PATH`` runs OpenSSH's ``sftp-server`` instead.
+Either is one process per SFTP session, started by
+:class:`~edge_agent.session.CommandSession` as the login's OS user (the
+built-in one, started as root, switches to it itself once loaded), so the file
+operations are exactly as permitted as a shell's. The agent only watches the
+SFTP packets going by (draft-ietf-secsh-filexfer-02, the version OpenSSH speaks)
+to write one ``file.transfer`` audit event per file closed: path, bytes moved,
+direction.
 Modern ``scp`` uses SFTP, so it is covered too; legacy ``scp -O`` runs
 ``scp -t``/``-f`` as an ordinary command, checked against the same permission
 but audited as a command.
@@ -15,23 +20,25 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent.audit import AgentAudit, SessionAudit
 from edge_agent.authz import connection_permissions
 from edge_agent.session import CommandSession
+from edge_agent.sftp_symlink import SymlinkOrder, needs_reorder
 from remoteler.audit.events import EventType
+from remoteler.errors import UsageError
 from remoteler.filetransfer import FILE_TRANSFER_REFUSED, SFTP_SUBSYSTEM, is_legacy_scp
+from remoteler.text import printable
 
 log = logging.getLogger("remoteler.agent.sftp")
 
-SFTP_SERVERS = (
-    "/usr/lib/openssh/sftp-server",
-    "/usr/libexec/openssh/sftp-server",
-    "/usr/libexec/sftp-server",
-    "/usr/lib/ssh/sftp-server",
-)
+#: ``--sftp-server`` value for the agent's own SFTP server (the default).
+BUILTIN = "builtin"
+#: The client's SSH version string passed to the built-in server is cut to this.
+CLIENT_VERSION_MAX = 255
 
 # SFTP packet types (filexfer-02 §3)
 FXP_OPEN, FXP_CLOSE, FXP_READ, FXP_WRITE = 3, 4, 5, 6
@@ -220,8 +227,38 @@ class _SftpAgentAudit(AgentAudit):
         return SftpAudit(self, user, login, session_id)
 
 
-def find_sftp_server() -> str | None:
-    return next((p for p in SFTP_SERVERS if os.access(p, os.X_OK)), None)
+_server = BUILTIN
+
+
+def configure(choice: str) -> None:
+    """Set the SFTP server for this agent's sessions: :data:`BUILTIN` or the
+    absolute path of an executable ``sftp-server``; :class:`UsageError` otherwise."""
+    global _server
+    executable = os.path.isfile(choice) and os.access(choice, os.X_OK)
+    if choice != BUILTIN and not (os.path.isabs(choice) and executable):
+        raise UsageError(
+            f"--sftp-server {choice!r} is not an executable file: give the absolute path "
+            f"of OpenSSH's sftp-server (e.g. /usr/lib/openssh/sftp-server) or {BUILTIN!r}"
+        )
+    _server = choice
+
+
+def sftp_server() -> str:
+    """What serves ``sftp``: :data:`BUILTIN` or a ``sftp-server`` path (see :func:`configure`)."""
+    return _server
+
+
+def builtin_argv(client_version: str, user: str | None) -> list[str]:
+    """The command line of the built-in server: this interpreter, isolated (``-I``:
+    no ``PYTHON*`` variables, no user site, not the working directory on the
+    module path); ``user``: the child, started as root, becomes that account
+    itself once loaded (the interpreter may live where the login cannot read)."""
+    argv = [sys.executable, "-I", "-m", "edge_agent.sftp_child"]
+    if user is not None:
+        argv += ["--user", user]
+    if client_version:
+        argv += ["--client-version", printable(client_version, CLIENT_VERSION_MAX)]
+    return argv
 
 
 class NodeSession(CommandSession):
@@ -230,21 +267,56 @@ class NodeSession(CommandSession):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._refusal: str | None = None
+        self._builtin = False
+        #: set for OpenSSH's server and a client sending SYMLINK in the draft's order
+        self._reorder: SymlinkOrder | None = None
 
     def subsystem_requested(self, subsystem: str) -> bool:
         if subsystem != SFTP_SUBSYSTEM:
             return False
-        server = find_sftp_server()
+        server = sftp_server()
         if not self._file_transfer_allowed():
             self._refusal = FILE_TRANSFER_REFUSED
-        elif server is None:
-            self._refusal = "sftp is not available on this device (no sftp-server installed)"
+        elif server != BUILTIN and not os.access(server, os.X_OK):
+            self._refusal = f"sftp is not available on this device ({server} is missing)"
         else:
-            self._command = server
+            if server == BUILTIN:
+                self._builtin = True
+            else:
+                self._command = server  # through the login's shell, as sshd runs it
+                if needs_reorder(self._client_version()):
+                    self._reorder = SymlinkOrder()
             if self._audit is not None:
                 self._audit = _SftpAgentAudit(self._audit)
         # Accepted even when refused, so the client shows our reason, not a bare failure.
         return True
+
+    def _spawn_args(self) -> tuple[list[str], dict[str, Any]]:
+        """As any command's (the login's environment, home, a new session), but the
+        built-in server is started directly, not through the login's shell (a login
+        whose shell is ``nologin`` still transfers files, as with sshd's
+        ``internal-sftp``), and as root it switches to the login itself
+        (:mod:`edge_agent.sftp_child` ``--user``), with the same account and groups."""
+        argv, kwargs = super()._spawn_args()
+        if not self._builtin:
+            return argv, kwargs
+        user = None
+        if "user" in kwargs:  # the agent runs as root
+            user = self.login
+            kwargs.pop("user")
+            kwargs.pop("group", None)
+            kwargs.pop("extra_groups", None)
+        return builtin_argv(self._client_version(), user), kwargs
+
+    def _client_version(self) -> str:
+        return str(self._chan.get_connection().get_extra_info("client_version", "") or "")
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        if self._reorder is not None:
+            data = self._reorder.feed(data)
+            if not data:
+                return  # part of a packet: the rest completes it
+        super().data_received(data, datatype)
 
     def exec_requested(self, command: str) -> bool:
         """Legacy ``scp -O`` runs ``scp -t``/``scp -f`` here: same permission as sftp."""

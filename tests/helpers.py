@@ -152,12 +152,15 @@ class Cluster:
         token: str | None = None,
         *extra: str,
         hub: str | None = None,
+        wrapper: Sequence[str] = (),
     ) -> subprocess.Popen[Any]:
         """Start (and on the first start, join) an agent; ``hub`` dials another address
-        than the hub's own, e.g. a fault proxy in front of it (kept for later starts)."""
+        than the hub's own, e.g. a fault proxy in front of it (kept for later starts);
+        ``wrapper`` is a command the agent runs under, which must exec it (same pid)."""
         log = self.root / f"agent-{name}.log"
         self.logs.append(log)
         args = [
+            *wrapper,
             str(BIN / "edge-agent"),
             "start",
             "--data-dir",

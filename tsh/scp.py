@@ -2,8 +2,10 @@
 
 The same end-to-end SSH connection as ``tsh ssh`` (:func:`tsh.ssh.open_ssh`),
 then asyncssh's SFTP client on the node's ``sftp`` subsystem, which the agent
-serves with OpenSSH's ``sftp-server`` as the login (edge_agent/sftp.py: gated
-by the ``file_transfer`` permission, one ``file.transfer`` event per file).
+serves as the login with its built-in server or OpenSSH's ``sftp-server``
+(edge_agent/sftp.py: gated by the ``file_transfer`` permission, one
+``file.transfer`` event per file). Without ``-p`` what the copy creates gets
+its source's mode as with OpenSSH's ``scp`` (tsh/scp_modes.py).
 Files stream in blocks with a bounded number of requests in flight, so memory
 stays flat whatever the size.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import posixpath
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +27,7 @@ from typing import Any
 from remoteler.errors import NodeError, UsageError
 from remoteler.identity import UserIdentity
 from remoteler.text import printable
+from tsh.scp_modes import ModeFixer
 
 #: How long to wait for the node's reason after it refused the sftp subsystem.
 REFUSAL_GRACE = 5.0
@@ -199,6 +203,14 @@ class Copier:
     async def _is_dir(self, local: bool, path: str) -> bool:
         return os.path.isdir(path) if local else bool(await self.sftp.isdir(path))
 
+    def _dest_of(self, src: str, dest_is_dir: bool) -> str:
+        """Where ``src``'s copy lands: in ``dest`` when it is a directory, else ``dest``."""
+        if not dest_is_dir:
+            return self.plan.dest
+        if self.plan.upload:
+            return posixpath.join(self.plan.dest, os.path.basename(src.rstrip(os.sep)))
+        return os.path.join(self.plan.dest, posixpath.basename(src.rstrip("/")))
+
     async def run(self) -> None:
         """Copy every source; per-file failures land in :attr:`failures`."""
         import asyncssh
@@ -214,6 +226,10 @@ class Copier:
                 if not self.recurse and await self._is_dir(plan.upload, src):
                     self.fail(src, "is a directory (use -r to copy directories)")
                     continue
+                modes = None if self.preserve else ModeFixer(self.sftp, plan.upload)
+                dest = self._dest_of(src, dest_is_dir)
+                if modes is not None:
+                    await modes.before(dest)
                 await copy(
                     src,
                     plan.dest,
@@ -225,6 +241,8 @@ class Copier:
                     progress_handler=self.progress,
                     error_handler=self._on_error,
                 )
+                if modes is not None:
+                    await modes.after(src, dest)
             except (asyncssh.SFTPConnectionLost, ConnectionError):
                 raise
             except (OSError, asyncssh.SFTPError) as exc:

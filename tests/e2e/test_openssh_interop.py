@@ -1,7 +1,9 @@
 """Real OpenSSH ``ssh``, ``scp`` and ``sftp`` through the hub, with ``tsh config``.
 
 One hub and one agent for the module (each test uses its own files); host keys
-are checked strictly against the host CA that ``tsh config`` writes.
+are checked strictly against the host CA that ``tsh config`` writes. The agent
+runs where no ``sftp-server`` exists (tests/nosftp.py): ``scp`` and ``sftp``
+reach its built-in SFTP server.
 """
 
 from __future__ import annotations
@@ -18,13 +20,12 @@ from typing import Any
 
 import pytest
 from helpers import PASSWORD, Cluster, current_totp, free_port, wait_for
+from nosftp import WITHOUT_SFTP_SERVER, OsUser, assert_no_sftp_server, os_user
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 NODE = "truck-042"
 
-pytestmark = pytest.mark.skipif(
-    not all(shutil.which(b) for b in ("ssh", "scp", "sftp")), reason="OpenSSH client missing"
-)
+MISSING = [b for b in ("ssh", "scp", "sftp") if not shutil.which(b)]
 
 
 class OpenSSH:
@@ -64,7 +65,17 @@ class OpenSSH:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Path]]:
+def other() -> Iterator[OsUser]:
+    """A second OS account: the agent runs as root and must drop to it."""
+    with os_user("rmtssh") as user:
+        yield user
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory, other: OsUser
+) -> Iterator[tuple[Cluster, Path]]:
+    assert not MISSING, f"OpenSSH's {', '.join(MISSING)} missing: apt-get install openssh-client"
     root = tmp_path_factory.mktemp("openssh")
     cluster = Cluster(root, free_port())
     cluster.start_hub()
@@ -75,10 +86,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, P
             'node_labels = { "*" = "*" }\n[permissions]\nfile_transfer = false\n'
         )
         cluster.tctl("create", "-f", str(role))
-        cluster.add_user("alice", [ME])
+        cluster.add_user("alice", [ME, other.name])
         cluster.add_user("bob", [ME], roles="no-files")
-        cluster.start_agent(NODE, "env=lab")
+        agent = cluster.start_agent(NODE, "env=lab", wrapper=WITHOUT_SFTP_SERVER)
         wait_for(lambda: cluster.node_online(NODE), what="node online")
+        assert_no_sftp_server(agent.pid)
         yield cluster, root
     finally:
         cluster.stop()
@@ -206,3 +218,118 @@ def test_file_transfer_refused_without_permission(
     assert run.returncode != 0
     assert b"file transfer is not permitted by your roles" in run.stderr
     assert not (tmp_path / "g.txt").exists()
+
+
+#: One tree with the modes that matter: group-readable, private, executable, read-only,
+#: a private directory, and a symbolic link. Times set to a day in 2020.
+TREE_FILES = {"group.txt": 0o640, "run.sh": 0o755, "ro.txt": 0o444, "private/key": 0o600}
+OLD = 1_600_000_000
+
+
+def _make_tree(at: Path) -> Path:
+    tree = at / "tree"
+    (tree / "private").mkdir(parents=True)
+    for rel, mode in TREE_FILES.items():
+        (tree / rel).write_text(rel)
+        (tree / rel).chmod(mode)
+        os.utime(tree / rel, (OLD, OLD))
+    (tree / "private").chmod(0o700)
+    (tree / "link.txt").symlink_to("group.txt")
+    return tree
+
+
+def _listing(tree: Path) -> dict[str, tuple[str, int, bool]]:
+    """rel path -> (kind, permission bits, mtime kept), links apart."""
+    out = {}
+    for path in sorted(tree.rglob("*")):
+        st = path.lstat()
+        kind = "link" if path.is_symlink() else "dir" if path.is_dir() else "file"
+        out[str(path.relative_to(tree))] = (kind, st.st_mode & 0o7777, int(st.st_mtime) == OLD)
+    return out
+
+
+def test_tsh_scp_r_keeps_modes_as_openssh_scp_and_links_as_links(
+    fleet: tuple[Cluster, Path], alice: OpenSSH, tmp_path: Path
+) -> None:
+    """The same tree both ways with OpenSSH's scp and with tsh scp: the same modes
+    (0640 stays 0640 without -p; -p adds the times). Where OpenSSH's scp copies what
+    a symbolic link points to, tsh scp keeps the link."""
+    cluster, _ = fleet
+    tree = _make_tree(tmp_path / "src")
+    remote = tmp_path / "remote"
+    (remote / "ossh").mkdir(parents=True)
+    (remote / "tsh").mkdir()
+
+    def tsh_scp(*args: str) -> None:
+        run = cluster.tsh("scp", *args, env=alice.env)
+        assert (run.returncode, run.stderr) == (0, ""), run.stderr
+
+    def ossh_scp(*args: str) -> None:
+        run = alice.run("scp", *args)
+        assert run.returncode == 0, run.stderr
+
+    ossh_scp("-r", str(tree), f"{ME}@{alice.host}:{remote}/ossh/")
+    tsh_scp("-r", str(tree), f"{ME}@{NODE}:{remote}/tsh/")
+    ossh, tsh = _listing(remote / "ossh" / "tree"), _listing(remote / "tsh" / "tree")
+    assert tsh.pop("link.txt")[0] == "link" and ossh.pop("link.txt")[:2] == ("file", 0o640)
+    assert os.readlink(remote / "tsh" / "tree" / "link.txt") == "group.txt"
+    assert tsh == ossh
+    assert tsh["group.txt"] == ("file", 0o640, False)  # not 0644; no times without -p
+    assert tsh["private"] == ("dir", 0o700, False) and tsh["ro.txt"][1] == 0o444
+
+    down = tmp_path / "down"
+    for side in ("ossh", "tsh"):  # a file already there keeps its mode, with both
+        (down / side / "tree").mkdir(parents=True)
+        (down / side / "tree" / "group.txt").write_text("old")
+        (down / side / "tree" / "group.txt").chmod(0o600)
+    ossh_scp("-r", f"{ME}@{alice.host}:{tree}", str(down / "ossh"))
+    tsh_scp("-r", f"{ME}@{NODE}:{tree}", str(down / "tsh"))
+    ossh, tsh = _listing(down / "ossh" / "tree"), _listing(down / "tsh" / "tree")
+    assert tsh.pop("link.txt")[0] == "link" and ossh.pop("link.txt")[0] == "file"
+    assert tsh == ossh
+    assert tsh["ro.txt"] == ("file", 0o644, False)  # a download keeps the owner's write bit
+    assert tsh["group.txt"] == ("file", 0o600, False)
+    assert (down / "tsh" / "tree" / "group.txt").read_text() == "group.txt"
+
+    (remote / "ossh-p").mkdir()
+    (remote / "tsh-p").mkdir()
+    ossh_scp("-r", "-p", str(tree), f"{ME}@{alice.host}:{remote}/ossh-p/")
+    tsh_scp("-r", "-p", str(tree), f"{ME}@{NODE}:{remote}/tsh-p/")
+    ossh, tsh = _listing(remote / "ossh-p" / "tree"), _listing(remote / "tsh-p" / "tree")
+    del ossh["link.txt"], tsh["link.txt"]
+    assert tsh == ossh
+    assert tsh["group.txt"] == ("file", 0o640, True)
+
+
+def test_sftp_and_scp_as_another_login_run_as_that_account(
+    alice: OpenSSH, other: OsUser, tmp_path: Path
+) -> None:
+    """The agent runs as root with no sftp-server: OpenSSH's sftp and scp reach the
+    built-in server running as the login, and the kernel refuses what it may not do."""
+    assert os.geteuid() == 0, "run as root: the agent must switch to another login"
+    at = f"{other.name}@{alice.host}"
+    src = tmp_path / "hello.txt"
+    src.write_text("hello")
+    tmp_path.chmod(0o700)  # root's
+    secret = other.home / "root-only.txt"
+    secret.write_text("root only")
+    secret.chmod(0o600)
+    batch = tmp_path / "batch"
+    batch.write_text(f"put {src} via-sftp.txt\n")
+    run = alice.run("sftp", "-b", str(batch), at)
+    assert run.returncode == 0, run.stderr
+    run = alice.run("scp", str(src), f"{at}:via-scp.txt")
+    assert run.returncode == 0, run.stderr
+    for name in ("via-sftp.txt", "via-scp.txt"):
+        st = (other.home / name).stat()
+        assert (st.st_uid, st.st_gid, (other.home / name).read_text()) == (
+            other.uid, other.gid, "hello",
+        )  # fmt: skip
+
+    run = alice.run("scp", str(src), f"{at}:{tmp_path}/planted.txt")
+    assert run.returncode != 0 and b"Permission denied" in run.stderr, run.stderr
+    assert not (tmp_path / "planted.txt").exists()
+    batch.write_text(f"get root-only.txt {tmp_path}/stolen.txt\n")
+    run = alice.run("sftp", "-b", str(batch), at)
+    assert run.returncode != 0 and b"Permission denied" in run.stderr, run.stderr
+    assert not (tmp_path / "stolen.txt").exists()

@@ -1,13 +1,19 @@
-"""The SFTP watcher without sockets: packets in, FileTransfer events out."""
+"""The SFTP watcher without sockets: packets in, FileTransfer events out; and which
+server the agent runs (``--sftp-server``)."""
 
 from __future__ import annotations
 
 import struct
+import subprocess
+from pathlib import Path
 
+import pytest
+from helpers import BIN
 from hypothesis import given
 from hypothesis import strategies as st
 
 from edge_agent.sftp import (
+    BUILTIN,
     FXF_WRITE,
     FXP_CLOSE,
     FXP_DATA,
@@ -18,7 +24,10 @@ from edge_agent.sftp import (
     FXP_WRITE,
     FileTransfer,
     SftpWatcher,
+    configure,
+    sftp_server,
 )
+from remoteler.errors import UsageError
 
 
 def s(data: bytes) -> bytes:
@@ -110,3 +119,31 @@ def test_legacy_scp_commands_are_recognised() -> None:
     assert not is_legacy_scp("echo scp -t")
     assert not is_legacy_scp("ls -t")
     assert not is_legacy_scp("scp 'unclosed")
+
+
+def test_configure_takes_builtin_or_an_executable_path(tmp_path: Path) -> None:
+    try:
+        assert sftp_server() == BUILTIN  # the default: no OpenSSH needed
+        exe = tmp_path / "sftp-server"
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(0o755)
+        configure(str(exe))
+        assert sftp_server() == str(exe)
+        for bad in (str(tmp_path / "missing"), "sftp-server", str(tmp_path)):
+            with pytest.raises(UsageError, match="is not an executable file"):
+                configure(bad)
+    finally:
+        configure(BUILTIN)
+
+
+def test_agent_refuses_a_bad_sftp_server_in_one_line(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [str(BIN / "edge-agent"), "start", "--data-dir", str(tmp_path), "--sftp-server", "/nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 2
+    assert run.stderr.startswith("edge-agent: --sftp-server '/nope' is not an executable file")
+    assert run.stderr.count("\n") == 1, run.stderr

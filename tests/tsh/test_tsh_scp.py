@@ -1,4 +1,5 @@
-"""``tsh scp`` through a real hub to a real agent (whose sftp-server writes our filesystem).
+"""``tsh scp`` through a real hub to a real agent (whose built-in SFTP server writes our
+filesystem). The agents run where no ``sftp-server`` exists (tests/nosftp.py).
 
 One hub and one agent for the module; each test copies into its own tmp_path.
 """
@@ -11,7 +12,6 @@ import os
 import pwd
 import re
 import select
-import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from helpers import BIN, Cluster, free_port, stop_process, wait_for
+from nosftp import WITHOUT_SFTP_SERVER, OsUser, assert_no_sftp_server, os_user
 
 from remoteler.errors import UsageError
 from tsh.scp import (
@@ -35,16 +36,9 @@ from tsh.scp import (
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 NODE = "scp-node"
-
-needs_sftp_server = pytest.mark.skipif(
-    not any(
-        os.path.exists(p)
-        for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server")
-    )
-    and not shutil.which("sftp-server"),
-    reason="no sftp-server on this machine",
-)
-
+#: A node configured with OpenSSH's sftp-server (--sftp-server PATH).
+OPENSSH_NODE = "openssh-node"
+OPENSSH_SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 
 # --- argument parsing (no network) -------------------------------------------------------
 
@@ -163,7 +157,14 @@ async def test_refusal_text_is_printable_and_read_bounded() -> None:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def other() -> Iterator[OsUser]:
+    """A second OS account: the agent runs as root and must drop to it."""
+    with os_user("rmtscp") as user:
+        yield user
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, other: OsUser) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("scp")
     cluster = Cluster(root, free_port())
     cluster.start_hub()
@@ -174,12 +175,22 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             'node_labels = { "*" = "*" }\n[permissions]\nfile_transfer = false\n'
         )
         cluster.tctl("create", "-f", str(role))
-        cluster.add_user("alice", [ME])
+        cluster.add_user("alice", [ME, other.name])
         cluster.add_user("bob", [ME], roles="no-files")
-        cluster.start_agent(NODE, "env=lab")
-        cluster.start_agent("doomed")  # killed mid-transfer by one test
+        cluster.start_agent(NODE, "env=lab", wrapper=WITHOUT_SFTP_SERVER)
+        cluster.start_agent("doomed", wrapper=WITHOUT_SFTP_SERVER)  # killed by one test
+        openssh = root / "sftp-server"  # OpenSSH's, configured; says when it starts
+        assert os.access(OPENSSH_SFTP_SERVER, os.X_OK), (
+            f"{OPENSSH_SFTP_SERVER} missing: apt-get install openssh-sftp-server"
+        )
+        openssh.write_text(
+            f"#!/bin/sh\necho started >> {root}/openssh-used\nexec {OPENSSH_SFTP_SERVER}\n"
+        )
+        openssh.chmod(0o755)
+        cluster.start_agent(OPENSSH_NODE, "", None, "--sftp-server", str(openssh))
         wait_for(lambda: cluster.node_online(NODE), what="node online")
         wait_for(lambda: cluster.node_online("doomed"), what="second node online")
+        wait_for(lambda: cluster.node_online(OPENSSH_NODE), what="third node online")
         login = cluster.login("alice")
         assert login.returncode == 0, login.stderr
         yield cluster
@@ -195,7 +206,6 @@ def _at(path: Path | str) -> str:
     return f"{ME}@{NODE}:{path}"
 
 
-@needs_sftp_server
 def test_upload_download_and_several_sources(fleet: Cluster, tmp_path: Path) -> None:
     a, b = tmp_path / "a.txt", tmp_path / "b.bin"
     a.write_text("alpha\n")
@@ -233,7 +243,6 @@ def test_upload_download_and_several_sources(fleet: Cluster, tmp_path: Path) -> 
     assert run.stderr == "", "no progress bar when stderr is not a terminal"
 
 
-@needs_sftp_server
 def test_recursive_tree_both_ways_and_preserve(fleet: Cluster, tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     (tree / "sub" / "deeper").mkdir(parents=True)
@@ -261,7 +270,6 @@ def test_recursive_tree_both_ways_and_preserve(fleet: Cluster, tmp_path: Path) -
     assert (got / "sub" / "deeper" / "leaf.txt").read_text() == "leaf"
 
 
-@needs_sftp_server
 def test_failures_name_the_file_and_the_rest_still_copies(fleet: Cluster, tmp_path: Path) -> None:
     good = tmp_path / "good.txt"
     good.write_text("good")
@@ -309,7 +317,6 @@ def test_connection_errors_exit_255(fleet: Cluster, tmp_path: Path) -> None:
     assert run.returncode == 2 and "node to a node" in run.stderr
 
 
-@needs_sftp_server
 def test_node_lost_mid_transfer_exits_255_with_one_line(fleet: Cluster, tmp_path: Path) -> None:
     big = tmp_path / "big"
     with big.open("wb") as f:
@@ -333,7 +340,6 @@ def test_node_lost_mid_transfer_exits_255_with_one_line(fleet: Cluster, tmp_path
     assert err.startswith("tsh: connection to 'doomed' lost") and err.count("\n") == 1, err
 
 
-@needs_sftp_server
 def test_refused_without_file_transfer_permission(fleet: Cluster, tmp_path: Path) -> None:
     home = tmp_path / "bob-tsh"
     env = fleet.env(TSH_HOME=str(home))
@@ -354,7 +360,6 @@ def test_refused_without_file_transfer_permission(fleet: Cluster, tmp_path: Path
     assert not (tmp_path / "g.txt").exists()
 
 
-@needs_sftp_server
 def test_large_file_checksum_with_progress_on_a_pty(fleet: Cluster, tmp_path: Path) -> None:
     """50 MiB up and back by checksum; stderr is a real pty, so the bar is drawn."""
     big = tmp_path / "big.bin"
@@ -400,3 +405,70 @@ def test_large_file_checksum_with_progress_on_a_pty(fleet: Cluster, tmp_path: Pa
     assert (run.returncode, run.stderr) == (0, "")
     with (tmp_path / "big.down").open("rb") as f:
         assert hashlib.file_digest(f, "sha256").hexdigest() == digest.hexdigest()
+
+
+def test_root_agent_serves_sftp_as_the_login(fleet: Cluster, other: OsUser, tmp_path: Path) -> None:
+    """No sftp-server on the device: the built-in server runs as the login, and the
+    kernel judges each file operation for that account, not for the root agent."""
+    assert os.geteuid() == 0, "run as root: the agent must switch to another login"
+    assert_no_sftp_server(fleet.agents[NODE].pid)
+    at = f"{other.name}@{NODE}:"
+    src = tmp_path / "mine.txt"
+    src.write_text("for the other login")
+    run = _scp(fleet, str(src), at + "up.txt")  # relative: from the login's home
+    assert (run.returncode, run.stderr) == (0, "")
+    st = (other.home / "up.txt").stat()
+    assert (st.st_uid, st.st_gid) == (other.uid, other.gid)
+    assert (other.home / "up.txt").read_text() == "for the other login"
+
+    run = _scp(fleet, at + "up.txt", str(tmp_path / "down.txt"))
+    assert (run.returncode, run.stderr) == (0, "")
+    assert (tmp_path / "down.txt").read_text() == "for the other login"
+
+    tmp_path.chmod(0o700)  # root's: the other login may not even look inside
+    run = _scp(fleet, str(src), at + str(tmp_path / "planted.txt"))
+    assert run.returncode == 1
+    assert run.stderr == f"tsh: {tmp_path / 'planted.txt'}: permission denied\n"
+    assert not (tmp_path / "planted.txt").exists()
+
+    secret = other.home / "root-only.txt"  # in the login's home, but root's and 0600
+    secret.write_text("root only")
+    secret.chmod(0o600)
+    run = _scp(fleet, at + "root-only.txt", str(tmp_path / "stolen.txt"))
+    assert run.returncode == 1
+    assert run.stderr == f"tsh: {secret.name}: permission denied\n", run.stderr
+    assert not (tmp_path / "stolen.txt").exists()
+
+
+def test_openssh_sftp_server_when_configured(fleet: Cluster, tmp_path: Path) -> None:
+    """--sftp-server PATH: that program serves, watched for audit the same way."""
+    src = tmp_path / "via-openssh.txt"
+    src.write_text("x" * 321)
+    run = _scp(fleet, str(src), f"{ME}@{OPENSSH_NODE}:{tmp_path}/copy.txt")
+    assert (run.returncode, run.stderr) == (0, "")
+    assert (tmp_path / "copy.txt").read_text() == "x" * 321
+    assert (fleet.root / "openssh-used").read_text() == "started\n"
+
+    def audited() -> list[dict[str, object]]:
+        events = fleet.tctl_json("audit", "search", "--type", "file.transfer")
+        return [e for e in events if e["fields"]["path"] == f"{tmp_path}/copy.txt"]
+
+    (event,) = wait_for(audited, what="file.transfer event")
+    assert event["fields"]["size"] == 321 and event["fields"]["direction"] == "upload"
+
+
+def test_links_kept_through_a_configured_openssh_sftp_server(
+    fleet: Cluster, tmp_path: Path
+) -> None:
+    """OpenSSH's server reads SYMLINK's paths in OpenSSH's order; tsh (asyncssh) sends
+    the draft's to the agent: the agent swaps them, and the link comes out right."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "target.txt").write_text("t")
+    (tree / "link").symlink_to("target.txt")
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    run = _scp(fleet, "-r", str(tree), f"{ME}@{OPENSSH_NODE}:{remote}")
+    assert (run.returncode, run.stderr) == (0, "")
+    assert os.readlink(remote / "tree" / "link") == "target.txt"
+    assert (remote / "tree" / "link").read_text() == "t"
