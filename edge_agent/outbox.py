@@ -274,6 +274,47 @@ class Outbox:
                     self._dropped = None
             return len(deleted)
 
+    async def renumber(self, ids: Sequence[str], floor: int = 0) -> tuple[int, int] | None:
+        """Give the stored events ``ids`` new seqs, in their order, after every seq
+        handed out and at least ``floor`` (the hub refused them: it stored their seq
+        under another id); return (events moved, first new seq), None if none is stored.
+        """
+        unique = list(dict.fromkeys(ids))
+        async with self._lock:
+            found: list[Any] = []
+            for i in range(0, len(unique), _ACK_CHUNK):
+                chunk = unique[i : i + _ACK_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                async with self._db.execute(
+                    f"SELECT seq FROM events WHERE id IN ({marks})",  # noqa: S608
+                    chunk,
+                ) as cur:
+                    found += [seq for (seq,) in await cur.fetchall()]
+            if not found:
+                return None
+            found.sort()
+            start = max(self._next_seq, floor)
+            last = start + len(found) - 1
+            try:
+                if self._mark is not None:
+                    await self._mark.cover(last)
+                # every new seq is past every stored one: no clash, whatever the order
+                await self._db.executemany(
+                    "UPDATE events SET seq = ? WHERE seq = ?",
+                    [(start + i, old) for i, old in enumerate(found)],
+                )
+                await self._db.execute(  # an UPDATE does not move AUTOINCREMENT's counter
+                    "UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (last,)
+                )
+                await self._db.commit()
+            except BaseException:
+                await self._db.rollback()
+                raise
+            self._next_seq = last + 1
+            if self._dropped is not None and self._dropped.event.seq in found:
+                self._dropped = None
+            return len(found), start
+
     async def depth(self) -> tuple[int, int, float | None]:
         """(events, bytes, time of the oldest event or None) waiting for the hub."""
         async with self._lock:
@@ -412,8 +453,8 @@ class Outbox:
                     dropped,
                     dropped_bytes,
                 )
-            if self._mark is not None and not self._mark.covers(next_seq - 1):
-                await asyncio.to_thread(self._mark.reserve, next_seq - 1)  # before the commit
+            if self._mark is not None:
+                await self._mark.cover(next_seq - 1)  # before the commit
             await db.executemany(
                 "INSERT INTO events (seq, id, type, time, size, body) VALUES (?, ?, ?, ?, ?, ?)",
                 [(r.seq, r.event.id, r.event.type, r.event.time, r.size, r.body) for r in kept],

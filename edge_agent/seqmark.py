@@ -21,6 +21,7 @@ A mark written for another node id (the device joined again) is ignored.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ class SeqMark:
     ahead: int = RESERVE_AHEAD
     writes: int = 0
     """Durable writes made by this process (for the bench and the tests)."""
+    failing: bool = False
+    """The last write failed (logged once until one succeeds again)."""
 
     @classmethod
     def load(cls, identity_dir: Path, node_id: str, ahead: int = RESERVE_AHEAD) -> SeqMark:
@@ -96,3 +99,26 @@ class SeqMark:
         write_secret_file(self.path, data)
         self.reserved = reserved
         self.writes += 1
+
+    async def cover(self, seq: int) -> None:
+        """Make sure ``seq`` is reserved before it is committed (asyncio; a thread for
+        the write). A mark that cannot be written (read-only or full storage) is
+        logged, never fatal: an event kept matters more, and a seq reused after a
+        later loss is refused by the hub and renumbered (docs/audit.md)."""
+        if self.covers(seq):
+            return
+        try:
+            await asyncio.to_thread(self.reserve, seq)
+        except OSError as exc:
+            if not self.failing:
+                log.error(
+                    "audit sequence mark %s cannot be written (%s); events are still"
+                    " stored, numbered without it",
+                    self.path,
+                    exc.strerror or exc,
+                )
+            self.failing = True
+        else:
+            if self.failing:
+                log.info("audit sequence mark %s written again", self.path)
+            self.failing = False

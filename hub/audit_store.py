@@ -85,6 +85,9 @@ class Inserted:
     """Rows new in the store."""
     reused: tuple[ReusedSeq, ...] = ()
     """Events not stored: their seq is another event's (never acked: see audit_ingest)."""
+    seq_floor: int = 0
+    """With ``reused``: the node's highest stored seq + 1 (where the device may
+    renumber the refused events from); 0 otherwise."""
 
 
 def audit_db_path(data_dir: Path) -> Path:
@@ -214,11 +217,18 @@ class AuditStore:
                 kept, reused = await self._split_reused(node, events)
                 await self._db.executemany(_INSERT, [_row(node, e) for e in kept])
                 inserted = self._db.total_changes - before
+                floor = await self._seq_floor(node) if reused else 0
                 await self._db.commit()
             except BaseException:
                 await self._db.rollback()
                 raise
-        return Inserted(inserted, tuple(reused))
+        return Inserted(inserted, tuple(reused), floor)
+
+    async def _seq_floor(self, node: str) -> int:
+        """The node's highest stored seq + 1 (one probe of ``events_node_seq``)."""
+        async with self._db.execute("SELECT max(seq) FROM events WHERE node = ?", (node,)) as cur:
+            row = await cur.fetchone()
+        return int(row[0] or 0) + 1 if row else 1
 
     async def _split_reused(
         self, node: str, events: Sequence[AuditEvent]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import stat
 from pathlib import Path
 
@@ -80,5 +81,24 @@ async def test_outbox_starts_at_the_floor_after_a_loss(tmp_path: Path) -> None:
     box = await Outbox.open(tmp_path / "audit.db", node="n1", mark=mark)
     try:
         assert (await box.append(_exec(1))).seq == 52
+    finally:
+        await box.close()
+
+
+async def test_a_mark_that_cannot_be_written_never_fails_an_append(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Read-only or full storage under the identity: the event is still stored (one
+    error line, not one per commit), and the mark is written again once it can be."""
+    (tmp_path / MARK_FILE).mkdir()  # a rename over it fails, as on a read-only fs
+    mark = SeqMark(tmp_path / MARK_FILE, "n1", ahead=2)
+    box = await Outbox.open(tmp_path / "audit.db", node="n1", mark=mark)
+    try:
+        caplog.set_level(logging.ERROR, "remoteler.agent.seqmark")
+        assert [(await box.append(_exec(i))).seq for i in range(5)] == [1, 2, 3, 4, 5]
+        assert len([r for r in caplog.records if "cannot be written" in r.message]) == 1
+        (tmp_path / MARK_FILE).rmdir()
+        assert (await box.append(_exec(5))).seq == 6
+        assert SeqMark.load(tmp_path, "n1").reserved == 8 and not mark.failing
     finally:
         await box.close()
