@@ -141,8 +141,11 @@ def load_mark(identity_dir: Path, node_id: str) -> SeqMark:
         return SeqMark.load(identity_dir, node_id)
     except SeqMarkError as exc:
         mark = SeqMark(identity_dir / "audit-seq.json", node_id)
-        aside = move_aside(mark.path, time.time())
-        log.error("%s; kept as %s, the sequence goes on from the outbox", exc, aside.name)
+        try:
+            kept = f"kept as {move_aside(mark.path, time.time()).name}"
+        except OSError as err:  # read-only storage: the next reserve replaces it, if it can
+            kept = f"not set aside ({err.strerror or err})"
+        log.error("%s; %s, the sequence goes on from the outbox", exc, kept)
         return mark
 
 

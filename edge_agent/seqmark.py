@@ -36,6 +36,8 @@ log = logging.getLogger("remoteler.agent.seqmark")
 MARK_FILE = "audit-seq.json"
 #: Sequence numbers reserved by one durable write of the mark.
 RESERVE_AHEAD = 4096
+#: A longer mark file is damaged (a real one is under 100 bytes).
+MAX_MARK_BYTES = 4096
 
 
 class SeqMarkError(Exception):
@@ -67,17 +69,20 @@ class SeqMark:
         path = identity_dir / MARK_FILE
         mark = cls(path, node_id, ahead=ahead)
         try:
-            raw = path.read_bytes()
+            with open(path, "rb") as f:
+                raw = f.read(MAX_MARK_BYTES + 1)
         except FileNotFoundError:
             return mark
         except OSError as exc:
             raise SeqMarkError(f"{path} cannot be read: {exc.strerror}") from None
         try:
+            if len(raw) > MAX_MARK_BYTES:
+                raise ValueError("too long")
             data = json.loads(raw)
             node, reserved = data["node_id"], data["reserved"]
             if not isinstance(node, str) or not isinstance(reserved, int) or reserved < 0:
                 raise ValueError("wrong types")
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
             raise SeqMarkError(f"{path} is damaged ({type(exc).__name__})") from None
         if node != node_id:
             log.info("audit sequence mark belongs to another node id; starting a new one")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,18 @@ async def test_a_damaged_mark_is_set_aside_and_the_outbox_goes_on(data: Path) ->
         await box.close()
     assert [p.name for p in (data / "identity").iterdir() if ".corrupt-" in p.name]
     assert SeqMark.load(data / "identity", "n1").reserved >= 4
+
+
+async def test_a_damaged_mark_on_read_only_storage_never_stops_the_outbox(data: Path) -> None:
+    """identity/ on a read-only tmpfs holding a damaged mark: it cannot be set aside nor
+    written, yet the outbox opens and stores events (before: OSError, the agent stopped)."""
+    ident = data / "identity"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(ident)], check=True)
+    try:
+        (ident / MARK_FILE).write_bytes(b"\x00\x01")
+        subprocess.run(["mount", "-o", "remount,ro", str(ident)], check=True)
+        events = await _run(data, 3)
+        assert [e.seq for e in events] == [1, 2, 3]
+        assert (ident / MARK_FILE).read_bytes() == b"\x00\x01"
+    finally:
+        subprocess.run(["umount", str(ident)], check=True)

@@ -45,7 +45,15 @@ def test_another_nodes_mark_is_ignored(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"\x00garbage", b"[]", b'{"node_id": "n1"}', b'{"node_id": "n1", "reserved": -1}'],
+    [
+        b"",
+        b"\x00garbage",
+        b"[]",
+        b'{"node_id": "n1"}',
+        b'{"node_id": "n1", "reserved": -1}',
+        b"[" * 3000,  # json's RecursionError, not a ValueError
+        b'{"node_id": "n1", "reserved": 1}' + b" " * (1 << 20),  # not read whole
+    ],
 )
 def test_a_damaged_mark_raises_one_clear_error(tmp_path: Path, content: bytes) -> None:
     (tmp_path / MARK_FILE).write_bytes(content)
