@@ -174,27 +174,37 @@ def write_rows(path: Path, rows: tuple[Row, ...]) -> None:
 
 def count_pages(path: Path) -> tuple[int, int]:
     """(pages, pages lost): a page is lost unless it looks like a b-tree page or an
-    overflow/free-list page (first 4 bytes a page number in the file, or 0)."""
+    overflow/free-list page (first 4 bytes a page number in the file, or 0).
+
+    Read one page at a time: a damaged outbox may be hundreds of MiB on a device
+    with less memory than that.
+    """
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            size = os.fstat(f.fileno()).st_size
+            header = f.read(100)
+            page_size = 4096
+            if header[:16] == _MAGIC:
+                raw = int.from_bytes(header[16:18], "big")
+                page_size = (
+                    65536 if raw == 1 else raw if raw >= 512 and raw & (raw - 1) == 0 else 4096
+                )
+            pages = -(-size // page_size)
+            if header[:16] != _MAGIC:
+                return pages, pages
+            lost = 0
+            f.seek(page_size)  # page 1 holds the header, checked above
+            for _ in range(1, pages):
+                page = f.read(page_size)
+                if not page:  # the file shrank meanwhile
+                    break
+                if page[0] in _BTREE_PAGE_TYPES and _plausible_btree(page, page_size):
+                    continue
+                if int.from_bytes(page[:4], "big") <= pages:
+                    continue
+                lost += 1
     except OSError:
         return 0, 0
-    page_size = 4096
-    if data[:16] == _MAGIC:
-        raw = int.from_bytes(data[16:18], "big")
-        page_size = 65536 if raw == 1 else raw if raw >= 512 and raw & (raw - 1) == 0 else 4096
-    pages = -(-len(data) // page_size)
-    if data[:16] != _MAGIC:
-        return pages, pages
-    lost = 0
-    for n in range(1, pages):  # page 1 holds the header, checked above
-        page = data[n * page_size : (n + 1) * page_size]
-        if page[0] in _BTREE_PAGE_TYPES and _plausible_btree(page, page_size):
-            continue
-        if int.from_bytes(page[:4], "big") <= pages:
-            continue
-        lost += 1
     return pages, lost
 
 
