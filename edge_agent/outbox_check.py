@@ -32,7 +32,16 @@ import msgpack
 from edge_agent.outbox import SCHEMA
 from remoteler.audit.events import AuditEvent
 
-__all__ = ["Check", "Salvage", "check_outbox", "move_aside", "salvage", "write_rows"]
+__all__ = [
+    "Check",
+    "Row",
+    "Salvage",
+    "aside_path",
+    "check_outbox",
+    "move_aside",
+    "salvage",
+    "write_rows",
+]
 
 log = logging.getLogger("remoteler.agent.outbox")
 
@@ -98,15 +107,22 @@ def check_outbox(path: Path) -> Check:
     return Check("ok")
 
 
-def move_aside(path: Path, now: float) -> Path:
-    """Rename ``path`` (and its ``-wal``; the ``-shm`` is dropped) out of the way; return
-    the new name, ``audit.db.corrupt-YYYYmmddTHHMMSSZ`` (``.N`` added if taken)."""
+def aside_path(path: Path, now: float) -> Path:
+    """Where :func:`move_aside` puts ``path``: ``audit.db.corrupt-YYYYmmddTHHMMSSZ``
+    (``.N`` added if taken)."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     n = 1
     while aside.exists():
         aside = path.with_name(f"{path.name}.corrupt-{stamp}.{n}")
         n += 1
+    return aside
+
+
+def move_aside(path: Path, now: float, aside: Path | None = None) -> Path:
+    """Rename ``path`` (and its ``-wal``; the ``-shm`` is dropped) out of the way, to
+    ``aside`` or :func:`aside_path`; return the new name."""
+    aside = aside or aside_path(path, now)
     os.replace(path, aside)
     wal = path.with_name(path.name + "-wal")
     if wal.exists():
@@ -159,10 +175,12 @@ def salvage(path: Path, hi: int = 0) -> Salvage:
 
 
 def write_rows(path: Path, rows: tuple[Row, ...]) -> None:
-    """Create a fresh outbox at ``path`` (mode 0600) holding ``rows`` with their seq."""
+    """Create a fresh outbox at ``path`` (mode 0600) holding ``rows`` with their seq,
+    durable in that one file when this returns (a rollback journal, not a ``-wal``
+    left behind, so the file alone may be renamed; the outbox turns WAL on at open)."""
     os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     with contextlib.closing(sqlite3.connect(path)) as db:
-        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA journal_mode=DELETE")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
         db.executemany(

@@ -110,10 +110,16 @@ class SeqMark:
         the write). A mark that cannot be written (read-only or full storage) is
         logged, never fatal: an event kept matters more, and a seq reused after a
         later loss is refused by the hub and renumbered (docs/audit.md)."""
+        if not self.covers(seq):
+            await asyncio.to_thread(self.reserve_or_log, seq)
+
+    def reserve_or_log(self, seq: int) -> None:
+        """:meth:`reserve` unless ``seq`` is covered; a failed write is logged once, not
+        raised (see :meth:`cover`). Blocking."""
         if self.covers(seq):
             return
         try:
-            await asyncio.to_thread(self.reserve, seq)
+            self.reserve(seq)
         except OSError as exc:
             if not self.failing:
                 log.error(
