@@ -229,6 +229,7 @@ class Outbox:
 
     async def batch(self, max_count: int = 500, max_bytes: int = 512 * 1024) -> list[AuditEvent]:
         """The oldest unacknowledged events, in seq order, within the caps (at least one)."""
+        bad: list[int] = []
         async with self._lock:
             async with self._db.execute(
                 "SELECT seq, size, body FROM events ORDER BY seq LIMIT ?", (max(1, max_count),)
@@ -239,11 +240,46 @@ class Outbox:
             for seq, size, body in rows:
                 if events and total + size > max_bytes:
                     break
-                events.append(_unpack(seq, body))
+                try:
+                    events.append(_unpack(seq, body))
+                except Exception:  # damaged on the storage: quick_check reads no row's bytes
+                    bad.append(seq)
+                    continue
                 total += size
+            if bad:
+                await self._delete_undecodable(bad)
             if self._dropped is not None and events and events[-1].seq >= self._dropped.event.seq:
                 self._dropped = None  # on its way to the hub: later drops start a new episode
-            return events
+        if bad:  # else it would head the outbox for ever: nothing after it delivered
+            span = f"seq {bad[0]}-{bad[-1]}"
+            log.error("audit outbox: %d stored events undecodable, dropped (%s)", len(bad), span)
+            await self.append(
+                make_event(
+                    EventType.AUDIT_CORRUPT,
+                    node=self.node,
+                    events_salvaged=0,
+                    pages=0,
+                    pages_lost=0,
+                    moved_to="",
+                    reason=f"{len(bad)} stored events undecodable, dropped ({span})",
+                )
+            )
+        return events
+
+    async def _delete_undecodable(self, seqs: list[int]) -> None:
+        try:
+            for seq in seqs:
+                async with self._db.execute(
+                    "DELETE FROM events WHERE seq = ? RETURNING type, size", (seq,)
+                ) as cur:
+                    for type_, size in await cur.fetchall():
+                        self._count -= 1
+                        self._bytes -= size
+                        self._recording_bytes -= size if type_ == _RECORDING else 0
+            await self._db.commit()
+        except BaseException:
+            await self._db.rollback()
+            raise
 
     async def ack(self, ids: Sequence[str]) -> int:
         """Delete the events the hub has committed; return how many were deleted."""
