@@ -13,7 +13,9 @@ message a length-prefixed msgpack map (:mod:`remoteler.audit.stream`):
 * events refused for a reused seq (the ack's ``reused`` ids: this device lost
   its outbox and numbered again from a seq the hub already holds) are renumbered
   from the ack's ``seq_floor`` on, after every seq handed out, an ``audit.gap``
-  (``reason`` ``seq_reused``) is recorded, and they are sent again at once.
+  (``reason`` ``seq_reused``) is recorded, and they are sent again at once. If
+  the hub refuses renumbered events again (its floor is wrong), they are left as
+  they are and sent after the retry-after: never a tight loop.
 
 One batch is in flight at a time. Anything not acked stays in the outbox and is
 sent again, oldest first, on the next channel (one the hub closed is opened
@@ -141,6 +143,7 @@ async def _send_loop(
     acked: list[int],
 ) -> None:
     waited = False
+    moved: set[str] = set()  # ids renumbered after the last reply that named any
     while not closed.is_set():
         while not acks.empty():  # late acks of a batch sent again after a timeout
             if (late := acks.get_nowait()) is None:
@@ -171,7 +174,11 @@ async def _send_loop(
             return
         if reply.ids:
             acked[0] += await outbox.ack(reply.ids)
-        renumbered = bool(reply.reused) and await _renumber(outbox, reply)
+        # Renumbered events refused again: the hub's floor is wrong; wait, never spin.
+        again = not moved.isdisjoint(reply.reused)
+        renumbered = bool(reply.reused) and not again and await _renumber(outbox, reply)
+        if renumbered:
+            moved = set(reply.reused)
         settled = len(reply.ids) + len(reply.reused) >= len(events)
         if renumbered and settled:
             continue  # refused only for reused seqs, now renumbered: send them at once

@@ -20,7 +20,7 @@ from edge_agent import forwarder
 from edge_agent.outbox import Outbox
 from hub import audit_ingest
 from hub.audit_quota import QuotaConfig
-from hub.audit_store import AuditStore, Inserted, audit_db_path
+from hub.audit_store import AuditStore, Inserted, ReusedSeq, audit_db_path
 from hub.auth import AuthService
 from hub.backend import SQLiteBackend
 from hub.datadir import DataDir
@@ -489,3 +489,40 @@ async def test_a_device_that_lost_its_numbering_delivers_everything_renumbered(
     assert sum(g.fields["renumbered"] for g in gaps) == 600  # n0-n599 clashed, n600+ did not
     assert min(g.fields["resumed_at"] for g in gaps) == 701  # past the hub's 600 and its own
     assert next_seq > max(seqs)
+
+
+async def test_a_hub_that_refuses_renumbered_events_again_is_not_spun_on(
+    tmp_path: Path, ahub: AuditHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hub whose ``seq_floor`` is wrong refuses the renumbered events again: the agent
+    renumbers once, then waits the retry-after (before: renumbered and re-sent in a
+    tight loop, one more ``audit.gap`` in its outbox per round trip)."""
+    assert ahub.store is not None
+    ctx = ahub.tls(*await ahub.node_creds("node-1"))
+    node = await ahub.backend.get_node("node-1")
+    assert node is not None
+    rounds = []
+    real_insert = ahub.store.insert_checked
+
+    async def always_reused(node_id: str, events: list[AuditEvent]) -> Inserted:
+        if all(e.seq == 0 for e in events):  # the hub's own audit.seq_reused
+            return await real_insert(node_id, events)
+        rounds.append(len(events))
+        return Inserted(0, tuple(ReusedSeq(e.seq, e.id, "x") for e in events), seq_floor=1)
+
+    monkeypatch.setattr(ahub.store, "insert_checked", always_reused)
+    box = await Outbox.open(tmp_path / "outbox.db", node=node.id)
+    try:
+        await box.append(make_event(EventType.EXEC, node=node.id, command="c", exit_code=0))
+        async with agent_tunnel(ahub, ctx) as tunnel:
+            task = asyncio.ensure_future(forwarder.run_forwarder(box, tunnel))
+            async with asyncio.timeout(10):
+                while len(rounds) < 2:
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)  # a spinning agent sends hundreds of rounds meanwhile
+            await tunnel.close()
+            await asyncio.wait_for(task, 5)
+        assert len(rounds) == 2  # the event; then it, renumbered, with one audit.gap
+        assert (await box.depth())[0] == 2
+    finally:
+        await box.close()
