@@ -5,14 +5,16 @@ Blocking :mod:`sqlite3` code, run once before the outbox opens
 
 1. :func:`check_outbox`: is ``audit.db`` missing, empty (0 bytes), or does
    ``PRAGMA quick_check`` fail (or the file not open as SQLite at all)?
-2. :func:`move_aside`: a damaged file (with its ``-wal``) is renamed
-   ``audit.db.corrupt-<UTC time>`` and kept for forensics; nothing deletes it.
-3. :func:`salvage`: the set-aside copy is opened read-only and every row that
-   can still be read is taken, scanning in seq order and, past a damaged page,
-   probing seq numbers one at a time (each read catching
+2. :func:`salvage`: the damaged file is opened read-only where it is and every
+   row that can still be read is taken, scanning in seq order and, past a
+   damaged page, probing seq numbers one at a time (each read catching
    :class:`sqlite3.DatabaseError`); a row must also decode as a valid event.
-4. :func:`write_rows`: the salvaged rows go into a fresh outbox with their
-   original seq, id and bytes, so the hub stores each at most once.
+3. :func:`write_rows`: the salvaged rows go into a fresh outbox (first under
+   another name) with their original seq, id and bytes, so the hub stores each
+   at most once.
+4. :func:`move_aside`: the damaged file (with its ``-wal``) is renamed
+   ``audit.db.corrupt-<UTC time>`` and kept for forensics; nothing deletes it.
+   :mod:`edge_agent.outbox_open` then renames the fresh outbox into place.
 """
 
 from __future__ import annotations
