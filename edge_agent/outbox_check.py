@@ -33,6 +33,7 @@ import msgpack
 
 from edge_agent.outbox import SCHEMA
 from remoteler.audit.events import AuditEvent
+from remoteler.audit.stream import MAX_SEQ
 
 __all__ = [
     "Check",
@@ -102,10 +103,16 @@ def check_outbox(path: Path) -> Check:
         with contextlib.closing(_connect_ro(path)) as db:
             rows = db.execute("PRAGMA quick_check").fetchall()
             db.execute("SELECT seq, id, type, time, size, body FROM events LIMIT 0").fetchall()
+            top = db.execute(
+                "SELECT max(coalesce((SELECT max(seq) FROM events), 0),"
+                " coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))"
+            ).fetchone()
     except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed", no table
         return Check("corrupt", str(exc))
     if rows != [("ok",)]:
         return Check("corrupt", str(rows[0][0]).splitlines()[0] if rows else "no answer")
+    if top is None or not isinstance(top[0], int) or top[0] > MAX_SEQ:
+        return Check("corrupt", "sequence number out of range")  # e.g. a bit flipped in it
     return Check("ok")
 
 
@@ -149,7 +156,8 @@ def salvage(path: Path, hi: int = 0) -> Salvage:
     with contextlib.closing(db):
         with contextlib.suppress(sqlite3.DatabaseError):
             found = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-            hi = max(hi, int(found[0]) if found else 0)
+            if found and isinstance(found[0], int) and found[0] <= MAX_SEQ:
+                hi = max(hi, found[0])
         last, probes = 0, 0
         while True:
             try:
@@ -243,6 +251,8 @@ def _take(raw: tuple[object, ...], rows: dict[int, Row]) -> int:
     """Keep one row if it decodes as a valid event; return its seq."""
     seq, event_id, body = raw
     assert isinstance(seq, int)
+    if seq > MAX_SEQ:  # damaged: it would stop numbering (SQLite's INTEGER ends at 2**63)
+        return seq
     if not (isinstance(body, bytes) and isinstance(event_id, str) and _ID.fullmatch(event_id)):
         return seq
     try:

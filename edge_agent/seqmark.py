@@ -27,6 +27,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from remoteler.audit.stream import MAX_SEQ
 from remoteler.fsutil import write_secret_file
 
 __all__ = ["MARK_FILE", "RESERVE_AHEAD", "SeqMark", "SeqMarkError"]
@@ -80,8 +81,10 @@ class SeqMark:
                 raise ValueError("too long")
             data = json.loads(raw)
             node, reserved = data["node_id"], data["reserved"]
-            if not isinstance(node, str) or not isinstance(reserved, int) or reserved < 0:
+            if not isinstance(node, str) or not isinstance(reserved, int):
                 raise ValueError("wrong types")
+            if not 0 <= reserved <= MAX_SEQ:
+                raise ValueError("out of range")
         except (ValueError, TypeError, KeyError, RecursionError) as exc:
             raise SeqMarkError(f"{path} is damaged ({type(exc).__name__})") from None
         if node != node_id:

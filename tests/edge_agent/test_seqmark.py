@@ -51,6 +51,7 @@ def test_another_nodes_mark_is_ignored(tmp_path: Path) -> None:
         b"[]",
         b'{"node_id": "n1"}',
         b'{"node_id": "n1", "reserved": -1}',
+        b'{"node_id": "n1", "reserved": 9223372036854775807}',  # past any usable seq
         b"[" * 3000,  # json's RecursionError, not a ValueError
         b'{"node_id": "n1", "reserved": 1}' + b" " * (1 << 20),  # not read whole
     ],
