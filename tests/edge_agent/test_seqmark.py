@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -111,3 +112,35 @@ async def test_a_mark_that_cannot_be_written_never_fails_an_append(
         assert SeqMark.load(tmp_path, "n1").reserved == 8 and not mark.failing
     finally:
         await box.close()
+
+
+async def test_the_mark_is_on_disk_before_the_events_it_covers_are_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crash window: a seq committed but not covered by the mark on disk could be
+    handed out again after a loss. At each reservation, the outbox file (read by
+    another connection) does not hold the seqs being reserved yet."""
+    seen: list[tuple[int, int]] = []
+    real = SeqMark.reserve
+
+    def reserve(self: SeqMark, seq: int) -> None:
+        db = sqlite3.connect(f"file:{tmp_path / 'audit.db'}?mode=ro", uri=True)
+        try:
+            seen.append((seq, db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]))
+        finally:
+            db.close()
+        real(self, seq)
+
+    monkeypatch.setattr(SeqMark, "reserve", reserve)
+    box = await Outbox.open(
+        tmp_path / "audit.db", node="n1", mark=SeqMark.load(tmp_path, "n1", ahead=5)
+    )
+    try:
+        for i in range(12):
+            await box.append(_exec(i))
+        ids = [e.id for e in await box.batch()]
+        await box.renumber(ids[:3], floor=100)
+    finally:
+        await box.close()
+    assert len(seen) == 3  # at seq 1 and 7 (each 5 ahead: up to 12), then 102 (renumbered)
+    assert all(committed < seq for seq, committed in seen), seen
