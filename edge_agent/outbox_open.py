@@ -4,7 +4,8 @@
   file is set aside as ``audit.db.corrupt-<UTC time>``, what can be read is
   salvaged into a fresh outbox (:mod:`edge_agent.outbox_check`), and an
   ``audit.corrupt`` event (``events_salvaged``, ``pages``, ``pages_lost``,
-  ``moved_to``, ``reason``) is recorded, which the forwarder delivers as any other.
+  ``moved_to``, ``reason``, ``resumed_at``) is written into it with the salvaged
+  events, which the forwarder delivers as any other.
 - **Missing or empty** while the identity's sequence mark says events were
   numbered before (:mod:`edge_agent.seqmark`): an ``audit.gap`` event
   (``reason``, ``resumed_at``, ``reserved``) is recorded.
