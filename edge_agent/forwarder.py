@@ -10,6 +10,12 @@ message a length-prefixed msgpack map (:mod:`remoteler.audit.stream`):
   in the outbox; the forwarder sends nothing more until ``retry_after`` plus a
   jitter of up to 20 % (at least 0.1 s) has passed, then goes on from the oldest
   (logged at info once per channel).
+* events refused for a reused seq (the ack's ``reused`` ids: this device lost
+  its outbox and numbered again from a seq the hub already holds) are renumbered
+  from the ack's ``seq_floor`` on, after every seq handed out, an ``audit.gap``
+  (``reason`` ``seq_reused``) is recorded, and they are sent again at once. If
+  the hub refuses renumbered events again (its floor is wrong), they are left as
+  they are and sent after the retry-after: never a tight loop.
 
 One batch is in flight at a time. Anything not acked stays in the outbox and is
 sent again, oldest first, on the next channel (one the hub closed is opened
@@ -34,7 +40,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from edge_agent.outbox import Outbox
-from remoteler.audit.events import AuditEvent
+from remoteler.audit.events import AuditEvent, EventType, make_event
 from remoteler.audit.stream import (
     MessageReader,
     Reply,
@@ -183,6 +189,7 @@ async def _send_loop(
     acked: list[int],
 ) -> None:
     waited = False
+    moved: set[str] = set()  # ids renumbered after the last reply that named any
     while not closed.is_set():
         while not acks.empty():  # late acks of a batch sent again after a timeout
             if (late := acks.get_nowait()) is None:
@@ -215,6 +222,14 @@ async def _send_loop(
             return
         if reply.ids:
             acked[0] += await _ack(outbox, reply.ids, closed)
+        # Renumbered events refused again: the hub's floor is wrong; wait, never spin.
+        again = not moved.isdisjoint(reply.reused)
+        renumbered = bool(reply.reused) and not again and await _renumber(outbox, reply)
+        if renumbered:
+            moved = set(reply.reused)
+        settled = len(reply.ids) + len(reply.reused) >= len(events)
+        if renumbered and settled:
+            continue  # refused only for reused seqs, now renumbered: send them at once
         if reply.retry_after is not None:  # the hub's quota: the rest waits in the outbox
             delay = retry_delay(reply.retry_after, random.random())
             # info once per channel (a long drain past the quota waits every few seconds)
@@ -232,6 +247,36 @@ async def _send_loop(
 async def _ack(outbox: Outbox, ids: list[str], closed: asyncio.Event) -> int:
     """Delete what the hub acked, retrying storage errors (e.g. ``SQLITE_FULL``)."""
     return await _retry_storage(lambda: outbox.ack(ids), "delete acked events", closed, 0)
+
+
+async def _renumber(outbox: Outbox, reply: Reply) -> bool:
+    """The hub refused events whose seq it already holds under other ids (this device
+    lost its outbox): number them from the hub's ``seq_floor`` on, after every seq
+    handed out, and record ``audit.gap``; True if any was renumbered."""
+    try:
+        moved = await outbox.renumber(reply.reused, reply.seq_floor)
+        if moved is None:
+            return False
+        count, start = moved
+        log.warning(
+            "hub refused %d audit events: their seq is already stored (this device lost"
+            " its outbox?); renumbered from seq %d and sent again",
+            count,
+            start,
+        )
+        await outbox.append(
+            make_event(
+                EventType.AUDIT_GAP,
+                node=outbox.node,
+                reason="seq_reused",
+                resumed_at=start,
+                renumbered=count,
+            )
+        )
+    except Exception as exc:  # storage failure: they wait for the retry-after instead
+        log.error("audit events not renumbered: %s: %s", type(exc).__name__, exc)
+        return False
+    return True
 
 
 async def _read_acks(

@@ -293,6 +293,7 @@ class Outbox:
 
     async def batch(self, max_count: int = 500, max_bytes: int = 512 * 1024) -> list[AuditEvent]:
         """The oldest unacknowledged events, in seq order, within the caps (at least one)."""
+        bad: list[int] = []
         async with self._lock:
             async with self._db.execute(
                 "SELECT seq, size, body FROM events ORDER BY seq LIMIT ?", (max(1, max_count),)
@@ -303,11 +304,46 @@ class Outbox:
             for seq, size, body in rows:
                 if events and total + size > max_bytes:
                     break
-                events.append(_unpack(seq, body))
+                try:
+                    events.append(_unpack(seq, body))
+                except Exception:  # damaged on the storage: quick_check reads no row's bytes
+                    bad.append(seq)
+                    continue
                 total += size
+            if bad:
+                await self._delete_undecodable(bad)
             if self._dropped is not None and events and events[-1].seq >= self._dropped.event.seq:
                 self._dropped = None  # on its way to the hub: later drops start a new episode
-            return events
+        if bad:  # else it would head the outbox for ever: nothing after it delivered
+            span = f"seq {bad[0]}-{bad[-1]}"
+            log.error("audit outbox: %d stored events undecodable, dropped (%s)", len(bad), span)
+            await self.append(
+                make_event(
+                    EventType.AUDIT_CORRUPT,
+                    node=self.node,
+                    events_salvaged=0,
+                    pages=0,
+                    pages_lost=0,
+                    moved_to="",
+                    reason=f"{len(bad)} stored events undecodable, dropped ({span})",
+                )
+            )
+        return events
+
+    async def _delete_undecodable(self, seqs: list[int]) -> None:
+        try:
+            for seq in seqs:
+                async with self._db.execute(
+                    "DELETE FROM events WHERE seq = ? RETURNING type, size", (seq,)
+                ) as cur:
+                    for type_, size in await cur.fetchall():
+                        self._count -= 1
+                        self._bytes -= size
+                        self._recording_bytes -= size if type_ == _RECORDING else 0
+            await self._db.commit()
+        except BaseException:
+            await self._db.rollback()
+            raise
 
     async def ack(self, ids: Sequence[str]) -> int:
         """Delete the events the hub has committed; return how many were deleted."""
@@ -352,6 +388,47 @@ class Outbox:
             await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except Exception as exc:  # busy or no room: the next ack tries again
             log.warning("audit outbox checkpoint failed: %s: %s", type(exc).__name__, exc)
+
+    async def renumber(self, ids: Sequence[str], floor: int = 0) -> tuple[int, int] | None:
+        """Give the stored events ``ids`` new seqs, in their order, after every seq
+        handed out and at least ``floor`` (the hub refused them: it stored their seq
+        under another id); return (events moved, first new seq), None if none is stored.
+        """
+        unique = list(dict.fromkeys(ids))
+        async with self._lock:
+            found: list[Any] = []
+            for i in range(0, len(unique), _ACK_CHUNK):
+                chunk = unique[i : i + _ACK_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                async with self._db.execute(
+                    f"SELECT seq FROM events WHERE id IN ({marks})",  # noqa: S608
+                    chunk,
+                ) as cur:
+                    found += [seq for (seq,) in await cur.fetchall()]
+            if not found:
+                return None
+            found.sort()
+            start = max(self._next_seq, floor)
+            last = start + len(found) - 1
+            try:
+                if self._mark is not None:
+                    await self._mark.cover(last)
+                # every new seq is past every stored one: no clash, whatever the order
+                await self._db.executemany(
+                    "UPDATE events SET seq = ? WHERE seq = ?",
+                    [(start + i, old) for i, old in enumerate(found)],
+                )
+                await self._db.execute(  # an UPDATE does not move AUTOINCREMENT's counter
+                    "UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (last,)
+                )
+                await self._db.commit()
+            except BaseException:
+                await self._db.rollback()
+                raise
+            self._next_seq = last + 1
+            if self._dropped is not None and self._dropped.event.seq in found:
+                self._dropped = None
+            return len(found), start
 
     async def depth(self) -> tuple[int, int, float | None]:
         """(events, bytes, time of the oldest event or None) waiting for the hub."""
@@ -519,8 +596,8 @@ class Outbox:
                     dropped,
                     dropped_bytes,
                 )
-            if self._mark is not None and not self._mark.covers(next_seq - 1):
-                await asyncio.to_thread(self._mark.reserve, next_seq - 1)  # before the commit
+            if self._mark is not None:
+                await self._mark.cover(next_seq - 1)  # before the commit
             await db.executemany(
                 "INSERT INTO events (seq, id, type, time, size, body) VALUES (?, ?, ?, ?, ?, ?)",
                 [(r.seq, r.event.id, r.event.type, r.event.time, r.size, r.body) for r in kept],

@@ -5,14 +5,16 @@ Blocking :mod:`sqlite3` code, run once before the outbox opens
 
 1. :func:`check_outbox`: is ``audit.db`` missing, empty (0 bytes), or does
    ``PRAGMA quick_check`` fail (or the file not open as SQLite at all)?
-2. :func:`move_aside`: a damaged file (with its ``-wal``) is renamed
-   ``audit.db.corrupt-<UTC time>`` and kept for forensics; nothing deletes it.
-3. :func:`salvage`: the set-aside copy is opened read-only and every row that
-   can still be read is taken, scanning in seq order and, past a damaged page,
-   probing seq numbers one at a time (each read catching
+2. :func:`salvage`: the damaged file is opened read-only where it is and every
+   row that can still be read is taken, scanning in seq order and, past a
+   damaged page, probing seq numbers one at a time (each read catching
    :class:`sqlite3.DatabaseError`); a row must also decode as a valid event.
-4. :func:`write_rows`: the salvaged rows go into a fresh outbox with their
-   original seq, id and bytes, so the hub stores each at most once.
+3. :func:`write_rows`: the salvaged rows go into a fresh outbox (first under
+   another name) with their original seq, id and bytes, so the hub stores each
+   at most once.
+4. :func:`move_aside`: the damaged file (with its ``-wal``) is renamed
+   ``audit.db.corrupt-<UTC time>`` and kept for forensics; nothing deletes it.
+   :mod:`edge_agent.outbox_open` then renames the fresh outbox into place.
 """
 
 from __future__ import annotations
@@ -31,8 +33,18 @@ import msgpack
 
 from edge_agent.outbox import SCHEMA
 from remoteler.audit.events import AuditEvent
+from remoteler.audit.stream import MAX_SEQ
 
-__all__ = ["Check", "Salvage", "check_outbox", "move_aside", "salvage", "write_rows"]
+__all__ = [
+    "Check",
+    "Row",
+    "Salvage",
+    "aside_path",
+    "check_outbox",
+    "move_aside",
+    "salvage",
+    "write_rows",
+]
 
 log = logging.getLogger("remoteler.agent.outbox")
 
@@ -91,22 +103,35 @@ def check_outbox(path: Path) -> Check:
         with contextlib.closing(_connect_ro(path)) as db:
             rows = db.execute("PRAGMA quick_check").fetchall()
             db.execute("SELECT seq, id, type, time, size, body FROM events LIMIT 0").fetchall()
+            top = db.execute(
+                "SELECT max(coalesce((SELECT max(seq) FROM events), 0),"
+                " coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))"
+            ).fetchone()
     except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed", no table
         return Check("corrupt", str(exc))
     if rows != [("ok",)]:
         return Check("corrupt", str(rows[0][0]).splitlines()[0] if rows else "no answer")
+    if top is None or not isinstance(top[0], int) or top[0] > MAX_SEQ:
+        return Check("corrupt", "sequence number out of range")  # e.g. a bit flipped in it
     return Check("ok")
 
 
-def move_aside(path: Path, now: float) -> Path:
-    """Rename ``path`` (and its ``-wal``; the ``-shm`` is dropped) out of the way; return
-    the new name, ``audit.db.corrupt-YYYYmmddTHHMMSSZ`` (``.N`` added if taken)."""
+def aside_path(path: Path, now: float) -> Path:
+    """Where :func:`move_aside` puts ``path``: ``audit.db.corrupt-YYYYmmddTHHMMSSZ``
+    (``.N`` added if taken)."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     n = 1
     while aside.exists():
         aside = path.with_name(f"{path.name}.corrupt-{stamp}.{n}")
         n += 1
+    return aside
+
+
+def move_aside(path: Path, now: float, aside: Path | None = None) -> Path:
+    """Rename ``path`` (and its ``-wal``; the ``-shm`` is dropped) out of the way, to
+    ``aside`` or :func:`aside_path`; return the new name."""
+    aside = aside or aside_path(path, now)
     os.replace(path, aside)
     wal = path.with_name(path.name + "-wal")
     if wal.exists():
@@ -131,7 +156,8 @@ def salvage(path: Path, hi: int = 0) -> Salvage:
     with contextlib.closing(db):
         with contextlib.suppress(sqlite3.DatabaseError):
             found = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-            hi = max(hi, int(found[0]) if found else 0)
+            if found and isinstance(found[0], int) and found[0] <= MAX_SEQ:
+                hi = max(hi, found[0])
         last, probes = 0, 0
         while True:
             try:
@@ -159,10 +185,12 @@ def salvage(path: Path, hi: int = 0) -> Salvage:
 
 
 def write_rows(path: Path, rows: tuple[Row, ...]) -> None:
-    """Create a fresh outbox at ``path`` (mode 0600) holding ``rows`` with their seq."""
+    """Create a fresh outbox at ``path`` (mode 0600) holding ``rows`` with their seq,
+    durable in that one file when this returns (a rollback journal, not a ``-wal``
+    left behind, so the file alone may be renamed; the outbox turns WAL on at open)."""
     os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     with contextlib.closing(sqlite3.connect(path)) as db:
-        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA journal_mode=DELETE")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
         db.executemany(
@@ -174,27 +202,37 @@ def write_rows(path: Path, rows: tuple[Row, ...]) -> None:
 
 def count_pages(path: Path) -> tuple[int, int]:
     """(pages, pages lost): a page is lost unless it looks like a b-tree page or an
-    overflow/free-list page (first 4 bytes a page number in the file, or 0)."""
+    overflow/free-list page (first 4 bytes a page number in the file, or 0).
+
+    Read one page at a time: a damaged outbox may be hundreds of MiB on a device
+    with less memory than that.
+    """
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            size = os.fstat(f.fileno()).st_size
+            header = f.read(100)
+            page_size = 4096
+            if header[:16] == _MAGIC:
+                raw = int.from_bytes(header[16:18], "big")
+                page_size = (
+                    65536 if raw == 1 else raw if raw >= 512 and raw & (raw - 1) == 0 else 4096
+                )
+            pages = -(-size // page_size)
+            if header[:16] != _MAGIC:
+                return pages, pages
+            lost = 0
+            f.seek(page_size)  # page 1 holds the header, checked above
+            for _ in range(1, pages):
+                page = f.read(page_size)
+                if not page:  # the file shrank meanwhile
+                    break
+                if page[0] in _BTREE_PAGE_TYPES and _plausible_btree(page, page_size):
+                    continue
+                if int.from_bytes(page[:4], "big") <= pages:
+                    continue
+                lost += 1
     except OSError:
         return 0, 0
-    page_size = 4096
-    if data[:16] == _MAGIC:
-        raw = int.from_bytes(data[16:18], "big")
-        page_size = 65536 if raw == 1 else raw if raw >= 512 and raw & (raw - 1) == 0 else 4096
-    pages = -(-len(data) // page_size)
-    if data[:16] != _MAGIC:
-        return pages, pages
-    lost = 0
-    for n in range(1, pages):  # page 1 holds the header, checked above
-        page = data[n * page_size : (n + 1) * page_size]
-        if page[0] in _BTREE_PAGE_TYPES and _plausible_btree(page, page_size):
-            continue
-        if int.from_bytes(page[:4], "big") <= pages:
-            continue
-        lost += 1
     return pages, lost
 
 
@@ -213,6 +251,8 @@ def _take(raw: tuple[object, ...], rows: dict[int, Row]) -> int:
     """Keep one row if it decodes as a valid event; return its seq."""
     seq, event_id, body = raw
     assert isinstance(seq, int)
+    if seq > MAX_SEQ:  # damaged: it would stop numbering (SQLite's INTEGER ends at 2**63)
+        return seq
     if not (isinstance(body, bytes) and isinstance(event_id, str) and _ID.fullmatch(event_id)):
         return seq
     try:

@@ -21,11 +21,13 @@ A mark written for another node id (the device joined again) is ignored.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from remoteler.audit.stream import MAX_SEQ
 from remoteler.fsutil import write_secret_file
 
 __all__ = ["MARK_FILE", "RESERVE_AHEAD", "SeqMark", "SeqMarkError"]
@@ -35,6 +37,8 @@ log = logging.getLogger("remoteler.agent.seqmark")
 MARK_FILE = "audit-seq.json"
 #: Sequence numbers reserved by one durable write of the mark.
 RESERVE_AHEAD = 4096
+#: A longer mark file is damaged (a real one is under 100 bytes).
+MAX_MARK_BYTES = 4096
 
 
 class SeqMarkError(Exception):
@@ -54,6 +58,8 @@ class SeqMark:
     ahead: int = RESERVE_AHEAD
     writes: int = 0
     """Durable writes made by this process (for the bench and the tests)."""
+    failing: bool = False
+    """The last write failed (logged once until one succeeds again)."""
 
     @classmethod
     def load(cls, identity_dir: Path, node_id: str, ahead: int = RESERVE_AHEAD) -> SeqMark:
@@ -64,17 +70,22 @@ class SeqMark:
         path = identity_dir / MARK_FILE
         mark = cls(path, node_id, ahead=ahead)
         try:
-            raw = path.read_bytes()
+            with open(path, "rb") as f:
+                raw = f.read(MAX_MARK_BYTES + 1)
         except FileNotFoundError:
             return mark
         except OSError as exc:
             raise SeqMarkError(f"{path} cannot be read: {exc.strerror}") from None
         try:
+            if len(raw) > MAX_MARK_BYTES:
+                raise ValueError("too long")
             data = json.loads(raw)
             node, reserved = data["node_id"], data["reserved"]
-            if not isinstance(node, str) or not isinstance(reserved, int) or reserved < 0:
+            if not isinstance(node, str) or not isinstance(reserved, int):
                 raise ValueError("wrong types")
-        except (ValueError, TypeError, KeyError) as exc:
+            if not 0 <= reserved <= MAX_SEQ:
+                raise ValueError("out of range")
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
             raise SeqMarkError(f"{path} is damaged ({type(exc).__name__})") from None
         if node != node_id:
             log.info("audit sequence mark belongs to another node id; starting a new one")
@@ -96,3 +107,32 @@ class SeqMark:
         write_secret_file(self.path, data)
         self.reserved = reserved
         self.writes += 1
+
+    async def cover(self, seq: int) -> None:
+        """Make sure ``seq`` is reserved before it is committed (asyncio; a thread for
+        the write). A mark that cannot be written (read-only or full storage) is
+        logged, never fatal: an event kept matters more, and a seq reused after a
+        later loss is refused by the hub and renumbered (docs/audit.md)."""
+        if not self.covers(seq):
+            await asyncio.to_thread(self.reserve_or_log, seq)
+
+    def reserve_or_log(self, seq: int) -> None:
+        """:meth:`reserve` unless ``seq`` is covered; a failed write is logged once, not
+        raised (see :meth:`cover`). Blocking."""
+        if self.covers(seq):
+            return
+        try:
+            self.reserve(seq)
+        except OSError as exc:
+            if not self.failing:
+                log.error(
+                    "audit sequence mark %s cannot be written (%s); events are still"
+                    " stored, numbered without it",
+                    self.path,
+                    exc.strerror or exc,
+                )
+            self.failing = True
+        else:
+            if self.failing:
+                log.info("audit sequence mark %s written again", self.path)
+            self.failing = False

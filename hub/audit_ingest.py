@@ -13,9 +13,12 @@ logged once per channel, with the totals at close.
 
 An event whose seq the node already stored under another id (an agent that lost
 its outbox and numbered from 1 again) is neither stored nor acked: the ack lists
-the rest of the batch with a retry-after of :data:`REUSED_SEQ_RETRY`, so the
-agent keeps it and re-sends it slowly instead of in a loop. The first such event
-on a channel is logged and recorded as a hub ``audit.seq_reused`` event.
+the rest of the batch, names the refused ids (``reused``) with the node's highest
+stored seq + 1 (``seq_floor``), and a retry-after of :data:`REUSED_SEQ_RETRY`. A
+current agent renumbers the refused events from ``seq_floor`` on and sends them
+again at once; an older one keeps them and re-sends them slowly instead of in a
+loop. The first such event on a channel is logged and recorded as a hub
+``audit.seq_reused`` event.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import msgpack
 
@@ -68,18 +72,21 @@ async def serve_audit_channel(
     fields = {"node_id": node_id, "channel": channel.channel_id}
     stored = refused = early = reused = 0
 
-    async def insert(events: list[AuditEvent]) -> tuple[list[str], float | None]:
-        """Store; return the ids to ack and the retry-after reused seqs ask for."""
+    async def insert(events: list[AuditEvent]) -> tuple[list[str], float | None, Inserted]:
+        """Store; return the ids to ack, the retry-after reused seqs ask for, the result."""
         nonlocal stored, reused
         result: Inserted = await store.insert_checked(node_id, events)
         stored += result.inserted
         if not result.reused:
-            return [e.id for e in events], None
+            return [e.id for e in events], None, result
         if not reused:
             await _note_reused(store, node_id, result, fields)
         reused += len(result.reused)
         refused_ids = {r.id for r in result.reused}
-        return [e.id for e in events if e.id not in refused_ids], REUSED_SEQ_RETRY
+        return [e.id for e in events if e.id not in refused_ids], REUSED_SEQ_RETRY, result
+
+    def ack(ids: list[str], retry: float | None, result: Inserted) -> dict[str, Any]:
+        return ack_message(ids, retry, [r.id for r in result.reused], result.seq_floor)
 
     try:
         while data := await channel.read(READ_SIZE):
@@ -107,8 +114,8 @@ async def serve_audit_channel(
                         costs = [event_cost(len(_pack(e))) for e in message["events"]]
                     grant = quotas.take(node_id, len(events), clock(), costs)
                 if grant is None or grant.retry_after is None:
-                    ids, retry = await insert(events)
-                    channel.write(encode_message(ack_message(ids, retry)))
+                    ids, retry, result = await insert(events)
+                    channel.write(encode_message(ack(ids, retry, result)))
                     await channel.drain()
                     continue
                 if not refused:
@@ -119,8 +126,8 @@ async def serve_audit_channel(
                 kept = events[: grant.accepted]
                 refused += len(events) - len(kept)
                 if kept:
-                    ids, retry = await insert(kept)
-                    reply = ack_message(ids, max(grant.retry_after, retry or 0))
+                    ids, retry, result = await insert(kept)
+                    reply = ack(ids, max(grant.retry_after, retry or 0), result)
                 else:
                     reply = refused_message(grant.retry_after, "node audit quota reached")
                 channel.write(encode_message(reply))

@@ -186,7 +186,11 @@ FIELD_TYPES: dict[str, tuple[_Check, ...]] = {
         ("moved_to", _is_str, "a str (the file kept aside)"),
     ),
     EventType.AUDIT_GAP: (
-        ("reason", lambda v: v in ("missing", "empty"), "'missing' or 'empty'"),
+        (
+            "reason",
+            lambda v: v in ("missing", "empty", "seq_reused"),
+            "'missing', 'empty' or 'seq_reused'",
+        ),
         ("resumed_at", _is_count, "a non-negative int"),
     ),
     EventType.AUDIT_SEQ_REUSED: (

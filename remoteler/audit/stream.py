@@ -12,6 +12,10 @@ a msgpack map of that many bytes:
   it stored none. The agent keeps what was not acked and sends it again after
   ``retry_after``. An agent older than this ignores ``refused`` (and the extra
   key): it re-sends after its ack timeout, so nothing is lost either way.
+- an ``ack`` may also carry ``"reused": [event id, ...]`` and ``"seq_floor": n``:
+  events not stored because the node already stored their seq under another id
+  (it lost its outbox), and the node's highest stored seq + 1. The agent renumbers
+  those events from ``seq_floor`` on and sends them again (docs/audit.md).
 
 The agent deletes from its outbox only what was acked and re-sends the rest
 after a reconnect; the hub's insert is idempotent on (node, id).
@@ -30,6 +34,7 @@ from remoteler.audit.events import AuditEvent
 __all__ = [
     "MAX_MESSAGE",
     "MAX_RETRY_AFTER",
+    "MAX_SEQ",
     "REFUSED_QUOTA",
     "MessageReader",
     "Reply",
@@ -46,6 +51,8 @@ __all__ = [
 REFUSED_QUOTA = 1
 #: Longest retry-after an agent honours (seconds): a hub cannot park it for longer.
 MAX_RETRY_AFTER = 3600.0
+#: Highest ``seq_floor`` an agent accepts (far below SQLite's 2**63 - 1).
+MAX_SEQ = 1 << 53
 #: Wait after a ``refused`` that gives no retry-after.
 DEFAULT_REFUSED_WAIT = 30.0
 
@@ -118,11 +125,21 @@ def batch_message(events: Iterable[AuditEvent]) -> dict[str, Any]:
     return {"t": "batch", "events": [e.to_wire() for e in events]}
 
 
-def ack_message(ids: Sequence[str], retry_after: float | None = None) -> dict[str, Any]:
-    """An ack; with ``retry_after`` it acks only part of the batch (the rest was refused)."""
+def ack_message(
+    ids: Sequence[str],
+    retry_after: float | None = None,
+    reused: Sequence[str] = (),
+    seq_floor: int = 0,
+) -> dict[str, Any]:
+    """An ack; with ``retry_after`` it acks only part of the batch (the rest was refused);
+    ``reused`` names events refused for a seq already stored, ``seq_floor`` where to
+    renumber them from."""
     msg: dict[str, Any] = {"t": "ack", "ids": list(ids)}
     if retry_after is not None:
         msg["retry_after"] = float(retry_after)
+    if reused:
+        msg["reused"] = list(reused)
+        msg["seq_floor"] = int(seq_floor)
     return msg
 
 
@@ -141,6 +158,10 @@ class Reply:
     #: ``refused`` code, 0 for an ack
     code: int = 0
     reason: str = ""
+    #: ids refused for a seq the node already stored under another id
+    reused: tuple[str, ...] = ()
+    #: the node's highest stored seq + 1 (with ``reused``), 0 if not given
+    seq_floor: int = 0
 
 
 def parse_batch(msg: dict[str, Any]) -> list[AuditEvent]:
@@ -179,4 +200,9 @@ def parse_reply(msg: dict[str, Any]) -> Reply:
             code if isinstance(code, int) and not isinstance(code, bool) else -1,
             reason[:200] if isinstance(reason, str) else "",
         )
-    return Reply(parse_ack(msg), retry_after)
+    reused, floor = msg.get("reused", []), msg.get("seq_floor", 0)
+    if not isinstance(reused, list) or not all(isinstance(i, str) for i in reused):
+        raise ValueError("ack reused must be a list of ids")
+    if not isinstance(floor, int) or isinstance(floor, bool) or not 0 <= floor <= MAX_SEQ:
+        raise ValueError(f"ack seq_floor must be an int from 0 to {MAX_SEQ}")
+    return Reply(parse_ack(msg), retry_after, reused=tuple(reused), seq_floor=floor)

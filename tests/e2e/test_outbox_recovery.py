@@ -24,6 +24,8 @@ from edge_agent.health import read_status
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 NAME = "dev1"
+#: A generous bound for each wait (2 loaded cores): a correctness bound, never a speed one.
+LOADED = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +82,9 @@ def _start(cluster: Cluster, ssh: bool = True) -> None:
         assert proc.poll() is None, f"the agent exited: {cluster.all_logs()[-2000:]}"
         return status is not None and status.pid == proc.pid and status.tunnel_up
 
-    wait_for(up, what="the agent's tunnel up")
+    wait_for(up, timeout=LOADED, what="the agent's tunnel up")
     if ssh:
-        wait_for(lambda: _ssh_works(cluster), what="tsh ssh to reach the agent")
+        wait_for(lambda: _ssh_works(cluster), timeout=LOADED, what="tsh ssh to reach the agent")
 
 
 def _ssh_works(cluster: Cluster) -> bool:
@@ -93,7 +95,7 @@ def _ssh_works(cluster: Cluster) -> bool:
 def _restart_after(cluster: Cluster, damage: Callable[[Path], None], want: str) -> dict[str, Any]:
     """Deliver everything, stop the agent, damage its outbox, start it; return the
     ``want`` event once the hub has it (after checking the agent is reachable)."""
-    wait_for(lambda: _pending(cluster) == 0, what="the outbox delivered")
+    wait_for(lambda: _pending(cluster) == 0, timeout=LOADED, what="the outbox delivered")
     before = _device_events(cluster)
     stop_process(cluster.agents[NAME])
     damage(_data(cluster) / "audit.db")
@@ -101,6 +103,7 @@ def _restart_after(cluster: Cluster, damage: Callable[[Path], None], want: str) 
     old = {e["id"] for e in before}
     (event,) = wait_for(
         lambda: [e for e in _device_events(cluster) if e["type"] == want and e["id"] not in old],
+        timeout=LOADED,
         what=f"{want} at the hub",
     )
     assert event["seq"] > max(e["seq"] for e in before)

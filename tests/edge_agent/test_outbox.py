@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -332,3 +333,57 @@ async def test_an_event_the_hub_would_refuse_fails_only_its_own_append(outbox: O
     assert isinstance(results[0], AuditEvent) and results[0].seq == 1
     assert isinstance(results[1], ValueError)
     assert [e.id for e in await everything(outbox)] == [results[0].id]
+
+
+async def test_renumber_moves_events_after_every_seq_and_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The hub refused seq 2 and 3 (reused): they move, in order, past the hub's floor
+    and the outbox's own numbers, and a reopened outbox goes on after them (SQLite's
+    AUTOINCREMENT counter does not follow an UPDATE by itself)."""
+    from edge_agent.seqmark import SeqMark
+
+    mark = SeqMark.load(tmp_path, "n1", ahead=10)
+    box = await Outbox.open(tmp_path / "audit.db", node="n1", mark=mark)
+    try:
+        events = [await box.append(exec_event(i)) for i in range(4)]
+        assert await box.renumber(["nope"]) is None
+        assert await box.renumber([events[2].id, events[1].id], floor=40) == (2, 40)
+        assert [(e.id, e.seq) for e in await box.batch()] == [
+            (events[0].id, 1),
+            (events[3].id, 4),
+            (events[1].id, 40),
+            (events[2].id, 41),
+        ]
+        assert mark.reserved >= 41 and SeqMark.load(tmp_path, "n1").reserved >= 41
+    finally:
+        await box.close()
+    box = await Outbox.open(tmp_path / "audit.db", node="n1")  # no mark: the file alone
+    try:
+        assert (await box.append(exec_event(9))).seq == 42
+    finally:
+        await box.close()
+
+
+async def test_an_undecodable_stored_event_is_dropped_and_reported(tmp_path: Path) -> None:
+    """Bytes of one row damaged on the storage (the b-tree intact, so quick_check
+    passes): before, every batch() raised, the forwarder died on each tunnel and
+    nothing after that row was ever delivered. Now the row is dropped, counted in an
+    ``audit.corrupt`` event, and the rest goes on."""
+    path = tmp_path / "audit.db"
+    box = await Outbox.open(path, node="n1")
+    events = [await box.append(exec_event(i)) for i in range(3)]
+    await box.close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE events SET body = X'c1c1c1' WHERE seq = 2")
+    db.commit()
+    db.close()
+    box = await Outbox.open(path, node="n1")
+    try:
+        assert [e.id for e in await box.batch()] == [events[0].id, events[2].id]
+        *rest, note = await box.batch()
+        assert [e.id for e in rest] == [events[0].id, events[2].id]
+        assert note.type == "audit.corrupt" and "seq 2-2" in note.fields["reason"]
+        assert (await box.depth())[0] == 3
+    finally:
+        await box.close()

@@ -6,6 +6,7 @@ import asyncio
 import os
 import random
 import sqlite3
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,19 @@ async def test_random_damage_never_raises(tmp_path: Path) -> None:
         assert check_outbox(fresh).state == "ok"
         for p in tmp_path.glob("fresh.db*"):
             p.unlink()
+
+
+def test_counting_pages_reads_one_page_at_a_time(tmp_path: Path) -> None:
+    """A 64 MiB damaged outbox (sparse: SQLite's header, then zero pages) is counted
+    without holding it in memory (before: the whole file read at once)."""
+    path = tmp_path / "audit.db"
+    with open(path, "wb") as f:
+        f.write(b"SQLite format 3\x00" + (4096).to_bytes(2, "big"))
+        f.truncate(64 << 20)
+    tracemalloc.start()
+    try:
+        assert count_pages(path) == (16384, 0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak

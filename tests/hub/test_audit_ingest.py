@@ -20,7 +20,7 @@ from edge_agent import forwarder
 from edge_agent.outbox import Outbox
 from hub import audit_ingest
 from hub.audit_quota import QuotaConfig
-from hub.audit_store import AuditStore, Inserted, audit_db_path
+from hub.audit_store import AuditStore, Inserted, ReusedSeq, audit_db_path
 from hub.auth import AuthService
 from hub.backend import SQLiteBackend
 from hub.datadir import DataDir
@@ -432,6 +432,8 @@ async def test_a_reused_seq_is_refused_unacked_and_audited_once(
             reply = await _reply_to(channel, reader, again)
             assert reply.ids == [again[3].id]
             assert reply.retry_after == audit_ingest.REUSED_SEQ_RETRY
+            # named, with where to renumber them from (past the node's highest seq)
+            assert reply.reused == tuple(e.id for e in again[:3]) and reply.seq_floor == 5
         assert (await _reply_to(channel, reader, first)).ids == [e.id for e in first]  # dedup
     stored = await ahub.store.search(node=node.id, type="exec")
     assert [(e.seq, e.id) for e in stored] == [(e.seq, e.id) for e in [*first, again[3]]]
@@ -440,3 +442,87 @@ async def test_a_reused_seq_is_refused_unacked_and_audited_once(
     assert (note.fields["refused_id"], note.fields["stored_id"]) == (again[0].id, first[0].id)
     warned = [r for r in caplog.records if "seq already stored" in r.getMessage()]
     assert len(warned) == 1 and getattr(warned[0], "node_id", None) == node.id
+
+
+async def test_a_device_that_lost_its_numbering_delivers_everything_renumbered(
+    tmp_path: Path, ahub: AuditHub
+) -> None:
+    """The hub holds seq 1-600 of the node; the device lost its outbox and its mark and
+    numbered 700 new events from 1 again. The real forwarder renumbers each refused
+    batch after the hub's highest seq and delivers all 700 within a few round trips
+    (before: refused every 30 s for ever, and once 500 refused events headed the
+    outbox, nothing after them was delivered either)."""
+    assert ahub.store is not None
+    ctx = ahub.tls(*await ahub.node_creds("node-1"))
+    node = await ahub.backend.get_node("node-1")
+    assert node is not None
+    assert await ahub.store.insert(node.id, _events(600, node.id)) == 600
+    box = await Outbox.open(tmp_path / "outbox.db", node=node.id)
+    try:
+        sent = await asyncio.gather(
+            *(
+                box.append(make_event(EventType.EXEC, node=node.id, command=f"n{i}", exit_code=0))
+                for i in range(700)
+            )
+        )
+        assert [e.seq for e in sent] == list(range(1, 701))
+        async with agent_tunnel(ahub, ctx) as tunnel:
+            task = asyncio.ensure_future(forwarder.run_forwarder(box, tunnel))
+            async with asyncio.timeout(20):
+                while (await box.depth())[0]:
+                    await asyncio.sleep(0.05)
+            await tunnel.close()
+            await asyncio.wait_for(task, 5)
+        next_seq = (await box.append(sent[0])).seq  # numbering goes on past the moved ones
+    finally:
+        await box.close()
+    stored = await ahub.store.search(node=node.id, limit=10_000)
+    mine = {e.id: e for e in stored if e.type == "exec" and e.fields["command"][0] == "n"}
+    assert set(mine) == {e.id for e in sent}  # every event, once
+    seqs = [e.seq for e in stored if e.seq > 0]
+    assert (
+        len(seqs)
+        == len(set(seqs))
+        == 600 + 700 + len(gaps := [e for e in stored if e.type == "audit.gap"])
+    )
+    assert gaps and all(g.fields["reason"] == "seq_reused" for g in gaps)
+    assert sum(g.fields["renumbered"] for g in gaps) == 600  # n0-n599 clashed, n600+ did not
+    assert min(g.fields["resumed_at"] for g in gaps) == 701  # past the hub's 600 and its own
+    assert next_seq > max(seqs)
+
+
+async def test_a_hub_that_refuses_renumbered_events_again_is_not_spun_on(
+    tmp_path: Path, ahub: AuditHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hub whose ``seq_floor`` is wrong refuses the renumbered events again: the agent
+    renumbers once, then waits the retry-after (before: renumbered and re-sent in a
+    tight loop, one more ``audit.gap`` in its outbox per round trip)."""
+    assert ahub.store is not None
+    ctx = ahub.tls(*await ahub.node_creds("node-1"))
+    node = await ahub.backend.get_node("node-1")
+    assert node is not None
+    rounds = []
+    real_insert = ahub.store.insert_checked
+
+    async def always_reused(node_id: str, events: list[AuditEvent]) -> Inserted:
+        if all(e.seq == 0 for e in events):  # the hub's own audit.seq_reused
+            return await real_insert(node_id, events)
+        rounds.append(len(events))
+        return Inserted(0, tuple(ReusedSeq(e.seq, e.id, "x") for e in events), seq_floor=1)
+
+    monkeypatch.setattr(ahub.store, "insert_checked", always_reused)
+    box = await Outbox.open(tmp_path / "outbox.db", node=node.id)
+    try:
+        await box.append(make_event(EventType.EXEC, node=node.id, command="c", exit_code=0))
+        async with agent_tunnel(ahub, ctx) as tunnel:
+            task = asyncio.ensure_future(forwarder.run_forwarder(box, tunnel))
+            async with asyncio.timeout(10):
+                while len(rounds) < 2:
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)  # a spinning agent sends hundreds of rounds meanwhile
+            await tunnel.close()
+            await asyncio.wait_for(task, 5)
+        assert len(rounds) == 2  # the event; then it, renumbered, with one audit.gap
+        assert (await box.depth())[0] == 2
+    finally:
+        await box.close()

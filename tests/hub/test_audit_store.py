@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sqlite3
 import stat
 from collections.abc import AsyncIterator
@@ -227,3 +228,20 @@ async def test_the_reused_seq_check_probes_the_index(tmp_path: Path, store: Audi
     finally:
         db.close()
     assert "events_node_seq (node=? AND seq=?)" in " ".join(str(row[-1]) for row in plan)
+
+
+async def test_opening_a_trail_from_before_the_seq_index_says_it_builds_it_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The (node, seq) index is built at the first start over an existing trail (the
+    hub not listening meanwhile): one warning says why, none on later starts."""
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(audit_store.SCHEMA.replace(audit_store.SCHEMA.splitlines()[-1], ""))
+    db.close()
+    caplog.set_level(logging.WARNING, "remoteler.hub.audit")
+    for _ in range(2):
+        await (await AuditStore.open(path)).close()
+    assert len([r for r in caplog.records if "building the (node, seq) index" in r.message]) == 1
+    await (await AuditStore.open(tmp_path / "new.db")).close()
+    assert len([r for r in caplog.records if "index" in r.message]) == 1

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from remoteler.audit import EventType, MessageReader, encode_message, make_event
-from remoteler.audit.stream import ack_message, batch_message, parse_ack, parse_batch
+from remoteler.audit.stream import ack_message, batch_message, parse_ack, parse_batch, parse_reply
 
 EVENTS = [
     make_event(EventType.EXEC, node="n", command="id", exit_code=0),
@@ -90,3 +90,13 @@ def test_fuzz_reader_raises_only_value_error(chunks: list[bytes]) -> None:
                 assert isinstance(message, dict)
     except ValueError:
         pass
+
+
+def test_an_ack_names_reused_seqs_and_bounds_the_floor() -> None:
+    msg = ack_message(["a"], 30, reused=["b", "c"], seq_floor=601)
+    reply = parse_reply(msg)
+    assert (reply.ids, reply.reused, reply.seq_floor) == (["a"], ("b", "c"), 601)
+    assert "reused" not in ack_message(["a"]) and parse_reply(ack_message(["a"])).reused == ()
+    for bad in ({"reused": "b"}, {"reused": [1]}, {"seq_floor": -1}, {"seq_floor": 1 << 63}):
+        with pytest.raises(ValueError):
+            parse_reply({**msg, **bad})
