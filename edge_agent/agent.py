@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge_agent.audit import AgentAudit
+from edge_agent.clock import HubClock
 from edge_agent.forwarder import run_forwarder
 from edge_agent.identity import NodeIdentity
 from edge_agent.locks import LockStore, serve_locks_channel
 from edge_agent.outbox import Outbox
 from edge_agent.serial_line import SerialConsoles
 from remoteler.audit.events import EventType
+from remoteler.clockskew import REPORT_THRESHOLD, sample
 from remoteler.errors import RemotelerError, TrustError
 from remoteler.hubconn import open_ws
 from remoteler.locks import lock_digest
@@ -83,7 +85,9 @@ class EdgeAgent:
         #: the hub's locks, as last pushed (kept in the data dir by the caller's store)
         self.locks = locks or LockStore(nodes=(ident.node_id, ident.name))
         self.outbox = outbox
-        self.audit = AgentAudit(outbox, ident.node_id)
+        #: the hub's time as learnt from heartbeat answers (docs/tunnels.md, "Clock skew")
+        self.clock = HubClock()
+        self.audit = AgentAudit(outbox, ident.node_id, clock=self.clock.now)
         # The join token's labels win over --labels, here as at the hub: the device's
         # own access check (deny rules on labels) must see what the hub sees.
         self.labels = {**dict(labels), **ident.token_labels}
@@ -105,7 +109,33 @@ class EdgeAgent:
             "name": self.ident.name,
             "ssh": "embedded" if self.ssh_target is None else "forward",
             "serial_ports": self.consoles.ports,
+            # only when worth showing, and to 10 s, so that PINGs stay payload-free
+            **({"clock_skew": round(skew, -1)} if (skew := self._skew()) is not None else {}),
         }
+
+    def _skew(self) -> float | None:
+        skew = self.clock.skew
+        return skew if skew is not None and abs(skew) >= REPORT_THRESHOLD else None
+
+    def on_pong(self, rtt: float, hub_time: float | None) -> None:
+        """A heartbeat answer: learn the hub's time from it (RTT/2 error)."""
+        if hub_time is None:
+            return  # a hub older than clock=1
+        wall = time.time()
+        estimate = sample(wall - rtt, wall, hub_time)
+        if estimate is None:
+            return
+        report = self.clock.observe(estimate)
+        if report is not None:
+            log.warning("clock skew: %s", report.message, extra={"hub": self.ident.hub})
+            self.audit.emit_nowait(
+                EventType.CLOCK_SKEW,
+                skew=round(report.skew, 3),
+                corrected=report.corrected,
+                message=report.message,
+            )
+        if self.tunnel is not None:
+            self.tunnel.set_heartbeat_payload(self.heartbeat_payload())
 
     async def _status_loop(self, tunnel: Tunnel) -> None:
         """Keep the heartbeat's status current: audit backlog depth and oldest event."""
@@ -154,25 +184,38 @@ class EdgeAgent:
     async def run_once(self) -> None:
         ident = self.ident
         ctx = client_context(ident.host_ca_pem, ident.tls_cert, ident.key_pem, [TUNNEL_ALPN])
+        # The hub watches for silence with our heartbeat settings, not its own.
+        path = (
+            f"/v1/tunnel?heartbeat={self.limits.heartbeat_interval:g}"
+            f"&misses={self.limits.allowed_misses}"
+            # The lock set we hold: the hub pushes a new one only if it differs.
+            f"&locks={lock_digest(self.locks.locks)}"
+            # PONGs carry the hub's time (older hubs ignore it; docs/wire-protocol.md)
+            "&clock=1"
+        )
         try:
             ws = await open_ws(
                 ident.hub,
-                # The hub watches for silence with our heartbeat settings, not its own.
-                f"/v1/tunnel?heartbeat={self.limits.heartbeat_interval:g}"
-                f"&misses={self.limits.allowed_misses}"
-                # The lock set we hold: the hub pushes a new one only if it differs.
-                f"&locks={lock_digest(self.locks.locks)}",
+                path,
                 ctx,
                 subprotocol=TUNNEL_SUBPROTOCOL,
                 max_size=self.limits.max_frame_bytes + 1024,
                 timeout=self.dial_timeout(),
             )
-        except TrustError as err:  # was the hub's CA rotated while we were away?
-            from edge_agent.rotate import explain_dial_failure
+        except TrustError as err:  # a wrong clock? was the hub's CA rotated meanwhile?
+            from edge_agent.clockdial import dial_despite_clock
 
-            raise await explain_dial_failure(ident, err) from None
+            ws = await dial_despite_clock(
+                ident,
+                self.clock,
+                err,
+                path,
+                timeout=self.dial_timeout(),
+                max_size=self.limits.max_frame_bytes + 1024,
+            )
         core = Connection(Role.DIALER, self.limits, now=time.monotonic())
-        tunnel = Tunnel(ws, core, on_channel=self.on_channel)
+        core.ping_at_start = True  # the hub's time (and our status) at once
+        tunnel = Tunnel(ws, core, on_channel=self.on_channel, on_pong=self.on_pong)
         tunnel.set_heartbeat_payload(self.heartbeat_payload())
         self.tunnel = tunnel
         log.info("tunnel up", extra={"hub": ident.hub, "node_id": ident.node_id})
@@ -230,5 +273,11 @@ class EdgeAgent:
 
         channel = request.accept()
         await serve_ssh_channel(
-            channel, self.ident, lambda: self.labels, self.audit, self.locks, self.consoles
+            channel,
+            self.ident,
+            lambda: self.labels,
+            self.audit,
+            self.locks,
+            self.consoles,
+            clock=self.clock,
         )

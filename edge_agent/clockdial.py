@@ -1,0 +1,119 @@
+"""Reach the hub although this device's clock is wrong (docs/tunnels.md, "Clock skew").
+
+The normal dial verifies the hub's certificate with OpenSSL against the system
+clock. On a device whose clock is far behind (no RTC, booted in 1970 or last
+month) the hub's CA or certificate is "not yet valid"; far ahead, "expired".
+When that dial fails verification, :func:`dial_despite_clock`:
+
+1. asks the hub's ``ping`` RPC for its CA and time over an unverified connection
+   (nothing secret is sent), measuring the round trip: the skew, within RTT/2;
+2. if the hub now serves from a CA this node does not trust, says how to rejoin
+   (a rotation while offline, edge_agent/rotate.py);
+3. if the skew is under a minute, the clock is not the cause: the first error stands;
+4. beyond the bound (24 h by default), refuses with the skew named;
+5. within it, dials again without OpenSSL's check and verifies the hub's
+   certificate itself (:func:`check_hub_cert`: signed by a trusted host CA,
+   serverAuth, CA and certificate valid at hub-corrected time) before the
+   tunnel carries a single frame.
+
+The ping's time is unauthenticated, so the bound is what limits a forger: at
+worst a hub certificate that expired less than the bound ago is accepted.
+Heartbeat answers on the verified tunnel then replace the estimate.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from edge_agent.clock import HubClock
+from edge_agent.identity import NodeIdentity
+from remoteler.ca import CAError, pin_of_cert_pem, signed_by, split_pem_bundle
+from remoteler.clockskew import REPORT_THRESHOLD, describe_skew, human_span, sample, within
+from remoteler.errors import ConfigError, RemotelerError, TrustError
+
+__all__ = ["check_hub_cert", "dial_despite_clock"]
+
+
+def check_hub_cert(der: bytes, trusted_pems: bytes, at: float) -> None:
+    """Raise CAError unless ``der`` is a hub (serverAuth) certificate signed by one
+    of the ``trusted_pems`` CA roots, both valid at ``at`` (unix seconds)."""
+    try:
+        leaf = x509.load_der_x509_certificate(der)
+    except ValueError:
+        raise CAError("the hub's certificate is unreadable") from None
+    when = datetime.fromtimestamp(at, UTC)
+    for pem in split_pem_bundle(trusted_pems):
+        try:
+            ca = x509.load_pem_x509_certificate(pem)
+        except ValueError:
+            continue
+        if leaf.issuer != ca.subject or not signed_by(leaf, ca.public_key()):
+            continue
+        for cert, what in ((ca, "the hub's CA"), (leaf, "the hub's certificate")):
+            if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
+                raise CAError(f"{what} is not valid at the hub's time")
+        try:
+            usage = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            raise CAError("the hub's certificate has no extended key usage") from None
+        if ExtendedKeyUsageOID.SERVER_AUTH not in usage:
+            raise CAError("the certificate is not a hub's (no serverAuth)")
+        return
+    raise CAError("the hub's certificate is not signed by the trusted CA")
+
+
+async def dial_despite_clock(
+    ident: NodeIdentity,
+    clock: HubClock,
+    err: TrustError,
+    path: str,
+    *,
+    timeout: float,
+    max_size: int,
+) -> Any:
+    """The tunnel websocket, after a dial that failed certificate verification
+    (``err``); raise a one-line RemotelerError that names the skew if it is why."""
+    from edge_agent.rotate import rotated_offline_message, trusted_pins
+    from remoteler.hubconn import fetch_cluster_info, open_ws
+    from remoteler.tlsutil import TUNNEL_ALPN, client_context
+
+    sent = time.time()
+    try:
+        info = await fetch_cluster_info(ident.hub)
+        hub_pin = pin_of_cert_pem(str(info["host_ca_pem"]).encode())
+    except (RemotelerError, CAError, KeyError):
+        raise err from None
+    received = time.time()
+    if hub_pin not in trusted_pins(ident.host_ca_pem):
+        raise ConfigError(rotated_offline_message(ident))
+    hub_time = info.get("time")
+    estimate = sample(sent, received, hub_time) if isinstance(hub_time, (int, float)) else None
+    if estimate is None or abs(estimate.skew) < REPORT_THRESHOLD:
+        raise err  # an older hub, or the clock is right: something else is wrong
+    if not within(estimate.skew, clock.bound):
+        raise TrustError(
+            f"cannot verify the hub's certificate: {describe_skew(estimate.skew)}, more than "
+            f"the {human_span(clock.bound)} this agent corrects for (--max-clock-skew); "
+            "set the clock (NTP, or 'date -s') and the agent reconnects by itself"
+        )
+    ctx = client_context(None, ident.tls_cert, ident.key_pem, [TUNNEL_ALPN])  # checked below
+    ws = await open_ws(
+        ident.hub, path, ctx, subprotocol="remoteler.tunnel.v1", timeout=timeout, max_size=max_size
+    )
+    ssl_object = ws.transport.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    try:
+        check_hub_cert(der or b"", ident.host_ca_pem, time.time() - estimate.skew)
+    except CAError as exc:
+        await ws.close()
+        raise TrustError(
+            f"the hub at {ident.hub} presented a certificate this node cannot trust ({exc}) "
+            f"even at the hub's time ({describe_skew(estimate.skew)}); check the address"
+        ) from None
+    clock.observe(estimate)
+    return ws
