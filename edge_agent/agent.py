@@ -18,7 +18,7 @@ from edge_agent.locks import LockStore, serve_locks_channel
 from edge_agent.outbox import Outbox
 from edge_agent.serial_line import SerialConsoles
 from remoteler.audit.events import EventType
-from remoteler.clockskew import REPORT_THRESHOLD, sample
+from remoteler.clockskew import REPORT_THRESHOLD, SkewSample, sample
 from remoteler.errors import RemotelerError, TrustError
 from remoteler.hubconn import open_ws
 from remoteler.locks import lock_digest
@@ -87,6 +87,7 @@ class EdgeAgent:
         self.outbox = outbox
         #: the hub's time as learnt from heartbeat answers (docs/tunnels.md, "Clock skew")
         self.clock = HubClock()
+        self.locks.clock = self.clock.now  # a lock's expiry is the hub's
         self.audit = AgentAudit(outbox, ident.node_id, clock=self.clock.now)
         # The join token's labels win over --labels, here as at the hub: the device's
         # own access check (deny rules on labels) must see what the hub sees.
@@ -123,8 +124,11 @@ class EdgeAgent:
             return  # a hub older than clock=1
         wall = time.time()
         estimate = sample(wall - rtt, wall, hub_time)
-        if estimate is None:
-            return
+        if estimate is not None:
+            self.learn_skew(estimate)
+
+    def learn_skew(self, estimate: SkewSample) -> None:
+        """Take a skew estimate; audit (``clock.skew``) and log a new or changed skew."""
         report = self.clock.observe(estimate)
         if report is not None:
             log.warning("clock skew: %s", report.message, extra={"hub": self.ident.hub})
@@ -205,7 +209,7 @@ class EdgeAgent:
         except TrustError as err:  # a wrong clock? was the hub's CA rotated meanwhile?
             from edge_agent.clockdial import dial_despite_clock
 
-            ws = await dial_despite_clock(
+            ws, estimate = await dial_despite_clock(
                 ident,
                 self.clock,
                 err,
@@ -213,6 +217,7 @@ class EdgeAgent:
                 timeout=self.dial_timeout(),
                 max_size=self.limits.max_frame_bytes + 1024,
             )
+            self.learn_skew(estimate)
         core = Connection(Role.DIALER, self.limits, now=time.monotonic())
         core.ping_at_start = True  # the hub's time (and our status) at once
         tunnel = Tunnel(ws, core, on_channel=self.on_channel, on_pong=self.on_pong)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edge_agent import jointoken
 from remoteler.clihelp import finish
+from remoteler.clockskew import DEFAULT_MAX_SKEW
 from remoteler.errors import RemotelerError, UsageError
 
 log = logging.getLogger("remoteler.agent")
@@ -100,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CMD",
         help="shell command run in the new firmware slot after an install; "
         "a non-zero exit rolls back to the previous slot (default: none, no check)",
+    )
+    start.add_argument(
+        "--max-clock-skew",
+        type=float,
+        default=DEFAULT_MAX_SKEW,
+        metavar="SECONDS",
+        help="how far this device's clock may be off the hub's and still be corrected for "
+        "(certificates, audit times; default: 86400, a day; docs/tunnels.md 'Clock skew')",
     )
     start.add_argument("--audit-quota", default="256MiB", help="outbox size cap, e.g. 256MiB")
     start.add_argument(
@@ -237,6 +246,8 @@ async def run(args: argparse.Namespace) -> None:
         raise UsageError(
             "--heartbeat-interval, --allowed-misses and --reconnect-max must be positive"
         )
+    if not 0 <= args.max_clock_skew <= 366 * 86400:  # also refuses nan
+        raise UsageError("--max-clock-skew must be 0 to 31622400 seconds (a year), e.g. 86400")
     limits = Limits(
         send_heartbeats=True,
         heartbeat_interval=args.heartbeat_interval,
@@ -257,6 +268,7 @@ async def run(args: argparse.Namespace) -> None:
         serial_ports=serial_ports,
     )
     agent.ssh_target = ssh_target
+    agent.clock.bound = args.max_clock_skew
     local = None
     if local_addr is not None:
         lhost, lport = local_addr

@@ -33,7 +33,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from edge_agent.clock import HubClock
 from edge_agent.identity import NodeIdentity
 from remoteler.ca import CAError, pin_of_cert_pem, signed_by, split_pem_bundle
-from remoteler.clockskew import REPORT_THRESHOLD, describe_skew, human_span, sample, within
+from remoteler.clockskew import (
+    REPORT_THRESHOLD,
+    SkewSample,
+    describe_skew,
+    human_span,
+    sample,
+    within,
+)
 from remoteler.errors import ConfigError, RemotelerError, TrustError
 
 __all__ = ["check_hub_cert", "dial_despite_clock"]
@@ -75,9 +82,10 @@ async def dial_despite_clock(
     *,
     timeout: float,
     max_size: int,
-) -> Any:
-    """The tunnel websocket, after a dial that failed certificate verification
-    (``err``); raise a one-line RemotelerError that names the skew if it is why."""
+) -> tuple[Any, SkewSample]:
+    """The tunnel websocket and the skew it was verified at, after a dial that failed
+    certificate verification (``err``); raise a one-line RemotelerError that names
+    the skew if it is why. The caller takes the skew (:meth:`HubClock.observe`)."""
     from edge_agent.rotate import rotated_offline_message, trusted_pins
     from remoteler.hubconn import fetch_cluster_info, open_ws
     from remoteler.tlsutil import TUNNEL_ALPN, client_context
@@ -115,5 +123,4 @@ async def dial_despite_clock(
             f"the hub at {ident.hub} presented a certificate this node cannot trust ({exc}) "
             f"even at the hub's time ({describe_skew(estimate.skew)}); check the address"
         ) from None
-    clock.observe(estimate)
-    return ws
+    return ws, estimate

@@ -67,8 +67,12 @@ def sample(sent: float, received: float, hub_time: float) -> SkewSample | None:
 
 
 def within(skew: float, bound: float) -> bool:
-    """True if a skew of ``skew`` seconds is one the agent corrects for."""
-    return abs(skew) <= bound
+    """True if a skew of ``skew`` seconds is one the agent corrects for.
+
+    Judged to the minute: a clock set a day ahead is measured a few milliseconds
+    over a day (the round trip), and is still "a day" off.
+    """
+    return round(abs(skew) / 60) * 60 <= bound
 
 
 def human_span(seconds: float) -> str:

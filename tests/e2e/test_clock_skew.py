@@ -1,0 +1,146 @@
+"""Devices with wrong clocks (docs/tunnels.md, "Clock skew"): real agents under
+libfaketime against a real hub, all on loopback.
+
+One hub for the module. Each agent joins with the right clock, then runs again
+under ``faketime``: 20 minutes behind and a day ahead it connects, serves
+``tsh ssh``, stamps its audit events in hub time and reports its skew; 30 days
+behind (beyond the 24 h bound) it says so in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from helpers import BIN, Cluster, free_port, stop_process, wait_for
+
+ME = pwd.getpwuid(os.geteuid()).pw_name
+#: (node name, libfaketime offset, expected skew in seconds)
+SKEWED = (("late", "-20m", -1200.0), ("ahead", "+1d", 86400.0))
+
+
+def _faketime() -> str:
+    path = shutil.which("faketime")
+    if path is None:
+        pytest.fail("faketime is missing: install the Debian package 'faketime' (libfaketime)")
+    return path
+
+
+def _start_faked(cluster: Cluster, name: str, offset: str) -> subprocess.Popen[Any]:
+    """Restart an agent that already joined, under libfaketime's ``offset``."""
+    log = cluster.root / f"agent-{name}.log"
+    cluster.logs.append(log)
+    env = cluster.env(FAKETIME_DONT_FAKE_MONOTONIC="1")
+    proc = subprocess.Popen(
+        [
+            _faketime(),
+            "-f",
+            offset,
+            str(BIN / "edge-agent"),
+            "start",
+            "--data-dir",
+            str(cluster.root / f"agent-{name}"),
+            "--name",
+            name,
+            "--reconnect-max",
+            "1",
+            # the skew reaches the hub with the heartbeat after the first answer
+            "--heartbeat-interval",
+            "1",
+            "--allowed-misses",
+            "5",
+        ],
+        stdout=open(log, "ab"),  # noqa: SIM115 - the child keeps it
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    cluster.agents[name] = proc
+    return proc
+
+
+@pytest.fixture(scope="module")
+def skewed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    _faketime()
+    cluster = Cluster(tmp_path_factory.mktemp("clock"), free_port())
+    cluster.start_hub()
+    try:
+        cluster.add_user("alice", [ME])
+        names = [name for name, _, _ in SKEWED] + ["stale"]
+        for name in names:  # join with the right clock (the hub's CA is minutes old)
+            cluster.start_agent(name, "env=lab")
+        for name in names:
+            wait_for(lambda n=name: cluster.node_online(n), what=f"{name} joined")  # type: ignore[misc]
+        for name in names:
+            stop_process(cluster.agents.pop(name))
+        for name, offset, _ in SKEWED:
+            _start_faked(cluster, name, offset)
+        _start_faked(cluster, "stale", "-30d")
+        assert cluster.login("alice").returncode == 0
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _node(cluster: Cluster, name: str) -> dict[str, Any]:
+    nodes = cluster.tctl_json("nodes", "ls")
+    return next(n for n in nodes if n["name"] == name)
+
+
+@pytest.mark.parametrize(("name", "skew"), [(n, s) for n, _, s in SKEWED])
+def test_skewed_device_connects_serves_ssh_and_audits_in_hub_time(
+    skewed: Cluster, name: str, skew: float
+) -> None:
+    node = wait_for(
+        lambda: (n := _node(skewed, name))["online"] and n["clock_skew"] is not None and n,
+        timeout=30,
+        what=f"{name} online with its skew",
+    )
+    assert abs(node["clock_skew"] - skew) <= 30, node
+
+    run = skewed.tsh("ssh", f"{ME}@{name}", "echo hello from the device")
+    assert run.returncode == 0, run.stderr + skewed.all_logs()[-3000:]
+    assert run.stdout == "hello from the device\n"
+
+    def events(kind: str) -> list[dict[str, Any]]:
+        return list(skewed.tctl_json("audit", "search", "--node", name, "--type", kind))
+
+    starts = wait_for(lambda: events("session.start"), timeout=30, what="session.start")
+    assert abs(starts[-1]["time"] - time.time()) < 120, "not stamped in the hub's time"
+    reports = wait_for(lambda: events("clock.skew"), timeout=30, what="clock.skew event")
+    report = reports[-1]
+    assert abs(report["fields"]["skew"] - skew) <= 30 and report["fields"]["corrected"] is True
+    assert abs(report["time"] - time.time()) < 120
+    behind_or_ahead = "behind" if skew < 0 else "ahead of"
+    assert "this device's clock is" in report["fields"]["message"]
+    assert behind_or_ahead in report["fields"]["message"]
+
+
+def test_skew_shown_by_tctl_and_tsh(skewed: Cluster) -> None:
+    for name, _, _ in SKEWED:
+        wait_for(lambda n=name: _node(skewed, n)["clock_skew"], timeout=30, what=f"{name} skew")  # type: ignore[misc]
+    table = skewed.tctl("nodes", "ls").stdout
+    assert "Clock" in table.splitlines()[0]
+    rows = {line.split()[0]: line for line in table.splitlines()[1:] if line.strip()}
+    assert "-20 min" in rows["late"] and "+24 h" in rows["ahead"], table
+    listed = skewed.tsh("ls", "-v")
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:] if line.strip()}
+    assert "-20 min" in rows["late"] and "+24 h" in rows["ahead"], listed.stdout
+    shown = json.loads(skewed.tsh("ls", "--format", "json").stdout)
+    assert {n["name"]: round(n["clock_skew"] or 0, -2) for n in shown}["late"] == -1200
+
+
+def test_beyond_the_bound_the_error_names_the_skew(skewed: Cluster) -> None:
+    log = skewed.root / "agent-stale.log"
+    line = "this device's clock is 30 days behind the hub's"
+    wait_for(lambda: line in log.read_text(errors="replace"), timeout=30, what="skew error")
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text
+    assert not _node(skewed, "stale")["online"]
