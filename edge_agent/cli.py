@@ -202,6 +202,8 @@ async def run(args: argparse.Namespace) -> None:
             "drop one of them (docs/serial-console.md)"
         )
     token = None
+    if not 0 <= args.max_clock_skew <= 366 * 86400:  # also refuses nan
+        raise UsageError("--max-clock-skew must be 0 to 31622400 seconds (a year), e.g. 86400")
     if not NodeIdentity.exists(data_dir) or (args.hub and args.ca_pin):
         token = _join_token(args, required=not NodeIdentity.exists(data_dir))
     if NodeIdentity.exists(data_dir) and token and args.hub and args.ca_pin:
@@ -215,7 +217,9 @@ async def run(args: argparse.Namespace) -> None:
             rotated = False
         if rotated:  # CA rotated while we were away
             log.warning("the hub's CA changed; joining again", extra={"node_id": old.node_id})
-            ident = await join(args.hub, token, args.ca_pin, args.name, labels, VERSION)
+            ident = await join(
+                args.hub, token, args.ca_pin, args.name, labels, VERSION, args.max_clock_skew
+            )
             ident.save(data_dir)
     if NodeIdentity.exists(data_dir):
         ident = NodeIdentity.load(data_dir)
@@ -240,14 +244,14 @@ async def run(args: argparse.Namespace) -> None:
             )
         parse_hostport(args.hub)
         data_dir.mkdir(parents=True, exist_ok=True)
-        ident = await join(args.hub, token, args.ca_pin, args.name, labels, VERSION)
+        ident = await join(
+            args.hub, token, args.ca_pin, args.name, labels, VERSION, args.max_clock_skew
+        )
         ident.save(data_dir)
     if args.heartbeat_interval <= 0 or args.allowed_misses < 1 or args.reconnect_max <= 0:
         raise UsageError(
             "--heartbeat-interval, --allowed-misses and --reconnect-max must be positive"
         )
-    if not 0 <= args.max_clock_skew <= 366 * 86400:  # also refuses nan
-        raise UsageError("--max-clock-skew must be 0 to 31622400 seconds (a year), e.g. 86400")
     limits = Limits(
         send_heartbeats=True,
         heartbeat_interval=args.heartbeat_interval,

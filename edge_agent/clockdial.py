@@ -43,7 +43,7 @@ from remoteler.clockskew import (
 )
 from remoteler.errors import ConfigError, RemotelerError, TrustError
 
-__all__ = ["check_hub_cert", "dial_despite_clock"]
+__all__ = ["check_hub_cert", "dial_despite_clock", "open_at_hub_time", "skew_from_ping"]
 
 
 def check_hub_cert(der: bytes, trusted_pems: bytes, at: float) -> None:
@@ -74,6 +74,64 @@ def check_hub_cert(der: bytes, trusted_pems: bytes, at: float) -> None:
     raise CAError("the hub's certificate is not signed by the trusted CA")
 
 
+def skew_from_ping(
+    info: dict[str, Any], sent: float, received: float, err: RemotelerError, bound: float
+) -> SkewSample:
+    """The skew the hub's ``ping`` answer shows, if the clock explains ``err``:
+    re-raise ``err`` when it does not (an older hub, or a skew under a minute),
+    raise a TrustError naming the skew when it is beyond ``bound``."""
+    hub_time = info.get("time")
+    estimate = sample(sent, received, hub_time) if isinstance(hub_time, (int, float)) else None
+    if estimate is None or abs(estimate.skew) < REPORT_THRESHOLD:
+        raise err  # an older hub, or the clock is right: something else is wrong
+    if not within(estimate.skew, bound):
+        raise TrustError(
+            f"cannot verify the hub's certificate: {describe_skew(estimate.skew)}, more than "
+            f"the {human_span(bound)} this agent corrects for (--max-clock-skew); "
+            "set the clock (NTP, or 'date -s') and try again"
+        )
+    return estimate
+
+
+async def open_at_hub_time(
+    hub: str,
+    path: str,
+    trusted_pems: bytes,
+    estimate: SkewSample,
+    *,
+    subprotocol: str,
+    cert_pem: bytes | None = None,
+    key_pem: bytes | None = None,
+    alpn: list[str] | None = None,
+    timeout: float = 15.0,
+    max_size: int | None = None,
+) -> Any:
+    """``wss://hub/path`` with the hub's certificate checked by :func:`check_hub_cert`
+    at hub-corrected time (``estimate``) instead of by OpenSSL at the local time.
+
+    Only the websocket upgrade (path, no secret) is sent before the check; the
+    caller sends nothing until this returns.
+    """
+    from remoteler.hubconn import MAX_MESSAGE, open_ws
+    from remoteler.tlsutil import client_context
+
+    ctx = client_context(None, cert_pem, key_pem, alpn)  # the certificate is checked below
+    ws = await open_ws(
+        hub, path, ctx, subprotocol=subprotocol, timeout=timeout, max_size=max_size or MAX_MESSAGE
+    )
+    ssl_object = ws.transport.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    try:
+        check_hub_cert(der or b"", trusted_pems, time.time() - estimate.skew)
+    except CAError as exc:
+        await ws.close()
+        raise TrustError(
+            f"the hub at {hub} presented a certificate this node cannot trust ({exc}) "
+            f"even at the hub's time ({describe_skew(estimate.skew)}); check the address"
+        ) from None
+    return ws
+
+
 async def dial_despite_clock(
     ident: NodeIdentity,
     clock: HubClock,
@@ -87,8 +145,8 @@ async def dial_despite_clock(
     certificate verification (``err``); raise a one-line RemotelerError that names
     the skew if it is why. The caller takes the skew (:meth:`HubClock.observe`)."""
     from edge_agent.rotate import rotated_offline_message, trusted_pins
-    from remoteler.hubconn import fetch_cluster_info, open_ws
-    from remoteler.tlsutil import TUNNEL_ALPN, client_context
+    from remoteler.hubconn import fetch_cluster_info
+    from remoteler.tlsutil import TUNNEL_ALPN
 
     sent = time.time()
     try:
@@ -99,28 +157,17 @@ async def dial_despite_clock(
     received = time.time()
     if hub_pin not in trusted_pins(ident.host_ca_pem):
         raise ConfigError(rotated_offline_message(ident))
-    hub_time = info.get("time")
-    estimate = sample(sent, received, hub_time) if isinstance(hub_time, (int, float)) else None
-    if estimate is None or abs(estimate.skew) < REPORT_THRESHOLD:
-        raise err  # an older hub, or the clock is right: something else is wrong
-    if not within(estimate.skew, clock.bound):
-        raise TrustError(
-            f"cannot verify the hub's certificate: {describe_skew(estimate.skew)}, more than "
-            f"the {human_span(clock.bound)} this agent corrects for (--max-clock-skew); "
-            "set the clock (NTP, or 'date -s') and the agent reconnects by itself"
-        )
-    ctx = client_context(None, ident.tls_cert, ident.key_pem, [TUNNEL_ALPN])  # checked below
-    ws = await open_ws(
-        ident.hub, path, ctx, subprotocol="remoteler.tunnel.v1", timeout=timeout, max_size=max_size
+    estimate = skew_from_ping(info, sent, received, err, clock.bound)
+    ws = await open_at_hub_time(
+        ident.hub,
+        path,
+        ident.host_ca_pem,
+        estimate,
+        subprotocol="remoteler.tunnel.v1",
+        cert_pem=ident.tls_cert,
+        key_pem=ident.key_pem,
+        alpn=[TUNNEL_ALPN],
+        timeout=timeout,
+        max_size=max_size,
     )
-    ssl_object = ws.transport.get_extra_info("ssl_object")
-    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-    try:
-        check_hub_cert(der or b"", ident.host_ca_pem, time.time() - estimate.skew)
-    except CAError as exc:
-        await ws.close()
-        raise TrustError(
-            f"the hub at {ident.hub} presented a certificate this node cannot trust ({exc}) "
-            f"even at the hub's time ({describe_skew(estimate.skew)}); check the address"
-        ) from None
     return ws, estimate
