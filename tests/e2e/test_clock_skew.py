@@ -33,7 +33,7 @@ def _faketime() -> str:
     return path
 
 
-def _start_faked(cluster: Cluster, name: str, offset: str) -> subprocess.Popen[Any]:
+def _start_faked(cluster: Cluster, name: str, offset: str, pin: str = "") -> subprocess.Popen[Any]:
     """Start an agent under libfaketime's ``offset`` (joining on its first start)."""
     log = cluster.root / f"agent-{name}.log"
     cluster.logs.append(log)
@@ -58,7 +58,7 @@ def _start_faked(cluster: Cluster, name: str, offset: str) -> subprocess.Popen[A
         "5",
     ]
     if not (data / "identity" / "node.json").exists():
-        args += ["--hub", cluster.addr, "--ca-pin", cluster.ca_pin()]
+        args += ["--hub", cluster.addr, "--ca-pin", pin]
         env["REMOTELER_JOIN_TOKEN"] = cluster.token()
     proc = subprocess.Popen(
         args,
@@ -70,11 +70,6 @@ def _start_faked(cluster: Cluster, name: str, offset: str) -> subprocess.Popen[A
     return proc
 
 
-def _online(cluster: Cluster, *names: str) -> bool:
-    nodes = {n["name"]: n for n in cluster.tctl_json("nodes", "ls")}
-    return all(name in nodes and nodes[name]["online"] for name in names)
-
-
 @pytest.fixture(scope="module")
 def skewed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     _faketime()
@@ -84,11 +79,14 @@ def skewed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         cluster.add_user("alice", [ME])
         # Devices without a real-time clock join as they are (the hub's CA is
         # minutes old: OpenSSL alone refuses it 20 minutes behind).
+        pin = cluster.ca_pin()
         for name, offset, _ in SKEWED:
-            _start_faked(cluster, name, offset)
+            _start_faked(cluster, name, offset, pin)
+        _start_faked(cluster, "future", "+30d", pin)  # OpenSSL accepts the year-long hub cert
         # 30 days behind it could not join: it joined earlier, then lost its clock.
         cluster.start_agent("stale", "env=lab")
-        wait_for(lambda: _online(cluster, "stale"), what="stale joined")
+        joined = cluster.root / "agent-stale" / "identity" / "node.json"
+        wait_for(joined.exists, interval=0.2, what="stale joined")
         stop_process(cluster.agents.pop("stale"))
         _start_faked(cluster, "stale", "-30d")
         assert cluster.login("alice").returncode == 0
@@ -136,8 +134,11 @@ def test_skewed_device_connects_serves_ssh_and_audits_in_hub_time(
 
 
 def test_skew_shown_by_tctl_and_tsh(skewed: Cluster) -> None:
-    for name, _, _ in SKEWED:
-        wait_for(lambda n=name: _node(skewed, n)["clock_skew"], timeout=30, what=f"{name} skew")  # type: ignore[misc]
+    def all_known() -> bool:
+        skews = {n["name"]: n["clock_skew"] for n in skewed.tctl_json("nodes", "ls")}
+        return all(skews.get(name) for name, _, _ in SKEWED)
+
+    wait_for(all_known, timeout=30, interval=0.3, what="every skew at the hub")
     table = skewed.tctl("nodes", "ls").stdout
     assert "Clock" in table.splitlines()[0]
     rows = {line.split()[0]: line for line in table.splitlines()[1:] if line.strip()}
@@ -153,7 +154,19 @@ def test_skew_shown_by_tctl_and_tsh(skewed: Cluster) -> None:
 def test_beyond_the_bound_the_error_names_the_skew(skewed: Cluster) -> None:
     log = skewed.root / "agent-stale.log"
     line = "this device's clock is 30 days behind the hub's"
-    wait_for(lambda: line in log.read_text(errors="replace"), timeout=30, what="skew error")
+    wait_for(
+        lambda: line in log.read_text(errors="replace"), timeout=30, interval=0.3, what="error"
+    )
     text = log.read_text(errors="replace")
     assert "Traceback" not in text
     assert not _node(skewed, "stale")["online"]
+
+
+def test_a_login_refused_because_of_the_clock_says_so(skewed: Cluster) -> None:
+    wait_for(lambda: _node(skewed, "future")["clock_skew"], timeout=30, interval=0.3, what="future")
+    run = skewed.tsh("ssh", f"{ME}@future", "true")
+    assert run.returncode != 0
+    assert "this device's clock is 30 days ahead of the hub's" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+    refusals = skewed.tctl_json("audit", "search", "--node", "future", "--type", "auth.failed")
+    assert any("30 days ahead" in e["fields"]["reason"] for e in refusals), refusals
