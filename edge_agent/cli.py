@@ -277,7 +277,7 @@ async def run(args: argparse.Namespace) -> None:
     if local_addr is not None:
         lhost, lport = local_addr
         local = await start_local_listener(
-            lhost, lport, ident, lambda: agent.labels, agent.audit, locks
+            lhost, lport, ident, lambda: agent.labels, agent.audit, locks, agent.clock
         )
     from edge_agent.firmware import open_firmware
 
