@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge_agent.audit import AgentAudit
-from edge_agent.clock import HubClock
+from edge_agent.clock import HubClock, SkewReport
 from edge_agent.forwarder import run_forwarder
 from edge_agent.identity import NodeIdentity
 from edge_agent.locks import LockStore, serve_locks_channel
@@ -98,6 +98,8 @@ class EdgeAgent:
         #: serves the hub's firmware roll-outs (the caller sets it: edge_agent/firmware.py)
         self.firmware: FirmwareAgent | None = None
         self.tunnel: Tunnel | None = None
+        #: the tunnel is up but its tunnel.connect event not yet written
+        self._connect_pending = False
         #: the retry-after the hub's GOAWAY asked for on the last tunnel (run_once sets it)
         self.retry_after: float | None = None
         #: forward mode: the device's own sshd (HOST, PORT) that ssh channels are relayed to
@@ -120,16 +122,23 @@ class EdgeAgent:
 
     def on_pong(self, rtt: float, hub_time: float | None) -> None:
         """A heartbeat answer: learn the hub's time from it (RTT/2 error)."""
-        if hub_time is None:
-            return  # a hub older than clock=1
         wall = time.time()
-        estimate = sample(wall - rtt, wall, hub_time)
-        if estimate is not None:
-            self.learn_skew(estimate)
+        # None from a hub older than clock=1
+        estimate = sample(wall - rtt, wall, hub_time) if hub_time is not None else None
+        report = self.clock.observe(estimate) if estimate is not None else None
+        self._announce_connect()  # stamped in hub time now that it is known
+        self._report_skew(report)
+
+    def _announce_connect(self) -> None:
+        if self._connect_pending:
+            self._connect_pending = False
+            self.audit.emit_nowait(EventType.TUNNEL_CONNECT, hub=self.ident.hub)
 
     def learn_skew(self, estimate: SkewSample) -> None:
         """Take a skew estimate; audit (``clock.skew``) and log a new or changed skew."""
-        report = self.clock.observe(estimate)
+        self._report_skew(self.clock.observe(estimate))
+
+    def _report_skew(self, report: SkewReport | None) -> None:
         if report is not None:
             log.warning("clock skew: %s", report.message, extra={"hub": self.ident.hub})
             self.audit.emit_nowait(
@@ -224,7 +233,9 @@ class EdgeAgent:
         tunnel.set_heartbeat_payload(self.heartbeat_payload())
         self.tunnel = tunnel
         log.info("tunnel up", extra={"hub": ident.hub, "node_id": ident.node_id})
-        self.audit.emit_nowait(EventType.TUNNEL_CONNECT, hub=ident.hub)
+        # tunnel.connect waits for the first heartbeat answer (one round trip: the
+        # first PING leaves at once), which tells the hub's time on a wrong clock
+        self._connect_pending = True
         helpers = [asyncio.ensure_future(self._status_loop(tunnel))]
         if self.outbox is not None:
             helpers.append(asyncio.ensure_future(run_forwarder(self.outbox, tunnel)))
@@ -236,6 +247,7 @@ class EdgeAgent:
             await asyncio.gather(*helpers, return_exceptions=True)
             self.tunnel = None
             self.retry_after = tunnel.retry_after
+            self._announce_connect()  # closed before any answer: still on record
             self.audit.emit_nowait(
                 EventType.TUNNEL_DISCONNECT,
                 hub=ident.hub,
