@@ -232,7 +232,8 @@ async def serve_ssh(
 
     def refused(conn: Any, cert_blob: bytes, login: str, reason: str) -> None:
         user = _key_id(cert_blob)
-        hint = clock.hint() if clock is not None else ""
+        # a skew corrected for is not the cause; one beyond the bound may be
+        hint = clock.hint() if clock is not None and not clock.corrected else ""
         if hint and reason in (ASYNCSSH_REFUSED, CERT_TIME_REFUSED):
             reason += hint  # the clock may be why: say so (tsh shows the banner)
             conn.send_auth_banner(f"{reason}\r\n")
