@@ -10,11 +10,13 @@ behind (beyond the 24 h bound) it says so in one line.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import pwd
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -35,7 +37,11 @@ def _libfaketime() -> str:
 
 
 def _start_faked(
-    cluster: Cluster, name: str, offset: str, pin: str = "", reconnect_max: str = "1"
+    cluster: Cluster,
+    name: str,
+    offset: str,
+    join: tuple[str, str] = ("", ""),
+    reconnect_max: str = "1",
 ) -> subprocess.Popen[Any]:
     """Start an agent under libfaketime's ``offset`` (joining on its first start)."""
     log = cluster.root / f"agent-{name}.log"
@@ -58,8 +64,9 @@ def _start_faked(
         "5",
     ]
     if not (data / "identity" / "node.json").exists():
+        pin, token = join
         args += ["--hub", cluster.addr, "--ca-pin", pin]
-        env["REMOTELER_JOIN_TOKEN"] = cluster.token()
+        env["REMOTELER_JOIN_TOKEN"] = token
     proc = subprocess.Popen(
         args,
         stdout=open(log, "ab"),  # noqa: SIM115 - the child keeps it
@@ -76,15 +83,20 @@ def skewed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     cluster = Cluster(tmp_path_factory.mktemp("clock"), free_port())
     cluster.start_hub()
     try:
-        cluster.add_user("alice", [ME])
+        with ThreadPoolExecutor(6) as pool:  # tctl runs in parallel: a few seconds saved
+            user = pool.submit(cluster.add_user, "alice", [ME])
+            pin = pool.submit(cluster.ca_pin)
+            tokens = [pool.submit(cluster.token) for _ in range(len(SKEWED) + 1)]
+            user.result()
+            pin_value = pin.result()
+            # 30 days behind it could not join: it joins now, then loses its clock.
+            cluster.start_agent("stale", "env=lab")
+            joins = [(pin_value, t.result()) for t in tokens]
         # Devices without a real-time clock join as they are (the hub's CA is
         # minutes old: OpenSSL alone refuses it 20 minutes behind).
-        pin = cluster.ca_pin()
-        for name, offset, _ in SKEWED:
-            _start_faked(cluster, name, offset, pin)
-        _start_faked(cluster, "future", "+30d", pin)  # OpenSSL accepts the year-long hub cert
-        # 30 days behind it could not join: it joined earlier, then lost its clock.
-        cluster.start_agent("stale", "env=lab")
+        for (name, offset, _), join in zip(SKEWED, joins[:-1], strict=True):
+            _start_faked(cluster, name, offset, join)
+        _start_faked(cluster, "future", "+30d", joins[-1])  # OpenSSL accepts the year-long cert
         joined = cluster.root / "agent-stale" / "identity" / "node.json"
         wait_for(joined.exists, interval=0.2, what="stale joined")
         stop_process(cluster.agents.pop("stale"))
@@ -100,10 +112,11 @@ def _nodes(cluster: Cluster) -> dict[str, dict[str, Any]]:
 
 
 def _skews_known(cluster: Cluster) -> dict[str, dict[str, Any]]:
-    """Every connecting agent online with its skew at the hub (one tctl per poll)."""
+    """Every connecting agent online with its skew at the hub (one tsh per poll)."""
 
     def known() -> dict[str, dict[str, Any]] | None:
-        nodes = _nodes(cluster)
+        # tsh ls: the hub's live view (tctl reads the table, written every 5 s)
+        nodes = {n["name"]: n for n in json.loads(cluster.tsh("ls", "--format", "json").stdout)}
         names = [name for name, _, _ in SKEWED] + ["future"]
         ready = all(
             n in nodes and nodes[n]["online"] and nodes[n]["clock_skew"] is not None for n in names
@@ -154,11 +167,15 @@ def test_skewed_devices_connect_serve_ssh_and_audit_in_hub_time(skewed: Cluster)
 
 def test_skew_shown_by_tctl_and_tsh(skewed: Cluster) -> None:
     _skews_known(skewed)
-    table = skewed.tctl("nodes", "ls").stdout
-    assert "Clock" in table.splitlines()[0]
-    rows = {line.split()[0]: line for line in table.splitlines()[1:] if line.strip()}
-    assert "-20 min" in rows["late"] and "+24 h" in rows["ahead"], table
-    assert "+30 days" in rows["future"], table
+
+    def rows() -> dict[str, str] | None:  # the table is written every 5 s: wait for it
+        table = skewed.tctl("nodes", "ls").stdout.splitlines()
+        assert "Clock" in table[0]
+        got = {line.split()[0]: line for line in table[1:] if line.strip()}
+        shown = [("late", "-20 min"), ("ahead", "+24 h"), ("future", "+30 days")]
+        return got if all(text in got.get(name, "") for name, text in shown) else None
+
+    wait_for(rows, timeout=30, interval=0.5, what="the Clock column of tctl nodes ls")
     listed = skewed.tsh("ls", "-v")
     assert listed.returncode == 0, listed.stderr
     rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:] if line.strip()}
