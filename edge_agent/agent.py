@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge_agent.audit import AgentAudit
+from edge_agent.clock import HubClock, SkewReport
 from edge_agent.forwarder import run_forwarder
 from edge_agent.identity import NodeIdentity
 from edge_agent.locks import LockStore, serve_locks_channel
 from edge_agent.outbox import Outbox
 from edge_agent.serial_line import SerialConsoles
 from remoteler.audit.events import EventType
+from remoteler.clockskew import REPORT_THRESHOLD, SkewSample, sample
 from remoteler.errors import RemotelerError, TrustError
 from remoteler.hubconn import open_ws
 from remoteler.locks import lock_digest
@@ -83,7 +85,10 @@ class EdgeAgent:
         #: the hub's locks, as last pushed (kept in the data dir by the caller's store)
         self.locks = locks or LockStore(nodes=(ident.node_id, ident.name))
         self.outbox = outbox
-        self.audit = AgentAudit(outbox, ident.node_id)
+        #: the hub's time as learnt from heartbeat answers (docs/tunnels.md, "Clock skew")
+        self.clock = HubClock()
+        self.locks.clock = self.clock.now  # a lock's expiry is the hub's
+        self.audit = AgentAudit(outbox, ident.node_id, clock=self.clock.now)
         # The join token's labels win over --labels, here as at the hub: the device's
         # own access check (deny rules on labels) must see what the hub sees.
         self.labels = {**dict(labels), **ident.token_labels}
@@ -93,6 +98,8 @@ class EdgeAgent:
         #: serves the hub's firmware roll-outs (the caller sets it: edge_agent/firmware.py)
         self.firmware: FirmwareAgent | None = None
         self.tunnel: Tunnel | None = None
+        #: the tunnel is up but its tunnel.connect event not yet written
+        self._connect_pending = False
         #: the retry-after the hub's GOAWAY asked for on the last tunnel (run_once sets it)
         self.retry_after: float | None = None
         #: forward mode: the device's own sshd (HOST, PORT) that ssh channels are relayed to
@@ -105,7 +112,43 @@ class EdgeAgent:
             "name": self.ident.name,
             "ssh": "embedded" if self.ssh_target is None else "forward",
             "serial_ports": self.consoles.ports,
+            # only when worth showing, and to 10 s, so that PINGs stay payload-free
+            **({"clock_skew": round(skew, -1)} if (skew := self._skew()) is not None else {}),
         }
+
+    def _skew(self) -> float | None:
+        skew = self.clock.skew
+        return skew if skew is not None and abs(skew) >= REPORT_THRESHOLD else None
+
+    def on_pong(self, rtt: float, hub_time: float | None) -> None:
+        """A heartbeat answer: learn the hub's time from it (RTT/2 error)."""
+        wall = time.time()
+        # None from a hub older than clock=1
+        estimate = sample(wall - rtt, wall, hub_time) if hub_time is not None else None
+        report = self.clock.observe(estimate) if estimate is not None else None
+        self._announce_connect()  # stamped in hub time now that it is known
+        self._report_skew(report)
+
+    def _announce_connect(self) -> None:
+        if self._connect_pending:
+            self._connect_pending = False
+            self.audit.emit_nowait(EventType.TUNNEL_CONNECT, hub=self.ident.hub)
+
+    def learn_skew(self, estimate: SkewSample) -> None:
+        """Take a skew estimate; audit (``clock.skew``) and log a new or changed skew."""
+        self._report_skew(self.clock.observe(estimate))
+
+    def _report_skew(self, report: SkewReport | None) -> None:
+        if report is not None:
+            log.warning("clock skew: %s", report.message, extra={"hub": self.ident.hub})
+            self.audit.emit_nowait(
+                EventType.CLOCK_SKEW,
+                skew=round(report.skew, 3),
+                corrected=report.corrected,
+                message=report.message,
+            )
+        if self.tunnel is not None:
+            self.tunnel.set_heartbeat_payload(self.heartbeat_payload())
 
     async def _status_loop(self, tunnel: Tunnel) -> None:
         """Keep the heartbeat's status current: audit backlog depth and oldest event."""
@@ -154,29 +197,45 @@ class EdgeAgent:
     async def run_once(self) -> None:
         ident = self.ident
         ctx = client_context(ident.host_ca_pem, ident.tls_cert, ident.key_pem, [TUNNEL_ALPN])
+        # The hub watches for silence with our heartbeat settings, not its own.
+        path = (
+            f"/v1/tunnel?heartbeat={self.limits.heartbeat_interval:g}"
+            f"&misses={self.limits.allowed_misses}"
+            # The lock set we hold: the hub pushes a new one only if it differs.
+            f"&locks={lock_digest(self.locks.locks)}"
+            # PONGs carry the hub's time (older hubs ignore it; docs/wire-protocol.md)
+            "&clock=1"
+        )
         try:
             ws = await open_ws(
                 ident.hub,
-                # The hub watches for silence with our heartbeat settings, not its own.
-                f"/v1/tunnel?heartbeat={self.limits.heartbeat_interval:g}"
-                f"&misses={self.limits.allowed_misses}"
-                # The lock set we hold: the hub pushes a new one only if it differs.
-                f"&locks={lock_digest(self.locks.locks)}",
+                path,
                 ctx,
                 subprotocol=TUNNEL_SUBPROTOCOL,
                 max_size=self.limits.max_frame_bytes + 1024,
                 timeout=self.dial_timeout(),
             )
-        except TrustError as err:  # was the hub's CA rotated while we were away?
-            from edge_agent.rotate import explain_dial_failure
+        except TrustError as err:  # a wrong clock? was the hub's CA rotated meanwhile?
+            from edge_agent.clockdial import dial_despite_clock
 
-            raise await explain_dial_failure(ident, err) from None
+            ws, estimate = await dial_despite_clock(
+                ident,
+                self.clock,
+                err,
+                path,
+                timeout=self.dial_timeout(),
+                max_size=self.limits.max_frame_bytes + 1024,
+            )
+            self.learn_skew(estimate)
         core = Connection(Role.DIALER, self.limits, now=time.monotonic())
-        tunnel = Tunnel(ws, core, on_channel=self.on_channel)
+        core.ping_at_start = True  # the hub's time (and our status) at once
+        tunnel = Tunnel(ws, core, on_channel=self.on_channel, on_pong=self.on_pong)
         tunnel.set_heartbeat_payload(self.heartbeat_payload())
         self.tunnel = tunnel
         log.info("tunnel up", extra={"hub": ident.hub, "node_id": ident.node_id})
-        self.audit.emit_nowait(EventType.TUNNEL_CONNECT, hub=ident.hub)
+        # tunnel.connect waits for the first heartbeat answer (one round trip: the
+        # first PING leaves at once), which tells the hub's time on a wrong clock
+        self._connect_pending = True
         helpers = [asyncio.ensure_future(self._status_loop(tunnel))]
         if self.outbox is not None:
             helpers.append(asyncio.ensure_future(run_forwarder(self.outbox, tunnel)))
@@ -188,6 +247,7 @@ class EdgeAgent:
             await asyncio.gather(*helpers, return_exceptions=True)
             self.tunnel = None
             self.retry_after = tunnel.retry_after
+            self._announce_connect()  # closed before any answer: still on record
             self.audit.emit_nowait(
                 EventType.TUNNEL_DISCONNECT,
                 hub=ident.hub,
@@ -230,5 +290,11 @@ class EdgeAgent:
 
         channel = request.accept()
         await serve_ssh_channel(
-            channel, self.ident, lambda: self.labels, self.audit, self.locks, self.consoles
+            channel,
+            self.ident,
+            lambda: self.labels,
+            self.audit,
+            self.locks,
+            self.consoles,
+            clock=self.clock,
         )

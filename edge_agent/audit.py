@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.outbox_quota import Admission
@@ -26,9 +27,13 @@ log = logging.getLogger("remoteler.agent.audit")
 class AgentAudit:
     """Emits events for one node; ``emit_nowait`` keeps order through one queue."""
 
-    def __init__(self, outbox: Outbox | None, node_id: str) -> None:
+    def __init__(
+        self, outbox: Outbox | None, node_id: str, clock: Callable[[], float] = time.time
+    ) -> None:
         self.outbox = outbox
         self.node_id = node_id
+        #: the events' time: hub-corrected on a device with a wrong clock (edge_agent/clock.py)
+        self.clock = clock
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
 
@@ -36,13 +41,13 @@ class AgentAudit:
         """Append and wait until the event is durable."""
         if self.outbox is None:
             return
-        await self.outbox.append(make_event(type, node=self.node_id, **kw))
+        await self.outbox.append(make_event(type, node=self.node_id, now=self.clock(), **kw))
 
     def emit_nowait(self, type: EventType, **kw: Any) -> None:
         """Append in the background, in call order (for events nothing waits on)."""
         if self.outbox is None:
             return
-        self._queue.put_nowait(make_event(type, node=self.node_id, **kw))
+        self._queue.put_nowait(make_event(type, node=self.node_id, now=self.clock(), **kw))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.ensure_future(self._drain())
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edge_agent import jointoken
 from remoteler.clihelp import finish
+from remoteler.clockskew import DEFAULT_MAX_SKEW
 from remoteler.errors import RemotelerError, UsageError
 
 log = logging.getLogger("remoteler.agent")
@@ -107,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="what serves sftp and scp: 'builtin' (default: the agent's own server, no "
         "OpenSSH needed) or the path of OpenSSH's sftp-server (docs/openssh.md)",
+    )
+    start.add_argument(
+        "--max-clock-skew",
+        type=float,
+        default=DEFAULT_MAX_SKEW,
+        metavar="SECONDS",
+        help="how far this device's clock may be off the hub's and still be corrected for "
+        "(certificates, audit times; default: 86400, a day; docs/tunnels.md 'Clock skew')",
     )
     start.add_argument("--audit-quota", default="256MiB", help="outbox size cap, e.g. 256MiB")
     start.add_argument(
@@ -210,6 +219,8 @@ async def run(args: argparse.Namespace) -> None:
             "drop one of them (docs/serial-console.md)"
         )
     token = None
+    if not 0 <= args.max_clock_skew <= 366 * 86400:  # also refuses nan
+        raise UsageError("--max-clock-skew must be 0 to 31622400 seconds (a year), e.g. 86400")
     if not NodeIdentity.exists(data_dir) or (args.hub and args.ca_pin):
         token = _join_token(args, required=not NodeIdentity.exists(data_dir))
     if NodeIdentity.exists(data_dir) and token and args.hub and args.ca_pin:
@@ -223,7 +234,9 @@ async def run(args: argparse.Namespace) -> None:
             rotated = False
         if rotated:  # CA rotated while we were away
             log.warning("the hub's CA changed; joining again", extra={"node_id": old.node_id})
-            ident = await join(args.hub, token, args.ca_pin, args.name, labels, VERSION)
+            ident = await join(
+                args.hub, token, args.ca_pin, args.name, labels, VERSION, args.max_clock_skew
+            )
             ident.save(data_dir)
     if NodeIdentity.exists(data_dir):
         ident = NodeIdentity.load(data_dir)
@@ -248,7 +261,9 @@ async def run(args: argparse.Namespace) -> None:
             )
         parse_hostport(args.hub)
         data_dir.mkdir(parents=True, exist_ok=True)
-        ident = await join(args.hub, token, args.ca_pin, args.name, labels, VERSION)
+        ident = await join(
+            args.hub, token, args.ca_pin, args.name, labels, VERSION, args.max_clock_skew
+        )
         ident.save(data_dir)
     if args.heartbeat_interval <= 0 or args.allowed_misses < 1 or args.reconnect_max <= 0:
         raise UsageError(
@@ -279,11 +294,12 @@ async def run(args: argparse.Namespace) -> None:
         serial_ports=serial_ports,
     )
     agent.ssh_target = ssh_target
+    agent.clock.bound = args.max_clock_skew
     local = None
     if local_addr is not None:
         lhost, lport = local_addr
         local = await start_local_listener(
-            lhost, lport, ident, lambda: agent.labels, agent.audit, locks
+            lhost, lport, ident, lambda: agent.labels, agent.audit, locks, agent.clock
         )
     from edge_agent.firmware import open_firmware
 

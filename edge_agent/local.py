@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Mapping
 
 from edge_agent.audit import AgentAudit
+from edge_agent.clock import HubClock
 from edge_agent.identity import NodeIdentity
 from edge_agent.locks import LockStore
 from remoteler.sshio import StreamPipe
@@ -25,7 +26,11 @@ async def start_local_listener(
     labels: Callable[[], Mapping[str, str]],
     audit: AgentAudit,
     locks: LockStore | None = None,
+    clock: HubClock | None = None,
 ) -> asyncio.Server:
+    """``clock``: the agent's hub clock, so that certificates are judged at the hub's
+    time as through the tunnel (the last skew learnt, even while the hub is away)."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         from edge_agent.sshd import serve_ssh  # asyncssh on first use, as for the tunnel
 
@@ -33,7 +38,9 @@ async def start_local_listener(
         meta = {"remote_addr": str(peer[0]), "session_id": str(uuid.uuid4()), "via": "local"}
         log.info("local ssh connection", extra={"peer": peer[0], "session_id": meta["session_id"]})
         try:
-            await serve_ssh(StreamPipe(reader, writer), meta, ident, labels, audit, locks)
+            await serve_ssh(
+                StreamPipe(reader, writer), meta, ident, labels, audit, locks, clock=clock
+            )
         except Exception:
             log.exception("local ssh connection failed")
             writer.close()

@@ -8,7 +8,8 @@ certificate. The process is never restarted.
 
 An agent that was offline while a rotation finished cannot reach the hub any
 more (it neither trusts the hub's new certificate nor holds one the hub
-accepts): :func:`explain_dial_failure` says so and how to rejoin.
+accepts): the dial's fallback (``edge_agent/clockdial.py``, which also tells a
+wrong clock apart) says so and how to rejoin (:func:`rotated_offline_message`).
 """
 
 from __future__ import annotations
@@ -70,20 +71,6 @@ def user_ca_for(cert: bytes | str, user_ca_lines: str) -> Ed25519PublicKey:
 
 def _raw(pub: Ed25519PublicKey) -> bytes:
     return pub.public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-
-async def explain_dial_failure(ident: NodeIdentity, err: RemotelerError) -> RemotelerError:
-    """If the hub now serves from a CA this node does not trust, say so; else ``err``."""
-    from remoteler.hubconn import fetch_cluster_info
-
-    try:
-        info = await fetch_cluster_info(ident.hub)
-        hub_pin = pin_of_cert_pem(str(info["host_ca_pem"]).encode())
-    except (RemotelerError, CAError, KeyError):
-        return err
-    if hub_pin in trusted_pins(ident.host_ca_pem):
-        return err
-    return ConfigError(rotated_offline_message(ident))
 
 
 async def needs_rejoin(ident: NodeIdentity, hub: str, ca_pin: str) -> bool:

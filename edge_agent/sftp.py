@@ -219,7 +219,7 @@ class _SftpAgentAudit(AgentAudit):
     """Hands :class:`CommandSession` an :class:`SftpAudit` instead of a recorded session."""
 
     def __init__(self, base: AgentAudit) -> None:
-        super().__init__(base.outbox, base.node_id)
+        super().__init__(base.outbox, base.node_id, base.clock)
 
     def session(
         self, user: str, login: str, session_id: str, command: str | None, pty: bool

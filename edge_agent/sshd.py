@@ -31,10 +31,17 @@ from remoteler.sshio import (
     BytePipe,
     ChannelPipe,
 )
-from remoteler.sshserver import SERVER_OPTIONS, CertificateOnlyServer, CheckedTunnel
+from remoteler.sshserver import (
+    ASYNCSSH_REFUSED,
+    SERVER_OPTIONS,
+    CertificateOnlyServer,
+    CheckedTunnel,
+)
+from remoteler.usercert import CERT_TIME_REFUSED
 
 if TYPE_CHECKING:
     from edge_agent.audit import AgentAudit
+    from edge_agent.clock import HubClock
     from edge_agent.serial_line import SerialConsoles
 
 log = logging.getLogger("remoteler.agent.sshd")
@@ -51,8 +58,11 @@ class NodeSSHServer(CertificateOnlyServer):
         audit: AgentAudit | None = None,
         locks: LockStore | None = None,
         consoles: SerialConsoles | None = None,
+        now: Callable[[], float] = time.time,
     ) -> None:
         self._consoles = consoles
+        #: hub-corrected time (edge_agent/clock.py): certificate expiry is the hub's
+        self._now = now
         # One line per trusted user CA: two while a CA rotation is under way.
         self.user_cas = [asyncssh.import_public_key(x) for x in user_ca_line.splitlines() if x]
         self._fields = fields
@@ -80,7 +90,7 @@ class NodeSSHServer(CertificateOnlyServer):
         expires = self._conn.get_extra_info(EXPIRY_INFO) if self._conn is not None else None
         if isinstance(expires, int):  # the certificate's roles end its sessions at expiry
             self._expiry = asyncio.get_running_loop().call_later(
-                max(0.0, expires - time.time()), self._end_expired, expires
+                max(0.0, expires - self._now()), self._end_expired, expires
             )
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -174,11 +184,14 @@ async def serve_ssh_channel(
     audit: AgentAudit | None = None,
     locks: LockStore | None = None,
     consoles: SerialConsoles | None = None,
+    clock: HubClock | None = None,
 ) -> None:
     """Serve one SSH connection arriving as a tunnel channel."""
     meta = channel.meta if isinstance(channel.meta, dict) else {}
     try:
-        await serve_ssh(ChannelPipe(channel), meta, ident, labels, audit, locks, consoles)
+        await serve_ssh(
+            ChannelPipe(channel), meta, ident, labels, audit, locks, consoles, clock=clock
+        )
     finally:
         channel.close()
 
@@ -191,11 +204,16 @@ async def serve_ssh(
     audit: AgentAudit | None = None,
     locks: LockStore | None = None,
     consoles: SerialConsoles | None = None,
+    *,
+    clock: HubClock | None = None,
 ) -> None:
     """Serve one SSH connection over ``pipe`` (a tunnel channel or a local TCP stream).
 
-    Certificates are checked the same way whichever way the connection came.
+    Certificates are checked the same way whichever way the connection came, and
+    against hub-corrected time when ``clock`` knows the device's skew (a refusal
+    the skew may cause names it, to the log, the audit trail and the user).
     """
+    now = clock.now if clock is not None else time.time
     fields = {
         "session_id": str(meta.get("session_id") or uuid.uuid4())[:64],
         "user": str(meta.get("user", ""))[:64],
@@ -205,7 +223,7 @@ async def serve_ssh(
 
     def check(cert_blob: bytes, login: str) -> AccessDecision:
         user_ca = user_ca_for(cert_blob, user_cas)
-        decision = decide_user_cert(cert_blob, login, user_ca, labels(), ident.name, time.time())
+        decision = decide_user_cert(cert_blob, login, user_ca, labels(), ident.name, now())
         if decision.reason is None and locks is not None:
             lock = locks.find(_key_id(cert_blob), login)
             if lock is not None:
@@ -214,6 +232,11 @@ async def serve_ssh(
 
     def refused(conn: Any, cert_blob: bytes, login: str, reason: str) -> None:
         user = _key_id(cert_blob)
+        # a skew corrected for is not the cause; one beyond the bound may be
+        hint = clock.hint() if clock is not None and not clock.corrected else ""
+        if hint and reason in (ASYNCSSH_REFUSED, CERT_TIME_REFUSED):
+            reason += hint  # the clock may be why: say so (tsh shows the banner)
+            conn.send_auth_banner(f"{reason}\r\n")
         log.warning("ssh auth failed: %s", reason, extra={"login": login})
         if audit is not None:
             audit.emit_nowait(
@@ -233,7 +256,12 @@ async def serve_ssh(
         )
 
     tunnel = CheckedTunnel(
-        pipe, {"peername": (peer, 0), "sockname": ("127.0.0.1", 0)}, check, refused, accepted
+        pipe,
+        {"peername": (peer, 0), "sockname": ("127.0.0.1", 0)},
+        check,
+        refused,
+        accepted,
+        now=now,
     )
     host_key = asyncssh.import_private_key(private_key_to_openssh(ident.key))
     host_cert = asyncssh.import_certificate(ident.ssh_cert)
@@ -241,7 +269,7 @@ async def serve_ssh(
         conn = await asyncssh.connect_reverse(
             tunnel=tunnel,
             config=None,
-            server_factory=lambda: NodeSSHServer(user_cas, fields, audit, locks, consoles),
+            server_factory=lambda: NodeSSHServer(user_cas, fields, audit, locks, consoles, now),
             server_host_keys=[(host_key, host_cert)],
             **SERVER_OPTIONS,
         )

@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     token_labels TEXT NOT NULL DEFAULT '{}',
     audit_pending INTEGER NOT NULL DEFAULT 0,
     audit_oldest REAL,
-    recording TEXT NOT NULL DEFAULT 'off'
+    recording TEXT NOT NULL DEFAULT 'off',
+    clock_skew REAL
 );
 CREATE TABLE IF NOT EXISTS locks (
     id TEXT PRIMARY KEY,
@@ -81,7 +82,10 @@ CREATE TABLE IF NOT EXISTS login_guard (
 #: Columns added after a table was first created: (table, column, definition).
 #: ``open`` adds the missing ones to an older database (CREATE TABLE IF NOT EXISTS
 #: leaves an existing table as it was).
-MIGRATIONS = (("nodes", "recording", "TEXT NOT NULL DEFAULT 'off'"),)
+MIGRATIONS = (
+    ("nodes", "recording", "TEXT NOT NULL DEFAULT 'off'"),
+    ("nodes", "clock_skew", "REAL"),
+)
 #: A node's session mode: "off" = end to end (the hub only relays bytes), "proxy" =
 #: the hub terminates SSH and records the session (hub/recording.py).
 RECORDING_MODES = ("off", "proxy")
@@ -129,6 +133,9 @@ class Node:
     audit_oldest: float | None = None
     #: one of :data:`RECORDING_MODES`
     recording: str = "off"
+    #: the device's clock minus the hub's, seconds, from its last heartbeat (None:
+    #: under a minute, or not reported; docs/tunnels.md "Clock skew")
+    clock_skew: float | None = None
 
     def effective_labels(self, reported: Mapping[str, str]) -> dict[str, str]:
         return {**dict(reported), **dict(self.token_labels)}
@@ -144,6 +151,7 @@ class Beat:
     version: str = ""
     audit_pending: int = 0
     audit_oldest: float | None = None
+    clock_skew: float | None = None
 
 
 @dataclass(frozen=True)
@@ -232,6 +240,7 @@ def _node(row: aiosqlite.Row, loads: Callable[[str], Any] = json.loads) -> Node:
         audit_pending=row["audit_pending"],
         audit_oldest=row["audit_oldest"],
         recording=row["recording"],
+        clock_skew=row["clock_skew"],
     )
 
 
@@ -578,13 +587,14 @@ class SQLiteBackend:
         for b in beats:
             cur = await self._db.execute(
                 "UPDATE nodes SET last_seen = ?, labels = ?, version = ?, audit_pending = ?, "
-                "audit_oldest = ? WHERE id = ?",
+                "audit_oldest = ?, clock_skew = ? WHERE id = ?",
                 (
                     b.last_seen,
                     json.dumps(dict(b.labels)),
                     b.version,
                     b.audit_pending,
                     b.audit_oldest,
+                    b.clock_skew,
                     b.node_id,
                 ),
             )

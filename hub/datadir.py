@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,11 +34,16 @@ from remoteler.ca import (
     write_file_atomic,
     write_secret_file,
 )
+from remoteler.clockskew import DEFAULT_MAX_SKEW
 from remoteler.errors import ConfigError
 
 log = logging.getLogger("remoteler.hub")
 
 SERVER_CERT_TTL = 365 * 24 * 3600
+#: How far before its issue the hub's certificate is valid: an agent's bound on
+#: clock skew (remoteler/clockskew.py, 24 h), so a device a day behind still
+#: passes OpenSSL's own check (docs/certificates.md).
+SERVER_CERT_BACKDATE = int(DEFAULT_MAX_SKEW)
 
 
 #: A cluster name is the DNS suffix of node names (``NODE.<cluster>``), and the pattern
@@ -201,7 +207,9 @@ class DataDir:
             usage="server",
             dns_names=dns,
             ip_addresses=sorted(ips),
-            ttl_seconds=SERVER_CERT_TTL,
+            # valid from 24 h (and issue_x509's 5 min) ago, for a year from now
+            ttl_seconds=SERVER_CERT_TTL + SERVER_CERT_BACKDATE,
+            now=int(time.time()) - SERVER_CERT_BACKDATE,
         )
         key_pem = key.private_bytes(
             serialization.Encoding.PEM,

@@ -15,6 +15,8 @@ non-printable characters in strings are replaced by ``?``:
 ``serial_ports``          list of strings: first 32, each its first 256 chars
 ``audit``                 map: ``pending``/``bytes`` non-negative ints,
                           ``oldest`` a finite number (seconds since the epoch)
+``clock_skew``            finite number of seconds, device minus hub, at most
+                          100 years either way (sent when a minute or more)
 ========================  ==================================================
 
 A heartbeat whose payload is larger than :data:`MAX_STATUS_BYTES` (estimated
@@ -50,7 +52,9 @@ MAX_PORTS = 32
 MAX_PORT_NAME = 256
 #: largest integer kept for the audit counters (SQLite's INTEGER range)
 _MAX_INT = (1 << 63) - 1
-KNOWN_KEYS = frozenset({"labels", "version", "name", "ssh", "serial_ports", "audit"})
+KNOWN_KEYS = frozenset({"labels", "version", "name", "ssh", "serial_ports", "audit", "clock_skew"})
+#: largest clock skew kept (100 years, seconds): beyond, the value is junk
+MAX_SKEW = 100 * 365 * 86400.0
 
 
 class StatusTooLarge(ValueError):
@@ -75,6 +79,8 @@ class NodeStatus:
     ssh: str = ""
     serial_ports: tuple[str, ...] = ()
     audit: AuditBacklog | None = None
+    #: the device's clock minus the hub's (seconds), None when not sent
+    clock_skew: float | None = None
     #: names of keys dropped (at most 8, each its first 64 characters), for a log line
     unknown: tuple[str, ...] = field(default=(), compare=False)
 
@@ -126,6 +132,7 @@ def parse_status(payload: Mapping[str, Any], max_bytes: int = MAX_STATUS_BYTES) 
         ssh=ssh if ssh in ("embedded", "forward") else "",
         serial_ports=_ports(payload.get("serial_ports")),
         audit=_audit(payload.get("audit")),
+        clock_skew=_skew(payload.get("clock_skew")),
         unknown=tuple(unknown),
     )
 
@@ -159,3 +166,10 @@ def _audit(value: object) -> AuditBacklog | None:
         # finite only: tctl nodes ls computes the age with int() (inf raised there)
         oldest=float(oldest) if ok and math.isfinite(oldest) else None,  # type: ignore[arg-type]
     )
+
+
+def _skew(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    skew = float(value)
+    return skew if math.isfinite(skew) and abs(skew) <= MAX_SKEW else None

@@ -361,7 +361,11 @@ class HubServer:
                 query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
                 node: Node = ws.remoteler_node  # type: ignore[attr-defined]
                 await self.serve_tunnel(
-                    ws, node, self.tunnel_limits(query), (query.get("locks") or [""])[0]
+                    ws,
+                    node,
+                    self.tunnel_limits(query),
+                    (query.get("locks") or [""])[0],
+                    clock=query.get("clock") == ["1"],
                 )
             elif path == "/v1/connect":
                 node, login = ws.remoteler_target  # type: ignore[attr-defined]
@@ -393,10 +397,17 @@ class HubServer:
         )
 
     async def serve_tunnel(
-        self, ws: ServerConnection, node: Node, limits: Limits, locks_digest: str = ""
+        self,
+        ws: ServerConnection,
+        node: Node,
+        limits: Limits,
+        locks_digest: str = "",
+        clock: bool = False,
     ) -> None:
         node_id = node.id
         core = Connection(Role.LISTENER, limits, now=time.monotonic())
+        if clock:  # the agent asked for the hub's time in PONGs (docs/wire-protocol.md)
+            core.pong_clock = time.time
         tunnel = Tunnel(
             ws,
             core,
@@ -561,6 +572,8 @@ class HubServer:
             "user_ca_pem": self.auth.user_ca.x509_pem.decode(),
             "host_ca_ssh": self.auth.host_ca.ssh_public_line(),
             "user_ca_ssh": self.auth.user_ca.ssh_public_line(),
+            # agents with a wrong clock learn the skew from it (edge_agent/clockdial.py)
+            "time": time.time(),
             **(self.rotation.ping_info() if self.rotation is not None else {}),
         }
 
@@ -653,6 +666,8 @@ class HubServer:
                     "version": (live.version if live else "") or node.version,
                     "recording": node.recording,
                     "ssh": live.ssh_mode if live else "",  # known while online only
+                    # device minus hub, seconds; None under a minute (docs/tunnels.md)
+                    "clock_skew": live.status.clock_skew if live else node.clock_skew,
                 }
             )
         return out

@@ -22,6 +22,7 @@ from hub.extras import require_hub_extra
 from remoteler.addr import format_labels, parse_labels
 from remoteler.audit.events import AuditEvent
 from remoteler.clihelp import finish
+from remoteler.clockskew import format_skew
 from remoteler.errors import RemotelerError, UsageError
 from remoteler.textfmt import fmt_time, table
 
@@ -371,6 +372,7 @@ async def cmd_nodes(args: argparse.Namespace) -> None:
                     "audit_pending": n.audit_pending,
                     "audit_oldest": n.audit_oldest,
                     "recording": n.recording,
+                    "clock_skew": n.clock_skew,
                 }
                 for n in nodes
             ]
@@ -384,10 +386,14 @@ async def cmd_nodes(args: argparse.Namespace) -> None:
                     fmt_time(n.last_seen),
                     _backlog(n.audit_pending, n.audit_oldest, now),
                     n.recording,
+                    format_skew(n.clock_skew),
                 ]
                 for n in nodes
             ]
-            headers = ["Node", "ID", "Labels", "Status", "Last seen", "Audit backlog", "Recording"]
+            headers = [
+                *("Node", "ID", "Labels", "Status", "Last seen", "Audit backlog", "Recording"),
+                "Clock",  # device minus hub: "+1 day" ahead, "-20 min" behind
+            ]
             _emit(args, items, table(rows, headers))
         elif args.cmd == "rm":
             if not await backend.delete_node(args.name):

@@ -171,7 +171,15 @@ class TunnelRegistry:
                 audit = live.status.audit
                 pending, oldest = (audit.pending, audit.oldest) if audit else (0, None)
                 beats.append(
-                    Beat(live.node_id, live.last_seen, live.labels, live.version, pending, oldest)
+                    Beat(
+                        live.node_id,
+                        live.last_seen,
+                        live.labels,
+                        live.version,
+                        pending,
+                        oldest,
+                        live.status.clock_skew,
+                    )
                 )
         if not beats:
             return

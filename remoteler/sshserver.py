@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 import asyncssh
+from asyncssh.public_key import CERT_TYPE_ANY
 
 from remoteler.access import AccessDecision
 from remoteler.sshalgs import common_options
@@ -74,9 +75,14 @@ class CheckedTunnel(PipeTunnel):
         check: Callable[[bytes, str], AccessDecision],
         refused: Callable[[Any, bytes, str, str], None],
         accepted: Callable[[Any, bytes, AccessDecision], None] | None = None,
+        *,
+        now: Callable[[], float] | None = None,
     ) -> None:
         super().__init__(pipe, extra)
         self._check = check
+        #: the time certificates are judged at (a device's hub-corrected clock); None:
+        #: asyncssh's own ``time.time()``
+        self._now = now
         self._refused = refused
         self._accepted = accepted
 
@@ -88,6 +94,8 @@ class CheckedTunnel(PipeTunnel):
             original = conn._validate_openssh_certificate
 
             async def validate(username: str, cert: Any) -> Any:
+                if self._now is not None:
+                    cert.validate = _validate_at(cert, self._now())
                 key = await original(username, cert)
                 decision = AccessDecision(ASYNCSSH_REFUSED)
                 if key is not None:
@@ -103,3 +111,21 @@ class CheckedTunnel(PipeTunnel):
             return conn
 
         return await super().create_connection(factory, host, port)
+
+
+def _validate_at(cert: Any, now: float) -> Callable[[int, str | None], None]:
+    """asyncssh's ``SSHOpenSSHCertificate.validate`` (type, window, principal; the
+    asyncssh version pinned in pyproject.toml), judging the window at ``now``
+    instead of ``time.time()``. Set on the one certificate being checked."""
+
+    def validate(cert_type: int, principal: str | None) -> None:
+        if cert_type not in (CERT_TYPE_ANY, cert._cert_type):
+            raise ValueError("Invalid certificate type")
+        if now < cert._valid_after:
+            raise ValueError("Certificate not yet valid")
+        if now >= cert._valid_before:
+            raise ValueError("Certificate expired")
+        if principal is not None and cert.principals and principal not in cert.principals:
+            raise ValueError("Certificate principal mismatch")
+
+    return validate

@@ -38,6 +38,10 @@ def _raw(pub: Ed25519PublicKey) -> bytes:
     return pub.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
+#: The refusal of a certificate outside its validity window (at the time given).
+CERT_TIME_REFUSED = "certificate expired or not yet valid"
+
+
 def check_user_cert(
     cert: bytes | str,
     login: str,
@@ -67,7 +71,7 @@ def check_user_cert(
             parsed,
         )
     if not parsed.valid_after <= now < parsed.valid_before:
-        return Checked(AccessDecision("certificate expired or not yet valid"), parsed)
+        return Checked(AccessDecision(CERT_TIME_REFUSED), parsed)
     unknown = sorted(set(parsed.critical_options) - KNOWN_CRITICAL_OPTIONS)
     if unknown:
         return Checked(

@@ -98,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("labels", nargs="*", help="filter: k=v ...")
     ls.add_argument("--format", choices=["text", "json"], default="text")
     ls.add_argument(
-        "-v", "--verbose", action="store_true", help="also versions and serial console ports"
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also versions, serial console ports and clock skew (default: off)",
     )
 
     console = sub.add_parser("console", help="a node's serial console (docs/serial-console.md)")
@@ -343,9 +346,13 @@ async def cmd_ls(args: argparse.Namespace) -> int:
     ]
     headers = ["Node", "Labels", "Status", "Last seen", "Recording"]
     if args.verbose:
-        headers += ["Version", "Serial ports"]
+        from remoteler.clockskew import format_skew
+
+        headers += ["Version", "Serial ports", "Clock"]
         for row, n in zip(rows, nodes, strict=True):
             row += [n.get("version") or "", ",".join(n.get("serial_ports") or []) or "-"]
+            skew = n.get("clock_skew")  # device minus hub; an older hub does not say
+            row.append(format_skew(skew if isinstance(skew, (int, float)) else None))
     print(table(rows, headers))
     return 0
 

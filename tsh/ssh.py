@@ -84,6 +84,13 @@ async def open_ssh(
 
     key = asyncssh.import_private_key(private_key_to_openssh(ident.key))
     cert = asyncssh.import_certificate(ident.ssh_cert)
+    banners: list[str] = []  # the device's reason for a refusal, e.g. its wrong clock
+
+    class BannerClient(asyncssh.SSHClient):
+        def auth_banner_received(self, msg: str, lang: str) -> None:
+            if len(banners) < 4:
+                banners.append(printable(msg.strip()[:300], 300))
+
     try:
         return await asyncssh.connect(
             node,
@@ -98,10 +105,12 @@ async def open_ssh(
             window=SSH_WINDOW,
             max_pktsize=SSH_MAX_PACKET,
             connect_timeout=30,
+            client_factory=BannerClient,
         )
     except asyncssh.PermissionDenied:
+        said = f" ({'; '.join(banners)})" if banners else ""
         raise AccessDenied(
-            f"node {node!r} refused login {login!r} with your certificate; "
+            f"node {node!r} refused login {login!r} with your certificate{said}; "
             "check 'tsh status' for your logins or run 'tsh login' again"
         ) from None
     except asyncssh.KeyExchangeFailed:

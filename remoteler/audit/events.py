@@ -61,6 +61,8 @@ class EventType(StrEnum):
     SSH_FORWARD_START = "ssh.forward.start"
     SSH_FORWARD_END = "ssh.forward.end"
     NODE_UPDATED = "node.updated"
+    #: the device's clock is off the hub's by more than a minute (docs/tunnels.md)
+    CLOCK_SKEW = "clock.skew"
 
 
 #: Node name used for events the hub records itself.
@@ -229,6 +231,11 @@ FIELD_TYPES: dict[str, tuple[_Check, ...]] = {
     EventType.CERT_CREATE: (
         ("ttl", _is_count, "a non-negative int"),
         ("logins", _is_str_list, "a list of str"),
+    ),
+    EventType.CLOCK_SKEW: (
+        ("skew", _is_number, "a number of seconds (device minus hub)"),
+        ("corrected", lambda v: isinstance(v, bool), "a bool"),
+        ("message", _is_str, "a str"),
     ),
     **_firmware_fields(),
 }

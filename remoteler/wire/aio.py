@@ -301,12 +301,15 @@ class Tunnel:
         on_channel: Callable[[ChannelRequest], Awaitable[None]] | None = None,
         on_heartbeat: Callable[[dict[str, Any] | None], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_pong: Callable[[float, float | None], None] | None = None,
     ) -> None:
         self._ws = ws
         self._core = core
         self._on_channel = on_channel
         self._on_heartbeat = on_heartbeat
         self._clock = clock
+        #: called with (rtt, the peer's time or None) for each answered PING
+        self._on_pong = on_pong
         self._channels: dict[int, Channel] = {}
         self._opening: dict[int, asyncio.Future[None]] = {}
         self._draining: set[Channel] = set()
@@ -580,8 +583,13 @@ class Tunnel:
                             self._on_heartbeat(payload)
                         except Exception:
                             logger.exception("heartbeat callback failed")
-                case PongReceived(_, rtt):
+                case PongReceived(_, rtt, peer_time):
                     self.last_rtt = rtt
+                    if self._on_pong is not None:
+                        try:
+                            self._on_pong(rtt, peer_time)
+                        except Exception:
+                            logger.exception("pong callback failed")
                 case ConnectionClosed(code, reason, by_peer, retry_after):
                     self._on_closed(code, reason, by_peer, retry_after)
         if core.wants_write:

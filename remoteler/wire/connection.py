@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
@@ -176,6 +177,12 @@ class Connection:
         self._ping_seq = 0
         self._pings: dict[int, float] = {}
         self._next_ping = now + limits.heartbeat_interval
+        self.pong_clock: Callable[[], float] | None = None
+        """Wall clock to stamp our PONGs with (the hub sets it for agents that sent
+        ``clock=1``; docs/wire-protocol.md); None sends 2-item PONGs."""
+        self.ping_at_start = False
+        """Send the first PING as soon as the timers start, not one interval later
+        (an agent learns the hub's time, and the hub its status, at once)."""
 
     # -- inspection -----------------------------------------------------------
 
@@ -276,9 +283,12 @@ class Connection:
         """
         self.last_received = now
         self._next_ping = now + self.limits.heartbeat_interval
-        if self.limits.send_heartbeats and self.heartbeat_payload is not None:
-            # The first PING (the agent's status: serial ports, labels) goes at once,
-            # so the hub shows it from the connect, not one heartbeat interval later.
+        if self.ping_at_start or (
+            self.limits.send_heartbeats and self.heartbeat_payload is not None
+        ):
+            # The first PING (the agent's status: serial ports, labels; the hub's time in
+            # its PONG) goes at once, so the hub shows the status from the connect and the
+            # agent knows its clock skew, not one heartbeat interval later.
             self._next_ping = now
 
     def handle_timer(self, now: float) -> None:
@@ -667,12 +677,13 @@ class Connection:
                 )
                 self._events.append(ChannelOpenFailed(channel_id, failure, reason))
             case PingFrame(seq, payload):
-                self._send(PongFrame(seq))
+                stamp = self.pong_clock() if self.pong_clock is not None else None
+                self._send(PongFrame(seq, stamp))
                 self._events.append(HeartbeatReceived(payload))
-            case PongFrame(seq):
+            case PongFrame(seq, peer_time):
                 sent = self._pings.pop(seq, None)
                 if sent is not None:
-                    self._events.append(PongReceived(seq, max(now - sent, 0.0)))
+                    self._events.append(PongReceived(seq, max(now - sent, 0.0), peer_time))
             case GoAwayFrame(code, reason, retry_ms):
                 retry_after = None if retry_ms is None else retry_ms / 1000
                 if code in ErrorCode._value2member_map_:

@@ -104,6 +104,9 @@ class PongReceived:
     """Sequence number of the PING answered."""
     rtt: float
     """Seconds between sending the PING and receiving this PONG."""
+    peer_time: float | None = None
+    """The peer's wall clock when it answered (hub time, docs/tunnels.md "Clock
+    skew"), or None if it sent none (an older hub, or not asked for)."""
 
 
 @dataclass(frozen=True, slots=True)

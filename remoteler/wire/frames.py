@@ -11,7 +11,7 @@ is the :class:`FrameType`. Layouts (see ``docs/wire-protocol.md``)::
     EOF        [6, channel_id]
     CLOSE      [7, channel_id]
     PING       [8, seq, payload]            payload: map or nil
-    PONG       [9, seq]
+    PONG       [9, seq]                     or [9, seq, hub_time] (clock=1 agents)
     GOAWAY     [10, code, reason]           or [10, code, reason, retry_after_ms]
 
 :func:`decode_frame` checks every item's type and range and raises
@@ -115,6 +115,9 @@ class PingFrame:
 @dataclass(frozen=True, slots=True)
 class PongFrame:
     seq: int
+    time: float | None = None
+    """The answerer's wall clock (seconds since the epoch) when it answered; sent
+    only to peers that asked for it (``clock=1``), so old agents see 2-item PONGs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,8 +195,9 @@ def encode_frame(frame: Frame) -> bytes:
             return _packb([FrameType.CLOSE, channel_id])
         case PingFrame(seq, payload):
             return _packb([FrameType.PING, seq, payload])
-        case PongFrame(seq):
-            return _packb([FrameType.PONG, seq])
+        case PongFrame(seq, stamp):
+            items = [FrameType.PONG, seq] if stamp is None else [FrameType.PONG, seq, stamp]
+            return _packb(items)
         case GoAwayFrame(code, reason, None):
             return _packb([FrameType.GOAWAY, int(code), reason])
         case GoAwayFrame(code, reason, retry_after_ms):
@@ -242,6 +246,15 @@ def _plain_map(value: object, what: str) -> dict[str, Any]:
         else:
             raise _malformed(f"{what} holds an unsupported {type(item).__name__}")
     return value
+
+
+def _wall_time(value: Any) -> float:
+    """A finite, non-negative wall-clock time in seconds (PONG's hub time)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _malformed("pong time must be a number")
+    if not 0 <= value < 1e11:  # also refuses NaN and infinities
+        raise _malformed("pong time out of range")
+    return float(value)
 
 
 def _arity(items: list[Any], n: int, name: str) -> None:
@@ -331,8 +344,10 @@ def decode_frame(message: bytes, limits: Limits) -> Frame:
             None if payload is None else _plain_map(payload, "heartbeat payload"),
         )
     if ftype == FrameType.PONG:
-        _arity(items, 2, "PONG")
-        return PongFrame(_uint(items[1], "pong seq", 0, MAX_SEQ))
+        if len(items) not in (2, 3):  # the hub's time is optional (docs/wire-protocol.md)
+            raise _malformed(f"PONG frame must have 2 or 3 items, got {len(items)}")
+        seq = _uint(items[1], "pong seq", 0, MAX_SEQ)
+        return PongFrame(seq, _wall_time(items[2]) if len(items) == 3 else None)
     if ftype == FrameType.GOAWAY:
         if len(items) not in (3, 4):  # retry_after_ms is optional
             raise _malformed(f"GOAWAY frame must have 3 or 4 items, got {len(items)}")

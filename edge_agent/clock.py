@@ -1,0 +1,98 @@
+"""The hub's time as this device knows it (sans-I/O: local times are passed in).
+
+Many devices boot without a real-time clock, or drift for months. The agent
+does not set the system clock; it keeps the *skew* (device minus hub, from
+:mod:`remoteler.clockskew`) learnt from every heartbeat answer, and where time
+matters to security or to the audit trail it uses hub-corrected time
+(``local - skew``): user certificate validity, the hub's TLS certificate on a
+fallback dial (edge_agent/clockdial.py), audit event timestamps. A skew beyond
+:attr:`HubClock.bound` is reported but never corrected for: the local clock
+then rules, and the errors it causes say so.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from remoteler.clockskew import (
+    DEFAULT_MAX_SKEW,
+    REPORT_THRESHOLD,
+    SkewSample,
+    describe_skew,
+    human_span,
+    within,
+)
+
+__all__ = ["HubClock", "SkewReport"]
+
+
+@dataclass(frozen=True, slots=True)
+class SkewReport:
+    """A ``clock.skew`` audit event to emit (the caller emits it)."""
+
+    skew: float
+    """Device minus hub, seconds."""
+    corrected: bool
+    """Whether the agent corrects for it (within the bound)."""
+    message: str
+    """``this device's clock is 20 min behind the hub's`` and what follows from it."""
+
+
+class HubClock:
+    """The last skew estimate, and hub-corrected time from it."""
+
+    def __init__(
+        self, bound: float = DEFAULT_MAX_SKEW, wall: Callable[[], float] = time.time
+    ) -> None:
+        #: largest skew corrected for (``--max-clock-skew``, default 24 h)
+        self.bound = bound
+        self._wall = wall
+        #: device minus hub, seconds; None until the hub's time is known
+        self.skew: float | None = None
+        #: the estimate's error bound (half the round trip)
+        self.error = 0.0
+        self._reported: float | None = None
+
+    def observe(self, sample: SkewSample) -> SkewReport | None:
+        """Take a new estimate; return a report when the skew newly passes
+        :data:`REPORT_THRESHOLD` or moved by more than that since the last one."""
+        self.skew, self.error = sample.skew, sample.error
+        if abs(sample.skew) < REPORT_THRESHOLD:
+            self._reported = None  # fixed (NTP came up): a new skew is news again
+            return None
+        if self._reported is not None and abs(sample.skew - self._reported) < REPORT_THRESHOLD:
+            return None
+        self._reported = sample.skew
+        return SkewReport(sample.skew, self.corrected, self.explain())
+
+    @property
+    def corrected(self) -> bool:
+        """True if a known skew is within the bound (hub-corrected time is used)."""
+        return self.skew is not None and within(self.skew, self.bound)
+
+    def correction(self) -> float:
+        """Seconds to add to the local clock for hub time (0 if unknown or out of bound)."""
+        return -self.skew if self.skew is not None and self.corrected else 0.0
+
+    def now(self) -> float:
+        """Hub-corrected wall-clock time (the local clock if no usable skew)."""
+        return self._wall() + self.correction()
+
+    def explain(self) -> str:
+        """One line on the skew and its consequence, or "" when it is negligible."""
+        if self.skew is None or abs(self.skew) < REPORT_THRESHOLD:
+            return ""
+        text = describe_skew(self.skew)
+        if self.corrected:
+            return f"{text}; certificates and audit times use the hub's time"
+        return (
+            f"{text}, more than the {human_span(self.bound)} this agent corrects for; "
+            "set the clock (NTP, or 'date -s')"
+        )
+
+    def hint(self) -> str:
+        """`` (this device's clock is ...)`` to append to an error, or ""."""
+        text = self.explain()
+        return f" ({text})" if text else ""
