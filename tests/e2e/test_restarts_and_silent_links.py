@@ -208,16 +208,9 @@ def test_sigkilled_hub_leaves_no_node_online(rig: Rig) -> None:
     cluster = rig.cluster
     _hub_running(cluster, "d1")
     cluster.kill_hub(signal.SIGKILL)  # no clean-up: the stored flags still say online
-    killed = time.monotonic()
-    ls = wait_for(
-        lambda: (run := cluster.tctl("nodes", "ls")).stderr and run,
-        timeout=20,
-        interval=0.5,
-        what="tctl nodes ls to notice the hub is gone",
-    )
-    shown = time.monotonic() - killed
-    assert shown < 12, shown  # STALE_AFTER (5 s) plus tctl's own run time
-    print(f"SIGKILL: tctl nodes ls showed the node offline after {shown:.1f} s")
+    # The kernel dropped the hub's lock on hub.alive with the process: the very next
+    # tctl knows (before: only once the file was 5 s old).
+    ls = cluster.tctl("nodes", "ls")
     assert re.search(r"\bd1\b.*\boffline\b", ls.stdout), ls.stdout
     assert ls.stderr.startswith("tctl: the hub is not running (no sign of life for "), ls.stderr
     assert cluster.tctl_json("status")["nodes_online"] == 0
