@@ -114,7 +114,7 @@ def test_frozen_link_is_reported_within_the_probe_deadline(rig: Rig) -> None:
     assert run.returncode == 255, run.stderr
     said = re.fullmatch(
         r"tsh: truck-042 is not answering \(link silent for (\d+) s\); "
-        r"it will be marked offline at (\d\d:\d\d:\d\d); try again once it reconnects\n",
+        r"it will be marked offline at (\d\d:\d\d:\d\d \S+); try again once it reconnects\n",
         run.stderr,
     )
     assert said is not None, run.stderr

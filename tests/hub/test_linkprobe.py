@@ -108,9 +108,12 @@ async def test_probe_of_a_closed_tunnel_is_false_at_once() -> None:
 def test_message() -> None:
     when = time.mktime((2026, 12, 7, 4, 12, 30, 0, 0, -1))
     line = not_answering("truck-042", Silent(silence=40.4, offline_at=when))
+    # The hub's time zone named: the user's terminal may be in another one.
+    zone = time.strftime("%Z", time.localtime(when))
+    assert zone
     assert line == (
         "truck-042 is not answering (link silent for 40 s); it will be marked offline "
-        "at 04:12:30; try again once it reconnects"
+        f"at 04:12:30 {zone}; try again once it reconnects"
     )
 
 
