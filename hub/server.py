@@ -381,6 +381,10 @@ class HubServer:
                 if (query.get(NOTICE_PARAM) or [""])[0] == "1":
                     self.notices.add(ws)
                 try:
+                    if ws in self.notices and self.drain_deadline is not None:
+                        # the drain began after our last check: its announcement missed us
+                        left = seconds_left(self.drain_deadline, time.monotonic())
+                        await self.notices.tell(ws, session_notice(left))
                     await self.serve_connect(ws, ident.name, node, login)
                 finally:
                     self.notices.discard(ws)

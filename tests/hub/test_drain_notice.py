@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
-from hubkit import Hub
+from hubkit import FakeAgent, Hub
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import InvalidStatus
@@ -21,7 +22,7 @@ from hub.drain_notice import (
 from hub.server import CONNECT_SUBPROTOCOL, TUNNEL_SUBPROTOCOL
 from remoteler.hubconn import ERROR_HEADER
 from remoteler.tlsutil import TUNNEL_ALPN
-from remoteler.wire.aio import Tunnel
+from remoteler.wire.aio import ChannelRequest, Tunnel
 from remoteler.wire.connection import Connection, Role
 from remoteler.wire.limits import Limits
 
@@ -128,3 +129,46 @@ async def test_a_session_in_flight_when_the_drain_starts_hears_it_is_restarting(
     assert (response.status_code, response.headers[ERROR_HEADER]) == (503, "restarting")
     assert response.body.decode().startswith("hub is restarting, try again in ")
     assert 1 <= int(response.headers["Retry-After"]) <= 5
+
+
+class SshAgent(FakeAgent):
+    """Accepts a session's ``ssh`` channel and reads it until it ends."""
+
+    async def on_channel(self, request: ChannelRequest) -> None:
+        channel = request.accept()
+        with contextlib.suppress(Exception):
+            while await channel.read(65536):
+                pass
+
+
+async def test_a_session_upgraded_as_the_drain_begins_is_told_too(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drain begins after the connect's last check but before its relay joins
+    the notice list (the websocket handshake in between): the announcement has gone
+    out without it, so the relay tells it itself."""
+    agent = SshAgent()
+    await agent.dial(hub, "dev1")
+    user = hub.tls(*await hub.user_creds())
+    server = hub.server
+    take_slot = server._take_session_slot
+
+    def drain_begins_now(*args: object) -> None:
+        take_slot(*args)  # type: ignore[arg-type]
+        server.drain_deadline = time.monotonic() + 20.0  # and Notices.announce has run
+
+    monkeypatch.setattr(server, "_take_session_slot", drain_begins_now)
+    try:
+        async with connect(
+            hub.url("/v1/connect?node=dev1&login=pi&notices=1"),
+            ssl=user,
+            compression=None,
+            subprotocols=[CONNECT_SUBPROTOCOL],  # type: ignore[list-item]
+            open_timeout=10,
+        ) as ws:
+            got = await asyncio.wait_for(ws.recv(), 5)
+    finally:
+        server.drain_deadline = None
+        await agent.close()
+    assert isinstance(got, str)
+    assert got in {session_notice(20), session_notice(19)}
