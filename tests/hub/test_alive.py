@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import os
 import signal
 import subprocess
@@ -120,3 +122,23 @@ def test_stored_online_flags_are_overruled_while_the_hub_is_down(tmp_path: Path)
     assert "(no sign of life for 40 s)" in note
     # Nothing online: nothing to overrule, no note.
     assert as_seen([_node("b", False)], tmp_path, then + 40.0)[1] == ""
+
+
+def test_a_file_system_without_locks_falls_back_to_the_age(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """flock fails there (ENOLCK): the hub still starts, tctl judges by the mtime."""
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    path = alive_path(tmp_path)
+    fd = hold(path)  # no error: the hub starts
+    try:
+        assert lock_held(path) is None
+        now = path.stat().st_mtime
+        assert hub_running(tmp_path, now + 1.0)
+        assert not hub_running(tmp_path, now + STALE_AFTER + 1.0)
+    finally:
+        stop(path, fd)
