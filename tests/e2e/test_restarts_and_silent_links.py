@@ -118,7 +118,9 @@ def test_frozen_link_is_reported_within_the_probe_deadline(rig: Rig) -> None:
         run.stderr,
     )
     assert said is not None, run.stderr
-    assert 2 * HEARTBEAT <= int(said.group(1)) <= time.monotonic() - frozen + 1
+    # Silent since the last heartbeat before the freeze (up to one interval, later
+    # under load), shown rounded: at most one interval and a second over the freeze.
+    assert 2 * HEARTBEAT <= int(said.group(1)) <= time.monotonic() - frozen + HEARTBEAT + 1
     # The 2 s probe plus tsh's own start-up, on a loaded machine; before: ~11 s, the
     # rest of the 15 s heartbeat deadline, and then "did not accept the session".
     assert took < 9, took
