@@ -4,10 +4,15 @@
 The nodes table's ``online`` flag is written by the hub (a tunnel came up, went
 down) and cleared when it stops cleanly or starts. A hub killed with SIGKILL (or
 a crashed host) clears nothing: the flags say "online" for tunnels that died
-with it. So the hub touches :data:`ALIVE_FILE` every :data:`ALIVE_INTERVAL`
-seconds while it runs and removes it when it stops; ``tctl nodes ls`` and
+with it. So the running hub holds a shared ``flock`` on :data:`ALIVE_FILE`
+(:func:`hold`; the kernel drops it the moment the process dies, however it
+dies), touches the file every :data:`ALIVE_INTERVAL` seconds (for the "no sign
+of life for N s" note) and removes it when it stops. ``tctl nodes ls`` and
 ``tctl status`` show a node online only while the hub is running, that is, the
-file is at most :data:`STALE_AFTER` seconds old (:func:`hub_running`).
+lock is held (:func:`hub_running`): no wall clock is involved, so a clock set back
+after a crash cannot make a dead hub look alive. Only if the file cannot be
+opened to test the lock (permissions) is its age used instead: at most
+:data:`STALE_AFTER` seconds old, and not from the future.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
+import os
 from pathlib import Path
 
 from hub.backend import Node
@@ -23,13 +30,26 @@ from hub.backend import Node
 ALIVE_FILE = "hub.alive"
 #: Seconds between touches of the file by a running hub.
 ALIVE_INTERVAL = 1.0
-#: A file older than this (seconds) is a hub that stopped without cleaning up;
-#: generous against a busy event loop (a collector pause, a reconnect storm).
+#: Used only when the lock cannot be tested: a file older than this (seconds), or
+#: this much in the future, is a hub that stopped without cleaning up; generous
+#: against a busy event loop (a collector pause, a reconnect storm).
 STALE_AFTER = 5.0
 
 
 def alive_path(data_dir: Path) -> Path:
     return data_dir / ALIVE_FILE
+
+
+def hold(path: Path) -> int:
+    """The hub is running: create ``path`` and hold a shared lock on it until the
+    returned descriptor is closed (:func:`stop`) or the process dies.
+
+    On a file system without locks (some network or FUSE ones) the hub runs all the
+    same: tctl's test of the lock fails there too, and it judges by the mtime."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
 
 
 def touch(path: Path) -> None:
@@ -45,10 +65,34 @@ async def keep_alive(path: Path, interval: float = ALIVE_INTERVAL) -> None:
         await asyncio.sleep(interval)
 
 
-def stop(path: Path) -> None:
-    """The hub stopped cleanly: no sign of life any more."""
+def stop(path: Path, fd: int | None = None) -> None:
+    """The hub stopped cleanly: no sign of life any more (and the lock from
+    :func:`hold`, if given, released)."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def lock_held(path: Path) -> bool | None:
+    """True while a hub holds :func:`hold`'s lock on ``path``, False if none does (or
+    there is no file), None if the file cannot be opened to tell."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the close below
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return False
 
 
 def hub_age(data_dir: Path, now: float) -> float | None:
@@ -60,8 +104,14 @@ def hub_age(data_dir: Path, now: float) -> float | None:
 
 
 def hub_running(data_dir: Path, now: float, stale_after: float = STALE_AFTER) -> bool:
-    age = hub_age(data_dir, now)
-    return age is not None and age <= stale_after
+    held = lock_held(alive_path(data_dir))
+    if held is not None:
+        return held
+    try:  # the lock cannot be tested: judge by the file's age, a future one included
+        age = now - alive_path(data_dir).stat().st_mtime
+    except OSError:
+        return False
+    return -stale_after <= age <= stale_after
 
 
 def as_seen(nodes: list[Node], data_dir: Path, now: float) -> tuple[list[Node], str]:
@@ -84,9 +134,11 @@ __all__ = [
     "STALE_AFTER",
     "alive_path",
     "as_seen",
+    "hold",
     "hub_age",
     "hub_running",
     "keep_alive",
+    "lock_held",
     "stop",
     "touch",
 ]

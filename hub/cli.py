@@ -194,9 +194,8 @@ async def run(args: argparse.Namespace) -> None:
     import asyncio.sslproto
     import resource
 
-    from hub.alive import alive_path, keep_alive
+    from hub.alive import alive_path, hold, keep_alive
     from hub.alive import stop as stop_alive
-    from hub.alive import touch as touch_alive
     from hub.audit_store import AuditStore, audit_db_path
     from hub.auth import AuthService
     from hub.backend import SQLiteBackend
@@ -244,8 +243,8 @@ async def run(args: argparse.Namespace) -> None:
         await backend.close()
         raise
     await backend.mark_all_offline()
-    alive = alive_path(data.path)  # tctl shows nodes online only while this is fresh
-    touch_alive(alive)
+    alive = alive_path(data.path)  # tctl shows nodes online only while this is held
+    alive_lock = hold(alive)
     audit = await AuditStore.open(audit_db_path(data.path))
     hash_gate, join_guard = auth_limits(args)
     server = HubServer(
@@ -317,7 +316,7 @@ async def run(args: argparse.Namespace) -> None:
         await audit.close()
         with contextlib.suppress(FileNotFoundError):
             data.addr_file.unlink()
-        stop_alive(alive)
+        stop_alive(alive, alive_lock)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,6 +51,9 @@ class Notices:
     def __len__(self) -> int:
         return len(self._open)
 
+    def __contains__(self, ws: object) -> bool:
+        return ws in self._open
+
     def add(self, ws: Any) -> None:
         self._open.add(ws)
 
@@ -59,16 +62,17 @@ class Notices:
 
     async def announce(self, text: str) -> int:
         """Send ``text`` to every open relay at once; return how many took it in time."""
-
-        async def one(ws: Any) -> bool:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(SEND_TIMEOUT):
-                    await ws.send(text)
-                    return True
-            return False
-
-        sent = await asyncio.gather(*(one(ws) for ws in list(self._open)))
+        sent = await asyncio.gather(*(self.tell(ws, text) for ws in list(self._open)))
         return sum(sent)
+
+    @staticmethod
+    async def tell(ws: Any, text: str) -> bool:
+        """Send ``text`` to one relay; False if it did not take it in time (or is gone)."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await ws.send(text)
+                return True
+        return False
 
     async def announce_at(self, deadline: float, text: str) -> int:
         """:meth:`announce` ``text`` at ``deadline`` (``time.monotonic()``) to the relays

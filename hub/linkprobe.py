@@ -63,7 +63,8 @@ async def check_link(
 
 def not_answering(name: str, silent: Silent) -> str:
     """The user's line for a node whose tunnel did not answer its probe."""
-    when = time.strftime("%H:%M:%S", time.localtime(silent.offline_at))
+    # named: the user reading it may be in another time zone than the hub
+    when = time.strftime("%H:%M:%S %Z", time.localtime(silent.offline_at))
     return (
         f"{name} is not answering (link silent for {silent.silence:.0f} s); "
         f"it will be marked offline at {when}; try again once it reconnects"

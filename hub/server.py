@@ -240,13 +240,10 @@ class HubServer:
         try:
             if url.path == "/v1/rpc":
                 return None
-            if self.drain_deadline is not None and url.path in ("/v1/tunnel", "/v1/connect"):
-                left = seconds_left(self.drain_deadline, time.monotonic())
-                response = _refuse(
-                    connection, HTTPStatus.SERVICE_UNAVAILABLE, HubRestarting(restart_refusal(left))
-                )
-                response.headers["Retry-After"] = str(left)
-                return response
+            if url.path in ("/v1/tunnel", "/v1/connect") and (
+                restarting := self._restarting(connection)
+            ):
+                return restarting
             if url.path == "/v1/tunnel":
                 if ident is None or ident.kind != "node":
                     raise AuthError("the tunnel endpoint needs a node certificate from the host CA")
@@ -262,6 +259,8 @@ class HubServer:
                 node_key = (query.get("node") or [""])[0]
                 login = (query.get("login") or [""])[0]
                 node, roles = await self.authorize_connect(ident, node_key, login)
+                if restarting := self._restarting(connection):  # began during the probe
+                    return restarting
                 assert ident is not None
                 self._take_session_slot(connection, ident.name, roles)
                 connection.remoteler_target = (node, login)  # type: ignore[attr-defined]
@@ -272,13 +271,24 @@ class HubServer:
             return _refuse(connection, HTTPStatus.TOO_MANY_REQUESTS, err)
         except AccessDenied as err:
             return _refuse(connection, HTTPStatus.FORBIDDEN, err)
-        except NodeError as err:
-            return _refuse(connection, HTTPStatus.NOT_FOUND, err)
+        except NodeError as err:  # the drain closing its tunnel, if it began meanwhile
+            return self._restarting(connection) or _refuse(connection, HTTPStatus.NOT_FOUND, err)
         except UsageError as err:
             return _refuse(connection, HTTPStatus.BAD_REQUEST, err)
         return _refuse(
             connection, HTTPStatus.NOT_FOUND, UsageError(f"no such endpoint {url.path!r}")
         )
+
+    def _restarting(self, connection: ServerConnection) -> Response | None:
+        """HTTP 503 "hub is restarting, try again in N s" once the drain has begun."""
+        if self.drain_deadline is None:
+            return None
+        left = seconds_left(self.drain_deadline, time.monotonic())
+        response = _refuse(
+            connection, HTTPStatus.SERVICE_UNAVAILABLE, HubRestarting(restart_refusal(left))
+        )
+        response.headers["Retry-After"] = str(left)
+        return response
 
     def _take_session_slot(
         self, connection: ServerConnection, name: str, roles: list[UserRole]
@@ -375,6 +385,10 @@ class HubServer:
                 if (query.get(NOTICE_PARAM) or [""])[0] == "1":
                     self.notices.add(ws)
                 try:
+                    if ws in self.notices and self.drain_deadline is not None:
+                        # the drain began after our last check: its announcement missed us
+                        left = seconds_left(self.drain_deadline, time.monotonic())
+                        await self.notices.tell(ws, session_notice(left))
                     await self.serve_connect(ws, ident.name, node, login)
                 finally:
                     self.notices.discard(ws)

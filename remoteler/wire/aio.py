@@ -326,8 +326,10 @@ class Tunnel:
         self.retry_after: float | None = None
         """Seconds the peer's GOAWAY asked us to wait before reconnecting, else None."""
         self.last_rtt: float | None = None
-        #: :meth:`probe` calls waiting for the peer's next message
-        self._probes: set[asyncio.Future[bool]] = set()
+        #: the PING in flight for :meth:`probe`, shared by every caller meanwhile
+        self._probe: asyncio.Future[bool] | None = None
+        #: resolved by the peer's next message (or the tunnel closing) while it waits
+        self._heard: asyncio.Future[bool] | None = None
 
     # -- public API -----------------------------------------------------------
 
@@ -440,20 +442,28 @@ class Tunnel:
 
     async def probe(self, timeout: float) -> bool:
         """PING the peer; True as soon as anything arrives from it, False if nothing
-        does within ``timeout`` seconds (or the tunnel closes first)."""
+        does within ``timeout`` seconds (or the tunnel closes first).
+
+        Callers while a probe is in flight share it: one PING per tunnel however many
+        users ask at once (a frozen link would only queue more), and one caller giving
+        up does not end the probe for the others."""
         if self.closed.is_set() or self._core.state is not State.OPEN:
             return False
-        heard: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._probes.add(heard)
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._probe_once(timeout))
+        return await asyncio.shield(self._probe)
+
+    async def _probe_once(self, timeout: float) -> bool:
+        heard = self._heard = asyncio.get_running_loop().create_future()
         try:
             self._core.ping(self._clock())
             self._process()
             async with asyncio.timeout(timeout):
                 return bool(await heard)
-        except TimeoutError:
+        except (TimeoutError, InvalidState):
             return False
         finally:
-            self._probes.discard(heard)
+            self._heard = None
 
     def set_heartbeat_payload(self, payload: dict[str, Any] | None) -> None:
         """Status attached to the next PINGs (agent side)."""
@@ -498,9 +508,8 @@ class Tunnel:
                     continue
                 message = await ws.recv()
                 core.receive_message(message, clock())
-                for probe in self._probes:
-                    if not probe.done():
-                        probe.set_result(True)
+                if self._heard is not None and not self._heard.done():
+                    self._heard.set_result(True)
                 self._process()
         except WsClosed as exc:
             core.connection_lost(f"websocket closed: {exc}")
@@ -610,9 +619,8 @@ class Tunnel:
         self.retry_after = retry_after
         self.closed.set()
         self._room.set()
-        for probe in self._probes:
-            if not probe.done():
-                probe.set_result(False)
+        if self._heard is not None and not self._heard.done():
+            self._heard.set_result(False)
         channels, self._channels = self._channels, {}
         for channel in channels.values():
             channel._set_closed()

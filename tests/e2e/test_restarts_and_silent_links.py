@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import select
 import shutil
 import signal
 import socket
@@ -30,7 +31,9 @@ from helpers import BIN, Cluster, free_port, stop_process, wait_for
 from remoteler.tlsutil import TUNNEL_ALPN
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
-GRACE = 8
+#: the OpenSSH session's command ends 3 s after it starts, well inside the grace;
+#: a new tsh during the drain has the rest (a tsh start is ~2 s on a loaded machine)
+GRACE = 6
 HUB_FLAGS = ("--shutdown-grace", str(GRACE), "--drain-spread", "1")
 HEARTBEAT = 1.5
 #: the frozen agent is probed after 3 s of silence, dropped after 15 s: room for a
@@ -111,11 +114,13 @@ def test_frozen_link_is_reported_within_the_probe_deadline(rig: Rig) -> None:
     assert run.returncode == 255, run.stderr
     said = re.fullmatch(
         r"tsh: truck-042 is not answering \(link silent for (\d+) s\); "
-        r"it will be marked offline at (\d\d:\d\d:\d\d); try again once it reconnects\n",
+        r"it will be marked offline at (\d\d:\d\d:\d\d \S+); try again once it reconnects\n",
         run.stderr,
     )
     assert said is not None, run.stderr
-    assert 2 * HEARTBEAT <= int(said.group(1)) <= time.monotonic() - frozen + 1
+    # Silent since the last heartbeat before the freeze (up to one interval, later
+    # under load), shown rounded: at most one interval and a second over the freeze.
+    assert 2 * HEARTBEAT <= int(said.group(1)) <= time.monotonic() - frozen + HEARTBEAT + 1
     # The 2 s probe plus tsh's own start-up, on a loaded machine; before: ~11 s, the
     # rest of the 15 s heartbeat deadline, and then "did not accept the session".
     assert took < 9, took
@@ -138,11 +143,25 @@ def _tunnel_handshake_refused(cluster: Cluster) -> bool:
         return True
 
 
+def _first_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The first line of ``proc``'s stdout, read from the pipe a byte at a time so
+    that ``communicate()`` later gets all the rest."""
+    assert proc.stdout is not None
+    fd, line, deadline = proc.stdout.fileno(), b"", time.monotonic() + timeout
+    while not line.endswith(b"\n"):
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no line from {proc.args!r} in {timeout} s (so far {line!r})"
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        line += byte
+    return line.decode()
+
+
 def test_drain_tells_open_and_new_sessions_when(rig: Rig) -> None:
     cluster = rig.cluster
     _hub_running(cluster, "d1")
     log = cluster.root / "hub.log"
-    starts = log.read_text().count("session relay start")
     # The tsh session outlasts the grace and is cut; OpenSSH's ends before it.
     session, openssh = (
         subprocess.Popen(
@@ -157,15 +176,14 @@ def test_drain_tells_open_and_new_sessions_when(rig: Rig) -> None:
             [str(BIN / "tsh"), "ssh", f"{ME}@d1", "echo started; sleep 60"],
             [
                 *("ssh", "-F", str(rig.ssh_config), "-oBatchMode=yes"),
-                *(f"{ME}@{rig.ssh_host}", "sleep 5; echo finished"),
+                *(f"{ME}@{rig.ssh_host}", "echo started; sleep 3; echo finished"),
             ],
         )
     )
     try:
-        wait_for(
-            lambda: log.read_text().count("session relay start") >= starts + 2,
-            what="both sessions to start",
-        )
+        # Both commands running on d1: the OpenSSH one has 3 s to go, whatever its
+        # handshake took under load.
+        assert [_first_line(p, 30) for p in (session, openssh)] == ["started\n"] * 2
         assert cluster.hub is not None
         hub = cluster.hub
         hub.send_signal(signal.SIGTERM)
@@ -193,10 +211,10 @@ def test_drain_tells_open_and_new_sessions_when(rig: Rig) -> None:
     )
     assert notice is not None, err
     assert GRACE - 2 <= int(notice.group(1)) <= GRACE
-    assert (openssh.returncode, ssh_out) == (0, "finished\n"), ssh_err
+    assert (openssh.returncode, ssh_out) == (0, "finished\n"), ssh_err  # after "started"
     assert notice.group(0) in ssh_err.splitlines(), ssh_err
     # One still open when the grace is over hears that it ends now, then ends (255).
-    assert (session.returncode, out) == (255, "started\n"), err
+    assert (session.returncode, out) == (255, ""), err  # nothing after "started"
     cut = "tsh: hub restarting: this session ends now; reconnect with the same command"
     lines = err.splitlines()
     assert cut in lines and lines.index(cut) > lines.index(notice.group(0)), err
@@ -208,16 +226,9 @@ def test_sigkilled_hub_leaves_no_node_online(rig: Rig) -> None:
     cluster = rig.cluster
     _hub_running(cluster, "d1")
     cluster.kill_hub(signal.SIGKILL)  # no clean-up: the stored flags still say online
-    killed = time.monotonic()
-    ls = wait_for(
-        lambda: (run := cluster.tctl("nodes", "ls")).stderr and run,
-        timeout=20,
-        interval=0.5,
-        what="tctl nodes ls to notice the hub is gone",
-    )
-    shown = time.monotonic() - killed
-    assert shown < 12, shown  # STALE_AFTER (5 s) plus tctl's own run time
-    print(f"SIGKILL: tctl nodes ls showed the node offline after {shown:.1f} s")
+    # The kernel dropped the hub's lock on hub.alive with the process: the very next
+    # tctl knows (before: only once the file was 5 s old).
+    ls = cluster.tctl("nodes", "ls")
     assert re.search(r"\bd1\b.*\boffline\b", ls.stdout), ls.stdout
     assert ls.stderr.startswith("tctl: the hub is not running (no sign of life for "), ls.stderr
     assert cluster.tctl_json("status")["nodes_online"] == 0

@@ -108,7 +108,33 @@ async def test_probe_of_a_closed_tunnel_is_false_at_once() -> None:
 def test_message() -> None:
     when = time.mktime((2026, 12, 7, 4, 12, 30, 0, 0, -1))
     line = not_answering("truck-042", Silent(silence=40.4, offline_at=when))
+    # The hub's time zone named: the user's terminal may be in another one.
+    zone = time.strftime("%Z", time.localtime(when))
+    assert zone
     assert line == (
         "truck-042 is not answering (link silent for 40 s); it will be marked offline "
-        "at 04:12:30; try again once it reconnects"
+        f"at 04:12:30 {zone}; try again once it reconnects"
     )
+
+
+async def test_concurrent_probes_of_one_tunnel_share_one_ping() -> None:
+    """Many tsh asking at once for a frozen node: one PING on its tunnel, one answer
+    for all (not a PING each queued behind the frozen link)."""
+    async with link() as ln:
+        ln.agent_ws.transport.pause_reading()
+        await asyncio.sleep(0.9)
+        started = time.monotonic()
+        answers = await asyncio.gather(*(check_link(ln.hub, timeout=0.5) for _ in range(50)))
+        assert time.monotonic() - started < 1.5  # together, not one after another
+        assert all(isinstance(a, Silent) for a in answers)
+        assert ln.hub._core._ping_seq == 1  # one PING sent for the fifty
+
+
+async def test_a_caller_giving_up_does_not_cancel_the_shared_probe() -> None:
+    async with link() as ln:
+        await asyncio.sleep(0.9)
+        first = asyncio.ensure_future(ln.hub.probe(2.0))
+        second = asyncio.ensure_future(ln.hub.probe(2.0))
+        await asyncio.sleep(0)
+        first.cancel()  # that tsh hung up
+        assert await asyncio.wait_for(second, 3.0) is True
