@@ -126,11 +126,15 @@ class FirmwareStore:
         if not path.exists():
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         db = await aiosqlite.connect(path, timeout=30)
-        db.row_factory = aiosqlite.Row
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA busy_timeout=30000")
-        await db.executescript(SCHEMA)
-        await db.commit()
+        try:  # a damaged file: close, or its thread keeps the process from exiting
+            db.row_factory = aiosqlite.Row
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA busy_timeout=30000")
+            await db.executescript(SCHEMA)
+            await db.commit()
+        except BaseException:
+            await db.close()
+            raise
         return cls(db, root)
 
     async def close(self) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -796,6 +797,11 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return 130
+    except sqlite3.DatabaseError as err:  # a damaged file: name it (hub/dbcheck.py)
+        from hub.dbcheck import diagnose
+
+        print(f"tctl: {diagnose(Path(args.data_dir), err)}", file=sys.stderr)
+        return 1
     return 0
 
 
