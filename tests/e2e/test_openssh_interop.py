@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import pwd
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,13 +17,16 @@ from typing import Any
 
 import pytest
 from helpers import PASSWORD, Cluster, current_totp, free_port, wait_for
+from require import require_binaries
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 NODE = "truck-042"
 
-pytestmark = pytest.mark.skipif(
-    not all(shutil.which(b) for b in ("ssh", "scp", "sftp")), reason="OpenSSH client missing"
-)
+
+@pytest.fixture(scope="module", autouse=True)
+def _tools() -> None:
+    """What this module runs: present, or every test fails with a one-line hint."""
+    require_binaries("ssh", "scp", "sftp")
 
 
 class OpenSSH:
