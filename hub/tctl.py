@@ -802,6 +802,15 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"tctl: {diagnose(Path(args.data_dir), err)}", file=sys.stderr)
         return 1
+    except Exception as err:  # unforeseen: still one line (REMOTELER_DEBUG=1: the traceback)
+        if os.environ.get("REMOTELER_DEBUG") == "1":
+            raise
+        print(
+            f"tctl: unexpected {type(err).__name__}: {err}; please report it "
+            "(REMOTELER_DEBUG=1 shows where)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -131,3 +131,14 @@ def test_tctl_on_a_damaged_database_is_one_line(
     data = damaged[name]
     line = _one_line(_run(str(BIN / "tctl"), "--data-dir", str(data), *argv), "tctl: ")
     assert f"{data / name} is damaged (" in line, line
+
+
+def test_a_damaged_cluster_json_is_one_line(pristine: Path, tmp_path: Path) -> None:
+    data = _copy(pristine, tmp_path)
+    (data / "cluster.json").write_text("{garbage")
+    for proc, prefix in (
+        (_hub_start(data), "hub: "),
+        (_run(str(BIN / "tctl"), "--data-dir", str(data), "status"), "tctl: "),
+    ):
+        line = _one_line(proc, prefix)
+        assert f"{data / 'cluster.json'} is damaged: restore it from a backup" in line, line
