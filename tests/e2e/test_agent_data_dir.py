@@ -70,7 +70,8 @@ def test_a_second_agent_on_the_same_data_dir_exits_naming_the_first(cluster: Clu
     assert line.startswith("edge-agent: another edge-agent (PID ")
     assert f"PID {first.pid})" in line and str(cluster.root / f"agent-{NODE}") in line
     assert first.poll() is None
-    assert cluster.node_online(NODE)
+    # the first agent's tunnel stays up (the hub writes presence within a few seconds)
+    wait_for(lambda: cluster.node_online(NODE), timeout=30, interval=0.5, what="node online")
 
 
 def _expired(cluster: Cluster, ident: Path) -> None:
@@ -108,6 +109,10 @@ DAMAGE: dict[str, tuple[Callable[[Cluster, Path], None], str]] = {
         "node.crt is not the certificate of",
     ),
     "an expired node.crt": (_expired, "node.crt expired at"),
+    "garbage node-cert.pub": (
+        lambda c, d: write_secret_file(d / "node-cert.pub", b"ssh-ed25519-cert-v01@openssh.com"),
+        "node-cert.pub holds no readable SSH host certificate",
+    ),
 }
 
 

@@ -32,10 +32,10 @@ def ident() -> NodeIdentity:
         node_id="n1",
         name="n1",
         hub="127.0.0.1:1",
-        ssh_cert="",
+        ssh_cert=ca.sign_ssh_host_cert(key.public_key(), key_id="n1", principals=["n1"]),
         tls_cert=cert,
         host_ca_pem=ca.x509_pem,
-        user_ca_ssh="",
+        user_ca_ssh=CertAuthority.generate("user", "example").ssh_public_line(),
         cluster="example",
     )
 
@@ -62,6 +62,23 @@ def test_each_fault_names_its_file(ident: NodeIdentity, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"node\.crt is not the certificate of .*node\.key"):
         check_identity(ident, d, NOW)
     ident.key = good_key
+    good_ssh, good_user_ca = ident.ssh_cert, ident.user_ca_ssh
+    ident.ssh_cert = "ssh-ed25519-cert-v01@openssh.com AAAAgarbage"
+    with pytest.raises(ConfigError, match=r"node-cert\.pub holds no readable SSH host cert"):
+        check_identity(ident, d, NOW)
+    other = CertAuthority.generate("host", "example")
+    ident.ssh_cert = other.sign_ssh_host_cert(
+        generate_private_key().public_key(), key_id="n2", principals=["n2"]
+    )
+    with pytest.raises(ConfigError, match=r"node-cert\.pub is not the certificate of"):
+        check_identity(ident, d, NOW)
+    ident.ssh_cert, ident.user_ca_ssh = good_ssh, "\n"
+    with pytest.raises(ConfigError, match=r"user_ca\.pub holds no readable user CA key"):
+        check_identity(ident, d, NOW)
+    ident.user_ca_ssh = good_user_ca + "\nssh-ed25519 garbage"
+    with pytest.raises(ConfigError, match=r"user_ca\.pub"):
+        check_identity(ident, d, NOW)
+    ident.user_ca_ssh = good_user_ca
     with pytest.raises(ConfigError, match=r"node\.crt expired at .* \(this device's clock says"):
         check_identity(ident, d, NOW + 7200)
     (d / "rotation.json").write_text("{}")  # after a rotation the certificate came from there
