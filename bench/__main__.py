@@ -9,7 +9,14 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from bench.harness import BENCHMARKS, Context, Figure, figures_table, write_results
+from bench.harness import (
+    BENCHMARKS,
+    Context,
+    Figure,
+    MissingTool,
+    figures_table,
+    write_results,
+)
 
 MODULES = [
     "bench.relay",
@@ -65,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"running {name} ...", file=sys.stderr, flush=True)
             try:
                 figures += BENCHMARKS[name](ctx)
+            except MissingTool as exc:
+                print(f"bench: {name}: {exc}", file=sys.stderr)
+                failed.append(name)
             except Exception:
                 traceback.print_exc()
                 failed.append(name)
@@ -74,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         write_results(Path(output), figures, args.smoke)
         print(f"\nwritten to {output}", file=sys.stderr)
     if failed:
-        print(f"bench: {', '.join(failed)} failed (traceback above)", file=sys.stderr)
+        print(f"bench: {', '.join(failed)} failed (see above)", file=sys.stderr)
         return 1
     return 0
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import shutil
 import subprocess
 import sys
 import time
@@ -20,10 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from fleet import provision as provision
 from helpers import BIN, Cluster, free_port, stop_process, wait_for
+from require import find_binary, missing_hint
+
+from bench.harness import MissingTool
 
 LOGIN = pwd.getpwuid(os.geteuid()).pw_name
 NODE = "bench-node"
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+SSHD = find_binary("sshd") or "/usr/sbin/sshd"
 
 
 @dataclass
@@ -120,12 +122,18 @@ class Sshd:
         return [*args, f"{LOGIN}@127.0.0.1", command]
 
 
+def require_openssh() -> None:
+    """Raise :class:`MissingTool` naming the package if sshd, ssh or ssh-keygen is
+    missing: the OpenSSH reference rows are part of the figures, never left out."""
+    for tool in ("sshd", "ssh", "ssh-keygen"):
+        if find_binary(tool) is None:
+            raise MissingTool(f"the OpenSSH reference needs {missing_hint(tool)}")
+
+
 @contextlib.contextmanager
-def openssh_server(workdir: Path) -> Iterator[Sshd | None]:
-    """OpenSSH's sshd on loopback, or None where it is not installed."""
-    if not Path(SSHD).exists():
-        yield None
-        return
+def openssh_server(workdir: Path) -> Iterator[Sshd]:
+    """OpenSSH's sshd on loopback (:class:`MissingTool` where it is not installed)."""
+    require_openssh()
     d = workdir / "sshd"
     d.mkdir(parents=True, exist_ok=True)
     for name in ("host", "client"):

@@ -18,6 +18,15 @@ from typing import Any
 from remoteler.textfmt import table
 
 
+class MissingTool(Exception):
+    """A tool a benchmark needs is not installed; the message names the package.
+
+    ``python -m bench`` prints it as one line and fails that benchmark: a reference
+    row (OpenSSH) must never be silently missing from the table (``make bench``
+    installs nothing by itself; ``.ci/run`` does).
+    """
+
+
 @dataclass
 class Figure:
     bench: str

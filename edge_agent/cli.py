@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 from edge_agent import jointoken
@@ -204,6 +205,10 @@ async def run(args: argparse.Namespace) -> None:
     sftp.configure(args.sftp_server)
     data_dir = Path(args.data_dir)
     labels = parse_labels(args.labels)
+    from edge_agent.datadir_lock import DataDirLock
+
+    # One agent per data dir, until this process ends (a first start locks after its mkdir).
+    held = DataDirLock.acquire(data_dir) if data_dir.exists() else None
     quota = parse_size(args.audit_quota)
     reserve = parse_size(args.audit_reserve) if args.audit_reserve else None
     local_addr = parse_hostport(args.local_listen) if args.local_listen else None
@@ -240,6 +245,9 @@ async def run(args: argparse.Namespace) -> None:
             ident.save(data_dir)
     if NodeIdentity.exists(data_dir):
         ident = NodeIdentity.load(data_dir)
+        from edge_agent.identity_check import check_identity
+
+        check_identity(ident, NodeIdentity.directory(data_dir), time.time(), args.max_clock_skew)
         if token or args.token or args.token_file:
             log.info(
                 "already joined; the join token is not needed", extra={"node_id": ident.node_id}
@@ -261,6 +269,7 @@ async def run(args: argparse.Namespace) -> None:
             )
         parse_hostport(args.hub)
         data_dir.mkdir(parents=True, exist_ok=True)
+        held = held or DataDirLock.acquire(data_dir)
         ident = await join(
             args.hub, token, args.ca_pin, args.name, labels, VERSION, args.max_clock_skew
         )

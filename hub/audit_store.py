@@ -204,13 +204,17 @@ class AuditStore:
         elif path.stat().st_mode & 0o077:
             os.chmod(path, 0o600)  # commands and session output: not for other local users
         db = await aiosqlite.connect(path, timeout=30)
-        db.row_factory = aiosqlite.Row
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=FULL")
-        await db.execute("PRAGMA busy_timeout=30000")
-        await _announce_new_index(db, path)
-        await db.executescript(SCHEMA)
-        await db.commit()
+        try:  # a damaged file: close, or its thread keeps the process from exiting
+            db.row_factory = aiosqlite.Row
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("PRAGMA busy_timeout=30000")
+            await _announce_new_index(db, path)
+            await db.executescript(SCHEMA)
+            await db.commit()
+        except BaseException:
+            await db.close()
+            raise
         return cls(db)
 
     async def close(self) -> None:

@@ -300,27 +300,31 @@ class SQLiteBackend:
         elif path.stat().st_mode & 0o077:
             os.chmod(path, 0o600)  # holds TOTP seeds: never readable by others
         db = await aiosqlite.connect(path, timeout=30)
-        db.row_factory = aiosqlite.Row
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.execute("PRAGMA busy_timeout=30000")
-        await db.execute("PRAGMA secure_delete=ON")  # a replaced TOTP seed leaves no trace
-        await db.executescript(SCHEMA)
-        await _migrate(db)
-        for role in PRESET_ROLES:
-            await db.execute(
-                "INSERT OR IGNORE INTO roles (name, spec) VALUES (?, ?)",
-                (role.name, json.dumps(role.to_dict())),
-            )
-        await db.commit()
-        if seeds is not None:  # write with the salt already there: one key for all seeds
-            row = await (
+        try:  # a damaged file: close, or its thread keeps the process from exiting
+            db.row_factory = aiosqlite.Row
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute("PRAGMA busy_timeout=30000")
+            await db.execute("PRAGMA secure_delete=ON")  # a replaced TOTP seed leaves no trace
+            await db.executescript(SCHEMA)
+            await _migrate(db)
+            for role in PRESET_ROLES:
                 await db.execute(
-                    "SELECT totp_secret FROM users WHERE totp_secret LIKE 'enc1:%' LIMIT 1"
+                    "INSERT OR IGNORE INTO roles (name, spec) VALUES (?, ?)",
+                    (role.name, json.dumps(role.to_dict())),
                 )
-            ).fetchone()
-            if row is not None and (salt := salt_of(row[0])) is not None:
-                seeds.use_salt(salt)
+            await db.commit()
+            if seeds is not None:  # write with the salt already there: one key for all seeds
+                row = await (
+                    await db.execute(
+                        "SELECT totp_secret FROM users WHERE totp_secret LIKE 'enc1:%' LIMIT 1"
+                    )
+                ).fetchone()
+                if row is not None and (salt := salt_of(row[0])) is not None:
+                    seeds.use_salt(salt)
+        except BaseException:
+            await db.close()
+            raise
         return cls(db, seeds)
 
     async def close(self) -> None:

@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="agents are told to reconnect at random within this many seconds "
         "after a SIGTERM (default: 1 s per 200 agents, 5-120 s)",
     )
+    start.add_argument(
+        "--accept-empty-audit",
+        action="store_true",
+        help="start although audit.db is missing or empty while hub.db lists nodes, "
+        "beginning a new audit trail (default: off, such a start is refused; docs/tctl.md)",
+    )
     add_auth_limit_flags(start)
     start.add_argument(
         "--node-audit-rate",
@@ -222,6 +228,9 @@ async def run(args: argparse.Namespace) -> None:
     from hub.secrets import read_passphrase
 
     data = DataDir(Path(args.data_dir), passphrase=read_passphrase(args.ca_passphrase_file))
+    from hub.dbcheck import check_data_dir
+
+    check_data_dir(data.path, accept_empty_audit=args.accept_empty_audit)  # docs/tctl.md
     passphrase = data.ca_passphrase()
     seeds = SeedCipher(passphrase) if passphrase is not None else None
     if seeds is not None and data.db_path.exists():  # before init encrypts plain CA keys

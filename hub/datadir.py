@@ -93,7 +93,13 @@ class DataDir:
                 f"{self.path} is not a hub data directory; start the hub once with "
                 f"'hub start --data-dir {self.path}' or pass the right --data-dir"
             )
-        return str(json.loads(meta.read_text())["cluster"])
+        try:
+            return str(json.loads(meta.read_text())["cluster"])
+        except (ValueError, KeyError, TypeError):  # JSON garbage, or not our shape
+            raise ConfigError(
+                f"{meta} is damaged: restore it from a backup, or write "
+                '{"cluster": "NAME"} with the --cluster-name of the first start'
+            ) from None
 
     def init(self, cluster: str) -> str:
         """Create the directory and both CAs on first start; return the cluster name."""

@@ -131,17 +131,21 @@ class FirmwareStore:
         if not path.exists():
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         db = await aiosqlite.connect(path, timeout=30)
-        db.row_factory = aiosqlite.Row
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA busy_timeout=30000")
-        await db.executescript(SCHEMA)
-        async with db.execute("PRAGMA table_info(rollouts)") as cur:
-            columns = {row["name"] for row in await cur.fetchall()}
-        if "canary_timeout" not in columns:  # a firmware.db from before --canary-timeout
-            await db.execute(
-                "ALTER TABLE rollouts ADD COLUMN canary_timeout REAL NOT NULL DEFAULT 600"
-            )
-        await db.commit()
+        try:  # a damaged file: close, or its thread keeps the process from exiting
+            db.row_factory = aiosqlite.Row
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA busy_timeout=30000")
+            await db.executescript(SCHEMA)
+            async with db.execute("PRAGMA table_info(rollouts)") as cur:
+                columns = {row["name"] for row in await cur.fetchall()}
+            if "canary_timeout" not in columns:  # a firmware.db from before --canary-timeout
+                await db.execute(
+                    "ALTER TABLE rollouts ADD COLUMN canary_timeout REAL NOT NULL DEFAULT 600"
+                )
+            await db.commit()
+        except BaseException:
+            await db.close()
+            raise
         return cls(db, root)
 
     async def close(self) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -806,6 +807,20 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return 130
+    except sqlite3.DatabaseError as err:  # a damaged file: name it (hub/dbcheck.py)
+        from hub.dbcheck import diagnose
+
+        print(f"tctl: {diagnose(Path(args.data_dir), err)}", file=sys.stderr)
+        return 1
+    except Exception as err:  # unforeseen: still one line (REMOTELER_DEBUG=1: the traceback)
+        if os.environ.get("REMOTELER_DEBUG") == "1":
+            raise
+        print(
+            f"tctl: unexpected {type(err).__name__}: {err}; please report it "
+            "(REMOTELER_DEBUG=1 shows where)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

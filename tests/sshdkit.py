@@ -38,13 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from helpers import Cluster, free_port, stop_process
+from require import require_binaries
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-
-
-def have_sshd() -> bool:
-    """True where OpenSSH's sshd and ssh-keygen are installed (skip the test otherwise)."""
-    return Path(SSHD).exists() and shutil.which("ssh-keygen") is not None
 
 
 @dataclass
@@ -94,7 +90,9 @@ def legacy_sshd(
 
     ``principals``: if given, an ``AuthorizedPrincipalsFile`` listing them replaces
     the default (login must be a principal). ``extra_config``: more sshd_config lines.
+    Fails the test with a one-line hint if sshd or ssh-keygen is not installed.
     """
+    require_binaries("sshd", "ssh-keygen")
     d = tmp_path / f"sshd-{name}"
     d.mkdir(parents=True, exist_ok=True)
     key = d / "ssh_host_ed25519_key"

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from require import require_binary
 
 from remoteler.ca import CertAuthority
 
@@ -26,15 +27,14 @@ def host_ca() -> CertAuthority:
 @pytest.fixture
 def ssh_keygen_list(tmp_path: Path) -> Callable[[str], str]:
     """Write a certificate line to a file and return ``ssh-keygen -L`` output (TZ=UTC)."""
-    if SSH_KEYGEN is None:
-        pytest.skip("ssh-keygen not installed")
+    keygen = require_binary("ssh-keygen")
     counter = iter(range(1_000_000))
 
     def run(line: str) -> str:
         path = tmp_path / f"c{next(counter)}-cert.pub"
         path.write_text(line + "\n")
         result = subprocess.run(
-            [SSH_KEYGEN, "-L", "-f", str(path)],
+            [keygen, "-L", "-f", str(path)],
             capture_output=True,
             text=True,
             env={**os.environ, "TZ": "UTC"},

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from require import require_binary
 
 from remoteler.ca import (
     CAError,
@@ -135,8 +135,8 @@ def test_check_secret_file_mode(tmp_path: Path) -> None:
         check_secret_file_mode(tmp_path / "missing")
 
 
-@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen not installed")
 def test_openssh_interop(tmp_path: Path) -> None:
+    require_binary("ssh-keygen")
     # Our private key file is readable by ssh-keygen ...
     key = generate_private_key()
     ours = tmp_path / "ours"

@@ -13,6 +13,7 @@ from asyncssh.public_key import SSHOpenSSHCertificate
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from require import require_binary
 
 from remoteler.ca import (
     DEFAULT_USER_EXTENSIONS,
@@ -151,9 +152,9 @@ def test_ssh_keygen_rejects_tampered_cert(
     assert parse_certificate(line).signature_valid is True
 
 
-@pytest.mark.skipif(SSH_KEYGEN is None, reason="ssh-keygen not installed")
 def test_parse_cert_signed_by_ssh_keygen(user_ca: CertAuthority, tmp_path: Path) -> None:
     """Our parser reads what OpenSSH writes, with our CA key."""
+    require_binary("ssh-keygen")
     ca_file = tmp_path / "ca"
     write_secret_file(ca_file, private_key_to_openssh(user_ca.private_key))
     subprocess.run(

@@ -15,7 +15,6 @@ import os
 import pwd
 import re
 import shlex
-import shutil
 import stat
 import subprocess
 import time
@@ -26,14 +25,17 @@ from pathlib import Path
 
 import pytest
 from helpers import Cluster, free_port, stop_process, wait_for
+from require import require_binaries
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 NODE = "ci-node"
 TOOLS = ("ssh", "ssh-agent", "ssh-add", "ssh-keygen")
 
-pytestmark = pytest.mark.skipif(
-    not all(shutil.which(b) for b in TOOLS), reason="OpenSSH client tools missing"
-)
+
+@pytest.fixture(scope="module", autouse=True)
+def _tools() -> None:
+    """What this module runs: present, or every test fails with a one-line hint."""
+    require_binaries("ssh", "ssh-agent", "ssh-add", "ssh-keygen")
 
 
 @dataclass

@@ -14,13 +14,18 @@ from pathlib import Path
 
 import pytest
 from helpers import BIN, Cluster, wait_for
+from require import require_binaries
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 TMUX = shutil.which("tmux") or ("/usr/bin/tmux" if os.path.exists("/usr/bin/tmux") else None)
 TERM_TYPE = "screen-256color"
 PROMPT = re.compile(r"[#$>%]\s*$")
 
-pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed")
+
+@pytest.fixture(scope="module", autouse=True)
+def _tools() -> None:
+    """What this module runs: present, or every test fails with a one-line hint."""
+    require_binaries("tmux")
 
 
 class Tmux:

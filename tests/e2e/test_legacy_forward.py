@@ -12,7 +12,6 @@ import gc
 import json
 import os
 import pwd
-import shutil
 import subprocess
 import time
 import warnings
@@ -23,7 +22,8 @@ from typing import Any
 
 import pytest
 from helpers import Cluster, free_port, wait_for
-from sshdkit import LegacySshd, have_sshd, legacy_sshd
+from require import require_binaries
+from sshdkit import LegacySshd, legacy_sshd
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 NODE = "legacy-1"
@@ -34,9 +34,11 @@ WEAK_SSHD = "KexAlgorithms ecdh-sha2-nistp256\nCiphers aes128-ctr\nMACs hmac-sha
 #: heartbeats carry the mode: often enough for the test, lenient on a loaded machine
 BEATS = ("--heartbeat-interval", "2", "--allowed-misses", "10")
 
-pytestmark = pytest.mark.skipif(
-    not (have_sshd() and shutil.which("ssh")), reason="OpenSSH sshd/ssh missing"
-)
+
+@pytest.fixture(scope="module", autouse=True)
+def _tools() -> None:
+    """What this module runs: present, or every test fails with a one-line hint."""
+    require_binaries("sshd", "ssh", "ssh-keygen")
 
 
 @dataclass

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import pwd
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +20,16 @@ from typing import Any
 import pytest
 from helpers import PASSWORD, Cluster, current_totp, free_port, wait_for
 from nosftp import WITHOUT_SFTP_SERVER, OsUser, assert_no_sftp_server, os_user
+from require import require_binaries
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 NODE = "truck-042"
 
-MISSING = [b for b in ("ssh", "scp", "sftp") if not shutil.which(b)]
+
+@pytest.fixture(scope="module", autouse=True)
+def _tools() -> None:
+    """What this module runs: present, or every test fails with a one-line hint."""
+    require_binaries("ssh", "scp", "sftp")
 
 
 class OpenSSH:
@@ -75,7 +79,6 @@ def other() -> Iterator[OsUser]:
 def fleet(
     tmp_path_factory: pytest.TempPathFactory, other: OsUser
 ) -> Iterator[tuple[Cluster, Path]]:
-    assert not MISSING, f"OpenSSH's {', '.join(MISSING)} missing: apt-get install openssh-client"
     root = tmp_path_factory.mktemp("openssh")
     cluster = Cluster(root, free_port())
     cluster.start_hub()

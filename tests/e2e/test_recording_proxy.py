@@ -15,9 +15,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 from helpers import BIN, Cluster, free_port, stop_process, wait_for
-from sshdkit import have_sshd, legacy_sshd
+from require import require_binaries
+from sshdkit import legacy_sshd
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 TMUX = shutil.which("tmux")
@@ -161,10 +161,10 @@ def _screen_has(cluster: Cluster, pattern: str, what: str) -> str:
     return str(wait_for(found, timeout=30, interval=0.1, what=what))
 
 
-@pytest.mark.skipif(TMUX is None or not have_sshd(), reason="needs tmux and OpenSSH's sshd")
 def test_legacy_sshd_behind_a_forward_agent_in_proxy_mode(cluster: Cluster, tmp_path: Path) -> None:
     """A real sshd (trusting the user CA, host cert from the host CA) reached through a
     forward-mode agent: exec and a pty shell in a real terminal (tmux), recorded at the hub."""
+    require_binaries("tmux", "sshd", "ssh-keygen")
     cluster.add_user("lena", [ME])
     with legacy_sshd(cluster, tmp_path, name="legacy-1") as sshd:
         cluster.start_agent("legacy-1", "", None, "--ssh-target", sshd.target)

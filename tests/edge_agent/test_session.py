@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncssh
 import pytest
+from require import require_root
 
 from edge_agent.session import PIPE_SIZE, CommandSession
 
@@ -148,8 +149,7 @@ async def test_large_input_and_output_both_ways(conn: Any) -> None:
 
 
 async def test_unknown_login_is_a_clear_error(conn: Any, exits: list[int]) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("the login is only looked up when the agent runs as root")
+    require_root("the login is only looked up when the agent runs as root")
     # a second connection as a login that does not exist on this machine
     port = conn.get_extra_info("peername")[1]
     other = await asyncssh.connect(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from require import require_binary
 
 from firmware_tools.keys import (
     key_id,
@@ -30,8 +30,8 @@ def test_write_and_load(tmp_path: Path) -> None:
         write_key_pair(path)
 
 
-@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs OpenSSH's ssh-keygen")
 def test_interop_with_ssh_keygen(tmp_path: Path) -> None:
+    require_binary("ssh-keygen")
     ours = tmp_path / "ours"
     pub = write_key_pair(ours)
     out = subprocess.run(

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from require import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "packaging" / "systemd" / "remoteler-agent.service"
@@ -69,9 +69,7 @@ def test_the_full_access_drop_in_resets_every_sandbox_directive_of_the_unit() ->
 
 
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
-    exe = shutil.which("systemd-analyze")
-    if exe is None:
-        pytest.skip("systemd-analyze not installed; the parse checks above still run")
+    exe = require_binary("systemd-analyze")
     # verify wants ExecStart's binary to exist: point it at this checkout's agent.
     agent = Path(sys.executable).parent / "edge-agent"
     unit = tmp_path / UNIT.name

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from require import require_binary
 
 from remoteler.errors import UsageError
 from tsh.config import ssh_config, tsh_command
@@ -48,11 +48,11 @@ def test_ssh_config_block() -> None:
     assert "StrictHostKeyChecking yes" in lines
 
 
-@pytest.mark.skipif(not shutil.which("ssh"), reason="needs OpenSSH's ssh")
 def test_ssh_runs_the_proxy_command_with_a_space_and_a_percent_in_paths(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ssh expands %-tokens and runs ProxyCommand with the shell: paths arrive intact."""
+    require_binary("ssh")
     odd = tmp_path / "my dir %h 50% $HOME 'q'"
     odd.mkdir()
     argv_file = tmp_path / "argv"
