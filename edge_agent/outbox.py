@@ -156,6 +156,7 @@ class Outbox:
         self.reserve_bytes = reserve_bytes
         """Free space kept for session ends and the drain (None: the default share)."""
         self._lost = (0, 0)  # (events, bytes) whose commit failed, not yet in audit.dropped
+        self._lost_retry: asyncio.TimerHandle | None = None  # at most one pending
         self.policy: Policy = policy
         self.node = node
         self.changed = asyncio.Event()
@@ -355,6 +356,8 @@ class Outbox:
         if self._closing:
             return
         self._closing = True
+        if self._lost_retry is not None:
+            self._lost_retry.cancel()
         self._wakeup.set()
         if self._writer is not None:
             await self._writer
@@ -382,7 +385,7 @@ class Outbox:
                             future.set_exception(exc)
                     # Report the loss by itself once there is room, even if nothing
                     # else is appended meanwhile.
-                    asyncio.get_running_loop().call_later(LOST_RETRY, self._wakeup.set)
+                    self._retry_lost()
                     continue
                 for (_, _, future), result in zip(group, results, strict=True):
                     if not future.done():
@@ -397,9 +400,18 @@ class Outbox:
             async with self._lock:
                 await self._commit([])
         except Exception:
-            asyncio.get_running_loop().call_later(LOST_RETRY, self._wakeup.set)
+            self._retry_lost()
         else:
             self.changed.set()
+
+    def _retry_lost(self) -> None:
+        """Wake the writer in :data:`LOST_RETRY` seconds, unless a wake-up is pending."""
+        if self._lost_retry is None:
+            self._lost_retry = asyncio.get_running_loop().call_later(LOST_RETRY, self._lost_due)
+
+    def _lost_due(self) -> None:
+        self._lost_retry = None
+        self._wakeup.set()
 
     async def _commit(self, events: list[tuple[AuditEvent, bytes]]) -> list[AuditEvent]:
         """One transaction for a group of appends, applying the quota policy.

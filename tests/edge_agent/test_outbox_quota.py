@@ -155,3 +155,35 @@ async def test_a_configured_reserve_replaces_the_default(small_fs: Path) -> None
         filler.unlink()
     finally:
         await box.close()
+
+
+async def test_failed_commits_keep_one_retry_of_their_count(
+    small_fs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each failed commit used to start its own 2 s retry chain of the audit.dropped
+    count, for ever: 30 failures on a full disk meant 15 write attempts a second until
+    space came back. One retry is pending at a time."""
+    import edge_agent.outbox as outbox_module
+
+    monkeypatch.setattr(outbox_module, "LOST_RETRY", 0.05)
+    box = await Outbox.open(small_fs / "audit.db", node="n1")
+    full = fill(small_fs)
+    try:
+        tries = 0
+        write_lost = box._write_lost
+
+        async def counted() -> None:
+            nonlocal tries
+            tries += 1
+            await write_lost()
+
+        monkeypatch.setattr(box, "_write_lost", counted)
+        for i in range(30):
+            with pytest.raises(sqlite3.OperationalError):
+                await box.append(_exec(i))
+        tries = 0
+        await asyncio.sleep(0.5)
+        assert 1 <= tries <= 0.5 / 0.05 + 3
+    finally:
+        full.unlink()
+        await box.close()
