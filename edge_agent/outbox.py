@@ -55,7 +55,7 @@ from edge_agent.outbox_quota import Admission
 from remoteler.audit.events import AuditEvent, EventType, make_event
 from remoteler.errors import RemotelerError
 
-__all__ = ["Outbox", "Policy", "QuotaExceeded"]
+__all__ = ["DiskFull", "Outbox", "Policy", "QuotaExceeded"]
 
 log = logging.getLogger("remoteler.agent.outbox")
 
@@ -93,6 +93,10 @@ class QuotaExceeded(RemotelerError):
     """The outbox is full under ``refuse-sessions``: no new session may start."""
 
     code = "quota_exceeded"
+
+
+class DiskFull(QuotaExceeded):
+    """Refused by the disk's reserve, not the quota: free space on the device, not the hub."""
 
 
 def _pack(event: AuditEvent) -> bytes:
@@ -271,7 +275,7 @@ class Outbox:
             None, 0, self.policy, self._bytes + (room.wal if room else 0), self.quota_bytes
         )
         if room is not None and by_quota is not Admission.REFUSED:  # the disk refused
-            raise QuotaExceeded(
+            raise DiskFull(
                 f"the device's disk is full ({room.free >> 10} KiB free, {reserve >> 10} KiB"
                 " kept for audit): new sessions are refused until space is freed on the"
                 " device or its audit backlog drains to the hub"
