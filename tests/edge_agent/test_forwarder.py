@@ -241,3 +241,34 @@ async def test_a_drain_on_a_nearly_full_disk_never_fills_it(
         finally:
             await box.close()
             filler.unlink()
+
+
+async def test_a_bug_is_not_retried_as_a_storage_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An event that cannot be decoded is a bug or corruption, not a full disk: retrying
+    it would hold the channel for ever behind one warning (then debug lines). It is
+    logged with its traceback and the channel is given up (opened again later)."""
+    import sqlite3
+
+    path = tmp_path / "audit.db"
+    box = await Outbox.open(path, node=NODE)
+    await box.append(make_event(EventType.EXEC, node=NODE, command="true", exit_code=0))
+    await box.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE events SET body = x'c1'")  # 0xc1: never valid msgpack
+    db.close()
+    box = await Outbox.open(path, node=NODE)
+    try:
+        receiver = Receiver()
+        async with hub(receiver) as port, agent_tunnel(port) as tunnel:
+            task = asyncio.create_task(run_forwarder(box, tunnel))
+            async with asyncio.timeout(10):
+                while not [r for r in caplog.records if r.exc_info]:
+                    await asyncio.sleep(0.05)
+            await tunnel.close()
+            await asyncio.wait_for(task, 5)
+        assert not [r for r in caplog.records if "until it works" in r.getMessage()]
+        assert "audit forwarder failed" in caplog.text
+    finally:
+        await box.close()
