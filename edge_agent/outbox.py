@@ -24,7 +24,7 @@ silent; every event given up is counted in an ``audit.dropped`` event:
 
 Full disk (:mod:`edge_agent.outbox_quota`): recordings and new sessions never
 use the last ``reserve`` bytes of the file system (default the larger of 2 MiB
-and 5 %), kept for the ends of running sessions, ``audit.dropped`` and the
+and 5 %, at most 64 MiB), kept for the ends of running sessions, ``audit.dropped`` and the
 drain; :meth:`Outbox.admit` decides whether a session may start. An append
 whose commit fails (``SQLITE_FULL``, I/O error) is counted and reported in the
 next ``audit.dropped`` event that can be written. The WAL is checkpointed with

@@ -44,6 +44,8 @@ MiB: Final = 1 << 20
 #: Smallest reserve, and the share of the file system it grows to on larger disks.
 RESERVE_MIN: Final = 2 * MiB
 RESERVE_SHARE: Final = 0.05
+#: Largest default reserve: session ends and the drain never need more.
+RESERVE_MAX: Final = 64 * MiB
 #: What a session's events cost on disk, counted generously in WAL frames (one
 #: SQLite page of 4 KiB plus a 24-byte header per page a commit touches: the table,
 #: two indexes and ``sqlite_sequence``, in one to three commits).
@@ -81,10 +83,12 @@ class Admission(enum.Enum):
 
 def reserve_bytes(total: int, configured: int | None = None) -> int:
     """The reserve on a file system of ``total`` bytes: ``configured`` if given, else
-    the larger of 2 MiB and 5 % of it."""
+    the larger of 2 MiB and 5 % of it, at most :data:`RESERVE_MAX` (5 % of a 1 TiB
+    disk would keep 51 GiB from recordings) and at most half the file system (2 MiB
+    would be all of a tiny one)."""
     if configured is not None:
         return max(0, configured)
-    return max(RESERVE_MIN, int(total * RESERVE_SHARE))
+    return min(max(RESERVE_MIN, int(total * RESERVE_SHARE)), RESERVE_MAX, total // 2)
 
 
 def record_fits(room: DiskRoom, reserve: int, size: int) -> bool:
@@ -122,10 +126,13 @@ def admit_session(
 
 def disk_room(path: Path, wal: Path | None = None) -> DiskRoom | None:
     """``statvfs`` of the file system holding ``path`` (its directory's: the file may be
-    gone) and the WAL's size, or None."""
+    gone) and the WAL's size, or None (``statvfs`` failed, or the file system reports
+    no block counts: unknown, not full)."""
     try:
         st = os.statvfs(path.parent)
     except OSError:
+        return None
+    if st.f_blocks == 0:  # procfs, some FUSE and network file systems: no figures
         return None
     wal_size = 0
     if wal is not None:

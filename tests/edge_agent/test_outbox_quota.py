@@ -16,6 +16,7 @@ from edge_agent.outbox_quota import (
     CHUNK_OVERHEAD,
     END_COST,
     MIN_RECORDING,
+    RESERVE_MAX,
     START_COST,
     Admission,
     DiskRoom,
@@ -36,6 +37,24 @@ def test_reserve_is_2_mib_or_5_percent_whichever_is_larger() -> None:
     assert reserve_bytes(1000 * MiB) == 50 * MiB
     assert reserve_bytes(1000 * MiB, configured=3 * MiB) == 3 * MiB
     assert reserve_bytes(1000 * MiB, configured=-1) == 0
+
+
+def test_the_default_reserve_is_bounded_on_huge_and_tiny_file_systems() -> None:
+    # 5 % of 1 TiB is 51 GiB: a device 95 % full would drop every recording while
+    # holding tens of GiB for a few KiB of session ends; capped at 64 MiB.
+    assert reserve_bytes(1 << 40) == RESERVE_MAX == 64 * MiB
+    assert reserve_bytes(1280 * MiB) == 64 * MiB
+    # On a file system under 4 MiB, 2 MiB would be all or most of it: half at most.
+    assert reserve_bytes(2 * MiB) == MiB
+    assert reserve_bytes(0) == 0
+    assert reserve_bytes(1 << 40, configured=100 * MiB) == 100 * MiB  # as configured
+
+
+def test_a_file_system_without_block_counts_is_unknown_not_full() -> None:
+    # procfs, sysfs and some FUSE or network file systems report 0 blocks: taken at
+    # face value that is a full disk, and every session would be refused.
+    assert os.statvfs("/proc").f_blocks == 0
+    assert disk_room(Path("/proc/audit.db")) is None
 
 
 def test_recordings_never_use_the_reserve() -> None:
