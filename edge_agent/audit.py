@@ -122,7 +122,13 @@ class SessionAudit:
             command=self.command or "",
             pty=self.pty,
         )
+        self.opened()
         self._timer = asyncio.ensure_future(self._flush_due())
+
+    def opened(self) -> None:
+        """Count this session as running until :meth:`end` (its end needs room)."""
+        if self.audit.outbox is not None:
+            self.audit.outbox.open_sessions.add(self)
 
     def input(self, data: bytes) -> None:
         self.bytes_in += len(data)
@@ -151,6 +157,13 @@ class SessionAudit:
                     self._chunk(chunk)
 
     async def end(self, exit_status: int | None) -> None:
+        try:
+            await self._end(exit_status)
+        finally:
+            if self.audit.outbox is not None:
+                self.audit.outbox.open_sessions.discard(self)
+
+    async def _end(self, exit_status: int | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -161,6 +162,9 @@ class Outbox:
         """Free space kept for session ends and the drain (None: the default share)."""
         self._lost = (0, 0)  # (events, bytes) whose commit failed, not yet in audit.dropped
         self._lost_retry: asyncio.TimerHandle | None = None  # at most one pending
+        self.open_sessions: weakref.WeakSet[object] = weakref.WeakSet()
+        """Sessions started and not ended yet: their ends are kept room for at admission
+        (weak: one whose end is never written stops counting once it is collected)."""
         self.policy: Policy = policy
         self.node = node
         self.changed = asyncio.Event()
@@ -267,7 +271,7 @@ class Outbox:
         room = self.disk()
         reserve = self.reserve(room) if room is not None else 0
         verdict = outbox_quota.admit_session(
-            room, reserve, self.policy, self._bytes, self.quota_bytes
+            room, reserve, self.policy, self._bytes, self.quota_bytes, len(self.open_sessions)
         )
         if verdict is not Admission.REFUSED:
             return verdict

@@ -21,6 +21,9 @@ disk outside the reserve:
     dropped (every chunk counted in ``audit.dropped``); below that, refused. The
     second half of the reserve is only ever used by the ends of sessions already
     running and by ``audit.dropped``.
+
+Under both policies, :data:`END_COST` per session already running is kept free
+besides the new session's own needs, so the ends of all admitted sessions fit.
 """
 
 from __future__ import annotations
@@ -102,24 +105,28 @@ def admit_session(
     policy: str,
     stored_bytes: int,
     quota_bytes: int,
+    running: int = 0,
 ) -> Admission:
     """May a new session start, and is it recorded? ``room`` None: the disk is unknown
-    (``statvfs`` failed), only the quota decides.
+    (``statvfs`` failed), only the quota decides. ``running`` sessions already started
+    still have their ends to write: room for them (:data:`END_COST` each) is kept too,
+    so that many sessions admitted at the edge of the reserve can all be ended.
 
     The quota counts the stored events and the WAL; under ``drop-recordings-first``
     the quota never refuses a session (old recordings make room), only the disk does.
     """
     wal = room.wal if room is not None else 0
+    ends = max(0, running) * END_COST
     need = START_COST + END_COST + MIN_RECORDING
     if policy == "refuse-sessions":
         if stored_bytes + wal + need > quota_bytes:
             return Admission.REFUSED
-        if room is not None and room.free - need < reserve:
+        if room is not None and room.free - need - ends < reserve:
             return Admission.REFUSED
         return Admission.RECORDED
-    if room is None or room.free - need >= reserve:
+    if room is None or room.free - need - ends >= reserve:
         return Admission.RECORDED
-    if room.free - (START_COST + END_COST) >= reserve // 2:
+    if room.free - (START_COST + END_COST) - ends >= reserve // 2:
         return Admission.UNRECORDED
     return Admission.REFUSED
 

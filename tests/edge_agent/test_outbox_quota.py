@@ -206,3 +206,47 @@ async def test_failed_commits_keep_one_retry_of_their_count(
     finally:
         full.unlink()
         await box.close()
+
+
+def test_the_ends_of_running_sessions_are_kept_room_for() -> None:
+    reserve, total = 2 * MiB, 8 * MiB
+    free = reserve + NEED + 3 * END_COST
+    room = DiskRoom(free, total)
+    for policy in ("refuse-sessions", "drop-recordings-first"):
+        assert admit_session(room, reserve, policy, 0, 1 << 40, 3) is Admission.RECORDED
+        assert admit_session(room, reserve, policy, 0, 1 << 40, 4) is not Admission.RECORDED
+    # unrecorded: start, end and the running ends above the second half of the reserve
+    edge = DiskRoom(reserve // 2 + START_COST + END_COST + 10 * END_COST, total)
+    admit = admit_session(edge, reserve, "drop-recordings-first", 0, 1, 10)
+    assert admit is Admission.UNRECORDED
+    admit = admit_session(edge, reserve, "drop-recordings-first", 0, 1, 11)
+    assert admit is Admission.REFUSED
+
+
+async def test_a_session_is_refused_if_the_running_ones_could_not_end(small_fs: Path) -> None:
+    """On a real tmpfs: room for one more session's start, end and recording, but not
+    also for the end of the one already running. Before, both were admitted, and the
+    ends of many sessions admitted at the edge of the reserve did not fit in it."""
+    from edge_agent.audit import AgentAudit
+
+    box = await Outbox.open(small_fs / "audit.db", node="n1", policy="refuse-sessions")
+    try:
+        audit = AgentAudit(box, "n1")
+        first = audit.session("alice", "root", "s1", "true", False)
+        await first.start()
+        room = box.disk()
+        assert room is not None
+        box.reserve_bytes = room.free - NEED - END_COST // 2
+        with pytest.raises(QuotaExceeded, match="disk is full"):
+            await audit.session("bob", "root", "s2", "true", False).start()
+        assert len(box.open_sessions) == 1
+        await first.end(0)
+        assert len(box.open_sessions) == 0
+        room = box.disk()
+        assert room is not None
+        box.reserve_bytes = room.free - NEED - END_COST // 2
+        second = audit.session("bob", "root", "s2", "true", False)
+        await second.start()  # the first one's end is written: room again
+        await second.end(0)
+    finally:
+        await box.close()
