@@ -377,8 +377,8 @@ class Outbox:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            if not self._queue and self._lost[0] and not self._closing:
-                await self._write_lost()
+            if not self._queue and self._lost[0]:
+                await self._write_lost()  # at close too: once, or the count dies with us
             while self._queue:
                 group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
                 try:
@@ -408,7 +408,8 @@ class Outbox:
             async with self._lock:
                 await self._commit([])
         except Exception:
-            self._retry_lost()
+            if not self._closing:
+                self._retry_lost()
         else:
             self.changed.set()
 

@@ -250,3 +250,23 @@ async def test_a_session_is_refused_if_the_running_ones_could_not_end(small_fs: 
         await second.end(0)
     finally:
         await box.close()
+
+
+async def test_the_count_of_failed_commits_is_written_at_close(small_fs: Path) -> None:
+    """The count lives in memory until it can be written: an agent stopped within the
+    2 s retry after space came back took the loss with it, silently."""
+    box = await Outbox.open(small_fs / "audit.db", node="n1")
+    try:
+        full = fill(small_fs)
+        with pytest.raises(sqlite3.OperationalError):
+            await box.append(_exec(0))
+        full.unlink()
+    finally:
+        await box.close()
+    box = await Outbox.open(small_fs / "audit.db", node="n1")
+    try:
+        stored = await box.batch(max_count=100, max_bytes=1 << 30)
+        notes = [e for e in stored if e.type == EventType.AUDIT_DROPPED]
+        assert [e.fields["dropped"] for e in notes] == [1]
+    finally:
+        await box.close()
