@@ -211,9 +211,15 @@ def test_sessions_at_the_reserve_are_refused_or_run_unrecorded(disk_cluster: Clu
     # The disk fills up (another process took the reserve too) during a session:
     # its end cannot be recorded, so it is not reported as a success, and the loss
     # reaches the hub once there is room again.
-    marker = cluster.root / "started"
+    marker, full = cluster.root / "started", cluster.root / "full"
+    # The session ends once the disk is full (not after a sleep that a loaded machine
+    # may outlast before the disk is filled); at most 30 s.
+    wait = (
+        f"touch {marker}; i=0; "
+        f"while [ ! -e {full} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done"
+    )
     proc = subprocess.Popen(
-        [str(BIN / "tsh"), "ssh", f"{ME}@strict", f"touch {marker}; sleep 2; echo late"],
+        [str(BIN / "tsh"), "ssh", f"{ME}@strict", f"{wait}; echo late"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -223,6 +229,7 @@ def test_sessions_at_the_reserve_are_refused_or_run_unrecorded(disk_cluster: Clu
     try:
         wait_for(marker.exists, what="the session to start")
         filler = fill(strict)  # to the last byte
+        full.touch()
         try:
             out, err = proc.communicate(timeout=60)
         finally:
