@@ -244,21 +244,20 @@ async def test_a_drain_on_a_nearly_full_disk_never_fills_it(
 
 
 async def test_a_bug_is_not_retried_as_a_storage_error(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An event that cannot be decoded is a bug or corruption, not a full disk: retrying
-    it would hold the channel for ever behind one warning (then debug lines). It is
-    logged with its traceback and the channel is given up (opened again later)."""
-    import sqlite3
-
-    path = tmp_path / "audit.db"
-    box = await Outbox.open(path, node=NODE)
+    """Only storage errors (sqlite3.OperationalError, OSError) are retried on the same
+    channel: anything else is a bug that retrying cannot mend, and was held behind one
+    warning ('retrying ... until it works') for ever. It is logged with its traceback
+    and the channel is given up (opened again later). The bug is injected into the
+    delete after the hub's ack: nothing real raises there but a storage error."""
+    box = await Outbox.open(tmp_path / "audit.db", node=NODE)
     await box.append(make_event(EventType.EXEC, node=NODE, command="true", exit_code=0))
-    await box.close()
-    with sqlite3.connect(path) as db:
-        db.execute("UPDATE events SET body = x'c1'")  # 0xc1: never valid msgpack
-    db.close()
-    box = await Outbox.open(path, node=NODE)
+
+    async def buggy_ack(ids: list[str]) -> int:
+        raise TypeError("a bug, not a full disk")
+
+    monkeypatch.setattr(box, "ack", buggy_ack)
     try:
         receiver = Receiver()
         async with hub(receiver) as port, agent_tunnel(port) as tunnel:
