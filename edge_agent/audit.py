@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.outbox_quota import Admission
-from remoteler.audit.events import EventType, make_event
+from remoteler.audit.events import AuditEvent, EventType, make_event
 from remoteler.recording import CODEC, SessionRecorder
 
 if TYPE_CHECKING:
@@ -42,6 +42,21 @@ class AgentAudit:
         if self.outbox is None:
             return
         await self.outbox.append(make_event(type, node=self.node_id, now=self.clock(), **kw))
+
+    def event(self, type: EventType, **kw: Any) -> AuditEvent:
+        """An event of this node (for :meth:`emit_all`)."""
+        return make_event(type, node=self.node_id, **kw)
+
+    async def emit_all(self, events: list[AuditEvent]) -> None:
+        """Append ``events`` in order, in one group commit; wait until all are durable
+        (raises the first error)."""
+        if self.outbox is None:
+            return
+        appends = [asyncio.ensure_future(self.outbox.append(e)) for e in events]
+        results = await asyncio.gather(*appends, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     def emit_nowait(self, type: EventType, **kw: Any) -> None:
         """Append in the background, in call order (for events nothing waits on)."""
@@ -112,7 +127,13 @@ class SessionAudit:
             command=self.command or "",
             pty=self.pty,
         )
+        self.opened()
         self._timer = asyncio.ensure_future(self._flush_due())
+
+    def opened(self) -> None:
+        """Count this session as running until :meth:`end` (its end needs room)."""
+        if self.audit.outbox is not None:
+            self.audit.outbox.open_sessions.add(self)
 
     def input(self, data: bytes) -> None:
         self.bytes_in += len(data)
@@ -124,13 +145,13 @@ class SessionAudit:
             self._chunk(chunk)
 
     def _chunk(self, chunk: bytes) -> None:
-        self.audit.emit_nowait(
-            EventType.SESSION_DATA,
-            **self.who,
-            chunk=self.recorder.chunks,
-            codec=CODEC,
-            data=chunk,
-        )
+        self.audit.emit_nowait(EventType.SESSION_DATA, **self._chunk_fields(chunk))
+
+    def _chunk_fields(self, chunk: bytes) -> dict[str, Any]:
+        return {**self.who, "chunk": self.recorder.chunks, "codec": CODEC, "data": chunk}
+
+    def _chunk_event(self, chunk: bytes) -> AuditEvent:
+        return self.audit.event(EventType.SESSION_DATA, **self._chunk_fields(chunk))
 
     async def _flush_due(self) -> None:
         while True:
@@ -141,26 +162,43 @@ class SessionAudit:
                     self._chunk(chunk)
 
     async def end(self, exit_status: int | None) -> None:
+        try:
+            await self._end(exit_status)
+        finally:
+            if self.audit.outbox is not None:
+                self.audit.outbox.open_sessions.discard(self)
+
+    async def _end(self, exit_status: int | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._timer
+        await self.audit.flush()  # earlier output first, in order
+        # The last chunk, exec and session.end share one group commit (one fsync, not
+        # three). Awaited, not in the background: if they cannot be stored (a full disk
+        # took the reserve), the caller must not report the session as a success.
+        events = []
         chunk = self.recorder.flush()
         if chunk is not None:
-            self._chunk(chunk)
-        await self.audit.flush()  # the output first, in order
-        # Awaited, not in the background: if they cannot be stored (a full disk took
-        # the reserve), the caller must not report the session as a success.
+            events.append(self._chunk_event(chunk))
         if self.command is not None:
-            await self.audit.emit(
-                EventType.EXEC, **self.who, command=self.command, exit_code=exit_status
+            events.append(
+                self.audit.event(
+                    EventType.EXEC,
+                    **self.who,
+                    command=self.command,
+                    exit_code=exit_status,
+                )
             )
-        await self.audit.emit(
-            EventType.SESSION_END,
-            **self.who,
-            exit_status=exit_status,
-            duration=round(time.time() - self.started, 3),
-            bytes_in=self.bytes_in,
-            bytes_out=self.bytes_out,
-            **({"reason": self.end_reason} if self.end_reason else {}),
+        events.append(
+            self.audit.event(
+                EventType.SESSION_END,
+                **self.who,
+                exit_status=exit_status,
+                duration=round(time.time() - self.started, 3),
+                bytes_in=self.bytes_in,
+                bytes_out=self.bytes_out,
+                **({"reason": self.end_reason} if self.end_reason else {}),
+            )
         )
+        await self.audit.emit_all(events)

@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--audit-reserve",
         help="free disk space recordings and new sessions never use, kept for session "
         "ends and audit.dropped, e.g. 8MiB (default: the larger of 2MiB and 5%% of the "
-        "data dir's file system)",
+        "data dir's file system, at most 64MiB)",
     )
     start.add_argument("--log-level", default="INFO")
     health = sub.add_parser("health", help="exit 0 if the agent runs and its tunnel is up")

@@ -28,6 +28,8 @@ debug until it clears, then info), and the same operation is retried after
 :data:`STORAGE_RETRY_FIRST` seconds, doubling up to :data:`STORAGE_RETRY_MAX`, on
 the same channel, so delivery resumes by itself once space is freed. Acked ids
 whose delete failed when the channel closes are simply sent again later.
+Any other error (an undecodable row, a bug) is not retried: it is logged with its
+traceback and the channel is given up, to be opened again after the usual wait.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import sqlite3
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -77,6 +80,10 @@ REOPEN_MAX = 60.0
 STORAGE_RETRY_FIRST = 0.5
 STORAGE_RETRY_MAX = 5.0
 
+#: What is retried: a full disk or an I/O error (``SQLITE_FULL``, ``SQLITE_IOERR``,
+#: ``SQLITE_BUSY`` are ``OperationalError``s). Corruption and bugs are not.
+STORAGE_ERRORS = (sqlite3.OperationalError, OSError)
+
 T = TypeVar("T")
 
 
@@ -84,12 +91,13 @@ async def _retry_storage(
     op: Callable[[], Awaitable[T]], what: str, closed: asyncio.Event, default: T
 ) -> T:
     """Run ``op`` until it succeeds or the channel closes (then ``default``), retrying
-    storage errors with backoff; logs the first failure and the recovery."""
+    storage errors with backoff; logs the first failure and the recovery. Anything else
+    (an undecodable row, a bug) is raised: retrying would not mend it."""
     wait, failures = STORAGE_RETRY_FIRST, 0
     while True:
         try:
             result = await op()
-        except Exception as exc:
+        except STORAGE_ERRORS as exc:
             failures += 1
             log.log(
                 logging.WARNING if failures == 1 else logging.DEBUG,

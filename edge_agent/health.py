@@ -59,8 +59,9 @@ def status_path(data_dir: Path) -> Path:
     return data_dir / STATUS_FILE
 
 
-def _encode(status: Status) -> bytes:
-    return json.dumps(asdict(status)).encode().ljust(STATUS_SIZE - 1) + b"\n"
+def _encode(status: Status, size: int = STATUS_SIZE) -> bytes:
+    """The JSON, padded with spaces to at least ``size`` bytes (a newline last)."""
+    return json.dumps(asdict(status)).encode().ljust(size - 1) + b"\n"
 
 
 def write_status(data_dir: Path, status: Status) -> None:
@@ -71,10 +72,11 @@ def write_status(data_dir: Path, status: Status) -> None:
 def write_status_in_place(data_dir: Path, status: Status) -> None:
     """Overwrite the existing status file without allocating (for a full disk); raises
     OSError if there is none or it is too short to hold ``status``."""
-    data = _encode(status)
     fd = os.open(status_path(data_dir), os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
     try:
-        if os.fstat(fd).st_size < len(data):
+        size = os.fstat(fd).st_size
+        data = _encode(status, size)  # padded over all of a longer file's old tail
+        if size < len(data):
             raise OSError(f"{STATUS_FILE} is too short to be rewritten in place")
         os.pwrite(fd, data, 0)
     finally:

@@ -24,7 +24,7 @@ silent; every event given up is counted in an ``audit.dropped`` event:
 
 Full disk (:mod:`edge_agent.outbox_quota`): recordings and new sessions never
 use the last ``reserve`` bytes of the file system (default the larger of 2 MiB
-and 5 %), kept for the ends of running sessions, ``audit.dropped`` and the
+and 5 %, at most 64 MiB), kept for the ends of running sessions, ``audit.dropped`` and the
 drain; :meth:`Outbox.admit` decides whether a session may start. An append
 whose commit fails (``SQLITE_FULL``, I/O error) is counted and reported in the
 next ``audit.dropped`` event that can be written. The WAL is checkpointed with
@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -56,7 +57,7 @@ from edge_agent.seqmark import SeqMark
 from remoteler.audit.events import AuditEvent, EventType, make_event
 from remoteler.errors import RemotelerError
 
-__all__ = ["Outbox", "Policy", "QuotaExceeded"]
+__all__ = ["DiskFull", "Outbox", "Policy", "QuotaExceeded"]
 
 log = logging.getLogger("remoteler.agent.outbox")
 
@@ -94,6 +95,10 @@ class QuotaExceeded(RemotelerError):
     """The outbox is full under ``refuse-sessions``: no new session may start."""
 
     code = "quota_exceeded"
+
+
+class DiskFull(QuotaExceeded):
+    """Refused by the disk's reserve, not the quota: free space on the device, not the hub."""
 
 
 def _pack(event: AuditEvent) -> bytes:
@@ -157,6 +162,10 @@ class Outbox:
         self.reserve_bytes = reserve_bytes
         """Free space kept for session ends and the drain (None: the default share)."""
         self._lost = (0, 0)  # (events, bytes) whose commit failed, not yet in audit.dropped
+        self._lost_retry: asyncio.TimerHandle | None = None  # at most one pending
+        self.open_sessions: weakref.WeakSet[object] = weakref.WeakSet()
+        """Sessions started and not ended yet: their ends are kept room for at admission
+        (weak: one whose end is never written stops counting once it is collected)."""
         self.policy: Policy = policy
         self.node = node
         self.changed = asyncio.Event()
@@ -272,7 +281,7 @@ class Outbox:
         room = self.disk()
         reserve = self.reserve(room) if room is not None else 0
         verdict = outbox_quota.admit_session(
-            room, reserve, self.policy, self._bytes, self.quota_bytes
+            room, reserve, self.policy, self._bytes, self.quota_bytes, len(self.open_sessions)
         )
         if verdict is not Admission.REFUSED:
             return verdict
@@ -280,7 +289,7 @@ class Outbox:
             None, 0, self.policy, self._bytes + (room.wal if room else 0), self.quota_bytes
         )
         if room is not None and by_quota is not Admission.REFUSED:  # the disk refused
-            raise QuotaExceeded(
+            raise DiskFull(
                 f"the device's disk is full ({room.free >> 10} KiB free, {reserve >> 10} KiB"
                 " kept for audit): new sessions are refused until space is freed on the"
                 " device or its audit backlog drains to the hub"
@@ -442,6 +451,8 @@ class Outbox:
         if self._closing:
             return
         self._closing = True
+        if self._lost_retry is not None:
+            self._lost_retry.cancel()
         self._wakeup.set()
         if self._writer is not None:
             await self._writer
@@ -453,8 +464,8 @@ class Outbox:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            if not self._queue and self._lost[0] and not self._closing:
-                await self._write_lost()
+            if not self._queue and self._lost[0]:
+                await self._write_lost()  # at close too: once, or the count dies with us
             while self._queue:
                 group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
                 try:
@@ -469,7 +480,7 @@ class Outbox:
                             future.set_exception(exc)
                     # Report the loss by itself once there is room, even if nothing
                     # else is appended meanwhile.
-                    asyncio.get_running_loop().call_later(LOST_RETRY, self._wakeup.set)
+                    self._retry_lost()
                     continue
                 for (_, _, future), result in zip(group, results, strict=True):
                     if not future.done():
@@ -484,9 +495,19 @@ class Outbox:
             async with self._lock:
                 await self._commit([])
         except Exception:
-            asyncio.get_running_loop().call_later(LOST_RETRY, self._wakeup.set)
+            if not self._closing:
+                self._retry_lost()
         else:
             self.changed.set()
+
+    def _retry_lost(self) -> None:
+        """Wake the writer in :data:`LOST_RETRY` seconds, unless a wake-up is pending."""
+        if self._lost_retry is None:
+            self._lost_retry = asyncio.get_running_loop().call_later(LOST_RETRY, self._lost_due)
+
+    def _lost_due(self) -> None:
+        self._lost_retry = None
+        self._wakeup.set()
 
     async def _commit(self, events: list[tuple[AuditEvent, bytes]]) -> list[AuditEvent]:
         """One transaction for a group of appends, applying the quota policy.

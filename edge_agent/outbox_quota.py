@@ -21,6 +21,9 @@ disk outside the reserve:
     dropped (every chunk counted in ``audit.dropped``); below that, refused. The
     second half of the reserve is only ever used by the ends of sessions already
     running and by ``audit.dropped``.
+
+Under both policies, :data:`END_COST` per session already running is kept free
+besides the new session's own needs, so the ends of all admitted sessions fit.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ MiB: Final = 1 << 20
 #: Smallest reserve, and the share of the file system it grows to on larger disks.
 RESERVE_MIN: Final = 2 * MiB
 RESERVE_SHARE: Final = 0.05
+#: Largest default reserve: session ends and the drain never need more.
+RESERVE_MAX: Final = 64 * MiB
 #: What a session's events cost on disk, counted generously in WAL frames (one
 #: SQLite page of 4 KiB plus a 24-byte header per page a commit touches: the table,
 #: two indexes and ``sqlite_sequence``, in one to three commits).
@@ -81,10 +86,12 @@ class Admission(enum.Enum):
 
 def reserve_bytes(total: int, configured: int | None = None) -> int:
     """The reserve on a file system of ``total`` bytes: ``configured`` if given, else
-    the larger of 2 MiB and 5 % of it."""
+    the larger of 2 MiB and 5 % of it, at most :data:`RESERVE_MAX` (5 % of a 1 TiB
+    disk would keep 51 GiB from recordings) and at most half the file system (2 MiB
+    would be all of a tiny one)."""
     if configured is not None:
         return max(0, configured)
-    return max(RESERVE_MIN, int(total * RESERVE_SHARE))
+    return min(max(RESERVE_MIN, int(total * RESERVE_SHARE)), RESERVE_MAX, total // 2)
 
 
 def record_fits(room: DiskRoom, reserve: int, size: int) -> bool:
@@ -98,34 +105,41 @@ def admit_session(
     policy: str,
     stored_bytes: int,
     quota_bytes: int,
+    running: int = 0,
 ) -> Admission:
     """May a new session start, and is it recorded? ``room`` None: the disk is unknown
-    (``statvfs`` failed), only the quota decides.
+    (``statvfs`` failed), only the quota decides. ``running`` sessions already started
+    still have their ends to write: room for them (:data:`END_COST` each) is kept too,
+    so that many sessions admitted at the edge of the reserve can all be ended.
 
     The quota counts the stored events and the WAL; under ``drop-recordings-first``
     the quota never refuses a session (old recordings make room), only the disk does.
     """
     wal = room.wal if room is not None else 0
+    ends = max(0, running) * END_COST
     need = START_COST + END_COST + MIN_RECORDING
     if policy == "refuse-sessions":
         if stored_bytes + wal + need > quota_bytes:
             return Admission.REFUSED
-        if room is not None and room.free - need < reserve:
+        if room is not None and room.free - need - ends < reserve:
             return Admission.REFUSED
         return Admission.RECORDED
-    if room is None or room.free - need >= reserve:
+    if room is None or room.free - need - ends >= reserve:
         return Admission.RECORDED
-    if room.free - (START_COST + END_COST) >= reserve // 2:
+    if room.free - (START_COST + END_COST) - ends >= reserve // 2:
         return Admission.UNRECORDED
     return Admission.REFUSED
 
 
 def disk_room(path: Path, wal: Path | None = None) -> DiskRoom | None:
     """``statvfs`` of the file system holding ``path`` (its directory's: the file may be
-    gone) and the WAL's size, or None."""
+    gone) and the WAL's size, or None (``statvfs`` failed, or the file system reports
+    no block counts: unknown, not full)."""
     try:
         st = os.statvfs(path.parent)
     except OSError:
+        return None
+    if st.f_blocks == 0:  # procfs, some FUSE and network file systems: no figures
         return None
     wal_size = 0
     if wal is not None:

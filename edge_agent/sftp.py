@@ -205,6 +205,7 @@ class SftpAudit(SessionAudit):
     async def start(self) -> None:
         self.audit.check_room()
         await self.audit.emit(EventType.SESSION_START, **self.who, command="sftp", pty=False)
+        self.opened()
 
     async def end(self, exit_status: int | None) -> None:
         self._emit(self.watcher.close())

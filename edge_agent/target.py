@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.outbox import QuotaExceeded
+from edge_agent.outbox import DiskFull, QuotaExceeded
 from remoteler.audit.events import EventType
 from remoteler.wire.aio import Channel, ChannelRequest
 from remoteler.wire.codes import OpenFailure
@@ -49,6 +49,7 @@ CHUNK = 256 * 1024
 #: Refusals the user reads (after "node 'NAME': "; a websocket close reason holds 123 bytes).
 AUDIT_FULL = "its audit outbox is full; sessions resume once it reaches the hub"
 AUDIT_FAILED = "it could not record the session in its audit outbox; try again"
+DISK_FULL = "its disk is full, no room to audit a session; free space on the device"
 
 
 @dataclass
@@ -158,9 +159,12 @@ async def serve_target_channel(
     if audit is not None:
         try:
             audit.check_room()
-        except QuotaExceeded as exc:  # the outbox is full under refuse-sessions
+        except QuotaExceeded as exc:  # the outbox quota (refuse-sessions) or the disk
             log.warning("ssh forward refused: %s", exc, extra=fields)
-            request.reject(OpenFailure.RESOURCE_SHORTAGE, AUDIT_FULL)
+            request.reject(
+                OpenFailure.RESOURCE_SHORTAGE,
+                DISK_FULL if isinstance(exc, DiskFull) else AUDIT_FULL,
+            )
             return
     try:
         reader, writer = await asyncio.wait_for(

@@ -1,5 +1,6 @@
 """Full disks with real processes: the agent's data dir on an 8 MiB tmpfs, filled by
-the test with a file of its own, then freed.
+the test with a file of its own, then freed. One hub and two agents for the module
+(each test leaves them running, in either order).
 
 * A delete that fails after the hub's ack (``SQLITE_FULL``) does not end the
   forwarder: once space is back the backlog drains on the same tunnel, and the
@@ -77,58 +78,74 @@ def seed(path: Path, node: str, n: int) -> None:
     asyncio.run(go())
 
 
-@pytest.fixture
-def disk_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, free_port())
+STRICT = ("--audit-policy", "refuse-sessions")
+LENIENT = ("--audit-policy", "drop-recordings-first")
+
+
+@pytest.fixture(scope="module")
+def disk_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One hub for the module, and two agents, each with its data dir on its own 8 MiB
+    tmpfs: ``strict`` (refuse-sessions) and ``lenient`` (drop-recordings-first, the
+    default). A test that stops or restarts one leaves it running again."""
+    root = tmp_path_factory.mktemp("full-disk")
+    c = Cluster(root, free_port())
     c.start_hub()
     try:
-        yield c
+        with tmpfs(root / "agent-strict"), tmpfs(root / "agent-lenient"):
+            try:
+                c.start_agent("strict", "", None, *STRICT)
+                c.start_agent("lenient", "", None, *LENIENT)
+                yield c
+            finally:  # before the tmpfs mounts go
+                for proc in c.agents.values():
+                    stop_process(proc)
+                c.agents.clear()
     finally:
         c.stop()
 
 
 def test_a_failed_delete_after_the_ack_does_not_stop_delivery(disk_cluster: Cluster) -> None:
     cluster = disk_cluster
-    data = cluster.root / "agent-dev"
-    with tmpfs(data):
-        cluster.start_agent("dev")
-        node = wait_for(lambda: node_ids(cluster, "dev"), what="dev online")["dev"]
-        stop_process(cluster.agents.pop("dev"))
-        seed(data / "audit.db", node, N)
-        cluster.kill_hub(signal.SIGTERM)
-        agent = cluster.start_agent("dev")  # offline: the backlog waits
-        wait_for((data / "audit.db-wal").exists, what="the agent to open its outbox")
-        filler = fill(data)  # to the last byte
-        try:
-            cluster.start_hub()
-            hub_db = cluster.data / "audit.db"
+    data = cluster.root / "agent-lenient"
+    log = cluster.root / "agent-lenient.log"
+    node = wait_for(lambda: node_ids(cluster, "lenient"), what="lenient online")["lenient"]
+    stop_process(cluster.agents.pop("lenient"))
+    seed(data / "audit.db", node, N)
+    cluster.kill_hub(signal.SIGTERM)
+    logged = log.stat().st_size  # this test reads the log from here on
+    agent = cluster.start_agent("lenient", "", None, *LENIENT)  # offline: the backlog waits
+    wait_for((data / "audit.db-wal").exists, what="the agent to open its outbox")
+    filler = fill(data)  # to the last byte
+    try:
+        cluster.start_hub()
+        hub_db = cluster.data / "audit.db"
 
-            def hub_has_all() -> bool:
-                rows = query(hub_db, "SELECT count(*) FROM events WHERE user = 'seed'")
-                return int(rows[0][0]) == N
+        def hub_has_all() -> bool:
+            rows = query(hub_db, "SELECT count(*) FROM events WHERE user = 'seed'")
+            return int(rows[0][0]) == N
 
-            wait_for(hub_has_all, timeout=30, what="the hub to store the backlog")
-            log = cluster.root / "agent-dev.log"
-            time.sleep(1)  # the delete after the ack fails: the backlog stays
-            assert outbox_depth(data) >= N
-            assert agent.poll() is None
-            # B4: running, not hung or stopped: the status file cannot be written.
-            wait_for(lambda: check(data, 300, 180) is not None, what="health to turn unhealthy")
-            report = health(data)  # the command itself
-            assert "running" in report.stderr and "disk" in report.stderr, report.stderr
-            assert report.stderr.count("\n") == 1, report.stderr
-        finally:
-            filler.unlink()
-        wait_for(lambda: outbox_depth(data) == 0, timeout=30, what="the backlog to drain")
-        text = log.read_text()
-        assert "database or disk is full" in text
-        assert text.count("could not delete acked events") == 1, "logged once, not per retry"
-        assert text.count("tunnel up") == 2, "drained on the same tunnel, no reconnect"
-        # B3: the drain checkpointed the WAL away.
-        wait_for(lambda: (data / "audit.db-wal").stat().st_size == 0, what="WAL truncated")
-        wait_for(lambda: check(data, 300, 180) is None, what="healthy again")
-        stop_process(cluster.agents.pop("dev"))
-        assert "not running" in health(data).stderr
+        wait_for(hub_has_all, timeout=30, what="the hub to store the backlog")
+        time.sleep(1)  # the delete after the ack fails: the backlog stays
+        assert outbox_depth(data) >= N
+        assert agent.poll() is None
+        # B4: running, not hung or stopped: the status file cannot be written.
+        wait_for(lambda: check(data, 300, 180) is not None, what="health to turn unhealthy")
+        report = health(data)  # the command itself
+        assert "running" in report.stderr and "disk" in report.stderr, report.stderr
+        assert report.stderr.count("\n") == 1, report.stderr
+    finally:
+        filler.unlink()
+    wait_for(lambda: outbox_depth(data) == 0, timeout=30, what="the backlog to drain")
+    text = log.read_bytes()[logged:].decode(errors="replace")
+    assert "database or disk is full" in text
+    assert text.count("could not delete acked events") == 1, "logged once, not per retry"
+    assert text.count("tunnel up") == 1, "drained on the same tunnel, no reconnect"
+    # B3: the drain checkpointed the WAL away.
+    wait_for(lambda: (data / "audit.db-wal").stat().st_size == 0, what="WAL truncated")
+    wait_for(lambda: check(data, 300, 180) is None, what="healthy again")
+    stop_process(cluster.agents.pop("lenient"))
+    assert "not running" in health(data).stderr
+    cluster.start_agent("lenient", "", None, *LENIENT)  # as the module's other tests expect
 
 
 def _events(cluster: Cluster, node: str, type_: str) -> list[dict[str, Any]]:
@@ -159,59 +176,67 @@ def test_sessions_at_the_reserve_are_refused_or_run_unrecorded(disk_cluster: Clu
     cluster.add_user("dora", [ME])
     assert cluster.login("dora").returncode == 0
     strict, lenient = cluster.root / "agent-strict", cluster.root / "agent-lenient"
-    with tmpfs(strict), tmpfs(lenient):
-        cluster.start_agent("strict", "", None, "--audit-policy", "refuse-sessions")
-        cluster.start_agent("lenient", "", None, "--audit-policy", "drop-recordings-first")
-        ids = wait_for(lambda: node_ids(cluster, "strict", "lenient"), what="both online")
-        node = ids["lenient"]
-        # Reserve: max(2 MiB, 5 % of 8 MiB) = 2 MiB. Leave 1.5 MiB: inside it.
-        fillers = [fill(strict, leave=1536 << 10), fill(lenient, leave=1536 << 10)]
-        try:
-            assert 1 << 20 < free_bytes(strict) < 2 << 20
-            run = cluster.tsh("ssh", f"{ME}@strict", "echo should-not-run")
-            assert run.returncode != 0
-            assert "should-not-run" not in run.stdout
-            line = run.stderr.strip()
-            assert "disk is full" in line and "refused" in line, run.stderr
-            assert line.count("\n") == 0, run.stderr
+    ids = wait_for(lambda: node_ids(cluster, "strict", "lenient"), what="both online")
+    node = ids["lenient"]
+    # (another test of the module may have left notes of its own: only new ones count)
+    notes_before = len(_events(cluster, node, "audit.dropped"))
+    # Reserve: max(2 MiB, 5 % of 8 MiB) = 2 MiB. Leave 1.5 MiB: inside it.
+    fillers = [fill(strict, leave=1536 << 10), fill(lenient, leave=1536 << 10)]
+    try:
+        assert 1 << 20 < free_bytes(strict) < 2 << 20
+        run = cluster.tsh("ssh", f"{ME}@strict", "echo should-not-run")
+        assert run.returncode != 0
+        assert "should-not-run" not in run.stdout
+        line = run.stderr.strip()
+        assert "disk is full" in line and "refused" in line, run.stderr
+        assert line.count("\n") == 0, run.stderr
 
-            run = cluster.tsh("ssh", f"{ME}@lenient", "seq 1 20000; echo done")
-            assert run.returncode == 0, run.stderr
-            assert run.stdout.endswith("done\n")
-            assert "not recorded" in run.stderr and run.stderr.count("\n") == 1, run.stderr
-        finally:
-            for filler in fillers:
-                filler.unlink()
-        ends = wait_for(lambda: _events(cluster, node, "session.end"), what="session.end")
-        assert [e["fields"]["exit_status"] for e in ends] == [0]
-        session = ends[0]["session"]
-        assert not [e for e in _events(cluster, node, "session.data") if e["session"] == session]
-        (note,) = wait_for(lambda: _events(cluster, node, "audit.dropped"), what="audit.dropped")
-        assert note["fields"]["dropped"] >= 1
-        assert note["fields"]["dropped_bytes"] > 0
+        run = cluster.tsh("ssh", f"{ME}@lenient", "seq 1 20000; echo done")
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.endswith("done\n")
+        assert "not recorded" in run.stderr and run.stderr.count("\n") == 1, run.stderr
+    finally:
+        for filler in fillers:
+            filler.unlink()
+    ends = wait_for(lambda: _events(cluster, node, "session.end"), what="session.end")
+    assert [e["fields"]["exit_status"] for e in ends] == [0]
+    session = ends[0]["session"]
+    assert not [e for e in _events(cluster, node, "session.data") if e["session"] == session]
+    notes = wait_for(
+        lambda: _events(cluster, node, "audit.dropped")[notes_before:], what="audit.dropped"
+    )  # one per episode: two if the forwarder took the first between two chunks
+    assert sum(n["fields"]["dropped"] for n in notes) >= 1
+    assert sum(n["fields"]["dropped_bytes"] for n in notes) > 0
 
-        # The disk fills up (another process took the reserve too) during a session:
-        # its end cannot be recorded, so it is not reported as a success, and the loss
-        # reaches the hub once there is room again.
-        marker = cluster.root / "started"
-        proc = subprocess.Popen(
-            [str(BIN / "tsh"), "ssh", f"{ME}@strict", f"touch {marker}; sleep 2; echo late"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=cluster.env(),
-        )
+    # The disk fills up (another process took the reserve too) during a session:
+    # its end cannot be recorded, so it is not reported as a success, and the loss
+    # reaches the hub once there is room again.
+    marker, full = cluster.root / "started", cluster.root / "full"
+    # The session ends once the disk is full (not after a sleep that a loaded machine
+    # may outlast before the disk is filled); at most 30 s.
+    wait = (
+        f"touch {marker}; i=0; "
+        f"while [ ! -e {full} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done"
+    )
+    proc = subprocess.Popen(
+        [str(BIN / "tsh"), "ssh", f"{ME}@strict", f"{wait}; echo late"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=cluster.env(),
+    )
+    try:
+        wait_for(marker.exists, what="the session to start")
+        filler = fill(strict)  # to the last byte
+        full.touch()
         try:
-            wait_for(marker.exists, what="the session to start")
-            filler = fill(strict)  # to the last byte
-            try:
-                out, err = proc.communicate(timeout=60)
-            finally:
-                filler.unlink()
+            out, err = proc.communicate(timeout=60)
         finally:
-            stop_process(proc)
-        assert proc.returncode == 255, (out, err)
-        assert "could not record this session's end" in err and err.count("\n") == 1, err
-        lost = wait_for(lambda: _events(cluster, ids["strict"], "audit.dropped"), what="the loss")
-        assert sum(e["fields"]["dropped"] for e in lost) >= 2  # its exec and session.end
+            filler.unlink()
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 255, (out, err)
+    assert "could not record this session's end" in err and err.count("\n") == 1, err
+    lost = wait_for(lambda: _events(cluster, ids["strict"], "audit.dropped"), what="the loss")
+    assert sum(e["fields"]["dropped"] for e in lost) >= 2  # its exec and session.end

@@ -241,3 +241,33 @@ async def test_a_drain_on_a_nearly_full_disk_never_fills_it(
         finally:
             await box.close()
             filler.unlink()
+
+
+async def test_a_bug_is_not_retried_as_a_storage_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only storage errors (sqlite3.OperationalError, OSError) are retried on the same
+    channel: anything else is a bug that retrying cannot mend, and was held behind one
+    warning ('retrying ... until it works') for ever. It is logged with its traceback
+    and the channel is given up (opened again later). The bug is injected into the
+    delete after the hub's ack: nothing real raises there but a storage error."""
+    box = await Outbox.open(tmp_path / "audit.db", node=NODE)
+    await box.append(make_event(EventType.EXEC, node=NODE, command="true", exit_code=0))
+
+    async def buggy_ack(ids: list[str]) -> int:
+        raise TypeError("a bug, not a full disk")
+
+    monkeypatch.setattr(box, "ack", buggy_ack)
+    try:
+        receiver = Receiver()
+        async with hub(receiver) as port, agent_tunnel(port) as tunnel:
+            task = asyncio.create_task(run_forwarder(box, tunnel))
+            async with asyncio.timeout(10):
+                while not [r for r in caplog.records if r.exc_info]:
+                    await asyncio.sleep(0.05)
+            await tunnel.close()
+            await asyncio.wait_for(task, 5)
+        assert not [r for r in caplog.records if "until it works" in r.getMessage()]
+        assert "audit forwarder failed" in caplog.text
+    finally:
+        await box.close()

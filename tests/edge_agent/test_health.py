@@ -118,3 +118,21 @@ def test_a_full_disk_is_told_from_a_stopped_agent(tmp_path: Path) -> None:
             assert "disk is full" in proc.stderr, proc.stderr
         finally:
             filler.unlink()
+
+
+def test_an_in_place_rewrite_never_leaves_the_tail_of_a_longer_file(tmp_path: Path) -> None:
+    """A status file longer than 512 bytes (a version with more fields, or a status
+    that grew) overwritten in place by a shorter one: the old tail must not stay
+    behind the new JSON, or readers find no status and call the agent stopped."""
+    import json
+    import time
+
+    from edge_agent.health import write_status_in_place
+
+    now = time.time()
+    doc = {"tunnel_up": True, "since": now, "updated": now, "pid": os.getpid(), "x": "y" * 600}
+    (tmp_path / "status.json").write_text(json.dumps(doc))
+    write_status_in_place(tmp_path, Status(True, now, now + 1, os.getpid(), disk_full=True))
+    status = read_status(tmp_path)
+    assert status is not None and status.disk_full and status.updated == now + 1
+    assert (tmp_path / "status.json").stat().st_size == len(json.dumps(doc))  # no new block

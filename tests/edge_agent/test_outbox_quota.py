@@ -16,6 +16,7 @@ from edge_agent.outbox_quota import (
     CHUNK_OVERHEAD,
     END_COST,
     MIN_RECORDING,
+    RESERVE_MAX,
     START_COST,
     Admission,
     DiskRoom,
@@ -36,6 +37,24 @@ def test_reserve_is_2_mib_or_5_percent_whichever_is_larger() -> None:
     assert reserve_bytes(1000 * MiB) == 50 * MiB
     assert reserve_bytes(1000 * MiB, configured=3 * MiB) == 3 * MiB
     assert reserve_bytes(1000 * MiB, configured=-1) == 0
+
+
+def test_the_default_reserve_is_bounded_on_huge_and_tiny_file_systems() -> None:
+    # 5 % of 1 TiB is 51 GiB: a device 95 % full would drop every recording while
+    # holding tens of GiB for a few KiB of session ends; capped at 64 MiB.
+    assert reserve_bytes(1 << 40) == RESERVE_MAX == 64 * MiB
+    assert reserve_bytes(1280 * MiB) == 64 * MiB
+    # On a file system under 4 MiB, 2 MiB would be all or most of it: half at most.
+    assert reserve_bytes(2 * MiB) == MiB
+    assert reserve_bytes(0) == 0
+    assert reserve_bytes(1 << 40, configured=100 * MiB) == 100 * MiB  # as configured
+
+
+def test_a_file_system_without_block_counts_is_unknown_not_full() -> None:
+    # procfs, sysfs and some FUSE or network file systems report 0 blocks: taken at
+    # face value that is a full disk, and every session would be refused.
+    assert os.statvfs("/proc").f_blocks == 0
+    assert disk_room(Path("/proc/audit.db")) is None
 
 
 def test_recordings_never_use_the_reserve() -> None:
@@ -153,5 +172,104 @@ async def test_a_configured_reserve_replaces_the_default(small_fs: Path) -> None
         filler = fill(small_fs, leave=MiB)
         assert (await box.append(_chunk(0))).seq > 0
         filler.unlink()
+    finally:
+        await box.close()
+
+
+async def test_failed_commits_keep_one_retry_of_their_count(
+    small_fs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each failed commit used to start its own 2 s retry chain of the audit.dropped
+    count, for ever: 30 failures on a full disk meant 15 write attempts a second until
+    space came back. One retry is pending at a time."""
+    import edge_agent.outbox as outbox_module
+
+    monkeypatch.setattr(outbox_module, "LOST_RETRY", 0.05)
+    box = await Outbox.open(small_fs / "audit.db", node="n1")
+    full = fill(small_fs)
+    try:
+        tries = 0
+        write_lost = box._write_lost
+
+        async def counted() -> None:
+            nonlocal tries
+            tries += 1
+            await write_lost()
+
+        monkeypatch.setattr(box, "_write_lost", counted)
+        for i in range(30):
+            with pytest.raises(sqlite3.OperationalError):
+                await box.append(_exec(i))
+        tries = 0
+        await asyncio.sleep(0.5)
+        assert tries <= 0.5 / 0.05 + 3
+        async with asyncio.timeout(10):  # and it is still retried
+            while tries == 0:
+                await asyncio.sleep(0.05)
+    finally:
+        full.unlink()
+        await box.close()
+
+
+def test_the_ends_of_running_sessions_are_kept_room_for() -> None:
+    reserve, total = 2 * MiB, 8 * MiB
+    free = reserve + NEED + 3 * END_COST
+    room = DiskRoom(free, total)
+    for policy in ("refuse-sessions", "drop-recordings-first"):
+        assert admit_session(room, reserve, policy, 0, 1 << 40, 3) is Admission.RECORDED
+        assert admit_session(room, reserve, policy, 0, 1 << 40, 4) is not Admission.RECORDED
+    # unrecorded: start, end and the running ends above the second half of the reserve
+    edge = DiskRoom(reserve // 2 + START_COST + END_COST + 10 * END_COST, total)
+    admit = admit_session(edge, reserve, "drop-recordings-first", 0, 1, 10)
+    assert admit is Admission.UNRECORDED
+    admit = admit_session(edge, reserve, "drop-recordings-first", 0, 1, 11)
+    assert admit is Admission.REFUSED
+
+
+async def test_a_session_is_refused_if_the_running_ones_could_not_end(small_fs: Path) -> None:
+    """On a real tmpfs: room for one more session's start, end and recording, but not
+    also for the end of the one already running. Before, both were admitted, and the
+    ends of many sessions admitted at the edge of the reserve did not fit in it."""
+    from edge_agent.audit import AgentAudit
+
+    box = await Outbox.open(small_fs / "audit.db", node="n1", policy="refuse-sessions")
+    try:
+        audit = AgentAudit(box, "n1")
+        first = audit.session("alice", "root", "s1", "true", False)
+        await first.start()
+        room = box.disk()
+        assert room is not None
+        box.reserve_bytes = room.free - NEED - END_COST // 2
+        with pytest.raises(QuotaExceeded, match="disk is full"):
+            await audit.session("bob", "root", "s2", "true", False).start()
+        assert len(box.open_sessions) == 1
+        await first.end(0)
+        assert len(box.open_sessions) == 0
+        room = box.disk()
+        assert room is not None
+        box.reserve_bytes = room.free - NEED - END_COST // 2
+        second = audit.session("bob", "root", "s2", "true", False)
+        await second.start()  # the first one's end is written: room again
+        await second.end(0)
+    finally:
+        await box.close()
+
+
+async def test_the_count_of_failed_commits_is_written_at_close(small_fs: Path) -> None:
+    """The count lives in memory until it can be written: an agent stopped within the
+    2 s retry after space came back took the loss with it, silently."""
+    box = await Outbox.open(small_fs / "audit.db", node="n1")
+    try:
+        full = fill(small_fs)
+        with pytest.raises(sqlite3.OperationalError):
+            await box.append(_exec(0))
+        full.unlink()
+    finally:
+        await box.close()
+    box = await Outbox.open(small_fs / "audit.db", node="n1")
+    try:
+        stored = await box.batch(max_count=100, max_bytes=1 << 30)
+        notes = [e for e in stored if e.type == EventType.AUDIT_DROPPED]
+        assert [e.fields["dropped"] for e in notes] == [1]
     finally:
         await box.close()

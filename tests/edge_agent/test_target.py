@@ -344,6 +344,22 @@ async def test_full_outbox_refuses_before_dialling(tmp_path: Path) -> None:
         assert dialled == 1
 
 
+async def test_a_full_disk_is_named_as_such(tmp_path: Path) -> None:
+    """Refused by the disk's reserve (not the outbox quota), the user reads that the
+    device's disk is full, not that its outbox is: reaching the hub would not help."""
+
+    async def close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async with tcp_server(close) as port, rig(tmp_path, port) as r:
+        r.outbox.reserve_bytes = 1 << 60  # more than any disk has free
+        with pytest.raises(ChannelOpenError) as info:
+            await r.open()
+        assert info.value.code == OpenFailure.RESOURCE_SHORTAGE
+        assert info.value.reason == target.DISK_FULL
+        assert "disk is full" in target.DISK_FULL and len(target.DISK_FULL) < 100
+
+
 def test_forward_mode_never_imports_asyncssh(tmp_path: Path) -> None:
     """An agent in forward mode relays a session without loading asyncssh (~39 MB RSS)."""
     script = textwrap.dedent(
