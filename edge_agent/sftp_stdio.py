@@ -22,11 +22,10 @@ import contextlib
 import os
 from typing import Any
 
-import asyncssh
 from asyncssh.constants import FXP_OPEN, FXP_OPENDIR
 from asyncssh.logging import SSHLogger, logger
 from asyncssh.packet import SSHPacket
-from asyncssh.sftp import SFTPFailure, SFTPLimits, SFTPServerHandler
+from asyncssh.sftp import SFTPFailure, SFTPLimits, SFTPServer, SFTPServerHandler
 
 #: Largest SFTP packet accepted or advertised, as OpenSSH's sftp-server (SFTP_MAX_MSG_LENGTH).
 MAX_PACKET = 256 * 1024
@@ -134,7 +133,7 @@ class PipeWriter:
         self.channel.closing = True
 
 
-class Server(asyncssh.SFTPServer):
+class Server(SFTPServer):
     """asyncssh's local-filesystem SFTP server, reads capped at :data:`MAX_DATA`."""
 
     def read(self, file_obj: object, offset: int, size: int) -> Any:

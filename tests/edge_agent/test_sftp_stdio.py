@@ -122,6 +122,30 @@ def test_limits_as_openssh_and_oversized_packets_end_the_session(tmp_path: Path)
             proc.wait()
 
 
+def test_the_child_loads_no_ssh_stack(tmp_path: Path) -> None:
+    """Serving, the child has only asyncssh's SFTP modules: no ``cryptography``
+    library mapped (the whole of asyncssh cost 40 MiB RSS and 1-1.5 s a session)."""
+    proc = subprocess.Popen(
+        CHILD, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path
+    )
+    assert proc.stdin and proc.stdout and proc.stderr
+    try:
+        proc.stdin.write(_packet(1, struct.pack(">I", 3)))
+        proc.stdin.write(_packet(16, struct.pack(">I", 1) + _string(b".")))  # REALPATH
+        proc.stdin.flush()
+        assert _reply(proc.stdout)[0] == 2
+        assert _reply(proc.stdout)[0] == 104
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "cryptography" not in maps, "asyncssh's whole SSH stack was loaded"
+        proc.stdin.close()
+        assert proc.wait(timeout=10) == 0
+        assert proc.stderr.read() == b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_open_handles_capped_as_openssh(tmp_path: Path) -> None:
     """OPENDIR and OPEN past MAX_HANDLES open handles fail (SSH_FX_FAILURE) and the
     session goes on; closing one makes room. Without the cap each OPENDIR (20 bytes
