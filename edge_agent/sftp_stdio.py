@@ -189,7 +189,10 @@ async def serve(
         out,  # type: ignore[arg-type]
         SFTP_VERSION,
     )
-    await handler.run()
+    try:
+        await handler.run()
+    except EOFError:  # before or inside INIT (asyncssh reads it outside its loop): left
+        return
     with contextlib.suppress(EOFError):
         await out.drain()
 

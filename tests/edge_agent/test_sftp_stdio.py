@@ -122,6 +122,18 @@ def test_limits_as_openssh_and_oversized_packets_end_the_session(tmp_path: Path)
             proc.wait()
 
 
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"\x00\x00", _packet(1, b"\x00"), struct.pack(">I", MAX_PACKET + 1)],
+    ids=["nothing", "half-a-length", "short-init", "oversized-init"],
+)
+def test_a_client_gone_before_its_init_ends_quietly(tmp_path: Path, sent: bytes) -> None:
+    """EOF before a whole INIT (a client that connected and left): exit 0 and nothing on
+    stderr, which is the user's channel (it said 'internal error')."""
+    run = subprocess.run(CHILD, input=sent, capture_output=True, timeout=30, cwd=tmp_path)
+    assert (run.returncode, run.stderr) == (0, b"")
+
+
 def test_the_child_loads_no_ssh_stack(tmp_path: Path) -> None:
     """Serving, the child has only asyncssh's SFTP modules: no ``cryptography``
     library mapped (the whole of asyncssh cost 40 MiB RSS and 1-1.5 s a session)."""
