@@ -22,15 +22,19 @@ import contextlib
 import os
 from typing import Any
 
-import asyncssh
+from asyncssh.constants import FXP_OPEN, FXP_OPENDIR
 from asyncssh.logging import SSHLogger, logger
 from asyncssh.packet import SSHPacket
-from asyncssh.sftp import SFTPLimits, SFTPServerHandler
+from asyncssh.sftp import SFTPFailure, SFTPLimits, SFTPServer, SFTPServerHandler
 
 #: Largest SFTP packet accepted or advertised, as OpenSSH's sftp-server (SFTP_MAX_MSG_LENGTH).
 MAX_PACKET = 256 * 1024
 #: Largest read or write payload advertised (limits@openssh.com), as sftp-server's.
 MAX_DATA = MAX_PACKET - 1024
+#: Open file and directory handles per session, at most (OpenSSH's sftp-server is held
+#: to its descriptor limit, about 1024; asyncssh's server keeps a directory handle
+#: without a descriptor, so nothing else would bound them). Advertised in limits@openssh.com.
+MAX_HANDLES = 512
 #: The only protocol version served (the agent's watcher parses this one).
 SFTP_VERSION = 3
 
@@ -129,7 +133,7 @@ class PipeWriter:
         self.channel.closing = True
 
 
-class Server(asyncssh.SFTPServer):
+class Server(SFTPServer):
     """asyncssh's local-filesystem SFTP server, reads capped at :data:`MAX_DATA`."""
 
     def read(self, file_obj: object, offset: int, size: int) -> Any:
@@ -139,13 +143,36 @@ class Server(asyncssh.SFTPServer):
 async def _limits(handler: SFTPServerHandler, packet: SSHPacket) -> SFTPLimits:
     """limits@openssh.com answered with OpenSSH's sftp-server limits, not asyncssh's 4 MiB."""
     packet.check_end()
-    return SFTPLimits(MAX_PACKET, MAX_DATA, MAX_DATA, 0)
+    return SFTPLimits(MAX_PACKET, MAX_DATA, MAX_DATA, MAX_HANDLES)
+
+
+def _open_handles(handler: SFTPServerHandler) -> int:
+    return len(handler._file_handles) + len(handler._dir_handles)
+
+
+async def _open(handler: SFTPServerHandler, packet: SSHPacket) -> bytes:
+    """OPEN, refused (before the file is opened) at :data:`MAX_HANDLES` open handles."""
+    if _open_handles(handler) >= MAX_HANDLES:
+        raise SFTPFailure(f"too many open handles (at most {MAX_HANDLES})")
+    return await SFTPServerHandler._process_open(handler, packet)
+
+
+async def _opendir(handler: SFTPServerHandler, packet: SSHPacket) -> bytes:
+    """OPENDIR, refused at :data:`MAX_HANDLES` open handles."""
+    if _open_handles(handler) >= MAX_HANDLES:
+        raise SFTPFailure(f"too many open handles (at most {MAX_HANDLES})")
+    return await SFTPServerHandler._process_opendir(handler, packet)
 
 
 class Handler(SFTPServerHandler):
-    """asyncssh's server handler advertising OpenSSH's limits."""
+    """asyncssh's server handler with OpenSSH's limits, advertised and kept."""
 
-    _packet_handlers = {**SFTPServerHandler._packet_handlers, b"limits@openssh.com": _limits}
+    _packet_handlers = {
+        **SFTPServerHandler._packet_handlers,
+        FXP_OPEN: _open,
+        FXP_OPENDIR: _opendir,
+        b"limits@openssh.com": _limits,
+    }
 
 
 async def serve(
@@ -162,7 +189,10 @@ async def serve(
         out,  # type: ignore[arg-type]
         SFTP_VERSION,
     )
-    await handler.run()
+    try:
+        await handler.run()
+    except EOFError:  # before or inside INIT (asyncssh reads it outside its loop): left
+        return
     with contextlib.suppress(EOFError):
         await out.drain()
 

@@ -64,14 +64,55 @@ class OsUser:
     home: Path
 
 
+#: The comment (GECOS) of every account :func:`os_user` makes: the run that owns it.
+OWNER_TAG = "remoteler-test"
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (/proc/PID/stat field 22), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def owner_comment(pid: int) -> str:
+    """The comment naming process ``pid`` (and its start time, as pids are reused)."""
+    return f"{OWNER_TAG} pid={pid} start={_process_start(pid)}"
+
+
+def remove_stale_users(about_to_make: str = "") -> list[str]:
+    """Remove the accounts :func:`os_user` made in runs that are gone (killed before
+    their ``finally``), and their homes under the temporary directory; an account
+    named ``about_to_make`` is stale whatever its owner. Returns the names removed."""
+    removed = []
+    for pw in pwd.getpwall():
+        fields = dict(f.split("=", 1) for f in pw.pw_gecos.split()[1:] if "=" in f)
+        if not pw.pw_gecos.startswith(OWNER_TAG + " ") or "pid" not in fields:
+            continue
+        alive = fields["pid"].isdigit() and owner_comment(int(fields["pid"])) == pw.pw_gecos
+        if alive and pw.pw_name != about_to_make:
+            continue
+        subprocess.run(["userdel", pw.pw_name], capture_output=True, check=False)
+        home = Path(pw.pw_dir)
+        if home.is_absolute() and home.parent == Path(tempfile.gettempdir()):
+            shutil.rmtree(home, ignore_errors=True)
+        removed.append(pw.pw_name)
+    return removed
+
+
 @contextmanager
 def os_user(prefix: str) -> Iterator[OsUser]:
-    """A new OS account (``useradd``) with a home under /tmp, removed afterwards."""
+    """A new OS account (``useradd``) with a home under /tmp, removed afterwards;
+    those left by killed runs are removed first (:func:`remove_stale_users`)."""
     useradd = shutil.which("useradd")
     assert useradd, "useradd missing: apt-get install passwd"
     name = f"{prefix}{os.getpid() % 100000}"
+    remove_stale_users(about_to_make=name)
     home = Path(tempfile.mkdtemp(prefix=f"{name}-"))
-    argv = [useradd, "--no-create-home", "--home-dir", str(home), "--shell", "/bin/sh", name]
+    argv = [useradd, "--no-create-home", "--home-dir", str(home), "--shell", "/bin/sh"]
+    argv += ["--comment", owner_comment(os.getpid()), name]
     for attempt in range(5):  # /etc/passwd may be locked a moment by another test's useradd
         run = subprocess.run(argv, capture_output=True, text=True)
         if run.returncode == 0:

@@ -2,15 +2,20 @@
 
 asyncssh's copy creates every file 0666 and every directory 0777 less the
 umask, so a 0640 file arrived 0644 and a 0700 directory 0755: readable by
-others on the far side. OpenSSH's ``scp`` (sftp-client.c) creates each file and
-directory with its source's permission bits (a download also keeps the owner's
-write bit, and a directory the owner's rwx, so the copy can go on), less the
-umask; what already existed keeps its mode, and only ``-p`` copies the bits
-exactly and adds the times. :class:`ModeFixer` does that after asyncssh's copy:
-the modes of what this copy created, children before their directory (a
-0500 directory is closed last). Symbolic links have no mode of their own and
-are left alone. The local umask stands for the node's (OpenSSH's ``scp`` leaves
-an upload to the node's ``sftp-server`` umask, 022 on most systems).
+others on the far side. OpenSSH's ``scp`` (9.2, sftp-client.c) gives each file
+it creates its source's permission bits (a download also keeps the owner's
+write bit) less the umask, and leaves a file that already existed as it was. A
+directory is made with the owner's write and search bits added while it is
+filled, then: an upload's is set to its source's bits exactly (umask not
+applied, sticky bit kept; ``upload_dir`` ends with a SETSTAT, even on a
+directory that was already there); a download's is set to its source's bits
+exactly when that took bits away (``download_dir``: ``chmod`` when
+``mode != tmpmode``), else left as made (its bits less the umask; one that
+existed keeps its mode). Only ``-p`` adds the times. :class:`ModeFixer` does
+that after asyncssh's copy, children before their directory (a 0500 directory
+is closed last). Symbolic links have no mode of their own and are left alone.
+The local umask stands for the node's (OpenSSH's ``scp`` leaves an upload to
+the node's ``sftp-server`` umask, 022 on most systems).
 """
 
 from __future__ import annotations
@@ -29,14 +34,20 @@ CHMODS_IN_FLIGHT = 64
 MAX_ENTRIES = 100_000
 
 
-def created_mode(mode: int, is_dir: bool, upload: bool, umask: int) -> int:
-    """The permission bits OpenSSH's scp gives a new copy of a file or directory
-    whose ``st_mode`` is ``mode``: ``do_upload``/``upload_dir`` send the source's
-    bits; ``do_download`` adds ``S_IWUSR``, ``download_dir`` ``S_IRWXU``."""
-    perm = mode & 0o777
-    if not upload:
-        perm |= 0o700 if is_dir else 0o200
-    return perm & ~umask
+def final_mode(mode: int, is_dir: bool, upload: bool, umask: int, existed: bool) -> int | None:
+    """The permission bits OpenSSH's scp leaves on the copy of a file or directory
+    whose ``st_mode`` is ``mode``, or None where it leaves the destination as it was
+    (see the module's docstring)."""
+    if not is_dir:
+        if existed:
+            return None
+        return (mode & 0o777 | (0 if upload else 0o200)) & ~umask
+    perm = mode & 0o1777
+    if upload:
+        return perm
+    if perm | 0o300 != perm:  # download_dir: chmod back to what it took away
+        return perm
+    return None if existed else perm & ~umask
 
 
 def current_umask() -> int:
@@ -134,10 +145,10 @@ class ModeFixer:
     async def after(self, src: str, dest: str) -> None:
         entries = local_entries(src) if self.upload else await remote_entries(self.sftp, src)
         todo = [
-            (posixpath.join(dest, e.rel) if e.rel else dest, e.rel.count("/"), e.is_dir,
-             created_mode(e.mode, e.is_dir, self.upload, self.umask))
+            (posixpath.join(dest, e.rel) if e.rel else dest, e.rel.count("/"), e.is_dir, mode)
             for e in entries
-            if e.rel not in self._existing
+            if (mode := final_mode(e.mode, e.is_dir, self.upload, self.umask,
+                                   e.rel in self._existing)) is not None
         ]  # fmt: skip
         if not self.upload:
             for path, _, _, mode in todo:

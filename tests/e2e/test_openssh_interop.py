@@ -224,19 +224,29 @@ def test_file_transfer_refused_without_permission(
 
 
 #: One tree with the modes that matter: group-readable, private, executable, read-only,
-#: a private directory, and a symbolic link. Times set to a day in 2020.
-TREE_FILES = {"group.txt": 0o640, "run.sh": 0o755, "ro.txt": 0o444, "private/key": 0o600}
+#: private, read-only and world-writable directories, a symbolic link. Times: a day in 2020.
+TREE_FILES = {
+    "group.txt": 0o640,
+    "run.sh": 0o755,
+    "ro.txt": 0o444,
+    "private/key": 0o600,
+    "shared/doc": 0o644,
+}
 OLD = 1_600_000_000
 
 
 def _make_tree(at: Path) -> Path:
     tree = at / "tree"
     (tree / "private").mkdir(parents=True)
+    (tree / "shared").mkdir()
     for rel, mode in TREE_FILES.items():
         (tree / rel).write_text(rel)
         (tree / rel).chmod(mode)
         os.utime(tree / rel, (OLD, OLD))
     (tree / "private").chmod(0o700)
+    (tree / "shared").chmod(0o555)  # read-only: the copy must be filled before its chmod
+    (tree / "world").mkdir(mode=0o777)
+    (tree / "world").chmod(0o777)  # an upload's directory gets it with no umask
     (tree / "link.txt").symlink_to("group.txt")
     return tree
 
@@ -279,6 +289,8 @@ def test_tsh_scp_r_keeps_modes_as_openssh_scp_and_links_as_links(
     assert tsh == ossh
     assert tsh["group.txt"] == ("file", 0o640, False)  # not 0644; no times without -p
     assert tsh["private"] == ("dir", 0o700, False) and tsh["ro.txt"][1] == 0o444
+    assert tsh["shared"] == ("dir", 0o555, False)  # u+wx while filled, then its own bits
+    assert tsh["world"] == ("dir", 0o777, False)
 
     down = tmp_path / "down"
     for side in ("ossh", "tsh"):  # a file already there keeps its mode, with both

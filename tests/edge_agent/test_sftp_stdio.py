@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.sftp_stdio import MAX_DATA, MAX_PACKET, PipeWriter, serve
+from edge_agent.sftp_stdio import MAX_DATA, MAX_HANDLES, MAX_PACKET, PipeWriter, serve
 
 CHILD = [sys.executable, "-I", "-m", "edge_agent.sftp_child"]
 OPENSSH = ["--client-version", "SSH-2.0-OpenSSH_9.2p1"]
@@ -99,7 +99,7 @@ def test_limits_as_openssh_and_oversized_packets_end_the_session(tmp_path: Path)
         proc.stdin.flush()
         limits = _reply(proc.stdout)
         assert limits[0] == 201
-        assert struct.unpack(">QQQ", limits[5:29]) == (MAX_PACKET, MAX_DATA, MAX_DATA)
+        assert struct.unpack(">QQQQ", limits[5:37]) == (MAX_PACKET, MAX_DATA, MAX_DATA, MAX_HANDLES)
 
         proc.stdin.write(_packet(3, struct.pack(">I", 2) + _string(b"big") + bytes(8)))  # OPEN
         proc.stdin.flush()
@@ -116,6 +116,78 @@ def test_limits_as_openssh_and_oversized_packets_end_the_session(tmp_path: Path)
         assert proc.stdout.read() == b""
         assert proc.wait(timeout=10) == 0
         assert proc.stderr.read() == b"", "nothing on stderr: it is the user's channel"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"\x00\x00", _packet(1, b"\x00"), struct.pack(">I", MAX_PACKET + 1)],
+    ids=["nothing", "half-a-length", "short-init", "oversized-init"],
+)
+def test_a_client_gone_before_its_init_ends_quietly(tmp_path: Path, sent: bytes) -> None:
+    """EOF before a whole INIT (a client that connected and left): exit 0 and nothing on
+    stderr, which is the user's channel (it said 'internal error')."""
+    run = subprocess.run(CHILD, input=sent, capture_output=True, timeout=30, cwd=tmp_path)
+    assert (run.returncode, run.stderr) == (0, b"")
+
+
+def test_the_child_loads_no_ssh_stack(tmp_path: Path) -> None:
+    """Serving, the child has only asyncssh's SFTP modules: no ``cryptography``
+    library mapped (the whole of asyncssh cost 40 MiB RSS and 1-1.5 s a session)."""
+    proc = subprocess.Popen(
+        CHILD, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path
+    )
+    assert proc.stdin and proc.stdout and proc.stderr
+    try:
+        proc.stdin.write(_packet(1, struct.pack(">I", 3)))
+        proc.stdin.write(_packet(16, struct.pack(">I", 1) + _string(b".")))  # REALPATH
+        proc.stdin.flush()
+        assert _reply(proc.stdout)[0] == 2
+        assert _reply(proc.stdout)[0] == 104
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "cryptography" not in maps, "asyncssh's whole SSH stack was loaded"
+        proc.stdin.close()
+        assert proc.wait(timeout=10) == 0
+        assert proc.stderr.read() == b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_open_handles_capped_as_openssh(tmp_path: Path) -> None:
+    """OPENDIR and OPEN past MAX_HANDLES open handles fail (SSH_FX_FAILURE) and the
+    session goes on; closing one makes room. Without the cap each OPENDIR (20 bytes
+    from the client) kept a directory iterator for the session's life."""
+    (tmp_path / "f").write_bytes(b"x")
+    proc = subprocess.Popen(
+        CHILD, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path
+    )
+    assert proc.stdin and proc.stdout and proc.stderr
+    try:
+        proc.stdin.write(_packet(1, struct.pack(">I", 3)))
+        for rid in range(MAX_HANDLES + 1):  # one too many, sent in one go
+            proc.stdin.write(_packet(11, struct.pack(">I", rid) + _string(b".")))  # OPENDIR
+        proc.stdin.flush()
+        _reply(proc.stdout)
+        handles = [_reply(proc.stdout) for _ in range(MAX_HANDLES + 1)]
+        assert all(h[0] == 102 for h in handles[:MAX_HANDLES]), "every handle up to the cap"
+        assert handles[-1][0] == 101 and struct.unpack(">I", handles[-1][5:9])[0] == 4
+        proc.stdin.write(_packet(3, struct.pack(">I", 9000) + _string(b"f") + bytes(8)))  # OPEN
+        proc.stdin.flush()
+        refused = _reply(proc.stdout)
+        assert refused[0] == 101 and struct.unpack(">I", refused[5:9])[0] == 4
+        proc.stdin.write(_packet(4, struct.pack(">I", 9001) + handles[0][5:]))  # CLOSE one
+        proc.stdin.write(_packet(3, struct.pack(">I", 9002) + _string(b"f") + bytes(8)))
+        proc.stdin.flush()
+        assert _reply(proc.stdout)[0] == 101  # the close's OK
+        assert _reply(proc.stdout)[0] == 102, "room again after a close"
+        proc.stdin.close()
+        assert proc.wait(timeout=10) == 0
+        assert proc.stderr.read() == b""
     finally:
         if proc.poll() is None:
             proc.kill()

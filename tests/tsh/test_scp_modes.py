@@ -9,24 +9,33 @@ from pathlib import Path
 
 import pytest
 
-from tsh.scp_modes import CHMODS_IN_FLIGHT, ModeFixer, created_mode, local_entries
+from tsh.scp_modes import CHMODS_IN_FLIGHT, ModeFixer, final_mode, local_entries
 
 
 @pytest.mark.parametrize(
-    ("mode", "is_dir", "upload", "want"),
+    ("mode", "is_dir", "upload", "existed", "want"),
     [
-        (0o100640, False, True, 0o640),
-        (0o100640, False, False, 0o640),
-        (0o100444, False, True, 0o444),  # do_upload sends the bits as they are
-        (0o100444, False, False, 0o644),  # do_download adds S_IWUSR
-        (0o100777, False, True, 0o755),  # less the umask
-        (0o104755, False, True, 0o755),  # never setuid/setgid/sticky without -p
-        (0o040500, True, True, 0o500),
-        (0o040500, True, False, 0o700),  # download_dir adds S_IRWXU
+        (0o100640, False, True, False, 0o640),
+        (0o100640, False, False, False, 0o640),
+        (0o100444, False, True, False, 0o444),  # do_upload sends the bits as they are
+        (0o100444, False, False, False, 0o644),  # do_download adds S_IWUSR
+        (0o100777, False, True, False, 0o755),  # less the umask
+        (0o104755, False, True, False, 0o755),  # never setuid/setgid/sticky without -p
+        (0o100640, False, True, True, None),  # a file already there keeps its mode
+        (0o100640, False, False, True, None),
+        (0o040500, True, True, False, 0o500),  # upload_dir's SETSTAT: the bits exactly
+        (0o040777, True, True, False, 0o777),  # ... with no umask
+        (0o041777, True, True, True, 0o1777),  # ... sticky kept, on one already there too
+        (0o040500, True, False, False, 0o500),  # download_dir: chmod back after u+wx
+        (0o040555, True, False, True, 0o555),
+        (0o040777, True, False, False, 0o755),  # nothing taken away: mkdir's, less the umask
+        (0o040755, True, False, True, None),  # ... and one already there is left alone
     ],
 )
-def test_created_mode_as_openssh_scp(mode: int, is_dir: bool, upload: bool, want: int) -> None:
-    assert created_mode(mode, is_dir, upload, 0o022) == want
+def test_final_mode_as_openssh_scp(
+    mode: int, is_dir: bool, upload: bool, existed: bool, want: int | None
+) -> None:
+    assert final_mode(mode, is_dir, upload, 0o022, existed) == want
 
 
 def test_local_entries_children_first_links_skipped(tmp_path: Path) -> None:
