@@ -45,7 +45,7 @@ class AgentAudit:
 
     def event(self, type: EventType, **kw: Any) -> AuditEvent:
         """An event of this node (for :meth:`emit_all`)."""
-        return make_event(type, node=self.node_id, **kw)
+        return make_event(type, node=self.node_id, now=self.clock(), **kw)
 
     async def emit_all(self, events: list[AuditEvent]) -> None:
         """Append ``events`` in order, in one group commit; wait until all are durable
