@@ -25,7 +25,12 @@ from remoteler.clockskew import (
     within,
 )
 
-__all__ = ["HubClock", "SkewReport"]
+__all__ = ["REPORT_INTERVAL", "HubClock", "SkewReport"]
+
+#: Least time between two ``clock.skew`` reports (seconds, monotonic): a skew that
+#: flaps around :data:`REPORT_THRESHOLD`, or an estimate that jumps by minutes on a
+#: link with a minutes-long round trip, gives at most one audit event per interval.
+REPORT_INTERVAL = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,27 +49,38 @@ class HubClock:
     """The last skew estimate, and hub-corrected time from it."""
 
     def __init__(
-        self, bound: float = DEFAULT_MAX_SKEW, wall: Callable[[], float] = time.time
+        self,
+        bound: float = DEFAULT_MAX_SKEW,
+        wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
     ) -> None:
         #: largest skew corrected for (``--max-clock-skew``, default 24 h)
         self.bound = bound
         self._wall = wall
+        self._mono = mono
         #: device minus hub, seconds; None until the hub's time is known
         self.skew: float | None = None
         #: the estimate's error bound (half the round trip)
         self.error = 0.0
         self._reported: float | None = None
+        #: monotonic time of the last report (None: never)
+        self._reported_at: float | None = None
 
     def observe(self, sample: SkewSample) -> SkewReport | None:
         """Take a new estimate; return a report when the skew newly passes
-        :data:`REPORT_THRESHOLD` or moved by more than that since the last one."""
+        :data:`REPORT_THRESHOLD` or moved by more than that since the last one, at
+        most once per :data:`REPORT_INTERVAL` (news held back meanwhile is reported
+        by the first estimate after it, if still news)."""
         self.skew, self.error = sample.skew, sample.error
         if abs(sample.skew) < REPORT_THRESHOLD:
             self._reported = None  # fixed (NTP came up): a new skew is news again
             return None
         if self._reported is not None and abs(sample.skew - self._reported) < REPORT_THRESHOLD:
             return None
-        self._reported = sample.skew
+        now = self._mono()
+        if self._reported_at is not None and now - self._reported_at < REPORT_INTERVAL:
+            return None
+        self._reported, self._reported_at = sample.skew, now
         return SkewReport(sample.skew, self.corrected, self.explain())
 
     @property
