@@ -18,7 +18,8 @@ When that dial fails verification, :func:`dial_despite_clock`:
 
 The ping's time is unauthenticated, so the bound is what limits a forger: at
 worst a hub certificate that expired less than the bound ago is accepted.
-Heartbeat answers on the verified tunnel then replace the estimate.
+The agent never takes that time as its skew: heartbeat answers on the verified
+tunnel are the only source of it (edge_agent/agent.py).
 """
 
 from __future__ import annotations
