@@ -25,12 +25,16 @@ from remoteler.clockskew import (
     within,
 )
 
-__all__ = ["REPORT_INTERVAL", "HubClock", "SkewReport"]
+__all__ = ["JUMP_TOLERANCE", "REPORT_INTERVAL", "HubClock", "SkewReport"]
 
 #: Least time between two ``clock.skew`` reports (seconds, monotonic): a skew that
 #: flaps around :data:`REPORT_THRESHOLD`, or an estimate that jumps by minutes on a
 #: link with a minutes-long round trip, gives at most one audit event per interval.
 REPORT_INTERVAL = 600.0
+#: How far the local wall clock may move against the monotonic clock after a skew
+#: was learnt before that skew is stale (seconds): NTP stepping the clock, ``date
+#: -s``, or a suspend. The correction is then dropped until the next answer.
+JUMP_TOLERANCE = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,8 @@ class HubClock:
         #: the estimate's error bound (half the round trip)
         self.error = 0.0
         self._reported: float | None = None
+        #: wall minus monotonic time when the skew was learnt (a clock step moves it)
+        self._base = 0.0
         #: monotonic time of the last report (None: never)
         self._reported_at: float | None = None
 
@@ -72,6 +78,7 @@ class HubClock:
         most once per :data:`REPORT_INTERVAL` (news held back meanwhile is reported
         by the first estimate after it, if still news)."""
         self.skew, self.error = sample.skew, sample.error
+        self._base = self._wall() - self._mono()
         if abs(sample.skew) < REPORT_THRESHOLD:
             self._reported = None  # fixed (NTP came up): a new skew is news again
             return None
@@ -86,7 +93,15 @@ class HubClock:
     @property
     def corrected(self) -> bool:
         """True if a known skew is within the bound (hub-corrected time is used)."""
+        self._forget_if_stepped()
         return self.skew is not None and within(self.skew, self.bound)
+
+    def _forget_if_stepped(self) -> None:
+        """Forget the skew if the local clock was set since it was learnt: it no
+        longer says how far the clock is off (the next heartbeat answer will)."""
+        stepped = abs(self._wall() - self._mono() - self._base) > JUMP_TOLERANCE
+        if self.skew is not None and stepped:
+            self.skew, self.error = None, 0.0
 
     def correction(self) -> float:
         """Seconds to add to the local clock for hub time (0 if unknown or out of bound)."""
@@ -98,6 +113,7 @@ class HubClock:
 
     def explain(self) -> str:
         """One line on the skew and its consequence, or "" when it is negligible."""
+        self._forget_if_stepped()
         if self.skew is None or abs(self.skew) < REPORT_THRESHOLD:
             return ""
         text = describe_skew(self.skew)

@@ -59,3 +59,21 @@ def test_a_flapping_skew_is_reported_at_most_once_per_interval() -> None:
     # the suppressed news is not lost: after the interval the current skew is reported
     mono[0] += REPORT_INTERVAL
     assert clock.observe(SkewSample(-3600.0, 0.0)) is not None
+
+
+def test_a_clock_set_meanwhile_drops_the_correction_until_the_next_answer() -> None:
+    """NTP comes up (or someone runs ``date -s``) on a device 20 min behind: the
+    skew learnt before is stale. Applying it would put certificates and audit
+    times 20 min in the future until the next heartbeat answer, and for good on
+    a device serving ``--local-listen`` while the hub is away."""
+    wall, mono = [LOCAL], [0.0]
+    clock = HubClock(wall=lambda: wall[0], mono=lambda: mono[0])
+    clock.observe(SkewSample(-1200.0, 0.0))
+    wall[0] += 30.0
+    mono[0] += 30.0  # time passes, the clock untouched: still corrected
+    assert clock.now() == LOCAL + 30.0 + 1200.0
+    wall[0] += 1200.0 + 10.0  # the clock is set right
+    mono[0] += 10.0
+    assert clock.now() == wall[0]  # the local clock rules again
+    assert clock.skew is None and clock.hint() == ""
+    assert clock.observe(SkewSample(0.2, 0.0)) is None and clock.now() == wall[0] - 0.2
