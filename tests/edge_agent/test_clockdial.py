@@ -14,13 +14,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from edge_agent.agent import EdgeAgent
-from edge_agent.clockdial import check_hub_cert
+from edge_agent.clockdial import check_hub_cert, skew_from_ping
 from edge_agent.join import join
 from hub.auth import AuthService
 from hub.backend import SQLiteBackend
 from hub.datadir import DataDir
 from hub.server import HubServer
 from remoteler.ca import CAError, CertAuthority, generate_private_key, pin_of_cert_pem
+from remoteler.errors import TrustError
 from remoteler.tlsutil import server_context
 
 NOW = int(time.time())
@@ -134,3 +135,12 @@ async def test_the_unverified_pings_time_is_never_taken_only_the_tunnels(
             await asyncio.gather(task, return_exceptions=True)
         await server.close()
         await backend.close()
+
+
+@pytest.mark.parametrize("junk", [True, "1797000000", None, float("nan"), -1e300, 2**64 - 1])
+def test_the_pings_time_is_junk_then_the_first_error_stands(junk: object) -> None:
+    """The unverified ping's time is anyone's: junk is no skew, never a crash."""
+    err = TrustError("not signed by the trusted CA")
+    with pytest.raises(TrustError) as caught:
+        skew_from_ping({"time": junk}, NOW, NOW + 0.1, err, 86400.0)
+    assert caught.value is err
