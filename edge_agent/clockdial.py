@@ -82,8 +82,9 @@ def skew_from_ping(
     re-raise ``err`` when it does not (an older hub, or a skew under a minute),
     raise a TrustError naming the skew when it is beyond ``bound``."""
     hub_time = info.get("time")
-    number = isinstance(hub_time, (int, float)) and not isinstance(hub_time, bool)
-    estimate = sample(sent, received, hub_time) if number else None
+    estimate = None
+    if isinstance(hub_time, (int, float)) and not isinstance(hub_time, bool):
+        estimate = sample(sent, received, hub_time)
     if estimate is None or abs(estimate.skew) < REPORT_THRESHOLD:
         raise err  # an older hub, or the clock is right: something else is wrong
     if not within(estimate.skew, bound):
