@@ -18,7 +18,7 @@ from edge_agent.locks import LockStore, serve_locks_channel
 from edge_agent.outbox import Outbox
 from edge_agent.serial_line import SerialConsoles
 from remoteler.audit.events import EventType
-from remoteler.clockskew import REPORT_THRESHOLD, SkewSample, sample
+from remoteler.clockskew import REPORT_THRESHOLD, sample
 from remoteler.errors import RemotelerError, TrustError
 from remoteler.hubconn import open_ws
 from remoteler.locks import lock_digest
@@ -134,10 +134,6 @@ class EdgeAgent:
             self._connect_pending = False
             self.audit.emit_nowait(EventType.TUNNEL_CONNECT, hub=self.ident.hub)
 
-    def learn_skew(self, estimate: SkewSample) -> None:
-        """Take a skew estimate; audit (``clock.skew``) and log a new or changed skew."""
-        self._report_skew(self.clock.observe(estimate))
-
     def _report_skew(self, report: SkewReport | None) -> None:
         if report is not None:
             log.warning("clock skew: %s", report.message, extra={"hub": self.ident.hub})
@@ -218,7 +214,11 @@ class EdgeAgent:
         except TrustError as err:  # a wrong clock? was the hub's CA rotated meanwhile?
             from edge_agent.clockdial import dial_despite_clock
 
-            ws, estimate = await dial_despite_clock(
+            # The ping's time that verified the hub's certificate is unauthenticated:
+            # it is not taken as the skew (a forger would set the device's time for
+            # its certificates and audit trail); the tunnel's first PONG, one round
+            # trip away, is (docs/tunnels.md, "Clock skew").
+            ws, _unverified = await dial_despite_clock(
                 ident,
                 self.clock,
                 err,
@@ -226,7 +226,6 @@ class EdgeAgent:
                 timeout=self.dial_timeout(),
                 max_size=self.limits.max_frame_bytes + 1024,
             )
-            self.learn_skew(estimate)
         core = Connection(Role.DIALER, self.limits, now=time.monotonic())
         core.ping_at_start = True  # the hub's time (and our status) at once
         tunnel = Tunnel(ws, core, on_channel=self.on_channel, on_pong=self.on_pong)

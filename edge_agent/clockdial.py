@@ -18,7 +18,8 @@ When that dial fails verification, :func:`dial_despite_clock`:
 
 The ping's time is unauthenticated, so the bound is what limits a forger: at
 worst a hub certificate that expired less than the bound ago is accepted.
-Heartbeat answers on the verified tunnel then replace the estimate.
+The agent never takes that time as its skew: heartbeat answers on the verified
+tunnel are the only source of it (edge_agent/agent.py).
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ def skew_from_ping(
     re-raise ``err`` when it does not (an older hub, or a skew under a minute),
     raise a TrustError naming the skew when it is beyond ``bound``."""
     hub_time = info.get("time")
-    estimate = sample(sent, received, hub_time) if isinstance(hub_time, (int, float)) else None
+    estimate = None
+    if isinstance(hub_time, (int, float)) and not isinstance(hub_time, bool):
+        estimate = sample(sent, received, hub_time)
     if estimate is None or abs(estimate.skew) < REPORT_THRESHOLD:
         raise err  # an older hub, or the clock is right: something else is wrong
     if not within(estimate.skew, bound):

@@ -86,17 +86,18 @@ def skewed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         with ThreadPoolExecutor(6) as pool:  # tctl runs in parallel: a few seconds saved
             user = pool.submit(cluster.add_user, "alice", [ME])
             pin = pool.submit(cluster.ca_pin)
-            tokens = [pool.submit(cluster.token) for _ in range(len(SKEWED) + 1)]
+            tokens = [pool.submit(cluster.token) for _ in range(len(SKEWED) + 2)]
             user.result()
             pin_value = pin.result()
-            # 30 days behind it could not join: it joins now, then loses its clock.
-            cluster.start_agent("stale", "env=lab")
             joins = [(pin_value, t.result()) for t in tokens]
+        # 30 days behind it could not join: it joins with the right clock (a zero
+        # offset: the pin and token above, no tctl of its own), then loses its clock.
+        _start_faked(cluster, "stale", "+0", joins[-1])
         # Devices without a real-time clock join as they are (the hub's CA is
         # minutes old: OpenSSL alone refuses it 20 minutes behind).
-        for (name, offset, _), join in zip(SKEWED, joins[:-1], strict=True):
+        for (name, offset, _), join in zip(SKEWED, joins[:-2], strict=True):
             _start_faked(cluster, name, offset, join)
-        _start_faked(cluster, "future", "+30d", joins[-1])  # OpenSSL accepts the year-long cert
+        _start_faked(cluster, "future", "+30d", joins[-2])  # OpenSSL accepts the year-long cert
         joined = cluster.root / "agent-stale" / "identity" / "node.json"
         wait_for(joined.exists, interval=0.2, what="stale joined")
         stop_process(cluster.agents.pop("stale"))

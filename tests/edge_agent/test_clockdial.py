@@ -4,14 +4,25 @@ tests/e2e/test_clock_skew.py."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from edge_agent.clockdial import check_hub_cert
-from remoteler.ca import CAError, CertAuthority, generate_private_key
+from edge_agent.agent import EdgeAgent
+from edge_agent.clockdial import check_hub_cert, skew_from_ping
+from edge_agent.join import join
+from hub.auth import AuthService
+from hub.backend import SQLiteBackend
+from hub.datadir import DataDir
+from hub.server import HubServer
+from remoteler.ca import CAError, CertAuthority, generate_private_key, pin_of_cert_pem
+from remoteler.errors import TrustError
+from remoteler.tlsutil import server_context
 
 NOW = int(time.time())
 
@@ -66,3 +77,70 @@ def test_another_ca_or_a_node_certificate_is_refused(host_ca: CertAuthority) -> 
 def test_either_ca_of_a_rotation_bundle(host_ca: CertAuthority) -> None:
     new = CertAuthority.generate("host", "example")
     check_hub_cert(_hub_cert(new), host_ca.x509_pem + new.x509_pem, NOW)
+
+
+async def test_the_unverified_pings_time_is_never_taken_only_the_tunnels(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A man in the middle can answer the fallback's unverified ``ping`` with any
+    time. It may steer which hub certificate is accepted (within the bound, the
+    documented price), but the device's clock correction, its audit times and its
+    ``clock.skew`` report come only from the verified tunnel's PONGs.
+
+    A real hub whose certificate starts in 30 minutes (OpenSSL refuses it on the
+    right clock), its ping made to lie by an hour: the join and the tunnel go
+    through the fallback, and the skew the agent takes is the tunnel's (about 0).
+    """
+    data = DataDir(tmp_path / "hubdata")
+    cluster = data.init("test")
+    user_ca, host_ca = data.load_ca("user"), data.load_ca("host")
+    key = generate_private_key()
+    cert = host_ca.issue_x509(
+        key.public_key(),
+        common_name="remoteler-hub",
+        usage="server",
+        ip_addresses=["127.0.0.1"],
+        ttl_seconds=86400,
+        now=int(time.time()) + 1800,
+    )
+    key_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    backend = await SQLiteBackend.open(data.db_path)
+    server = HubServer(AuthService(backend, user_ca, host_ca, cluster), backend)
+    truthful = server.rpc_ping
+
+    async def lying_ping(ident: Any, params: dict[str, Any]) -> Any:
+        return {**await truthful(ident, params), "time": time.time() + 3600}
+
+    server.methods["ping"] = lying_ping  # the man in the middle
+    _, port = await server.start(
+        "127.0.0.1", 0, server_context(cert, key_pem, [user_ca.x509_pem, host_ca.x509_pem])
+    )
+    task = None
+    try:
+        token, _ = await server.auth.add_token("node", 600, {})
+        hub = f"127.0.0.1:{port}"
+        ident = await join(hub, token, pin_of_cert_pem(host_ca.x509_pem), "dev", {}, "test")
+        agent = EdgeAgent(ident, {})
+        task = asyncio.ensure_future(agent.run_once())
+        for _ in range(600):  # the first PONG answers within a round trip (30 s: a loaded CI)
+            if agent.clock.skew is not None and not agent._connect_pending:
+                break
+            await asyncio.sleep(0.05)
+        assert agent.tunnel is not None and agent.clock.skew is not None
+        assert abs(agent.clock.skew) < 60  # the tunnel's word, not the ping's hour
+        assert "clock skew" not in caplog.text  # and no clock.skew was reported
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await server.close()
+        await backend.close()
+
+
+@pytest.mark.parametrize("junk", [True, "1797000000", None, float("nan"), -1e300, 2**64 - 1])
+def test_the_pings_time_is_junk_then_the_first_error_stands(junk: object) -> None:
+    """The unverified ping's time is anyone's: junk is no skew, never a crash."""
+    err = TrustError("not signed by the trusted CA")
+    with pytest.raises(TrustError) as caught:
+        skew_from_ping({"time": junk}, NOW, NOW + 0.1, err, 86400.0)
+    assert caught.value is err
