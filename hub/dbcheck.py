@@ -43,16 +43,38 @@ AUDIT_DB = Database(
 FIRMWARE_DB = Database("firmware/firmware.db", "or move it aside (only roll-out history is lost)")
 DATABASES = (HUB_DB, AUDIT_DB, FIRMWARE_DB)
 
+#: seconds a check waits for a lock another process holds on a file (a running hub
+#: never holds one that long in WAL mode; a tool in exclusive mode can)
+BUSY_TIMEOUT = 10.0
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds the file, which says
+    nothing about its pages."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _busy_line(path: Path) -> str:
+    return (
+        f"{path} is in use by another process (busy: a running hub, or a tool holding "
+        "its lock), so it was not checked: stop that process, or try again"
+    )
+
 
 def quick_check(path: Path) -> str | None:
-    """None if SQLite finds ``path`` sound, else what it found (first line)."""
+    """None if SQLite finds ``path`` sound, else what it found (first line).
+    Raises :class:`ConfigError` if another process holds a lock on it past
+    :data:`BUSY_TIMEOUT`: a locked file is not a damaged one."""
     try:
-        db = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=30)
+        db = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=BUSY_TIMEOUT)
     except sqlite3.Error as exc:
         return str(exc)
     try:
         rows = db.execute("PRAGMA quick_check").fetchall()
     except sqlite3.Error as exc:
+        if _busy(exc):
+            raise ConfigError(_busy_line(path)) from None
         return str(exc)
     finally:
         db.close()
@@ -104,11 +126,13 @@ def _empty(path: Path) -> bool:
 
 
 def _count_nodes(hub_db: Path) -> int:
-    db = sqlite3.connect(f"file:{hub_db}?mode=rw", uri=True, timeout=30)
+    db = sqlite3.connect(f"file:{hub_db}?mode=rw", uri=True, timeout=BUSY_TIMEOUT)
     try:
         row = db.execute("SELECT count(*) FROM nodes").fetchone()
-    except sqlite3.OperationalError:  # no nodes table yet: a hub that never started
-        return 0
+    except sqlite3.OperationalError as exc:
+        if _busy(exc):
+            raise ConfigError(_busy_line(hub_db)) from None
+        return 0  # no nodes table yet: a hub that never started
     finally:
         db.close()
     return int(row[0])
@@ -116,7 +140,13 @@ def _count_nodes(hub_db: Path) -> int:
 
 def diagnose(data_dir: Path, err: sqlite3.DatabaseError) -> str:
     """The line for a database error a command met: the damaged file if a check finds
-    one, else SQLite's words and where to look."""
+    one, else SQLite's words and where to look. A busy error is only that: the
+    files are not checked (they would be busy too) nor called damaged."""
+    if _busy(err) or "database is locked" in str(err):
+        return (
+            f"a database in {data_dir} is busy ({err}): another process held its lock "
+            "too long (a hub under heavy load, or a tool holding it); try again"
+        )
     try:
         for database in DATABASES:
             check_database(data_dir, database)
