@@ -55,6 +55,24 @@ def _busy(exc: sqlite3.Error) -> bool:
     return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
+#: the SQLite result codes that say the file's content is bad; any other error
+#: (cannot open, read-only, full, I/O, permission) says nothing about its pages
+_DAMAGE_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def _damage(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is None or code & 0xFF in _DAMAGE_CODES
+
+
+def _unreadable_line(path: Path, exc: sqlite3.Error) -> str:
+    return (
+        f"{path} cannot be opened for the check ({exc}): check that its file system is "
+        "mounted read-write and not full, and that this user may write the file and "
+        "its directory (the file itself may well be sound)"
+    )
+
+
 def _busy_line(path: Path) -> str:
     return (
         f"{path} is in use by another process (busy: a running hub, or a tool holding "
@@ -75,6 +93,8 @@ def quick_check(path: Path) -> str | None:
     except sqlite3.Error as exc:
         if _busy(exc):
             raise ConfigError(_busy_line(path)) from None
+        if not _damage(exc):
+            raise ConfigError(_unreadable_line(path, exc)) from None
         return str(exc)
     finally:
         db.close()
@@ -152,6 +172,11 @@ def diagnose(data_dir: Path, err: sqlite3.DatabaseError) -> str:
             check_database(data_dir, database)
     except ConfigError as found:
         return str(found)
+    if not _damage(err) or "disk is full" in str(err) or "readonly" in str(err):
+        return (
+            f"database error in {data_dir} ({err}): check the free space and permissions "
+            "of that directory (its files passed SQLite's check)"
+        )
     return (
         f"database error in {data_dir} ({err}): run 'hub start' to check its databases, "
         "or restore the data dir from a backup"

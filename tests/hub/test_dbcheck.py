@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from require import require_root
 
 from hub import dbcheck
 from hub.audit_store import AuditStore, audit_db_path
@@ -156,3 +157,36 @@ def test_a_sound_database_locked_by_another_process_is_not_called_damaged(
 def test_diagnose_of_a_busy_error_says_busy_not_restore(held_lock: Path) -> None:
     line = diagnose(held_lock, sqlite3.OperationalError("database is locked"))
     assert "busy" in line and "restore" not in line, line
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """Sound databases on a file system remounted read-only (as the kernel does to a
+    failing SD card or eMMC): a real tmpfs, unmounted at the end."""
+    require_root("mounts a tmpfs")
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
+    try:
+        _make(mnt)
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_sound_database_on_a_read_only_file_system_is_not_called_damaged(
+    read_only_dir: Path,
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        check_data_dir(read_only_dir)
+    line = str(err.value)
+    assert "damaged" not in line and "restore" not in line, line
+    assert line.startswith(f"{read_only_dir / 'hub.db'} cannot be opened"), line
+    assert "read-write" in line and "\n" not in line, line
+
+
+def test_diagnose_of_a_full_disk_does_not_say_restore(tmp_path: Path) -> None:
+    _make(tmp_path)
+    line = diagnose(tmp_path, sqlite3.OperationalError("database or disk is full"))
+    assert "free space" in line and "restore" not in line, line
