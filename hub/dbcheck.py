@@ -21,6 +21,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from hub.audit_store import AuditStore, audit_db_path
 from remoteler.errors import ConfigError
 
 
@@ -123,9 +124,17 @@ def check_data_dir(data_dir: Path, *, accept_empty_audit: bool = False) -> None:
     ``accept_empty_audit``."""
     for database in DATABASES:
         check_database(data_dir, database)
+    if not accept_empty_audit:
+        check_audit_trail(data_dir)
+
+
+def check_audit_trail(data_dir: Path) -> None:
+    """Raise :class:`ConfigError` if ``audit.db`` is missing or empty while ``hub.db``
+    lists nodes: the trail was lost, and only ``hub start --accept-empty-audit`` may
+    begin a new one (so no other command may create the file)."""
     audit = data_dir / AUDIT_DB.name
     hub_db = data_dir / HUB_DB.name
-    if accept_empty_audit or not hub_db.exists() or not _empty(audit):
+    if not hub_db.exists() or not _empty(audit):
         return
     nodes = _count_nodes(hub_db)
     if nodes:
@@ -134,6 +143,14 @@ def check_data_dir(data_dir: Path, *, accept_empty_audit: bool = False) -> None:
             f"lists {nodes} node(s): the audit trail was lost; restore {AUDIT_DB.name} "
             "from a backup, or start with --accept-empty-audit to begin a new one"
         )
+
+
+async def open_audit_store(data_dir: Path) -> AuditStore:
+    """The hub's audit store for ``tctl``: refused (:func:`check_audit_trail`) where
+    opening would create a new, valid ``audit.db`` over a lost trail, which ``hub
+    start`` would then take as sound (and ``tctl audit search`` would show as empty)."""
+    check_audit_trail(data_dir)
+    return await AuditStore.open(audit_db_path(data_dir))
 
 
 def _empty(path: Path) -> bool:
