@@ -797,6 +797,9 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # 'tctl ... | head': the reader had enough, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 141  # 128 + SIGPIPE, what a shell shows for a program killed by it
     except sqlite3.DatabaseError as err:  # a damaged file: name it (hub/dbcheck.py)
         from hub.dbcheck import diagnose
 
