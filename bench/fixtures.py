@@ -127,7 +127,7 @@ def require_openssh() -> None:
     missing: the OpenSSH reference rows are part of the figures, never left out."""
     for tool in ("sshd", "ssh", "ssh-keygen"):
         if find_binary(tool) is None:
-            raise MissingTool(f"the OpenSSH reference needs {missing_hint(tool)}")
+            raise MissingTool(f"the OpenSSH reference rows need {tool}: {missing_hint(tool)}")
 
 
 @contextlib.contextmanager

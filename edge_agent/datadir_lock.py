@@ -10,6 +10,7 @@ the holder's PID, for the second process's error line.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
@@ -33,10 +34,13 @@ class DataDirLock:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = data_dir / LOCK_FILE
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # O_NOFOLLOW: as root, a planted symlink would have us truncate its target.
+            # O_CLOEXEC: no child (a session's shell, a firmware hook) inherits the lock.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
+            why = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
             raise ConfigError(
-                f"cannot open {path}: {exc.strerror}; check --data-dir and its permissions"
+                f"cannot open {path}: {why}; check --data-dir and its permissions"
             ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

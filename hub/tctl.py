@@ -445,11 +445,11 @@ async def cmd_auth(args: argparse.Namespace) -> None:
     if args.host:
         await _sign_host(args)
         return
-    from hub.audit_store import AuditStore, audit_db_path
+    from hub.dbcheck import open_audit_store
 
     auth = await _auth(args)
     try:
-        auth.audit = await AuditStore.open(audit_db_path(Path(args.data_dir)))  # cert.create
+        auth.audit = await open_audit_store(Path(args.data_dir))  # cert.create
         from remoteler.ca import generate_private_key, public_key_to_openssh
         from remoteler.identity import write_identity_file
 
@@ -559,10 +559,10 @@ async def _record_role_event(args: argparse.Namespace, type: Any, **fields: Any)
     """``role.created`` / ``role.deleted`` in the hub's audit store; user = who ran tctl."""
     import getpass
 
-    from hub.audit_store import AuditStore, audit_db_path
+    from hub.dbcheck import open_audit_store
     from remoteler.audit.events import HUB_NODE, make_event
 
-    store = await AuditStore.open(audit_db_path(Path(args.data_dir)))
+    store = await open_audit_store(Path(args.data_dir))
     try:
         try:
             by = getpass.getuser()
@@ -718,7 +718,7 @@ async def _session_arg(store: Any, session_id: str | None) -> str | None:
 
 
 async def cmd_audit(args: argparse.Namespace) -> None:
-    from hub.audit_store import AuditStore, audit_db_path
+    from hub.dbcheck import open_audit_store
 
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be at least 1")
@@ -734,7 +734,7 @@ async def cmd_audit(args: argparse.Namespace) -> None:
     finally:
         await backend.close()
     newest = args.limit is not None and args.order == "desc"
-    store = await AuditStore.open(audit_db_path(Path(args.data_dir)))
+    store = await open_audit_store(Path(args.data_dir))
     try:
         session_id = await _session_arg(store, args.session_id)
         events = store.iter_search(
@@ -807,6 +807,9 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # 'tctl ... | head': the reader had enough, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 141  # 128 + SIGPIPE, what a shell shows for a program killed by it
     except sqlite3.DatabaseError as err:  # a damaged file: name it (hub/dbcheck.py)
         from hub.dbcheck import diagnose
 

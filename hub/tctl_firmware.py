@@ -375,9 +375,9 @@ async def _stop(args: argparse.Namespace) -> None:
 
 
 async def _audit(data_dir: Path, event: Any) -> None:
-    from hub.audit_store import AuditStore, audit_db_path
+    from hub.dbcheck import open_audit_store
 
-    audit = await AuditStore.open(audit_db_path(data_dir))
+    audit = await open_audit_store(data_dir)
     try:
         await audit.record(event)
     finally:

@@ -30,7 +30,7 @@ def test_session_setup_without_sshd_names_the_package(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert (
-        "bench: session_setup: the OpenSSH reference needs sshd is not installed: "
+        "bench: session_setup: the OpenSSH reference rows need sshd: sshd is not installed: "
         "apt-get install openssh-server" in proc.stderr
     ), proc.stderr[-3000:]
     assert "OpenSSH" not in proc.stdout  # no half table passed off as the figures

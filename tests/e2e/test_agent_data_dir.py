@@ -10,7 +10,11 @@ on every dial.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pwd
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -29,6 +33,8 @@ from remoteler.ca import (
 from remoteler.ca.x509 import issue_cert
 
 NODE = "dd-node"
+KILLED = "dd-killed"
+ME = pwd.getpwuid(os.geteuid()).pw_name
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +135,74 @@ def test_a_bad_identity_file_is_one_line_and_exit_1(
     line = _one_line(_start(cluster, data_dir))
     assert expected in line, line
     assert str(ident) in line and "new join token" in line, line
+
+
+def _session_pids(command: str) -> list[int]:
+    """The session's shell (``SHELL -c command``) and its ``sleep``, once both run
+    (not the tsh client, whose command line holds ``command`` too)."""
+    shell, child = f"-c\0{command}\0".encode(), command.split(";")[0].replace(" ", "\0")
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue  # ended meanwhile
+            if cmdline.endswith(shell) or cmdline == f"{child}\0".encode():
+                found.append(int(entry.name))
+    return found if len(found) == 2 else []
+
+
+def _holds(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd) == str(path):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def test_an_agent_killed_while_a_session_shell_runs_can_be_restarted(cluster: Cluster) -> None:
+    """The lock file's descriptor is close-on-exec: a session's shell (its own process
+    session, which outlives a ``kill -9`` of the agent) must not hold the flock, or the
+    agent could not start again until the shell ended."""
+    data_dir = cluster.root / f"agent-{KILLED}"
+    lock = data_dir / "agent.lock"
+    cluster.add_user("kim", [ME])
+    agent = cluster.start_agent(KILLED, "")
+    wait_for(lambda: cluster.node_online(KILLED), timeout=30, interval=0.5, what="node online")
+    assert cluster.login("kim").returncode == 0
+    command = "sleep 47.25; true"  # unique: finds the shell and its child in /proc
+    tsh = subprocess.Popen(
+        [str(BIN / "tsh"), "ssh", f"{ME}@{KILLED}", command],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=cluster.env(),
+    )
+    shell: list[int] = []
+    try:
+        shell = wait_for(lambda: _session_pids(command), timeout=30, what="the session's shell")
+        assert _holds(agent.pid, lock)  # the probe works: the agent has it open
+        assert not [pid for pid in shell if _holds(pid, lock)], "a child holds agent.lock"
+        agent.send_signal(signal.SIGKILL)
+        agent.wait(timeout=10)
+        assert all(os.path.exists(f"/proc/{pid}") for pid in shell), "the shell outlives it"
+        log = cluster.root / f"agent-{KILLED}.log"
+        ups = log.read_text().count("tunnel up")
+        again = cluster.start_agent(KILLED, "")
+        wait_for(
+            lambda: again.poll() is not None or log.read_text().count("tunnel up") > ups,
+            timeout=30,
+            what="the restarted agent's tunnel up",
+        )
+        assert again.poll() is None, log.read_text()[-2000:]
+        assert lock.read_text() == f"{again.pid}\n"
+    finally:
+        for pid in shell:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        tsh.kill()
+        tsh.wait(timeout=10)

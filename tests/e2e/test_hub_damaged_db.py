@@ -142,3 +142,17 @@ def test_a_damaged_cluster_json_is_one_line(pristine: Path, tmp_path: Path) -> N
     ):
         line = _one_line(proc, prefix)
         assert f"{data / 'cluster.json'} is damaged: restore it from a backup" in line, line
+
+
+def test_tctl_does_not_paper_over_a_lost_audit_trail(pristine: Path, tmp_path: Path) -> None:
+    """``tctl audit search`` (what an admin runs to look into it) used to create a new,
+    valid audit.db in place of the lost one, and ``hub start`` then no longer refused."""
+    data = _copy(pristine, tmp_path)
+    (data / "audit.db").unlink()
+    line = _one_line(_run(str(BIN / "tctl"), "--data-dir", str(data), "audit", "search"), "tctl: ")
+    assert "audit.db is missing but" in line and "--accept-empty-audit" in line, line
+    assert not (data / "audit.db").exists()
+    users = _run(str(BIN / "tctl"), "--data-dir", str(data), "users", "ls")
+    assert users.returncode == 0 and "alice" in users.stdout, users.stderr  # the rest works
+    line = _one_line(_hub_start(data), "hub: ")
+    assert "audit.db is missing but" in line, line

@@ -35,3 +35,16 @@ def test_holder_without_a_pid_yet(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"another edge-agent \(another process\)"):
         DataDirLock.acquire(tmp_path)
     first.release()
+
+
+def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    """The agent runs as root: following a planted agent.lock -> /etc/... symlink
+    would truncate that file."""
+    target = tmp_path / "precious"
+    target.write_text("keep me\n")
+    data = tmp_path / "agent"
+    data.mkdir()
+    (data / LOCK_FILE).symlink_to(target)
+    with pytest.raises(ConfigError, match=r"cannot open .*agent\.lock: .*symbolic link"):
+        DataDirLock.acquire(data)
+    assert target.read_text() == "keep me\n"

@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from require import require_root
 
+from hub import dbcheck
 from hub.audit_store import AuditStore, audit_db_path
 from hub.backend import Node, SQLiteBackend
 from hub.dbcheck import check_data_dir, diagnose, quick_check
@@ -106,3 +111,82 @@ def test_diagnose_names_the_file_or_says_where_to_look(tmp_path: Path) -> None:
     assert "run 'hub start' to check" in diagnose(tmp_path, err)
     _damage_pages(tmp_path / "audit.db")
     assert diagnose(tmp_path, err).startswith(f"{tmp_path / 'audit.db'} is damaged")
+
+
+@pytest.fixture
+def held_lock(tmp_path: Path) -> Iterator[Path]:
+    """hub.db with another process holding an exclusive lock on it (as a hub, a backup
+    tool or an admin's ``sqlite3`` shell in a long transaction can)."""
+    _make(tmp_path)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys\n"
+            f"db = sqlite3.connect({str(tmp_path / 'hub.db')!r}, isolation_level=None)\n"
+            "db.execute('PRAGMA locking_mode=EXCLUSIVE')\n"
+            "db.execute('BEGIN EXCLUSIVE')\n"
+            "db.execute('SELECT count(*) FROM nodes').fetchone()\n"
+            "print('locked', flush=True)\n"
+            "sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        yield tmp_path
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=10)
+
+
+def test_a_sound_database_locked_by_another_process_is_not_called_damaged(
+    held_lock: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dbcheck, "BUSY_TIMEOUT", 0.3, raising=False)
+    with pytest.raises(ConfigError) as err:
+        check_data_dir(held_lock)
+    line = str(err.value)
+    assert "damaged" not in line and "restore" not in line, line
+    assert line.startswith(f"{held_lock / 'hub.db'} is in use by another process"), line
+
+
+def test_diagnose_of_a_busy_error_says_busy_not_restore(held_lock: Path) -> None:
+    line = diagnose(held_lock, sqlite3.OperationalError("database is locked"))
+    assert "busy" in line and "restore" not in line, line
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """Sound databases on a file system remounted read-only (as the kernel does to a
+    failing SD card or eMMC): a real tmpfs, unmounted at the end."""
+    require_root("mounts a tmpfs")
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
+    try:
+        _make(mnt)
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_sound_database_on_a_read_only_file_system_is_not_called_damaged(
+    read_only_dir: Path,
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        check_data_dir(read_only_dir)
+    line = str(err.value)
+    assert "damaged" not in line and "restore" not in line, line
+    assert line.startswith(f"{read_only_dir / 'hub.db'} cannot be opened"), line
+    assert "read-write" in line and "\n" not in line, line
+
+
+def test_diagnose_of_a_full_disk_does_not_say_restore(tmp_path: Path) -> None:
+    _make(tmp_path)
+    line = diagnose(tmp_path, sqlite3.OperationalError("database or disk is full"))
+    assert "free space" in line and "restore" not in line, line

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,3 +30,38 @@ def test_an_unforeseen_error_is_one_line(
     monkeypatch.setenv("REMOTELER_DEBUG", "1")
     with pytest.raises(RuntimeError):
         tctl.main(["--data-dir", str(tmp_path), "status"])
+
+
+def test_output_cut_short_by_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    """``tctl audit search | head``: head closing the pipe is no error to report."""
+    from helpers import BIN
+
+    from hub.audit_store import AuditStore, audit_db_path
+    from remoteler.audit.events import AuditEvent
+
+    async def fill() -> None:
+        store = await AuditStore.open(audit_db_path(tmp_path))
+        try:
+            events = [
+                AuditEvent(
+                    id=f"e{i:05}", type="exec", time=1.0 + i, node="n", seq=i, user="u" * 200
+                )
+                for i in range(2000)
+            ]  # about 500 KiB of table: more than a pipe holds
+            await store.insert("n", events)
+        finally:
+            await store.close()
+
+    asyncio.run(fill())
+    (tmp_path / "cluster.json").write_text('{"cluster": "c"}')
+    proc = subprocess.Popen(
+        [str(BIN / "tctl"), "--data-dir", str(tmp_path), "audit", "search", "--limit", "5000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(100)
+    proc.stdout.close()  # as head does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=30) == 141, err  # 128 + SIGPIPE, as a shell reports such an exit
+    assert err == ""
