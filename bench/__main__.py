@@ -22,6 +22,7 @@ MODULES = [
     "bench.chaos",
     "bench.recording_proxy",
     "bench.attack_memory",
+    "bench.slowlink",
 ]
 
 
