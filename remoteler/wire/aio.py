@@ -507,6 +507,7 @@ class Tunnel:
                     if pacer.budget != applied:
                         applied = pacer.budget
                         apply_budget(transport, applied)
+                pacer.idle()
                 self._notify_drainers()
                 if core.state is not State.OPEN:
                     return

@@ -13,11 +13,25 @@ CHUNK = 256 * 1024
 def test_blocked_sends_measure_the_rate_and_size_the_budget() -> None:
     pacer = LinkPacer(CHUNK, start=16 * 1024)
     assert pacer.frame_max(CHUNK) == 16 * 1024  # cautious until the link is known
-    # A 10 KiB/s link: each 4 KiB send waits 0.4 s for the buffers below to drain.
-    pacer.sent(4096, 0.4, now=1.0)
+    # A 10 KiB/s link: a send blocks until the buffers below drained; between the
+    # ends of two blocked sends the link drained what was sent meanwhile.
+    pacer.sent(4096, 0.4, now=1.0)  # the first block only marks the time
+    assert pacer.rate is None
+    pacer.sent(2048, 0.0, now=1.01)  # fitted in the buffers
+    pacer.sent(2048, 0.39, now=1.4)
     assert pacer.rate is not None and abs(pacer.rate - 10240) < 1
     assert pacer.budget == max(FLOOR, int(10240 * TARGET_DELAY))
     assert pacer.frame_max(CHUNK) == pacer.budget
+
+
+def test_an_idle_writer_starts_a_new_interval() -> None:
+    pacer = LinkPacer(CHUNK, start=16 * 1024)
+    pacer.sent(4096, 0.4, now=1.0)
+    pacer.idle()  # nothing to send for a minute: not the link's time
+    pacer.sent(4096, 0.4, now=61.0)
+    assert pacer.rate is None
+    pacer.sent(4096, 0.4, now=61.4)
+    assert pacer.rate is not None and abs(pacer.rate - 10240) < 1
 
 
 def test_a_fast_link_grows_the_budget_to_no_cap() -> None:
@@ -59,10 +73,10 @@ def test_sends_just_under_the_budgets_pace_do_not_grow_it() -> None:
 def test_short_blocks_add_up_to_a_window_before_they_count() -> None:
     pacer = LinkPacer(CHUNK, start=16 * 1024)
     pacer.sent(1000, 0.05, now=1.0)
-    assert pacer.rate is None and pacer.budget == 16 * 1024
-    for t in range(4):
-        pacer.sent(1000, 0.05, now=1.1 + t / 10)
-    assert pacer.rate == 1000 / 0.05
+    pacer.sent(1000, 0.05, now=1.1)
+    assert pacer.rate is None and pacer.budget == 16 * 1024  # 0.1 s: not a window yet
+    pacer.sent(1000, 0.05, now=1.25)
+    assert pacer.rate is not None and abs(pacer.rate - 2000 / 0.25) < 1e-6
 
 
 def test_frame_max_cuts_a_lone_channels_chunks() -> None:
