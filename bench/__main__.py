@@ -31,6 +31,7 @@ MODULES = [
     "bench.recording_proxy",
     "bench.attack_memory",
     "bench.sftp_server",
+    "bench.slowlink",
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -43,7 +44,8 @@ class Backoff:
 
     base: float = 1.0
     cap: float = 60.0
-    #: a tunnel that stayed up this long resets the attempt counter
+    #: a tunnel that stayed up this long resets the attempt counter (the agent
+    #: lowers it to one heartbeat interval: a tunnel that carried a heartbeat works)
     stable_after: float = 30.0
 
     def delay(self, attempt: int, rng: random.Random) -> float:
@@ -54,7 +56,9 @@ class Backoff:
     ) -> tuple[float, int]:
         """Seconds to wait before reconnecting, and the attempt count to carry on with.
 
-        ``uptime`` is how long the last tunnel (or attempt) lasted; ``retry_after``
+        ``uptime`` is how long the last tunnel was up (0 if the dial failed); once it
+        reaches ``stable_after`` the count starts again, so the first redial after
+        a working tunnel is reset comes within ``base`` (jittered); ``retry_after``
         is what the hub's GOAWAY asked for. A hub that says when to come back (a
         graceful restart, spreading a reconnect storm) is obeyed, capped at twice
         ``cap``, with a little jitter; that is not a failure, so ``attempt`` does
@@ -104,6 +108,8 @@ class EdgeAgent:
         self.retry_after: float | None = None
         #: forward mode: the device's own sshd (HOST, PORT) that ssh channels are relayed to
         self.ssh_target: tuple[str, int] | None = None
+        #: monotonic time the current tunnel came up (run_once sets it), else None
+        self.up_since: float | None = None
 
     def heartbeat_payload(self) -> dict[str, object]:
         return {
@@ -159,8 +165,7 @@ class EdgeAgent:
     async def run_forever(self) -> None:
         attempt = 0
         while True:
-            started = time.monotonic()
-            self.retry_after = None
+            self.retry_after = self.up_since = None
             try:
                 await self.run_once()
                 log.warning("tunnel closed; reconnecting", extra={"hub": self.ident.hub})
@@ -168,9 +173,7 @@ class EdgeAgent:
                 log.warning("tunnel failed: %s", err, extra={"hub": self.ident.hub})
             except Exception:
                 log.exception("tunnel failed unexpectedly", extra={"hub": self.ident.hub})
-            delay, attempt = self.backoff.next_wait(
-                attempt, time.monotonic() - started, self.retry_after, self.rng
-            )
+            delay, attempt = self.reconnect_wait(attempt)
             log.info(
                 "reconnecting",
                 extra={
@@ -180,6 +183,16 @@ class EdgeAgent:
                 },
             )
             await asyncio.sleep(delay)
+
+    def reconnect_wait(self, attempt: int) -> tuple[float, int]:
+        """:meth:`Backoff.next_wait` for the tunnel that just ended: its uptime counts
+        from the handshake, and one heartbeat interval of it (when shorter than the
+        backoff's ``stable_after``) resets the attempt count."""
+        up = 0.0 if self.up_since is None else time.monotonic() - self.up_since
+        backoff, interval = self.backoff, self.limits.heartbeat_interval
+        if 0 < interval < backoff.stable_after:
+            backoff = dataclasses.replace(backoff, stable_after=interval)
+        return backoff.next_wait(attempt, up, self.retry_after, self.rng)
 
     def dial_timeout(self) -> float:
         """Seconds one dial may take: the dead-tunnel bound, within 5-15 s.
@@ -231,6 +244,7 @@ class EdgeAgent:
         tunnel = Tunnel(ws, core, on_channel=self.on_channel, on_pong=self.on_pong)
         tunnel.set_heartbeat_payload(self.heartbeat_payload())
         self.tunnel = tunnel
+        self.up_since = time.monotonic()
         log.info("tunnel up", extra={"hub": ident.hub, "node_id": ident.node_id})
         # tunnel.connect waits for the first heartbeat answer (one round trip: the
         # first PING leaves at once), which tells the hub's time on a wrong clock

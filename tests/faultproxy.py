@@ -4,7 +4,10 @@ Put it between an edge agent and the hub (the agent dials the proxy, the proxy
 dials the hub) and break the link at will while connections are open:
 
 * :meth:`FaultProxy.delay` adds one-way latency to each direction, order kept;
-* :meth:`FaultProxy.bandwidth` caps each direction of each connection;
+* :meth:`FaultProxy.bandwidth` caps each direction of each connection; with
+  ``link_buffer`` (constructor) the capped link holds that many bytes per
+  direction, as a modem's queue, instead of the proxy's 4 MiB and the kernel's
+  socket buffers, so a sender's own queues show (docs/tunnels.md, *Slow links*);
 * :meth:`FaultProxy.reset` aborts every open connection with a TCP RST on both sides;
 * :meth:`FaultProxy.blackhole` silently drops every byte (and FIN) both ways while
   the sockets stay open, as a NAT that forgot the mapping or a dead radio link;
@@ -86,11 +89,13 @@ class _Pipe:
 
     async def read_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        link = self.proxy.link_buffer
+        limit = QUEUE_LIMIT if link is None else max(1, link // 4)
         while True:
-            while self.queued_bytes > QUEUE_LIMIT:  # backpressure, as a full router queue
+            while self.queued_bytes >= limit:  # backpressure, as a full router queue
                 self.room.clear()
                 await self.room.wait()
-            data = await self.reader.read(READ_SIZE)
+            data = await self.reader.read(min(READ_SIZE, limit - self.queued_bytes))
             if self.proxy._blackhole:
                 self.proxy._stats.dropped += len(data)
                 if not data:  # the FIN is lost too; nothing more will come
@@ -205,10 +210,12 @@ class _Conn:
 class FaultProxy:
     """Listen on 127.0.0.1 (port 0), forward each connection to ``target``, inject faults."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, link_buffer: int | None = None) -> None:
         if target_host not in (LOOPBACK, "localhost"):
             raise ValueError("the fault proxy only forwards to loopback")
         self.target = (LOOPBACK, target_port)
+        #: bytes each direction holds (proxy queue + receive buffer), None: 4 MiB + kernel's
+        self.link_buffer = link_buffer
         self.port = 0
         self._delay = 0.0
         self._rate: float | None = None
@@ -261,7 +268,11 @@ class FaultProxy:
     async def astart(self) -> FaultProxy:
         """Listen on the running loop (async use); :meth:`aclose` stops."""
         self._changed = asyncio.Event()
-        self._server = await asyncio.start_server(self._handle, LOOPBACK, 0)
+        listener = self._socket()
+        listener.bind((LOOPBACK, 0))  # accepted sockets inherit its receive buffer
+        self._server = await asyncio.start_server(
+            self._handle, sock=listener, limit=self._reader_limit()
+        )
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self
 
@@ -356,6 +367,24 @@ class FaultProxy:
             self._changed.set()
             self._changed = asyncio.Event()
 
+    def _reader_limit(self) -> int:
+        """StreamReader's limit: it reads ahead up to twice this before pausing."""
+        return 64 * 1024 if self.link_buffer is None else max(1, self.link_buffer // 16)
+
+    def _socket(self) -> socket.socket:
+        """A TCP socket whose receive buffer is small when the link's buffer is.
+
+        With ``link_buffer`` the bytes a direction holds are about: the kernel's
+        receive buffer (set to 1/2; Linux doubles it and keeps about half for
+        overhead, so a window of ~1/2), the StreamReader's read-ahead (1/8) and the
+        proxy's queue (1/4). A much smaller receive buffer makes loopback TCP stall
+        on window updates (measured: 1 KiB carried 2.3 KB/s of a 10 KiB/s cap).
+        """
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if self.link_buffer is not None:  # set before connect/listen: it sets the window
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, max(1, self.link_buffer // 2))
+        return sock
+
     async def _wait_change(self, timeout: float) -> None:
         assert self._changed is not None
         with contextlib.suppress(TimeoutError):
@@ -374,7 +403,16 @@ class FaultProxy:
         self._handlers.add(task)
         self._stats.accepted += 1
         try:
-            t_reader, t_writer = await asyncio.open_connection(*self.target)
+            sock = self._socket()
+            sock.setblocking(False)
+            try:
+                await asyncio.get_running_loop().sock_connect(sock, self.target)
+            except BaseException:
+                sock.close()
+                raise
+            t_reader, t_writer = await asyncio.open_connection(
+                sock=sock, limit=self._reader_limit()
+            )
         except (OSError, asyncio.CancelledError):
             _abort(c_writer)  # target down: the client sees a reset, as from a router
             self._handlers.discard(task)

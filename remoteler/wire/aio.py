@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from ..linktune import apply_budget
 from .codes import ErrorCode, OpenFailure
 from .connection import Connection, State
 from .events import (
@@ -35,6 +36,7 @@ from .exceptions import (
     TunnelClosed,
 )
 from .limits import Limits
+from .pace import LinkPacer
 from .sched import Priority
 
 __all__ = ["Channel", "ChannelRequest", "Tunnel", "WebSocketLike"]
@@ -330,6 +332,8 @@ class Tunnel:
         self._probe: asyncio.Future[bool] | None = None
         #: resolved by the peer's next message (or the tunnel closing) while it waits
         self._heard: asyncio.Future[bool] | None = None
+        #: the link's drain rate and the frame/buffer budget it implies (slow links)
+        self.pacer = LinkPacer(core.limits.max_data_chunk)
 
     # -- public API -----------------------------------------------------------
 
@@ -518,7 +522,11 @@ class Tunnel:
     async def _writer(self) -> None:
         from websockets.exceptions import ConnectionClosed as WsClosed
 
-        core, ws = self._core, self._ws
+        core, ws, pacer = self._core, self._ws, self.pacer
+        chunk_max, clock = core.limits.max_data_chunk, time.monotonic
+        transport = getattr(ws, "transport", None)
+        applied = pacer.budget
+        apply_budget(transport, applied)
         try:
             while True:
                 await self._wakeup.wait()
@@ -529,11 +537,21 @@ class Tunnel:
                 # taken out of the core. Below us, websockets' send() waits while
                 # the transport holds more than its write_limit (32 KiB, resuming
                 # at 8 KiB), so little more than one frame is queued there.
-                while messages := core.messages_to_send(1):
+                # Frames and the buffers below are sized to ~0.1 s of the link
+                # (remoteler.wire.pace, remoteler.linktune): on a slow link a
+                # whole 256 KiB frame would be 25 s that nothing can overtake.
+                while messages := core.messages_to_send(1, pacer.frame_max(chunk_max)):
                     self._room.set()
                     self._notify_drainers()
                     for message in messages:
+                        started = clock()
                         await ws.send(message)
+                        now = clock()
+                        pacer.sent(len(message), now - started, now)
+                    if pacer.budget != applied:
+                        applied = pacer.budget
+                        apply_budget(transport, applied)
+                pacer.idle()
                 self._notify_drainers()
                 if core.state is not State.OPEN:
                     return

@@ -221,7 +221,9 @@ class Connection:
         events, self._events = self._events, []
         return events
 
-    def messages_to_send(self, limit: int | None = None) -> list[bytes]:
+    def messages_to_send(
+        self, limit: int | None = None, frame_max: int | None = None
+    ) -> list[bytes]:
         """Return and forget the messages to send, each one websocket binary message.
 
         Control frames come first. Buffered channel data is framed here, as far
@@ -230,10 +232,12 @@ class Connection:
         :mod:`remoteler.wire.sched`). ``limit`` caps the payload bytes framed in
         this call (at least one frame is framed); the rest stays buffered for the
         next call. A writer that takes one frame at a time (``limit=1``) lets data
-        written meanwhile overtake what is still buffered.
+        written meanwhile overtake what is still buffered. ``frame_max`` caps each
+        DATA payload below the limits' ``max_data_chunk`` and quantum (a slow
+        link's budget, :mod:`remoteler.wire.pace`).
         """
         if self._sched.size and self._state is State.OPEN:
-            self._frame_data(limit)
+            self._frame_data(limit, frame_max)
         out, self._out = self._out, []
         return out
 
@@ -358,7 +362,7 @@ class Connection:
                 raise InvalidState(f"retry_after must be 0..{MAX_RETRY_AFTER_MS // 1000} s")
             retry_ms = round(retry_after * 1000)
         if self._sched.size:
-            self._frame_data(None)
+            self._frame_data(None, None)
         self._send(GoAwayFrame(code, reason[:MAX_REASON_LEN], retry_ms))
         self._terminate(ConnectionClosed(code, reason, by_peer=False))
 
@@ -525,9 +529,10 @@ class Connection:
         self._sched.clear()
         self._events.append(event)
 
-    def _frame_data(self, limit: int | None) -> None:
+    def _frame_data(self, limit: int | None, frame_max: int | None) -> None:
         """Cut buffered data into DATA frames in scheduler order; EOF/CLOSE once drained."""
         sched, out, chunk_max = self._sched, self._out, self.limits.max_data_chunk
+        cut = chunk_max if frame_max is None else max(1, min(frame_max, chunk_max))
         budget = -1 if limit is None else max(limit, 1)
         while budget != 0 and (picked := sched.pop()) is not None:
             ch, sparse = picked
@@ -535,7 +540,7 @@ class Connection:
                 ch.scheduled = False
                 continue
             if ch.buffered:
-                n = min(ch.buffered, ch.send_window, sched.cap(ch, sparse, chunk_max))
+                n = min(ch.buffered, ch.send_window, sched.cap(ch, sparse, chunk_max), cut)
                 if n <= 0:
                     ch.scheduled = False  # rescheduled by the peer's WINDOW
                     continue

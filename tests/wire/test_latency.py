@@ -100,3 +100,38 @@ async def test_keystroke_echo_stays_fast_beside_bulk_and_audit() -> None:
     finally:
         await agent_ws.close()  # drop the link: a graceful close would send the backlog
         await asyncio.wait_for(asyncio.gather(*runs), 10)
+
+
+async def test_keystroke_overtakes_a_lone_bulk_channel_on_a_10_kib_link() -> None:
+    """Alone on the tunnel a bulk channel used to send 256 KiB frames: 25 s each at
+    10 KiB/s, which nothing written later could overtake. The pacer measures the
+    link and cuts frames to ~0.1 s of it."""
+    rate = 10 * 1024
+
+    async def hub_side(request: ChannelRequest) -> None:
+        channel = request.accept()
+        while data := await channel.read():
+            if request.kind == "echo":
+                channel.write(data)
+
+    agent_ws, hub_ws = slow_link(rate)
+    limits = Limits(heartbeat_interval=0)
+    agent = Tunnel(agent_ws, Connection(Role.DIALER, limits))
+    hub = Tunnel(hub_ws, Connection(Role.LISTENER, limits), on_channel=hub_side)
+    runs = [asyncio.create_task(agent.run()), asyncio.create_task(hub.run())]
+    try:
+        tty = await agent.open_channel("echo", {})
+        bulk = await agent.open_channel("bulk", {})
+        bulk.write(b"\0" * (1 << 20))  # a 1 MiB download, alone on the tunnel
+        await asyncio.sleep(2.5)  # past the first (cautious) frame: the link is measured
+        latencies = []
+        for _ in range(3):
+            started = time.monotonic()
+            tty.write(b"k")
+            assert await asyncio.wait_for(tty.read(), 30) == b"k"
+            latencies.append(time.monotonic() - started)
+        assert max(latencies) < 1.0, latencies  # was ~25 s: behind a 256 KiB frame
+        assert agent.pacer.budget is not None and agent.pacer.budget < 4096
+    finally:
+        await agent_ws.close()
+        await asyncio.wait_for(asyncio.gather(*runs), 10)
