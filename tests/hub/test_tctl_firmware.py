@@ -253,6 +253,7 @@ def test_push_refusals_carry_firmware_tools_refusal_names(
 def test_canary_is_a_number_of_nodes_or_a_share(
     tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from hub.audit_store import AuditStore
     from hub.backend import Node, SQLiteBackend
 
     async def add_nodes() -> None:
@@ -264,6 +265,8 @@ def test_canary_is_a_number_of_nodes_or_a_share(
             await backend.add_node(Node("id-old", "gw-old", {"board": "rpi4"}, version="0.0.1"))
         finally:
             await backend.close()
+        # an enrolled fleet has an audit trail (tctl refuses a lost one: hub/dbcheck.py)
+        await (await AuditStore.open(data / "audit.db")).close()
 
     asyncio.run(add_nodes())
     key = tmp_path / "fw.key"
