@@ -124,3 +124,17 @@ def test_audit_keeps_its_share_when_the_pacer_cuts_frames() -> None:
         sent[frame.channel_id] += len(frame.payload)
     share = sent[audit] / (sent[bulk] + sent[audit])
     assert share >= 0.8 / (LOWER_SHARE + 1), sent
+
+
+def test_a_fast_link_whose_sends_all_block_on_a_busy_loop_leaves_the_floor() -> None:
+    # After a slow spell (or a slow-reading peer) the budget is at the floor; the
+    # link is fast again but every send "blocks" 5 ms on a loaded event loop.
+    # What was sent per unit of time still grows with the budget: no fixed point.
+    pacer = LinkPacer(CHUNK, start=FLOOR)
+    now = 0.0
+    for _ in range(400):
+        if pacer.budget is None:
+            break
+        now += 0.005
+        pacer.sent(pacer.frame_max(CHUNK), 0.005, now)
+    assert pacer.budget is None, pacer.budget
