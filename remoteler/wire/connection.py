@@ -534,7 +534,7 @@ class Connection:
         sched, out, chunk_max = self._sched, self._out, self.limits.max_data_chunk
         cut = chunk_max if frame_max is None else max(1, min(frame_max, chunk_max))
         budget = -1 if limit is None else max(limit, 1)
-        while budget != 0 and (picked := sched.pop()) is not None:
+        while budget != 0 and (picked := sched.pop(cut)) is not None:
             ch, sparse = picked
             if ch.gone:
                 ch.scheduled = False

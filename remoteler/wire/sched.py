@@ -101,18 +101,23 @@ class Scheduler(Generic[F]):
                 return
         self._old[flow.priority].append(flow)
 
-    def pop(self) -> tuple[F, bool] | None:
+    def pop(self, turn: int | None = None) -> tuple[F, bool] | None:
         """The next channel to serve and whether it is served as sparse, or None.
 
-        The channel stays ``scheduled``; the caller must call :meth:`served`.
+        ``turn`` is the most a frame may carry now when below the quantum (a slow
+        link's budget, :mod:`remoteler.wire.pace`): a waiting lower class is then
+        served after :data:`LOWER_SHARE` such frames, not quanta, so its share of
+        the link stays the same. The channel stays ``scheduled``; the caller must
+        call :meth:`served`.
         """
         if not self.size:
             return None
         new, old, owed = self._new, self._old, self._owed
+        share = self._share if turn is None else LOWER_SHARE * max(min(turn, self.quantum), 1)
         chosen = -1
         for p in range(len(new)):
             if new[p] or old[p]:
-                if chosen < 0 or owed[p] >= self._share:
+                if chosen < 0 or owed[p] >= share:
                     chosen = p
             else:
                 owed[p] = 0

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from test_connection import Pair
+
 from remoteler.wire.connection import Connection, Role
 from remoteler.wire.frames import DataFrame, decode_frame
 from remoteler.wire.limits import Limits
 from remoteler.wire.pace import FLOOR, PROOF, START, TARGET_DELAY, LinkPacer
+from remoteler.wire.sched import LOWER_SHARE
 
 CHUNK = 256 * 1024
 
@@ -103,3 +106,35 @@ def test_frame_max_cuts_a_lone_channels_chunks() -> None:
             assert isinstance(frame, DataFrame)
             sizes.append(len(frame.payload))
     assert sum(sizes) == 10_000 and max(sizes) == 1024
+
+
+def test_audit_keeps_its_share_when_the_pacer_cuts_frames() -> None:
+    # A slow link's budget cuts every frame to 1 KiB; the LOW class (recordings,
+    # audit) must still get ~1/(LOWER_SHARE + 1) of the link beside a saturating
+    # session, not one 1 KiB frame per LOWER_SHARE quanta (128 KiB) of it.
+    pair = Pair(Limits(initial_window=32 << 20))
+    bulk, audit = pair.open("ssh"), pair.open("audit")
+    pair.dialer.send_data(bulk, b"b" * (4 << 20))
+    pair.dialer.send_data(audit, b"a" * (1 << 20))
+    sent = {bulk: 0, audit: 0}
+    for _ in range(20 * (LOWER_SHARE + 1)):
+        (message,) = pair.dialer.messages_to_send(1, frame_max=1024)
+        frame = decode_frame(message, pair.dialer.limits)
+        assert isinstance(frame, DataFrame) and len(frame.payload) <= 1024
+        sent[frame.channel_id] += len(frame.payload)
+    share = sent[audit] / (sent[bulk] + sent[audit])
+    assert share >= 0.8 / (LOWER_SHARE + 1), sent
+
+
+def test_a_fast_link_whose_sends_all_block_on_a_busy_loop_leaves_the_floor() -> None:
+    # After a slow spell (or a slow-reading peer) the budget is at the floor; the
+    # link is fast again but every send "blocks" 5 ms on a loaded event loop.
+    # What was sent per unit of time still grows with the budget: no fixed point.
+    pacer = LinkPacer(CHUNK, start=FLOOR)
+    now = 0.0
+    for _ in range(400):
+        if pacer.budget is None:
+            break
+        now += 0.005
+        pacer.sent(pacer.frame_max(CHUNK), 0.005, now)
+    assert pacer.budget is None, pacer.budget
