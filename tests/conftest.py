@@ -21,10 +21,20 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         c.stop()
 
 
-#: The longest-running modules, started first: with ``-n 2 --dist loadfile`` each
-#: module runs whole on one worker, so a long one picked up last makes the other
-#: worker idle at the end (see the Makefile's pytest line).
-SLOW_FIRST = ("e2e/test_end_to_end.py", "e2e/test_ca_rotation.py", "bench/test_smoke.py")
+#: The longest-running modules, started first: with ``-n 4 --dist loadfile`` each
+#: module runs whole on one worker, so a long one picked up last makes the others
+#: idle at the end (see the Makefile's pytest line).
+SLOW_FIRST = (
+    "e2e/test_end_to_end.py",
+    "e2e/test_ca_rotation.py",
+    "bench/test_smoke.py",
+    "bench/test_smoke_hub.py",
+    "bench/test_smoke_device.py",
+    "e2e/test_locks.py",
+    "e2e/test_login_protection.py",
+    "e2e/test_recording_proxy.py",
+    "e2e/test_secrets_at_rest.py",
+)
 #: Then the other real-process directories; unit tests fill the gaps last.
 HEAVY_DIRS = ("e2e", "tsh", "bench")
 
