@@ -29,6 +29,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -194,8 +195,9 @@ async def open_outbox(
     when = time.time() if now is None else now
     mark = await asyncio.to_thread(load_mark, identity_dir, node_id)
     done = await asyncio.to_thread(recover, path, mark, when, None, node_id)
-    try:
-        outbox = await Outbox.open(
+
+    def reopen() -> Awaitable[Outbox]:
+        return Outbox.open(
             path,
             quota_bytes=quota_bytes,
             policy=policy,
@@ -203,16 +205,12 @@ async def open_outbox(
             mark=mark,
             reserve_bytes=reserve_bytes,
         )
+
+    try:
+        outbox = await reopen()
     except sqlite3.DatabaseError as exc:  # passed quick_check, yet not an outbox
         done = await asyncio.to_thread(recover, path, mark, when, str(exc), node_id)
-        outbox = await Outbox.open(
-            path,
-            quota_bytes=quota_bytes,
-            policy=policy,
-            node=node_id,
-            mark=mark,
-            reserve_bytes=reserve_bytes,
-        )
+        outbox = await reopen()
     for type_, fields in done.events:
         await outbox.append(make_event(type_, node=node_id, now=when, **fields))
     return outbox

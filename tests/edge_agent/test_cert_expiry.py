@@ -17,9 +17,9 @@ from typing import Any
 
 import asyncssh
 import pytest
+from localdevice import local_identity
 
 from edge_agent.audit import AgentAudit
-from edge_agent.identity import NodeIdentity
 from edge_agent.local import start_local_listener
 from edge_agent.outbox import Outbox
 from remoteler.access import ACCESS_ROLE, RULES_EXTENSION, encode_rules, resolve_rules
@@ -45,20 +45,7 @@ class Device:
 
 @pytest.fixture
 async def device(tmp_path: Path) -> AsyncIterator[Device]:
-    host_ca = CertAuthority.generate("host", "test")
-    user_ca = CertAuthority.generate("user", "test")
-    key = generate_private_key()
-    ident = NodeIdentity(
-        key=key,
-        node_id=NODE,
-        name="truck-042",
-        hub="127.0.0.1:9",
-        ssh_cert=host_ca.sign_ssh_host_cert(key.public_key(), key_id=NODE, principals=["x"]),
-        tls_cert=b"",
-        host_ca_pem=host_ca.x509_pem,
-        user_ca_ssh=user_ca.ssh_public_line(),
-        cluster="test",
-    )
+    ident, user_ca = local_identity(NODE)
     outbox = await Outbox.open(tmp_path / "outbox.db", node=NODE)
     server = await start_local_listener(
         "127.0.0.1", 0, ident, lambda: {"env": "lab"}, AgentAudit(outbox, NODE)
@@ -159,20 +146,7 @@ async def test_no_new_channel_once_a_lock_ended_the_sessions(tmp_path: Path) -> 
     from edge_agent.locks import LockStore
     from remoteler.locks import Lock
 
-    host_ca = CertAuthority.generate("host", "test")
-    user_ca = CertAuthority.generate("user", "test")
-    key = generate_private_key()
-    ident = NodeIdentity(
-        key=key,
-        node_id=NODE,
-        name="truck-042",
-        hub="127.0.0.1:9",
-        ssh_cert=host_ca.sign_ssh_host_cert(key.public_key(), key_id=NODE, principals=["x"]),
-        tls_cert=b"",
-        host_ca_pem=host_ca.x509_pem,
-        user_ca_ssh=user_ca.ssh_public_line(),
-        cluster="test",
-    )
+    ident, user_ca = local_identity(NODE)
     store = LockStore(nodes=(NODE, "truck-042"))
     outbox = await Outbox.open(tmp_path / "outbox.db", node=NODE)
     server = await start_local_listener(

@@ -18,10 +18,10 @@ from typing import Any
 
 import asyncssh
 import pytest
+from localdevice import local_identity
 
 from edge_agent.audit import AgentAudit
 from edge_agent.clock import HubClock
-from edge_agent.identity import NodeIdentity
 from edge_agent.local import start_local_listener
 from edge_agent.outbox import Outbox
 from remoteler.access import ACCESS_ROLE, RULES_EXTENSION, encode_rules, resolve_rules
@@ -39,20 +39,7 @@ DAY = 86400
 
 
 async def _device(tmp_path: Path, clock: HubClock) -> tuple[CertAuthority, Any, Outbox]:
-    host_ca = CertAuthority.generate("host", "test")
-    user_ca = CertAuthority.generate("user", "test")
-    key = generate_private_key()
-    ident = NodeIdentity(
-        key=key,
-        node_id=NODE,
-        name="truck-042",
-        hub="127.0.0.1:9",
-        ssh_cert=host_ca.sign_ssh_host_cert(key.public_key(), key_id=NODE, principals=["x"]),
-        tls_cert=b"",
-        host_ca_pem=host_ca.x509_pem,
-        user_ca_ssh=user_ca.ssh_public_line(),
-        cluster="test",
-    )
+    ident, user_ca = local_identity(NODE)
     outbox = await Outbox.open(tmp_path / "outbox.db", node=NODE)
     audit = AgentAudit(outbox, NODE, clock=clock.now)
     server = await start_local_listener(
