@@ -200,9 +200,9 @@ async def run(args: argparse.Namespace) -> None:
         serial_ports = normalize_ports(args.serial_ports)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    from edge_agent import sftp
+    from edge_agent.sftp_config import configure as configure_sftp  # no SSH imports yet
 
-    sftp.configure(args.sftp_server)
+    configure_sftp(args.sftp_server)
     data_dir = Path(args.data_dir)
     labels = parse_labels(args.labels)
     from edge_agent.datadir_lock import DataDirLock

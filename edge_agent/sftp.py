@@ -27,16 +27,14 @@ from typing import Any
 from edge_agent.audit import AgentAudit, SessionAudit
 from edge_agent.authz import connection_permissions
 from edge_agent.session import CommandSession
+from edge_agent.sftp_config import BUILTIN, sftp_server
 from edge_agent.sftp_symlink import SymlinkOrder, needs_reorder
 from remoteler.audit.events import EventType
-from remoteler.errors import UsageError
 from remoteler.filetransfer import FILE_TRANSFER_REFUSED, SFTP_SUBSYSTEM, is_legacy_scp
 from remoteler.text import printable
 
 log = logging.getLogger("remoteler.agent.sftp")
 
-#: ``--sftp-server`` value for the agent's own SFTP server (the default).
-BUILTIN = "builtin"
 #: The client's SSH version string passed to the built-in server is cut to this.
 CLIENT_VERSION_MAX = 255
 
@@ -226,27 +224,6 @@ class _SftpAgentAudit(AgentAudit):
         self, user: str, login: str, session_id: str, command: str | None, pty: bool
     ) -> SessionAudit:
         return SftpAudit(self, user, login, session_id)
-
-
-_server = BUILTIN
-
-
-def configure(choice: str) -> None:
-    """Set the SFTP server for this agent's sessions: :data:`BUILTIN` or the
-    absolute path of an executable ``sftp-server``; :class:`UsageError` otherwise."""
-    global _server
-    executable = os.path.isfile(choice) and os.access(choice, os.X_OK)
-    if choice != BUILTIN and not (os.path.isabs(choice) and executable):
-        raise UsageError(
-            f"--sftp-server {choice!r} is not an executable file: give the absolute path "
-            f"of OpenSSH's sftp-server (e.g. /usr/lib/openssh/sftp-server) or {BUILTIN!r}"
-        )
-    _server = choice
-
-
-def sftp_server() -> str:
-    """What serves ``sftp``: :data:`BUILTIN` or a ``sftp-server`` path (see :func:`configure`)."""
-    return _server
 
 
 def builtin_argv(client_version: str, user: str | None) -> list[str]:

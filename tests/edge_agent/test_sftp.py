@@ -13,7 +13,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge_agent.sftp import (
-    BUILTIN,
     FXF_WRITE,
     FXP_CLOSE,
     FXP_DATA,
@@ -24,9 +23,8 @@ from edge_agent.sftp import (
     FXP_WRITE,
     FileTransfer,
     SftpWatcher,
-    configure,
-    sftp_server,
 )
+from edge_agent.sftp_config import BUILTIN, configure, sftp_server
 from remoteler.errors import UsageError
 
 
@@ -147,3 +145,16 @@ def test_agent_refuses_a_bad_sftp_server_in_one_line(tmp_path: Path) -> None:
     assert run.returncode == 2
     assert run.stderr.startswith("edge-agent: --sftp-server '/nope' is not an executable file")
     assert run.stderr.count("\n") == 1, run.stderr
+
+
+def test_choosing_the_sftp_server_loads_no_ssh_stack() -> None:
+    """The agent sets --sftp-server at start; asyncssh (~7 MiB idle) waits for a session."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from edge_agent.sftp_config import configure; configure('builtin'); "
+        "print('asyncssh' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
