@@ -173,6 +173,11 @@ class EdgeAgent:
                 log.warning("tunnel failed: %s", err, extra={"hub": self.ident.hub})
             except Exception:
                 log.exception("tunnel failed unexpectedly", extra={"hub": self.ident.hub})
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # SIGTERM cancelled us while a dial swallowed the CancelledError (seen
+                # once in CI: the agent redialled for 10 s until SIGKILL): stop anyway
+                raise asyncio.CancelledError
             delay, attempt = self.reconnect_wait(attempt)
             log.info(
                 "reconnecting",

@@ -140,6 +140,9 @@ def test_device_refuses_a_locked_user_with_the_hub_down(cluster: Cluster, tmp_pa
 
     cluster.kill_hub(signal.SIGKILL)
     stop_process(cluster.agents["dev1"])  # and the agent restarts with no hub to ask
+    # a clean stop on SIGTERM (not the SIGKILL after 10 s): else the check below
+    # for the restart would find the first start's line
+    assert "agent stopping" in (cluster.root / "agent-dev1.log").read_text()
     cluster.start_agent("dev1", "env=lab", None, "--local-listen", f"127.0.0.1:{port}")
     wait_for(
         lambda: (
