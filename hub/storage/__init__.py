@@ -1,0 +1,31 @@
+"""The hub's state: one interface (:mod:`hub.storage.api`), two engines.
+
+``open_storage`` picks the engine from the ``--storage`` value: nothing (or
+``sqlite``) is the embedded SQLite engine in the data directory,
+``postgresql://...`` the PostgreSQL engine (docs/storage.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hub.storage.api import Storage, StorageError
+
+__all__ = ["Storage", "StorageError", "open_storage"]
+
+
+async def open_storage(
+    spec: str | None, data_dir: Path, *, password_file: Path | None = None
+) -> Storage:
+    """The engine ``spec`` names, opened and migrated; its errors are one line."""
+    if not spec or spec == "sqlite":
+        from hub.storage.sqlite import open_sqlite
+
+        return await open_sqlite(data_dir)
+    if spec.startswith(("postgresql://", "postgres://")):
+        from hub.storage.postgres import open_postgres
+
+        return await open_postgres(spec, password_file=password_file)
+    raise StorageError(
+        f"unknown --storage {spec.split('://')[0]!r}: give sqlite or postgresql://USER@HOST/DB"
+    )
