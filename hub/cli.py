@@ -11,16 +11,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hub.audit_quota import DEFAULT_BURST, DEFAULT_RATE, QuotaConfig
+from hub.audit.quota import DEFAULT_BURST, DEFAULT_RATE, QuotaConfig
 from hub.extras import require_hub_extra
-from hub.listener import ListenerLimits
+from hub.net.listener import ListenerLimits
 from remoteler.addr import format_hostport, parse_hostport
 from remoteler.clihelp import finish
 from remoteler.errors import RemotelerError, UsageError
 
 if TYPE_CHECKING:
-    from hub.hashgate import HashGate
-    from hub.joinguard import JoinGuard
+    from hub.auth.hashgate import HashGate
+    from hub.auth.joinguard import JoinGuard
 
 log = logging.getLogger("remoteler.hub")
 DEFAULT_LISTEN = "127.0.0.1:3080"
@@ -138,9 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_auth_limit_flags(start: argparse.ArgumentParser) -> None:
-    """Password-hash and join limits (hub/hashgate.py, hub/joinguard.py; docs/security.md)."""
-    from hub.hashgate import HashGatePolicy
-    from hub.joinguard import JoinPolicy
+    """Password-hash and join limits (hub/auth/hashgate.py, hub/auth/joinguard.py;
+    docs/security.md)."""
+    from hub.auth.hashgate import HashGatePolicy
+    from hub.auth.joinguard import JoinPolicy
 
     start.add_argument(
         "--max-password-hashes",
@@ -177,9 +178,9 @@ def add_auth_limit_flags(start: argparse.ArgumentParser) -> None:
 
 def auth_limits(args: argparse.Namespace) -> tuple[HashGate, JoinGuard]:
     """The password-hash cap (and an Argon2 pool as wide) and the join limits."""
-    from hub import secrets as hs
-    from hub.hashgate import HashGate, HashGatePolicy
-    from hub.joinguard import JoinGuard, JoinPolicy
+    from hub.auth import secrets as hs
+    from hub.auth.hashgate import HashGate, HashGatePolicy
+    from hub.auth.joinguard import JoinGuard, JoinPolicy
 
     max_hashes = max(1, args.max_password_hashes)
     hs.set_hash_threads(max_hashes)
@@ -202,18 +203,18 @@ async def run(args: argparse.Namespace) -> None:
 
     from hub.alive import alive_path, hold, keep_alive
     from hub.alive import stop as stop_alive
+    from hub.api.server import HubServer
     from hub.audit_store import AuditStore, audit_db_path
-    from hub.auth import AuthService
+    from hub.auth.service import AuthService
     from hub.backend import SQLiteBackend
     from hub.datadir import DataDir
     from hub.gcpolicy import MIN_INTERVAL, GcPolicy
-    from hub.rotation_runtime import HubRotation
+    from hub.net.sslbuffer import share_ssl_read_buffer
+    from hub.rotation.runtime import HubRotation
     from hub.seedcrypt import SeedCipher
-    from hub.server import HubServer
-    from hub.sslbuffer import share_ssl_read_buffer
 
     # asyncio gives every TLS connection its own 256 KiB read buffer: 2.5 GiB for
-    # 10,000 idle agents. All connections share one (hub/sslbuffer.py); if this
+    # 10,000 idle agents. All connections share one (hub/net/sslbuffer.py); if this
     # Python's asyncio is not as expected, fall back to small per-connection ones.
     if not share_ssl_read_buffer():
         asyncio.sslproto.SSLProtocol.max_size = SSL_READ_BUFFER
@@ -225,7 +226,7 @@ async def run(args: argparse.Namespace) -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one descriptor per agent
     host, port = parse_hostport(args.listen)
-    from hub.secrets import read_passphrase
+    from hub.auth.secrets import read_passphrase
 
     data = DataDir(Path(args.data_dir), passphrase=read_passphrase(args.ca_passphrase_file))
     from hub.dbcheck import check_data_dir
@@ -240,7 +241,7 @@ async def run(args: argparse.Namespace) -> None:
         finally:
             await checking.close()
     cluster = data.init(args.cluster_name)
-    # The CAs of the current rotation phase (hub/rotation_runtime.py), followed live.
+    # The CAs of the current rotation phase (hub/rotation/runtime.py), followed live.
     rotation = HubRotation(data, [host, *args.public_addr])
     user_ca, host_ca = rotation.cas.user.signer, rotation.cas.host.signer
     ssl_ctx = rotation.tls_context()
