@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ from hub.auth.joinguard import JoinGuard
 from hub.backend import SQLiteBackend
 from hub.datadir import DataDir
 from hub.net.listener import ListenerLimits
-from hub.rotation.runtime import HubRotation
+from hub.rotation.runtime import HubRotation, RotationDeps
+from hub.rotation_store import CASet
 from remoteler.addr import format_hostport, parse_hostport
 from remoteler.errors import RemotelerError, UsageError
 
@@ -172,7 +174,25 @@ class HubApp:
             audit_quota=quota,
         )
         self.server = server
-        rotation.attach(server)
+        server.rotation = rotation  # its CAs in ping and join answers, the recording proxy's
+
+        def use_cas(cas: CASet) -> None:
+            server.auth.user_ca = cas.user.signer
+            server.auth.host_ca = cas.host.signer
+
+        def set_tls_context(ctx: ssl.SSLContext) -> None:
+            if server.listener is not None:
+                server.listener.ssl_ctx = ctx
+
+        rotation.attach(
+            RotationDeps(
+                live=server.registry.live,
+                get_node=backend.get_node,
+                audit=audit,
+                use_cas=use_cas,
+                set_tls_context=set_tls_context,
+            )
+        )
 
         async def close_server() -> None:
             await server.close()

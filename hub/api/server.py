@@ -68,7 +68,10 @@ from remoteler.wire.limits import Limits
 
 if TYPE_CHECKING:
     from hub.firmware.rollouts import FirmwareRollouts
+    from hub.recording.proxy import ProxyDeps
     from hub.rotation.runtime import HubRotation
+    from hub.rotation_store import CASet
+    from remoteler.ca import CertAuthority
 
 log = logging.getLogger("remoteler.hub.proxy")
 
@@ -121,7 +124,7 @@ class HubServer:
         self.audit = audit
         self.limits = limits or Limits()
         self.registry = TunnelRegistry(backend)
-        #: CA rotation follower (hub/rotation/runtime.py); set by its ``attach``
+        #: CA rotation follower (hub/rotation/runtime.py); set by hub/app.py
         self.rotation: HubRotation | None = None
         self.locks = LockWatcher(backend, self.registry)
         #: open /v1/connect sessions per user (role option max_sessions)
@@ -451,6 +454,37 @@ class HubServer:
             return
         request.reject(OpenFailure.UNKNOWN_KIND, f"unknown channel kind {request.kind[:32]!r}")
 
+    def recording_deps(self) -> ProxyDeps:
+        """What the recording proxy needs of this hub (hub/recording/proxy.py), read at
+        each use: the CAs of the rotation's current phase, or the auth service's."""
+        from hub.recording.proxy import ProxyDeps
+
+        def phase() -> CASet | None:
+            return self.rotation.cas if self.rotation is not None else None
+
+        def user_cas() -> list[CertAuthority]:
+            return list(c.user.trusted) if (c := phase()) else [self.auth.user_ca]
+
+        def user_signer() -> CertAuthority:
+            return c.user.signer if (c := phase()) else self.auth.user_ca
+
+        def host_cas() -> list[CertAuthority]:
+            return list(c.host.trusted) if (c := phase()) else [self.auth.host_ca]
+
+        def host_server_ca() -> CertAuthority:
+            return c.host.server if (c := phase()) else self.auth.host_ca
+
+        return ProxyDeps(
+            user_cas=user_cas,
+            user_signer=user_signer,
+            host_cas=host_cas,
+            host_server_ca=host_server_ca,
+            labels_of=self.registry.labels_of,
+            cluster=self.auth.cluster,
+            track_relay=self.locks.track_relay,
+            audit=self.audit,
+        )
+
     async def serve_connect(self, ws: ServerConnection, user: str, node: Node, login: str) -> None:
         live = self.registry.get(node.id)
         session_id = str(uuid.uuid4())
@@ -461,7 +495,9 @@ class HubServer:
         if node.recording == "proxy":  # the hub terminates SSH and records (hub/recording/proxy.py)
             from hub.recording.proxy import RecordingProxy
 
-            await RecordingProxy(self).serve(ws, user, node, login, session_id, live)
+            await RecordingProxy(self.recording_deps()).serve(
+                ws, user, node, login, session_id, live
+            )
             return
         try:
             channel = await live.tunnel.open_channel(

@@ -28,7 +28,7 @@ from remoteler.audit.events import HUB_NODE, EventType, make_event
 from remoteler.text import printable
 
 if TYPE_CHECKING:
-    from hub.recording.proxy import ConnState
+    from hub.recording.session import ConnState
 
 log = logging.getLogger("remoteler.hub.recording")
 
@@ -62,7 +62,7 @@ async def open_forward(state: ConnState, host: str, port: int) -> SSHForwarder:
     """
     from hub.recording.session import UpstreamError
 
-    store = state.proxy.server.audit
+    store = state.audit
     if store is None:
         raise asyncssh.ChannelOpenError(
             asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,

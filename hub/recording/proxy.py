@@ -28,6 +28,8 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -60,8 +62,8 @@ from remoteler.sshserver import SERVER_OPTIONS, CertificateOnlyServer, CheckedTu
 from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
 
 if TYPE_CHECKING:
-    from hub.api.server import HubServer
     from hub.api.tunnels import LiveNode
+    from hub.audit_store import AuditBackend
     from hub.backend import Node
 
 log = logging.getLogger("remoteler.hub.recording")
@@ -77,28 +79,48 @@ def _banner_refusal(conn: Any, cert: bytes, login: str, reason: str) -> None:
         conn.send_auth_banner(f"remoteler hub: {reason}\r\n")
 
 
+@dataclass(frozen=True)
+class ProxyDeps:
+    """What the recording proxy needs of the hub, and no more (the hub's server builds
+    it: ``HubServer.recording_deps``). The CAs are asked for at each use: a rotation
+    changes them while the hub runs."""
+
+    #: user CAs whose certificates are accepted (two of a kind during a rotation)
+    user_cas: Callable[[], list[CertAuthority]]
+    #: signs the short-lived certificate the hub logs in to the device with
+    user_signer: Callable[[], CertAuthority]
+    #: host CAs whose certificates a device may present
+    host_cas: Callable[[], list[CertAuthority]]
+    #: signs the host certificate the hub presents to the user for the node
+    host_server_ca: Callable[[], CertAuthority]
+    #: the node's labels as its agent last reported them
+    labels_of: Callable[[Node], Mapping[str, str]]
+    #: the cluster name, in the host certificate's principals
+    cluster: str
+    #: ``LockWatcher.track_relay``: end the connection when a lock covers it
+    track_relay: Callable[..., Callable[[], None]]
+    #: where sessions and refusals are recorded (None: sessions are refused)
+    audit: AuditBackend | None
+
+
 class RecordingProxy:
     """Serves ``/v1/connect`` for nodes in ``proxy`` mode (see :meth:`serve`)."""
 
-    def __init__(self, server: HubServer) -> None:
-        self.server = server
+    def __init__(self, deps: ProxyDeps) -> None:
+        self.deps = deps
 
     # the CAs in use (two of a kind during a rotation) ---------------------------
     def user_cas(self) -> list[CertAuthority]:
-        rotation = self.server.rotation
-        return list(rotation.cas.user.trusted) if rotation else [self.server.auth.user_ca]
+        return self.deps.user_cas()
 
     def user_signer(self) -> CertAuthority:
-        rotation = self.server.rotation
-        return rotation.cas.user.signer if rotation else self.server.auth.user_ca
+        return self.deps.user_signer()
 
     def host_cas(self) -> list[CertAuthority]:
-        rotation = self.server.rotation
-        return list(rotation.cas.host.trusted) if rotation else [self.server.auth.host_ca]
+        return self.deps.host_cas()
 
     def host_server_ca(self) -> CertAuthority:
-        rotation = self.server.rotation
-        return rotation.cas.host.server if rotation else self.server.auth.host_ca
+        return self.deps.host_server_ca()
 
     async def serve(
         self, ws: Any, user: str, node: Node, login: str, session_id: str, live: LiveNode
@@ -107,7 +129,7 @@ class RecordingProxy:
         fields = {"user": user, "login": login, "node_id": node.id, "session_id": session_id}
         peer = peer_host(ws)
         pipe = WebSocketPipe(ws)
-        labels = self.server.registry.labels_of(node)
+        labels = self.deps.labels_of(node)
         trusted = [ca.public_key for ca in self.user_cas()]
         refusals: list[str] = []
         state = ConnState(self, user, node, login, session_id, live, peer)
@@ -150,7 +172,7 @@ class RecordingProxy:
         host_cert = self.host_server_ca().sign_ssh_host_cert(
             host_key.public_key(),
             key_id=f"{node.id}@hub-recording-proxy",
-            principals=host_principals(node.id, node.name, self.server.auth.cluster),
+            principals=host_principals(node.id, node.name, self.deps.cluster),
             ttl_seconds=HOST_CERT_TTL,
         )
         tunnel = CheckedTunnel(
@@ -160,7 +182,7 @@ class RecordingProxy:
             _banner_refusal,
         )
         live.session_started()
-        untrack = self.server.locks.track_relay(
+        untrack = self.deps.track_relay(
             user,
             login,
             (node.id, node.name),
@@ -204,10 +226,10 @@ class RecordingProxy:
     async def _audit_refusal(
         self, user: str, login: str, session_id: str, node: Node, reason: str
     ) -> None:
-        if self.server.audit is None:
+        if self.deps.audit is None:
             return
         with contextlib.suppress(Exception):
-            await self.server.audit.record(
+            await self.deps.audit.record(
                 make_event(
                     EventType.AUTH_FAILED,
                     node=HUB_NODE,
@@ -258,6 +280,10 @@ class ConnState:
         #: when the user's current roles end this connection (hub/api/sessioncap.py
         #: ``relay_deadline``: the x509 certificate's expiry), or None
         self.role_deadline: float | None = None
+
+    @property
+    def audit(self) -> AuditBackend | None:
+        return self.proxy.deps.audit
 
     def end_at_expiry(self) -> None:
         """End the sessions when the user's certificate expires, if its flag or the

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncssh
 
@@ -28,7 +28,9 @@ from remoteler.sshio import SSH_MAX_PACKET, SSH_WINDOW
 from remoteler.text import printable
 
 if TYPE_CHECKING:
-    from hub.recording.proxy import ConnState
+    from hub.audit_store import AuditBackend
+    from hub.backend import Node
+    from remoteler.access import Permissions
 
 log = logging.getLogger("remoteler.hub.recording")
 
@@ -73,6 +75,26 @@ class DeviceSession(asyncssh.SSHClientSession[bytes]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._user.device_closed()
+
+
+class ConnState(Protocol):
+    """What a bridged session or a forward needs of its user connection (the
+    recording proxy's ``ConnState``), and no more: no import of the proxy."""
+
+    user: str
+    node: Node
+    login: str
+    session_id: str
+    #: the id the device records this connection's sessions under
+    device_session: str
+    permissions: Permissions
+
+    @property
+    def audit(self) -> AuditBackend | None: ...
+
+    async def upstream(self) -> asyncssh.SSHClientConnection: ...
+
+    def forget(self, session: UserSession) -> None: ...
 
 
 class UserSession(asyncssh.SSHServerSession[bytes]):
@@ -268,7 +290,7 @@ class UserSession(asyncssh.SSHServerSession[bytes]):
     async def _open_device(self) -> None:
         assert self._chan is not None
         state = self._state
-        store = state.proxy.server.audit
+        store = state.audit
         record: HubSessionAudit | None = None
         try:
             if store is None:  # never unrecorded in this mode

@@ -31,7 +31,8 @@ import logging
 import ssl
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
@@ -48,9 +49,10 @@ from remoteler.wire.aio import Tunnel
 from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
 
 if TYPE_CHECKING:
-    from hub.api.server import HubServer
+    from hub.audit_store import AuditBackend
+    from hub.backend import Node
 
-__all__ = ["ROTATE_KIND", "HubRotation"]
+__all__ = ["ROTATE_KIND", "HubRotation", "RotationDeps"]
 
 log = logging.getLogger("remoteler.hub.rotation")
 
@@ -61,8 +63,25 @@ PUSH_CONCURRENCY = 32
 PUSH_TIMEOUT = 30.0
 
 
+@dataclass(frozen=True)
+class RotationDeps:
+    """What CA rotation needs of the running hub, and no more (hub/app.py builds it)."""
+
+    #: the agents' tunnels up now (``TunnelRegistry.live``)
+    live: Callable[[], Iterable[LiveNode]]
+    #: a node's record, for the names in its new host certificate
+    get_node: Callable[[str], Awaitable[Node | None]]
+    #: where phase changes and re-issued certificates are recorded
+    audit: AuditBackend | None
+    #: new certificates (joins, logins) from these CAs' signers from now on
+    use_cas: Callable[[CASet], None]
+    #: new connections get this TLS context (the serving CA, every trusted CA)
+    set_tls_context: Callable[[ssl.SSLContext], None]
+
+
 class HubRotation:
-    """Create before the server (it gives the TLS context and CAs), then :meth:`attach`."""
+    """Create before the server (it gives the TLS context and CAs), then :meth:`attach`
+    what it acts on (:class:`RotationDeps`)."""
 
     def __init__(
         self, data: DataDir, hosts: list[str], clock: Callable[[], float] = time.time
@@ -74,7 +93,7 @@ class HubRotation:
         self._stamp = self.store.stamp()
         self.cas: CASet = self.store.load()
         self.acks = self.store.read_acks()
-        self.server: HubServer | None = None
+        self.deps: RotationDeps | None = None
         self._pushing: dict[str, asyncio.Task[None]] = {}
         #: tunnel -> revision it refused or failed: not retried on that tunnel. Keyed by
         #: the tunnel itself, not id(): a reconnected agent's new tunnel may get the
@@ -90,11 +109,9 @@ class HubRotation:
             cert, key, [*self.cas.user.trusted_pems(), *self.cas.host.trusted_pems()]
         )
 
-    def attach(self, server: HubServer) -> None:
-        self.server = server
-        server.rotation = self
-        server.auth.user_ca = self.cas.user.signer
-        server.auth.host_ca = self.cas.host.signer
+    def attach(self, deps: RotationDeps) -> None:
+        self.deps = deps
+        deps.use_cas(self.cas)
 
     def ping_info(self) -> dict[str, Any]:
         """Added to ``ping``: the CA the hub serves with, and every trusted one."""
@@ -152,11 +169,10 @@ class HubRotation:
         old = self.cas
         self.cas = self.store.load()
         self._stamp = stamp  # only once loaded: a failed load is tried again next time
-        if self.server is None:
+        if self.deps is None:
             return
-        self.attach(self.server)
-        if self.server.listener is not None:
-            self.server.listener.ssl_ctx = self.tls_context()
+        self.deps.use_cas(self.cas)
+        self.deps.set_tls_context(self.tls_context())
         log.info(
             "CA rotation state loaded",
             extra={
@@ -170,9 +186,9 @@ class HubRotation:
 
     async def _close_retired_tunnels(self) -> None:
         """A tunnel authenticated by a CA no longer trusted ends; its agent redials."""
-        assert self.server is not None
+        assert self.deps is not None
         trusted = [ca.public_key for ca in self.cas.host.trusted]
-        for live in self.server.registry.live():
+        for live in self.deps.live():
             cert = _peer_cert(live)
             if cert is None or any(signed_by(cert, pub) for pub in trusted):
                 continue
@@ -191,9 +207,9 @@ class HubRotation:
         return self._failed.get(live.tunnel) != rev
 
     def sync_nodes(self) -> None:
-        if self.server is None or not any(s.state.serial for s in (self.cas.user, self.cas.host)):
+        if self.deps is None or not any(s.state.serial for s in (self.cas.user, self.cas.host)):
             return  # never rotated: every node has what it joined with
-        for live in self.server.registry.live():
+        for live in self.deps.live():
             if self.stale(live):
                 task = asyncio.ensure_future(self._push_guarded(live))
                 self._pushing[live.node_id] = task
@@ -217,9 +233,9 @@ class HubRotation:
 
     async def push(self, live: LiveNode) -> None:
         """One ``rotate`` exchange with ``live``'s agent; raises if it does not finish."""
-        assert self.server is not None
+        assert self.deps is not None
         cas, rev = self.cas, self.cas.revision
-        node = await self.server.backend.get_node(live.node_id)
+        node = await self.deps.get_node(live.node_id)
         if node is None:
             return
         signer, server_ca = cas.host.signer, cas.host.server
@@ -278,7 +294,7 @@ class HubRotation:
         log.info("node took the rotation update", extra={"node_id": node.id, "revision": rev})
 
     async def _record(self, type: EventType, node: str = "hub", **fields: Any) -> None:
-        audit = self.server.audit if self.server is not None else None
+        audit = self.deps.audit if self.deps is not None else None
         if audit is not None:
             await audit.record(make_event(type, node=node, now=self.clock(), **fields))
 

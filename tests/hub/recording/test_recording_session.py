@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -554,7 +555,8 @@ async def test_sessions_are_forgotten_once_ended_and_the_node_stays_busy_until_t
             assert (await conn.run("env", encoding=None)).exit_status == 5
         assert states[0].open_sessions == []  # not kept until the connection ends
         slow = _SlowEnds(hub.server.audit)
-        monkeypatch.setattr(hub.server, "audit", slow)
+        proxy = states[0].proxy  # the connection's proxy was given the hub's store
+        monkeypatch.setattr(proxy, "deps", dataclasses.replace(proxy.deps, audit=slow))
         proc = await conn.create_process("events", term_type="vt100", encoding=None)
         assert (await asyncio.wait_for(proc.stdout.readline(), 10)).startswith(b"TERM")
         live = hub.server.registry.get(states[0].node.id)
