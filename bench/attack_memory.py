@@ -6,13 +6,13 @@ the hub cuts them off), and its VmRSS ``AFTER_S`` seconds after the attack
 stopped; plus how long a legitimate RPC (``tsh``'s first call) takes meanwhile.
 
 - ``ws_ping_rpc``: 4 connections to ``/v1/rpc`` with no certificate, websocket
-  PINGs, PONGs never read (hub/wsguard.py caps them).
+  PINGs, PONGs never read (hub/net/wsguard.py caps them).
 - ``ws_ping_tunnel``: the same on ``/v1/tunnel`` with a joined node's certificate.
 - ``tunnel_ping_frames``: the tunnel protocol's own PING frames, never reading
   the PONGs (remoteler/wire caps them).
 - ``handshake_slowloris``: 300 sockets from 127.0.0.2-5, each sends a real
   ClientHello and goes silent, and dials again when the hub closes it
-  (hub/tlswatch.py, per-address caps in hub/admission.py).
+  (hub/net/tlswatch.py, per-address caps in hub/net/admission.py).
 
 Figures, not pass/fail: ``docs/security.md`` quotes them.
 """
@@ -37,7 +37,7 @@ from wsflood import close_quietly, flood, open_raw, tunnel_pings, vm_rss, ws_pin
 
 from bench.harness import Context, Figure, benchmark
 from edge_agent.join import join
-from hub.server import TUNNEL_SUBPROTOCOL
+from hub.api.server import TUNNEL_SUBPROTOCOL
 from remoteler import rpc
 from remoteler.ca import private_key_to_pkcs8_pem
 from remoteler.hubconn import fetch_cluster_info

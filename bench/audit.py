@@ -5,7 +5,7 @@ backlog drains through the real forwarder and a real Tunnel pair over websockets
 on 127.0.0.1 (no TLS) to a tiny in-process receiver that validates each batch
 (``parse_batch``), keeps the events in a dict and acks: the hub's SQLite store is
 not in this figure. Events are ``exec`` records of about 150 bytes. The receiver
-applies the hub's default per-node quota (hub/audit_quota.py) as the hub does: a
+applies the hub's default per-node quota (hub/audit/quota.py) as the hub does: a
 drain it would throttle shows as refused events and a longer drain.
 """
 
@@ -21,7 +21,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from bench.harness import Context, Figure, benchmark, median
 from edge_agent.forwarder import run_forwarder
 from edge_agent.outbox import Outbox
-from hub.audit_quota import AuditQuotas
+from hub.audit.quota import AuditQuotas
 from remoteler.audit.events import AuditEvent, EventType, make_event
 from remoteler.audit.stream import (
     MessageReader,

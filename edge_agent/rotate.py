@@ -1,4 +1,4 @@
-"""The agent's side of a CA rotation (see hub/rotation_runtime.py for the exchange).
+"""The agent's side of a CA rotation (see hub/rotation/runtime.py for the exchange).
 
 The hub opens a ``rotate`` channel on the tunnel; the agent learns the CAs to
 trust now, asks for the certificates it lacks, checks them, saves them

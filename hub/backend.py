@@ -87,7 +87,7 @@ MIGRATIONS = (
     ("nodes", "clock_skew", "REAL"),
 )
 #: A node's session mode: "off" = end to end (the hub only relays bytes), "proxy" =
-#: the hub terminates SSH and records the session (hub/recording.py).
+#: the hub terminates SSH and records the session (hub/recording/proxy.py).
 RECORDING_MODES = ("off", "proxy")
 
 
@@ -610,7 +610,7 @@ class SQLiteBackend:
     async def mark_all_offline(self) -> None:
         await self._write("UPDATE nodes SET online = 0 WHERE online = 1", ())
 
-    # locks (hub/locks.py, tctl lock)
+    # locks (hub/auth/locks.py, tctl lock)
     async def add_lock(self, lock: Lock) -> None:
         await self._write(
             "INSERT INTO locks VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -640,7 +640,7 @@ class SQLiteBackend:
         await self._write("DELETE FROM locks WHERE id = ?", (lock_id,))
         return _lock(row)
 
-    # login protection (hub/ratelimit.py)
+    # login protection (hub/auth/ratelimit.py)
     async def get_login_guard(self, user: str) -> LoginGuardRow | None:
         row = await self._one("SELECT * FROM login_guard WHERE user = ?", (user,))
         if row is None:

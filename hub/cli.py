@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-from hub.audit_quota import DEFAULT_BURST, DEFAULT_RATE, QuotaConfig
+from hub.audit.quota import DEFAULT_BURST, DEFAULT_RATE
 from hub.extras import require_hub_extra
-from hub.listener import ListenerLimits
-from remoteler.addr import format_hostport, parse_hostport
+from hub.net.listener import ListenerLimits
 from remoteler.clihelp import finish
-from remoteler.errors import RemotelerError, UsageError
-
-if TYPE_CHECKING:
-    from hub.hashgate import HashGate
-    from hub.joinguard import JoinGuard
+from remoteler.errors import RemotelerError
 
 log = logging.getLogger("remoteler.hub")
 DEFAULT_LISTEN = "127.0.0.1:3080"
@@ -138,9 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_auth_limit_flags(start: argparse.ArgumentParser) -> None:
-    """Password-hash and join limits (hub/hashgate.py, hub/joinguard.py; docs/security.md)."""
-    from hub.hashgate import HashGatePolicy
-    from hub.joinguard import JoinPolicy
+    """Password-hash and join limits (hub/auth/hashgate.py, hub/auth/joinguard.py;
+    docs/security.md)."""
+    from hub.auth.hashgate import HashGatePolicy
+    from hub.auth.joinguard import JoinPolicy
 
     start.add_argument(
         "--max-password-hashes",
@@ -175,157 +167,23 @@ def add_auth_limit_flags(start: argparse.ArgumentParser) -> None:
     )
 
 
-def auth_limits(args: argparse.Namespace) -> tuple[HashGate, JoinGuard]:
-    """The password-hash cap (and an Argon2 pool as wide) and the join limits."""
-    from hub import secrets as hs
-    from hub.hashgate import HashGate, HashGatePolicy
-    from hub.joinguard import JoinGuard, JoinPolicy
-
-    max_hashes = max(1, args.max_password_hashes)
-    hs.set_hash_threads(max_hashes)
-    gate = HashGate(
-        HashGatePolicy(max_hashes=max_hashes, max_wait=max(0.0, args.password_hash_wait))
-    )
-    guard = JoinGuard(
-        JoinPolicy(
-            address_failures=max(1, args.join_failures_per_address),
-            global_failures=max(1, args.join_failures),
-            address_attempts=max(1, args.join_attempts_per_address),
-        )
-    )
-    return gate, guard
-
-
 async def run(args: argparse.Namespace) -> None:
+    """The process-wide settings, then the hub's services (hub/app.py, the composition root)."""
     import asyncio.sslproto
     import resource
 
-    from hub.alive import alive_path, hold, keep_alive
-    from hub.alive import stop as stop_alive
-    from hub.audit_store import AuditStore, audit_db_path
-    from hub.auth import AuthService
-    from hub.backend import SQLiteBackend
-    from hub.datadir import DataDir
-    from hub.gcpolicy import MIN_INTERVAL, GcPolicy
-    from hub.rotation_runtime import HubRotation
-    from hub.seedcrypt import SeedCipher
-    from hub.server import HubServer
-    from hub.sslbuffer import share_ssl_read_buffer
+    from hub import app
+    from hub.net.sslbuffer import share_ssl_read_buffer
 
     # asyncio gives every TLS connection its own 256 KiB read buffer: 2.5 GiB for
-    # 10,000 idle agents. All connections share one (hub/sslbuffer.py); if this
+    # 10,000 idle agents. All connections share one (hub/net/sslbuffer.py); if this
     # Python's asyncio is not as expected, fall back to small per-connection ones.
     if not share_ssl_read_buffer():
         asyncio.sslproto.SSLProtocol.max_size = SSL_READ_BUFFER
 
-    try:
-        quota = QuotaConfig(args.node_audit_rate, args.node_audit_burst)
-    except ValueError as exc:
-        raise UsageError(f"{exc}: fix --node-audit-rate / --node-audit-burst") from None
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one descriptor per agent
-    host, port = parse_hostport(args.listen)
-    from hub.secrets import read_passphrase
-
-    data = DataDir(Path(args.data_dir), passphrase=read_passphrase(args.ca_passphrase_file))
-    from hub.dbcheck import check_data_dir
-
-    check_data_dir(data.path, accept_empty_audit=args.accept_empty_audit)  # docs/tctl.md
-    passphrase = data.ca_passphrase()
-    seeds = SeedCipher(passphrase) if passphrase is not None else None
-    if seeds is not None and data.db_path.exists():  # before init encrypts plain CA keys
-        checking = await SQLiteBackend.open(data.db_path, seeds)  # with this passphrase
-        try:
-            await checking.check_totp_seeds()
-        finally:
-            await checking.close()
-    cluster = data.init(args.cluster_name)
-    # The CAs of the current rotation phase (hub/rotation_runtime.py), followed live.
-    rotation = HubRotation(data, [host, *args.public_addr])
-    user_ca, host_ca = rotation.cas.user.signer, rotation.cas.host.signer
-    ssl_ctx = rotation.tls_context()
-    backend = await SQLiteBackend.open(data.db_path, seeds)
-    try:  # encrypt plain TOTP seeds with the CA passphrase (docs/security.md)
-        if migrated := await backend.migrate_totp_seeds():
-            log.info("TOTP seeds encrypted with the CA passphrase", extra={"users": migrated})
-    except RemotelerError:
-        await backend.close()
-        raise
-    await backend.mark_all_offline()
-    alive = alive_path(data.path)  # tctl shows nodes online only while this is held
-    alive_lock = hold(alive)
-    audit = await AuditStore.open(audit_db_path(data.path))
-    hash_gate, join_guard = auth_limits(args)
-    server = HubServer(
-        AuthService(
-            backend,
-            user_ca,
-            host_ca,
-            cluster,
-            audit=audit,
-            hash_gate=hash_gate,
-            join_guard=join_guard,
-        ),
-        backend,
-        audit=audit,
-        listener_limits=ListenerLimits(
-            tunnel_handshakes=max(1, args.max_agent_handshakes),
-            tunnel_handshakes_per_addr=max(1, args.max_agent_handshakes_per_addr),
-            user_handshakes_per_addr=max(1, args.max_user_handshakes_per_addr),
-            max_pending_per_addr=max(1, args.max_pending_per_addr),
-            tls_reply_timeout=max(0.5, args.tls_reply_timeout),
-        ),
-        audit_quota=quota,
-    )
-    rotation.attach(server)
-    bound_host, bound_port = await server.start(host, port, ssl_ctx)
-    addr = format_hostport(bound_host, bound_port)
-    data.addr_file.write_text(addr + "\n")
-    log.info(
-        "hub listening",
-        extra={
-            "addr": addr,
-            "cluster": cluster,
-            "ca_pin": rotation.cas.host.server.pin(),
-            "data_dir": str(data.path),
-        },
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    tasks = [
-        asyncio.ensure_future(server.registry.run_flusher()),
-        asyncio.ensure_future(rotation.run()),
-        asyncio.ensure_future(keep_alive(alive)),
-    ]
-    gc_policy = GcPolicy(max(MIN_INTERVAL, args.gc_interval))
-    if args.gc_interval > 0:
-        gc_policy.install()
-        tasks.append(asyncio.ensure_future(gc_policy.run()))
-    try:
-        await stop.wait()
-        spread = args.drain_spread
-        if spread is None:
-            spread = min(120.0, max(5.0, len(server.registry) / 200))
-        spread = min(max(spread, 1.0), 3600.0)  # a GOAWAY retry-after is at most an hour
-        log.info("hub stopping")
-        await server.drain(args.shutdown_grace, spread)
-    finally:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        gc_policy.uninstall()
-        await server.close()
-        with contextlib.suppress(Exception):
-            await server.registry.flush()
-        await backend.mark_all_offline()
-        await backend.close()
-        await audit.close()
-        with contextlib.suppress(FileNotFoundError):
-            data.addr_file.unlink()
-        stop_alive(alive, alive_lock)
+    await app.run(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from hub import secrets as hs
+from hub.auth import secrets as hs
 from remoteler.ca import (
     CAError,
     CAKind,

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import get_args
 
 from hub.datadir import DataDir
-from hub.rotation import (
+from hub.rotation.state import (
     Change,
     Mode,
     Phase,

@@ -68,7 +68,7 @@ class SeedCipher:
         if key is None:
             from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-            from hub import secrets as hs  # the CA keys' scrypt cost
+            from hub.auth import secrets as hs  # the CA keys' scrypt cost
 
             kdf = Scrypt(salt=salt, length=32, n=hs.SCRYPT_N, r=hs.SCRYPT_R, p=hs.SCRYPT_P)
             key = self._keys[salt] = kdf.derive(self._passphrase)

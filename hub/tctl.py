@@ -218,7 +218,7 @@ async def _backend(args: argparse.Namespace) -> Any:
 
 
 async def _auth(args: argparse.Namespace) -> Any:
-    from hub.auth import AuthService
+    from hub.auth.service import AuthService
     from hub.datadir import DataDir
 
     data = DataDir(Path(args.data_dir))
@@ -246,7 +246,7 @@ async def cmd_users(args: argparse.Namespace) -> None:
             roles = [r for r in args.roles.split(",") if r]
             logins = [x for x in args.logins.split(",") if x]
             user, invite = await auth.add_user(args.name, roles, logins, password, args.totp_secret)
-            from hub.secrets import totp_uri
+            from hub.auth.secrets import totp_uri
 
             data: dict[str, Any] = {
                 "user": user.name,
@@ -479,10 +479,10 @@ async def cmd_auth(args: argparse.Namespace) -> None:
 async def _sign_host(args: argparse.Namespace) -> None:
     """``tctl auth sign --host NAME --pubkey KEY.pub``: a host cert for a device's own sshd.
 
-    Principals as for joined nodes (hub.auth.host_principals, without a node id):
+    Principals as for joined nodes (hub.auth.service.host_principals, without a node id):
     ``NAME`` for ``tsh ssh`` and ``NAME.<cluster>`` for OpenSSH through ``tsh config``.
     """
-    from hub.auth import check_name
+    from hub.auth.service import check_name
     from hub.datadir import DataDir
     from remoteler.addr import parse_ttl
     from remoteler.audit.events import EventType
@@ -574,7 +574,7 @@ async def _record_role_event(args: argparse.Namespace, type: Any, **fields: Any)
 
 
 async def cmd_create(args: argparse.Namespace) -> None:
-    from hub.roles import load_role_file
+    from hub.auth.roles import load_role_file
     from remoteler.audit.events import EventType
 
     role = load_role_file(Path(args.file))

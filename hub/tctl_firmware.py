@@ -2,7 +2,7 @@
 
 ``push`` verifies the bundle against the keys this hub trusts, copies it into
 the data dir and writes a roll-out to ``firmware.db``; the running hub picks it
-up within a second (hub/firmware.py) and reports progress to the same file.
+up within a second (hub/firmware/rollouts.py) and reports progress to the same file.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``tctl lock``, ``tctl locks ls``, ``tctl unlock`` and ``tctl users unlock``.
 
 They write the hub's database directly; the running hub sees a change within a
-second (hub/locks.py) and tells the agents.
+second (hub/auth/locks.py) and tells the agents.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def _item(lock: Any) -> dict[str, Any]:
 
 
 async def cmd_lock(args: argparse.Namespace) -> None:
-    from hub.locks import new_lock_id
+    from hub.auth.locks import new_lock_id
     from remoteler.addr import parse_ttl
     from remoteler.audit.events import HUB_NODE, EventType, make_event
     from remoteler.locks import KINDS, MAX_MESSAGE, Lock, LockKind

@@ -89,7 +89,7 @@ async def _record(data: Any, now: float, changes: list[tuple[str, Any]]) -> None
 
 async def cmd_rotate(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """Make the phase change; return the JSON shape and the text to show."""
-    from hub.rotation import Phase
+    from hub.rotation.state import Phase
     from hub.rotation_store import RotationStore
     from remoteler.addr import parse_ttl
 

@@ -1,7 +1,7 @@
 """What counts as file transfer in an SSH session (the ``file_transfer`` permission).
 
 Shared by the embedded server (:mod:`edge_agent.sftp`) and the hub's recording
-proxy (:mod:`hub.recording_session`), which enforces the permission for devices
+proxy (:mod:`hub.recording.session`), which enforces the permission for devices
 whose own sshd cannot read the signed rules.
 """
 

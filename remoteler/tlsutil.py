@@ -12,7 +12,7 @@ from pathlib import Path
 log = logging.getLogger("remoteler.tls")
 
 #: ALPN an agent offers on its tunnel connection, so the hub can queue agents
-#: apart from users before the handshake (hub/listener.py). Not authentication.
+#: apart from users before the handshake (hub/net/listener.py). Not authentication.
 TUNNEL_ALPN = "remoteler-tunnel/1"
 
 

@@ -1,7 +1,7 @@
 """The access check of an OpenSSH user certificate, shared by the device and the hub.
 
 The embedded server (:func:`edge_agent.authz.decide_user_cert`) and the hub's
-recording proxy (:func:`hub.recording_auth.check_user_cert`) decide the same way:
+recording proxy (:func:`hub.recording.auth.check_user_cert`) decide the same way:
 asyncssh has already checked the CA signature, validity window and principal;
 this re-checks them with our parser (defence in depth) and applies the access
 rules the hub signed into the certificate against the node's labels.

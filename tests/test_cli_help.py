@@ -66,7 +66,7 @@ def test_versions_match_the_package_and_the_wire() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["version"] == clihelp.VERSION
     from edge_agent.agent import VERSION as AGENT_VERSION  # what heartbeats report
-    from hub.server import VERSION as HUB_VERSION  # what ping reports
+    from hub.api.server import VERSION as HUB_VERSION  # what ping reports
 
     assert AGENT_VERSION == HUB_VERSION == clihelp.VERSION
     assert rpc.SUBPROTOCOL.endswith(f".v{clihelp.PROTOCOL_VERSION}")

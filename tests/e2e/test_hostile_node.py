@@ -21,7 +21,7 @@ from helpers import Cluster, wait_for
 from websockets.asyncio.client import ClientConnection, connect
 
 from edge_agent.identity import NodeIdentity
-from hub.server import TUNNEL_SUBPROTOCOL
+from hub.api.server import TUNNEL_SUBPROTOCOL
 from remoteler.tlsutil import TUNNEL_ALPN, client_context
 from remoteler.wire.codes import FrameType
 

@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from edge_agent.agent import EdgeAgent
 from edge_agent.clockdial import check_hub_cert, skew_from_ping
 from edge_agent.join import join
-from hub.auth import AuthService
+from hub.api.server import HubServer
+from hub.auth.service import AuthService
 from hub.backend import SQLiteBackend
 from hub.datadir import DataDir
-from hub.server import HubServer
 from remoteler.ca import CAError, CertAuthority, generate_private_key, pin_of_cert_pem
 from remoteler.errors import TrustError
 from remoteler.tlsutil import server_context

@@ -14,13 +14,13 @@ import pytest
 from argon2 import PasswordHasher
 from websockets.asyncio.client import connect
 
-from hub import secrets as hs
+from hub.api.server import TUNNEL_SUBPROTOCOL, HubServer
 from hub.audit_store import AuditStore
-from hub.auth import AuthService
+from hub.auth import secrets as hs
+from hub.auth.service import AuthService
 from hub.backend import SQLiteBackend
 from hub.datadir import DataDir
-from hub.listener import ListenerLimits
-from hub.server import TUNNEL_SUBPROTOCOL, HubServer
+from hub.net.listener import ListenerLimits
 from remoteler.ca import (
     CertAuthority,
     generate_private_key,

@@ -14,9 +14,9 @@ import pytest
 from hubkit import PASSWORD, TOTP_SECRET, new_key_line, running_hub
 from websockets.asyncio.client import connect
 
+from hub.auth.secrets import PASSPHRASE_FILE_ENV as _FILE
 from hub.backend import SQLiteBackend, User
 from hub.datadir import DataDir
-from hub.secrets import PASSPHRASE_FILE_ENV as _FILE
 from hub.seedcrypt import SeedCipher
 from remoteler import rpc
 from remoteler.errors import ConfigError, RemotelerError

@@ -40,7 +40,7 @@ def test_joined_in_one_feed_and_split_anywhere() -> None:
 
 
 def test_reader_tells_each_message_size() -> None:
-    """The hub's quota charges a batch by its encoded size (hub/audit_ingest.py)."""
+    """The hub's quota charges a batch by its encoded size (hub/audit/ingest.py)."""
     a, b = encode_message({"t": "x"}), encode_message({"t": "y" * 1000})
     reader = MessageReader()
     assert reader.feed(a + b[:10]) == [{"t": "x"}] and reader.sizes == [len(a) - 4]

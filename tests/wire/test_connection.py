@@ -684,7 +684,7 @@ def test_the_first_ping_with_a_status_goes_when_the_timers_start() -> None:
 
 
 def test_the_hub_can_probe_with_a_ping_of_its_own() -> None:
-    """Connection.ping (hub/linkprobe.py): a PING without payload from the end that
+    """Connection.ping (hub/api/linkprobe.py): a PING without payload from the end that
     sends no heartbeats; the agent answers PONG, which moves last_received."""
     pair = heartbeat_pair()
     pair.now = 25.0

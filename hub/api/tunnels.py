@@ -1,0 +1,198 @@
+"""The proxy's inventory of live agent tunnels, and heartbeat bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hub.api.node_status import NodeStatus, StatusTooLarge, parse_status
+from hub.backend import Backend, Beat, Node
+from remoteler.wire.aio import Tunnel
+
+log = logging.getLogger("remoteler.hub.tunnels")
+
+
+@dataclass
+class LiveNode:
+    node_id: str
+    tunnel: Tunnel
+    connected_at: float
+    last_seen: float
+    labels: Mapping[str, str] = field(default_factory=dict)
+    version: str = ""
+    #: the last heartbeat's status, replaced whole by each one (hub/api/node_status.py)
+    status: NodeStatus = field(default_factory=NodeStatus)
+    dirty: bool = False
+    #: an oversized heartbeat / one with unknown keys was logged on this tunnel already
+    status_warned: bool = False
+    status_trimmed: bool = False
+    #: labels from the join token; the agent cannot override them
+    token_labels: Mapping[str, str] = field(default_factory=dict)
+    #: user sessions relayed over this tunnel right now
+    sessions: int = 0
+    #: set while no session is relayed (a draining hub waits on it)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    @property
+    def ssh_mode(self) -> str:
+        """How the agent serves SSH, from its heartbeat: ``"forward"`` (to the device's own
+        sshd, docs/legacy-devices.md), ``"embedded"``, or ``""`` until its first heartbeat
+        after connecting says (and for agents older than forward mode)."""
+        return self.status.ssh
+
+    def session_started(self) -> None:
+        self.sessions += 1
+        self.idle.clear()
+
+    def session_ended(self) -> None:
+        self.sessions -= 1
+        if self.sessions <= 0:
+            self.idle.set()
+
+    @property
+    def serial_ports(self) -> list[str]:
+        """The serial console ports the agent offers (its heartbeat; strings only, capped)."""
+        return list(self.status.serial_ports)
+
+
+class TunnelRegistry:
+    """node id -> live tunnel; persists online state and heartbeats in batches."""
+
+    def __init__(self, backend: Backend, flush_interval: float = 5.0) -> None:
+        self.backend = backend
+        self.flush_interval = flush_interval
+        self._live: dict[str, LiveNode] = {}
+        self._closing: set[asyncio.Future[None]] = set()
+        #: counts registrations, so periodic sweeps can skip a fleet that did not change
+        self.generation = 0
+        #: online/offline changes not yet written: a reconnect storm costs no queries
+        self._online: dict[str, tuple[bool, float]] = {}
+
+    def get(self, node_id: str) -> LiveNode | None:
+        return self._live.get(node_id)
+
+    def labels_of(self, node: Node) -> dict[str, str]:
+        """The node's labels now: from its live heartbeat, else as last stored."""
+        live = self._live.get(node.id)
+        return dict(live.labels if live and live.labels else node.labels)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def live(self) -> list[LiveNode]:
+        return list(self._live.values())
+
+    def register(self, node: Node, tunnel: Tunnel) -> LiveNode:
+        """Make ``tunnel`` the node's route; the database learns it at the next flush."""
+        self.generation += 1
+        node_id = node.id
+        old = self._live.get(node_id)
+        now = time.time()
+        live = LiveNode(
+            node_id,
+            tunnel,
+            now,
+            now,
+            dict(node.labels),
+            node.version,
+            token_labels=dict(node.token_labels),
+        )
+        self._live[node_id] = live
+        self._online[node_id] = (True, now)
+        if old is not None:
+            log.info("tunnel replaced by a new connection", extra={"node_id": node_id})
+            task = asyncio.ensure_future(old.tunnel.close(reason="replaced by a newer tunnel"))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        return live
+
+    def unregister(self, node_id: str, tunnel: Tunnel) -> None:
+        live = self._live.get(node_id)
+        if live is None or live.tunnel is not tunnel:
+            return  # a newer tunnel took over
+        del self._live[node_id]
+        self._online[node_id] = (False, time.time())
+
+    def offline_since(self, node_id: str) -> float | None:
+        """When the node's tunnel closed here, until the next flush tells the database."""
+        change = self._online.get(node_id)
+        return change[1] if change is not None and not change[0] else None
+
+    def heartbeat(self, node_id: str, payload: dict[str, Any] | None) -> None:
+        live = self._live.get(node_id)
+        if live is None:
+            return
+        live.last_seen = time.time()
+        live.dirty = True
+        if not isinstance(payload, dict):
+            return  # a PING without payload: the status did not change
+        try:
+            status = parse_status(payload)
+        except StatusTooLarge as exc:
+            if not live.status_warned:
+                live.status_warned = True
+                log.warning(
+                    "heartbeat status ignored (logged once per tunnel): %s",
+                    exc,
+                    extra={"node_id": node_id},
+                )
+            return
+        if status.unknown and not live.status_trimmed:
+            live.status_trimmed = True
+            log.info(
+                "heartbeat keys dropped (logged once per tunnel): %s",
+                ", ".join(status.unknown),
+                extra={"node_id": node_id},
+            )
+        # Replaced, never merged: what the hub holds for a node is one status at most.
+        live.status = status
+        if status.labels is not None:
+            live.labels = {**status.labels, **live.token_labels}
+        if status.version:
+            live.version = status.version
+
+    async def flush(self) -> None:
+        if self._online:
+            changes, self._online = self._online, {}
+            await self.backend.set_nodes_online(
+                [(nid, online, when) for nid, (online, when) in changes.items()]
+            )
+        beats = []
+        for live in self._live.values():
+            if live.dirty:
+                live.dirty = False
+                audit = live.status.audit
+                pending, oldest = (audit.pending, audit.oldest) if audit else (0, None)
+                beats.append(
+                    Beat(
+                        live.node_id,
+                        live.last_seen,
+                        live.labels,
+                        live.version,
+                        pending,
+                        oldest,
+                        live.status.clock_skew,
+                    )
+                )
+        if not beats:
+            return
+        for node_id in await self.backend.update_heartbeats(beats):
+            removed = self._live.get(node_id)
+            if removed is not None:
+                log.info("node was removed; closing its tunnel", extra={"node_id": node_id})
+                await removed.tunnel.close(reason="node removed from the hub")
+
+    async def run_flusher(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("heartbeat flush failed; will retry")

@@ -1,0 +1,253 @@
+"""The hub's composition root: build its services from ``hub start``'s options, start
+them, own their tasks, and stop them in the reverse order.
+
+Nothing else in the hub builds a service; ``hub/cli.py`` parses the command line,
+applies the process-wide settings and calls :func:`run`. Each step of
+:meth:`HubApp.start` registers its undoing on one :class:`contextlib.AsyncExitStack`
+as soon as it has succeeded, so a stop, or a failure half-way (a port in use, a
+database that will not open), undoes what had started, latest first: the tasks, the
+server, the audit store, the sign of life, the database. The order is in
+docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from hub.api.server import HubServer
+from hub.audit.quota import QuotaConfig
+from hub.audit_store import AuditStore
+from hub.auth.hashgate import HashGate
+from hub.auth.joinguard import JoinGuard
+from hub.backend import SQLiteBackend
+from hub.datadir import DataDir
+from hub.net.listener import ListenerLimits
+from hub.rotation.runtime import HubRotation, RotationDeps
+from hub.rotation_store import CASet
+from remoteler.addr import format_hostport, parse_hostport
+from remoteler.errors import RemotelerError, UsageError
+
+log = logging.getLogger("remoteler.hub")
+
+
+def auth_limits(args: argparse.Namespace) -> tuple[HashGate, JoinGuard]:
+    """The password-hash cap (and an Argon2 pool as wide) and the join limits."""
+    from hub.auth import secrets as hs
+    from hub.auth.hashgate import HashGate, HashGatePolicy
+    from hub.auth.joinguard import JoinGuard, JoinPolicy
+
+    max_hashes = max(1, args.max_password_hashes)
+    hs.set_hash_threads(max_hashes)
+    gate = HashGate(
+        HashGatePolicy(max_hashes=max_hashes, max_wait=max(0.0, args.password_hash_wait))
+    )
+    guard = JoinGuard(
+        JoinPolicy(
+            address_failures=max(1, args.join_failures_per_address),
+            global_failures=max(1, args.join_failures),
+            address_attempts=max(1, args.join_attempts_per_address),
+        )
+    )
+    return gate, guard
+
+
+class HubApp:
+    """One hub's services (``hub start ARGS``), started by :meth:`start` and stopped,
+    in the reverse order, by :meth:`stop`; ``async with HubApp(args) as app`` does both.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self._stack = contextlib.AsyncExitStack()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.server: HubServer | None = None
+        #: ``HOST:PORT`` the hub listens on, once started
+        self.addr = ""
+
+    async def __aenter__(self) -> HubApp:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a task of the hub's: cancelled (and awaited) at stop."""
+        task = asyncio.ensure_future(coro)
+        self.tasks.append(task)
+
+        async def cancel() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        self._stack.push_async_callback(cancel)
+
+    async def start(self) -> None:
+        """Build and start every service; on a failure, stop what had started."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop what :meth:`start` started, latest first (twice is harmless)."""
+        await self._stack.aclose()
+
+    async def _start(self) -> None:
+        from hub.alive import alive_path, hold, keep_alive
+        from hub.alive import stop as stop_alive
+        from hub.audit_store import audit_db_path
+        from hub.auth.service import AuthService
+        from hub.gcpolicy import MIN_INTERVAL, GcPolicy
+        from hub.seedcrypt import SeedCipher
+
+        args, stack = self.args, self._stack
+        try:
+            quota = QuotaConfig(args.node_audit_rate, args.node_audit_burst)
+        except ValueError as exc:
+            raise UsageError(f"{exc}: fix --node-audit-rate / --node-audit-burst") from None
+        host, port = parse_hostport(args.listen)
+        from hub.auth.secrets import read_passphrase
+
+        data = DataDir(Path(args.data_dir), passphrase=read_passphrase(args.ca_passphrase_file))
+        from hub.dbcheck import check_data_dir
+
+        check_data_dir(data.path, accept_empty_audit=args.accept_empty_audit)  # docs/tctl.md
+        passphrase = data.ca_passphrase()
+        seeds = SeedCipher(passphrase) if passphrase is not None else None
+        if seeds is not None and data.db_path.exists():  # before init encrypts plain CA keys
+            checking = await SQLiteBackend.open(data.db_path, seeds)  # with this passphrase
+            try:
+                await checking.check_totp_seeds()
+            finally:
+                await checking.close()
+        cluster = data.init(args.cluster_name)
+        # The CAs of the current rotation phase (hub/rotation/runtime.py), followed live.
+        rotation = HubRotation(data, [host, *args.public_addr])
+        user_ca, host_ca = rotation.cas.user.signer, rotation.cas.host.signer
+        ssl_ctx = rotation.tls_context()
+        backend = await SQLiteBackend.open(data.db_path, seeds)
+        try:  # encrypt plain TOTP seeds with the CA passphrase (docs/security.md)
+            if migrated := await backend.migrate_totp_seeds():
+                log.info("TOTP seeds encrypted with the CA passphrase", extra={"users": migrated})
+        except RemotelerError:
+            await backend.close()
+            raise
+        stack.push_async_callback(backend.close)
+        await backend.mark_all_offline()
+        stack.push_async_callback(backend.mark_all_offline)
+        alive = alive_path(data.path)  # tctl shows nodes online only while this is held
+        alive_lock = hold(alive)
+        stack.callback(stop_alive, alive, alive_lock)
+        audit = await AuditStore.open(audit_db_path(data.path))
+        stack.push_async_callback(audit.close)
+        hash_gate, join_guard = auth_limits(args)
+        server = HubServer(
+            AuthService(
+                backend,
+                user_ca,
+                host_ca,
+                cluster,
+                audit=audit,
+                hash_gate=hash_gate,
+                join_guard=join_guard,
+            ),
+            backend,
+            audit=audit,
+            listener_limits=ListenerLimits(
+                tunnel_handshakes=max(1, args.max_agent_handshakes),
+                tunnel_handshakes_per_addr=max(1, args.max_agent_handshakes_per_addr),
+                user_handshakes_per_addr=max(1, args.max_user_handshakes_per_addr),
+                max_pending_per_addr=max(1, args.max_pending_per_addr),
+                tls_reply_timeout=max(0.5, args.tls_reply_timeout),
+            ),
+            audit_quota=quota,
+        )
+        self.server = server
+        server.rotation = rotation  # its CAs in ping and join answers, the recording proxy's
+
+        def use_cas(cas: CASet) -> None:
+            server.auth.user_ca = cas.user.signer
+            server.auth.host_ca = cas.host.signer
+
+        def set_tls_context(ctx: ssl.SSLContext) -> None:
+            if server.listener is not None:
+                server.listener.ssl_ctx = ctx
+
+        rotation.attach(
+            RotationDeps(
+                live=server.registry.live,
+                get_node=backend.get_node,
+                audit=audit,
+                use_cas=use_cas,
+                set_tls_context=set_tls_context,
+            )
+        )
+
+        async def close_server() -> None:
+            await server.close()
+            with contextlib.suppress(Exception):
+                await server.registry.flush()
+
+        stack.push_async_callback(close_server)
+        bound_host, bound_port = await server.start(host, port, ssl_ctx)
+        addr = format_hostport(bound_host, bound_port)
+        data.addr_file.write_text(addr + "\n")
+        stack.callback(_unlink, data.addr_file)
+        self.addr = addr
+        log.info(
+            "hub listening",
+            extra={
+                "addr": addr,
+                "cluster": cluster,
+                "ca_pin": rotation.cas.host.server.pin(),
+                "data_dir": str(data.path),
+            },
+        )
+        self._spawn(server.registry.run_flusher())
+        self._spawn(rotation.run())
+        self._spawn(keep_alive(alive))
+        gc_policy = GcPolicy(max(MIN_INTERVAL, args.gc_interval))
+        if args.gc_interval > 0:
+            gc_policy.install()
+            stack.callback(gc_policy.uninstall)
+            self._spawn(gc_policy.run())
+
+    async def drain(self) -> None:
+        """Tell users and agents the hub is going away (``--shutdown-grace``,
+        ``--drain-spread``); :meth:`stop` then ends what is left."""
+        server, args = self.server, self.args
+        if server is None:
+            return
+        spread = args.drain_spread
+        if spread is None:
+            spread = min(120.0, max(5.0, len(server.registry) / 200))
+        spread = min(max(spread, 1.0), 3600.0)  # a GOAWAY retry-after is at most an hour
+        log.info("hub stopping")
+        await server.drain(args.shutdown_grace, spread)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+async def run(args: argparse.Namespace) -> None:
+    """``hub start``: start the hub, serve until SIGTERM or SIGINT, drain, stop."""
+    async with HubApp(args) as app:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await app.drain()

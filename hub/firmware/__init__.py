@@ -1,0 +1,1 @@
+"""Firmware roll-outs driven by the running hub."""

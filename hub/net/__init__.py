@@ -1,0 +1,1 @@
+"""The hub's network edge: the accept loop, admission, TLS and websocket guards."""

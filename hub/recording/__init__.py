@@ -1,0 +1,1 @@
+"""The recording proxy: the hub terminates SSH for nodes in ``proxy`` mode."""

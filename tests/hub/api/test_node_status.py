@@ -1,0 +1,63 @@
+"""What the hub keeps of a heartbeat's clock skew (hub/api/node_status.py), down to the
+nodes table that ``tctl nodes ls`` reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hub.api.node_status import parse_status
+from hub.api.tunnels import TunnelRegistry
+from hub.backend import Node, SQLiteBackend
+from remoteler.clockskew import format_skew
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        (-1200.0, -1200.0),
+        (86400, 86400.0),
+        (float("nan"), None),
+        (float("inf"), None),
+        (1e12, None),  # beyond 100 years
+        (True, None),
+        ("-1200", None),
+    ],
+)
+def test_clock_skew_kept_only_as_a_sane_number(sent: object, kept: float | None) -> None:
+    status = parse_status({"version": "0.1.0", "clock_skew": sent})
+    assert status.clock_skew == kept
+    assert "clock_skew" not in status.unknown
+
+
+def test_absent_skew_is_none() -> None:
+    assert parse_status({"version": "0.1.0"}).clock_skew is None
+
+
+class _Closable:
+    """Stands in for a Tunnel: the registry only stores it."""
+
+    async def close(self, reason: str = "", **_: Any) -> None:
+        pass
+
+
+async def test_skew_reaches_the_nodes_table_and_goes_when_fixed(tmp_path: Path) -> None:
+    backend = await SQLiteBackend.open(tmp_path / "hub.db")
+    try:
+        node = Node(id="n1", name="truck", joined=1.0)
+        await backend.add_node(node)
+        registry = TunnelRegistry(backend)
+        registry.register(node, _Closable())  # type: ignore[arg-type]
+        registry.heartbeat("n1", {"version": "0.1.0", "clock_skew": -1200.0})
+        await registry.flush()
+        stored = await backend.get_node("truck")
+        assert stored is not None and stored.clock_skew == -1200.0
+        assert format_skew(stored.clock_skew) == "-20 min"  # tctl nodes ls' Clock column
+        registry.heartbeat("n1", {"version": "0.1.0"})  # NTP fixed it: the agent stops sending
+        await registry.flush()
+        stored = await backend.get_node("truck")
+        assert stored is not None and stored.clock_skew is None
+    finally:
+        await backend.close()

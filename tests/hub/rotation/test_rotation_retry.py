@@ -1,0 +1,68 @@
+"""The hub's rotation follower tries again what failed: a reload, an agent's update."""
+
+from __future__ import annotations
+
+import gc
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from hub.datadir import DataDir
+from hub.rotation import runtime as rotation_runtime
+from hub.rotation.runtime import HubRotation
+from hub.rotation.state import Phase
+from hub.rotation_store import CASet
+from remoteler.errors import ConfigError
+from remoteler.wire.codes import ErrorCode
+from remoteler.wire.exceptions import TunnelClosed
+
+
+class _Tunnel:
+    """Stands for a live tunnel; only its identity matters here."""
+
+
+async def test_a_failed_update_is_retried_on_the_agents_next_tunnel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = DataDir(tmp_path)
+    data.init("test")
+    rotation = HubRotation(data, ["127.0.0.1"])
+
+    async def link_drops(live: Any) -> None:
+        raise TunnelClosed(ErrorCode.GOING_AWAY, "link dropped")
+
+    rotation.push = link_drops  # type: ignore[method-assign]
+    # CPython gives a freed object's memory (its id()) to the next object of its size:
+    # the agent's new tunnel often has the old one's id. Make that certain here.
+    monkeypatch.setattr(rotation_runtime, "id", lambda obj: 0x7F0000, raising=False)
+    first = SimpleNamespace(node_id="n1", tunnel=_Tunnel())
+    await rotation._push_guarded(first)  # type: ignore[arg-type]
+    assert not rotation.stale(first)  # type: ignore[arg-type]  # not again on that tunnel
+
+    del first  # the agent's tunnel is gone; it redials
+    gc.collect()
+    again = SimpleNamespace(node_id="n1", tunnel=_Tunnel())
+    assert rotation.stale(again)  # type: ignore[arg-type]
+
+
+async def test_a_failed_reload_is_tried_again(tmp_path: Path) -> None:
+    data = DataDir(tmp_path)
+    data.init("test")
+    rotation = HubRotation(data, ["127.0.0.1"])
+    rotation.store.change("user", Phase.INIT, time.time())
+    real, calls = rotation.store.load, []
+
+    def load_once_failing() -> CASet:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConfigError("the next CA key is being written")
+        return real()
+
+    rotation.store.load = load_once_failing  # type: ignore[method-assign]
+    with pytest.raises(ConfigError):
+        await rotation.poll()
+    await rotation.poll()  # the state did not change again: it must still be loaded
+    assert rotation.cas.user.state.phase is Phase.INIT
