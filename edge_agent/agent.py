@@ -23,7 +23,16 @@ from remoteler.clockskew import REPORT_THRESHOLD, sample
 from remoteler.errors import RemotelerError, TrustError
 from remoteler.hubconn import open_ws
 from remoteler.locks import lock_digest
-from remoteler.tlsutil import TUNNEL_ALPN, client_context
+from remoteler.protocol import (
+    FIRMWARE_KIND,
+    LOCKS_KIND,
+    ROTATE_KIND,
+    SSH_KIND,
+    TUNNEL_ALPN,
+    TUNNEL_SUBPROTOCOL,
+    VERSION,
+)
+from remoteler.tlsutil import client_context
 from remoteler.wire.aio import ChannelRequest, Tunnel
 from remoteler.wire.codes import OpenFailure
 from remoteler.wire.connection import Connection, Role
@@ -33,9 +42,6 @@ if TYPE_CHECKING:  # imported at start by the CLI, not here (tests build bare ag
     from edge_agent.firmware import FirmwareAgent
 
 log = logging.getLogger("remoteler.agent")
-
-TUNNEL_SUBPROTOCOL = "remoteler.tunnel.v1"
-VERSION = "0.1.0"
 
 
 @dataclass(frozen=True)
@@ -280,21 +286,21 @@ class EdgeAgent:
             )
 
     async def on_channel(self, request: ChannelRequest) -> None:
-        if request.kind == "rotate":  # new certificates and CAs from a CA rotation
+        if request.kind == ROTATE_KIND:  # new certificates and CAs from a CA rotation
             from edge_agent.rotate import serve_rotate_channel
 
             await serve_rotate_channel(request.accept(), self.ident)
             return
-        if request.kind == "locks":  # the hub's lock set, whenever it changes
+        if request.kind == LOCKS_KIND:  # the hub's lock set, whenever it changes
             await serve_locks_channel(request.accept(), self.locks)
             return
-        if request.kind == "firmware":  # a roll-out (docs/firmware-rollouts.md)
+        if request.kind == FIRMWARE_KIND:  # a roll-out (docs/firmware-rollouts.md)
             if self.firmware is None:
                 request.reject(OpenFailure.UNKNOWN_KIND, "firmware updates are off on this agent")
                 return
             await self.firmware.serve(request.accept())
             return
-        if request.kind != "ssh":
+        if request.kind != SSH_KIND:
             request.reject(OpenFailure.UNKNOWN_KIND, "unknown channel kind")
             return
         if self.ssh_target is not None:  # forward mode: no asyncssh in this process at all

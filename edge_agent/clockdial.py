@@ -149,7 +149,7 @@ async def dial_despite_clock(
     the skew if it is why. The caller takes the skew (:meth:`HubClock.observe`)."""
     from edge_agent.rotate import rotated_offline_message, trusted_pins
     from remoteler.hubconn import fetch_cluster_info
-    from remoteler.tlsutil import TUNNEL_ALPN
+    from remoteler.protocol import TUNNEL_ALPN, TUNNEL_SUBPROTOCOL
 
     sent = time.time()
     try:
@@ -166,7 +166,7 @@ async def dial_despite_clock(
         path,
         ident.host_ca_pem,
         estimate,
-        subprotocol="remoteler.tunnel.v1",
+        subprotocol=TUNNEL_SUBPROTOCOL,
         cert_pem=ident.tls_cert,
         key_pem=ident.key_pem,
         alpn=[TUNNEL_ALPN],

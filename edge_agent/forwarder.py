@@ -51,14 +51,13 @@ from remoteler.audit.stream import (
     encode_message,
     parse_reply,
 )
+from remoteler.protocol import AUDIT_KIND
 from remoteler.wire.aio import Channel, Tunnel
 from remoteler.wire.exceptions import ChannelClosedError, ChannelOpenError, TunnelClosed
 
 __all__ = ["retry_delay", "run_forwarder"]
 
 log = logging.getLogger("remoteler.agent.forwarder")
-
-CHANNEL_KIND = "audit"
 
 
 def retry_delay(retry_after: float, rand: float) -> float:
@@ -138,7 +137,7 @@ async def run_forwarder(
     while not tunnel.closed.is_set():
         delivered, opened = 0, False
         try:
-            channel = await tunnel.open_channel(CHANNEL_KIND, {})
+            channel = await tunnel.open_channel(AUDIT_KIND, {})
         except ChannelOpenError as exc:
             refusals += 1
             log.log(

@@ -81,7 +81,8 @@ async def _join_at_hub_time(
     from websockets.exceptions import ConnectionClosed
 
     from edge_agent.clockdial import open_at_hub_time, skew_from_ping
-    from remoteler.rpc import MAX_RPC_RESPONSE, SUBPROTOCOL, RpcClient, RpcFormatError
+    from remoteler.protocol import RPC_SUBPROTOCOL
+    from remoteler.rpc import MAX_RPC_RESPONSE, RpcClient, RpcFormatError
 
     estimate = skew_from_ping(info, sent, received, err, max_skew)
     log.warning("joining despite the clock: %s", describe_skew(estimate.skew))
@@ -90,7 +91,7 @@ async def _join_at_hub_time(
         "/v1/rpc",
         info["host_ca_pem"].encode(),
         estimate,
-        subprotocol=SUBPROTOCOL,
+        subprotocol=RPC_SUBPROTOCOL,
         max_size=MAX_RPC_RESPONSE,
     )
     try:

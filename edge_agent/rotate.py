@@ -37,8 +37,6 @@ from remoteler.errors import ConfigError, HubUnreachable, RemotelerError, TrustE
 
 log = logging.getLogger("remoteler.agent.rotate")
 
-ROTATE_KIND = "rotate"
-
 
 def rotated_offline_message(ident: NodeIdentity) -> str:
     return (

@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator, Mapping
-from typing import Any, Final
+from typing import Any
 
-#: The release of the tools (pyproject.toml's ``version``).
-VERSION: Final = "0.1.0"
-#: The wire protocol generation: the ``v1`` of the websocket subprotocols
-#: (``remoteler.tunnel.v1``, ``remoteler.connect.v1``, ``remoteler.rpc.v1``).
-PROTOCOL_VERSION: Final = 1
+from remoteler.protocol import PROTOCOL_VERSION, VERSION
 
 
 def version_text(tool: str) -> str:

@@ -85,9 +85,12 @@ async def rpc_call(hub: str, ssl_ctx: ssl.SSLContext, method: str, **params: Any
     """One RPC on a fresh connection to ``/v1/rpc``."""
     from websockets.exceptions import ConnectionClosed
 
-    from remoteler.rpc import MAX_RPC_RESPONSE, SUBPROTOCOL, RpcClient, RpcFormatError
+    from remoteler.protocol import RPC_SUBPROTOCOL
+    from remoteler.rpc import MAX_RPC_RESPONSE, RpcClient, RpcFormatError
 
-    ws = await open_ws(hub, "/v1/rpc", ssl_ctx, subprotocol=SUBPROTOCOL, max_size=MAX_RPC_RESPONSE)
+    ws = await open_ws(
+        hub, "/v1/rpc", ssl_ctx, subprotocol=RPC_SUBPROTOCOL, max_size=MAX_RPC_RESPONSE
+    )
     try:
         return await RpcClient(ws).call(method, **params)
     except (ConnectionClosed, RpcFormatError) as exc:

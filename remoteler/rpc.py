@@ -8,16 +8,18 @@ Error messages are one line for a person; they never carry secrets or internals.
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 
 from remoteler.errors import RemotelerError, error_from_code
+from remoteler.protocol import RPC_SUBPROTOCOL
 
 MAX_RPC_MESSAGE = 1 << 20
 #: Responses can be larger (a node list of a big fleet): the client accepts up to this.
 MAX_RPC_RESPONSE = 64 << 20
-SUBPROTOCOL = "remoteler.rpc.v1"
+#: ``/v1/rpc``'s websocket subprotocol (defined in remoteler/protocol.py)
+SUBPROTOCOL: Final = RPC_SUBPROTOCOL
 
 
 class RpcFormatError(ValueError):

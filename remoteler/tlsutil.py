@@ -11,10 +11,6 @@ from pathlib import Path
 
 log = logging.getLogger("remoteler.tls")
 
-#: ALPN an agent offers on its tunnel connection, so the hub can queue agents
-#: apart from users before the handshake (hub/net/listener.py). Not authentication.
-TUNNEL_ALPN = "remoteler-tunnel/1"
-
 
 def _load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
     # ssl only loads key material from files: use a private temp dir, removed at once.

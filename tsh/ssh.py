@@ -20,12 +20,11 @@ from remoteler.errors import AccessDenied, HubUnreachable, NodeError, TrustError
 from remoteler.hubconn import open_ws
 from remoteler.identity import UserIdentity
 from remoteler.notice import NOTICE_PARAM, notice_line
+from remoteler.protocol import CONNECT_SUBPROTOCOL
 from remoteler.sshalgs import CIPHERS, client_options
 from remoteler.sshio import SSH_MAX_PACKET, SSH_WINDOW, PipeTunnel, WebSocketPipe
 from remoteler.text import printable
 from remoteler.tlsutil import client_context
-
-CONNECT_SUBPROTOCOL = "remoteler.connect.v1"
 
 
 def host_ca_known_hosts(ident: UserIdentity) -> str:

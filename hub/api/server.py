@@ -59,6 +59,14 @@ from remoteler.errors import (
 from remoteler.hubconn import ERROR_HEADER
 from remoteler.locks import find_lock
 from remoteler.notice import NOTICE_PARAM
+from remoteler.protocol import (
+    AUDIT_KIND,
+    CONNECT_SUBPROTOCOL,
+    RPC_SUBPROTOCOL,
+    SSH_KIND,
+    TUNNEL_SUBPROTOCOL,
+    VERSION,
+)
 from remoteler.roleopts import expiry_message, session_limit
 from remoteler.wire.aio import ChannelRequest, Tunnel
 from remoteler.wire.codes import ErrorCode, OpenFailure
@@ -75,9 +83,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("remoteler.hub.proxy")
 
-TUNNEL_SUBPROTOCOL = "remoteler.tunnel.v1"
-CONNECT_SUBPROTOCOL = "remoteler.connect.v1"
-VERSION = "0.1.0"
 MAX_CONNECT_MESSAGE = 1 << 20
 #: Largest message relayed to a user: well under tsh's 2 MiB websocket limit.
 RELAY_CHUNK = 256 * 1024
@@ -154,7 +159,7 @@ class HubServer:
             self.handle,
             ssl_ctx,
             process_request=self.process_request,
-            subprotocols=[TUNNEL_SUBPROTOCOL, CONNECT_SUBPROTOCOL, rpc.SUBPROTOCOL],
+            subprotocols=[TUNNEL_SUBPROTOCOL, CONNECT_SUBPROTOCOL, RPC_SUBPROTOCOL],
             max_size=max(self.limits.max_frame_bytes, MAX_CONNECT_MESSAGE) + 1024,
             limits=self.listener_limits,
         )
@@ -445,7 +450,7 @@ class HubServer:
 
     async def _agent_channel(self, request: ChannelRequest, node_id: str) -> None:
         """Channels an agent may open: only ``audit``, stored under the tunnel's node id."""
-        if request.kind == "audit" and self.audit is not None:
+        if request.kind == AUDIT_KIND and self.audit is not None:
             wait = self.audit_quotas.blocked(node_id, time.monotonic())
             if wait is not None:  # it ignored the quota's retry-after: not before it is over
                 request.reject(OpenFailure.RESOURCE_SHORTAGE, f"audit quota: retry in {wait:.0f}s")
@@ -501,7 +506,7 @@ class HubServer:
             return
         try:
             channel = await live.tunnel.open_channel(
-                "ssh",
+                SSH_KIND,
                 {
                     "user": user,
                     "login": login,

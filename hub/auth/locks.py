@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from hub.api.tunnels import TunnelRegistry
 from hub.backend import Backend
 from remoteler.locks import Lock, encode_locks, find_lock, lock_digest
+from remoteler.protocol import LOCKS_KIND
 from remoteler.wire.aio import Tunnel
 from remoteler.wire.codes import OpenFailure
 from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
@@ -228,7 +229,7 @@ class LockWatcher:
         digest, body = self.digest, encode_locks(self.locks)
         try:
             async with self._slots:
-                channel = await tunnel.open_channel("locks", {"digest": digest}, timeout=10)
+                channel = await tunnel.open_channel(LOCKS_KIND, {"digest": digest}, timeout=10)
                 reply = b""
                 try:
                     channel.write(body)

@@ -41,15 +41,15 @@ from remoteler.firmware_xfer import (
     TokenBucket,
     XferState,
 )
+from remoteler.protocol import FIRMWARE_KIND
 from remoteler.wire.aio import Channel, Tunnel
 from remoteler.wire.codes import OpenFailure
 from remoteler.wire.exceptions import ChannelClosedError, ChannelOpenError, TunnelClosed
 
-__all__ = ["FIRMWARE_KIND", "FirmwareRollouts"]
+__all__ = ["FirmwareRollouts"]
 
 log = logging.getLogger("remoteler.hub.firmware")
 
-FIRMWARE_KIND = "firmware"
 POLL_INTERVAL = 1.0
 #: Seconds before offering again to a node whose transfer broke off.
 RETRY_AFTER = 2.0

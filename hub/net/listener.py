@@ -43,8 +43,8 @@ from hub.net.admission import Gate, LagGovernor, source_key
 from hub.net.dropcount import DropCounter
 from hub.net.tlswatch import HandshakeDeadline, WatchedContext
 from hub.net.wsguard import GuardedConnection, WsGuardLimits
+from remoteler.protocol import TUNNEL_ALPN
 from remoteler.tlshello import MAX_HELLO, NotClientHello, parse_client_hello
-from remoteler.tlsutil import TUNNEL_ALPN
 
 log = logging.getLogger("remoteler.hub.listener")
 

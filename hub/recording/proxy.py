@@ -44,6 +44,7 @@ from remoteler.access import NO_PERMISSIONS, AccessDecision, Permissions
 from remoteler.audit.events import HUB_NODE, EventType, make_event
 from remoteler.ca import CertAuthority, generate_private_key, private_key_to_openssh
 from remoteler.ca.sshcert import ParsedCert
+from remoteler.protocol import SSH_KIND
 from remoteler.roleopts import (
     SESSIONS_PER_CONNECTION,
     SESSIONS_PER_CONNECTION_REFUSAL,
@@ -327,7 +328,7 @@ class ConnState:
             raise UpstreamError("no checked certificate")
         try:
             channel = await self.live.tunnel.open_channel(
-                "ssh",
+                SSH_KIND,
                 {
                     "user": self.user,
                     "login": self.login,

@@ -44,6 +44,7 @@ from hub.rotation_store import CASet, RotationStore
 from remoteler.audit.events import EventType, make_event
 from remoteler.audit.stream import MessageReader, encode_message
 from remoteler.ca import CAError, public_key_from_openssh, signed_by
+from remoteler.protocol import ROTATE_KIND
 from remoteler.tlsutil import server_context
 from remoteler.wire.aio import Tunnel
 from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
@@ -52,11 +53,10 @@ if TYPE_CHECKING:
     from hub.audit_store import AuditBackend
     from hub.backend import Node
 
-__all__ = ["ROTATE_KIND", "HubRotation", "RotationDeps"]
+__all__ = ["HubRotation", "RotationDeps"]
 
 log = logging.getLogger("remoteler.hub.rotation")
 
-ROTATE_KIND = "rotate"
 NODE_X509_TTL = 10 * 365 * 24 * 3600
 #: At most this many agents are updated at once.
 PUSH_CONCURRENCY = 32
