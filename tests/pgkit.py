@@ -64,6 +64,15 @@ def find_bin_dir() -> Path | None:
     return max(found)[1] if found else None
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped by init, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
 def require_bin_dir() -> Path:
     bin_dir = find_bin_dir()
     if bin_dir is None:
@@ -169,8 +178,12 @@ class PgServer:
         if pid is not None:
             with contextlib.suppress(subprocess.SubprocessError, OSError):
                 self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop", timeout=20)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)  # a no-op unless pg_ctl failed
+            if alive(pid):  # pg_ctl failed
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, database: str = "postgres", user: str = SUPERUSER) -> str:
