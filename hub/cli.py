@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from hub.audit_quota import DEFAULT_BURST, DEFAULT_RATE, QuotaConfig
 from hub.extras import require_hub_extra
 from hub.listener import ListenerLimits
+from hub.storage_options import add_storage_flags, check_storage_args, open_hub_storage
 from remoteler.addr import format_hostport, parse_hostport
 from remoteler.clihelp import finish
 from remoteler.errors import RemotelerError, UsageError
@@ -21,6 +22,7 @@ from remoteler.errors import RemotelerError, UsageError
 if TYPE_CHECKING:
     from hub.hashgate import HashGate
     from hub.joinguard import JoinGuard
+    from hub.storage import Storage
 
 log = logging.getLogger("remoteler.hub")
 DEFAULT_LISTEN = "127.0.0.1:3080"
@@ -116,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         "beginning a new audit trail (default: off, such a start is refused; docs/tctl.md)",
     )
     add_auth_limit_flags(start)
+    add_storage_flags(start)
     start.add_argument(
         "--node-audit-rate",
         type=float,
@@ -197,6 +200,18 @@ def auth_limits(args: argparse.Namespace) -> tuple[HashGate, JoinGuard]:
 
 
 async def run(args: argparse.Namespace) -> None:
+    from hub.secrets import read_passphrase
+
+    check_storage_args(args, read_passphrase(args.ca_passphrase_file))
+    storage = await open_hub_storage(args)  # None: the data directory's files (no --storage)
+    try:
+        await serve(args, storage)
+    finally:
+        if storage is not None:
+            await storage.close()
+
+
+async def serve(args: argparse.Namespace, storage: Storage | None = None) -> None:
     import asyncio.sslproto
     import resource
 
@@ -232,6 +247,10 @@ async def run(args: argparse.Namespace) -> None:
 
     check_data_dir(data.path, accept_empty_audit=args.accept_empty_audit)  # docs/tctl.md
     passphrase = data.ca_passphrase()
+    if storage is not None and storage.engine == "postgresql" and passphrase is not None:
+        from hub import cakeys  # the cluster's CAs are the shared database's
+
+        cakeys.install(data, *await cakeys.cluster_cas(storage, args.cluster_name, passphrase))
     seeds = SeedCipher(passphrase) if passphrase is not None else None
     if seeds is not None and data.db_path.exists():  # before init encrypts plain CA keys
         checking = await SQLiteBackend.open(data.db_path, seeds)  # with this passphrase
