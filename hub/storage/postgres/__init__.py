@@ -17,7 +17,14 @@ from psycopg_pool import AsyncConnectionPool
 from hub.storage.api import Storage
 from hub.storage.feed import ChangeFeed
 from hub.storage.postgres import migrate
-from hub.storage.postgres.connect import CONNECT_TIMEOUT, Target, parse_target
+from hub.storage.postgres.connect import (
+    CONNECT_TIMEOUT,
+    POOL_WAIT,
+    POOL_WAITING,
+    STATEMENT_TIMEOUT,
+    Target,
+    parse_target,
+)
 from hub.storage.postgres.db import Db
 from hub.storage.postgres.engine import PostgresStorage
 from hub.storage.postgres.errors import translate
@@ -25,6 +32,12 @@ from hub.storage.postgres.listen import Listener
 from remoteler.access import PRESET_ROLES
 
 __all__ = ["PostgresStorage", "open_postgres"]
+
+
+async def _configure(conn: AsyncConnection[DictRow]) -> None:
+    """Every pool connection: no statement runs longer than :data:`STATEMENT_TIMEOUT`."""
+    await conn.execute(f"SET statement_timeout = {int(STATEMENT_TIMEOUT * 1000)}")
+    await conn.commit()
 
 
 async def _connect(target: Target) -> AsyncConnection[object]:
@@ -60,6 +73,11 @@ async def open_postgres(url: str, *, password_file: Path | None = None) -> Postg
         max_size=target.pool_size,
         open=False,
         name="remoteler-storage",
+        # a connection the server dropped (a restart, a failover) is replaced, not handed out
+        check=AsyncConnectionPool.check_connection,
+        configure=_configure,
+        timeout=POOL_WAIT,
+        max_waiting=POOL_WAITING,
     )
     try:
         await pool.open(wait=True, timeout=CONNECT_TIMEOUT)

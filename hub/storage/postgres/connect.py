@@ -21,6 +21,12 @@ from hub.storage.api import StorageError
 POOL_SIZE = 10
 #: Seconds to wait for the server when connecting.
 CONNECT_TIMEOUT = 10
+#: Seconds a call waits for a free pool connection before it fails (Unavailable).
+POOL_WAIT = 30.0
+#: Calls that may wait for a pool connection at once; more fail at once (Unavailable).
+POOL_WAITING = 10_000
+#: Seconds one statement may run on the server before it is cancelled.
+STATEMENT_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg_pool import PoolTimeout
+from psycopg_pool import PoolTimeout, TooManyRequests
 
 from hub.storage.api import Conflict, StorageError, Unavailable
 
@@ -27,6 +27,10 @@ def translate(exc: BaseException, where: str) -> StorageError:
             f"PostgreSQL at {where} refused the login: {first_line(exc)} "
             "(check the user, --storage-password-file or PGPASSFILE)"
         )
+    if isinstance(exc, TooManyRequests):
+        return Unavailable(f"PostgreSQL at {where}: too many calls waiting for a connection")
+    if isinstance(exc, pg_errors.QueryCanceled):
+        return Unavailable(f"PostgreSQL at {where}: a statement ran out of time")
     if isinstance(exc, PoolTimeout):
         return Unavailable(f"PostgreSQL at {where}: no connection free or reachable in time")
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):

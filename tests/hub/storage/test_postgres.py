@@ -198,3 +198,20 @@ async def test_pool_size_is_the_engines_and_bad_values_are_one_line(pg_server: P
         await storage.close()
     with pytest.raises(StorageError, match="pool_size must be a number from 1 to 100"):
         await open_postgres(url + "?pool_size=0")
+
+
+async def test_connections_the_server_dropped_are_replaced_not_used(
+    two: tuple[PostgresStorage, PostgresStorage], pg_server: PgServer
+) -> None:
+    """A restart or failover of PostgreSQL: the next calls reconnect instead of failing."""
+    a, _b = two
+    await asyncio.gather(*[a.audit.count() for _ in range(4)])  # a few pooled connections
+    database = a.db.where.rsplit("/", 1)[1]
+    killed = pg_server.psql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        f" WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+    )
+    assert int(killed) >= 3  # both pools and both LISTEN connections
+    assert await asyncio.gather(*[a.audit.count() for _ in range(4)]) == [0] * 4
+    await a.settings.put("k", "v")
+    assert await a.settings.get("k") == "v"
