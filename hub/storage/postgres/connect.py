@@ -21,6 +21,16 @@ from hub.storage.api import StorageError
 POOL_SIZE = 10
 #: Seconds to wait for the server when connecting.
 CONNECT_TIMEOUT = 10
+#: libpq settings unless the URL gives its own: TCP keepalives, and the kernel drops a
+#: connection whose sent bytes stay unacknowledged for 60 s (a dead link is found).
+LINK_DEFAULTS: dict[str, object] = {
+    "connect_timeout": CONNECT_TIMEOUT,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
 #: Seconds a call waits for a free pool connection before it fails (Unavailable).
 POOL_WAIT = 30.0
 #: Calls that may wait for a pool connection at once; more fail at once (Unavailable).
@@ -38,12 +48,16 @@ class Target:
     pool_size: int
     #: ``host:port/db`` for messages (no user, no password)
     where: str
+    #: the libpq parameters the URL sets (defaults in :data:`LINK_DEFAULTS` do not override)
+    params: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:  # never the password
         return f"<Target {self.where}>"
 
     def kwargs(self) -> dict[str, object]:
-        extra: dict[str, object] = {"connect_timeout": CONNECT_TIMEOUT}
+        extra: dict[str, object] = {
+            key: value for key, value in LINK_DEFAULTS.items() if key not in self.params
+        }
         if self.password is not None:
             extra["password"] = self.password
         return extra
@@ -86,4 +100,4 @@ def parse_target(url: str, password_file: Path | None = None) -> Target:
         if not lines or not lines[0]:
             raise StorageError(f"--storage-password-file {password_file} is empty")
         password = lines[0]
-    return Target(clean, password, pool_size, where)
+    return Target(clean, password, pool_size, where, frozenset(params))

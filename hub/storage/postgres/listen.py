@@ -25,6 +25,10 @@ from hub.storage.postgres.errors import first_line
 
 log = logging.getLogger("remoteler.hub.storage")
 
+#: Seconds without a notice after which the LISTEN connection is pinged, and how long
+#: the ping may take before the connection counts as dead.
+HEARTBEAT = 15.0
+PING_TIMEOUT = 5.0
 #: Reconnect backoff: first delay and cap, seconds (full jitter in between).
 BACKOFF_FIRST = 0.2
 BACKOFF_CAP = 10.0
@@ -55,6 +59,8 @@ class Listener:
         self.listening = asyncio.Event()
         #: LISTEN connections lost and re-established (each one a gap)
         self.gaps = 0
+        self.heartbeat = HEARTBEAT
+        self.ping_timeout = PING_TIMEOUT
 
     async def start(self) -> None:
         """LISTEN (raises if the first connection fails), then follow in a task."""
@@ -77,14 +83,7 @@ class Listener:
 
     async def _run(self, conn: AsyncConnection[object]) -> None:
         while True:
-            try:
-                async for note in conn.notifies():
-                    change = parse(note.payload)
-                    if change is not None:
-                        self._feed.publish(change)
-                reason = "closed"
-            except Exception as exc:  # psycopg: the server went away, the socket broke
-                reason = first_line(exc)
+            reason = await self._follow(conn)
             self.listening.clear()
             with contextlib.suppress(Exception):
                 await conn.close()
@@ -95,6 +94,23 @@ class Listener:
             self.gaps += 1
             self._feed.gap()  # what was sent while we were away is lost: re-read all
             log.info("storage: the change feed from %s is back", self._where)
+
+    async def _follow(self, conn: AsyncConnection[object]) -> str:
+        """Publish what arrives until the connection fails; why it did. A quiet connection
+        is pinged every :attr:`heartbeat` seconds: a silent dead link (a NAT that forgot
+        the mapping) is found within ``heartbeat + ping_timeout``, not never."""
+        while True:
+            try:
+                async for note in conn.notifies(timeout=self.heartbeat):
+                    change = parse(note.payload)
+                    if change is not None:
+                        self._feed.publish(change)
+                async with asyncio.timeout(self.ping_timeout):
+                    await conn.execute("SELECT 1")
+            except TimeoutError:
+                return f"no answer to a ping in {self.ping_timeout:g} s"
+            except Exception as exc:  # psycopg: the server went away, the socket broke
+                return first_line(exc)
 
     async def _reconnect(self) -> AsyncConnection[object]:
         delay = BACKOFF_FIRST

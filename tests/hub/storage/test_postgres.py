@@ -215,3 +215,30 @@ async def test_connections_the_server_dropped_are_replaced_not_used(
     assert await asyncio.gather(*[a.audit.count() for _ in range(4)]) == [0] * 4
     await a.settings.put("k", "v")
     assert await a.settings.get("k") == "v"
+
+
+async def test_a_silent_dead_listen_link_is_found_by_its_ping(pg_server: PgServer) -> None:
+    """A link that drops every byte but stays open (a NAT that forgot the mapping): the
+    listener's ping times out, it reconnects, and subscribers re-read (a gap)."""
+    from faultproxy import FaultProxy
+
+    url = pg_server.new_database()
+    a = await open_postgres(url)
+    async with FaultProxy("127.0.0.1", pg_server.port) as proxy:
+        b = await open_postgres(url.replace(f":{pg_server.port}/", f":{proxy.addr.split(':')[1]}/"))
+        try:
+            b.listener.heartbeat, b.listener.ping_timeout = 0.2, 0.3
+            seen = b.changes()
+            proxy.blackhole()
+            began = time.monotonic()
+            while b.listener.listening.is_set():
+                assert time.monotonic() - began < 60, "the dead link went unnoticed"
+                await asyncio.sleep(0.05)
+            proxy.clear()  # new connections get through again
+            gap = [await _next(seen, 10) for _ in TOPICS]
+            assert {c.key for c in gap} == {"*"} and b.listener.gaps == 1
+            await a.locks.add(Lock(id="fedcba987654", kind="node", target="n1", created=1.0))
+            assert await _next(seen) == Change("locks", "fedcba987654")
+        finally:
+            await b.close()
+            await a.close()
