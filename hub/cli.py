@@ -10,6 +10,7 @@ import sys
 from hub.audit.quota import DEFAULT_BURST, DEFAULT_RATE
 from hub.extras import require_hub_extra
 from hub.net.listener import ListenerLimits
+from hub.storage_options import add_storage_flags
 from remoteler.clihelp import finish
 from remoteler.errors import RemotelerError
 
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         "beginning a new audit trail (default: off, such a start is refused; docs/tctl.md)",
     )
     add_auth_limit_flags(start)
+    add_storage_flags(start)
     start.add_argument(
         "--node-audit-rate",
         type=float,

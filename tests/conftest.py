@@ -9,6 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import Cluster, free_port
+from pgkit import PgServer
 
 
 @pytest.fixture
@@ -19,6 +20,16 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One PostgreSQL server for the session (per xdist worker), started on first use."""
+    server = PgServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 #: The longest-running modules, started first: with ``-n 4 --dist loadfile`` each

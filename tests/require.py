@@ -34,6 +34,8 @@ PACKAGES = {
     "faketime": "faketime",
     "systemd-analyze": "systemd",
     "unshare": "util-linux",
+    "initdb": "postgresql",  # tests/pgkit.py: /usr/lib/postgresql/N/bin
+    "pg_ctl": "postgresql",
 }
 
 #: where a tool lives when it is not on PATH (sbin and libexec directories)

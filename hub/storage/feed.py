@@ -42,9 +42,14 @@ class ChangeFeed:
         for queue in self._subscribers:
             queue.put_nowait(None)
 
-    async def subscribe(self) -> AsyncIterator[Change]:
+    def subscribe(self) -> AsyncIterator[Change]:
+        """A subscription that receives every change published from this call on (not
+        only from its first iteration: a caller may subscribe, write, then read)."""
         queue: asyncio.Queue[Change | None] = asyncio.Queue()
         self._subscribers.add(queue)
+        return self._follow(queue)
+
+    async def _follow(self, queue: asyncio.Queue[Change | None]) -> AsyncIterator[Change]:
         try:
             while (change := await queue.get()) is not None:
                 yield change
