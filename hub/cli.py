@@ -16,7 +16,7 @@ from hub.extras import require_hub_extra
 from hub.listener import ListenerLimits
 from remoteler.addr import format_hostport, parse_hostport
 from remoteler.clihelp import finish
-from remoteler.errors import RemotelerError, UsageError
+from remoteler.errors import ConfigError, RemotelerError, UsageError
 
 if TYPE_CHECKING:
     from hub.hashgate import HashGate
@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="start the hub")
     start.add_argument("--data-dir", default="/var/lib/remoteler-hub", help="state directory")
+    start.add_argument(
+        "--hub-id",
+        default=None,
+        help="this hub's id in presence leases (default: made at first start, kept in DATA/hub-id)",
+    )
     start.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (port 0 picks one)")
     start.add_argument(
         "--cluster-name",
@@ -200,17 +205,19 @@ async def run(args: argparse.Namespace) -> None:
     import asyncio.sslproto
     import resource
 
+    from hub import totp_seeds
     from hub.alive import alive_path, hold, keep_alive
     from hub.alive import stop as stop_alive
     from hub.audit_store import AuditStore, audit_db_path
     from hub.auth import AuthService
-    from hub.backend import SQLiteBackend
     from hub.datadir import DataDir
     from hub.gcpolicy import MIN_INTERVAL, GcPolicy
+    from hub.hubid import load_hub_id
     from hub.rotation_runtime import HubRotation
     from hub.seedcrypt import SeedCipher
     from hub.server import HubServer
     from hub.sslbuffer import share_ssl_read_buffer
+    from hub.storage import StorageError, open_storage
 
     # asyncio gives every TLS connection its own 256 KiB read buffer: 2.5 GiB for
     # 10,000 idle agents. All connections share one (hub/sslbuffer.py); if this
@@ -233,32 +240,36 @@ async def run(args: argparse.Namespace) -> None:
     check_data_dir(data.path, accept_empty_audit=args.accept_empty_audit)  # docs/tctl.md
     passphrase = data.ca_passphrase()
     seeds = SeedCipher(passphrase) if passphrase is not None else None
-    if seeds is not None and data.db_path.exists():  # before init encrypts plain CA keys
-        checking = await SQLiteBackend.open(data.db_path, seeds)  # with this passphrase
-        try:
-            await checking.check_totp_seeds()
-        finally:
-            await checking.close()
+    hub_id = load_hub_id(data.path, args.hub_id)
+    try:
+        storage = await open_storage(getattr(args, "storage", None), data.path)
+    except StorageError as exc:
+        raise ConfigError(str(exc)) from None
+    try:  # the passphrase checked on the seeds before init encrypts plain CA keys with it
+        raw_users = await totp_seeds.seal(storage, seeds)
+        await totp_seeds.check(raw_users, seeds)
+    except BaseException:
+        await storage.close()
+        raise
     cluster = data.init(args.cluster_name)
     # The CAs of the current rotation phase (hub/rotation_runtime.py), followed live.
     rotation = HubRotation(data, [host, *args.public_addr])
     user_ca, host_ca = rotation.cas.user.signer, rotation.cas.host.signer
     ssl_ctx = rotation.tls_context()
-    backend = await SQLiteBackend.open(data.db_path, seeds)
     try:  # encrypt plain TOTP seeds with the CA passphrase (docs/security.md)
-        if migrated := await backend.migrate_totp_seeds():
+        if migrated := await totp_seeds.migrate(raw_users, seeds):
             log.info("TOTP seeds encrypted with the CA passphrase", extra={"users": migrated})
-    except RemotelerError:
-        await backend.close()
+        await storage.presence.drop_hub(hub_id)  # leases of this hub's last run
+    except (RemotelerError, StorageError):
+        await storage.close()
         raise
-    await backend.mark_all_offline()
     alive = alive_path(data.path)  # tctl shows nodes online only while this is held
     alive_lock = hold(alive)
     audit = await AuditStore.open(audit_db_path(data.path))
     hash_gate, join_guard = auth_limits(args)
     server = HubServer(
         AuthService(
-            backend,
+            storage,
             user_ca,
             host_ca,
             cluster,
@@ -266,7 +277,7 @@ async def run(args: argparse.Namespace) -> None:
             hash_gate=hash_gate,
             join_guard=join_guard,
         ),
-        backend,
+        storage,
         audit=audit,
         listener_limits=ListenerLimits(
             tunnel_handshakes=max(1, args.max_agent_handshakes),
@@ -276,6 +287,7 @@ async def run(args: argparse.Namespace) -> None:
             tls_reply_timeout=max(0.5, args.tls_reply_timeout),
         ),
         audit_quota=quota,
+        hub_id=hub_id,
     )
     rotation.attach(server)
     bound_host, bound_port = await server.start(host, port, ssl_ctx)
@@ -320,8 +332,8 @@ async def run(args: argparse.Namespace) -> None:
         await server.close()
         with contextlib.suppress(Exception):
             await server.registry.flush()
-        await backend.mark_all_offline()
-        await backend.close()
+        await storage.presence.drop_hub(hub_id)
+        await storage.close()
         await audit.close()
         with contextlib.suppress(FileNotFoundError):
             data.addr_file.unlink()
@@ -334,12 +346,17 @@ def main(argv: list[str] | None = None) -> int:
     malloc.tune()
     args = build_parser().parse_args(argv)
     logs.setup(args.log_level)
+    from hub.storage.api import StorageError
+
     try:
         require_hub_extra()
         asyncio.run(run(args))
     except RemotelerError as err:
         print(f"hub: {err}", file=sys.stderr)
         return err.exit_code
+    except StorageError as err:  # the database failed while serving: one line
+        print(f"hub: {err}", file=sys.stderr)
+        return 1
     except OSError as err:
         print(
             f"hub: cannot listen on {args.listen}: {err.strerror or err}; pick another --listen",

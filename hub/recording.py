@@ -60,8 +60,8 @@ from remoteler.sshserver import SERVER_OPTIONS, CertificateOnlyServer, CheckedTu
 from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
 
 if TYPE_CHECKING:
-    from hub.backend import Node
     from hub.server import HubServer
+    from hub.storage.api import Node
     from hub.tunnels import LiveNode
 
 log = logging.getLogger("remoteler.hub.recording")

@@ -219,7 +219,7 @@ class HubRotation:
         """One ``rotate`` exchange with ``live``'s agent; raises if it does not finish."""
         assert self.server is not None
         cas, rev = self.cas, self.cas.revision
-        node = await self.server.backend.get_node(live.node_id)
+        node = await self.server.storage.nodes.get(live.node_id)
         if node is None:
             return
         signer, server_ca = cas.host.signer, cas.host.server

@@ -67,7 +67,7 @@ async def test_an_agent_that_holds_the_current_set_gets_no_push(hub: Hub) -> Non
         assert current.pushed == []
 
         lock = Lock("0123456789ab", "user", "mallory", "incident", time.time())
-        await hub.backend.add_lock(lock)
+        await hub.storage.locks.add(lock)
         await settle(hub, lambda: current.pushed == [[lock]] and stale.pushed[-1] == [lock])
         assert len(stale.pushed) == 2
     finally:
@@ -108,7 +108,7 @@ async def test_a_locked_session_is_cut_whatever_the_lock_message(
             open_timeout=10,
         ) as ws:
             message = "このアカウントはセキュリティ上の理由でロックされています"
-            await hub.backend.add_lock(Lock("0123456789ab", "user", "alice", message, time.time()))
+            await hub.storage.locks.add(Lock("0123456789ab", "user", "alice", message, time.time()))
             with pytest.raises(ConnectionClosed) as info:
                 await asyncio.wait_for(ws.recv(), 10)
         assert info.value.rcvd is not None and info.value.rcvd.code == 4403
@@ -131,7 +131,7 @@ async def test_a_locked_user_cannot_list_nodes_or_read_sessions(hub: Hub) -> Non
 
     creds = await hub.user_creds("mallory")
     lock = Lock("0123456789ab", "user", "mallory", "incident 7", time.time())
-    await hub.backend.add_lock(lock)
+    await hub.storage.locks.add(lock)
     await hub.server.locks.refresh()
     async with connect(
         hub.url("/v1/rpc"),

@@ -5,6 +5,7 @@ login_guard rows."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -18,9 +19,10 @@ from websockets.asyncio.client import connect
 from hub import secrets as hs
 from hub.audit_store import AuditStore
 from hub.auditbudget import AuditBudget, AuditBudgetPolicy
-from hub.backend import SQLiteBackend
 from hub.hashgate import BUSY_MESSAGE, HashGate, HashGatePolicy, HubBusy
 from hub.ratelimit import LoginGuard, LoginPolicy
+from hub.storage.api import Storage
+from hub.storage.sqlite import open_sqlite
 from remoteler import rpc
 from remoteler.errors import RemotelerError
 
@@ -138,7 +140,7 @@ async def test_guesses_from_many_addresses_get_hub_busy_and_a_real_login_gets_th
         assert reasons.count("hub busy") >= len(busy), "every busy refusal is audited"
         # a busy refusal is not a failed guess: it is not counted against the name
         first_busy = next(i for i, (msg, _) in enumerate(results) if msg == BUSY_MESSAGE)
-        assert await hub.backend.get_login_guard(f"guess{first_busy}") is None
+        assert await hub.storage.login_guards.get(f"guess{first_busy}") is None
 
 
 async def test_gate_refuses_at_once_when_the_queue_is_full_and_after_the_deadline() -> None:
@@ -195,24 +197,24 @@ async def test_gate_serves_the_priority_lane_first() -> None:
 async def test_login_guard_rows_are_pruned_after_their_window(tmp_path: Path) -> None:
     clock = Clock()
     policy = LoginPolicy(max_user_failures=3, failure_window=600.0, user_lockout=1200.0)
-    backend = await SQLiteBackend.open(tmp_path / "hub.db")
+    storage = await open_sqlite(tmp_path)
     try:
-        guard = LoginGuard(backend, policy, clock=clock)
+        guard = LoginGuard(storage, policy, clock=clock)
         for i in range(200):  # a spray of names, one guess each
             await guard.failed(f"name{i}", "")
         for _ in range(3):  # and one name locked out
             await guard.failed("alice", "")
-        assert await _rows(backend) == 201
+        assert await _rows(storage) == 201
         clock.advance(policy.failure_window + 1)  # the window passed; alice still locked
         await guard.failed("late", "")
-        left = await _rows(backend)
+        left = await _rows(storage)
         assert left == 2, f"{left} rows left: only 'alice' (locked) and 'late' should be"
-        assert (await backend.get_login_guard("alice")) is not None
+        assert (await storage.login_guards.get("alice")) is not None
         clock.advance(policy.user_lockout)  # the lockout and its window are over
         assert await guard.prune(clock()) == 2
-        assert await _rows(backend) == 0
+        assert await _rows(storage) == 0
     finally:
-        await backend.close()
+        await storage.close()
 
 
 async def test_login_guard_pruning_keeps_up_while_full_batches_come_back(tmp_path: Path) -> None:
@@ -221,24 +223,23 @@ async def test_login_guard_pruning_keeps_up_while_full_batches_come_back(tmp_pat
     minute later, or the table grows for as long as the spray runs."""
     clock = Clock()
     policy = LoginPolicy(failure_window=600.0, prune_batch=10)
-    backend = await SQLiteBackend.open(tmp_path / "hub.db")
+    storage = await open_sqlite(tmp_path)
     try:
-        guard = LoginGuard(backend, policy, clock=clock)
+        guard = LoginGuard(storage, policy, clock=clock)
         for i in range(50):
             await guard.failed(f"name{i}", "")
         clock.advance(policy.failure_window + 1)
         for i in range(3):  # three failures within a second
             await guard.failed(f"late{i}", "")
-        left = await _rows(backend)
+        left = await _rows(storage)
         assert left == 50 + 3 - 30, f"{left} rows left: 3 full batches should be gone"
     finally:
-        await backend.close()
+        await storage.close()
 
 
-async def _rows(backend: SQLiteBackend) -> int:
-    row = await backend._one("SELECT COUNT(*) FROM login_guard", ())
-    assert row is not None
-    return int(row[0])
+async def _rows(storage: Storage) -> int:
+    with sqlite3.connect(Path(storage.path)) as db:  # type: ignore[attr-defined]
+        return int(db.execute("SELECT COUNT(*) FROM login_guard").fetchone()[0])
 
 
 @pytest.mark.usefixtures("fast_argon2")

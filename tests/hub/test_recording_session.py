@@ -131,7 +131,7 @@ async def proxied(tmp_path: Path) -> AsyncIterator[tuple[Hub, Device]]:
                 await asyncio.sleep(0.02)
             else:
                 raise AssertionError("the test device's tunnel did not register at the hub")
-            assert await hub.backend.set_node_recording("dev1", "proxy") is not None
+            assert await hub.storage.nodes.set_recording("dev1", "proxy") is not None
             yield hub, device
         finally:
             await device.close()
@@ -330,7 +330,7 @@ async def test_a_lock_ends_a_proxied_session(
     async with await _ssh(hub, key, cert, tls) as conn:
         proc = await conn.create_process("events", term_type="vt100", encoding=None)
         assert (await asyncio.wait_for(proc.stdout.readline(), 10)).startswith(b"TERM")
-        await hub.backend.add_lock(Lock("0123456789ab", "user", "alice", "incident", time.time()))
+        await hub.storage.locks.add(Lock("0123456789ab", "user", "alice", "incident", time.time()))
         await asyncio.wait_for(conn.wait_closed(), 15)
     assert proc.exit_status == 255  # as ssh when a session is cut
     assert b"incident" in await proc.stderr.read()  # the lock's message, before the cut
@@ -382,7 +382,7 @@ async def test_the_devices_refusal_is_printable_in_forward_mode_too(
     proxied: tuple[Hub, Device],
 ) -> None:
     hub, device = proxied
-    await hub.backend.set_node_recording("dev1", "off")
+    await hub.storage.nodes.set_recording("dev1", "off")
     device.refuse = "sshd down\x1b]52;c;aGk=\x07"
     key, _, tls = await _user(hub)
     async with connect(
@@ -417,7 +417,7 @@ async def test_file_transfer_and_forwarding_off_in_the_roles_are_enforced_at_the
     """A legacy sshd cannot read the signed rules: the hub refuses sftp, every other
     subsystem, legacy scp and forwards itself when the roles leave them out."""
     hub, _ = proxied
-    await hub.backend.put_role(
+    await hub.storage.roles.put(
         AccessRole(
             "no-files",
             logins=("pi",),
@@ -492,23 +492,22 @@ async def test_changing_the_recording_mode_ends_the_open_connections_of_the_othe
 ) -> None:
     """``tctl nodes set --recording`` (another process) ends the node's relays opened in
     the other mode: a long-lived connection cannot stay unrecorded after a switch."""
-    from hub.backend import SQLiteBackend
-    from hub.datadir import DataDir
+    from hub.storage.sqlite import open_sqlite
 
     hub, _ = proxied
     monkeypatch.setattr(hub.server.locks, "interval", 0.05)
     key, cert, tls = await _user(hub)
-    tctl = await SQLiteBackend.open(DataDir(tmp_path / "hubdata").db_path)
+    tctl = await open_sqlite(tmp_path / "hubdata")
     try:
         for now in ("off", "proxy"):  # proxied -> off, then end to end -> proxy
             async with await _ssh(hub, key, cert, tls) as conn:
                 proc = await conn.create_process("events", term_type="vt100", encoding=None)
                 assert (await asyncio.wait_for(proc.stdout.readline(), 10)).startswith(b"TERM")
                 # the same mode written again is no change (a few polls pass)
-                await tctl.set_node_recording("dev1", "proxy" if now == "off" else "off")
+                await tctl.nodes.set_recording("dev1", "proxy" if now == "off" else "off")
                 await asyncio.sleep(0.2)
                 assert not proc.is_closing()
-                await tctl.set_node_recording("dev1", now)
+                await tctl.nodes.set_recording("dev1", now)
                 await asyncio.wait_for(conn.wait_closed(), 10)
             if now == "off":  # the hub's own session tells the user why
                 assert proc.exit_status == 255

@@ -84,7 +84,7 @@ async def test_tunnel_with_user_cert_is_401(hub: Hub) -> None:
 
 async def test_tunnel_of_removed_node_is_401(hub: Hub) -> None:
     ctx = hub.tls(*await hub.node_creds("gone"))
-    assert await hub.backend.delete_node("gone")
+    assert await hub.storage.nodes.delete("gone")
     err = await _refused(hub, "/v1/tunnel", ctx, TUNNEL_SUBPROTOCOL)
     assert err.response.status_code == 401
     assert b"join again" in err.response.body

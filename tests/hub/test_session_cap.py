@@ -85,7 +85,7 @@ async def test_extra_session_refused_then_allowed_after_one_closes(
     hub: Hub, recording: str
 ) -> None:
     """Both ways a session is served count: the byte relay and the recording proxy."""
-    await hub.backend.put_role(
+    await hub.storage.roles.put(
         Role("ops", logins=(LOGINS_TRAIT,), node_labels={"*": ("*",)}, max_sessions=3)
     )
     alice = await _user(hub, "alice", ["ops", "access"])
@@ -93,7 +93,7 @@ async def test_extra_session_refused_then_allowed_after_one_closes(
     open_: list[ClientConnection] = []
     async with _agent(hub):
         if recording:
-            assert await hub.backend.set_node_recording("node-1", recording) is not None
+            assert await hub.storage.nodes.set_recording("node-1", recording) is not None
         try:
             for _ in range(3):
                 open_.append(await _stalled(hub, alice))
@@ -167,7 +167,7 @@ async def test_slot_is_held_until_the_tcp_connection_is_gone(hub: Hub) -> None:
     still costs the hub, and still counts, until it is gone."""
     erin = await _user(hub, "erin", ["access"])
     async with _agent(hub):
-        assert await hub.backend.set_node_recording("node-1", "proxy") is not None
+        assert await hub.storage.nodes.set_recording("node-1", "proxy") is not None
         live = hub.server.registry.live()[0]
         ws = await _stalled(hub, erin)
         ws.transport.pause_reading()  # reads nothing more, not even the close frame
@@ -220,7 +220,7 @@ async def test_slot_comes_back_when_the_websocket_guard_aborts(hub: Hub) -> None
 
     from hub.wsguard import WsGuardLimits
 
-    await hub.backend.put_role(
+    await hub.storage.roles.put(
         Role("one", logins=(LOGINS_TRAIT,), node_labels={"*": ("*",)}, max_sessions=1)
     )
     alice = await _user(hub, "alice", ["one", "access"])
@@ -250,7 +250,7 @@ async def test_a_user_at_the_cap_gets_the_missing_node_answer_not_429(hub: Hub) 
     """C7 and A4 together: the node check comes before the session count, so a user at
     their limit asking for a node they may not see gets the same 404 line as for a
     missing one; a 429 there would tell the node exists."""
-    await hub.backend.put_role(
+    await hub.storage.roles.put(
         Role("one", logins=(LOGINS_TRAIT,), node_labels={"*": ("*",)}, max_sessions=1)
     )
     alice = await _user(hub, "alice", ["one", "access"])

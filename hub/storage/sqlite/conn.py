@@ -93,6 +93,13 @@ class Conn:
                     raise
         return rows
 
+    async def checkpoint(self) -> None:
+        """Move the WAL into the file and empty it (best effort: a reader may hold it);
+        with ``secure_delete`` a replaced secret then leaves no copy on disk."""
+        async with self.lock:
+            with mapped(self.path):
+                await self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """Several statements as one transaction (``BEGIN IMMEDIATE``: the write lock is

@@ -52,6 +52,7 @@ class SQLiteUsers:
         return [_user(r) for r in await self._c.all("SELECT * FROM users ORDER BY name")]
 
     async def put(self, user: User) -> None:
+        before = await self._c.one("SELECT totp_secret FROM users WHERE name = ?", (user.name,))
         await self._c.write(
             "INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
@@ -64,6 +65,8 @@ class SQLiteUsers:
                 user.created,
             ),
         )
+        if before is not None and before[0] not in (None, user.totp_secret):
+            await self._c.checkpoint()  # the replaced seed's old page leaves the WAL
         self._c.publish("users", user.name)
 
     async def delete(self, name: str) -> bool:
