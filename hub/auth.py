@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -17,7 +16,7 @@ from hub.auditbudget import AuditBudget
 from hub.hashgate import BUSY_MESSAGE, BUSY_REASON, HashGate, HubBusy
 from hub.joinguard import JoinGuard, JoinRefused
 from hub.ratelimit import LoginGuard, LoginRefused
-from hub.storage.api import Node, Storage, Token, User
+from hub.storage.api import Conflict, Node, Storage, Token, User
 from remoteler.access import (
     DEFAULT_MAX_TTL,
     ROLES_EXTENSION,
@@ -445,7 +444,7 @@ class AuthService:
                     token_labels=dict(record.labels),
                 )
             )
-        except sqlite3.IntegrityError:  # another join took the name meanwhile
+        except Conflict:  # another join took the name meanwhile
             raise UsageError(
                 f"a node named {name!r} already exists; pick another --name "
                 "and ask for a new token (this one was used)"

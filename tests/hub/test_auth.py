@@ -258,6 +258,21 @@ async def test_join_duplicate_name_keeps_the_token(auth: AuthService) -> None:
     await auth.join(second, "n2", {}, pub, "")
 
 
+async def test_concurrent_joins_of_one_name_one_wins_the_other_is_told(
+    auth: AuthService,
+) -> None:
+    """Two joins of one new name with two tokens: both pass the name check, the storage
+    refuses the second insert (Conflict), and that join gets the one-line answer."""
+    tokens = [(await auth.add_token("node", 600, {}))[0] for _ in range(2)]
+    _, pub = new_key_line()
+    results = await asyncio.gather(
+        *(auth.join(t, "twin", {}, pub, "") for t in tokens), return_exceptions=True
+    )
+    assert sum(isinstance(r, dict) for r in results) == 1
+    (lost,) = [r for r in results if not isinstance(r, dict)]
+    assert isinstance(lost, UsageError) and "pick another --name" in str(lost), repr(lost)
+
+
 @pytest.mark.parametrize(
     ("name", "key", "err", "needle"),
     [

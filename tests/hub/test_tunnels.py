@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +169,43 @@ def test_status_size_stops_at_the_cap() -> None:
     big = {str(i): [i] * 10 for i in range(100_000)}
     assert status_size(big, 1000) <= 1000 + 64
     assert status_size(["x" * 10] * 10**6, 1000) == 1001
+
+
+async def test_presence_two_hubs_on_one_file_and_a_restart(tmp_path: Path) -> None:
+    """Hubs A and B on one hub.db: the flush leases each hub's tunnels under its id, a
+    closed tunnel's lease goes at the next flush, and B's restart (drop_hub at start)
+    leaves A's nodes online: the old mark_all_offline() marked every node offline."""
+    from hub import tunnels
+
+    a, b = await open_sqlite(tmp_path), await open_sqlite(tmp_path)
+    try:
+        nodes = [Node(id=f"n{i}", name=f"dev{i}", joined=1.0) for i in range(4)]
+        for node in nodes:
+            await a.nodes.add(node)
+        hub_a = TunnelRegistry(a, "hub-a", flush_interval=5.0)
+        hub_b = TunnelRegistry(b, "hub-b", flush_interval=5.0)
+        held = _Closable()
+        for node in nodes[:2]:
+            hub_a.register(node, held)  # type: ignore[arg-type]
+        for node in nodes[2:]:
+            hub_b.register(node, _Closable())  # type: ignore[arg-type]
+        await hub_a.flush()
+        await hub_b.flush()
+        listed = {n.name: n.held_by for n in await a.nodes.all()}
+        assert listed == {
+            "dev0": ("hub-a",),
+            "dev1": ("hub-a",),
+            "dev2": ("hub-b",),
+            "dev3": ("hub-b",),
+        }
+        (lease,) = await a.presence.holders("n0", 0.0)
+        assert 14.0 < lease.expires - time.time() <= tunnels.LEASE_FLUSHES * 5.0
+
+        hub_a.unregister("n1", held)  # type: ignore[arg-type]
+        await hub_a.flush()
+        assert await b.presence.drop_hub("hub-b") == 2  # B restarts
+        online = [n.name for n in await b.nodes.all() if n.online]
+        assert online == ["dev0"], online
+    finally:
+        await a.close()
+        await b.close()

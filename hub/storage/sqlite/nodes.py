@@ -18,11 +18,11 @@ import aiosqlite
 from hub.storage.api import RECORDING_MODES, Beat, Node, Presence
 from hub.storage.sqlite.conn import Conn
 
-#: A node with the hubs that hold a live lease on it (comma separated), read at ``?``.
+#: A node with the hubs that hold a live lease on it (comma separated), at time ``?``:
+#: a lookup in presence's primary key per node, so one node costs one probe.
 _SELECT = (
-    "SELECT n.*, h.held FROM nodes n LEFT JOIN (SELECT node_id, "
-    "group_concat(hub_id, ',') AS held FROM presence WHERE expires > ? GROUP BY node_id) h "
-    "ON h.node_id = n.id"
+    "SELECT n.*, (SELECT group_concat(p.hub_id, ',') FROM presence p "
+    "WHERE p.node_id = n.id AND p.expires > ?) AS held FROM nodes n"
 )
 
 
