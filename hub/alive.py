@@ -24,7 +24,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from hub.backend import Node
+from hub.storage.api import Node
 
 #: Name of the sign-of-life file in the hub's data dir.
 ALIVE_FILE = "hub.alive"

@@ -27,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="start the hub")
     start.add_argument("--data-dir", default="/var/lib/remoteler-hub", help="state directory")
+    start.add_argument(
+        "--hub-id",
+        default=None,
+        help="this hub's id in presence leases (default: made at first start, kept in DATA/hub-id)",
+    )
     start.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (port 0 picks one)")
     start.add_argument(
         "--cluster-name",
@@ -194,12 +199,17 @@ def main(argv: list[str] | None = None) -> int:
     malloc.tune()
     args = build_parser().parse_args(argv)
     logs.setup(args.log_level)
+    from hub.storage.api import StorageError
+
     try:
         require_hub_extra()
         asyncio.run(run(args))
     except RemotelerError as err:
         print(f"hub: {err}", file=sys.stderr)
         return err.exit_code
+    except StorageError as err:  # the database failed while serving: one line
+        print(f"hub: {err}", file=sys.stderr)
+        return 1
     except OSError as err:
         print(
             f"hub: cannot listen on {args.listen}: {err.strerror or err}; pick another --listen",

@@ -20,6 +20,7 @@ from typing import Any
 from hub import tctl_firmware, tctl_locks, tctl_rotate
 from hub.alive import as_seen
 from hub.extras import require_hub_extra
+from hub.storage.api import StorageError
 from remoteler.addr import format_labels, parse_labels
 from remoteler.audit.events import AuditEvent
 from remoteler.clihelp import finish
@@ -205,16 +206,22 @@ def _audit_filters(parser: argparse.ArgumentParser, default_limit: int | None) -
 
 
 async def _backend(args: argparse.Namespace) -> Any:
-    from hub.backend import SQLiteBackend
+    """The hub's storage, TOTP seeds sealed with the hub's CA passphrase if it has one."""
+    from hub import totp_seeds
     from hub.datadir import DataDir
     from hub.seedcrypt import SeedCipher
+    from hub.storage.sqlite import open_sqlite
 
     data = DataDir(Path(args.data_dir))
     data.cluster_name()  # clear error if this is not a hub data dir
     passphrase = data.ca_passphrase()  # the hub's: TOTP seeds are written encrypted with it
-    return await SQLiteBackend.open(
-        data.db_path, SeedCipher(passphrase) if passphrase is not None else None
-    )
+    storage = await open_sqlite(data.path)
+    try:
+        await totp_seeds.seal(storage, SeedCipher(passphrase) if passphrase is not None else None)
+    except BaseException:
+        await storage.close()
+        raise
+    return storage
 
 
 async def _auth(args: argparse.Namespace) -> Any:
@@ -225,8 +232,8 @@ async def _auth(args: argparse.Namespace) -> Any:
     # the CAs first: a missing or wrong passphrase must not leave an open database,
     # whose thread would keep tctl from exiting after it printed the error
     cas = tctl_rotate.load_cas(args.data_dir)  # sign with the CAs of the rotation phase
-    backend = await _backend(args)
-    return AuthService(backend, cas.user.signer, cas.host.signer, data.cluster_name())
+    storage = await _backend(args)
+    return AuthService(storage, cas.user.signer, cas.host.signer, data.cluster_name())
 
 
 def _hub_addr(args: argparse.Namespace) -> str:
@@ -270,20 +277,20 @@ async def cmd_users(args: argparse.Namespace) -> None:
                 text = f"User {user.name!r} created.\nTOTP: {data['totp_uri']}"
             _emit(args, data, text)
         elif args.cmd == "ls":
-            users = await auth.backend.list_users()
+            users = await auth.storage.users.all()
             rows = [[u.name, ",".join(u.roles), ",".join(u.logins)] for u in users]
             data_ls = [
                 {"name": u.name, "roles": list(u.roles), "logins": list(u.logins)} for u in users
             ]
             _emit(args, data_ls, table(rows, ["User", "Roles", "Logins"]))
         elif args.cmd == "rm":
-            if not await auth.backend.delete_user(args.name):
+            if not await auth.storage.users.delete(args.name):
                 raise UsageError(f"no user {args.name!r}; see 'tctl users ls'")
             print(f"User {args.name!r} removed.")
         elif args.cmd == "unlock":
-            await tctl_locks.cmd_users_unlock(args, auth.backend)
+            await tctl_locks.cmd_users_unlock(args, auth.storage)
     finally:
-        await auth.backend.close()
+        await auth.storage.close()
 
 
 async def cmd_tokens(args: argparse.Namespace) -> None:
@@ -314,7 +321,7 @@ async def cmd_tokens(args: argparse.Namespace) -> None:
             _emit(args, data, text)
         elif args.cmd == "ls":
             now = time.time()
-            toks = await auth.backend.list_tokens()
+            toks = await auth.storage.tokens.all()
             items = [
                 {
                     "token_id": t.token_id,
@@ -337,11 +344,11 @@ async def cmd_tokens(args: argparse.Namespace) -> None:
             ]
             _emit(args, items, table(rows, ["Token ID", "Type", "Labels", "Expires", "State"]))
         elif args.cmd == "rm":
-            if not await auth.backend.delete_token(args.token_id):
+            if not await auth.storage.tokens.delete(args.token_id):
                 raise UsageError(f"no token with id {args.token_id!r}; see 'tctl tokens ls'")
             print(f"Token {args.token_id} removed.")
     finally:
-        await auth.backend.close()
+        await auth.storage.close()
 
 
 def _backlog(pending: int, oldest: float | None, now: float) -> str:
@@ -356,10 +363,10 @@ def _backlog(pending: int, oldest: float | None, now: float) -> str:
 
 
 async def cmd_nodes(args: argparse.Namespace) -> None:
-    backend = await _backend(args)
+    storage = await _backend(args)
     try:
         if args.cmd == "ls":
-            nodes, note = as_seen(await backend.list_nodes(), Path(args.data_dir), time.time())
+            nodes, note = as_seen(await storage.nodes.all(), Path(args.data_dir), time.time())
             if note:  # stored "online" flags outlived a hub that died (hub/alive.py)
                 print(note, file=sys.stderr)
             items = [
@@ -397,20 +404,20 @@ async def cmd_nodes(args: argparse.Namespace) -> None:
             ]
             _emit(args, items, table(rows, headers))
         elif args.cmd == "rm":
-            if not await backend.delete_node(args.name):
+            if not await storage.nodes.delete(args.name):
                 raise UsageError(f"no node {args.name!r}; see 'tctl nodes ls'")
             print(f"Node {args.name!r} removed; its agent must join again with a new token.")
         elif args.cmd == "set":
-            await _set_recording(args, backend)
+            await _set_recording(args, storage)
     finally:
-        await backend.close()
+        await storage.close()
 
 
-async def _set_recording(args: argparse.Namespace, backend: Any) -> None:
+async def _set_recording(args: argparse.Namespace, storage: Any) -> None:
     """``tctl nodes set NAME --recording proxy|off``: applies to the next connection."""
     from remoteler.audit.events import EventType
 
-    node = await backend.set_node_recording(args.name, args.recording)
+    node = await storage.nodes.set_recording(args.name, args.recording)
     if node is None:
         raise UsageError(f"no node {args.name!r}; see 'tctl nodes ls'")
     await _record_role_event(
@@ -453,7 +460,7 @@ async def cmd_auth(args: argparse.Namespace) -> None:
         from remoteler.ca import generate_private_key, public_key_to_openssh
         from remoteler.identity import write_identity_file
 
-        user = await auth.backend.get_user(args.user)
+        user = await auth.storage.users.get(args.user)
         if user is None:
             raise UsageError(f"no user {args.user!r}; create it with 'tctl users add'")
         key = generate_private_key()
@@ -471,7 +478,7 @@ async def cmd_auth(args: argparse.Namespace) -> None:
         for f in files:
             print(f"  {f}")
     finally:
-        await auth.backend.close()
+        await auth.storage.close()
         if auth.audit is not None:
             await auth.audit.close()
 
@@ -530,11 +537,11 @@ async def cmd_status(args: argparse.Namespace) -> None:
 
     data = DataDir(Path(args.data_dir))
     cluster = data.cluster_name()
-    backend = await _backend(args)
+    storage = await _backend(args)
     try:
-        nodes, _ = as_seen(await backend.list_nodes(), Path(args.data_dir), time.time())
+        nodes, _ = as_seen(await storage.nodes.all(), Path(args.data_dir), time.time())
     finally:
-        await backend.close()
+        await storage.close()
     info = {
         "cluster": cluster,
         "hub": _hub_addr(args),
@@ -578,12 +585,12 @@ async def cmd_create(args: argparse.Namespace) -> None:
     from remoteler.audit.events import EventType
 
     role = load_role_file(Path(args.file))
-    backend = await _backend(args)
+    storage = await _backend(args)
     try:
-        existed = await backend.get_role(role.name) is not None
-        await backend.put_role(role)
+        existed = await storage.roles.get(role.name) is not None
+        await storage.roles.put(role)
     finally:
-        await backend.close()
+        await storage.close()
     await _record_role_event(
         args, EventType.ROLE_CREATED, name=role.name, spec=role.to_dict(), updated=existed
     )
@@ -595,11 +602,11 @@ def _selector_text(selector: Any) -> str:
 
 
 async def cmd_get(args: argparse.Namespace) -> None:
-    backend = await _backend(args)
+    storage = await _backend(args)
     try:
-        roles = await backend.list_roles()
+        roles = await storage.roles.all()
     finally:
-        await backend.close()
+        await storage.close()
     rows = []
     for r in roles:
         deny = [*r.deny_logins, _selector_text(r.deny_node_labels)]
@@ -632,13 +639,13 @@ async def cmd_rm(args: argparse.Namespace) -> None:
             f"role {name!r} is a preset and comes back at the next start; "
             "change it with 'tctl create -f' instead"
         )
-    backend = await _backend(args)
+    storage = await _backend(args)
     try:
-        if not await backend.delete_role(name):
+        if not await storage.roles.delete(name):
             raise UsageError(f"no role {name!r}; see 'tctl get roles'")
-        users = [u.name for u in await backend.list_users() if name in u.roles]
+        users = [u.name for u in await storage.users.all() if name in u.roles]
     finally:
-        await backend.close()
+        await storage.close()
     await _record_role_event(args, EventType.ROLE_DELETED, name=name)
     print(f"Role {name!r} removed.")
     if users:  # a missing role grants (and denies) nothing; their next login shows it
@@ -724,15 +731,15 @@ async def cmd_audit(args: argparse.Namespace) -> None:
         raise UsageError("--limit must be at least 1")
     since = parse_when(args.since) if args.since else None
     until = parse_when(args.until) if args.until else None
-    backend = await _backend(args)
+    storage = await _backend(args)
     try:
-        names = {n.id: n.name for n in await backend.list_nodes()}
+        names = {n.id: n.name for n in await storage.nodes.all()}
         node = args.node
         if node is not None and node not in names:
-            found = await backend.get_node(node)
+            found = await storage.nodes.get(node)
             node = found.id if found else node  # a removed node's id or "hub" still works
     finally:
-        await backend.close()
+        await storage.close()
     newest = args.limit is not None and args.order == "desc"
     store = await open_audit_store(Path(args.data_dir))
     try:
@@ -810,6 +817,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # 'tctl ... | head': the reader had enough, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
         return 141  # 128 + SIGPIPE, what a shell shows for a program killed by it
+    except StorageError as err:  # one line from the storage (a damaged file names it)
+        print(f"tctl: {err}", file=sys.stderr)
+        return 1
     except sqlite3.DatabaseError as err:  # a damaged file: name it (hub/dbcheck.py)
         from hub.dbcheck import diagnose
 

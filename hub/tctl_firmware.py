@@ -235,9 +235,9 @@ def _canary(text: str | None) -> tuple[int | None, float | None]:
 
 async def _push(args: argparse.Namespace) -> None:
     from firmware_tools.bundle import AgentTooOld, TargetMismatch, check_manifest
-    from hub.backend import SQLiteBackend
     from hub.datadir import DataDir
     from hub.firmware_store import FirmwareStore, Rollout, new_rollout_id
+    from hub.storage.sqlite import open_sqlite
     from remoteler.addr import format_labels, parse_labels, parse_ttl
     from remoteler.audit.events import HUB_NODE, EventType, make_event
     from remoteler.firmware_xfer import parse_rate
@@ -261,11 +261,11 @@ async def _push(args: argparse.Namespace) -> None:
         raise UsageError(str(exc)) from None
     data_dir = _data(args)
     manifest, sha256, size, copy = _take_in(args.bundle, data_dir, _trusted(data_dir))
-    backend = await SQLiteBackend.open(DataDir(data_dir).db_path)
+    storage = await open_sqlite(DataDir(data_dir).path)
     try:
-        all_nodes = await backend.list_nodes()
+        all_nodes = await storage.nodes.all()
     finally:
-        await backend.close()
+        await storage.close()
     chosen, skipped = [], []
     for node in sorted(all_nodes, key=lambda n: n.name):
         labels = node.effective_labels(node.labels)

@@ -50,18 +50,18 @@ def register_user_unlock(users: Any) -> None:
 
 async def _open(args: argparse.Namespace) -> tuple[Any, Any]:
     from hub.audit_store import AuditStore, audit_db_path
-    from hub.backend import SQLiteBackend
     from hub.datadir import DataDir
+    from hub.storage.sqlite import open_sqlite
 
     data = DataDir(Path(args.data_dir))
     data.cluster_name()  # clear error if this is not a hub data dir
-    backend = await SQLiteBackend.open(data.db_path)
+    storage = await open_sqlite(data.path)
     try:
         audit = await AuditStore.open(audit_db_path(data.path))
     except BaseException:
-        await backend.close()
+        await storage.close()
         raise
-    return backend, audit
+    return storage, audit
 
 
 def _item(lock: Any) -> dict[str, Any]:
@@ -89,15 +89,15 @@ async def cmd_lock(args: argparse.Namespace) -> None:
         raise UsageError(f"--message is too long: at most {MAX_MESSAGE} characters")
     now = time.time()
     expires = now + parse_ttl(args.ttl) if args.ttl else None
-    backend, audit = await _open(args)
+    storage, audit = await _open(args)
     try:
         if kind == "node":
-            node = await backend.get_node(target)
+            node = await storage.nodes.get(target)
             if node is None:
                 raise UsageError(f"no node {target!r}; see 'tctl nodes ls'")
             target = node.name
         lock = Lock(new_lock_id(), kind, target, args.message, now, expires, "tctl")
-        await backend.add_lock(lock)
+        await storage.locks.add(lock)
         await audit.record(
             make_event(
                 EventType.LOCK_CREATED,
@@ -113,7 +113,7 @@ async def cmd_lock(args: argparse.Namespace) -> None:
             )
         )
     finally:
-        await backend.close()
+        await storage.close()
         await audit.close()
     until = f"until {fmt_time(expires)}" if expires is not None else "until 'tctl unlock'"
     text = f"Locked {kind} {target!r} ({until}). Lock id: {lock.id}"
@@ -124,11 +124,11 @@ async def cmd_lock(args: argparse.Namespace) -> None:
 
 
 async def cmd_locks(args: argparse.Namespace) -> None:
-    backend, audit = await _open(args)
+    storage, audit = await _open(args)
     try:
-        locks = await backend.list_locks(time.time())
+        locks = await storage.locks.all(time.time())
     finally:
-        await backend.close()
+        await storage.close()
         await audit.close()
     items = [_item(lock) for lock in locks]
     if args.format == "json":
@@ -151,9 +151,9 @@ async def cmd_locks(args: argparse.Namespace) -> None:
 async def cmd_unlock(args: argparse.Namespace) -> None:
     from remoteler.audit.events import HUB_NODE, EventType, make_event
 
-    backend, audit = await _open(args)
+    storage, audit = await _open(args)
     try:
-        lock = await backend.delete_lock(args.lock_id.strip())
+        lock = await storage.locks.delete(args.lock_id.strip())
         if lock is None:
             raise UsageError(f"no lock with id {args.lock_id!r}; see 'tctl locks ls'")
         await audit.record(
@@ -166,14 +166,14 @@ async def cmd_unlock(args: argparse.Namespace) -> None:
             )
         )
     finally:
-        await backend.close()
+        await storage.close()
         await audit.close()
     print(f"Lock {lock.id} on {lock.kind} {lock.target!r} removed.")
 
 
-async def cmd_users_unlock(args: argparse.Namespace, backend: Any) -> None:
-    if await backend.get_user(args.name) is None:
+async def cmd_users_unlock(args: argparse.Namespace, storage: Any) -> None:
+    if await storage.users.get(args.name) is None:
         raise UsageError(f"no user {args.name!r}; see 'tctl users ls'")
-    cleared = await backend.clear_login_guard(args.name)
+    cleared = await storage.login_guards.clear(args.name)
     state = "lockout lifted" if cleared else "was not locked out"
     print(f"User {args.name!r}: {state}; failed-login count reset.")

@@ -25,6 +25,10 @@ from websockets.asyncio.server import Server, ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from hub.audit.ingest import serve_audit_channel
+from hub.audit.quota import AuditQuotas, QuotaConfig
+from hub.audit_store import MIN_SESSION_PREFIX, AuditBackend, resolve_session_prefix
+from hub.auth.service import AuthService, Issued, check_name, rules_of
 from hub.api.drain_notice import (
     SESSION_CUT,
     Notices,
@@ -32,17 +36,13 @@ from hub.api.drain_notice import (
     seconds_left,
     session_notice,
 )
-from hub.api.linkprobe import check_link, not_answering
-from hub.api.sessioncap import SessionCounter, TooManySessions, relay_deadline
-from hub.api.tunnels import LiveNode, TunnelRegistry
-from hub.audit.ingest import serve_audit_channel
-from hub.audit.quota import AuditQuotas, QuotaConfig
-from hub.audit_store import MIN_SESSION_PREFIX, AuditBackend, resolve_session_prefix
-from hub.auth.locks import LOCKED_CLOSE_CODE, LockWatcher
-from hub.auth.service import AuthService, Issued, check_name, rules_of
-from hub.backend import Backend, Node
 from hub.net.identity import Identity, peer_identity
+from hub.api.linkprobe import check_link, not_answering
 from hub.net.listener import Listener, ListenerLimits
+from hub.auth.locks import LOCKED_CLOSE_CODE, LockWatcher
+from hub.api.sessioncap import SessionCounter, TooManySessions, relay_deadline
+from hub.storage.api import Node, Storage
+from hub.api.tunnels import LiveNode, TunnelRegistry
 from hub.net.wsutil import DEVICE_REASONS, close_reason, device_refusal, peer_addr, peer_host
 from remoteler import rpc
 from remoteler.access import Role as UserRole
@@ -114,24 +114,25 @@ class HubServer:
     def __init__(
         self,
         auth: AuthService,
-        backend: Backend,
+        storage: Storage,
         limits: Limits | None = None,
         audit: AuditBackend | None = None,
         listener_limits: ListenerLimits | None = None,
         audit_quota: QuotaConfig | None = None,
+        hub_id: str = "hub",
     ) -> None:
         self.auth = auth
         #: each node's audit events per minute (hub/audit/quota.py)
         self.audit_quotas = AuditQuotas(audit_quota or QuotaConfig())
         self.listener_limits = listener_limits
         self.listener: Listener | None = None
-        self.backend = backend
+        self.storage = storage
         self.audit = audit
         self.limits = limits or Limits()
-        self.registry = TunnelRegistry(backend)
+        self.registry = TunnelRegistry(storage, hub_id)
         #: CA rotation follower (hub/rotation/runtime.py); set by hub/app.py
         self.rotation: HubRotation | None = None
-        self.locks = LockWatcher(backend, self.registry)
+        self.locks = LockWatcher(storage, self.registry)
         #: open /v1/connect sessions per user (role option max_sessions)
         self.sessions = SessionCounter()
         self._lock_task: asyncio.Future[None] | None = None
@@ -255,7 +256,7 @@ class HubServer:
             if url.path == "/v1/tunnel":
                 if ident is None or ident.kind != "node":
                     raise AuthError("the tunnel endpoint needs a node certificate from the host CA")
-                node = await self.backend.get_node(ident.name)
+                node = await self.storage.nodes.get(ident.name)
                 if node is None or node.id != ident.name:
                     raise AuthError(
                         "this node was removed from the hub; join again with a new token"
@@ -321,12 +322,12 @@ class HubServer:
         """The node to connect to and the user's roles (which set the session's limits)."""
         if ident is None or ident.kind != "user":
             raise AuthError("connecting to a node needs a user certificate: run 'tsh login'")
-        user = await self.backend.get_user(ident.name)
+        user = await self.storage.users.get(ident.name)
         if user is None:
             raise AuthError(f"user {ident.name!r} no longer exists; ask an admin")
         if not node_key or not login:
             raise UsageError("give a node and a login, as in 'tsh ssh login@node'")
-        node = await self.backend.get_node(node_key)
+        node = await self.storage.nodes.get(node_key)
         roles = await self.auth.roles_of(user)
         rules, _ = rules_of(user, roles)
         if node is None or not node_visible(rules, self.registry.labels_of(node)):
@@ -335,7 +336,7 @@ class HubServer:
             raise NodeError(f"node {node_key[:64]!r} not found or access denied; see 'tsh ls'")
         # Read the table, not the watcher's copy: a lock made a moment ago applies.
         lock = find_lock(
-            await self.backend.list_locks(time.time()),
+            await self.storage.locks.all(time.time()),
             user=user.name,
             login=login,
             nodes=(node.id, node.name),
@@ -688,7 +689,7 @@ class HubServer:
     async def rpc_nodes_list(self, ident: Identity | None, params: dict[str, Any]) -> Any:
         if ident is None or ident.kind != "user":
             raise AuthError("listing nodes needs a user certificate: run 'tsh login'")
-        user = await self.backend.get_user(ident.name)
+        user = await self.storage.users.get(ident.name)
         if user is None:
             raise AuthError(f"user {ident.name!r} no longer exists; ask an admin")
         self._refuse_if_locked(user.name)
@@ -699,7 +700,7 @@ class HubServer:
         out = []
         # A fleet has few distinct label sets: decide each once per call, not per node.
         visible: dict[frozenset[tuple[str, str]], bool] = {}
-        for node in await self.backend.list_nodes():
+        for node in await self.storage.nodes.all():
             live = self.registry.get(node.id)
             labels = self.registry.labels_of(node)
             key = frozenset(labels.items())
@@ -731,7 +732,7 @@ class HubServer:
         """A session's events (``tsh play``), for the user who ran it only."""
         if ident is None or ident.kind != "user":
             raise AuthError("reading a session needs a user certificate: run 'tsh login'")
-        if await self.backend.get_user(ident.name) is None:
+        if await self.storage.users.get(ident.name) is None:
             raise AuthError(f"user {ident.name!r} no longer exists; ask an admin")
         self._refuse_if_locked(ident.name)
         session_id = _str(params, "session_id")

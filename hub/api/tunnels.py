@@ -1,4 +1,11 @@
-"""The proxy's inventory of live agent tunnels, and heartbeat bookkeeping."""
+"""The proxy's inventory of live agent tunnels, and heartbeat bookkeeping.
+
+Which nodes this hub holds is stored as presence leases (docs/storage.md): each
+flush renews a lease of :data:`LEASE_FLUSHES` flush intervals for every live
+tunnel and drops the leases of tunnels closed since the last one, so a hub that
+dies without cleaning up stops showing its nodes online once their leases run
+out, and a hub's restart (``presence.drop_hub``) leaves other hubs' nodes alone.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +17,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hub.api.node_status import NodeStatus, StatusTooLarge, parse_status
-from hub.backend import Backend, Beat, Node
+from hub.storage.api import Beat, Node, Presence, Storage
 from remoteler.wire.aio import Tunnel
 
-log = logging.getLogger("remoteler.hub.tunnels")
+log = logging.getLogger("remoteler.hub.api.tunnels")
+
+#: A presence lease lasts this many flush intervals (3 x 5 s by default): one or two
+#: flushes may fail or run late before a live node looks offline.
+LEASE_FLUSHES = 3
+#: Expired leases (of hubs that died) are deleted every this many flushes, in batches.
+EXPIRE_EVERY = 12
+EXPIRE_BATCH = 1000
 
 
 @dataclass
@@ -65,9 +79,14 @@ class LiveNode:
 class TunnelRegistry:
     """node id -> live tunnel; persists online state and heartbeats in batches."""
 
-    def __init__(self, backend: Backend, flush_interval: float = 5.0) -> None:
-        self.backend = backend
+    def __init__(self, storage: Storage, hub_id: str = "hub", flush_interval: float = 5.0) -> None:
+        self.storage = storage
+        #: this hub's id in presence leases (hub/hubid.py)
+        self.hub_id = hub_id
         self.flush_interval = flush_interval
+        self._flushes = 0
+        #: tunnels closed since the last flush, whose last heartbeat is not yet written
+        self._closed: dict[str, LiveNode] = {}
         self._live: dict[str, LiveNode] = {}
         self._closing: set[asyncio.Future[None]] = set()
         #: counts registrations, so periodic sweeps can skip a fleet that did not change
@@ -106,6 +125,7 @@ class TunnelRegistry:
         )
         self._live[node_id] = live
         self._online[node_id] = (True, now)
+        self._closed.pop(node_id, None)
         if old is not None:
             log.info("tunnel replaced by a new connection", extra={"node_id": node_id})
             task = asyncio.ensure_future(old.tunnel.close(reason="replaced by a newer tunnel"))
@@ -118,7 +138,11 @@ class TunnelRegistry:
         if live is None or live.tunnel is not tunnel:
             return  # a newer tunnel took over
         del self._live[node_id]
-        self._online[node_id] = (False, time.time())
+        now = time.time()
+        self._online[node_id] = (False, now)
+        if live.dirty:
+            live.last_seen = now
+            self._closed[node_id] = live
 
     def offline_since(self, node_id: str) -> float | None:
         """When the node's tunnel closed here, until the next flush tells the database."""
@@ -159,13 +183,20 @@ class TunnelRegistry:
             live.version = status.version
 
     async def flush(self) -> None:
-        if self._online:
-            changes, self._online = self._online, {}
-            await self.backend.set_nodes_online(
-                [(nid, online, when) for nid, (online, when) in changes.items()]
-            )
+        now = time.time()
+        changes, self._online = self._online, {}
+        presence = self.storage.presence
+        expires = now + LEASE_FLUSHES * self.flush_interval
+        await presence.beat_many([Presence(nid, self.hub_id, expires) for nid in self._live])
+        for node_id, (online, _when) in changes.items():
+            if not online and node_id not in self._live:
+                await presence.drop(node_id, self.hub_id)
+        self._flushes += 1
+        if self._flushes % EXPIRE_EVERY == 0:
+            await presence.expire(now, EXPIRE_BATCH)
+        closed, self._closed = self._closed, {}
         beats = []
-        for live in self._live.values():
+        for live in [*self._live.values(), *closed.values()]:
             if live.dirty:
                 live.dirty = False
                 audit = live.status.audit
@@ -183,7 +214,7 @@ class TunnelRegistry:
                 )
         if not beats:
             return
-        for node_id in await self.backend.update_heartbeats(beats):
+        for node_id in await self.storage.nodes.heartbeats(beats):
             removed = self._live.get(node_id)
             if removed is not None:
                 log.info("node was removed; closing its tunnel", extra={"node_id": node_id})

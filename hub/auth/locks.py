@@ -1,15 +1,18 @@
 """The hub's side of locks: see new ones at once, end what they cover, tell the agents.
 
-``tctl lock`` writes the backend directly, so the hub polls the locks table (one
-small query a second). On every change it ends the relays of sessions a lock
-now covers and pushes the whole active set to each agent over a ``locks``
-channel; an agent that connects later gets the set within a poll interval.
+The watcher follows the storage's change feed (``Storage.changes()``: this hub's
+writes as they commit, other hubs' and processes' within about a second,
+docs/storage.md): a change of locks, roles or users re-reads the locks table.
+On every change of the set it ends the relays of sessions a lock now covers and
+pushes the whole active set to each agent over a ``locks`` channel; an agent
+that connects later gets the set within :data:`POLL_INTERVAL`. The table is
+also re-read every :data:`REREAD_INTERVAL` seconds, for locks that expire.
 
-The same poll ends relays whose node's recording mode (``tctl nodes set
---recording``) is no longer the one they were opened in, so a long-lived
+A change of nodes ends the relays whose node's recording mode (``tctl nodes
+set --recording``) is no longer the one they were opened in, so a long-lived
 connection (OpenSSH ControlPersist) cannot outlive a switch to ``proxy``
-unrecorded. The nodes table is read only when another process wrote the
-database or a relay was opened since the last poll.
+unrecorded. The nodes table is read only then, or when a relay was opened
+since the last check.
 """
 
 from __future__ import annotations
@@ -17,24 +20,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from hub.storage.api import Change, Storage
 from hub.api.tunnels import TunnelRegistry
-from hub.backend import Backend
 from remoteler.locks import Lock, encode_locks, find_lock, lock_digest
 from remoteler.protocol import LOCKS_KIND
 from remoteler.wire.aio import Tunnel
 from remoteler.wire.codes import OpenFailure
 from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
 
-log = logging.getLogger("remoteler.hub.locks")
+log = logging.getLogger("remoteler.hub.auth.locks")
 
-#: Seconds between two reads of the locks table.
+#: Seconds between two sweeps of the agents for lock pushes (memory only).
 POLL_INTERVAL = 1.0
+#: Seconds between two reads of the locks table with no change on the feed.
+REREAD_INTERVAL = 30.0
+#: Topics of the change feed after which the locks table is read again.
+LOCK_TOPICS = frozenset({"locks", "roles", "users"})
 #: Seconds the agent gets to end a locked session itself (it shows the user the
 #: message inside the session) before the hub cuts the relay.
 RELAY_GRACE = 3.0
@@ -66,13 +74,13 @@ class Relay:
 class LockWatcher:
     def __init__(
         self,
-        backend: Backend,
+        storage: Storage,
         registry: TunnelRegistry,
         clock: Callable[[], float] = time.time,
         interval: float = POLL_INTERVAL,
         grace: float = RELAY_GRACE,
     ) -> None:
-        self.backend = backend
+        self.storage = storage
         self.registry = registry
         self.clock = clock
         self.interval = interval
@@ -90,8 +98,11 @@ class LockWatcher:
         self._clean: tuple[str, int] | None = None
         self._tasks: set[asyncio.Future[None]] = set()
         self._slots = asyncio.Semaphore(MAX_PUSHES)
-        #: the backend's outside-write counter at the last recording-mode check
-        self._writes: int | None = None
+        #: a change of nodes arrived since the last recording-mode check
+        self._nodes_changed = False
+        #: a change of locks, roles or users arrived since the last read of the locks
+        self._locks_changed = True
+        self._changed = asyncio.Event()
         #: relays opened since that check (their mode was read before they started)
         self._unchecked: set[int] = set()
 
@@ -142,16 +153,15 @@ class LockWatcher:
 
     async def check_recording(self) -> None:
         """End the relays whose node's recording mode changed since they opened."""
-        writes = await self.backend.outside_writes()
-        if writes != self._writes:
-            self._writes = writes
+        if self._nodes_changed:
+            self._nodes_changed = False
             keys = [k for k, r in self._relays.items() if r.recording is not None]
         else:
             keys = [k for k in self._unchecked if k in self._relays]
         self._unchecked.clear()
         if not keys:
             return
-        modes = await self.backend.node_recordings([self._relays[k].nodes[0] for k in keys])
+        modes = await self.storage.nodes.recordings([self._relays[k].nodes[0] for k in keys])
         for key in keys:
             relay = self._relays.get(key)
             if relay is None or relay.ending:
@@ -179,7 +189,7 @@ class LockWatcher:
     async def refresh(self) -> bool:
         """Read the locks table; True if the active set changed."""
         now = self.clock()
-        locks = await self.backend.list_locks(now)
+        locks = await self.storage.locks.all(now)
         digest = lock_digest(locks)
         changed = digest != self.digest
         self.locks, self.digest = locks, digest
@@ -255,15 +265,41 @@ class LockWatcher:
         finally:
             self._pushing.discard(tunnel)
 
+    async def follow(self, changes: AsyncIterator[Change]) -> None:
+        """Note each change of the feed for :meth:`run` (until the feed ends)."""
+        async for change in changes:
+            if change.topic in LOCK_TOPICS:
+                self._locks_changed = True
+                self._changed.set()
+            elif change.topic == "nodes":
+                self._nodes_changed = True
+                self._changed.set()
+
     async def run(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-                self.push_due()
-                await self.check_recording()
-            except Exception:
-                log.exception("lock refresh failed; will retry")
-            await asyncio.sleep(self.interval)
+        changes = self.storage.changes()
+        follower = asyncio.ensure_future(self.follow(changes))
+        last_read = -math.inf
+        try:
+            while True:
+                self._changed.clear()  # before the reads: a change during them is not lost
+                try:
+                    now = time.monotonic()
+                    if self._locks_changed or now - last_read >= REREAD_INTERVAL:
+                        self._locks_changed = False
+                        last_read = now
+                        await self.refresh()
+                    self.push_due()
+                    await self.check_recording()
+                except Exception:
+                    log.exception("lock refresh failed; will retry")
+                    self._locks_changed = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), self.interval)
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+            await changes.aclose()  # type: ignore[attr-defined]
 
     async def close(self) -> None:
         for task in list(self._tasks):

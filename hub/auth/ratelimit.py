@@ -3,21 +3,20 @@
 Defaults follow Teleport (5 failed logins lock the account for a while) and
 are written down in docs/security.md. A user name is locked out the same way
 whether or not it exists, so the answers never tell an attacker which names
-are real. User lockouts are stored in the backend and survive a restart;
+are real. User lockouts are stored in the storage and survive a restart;
 address state is in memory (an address is cheap to change, a user is not).
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hub.backend import Backend, LoginGuardRow
 from hub.net.admission import source_key
+from hub.storage.api import GuardPolicy, Storage
 from remoteler.errors import AuthError
 
 #: Names that can be users (hub.auth.service.check_name); others are never stored.
@@ -142,17 +141,14 @@ class LoginGuard:
 
     def __init__(
         self,
-        backend: Backend,
+        storage: Storage,
         policy: LoginPolicy | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.backend = backend
+        self.storage = storage
         self.policy = policy or LoginPolicy()
         self.clock = clock
         self.addresses = AddressGuard(self.policy)
-        #: failed() reads then writes the user's row: concurrent failures (a burst
-        #: from many addresses) must not overwrite each other's count
-        self._failing = asyncio.Lock()
         #: address -> until when it is served first for password hashes (hub/auth/hashgate.py)
         self._trusted: dict[str, float] = {}
         self._pruned = -math.inf  # clock time of the last pruning of login_guard rows
@@ -164,7 +160,7 @@ class LoginGuard:
         """Raise :class:`LoginRefused` if this attempt must not even be evaluated."""
         now = self.clock()
         self.addresses.check(addr, now)
-        row = await self.backend.get_login_guard(user)
+        row = await self.storage.login_guards.get(user)
         if row is not None and row.locked_until is not None and row.locked_until > now:
             raise LoginRefused(
                 "login refused: too many failed logins for this account; try again "
@@ -203,24 +199,16 @@ class LoginGuard:
         if not _USER_NAME.fullmatch(user):
             return False  # not a possible user: nothing to lock, nothing to store
         p = self.policy
-        async with self._failing:
-            row = await self.backend.get_login_guard(user)
-            if row is None or now - row.first_failure > p.failure_window:
-                row = LoginGuardRow(user, 0, now, None)
-            failures = row.failures + 1
-            locked = failures >= p.max_user_failures
-            await self.backend.put_login_guard(
-                LoginGuardRow(
-                    user,
-                    0 if locked else failures,
-                    now if locked else row.first_failure,
-                    now + p.user_lockout if locked else row.locked_until,
-                )
-            )
-            if now - self._pruned >= p.prune_interval:
-                self._pruned = now
-                if await self.prune(now) >= p.prune_batch:  # more left: at the next failure
-                    self._pruned = -math.inf
+        # one statement in the database (UPSERT ... RETURNING): concurrent failures, from
+        # this hub or another one, never overwrite each other's count
+        row = await self.storage.login_guards.fail(
+            user, now, GuardPolicy(p.failure_window, p.max_user_failures, p.user_lockout)
+        )
+        locked = row.failures == 0  # only the failure that locks leaves the count at 0
+        if now - self._pruned >= p.prune_interval:
+            self._pruned = now
+            if await self.prune(now) >= p.prune_batch:  # more left: at the next failure
+                self._pruned = -math.inf
         return locked
 
     async def prune(self, now: float) -> int:
@@ -231,13 +219,13 @@ class LoginGuard:
         hash, hub/auth/hashgate.py), not every name ever tried.
         """
         p = self.policy
-        return await self.backend.prune_login_guard(now - p.failure_window, now, p.prune_batch)
+        return await self.storage.login_guards.prune(now - p.failure_window, now, p.prune_batch)
 
     async def succeeded(self, user: str, addr: str = "") -> None:
         self._finished(user)
         if addr:
             self._trust(addr)
-        await self.backend.clear_login_guard(user)
+        await self.storage.login_guards.clear(user)
 
     def _trust(self, addr: str) -> None:
         now = self.clock()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -13,11 +12,11 @@ from typing import Any, NoReturn
 
 from hub.audit.budget import AuditBudget
 from hub.audit_store import AuditBackend
-from hub.auth import secrets as hs
+from hub.audit.budget import AuditBudget
 from hub.auth.hashgate import BUSY_MESSAGE, BUSY_REASON, HashGate, HubBusy
 from hub.auth.joinguard import JoinGuard, JoinRefused
 from hub.auth.ratelimit import LoginGuard, LoginRefused
-from hub.backend import Backend, Node, Token, User
+from hub.storage.api import Conflict, Node, Storage, Token, User
 from remoteler.access import (
     DEFAULT_MAX_TTL,
     ROLES_EXTENSION,
@@ -88,7 +87,7 @@ class Issued:
 class AuthService:
     def __init__(
         self,
-        backend: Backend,
+        storage: Storage,
         user_ca: CertAuthority,
         host_ca: CertAuthority,
         cluster: str,
@@ -97,13 +96,13 @@ class AuthService:
         hash_gate: HashGate | None = None,
         join_guard: JoinGuard | None = None,
     ) -> None:
-        self.backend = backend
+        self.storage = storage
         self.user_ca = user_ca
         self.host_ca = host_ca
         self.cluster = cluster
         self.clock = clock
         self.audit = audit
-        self.guard = LoginGuard(backend, clock=clock)
+        self.guard = LoginGuard(storage, clock=clock)
         #: a hub-wide cap on Argon2 runs for logins and invites (hub/auth/hashgate.py)
         self.hash_gate = hash_gate or HashGate()
         #: rate limits on joins per address and hub-wide (hub/auth/joinguard.py)
@@ -129,10 +128,10 @@ class AuthService:
     ) -> tuple[User, str | None]:
         """Create a user; without a password return a one-time invite token."""
         check_name("user", name)
-        if await self.backend.get_user(name):
+        if await self.storage.users.get(name):
             raise UsageError(f"user {name!r} already exists; pick another name or remove it first")
         for role in roles:
-            if await self.backend.get_role(role) is None:
+            if await self.storage.roles.get(role) is None:
                 raise UsageError(f"role {role!r} does not exist; see 'tctl get roles'")
         if password is not None and len(password) < hs.MIN_PASSWORD:
             raise UsageError(f"password too short: use at least {hs.MIN_PASSWORD} characters")
@@ -150,18 +149,18 @@ class AuthService:
             totp_last_step=0,
             created=self.clock(),
         )
-        await self.backend.put_user(user)
+        await self.storage.users.put(user)
         invite = None
         if password is None:
             invite = hs.new_token()
-            await self.backend.add_invite(hs.hash_token(invite), name, self.clock() + INVITE_TTL)
+            await self.storage.invites.add(hs.hash_token(invite), name, self.clock() + INVITE_TTL)
         log.info("user created", extra={"user": name, "roles": list(roles)})
         return user, invite
 
     async def invite_info(self, name: str, invite: str, remote_addr: str = "") -> dict[str, str]:
         self.guard.addresses.check(remote_addr, self.clock())
         user = await self._user_before_credentials(name)
-        ok = await self.backend.check_invite(hs.hash_token(invite), name, self.clock())
+        ok = await self.storage.invites.check(hs.hash_token(invite), name, self.clock())
         if not ok or user is None or user.totp_secret is None:
             raise AuthError(
                 "invite not valid: it is wrong, used or expired; ask an admin for a new one"
@@ -201,26 +200,28 @@ class AuthService:
         except HubBusy:
             await self._hub_busy(name, remote_addr)
         step = hs.totp_step(info["totp_secret"], otp, self.clock())
-        if step is None or not await self.backend.record_totp_step(name, step):
+        if step is None or not await self.storage.users.record_totp_step(name, step):
             await self._login_failed(name, remote_addr, "one-time code not accepted")
             raise AuthError(
                 "one-time code not accepted: check the authenticator app's clock and retry"
             )
-        if not await self.backend.consume_invite(hs.hash_token(invite), name, self.clock()):
+        if not await self.storage.invites.consume(hs.hash_token(invite), name, self.clock()):
             await self._login_failed(name, remote_addr, "invite not valid")
             raise AuthError(
                 "invite not valid: it is wrong, used or expired; ask an admin for a new one"
             )
         await self.guard.succeeded(name)
         await self._check_user_lock(name)
-        user = await self.backend.get_user(name)
+        user = await self.storage.users.get(name)
         assert user is not None
-        await self.backend.put_user(replace(user, password_hash=password_hash, totp_last_step=step))
+        await self.storage.users.put(
+            replace(user, password_hash=password_hash, totp_last_step=step)
+        )
         log.info("invite accepted", extra={"user": name, "remote_addr": remote_addr})
         await self._record(
             EventType.USER_LOGIN, user=name, success=True, method="invite", remote_addr=remote_addr
         )
-        user = await self.backend.get_user(name)
+        user = await self.storage.users.get(name)
         assert user is not None
         return await self.issue_user_certs(user, public_key, ttl)
 
@@ -230,7 +231,7 @@ class AuthService:
         here, and the caller is answered as for an unknown name, so the error's text
         (which names the user) does not tell an attacker that the name exists."""
         try:
-            return await self.backend.get_user(name)
+            return await self.storage.users.get(name)
         except ConfigError as err:
             log.error("user record unreadable: %s", err, extra={"user": name})
             return None
@@ -239,7 +240,7 @@ class AuthService:
         """The user's roles as stored now (a removed role grants and limits nothing)."""
         roles = []
         for role_name in user.roles:
-            role = await self.backend.get_role(role_name)
+            role = await self.storage.roles.get(role_name)
             if role is not None:
                 roles.append(role)
         return roles
@@ -275,7 +276,7 @@ class AuthService:
             await self._login_failed(name, remote_addr, reason)
             raise AuthError(LOGIN_FAILED)
         step = hs.totp_step(user.totp_secret, otp, self.clock())
-        if step is None or not await self.backend.record_totp_step(name, step):
+        if step is None or not await self.storage.users.record_totp_step(name, step):
             reason = "one-time code wrong" if step is None else "one-time code already used"
             await self._login_failed(name, remote_addr, reason)
             raise AuthError(LOGIN_FAILED)
@@ -331,7 +332,7 @@ class AuthService:
         raise LoginRefused(BUSY_MESSAGE, BUSY_REASON)
 
     async def _check_user_lock(self, name: str, remote_addr: str = "") -> None:
-        lock = find_lock(await self.backend.list_locks(self.clock()), user=name, now=self.clock())
+        lock = find_lock(await self.storage.locks.all(self.clock()), user=name, now=self.clock())
         if lock is not None:
             await self._login_failed(name, remote_addr, f"locked ({lock.id})", count=False)
             raise AccessDenied(lock.refusal())
@@ -378,7 +379,7 @@ class AuthService:
         token = hs.new_token()
         now = self.clock()
         record = Token(hs.hash_token(token), kind, dict(labels), now, now + ttl, None)
-        await self.backend.add_token(record)
+        await self.storage.tokens.add(record)
         log.info("join token created", extra={"token_id": record.token_id, "ttl": ttl})
         return token, record
 
@@ -398,7 +399,7 @@ class AuthService:
         except JoinRefused as err:
             await self._join_failed(name, remote_addr, token_hash, err.reason, limited=True)
             raise
-        record = await self.backend.get_token(token_hash)
+        record = await self.storage.tokens.get(token_hash)
         now = self.clock()
         bad = None
         if record is None:
@@ -421,19 +422,19 @@ class AuthService:
             pub = public_key_from_openssh(public_key)
         except CAError as exc:
             raise UsageError(f"bad public key: {exc}") from None
-        existing = await self.backend.get_node(name)
+        existing = await self.storage.nodes.get(name)
         if existing is not None:
             raise UsageError(
                 f"a node named {name!r} already exists; pick another --name "
                 f"or remove the old one with 'tctl nodes rm {name}'"
             )
         node_id = str(uuid.uuid4())
-        if not await self.backend.consume_token(token_hash, node_id, now):
+        if not await self.storage.tokens.consume(token_hash, node_id, now):
             await self._join_failed(name, remote_addr, token_hash, "join token was already used")
             raise AuthError("join token was already used; ask the hub operator for a new one")
         merged = {**dict(labels), **dict(record.labels)}  # the operator's token labels win
         try:
-            await self.backend.add_node(
+            await self.storage.nodes.add(
                 Node(
                     id=node_id,
                     name=name,
@@ -443,7 +444,7 @@ class AuthService:
                     token_labels=dict(record.labels),
                 )
             )
-        except sqlite3.IntegrityError:  # another join took the name meanwhile
+        except Conflict:  # another join took the name meanwhile
             raise UsageError(
                 f"a node named {name!r} already exists; pick another --name "
                 "and ask for a new token (this one was used)"

@@ -77,7 +77,7 @@ class FirmwareRollouts:
         self._retry_at: dict[tuple[str, str], float] = {}
         self._wake = asyncio.Event()
         self._headers: dict[str, bytes] = {}
-        #: node id -> last heartbeat (wall clock) of an offline node, read once from the backend
+        #: node id -> last heartbeat (wall clock) of an offline node, read once from the storage
         self._last_seen: dict[str, float | None] = {}
         #: wall clock when this hub began watching roll-outs (its downtime is not a canary's)
         self._watching_since = time.time()
@@ -194,7 +194,7 @@ class FirmwareRollouts:
             if n.node_id not in self._last_seen:  # once per time offline (None: never seen)
                 seen = self.registry.offline_since(n.node_id)
                 if seen is None:
-                    record = await self.registry.backend.get_node(n.node_id)
+                    record = await self.registry.storage.nodes.get(n.node_id)
                     seen = record.last_seen if record else None
                 self._last_seen[n.node_id] = seen
         actions = plan(

@@ -63,9 +63,9 @@ from remoteler.sshserver import SERVER_OPTIONS, CertificateOnlyServer, CheckedTu
 from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
 
 if TYPE_CHECKING:
+    from hub.api.server import HubServer
+    from hub.storage.api import Node
     from hub.api.tunnels import LiveNode
-    from hub.audit_store import AuditBackend
-    from hub.backend import Node
 
 log = logging.getLogger("remoteler.hub.recording")
 

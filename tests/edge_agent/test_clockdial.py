@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from edge_agent.agent import EdgeAgent
 from edge_agent.clockdial import check_hub_cert, skew_from_ping
 from edge_agent.join import join
-from hub.api.server import HubServer
 from hub.auth.service import AuthService
-from hub.backend import SQLiteBackend
 from hub.datadir import DataDir
+from hub.api.server import HubServer
+from hub.storage.sqlite import open_sqlite
 from remoteler.ca import CAError, CertAuthority, generate_private_key, pin_of_cert_pem
 from remoteler.errors import TrustError
 from remoteler.tlsutil import server_context
@@ -104,8 +104,8 @@ async def test_the_unverified_pings_time_is_never_taken_only_the_tunnels(
         now=int(time.time()) + 1800,
     )
     key_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    backend = await SQLiteBackend.open(data.db_path)
-    server = HubServer(AuthService(backend, user_ca, host_ca, cluster), backend)
+    storage = await open_sqlite(data.path)
+    server = HubServer(AuthService(storage, user_ca, host_ca, cluster), storage)
     truthful = server.rpc_ping
 
     async def lying_ping(ident: Any, params: dict[str, Any]) -> Any:
@@ -134,7 +134,7 @@ async def test_the_unverified_pings_time_is_never_taken_only_the_tunnels(
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         await server.close()
-        await backend.close()
+        await storage.close()
 
 
 @pytest.mark.parametrize("junk", [True, "1797000000", None, float("nan"), -1e300, 2**64 - 1])

@@ -16,11 +16,12 @@ from websockets.asyncio.client import connect
 
 from hub.api.server import TUNNEL_SUBPROTOCOL, HubServer
 from hub.audit_store import AuditStore
-from hub.auth import secrets as hs
 from hub.auth.service import AuthService
-from hub.backend import SQLiteBackend
 from hub.datadir import DataDir
 from hub.net.listener import ListenerLimits
+from hub.api.server import TUNNEL_SUBPROTOCOL, HubServer
+from hub.storage.api import Storage
+from hub.storage.sqlite import open_sqlite
 from remoteler.ca import (
     CertAuthority,
     generate_private_key,
@@ -68,8 +69,8 @@ def fast_argon2(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def backend(tmp_path: Path) -> AsyncIterator[SQLiteBackend]:
-    db = await SQLiteBackend.open(tmp_path / "hub.db")
+async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
+    db = await open_sqlite(tmp_path)
     try:
         yield db
     finally:
@@ -82,9 +83,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def auth(backend: SQLiteBackend, clock: Clock) -> AuthService:
+def auth(storage: Storage, clock: Clock) -> AuthService:
     return AuthService(
-        backend,
+        storage,
         CertAuthority.generate("user", "test"),
         CertAuthority.generate("host", "test"),
         "test",
@@ -96,7 +97,7 @@ def auth(backend: SQLiteBackend, clock: Clock) -> AuthService:
 class Hub:
     server: HubServer
     auth: AuthService
-    backend: SQLiteBackend
+    storage: Storage
     port: int
 
     def url(self, path: str) -> str:
@@ -165,16 +166,16 @@ async def running_hub(
     user_ca, host_ca = data.load_ca("user"), data.load_ca("host")
     cert, key = data.issue_server_identity(host_ca, ["127.0.0.1"])
     ssl_ctx = server_context(cert, key, [user_ca.x509_pem, host_ca.x509_pem])
-    backend = await SQLiteBackend.open(data.db_path)
-    auth = AuthService(backend, user_ca, host_ca, cluster)
+    storage = await open_sqlite(data.path)
+    auth = AuthService(storage, user_ca, host_ca, cluster)
     store = await AuditStore.open(tmp_path / "audit.db") if audit else None
-    server = HubServer(auth, backend, audit=store, listener_limits=listener_limits)
+    server = HubServer(auth, storage, audit=store, listener_limits=listener_limits)
     _, port = await server.start("127.0.0.1", 0, ssl_ctx)
     try:
-        yield Hub(server, auth, backend, port)
+        yield Hub(server, auth, storage, port)
     finally:
         await server.close()
-        await backend.close()
+        await storage.close()
         if store is not None:
             await store.close()
 

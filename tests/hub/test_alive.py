@@ -28,7 +28,7 @@ from hub.alive import (
     lock_held,
     stop,
 )
-from hub.backend import Node
+from hub.storage.api import Node
 
 #: A process that does what a running hub does with the file, then waits to be killed.
 HUB_LIKE = """

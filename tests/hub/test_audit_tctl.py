@@ -13,8 +13,9 @@ import pytest
 
 from hub import tctl
 from hub.audit_store import AuditStore, audit_db_path
-from hub.backend import Node, SQLiteBackend
 from hub.datadir import DataDir
+from hub.storage.api import Node
+from hub.storage.sqlite import open_sqlite
 from remoteler.audit import AuditEvent, EventType, make_event
 
 NOW = time.time()
@@ -40,9 +41,9 @@ def _fill(path: Path) -> list[AuditEvent]:
     login = make_event(EventType.USER_LOGIN, node="hub", user="alice", now=NOW - 70)
 
     async def fill() -> None:
-        backend = await SQLiteBackend.open(data.db_path)
-        await backend.add_node(Node(id="id-truck", name="truck-042", joined=NOW))
-        await backend.close()
+        storage = await open_sqlite(data.path)
+        await storage.nodes.add(Node(id="id-truck", name="truck-042", joined=NOW))
+        await storage.close()
         store = await AuditStore.open(audit_db_path(data.path))
         await store.insert(
             "id-truck",

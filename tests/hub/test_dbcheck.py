@@ -15,8 +15,9 @@ from require import require_root
 
 from hub import dbcheck
 from hub.audit_store import AuditStore, audit_db_path
-from hub.backend import Node, SQLiteBackend
 from hub.dbcheck import check_data_dir, diagnose, quick_check
+from hub.storage.api import Node
+from hub.storage.sqlite import open_sqlite
 from remoteler.audit.events import AuditEvent
 from remoteler.errors import ConfigError
 
@@ -25,11 +26,11 @@ def _make(data: Path, nodes: int = 1, events: int = 50) -> None:
     """A hub data dir's hub.db and audit.db, written and closed by the real stores."""
 
     async def run() -> None:
-        backend = await SQLiteBackend.open(data / "hub.db")
+        storage = await open_sqlite(data)
         audit = await AuditStore.open(audit_db_path(data))
         try:
             for i in range(nodes):
-                await backend.add_node(Node(id=f"id-{i}", name=f"n{i}"))
+                await storage.nodes.add(Node(id=f"id-{i}", name=f"n{i}"))
             await audit.insert(
                 "id-0",
                 [
@@ -45,7 +46,7 @@ def _make(data: Path, nodes: int = 1, events: int = 50) -> None:
                 ],
             )
         finally:
-            await backend.close()
+            await storage.close()
             await audit.close()
 
     asyncio.run(run())

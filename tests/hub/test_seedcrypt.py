@@ -8,20 +8,47 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from hubkit import PASSWORD, TOTP_SECRET, new_key_line, running_hub
 from websockets.asyncio.client import connect
 
-from hub.auth.secrets import PASSPHRASE_FILE_ENV as _FILE
-from hub.backend import SQLiteBackend, User
+from hub import totp_seeds
 from hub.datadir import DataDir
 from hub.seedcrypt import SeedCipher
+from hub.storage.api import User, Users
+from hub.storage.sqlite import SQLiteStorage, open_sqlite
 from remoteler import rpc
 from remoteler.errors import ConfigError, RemotelerError
 
 PASSPHRASE = b"a long CA passphrase for tests"
+
+
+class Opened:
+    """The hub's storage with the TOTP seeds sealed as the hub and tctl do (no cipher:
+    stored as they come)."""
+
+    def __init__(self, storage: SQLiteStorage, seeds: SeedCipher | None, raw: Users) -> None:
+        self.storage, self.seeds, self.raw = storage, seeds, raw
+        self.users = storage.users
+
+    async def migrate_totp_seeds(self) -> int:
+        return await totp_seeds.migrate(self.raw, self.seeds)
+
+    async def close(self) -> None:
+        await self.storage.close()
+
+
+async def _open(path: Path, seeds: SeedCipher | None = None) -> Opened:
+    storage = await open_sqlite(path.parent)
+    try:
+        raw = await totp_seeds.seal(storage, seeds)
+    except BaseException:
+        await storage.close()
+        raise
+    return Opened(storage, seeds, raw)
 
 
 def test_seed_cipher_binds_the_seed_to_its_user_and_passphrase() -> None:
@@ -40,20 +67,20 @@ async def test_migration_encrypts_plain_seeds_and_a_hub_without_passphrase_refus
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "hub.db"
-    plain = await SQLiteBackend.open(path)
+    plain = await _open(path)
     try:
-        await plain.put_user(User("carol", ("access",), ("pi",), None, TOTP_SECRET, 0, 0.0))
+        await plain.users.put(User("carol", ("access",), ("pi",), None, TOTP_SECRET, 0, 0.0))
         assert await plain.migrate_totp_seeds() == 0  # no passphrase: left as it is
     finally:
         await plain.close()
     assert TOTP_SECRET.encode() in _all_bytes(path)
 
     cipher = SeedCipher(PASSPHRASE)
-    backend = await SQLiteBackend.open(path, cipher)
+    backend = await _open(path, cipher)
     try:
         assert await backend.migrate_totp_seeds() == 1
         assert await backend.migrate_totp_seeds() == 0  # done once
-        user = await backend.get_user("carol")
+        user = await backend.users.get("carol")
         assert user is not None and user.totp_secret == TOTP_SECRET
     finally:
         await backend.close()
@@ -62,18 +89,18 @@ async def test_migration_encrypts_plain_seeds_and_a_hub_without_passphrase_refus
     assert stored.startswith("enc1:")
     assert TOTP_SECRET.encode() not in _all_bytes(path), "the old plain seed is still on disk"
 
-    backend = await SQLiteBackend.open(path)
+    backend = await _open(path)
     try:
         with pytest.raises(ConfigError, match="start the hub with --ca-passphrase-file"):
             await backend.migrate_totp_seeds()
-        user = await backend.get_user("carol")  # opaque without the passphrase
+        user = await backend.users.get("carol")  # opaque without the passphrase
         assert user is not None and user.totp_secret == stored
-        await backend.put_user(user)  # written back unchanged, not wiped
+        await backend.users.put(user)  # written back unchanged, not wiped
     finally:
         await backend.close()
-    backend = await SQLiteBackend.open(path, cipher)
+    backend = await _open(path, cipher)
     try:
-        user = await backend.get_user("carol")
+        user = await backend.users.get("carol")
         assert user is not None and user.totp_secret == TOTP_SECRET
     finally:
         await backend.close()
@@ -91,13 +118,13 @@ async def test_the_hub_checks_the_passphrase_and_derives_seed_keys_at_start_not_
     """scrypt costs ~0.1-0.3 s of CPU: derived on the event loop in a login, it stalls the
     hub and, the first time, answers later for a real name than for an unknown one."""
     path = tmp_path / "hub.db"
-    tctl = await SQLiteBackend.open(path, SeedCipher(PASSPHRASE))  # `tctl users add`
+    tctl = await _open(path, SeedCipher(PASSPHRASE))  # `tctl users add`
     try:
-        await tctl.put_user(User("carol", ("access",), ("pi",), None, TOTP_SECRET, 0, 0.0))
+        await tctl.users.put(User("carol", ("access",), ("pi",), None, TOTP_SECRET, 0, 0.0))
     finally:
         await tctl.close()
 
-    wrong = await SQLiteBackend.open(path, SeedCipher(b"not the CA passphrase"))
+    wrong = await _open(path, SeedCipher(b"not the CA passphrase"))
     try:  # refused at start, with what to do, rather than in carol's next login
         with pytest.raises(ConfigError, match="wrong CA passphrase"):
             await wrong.migrate_totp_seeds()
@@ -115,12 +142,12 @@ async def test_the_hub_checks_the_passphrase_and_derives_seed_keys_at_start_not_
         return real_derive(self, key_material)
 
     monkeypatch.setattr(scrypt.Scrypt, "derive", derive)
-    hub = await SQLiteBackend.open(path, SeedCipher(PASSPHRASE))
+    hub = await _open(path, SeedCipher(PASSPHRASE))
     try:
         assert await hub.migrate_totp_seeds() == 0
-        user = await hub.get_user("carol")  # a login
+        user = await hub.users.get("carol")  # a login
         assert user is not None and user.totp_secret == TOTP_SECRET
-        await hub.put_user(User("dave", ("access",), ("pi",), None, TOTP_SECRET, 0, 0.0))
+        await hub.users.put(User("dave", ("access",), ("pi",), None, TOTP_SECRET, 0, 0.0))
         assert on_loop == [], "a seed key was derived on the event loop"
     finally:
         await hub.close()
@@ -161,9 +188,9 @@ async def test_a_hub_started_with_a_wrong_passphrase_leaves_its_plain_ca_keys_al
     passphrase must refuse before it encrypts the CA keys with it, one way."""
     data = DataDir(tmp_path / "data")
     data.init("test")
-    backend = await SQLiteBackend.open(data.db_path, SeedCipher(PASSPHRASE))
+    backend = await _open(data.db_path, SeedCipher(PASSPHRASE))
     try:
-        await backend.put_user(User("carol", ("access",), ("pi",), None, TOTP_SECRET, 0, 0.0))
+        await backend.users.put(User("carol", ("access",), ("pi",), None, TOTP_SECRET, 0, 0.0))
     finally:
         await backend.close()
     keys = {p: p.read_bytes() for p in data.ca_dir.glob("*_ca.key")}
@@ -189,13 +216,12 @@ async def test_a_seed_that_does_not_decrypt_is_answered_as_an_unknown_name(
     """A row altered while the hub runs (a seed moved from another user's row): the
     error names the user, so a client with no credentials must not read it."""
     async with running_hub(tmp_path) as hub:
-        await hub.auth.add_user("carol", ["access"], ["pi"], PASSWORD, TOTP_SECRET)
+        await hub.auth.service.add_user("carol", ["access"], ["pi"], PASSWORD, TOTP_SECRET)
         cipher = SeedCipher(PASSPHRASE)
-        hub.backend._seeds = cipher  # the hub runs with the passphrase
-        await hub.backend._write(
-            "UPDATE users SET totp_secret = ? WHERE name = ?",
-            (cipher.encrypt(TOTP_SECRET, "mallory"), "carol"),
-        )
+        raw = await totp_seeds.seal(hub.storage, cipher)  # the hub runs with the passphrase
+        carol = await raw.get("carol")
+        assert carol is not None
+        await raw.put(replace(carol, totp_secret=cipher.encrypt(TOTP_SECRET, "mallory")))
         _, pub = new_key_line()
         answers = []
         async with connect(

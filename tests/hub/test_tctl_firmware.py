@@ -254,17 +254,18 @@ def test_canary_is_a_number_of_nodes_or_a_share(
     tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from hub.audit_store import AuditStore
-    from hub.backend import Node, SQLiteBackend
+    from hub.storage.api import Node
+    from hub.storage.sqlite import open_sqlite
 
     async def add_nodes() -> None:
-        backend = await SQLiteBackend.open(DataDir(data).db_path)
+        storage = await open_sqlite(data)
         try:
             for i in range(20):
                 node = Node(f"id-{i:02}", f"gw-{i:02}", {"board": "rpi4"}, version="0.1.0")
-                await backend.add_node(node)
-            await backend.add_node(Node("id-old", "gw-old", {"board": "rpi4"}, version="0.0.1"))
+                await storage.nodes.add(node)
+            await storage.nodes.add(Node("id-old", "gw-old", {"board": "rpi4"}, version="0.0.1"))
         finally:
-            await backend.close()
+            await storage.close()
         # an enrolled fleet has an audit trail (tctl refuses a lost one: hub/dbcheck.py)
         await (await AuditStore.open(data / "audit.db")).close()
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hub.storage.api import Storage
+from hub.storage.sqlite.engine import SQLiteStorage
+
+__all__ = ["SQLiteStorage", "open_sqlite"]
 
 
-async def open_sqlite(data_dir: Path) -> Storage:
-    raise NotImplementedError("being built: hub/storage/sqlite")
+async def open_sqlite(data_dir: Path) -> SQLiteStorage:
+    """The data dir's storage, created and migrated as needed (docs/storage.md)."""
+    return await SQLiteStorage.open(data_dir)

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from hub.api.node_status import parse_status
+from hub.storage.api import Node
+from hub.storage.sqlite import open_sqlite
 from hub.api.tunnels import TunnelRegistry
-from hub.backend import Node, SQLiteBackend
 from remoteler.clockskew import format_skew
 
 
@@ -44,20 +45,20 @@ class _Closable:
 
 
 async def test_skew_reaches_the_nodes_table_and_goes_when_fixed(tmp_path: Path) -> None:
-    backend = await SQLiteBackend.open(tmp_path / "hub.db")
+    storage = await open_sqlite(tmp_path)
     try:
         node = Node(id="n1", name="truck", joined=1.0)
-        await backend.add_node(node)
-        registry = TunnelRegistry(backend)
+        await storage.nodes.add(node)
+        registry = TunnelRegistry(storage)
         registry.register(node, _Closable())  # type: ignore[arg-type]
         registry.heartbeat("n1", {"version": "0.1.0", "clock_skew": -1200.0})
         await registry.flush()
-        stored = await backend.get_node("truck")
+        stored = await storage.nodes.get("truck")
         assert stored is not None and stored.clock_skew == -1200.0
         assert format_skew(stored.clock_skew) == "-20 min"  # tctl nodes ls' Clock column
         registry.heartbeat("n1", {"version": "0.1.0"})  # NTP fixed it: the agent stops sending
         await registry.flush()
-        stored = await backend.get_node("truck")
+        stored = await storage.nodes.get("truck")
         assert stored is not None and stored.clock_skew is None
     finally:
-        await backend.close()
+        await storage.close()

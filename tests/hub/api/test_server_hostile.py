@@ -48,7 +48,7 @@ async def ping(hub: Hub, ctx: Any = None) -> None:
     async with _open(hub, "/v1/rpc", ctx) as ws:
         result = await asyncio.wait_for(rpc.RpcClient(ws).call("ping"), 5)
     assert result["cluster"] == "test"
-    assert result["host_ca_pem"] == hub.auth.host_ca.x509_pem.decode()
+    assert result["host_ca_pem"] == hub.auth.service.host_ca.x509_pem.decode()
 
 
 async def _refused(hub: Hub, path: str, ctx: Any, subprotocol: str) -> InvalidStatus:
@@ -84,7 +84,7 @@ async def test_tunnel_with_user_cert_is_401(hub: Hub) -> None:
 
 async def test_tunnel_of_removed_node_is_401(hub: Hub) -> None:
     ctx = hub.tls(*await hub.node_creds("gone"))
-    assert await hub.backend.delete_node("gone")
+    assert await hub.storage.nodes.delete("gone")
     err = await _refused(hub, "/v1/tunnel", ctx, TUNNEL_SUBPROTOCOL)
     assert err.response.status_code == 401
     assert b"join again" in err.response.body

@@ -23,8 +23,9 @@ from hub.audit import ingest as audit_ingest
 from hub.audit.quota import QuotaConfig
 from hub.audit_store import AuditStore, Inserted, ReusedSeq, audit_db_path
 from hub.auth.service import AuthService
-from hub.backend import SQLiteBackend
 from hub.datadir import DataDir
+from hub.api.server import TUNNEL_SUBPROTOCOL, HubServer
+from hub.storage.sqlite import open_sqlite
 from remoteler import rpc
 from remoteler.audit import AuditEvent, EventType, MessageReader, encode_message, make_event
 from remoteler.audit.stream import REFUSED_QUOTA, Reply, batch_message, parse_ack, parse_reply
@@ -55,16 +56,16 @@ async def audit_hub(tmp_path: Path, quota: QuotaConfig | None = None) -> AsyncIt
     user_ca, host_ca = data.load_ca("user"), data.load_ca("host")
     cert, key = data.issue_server_identity(host_ca, ["127.0.0.1"])
     ssl_ctx = server_context(cert, key, [user_ca.x509_pem, host_ca.x509_pem])
-    backend = await SQLiteBackend.open(data.db_path)
+    storage = await open_sqlite(data.path)
     store = await AuditStore.open(audit_db_path(data.path))
-    auth = AuthService(backend, user_ca, host_ca, cluster, audit=store)
-    server = HubServer(auth, backend, audit=store, audit_quota=quota)
+    auth = AuthService(storage, user_ca, host_ca, cluster, audit=store)
+    server = HubServer(auth, storage, audit=store, audit_quota=quota)
     _, port = await server.start("127.0.0.1", 0, ssl_ctx)
     try:
-        yield AuditHub(server, auth, backend, port, store)
+        yield AuditHub(server, auth, storage, port, store)
     finally:
         await server.close()
-        await backend.close()
+        await storage.close()
         await store.close()
 
 
@@ -116,7 +117,7 @@ def _events(n: int, node: str = "someone-else") -> list[AuditEvent]:
 async def test_batch_is_stored_under_the_tunnel_node_and_acked_once(ahub: AuditHub) -> None:
     assert ahub.store is not None
     ctx = ahub.tls(*await ahub.node_creds("node-1"))
-    node = await ahub.backend.get_node("node-1")
+    node = await ahub.storage.nodes.get("node-1")
     assert node is not None
     events = _events(20)
     async with agent_tunnel(ahub, ctx) as tunnel:
@@ -260,7 +261,7 @@ async def test_node_ignoring_its_quota_is_refused_then_cut_off(
     async with audit_hub(tmp_path, QuotaConfig(rate_per_minute=60, burst=30)) as hub:
         assert hub.store is not None
         ctx = hub.tls(*await hub.node_creds("node-1"))
-        node = await hub.backend.get_node("node-1")
+        node = await hub.storage.nodes.get("node-1")
         assert node is not None
         events = _events(50)
         async with agent_tunnel(hub, ctx) as tunnel:
@@ -291,7 +292,7 @@ async def test_huge_events_spend_the_quota_by_size(tmp_path: Path, blob: bytes |
     async with audit_hub(tmp_path, QuotaConfig(rate_per_minute=60, burst=20)) as hub:
         assert hub.store is not None
         ctx = hub.tls(*await hub.node_creds("node-1"))
-        node = await hub.backend.get_node("node-1")
+        node = await hub.storage.nodes.get("node-1")
         assert node is not None
         events = [dataclasses.replace(e, fields={**e.fields, "blob": blob}) for e in _events(3)]
         async with agent_tunnel(hub, ctx) as tunnel:
@@ -318,7 +319,7 @@ async def test_agent_reopens_the_channel_after_a_storage_error(
         store = hub.store
         assert store is not None
         ctx = hub.tls(*await hub.node_creds("node-1"))
-        node = await hub.backend.get_node("node-1")
+        node = await hub.storage.nodes.get("node-1")
         assert node is not None
         real_insert, failed = store.insert_checked, []
 
@@ -364,7 +365,7 @@ async def test_agent_over_quota_delivers_everything_exactly_once(
     async with audit_hub(tmp_path, QuotaConfig(rate_per_minute=1200, burst=40)) as hub:
         assert hub.store is not None
         ctx = hub.tls(*await hub.node_creds("node-1"))
-        node = await hub.backend.get_node("node-1")
+        node = await hub.storage.nodes.get("node-1")
         assert node is not None
         box = await Outbox.open(tmp_path / "outbox.db", node=node.id)
         try:
@@ -421,7 +422,7 @@ async def test_a_reused_seq_is_refused_unacked_and_audited_once(
     assert ahub.store is not None
     caplog.set_level(logging.WARNING, "remoteler.hub.audit")
     ctx = ahub.tls(*await ahub.node_creds("node-1"))
-    node = await ahub.backend.get_node("node-1")
+    node = await ahub.storage.nodes.get("node-1")
     assert node is not None
     first, again = _events(3), _events(4)  # again: new ids, seq 1-4
     async with agent_tunnel(ahub, ctx) as tunnel:
@@ -454,7 +455,7 @@ async def test_a_device_that_lost_its_numbering_delivers_everything_renumbered(
     outbox, nothing after them was delivered either)."""
     assert ahub.store is not None
     ctx = ahub.tls(*await ahub.node_creds("node-1"))
-    node = await ahub.backend.get_node("node-1")
+    node = await ahub.storage.nodes.get("node-1")
     assert node is not None
     assert await ahub.store.insert(node.id, _events(600, node.id)) == 600
     box = await Outbox.open(tmp_path / "outbox.db", node=node.id)
@@ -499,7 +500,7 @@ async def test_a_hub_that_refuses_renumbered_events_again_is_not_spun_on(
     tight loop, one more ``audit.gap`` in its outbox per round trip)."""
     assert ahub.store is not None
     ctx = ahub.tls(*await ahub.node_creds("node-1"))
-    node = await ahub.backend.get_node("node-1")
+    node = await ahub.storage.nodes.get("node-1")
     assert node is not None
     rounds = []
     real_insert = ahub.store.insert_checked

@@ -49,7 +49,7 @@ async def test_add_user_with_password_returns_no_invite(auth: AuthService) -> No
     assert user.password_hash and user.password_hash.startswith("$argon2id$")
     assert PASSWORD not in user.password_hash
     assert user.totp_secret == "JBSWY3DPEHPK3PXP", "normalised base32"
-    assert await auth.backend.get_user("alice") == user
+    assert await auth.storage.users.get("alice") == user
 
 
 async def test_add_user_without_password_returns_invite(auth: AuthService) -> None:
@@ -78,7 +78,7 @@ async def test_add_user_refuses_bad_input(
     args.update(kwargs)
     with pytest.raises(UsageError, match=needle):
         await auth.add_user(**args)  # type: ignore[arg-type]
-    assert await auth.backend.list_users() == []
+    assert await auth.storage.users.all() == []
 
 
 async def test_add_user_twice_refused(auth: AuthService) -> None:
@@ -88,7 +88,7 @@ async def test_add_user_twice_refused(auth: AuthService) -> None:
 
 
 async def test_login_issues_certs_with_logins_and_rules(auth: AuthService, clock: Clock) -> None:
-    await auth.backend.put_role(Role("lab", logins=("lab",), node_labels={"env": ("lab",)}))
+    await auth.storage.roles.put(Role("lab", logins=("lab",), node_labels={"env": ("lab",)}))
     await _user_with_password(auth, roles=["access", "lab"])
     _, pub = new_key_line()
     issued = await auth.login("alice", PASSWORD, otp(clock), pub, None)
@@ -166,9 +166,9 @@ async def test_invited_user_cannot_log_in_before_accepting(auth: AuthService, cl
 
 
 async def test_ttl_capped_by_role_max_session_ttl(auth: AuthService, clock: Clock) -> None:
-    await auth.backend.put_role(Role("short", logins=(LOGINS_TRAIT,), max_session_ttl=600))
+    await auth.storage.roles.put(Role("short", logins=(LOGINS_TRAIT,), max_session_ttl=600))
     await _user_with_password(auth, roles=["access", "short"])
-    user = await auth.backend.get_user("alice")
+    user = await auth.storage.users.get("alice")
     assert user is not None
     _, pub = new_key_line()
     now = int(clock())
@@ -204,14 +204,14 @@ async def test_join_issues_node_certs_and_token_is_single_use(auth: AuthService)
     assert cert_common_name(joined["tls_cert"].encode()) == node_id
     assert cert_organization(joined["tls_cert"].encode()) == "remoteler-node"
     assert joined["user_ca_ssh"] == auth.user_ca.ssh_public_line()
-    node = await auth.backend.get_node("truck-1")
+    node = await auth.storage.nodes.get("truck-1")
     assert node is not None and node.id == node_id and node.version == "1.0"
-    stored = await auth.backend.get_token(record.token_hash)
+    stored = await auth.storage.tokens.get(record.token_hash)
     assert stored is not None and stored.used_by == node_id
 
     with pytest.raises(AuthError, match="already used"):
         await auth.join(token, "truck-2", {}, pub, "1.0")
-    assert await auth.backend.get_node("truck-2") is None
+    assert await auth.storage.nodes.get("truck-2") is None
 
 
 async def test_concurrent_joins_with_one_token_only_one_wins(auth: AuthService) -> None:
@@ -222,7 +222,7 @@ async def test_concurrent_joins_with_one_token_only_one_wins(auth: AuthService) 
     )
     assert sum(isinstance(r, dict) for r in results) == 1
     assert all(isinstance(r, AuthError) for r in results if not isinstance(r, dict))
-    assert len(await auth.backend.list_nodes()) == 1
+    assert len(await auth.storage.nodes.all()) == 1
 
 
 async def test_join_token_labels_win_over_agent_labels(auth: AuthService) -> None:
@@ -231,7 +231,7 @@ async def test_join_token_labels_win_over_agent_labels(auth: AuthService) -> Non
     joined = await auth.join(token, "n1", {"env": "dev", "arch": "arm64"}, pub, "")
     assert joined["labels"] == {"env": "prod", "site": "x", "arch": "arm64"}
     assert joined["token_labels"] == {"env": "prod", "site": "x"}  # the device needs them too
-    node = await auth.backend.get_node("n1")
+    node = await auth.storage.nodes.get("n1")
     assert node is not None and dict(node.labels) == joined["labels"]
 
 
@@ -243,7 +243,7 @@ async def test_join_expired_and_unknown_tokens(auth: AuthService, clock: Clock) 
         await auth.join(token, "n1", {}, pub, "")
     with pytest.raises(AuthError, match="join token not recognised"):
         await auth.join("f" * 32, "n1", {}, pub, "")
-    assert await auth.backend.list_nodes() == []
+    assert await auth.storage.nodes.all() == []
 
 
 async def test_join_duplicate_name_keeps_the_token(auth: AuthService) -> None:
@@ -253,9 +253,24 @@ async def test_join_duplicate_name_keeps_the_token(auth: AuthService) -> None:
     second, record = await auth.add_token("node", 600, {})
     with pytest.raises(UsageError, match="a node named 'n1' already exists"):
         await auth.join(second, "n1", {}, pub, "")
-    stored = await auth.backend.get_token(record.token_hash)
+    stored = await auth.storage.tokens.get(record.token_hash)
     assert stored is not None and stored.used_by is None, "a refused join must not burn the token"
     await auth.join(second, "n2", {}, pub, "")
+
+
+async def test_concurrent_joins_of_one_name_one_wins_the_other_is_told(
+    auth: AuthService,
+) -> None:
+    """Two joins of one new name with two tokens: both pass the name check, the storage
+    refuses the second insert (Conflict), and that join gets the one-line answer."""
+    tokens = [(await auth.add_token("node", 600, {}))[0] for _ in range(2)]
+    _, pub = new_key_line()
+    results = await asyncio.gather(
+        *(auth.join(t, "twin", {}, pub, "") for t in tokens), return_exceptions=True
+    )
+    assert sum(isinstance(r, dict) for r in results) == 1
+    (lost,) = [r for r in results if not isinstance(r, dict)]
+    assert isinstance(lost, UsageError) and "pick another --name" in str(lost), repr(lost)
 
 
 @pytest.mark.parametrize(
@@ -271,7 +286,7 @@ async def test_join_bad_input(
     token, record = await auth.add_token("node", 600, {})
     with pytest.raises(err, match=needle):
         await auth.join(token, name, {}, key or new_key_line()[1], "")
-    stored = await auth.backend.get_token(record.token_hash)
+    stored = await auth.storage.tokens.get(record.token_hash)
     assert stored is not None and stored.used_by is None
 
 

@@ -61,13 +61,13 @@ async def test_an_agent_that_holds_the_current_set_gets_no_push(hub: Hub) -> Non
     await current.dial_with(hub, "current", lock_digest([]))
     await stale.dial_with(hub, "stale", None)  # an older agent, or one whose cache was lost
     try:
-        await settle(hub, lambda: len(hub.server.registry) == 2)
+        await settle(hub, lambda: len(hub.api.server.registry) == 2)
         await settle(hub, lambda: stale.pushed == [[]])
         await asyncio.sleep(2.5)  # more than two poll intervals
         assert current.pushed == []
 
         lock = Lock("0123456789ab", "user", "mallory", "incident", time.time())
-        await hub.backend.add_lock(lock)
+        await hub.storage.locks.add(lock)
         await settle(hub, lambda: current.pushed == [[lock]] and stale.pushed[-1] == [lock])
         assert len(stale.pushed) == 2
     finally:
@@ -94,11 +94,11 @@ async def test_a_locked_session_is_cut_whatever_the_lock_message(
 ) -> None:
     """The relay ends with the lock's message as the close reason; a long non-ASCII
     message must still fit the close frame (else websockets refuses to close)."""
-    monkeypatch.setattr(hub.server.locks, "grace", 0.1)
+    monkeypatch.setattr(hub.api.server.locks, "grace", 0.1)
     agent = Agent()
     await agent.dial_with(hub, "node-1", lock_digest([]))
     try:
-        await settle(hub, lambda: len(hub.server.registry) == 1)
+        await settle(hub, lambda: len(hub.api.server.registry) == 1)
         creds = await hub.user_creds("alice")
         async with connect(
             hub.url("/v1/connect?node=node-1&login=pi"),
@@ -108,7 +108,7 @@ async def test_a_locked_session_is_cut_whatever_the_lock_message(
             open_timeout=10,
         ) as ws:
             message = "このアカウントはセキュリティ上の理由でロックされています"
-            await hub.backend.add_lock(Lock("0123456789ab", "user", "alice", message, time.time()))
+            await hub.storage.locks.add(Lock("0123456789ab", "user", "alice", message, time.time()))
             with pytest.raises(ConnectionClosed) as info:
                 await asyncio.wait_for(ws.recv(), 10)
         assert info.value.rcvd is not None and info.value.rcvd.code == 4403
@@ -131,8 +131,8 @@ async def test_a_locked_user_cannot_list_nodes_or_read_sessions(hub: Hub) -> Non
 
     creds = await hub.user_creds("mallory")
     lock = Lock("0123456789ab", "user", "mallory", "incident 7", time.time())
-    await hub.backend.add_lock(lock)
-    await hub.server.locks.refresh()
+    await hub.storage.locks.add(lock)
+    await hub.api.server.locks.refresh()
     async with connect(
         hub.url("/v1/rpc"),
         ssl=hub.tls(*creds),
@@ -143,3 +143,40 @@ async def test_a_locked_user_cannot_list_nodes_or_read_sessions(hub: Hub) -> Non
         for method, params in (("nodes.list", {}), ("audit.session", {"session_id": "x"})):
             with pytest.raises(AccessDenied, match="incident 7"):
                 await client.call(method, **params)
+
+
+@pytest.mark.parametrize("path", ["this hub", "another storage on the file"])
+async def test_a_lock_ends_an_open_session_within_a_second_or_so(
+    hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """A lock reaches open sessions through the change feed: this hub's own write at
+    once, another process's (tctl, a second hub on the file) at the engine's next
+    data_version poll (1 s). The bound is generous; the figure is printed."""
+    from hub.storage.sqlite import open_sqlite
+
+    monkeypatch.setattr(hub.api.server.locks, "grace", 0.0)
+    other = await open_sqlite(tmp_path / "hubdata") if path != "this hub" else hub.storage
+    agent = Agent()
+    await agent.dial_with(hub, "node-1", lock_digest([]))
+    try:
+        await settle(hub, lambda: len(hub.api.server.registry) == 1)
+        creds = await hub.user_creds("alice")
+        async with connect(
+            hub.url("/v1/connect?node=node-1&login=pi"),
+            ssl=hub.tls(*creds),
+            compression=None,
+            subprotocols=[CONNECT_SUBPROTOCOL],  # type: ignore[list-item]
+            open_timeout=10,
+        ) as ws:
+            await asyncio.sleep(0.3)  # the relay is tracked
+            started = time.monotonic()
+            await other.locks.add(Lock("0123456789ab", "user", "alice", "", time.time()))
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+            took = time.monotonic() - started
+        print(f"lock via {path} -> session ended in {took * 1000:.0f} ms")
+        assert took < 2.5, f"{took:.2f} s from the lock to the session's end"
+    finally:
+        await agent.close()
+        if other is not hub.storage:
+            await other.close()

@@ -5,6 +5,7 @@ login_guard rows."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -17,10 +18,11 @@ from websockets.asyncio.client import connect
 
 from hub.audit.budget import AuditBudget, AuditBudgetPolicy
 from hub.audit_store import AuditStore
-from hub.auth import secrets as hs
+from hub.audit.budget import AuditBudget, AuditBudgetPolicy
 from hub.auth.hashgate import BUSY_MESSAGE, HashGate, HashGatePolicy, HubBusy
 from hub.auth.ratelimit import LoginGuard, LoginPolicy
-from hub.backend import SQLiteBackend
+from hub.storage.api import Storage
+from hub.storage.sqlite import open_sqlite
 from remoteler import rpc
 from remoteler.errors import RemotelerError
 
@@ -85,11 +87,11 @@ async def test_guesses_from_many_addresses_get_hub_busy_and_a_real_login_gets_th
     monkeypatch.setattr(hs, "verify_password", counting)
     policy = HashGatePolicy(max_hashes=1, max_waiting=4, max_wait=0.5)
     async with running_hub(tmp_path, audit=True) as hub:
-        store = hub.server.audit
+        store = hub.api.server.audit
         assert isinstance(store, AuditStore)
-        hub.auth.audit = store
-        hub.auth.hash_gate = HashGate(policy)
-        await hub.auth.add_user("alice", ["access"], ["pi"], PASSWORD, TOTP_SECRET)
+        hub.auth.service.audit = store
+        hub.auth.service.hash_gate = HashGate(policy)
+        await hub.auth.service.add_user("alice", ["access"], ["pi"], PASSWORD, TOTP_SECRET)
 
         # alice logged in from her usual address yesterday: it is served first now
         code = pyotp.TOTP(TOTP_SECRET).at(time.time() - 30)
@@ -101,7 +103,7 @@ async def test_guesses_from_many_addresses_get_hub_busy_and_a_real_login_gets_th
             for i in range(GUESSES)
         ]
         attack = asyncio.gather(*guesses)
-        gate = hub.auth.hash_gate
+        gate = hub.auth.service.hash_gate
         for _ in range(200):  # until the burst is in (TLS handshakes first) and queued
             if gate.waiting >= policy.max_waiting:
                 break
@@ -130,15 +132,15 @@ async def test_guesses_from_many_addresses_get_hub_busy_and_a_real_login_gets_th
         assert len(busy) >= GUESSES // 2, f"only {len(busy)} of {GUESSES} refused as busy"
         assert max(busy) < policy.max_wait + 3.0, f"a busy refusal took {max(busy):.1f} s"
         assert counting.peak <= policy.max_hashes, f"{counting.peak} hashes ran at once"
-        assert hub.auth.hash_gate.peak <= policy.max_hashes
-        assert hub.auth.hash_gate.running == 0 and hub.auth.hash_gate.waiting == 0
+        assert hub.auth.service.hash_gate.peak <= policy.max_hashes
+        assert hub.auth.service.hash_gate.running == 0 and hub.auth.service.hash_gate.waiting == 0
 
         events = [e for e in await store.search(type="user.login", limit=1000)]
         reasons = [e.fields.get("reason") for e in events if e.fields.get("success") is False]
         assert reasons.count("hub busy") >= len(busy), "every busy refusal is audited"
         # a busy refusal is not a failed guess: it is not counted against the name
         first_busy = next(i for i, (msg, _) in enumerate(results) if msg == BUSY_MESSAGE)
-        assert await hub.backend.get_login_guard(f"guess{first_busy}") is None
+        assert await hub.storage.login_guards.get(f"guess{first_busy}") is None
 
 
 async def test_gate_refuses_at_once_when_the_queue_is_full_and_after_the_deadline() -> None:
@@ -195,24 +197,24 @@ async def test_gate_serves_the_priority_lane_first() -> None:
 async def test_login_guard_rows_are_pruned_after_their_window(tmp_path: Path) -> None:
     clock = Clock()
     policy = LoginPolicy(max_user_failures=3, failure_window=600.0, user_lockout=1200.0)
-    backend = await SQLiteBackend.open(tmp_path / "hub.db")
+    storage = await open_sqlite(tmp_path)
     try:
-        guard = LoginGuard(backend, policy, clock=clock)
+        guard = LoginGuard(storage, policy, clock=clock)
         for i in range(200):  # a spray of names, one guess each
             await guard.failed(f"name{i}", "")
         for _ in range(3):  # and one name locked out
             await guard.failed("alice", "")
-        assert await _rows(backend) == 201
+        assert await _rows(storage) == 201
         clock.advance(policy.failure_window + 1)  # the window passed; alice still locked
         await guard.failed("late", "")
-        left = await _rows(backend)
+        left = await _rows(storage)
         assert left == 2, f"{left} rows left: only 'alice' (locked) and 'late' should be"
-        assert (await backend.get_login_guard("alice")) is not None
+        assert (await storage.login_guards.get("alice")) is not None
         clock.advance(policy.user_lockout)  # the lockout and its window are over
         assert await guard.prune(clock()) == 2
-        assert await _rows(backend) == 0
+        assert await _rows(storage) == 0
     finally:
-        await backend.close()
+        await storage.close()
 
 
 async def test_login_guard_pruning_keeps_up_while_full_batches_come_back(tmp_path: Path) -> None:
@@ -221,24 +223,23 @@ async def test_login_guard_pruning_keeps_up_while_full_batches_come_back(tmp_pat
     minute later, or the table grows for as long as the spray runs."""
     clock = Clock()
     policy = LoginPolicy(failure_window=600.0, prune_batch=10)
-    backend = await SQLiteBackend.open(tmp_path / "hub.db")
+    storage = await open_sqlite(tmp_path)
     try:
-        guard = LoginGuard(backend, policy, clock=clock)
+        guard = LoginGuard(storage, policy, clock=clock)
         for i in range(50):
             await guard.failed(f"name{i}", "")
         clock.advance(policy.failure_window + 1)
         for i in range(3):  # three failures within a second
             await guard.failed(f"late{i}", "")
-        left = await _rows(backend)
+        left = await _rows(storage)
         assert left == 50 + 3 - 30, f"{left} rows left: 3 full batches should be gone"
     finally:
-        await backend.close()
+        await storage.close()
 
 
-async def _rows(backend: SQLiteBackend) -> int:
-    row = await backend._one("SELECT COUNT(*) FROM login_guard", ())
-    assert row is not None
-    return int(row[0])
+async def _rows(storage: Storage) -> int:
+    with sqlite3.connect(Path(storage.path)) as db:  # type: ignore[attr-defined]
+        return int(db.execute("SELECT COUNT(*) FROM login_guard").fetchone()[0])
 
 
 @pytest.mark.usefixtures("fast_argon2")
@@ -246,10 +247,10 @@ async def test_login_refusals_by_the_limits_are_audited_within_a_budget(tmp_path
     """A refused login costs the peer one request; one durable audit row each let one
     address grow the audit database at request rate (195 a second measured)."""
     async with running_hub(tmp_path, audit=True) as hub:
-        store = hub.server.audit
+        store = hub.api.server.audit
         assert isinstance(store, AuditStore)
-        hub.auth.audit = store
-        hub.auth.login_refusals = AuditBudget(AuditBudgetPolicy(burst=20, refill=3600.0))
+        hub.auth.service.audit = store
+        hub.auth.service.login_refusals = AuditBudget(AuditBudgetPolicy(burst=20, refill=3600.0))
         _, pub = new_key_line()
         answers: list[str] = []
         async with connect(
@@ -275,7 +276,7 @@ async def test_login_refusals_by_the_limits_are_audited_within_a_budget(tmp_path
         limited = [e for e in events if e.fields["reason"] != "unknown user"]
         assert len([e for e in events if e.fields["reason"] == "unknown user"]) == len(judged)
         assert len(limited) == 20, f"{len(limited)} refusals by the limits audited"
-        assert hub.auth.login_refusals.suppressed == GUESSES * 2 - len(judged) - 20
+        assert hub.auth.service.login_refusals.suppressed == GUESSES * 2 - len(judged) - 20
 
 
 async def test_a_cancelled_login_holds_its_hash_slot_until_the_hash_ends(
@@ -294,10 +295,10 @@ async def test_a_cancelled_login_holds_its_hash_slot_until_the_hash_ends(
 
     monkeypatch.setattr(hs, "verify_password", verify)
     async with running_hub(tmp_path) as hub:
-        gate = hub.auth.hash_gate = HashGate(HashGatePolicy(max_hashes=1, max_wait=5.0))
+        gate = hub.auth.service.hash_gate = HashGate(HashGatePolicy(max_hashes=1, max_wait=5.0))
         _, pub = new_key_line()
         first = asyncio.ensure_future(
-            hub.auth.login("nobody", "p" * 12, "123456", pub, None, "127.6.0.1")
+            hub.auth.service.login("nobody", "p" * 12, "123456", pub, None, "127.6.0.1")
         )
         assert await asyncio.to_thread(started.acquire, True, 5), "the hash never started"
         first.cancel()
@@ -305,7 +306,7 @@ async def test_a_cancelled_login_holds_its_hash_slot_until_the_hash_ends(
             await first
         assert gate.running == 1, "the slot was freed while its hash still runs"
         second = asyncio.ensure_future(
-            hub.auth.login("nobody2", "p" * 12, "123456", pub, None, "127.6.0.2")
+            hub.auth.service.login("nobody2", "p" * 12, "123456", pub, None, "127.6.0.2")
         )
         await asyncio.sleep(0.1)
         assert gate.waiting == 1, "a second hash must wait for the first thread"

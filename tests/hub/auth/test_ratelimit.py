@@ -1,5 +1,5 @@
 """Login protection without sockets: the address bucket and lockout with a fake clock,
-and the persisted per-user lockout against a real SQLite backend."""
+and the persisted per-user lockout against a real SQLite storage."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 from hubkit import PASSWORD, TOTP_SECRET, Clock, new_key_line
 
 from hub.audit_store import AuditStore
-from hub.auth.ratelimit import AddressGuard, LoginGuard, LoginPolicy, LoginRefused
 from hub.auth.service import AuthService
-from hub.backend import SQLiteBackend
+from hub.auth.ratelimit import AddressGuard, LoginGuard, LoginPolicy, LoginRefused
+from hub.storage.api import Storage
+from hub.storage.sqlite import open_sqlite
 from remoteler.ca import CertAuthority
 from remoteler.errors import AccessDenied, AuthError
 from remoteler.locks import Lock
@@ -51,9 +52,9 @@ def test_address_table_is_bounded() -> None:
 async def test_user_lockout_is_persisted_and_identical_for_unknown_names(tmp_path: Path) -> None:
     now = [1000.0]
     policy = LoginPolicy(max_user_failures=3, user_lockout=1200.0)
-    backend = await SQLiteBackend.open(tmp_path / "hub.db")
+    storage = await open_sqlite(tmp_path)
     try:
-        guard = LoginGuard(backend, policy, clock=lambda: now[0])
+        guard = LoginGuard(storage, policy, clock=lambda: now[0])
         messages = []
         for name in ("alice", "nobody-such"):  # one real user, one that does not exist
             assert [await guard.failed(name, "") for _ in range(3)] == [False, False, True]
@@ -63,29 +64,29 @@ async def test_user_lockout_is_persisted_and_identical_for_unknown_names(tmp_pat
         assert messages[0] == messages[1], "the answer must not tell real names apart"
         assert "try again in 20 min" in messages[0] and "tctl users unlock" in messages[0]
     finally:
-        await backend.close()
+        await storage.close()
 
-    backend = await SQLiteBackend.open(tmp_path / "hub.db")  # a hub restart
+    storage = await open_sqlite(tmp_path)  # a hub restart
     try:
-        guard = LoginGuard(backend, policy, clock=lambda: now[0])
+        guard = LoginGuard(storage, policy, clock=lambda: now[0])
         with pytest.raises(LoginRefused):
             await guard.check("alice", "")
         now[0] += 1201
         await guard.check("alice", "")  # the lockout ended by itself
         await guard.failed("alice", "")
         await guard.succeeded("alice")  # a success forgets earlier failures
-        assert await backend.get_login_guard("alice") is None
-        assert await backend.clear_login_guard("nobody-such")
+        assert await storage.login_guards.get("alice") is None
+        assert await storage.login_guards.clear("nobody-such")
     finally:
-        await backend.close()
+        await storage.close()
 
 
 async def test_failures_outside_the_window_do_not_add_up(tmp_path: Path) -> None:
     now = [0.0]
-    backend = await SQLiteBackend.open(tmp_path / "hub.db")
+    storage = await open_sqlite(tmp_path)
     try:
         guard = LoginGuard(
-            backend, LoginPolicy(max_user_failures=3, failure_window=60.0), clock=lambda: now[0]
+            storage, LoginPolicy(max_user_failures=3, failure_window=60.0), clock=lambda: now[0]
         )
         for _ in range(2):
             assert not await guard.failed("alice", "")
@@ -94,21 +95,21 @@ async def test_failures_outside_the_window_do_not_add_up(tmp_path: Path) -> None
             assert not await guard.failed("alice", "")
         await guard.check("alice", "")
     finally:
-        await backend.close()
+        await storage.close()
 
 
 async def test_concurrent_failures_all_count(tmp_path: Path) -> None:
     """A burst of wrong guesses in flight at once (from many addresses) must lock the
     user as surely as the same guesses one after the other: no lost update."""
-    backend = await SQLiteBackend.open(tmp_path / "hub.db")
+    storage = await open_sqlite(tmp_path)
     try:
-        guard = LoginGuard(backend, LoginPolicy(max_user_failures=3), clock=lambda: 100.0)
+        guard = LoginGuard(storage, LoginPolicy(max_user_failures=3), clock=lambda: 100.0)
         results = await asyncio.gather(*(guard.failed("alice", f"10.0.0.{i}") for i in range(3)))
         assert sorted(results) == [False, False, True]
         with pytest.raises(LoginRefused, match="too many failed logins for this account"):
             await guard.check("alice", "10.9.9.9")
     finally:
-        await backend.close()
+        await storage.close()
 
 
 # -- through AuthService ---------------------------------------------------------------
@@ -116,10 +117,10 @@ async def test_concurrent_failures_all_count(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("fast_argon2")
 async def test_login_lockout_refuses_even_the_right_password_and_says_when(
-    tmp_path: Path, backend: SQLiteBackend, clock: Clock
+    tmp_path: Path, storage: Storage, clock: Clock
 ) -> None:
     audit = await AuditStore.open(tmp_path / "audit.db")
-    auth = AuthService(backend, *_cas(), "test", clock=clock, audit=audit)
+    auth = AuthService(storage, *_cas(), "test", clock=clock, audit=audit)
     try:
         await auth.add_user("alice", ["access"], ["pi"], password=PASSWORD, totp_secret=TOTP_SECRET)
         _, pub = new_key_line()
@@ -147,15 +148,15 @@ async def test_login_lockout_refuses_even_the_right_password_and_says_when(
 
 
 @pytest.mark.usefixtures("fast_argon2")
-async def test_a_locked_user_cannot_log_in(backend: SQLiteBackend, clock: Clock) -> None:
-    auth = AuthService(backend, *_cas(), "test", clock=clock)
+async def test_a_locked_user_cannot_log_in(storage: Storage, clock: Clock) -> None:
+    auth = AuthService(storage, *_cas(), "test", clock=clock)
     await auth.add_user("alice", ["access"], ["pi"], password=PASSWORD, totp_secret=TOTP_SECRET)
-    await backend.add_lock(Lock("abc123abc123", "user", "alice", "ask the SOC", clock()))
+    await storage.locks.add(Lock("abc123abc123", "user", "alice", "ask the SOC", clock()))
     _, pub = new_key_line()
     code = str(pyotp.TOTP(TOTP_SECRET).at(clock()))
     with pytest.raises(AccessDenied, match="user 'alice' is locked by an administrator: ask"):
         await auth.login("alice", PASSWORD, code, pub, None)
-    assert await backend.get_login_guard("alice") is None, "a lock is not a failed login"
+    assert await storage.login_guards.get("alice") is None, "a lock is not a failed login"
 
 
 def _cas() -> tuple[CertAuthority, CertAuthority]:
@@ -165,9 +166,9 @@ def _cas() -> tuple[CertAuthority, CertAuthority]:
 async def test_guesses_in_flight_count_before_they_fail(tmp_path: Path) -> None:
     """A burst of guesses sent together: all pass check() before any is judged, so
     the ones in flight must count, or a 5-failure limit lets 10 through."""
-    backend = await SQLiteBackend.open(tmp_path / "hub.db")
+    storage = await open_sqlite(tmp_path)
     try:
-        guard = LoginGuard(backend, LoginPolicy(max_user_failures=3), clock=lambda: 100.0)
+        guard = LoginGuard(storage, LoginPolicy(max_user_failures=3), clock=lambda: 100.0)
         for i in range(3):
             await guard.check("alice", f"10.0.0.{i}")
         with pytest.raises(LoginRefused, match="at once"):
@@ -175,18 +176,18 @@ async def test_guesses_in_flight_count_before_they_fail(tmp_path: Path) -> None:
         await guard.succeeded("alice")  # one attempt decided: room for one more
         await guard.check("alice", "10.0.0.9")
     finally:
-        await backend.close()
+        await storage.close()
 
 
 async def test_impossible_user_names_are_not_stored(tmp_path: Path) -> None:
-    backend = await SQLiteBackend.open(tmp_path / "hub.db")
+    storage = await open_sqlite(tmp_path)
     try:
-        guard = LoginGuard(backend, LoginPolicy(max_user_failures=1), clock=lambda: 100.0)
+        guard = LoginGuard(storage, LoginPolicy(max_user_failures=1), clock=lambda: 100.0)
         name = "x" * 100_000
         assert await guard.failed(name, "10.0.0.1") is False
-        assert await backend.get_login_guard(name) is None
+        assert await storage.login_guards.get(name) is None
     finally:
-        await backend.close()
+        await storage.close()
 
 
 def test_ipv6_addresses_of_one_64_share_the_address_bucket() -> None:

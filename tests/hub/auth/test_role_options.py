@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from hub.api.sessioncap import SessionCounter, TooManySessions
-from hub.auth.roles import parse_role
 from hub.auth.service import AuthService
-from hub.backend import User
+from hub.auth.roles import parse_role
+from hub.api.sessioncap import SessionCounter, TooManySessions
+from hub.storage.api import User
 from remoteler.access import Role
 from remoteler.ca import generate_private_key, parse_certificate, public_key_to_openssh
 from remoteler.errors import UsageError
@@ -95,8 +95,10 @@ async def _cert_extensions(auth: AuthService, roles: list[str], ttl: int) -> Any
 
 
 async def test_certificate_carries_the_flag(auth: AuthService) -> None:
-    await auth.backend.put_role(Role("keep", ("pi",), {"*": ("*",)}, disconnect_expired_cert=False))
-    await auth.backend.put_role(Role("cut", ("pi",), {"*": ("*",)}, disconnect_expired_cert=True))
+    await auth.storage.roles.put(
+        Role("keep", ("pi",), {"*": ("*",)}, disconnect_expired_cert=False)
+    )
+    await auth.storage.roles.put(Role("cut", ("pi",), {"*": ("*",)}, disconnect_expired_cert=True))
     assert ends_at_expiry(await _cert_extensions(auth, ["access"], 600))
     assert not ends_at_expiry(await _cert_extensions(auth, ["access"], 3600))
     assert not ends_at_expiry(await _cert_extensions(auth, ["keep"], 600))

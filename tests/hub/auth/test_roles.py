@@ -13,10 +13,10 @@ import pytest
 
 from hub import tctl
 from hub.audit_store import AuditStore, audit_db_path
-from hub.auth.roles import load_role_file, parse_role
 from hub.auth.service import AuthService
-from hub.backend import User
 from hub.datadir import DataDir
+from hub.auth.roles import load_role_file, parse_role
+from hub.storage.api import User
 from remoteler.access import RULES_EXTENSION, Role, decode_rules
 from remoteler.ca import (
     generate_private_key,
@@ -230,14 +230,14 @@ async def test_ttl_is_capped_by_the_smallest_max_session_ttl(
 ) -> None:
     roles = ["access"]
     for i, ttl in enumerate(ttls):
-        await auth.backend.put_role(Role(f"r{i}", ("pi",), {"*": ("*",)}, ttl))
+        await auth.storage.roles.put(Role(f"r{i}", ("pi",), {"*": ("*",)}, ttl))
         roles.append(f"r{i}")
     got, _ = await _issue(auth, roles, asked)
     assert got == expected
 
 
 async def test_a_role_above_12h_allows_a_longer_ttl_only_alone(auth: AuthService) -> None:
-    await auth.backend.put_role(Role("ci", ("pi",), {"*": ("*",)}, 30 * 3600))
+    await auth.storage.roles.put(Role("ci", ("pi",), {"*": ("*",)}, 30 * 3600))
     got, _ = await _issue(auth, ["ci"], 24 * 3600)
     assert got == 24 * 3600
     got, _ = await _issue(auth, ["ci"], None)
@@ -247,7 +247,7 @@ async def test_a_role_above_12h_allows_a_longer_ttl_only_alone(auth: AuthService
 async def test_certificate_carries_deny_and_drops_permit_port_forwarding(
     auth: AuthService,
 ) -> None:
-    await auth.backend.put_role(
+    await auth.storage.roles.put(
         Role("no-fwd", deny_logins=("root",), permissions={"port_forwarding": False})
     )
     _, cert = await _issue(auth, ["access"], None)

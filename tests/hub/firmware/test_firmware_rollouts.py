@@ -88,7 +88,7 @@ class Setup:
         self.build()
         self.trusted = Path(f"{self.key}.pub")
         self.agents: list[Agent] = []
-        self.rollouts = FirmwareRollouts(root / "hubfw", hub.server.registry, None, interval=0.1)
+        self.rollouts = FirmwareRollouts(root / "hubfw", hub.api.server.registry, None, interval=0.1)
         (root / "hubfw").mkdir()
         self.task: asyncio.Task[None] | None = None
 
@@ -155,7 +155,7 @@ class Setup:
         )
         nodes = []
         for i, agent in enumerate(self.agents):
-            node = await self.hub.backend.get_node(agent.name)
+            node = await self.hub.storage.nodes.get(agent.name)
             assert node is not None
             nodes.append((node.id, agent.name, i < canaries))
         store = await FirmwareStore.open(self.root / "hubfw")
@@ -165,7 +165,7 @@ class Setup:
             await store.close()
         # The registry knows the agents once their tunnels are up.
         live = len(self.agents) if online is None else online
-        await _until(lambda: len(self.hub.server.registry.live()) == live)
+        await _until(lambda: len(self.hub.api.server.registry.live()) == live)
         if start:
             self.task = asyncio.ensure_future(self.rollouts.run())
         return rollout.id
@@ -551,20 +551,20 @@ async def test_a_state_reported_after_the_ticks_read_is_not_overwritten_as_offli
 async def test_a_node_never_seen_is_looked_up_once_not_every_tick(setup: Setup) -> None:
     # A roll-out to many devices that joined but never connected must not query the
     # hub's database for each of them every second.
-    from hub.backend import Node
+    from hub.storage.api import Node
 
-    backend = setup.hub.server.registry.backend
-    await backend.add_node(Node("id-never", "never", {"board": "rpi4"}, version="0.1.0"))
+    storage = setup.hub.api.server.registry.storage
+    await storage.nodes.add(Node("id-never", "never", {"board": "rpi4"}, version="0.1.0"))
     await setup.push(start=False, online=0)  # no agent: an empty roll-out, then one node
     rollouts = setup.rollouts
     rollouts.store = store = await FirmwareStore.open(setup.root / "hubfw")
-    real, calls = backend.get_node, []
+    real, calls = storage.nodes.get, []
 
     async def counted(node_id: str) -> Any:
         calls.append(node_id)
         return await real(node_id)
 
-    backend.get_node = counted  # type: ignore[method-assign]
+    storage.nodes.get = counted  # type: ignore[method-assign]
     try:
         rollout = dataclasses.replace(
             (await store.rollouts("running"))[0], id="fw-never", canary_timeout=3600.0
@@ -576,7 +576,7 @@ async def test_a_node_never_seen_is_looked_up_once_not_every_tick(setup: Setup) 
         assert (node.state, node.detail) == ("offline", "offline, never connected")
         assert calls == ["id-never"]
     finally:
-        backend.get_node = real  # type: ignore[method-assign]
+        storage.get_node = real  # type: ignore[method-assign]
         await rollouts.close()
 
 
@@ -586,11 +586,11 @@ async def test_the_hubs_own_downtime_does_not_count_against_an_offline_canary(
     # The hub was down for an hour (an upgrade): its canary's last heartbeat and the
     # push are an hour old, and no agent has reconnected yet when the hub starts.
     # The canary gets its --canary-timeout from the hub's start, not zero.
-    from hub.backend import Node
+    from hub.storage.api import Node
 
     hour_ago = time.time() - 3600
-    backend = setup.hub.server.registry.backend
-    await backend.add_node(
+    storage = setup.hub.api.server.registry.storage
+    await storage.nodes.add(
         Node("id-late", "late", {"board": "rpi4"}, version="0.1.0", last_seen=hour_ago)
     )
     await setup.push(start=False, online=0)  # no agent: an empty roll-out, then one node

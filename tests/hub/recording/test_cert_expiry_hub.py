@@ -59,7 +59,7 @@ async def _short_user(h: Hub) -> tuple[Any, str, str]:
 
 async def test_recording_proxy_ends_the_session_at_expiry(device: tuple[Hub, Device]) -> None:
     h, _ = device
-    assert await h.backend.set_node_recording("dev1", "proxy") is not None
+    assert await h.storage.nodes.set_recording("dev1", "proxy") is not None
     key, cert, tls = await _short_user(h)
     started = time.monotonic()
     async with await _ssh(h, key, cert, tls) as conn:
@@ -79,14 +79,14 @@ async def test_recording_proxy_goes_by_current_roles_too(device: tuple[Hub, Devi
     """A certificate issued without the flag (its role said false) is still ended at
     expiry in the recording proxy once the role says true, as the byte relay does."""
     h, _ = device
-    assert await h.backend.set_node_recording("dev1", "proxy") is not None
+    assert await h.storage.nodes.set_recording("dev1", "proxy") is not None
     ops = Role("ops", logins=("pi",), node_labels={"*": ("*",)}, disconnect_expired_cert=False)
-    await h.backend.put_role(ops)
+    await h.storage.roles.put(ops)
     user, _ = await h.auth.add_user("alice", ["ops"], ["pi"])
     key = generate_private_key()
     issued = await h.auth.issue_user_certs(user, public_key_to_openssh(key.public_key()), TTL)
     assert DISCONNECT_EXTENSION not in parse_certificate(issued.ssh_cert).extensions
-    await h.backend.put_role(dataclasses.replace(ops, disconnect_expired_cert=True))
+    await h.storage.roles.put(dataclasses.replace(ops, disconnect_expired_cert=True))
     async with await _ssh(h, key, issued.ssh_cert, issued.tls_cert) as conn:
         result = await asyncio.wait_for(conn.run("sleep 30", encoding=None, check=False), 15)
     assert result.exit_status == 255
@@ -189,7 +189,9 @@ async def test_a_cut_relay_stops_a_client_that_does_not_read(
                 if cut == "expiry":
                     await asyncio.sleep(expires.timestamp() - time.time())
                 else:
-                    await h.backend.add_lock(Lock("0123456789ab", "user", "alice", "", time.time()))
+                    await h.storage.locks.add(
+                        Lock("0123456789ab", "user", "alice", "", time.time())
+                    )
                 with contextlib.suppress(TimeoutError):  # the hub cuts within a second
                     await asyncio.wait_for(agent.closed.wait(), 3)
                 await ws.send(b"after the cut")  # the client has not read the close

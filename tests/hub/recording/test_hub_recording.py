@@ -18,11 +18,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from hub.audit_store import AuditStore
-from hub.backend import Node, SQLiteBackend
-from hub.recording import audit as recording_audit
 from hub.recording.audit import HubSessionAudit
 from hub.recording.auth import UPSTREAM_TTL, check_user_cert, upstream_cert
 from hub.recording.session import UpstreamError
+from hub.storage.api import Node
+from hub.storage.sqlite import open_sqlite
 from remoteler.access import ACCESS_ROLE, RULES_EXTENSION, Role, encode_rules, resolve_rules
 from remoteler.audit.events import AuditEvent
 from remoteler.ca import DEFAULT_USER_EXTENSIONS, CertAuthority, generate_private_key
@@ -301,19 +301,19 @@ async def test_an_older_database_gets_the_recording_column(tmp_path: Path) -> No
     with sqlite3.connect(path) as db:
         db.executescript(OLD_NODES)
     for _ in range(2):  # idempotent
-        backend = await SQLiteBackend.open(path)
+        storage = await open_sqlite(path.parent)
         try:
-            old = await backend.get_node("old")
+            old = await storage.nodes.get("old")
             assert old is not None and old.recording == "off"
-            await backend.add_node(Node(id="n-2", name="new", joined=2.0))
-            changed = await backend.set_node_recording("new", "proxy")
+            await storage.nodes.add(Node(id="n-2", name="new", joined=2.0))
+            changed = await storage.nodes.set_recording("new", "proxy")
             assert changed is not None and changed.recording == "proxy"
-            assert await backend.set_node_recording("missing", "proxy") is None
+            assert await storage.nodes.set_recording("missing", "proxy") is None
             with pytest.raises(ValueError):
-                await backend.set_node_recording("old", "sometimes")
-            await backend.delete_node("new")
+                await storage.nodes.set_recording("old", "sometimes")
+            await storage.nodes.delete("new")
         finally:
-            await backend.close()
+            await storage.close()
 
 
 @settings(

@@ -6,9 +6,320 @@ exactly as the interface's docstrings say, atomic operations included.
 
 from __future__ import annotations
 
-from hub.storage.api import Storage
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from hub.storage.api import (
+    Beat,
+    Change,
+    Conflict,
+    GuardPolicy,
+    Node,
+    Presence,
+    Storage,
+    Token,
+    User,
+)
+from remoteler.access import ACCESS_ROLE, Role
+from remoteler.locks import Lock
 
 # == users, roles, tokens, invites, login guards, nodes, presence, locks, change feed ==
+
+
+def _user(name: str = "alice", **kw: object) -> User:
+    fields: dict[str, object] = {
+        "name": name,
+        "roles": ("access",),
+        "logins": ("pi", "root"),
+        "password_hash": "$argon2id$fake",
+        "totp_secret": "JBSWY3DPEHPK3PXP",
+        "totp_last_step": 0,
+        "created": 1000.0,
+    }
+    fields.update(kw)
+    return User(**fields)  # type: ignore[arg-type]
+
+
+def _token(token_hash: str = "ab" * 32, expires: float | None = None) -> Token:
+    now = time.time()
+    return Token(token_hash, "node", {"env": "lab"}, now, expires or now + 600, None)
+
+
+async def test_preset_access_role(storage: Storage) -> None:
+    assert await storage.roles.all() == [ACCESS_ROLE]
+    assert await storage.roles.get("access") == ACCESS_ROLE
+
+
+async def test_users_crud(storage: Storage) -> None:
+    assert await storage.users.get("alice") is None
+    await storage.users.put(_user())
+    await storage.users.put(_user("bob", password_hash=None, totp_secret=None))
+    assert await storage.users.get("alice") == _user()
+    assert [u.name for u in await storage.users.all()] == ["alice", "bob"]
+    await storage.users.put(_user(logins=("pi",)))  # replace
+    alice = await storage.users.get("alice")
+    assert alice is not None and alice.logins == ("pi",)
+    assert await storage.users.delete("alice") is True
+    assert await storage.users.delete("alice") is False
+    assert [u.name for u in await storage.users.all()] == ["bob"]
+
+
+async def test_roles_crud(storage: Storage) -> None:
+    role = Role("lab", logins=("pi", "{{internal.logins}}"), node_labels={"env": ("lab", "s-*")})
+    await storage.roles.put(role)
+    assert await storage.roles.get("lab") == role
+    await storage.roles.put(Role("lab", max_session_ttl=60))
+    got = await storage.roles.get("lab")
+    assert got is not None and got.max_session_ttl == 60 and got.logins == ()
+    assert [r.name for r in await storage.roles.all()] == ["access", "lab"]
+    assert await storage.roles.delete("lab") is True
+    assert await storage.roles.delete("lab") is False
+    assert await storage.roles.get("lab") is None
+
+
+async def test_tokens_crud_and_delete_by_id(storage: Storage) -> None:
+    a, b = _token("aa" * 32), _token("ab" * 32)
+    await storage.tokens.add(a)
+    await storage.tokens.add(b)
+    assert await storage.tokens.get(a.token_hash) == a
+    assert {t.token_hash for t in await storage.tokens.all()} == {a.token_hash, b.token_hash}
+    with pytest.raises(Conflict):
+        await storage.tokens.add(a)
+    assert await storage.tokens.delete("aaaa") == 0, "too short a prefix deletes nothing"
+    assert await storage.tokens.delete(a.token_id) == 1
+    assert await storage.tokens.get(a.token_hash) is None
+    assert await storage.tokens.get(b.token_hash) == b
+
+
+async def test_token_consume_is_single_use_under_concurrency(storage: Storage) -> None:
+    tok = _token()
+    await storage.tokens.add(tok)
+    now = time.time()
+    results = await asyncio.gather(
+        *(storage.tokens.consume(tok.token_hash, f"node-{i}", now) for i in range(20))
+    )
+    assert sorted(results) == [False] * 19 + [True]
+    stored = await storage.tokens.get(tok.token_hash)
+    assert stored is not None and stored.used_by == f"node-{results.index(True)}"
+    assert await storage.tokens.consume(tok.token_hash, "late", now) is False
+
+
+async def test_expired_or_unknown_token_not_consumable(storage: Storage) -> None:
+    now = time.time()
+    tok = _token(expires=now - 1)
+    await storage.tokens.add(tok)
+    assert await storage.tokens.consume(tok.token_hash, "n", now) is False
+    assert await storage.tokens.consume("00" * 32, "n", now) is False
+    edge = _token("cd" * 32, expires=now)
+    await storage.tokens.add(edge)
+    assert await storage.tokens.consume(edge.token_hash, "n", now) is False, "expiry exclusive"
+    stored = await storage.tokens.get(tok.token_hash)
+    assert stored is not None and stored.used_by is None
+
+
+async def test_record_totp_step_only_newer_and_once(storage: Storage) -> None:
+    await storage.users.put(_user())
+    assert await storage.users.record_totp_step("alice", 100) is True
+    assert await storage.users.record_totp_step("alice", 100) is False
+    assert await storage.users.record_totp_step("alice", 99) is False
+    assert await storage.users.record_totp_step("nobody", 500) is False
+    results = await asyncio.gather(
+        *(storage.users.record_totp_step("alice", 101) for _ in range(20))
+    )
+    assert results.count(True) == 1
+    alice = await storage.users.get("alice")
+    assert alice is not None and alice.totp_last_step == 101
+
+
+async def test_invites_single_use_and_expiry(storage: Storage) -> None:
+    now = time.time()
+    await storage.invites.add("h1", "alice", now + 60)
+    await storage.invites.add("h2", "bob", now - 1)
+    assert await storage.invites.check("h1", "alice", now) is True
+    assert await storage.invites.check("h1", "bob", now) is False, "bound to its user"
+    assert await storage.invites.check("h2", "bob", now) is False
+    assert await storage.invites.consume("h2", "bob", now) is False
+    results = await asyncio.gather(
+        *(storage.invites.consume("h1", "alice", now) for _ in range(20))
+    )
+    assert results.count(True) == 1
+    assert await storage.invites.check("h1", "alice", now) is False
+
+
+POLICY = GuardPolicy(window=300.0, threshold=5, lockout=900.0)
+
+
+async def test_login_guard_fail_counts_exactly_under_concurrency(storage: Storage) -> None:
+    """20 failures at once: the count is exact, and the 5th, 10th, ... each lock."""
+    now = 1000.0
+    policy = GuardPolicy(window=300.0, threshold=100, lockout=900.0)
+    rows = await asyncio.gather(
+        *(storage.login_guards.fail("mallory", now, policy) for _ in range(20))
+    )
+    assert sorted(r.failures for r in rows) == list(range(1, 21))
+    row = await storage.login_guards.get("mallory")
+    assert row is not None and (row.failures, row.first_failure, row.locked_until) == (
+        20,
+        now,
+        None,
+    )
+
+
+async def test_login_guard_locks_at_threshold_and_window_restarts(storage: Storage) -> None:
+    g = storage.login_guards
+    for i in range(1, 5):
+        row = await g.fail("bob", 1000.0 + i, POLICY)
+        assert (row.failures, row.first_failure, row.locked_until) == (i, 1001.0, None)
+    row = await g.fail("bob", 1010.0, POLICY)  # the 5th within the window: locked
+    assert (row.failures, row.first_failure, row.locked_until) == (0, 1010.0, 1910.0)
+    row = await g.fail("bob", 1020.0, POLICY)  # counting again; the lockout stays
+    assert (row.failures, row.first_failure, row.locked_until) == (1, 1010.0, 1910.0)
+    row = await g.fail("bob", 5000.0, POLICY)  # past the window: a new count, no lockout
+    assert (row.failures, row.first_failure, row.locked_until) == (1, 5000.0, None)
+    one = GuardPolicy(window=300.0, threshold=1, lockout=60.0)
+    row = await g.fail("eve", 7.0, one)
+    assert (row.failures, row.locked_until) == (0, 67.0)
+
+
+async def test_login_guard_concurrent_lockout_once_per_threshold(storage: Storage) -> None:
+    rows = await asyncio.gather(
+        *(storage.login_guards.fail("carol", 50.0, POLICY) for _ in range(20))
+    )
+    assert sum(1 for r in rows if r.failures == 0) == 4, "20 failures, threshold 5: 4 lockouts"
+    assert all(r.locked_until in (None, 950.0) for r in rows)
+
+
+async def test_login_guard_clear_and_prune(storage: Storage) -> None:
+    g = storage.login_guards
+    await g.fail("old", 10.0, POLICY)
+    await g.fail("new", 500.0, POLICY)
+    locked = GuardPolicy(window=300.0, threshold=1, lockout=10_000.0)
+    await g.fail("locked", 10.0, locked)
+    assert await g.prune(window_start=400.0, now=600.0, limit=10) == 1  # "old" only
+    assert await g.get("old") is None
+    assert await g.get("locked") is not None and await g.get("new") is not None
+    assert await g.clear("new") is True
+    assert await g.clear("new") is False
+
+
+async def test_nodes_crud_and_heartbeats(storage: Storage) -> None:
+    a = Node(id="id-a", name="truck-1", labels={"env": "prod"}, joined=1.0)
+    b = Node(id="id-b", name="truck-2", joined=2.0)
+    await storage.nodes.add(a)
+    await storage.nodes.add(b)
+    assert await storage.nodes.get("id-a") == a
+    assert await storage.nodes.get("truck-1") == a, "found by name too"
+    assert await storage.nodes.get("nope") is None
+    with pytest.raises(Conflict):
+        await storage.nodes.add(Node(id="id-c", name="truck-1"))
+    with pytest.raises(Conflict):
+        await storage.nodes.add(Node(id="id-a", name="other"))
+    missing = await storage.nodes.heartbeats(
+        [Beat("id-a", 60.0, {"env": "dev"}, "1.2", 7, 50.0, 120.0), Beat("ghost", 1.0, {})]
+    )
+    assert missing == ["ghost"]
+    got = await storage.nodes.get("truck-1")
+    assert got is not None
+    assert (got.last_seen, dict(got.labels), got.version) == (60.0, {"env": "dev"}, "1.2")
+    assert (got.audit_pending, got.audit_oldest, got.clock_skew) == (7, 50.0, 120.0)
+    assert [n.name for n in await storage.nodes.all()] == ["truck-1", "truck-2"]
+    assert await storage.nodes.delete("truck-1") is True
+    assert await storage.nodes.delete("id-b") is True
+    assert await storage.nodes.delete("id-b") is False
+    assert await storage.nodes.all() == []
+
+
+async def test_node_recording_modes(storage: Storage) -> None:
+    await storage.nodes.add(Node(id="id-a", name="a"))
+    await storage.nodes.add(Node(id="id-b", name="b"))
+    node = await storage.nodes.set_recording("a", "proxy")
+    assert node is not None and node.recording == "proxy"
+    assert await storage.nodes.set_recording("nope", "proxy") is None
+    with pytest.raises(ValueError):
+        await storage.nodes.set_recording("a", "sideways")
+    assert await storage.nodes.recordings(["id-a", "id-b", "gone"]) == {
+        "id-a": "proxy",
+        "id-b": "off",
+    }
+
+
+async def test_presence_makes_nodes_online(storage: Storage) -> None:
+    now = time.time()
+    for i in range(3):
+        await storage.nodes.add(Node(id=f"id-{i}", name=f"n{i}"))
+    await storage.presence.beat("id-0", "hub-a", now + 60)
+    await storage.presence.beat_many(
+        [Presence("id-0", "hub-b", now + 60), Presence("id-1", "hub-b", now + 60)]
+    )
+    await storage.presence.beat("id-2", "hub-a", now - 1)  # already expired
+    nodes = {n.id: n for n in await storage.nodes.all()}
+    assert (nodes["id-0"].online, nodes["id-0"].held_by) == (True, ("hub-a", "hub-b"))
+    assert (nodes["id-1"].online, nodes["id-1"].held_by) == (True, ("hub-b",))
+    assert (nodes["id-2"].online, nodes["id-2"].held_by) == (False, ())
+    holders = await storage.presence.holders("id-0", now)
+    assert [(p.hub_id, p.expires) for p in holders] == [("hub-a", now + 60), ("hub-b", now + 60)]
+    await storage.presence.beat("id-0", "hub-a", now + 120)  # a renewal moves the lease
+    assert (await storage.presence.holders("id-0", now))[0].expires == now + 120
+
+    assert await storage.presence.drop_hub("hub-b") == 2  # hub B restarts
+    node0, node1 = await storage.nodes.get("id-0"), await storage.nodes.get("id-1")
+    assert node0 is not None and node0.held_by == ("hub-a",), "hub A's lease is untouched"
+    assert node1 is not None and not node1.online
+    await storage.presence.drop("id-0", "hub-a")
+    node0 = await storage.nodes.get("n0")
+    assert node0 is not None and not node0.online
+    assert await storage.presence.expire(now, limit=10) == 1  # id-2's dead lease
+    assert await storage.presence.expire(now, limit=10) == 0
+
+
+async def test_node_delete_drops_its_presence(storage: Storage) -> None:
+    now = time.time()
+    await storage.nodes.add(Node(id="id-a", name="a"))
+    await storage.presence.beat("id-a", "hub-a", now + 60)
+    assert await storage.nodes.delete("a")
+    assert await storage.presence.holders("id-a", now) == []
+
+
+async def test_locks_add_list_and_atomic_delete(storage: Storage) -> None:
+    now = time.time()
+    a = Lock("0123456789ab", "user", "alice", "incident", now, None, "admin")
+    b = Lock("0123456789ac", "node", "truck-1", "", now + 1, now + 60, "admin")
+    gone = Lock("0123456789ad", "login", "root", "", now - 10, now - 1, "admin")
+    for lock in (a, b, gone):
+        await storage.locks.add(lock)
+    with pytest.raises(Conflict):
+        await storage.locks.add(a)
+    assert await storage.locks.all(now) == [a, b], "oldest first, expired left out"
+    results = await asyncio.gather(*(storage.locks.delete(a.id) for _ in range(20)))
+    assert [r for r in results if r is not None] == [a], "deleted exactly once"
+    assert await storage.locks.all(now) == [b]
+
+
+async def _next(changes: AsyncIterator[Change]) -> Change:
+    return await asyncio.wait_for(anext(changes), timeout=1.0)
+
+
+async def test_change_feed_carries_writes(storage: Storage) -> None:
+    changes = storage.changes()
+    first = asyncio.ensure_future(_next(changes))  # subscribed once it starts waiting
+    await asyncio.sleep(0)
+    now = time.time()
+    await storage.locks.add(Lock("0123456789ab", "user", "alice", "", now))
+    assert await first == Change("locks", "0123456789ab")
+    await storage.roles.put(Role("lab"))
+    assert await _next(changes) == Change("roles", "lab")
+    await storage.users.put(_user())
+    assert await _next(changes) == Change("users", "alice")
+    await storage.nodes.add(Node(id="id-a", name="a"))
+    assert await _next(changes) == Change("nodes", "id-a")
+    await storage.nodes.set_recording("a", "proxy")
+    assert await _next(changes) == Change("nodes", "id-a")
+    assert await storage.locks.delete("0123456789ab") is not None
+    assert await _next(changes) == Change("locks", "0123456789ab")
+    await changes.aclose()  # type: ignore[attr-defined]
 
 
 # == audit, authorities, rotation, settings, firmware, trusted keys, blobs ==============
