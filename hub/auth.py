@@ -12,12 +12,12 @@ from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 from hub import secrets as hs
-from hub.audit_store import AuditBackend
 from hub.auditbudget import AuditBudget
 from hub.backend import Backend, Node, Token, User
 from hub.hashgate import BUSY_MESSAGE, BUSY_REASON, HashGate, HubBusy
 from hub.joinguard import JoinGuard, JoinRefused
 from hub.ratelimit import LoginGuard, LoginRefused
+from hub.storage.api import AuditLog
 from remoteler.access import (
     DEFAULT_MAX_TTL,
     ROLES_EXTENSION,
@@ -93,7 +93,7 @@ class AuthService:
         host_ca: CertAuthority,
         cluster: str,
         clock: Callable[[], float] = time.time,
-        audit: AuditBackend | None = None,
+        audit: AuditLog | None = None,
         hash_gate: HashGate | None = None,
         join_guard: JoinGuard | None = None,
     ) -> None:

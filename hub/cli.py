@@ -202,7 +202,6 @@ async def run(args: argparse.Namespace) -> None:
 
     from hub.alive import alive_path, hold, keep_alive
     from hub.alive import stop as stop_alive
-    from hub.audit_store import AuditStore, audit_db_path
     from hub.auth import AuthService
     from hub.backend import SQLiteBackend
     from hub.datadir import DataDir
@@ -211,6 +210,9 @@ async def run(args: argparse.Namespace) -> None:
     from hub.seedcrypt import SeedCipher
     from hub.server import HubServer
     from hub.sslbuffer import share_ssl_read_buffer
+    from hub.storage import open_storage
+    from hub.storage.api import StorageError
+    from remoteler.errors import ConfigError
 
     # asyncio gives every TLS connection its own 256 KiB read buffer: 2.5 GiB for
     # 10,000 idle agents. All connections share one (hub/sslbuffer.py); if this
@@ -239,9 +241,21 @@ async def run(args: argparse.Namespace) -> None:
             await checking.check_totp_seeds()
         finally:
             await checking.close()
-    cluster = data.init(args.cluster_name)
-    # The CAs of the current rotation phase (hub/rotation_runtime.py), followed live.
-    rotation = HubRotation(data, [host, *args.public_addr])
+    try:  # the hub's state (hub/storage, docs/storage.md): errors are one line
+        storage = await open_storage(None, data.path, accept_empty_audit=args.accept_empty_audit)
+    except StorageError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        from hub.cluster_init import init_cluster
+
+        cluster = await init_cluster(storage, args.cluster_name, passphrase)
+        # The CAs of the current rotation phase (hub/rotation_runtime.py), followed live.
+        rotation = await HubRotation.open(
+            storage, data, cluster, passphrase, [host, *args.public_addr]
+        )
+    except BaseException:
+        await storage.close()
+        raise
     user_ca, host_ca = rotation.cas.user.signer, rotation.cas.host.signer
     ssl_ctx = rotation.tls_context()
     backend = await SQLiteBackend.open(data.db_path, seeds)
@@ -250,11 +264,12 @@ async def run(args: argparse.Namespace) -> None:
             log.info("TOTP seeds encrypted with the CA passphrase", extra={"users": migrated})
     except RemotelerError:
         await backend.close()
+        await storage.close()
         raise
     await backend.mark_all_offline()
     alive = alive_path(data.path)  # tctl shows nodes online only while this is held
     alive_lock = hold(alive)
-    audit = await AuditStore.open(audit_db_path(data.path))
+    audit = storage.audit
     hash_gate, join_guard = auth_limits(args)
     server = HubServer(
         AuthService(
@@ -322,7 +337,7 @@ async def run(args: argparse.Namespace) -> None:
             await server.registry.flush()
         await backend.mark_all_offline()
         await backend.close()
-        await audit.close()
+        await storage.close()
         with contextlib.suppress(FileNotFoundError):
             data.addr_file.unlink()
         stop_alive(alive, alive_lock)

@@ -27,7 +27,6 @@ from websockets.http11 import Request, Response
 
 from hub.audit_ingest import serve_audit_channel
 from hub.audit_quota import AuditQuotas, QuotaConfig
-from hub.audit_store import MIN_SESSION_PREFIX, AuditBackend, resolve_session_prefix
 from hub.auth import AuthService, Issued, check_name, rules_of
 from hub.backend import Backend, Node
 from hub.drain_notice import (
@@ -41,7 +40,9 @@ from hub.identity import Identity, peer_identity
 from hub.linkprobe import check_link, not_answering
 from hub.listener import Listener, ListenerLimits
 from hub.locks import LOCKED_CLOSE_CODE, LockWatcher
+from hub.session_prefix import MIN_SESSION_PREFIX, resolve_session_prefix
 from hub.sessioncap import SessionCounter, TooManySessions, relay_deadline
+from hub.storage.api import AuditLog
 from hub.tunnels import LiveNode, TunnelRegistry
 from hub.wsutil import DEVICE_REASONS, close_reason, device_refusal, peer_addr, peer_host
 from remoteler import rpc
@@ -108,7 +109,7 @@ class HubServer:
         auth: AuthService,
         backend: Backend,
         limits: Limits | None = None,
-        audit: AuditBackend | None = None,
+        audit: AuditLog | None = None,
         listener_limits: ListenerLimits | None = None,
         audit_quota: QuotaConfig | None = None,
     ) -> None:
@@ -634,7 +635,7 @@ class HubServer:
             remote_addr=_RPC_PEER.get(),
         )
         if self.rotation is not None:  # every trusted CA, certificates from the phase's CAs
-            result = self.rotation.decorate_join(result, _str(params, "public_key"))
+            result = await self.rotation.decorate_join(result, _str(params, "public_key"))
         return result
 
     def _refuse_if_locked(self, user: str) -> None:

@@ -163,7 +163,7 @@ async def open_part_b(
             audit=audit,
             authorities=FileAuthorities(files, hub_db),
             rotation=SQLiteRotation(hub_db, files, feed),
-            settings=SQLiteSettings(hub_db),
+            settings=SQLiteSettings(hub_db, data_dir),
             firmware=firmware,
             trusted_keys=SQLiteTrustedKeys(hub_db, feed),
             blobs=FileBlobs.open(data_dir),

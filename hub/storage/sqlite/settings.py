@@ -1,8 +1,9 @@
 """Small cluster-wide values: the ``settings`` table of hub.db (key -> text).
 
 Keys in use: ``cluster`` (the cluster name). Before hub/storage the name was only
-``DATA/cluster.json``; at open its value is copied in (the file stays: it still
-marks the directory as a hub data dir for tools that read it).
+``DATA/cluster.json``; at open its value is copied in. The file stays, and a
+cluster name stored while it is missing writes it (``{"cluster": NAME}``): it
+marks the directory as a hub data dir for the tools that still read it.
 """
 
 from __future__ import annotations
@@ -12,14 +13,21 @@ from pathlib import Path
 
 from hub.storage.api import StorageError
 from hub.storage.sqlite.txdb import TxDb
+from remoteler.fsutil import write_file_atomic
 
 CLUSTER = "cluster"
 CLUSTER_FILE = Path("cluster.json")
 
 
 class SQLiteSettings:
-    def __init__(self, db: TxDb) -> None:
+    def __init__(self, db: TxDb, data_dir: Path) -> None:
         self._db = db
+        self._data_dir = data_dir
+
+    def _mirror(self, key: str, value: str) -> None:
+        path = self._data_dir / CLUSTER_FILE
+        if key == CLUSTER and not path.exists():
+            write_file_atomic(path, json.dumps({"cluster": value}).encode(), 0o644)
 
     async def get(self, key: str) -> str | None:
         row = await self._db.fetchone("SELECT value FROM settings WHERE key = ?", (key,))
@@ -32,6 +40,7 @@ class SQLiteSettings:
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
+        self._mirror(key, value)
 
     async def put_if_absent(self, key: str, value: str) -> str:
         async with self._db.tx() as conn:
@@ -40,7 +49,9 @@ class SQLiteSettings:
             )
             async with conn.execute("SELECT value FROM settings WHERE key = ?", (key,)) as cur:
                 row = await cur.fetchone()
-        return str(row[0]) if row is not None else value
+        stored = str(row[0]) if row is not None else value
+        self._mirror(key, stored)
+        return stored
 
     async def import_cluster_file(self, data_dir: Path) -> str | None:
         """Copy ``cluster.json``'s name in if the table has none; the stored name."""
