@@ -24,16 +24,15 @@ from typing import Any
 
 from hub.api.server import HubServer
 from hub.audit.quota import QuotaConfig
-from hub.audit_store import AuditStore
 from hub.auth.hashgate import HashGate
 from hub.auth.joinguard import JoinGuard
-from hub.backend import SQLiteBackend
 from hub.datadir import DataDir
 from hub.net.listener import ListenerLimits
 from hub.rotation.runtime import HubRotation, RotationDeps
 from hub.rotation_store import CASet
+from hub.storage.api import StorageError
 from remoteler.addr import format_hostport, parse_hostport
-from remoteler.errors import RemotelerError, UsageError
+from remoteler.errors import ConfigError, UsageError
 
 log = logging.getLogger("remoteler.hub")
 
@@ -104,12 +103,16 @@ class HubApp:
         await self._stack.aclose()
 
     async def _start(self) -> None:
+        from hub import totp_seeds
         from hub.alive import alive_path, hold, keep_alive
         from hub.alive import stop as stop_alive
-        from hub.audit_store import audit_db_path
+        from hub.auth.secrets import read_passphrase
         from hub.auth.service import AuthService
+        from hub.cluster_init import init_cluster
         from hub.gcpolicy import MIN_INTERVAL, GcPolicy
+        from hub.hubid import load_hub_id
         from hub.seedcrypt import SeedCipher
+        from hub.storage_options import check_storage_args, open_hub_storage
 
         args, stack = self.args, self._stack
         try:
@@ -117,44 +120,40 @@ class HubApp:
         except ValueError as exc:
             raise UsageError(f"{exc}: fix --node-audit-rate / --node-audit-burst") from None
         host, port = parse_hostport(args.listen)
-        from hub.auth.secrets import read_passphrase
-
         data = DataDir(Path(args.data_dir), passphrase=read_passphrase(args.ca_passphrase_file))
-        from hub.dbcheck import check_data_dir
-
-        check_data_dir(data.path, accept_empty_audit=args.accept_empty_audit)  # docs/tctl.md
         passphrase = data.ca_passphrase()
+        check_storage_args(args, passphrase)
         seeds = SeedCipher(passphrase) if passphrase is not None else None
-        if seeds is not None and data.db_path.exists():  # before init encrypts plain CA keys
-            checking = await SQLiteBackend.open(data.db_path, seeds)  # with this passphrase
-            try:
-                await checking.check_totp_seeds()
-            finally:
-                await checking.close()
-        cluster = data.init(args.cluster_name)
-        # The CAs of the current rotation phase (hub/rotation/runtime.py), followed live.
-        rotation = HubRotation(data, [host, *args.public_addr])
+        hub_id = load_hub_id(data.path, args.hub_id)
+        # The hub's state (hub/storage, docs/storage.md); nothing else opens a database.
+        storage = await open_hub_storage(args)
+        stack.push_async_callback(storage.close)
+        try:
+            await storage.check()  # a damaged file: one line before serving (docs/tctl.md)
+            # the passphrase checked on the TOTP seeds before anything is encrypted with it
+            raw_users = await totp_seeds.seal(storage, seeds)
+            await totp_seeds.check(raw_users, seeds)
+            cluster = await init_cluster(storage, args.cluster_name, passphrase)
+            # The CAs of the current rotation phase (hub/rotation/runtime.py), followed live.
+            rotation = await HubRotation.open(
+                storage, data, cluster, passphrase, [host, *args.public_addr]
+            )
+            if migrated := await totp_seeds.migrate(raw_users, seeds):  # docs/security.md
+                log.info("TOTP seeds encrypted with the CA passphrase", extra={"users": migrated})
+            await storage.presence.drop_hub(hub_id)  # leases of this hub's last run
+        except StorageError as exc:
+            raise ConfigError(str(exc)) from None
+        stack.push_async_callback(storage.presence.drop_hub, hub_id)
         user_ca, host_ca = rotation.cas.user.signer, rotation.cas.host.signer
         ssl_ctx = rotation.tls_context()
-        backend = await SQLiteBackend.open(data.db_path, seeds)
-        try:  # encrypt plain TOTP seeds with the CA passphrase (docs/security.md)
-            if migrated := await backend.migrate_totp_seeds():
-                log.info("TOTP seeds encrypted with the CA passphrase", extra={"users": migrated})
-        except RemotelerError:
-            await backend.close()
-            raise
-        stack.push_async_callback(backend.close)
-        await backend.mark_all_offline()
-        stack.push_async_callback(backend.mark_all_offline)
         alive = alive_path(data.path)  # tctl shows nodes online only while this is held
         alive_lock = hold(alive)
         stack.callback(stop_alive, alive, alive_lock)
-        audit = await AuditStore.open(audit_db_path(data.path))
-        stack.push_async_callback(audit.close)
+        audit = storage.audit
         hash_gate, join_guard = auth_limits(args)
         server = HubServer(
             AuthService(
-                backend,
+                storage,
                 user_ca,
                 host_ca,
                 cluster,
@@ -162,7 +161,7 @@ class HubApp:
                 hash_gate=hash_gate,
                 join_guard=join_guard,
             ),
-            backend,
+            storage,
             audit=audit,
             listener_limits=ListenerLimits(
                 tunnel_handshakes=max(1, args.max_agent_handshakes),
@@ -172,6 +171,7 @@ class HubApp:
                 tls_reply_timeout=max(0.5, args.tls_reply_timeout),
             ),
             audit_quota=quota,
+            hub_id=hub_id,
         )
         self.server = server
         server.rotation = rotation  # its CAs in ping and join answers, the recording proxy's
@@ -187,7 +187,7 @@ class HubApp:
         rotation.attach(
             RotationDeps(
                 live=server.registry.live,
-                get_node=backend.get_node,
+                get_node=storage.nodes.get,
                 audit=audit,
                 use_cas=use_cas,
                 set_tls_context=set_tls_context,

@@ -1,32 +1,21 @@
-"""CA rotation on disk: the state file, the next CAs, and which nodes caught up.
+"""CA rotation through the hub's storage: the state, the CAs of each phase, and the acks.
 
-Layout (in the hub's data directory)::
-
-    DIR/ca/rotation.json     {"user": RotationState, "host": RotationState}
-    DIR/ca/rotation.lock     flock'd by whoever changes the state (tctl, the hub)
-    DIR/ca/next/             {kind}_ca.{key,pub,crt}: the new CA while rotating (its key
-                             encrypted like the others when a CA passphrase is set)
-    DIR/rotation-nodes.json  node id -> the revision it acknowledged (written by the hub)
-
-``tctl`` and the running hub both change the state (tctl by command, the hub
-in auto mode), always under the lock; the hub notices any change by the state
-file's content (one small read a second).
+The state of both CA kinds and the CAs (current, and next while rotating) are in
+:class:`~hub.storage.api.Storage` (``storage.rotation``, ``storage.authorities``).
+Every phase change is one compare-and-set on the state's revision
+(:meth:`hub.storage.api.Rotation.advance`) carrying the CA changes it implies, so
+two hubs running the auto-mode loop, or a hub and ``tctl``, never both make one
+step: the loser re-reads and decides again. The hub learns of a change from the
+change feed (topic ``rotation``), not from a file.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import json
 import logging
-import os
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import get_args
 
-from hub.datadir import DataDir
+from hub.cakeys import to_authority, to_stored
 from hub.rotation.state import (
     Change,
     Mode,
@@ -37,12 +26,15 @@ from hub.rotation.state import (
     revision,
     transition,
 )
-from remoteler.ca import CAError, CAKind, CertAuthority, write_file_atomic, write_secret_file
+from hub.storage.api import Conflict, Storage, StorageError, StoredCA
+from remoteler.ca import CAKind, CertAuthority
 from remoteler.errors import ConfigError, UsageError
 
 log = logging.getLogger("remoteler.hub.rotation")
 
 KINDS: tuple[CAKind, ...] = get_args(CAKind)
+#: compare-and-set attempts of one command before it gives up (each one re-reads)
+RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -96,60 +88,58 @@ class CASet:
 
 
 class RotationStore:
-    def __init__(self, data: DataDir) -> None:
-        self.data = data
-
-    @property
-    def state_path(self) -> Path:
-        return self.data.ca_dir / "rotation.json"
-
-    @property
-    def next_dir(self) -> Path:
-        return self.data.ca_dir / "next"
-
-    @property
-    def acks_path(self) -> Path:
-        return self.data.path / "rotation-nodes.json"
+    def __init__(self, storage: Storage, cluster: str, passphrase: bytes | None) -> None:
+        self.storage = storage
+        self.cluster = cluster
+        self.passphrase = passphrase
 
     # -- reading -------------------------------------------------------------
 
-    def read_states(self) -> dict[CAKind, RotationState]:
+    async def read_states(self) -> tuple[dict[CAKind, RotationState], int]:
+        """Both kinds' states and the revision a change must name."""
         try:
-            raw = json.loads(self.state_path.read_text())
-        except FileNotFoundError:
-            raw = {}
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"{self.state_path} is unreadable ({exc}); restore it from backup"
-            ) from None
+            record = await self.storage.rotation.get()
+        except StorageError as exc:
+            raise ConfigError(str(exc)) from None
         try:
-            return {k: RotationState.from_dict(raw.get(k, {})) for k in KINDS}
+            states = {k: RotationState.from_dict(dict(record.states.get(k, {}))) for k in KINDS}
         except RotationError as exc:
-            raise ConfigError(f"{self.state_path}: {exc}; restore it from backup") from None
+            raise ConfigError(
+                f"the stored CA rotation state is damaged ({exc}); restore hub.db from backup"
+            ) from None
+        return states, record.revision
 
-    def stamp(self) -> bytes:
-        """Changes whenever the state changes (b"" if there is no state file).
+    async def revision(self) -> int:
+        return (await self.storage.rotation.get()).revision
 
-        A digest of the (small) file, not its mtime: the kernel updates mtimes once
-        per clock tick, so two changes within one tick (auto mode advancing both CA
-        types) would look like one and the hub would miss the second.
-        """
+    async def _stored(self) -> dict[tuple[str, str], StoredCA]:
         try:
-            return hashlib.sha256(self.state_path.read_bytes()).digest()
-        except FileNotFoundError:
-            return b""
+            return {(c.kind, c.slot): c for c in await self.storage.authorities.all()}
+        except StorageError as exc:
+            raise ConfigError(str(exc)) from None
 
-    def load(self) -> CASet:
+    async def load(self) -> CASet:
         """The CAs and states as stored now."""
-        states = self.read_states()
+        return (await self.load_revision())[0]
+
+    async def load_revision(self) -> tuple[CASet, int]:
+        states, rev = await self.read_states()
+        stored = await self._stored()
         sets = {}
         for kind in KINDS:
-            current = self.data.load_ca(kind)
+            if (kind, "current") not in stored:
+                raise ConfigError(
+                    f"the hub's storage has no {kind} CA: start the hub once to create the "
+                    "cluster, or pass the right --data-dir"
+                )
+            current = to_authority(stored[kind, "current"], self.cluster, self.passphrase)
             nxt = None
             if states[kind].rotating:
                 try:
-                    nxt = self.data.load_ca(kind, self.next_dir)
-                except (CAError, ConfigError) as exc:
+                    if (kind, "next") not in stored:
+                        raise ConfigError("it is missing")
+                    nxt = to_authority(stored[kind, "next"], self.cluster, self.passphrase)
+                except ConfigError as exc:
                     raise ConfigError(
                         f"the {kind} CA is rotating (phase {states[kind].phase}) but its new "
                         f"key is unusable: {exc}; roll back with 'tctl auth rotate --type {kind} "
@@ -158,21 +148,11 @@ class RotationStore:
                 if nxt.pin() == current.pin():
                     nxt = None  # promoted, the state write did not happen: behave as standby
             sets[kind] = Authorities(kind, states[kind], current, nxt)
-        return CASet(sets["user"], sets["host"])
+        return CASet(sets["user"], sets["host"]), rev
 
     # -- changing ----------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        self.data.ca_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.data.ca_dir / "rotation.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
-
-    def change(
+    async def change(
         self,
         kind: str,
         target: Phase,
@@ -184,49 +164,65 @@ class RotationStore:
         """Apply one transition of ``kind`` with its side effects; raise UsageError if refused."""
         if kind not in KINDS:
             raise UsageError(f"CA type must be 'user' or 'host', not {kind!r}")
-        with self.locked():
-            states = self.read_states()
+        for _ in range(RETRIES):
+            states, rev = await self.read_states()
             try:
                 change = transition(states[kind], target, now, mode=mode, grace_period=grace_period)
             except RotationError as exc:
                 raise UsageError(f"{kind} CA: {exc}") from None
-            self._apply(kind, change, states)
-        return change
+            try:
+                await self._apply(kind, change, states, rev)
+            except Conflict:
+                continue  # moved under us: decide again on what is stored now
+            return change
+        raise UsageError("the CA rotation kept changing while this command ran; try again")
 
-    def advance_due(self, now: float) -> list[tuple[CAKind, Change]]:
-        """Auto mode: make every phase change that is due (the hub calls this each second)."""
-        states = self.read_states()
-        if not any(due(s, now) for s in states.values()):
-            return []
-        done = []
-        with self.locked():
-            states = self.read_states()  # again, under the lock
-            for kind in KINDS:
-                target = due(states[kind], now)
-                if target is None:
-                    continue
-                change = transition(states[kind], target, now, mode="auto")
-                self._apply(kind, change, states)
-                done.append((kind, change))
+    async def advance_due(self, now: float) -> list[tuple[CAKind, Change]]:
+        """Auto mode: make every phase change that is due (each hub calls this each second;
+        a step another hub made first is a Conflict here, and nothing more)."""
+        states, rev = await self.read_states()
+        done: list[tuple[CAKind, Change]] = []
+        for kind in KINDS:
+            target = due(states[kind], now)
+            if target is None:
+                continue
+            change = transition(states[kind], target, now, mode="auto")
+            try:
+                await self._apply(kind, change, states, rev)
+            except Conflict:
+                return done  # someone else advanced: the next look re-reads
+            states, rev = {**states, kind: change.state}, rev + 1
+            done.append((kind, change))
         return done
 
-    def _apply(self, kind: CAKind, change: Change, states: dict[CAKind, RotationState]) -> None:
-        """Side effects in an order that survives a crash at any point (see :meth:`load`)."""
-        key_path, pub_path, crt_path = CertAuthority.paths(self.next_dir, kind)
+    async def _apply(
+        self, kind: CAKind, change: Change, states: dict[CAKind, RotationState], rev: int
+    ) -> None:
+        """One compare-and-set: the new states and the CA files the step implies."""
+        put: list[StoredCA] = []
+        remove: list[tuple[CAKind, str]] = []
         if change.generate_next:
-            self.data.save_ca(CertAuthority.generate(kind, self.data.cluster_name()), self.next_dir)
+            fresh = CertAuthority.generate(kind, self.cluster)
+            put.append(to_stored(fresh, "next", self.passphrase))
         if change.promote_next:
-            # Overwrites the old CA's files, key last; load() copes with a crash
-            # before the state below is written (next == current means done).
-            self.data.save_ca(self.data.load_ca(kind, self.next_dir), self.data.ca_dir)
-        states = {**states, kind: change.state}
-        write_secret_file(
-            self.state_path,
-            json.dumps({k: s.to_dict() for k, s in states.items()}, indent=2).encode(),
-        )
+            nxt = (await self._stored()).get((kind, "next"))
+            if nxt is None:
+                raise ConfigError(f"the {kind} CA's new key is missing: roll the rotation back")
+            put.append(replace(nxt, slot="current"))
         if change.promote_next or change.discard_next:
-            for path in (key_path, pub_path, crt_path):
-                path.unlink(missing_ok=True)
+            remove.append((kind, "next"))
+        new = {**states, kind: change.state}
+        try:
+            await self.storage.rotation.advance(
+                rev,
+                {k: s.to_dict() for k, s in new.items()},
+                put,
+                remove,  # type: ignore[arg-type]
+            )
+        except Conflict:
+            raise
+        except StorageError as exc:
+            raise ConfigError(str(exc)) from None
         log.info(
             "CA rotation phase",
             extra={"ca_type": kind, "phase": change.after.value, "previous": change.before.value},
@@ -234,14 +230,8 @@ class RotationStore:
 
     # -- which nodes have caught up ------------------------------------------------
 
-    def read_acks(self) -> dict[str, str]:
-        try:
-            raw = json.loads(self.acks_path.read_text())
-        except (OSError, ValueError):
-            return {}
-        if not isinstance(raw, dict):
-            return {}
-        return {str(k): str(v) for k, v in raw.items()}
+    async def read_acks(self) -> dict[str, str]:
+        return await self.storage.rotation.acks()
 
-    def write_acks(self, acks: dict[str, str]) -> None:
-        write_file_atomic(self.acks_path, json.dumps(acks, sort_keys=True).encode(), 0o600)
+    async def ack(self, node_id: str, rev: str) -> None:
+        await self.storage.rotation.ack(node_id, rev)

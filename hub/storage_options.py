@@ -49,10 +49,9 @@ def check_storage_args(args: argparse.Namespace, passphrase: bytes | None) -> No
         )
 
 
-async def open_hub_storage(args: argparse.Namespace) -> Storage | None:
-    """The storage ``--storage`` names, opened; None without the flag (the hub as before)."""
-    if not args.storage:
-        return None
+async def open_hub_storage(args: argparse.Namespace) -> Storage:
+    """The storage ``--storage`` names (default: SQLite in the data dir), opened and
+    migrated; its errors are one line (:class:`ConfigError`)."""
     from hub.storage import open_storage
 
     if is_postgres(args.storage):
@@ -66,6 +65,11 @@ async def open_hub_storage(args: argparse.Namespace) -> Storage | None:
             )
     password_file = Path(args.storage_password_file) if args.storage_password_file else None
     try:
-        return await open_storage(args.storage, Path(args.data_dir), password_file=password_file)
+        return await open_storage(
+            args.storage,
+            Path(args.data_dir),
+            password_file=password_file,
+            accept_empty_audit=args.accept_empty_audit,
+        )
     except StorageError as exc:
         raise ConfigError(f"storage: {exc}") from None

@@ -1,21 +1,28 @@
 """``tctl auth rotate``: rotate the user or host CA (docs/rotation.md).
 
-tctl changes the rotation state in the data directory under a lock; the
-running hub notices within a second, re-keys its TLS port and pushes new
-certificates and CAs to every connected agent.
+tctl changes the rotation state through the hub's storage (a compare-and-set on
+its revision, hub/rotation_store.py); the running hub hears of it on the change
+feed within a second, re-keys its TLS port and pushes new certificates and CAs to
+every connected agent. (Until tctl is an RPC client of the hub, it opens the
+data dir's storage itself.)
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from remoteler.errors import UsageError
 
 if TYPE_CHECKING:
-    from hub.rotation_store import CASet
+    from hub.rotation_store import CASet, RotationStore
+    from hub.storage.api import Storage
 
 PHASES = ("init", "update_clients", "update_servers", "standby", "rollback")
 
@@ -47,67 +54,85 @@ def _data(args: argparse.Namespace) -> Any:
     return data
 
 
-def load_cas(data_dir: str) -> CASet:
-    """The CAs as the hub uses them in the current phase."""
-    from hub.datadir import DataDir
+@contextlib.asynccontextmanager
+async def opened(data: Any) -> AsyncIterator[tuple[Storage, RotationStore]]:
+    """The data dir's storage and its rotation store (errors: one line)."""
     from hub.rotation_store import RotationStore
+    from hub.storage import open_storage
+    from hub.storage.api import StorageError
+    from remoteler.errors import ConfigError
 
-    return RotationStore(DataDir(Path(data_dir))).load()
+    cluster = data.cluster_name()
+    try:
+        storage = await open_storage(None, data.path)
+    except StorageError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        yield storage, RotationStore(storage, cluster, data.ca_passphrase())
+    finally:
+        await storage.close()
+
+
+def load_cas(data_dir: str) -> CASet:
+    """The CAs as the hub uses them in the current phase (callable from sync and async
+    code: it runs on its own loop in a worker thread)."""
+    from hub.datadir import DataDir
+
+    async def load() -> CASet:
+        async with opened(DataDir(Path(data_dir))) as (_storage, store):
+            return await store.load()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, load()).result()
 
 
 async def advance(data: Any) -> None:
     """Make (and audit) auto-mode steps that fell due, e.g. while no hub was running."""
-    from hub.rotation_store import RotationStore
+    async with opened(data) as (storage, store):
+        now = time.time()
+        changes = await store.advance_due(now)
+        if changes:
+            await _record(storage, now, list(changes))
 
-    now = time.time()
-    changes = RotationStore(data).advance_due(now)
-    if changes:
-        await _record(data, now, list(changes))
 
-
-async def _record(data: Any, now: float, changes: list[tuple[str, Any]]) -> None:
-    from hub.audit_store import AuditStore, audit_db_path
+async def _record(storage: Storage, now: float, changes: list[tuple[str, Any]]) -> None:
     from remoteler.audit.events import HUB_NODE, EventType, make_event
 
-    audit = await AuditStore.open(audit_db_path(data.path))
-    try:
-        for kind, change in changes:
-            await audit.record(
-                make_event(
-                    EventType.ROTATION_PHASE,
-                    node=HUB_NODE,
-                    now=now,
-                    ca_type=kind,
-                    phase=change.after.value,
-                    previous=change.before.value,
-                    mode=change.state.mode,
-                )
+    for kind, change in changes:
+        await storage.audit.record(
+            make_event(
+                EventType.ROTATION_PHASE,
+                node=HUB_NODE,
+                now=now,
+                ca_type=kind,
+                phase=change.after.value,
+                previous=change.before.value,
+                mode=change.state.mode,
             )
-    finally:
-        await audit.close()
+        )
 
 
 async def cmd_rotate(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """Make the phase change; return the JSON shape and the text to show."""
     from hub.rotation.state import Phase
-    from hub.rotation_store import RotationStore
     from remoteler.addr import parse_ttl
 
     data = _data(args)
-    store = RotationStore(data)
     now = time.time()
     await advance(data)  # auto steps that fell due while no hub ran
     if args.manual:
         if not args.phase:
             raise UsageError(f"--manual needs --phase, one of {', '.join(PHASES)}")
-        change = store.change(args.kind, Phase(args.phase), now, mode="manual")
-    else:
-        if args.phase:
-            raise UsageError("--phase needs --manual (without it the rotation runs by itself)")
-        grace = parse_ttl(args.grace_period)
-        change = store.change(args.kind, Phase.INIT, now, mode="auto", grace_period=grace)
-    await _record(data, now, [(args.kind, change)])
-    cas = store.load()
+    elif args.phase:
+        raise UsageError("--phase needs --manual (without it the rotation runs by itself)")
+    async with opened(data) as (storage, store):
+        if args.manual:
+            change = await store.change(args.kind, Phase(args.phase), now, mode="manual")
+        else:
+            grace = parse_ttl(args.grace_period)
+            change = await store.change(args.kind, Phase.INIT, now, mode="auto", grace_period=grace)
+        await _record(storage, now, [(args.kind, change)])
+        cas = await store.load()
     auth = cas.of(args.kind)
     info = {
         "type": args.kind,
@@ -157,13 +182,12 @@ def _describe(kind: str, info: dict[str, Any], grace: float) -> str:
 async def status_info(data_dir: str, node_ids: list[str]) -> dict[str, Any]:
     """Rotation part of ``tctl status``: each CA's phase and how many nodes caught up."""
     from hub.datadir import DataDir
-    from hub.rotation_store import RotationStore
 
     data = DataDir(Path(data_dir))
     await advance(data)
-    store = RotationStore(data)
-    cas = store.load()
-    acks = store.read_acks()
+    async with opened(data) as (_storage, store):
+        cas = await store.load()
+        acks = await store.read_acks()
     never = not any(cas.of(k).state.serial for k in ("user", "host"))
     current = sum(1 for n in node_ids if never or acks.get(n) == cas.revision)
     return {

@@ -25,10 +25,6 @@ from websockets.asyncio.server import Server, ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from hub.audit.ingest import serve_audit_channel
-from hub.audit.quota import AuditQuotas, QuotaConfig
-from hub.audit_store import MIN_SESSION_PREFIX, AuditBackend, resolve_session_prefix
-from hub.auth.service import AuthService, Issued, check_name, rules_of
 from hub.api.drain_notice import (
     SESSION_CUT,
     Notices,
@@ -36,14 +32,18 @@ from hub.api.drain_notice import (
     seconds_left,
     session_notice,
 )
-from hub.net.identity import Identity, peer_identity
 from hub.api.linkprobe import check_link, not_answering
-from hub.net.listener import Listener, ListenerLimits
-from hub.auth.locks import LOCKED_CLOSE_CODE, LockWatcher
 from hub.api.sessioncap import SessionCounter, TooManySessions, relay_deadline
-from hub.storage.api import Node, Storage
 from hub.api.tunnels import LiveNode, TunnelRegistry
+from hub.audit.ingest import serve_audit_channel
+from hub.audit.quota import AuditQuotas, QuotaConfig
+from hub.auth.locks import LOCKED_CLOSE_CODE, LockWatcher
+from hub.auth.service import AuthService, Issued, check_name, rules_of
+from hub.net.identity import Identity, peer_identity
+from hub.net.listener import Listener, ListenerLimits
 from hub.net.wsutil import DEVICE_REASONS, close_reason, device_refusal, peer_addr, peer_host
+from hub.session_prefix import MIN_SESSION_PREFIX, resolve_session_prefix
+from hub.storage.api import AuditLog, Node, Storage
 from remoteler import rpc
 from remoteler.access import Role as UserRole
 from remoteler.access import check_access, node_visible
@@ -116,7 +116,7 @@ class HubServer:
         auth: AuthService,
         storage: Storage,
         limits: Limits | None = None,
-        audit: AuditBackend | None = None,
+        audit: AuditLog | None = None,
         listener_limits: ListenerLimits | None = None,
         audit_quota: QuotaConfig | None = None,
         hub_id: str = "hub",
@@ -676,7 +676,7 @@ class HubServer:
             remote_addr=_RPC_PEER.get(),
         )
         if self.rotation is not None:  # every trusted CA, certificates from the phase's CAs
-            result = self.rotation.decorate_join(result, _str(params, "public_key"))
+            result = await self.rotation.decorate_join(result, _str(params, "public_key"))
         return result
 
     def _refuse_if_locked(self, user: str) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 import msgpack
 
 from hub.audit.quota import EVENT_UNIT, AuditQuotas, event_cost
-from hub.audit_store import AuditBackend, Inserted
+from hub.storage.api import AuditLog, Inserted
 from remoteler.audit.events import AuditEvent, EventType, make_event
 from remoteler.audit.stream import (
     MessageReader,
@@ -59,7 +59,7 @@ def _pack(wire_event: object) -> bytes:
 async def serve_audit_channel(
     channel: Channel,
     node_id: str,
-    store: AuditBackend,
+    store: AuditLog,
     quotas: AuditQuotas | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
@@ -153,7 +153,7 @@ async def serve_audit_channel(
 
 
 async def _note_reused(
-    store: AuditBackend, node_id: str, result: Inserted, fields: dict[str, object]
+    store: AuditLog, node_id: str, result: Inserted, fields: dict[str, object]
 ) -> None:
     """Log and audit (once per channel) the first event refused for a reused seq."""
     first = result.reused[0]

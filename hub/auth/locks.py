@@ -27,8 +27,8 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from hub.storage.api import Change, Storage
 from hub.api.tunnels import TunnelRegistry
+from hub.storage.api import Change, Storage
 from remoteler.locks import Lock, encode_locks, find_lock, lock_digest
 from remoteler.protocol import LOCKS_KIND
 from remoteler.wire.aio import Tunnel

@@ -11,12 +11,11 @@ from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 from hub.audit.budget import AuditBudget
-from hub.audit_store import AuditBackend
-from hub.audit.budget import AuditBudget
+from hub.auth import secrets as hs
 from hub.auth.hashgate import BUSY_MESSAGE, BUSY_REASON, HashGate, HubBusy
 from hub.auth.joinguard import JoinGuard, JoinRefused
 from hub.auth.ratelimit import LoginGuard, LoginRefused
-from hub.storage.api import Conflict, Node, Storage, Token, User
+from hub.storage.api import AuditLog, Conflict, Node, Storage, Token, User
 from remoteler.access import (
     DEFAULT_MAX_TTL,
     ROLES_EXTENSION,
@@ -92,7 +91,7 @@ class AuthService:
         host_ca: CertAuthority,
         cluster: str,
         clock: Callable[[], float] = time.time,
-        audit: AuditBackend | None = None,
+        audit: AuditLog | None = None,
         hash_gate: HashGate | None = None,
         join_guard: JoinGuard | None = None,
     ) -> None:

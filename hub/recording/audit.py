@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hub.audit_store import AuditBackend
+from hub.storage.api import AuditLog
 from remoteler.audit.events import HUB_NODE, AuditEvent, EventType, make_event
 from remoteler.recording import CODEC, SessionRecorder
 
@@ -43,7 +43,7 @@ class HubSessionAudit:
 
     def __init__(
         self,
-        store: AuditBackend,
+        store: AuditLog,
         *,
         user: str,
         login: str,

@@ -63,9 +63,8 @@ from remoteler.sshserver import SERVER_OPTIONS, CertificateOnlyServer, CheckedTu
 from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
 
 if TYPE_CHECKING:
-    from hub.api.server import HubServer
-    from hub.storage.api import Node
     from hub.api.tunnels import LiveNode
+    from hub.storage.api import AuditLog, Node
 
 log = logging.getLogger("remoteler.hub.recording")
 
@@ -101,7 +100,7 @@ class ProxyDeps:
     #: ``LockWatcher.track_relay``: end the connection when a lock covers it
     track_relay: Callable[..., Callable[[], None]]
     #: where sessions and refusals are recorded (None: sessions are refused)
-    audit: AuditBackend | None
+    audit: AuditLog | None
 
 
 class RecordingProxy:
@@ -283,7 +282,7 @@ class ConnState:
         self.role_deadline: float | None = None
 
     @property
-    def audit(self) -> AuditBackend | None:
+    def audit(self) -> AuditLog | None:
         return self.proxy.deps.audit
 
     def end_at_expiry(self) -> None:

@@ -28,8 +28,7 @@ from remoteler.sshio import SSH_MAX_PACKET, SSH_WINDOW
 from remoteler.text import printable
 
 if TYPE_CHECKING:
-    from hub.audit_store import AuditBackend
-    from hub.backend import Node
+    from hub.storage.api import AuditLog, Node
     from remoteler.access import Permissions
 
 log = logging.getLogger("remoteler.hub.recording")
@@ -90,7 +89,7 @@ class ConnState(Protocol):
     permissions: Permissions
 
     @property
-    def audit(self) -> AuditBackend | None: ...
+    def audit(self) -> AuditLog | None: ...
 
     async def upstream(self) -> asyncssh.SSHClientConnection: ...
 

@@ -1,7 +1,9 @@
 """The running hub's side of CA rotation: follow the state, re-key TLS, update the fleet.
 
-Once a second the hub makes any auto-mode phase change that is due and checks
-the state file's stamp. On a change it reloads the CAs, signs with the
+Once a second the hub makes any auto-mode phase change that is due (a
+compare-and-set in storage: of several hubs, one makes each step), and on every
+``rotation`` change from the storage's change feed (this hub's, another hub's,
+tctl's) it reloads the CAs if the state's revision moved: it signs with the
 phase's CA, swaps the listener's SSLContext for new connections (trusting
 every CA of the phase), and closes tunnels whose certificate a finished
 rotation retired (their agents reconnect with the new one).
@@ -41,6 +43,8 @@ from hub.api.tunnels import LiveNode
 from hub.auth.service import host_principals
 from hub.datadir import DataDir
 from hub.rotation_store import CASet, RotationStore
+from hub.storage.api import Change as StorageChange
+from hub.storage.api import Storage
 from remoteler.audit.events import EventType, make_event
 from remoteler.audit.stream import MessageReader, encode_message
 from remoteler.ca import CAError, public_key_from_openssh, signed_by
@@ -50,8 +54,7 @@ from remoteler.wire.aio import Tunnel
 from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
 
 if TYPE_CHECKING:
-    from hub.audit_store import AuditBackend
-    from hub.backend import Node
+    from hub.storage.api import AuditLog, Node
 
 __all__ = ["HubRotation", "RotationDeps"]
 
@@ -72,7 +75,7 @@ class RotationDeps:
     #: a node's record, for the names in its new host certificate
     get_node: Callable[[str], Awaitable[Node | None]]
     #: where phase changes and re-issued certificates are recorded
-    audit: AuditBackend | None
+    audit: AuditLog | None
     #: new certificates (joins, logins) from these CAs' signers from now on
     use_cas: Callable[[CASet], None]
     #: new connections get this TLS context (the serving CA, every trusted CA)
@@ -80,19 +83,27 @@ class RotationDeps:
 
 
 class HubRotation:
-    """Create before the server (it gives the TLS context and CAs), then :meth:`attach`
-    what it acts on (:class:`RotationDeps`)."""
+    """Create with :meth:`open` before the server (it gives the TLS context and CAs),
+    then :meth:`attach` what it acts on (:class:`RotationDeps`)."""
 
     def __init__(
-        self, data: DataDir, hosts: list[str], clock: Callable[[], float] = time.time
+        self,
+        store: RotationStore,
+        data: DataDir,
+        hosts: list[str],
+        cas: CASet,
+        rev: int,
+        acks: dict[str, str],
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.data = data
         self.hosts = hosts
         self.clock = clock
-        self.store = RotationStore(data)
-        self._stamp = self.store.stamp()
-        self.cas: CASet = self.store.load()
-        self.acks = self.store.read_acks()
+        self.store = store
+        self.cluster = store.cluster
+        self._revision = rev
+        self.cas: CASet = cas
+        self.acks = acks
         self.deps: RotationDeps | None = None
         self._pushing: dict[str, asyncio.Task[None]] = {}
         #: tunnel -> revision it refused or failed: not retried on that tunnel. Keyed by
@@ -100,6 +111,20 @@ class HubRotation:
         #: old one's id and would never be retried.
         self._failed: weakref.WeakKeyDictionary[Tunnel, str] = weakref.WeakKeyDictionary()
         self._slots = asyncio.Semaphore(PUSH_CONCURRENCY)
+
+    @classmethod
+    async def open(
+        cls,
+        storage: Storage,
+        data: DataDir,
+        cluster: str,
+        passphrase: bytes | None,
+        hosts: list[str],
+        clock: Callable[[], float] = time.time,
+    ) -> HubRotation:
+        store = RotationStore(storage, cluster, passphrase)
+        cas, rev = await store.load_revision()
+        return cls(store, data, hosts, cas, rev, await store.read_acks(), clock)
 
     # -- what the hub presents and trusts -------------------------------------
 
@@ -125,37 +150,47 @@ class HubRotation:
             },
         }
 
-    def decorate_join(self, result: dict[str, Any], public_key: str) -> dict[str, Any]:
+    async def decorate_join(self, result: dict[str, Any], public_key: str) -> dict[str, Any]:
         """A joining node gets every trusted CA and a host certificate from the serving CA."""
         server_ca = self.cas.host.server
         if server_ca is not self.cas.host.signer:
             result["ssh_cert"] = server_ca.sign_ssh_host_cert(
                 public_key_from_openssh(public_key),
                 key_id=result["node_id"],
-                principals=host_principals(
-                    result["node_id"], result["name"], self.data.cluster_name()
-                ),
+                principals=host_principals(result["node_id"], result["name"], self.cluster),
             )
         result["host_ca_pem"] = b"".join(self.cas.host.trusted_pems()).decode()
         result["user_ca_ssh"] = "\n".join(ca.ssh_public_line() for ca in self.cas.user.trusted)
         result["ca_revision"] = self.cas.revision
         self.acks[result["node_id"]] = self.cas.revision
-        self.store.write_acks(self.acks)
+        await self.store.ack(result["node_id"], self.cas.revision)
         return result
 
     # -- following the state ------------------------------------------------------
 
     async def run(self, interval: float = 1.0) -> None:
-        while True:
-            try:
-                await self.poll()
-                self.sync_nodes()
-            except Exception:
-                log.exception("rotation check failed; will retry")
-            await asyncio.sleep(interval)
+        """Each ``interval``, or sooner on a ``rotation`` change: advance, reload, push."""
+        changes = self.store.storage.changes()
+        pending: asyncio.Task[StorageChange] | None = None
+        try:
+            while True:
+                try:
+                    await self.poll()
+                    self.sync_nodes()
+                except Exception:
+                    log.exception("rotation check failed; will retry")
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(changes))
+                done, _ = await asyncio.wait({pending}, timeout=interval)
+                if done:
+                    pending = None  # any change (or a gap) leads to one look at the revision
+        finally:
+            if pending is not None:
+                pending.cancel()
+            await changes.aclose()  # type: ignore[attr-defined]
 
     async def poll(self) -> None:
-        for kind, change in self.store.advance_due(self.clock()):
+        for kind, change in await self.store.advance_due(self.clock()):
             await self._record(
                 EventType.ROTATION_PHASE,
                 ca_type=kind,
@@ -163,12 +198,11 @@ class HubRotation:
                 previous=change.before.value,
                 mode="auto",
             )
-        stamp = self.store.stamp()
-        if stamp == self._stamp:
+        if await self.store.revision() == self._revision:
             return
         old = self.cas
-        self.cas = self.store.load()
-        self._stamp = stamp  # only once loaded: a failed load is tried again next time
+        self.cas, rev = await self.store.load_revision()
+        self._revision = rev  # only once loaded: a failed load is tried again next time
         if self.deps is None:
             return
         self.deps.use_cas(self.cas)
@@ -270,7 +304,7 @@ class HubRotation:
                     certs["ssh_cert"] = server_ca.sign_ssh_host_cert(
                         pub,
                         key_id=node.id,
-                        principals=host_principals(node.id, node.name, self.data.cluster_name()),
+                        principals=host_principals(node.id, node.name, self.cluster),
                     )
             channel.write(encode_message(certs))
             done = await _read_one(channel, reader, "done")
@@ -290,7 +324,7 @@ class HubRotation:
                     reason="ca rotation",
                 )
         self.acks[node.id] = rev
-        self.store.write_acks(self.acks)
+        await self.store.ack(node.id, rev)
         log.info("node took the rotation update", extra={"node_id": node.id, "revision": rev})
 
     async def _record(self, type: EventType, node: str = "hub", **fields: Any) -> None:

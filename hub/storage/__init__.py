@@ -15,13 +15,18 @@ __all__ = ["Storage", "StorageError", "open_storage"]
 
 
 async def open_storage(
-    spec: str | None, data_dir: Path, *, password_file: Path | None = None
+    spec: str | None,
+    data_dir: Path,
+    *,
+    password_file: Path | None = None,
+    accept_empty_audit: bool = False,
 ) -> Storage:
-    """The engine ``spec`` names, opened and migrated; its errors are one line."""
+    """The engine ``spec`` names, opened and migrated; its errors are one line.
+    ``accept_empty_audit``: SQLite begins a new audit.db where the old one was lost."""
     if not spec or spec == "sqlite":
         from hub.storage.sqlite import open_sqlite
 
-        return await open_sqlite(data_dir)
+        return await open_sqlite(data_dir, accept_empty_audit=accept_empty_audit)
     if spec.startswith(("postgresql://", "postgres://")):
         from hub.storage.postgres import open_postgres
 

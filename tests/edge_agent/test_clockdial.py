@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from edge_agent.agent import EdgeAgent
 from edge_agent.clockdial import check_hub_cert, skew_from_ping
 from edge_agent.join import join
+from hub.api.server import HubServer
 from hub.auth.service import AuthService
 from hub.datadir import DataDir
-from hub.api.server import HubServer
 from hub.storage.sqlite import open_sqlite
 from remoteler.ca import CAError, CertAuthority, generate_private_key, pin_of_cert_pem
 from remoteler.errors import TrustError

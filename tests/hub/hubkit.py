@@ -16,10 +16,10 @@ from websockets.asyncio.client import connect
 
 from hub.api.server import TUNNEL_SUBPROTOCOL, HubServer
 from hub.audit_store import AuditStore
+from hub.auth import secrets as hs
 from hub.auth.service import AuthService
 from hub.datadir import DataDir
 from hub.net.listener import ListenerLimits
-from hub.api.server import TUNNEL_SUBPROTOCOL, HubServer
 from hub.storage.api import Storage
 from hub.storage.sqlite import open_sqlite
 from remoteler.ca import (

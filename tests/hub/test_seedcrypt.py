@@ -16,6 +16,7 @@ from hubkit import PASSWORD, TOTP_SECRET, new_key_line, running_hub
 from websockets.asyncio.client import connect
 
 from hub import totp_seeds
+from hub.auth.secrets import PASSPHRASE_FILE_ENV as _FILE
 from hub.datadir import DataDir
 from hub.seedcrypt import SeedCipher
 from hub.storage.api import User, Users

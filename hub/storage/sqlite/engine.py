@@ -105,7 +105,7 @@ class SQLiteStorage:
     """:class:`hub.storage.api.Storage` on SQLite files in one data directory."""
 
     engine = "sqlite"
-    # -- sections of part B (sqlb): declared here, attached in __init__ --
+    # -- part B's sections (hub/storage/sqlite/part_b.py), attached by open --
     audit: AuditLog
     authorities: Authorities
     rotation: Rotation
@@ -127,9 +127,7 @@ class SQLiteStorage:
         self.nodes: Nodes = SQLiteNodes(self._conn)
         self.presence: PresenceTable = SQLitePresence(self._conn)
         self.locks: Locks = SQLiteLocks(self._conn)
-        # -- sections of part B (sqlb) --
-        # (until they are attached, reading one raises AttributeError)
-        # -- end of part B --
+        # part B's sections are attached by :meth:`open` (hub/storage/sqlite/part_b.py)
         #: each section's own integrity check (part B's files), run by :meth:`check`
         self.checks: list[Callable[[], Awaitable[None]]] = []
         #: each section's own close (part B's files), run by :meth:`close`
@@ -138,9 +136,17 @@ class SQLiteStorage:
         self._watcher: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, data_dir: Path, poll: float = POLL_INTERVAL) -> SQLiteStorage:
-        data_dir.mkdir(parents=True, exist_ok=True)
+    async def open(
+        cls, data_dir: Path, poll: float = POLL_INTERVAL, *, accept_empty_audit: bool = False
+    ) -> SQLiteStorage:
+        """Open (create, migrate) the data dir's files. An audit.db lost beside a hub.db
+        that lists nodes is refused unless ``accept_empty_audit`` (docs/tctl.md)."""
+        from hub.storage.sqlite import part_b
+
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = data_dir / HUB_DB
+        if not accept_empty_audit:  # before anything below creates a file
+            part_b.refuse_lost_trail(data_dir)
         try:
             db = await connect(path)
         except sqlite3.Error as exc:
@@ -159,6 +165,11 @@ class SQLiteStorage:
             await db.close()
             raise
         storage = cls(db, path, poll)
+        try:  # -- sections of part B (sqlb): audit, CAs, rotation, settings, firmware, ...
+            await part_b.attach(storage, data_dir, accept_empty_audit=True)
+        except BaseException:
+            await db.close()
+            raise
         storage._watcher = asyncio.ensure_future(storage._watch())
         return storage
 

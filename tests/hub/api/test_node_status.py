@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from hub.api.node_status import parse_status
+from hub.api.tunnels import TunnelRegistry
 from hub.storage.api import Node
 from hub.storage.sqlite import open_sqlite
-from hub.api.tunnels import TunnelRegistry
 from remoteler.clockskew import format_skew
 
 

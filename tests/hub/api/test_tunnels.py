@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.api.node_status import MAX_STATUS_BYTES, AuditBacklog, parse_status, status_size
+from hub.api.tunnels import TunnelRegistry
 from hub.storage.api import Node
 from hub.storage.sqlite import open_sqlite
 from hub.tctl import _backlog

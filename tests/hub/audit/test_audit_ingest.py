@@ -24,7 +24,6 @@ from hub.audit.quota import QuotaConfig
 from hub.audit_store import AuditStore, Inserted, ReusedSeq, audit_db_path
 from hub.auth.service import AuthService
 from hub.datadir import DataDir
-from hub.api.server import TUNNEL_SUBPROTOCOL, HubServer
 from hub.storage.sqlite import open_sqlite
 from remoteler import rpc
 from remoteler.audit import AuditEvent, EventType, MessageReader, encode_message, make_event

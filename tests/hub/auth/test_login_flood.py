@@ -18,7 +18,7 @@ from websockets.asyncio.client import connect
 
 from hub.audit.budget import AuditBudget, AuditBudgetPolicy
 from hub.audit_store import AuditStore
-from hub.audit.budget import AuditBudget, AuditBudgetPolicy
+from hub.auth import secrets as hs
 from hub.auth.hashgate import BUSY_MESSAGE, HashGate, HashGatePolicy, HubBusy
 from hub.auth.ratelimit import LoginGuard, LoginPolicy
 from hub.storage.api import Storage

@@ -11,8 +11,8 @@ import pytest
 from hubkit import PASSWORD, TOTP_SECRET, Clock, new_key_line
 
 from hub.audit_store import AuditStore
-from hub.auth.service import AuthService
 from hub.auth.ratelimit import AddressGuard, LoginGuard, LoginPolicy, LoginRefused
+from hub.auth.service import AuthService
 from hub.storage.api import Storage
 from hub.storage.sqlite import open_sqlite
 from remoteler.ca import CertAuthority

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from hub.auth.service import AuthService
-from hub.auth.roles import parse_role
 from hub.api.sessioncap import SessionCounter, TooManySessions
+from hub.auth.roles import parse_role
+from hub.auth.service import AuthService
 from hub.storage.api import User
 from remoteler.access import Role
 from remoteler.ca import generate_private_key, parse_certificate, public_key_to_openssh

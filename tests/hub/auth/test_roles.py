@@ -13,9 +13,9 @@ import pytest
 
 from hub import tctl
 from hub.audit_store import AuditStore, audit_db_path
+from hub.auth.roles import load_role_file, parse_role
 from hub.auth.service import AuthService
 from hub.datadir import DataDir
-from hub.auth.roles import load_role_file, parse_role
 from hub.storage.api import User
 from remoteler.access import RULES_EXTENSION, Role, decode_rules
 from remoteler.ca import (

@@ -88,7 +88,9 @@ class Setup:
         self.build()
         self.trusted = Path(f"{self.key}.pub")
         self.agents: list[Agent] = []
-        self.rollouts = FirmwareRollouts(root / "hubfw", hub.api.server.registry, None, interval=0.1)
+        self.rollouts = FirmwareRollouts(
+            root / "hubfw", hub.api.server.registry, None, interval=0.1
+        )
         (root / "hubfw").mkdir()
         self.task: asyncio.Task[None] | None = None
 

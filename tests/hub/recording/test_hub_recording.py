@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from hub.audit_store import AuditStore
+from hub.recording import audit as recording_audit
 from hub.recording.audit import HubSessionAudit
 from hub.recording.auth import UPSTREAM_TTL, check_user_cert, upstream_cert
 from hub.recording.session import UpstreamError

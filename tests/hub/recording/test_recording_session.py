@@ -142,7 +142,9 @@ async def _user(hub: Hub, name: str = "alice", key: Any = None) -> tuple[Any, st
     """A user allowed login ``pi``: (key, ssh cert line, x509 PEM)."""
     user, _ = await hub.auth.service.add_user(name, ["access"], ["pi"])
     key = key or generate_private_key()
-    issued = await hub.auth.service.issue_user_certs(user, public_key_to_openssh(key.public_key()), None)
+    issued = await hub.auth.service.issue_user_certs(
+        user, public_key_to_openssh(key.public_key()), None
+    )
     return key, issued.ssh_cert, issued.tls_cert
 
 
@@ -268,7 +270,9 @@ async def test_port_forwarding_needs_the_permission_in_the_users_certificate(
     hub = proxied[0]
     user, _ = await hub.auth.service.add_user("noforward", ["access"], ["pi"])
     key = generate_private_key()
-    issued = await hub.auth.service.issue_user_certs(user, public_key_to_openssh(key.public_key()), None)
+    issued = await hub.auth.service.issue_user_certs(
+        user, public_key_to_openssh(key.public_key()), None
+    )
     parsed = parse_certificate(issued.ssh_cert)
     extensions = {k: v for k, v in parsed.extensions.items() if k != "permit-port-forwarding"}
     cert = hub.auth.service.user_ca.sign_ssh_user_cert(
@@ -428,7 +432,9 @@ async def test_file_transfer_and_forwarding_off_in_the_roles_are_enforced_at_the
     )
     user, _ = await hub.auth.service.add_user("carol", ["no-files"], ["pi"])
     key = generate_private_key()
-    issued = await hub.auth.service.issue_user_certs(user, public_key_to_openssh(key.public_key()), None)
+    issued = await hub.auth.service.issue_user_certs(
+        user, public_key_to_openssh(key.public_key()), None
+    )
     # permit-port-forwarding in the certificate, port_forwarding false in its signed rules
     parsed = parse_certificate(issued.ssh_cert)
     cert = hub.auth.service.user_ca.sign_ssh_user_cert(
@@ -474,7 +480,9 @@ async def test_a_source_address_certificate_is_refused_when_the_peer_is_unknown(
     hub, device = proxied
     user, _ = await hub.auth.service.add_user("dave", ["access"], ["pi"])
     key = generate_private_key()
-    issued = await hub.auth.service.issue_user_certs(user, public_key_to_openssh(key.public_key()), None)
+    issued = await hub.auth.service.issue_user_certs(
+        user, public_key_to_openssh(key.public_key()), None
+    )
     cert = hub.auth.service.user_ca.sign_ssh_user_cert(
         key.public_key(), key_id="dave", principals=["pi"], ttl_seconds=600,
         extensions=parse_certificate(issued.ssh_cert).extensions,
@@ -637,7 +645,9 @@ async def test_a_proxied_login_cannot_use_another_principal_of_the_certificate(
     hub, device = proxied
     user, _ = await hub.auth.service.add_user("erin", ["access"], ["pi", "root"])
     key = generate_private_key()
-    issued = await hub.auth.service.issue_user_certs(user, public_key_to_openssh(key.public_key()), None)
+    issued = await hub.auth.service.issue_user_certs(
+        user, public_key_to_openssh(key.public_key()), None
+    )
     assert {"pi", "root"} <= set(parse_certificate(issued.ssh_cert).principals)
     ws = await connect(
         hub.url("/v1/connect?node=dev1&login=pi"),

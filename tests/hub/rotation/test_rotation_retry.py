@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from hub.cluster_init import init_cluster
 from hub.datadir import DataDir
 from hub.rotation import runtime as rotation_runtime
 from hub.rotation.runtime import HubRotation
 from hub.rotation.state import Phase
 from hub.rotation_store import CASet
+from hub.storage.sqlite import open_sqlite
 from remoteler.errors import ConfigError
 from remoteler.wire.codes import ErrorCode
 from remoteler.wire.exceptions import TunnelClosed
+
+
+@contextlib.asynccontextmanager
+async def hub_rotation(path: Path) -> AsyncIterator[HubRotation]:
+    storage = await open_sqlite(path)
+    try:
+        cluster = await init_cluster(storage, "test", None)
+        yield await HubRotation.open(storage, DataDir(path), cluster, None, ["127.0.0.1"])
+    finally:
+        await storage.close()
 
 
 class _Tunnel:
@@ -27,10 +41,11 @@ class _Tunnel:
 async def test_a_failed_update_is_retried_on_the_agents_next_tunnel(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data = DataDir(tmp_path)
-    data.init("test")
-    rotation = HubRotation(data, ["127.0.0.1"])
+    async with hub_rotation(tmp_path) as rotation:
+        await _retried_on_next_tunnel(rotation, monkeypatch)
 
+
+async def _retried_on_next_tunnel(rotation: HubRotation, monkeypatch: pytest.MonkeyPatch) -> None:
     async def link_drops(live: Any) -> None:
         raise TunnelClosed(ErrorCode.GOING_AWAY, "link dropped")
 
@@ -49,20 +64,18 @@ async def test_a_failed_update_is_retried_on_the_agents_next_tunnel(
 
 
 async def test_a_failed_reload_is_tried_again(tmp_path: Path) -> None:
-    data = DataDir(tmp_path)
-    data.init("test")
-    rotation = HubRotation(data, ["127.0.0.1"])
-    rotation.store.change("user", Phase.INIT, time.time())
-    real, calls = rotation.store.load, []
+    async with hub_rotation(tmp_path) as rotation:
+        await rotation.store.change("user", Phase.INIT, time.time())
+        real, calls = rotation.store.load_revision, []
 
-    def load_once_failing() -> CASet:
-        calls.append(1)
-        if len(calls) == 1:
-            raise ConfigError("the next CA key is being written")
-        return real()
+        async def load_once_failing() -> tuple[CASet, int]:
+            calls.append(1)
+            if len(calls) == 1:
+                raise ConfigError("the next CA key is being written")
+            return await real()
 
-    rotation.store.load = load_once_failing  # type: ignore[method-assign]
-    with pytest.raises(ConfigError):
-        await rotation.poll()
-    await rotation.poll()  # the state did not change again: it must still be loaded
-    assert rotation.cas.user.state.phase is Phase.INIT
+        rotation.store.load_revision = load_once_failing  # type: ignore[method-assign]
+        with pytest.raises(ConfigError):
+            await rotation.poll()
+        await rotation.poll()  # the state did not change again: it must still be loaded
+        assert rotation.cas.user.state.phase is Phase.INIT

@@ -1,16 +1,17 @@
-"""The CA rotation state machine (sans-I/O) and its on-disk store."""
+"""The CA rotation state machine (sans-I/O) and its store over the hub's storage."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub.datadir import DataDir
+from hub.cluster_init import init_cluster
 from hub.rotation.state import (
     AUTO_ORDER,
     TRANSITIONS,
@@ -22,6 +23,7 @@ from hub.rotation.state import (
     transition,
 )
 from hub.rotation_store import RotationStore
+from hub.storage.sqlite import open_sqlite
 from remoteler.errors import UsageError
 
 ROLES = {
@@ -118,55 +120,71 @@ def test_damaged_state_is_a_clear_error(data: dict[str, object]) -> None:
         RotationState.from_dict(data)
 
 
-def test_store_full_rotation_on_disk(tmp_path: Path) -> None:
-    data = DataDir(tmp_path)
-    data.init("lab")
-    store = RotationStore(data)
-    before = store.load().host.current.pin()
-    store.change("host", Phase.INIT, 1.0)
-    cas = store.load()
-    new = cas.host.next
-    assert new is not None and cas.host.trusted_pins() == [before, new.pin()]
-    assert cas.host.signer.pin() == before and cas.user.state.phase is Phase.STANDBY
-    store.change("host", Phase.UPDATE_CLIENTS, 2.0)
-    assert store.load().host.signer.pin() == new.pin()
-    assert store.load().host.server.pin() == before
-    store.change("host", Phase.UPDATE_SERVERS, 3.0)
-    assert store.load().host.server.pin() == new.pin()
-    stamp = store.stamp()
-    store.change("host", Phase.STANDBY, 4.0)
-    cas = store.load()
-    assert cas.host.trusted_pins() == [new.pin()] and cas.host.next is None
-    assert store.stamp() != stamp
-    assert not (store.next_dir / "host_ca.key").exists()
-    with pytest.raises(UsageError, match="host CA: cannot go from phase standby"):
-        store.change("host", Phase.ROLLBACK, 5.0)
+@contextlib.asynccontextmanager
+async def rotation_store(path: Path) -> AsyncIterator[RotationStore]:
+    """A RotationStore on a fresh cluster's storage in ``path`` (as ``hub start`` makes)."""
+    storage = await open_sqlite(path)
+    try:
+        cluster = await init_cluster(storage, "lab", None)
+        yield RotationStore(storage, cluster, None)
+    finally:
+        await storage.close()
 
 
-def test_stamp_sees_two_changes_within_one_clock_tick(tmp_path: Path) -> None:
-    """The kernel stamps mtimes per clock tick: a change made in the same tick as the
-    previous one (auto mode advancing both CA types) must still be seen by the hub."""
-    data = DataDir(tmp_path)
-    data.init("lab")
-    store = RotationStore(data)
-    store.change("user", Phase.INIT, 1.0)
-    first = os.stat(store.state_path)
-    stamp = store.stamp()
-    store.change("host", Phase.INIT, 1.0)
-    os.utime(store.state_path, ns=(first.st_atime_ns, first.st_mtime_ns))  # the same tick
-    assert store.stamp() != stamp
+async def test_store_full_rotation(tmp_path: Path) -> None:
+    async with rotation_store(tmp_path) as store:
+        before = (await store.load()).host.current.pin()
+        await store.change("host", Phase.INIT, 1.0)
+        cas = await store.load()
+        new = cas.host.next
+        assert new is not None and cas.host.trusted_pins() == [before, new.pin()]
+        assert cas.host.signer.pin() == before and cas.user.state.phase is Phase.STANDBY
+        await store.change("host", Phase.UPDATE_CLIENTS, 2.0)
+        assert (await store.load()).host.signer.pin() == new.pin()
+        assert (await store.load()).host.server.pin() == before
+        await store.change("host", Phase.UPDATE_SERVERS, 3.0)
+        assert (await store.load()).host.server.pin() == new.pin()
+        rev = await store.revision()
+        await store.change("host", Phase.STANDBY, 4.0)
+        cas = await store.load()
+        assert cas.host.trusted_pins() == [new.pin()] and cas.host.next is None
+        assert await store.revision() == rev + 1
+        assert {(c.kind, c.slot) for c in await store.storage.authorities.all()} == {
+            ("user", "current"),
+            ("host", "current"),
+        }
+        with pytest.raises(UsageError, match="host CA: cannot go from phase standby"):
+            await store.change("host", Phase.ROLLBACK, 5.0)
 
 
-def test_store_rollback_and_auto_advance(tmp_path: Path) -> None:
-    data = DataDir(tmp_path)
-    data.init("lab")
-    store = RotationStore(data)
-    before = store.load().user.current.pin()
-    store.change("user", Phase.INIT, 0.0, mode="auto", grace_period=3.0)
-    assert [k for k, _ in store.advance_due(0.5)] == []
-    for now in (1.0, 2.0):
-        assert [k for k, _ in store.advance_due(now)] == ["user"]
-    store.change("user", Phase.ROLLBACK, 2.5)
-    store.change("user", Phase.STANDBY, 2.6)
-    cas = store.load()
-    assert cas.user.trusted_pins() == [before] and cas.user.state.last == "rolled back"
+async def test_two_hubs_auto_loops_never_both_advance(tmp_path: Path) -> None:
+    """Two hubs (two Storage objects) run the auto-mode loop on one data dir at the same
+    instants: every phase change is made once, never twice (each step is a
+    compare-and-set on the state's revision; the loser re-reads)."""
+    async with rotation_store(tmp_path) as one:
+        other = await open_sqlite(tmp_path)
+        try:
+            two = RotationStore(other, one.cluster, None)
+            await one.change("user", Phase.INIT, 0.0, mode="auto", grace_period=3.0)
+            made: list[str] = []
+            for now in (1.0, 2.0, 3.0):
+                results = await asyncio.gather(one.advance_due(now), two.advance_due(now))
+                made += [c.after.value for r in results for _, c in r]
+            assert made == ["update_clients", "update_servers", "standby"]
+            cas = await two.load()
+            assert cas.user.state.phase is Phase.STANDBY and cas.user.next is None
+        finally:
+            await other.close()
+
+
+async def test_store_rollback_and_auto_advance(tmp_path: Path) -> None:
+    async with rotation_store(tmp_path) as store:
+        before = (await store.load()).user.current.pin()
+        await store.change("user", Phase.INIT, 0.0, mode="auto", grace_period=3.0)
+        assert [k for k, _ in await store.advance_due(0.5)] == []
+        for now in (1.0, 2.0):
+            assert [k for k, _ in await store.advance_due(now)] == ["user"]
+        await store.change("user", Phase.ROLLBACK, 2.5)
+        await store.change("user", Phase.STANDBY, 2.6)
+        cas = await store.load()
+        assert cas.user.trusted_pins() == [before] and cas.user.state.last == "rolled back"
