@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from remoteler.protocol import TUNNEL_ALPN, TUNNEL_SUBPROTOCOL
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from helpers import Cluster, free_port
@@ -37,11 +39,10 @@ from wsflood import close_quietly, flood, open_raw, tunnel_pings, vm_rss, ws_pin
 
 from bench.harness import Context, Figure, benchmark
 from edge_agent.join import join
-from hub.api.server import TUNNEL_SUBPROTOCOL
 from remoteler import rpc
 from remoteler.ca import private_key_to_pkcs8_pem
 from remoteler.hubconn import fetch_cluster_info
-from remoteler.tlsutil import TUNNEL_ALPN, client_context
+from remoteler.tlsutil import client_context
 
 MiB = 1 << 20
 #: a legitimate RPC that takes longer counts as failed (and as this many seconds)

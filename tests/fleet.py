@@ -14,12 +14,13 @@ from typing import Any
 
 from helpers import Cluster
 
-from edge_agent.agent import TUNNEL_SUBPROTOCOL, Backoff
+from edge_agent.agent import Backoff
 from remoteler.ca import CertAuthority, generate_private_key, private_key_to_pkcs8_pem
 from remoteler.errors import RemotelerError
 from remoteler.hubconn import open_ws
 from remoteler.locks import lock_digest
-from remoteler.tlsutil import TUNNEL_ALPN, client_context
+from remoteler.protocol import TUNNEL_ALPN, TUNNEL_SUBPROTOCOL
+from remoteler.tlsutil import client_context
 from remoteler.wire.aio import Tunnel
 from remoteler.wire.connection import Connection, Role
 from remoteler.wire.limits import Limits

@@ -20,7 +20,8 @@ from remoteler.ca import private_key_to_openssh
 from remoteler.errors import RemotelerError
 from remoteler.hubconn import open_ws
 from remoteler.identity import read_identity_file
-from remoteler.tlsutil import TUNNEL_ALPN, client_context
+from remoteler.protocol import TUNNEL_ALPN
+from remoteler.tlsutil import client_context
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 ROTATED = "run 'tsh login' again"

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 from helpers import Cluster, wait_for
 
-from remoteler.tlsutil import TUNNEL_ALPN, client_context
+from remoteler.protocol import TUNNEL_ALPN
+from remoteler.tlsutil import client_context
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 

@@ -21,8 +21,8 @@ from helpers import Cluster, wait_for
 from websockets.asyncio.client import ClientConnection, connect
 
 from edge_agent.identity import NodeIdentity
-from hub.api.server import TUNNEL_SUBPROTOCOL
-from remoteler.tlsutil import TUNNEL_ALPN, client_context
+from remoteler.protocol import TUNNEL_ALPN, TUNNEL_SUBPROTOCOL
+from remoteler.tlsutil import client_context
 from remoteler.wire.codes import FrameType
 
 #: Heartbeats sent, each with ~900 KiB of keys never seen before (the issue's attack:

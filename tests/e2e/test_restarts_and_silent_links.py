@@ -28,7 +28,7 @@ import pytest
 from faultproxy import FaultProxy
 from helpers import BIN, Cluster, free_port, stop_process, wait_for
 
-from remoteler.tlsutil import TUNNEL_ALPN
+from remoteler.protocol import TUNNEL_ALPN
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 #: the OpenSSH session's command ends 3 s after it starts, well inside the grace;

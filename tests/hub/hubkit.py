@@ -14,7 +14,7 @@ import pytest
 from argon2 import PasswordHasher
 from websockets.asyncio.client import connect
 
-from hub.api.server import TUNNEL_SUBPROTOCOL, HubServer
+from hub.api.server import HubServer
 from hub.audit_store import AuditStore
 from hub.auth import secrets as hs
 from hub.auth.service import AuthService
@@ -28,7 +28,8 @@ from remoteler.ca import (
     private_key_to_pkcs8_pem,
     public_key_to_openssh,
 )
-from remoteler.tlsutil import TUNNEL_ALPN, client_context, server_context
+from remoteler.protocol import TUNNEL_ALPN, TUNNEL_SUBPROTOCOL
+from remoteler.tlsutil import client_context, server_context
 from remoteler.wire.aio import ChannelRequest, Tunnel
 from remoteler.wire.connection import Connection, Role
 from remoteler.wire.limits import Limits

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from remoteler.protocol import TUNNEL_ALPN
 from remoteler.tlshello import MAX_HELLO, ClientHello, NotClientHello, parse_client_hello
-from remoteler.tlsutil import TUNNEL_ALPN, client_context
+from remoteler.tlsutil import client_context
 
 
 def real_hello(alpn: list[str] | None = None, sni: str | None = "remoteler-hub") -> bytes:

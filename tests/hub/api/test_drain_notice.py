@@ -19,9 +19,8 @@ from hub.api.drain_notice import (
     seconds_left,
     session_notice,
 )
-from hub.api.server import CONNECT_SUBPROTOCOL, TUNNEL_SUBPROTOCOL
 from remoteler.hubconn import ERROR_HEADER
-from remoteler.tlsutil import TUNNEL_ALPN
+from remoteler.protocol import CONNECT_SUBPROTOCOL, TUNNEL_ALPN, TUNNEL_SUBPROTOCOL
 from remoteler.wire.aio import ChannelRequest, Tunnel
 from remoteler.wire.connection import Connection, Role
 from remoteler.wire.limits import Limits

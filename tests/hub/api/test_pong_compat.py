@@ -13,8 +13,7 @@ import msgpack
 from hubkit import running_hub
 from websockets.asyncio.client import connect
 
-from hub.api.server import TUNNEL_SUBPROTOCOL
-from remoteler.tlsutil import TUNNEL_ALPN
+from remoteler.protocol import TUNNEL_ALPN, TUNNEL_SUBPROTOCOL
 from remoteler.wire.frames import FrameType, PingFrame, encode_frame
 
 

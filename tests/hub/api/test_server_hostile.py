@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from hub.api.server import CONNECT_SUBPROTOCOL, TUNNEL_SUBPROTOCOL
 from hub.auth import secrets as hs
 from remoteler import rpc
 from remoteler.ca import CertAuthority, public_key_from_openssh
 from remoteler.hubconn import ERROR_HEADER
+from remoteler.protocol import CONNECT_SUBPROTOCOL, TUNNEL_SUBPROTOCOL
 
 FUZZ = settings(
     max_examples=50,

@@ -21,8 +21,7 @@ from hubkit import Hub, running_hub
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from hub.api.server import TUNNEL_SUBPROTOCOL
-from remoteler.tlsutil import TUNNEL_ALPN
+from remoteler.protocol import TUNNEL_ALPN, TUNNEL_SUBPROTOCOL
 from remoteler.wire.codes import ErrorCode
 from remoteler.wire.frames import (
     DataFrame,

@@ -18,7 +18,7 @@ from websockets.asyncio.client import connect
 
 from edge_agent import forwarder
 from edge_agent.outbox import Outbox
-from hub.api.server import TUNNEL_SUBPROTOCOL, HubServer
+from hub.api.server import HubServer
 from hub.audit import ingest as audit_ingest
 from hub.audit.quota import QuotaConfig
 from hub.audit_store import AuditStore, Inserted, ReusedSeq, audit_db_path
@@ -28,6 +28,7 @@ from hub.storage.sqlite import open_sqlite
 from remoteler import rpc
 from remoteler.audit import AuditEvent, EventType, MessageReader, encode_message, make_event
 from remoteler.audit.stream import REFUSED_QUOTA, Reply, batch_message, parse_ack, parse_reply
+from remoteler.protocol import TUNNEL_SUBPROTOCOL
 from remoteler.tlsutil import server_context
 from remoteler.wire.aio import Channel, Tunnel
 from remoteler.wire.codes import OpenFailure

@@ -12,9 +12,9 @@ from hubkit import FakeAgent, Hub, running_hub
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from hub.api.server import CONNECT_SUBPROTOCOL
 from hub.auth import locks as hub_locks
 from remoteler.locks import Lock, decode_locks, lock_digest
+from remoteler.protocol import CONNECT_SUBPROTOCOL
 from remoteler.wire.aio import ChannelRequest
 
 

@@ -15,10 +15,10 @@ import pytest
 from hubkit import Hub, running_hub
 from websockets.asyncio.client import connect
 
-from hub.api.server import TUNNEL_SUBPROTOCOL
 from hub.net.listener import ListenerLimits
 from remoteler import rpc
-from remoteler.tlsutil import TUNNEL_ALPN, client_context
+from remoteler.protocol import TUNNEL_ALPN, TUNNEL_SUBPROTOCOL
+from remoteler.tlsutil import client_context
 
 TIGHT = ListenerLimits(tunnel_handshakes=1, hello_timeout=1.0, handshake_timeout=10.0)
 

@@ -21,9 +21,9 @@ from test_listener import hello, open_tunnel, ping, wait_for
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidHandshake
 
-from hub.api.server import TUNNEL_SUBPROTOCOL
 from hub.net.listener import ListenerLimits
-from remoteler.tlsutil import TUNNEL_ALPN, client_context
+from remoteler.protocol import TUNNEL_ALPN, TUNNEL_SUBPROTOCOL
+from remoteler.tlsutil import client_context
 
 
 @contextlib.asynccontextmanager

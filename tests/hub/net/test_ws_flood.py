@@ -34,12 +34,12 @@ from wsflood import (
 
 import hub.api.server as hub_server
 from edge_agent.join import join
-from hub.api.server import CONNECT_SUBPROTOCOL, TUNNEL_SUBPROTOCOL
 from hub.net.wsguard import GuardedConnection, WsGuardLimits
 from remoteler import rpc
 from remoteler.ca import private_key_to_pkcs8_pem
 from remoteler.hubconn import fetch_cluster_info
-from remoteler.tlsutil import TUNNEL_ALPN, client_context
+from remoteler.protocol import CONNECT_SUBPROTOCOL, TUNNEL_ALPN, TUNNEL_SUBPROTOCOL
+from remoteler.tlsutil import client_context
 from remoteler.wire.aio import ChannelRequest
 
 MiB = 1 << 20

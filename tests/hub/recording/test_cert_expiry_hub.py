@@ -22,11 +22,11 @@ from test_recording_session import Device, _ssh
 from websockets.asyncio.client import connect
 
 import hub.api.server
-from hub.api.server import CONNECT_SUBPROTOCOL
 from hub.recording.auth import upstream_cert
 from remoteler.access import Role
 from remoteler.ca import generate_private_key, parse_certificate, public_key_to_openssh
 from remoteler.locks import Lock
+from remoteler.protocol import CONNECT_SUBPROTOCOL
 from remoteler.roleopts import DISCONNECT_EXTENSION, EXPIRED_REASON
 from remoteler.wire.aio import ChannelRequest
 from remoteler.wire.codes import OpenFailure

@@ -19,7 +19,6 @@ from hubkit import FakeAgent, Hub, running_hub
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from hub.api.server import CONNECT_SUBPROTOCOL
 from remoteler.access import Role as AccessRole
 from remoteler.ca import (
     generate_private_key,
@@ -29,6 +28,7 @@ from remoteler.ca import (
     public_key_to_openssh,
 )
 from remoteler.locks import Lock
+from remoteler.protocol import CONNECT_SUBPROTOCOL
 from remoteler.sshio import ChannelPipe, PipeTunnel, WebSocketPipe
 from remoteler.wire.aio import ChannelRequest
 from remoteler.wire.codes import OpenFailure

@@ -17,10 +17,10 @@ from test_recording_session import _user as _proxy_user
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from hub.api.server import CONNECT_SUBPROTOCOL
 from remoteler.access import LOGINS_TRAIT, Role
 from remoteler.errors import AccessDenied
 from remoteler.hubconn import ERROR_HEADER, open_ws
+from remoteler.protocol import CONNECT_SUBPROTOCOL
 from remoteler.roleopts import (
     DEFAULT_MAX_SESSIONS,
     SESSIONS_PER_CONNECTION,
