@@ -16,7 +16,7 @@ import pytest
 from edge_agent import cli as agent_cli
 from firmware_tools import cli as fw_cli
 from hub import cli as hub_cli
-from hub import tctl
+from tctl import cli as tctl
 from remoteler import clihelp, rpc
 from tsh import cli as tsh_cli
 

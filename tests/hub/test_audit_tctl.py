@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hub import tctl
+from tctl import cli as tctl
 from hub.audit_store import AuditStore, audit_db_path
 from hub.backend import Node, SQLiteBackend
 from hub.datadir import DataDir

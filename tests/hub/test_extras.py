@@ -30,7 +30,7 @@ RUNNER = textwrap.dedent(
 
 @pytest.mark.parametrize(
     ("module", "args", "prog"),
-    [("hub.tctl", ["status"], "tctl"), ("hub.cli", ["start", "--data-dir", "DATA"], "hub")],
+    [("tctl.cli", ["status"], "tctl"), ("hub.cli", ["start", "--data-dir", "DATA"], "hub")],
 )
 def test_missing_hub_extra_is_one_line(
     module: str, args: list[str], prog: str, tmp_path: Path

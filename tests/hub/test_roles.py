@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from hub import tctl
+from tctl import cli as tctl
 from hub.audit_store import AuditStore, audit_db_path
 from hub.auth import AuthService
 from hub.backend import User

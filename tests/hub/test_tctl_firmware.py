@@ -12,7 +12,7 @@ from firmware_tools.bundle import build_bundle
 from firmware_tools.keys import load_signing_key, write_key_pair
 from hub.datadir import DataDir
 from hub.firmware_store import FirmwareStore, Rollout
-from hub.tctl import main
+from tctl.cli import main
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hub import tctl
+from tctl import cli as tctl
 
 
 async def _boom(args: argparse.Namespace) -> None:

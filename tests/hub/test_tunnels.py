@@ -7,7 +7,7 @@ from typing import Any
 
 from hub.backend import Node, SQLiteBackend
 from hub.node_status import MAX_STATUS_BYTES, AuditBacklog, parse_status, status_size
-from hub.tctl import _backlog
+from tctl.cli import _backlog
 from hub.tunnels import TunnelRegistry
 
 

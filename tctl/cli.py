@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hub import tctl_firmware, tctl_locks, tctl_rotate
+from tctl import firmware as tctl_firmware
+from tctl import locks as tctl_locks
+from tctl import rotate as tctl_rotate
 from hub.alive import as_seen
 from hub.extras import require_hub_extra
 from remoteler.addr import format_labels, parse_labels
