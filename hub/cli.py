@@ -280,6 +280,10 @@ async def run(args: argparse.Namespace) -> None:
     rotation.attach(server)
     bound_host, bound_port = await server.start(host, port, ssl_ctx)
     addr = format_hostport(bound_host, bound_port)
+    from hub.admin_identity import for_hub
+
+    admin = for_hub(data.path, server.auth, rotation)  # DATA/admin-identity, before hub.addr
+    await admin.renew_if_due()
     data.addr_file.write_text(addr + "\n")
     log.info(
         "hub listening",
@@ -300,6 +304,7 @@ async def run(args: argparse.Namespace) -> None:
         asyncio.ensure_future(keep_alive(alive)),
     ]
     gc_policy = GcPolicy(max(MIN_INTERVAL, args.gc_interval))
+    tasks.append(asyncio.ensure_future(admin.run()))
     if args.gc_interval > 0:
         gc_policy.install()
         tasks.append(asyncio.ensure_future(gc_policy.run()))

@@ -1,22 +1,21 @@
 """``tctl lock``, ``tctl locks ls``, ``tctl unlock`` and ``tctl users unlock``.
 
-They write the hub's database directly; the running hub sees a change within a
-second (hub/locks.py) and tells the agents.
+Each is one ``admin.locks.*`` call (hub/admin_rpc_users.py); the hub sees a new
+lock within a second (hub/locks.py) and tells the agents.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
-from remoteler.errors import UsageError
+from remoteler.admin import AdminMethod
 from remoteler.textfmt import fmt_time, table
+from tctl.hubclient import HubClient
 
-Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, None]]
+Handler = Callable[[argparse.Namespace, HubClient], Coroutine[Any, Any, None]]
 
 
 def register(sub: Any) -> dict[str, Handler]:
@@ -48,89 +47,32 @@ def register_user_unlock(users: Any) -> None:
     )
 
 
-async def _open(args: argparse.Namespace) -> tuple[Any, Any]:
-    from hub.audit_store import AuditStore, audit_db_path
-    from hub.backend import SQLiteBackend
-    from hub.datadir import DataDir
-
-    data = DataDir(Path(args.data_dir))
-    data.cluster_name()  # clear error if this is not a hub data dir
-    backend = await SQLiteBackend.open(data.db_path)
-    try:
-        audit = await AuditStore.open(audit_db_path(data.path))
-    except BaseException:
-        await backend.close()
-        raise
-    return backend, audit
-
-
 def _item(lock: Any) -> dict[str, Any]:
-    return {
-        "id": lock.id,
-        "kind": lock.kind,
-        "target": lock.target,
-        "message": lock.message,
-        "created": int(lock.created),
-        "expires": None if lock.expires is None else int(lock.expires),
-    }
+    return dict(lock)
 
 
-async def cmd_lock(args: argparse.Namespace) -> None:
-    from hub.locks import new_lock_id
-    from remoteler.addr import parse_ttl
-    from remoteler.audit.events import HUB_NODE, EventType, make_event
-    from remoteler.locks import KINDS, MAX_MESSAGE, Lock, LockKind
+async def cmd_lock(args: argparse.Namespace, hub: HubClient) -> None:
+    from remoteler.locks import KINDS
 
-    kind: LockKind = next(k for k in KINDS if getattr(args, k) is not None)
-    target = getattr(args, kind)
-    if not target.strip():
-        raise UsageError(f"give a {kind} name to lock")
-    if len(args.message) > MAX_MESSAGE:
-        raise UsageError(f"--message is too long: at most {MAX_MESSAGE} characters")
-    now = time.time()
-    expires = now + parse_ttl(args.ttl) if args.ttl else None
-    backend, audit = await _open(args)
-    try:
-        if kind == "node":
-            node = await backend.get_node(target)
-            if node is None:
-                raise UsageError(f"no node {target!r}; see 'tctl nodes ls'")
-            target = node.name
-        lock = Lock(new_lock_id(), kind, target, args.message, now, expires, "tctl")
-        await backend.add_lock(lock)
-        await audit.record(
-            make_event(
-                EventType.LOCK_CREATED,
-                node=HUB_NODE,
-                user=target if kind == "user" else "",
-                login=target if kind == "login" else "",
-                now=now,
-                lock_id=lock.id,
-                kind=kind,
-                target=target,
-                message=lock.message,
-                expires=lock.expires,
-            )
-        )
-    finally:
-        await backend.close()
-        await audit.close()
+    kind = next(k for k in KINDS if getattr(args, k) is not None)
+    lock = await hub.call(
+        AdminMethod.LOCKS_ADD,
+        kind=kind,
+        target=getattr(args, kind),
+        ttl=args.ttl,
+        message=args.message,
+    )
+    expires = lock["expires"]
     until = f"until {fmt_time(expires)}" if expires is not None else "until 'tctl unlock'"
-    text = f"Locked {kind} {target!r} ({until}). Lock id: {lock.id}"
+    text = f"Locked {kind} {lock['target']!r} ({until}). Lock id: {lock['id']}"
     if args.format == "json":
         print(json.dumps(_item(lock), indent=2, sort_keys=True))
     else:
         print(text)
 
 
-async def cmd_locks(args: argparse.Namespace) -> None:
-    backend, audit = await _open(args)
-    try:
-        locks = await backend.list_locks(time.time())
-    finally:
-        await backend.close()
-        await audit.close()
-    items = [_item(lock) for lock in locks]
+async def cmd_locks(args: argparse.Namespace, hub: HubClient) -> None:
+    items = [_item(lock) for lock in await hub.call(AdminMethod.LOCKS_LS)]
     if args.format == "json":
         print(json.dumps(items, indent=2, sort_keys=True))
         return
@@ -148,32 +90,12 @@ async def cmd_locks(args: argparse.Namespace) -> None:
     print(table(rows, ["ID", "Kind", "Target", "Created", "Expires", "Message"]))
 
 
-async def cmd_unlock(args: argparse.Namespace) -> None:
-    from remoteler.audit.events import HUB_NODE, EventType, make_event
-
-    backend, audit = await _open(args)
-    try:
-        lock = await backend.delete_lock(args.lock_id.strip())
-        if lock is None:
-            raise UsageError(f"no lock with id {args.lock_id!r}; see 'tctl locks ls'")
-        await audit.record(
-            make_event(
-                EventType.LOCK_DELETED,
-                node=HUB_NODE,
-                lock_id=lock.id,
-                kind=lock.kind,
-                target=lock.target,
-            )
-        )
-    finally:
-        await backend.close()
-        await audit.close()
-    print(f"Lock {lock.id} on {lock.kind} {lock.target!r} removed.")
+async def cmd_unlock(args: argparse.Namespace, hub: HubClient) -> None:
+    lock = await hub.call(AdminMethod.LOCKS_RM, lock_id=args.lock_id)
+    print(f"Lock {lock['id']} on {lock['kind']} {lock['target']!r} removed.")
 
 
-async def cmd_users_unlock(args: argparse.Namespace, backend: Any) -> None:
-    if await backend.get_user(args.name) is None:
-        raise UsageError(f"no user {args.name!r}; see 'tctl users ls'")
-    cleared = await backend.clear_login_guard(args.name)
-    state = "lockout lifted" if cleared else "was not locked out"
+async def cmd_users_unlock(args: argparse.Namespace, hub: HubClient) -> None:
+    out = await hub.call(AdminMethod.USERS_UNLOCK, name=args.name)
+    state = "lockout lifted" if out["cleared"] else "was not locked out"
     print(f"User {args.name!r}: {state}; failed-login count reset.")

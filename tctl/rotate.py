@@ -1,21 +1,17 @@
 """``tctl auth rotate``: rotate the user or host CA (docs/rotation.md).
 
-tctl changes the rotation state in the data directory under a lock; the
-running hub notices within a second, re-keys its TLS port and pushes new
-certificates and CAs to every connected agent.
+The hub changes the rotation state (``admin.auth.rotate``, hub/admin_rpc_auth.py),
+re-keys its TLS port within a second and pushes new certificates and CAs to
+every connected agent.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from remoteler.errors import UsageError
-
-if TYPE_CHECKING:
-    from hub.rotation_store import CASet
+from remoteler.admin import AdminMethod
+from tctl.hubclient import HubClient
 
 PHASES = ("init", "update_clients", "update_servers", "standby", "rollback")
 
@@ -39,85 +35,17 @@ def add_rotate_parser(authp: Any) -> None:
     rot.add_argument("--format", choices=["text", "json"], default="text")
 
 
-def _data(args: argparse.Namespace) -> Any:
-    from hub.datadir import DataDir
-
-    data = DataDir(Path(args.data_dir))
-    data.cluster_name()  # a clear error if this is not a hub data dir
-    return data
-
-
-def load_cas(data_dir: str) -> CASet:
-    """The CAs as the hub uses them in the current phase."""
-    from hub.datadir import DataDir
-    from hub.rotation_store import RotationStore
-
-    return RotationStore(DataDir(Path(data_dir))).load()
-
-
-async def advance(data: Any) -> None:
-    """Make (and audit) auto-mode steps that fell due, e.g. while no hub was running."""
-    from hub.rotation_store import RotationStore
-
-    now = time.time()
-    changes = RotationStore(data).advance_due(now)
-    if changes:
-        await _record(data, now, list(changes))
-
-
-async def _record(data: Any, now: float, changes: list[tuple[str, Any]]) -> None:
-    from hub.audit_store import AuditStore, audit_db_path
-    from remoteler.audit.events import HUB_NODE, EventType, make_event
-
-    audit = await AuditStore.open(audit_db_path(data.path))
-    try:
-        for kind, change in changes:
-            await audit.record(
-                make_event(
-                    EventType.ROTATION_PHASE,
-                    node=HUB_NODE,
-                    now=now,
-                    ca_type=kind,
-                    phase=change.after.value,
-                    previous=change.before.value,
-                    mode=change.state.mode,
-                )
-            )
-    finally:
-        await audit.close()
-
-
-async def cmd_rotate(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    """Make the phase change; return the JSON shape and the text to show."""
-    from hub.rotation import Phase
-    from hub.rotation_store import RotationStore
-    from remoteler.addr import parse_ttl
-
-    data = _data(args)
-    store = RotationStore(data)
-    now = time.time()
-    await advance(data)  # auto steps that fell due while no hub ran
-    if args.manual:
-        if not args.phase:
-            raise UsageError(f"--manual needs --phase, one of {', '.join(PHASES)}")
-        change = store.change(args.kind, Phase(args.phase), now, mode="manual")
-    else:
-        if args.phase:
-            raise UsageError("--phase needs --manual (without it the rotation runs by itself)")
-        grace = parse_ttl(args.grace_period)
-        change = store.change(args.kind, Phase.INIT, now, mode="auto", grace_period=grace)
-    await _record(data, now, [(args.kind, change)])
-    cas = store.load()
-    auth = cas.of(args.kind)
-    info = {
-        "type": args.kind,
-        "phase": change.after.value,
-        "previous": change.before.value,
-        "mode": change.state.mode,
-        "ca_pin": auth.current.pin(),
-        "new_ca_pin": auth.next.pin() if auth.next else None,
-    }
-    return info, _describe(args.kind, info, change.state.grace_period)
+async def cmd_rotate(args: argparse.Namespace, hub: HubClient) -> tuple[dict[str, Any], str]:
+    """Ask the hub for the phase change; return the JSON shape and the text to show."""
+    out = await hub.call(
+        AdminMethod.AUTH_ROTATE,
+        kind=args.kind,
+        manual=args.manual,
+        phase=args.phase,
+        grace_period=args.grace_period,
+    )
+    info: dict[str, Any] = out["data"]
+    return info, _describe(args.kind, info, float(out["grace_period"]))
 
 
 _NEXT = {
@@ -152,34 +80,6 @@ def _describe(kind: str, info: dict[str, Any], grace: float) -> str:
         if info["new_ca_pin"]:
             lines.append(f"New CA pin: {info['new_ca_pin']}")
     return "\n".join(lines)
-
-
-async def status_info(data_dir: str, node_ids: list[str]) -> dict[str, Any]:
-    """Rotation part of ``tctl status``: each CA's phase and how many nodes caught up."""
-    from hub.datadir import DataDir
-    from hub.rotation_store import RotationStore
-
-    data = DataDir(Path(data_dir))
-    await advance(data)
-    store = RotationStore(data)
-    cas = store.load()
-    acks = store.read_acks()
-    never = not any(cas.of(k).state.serial for k in ("user", "host"))
-    current = sum(1 for n in node_ids if never or acks.get(n) == cas.revision)
-    return {
-        "rotation": {
-            kind: {
-                "phase": cas.of(kind).state.phase.value,
-                "mode": cas.of(kind).state.mode,
-                "last": cas.of(kind).state.last,
-                "trusted_pins": cas.of(kind).trusted_pins(),
-            }
-            for kind in ("user", "host")
-        },
-        "nodes_updated": current,
-        "ca_pin": cas.host.server.pin(),
-        "user_ca_pin": cas.user.signer.pin(),
-    }
 
 
 def status_lines(info: dict[str, Any]) -> list[str]:

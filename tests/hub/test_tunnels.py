@@ -7,8 +7,8 @@ from typing import Any
 
 from hub.backend import Node, SQLiteBackend
 from hub.node_status import MAX_STATUS_BYTES, AuditBacklog, parse_status, status_size
-from tctl.cli import _backlog
 from hub.tunnels import TunnelRegistry
+from tctl.cli import _backlog
 
 
 class _Closable:
