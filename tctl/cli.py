@@ -448,9 +448,8 @@ async def cmd_get(args: argparse.Namespace, hub: HubClient) -> None:
     for spec in specs:
         r = Role.from_dict(spec)
         deny = [*r.deny_logins, _selector_text(r.deny_node_labels)]
-        granted = sorted(r.grants() - r.vetoes()) + (
-            ["admin"] if r.permissions.get("admin") else []
-        )
+        hub_side = {"admin"} if r.permissions.get("admin") else set()
+        granted = sorted((r.grants() - r.vetoes()) | hub_side)
         rows.append(
             [
                 r.name,
