@@ -202,6 +202,10 @@ class HubApp:
         stack.push_async_callback(close_server)
         bound_host, bound_port = await server.start(host, port, ssl_ctx)
         addr = format_hostport(bound_host, bound_port)
+        from hub.admin.identity import for_hub
+
+        admin = for_hub(data.path, server.auth, rotation)  # DATA/admin-identity, before hub.addr
+        await admin.renew_if_due()
         data.addr_file.write_text(addr + "\n")
         stack.callback(_unlink, data.addr_file)
         self.addr = addr
@@ -217,6 +221,7 @@ class HubApp:
         self._spawn(server.registry.run_flusher())
         self._spawn(rotation.run())
         self._spawn(keep_alive(alive))
+        self._spawn(admin.run())
         gc_policy = GcPolicy(max(MIN_INTERVAL, args.gc_interval))
         if args.gc_interval > 0:
             gc_policy.install()

@@ -6,7 +6,7 @@ import importlib.util
 
 from remoteler.errors import UsageError
 
-#: Modules only the hub and tctl import (password hashing, one-time codes).
+#: Modules only the hub imports (password hashing, one-time codes).
 HUB_MODULES = ("argon2", "pyotp")
 
 
@@ -15,6 +15,6 @@ def require_hub_extra() -> None:
     missing = [name for name in HUB_MODULES if importlib.util.find_spec(name) is None]
     if missing:
         raise UsageError(
-            f"missing {', '.join(missing)}: the hub and tctl need "
+            f"missing {', '.join(missing)}: the hub needs "
             "\"pip install 'remoteler[hub]'\" (an agent-only install leaves them out)"
         )

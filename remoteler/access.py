@@ -314,12 +314,26 @@ class Role:
 
     def vetoes(self) -> frozenset[str]:
         """Permissions this role sets to false: off on every node, as a deny rule."""
-        return frozenset(k for k, v in self.permissions.items() if v is False)
+        return frozenset(
+            k for k, v in self.permissions.items() if v is False and k not in HUB_PERMISSIONS
+        )
 
 
 #: Preset role, as Teleport's ``access``: every node, with the user's own logins.
 ACCESS_ROLE = Role(name="access", logins=(LOGINS_TRAIT,), node_labels={"*": ("*",)})
-PRESET_ROLES = (ACCESS_ROLE,)
+#: Hub-side permissions a role may set in ``[permissions]`` beside the session ones:
+#: ``admin`` lets its users run ``tctl`` (remoteler/admin.py). Never in certificates.
+HUB_PERMISSIONS = ("admin",)
+#: Preset role, as Teleport's ``editor``: administers the hub, reaches no node.
+EDITOR_ROLE = Role(name="editor", permissions={"admin": True})
+PRESET_ROLES = (ACCESS_ROLE, EDITOR_ROLE)
+
+
+def grants_admin(roles: Sequence[Role]) -> bool:
+    """Whether these roles let their user administer the hub: one sets ``admin = true``
+    and none sets it false (a veto wins, as deny rules do)."""
+    said = [r.permissions.get("admin") for r in roles]
+    return True in said and False not in said
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import pytest
 from edge_agent import cli as agent_cli
 from firmware_tools import cli as fw_cli
 from hub import cli as hub_cli
-from hub import tctl
 from remoteler import clihelp
+from tctl import cli as tctl
 from tsh import cli as tsh_cli
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -153,6 +153,9 @@ class HubServer:
             "nodes.list": self.rpc_nodes_list,
             "audit.session": self.rpc_audit_session,
         }
+        from hub.admin.rpc import admin_methods  # tctl's admin.* methods (docs/tctl.md)
+
+        self.methods.update(admin_methods(self, _RPC_PEER.get))
 
     # lifecycle -----------------------------------------------------------
     async def start(self, host: str, port: int, ssl_ctx: Any) -> tuple[str, int]:

@@ -21,6 +21,7 @@ Example::
     file_transfer = true        # default true
     serial_console = false      # default false
     firmware_push = false       # default false
+    admin = false               # default false: true lets its users run tctl (docs/tctl.md)
 
 Top-level ``logins`` and ``[node_labels]`` (the first format) still mean allow.
 Every error is one line that names the key at fault.
@@ -33,7 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from hub.auth.service import check_logins, check_name
-from remoteler.access import LOGINS_TRAIT, PatternError, Permission, Role, check_selector
+from remoteler.access import (
+    HUB_PERMISSIONS,
+    LOGINS_TRAIT,
+    PatternError,
+    Permission,
+    Role,
+    check_selector,
+)
 from remoteler.addr import parse_ttl, valid_labels
 from remoteler.errors import UsageError
 from remoteler.roleopts import DEFAULT_MAX_SESSIONS, MAX_MAX_SESSIONS
@@ -51,7 +59,7 @@ KNOWN_KEYS = {
     "disconnect_expired_cert",
 }
 RULE_KEYS = {"logins", "node_labels"}
-PERMISSIONS = [p.value for p in Permission]
+PERMISSIONS = [*(p.value for p in Permission), *HUB_PERMISSIONS]
 
 
 def _logins(value: object, where: str) -> tuple[str, ...]:
@@ -178,11 +186,18 @@ def parse_role(doc: dict[str, Any]) -> Role:
 
 def load_role_file(path: Path) -> Role:
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML is UTF-8
+        body = path.read_text(encoding="utf-8")  # TOML is UTF-8
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise UsageError(f"{path} is not UTF-8 text; save it as UTF-8 TOML") from None
+    return load_role_text(body, str(path))
+
+
+def load_role_text(body: str, name: str) -> Role:
+    """A role document's text (``tctl create`` sends it to the hub); ``name`` is its file."""
+    try:
+        doc = tomllib.loads(body)
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path} is not valid TOML: {exc}") from None
+        raise UsageError(f"{name} is not valid TOML: {exc}") from None
     return parse_role(doc)

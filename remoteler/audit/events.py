@@ -61,6 +61,9 @@ class EventType(StrEnum):
     SSH_FORWARD_START = "ssh.forward.start"
     SSH_FORWARD_END = "ssh.forward.end"
     NODE_UPDATED = "node.updated"
+    #: a tctl change with no type of its own (user, token, node, trusted key); fields
+    #: action, target, by (``tctl:NAME``), addr (docs/tctl.md)
+    ADMIN_CHANGE = "admin.change"
     #: the device's clock is off the hub's by more than a minute (docs/tunnels.md)
     CLOCK_SKEW = "clock.skew"
 

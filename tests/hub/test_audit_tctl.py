@@ -1,4 +1,4 @@
-"""``tctl audit search/export`` on a hub data dir whose store we filled."""
+"""``tctl audit search/export`` through a hub whose audit store we filled before it started."""
 
 from __future__ import annotations
 
@@ -7,16 +7,19 @@ import base64
 import dataclasses
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from helpers import Cluster, free_port
 
-from hub import tctl
 from hub.audit_store import AuditStore, audit_db_path
 from hub.datadir import DataDir
 from hub.storage.api import Node
 from hub.storage.sqlite import open_sqlite
 from remoteler.audit import AuditEvent, EventType, make_event
+from tctl import cli as tctl
 
 NOW = time.time()
 
@@ -57,13 +60,25 @@ def _fill(path: Path) -> list[AuditEvent]:
     return [old, login, start, chunk]
 
 
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, list[AuditEvent]]]:
+    """A hub on a data dir filled before it started (tctl reads it through the hub)."""
+    cluster = Cluster(tmp_path_factory.mktemp("audit"), free_port())
+    events = _fill(cluster.data)
+    cluster.start_hub()
+    try:
+        yield cluster.data, events
+    finally:
+        cluster.stop()
+
+
 def _run(capsys: pytest.CaptureFixture[str], path: Path, *argv: str) -> str:
     assert tctl.main(["--data-dir", str(path), "audit", *argv]) == 0
     return capsys.readouterr().out
 
 
-def test_search_json_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    old, login, start, chunk = _fill(tmp_path)
+def test_search_json_shape(filled: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path, (old, login, start, chunk) = filled
     out = json.loads(_run(capsys, tmp_path, "search", "--format", "json"))
     assert [e["id"] for e in out] == [old.id, login.id, start.id, chunk.id]
     keys = {"id", "type", "time", "node", "user", "login", "session", "seq", "fields"}
@@ -105,9 +120,9 @@ def test_search_json_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_limit_keeps_the_newest_printed_oldest_first(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    filled: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    old, login, start, chunk = _fill(tmp_path)
+    tmp_path, (old, login, start, chunk) = filled
 
     def ids(*argv: str) -> list[str]:
         return [e["id"] for e in json.loads(_run(capsys, tmp_path, *argv, "--format", "json"))]
@@ -121,8 +136,8 @@ def test_limit_keeps_the_newest_printed_oldest_first(
     assert len(table) == 3 and "session.data" in table[2]  # header, rule, the newest
 
 
-def test_search_text_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _fill(tmp_path)
+def test_search_text_table(filled: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path, _ = filled
     out = _run(capsys, tmp_path, "search")
     lines = out.splitlines()
     assert lines[0].split() == ["Time", "Type", "Node", "User", "Login", "Session", "Fields"]
@@ -130,8 +145,8 @@ def test_search_text_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "data=<7 bytes>" in out and "hello" not in out
 
 
-def test_export_json_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    events = _fill(tmp_path)
+def test_export_json_lines(filled: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path, events = filled
     lines = _run(capsys, tmp_path, "export").splitlines()
     assert [json.loads(line)["id"] for line in lines] == [e.id for e in events]
     chunk = json.loads(lines[3])
@@ -139,8 +154,8 @@ def test_export_json_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert len(_run(capsys, tmp_path, "export", "--type", "session.start").splitlines()) == 1
 
 
-def test_bad_time_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _fill(tmp_path)
+def test_bad_time_is_a_usage_error(filled: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path, _ = filled
     assert tctl.main(["--data-dir", str(tmp_path), "audit", "search", "--since", "yesterday"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tctl: bad time 'yesterday'") and err.count("\n") == 1
@@ -156,7 +171,8 @@ def test_session_takes_the_short_id_the_table_shows(
 ) -> None:
     """``--session 3f2a9c1e`` (the table's 8 characters) finds the session, as ``tsh play``
     does; a whole id that is also the start of another (its ``-2`` channel) is exact."""
-    data = DataDir(tmp_path)
+    cluster = Cluster(tmp_path, free_port())
+    data = DataDir(cluster.data)
     data.init("test")
     first, other = "3f2a9c1e-0000-4000-8000-000000000001", "3f2a0000-0000-4000-8000-000000000002"
 
@@ -170,15 +186,20 @@ def test_session_takes_the_short_id_the_table_shows(
         await store.close()
 
     asyncio.run(fill())
+    cluster.start_hub()
+    try:
 
-    def sessions(*argv: str) -> list[str]:
-        out = _run(capsys, tmp_path, "search", *argv, "--format", "json")
-        return [e["session"] for e in json.loads(out)]
+        def sessions(*argv: str) -> list[str]:
+            out = _run(capsys, cluster.data, "search", *argv, "--format", "json")
+            return [e["session"] for e in json.loads(out)]
 
-    assert sessions("--session", other[:8]) == [other]
-    assert sessions("--session", first) == [first]  # exact, not ambiguous with first-2
-    assert sessions("--session", first + "-2") == [first + "-2"]
-    assert sessions("--session", "ffff") == []
-    assert tctl.main(["--data-dir", str(tmp_path), "audit", "search", "--session", "3f2a"]) == 2
-    err = capsys.readouterr().err
-    assert "matches several sessions" in err and err.count("\n") == 1
+        assert sessions("--session", other[:8]) == [other]
+        assert sessions("--session", first) == [first]  # exact, not ambiguous with first-2
+        assert sessions("--session", first + "-2") == [first + "-2"]
+        assert sessions("--session", "ffff") == []
+        argv = ["--data-dir", str(cluster.data), "audit", "search", "--session", "3f2a"]
+        assert tctl.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "matches several sessions" in err and err.count("\n") == 1
+    finally:
+        cluster.stop()

@@ -1,4 +1,5 @@
-"""hub and tctl without the [hub] extra: one line naming the install command."""
+"""hub without the [hub] extra: one line naming the install command; tctl, a client of
+the hub, needs no extra."""
 
 from __future__ import annotations
 
@@ -29,8 +30,7 @@ RUNNER = textwrap.dedent(
 
 
 @pytest.mark.parametrize(
-    ("module", "args", "prog"),
-    [("hub.tctl", ["status"], "tctl"), ("hub.cli", ["start", "--data-dir", "DATA"], "hub")],
+    ("module", "args", "prog"), [("hub.cli", ["start", "--data-dir", "DATA"], "hub")]
 )
 def test_missing_hub_extra_is_one_line(
     module: str, args: list[str], prog: str, tmp_path: Path
@@ -42,10 +42,22 @@ def test_missing_hub_extra_is_one_line(
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert lines == [
-        f"{prog}: missing argon2, pyotp: the hub and tctl need "
+        f"{prog}: missing argon2, pyotp: the hub needs "
         "\"pip install 'remoteler[hub]'\" (an agent-only install leaves them out)"
     ]
     assert not (tmp_path / "data").exists()  # refused before touching anything
+
+
+def test_tctl_needs_no_hub_extra(tmp_path: Path) -> None:
+    """tctl imports no hub code: without argon2 and pyotp it goes on to find the hub."""
+    done = subprocess.run(
+        [sys.executable, "-c", RUNNER, "tctl.cli", "--data-dir", str(tmp_path), "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and "not a hub data directory" in done.stderr, done.stderr
+    assert "missing" not in done.stderr
 
 
 def test_present_extra_passes() -> None:

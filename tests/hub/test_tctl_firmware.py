@@ -1,24 +1,38 @@
-"""``tctl firmware``: every refusal is one line that says what to do next."""
+"""``tctl firmware`` through a running hub: every refusal is one line that says what to do
+next."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import Cluster, free_port
 
 from firmware_tools.bundle import build_bundle
 from firmware_tools.keys import load_signing_key, write_key_pair
-from hub.datadir import DataDir
 from hub.firmware_store import FirmwareStore, Rollout
-from hub.tctl import main
+from tctl.cli import main
+
+
+@pytest.fixture(scope="module")
+def hub_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One running hub for the module: tctl reaches it through its data dir."""
+    cluster = Cluster(tmp_path_factory.mktemp("fw"), free_port())
+    cluster.start_hub()
+    try:
+        yield cluster.data
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture
-def data(tmp_path: Path) -> Path:
-    DataDir(tmp_path / "hub").init("test")
-    return tmp_path / "hub"
+def data(hub_dir: Path) -> Path:
+    """The hub's data dir with no trusted firmware key (each test adds its own)."""
+    (hub_dir / "firmware" / "trusted.pub").unlink(missing_ok=True)
+    return hub_dir
 
 
 def _bundle(tmp: Path, key: Path) -> Path:

@@ -1,25 +1,25 @@
-"""hub/tctl.py main(): whatever goes wrong, one line on stderr and exit 1, no traceback."""
+"""tctl/cli.py main(): whatever goes wrong, one line on stderr and exit 1, no traceback."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hub import tctl
+from tctl import cli as tctl
 
 
-async def _boom(args: argparse.Namespace) -> None:
+def _boom(*args: Any) -> None:
     raise RuntimeError("something nobody foresaw")
 
 
 def test_an_unforeseen_error_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(tctl, "cmd_status", _boom)
+    monkeypatch.setattr(tctl, "find_target", _boom)
     monkeypatch.delenv("REMOTELER_DEBUG", raising=False)
     assert tctl.main(["--data-dir", str(tmp_path), "status"]) == 1
     err = capsys.readouterr().err
@@ -34,13 +34,13 @@ def test_an_unforeseen_error_is_one_line(
 
 def test_output_cut_short_by_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
     """``tctl audit search | head``: head closing the pipe is no error to report."""
-    from helpers import BIN
+    from helpers import BIN, Cluster, free_port
 
     from hub.audit_store import AuditStore, audit_db_path
     from remoteler.audit.events import AuditEvent
 
-    async def fill() -> None:
-        store = await AuditStore.open(audit_db_path(tmp_path))
+    async def fill(data: Path) -> None:
+        store = await AuditStore.open(audit_db_path(data))
         try:
             events = [
                 AuditEvent(
@@ -52,16 +52,22 @@ def test_output_cut_short_by_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
         finally:
             await store.close()
 
-    asyncio.run(fill())
-    (tmp_path / "cluster.json").write_text('{"cluster": "c"}')
-    proc = subprocess.Popen(
-        [str(BIN / "tctl"), "--data-dir", str(tmp_path), "audit", "search", "--limit", "5000"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    assert proc.stdout.read(100)
-    proc.stdout.close()  # as head does
-    err = proc.stderr.read().decode()
-    assert proc.wait(timeout=30) == 141, err  # 128 + SIGPIPE, as a shell reports such an exit
-    assert err == ""
+    cluster = Cluster(tmp_path, free_port())
+    cluster.data.mkdir(mode=0o700)
+    asyncio.run(fill(cluster.data))
+    cluster.start_hub()
+    try:
+        argv = ["--data-dir", str(cluster.data), "audit", "search", "--limit", "5000"]
+        proc = subprocess.Popen(
+            [str(BIN / "tctl"), *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.read(100)
+        proc.stdout.close()  # as head does
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=30) == 141, err  # 128 + SIGPIPE, as a shell reports it
+        assert err == ""
+    finally:
+        cluster.stop()

@@ -10,7 +10,7 @@ from hub.api.node_status import MAX_STATUS_BYTES, AuditBacklog, parse_status, st
 from hub.api.tunnels import TunnelRegistry
 from hub.storage.api import Node
 from hub.storage.sqlite import open_sqlite
-from hub.tctl import _backlog
+from tctl.cli import _backlog
 
 
 class _Closable:

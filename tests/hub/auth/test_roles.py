@@ -6,16 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Cluster, free_port
 
-from hub import tctl
 from hub.audit_store import AuditStore, audit_db_path
 from hub.auth.roles import load_role_file, parse_role
 from hub.auth.service import AuthService
-from hub.datadir import DataDir
 from hub.storage.api import User
 from remoteler.access import RULES_EXTENSION, Role, decode_rules
 from remoteler.ca import (
@@ -24,6 +24,7 @@ from remoteler.ca import (
     public_key_to_openssh,
 )
 from remoteler.errors import UsageError
+from tctl import cli as tctl
 
 EXAMPLE = """
 kind = "role"
@@ -266,6 +267,17 @@ def _tctl(path: Path, *argv: str) -> int:
     return tctl.main(["--data-dir", str(path), *argv])
 
 
+@pytest.fixture(scope="module")
+def hub_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A running hub's data dir, shared: tctl reaches the hub through it."""
+    cluster = Cluster(tmp_path_factory.mktemp("roles"), free_port())
+    cluster.start_hub()
+    try:
+        yield cluster.data
+    finally:
+        cluster.stop()
+
+
 def _role_events(path: Path) -> list[Any]:
     async def read() -> list[Any]:
         store = await AuditStore.open(audit_db_path(path))
@@ -277,9 +289,11 @@ def _role_events(path: Path) -> list[Any]:
     return asyncio.run(read())
 
 
-def test_tctl_create_get_rm_are_audited(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    data = tmp_path / "hub"
-    DataDir(data).init("test")
+def test_tctl_create_get_rm_are_audited(
+    hub_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = hub_data
+    before = len(_role_events(data))
     doc = tmp_path / "role.toml"
     doc.write_text(FULL)
     assert _tctl(data, "create", "-f", str(doc)) == 0
@@ -296,7 +310,7 @@ def test_tctl_create_get_rm_are_audited(tmp_path: Path, capsys: pytest.CaptureFi
     assert _tctl(data, "rm", "role/field-tech") == 0
     assert _tctl(data, "rm", "role/field-tech") != 0
     assert "no role 'field-tech'" in capsys.readouterr().err
-    events = _role_events(data)
+    events = _role_events(data)[before:]
     assert [(e.type, e.fields["name"]) for e in events] == [
         ("role.created", "field-tech"),
         ("role.created", "field-tech"),
@@ -304,14 +318,14 @@ def test_tctl_create_get_rm_are_audited(tmp_path: Path, capsys: pytest.CaptureFi
     ]
     assert events[0].fields["spec"]["deny_logins"] == ["root"]
     assert [e.fields["updated"] for e in events[:2]] == [False, True]
-    assert all(e.fields["by"].startswith("tctl:") for e in events)
+    assert all(e.fields["by"] == "tctl:@admin" for e in events)  # the hub's admin identity
 
 
 def test_tctl_refuses_bad_regex_and_preset_removal(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    hub_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = tmp_path / "hub"
-    DataDir(data).init("test")
+    data = hub_data
+    before = _role_events(data)
     doc = tmp_path / "bad.toml"
     doc.write_text('kind = "role"\nname = "x"\n[deny.node_labels]\nenv = "^(a|aa)+$"\n')
     assert _tctl(data, "create", "-f", str(doc)) != 0
@@ -320,4 +334,4 @@ def test_tctl_refuses_bad_regex_and_preset_removal(
     assert err.count("\n") == 1
     assert _tctl(data, "rm", "role/access") != 0
     assert "preset" in capsys.readouterr().err
-    assert _role_events(data) == []
+    assert _role_events(data) == before
