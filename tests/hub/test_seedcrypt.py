@@ -219,7 +219,7 @@ async def test_a_seed_that_does_not_decrypt_is_answered_as_an_unknown_name(
     """A row altered while the hub runs (a seed moved from another user's row): the
     error names the user, so a client with no credentials must not read it."""
     async with running_hub(tmp_path) as hub:
-        await hub.auth.service.add_user("carol", ["access"], ["pi"], PASSWORD, TOTP_SECRET)
+        await hub.auth.add_user("carol", ["access"], ["pi"], PASSWORD, TOTP_SECRET)
         cipher = SeedCipher(PASSPHRASE)
         raw = await totp_seeds.seal(hub.storage, cipher)  # the hub runs with the passphrase
         carol = await raw.get("carol")

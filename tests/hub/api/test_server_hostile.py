@@ -48,7 +48,7 @@ async def ping(hub: Hub, ctx: Any = None) -> None:
     async with _open(hub, "/v1/rpc", ctx) as ws:
         result = await asyncio.wait_for(rpc.RpcClient(ws).call("ping"), 5)
     assert result["cluster"] == "test"
-    assert result["host_ca_pem"] == hub.auth.service.host_ca.x509_pem.decode()
+    assert result["host_ca_pem"] == hub.auth.host_ca.x509_pem.decode()
 
 
 async def _refused(hub: Hub, path: str, ctx: Any, subprotocol: str) -> InvalidStatus:

@@ -61,7 +61,7 @@ async def test_an_agent_that_holds_the_current_set_gets_no_push(hub: Hub) -> Non
     await current.dial_with(hub, "current", lock_digest([]))
     await stale.dial_with(hub, "stale", None)  # an older agent, or one whose cache was lost
     try:
-        await settle(hub, lambda: len(hub.api.server.registry) == 2)
+        await settle(hub, lambda: len(hub.server.registry) == 2)
         await settle(hub, lambda: stale.pushed == [[]])
         await asyncio.sleep(2.5)  # more than two poll intervals
         assert current.pushed == []
@@ -94,11 +94,11 @@ async def test_a_locked_session_is_cut_whatever_the_lock_message(
 ) -> None:
     """The relay ends with the lock's message as the close reason; a long non-ASCII
     message must still fit the close frame (else websockets refuses to close)."""
-    monkeypatch.setattr(hub.api.server.locks, "grace", 0.1)
+    monkeypatch.setattr(hub.server.locks, "grace", 0.1)
     agent = Agent()
     await agent.dial_with(hub, "node-1", lock_digest([]))
     try:
-        await settle(hub, lambda: len(hub.api.server.registry) == 1)
+        await settle(hub, lambda: len(hub.server.registry) == 1)
         creds = await hub.user_creds("alice")
         async with connect(
             hub.url("/v1/connect?node=node-1&login=pi"),
@@ -132,7 +132,7 @@ async def test_a_locked_user_cannot_list_nodes_or_read_sessions(hub: Hub) -> Non
     creds = await hub.user_creds("mallory")
     lock = Lock("0123456789ab", "user", "mallory", "incident 7", time.time())
     await hub.storage.locks.add(lock)
-    await hub.api.server.locks.refresh()
+    await hub.server.locks.refresh()
     async with connect(
         hub.url("/v1/rpc"),
         ssl=hub.tls(*creds),
@@ -154,12 +154,12 @@ async def test_a_lock_ends_an_open_session_within_a_second_or_so(
     data_version poll (1 s). The bound is generous; the figure is printed."""
     from hub.storage.sqlite import open_sqlite
 
-    monkeypatch.setattr(hub.api.server.locks, "grace", 0.0)
+    monkeypatch.setattr(hub.server.locks, "grace", 0.0)
     other = await open_sqlite(tmp_path / "hubdata") if path != "this hub" else hub.storage
     agent = Agent()
     await agent.dial_with(hub, "node-1", lock_digest([]))
     try:
-        await settle(hub, lambda: len(hub.api.server.registry) == 1)
+        await settle(hub, lambda: len(hub.server.registry) == 1)
         creds = await hub.user_creds("alice")
         async with connect(
             hub.url("/v1/connect?node=node-1&login=pi"),

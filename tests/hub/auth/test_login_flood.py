@@ -87,11 +87,11 @@ async def test_guesses_from_many_addresses_get_hub_busy_and_a_real_login_gets_th
     monkeypatch.setattr(hs, "verify_password", counting)
     policy = HashGatePolicy(max_hashes=1, max_waiting=4, max_wait=0.5)
     async with running_hub(tmp_path, audit=True) as hub:
-        store = hub.api.server.audit
+        store = hub.server.audit
         assert isinstance(store, AuditStore)
-        hub.auth.service.audit = store
-        hub.auth.service.hash_gate = HashGate(policy)
-        await hub.auth.service.add_user("alice", ["access"], ["pi"], PASSWORD, TOTP_SECRET)
+        hub.auth.audit = store
+        hub.auth.hash_gate = HashGate(policy)
+        await hub.auth.add_user("alice", ["access"], ["pi"], PASSWORD, TOTP_SECRET)
 
         # alice logged in from her usual address yesterday: it is served first now
         code = pyotp.TOTP(TOTP_SECRET).at(time.time() - 30)
@@ -103,7 +103,7 @@ async def test_guesses_from_many_addresses_get_hub_busy_and_a_real_login_gets_th
             for i in range(GUESSES)
         ]
         attack = asyncio.gather(*guesses)
-        gate = hub.auth.service.hash_gate
+        gate = hub.auth.hash_gate
         for _ in range(200):  # until the burst is in (TLS handshakes first) and queued
             if gate.waiting >= policy.max_waiting:
                 break
@@ -132,8 +132,8 @@ async def test_guesses_from_many_addresses_get_hub_busy_and_a_real_login_gets_th
         assert len(busy) >= GUESSES // 2, f"only {len(busy)} of {GUESSES} refused as busy"
         assert max(busy) < policy.max_wait + 3.0, f"a busy refusal took {max(busy):.1f} s"
         assert counting.peak <= policy.max_hashes, f"{counting.peak} hashes ran at once"
-        assert hub.auth.service.hash_gate.peak <= policy.max_hashes
-        assert hub.auth.service.hash_gate.running == 0 and hub.auth.service.hash_gate.waiting == 0
+        assert hub.auth.hash_gate.peak <= policy.max_hashes
+        assert hub.auth.hash_gate.running == 0 and hub.auth.hash_gate.waiting == 0
 
         events = [e for e in await store.search(type="user.login", limit=1000)]
         reasons = [e.fields.get("reason") for e in events if e.fields.get("success") is False]
@@ -247,10 +247,10 @@ async def test_login_refusals_by_the_limits_are_audited_within_a_budget(tmp_path
     """A refused login costs the peer one request; one durable audit row each let one
     address grow the audit database at request rate (195 a second measured)."""
     async with running_hub(tmp_path, audit=True) as hub:
-        store = hub.api.server.audit
+        store = hub.server.audit
         assert isinstance(store, AuditStore)
-        hub.auth.service.audit = store
-        hub.auth.service.login_refusals = AuditBudget(AuditBudgetPolicy(burst=20, refill=3600.0))
+        hub.auth.audit = store
+        hub.auth.login_refusals = AuditBudget(AuditBudgetPolicy(burst=20, refill=3600.0))
         _, pub = new_key_line()
         answers: list[str] = []
         async with connect(
@@ -276,7 +276,7 @@ async def test_login_refusals_by_the_limits_are_audited_within_a_budget(tmp_path
         limited = [e for e in events if e.fields["reason"] != "unknown user"]
         assert len([e for e in events if e.fields["reason"] == "unknown user"]) == len(judged)
         assert len(limited) == 20, f"{len(limited)} refusals by the limits audited"
-        assert hub.auth.service.login_refusals.suppressed == GUESSES * 2 - len(judged) - 20
+        assert hub.auth.login_refusals.suppressed == GUESSES * 2 - len(judged) - 20
 
 
 async def test_a_cancelled_login_holds_its_hash_slot_until_the_hash_ends(
@@ -295,10 +295,10 @@ async def test_a_cancelled_login_holds_its_hash_slot_until_the_hash_ends(
 
     monkeypatch.setattr(hs, "verify_password", verify)
     async with running_hub(tmp_path) as hub:
-        gate = hub.auth.service.hash_gate = HashGate(HashGatePolicy(max_hashes=1, max_wait=5.0))
+        gate = hub.auth.hash_gate = HashGate(HashGatePolicy(max_hashes=1, max_wait=5.0))
         _, pub = new_key_line()
         first = asyncio.ensure_future(
-            hub.auth.service.login("nobody", "p" * 12, "123456", pub, None, "127.6.0.1")
+            hub.auth.login("nobody", "p" * 12, "123456", pub, None, "127.6.0.1")
         )
         assert await asyncio.to_thread(started.acquire, True, 5), "the hash never started"
         first.cancel()
@@ -306,7 +306,7 @@ async def test_a_cancelled_login_holds_its_hash_slot_until_the_hash_ends(
             await first
         assert gate.running == 1, "the slot was freed while its hash still runs"
         second = asyncio.ensure_future(
-            hub.auth.service.login("nobody2", "p" * 12, "123456", pub, None, "127.6.0.2")
+            hub.auth.login("nobody2", "p" * 12, "123456", pub, None, "127.6.0.2")
         )
         await asyncio.sleep(0.1)
         assert gate.waiting == 1, "a second hash must wait for the first thread"

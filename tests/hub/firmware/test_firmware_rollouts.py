@@ -88,9 +88,7 @@ class Setup:
         self.build()
         self.trusted = Path(f"{self.key}.pub")
         self.agents: list[Agent] = []
-        self.rollouts = FirmwareRollouts(
-            root / "hubfw", hub.api.server.registry, None, interval=0.1
-        )
+        self.rollouts = FirmwareRollouts(root / "hubfw", hub.server.registry, None, interval=0.1)
         (root / "hubfw").mkdir()
         self.task: asyncio.Task[None] | None = None
 
@@ -167,7 +165,7 @@ class Setup:
             await store.close()
         # The registry knows the agents once their tunnels are up.
         live = len(self.agents) if online is None else online
-        await _until(lambda: len(self.hub.api.server.registry.live()) == live)
+        await _until(lambda: len(self.hub.server.registry.live()) == live)
         if start:
             self.task = asyncio.ensure_future(self.rollouts.run())
         return rollout.id

@@ -83,7 +83,7 @@ class Device(FakeAgent):
         self.hub = hub
         self.name = name
         self.key = generate_private_key()
-        self.cert = hub.auth.service.host_ca.sign_ssh_host_cert(
+        self.cert = hub.auth.host_ca.sign_ssh_host_cert(
             self.key.public_key(), key_id=name, principals=[name]
         )
         self.logins: list[str] = []
@@ -96,7 +96,7 @@ class Device(FakeAgent):
             request.reject(OpenFailure.CONNECT_FAILED, self.refuse)
             return
         channel = request.accept()
-        ca_line = self.hub.auth.service.user_ca.ssh_public_line()
+        ca_line = self.hub.auth.user_ca.ssh_public_line()
         conn = await asyncssh.connect_reverse(
             tunnel=PipeTunnel(ChannelPipe(channel)),
             config=None,
@@ -127,7 +127,7 @@ async def proxied(tmp_path: Path) -> AsyncIterator[tuple[Hub, Device]]:
         await device.dial(hub, device.name)
         try:
             for _ in range(200):
-                if len(hub.api.server.registry) == 1:
+                if len(hub.server.registry) == 1:
                     break
                 await asyncio.sleep(0.02)
             else:
@@ -140,11 +140,9 @@ async def proxied(tmp_path: Path) -> AsyncIterator[tuple[Hub, Device]]:
 
 async def _user(hub: Hub, name: str = "alice", key: Any = None) -> tuple[Any, str, str]:
     """A user allowed login ``pi``: (key, ssh cert line, x509 PEM)."""
-    user, _ = await hub.auth.service.add_user(name, ["access"], ["pi"])
+    user, _ = await hub.auth.add_user(name, ["access"], ["pi"])
     key = key or generate_private_key()
-    issued = await hub.auth.service.issue_user_certs(
-        user, public_key_to_openssh(key.public_key()), None
-    )
+    issued = await hub.auth.issue_user_certs(user, public_key_to_openssh(key.public_key()), None)
     return key, issued.ssh_cert, issued.tls_cert
 
 
@@ -163,7 +161,7 @@ async def _ssh(
         config=None,
         username=login,
         client_keys=[(_ssh_key(key), asyncssh.import_certificate(ssh_cert))],
-        known_hosts=asyncssh.import_known_hosts(hub.auth.service.host_ca.known_hosts_line("*")),
+        known_hosts=asyncssh.import_known_hosts(hub.auth.host_ca.known_hosts_line("*")),
         agent_path=None,
         connect_timeout=20,
         **options,
@@ -178,8 +176,8 @@ async def test_exec_env_stderr_and_exit_status_pass_through(proxied: tuple[Hub, 
     assert result.exit_status == 5
     assert result.stdout == b"LANG=C.UTF-8\n" and result.stderr == b"to stderr\n"
     assert device.logins == ["pi"]  # the hub logged in to the device as the login
-    assert hub.api.server.audit is not None
-    starts = await hub.api.server.audit.search(type="session.start", node="hub")
+    assert hub.server.audit is not None
+    starts = await hub.server.audit.search(type="session.start", node="hub")
     assert [e.fields["command"] for e in starts] == ["env"]
 
 
@@ -208,8 +206,8 @@ async def test_pty_window_change_break_signal_and_exit_signal(
         await line(b"SIGNAL INT")
         await asyncio.wait_for(proc.wait_closed(), 10)
     assert proc.exit_signal is not None and proc.exit_signal[0] == "TERM"
-    assert hub.api.server.audit is not None
-    ends = await hub.api.server.audit.search(type="session.end", node="hub")
+    assert hub.server.audit is not None
+    ends = await hub.server.audit.search(type="session.end", node="hub")
     assert [e.fields["exit_signal"] for e in ends] == ["TERM"]
 
 
@@ -226,10 +224,10 @@ async def _echo_server() -> tuple[asyncio.Server, int]:
 
 async def _events(hub: Hub, type: str, count: int = 1) -> list[Any]:
     """The hub's ``type`` events once there are ``count`` (some are stored in the background)."""
-    assert hub.api.server.audit is not None
+    assert hub.server.audit is not None
     found: list[Any] = []
     for _ in range(100):
-        found = await hub.api.server.audit.search(type=type, node="hub")
+        found = await hub.server.audit.search(type=type, node="hub")
         if len(found) >= count:
             return found
         await asyncio.sleep(0.05)
@@ -268,22 +266,20 @@ async def test_port_forwarding_needs_the_permission_in_the_users_certificate(
     proxied: tuple[Hub, Device],
 ) -> None:
     hub = proxied[0]
-    user, _ = await hub.auth.service.add_user("noforward", ["access"], ["pi"])
+    user, _ = await hub.auth.add_user("noforward", ["access"], ["pi"])
     key = generate_private_key()
-    issued = await hub.auth.service.issue_user_certs(
-        user, public_key_to_openssh(key.public_key()), None
-    )
+    issued = await hub.auth.issue_user_certs(user, public_key_to_openssh(key.public_key()), None)
     parsed = parse_certificate(issued.ssh_cert)
     extensions = {k: v for k, v in parsed.extensions.items() if k != "permit-port-forwarding"}
-    cert = hub.auth.service.user_ca.sign_ssh_user_cert(
+    cert = hub.auth.user_ca.sign_ssh_user_cert(
         key.public_key(), key_id="noforward", principals=["pi"], ttl_seconds=600,
         extensions=extensions,
     )  # fmt: skip
     async with await _ssh(hub, key, cert, issued.tls_cert) as conn:
         with pytest.raises(asyncssh.ChannelOpenError):
             await conn.open_connection("127.0.0.1", 22)
-    assert hub.api.server.audit is not None
-    assert await hub.api.server.audit.search(type="port.forward", node="hub") == []
+    assert hub.server.audit is not None
+    assert await hub.server.audit.search(type="port.forward", node="hub") == []
 
 
 async def test_another_users_ssh_certificate_is_refused_at_the_hub(
@@ -296,10 +292,10 @@ async def test_another_users_ssh_certificate_is_refused_at_the_hub(
     with pytest.raises(asyncssh.PermissionDenied):
         await _ssh(hub, alice_key, bob_cert, alice_tls)
     assert device.logins == []  # the device was never asked
-    assert hub.api.server.audit is not None
+    assert hub.server.audit is not None
     failed = []
     for _ in range(100):
-        failed = await hub.api.server.audit.search(type="auth.failed", node="hub")
+        failed = await hub.server.audit.search(type="auth.failed", node="hub")
         if failed:
             break
         await asyncio.sleep(0.05)
@@ -330,7 +326,7 @@ async def test_a_lock_ends_a_proxied_session(
     proxied: tuple[Hub, Device], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hub, _ = proxied
-    monkeypatch.setattr(hub.api.server.locks, "grace", 0.1)
+    monkeypatch.setattr(hub.server.locks, "grace", 0.1)
     key, cert, tls = await _user(hub)
     async with await _ssh(hub, key, cert, tls) as conn:
         proc = await conn.create_process("events", term_type="vt100", encoding=None)
@@ -339,9 +335,9 @@ async def test_a_lock_ends_a_proxied_session(
         await asyncio.wait_for(conn.wait_closed(), 15)
     assert proc.exit_status == 255  # as ssh when a session is cut
     assert b"incident" in await proc.stderr.read()  # the lock's message, before the cut
-    assert hub.api.server.audit is not None
+    assert hub.server.audit is not None
     for _ in range(100):  # the hub's record of the cut session is closed too
-        if await hub.api.server.audit.search(type="session.end", node="hub"):
+        if await hub.server.audit.search(type="session.end", node="hub"):
             break
         await asyncio.sleep(0.05)
     else:
@@ -430,14 +426,12 @@ async def test_file_transfer_and_forwarding_off_in_the_roles_are_enforced_at_the
             permissions={"file_transfer": False, "port_forwarding": False},
         )
     )
-    user, _ = await hub.auth.service.add_user("carol", ["no-files"], ["pi"])
+    user, _ = await hub.auth.add_user("carol", ["no-files"], ["pi"])
     key = generate_private_key()
-    issued = await hub.auth.service.issue_user_certs(
-        user, public_key_to_openssh(key.public_key()), None
-    )
+    issued = await hub.auth.issue_user_certs(user, public_key_to_openssh(key.public_key()), None)
     # permit-port-forwarding in the certificate, port_forwarding false in its signed rules
     parsed = parse_certificate(issued.ssh_cert)
-    cert = hub.auth.service.user_ca.sign_ssh_user_cert(
+    cert = hub.auth.user_ca.sign_ssh_user_cert(
         key.public_key(), key_id="carol", principals=["pi"], ttl_seconds=600,
         extensions={**parsed.extensions, "permit-port-forwarding": ""},
     )  # fmt: skip
@@ -454,10 +448,10 @@ async def test_file_transfer_and_forwarding_off_in_the_roles_are_enforced_at_the
             await conn.open_connection("127.0.0.1", 22)
         assert info.value.reason == "port forwarding is not permitted by your roles"
         assert (await conn.run("env", encoding=None)).exit_status == 5  # a command still runs
-    assert hub.api.server.audit is not None
-    starts = await hub.api.server.audit.search(type="session.start", node="hub")
+    assert hub.server.audit is not None
+    starts = await hub.server.audit.search(type="session.start", node="hub")
     assert [e.fields["command"] for e in starts] == ["env"]
-    assert await hub.api.server.audit.search(type="port.forward", node="hub") == []
+    assert await hub.server.audit.search(type="port.forward", node="hub") == []
 
 
 async def test_legacy_scp_passes_when_the_roles_allow_file_transfer(
@@ -478,12 +472,10 @@ async def test_a_source_address_certificate_is_refused_when_the_peer_is_unknown(
     from hub.recording import proxy as recording
 
     hub, device = proxied
-    user, _ = await hub.auth.service.add_user("dave", ["access"], ["pi"])
+    user, _ = await hub.auth.add_user("dave", ["access"], ["pi"])
     key = generate_private_key()
-    issued = await hub.auth.service.issue_user_certs(
-        user, public_key_to_openssh(key.public_key()), None
-    )
-    cert = hub.auth.service.user_ca.sign_ssh_user_cert(
+    issued = await hub.auth.issue_user_certs(user, public_key_to_openssh(key.public_key()), None)
+    cert = hub.auth.user_ca.sign_ssh_user_cert(
         key.public_key(), key_id="dave", principals=["pi"], ttl_seconds=600,
         extensions=parse_certificate(issued.ssh_cert).extensions,
         critical_options={"source-address": "127.0.0.1/32"},
@@ -504,7 +496,7 @@ async def test_changing_the_recording_mode_ends_the_open_connections_of_the_othe
     from hub.storage.sqlite import open_sqlite
 
     hub, _ = proxied
-    monkeypatch.setattr(hub.api.server.locks, "interval", 0.05)
+    monkeypatch.setattr(hub.server.locks, "interval", 0.05)
     key, cert, tls = await _user(hub)
     tctl = await open_sqlite(tmp_path / "hubdata")
     try:
@@ -561,12 +553,12 @@ async def test_sessions_are_forgotten_once_ended_and_the_node_stays_busy_until_t
         for _ in range(3):  # one long multiplexed connection
             assert (await conn.run("env", encoding=None)).exit_status == 5
         assert states[0].open_sessions == []  # not kept until the connection ends
-        slow = _SlowEnds(hub.api.server.audit)
+        slow = _SlowEnds(hub.server.audit)
         proxy = states[0].proxy  # the connection's proxy was given the hub's store
         monkeypatch.setattr(proxy, "deps", dataclasses.replace(proxy.deps, audit=slow))
         proc = await conn.create_process("events", term_type="vt100", encoding=None)
         assert (await asyncio.wait_for(proc.stdout.readline(), 10)).startswith(b"TERM")
-        live = hub.api.server.registry.get(states[0].node.id)
+        live = hub.server.registry.get(states[0].node.id)
         assert live is not None
     # the user hung up; the session's end is not stored yet: the node is not idle
     for _ in range(200):
@@ -643,11 +635,9 @@ async def test_a_proxied_login_cannot_use_another_principal_of_the_certificate(
     """The websocket was authorised for ``pi``: the certificate also names ``root``, but
     the hub refuses an SSH login as ``root`` on that connection (and says why)."""
     hub, device = proxied
-    user, _ = await hub.auth.service.add_user("erin", ["access"], ["pi", "root"])
+    user, _ = await hub.auth.add_user("erin", ["access"], ["pi", "root"])
     key = generate_private_key()
-    issued = await hub.auth.service.issue_user_certs(
-        user, public_key_to_openssh(key.public_key()), None
-    )
+    issued = await hub.auth.issue_user_certs(user, public_key_to_openssh(key.public_key()), None)
     assert {"pi", "root"} <= set(parse_certificate(issued.ssh_cert).principals)
     ws = await connect(
         hub.url("/v1/connect?node=dev1&login=pi"),
@@ -662,7 +652,7 @@ async def test_a_proxied_login_cannot_use_another_principal_of_the_certificate(
             config=None,
             username="root",
             client_keys=[(_ssh_key(key), asyncssh.import_certificate(issued.ssh_cert))],
-            known_hosts=asyncssh.import_known_hosts(hub.auth.service.host_ca.known_hosts_line("*")),
+            known_hosts=asyncssh.import_known_hosts(hub.auth.host_ca.known_hosts_line("*")),
             agent_path=None,
             connect_timeout=20,
         )

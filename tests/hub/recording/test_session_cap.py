@@ -45,9 +45,9 @@ class Agent(FakeAgent):
 
 
 async def _user(hub: Hub, name: str, roles: list[str]) -> tuple[bytes, bytes]:
-    user, _ = await hub.auth.service.add_user(name, roles, ["pi"])
+    user, _ = await hub.auth.add_user(name, roles, ["pi"])
     key_pem, pub = new_key_line()
-    issued = await hub.auth.service.issue_user_certs(user, pub, None)
+    issued = await hub.auth.issue_user_certs(user, pub, None)
     return issued.tls_cert.encode(), key_pem
 
 
@@ -76,7 +76,7 @@ async def _agent(hub: Hub) -> AsyncIterator[Agent]:
 
 async def _wait_count(hub: Hub, user: str, want: int) -> None:
     async with asyncio.timeout(5):
-        while hub.api.server.sessions.count(user) != want:
+        while hub.server.sessions.count(user) != want:
             await asyncio.sleep(0.02)
 
 
@@ -123,7 +123,7 @@ async def test_extra_session_refused_then_allowed_after_one_closes(
             victim.transport.abort()
             await _wait_count(hub, "alice", 2)
             open_.append(await _stalled(hub, alice))
-            assert hub.api.server.sessions.count("alice") == 3
+            assert hub.server.sessions.count("alice") == 3
         finally:
             for ws in open_:
                 ws.transport.abort()
@@ -158,7 +158,7 @@ async def test_refused_connect_holds_no_slot(hub: Hub) -> None:
             subprotocols=[CONNECT_SUBPROTOCOL],  # type: ignore[list-item]
         ):
             pass
-    assert hub.api.server.sessions.count("dave") == 0
+    assert hub.server.sessions.count("dave") == 0
 
 
 async def test_slot_is_held_until_the_tcp_connection_is_gone(hub: Hub) -> None:
@@ -168,7 +168,7 @@ async def test_slot_is_held_until_the_tcp_connection_is_gone(hub: Hub) -> None:
     erin = await _user(hub, "erin", ["access"])
     async with _agent(hub):
         assert await hub.storage.nodes.set_recording("node-1", "proxy") is not None
-        live = hub.api.server.registry.live()[0]
+        live = hub.server.registry.live()[0]
         ws = await _stalled(hub, erin)
         ws.transport.pause_reading()  # reads nothing more, not even the close frame
         try:
@@ -178,7 +178,7 @@ async def test_slot_is_held_until_the_tcp_connection_is_gone(hub: Hub) -> None:
                 while live.sessions:
                     await asyncio.sleep(0.02)
             await asyncio.sleep(0.3)  # the handler has returned; the close is unanswered
-            assert hub.api.server.sessions.count("erin") == 1
+            assert hub.server.sessions.count("erin") == 1
         finally:
             ws.transport.abort()
         await _wait_count(hub, "erin", 0)
@@ -224,8 +224,8 @@ async def test_slot_comes_back_when_the_websocket_guard_aborts(hub: Hub) -> None
         Role("one", logins=(LOGINS_TRAIT,), node_labels={"*": ("*",)}, max_sessions=1)
     )
     alice = await _user(hub, "alice", ["one", "access"])
-    assert hub.api.server.listener is not None
-    hub.api.server.listener.guard = WsGuardLimits(max_unsent=64 * 1024)
+    assert hub.server.listener is not None
+    hub.server.listener.guard = WsGuardLimits(max_unsent=64 * 1024)
     async with _agent(hub):
         _, writer = await open_raw(
             "127.0.0.1",
