@@ -135,6 +135,7 @@ class Setup:
         size: int | None = None,
         canary_timeout: float = 600.0,
         online: int | None = None,
+        via: Firmware | None = None,
     ) -> str:
         bundle = bundle or self.bundle
         data = bundle.read_bytes() if bundle.exists() else b""
@@ -162,7 +163,7 @@ class Setup:
             node = await self.hub.storage.nodes.get(agent.name)
             assert node is not None
             nodes.append((node.id, agent.name, i < canaries))
-        await self.store.create(rollout, nodes)
+        await (via or self.store).create(rollout, nodes)
         # The registry knows the agents once their tunnels are up.
         live = len(self.agents) if online is None else online
         await _until(lambda: len(self.hub.server.registry.live()) == live)
@@ -606,3 +607,41 @@ async def test_the_hubs_own_downtime_does_not_count_against_an_offline_canary(
         await asyncio.sleep(0.05)
     assert time.monotonic() - started >= 1.0, late.reason
     assert late.state == "stopped" and late.reason.startswith("canary late offline since ")
+
+
+async def test_a_push_through_another_storage_wakes_the_orchestrator(
+    setup: Setup, tmp_path: Path
+) -> None:
+    # Another hub on the same storage (or tctl's hub) writes the roll-out: it arrives
+    # on this hub's change feed, long before the orchestrator's next look by the clock.
+    from hub.storage.sqlite import open_sqlite
+
+    await setup.agent("a")
+    setup.rollouts.interval = 60.0
+    setup.task = asyncio.ensure_future(setup.rollouts.run())
+    await asyncio.sleep(0.2)  # its first look: nothing running
+    other = await open_sqlite(tmp_path / "hubdata")
+    try:
+        started = time.monotonic()
+        await setup.push(start=False, via=other.firmware)
+        assert await setup.wait_state("done") == {"a": "installed"}
+        assert time.monotonic() - started < 30
+    finally:
+        await other.close()
+
+
+async def test_a_node_another_hub_claimed_is_not_offered_here(setup: Setup) -> None:
+    # Both hubs read the node as pending; the other hub's claim landed first.
+    agent = await setup.agent("a")
+    await setup.push(start=False)
+    rollouts, store = setup.rollouts, setup.store
+    try:
+        (rollout,) = await store.rollouts("running")
+        stale = await store.nodes("fw-test")
+        assert await store.claim("fw-test", stale[0].node_id, stale[0].claims, time.time())
+        await rollouts._step(rollout, stale)
+        assert rollouts._inflight == {} and agent.log == []
+        await rollouts._step(rollout, await store.nodes("fw-test"))  # a fresh read: its turn
+        assert list(rollouts._inflight) == [("fw-test", stale[0].node_id)]
+    finally:
+        await rollouts.close()
