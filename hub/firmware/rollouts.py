@@ -58,8 +58,9 @@ log = logging.getLogger("remoteler.hub.firmware")
 CANARY_FAILURES = frozenset({"failed", "rolled-back"})
 #: Seconds between two looks at the running roll-outs when nothing wakes the loop.
 POLL_INTERVAL = 1.0
-#: Fewest seconds between two looks (each write of a transfer's progress wakes it).
-MIN_GAP = 0.05
+#: Fewest seconds between two looks (each write of a transfer's progress, on any hub,
+#: wakes the loop), or ``interval`` if shorter.
+MIN_GAP = 0.5
 #: Seconds before offering again to a node whose transfer broke off.
 RETRY_AFTER = 2.0
 READ_SIZE = 64 * 1024
@@ -112,7 +113,7 @@ class FirmwareRollouts:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.interval):
                         await self._wake.wait()
-                await asyncio.sleep(MIN_GAP)
+                await asyncio.sleep(min(MIN_GAP, self.interval))
         finally:
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
@@ -129,10 +130,11 @@ class FirmwareRollouts:
                         self._wake.set()
             except StorageError as exc:
                 log.warning("firmware change feed lost: %s; reading every %g s", exc, self.interval)
-                await asyncio.sleep(self.interval)
             finally:
                 with contextlib.suppress(Exception):
                     await changes.aclose()  # type: ignore[attr-defined]
+            await asyncio.sleep(self.interval)
+            self._wake.set()  # what changed meanwhile: read it all again
 
     async def close(self) -> None:
         tasks = list(self._inflight.values())
@@ -285,7 +287,7 @@ class FirmwareRollouts:
         """The bundle's header (what the agent checks before downloading)."""
         from firmware_tools.bundle import header_size
 
-        cached = self._headers.get(rollout.sha256)
+        cached = self._headers.get(rollout.bundle)
         if cached is None:
             prefix = await self._read(rollout, 0, 12)
             size = header_size(prefix)
@@ -294,7 +296,7 @@ class FirmwareRollouts:
             cached = prefix + await self._read(rollout, len(prefix), size - len(prefix))
             if len(cached) < size:
                 raise BundleUnreadable(f"bundle {rollout.bundle[:12]} ends inside its header")
-            self._headers[rollout.sha256] = cached
+            self._headers[rollout.bundle] = cached
         return cached
 
     async def _transfer(self, rollout: Rollout, node: RolloutNode, tunnel: Tunnel) -> None:
@@ -383,7 +385,7 @@ class FirmwareRollouts:
         """Stop a roll-out whose bundle the hub cannot read any more (and say so)."""
         why = str(exc) or type(exc).__name__
         reason = f"hub copy of the bundle unreadable: {why}"[:400]
-        self._headers.pop(rollout.sha256, None)
+        self._headers.pop(rollout.bundle, None)
         if not await self.store.finish(rollout.id, "stopped", reason, time.time()):
             return  # already stopped or done (another transfer, tctl firmware stop)
         await self._record(EventType.FIRMWARE_ROLLOUT_STOP, rollout, reason=reason)
