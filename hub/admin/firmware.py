@@ -297,10 +297,11 @@ def pusher(uploads: Uploads) -> AdminHandler:
         storage = call.host.storage
         try:
             manifest = await _verify(storage.blobs, up.sha256, await _trusted(call))
-            return await _start(call, opts, manifest, up.sha256, up.size)
         except BaseException:
             await _forget(storage, up.sha256)  # refused: nothing of it is kept
             raise
+        # A verified blob stays when no node matches: a push with the right labels reuses it.
+        return await _start(call, opts, manifest, up.sha256, up.size)
 
     return push
 
