@@ -126,16 +126,24 @@ def load_trusted_keys(path: str | os.PathLike[str]) -> list[Ed25519PublicKey]:
         text = p.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise ConfigError(f"cannot read public key file {p}: {exc.strerror}") from None
-    keys: list[Ed25519PublicKey] = []
+    return [key for key, _line in parse_trusted_keys(text, str(p))]
+
+
+def parse_trusted_keys(text: str, name: str) -> list[tuple[Ed25519PublicKey, str]]:
+    """The keys of a trust file's text, each with its line; ``name`` (the file's) goes
+    into the error: :class:`ConfigError` for a bad line or no key at all."""
+    if len(text) > MAX_PUBLIC_FILE:
+        raise ConfigError(f"{name} is larger than {MAX_PUBLIC_FILE} bytes: not a public key file")
+    keys: list[tuple[Ed25519PublicKey, str]] = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
-            keys.append(load_public_key(line))
+            keys.append((load_public_key(line), line.strip()))
         except ConfigError as exc:
-            raise ConfigError(f"{p} line {n}: {exc}") from None
+            raise ConfigError(f"{name} line {n}: {exc}") from None
     if not keys:
-        raise ConfigError(f"{p} holds no ssh-ed25519 key: pass the signing key's .pub file")
+        raise ConfigError(f"{name} holds no ssh-ed25519 key: pass the signing key's .pub file")
     return keys
 
 

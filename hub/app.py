@@ -219,6 +219,9 @@ class HubApp:
             },
         )
         self._spawn(server.registry.run_flusher())
+        from hub.firmware.rollouts import FirmwareRollouts  # roll-outs on the storage
+
+        self._spawn(FirmwareRollouts(storage, server.registry, audit).run())
         self._spawn(rotation.run())
         self._spawn(keep_alive(alive))
         self._spawn(admin.run())

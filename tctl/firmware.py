@@ -8,6 +8,7 @@ starts the roll-out (hub/admin/firmware.py, hub/firmware/rollouts.py).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 from collections.abc import Callable, Coroutine
@@ -136,7 +137,13 @@ async def _push(args: argparse.Namespace, hub: HubClient) -> None:
         raise UsageError(f"cannot read {args.bundle}: {exc.strerror}") from None
     with src:
         size = os.fstat(src.fileno()).st_size
-        began = await hub.call(AdminMethod.FIRMWARE_UPLOAD, size=size, **options)
+        digest = hashlib.sha256()  # the name the hub stores the bundle under
+        while chunk := src.read(UPLOAD_CHUNK):
+            digest.update(chunk)
+        src.seek(0)
+        began = await hub.call(
+            AdminMethod.FIRMWARE_UPLOAD, size=size, sha256=digest.hexdigest(), **options
+        )
         upload_id, sent = began["upload_id"], 0
         while chunk := src.read(UPLOAD_CHUNK):
             await hub.call(

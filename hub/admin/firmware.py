@@ -1,34 +1,34 @@
-"""``admin.firmware.*``: trusted signing keys, bundle uploads and roll-outs.
+"""``admin.firmware.*``: trusted signing keys, bundle uploads and roll-outs, on the hub's
+storage (``trusted_keys``, ``blobs``, ``firmware``: hub/storage/api.py).
 
-``tctl firmware push`` uploads the bundle in chunks of at most
-:data:`~remoteler.admin.UPLOAD_CHUNK` bytes (``admin.firmware.upload``), then
-asks for the roll-out (``admin.firmware.push``): the hub verifies its copy
-against the keys it trusts, keeps it in ``DATA/firmware/bundles/`` and writes the
-roll-out; the orchestrator (hub/firmware/rollouts.py) picks it up within a second. An
-upload is capped at :data:`MAX_UPLOAD` bytes, :data:`MAX_UPLOADS` at once, and
-dropped (its file removed) :data:`UPLOAD_IDLE` s after its last chunk or
-:data:`UPLOAD_DEADLINE` s after it began.
+``tctl firmware push`` names the bundle's sha256 and size, uploads it in chunks of at
+most :data:`~remoteler.admin.UPLOAD_CHUNK` bytes (``admin.firmware.upload``), which
+stream into the blob of that name, then asks for the roll-out
+(``admin.firmware.push``): the hub verifies the stored bytes against the keys it
+trusts and writes the roll-out; the orchestrator of every hub on the storage
+(hub/firmware/rollouts.py) hears of it on the change feed. An upload is capped at
+:data:`MAX_UPLOAD` bytes, :data:`MAX_UPLOADS` at once, and dropped (nothing kept)
+:data:`UPLOAD_IDLE` s after its last chunk or :data:`UPLOAD_DEADLINE` s after it began.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
 import math
-import os
 import re
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from hub.admin.rpc import AdminCall, AdminHandler, opt_int, opt_text, text
+from hub.storage.api import Blobs, Conflict, Rollout, Storage, StorageError, TrustedKey
 from remoteler.admin import UPLOAD_CHUNK, AdminMethod
 from remoteler.audit.events import EventType
 from remoteler.errors import UsageError
 
-TRUST_FILE = "trusted.pub"
 DEFAULT_PARALLEL = 10
 #: Largest bundle an upload may announce, bytes.
 MAX_UPLOAD = 4 << 30
@@ -38,17 +38,33 @@ MAX_UPLOADS = 4
 UPLOAD_IDLE = 120.0
 #: An upload not pushed this long after it began is dropped, seconds.
 UPLOAD_DEADLINE = 3600.0
+#: Bytes read from the blob at a time while verifying it.
+VERIFY_READ = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def new_rollout_id() -> str:
+    return "fw-" + secrets.token_hex(4)
 
 
 @dataclass
 class Upload:
     id: str
-    path: Path
+    #: the blob's name: the bundle's sha256 as tctl computed it
+    sha256: str
     size: int
     began: float
     touched: float
+    #: storing the chunks as they come (``blobs.put``)
+    task: asyncio.Task[int]
+    #: chunks on their way to ``task``; None ends them
+    queue: asyncio.Queue[bytes | None] = field(default_factory=lambda: asyncio.Queue(2))
     received: int = 0
-    digest: Any = field(default_factory=hashlib.sha256)
+
+
+async def _drain(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
+    while (chunk := await queue.get()) is not None:
+        yield chunk
 
 
 class Uploads:
@@ -65,22 +81,27 @@ class Uploads:
                 self.drop(up.id)
 
     def drop(self, upload_id: str) -> None:
+        """Forget an upload; a blob not stored yet is not stored (its put is cancelled)."""
         up = self.open.pop(upload_id, None)
         if up is not None:
-            up.path.unlink(missing_ok=True)
+            up.task.cancel()
 
-    def begin(self, bundles: Path, size: int) -> Upload:
+    def begin(self, blobs: Blobs, sha256: str | None, size: int) -> Upload:
         self.sweep()
         if not 0 < size <= MAX_UPLOAD:
             raise UsageError(f"a bundle must be 1 byte to {MAX_UPLOAD >> 20} MiB; this is {size}")
+        if sha256 is None or not _SHA256.fullmatch(sha256):
+            raise UsageError(
+                "the upload needs the bundle's sha256: upgrade tctl to the hub's version"
+            )
         if len(self.open) >= MAX_UPLOADS:
             raise UsageError(f"{MAX_UPLOADS} uploads are in progress; try again in a minute")
-        bundles.mkdir(mode=0o700, parents=True, exist_ok=True)
-        upload_id = secrets.token_hex(8)
-        path = bundles / f".incoming-{upload_id}"
-        path.touch(mode=0o600)
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(2)
+        task = asyncio.ensure_future(blobs.put(sha256, _drain(queue), size))
+        task.add_done_callback(_quiet)
         now = self.clock()
-        up = self.open[upload_id] = Upload(upload_id, path, size, now, now)
+        upload_id = secrets.token_hex(8)
+        up = self.open[upload_id] = Upload(upload_id, sha256, size, now, now, task, queue)
         return up
 
     def get(self, upload_id: str) -> Upload:
@@ -91,80 +112,74 @@ class Uploads:
         return up
 
 
-def _append(path: Path, data: bytes) -> None:
-    with open(path, "ab") as f:
-        f.write(data)
+def _quiet(task: asyncio.Task[int]) -> None:
+    """A put that failed or was cancelled is reported by the call that awaits it (or none)."""
+    if not task.cancelled():
+        task.exception()
 
 
-def _dir(call: AdminCall) -> Path:
-    from hub.firmware_store import firmware_dir
+async def _feed(up: Upload, chunk: bytes | None) -> None:
+    """Hand a chunk (None: the end) to the upload's put; its error if it ended early."""
+    put = asyncio.ensure_future(up.queue.put(chunk))
+    await asyncio.wait({put, up.task}, return_when=asyncio.FIRST_COMPLETED)
+    if not put.done():
+        put.cancel()
+        await _stored(up)  # raises: the put ended before taking every chunk
+        raise UsageError("the upload was cut short; run 'tctl firmware push' again")
 
-    return firmware_dir(call.data.path)
+
+async def _stored(up: Upload) -> int:
+    """The put's result: the stored size; a refusal as one line for tctl."""
+    try:
+        return await up.task
+    except asyncio.CancelledError:
+        raise UsageError("the upload was dropped; run 'tctl firmware push' again") from None
+    except Conflict:
+        raise UsageError(
+            "the uploaded bytes do not match the bundle's sha256 or size: the file changed "
+            "during the upload; run 'tctl firmware push' again"
+        ) from None
 
 
-def _key_lines(path: Path) -> list[str]:
-    """The trust file's key lines (its comments and blank lines left out)."""
-    from firmware_tools.keys import load_trusted_keys
-
-    if not path.exists():
-        return []
-    load_trusted_keys(path)  # ConfigError names the file and a bad line
-    body = path.read_text(encoding="utf-8", errors="replace")
-    return [ln for ln in body.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+async def _trusted_keys(storage: Storage) -> list[TrustedKey]:
+    return await storage.trusted_keys.all()
 
 
 async def trust(call: AdminCall, params: dict[str, Any]) -> Any:
     """Trust the keys in a ``.pub`` file's text; return their ids and whether any was new."""
-    import tempfile
+    from firmware_tools.keys import key_id, parse_trusted_keys
 
-    from firmware_tools.keys import key_ids, load_trusted_keys, public_line
-
-    path = _dir(call) / TRUST_FILE
     name = text(params, "file", "KEY.pub")
-    with tempfile.TemporaryDirectory() as tmp:  # the loader reads files and names them
-        given = Path(tmp) / Path(name).name
-        given.write_text(text(params, "text"), encoding="utf-8")
-        try:
-            keys = load_trusted_keys(given)
-        except Exception as exc:
-            raise type(exc)(str(exc).replace(str(given), name)) from None
-    have = set(key_ids(load_trusted_keys(path))) if path.exists() else set()
-    new = [k for k, kid in zip(keys, key_ids(keys), strict=True) if kid not in have]
-    _append(path, "".join(public_line(key) + "\n" for key in new).encode())
-    ids = key_ids(keys)
+    keys = parse_trusted_keys(text(params, "text"), name)  # ConfigError names a bad line
+    ids, new, now = [], False, time.time()
+    for i, (pub, line) in enumerate(keys):
+        kid = key_id(pub)
+        fields = line.split()
+        stored = TrustedKey(kid, f"{fields[0]} {fields[1]}", " ".join(fields[2:]), now + i * 1e-6)
+        new = await call.host.storage.trusted_keys.add(stored) or new
+        if kid not in ids:
+            ids.append(kid)
     for kid in ids:
-        await call.changed("firmware.trust", kid, new=bool(new))
-    return {"key_ids": ids, "new": bool(new)}
+        await call.changed("firmware.trust", kid, new=new)
+    return {"key_ids": ids, "new": new}
 
 
 async def trust_ls(call: AdminCall, params: dict[str, Any]) -> Any:
-    from firmware_tools.keys import key_id, load_public_key
-
-    lines = _key_lines(_dir(call) / TRUST_FILE)
-    return [{"key_id": key_id(load_public_key(ln)), "public_key": ln.strip()} for ln in lines]
+    return [
+        {"key_id": k.fingerprint, "public_key": f"{k.public_key} {k.comment}".strip()}
+        for k in await _trusted_keys(call.host.storage)
+    ]
 
 
 async def untrust(call: AdminCall, params: dict[str, Any]) -> Any:
-    from firmware_tools.keys import key_id, load_public_key
-    from remoteler.fsutil import write_file_atomic
-
     wanted = text(params, "key_id")
-    path = _dir(call) / TRUST_FILE
-    lines = _key_lines(path)
-    ids = [key_id(load_public_key(line)) for line in lines]
-    if wanted not in ids:
+    if not await call.host.storage.trusted_keys.remove(wanted):
+        ids = [k.fingerprint for k in await _trusted_keys(call.host.storage)]
         have = ", ".join(ids) if ids else "none"
         raise UsageError(
             f"firmware key {wanted!r} is not trusted (trusted: {have}): "
             "see 'tctl firmware trust ls'"
         )
-    drop = {line for line, kid in zip(lines, ids, strict=True) if kid == wanted}
-    if len(drop) == len(set(lines)):
-        path.unlink()  # its last key
-    else:  # the operator's comments and the other keys stay, as does the file's mode
-        body = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        keep = "".join(line + "\n" for line in body if line not in drop)
-        write_file_atomic(path, keep.encode(), os.stat(path).st_mode & 0o777)
     await call.changed("firmware.untrust", wanted)
     return {"key_id": wanted}
 
@@ -224,15 +239,15 @@ def _push_options(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _trusted(call: AdminCall) -> list[Any]:
-    from firmware_tools.keys import load_trusted_keys
+async def _trusted(call: AdminCall) -> list[Any]:
+    from firmware_tools.keys import load_public_key
 
-    path = _dir(call) / TRUST_FILE
-    if not path.exists():
+    keys = await _trusted_keys(call.host.storage)
+    if not keys:
         raise UsageError(
             "this hub trusts no firmware signing key: add one with 'tctl firmware trust KEY.pub'"
         )
-    return load_trusted_keys(path)
+    return [load_public_key(k.public_key) for k in keys]
 
 
 def uploader(uploads: Uploads) -> AdminHandler:
@@ -241,11 +256,12 @@ def uploader(uploads: Uploads) -> AdminHandler:
         upload_id = opt_text(params, "upload_id")
         if upload_id is None:
             _push_options(params)  # refuse bad options before the bytes travel
-            _trusted(call)
+            await _trusted(call)
             if params.get("check"):
                 return {"upload_id": None, "received": 0, "chunk": UPLOAD_CHUNK}
             size = opt_int(params, "size")
-            up = uploads.begin(_dir(call) / "bundles", size or 0)
+            sha256 = opt_text(params, "sha256")
+            up = uploads.begin(call.host.storage.blobs, sha256, size or 0)
             return {"upload_id": up.id, "received": 0, "chunk": UPLOAD_CHUNK}
         up = uploads.get(upload_id)
         data = params.get("data")
@@ -255,8 +271,11 @@ def uploader(uploads: Uploads) -> AdminHandler:
         if offset != up.received or up.received + len(data) > up.size:
             uploads.drop(up.id)
             raise UsageError("the upload went out of order; run 'tctl firmware push' again")
-        await asyncio.to_thread(_append, up.path, data)
-        up.digest.update(data)
+        try:
+            await _feed(up, data)
+        except UsageError:
+            uploads.drop(up.id)
+            raise
         up.received += len(data)
         up.touched = uploads.clock()
         return {"upload_id": up.id, "received": up.received}
@@ -271,32 +290,64 @@ def pusher(uploads: Uploads) -> AdminHandler:
             if up.received != up.size:
                 raise UsageError(f"the upload has {up.received} of {up.size} bytes; send the rest")
             opts = _push_options(params)
-            manifest, copy = _take_in(up, _trusted(call))
+            await _feed(up, None)
+            await _stored(up)
         finally:
             uploads.drop(up.id)
-        return await _start(call, opts, manifest, up.digest.hexdigest(), up.size, copy)
+        storage = call.host.storage
+        try:
+            manifest = await _verify(storage.blobs, up.sha256, await _trusted(call))
+        except BaseException:
+            await _forget(storage, up.sha256)  # refused: nothing of it is kept
+            raise
+        # A verified blob stays when no node matches: a push with the right labels reuses it.
+        return await _start(call, opts, manifest, up.sha256, up.size)
 
     return push
 
 
-def _take_in(up: Upload, trusted: list[Any]) -> tuple[Any, Path]:
-    """Verify the uploaded copy (what will be pushed) and keep it under its digest."""
-    from firmware_tools.bundle import BundleError, verify_file
+async def _verify(blobs: Blobs, name: str, trusted: list[Any]) -> Any:
+    """Signature and payload of the stored bundle (what will be pushed), as
+    ``firmware-tools bundle verify`` checks a file, with its refusal names."""
+    from firmware_tools.bundle import (
+        FIXED_HEADER,
+        BundleError,
+        PayloadVerifier,
+        header_size,
+        split_header,
+        verify_signature,
+    )
 
     try:
-        manifest = verify_file(up.path, trusted)
+        prefix = await blobs.read(name, 0, FIXED_HEADER)
+        size = header_size(prefix) if len(prefix) == FIXED_HEADER else None
+        head = prefix + (await blobs.read(name, FIXED_HEADER, size - FIXED_HEADER) if size else b"")
+        raw = split_header(head)
+        manifest = verify_signature(raw, trusted)
+        checker = PayloadVerifier(manifest)
+        offset = raw.payload_offset
+        while chunk := await blobs.read(
+            name, offset, min(VERIFY_READ, manifest.size - checker.received + 1)
+        ):
+            checker.feed(chunk)
+            offset += len(chunk)
+        checker.finish()
     except BundleError as exc:  # named as firmware-tools names it: "untrusted signer: ..."
         raise type(exc)(f"{exc.refusal}: {exc}") from None
-    copy = up.path.with_name(f"{up.digest.hexdigest()}.bundle")
-    os.replace(up.path, copy)
-    return manifest, copy
+    return manifest
+
+
+async def _forget(storage: Storage, name: str) -> None:
+    """Delete a refused bundle's blob unless a roll-out uses the same bytes."""
+    with contextlib.suppress(StorageError):
+        if not any(r.bundle == name for r in await storage.firmware.rollouts()):
+            await storage.blobs.delete(name)
 
 
 async def _start(
-    call: AdminCall, opts: dict[str, Any], manifest: Any, sha256: str, size: int, copy: Path
+    call: AdminCall, opts: dict[str, Any], manifest: Any, sha256: str, size: int
 ) -> Any:
     from firmware_tools.bundle import AgentTooOld, TargetMismatch, check_manifest
-    from hub.firmware_store import FirmwareStore, Rollout, new_rollout_id
     from remoteler.addr import format_labels
 
     selector = opts["selector"]
@@ -326,7 +377,7 @@ async def _start(
         created=time.time(),
         name=manifest.name,
         version=manifest.version,
-        bundle=str(copy),
+        bundle=sha256,
         sha256=sha256,
         size=size,
         selector=selector,
@@ -337,11 +388,8 @@ async def _start(
         state="running",
         canary_timeout=opts["canary_timeout"],
     )
-    store = await FirmwareStore.open(call.data.path)
-    try:
-        await store.create(rollout, [(n.id, n.name, i < canaries) for i, n in enumerate(chosen)])
-    finally:
-        await store.close()
+    rows = [(n.id, n.name, i < canaries) for i, n in enumerate(chosen)]
+    await call.host.storage.firmware.create(rollout, rows)
     await call.record(
         EventType.FIRMWARE_ROLLOUT_START,
         rollout=rollout.id,
@@ -362,26 +410,18 @@ async def _start(
 
 
 async def stop(call: AdminCall, params: dict[str, Any]) -> Any:
-    from hub.firmware_store import FirmwareStore
-
     rollout_id = text(params, "rollout")
-    store = await FirmwareStore.open(call.data.path)
-    try:
-        rollout = await store.rollout(rollout_id)
-        if rollout is None:
-            raise UsageError(f"no roll-out {rollout_id!r}: see 'tctl firmware status' for the list")
-        if rollout.state != "running":
-            raise UsageError(f"roll-out {rollout.id} is already {rollout.state}")
-        if not await store.finish(rollout.id, "stopped", "stopped with tctl firmware stop"):
-            now = await store.rollout(rollout.id)  # the hub ended it meanwhile
-            raise UsageError(f"roll-out {rollout.id} is already {now.state if now else 'gone'}")
-    finally:
-        await store.close()
-    await call.record(
-        EventType.FIRMWARE_ROLLOUT_STOP,
-        rollout=rollout.id,
-        reason="stopped with tctl firmware stop",
-    )
+    store = call.host.storage.firmware
+    rollout = await store.rollout(rollout_id)
+    if rollout is None:
+        raise UsageError(f"no roll-out {rollout_id!r}: see 'tctl firmware status' for the list")
+    if rollout.state != "running":
+        raise UsageError(f"roll-out {rollout.id} is already {rollout.state}")
+    reason = "stopped with tctl firmware stop"
+    if not await store.finish(rollout.id, "stopped", reason, time.time()):
+        now = await store.rollout(rollout.id)  # the hub ended it meanwhile
+        raise UsageError(f"roll-out {rollout.id} is already {now.state if now else 'gone'}")
+    await call.record(EventType.FIRMWARE_ROLLOUT_STOP, rollout=rollout.id, reason=reason)
     return {"id": rollout.id}
 
 
@@ -425,28 +465,23 @@ def _rollout_json(r: Any) -> dict[str, Any]:
 
 async def status(call: AdminCall, params: dict[str, Any]) -> Any:
     """One roll-out with its nodes, or every roll-out with its node states counted."""
-    from hub.firmware_store import FirmwareStore
-
     wanted = opt_text(params, "rollout")
-    store = await FirmwareStore.open(call.data.path)
-    try:
-        rollouts = await store.rollouts()
-        if wanted:
-            rollout = next((r for r in rollouts if r.id == wanted), None)
-            if rollout is None:
-                raise UsageError(f"no roll-out {wanted!r}: see 'tctl firmware status' for the list")
-            nodes = await store.nodes(rollout.id)
-            return _rollout_json(rollout) | {"nodes": [_node_json(rollout, n) for n in nodes]}
-        items = []
-        for r in rollouts:
-            states: dict[str, int] = {}
-            for n in await store.nodes(r.id):
-                shown = _shown_state(r, n)
-                states[shown] = states.get(shown, 0) + 1
-            items.append(_rollout_json(r) | {"node_states": states})
-        return items
-    finally:
-        await store.close()
+    store = call.host.storage.firmware
+    rollouts = await store.rollouts()
+    if wanted:
+        rollout = next((r for r in rollouts if r.id == wanted), None)
+        if rollout is None:
+            raise UsageError(f"no roll-out {wanted!r}: see 'tctl firmware status' for the list")
+        nodes = await store.nodes(rollout.id)
+        return _rollout_json(rollout) | {"nodes": [_node_json(rollout, n) for n in nodes]}
+    items = []
+    for r in rollouts:
+        states: dict[str, int] = {}
+        for n in await store.nodes(r.id):
+            shown = _shown_state(r, n)
+            states[shown] = states.get(shown, 0) + 1
+        items.append(_rollout_json(r) | {"node_states": states})
+    return items
 
 
 def methods() -> dict[AdminMethod, AdminHandler]:

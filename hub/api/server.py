@@ -75,7 +75,6 @@ from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
 from remoteler.wire.limits import Limits
 
 if TYPE_CHECKING:
-    from hub.firmware.rollouts import FirmwareRollouts
     from hub.recording.proxy import ProxyDeps
     from hub.rotation.runtime import HubRotation
     from hub.rotation_store import CASet
@@ -136,9 +135,6 @@ class HubServer:
         #: open /v1/connect sessions per user (role option max_sessions)
         self.sessions = SessionCounter()
         self._lock_task: asyncio.Future[None] | None = None
-        #: roll-out orchestrator (hub/firmware/rollouts.py), started with the listener
-        self.firmware: FirmwareRollouts | None = None
-        self._firmware_task: asyncio.Future[None] | None = None
         self.server: Server | None = None
         #: monotonic end of the drain's grace once SIGTERM started it (hub/api/drain_notice.py)
         self.drain_deadline: float | None = None
@@ -172,11 +168,6 @@ class HubServer:
         self.server = await self.listener.start(host, port, backlog=4096)
         await self.locks.refresh()
         self._lock_task = asyncio.ensure_future(self.locks.run())
-        if self.rotation is not None:  # firmware roll-outs live in the same data dir
-            from hub.firmware.rollouts import FirmwareRollouts
-
-            self.firmware = FirmwareRollouts(self.rotation.data.path, self.registry, self.audit)
-            self._firmware_task = asyncio.ensure_future(self.firmware.run())
         sock = next(iter(self.server.sockets))
         addr = sock.getsockname()
         return addr[0], addr[1]
@@ -230,9 +221,6 @@ class HubServer:
             await asyncio.gather(last_call, return_exceptions=True)
 
     async def close(self) -> None:
-        if self._firmware_task is not None:
-            self._firmware_task.cancel()
-            await asyncio.gather(self._firmware_task, return_exceptions=True)
         if self._lock_task is not None:
             self._lock_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

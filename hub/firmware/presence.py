@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from hub.firmware_store import NodeState, Rollout
+from hub.storage.api import Rollout, RolloutNode
 from remoteler.textfmt import fmt_time
 
 __all__ = [
@@ -49,7 +49,7 @@ WAITING = frozenset({"pending", "transferring"})
 class MarkOffline:
     """Show ``node`` as offline."""
 
-    node: NodeState
+    node: RolloutNode
     """The node, as stored."""
     detail: str
     """``offline since ...``."""
@@ -59,7 +59,7 @@ class MarkOffline:
 class MarkOnline:
     """``node`` connected again: back to ``pending`` (offered in its wave)."""
 
-    node: NodeState
+    node: RolloutNode
     """The node, as stored."""
 
 
@@ -67,9 +67,9 @@ class MarkOnline:
 class ReplaceCanary:
     """``new`` becomes a canary in place of the offline ``old``."""
 
-    old: NodeState
+    old: RolloutNode
     """The offline canary."""
-    new: NodeState
+    new: RolloutNode
     """A pending, online non-canary."""
     detail: str
     """What ``old`` shows from now on."""
@@ -99,7 +99,7 @@ def _duration(seconds: float) -> str:
 
 def plan(
     rollout: Rollout,
-    nodes: list[NodeState],
+    nodes: list[RolloutNode],
     online: Collection[str],
     busy: Collection[str],
     last_seen: Mapping[str, float | None],
@@ -116,7 +116,7 @@ def plan(
     connect to it.
     """
     actions: list[Action] = []
-    offline: list[NodeState] = []
+    offline: list[RolloutNode] = []
     for node in nodes:
         if node.final or node.node_id in busy:
             continue

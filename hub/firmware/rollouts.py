@@ -1,12 +1,16 @@
 """The running hub's roll-out orchestrator: push bundles to agents over their tunnels.
 
-``tctl firmware push`` writes a roll-out into ``firmware.db``; this loop polls
-it (and wakes early when a transfer ends). Per running roll-out:
+``tctl firmware push`` writes a roll-out into the hub's storage (any hub's, when
+several share one database); this loop reads the running ones when the storage's
+change feed says firmware changed, when a transfer ends, and every ``interval``
+seconds (offline canaries' timeouts, retries). Per running roll-out:
 
 * a canary that ends ``failed`` or ``rolled-back`` stops the roll-out: no other
   node is offered the bundle;
 * until every canary is ``installed`` only canaries are offered it; then the rest;
-* at most ``max_parallel`` transfers at once; nodes offline now show as
+* at most ``max_parallel`` transfers at once, each node's offer claimed first
+  (:meth:`hub.storage.api.Firmware.claim`: of several hubs holding a tunnel of the
+  node, one offers); nodes offline now show as
   ``offline since ...`` and are offered the bundle when they connect; a canary
   offline for longer than the roll-out's canary timeout is replaced by another
   online node, or the roll-out stops saying so (:mod:`hub.firmware.presence`);
@@ -14,8 +18,9 @@ it (and wakes early when a transfer ends). Per running roll-out:
 
 A transfer is one ``firmware`` channel (LOW priority: interactive sessions go
 first) run by :class:`remoteler.firmware_xfer.HubTransfer`, with an optional
-token-bucket cap. A cut link leaves the node where it was; the next offer
-continues from what the agent staged, once the hub has checked its hash.
+token-bucket cap; the bytes come from the bundle's blob (``storage.blobs``). A cut
+link leaves the node where it was; the next offer continues from what the agent
+staged, once the hub has checked its hash.
 """
 
 from __future__ import annotations
@@ -26,11 +31,10 @@ import functools
 import hashlib
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from hub.api.tunnels import TunnelRegistry
-from hub.firmware_store import CANARY_FAILURES, FirmwareStore, NodeState, Rollout
+from hub.storage.api import Blobs, NotFound, Rollout, RolloutNode, Storage, StorageError
 from remoteler.audit.events import HUB_NODE, EventType, make_event
 from remoteler.firmware_xfer import (
     HubTransfer,
@@ -50,7 +54,13 @@ __all__ = ["FirmwareRollouts"]
 
 log = logging.getLogger("remoteler.hub.firmware")
 
+#: Node states that stop a roll-out when a canary reaches them.
+CANARY_FAILURES = frozenset({"failed", "rolled-back"})
+#: Seconds between two looks at the running roll-outs when nothing wakes the loop.
 POLL_INTERVAL = 1.0
+#: Fewest seconds between two looks (each write of a transfer's progress, on any hub,
+#: wakes the loop), or ``interval`` if shorter.
+MIN_GAP = 0.5
 #: Seconds before offering again to a node whose transfer broke off.
 RETRY_AFTER = 2.0
 READ_SIZE = 64 * 1024
@@ -59,19 +69,26 @@ READ_SIZE = 64 * 1024
 IDLE_TIMEOUT = 900.0
 
 
+class BundleUnreadable(Exception):
+    """The hub cannot read the roll-out's bundle from its storage: retrying cannot help."""
+
+
 class FirmwareRollouts:
+    """Built and run (:meth:`run`) by hub/app.py on the hub's :class:`Storage`."""
+
     def __init__(
         self,
-        data_dir: Path,
+        storage: Storage,
         registry: TunnelRegistry,
         audit: Any,
         interval: float = POLL_INTERVAL,
     ) -> None:
-        self.data_dir = data_dir
+        self.storage = storage
+        self.store = storage.firmware
+        self.blobs: Blobs = storage.blobs
         self.registry = registry
         self.audit = audit
         self.interval = interval
-        self.store: FirmwareStore | None = None
         #: (rollout, node id) -> its transfer task
         self._inflight: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._retry_at: dict[tuple[str, str], float] = {}
@@ -83,20 +100,41 @@ class FirmwareRollouts:
         self._watching_since = time.time()
 
     async def run(self) -> None:
+        """Until cancelled: follow the running roll-outs (then :meth:`close`)."""
         self._watching_since = time.time()
-        self.store = await FirmwareStore.open(self.data_dir)
+        watch = asyncio.ensure_future(self._watch())
         try:
             while True:
+                self._wake.clear()
                 try:
                     await self.tick()
                 except Exception:
                     log.exception("firmware roll-out step failed; will retry")
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.interval):
                         await self._wake.wait()
+                await asyncio.sleep(min(MIN_GAP, self.interval))
         finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
             await self.close()
+
+    async def _watch(self) -> None:
+        """Wake the loop on a firmware change written through any hub (a push, a stop,
+        another hub's progress); a gap (``"*"``) wakes it too."""
+        while True:
+            changes = self.storage.changes()
+            try:
+                async for change in changes:
+                    if change.topic == "firmware":
+                        self._wake.set()
+            except StorageError as exc:
+                log.warning("firmware change feed lost: %s; reading every %g s", exc, self.interval)
+            finally:
+                with contextlib.suppress(Exception):
+                    await changes.aclose()  # type: ignore[attr-defined]
+            await asyncio.sleep(self.interval)
+            self._wake.set()  # what changed meanwhile: read it all again
 
     async def close(self) -> None:
         tasks = list(self._inflight.values())
@@ -104,12 +142,8 @@ class FirmwareRollouts:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._inflight.clear()
-        if self.store is not None:
-            await self.store.close()
-            self.store = None
 
     async def tick(self) -> None:
-        assert self.store is not None
         running = await self.store.rollouts("running")
         ids: set[str] = set()
         for rollout in running:
@@ -125,18 +159,17 @@ class FirmwareRollouts:
         for key in [k for k in self._retry_at if k[0] not in live]:
             del self._retry_at[key]
 
-    async def _step(self, rollout: Rollout, nodes: list[NodeState]) -> None:
-        assert self.store is not None
+    async def _step(self, rollout: Rollout, nodes: list[RolloutNode]) -> None:
         failed = [n for n in nodes if n.canary and n.state in CANARY_FAILURES]
         if failed:
             reason = f"canary {failed[0].node_name} {failed[0].state}: {failed[0].detail}"
-            if not await self.store.finish(rollout.id, "stopped", reason):
+            if not await self.store.finish(rollout.id, "stopped", reason, time.time()):
                 return  # stopped meanwhile (tctl firmware stop)
             await self._record(EventType.FIRMWARE_ROLLOUT_STOP, rollout, reason=reason[:400])
             log.warning("roll-out stopped", extra={"rollout": rollout.id, "reason": reason})
             return
         if all(n.final for n in nodes):
-            if not await self.store.finish(rollout.id, "done"):
+            if not await self.store.finish(rollout.id, "done", "", time.time()):
                 return  # stopped meanwhile: it stays stopped
             counts: dict[str, int] = {}
             for n in nodes:
@@ -162,15 +195,16 @@ class FirmwareRollouts:
             live = self.registry.get(node.node_id)
             if live is None:
                 continue  # offline: offered when it connects
-            current = await self.store.rollout(rollout.id)  # tctl firmware stop races the tick
-            if current is None or current.state != "running":
-                return
+            # One hub offers (another may hold a tunnel of the node too); the claim also
+            # fails once the roll-out stopped (tctl firmware stop races the tick).
+            if not await self.store.claim(rollout.id, node.node_id, node.claims, time.time()):
+                continue
             busy += 1
             task = asyncio.ensure_future(self._transfer(rollout, node, live.tunnel))
             self._inflight[key] = task
             task.add_done_callback(functools.partial(self._ended, key))
 
-    async def _presence(self, rollout: Rollout, nodes: list[NodeState]) -> bool:
+    async def _presence(self, rollout: Rollout, nodes: list[RolloutNode]) -> bool:
         """Show offline nodes, replace a canary offline too long (or stop); True if changed."""
         from hub.firmware.presence import (
             OFFLINE,
@@ -182,7 +216,6 @@ class FirmwareRollouts:
             plan,
         )
 
-        assert self.store is not None
         busy = {node for rid, node in self._inflight if rid == rollout.id}
         online = {n.node_id for n in nodes if self.registry.get(n.node_id) is not None}
         for node_id in online:
@@ -194,33 +227,32 @@ class FirmwareRollouts:
             if n.node_id not in self._last_seen:  # once per time offline (None: never seen)
                 seen = self.registry.offline_since(n.node_id)
                 if seen is None:
-                    record = await self.registry.storage.nodes.get(n.node_id)
+                    record = await self.storage.nodes.get(n.node_id)
                     seen = record.last_seen if record else None
                 self._last_seen[n.node_id] = seen
-        actions = plan(
-            rollout, nodes, online, busy, self._last_seen, time.time(), self._watching_since
-        )
+        now = time.time()
+        actions = plan(rollout, nodes, online, busy, self._last_seen, now, self._watching_since)
         for action in actions:
             if isinstance(action, MarkOffline):
                 node = action.node  # only from the state read (a transfer may have reported since)
                 await self.store.update_node(
-                    rollout.id, node.node_id, OFFLINE, action.detail, expect=node.state
+                    rollout.id, node.node_id, OFFLINE, action.detail, now, expect=node.state
                 )
             elif isinstance(action, MarkOnline):
                 await self.store.update_node(
-                    rollout.id, action.node.node_id, "pending", "", expect=OFFLINE
+                    rollout.id, action.node.node_id, "pending", "", now, expect=OFFLINE
                 )
             elif isinstance(action, ReplaceCanary):
                 old, new = action.old, action.new
                 if await self.store.replace_canary(
-                    rollout.id, old.node_id, new.node_id, action.detail
+                    rollout.id, old.node_id, new.node_id, action.detail, now
                 ):
                     log.warning(
                         "offline canary replaced",
                         extra={"rollout": rollout.id, "node": old.node_name, "by": new.node_name},
                     )
             elif isinstance(action, Stop) and await self.store.finish(
-                rollout.id, "stopped", action.reason
+                rollout.id, "stopped", action.reason, now
             ):
                 await self._record(
                     EventType.FIRMWARE_ROLLOUT_STOP, rollout, reason=action.reason[:400]
@@ -243,25 +275,38 @@ class FirmwareRollouts:
         except Exception:
             log.exception("firmware audit event could not be stored")
 
-    def _header(self, rollout: Rollout) -> bytes:
+    async def _read(self, rollout: Rollout, offset: int, length: int) -> bytes:
+        """Bytes of the roll-out's bundle; :class:`BundleUnreadable` if the storage has
+        lost them (a database error is left to the caller: logged, retried)."""
+        try:
+            return await self.blobs.read(rollout.bundle, offset, length)
+        except NotFound as exc:
+            raise BundleUnreadable(str(exc)) from None
+
+    async def _header(self, rollout: Rollout) -> bytes:
         """The bundle's header (what the agent checks before downloading)."""
         from firmware_tools.bundle import header_size
 
-        cached = self._headers.get(rollout.sha256)
+        cached = self._headers.get(rollout.bundle)
         if cached is None:
-            with open(rollout.bundle, "rb") as f:
-                prefix = f.read(12)
-                size = header_size(prefix) or 0
-                cached = prefix + f.read(size - len(prefix))
-            self._headers[rollout.sha256] = cached
+            prefix = await self._read(rollout, 0, 12)
+            size = header_size(prefix)
+            if size is None:
+                raise BundleUnreadable(f"bundle {rollout.bundle[:12]} is shorter than a header")
+            cached = prefix + await self._read(rollout, len(prefix), size - len(prefix))
+            if len(cached) < size:
+                raise BundleUnreadable(f"bundle {rollout.bundle[:12]} ends inside its header")
+            self._headers[rollout.bundle] = cached
         return cached
 
-    async def _transfer(self, rollout: Rollout, node: NodeState, tunnel: Tunnel) -> None:
-        assert self.store is not None
+    async def _transfer(self, rollout: Rollout, node: RolloutNode, tunnel: Tunnel) -> None:
         store, fields = self.store, {"rollout": rollout.id, "node_id": node.node_id}
         try:
-            header = await asyncio.to_thread(self._header, rollout)
+            header = await self._header(rollout)
         except Exception as exc:  # missing, unreadable, not a bundle: retrying cannot help
+            if isinstance(exc, StorageError) and not isinstance(exc, NotFound):
+                log.warning("bundle header unreadable: %s; will offer again", exc, extra=fields)
+                return  # the database, not the bundle
             await self._unreadable(rollout, exc)
             return
         try:
@@ -269,7 +314,7 @@ class FirmwareRollouts:
         except ChannelOpenError as exc:
             if exc.code == OpenFailure.UNKNOWN_KIND:
                 await store.update_node(
-                    rollout.id, node.node_id, "failed", f"agent refused: {exc.reason}"
+                    rollout.id, node.node_id, "failed", f"agent refused: {exc.reason}", time.time()
                 )
             return
         except (TunnelClosed, OSError) as exc:
@@ -293,20 +338,30 @@ class FirmwareRollouts:
                             node.node_id,
                             "transferring",
                             f"from byte {offset}",
-                            offset,
-                            offset,
+                            time.time(),
+                            progress=offset,
+                            resumed_from=offset,
                             attempt=True,
                         )
                         sender = asyncio.ensure_future(self._send(rollout, core, channel))
                     elif isinstance(event, Status):
                         await store.update_node(
-                            rollout.id, node.node_id, event.state, event.detail, event.progress
+                            rollout.id,
+                            node.node_id,
+                            event.state,
+                            event.detail,
+                            time.time(),
+                            progress=event.progress,
                         )
                     elif isinstance(event, Refused):
                         busy = event.reason.startswith("busy")
                         state = "pending" if busy else "failed"
                         await store.update_node(
-                            rollout.id, node.node_id, state, f"agent refused: {event.reason}"
+                            rollout.id,
+                            node.node_id,
+                            state,
+                            f"agent refused: {event.reason}",
+                            time.time(),
                         )
             if core.state is not XferState.DONE:
                 log.info("firmware transfer broke off; will offer again", extra=fields)
@@ -316,9 +371,9 @@ class FirmwareRollouts:
             log.info("firmware channel lost; will offer again", extra=fields)
         except TimeoutError:
             log.warning("agent silent on its firmware channel; will offer again", extra=fields)
-        except OSError as exc:  # reading the hub's copy (the resume check)
+        except BundleUnreadable as exc:  # the hub's copy (the resume check)
             await self._unreadable(rollout, exc)
-        except Exception:  # the hub's copy of the bundle, its database: logged, retried
+        except Exception:  # the storage: logged, retried
             log.exception("firmware transfer failed; will offer again", extra=fields)
         finally:
             if sender is not None:
@@ -328,14 +383,10 @@ class FirmwareRollouts:
 
     async def _unreadable(self, rollout: Rollout, exc: Exception) -> None:
         """Stop a roll-out whose bundle the hub cannot read any more (and say so)."""
-        assert self.store is not None
-        if isinstance(exc, OSError) and exc.strerror:
-            why = f"{exc.strerror}: {exc.filename or rollout.bundle}"
-        else:
-            why = str(exc) or type(exc).__name__
+        why = str(exc) or type(exc).__name__
         reason = f"hub copy of the bundle unreadable: {why}"[:400]
-        self._headers.pop(rollout.sha256, None)
-        if not await self.store.finish(rollout.id, "stopped", reason):
+        self._headers.pop(rollout.bundle, None)
+        if not await self.store.finish(rollout.id, "stopped", reason, time.time()):
             return  # already stopped or done (another transfer, tctl firmware stop)
         await self._record(EventType.FIRMWARE_ROLLOUT_STOP, rollout, reason=reason)
         log.error("roll-out stopped", extra={"rollout": rollout.id, "reason": reason})
@@ -345,8 +396,15 @@ class FirmwareRollouts:
         """The agent's offset if its prefix hash matches the bundle's, else 0."""
         if req.offset == 0:
             return 0
-        digest = await asyncio.to_thread(_prefix_sha256, rollout.bundle, req.offset)
-        return req.offset if digest == req.prefix_sha256 else 0
+        digest = hashlib.sha256()
+        offset = 0
+        while offset < req.offset:
+            chunk = await self._read(rollout, offset, min(READ_SIZE, req.offset - offset))
+            if not chunk:
+                break
+            digest.update(chunk)
+            offset += len(chunk)
+        return req.offset if digest.hexdigest() == req.prefix_sha256 else 0
 
     async def _send(self, rollout: Rollout, core: HubTransfer, channel: Channel) -> None:
         """Send the bundle from the agreed offset; on a failure close the channel (the
@@ -355,7 +413,7 @@ class FirmwareRollouts:
             await self._send_chunks(rollout, core, channel)
         except (ChannelClosedError, TunnelClosed, ConnectionError):
             pass
-        except OSError as exc:  # the hub's copy of the bundle
+        except BundleUnreadable as exc:  # the hub's copy of the bundle
             await self._unreadable(rollout, exc)
             channel.close()
         except Exception:
@@ -365,9 +423,9 @@ class FirmwareRollouts:
     async def _send_chunks(self, rollout: Rollout, core: HubTransfer, channel: Channel) -> None:
         bucket = TokenBucket(rollout.rate, now=time.monotonic()) if rollout.rate else None
         while want := core.wants_data:
-            data = await asyncio.to_thread(_read_at, rollout.bundle, core.position, want)
+            data = await self._read(rollout, core.position, want)
             if not data:
-                raise OSError(f"bundle {rollout.bundle} is shorter than recorded")
+                raise BundleUnreadable(f"bundle {rollout.bundle[:12]} is shorter than recorded")
             if bucket is not None:
                 await asyncio.sleep(bucket.delay(len(data), time.monotonic()))
             core.send_chunk(data)
@@ -375,21 +433,3 @@ class FirmwareRollouts:
             await channel.drain()
         if tail := core.data_to_send():  # "end" when nothing was left to send
             channel.write(tail)
-
-
-def _read_at(path: str, offset: int, size: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(size)
-
-
-def _prefix_sha256(path: str, size: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while size > 0:
-            chunk = f.read(min(READ_SIZE, size))
-            if not chunk:
-                break
-            digest.update(chunk)
-            size -= len(chunk)
-    return digest.hexdigest()

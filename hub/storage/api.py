@@ -264,6 +264,8 @@ class RolloutNode:
     resumed_from: int
     attempts: int
     updated: float
+    #: how many times a hub claimed this node's next step (:meth:`Firmware.claim`)
+    claims: int = 0
 
     @property
     def final(self) -> bool:
@@ -502,6 +504,13 @@ class Firmware(Protocol):
     ) -> bool:
         """Set a node's state; with ``expect``, atomic compare-and-set on the current
         state (how a hub claims a node's step); ``resumed_from`` keeps the largest."""
+        ...
+
+    async def claim(self, rollout_id: str, node_id: str, claims: int, now: float) -> bool:
+        """Atomic compare-and-set: the hub that read the node with ``claims`` takes its next
+        step (offers it the bundle) and the count goes up by one. Of hubs racing on one
+        read exactly one gets True; False also when the roll-out is no longer running
+        or the node is final. The caller that gets False leaves the node alone."""
         ...
 
     async def replace_canary(

@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 from helpers import PASSWORD, Cluster, free_port
-from hub.backend import Node, SQLiteBackend
 
-from hub.audit_store import AuditStore, audit_db_path
 from hub.datadir import DataDir
-from hub.firmware_store import FirmwareStore, Rollout
+from hub.storage.api import Node, Rollout
+from hub.storage.sqlite import open_sqlite
 from remoteler.audit.events import EventType, make_event
 from tctl import cli as tctl
 
@@ -81,18 +80,18 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     DataDir(cluster.data).init("test")
 
     async def fill() -> None:
-        backend = await SQLiteBackend.open(cluster.data / "hub.db")
-        await backend.add_node(Node("id-1", "gw-1", {"board": "rpi4"}, version="0.1.0"))
-        await backend.close()
-        store = await FirmwareStore.open(cluster.data)
-        rollout = Rollout(
-            "fw-1", 0.0, "gw-fw", "1.0", "/x", "0" * 64, 1, {}, None, 1, None, False, "stopped"
-        )
-        await store.create(rollout, [("id-1", "gw-1", False)])
-        await store.close()
-        audit = await AuditStore.open(audit_db_path(cluster.data))  # a fleet has a trail
-        await audit.record(make_event(EventType.USER_LOGIN, node="hub", user="amy"))
-        await audit.close()
+        storage = await open_sqlite(cluster.data)
+        try:
+            await storage.nodes.add(Node("id-1", "gw-1", {"board": "rpi4"}, version="0.1.0"))
+            rollout = Rollout(
+                "fw-1", 0.0, "gw-fw", "1.0", "0" * 64, "0" * 64, 1, {}, None, 1, None, False,
+                "stopped",
+            )  # fmt: skip
+            await storage.firmware.create(rollout, [("id-1", "gw-1", False)])
+            # a fleet has a trail
+            await storage.audit.record(make_event(EventType.USER_LOGIN, node="hub", user="amy"))
+        finally:
+            await storage.close()
 
     asyncio.run(fill())
     cluster.start_hub()

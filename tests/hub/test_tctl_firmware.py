@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from helpers import Cluster, free_port
 
 from firmware_tools.bundle import build_bundle
 from firmware_tools.keys import load_signing_key, write_key_pair
-from hub.firmware_store import FirmwareStore, Rollout
+from hub.storage.api import Rollout, Storage, blob_name
+from hub.storage.sqlite import open_sqlite
 from tctl.cli import main
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +32,28 @@ def hub_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         cluster.stop()
 
 
+def _on_storage(data: Path, work: Callable[[Storage], Awaitable[T]]) -> T:
+    """``work`` on a second Storage of the running hub's data dir (as another hub would)."""
+
+    async def run() -> T:
+        storage = await open_sqlite(data)
+        try:
+            return await work(storage)
+        finally:
+            await storage.close()
+
+    return asyncio.run(run())
+
+
 @pytest.fixture
 def data(hub_dir: Path) -> Path:
     """The hub's data dir with no trusted firmware key (each test adds its own)."""
-    (hub_dir / "firmware" / "trusted.pub").unlink(missing_ok=True)
+
+    async def untrust_all(storage: Storage) -> None:
+        for key in await storage.trusted_keys.all():
+            await storage.trusted_keys.remove(key.fingerprint)
+
+    _on_storage(hub_dir, untrust_all)
     return hub_dir
 
 
@@ -79,7 +101,7 @@ def test_push_needs_a_trusted_key_and_a_good_bundle(
     assert code == 0 and out.startswith("Trusted firmware key SHA256:")
     code, out, _ = _tctl(capsys, data, "trust", f"{key}.pub")
     assert "already trusted" in out
-    # A flipped payload byte: refused before anything is stored.
+    # A flipped payload byte: refused, and nothing of it is kept.
     raw = bytearray(bundle.read_bytes())
     raw[-1] ^= 1
     tampered = tmp_path / "tampered.bundle"
@@ -87,7 +109,11 @@ def test_push_needs_a_trusted_key_and_a_good_bundle(
     code, _, err = _tctl(capsys, data, "push", str(tampered), "--nodes", "board=rpi4")
     assert code != 0
     _one_line(err, "bundle")
-    assert not list((data / "firmware" / "bundles").glob("*.bundle"))
+
+    async def blobs(storage: Storage) -> list[str]:
+        return await storage.blobs.names()
+
+    assert blob_name(bytes(raw)) not in _on_storage(data, blobs)
     # Signed by a key the hub does not trust.
     other = tmp_path / "other"
     other.mkdir()
@@ -144,29 +170,14 @@ def test_status_of_an_unknown_rollout(data: Path, capsys: pytest.CaptureFixture[
 
 
 def test_stop_a_running_rollout(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    async def create() -> None:
-        store = await FirmwareStore.open(data)
-        try:
-            rollout = Rollout(
-                "fw-1",
-                0.0,
-                "gw-fw",
-                "1.0.0",
-                "/nonexistent",
-                "0" * 64,
-                1,
-                {},
-                None,
-                1,
-                None,
-                False,
-                "running",
-            )
-            await store.create(rollout, [("id-1", "dev-1", False)])
-        finally:
-            await store.close()
+    async def create(storage: Storage) -> None:
+        rollout = Rollout(
+            "fw-1", 0.0, "gw-fw", "1.0.0", "0" * 64, "0" * 64, 1, {}, None, 1, None, False,
+            "running",
+        )  # fmt: skip
+        await storage.firmware.create(rollout, [("id-1", "dev-1", False)])
 
-    asyncio.run(create())
+    _on_storage(data, create)
     code, out, _ = _tctl(capsys, data, "stop", "fw-1")
     assert code == 0 and "stopped" in out
     code, out, _ = _tctl(capsys, data, "status", "fw-1", "--format", "json")
@@ -224,24 +235,23 @@ def test_trust_ls_and_untrust_round_trip(
     _one_line(err, "tctl firmware trust")
 
 
-def test_untrust_keeps_the_operators_comments_and_the_files_mode(
+def test_trust_keeps_each_keys_comment_and_untrust_only_that_key(
     tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from firmware_tools.keys import key_id, load_public_key
 
     pubs = []
     for name in ("release", "hotfix"):
-        write_key_pair(tmp_path / name)
+        write_key_pair(tmp_path / name, comment=f"{name} key")
         pubs.append((tmp_path / f"{name}.pub").read_text().strip())
-    trusted = data / "firmware" / "trusted.pub"
-    trusted.parent.mkdir(exist_ok=True)
-    text = f"# release key: do not remove (ops ticket 42)\n{pubs[0]}\n\n{pubs[1]}\n"
-    trusted.write_text(text)
-    trusted.chmod(0o644)
+    both = tmp_path / "both.pub"
+    both.write_text(f"# release key: do not remove (ops ticket 42)\n{pubs[0]}\n\n{pubs[1]}\n")
+    assert _tctl(capsys, data, "trust", str(both))[0] == 0
     code, _, err = _tctl(capsys, data, "untrust", key_id(load_public_key(pubs[1])))
     assert code == 0, err
-    assert trusted.read_text() == f"# release key: do not remove (ops ticket 42)\n{pubs[0]}\n\n"
-    assert trusted.stat().st_mode & 0o777 == 0o644
+    code, out, _ = _tctl(capsys, data, "trust", "ls", "--format", "json")
+    assert json.loads(out) == [{"key_id": key_id(load_public_key(pubs[0])), "public_key": pubs[0]}]
+    assert pubs[0].endswith(" release key")
 
 
 def test_push_refusals_carry_firmware_tools_refusal_names(
@@ -269,7 +279,6 @@ def test_canary_is_a_number_of_nodes_or_a_share(
 ) -> None:
     from hub.audit_store import AuditStore
     from hub.storage.api import Node
-    from hub.storage.sqlite import open_sqlite
 
     async def add_nodes() -> None:
         storage = await open_sqlite(data)

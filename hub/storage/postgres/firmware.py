@@ -48,6 +48,7 @@ def _rollout_node(row: DictRow) -> RolloutNode:
         resumed_from=row["resumed_from"],
         attempts=row["attempts"],
         updated=row["updated"],
+        claims=row["claims"],
     )
 
 
@@ -147,6 +148,19 @@ class PgFirmware:
                     "node": node_id,
                     "expect": expect,
                 },
+            )
+            if cur.rowcount:
+                await notify(conn, "firmware", rollout_id)
+            return cur.rowcount > 0
+
+    async def claim(self, rollout_id: str, node_id: str, claims: int, now: float) -> bool:
+        async with self._db.tx() as conn:
+            cur = await conn.execute(
+                "UPDATE rollout_nodes SET claims = claims + 1, updated = %s"
+                " WHERE rollout = %s AND node_id = %s AND claims = %s"
+                " AND state NOT IN ('installed', 'failed', 'rolled-back')"
+                " AND EXISTS (SELECT 1 FROM rollouts WHERE id = %s AND state = 'running')",
+                (now, rollout_id, node_id, claims, rollout_id),
             )
             if cur.rowcount:
                 await notify(conn, "firmware", rollout_id)

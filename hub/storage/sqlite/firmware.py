@@ -156,6 +156,20 @@ class SQLiteFirmware:
             self._changed(rollout_id)
         return done
 
+    async def claim(self, rollout_id: str, node_id: str, claims: int, now: float) -> bool:
+        async with self._db.tx() as conn:
+            cur = await conn.execute(
+                "UPDATE rollout_nodes SET claims = claims + 1, updated = ?"
+                " WHERE rollout = ? AND node_id = ? AND claims = ?"
+                " AND state NOT IN ('installed', 'failed', 'rolled-back')"
+                " AND EXISTS (SELECT 1 FROM rollouts WHERE id = ? AND state = 'running')",
+                (now, rollout_id, node_id, claims, rollout_id),
+            )
+            done = cur.rowcount > 0
+        if done:
+            self._changed(rollout_id)
+        return done
+
     async def replace_canary(
         self, rollout_id: str, old_id: str, new_id: str, detail: str, now: float
     ) -> bool:
@@ -228,4 +242,5 @@ def _node(row: Any) -> RolloutNode:
         resumed_from=row["resumed_from"],
         attempts=row["attempts"],
         updated=row["updated"],
+        claims=row["claims"],
     )

@@ -27,7 +27,7 @@ from edge_agent.slots import Slots
 from firmware_tools.bundle import build_bundle
 from firmware_tools.keys import load_signing_key, load_trusted_keys, write_key_pair
 from hub.firmware.rollouts import FirmwareRollouts
-from hub.firmware_store import FirmwareStore, Rollout
+from hub.storage.api import Firmware, Rollout, blob_name
 from remoteler.audit.stream import encode_message
 from remoteler.wire.aio import ChannelRequest
 from remoteler.wire.codes import OpenFailure
@@ -88,8 +88,9 @@ class Setup:
         self.build()
         self.trusted = Path(f"{self.key}.pub")
         self.agents: list[Agent] = []
-        self.rollouts = FirmwareRollouts(root / "hubfw", hub.server.registry, None, interval=0.1)
-        (root / "hubfw").mkdir()
+        self.rollouts = FirmwareRollouts(hub.storage, hub.server.registry, None, interval=0.1)
+        #: the roll-outs as the hub's storage has them
+        self.store: Firmware = hub.storage.firmware
         self.task: asyncio.Task[None] | None = None
 
     def build(self, hook: str = HOOK, version: str = "1.0.0") -> None:
@@ -134,15 +135,19 @@ class Setup:
         size: int | None = None,
         canary_timeout: float = 600.0,
         online: int | None = None,
+        via: Firmware | None = None,
     ) -> str:
         bundle = bundle or self.bundle
         data = bundle.read_bytes() if bundle.exists() else b""
+        name = blob_name(data)
+        if bundle.exists():  # the hub's copy: what tctl firmware push stores
+            await self.hub.storage.blobs.put(name, _chunks(data), len(data))
         rollout = Rollout(
             id="fw-test",
             created=time.time(),
             name="gw-fw",
             version=self.manifest.version,
-            bundle=str(bundle),
+            bundle=name,
             sha256=sha256 or hashlib.sha256(data).hexdigest(),
             size=len(data) if size is None else size,
             selector={"board": "rpi4"},
@@ -158,11 +163,7 @@ class Setup:
             node = await self.hub.storage.nodes.get(agent.name)
             assert node is not None
             nodes.append((node.id, agent.name, i < canaries))
-        store = await FirmwareStore.open(self.root / "hubfw")
-        try:
-            await store.create(rollout, nodes)
-        finally:
-            await store.close()
+        await (via or self.store).create(rollout, nodes)
         # The registry knows the agents once their tunnels are up.
         live = len(self.agents) if online is None else online
         await _until(lambda: len(self.hub.server.registry.live()) == live)
@@ -171,18 +172,14 @@ class Setup:
         return rollout.id
 
     async def wait_state(self, state: str, timeout: float = 20.0) -> dict[str, str]:
-        store = await FirmwareStore.open(self.root / "hubfw")
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                rollout = await store.rollout("fw-test")
-                assert rollout is not None
-                if rollout.state == state:
-                    return {n.node_name: n.state for n in await store.nodes("fw-test")}
-                assert time.monotonic() < deadline, f"roll-out still {rollout.state}"
-                await asyncio.sleep(0.05)
-        finally:
-            await store.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            rollout = await self.store.rollout("fw-test")
+            assert rollout is not None
+            if rollout.state == state:
+                return {n.node_name: n.state for n in await self.store.nodes("fw-test")}
+            assert time.monotonic() < deadline, f"roll-out still {rollout.state}"
+            await asyncio.sleep(0.05)
 
     async def close(self) -> None:
         if self.task is not None:
@@ -190,6 +187,10 @@ class Setup:
             await asyncio.gather(self.task, return_exceptions=True)
         for agent in self.agents:
             await agent.close()
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -260,24 +261,21 @@ async def test_hostile_and_old_agents_do_not_stop_the_others(setup: Setup) -> No
 
     garbage.serve, old.serve = send_garbage, unknown_kind
     await setup.push()
-    store = await FirmwareStore.open(setup.root / "hubfw")
-    try:
+    store = setup.store
 
-        async def states() -> dict[str, Any]:
-            return {n.node_name: n for n in await store.nodes("fw-test")}
+    async def states() -> dict[str, Any]:
+        return {n.node_name: n for n in await store.nodes("fw-test")}
 
-        deadline = time.monotonic() + 20
-        while (await states())["c-good"].state != "installed" or (await states())[
-            "b-old"
-        ].state != "failed":
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
-        nodes = await states()
-        assert "unknown channel kind" in nodes["b-old"].detail
-        assert nodes["a-garbage"].state == "pending"  # offered again later, never crashed
-        assert sum(kind == "offer" for kind, _ in garbage.log) >= 1
-    finally:
-        await store.close()
+    deadline = time.monotonic() + 20
+    while (await states())["c-good"].state != "installed" or (await states())[
+        "b-old"
+    ].state != "failed":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    nodes = await states()
+    assert "unknown channel kind" in nodes["b-old"].detail
+    assert nodes["a-garbage"].state == "pending"  # offered again later, never crashed
+    assert sum(kind == "offer" for kind, _ in garbage.log) >= 1
     assert setup.task is not None and not setup.task.done()  # the orchestrator lives on
 
 
@@ -298,11 +296,7 @@ async def test_devices_refuse_before_the_download(setup: Setup) -> None:
 
 
 async def _nodes(setup: Setup) -> dict[str, Any]:
-    store = await FirmwareStore.open(setup.root / "hubfw")
-    try:
-        return {n.node_name: n for n in await store.nodes("fw-test")}
-    finally:
-        await store.close()
+    return {n.node_name: n for n in await setup.store.nodes("fw-test")}
 
 
 async def test_a_restart_asked_for_while_the_link_is_down_still_happens(setup: Setup) -> None:
@@ -370,11 +364,7 @@ class _Audit:
 
 
 async def _rollout_row(setup: Setup) -> Rollout:
-    store = await FirmwareStore.open(setup.root / "hubfw")
-    try:
-        rollout = await store.rollout("fw-test")
-    finally:
-        await store.close()
+    rollout = await setup.store.rollout("fw-test")
     assert rollout is not None
     return rollout
 
@@ -391,7 +381,7 @@ async def test_an_unreadable_hub_copy_stops_the_rollout(setup: Setup, damage: st
     await setup.wait_state("stopped")
     reason = (await _rollout_row(setup)).reason
     assert reason.startswith("hub copy of the bundle unreadable: ")
-    assert ("No such file" in reason) if damage == "missing" else ("bad magic" in reason)
+    assert ("no blob" in reason) if damage == "missing" else ("bad magic" in reason)
     stops = [e for e in audit.events if e.get("type") == "firmware.rollout.stop"]
     assert len(stops) == 1 and stops[0]["reason"] == reason
     assert setup.agents[0].log == []  # never offered
@@ -403,17 +393,20 @@ async def test_a_stop_during_a_tick_wins(setup: Setup) -> None:
     agent = await setup.agent("a")
     await setup.push(start=False)
     rollouts = setup.rollouts
-    rollouts.store = store = await FirmwareStore.open(setup.root / "hubfw")
+    store = rollouts.store
     try:
         running = await store.rollouts("running")
         nodes = await store.nodes("fw-test")
-        assert await store.finish("fw-test", "stopped", "stopped with tctl firmware stop")
-        await rollouts._step(running[0], nodes)
+        assert await store.finish(
+            "fw-test", "stopped", "stopped with tctl firmware stop", time.time()
+        )
+        await rollouts._step(running[0], nodes)  # its claim fails: the roll-out stopped
         assert rollouts._inflight == {} and agent.log == []
         node = nodes[0]
-        await store.update_node("fw-test", node.node_id, "installed", "slot a")
+        assert (await store.nodes("fw-test"))[0].claims == node.claims == 0
+        await store.update_node("fw-test", node.node_id, "installed", "slot a", time.time())
         await rollouts._step(running[0], await store.nodes("fw-test"))  # all final now
-        assert not await store.finish("fw-test", "done")
+        assert not await store.finish("fw-test", "done", "", time.time())
         rollout = await store.rollout("fw-test")
         assert rollout is not None
         assert (rollout.state, rollout.reason) == ("stopped", "stopped with tctl firmware stop")
@@ -534,13 +527,15 @@ async def test_a_state_reported_after_the_ticks_read_is_not_overwritten_as_offli
     await gone.close()
     await setup.push(start=False, online=0)
     rollouts = setup.rollouts
-    rollouts.store = store = await FirmwareStore.open(setup.root / "hubfw")
+    store = rollouts.store
     try:
         (rollout,) = await store.rollouts("running")
         (node,) = await store.nodes("fw-test")
-        await store.update_node("fw-test", node.node_id, "transferring", "from byte 0", 0)
+        await store.update_node(
+            "fw-test", node.node_id, "transferring", "from byte 0", time.time(), progress=0
+        )
         stale = await store.nodes("fw-test")
-        await store.update_node("fw-test", node.node_id, "restarting", "into slot a")
+        await store.update_node("fw-test", node.node_id, "restarting", "into slot a", time.time())
         await rollouts._presence(rollout, stale)
         (now,) = await store.nodes("fw-test")
         assert (now.state, now.detail) == ("restarting", "into slot a")
@@ -553,11 +548,11 @@ async def test_a_node_never_seen_is_looked_up_once_not_every_tick(setup: Setup) 
     # hub's database for each of them every second.
     from hub.storage.api import Node
 
-    storage = setup.hub.api.server.registry.storage
+    storage = setup.hub.server.registry.storage
     await storage.nodes.add(Node("id-never", "never", {"board": "rpi4"}, version="0.1.0"))
     await setup.push(start=False, online=0)  # no agent: an empty roll-out, then one node
     rollouts = setup.rollouts
-    rollouts.store = store = await FirmwareStore.open(setup.root / "hubfw")
+    store = rollouts.store
     real, calls = storage.nodes.get, []
 
     async def counted(node_id: str) -> Any:
@@ -589,29 +584,22 @@ async def test_the_hubs_own_downtime_does_not_count_against_an_offline_canary(
     from hub.storage.api import Node
 
     hour_ago = time.time() - 3600
-    storage = setup.hub.api.server.registry.storage
+    storage = setup.hub.server.registry.storage
     await storage.nodes.add(
         Node("id-late", "late", {"board": "rpi4"}, version="0.1.0", last_seen=hour_ago)
     )
     await setup.push(start=False, online=0)  # no agent: an empty roll-out, then one node
-    store = await FirmwareStore.open(setup.root / "hubfw")
-    try:
-        rollout = dataclasses.replace(
-            (await store.rollouts("running"))[0], created=hour_ago, canary_timeout=1.0
-        )
-        await store.finish("fw-test", "done")
-        await store.create(dataclasses.replace(rollout, id="fw-late"), [("id-late", "late", True)])
-    finally:
-        await store.close()
+    store = setup.store
+    rollout = dataclasses.replace(
+        (await store.rollouts("running"))[0], created=hour_ago, canary_timeout=1.0
+    )
+    await store.finish("fw-test", "done", "", time.time())
+    await store.create(dataclasses.replace(rollout, id="fw-late"), [("id-late", "late", True)])
     started = time.monotonic()
     setup.task = asyncio.ensure_future(setup.rollouts.run())
     deadline = started + 20
     while True:
-        store = await FirmwareStore.open(setup.root / "hubfw")
-        try:
-            late = await store.rollout("fw-late")
-        finally:
-            await store.close()
+        late = await store.rollout("fw-late")
         assert late is not None
         if late.state != "running":
             break
@@ -619,3 +607,41 @@ async def test_the_hubs_own_downtime_does_not_count_against_an_offline_canary(
         await asyncio.sleep(0.05)
     assert time.monotonic() - started >= 1.0, late.reason
     assert late.state == "stopped" and late.reason.startswith("canary late offline since ")
+
+
+async def test_a_push_through_another_storage_wakes_the_orchestrator(
+    setup: Setup, tmp_path: Path
+) -> None:
+    # Another hub on the same storage (or tctl's hub) writes the roll-out: it arrives
+    # on this hub's change feed, long before the orchestrator's next look by the clock.
+    from hub.storage.sqlite import open_sqlite
+
+    await setup.agent("a")
+    setup.rollouts.interval = 60.0
+    setup.task = asyncio.ensure_future(setup.rollouts.run())
+    await asyncio.sleep(0.2)  # its first look: nothing running
+    other = await open_sqlite(tmp_path / "hubdata")
+    try:
+        started = time.monotonic()
+        await setup.push(start=False, via=other.firmware)
+        assert await setup.wait_state("done") == {"a": "installed"}
+        assert time.monotonic() - started < 30
+    finally:
+        await other.close()
+
+
+async def test_a_node_another_hub_claimed_is_not_offered_here(setup: Setup) -> None:
+    # Both hubs read the node as pending; the other hub's claim landed first.
+    agent = await setup.agent("a")
+    await setup.push(start=False)
+    rollouts, store = setup.rollouts, setup.store
+    try:
+        (rollout,) = await store.rollouts("running")
+        stale = await store.nodes("fw-test")
+        assert await store.claim("fw-test", stale[0].node_id, stale[0].claims, time.time())
+        await rollouts._step(rollout, stale)
+        assert rollouts._inflight == {} and agent.log == []
+        await rollouts._step(rollout, await store.nodes("fw-test"))  # a fresh read: its turn
+        assert list(rollouts._inflight) == [("fw-test", stale[0].node_id)]
+    finally:
+        await rollouts.close()

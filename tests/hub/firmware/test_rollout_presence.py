@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from hub.firmware.presence import MarkOffline, MarkOnline, ReplaceCanary, Stop, plan
-from hub.firmware_store import NodeState, Rollout
+from hub.storage.api import Rollout, RolloutNode
 
 T0 = 1_800_000_000.0
 
 
 def rollout(timeout: float = 600.0) -> Rollout:
     return Rollout(
-        "fw-1", T0, "gw-fw", "1.0.0", "/b", "0" * 64, 1, {}, None, 10, None, False, "running",
+        "fw-1", T0, "gw-fw", "1.0.0", "0" * 64, "0" * 64, 1, {}, None, 10, None, False, "running",
         canary_timeout=timeout,
     )  # fmt: skip
 
 
-def node(name: str, state: str = "pending", canary: bool = False) -> NodeState:
-    return NodeState("fw-1", f"id-{name}", name, canary, state, "", 0, 0, 0, T0)
+def node(name: str, state: str = "pending", canary: bool = False) -> RolloutNode:
+    return RolloutNode("fw-1", f"id-{name}", name, canary, state, "", 0, 0, 0, T0)
 
 
 def test_offline_nodes_show_since_when_and_come_back_pending() -> None:

@@ -36,3 +36,24 @@ async def storage(request: Any, tmp_path: Path) -> AsyncIterator[Storage]:
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture(params=ENGINES)
+async def storage_pair(request: Any, tmp_path: Path) -> AsyncIterator[tuple[Storage, Storage]]:
+    """Two Storage objects on one database: what two hubs sharing it hold."""
+    if request.param == "sqlite":
+        from hub.storage.sqlite import open_sqlite
+
+        first = await open_sqlite(tmp_path / "data")
+        second = await open_sqlite(tmp_path / "data")
+    else:
+        from hub.storage.postgres import open_postgres
+
+        url = request.getfixturevalue("pg_server").new_database()
+        first = await open_postgres(url)
+        second = await open_postgres(url)
+    try:
+        yield first, second
+    finally:
+        await second.close()
+        await first.close()

@@ -544,6 +544,37 @@ async def test_firmware_rollout_and_claims(storage: Storage) -> None:
     )
 
 
+async def test_firmware_claim_is_compare_and_set(storage: Storage) -> None:
+    await storage.firmware.create(_rollout(), [("id1", "a", True), ("id2", "b", False)])
+    claims = await asyncio.gather(
+        *(storage.firmware.claim("fw-1", "id1", 0, 101.0) for _ in range(20))
+    )
+    assert claims.count(True) == 1
+    node = (await storage.firmware.nodes("fw-1"))[0]
+    assert (node.claims, node.state, node.attempts, node.updated) == (1, "pending", 0, 101.0)
+    assert not await storage.firmware.claim("fw-1", "id1", 0, 102.0)  # a stale read
+    assert await storage.firmware.claim("fw-1", "id1", 1, 102.0)
+    assert await storage.firmware.update_node("fw-1", "id2", "installed", "", 103.0)
+    assert not await storage.firmware.claim("fw-1", "id2", 0, 104.0)  # final
+    assert await storage.firmware.finish("fw-1", "stopped", "tctl", 105.0)
+    assert not await storage.firmware.claim("fw-1", "id1", 2, 106.0)  # not running
+
+
+async def test_firmware_claim_once_across_two_storages(
+    storage_pair: tuple[Storage, Storage],
+) -> None:
+    """Two hubs on one database: a node's step goes to exactly one of them."""
+    first, second = storage_pair
+    await first.firmware.create(_rollout(), [(f"id{i}", f"n{i}", False) for i in range(10)])
+    for i in range(10):
+        node_id = f"id{i}"
+        won = await asyncio.gather(
+            *(s.firmware.claim("fw-1", node_id, 0, 101.0) for s in (first, second) * 3)
+        )
+        assert won.count(True) == 1, (node_id, won)
+    assert {n.claims for n in await second.firmware.nodes("fw-1")} == {1}
+
+
 async def test_trusted_keys(storage: Storage) -> None:
     key = TrustedKey("SHA256:abc", "ssh-ed25519 AAAAC3", "build", 10.0)
     assert await asyncio.gather(*(storage.trusted_keys.add(key) for _ in range(5))) == [
