@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from hub.admin.rpc import AdminCall, AdminHandler, opt_int, opt_text
+from hub.storage.api import AuditLog, AuditQuery
 from remoteler import rpc
 from remoteler.admin import AUDIT_PAGE_BYTES, AUDIT_PAGE_EVENTS, AdminMethod
 from remoteler.errors import UsageError
@@ -44,9 +45,9 @@ def _opt_float(params: dict[str, Any], key: str) -> float | None:
     return float(value)
 
 
-async def _session_arg(store: Any, session_id: str | None) -> str | None:
+async def _session_arg(store: AuditLog, session_id: str | None) -> str | None:
     """``--session``: a whole id, or the start of one as the table shows (8 characters)."""
-    from hub.audit_store import MAX_CANDIDATES, MIN_SESSION_PREFIX
+    from hub.session_prefix import MAX_CANDIDATES, MIN_SESSION_PREFIX
 
     if session_id is None or len(session_id) < MIN_SESSION_PREFIX:
         return session_id
@@ -64,7 +65,7 @@ async def _session_arg(store: Any, session_id: str | None) -> str | None:
 
 async def search(call: AdminCall, params: dict[str, Any]) -> Any:
     """One page of events matching the filters; ``order`` desc walks from the newest."""
-    store = call.host.audit
+    store: AuditLog | None = call.host.audit
     if store is None:
         raise UsageError("this hub keeps no audit trail")
     limit = opt_int(params, "limit")  # what is left of --limit, None: all
@@ -90,13 +91,16 @@ async def search(call: AdminCall, params: dict[str, Any]) -> Any:
     last: Key | None = None
     full = False
     iterator = store.iter_search(
-        type=opt_text(params, "type"),
-        node=node,
-        user=opt_text(params, "user"),
-        session_id=await _session_arg(store, opt_text(params, "session_id")),
-        since=since,
-        until=until,
-        newest_first=newest,
+        AuditQuery(
+            type=opt_text(params, "type"),
+            node=node,
+            user=opt_text(params, "user"),
+            session_id=await _session_arg(store, opt_text(params, "session_id")),
+            since=since,
+            until=until,
+            limit=None,
+            newest_first=newest,
+        )
     )
     try:
         async for event in iterator:
@@ -111,7 +115,7 @@ async def search(call: AdminCall, params: dict[str, Any]) -> Any:
                 full = True
                 break
     finally:
-        await iterator.aclose()
+        await iterator.aclose()  # type: ignore[attr-defined]
     done = not full or (limit is not None and len(events) >= limit)
     ids = {e["node"] for e in events}
     names = {n.id: n.name for n in await storage.nodes.all() if n.id in ids}

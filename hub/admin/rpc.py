@@ -4,7 +4,7 @@ Every call is checked against the caller's roles (the ``admin`` permission,
 preset role ``editor``; the hub's built-in admin identity has it) and every
 change is written to the audit trail with the caller's name and address
 (``by = "tctl:NAME"``, ``addr``). The handlers themselves live by area in
-``hub/admin_rpc_*.py``; :func:`admin_methods` gathers them for the server's
+``hub/admin/*.py``; :func:`hub.admin.methods.admin_methods` gathers them for the server's
 method table. See docs/tctl.md.
 """
 
@@ -20,9 +20,9 @@ from hub.auth.service import AuthService
 from hub.datadir import DataDir
 from hub.net.identity import Identity
 from hub.rotation_store import CASet, RotationStore
-from hub.storage.api import Storage
+from hub.storage.api import AuditLog, Storage
 from remoteler.access import grants_admin
-from remoteler.admin import ADMIN_PERMISSION, BUILTIN_ADMIN, HUB_ADDR_FILE, AdminMethod
+from remoteler.admin import ADMIN_PERMISSION, BUILTIN_ADMIN, HUB_ADDR_FILE
 from remoteler.audit.events import HUB_NODE, EventType, make_event
 from remoteler.errors import AccessDenied, AuthError, ConfigError, UsageError
 from remoteler.locks import find_lock
@@ -36,7 +36,7 @@ class AdminHost(Protocol):
 
     auth: AuthService
     storage: Storage
-    audit: Any
+    audit: AuditLog | None
     rotation: Any
     locks: Any
 
@@ -132,38 +132,7 @@ async def authorize(host: AdminHost, ident: Identity | None, addr: str, os_user:
     return Caller(user.name, addr, os_user)
 
 
-def admin_methods(host: AdminHost, peer: Callable[[], str]) -> dict[str, RpcHandler]:
-    """Every ``admin.*`` method, each wrapped in :func:`authorize`; ``peer`` gives the
-    calling connection's source address."""
-    from hub.admin import audit as admin_rpc_audit
-    from hub.admin import auth as admin_rpc_auth
-    from hub.admin import firmware as admin_rpc_firmware
-    from hub.admin import users as admin_rpc_users
-
-    table: dict[AdminMethod, AdminHandler] = {
-        AdminMethod.WHOAMI: _whoami,
-        **admin_rpc_users.METHODS,
-        **admin_rpc_auth.METHODS,
-        **admin_rpc_audit.METHODS,
-        **admin_rpc_firmware.methods(),
-    }
-
-    def wrap(handler: AdminHandler) -> RpcHandler:
-        async def call(ident: Identity | None, params: dict[str, Any]) -> Any:
-            os_user = params.get("os_user", "")
-            caller = await authorize(
-                host, ident, peer(), os_user if isinstance(os_user, str) else ""
-            )
-            return await handler(AdminCall(host, caller), params)
-
-        return call
-
-    missing = set(AdminMethod) - set(table)
-    assert not missing, f"admin methods without a handler: {missing}"
-    return {str(name): wrap(handler) for name, handler in table.items()}
-
-
-async def _whoami(call: AdminCall, params: dict[str, Any]) -> Any:
+async def whoami(call: AdminCall, params: dict[str, Any]) -> Any:
     return {"user": call.caller.name, "addr": call.caller.addr}
 
 

@@ -149,7 +149,7 @@ class HubServer:
             "nodes.list": self.rpc_nodes_list,
             "audit.session": self.rpc_audit_session,
         }
-        from hub.admin.rpc import admin_methods  # tctl's admin.* methods (docs/tctl.md)
+        from hub.admin.methods import admin_methods  # tctl's admin.* methods (docs/tctl.md)
 
         self.methods.update(admin_methods(self, _RPC_PEER.get))
 

@@ -185,8 +185,10 @@ class HubRotation:
                 if done:
                     pending = None  # any change (or a gap) leads to one look at the revision
         finally:
-            if pending is not None:
+            if pending is not None:  # the generator is running in it: end that first
                 pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
             await changes.aclose()  # type: ignore[attr-defined]
 
     async def poll(self) -> None:
