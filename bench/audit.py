@@ -3,16 +3,26 @@
 The outbox is the real one (SQLite, WAL, synchronous=FULL) in the work dir. The
 backlog drains through the real forwarder and a real Tunnel pair over websockets
 on 127.0.0.1 (no TLS) to a tiny in-process receiver that validates each batch
-(``parse_batch``), keeps the events in a dict and acks: the hub's SQLite store is
-not in this figure. Events are ``exec`` records of about 150 bytes. The receiver
+(``parse_batch``), keeps the events in a dict and acks: the hub's store is not in
+this figure. Events are ``exec`` records of about 150 bytes. The receiver
 applies the hub's default per-node quota (hub/audit/quota.py) as the hub does: a
 drain it would throttle shows as refused events and a longer drain.
+
+A second drain stores each batch through the hub's storage interface before it
+acks (``storage.audit.insert_checked``, as hub/audit/ingest.py does), on the
+engine ``BENCH_STORAGE`` names: ``sqlite`` (default; audit.db in the work dir)
+or ``postgresql`` (a throw-away server started by tests/pgkit.py, Debian's
+postgresql). The figure is labelled with the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import sys
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 from websockets.asyncio.client import connect
@@ -22,6 +32,7 @@ from bench.harness import Context, Figure, benchmark, median
 from edge_agent.forwarder import run_forwarder
 from edge_agent.outbox import Outbox
 from hub.audit.quota import AuditQuotas
+from hub.storage import Storage, open_storage
 from remoteler.audit.events import AuditEvent, EventType, make_event
 from remoteler.audit.stream import (
     MessageReader,
@@ -72,7 +83,9 @@ async def _write_rate(path: Path, n: int, writers: int) -> float:
 
 
 class _Receiver:
-    def __init__(self, expected: int) -> None:
+    def __init__(self, expected: int, storage: Storage | None = None) -> None:
+        #: where batches go before the ack (None: a dict, no database)
+        self.storage = storage
         self.stored: dict[str, AuditEvent] = {}
         self.expected = expected
         self.busy = 0.0  # seconds spent decoding and storing
@@ -92,6 +105,8 @@ class _Receiver:
                 events = parse_batch(message)
                 grant = self.quotas.take(NODE, len(events), time.monotonic())
                 self.refused += len(events) - grant.accepted
+                if self.storage is not None and grant.accepted:
+                    await self.storage.audit.insert_checked(NODE, events[: grant.accepted])
                 for e in events[: grant.accepted]:
                     self.stored.setdefault(e.id, e)
                 if grant.retry_after is None:
@@ -109,13 +124,15 @@ class _Receiver:
         await Tunnel(ws, Connection(Role.LISTENER), on_channel=self.on_channel).run()
 
 
-async def _drain(path: Path, n: int) -> tuple[float, float, float, int]:
-    """Buffer ``n`` events, drain them; return (fill events/s, drain seconds, ingest
-    events/s, events refused by the default per-node quota)."""
+async def _drain(
+    path: Path, n: int, storage: Storage | None = None
+) -> tuple[float, float, float, int]:
+    """Buffer ``n`` events, drain them (into ``storage``'s audit log if given); return
+    (fill events/s, drain seconds, ingest events/s, events refused by the quota)."""
     box = await Outbox.open(path, node=NODE)
     try:
         fill_rate = await _fill(box, n, 1024)
-        receiver = _Receiver(n)
+        receiver = _Receiver(n, storage)
         async with serve(receiver.handler, "127.0.0.1", 0, compression=None) as server:
             port = server.sockets[0].getsockname()[1]
             async with connect(f"ws://127.0.0.1:{port}", compression=None) as ws:
@@ -137,6 +154,44 @@ async def _drain(path: Path, n: int) -> tuple[float, float, float, int]:
             p.unlink()
 
 
+@contextlib.contextmanager
+def _engine() -> Iterator[tuple[str, Callable[[], str | None]]]:
+    """The engine ``BENCH_STORAGE`` names and a maker of fresh ``--storage`` values
+    (None: SQLite in the data dir); PostgreSQL is started here and stopped after."""
+    engine = os.environ.get("BENCH_STORAGE", "sqlite")
+    if engine == "sqlite":
+        yield engine, lambda: None
+        return
+    if engine != "postgresql":
+        raise SystemExit(f"BENCH_STORAGE={engine!r}: use sqlite or postgresql")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from pgkit import PgServer
+
+    server = PgServer.start()
+    try:
+        yield engine, server.new_database
+    finally:
+        server.stop()
+
+
+@contextlib.asynccontextmanager
+async def _storage(spec: str | None, data_dir: Path) -> AsyncIterator[Storage]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    storage = await open_storage(spec, data_dir)
+    try:
+        yield storage
+    finally:
+        await storage.close()
+
+
+async def _drain_into(path: Path, n: int, spec: str | None, data_dir: Path) -> float:
+    """Seconds to drain ``n`` buffered events into a fresh audit log of the engine."""
+    async with _storage(spec, data_dir) as storage:
+        _fill_rate, elapsed, _ingest, _refused = await _drain(path, n, storage)
+        assert await storage.audit.count(NODE) >= n
+        return elapsed
+
+
 @benchmark("audit")
 def audit(ctx: Context) -> list[Figure]:
     n_write = ctx.pick(20_000, 500)
@@ -147,6 +202,11 @@ def audit(ctx: Context) -> list[Figure]:
     single = [asyncio.run(_write_rate(path, n_single, 1)) for _ in range(ctx.repeats)]
     runs = [asyncio.run(_drain(path, n_drain)) for _ in range(min(ctx.repeats, 3))]
     drains = [r[1] for r in runs]
+    with _engine() as (engine, fresh):
+        stored = [  # each run into an empty store: a new data dir or database
+            asyncio.run(_drain_into(path, n_drain, fresh(), ctx.workdir / f"hubdata-{i}"))
+            for i in range(min(ctx.repeats, 3))
+        ]
     return [
         Figure(
             "audit",
@@ -172,6 +232,16 @@ def audit(ctx: Context) -> list[Figure]:
             goal="< 20 s for 100,000",
             met=None if ctx.smoke else median(drains) < 20,
             note=f"buffered at {median([r[0] for r in runs]):,.0f} events/s (1024 writers)",
+        ),
+        Figure(
+            "audit",
+            f"drain {n_drain:,} buffered events into the hub's store ({engine})",
+            "s",
+            median(stored),
+            samples=stored,
+            goal="< 20 s for 100,000",
+            met=None if ctx.smoke else median(stored) < 20,
+            note=f"storage.audit.insert_checked before each ack; BENCH_STORAGE={engine}",
         ),
         Figure(
             "audit",

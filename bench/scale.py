@@ -3,6 +3,10 @@
 Per size: hub RSS and CPU while idle, time for every agent to be back after a
 SIGKILL + restart of the hub, and whole-process ``tsh ls`` latency during that
 reconnect storm.
+
+``BENCH_STORAGE=postgresql`` runs the hub on a throw-away PostgreSQL (tests/pgkit.py,
+Debian's postgresql) with ``--storage`` and a CA passphrase file; the figures are then
+labelled "(postgresql)". Default: SQLite in the data dir.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from bench.fixtures import BIN, Cluster, free_port, provision, stop_process
@@ -45,13 +50,18 @@ def wait_all(statuses: list[Path], n: int, timeout: float) -> float:
     return time.monotonic() - start
 
 
-def run_size(ctx: Context, n: int) -> list[Figure]:
+def run_size(ctx: Context, n: int, storage: list[str] | None = None) -> list[Figure]:
     root = ctx.workdir / f"n{n}"
     root.mkdir()
     cluster = Cluster(root, free_port())
     # Every simulated agent connects from 127.0.0.1: lift the per-address caps, which
     # would otherwise model a whole fleet behind one carrier NAT (docs/tunnels.md).
     hub_args = [*ONE_ADDRESS_ARGS, *os.environ.get("BENCH_HUB_ARGS", "").split()]
+    if storage:
+        passphrase = root / "ca-passphrase"
+        passphrase.write_text("bench passphrase, not a secret\n")
+        passphrase.chmod(0o600)
+        hub_args += [*storage, "--ca-passphrase-file", str(passphrase)]
     cluster.start_hub(*hub_args)
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -210,6 +220,21 @@ def run_size(ctx: Context, n: int) -> list[Figure]:
 def hub_scale(ctx: Context) -> list[Figure]:
     sizes = [int(x) for x in os.environ.get("BENCH_SCALE_SIZES", "1000,5000,10000").split(",")]
     figures: list[Figure] = []
-    for n in ctx.pick(sizes, [20]):
-        figures += run_size(ctx, n)
+    engine = os.environ.get("BENCH_STORAGE", "sqlite")
+    if engine == "sqlite":
+        for n in ctx.pick(sizes, [20]):
+            figures += run_size(ctx, n)
+        return figures
+    if engine != "postgresql":
+        raise SystemExit(f"BENCH_STORAGE={engine!r}: use sqlite or postgresql")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from pgkit import PgServer
+
+    server = PgServer.start()
+    try:
+        for n in ctx.pick(sizes, [20]):
+            for figure in run_size(ctx, n, ["--storage", server.new_database()]):
+                figures.append(replace(figure, name=f"{figure.name} (postgresql)"))
+    finally:
+        server.stop()
     return figures
