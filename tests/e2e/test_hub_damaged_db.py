@@ -2,9 +2,10 @@
 
 One real hub for the module: a user, a token and a joined agent (so the node table
 and the audit trail have rows), then everything stopped. Each test damages a copy:
-``hub start`` exits 1 with one line naming the file (hub/dbcheck.py), ``tctl``
-prints one line and exits 1 for every command tried, never a traceback and never
-a hang (a half-opened database's thread used to keep tctl from exiting).
+``hub start`` exits 1 with one line naming the file (``Storage.check()``, the
+lines of hub/storage/sqlite/errors.py), ``tctl`` prints one line and exits 1 for
+every command tried, never a traceback and never a hang (a half-opened database's
+thread used to keep tctl from exiting).
 """
 
 from __future__ import annotations

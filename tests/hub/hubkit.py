@@ -15,7 +15,6 @@ from argon2 import PasswordHasher
 from websockets.asyncio.client import connect
 
 from hub.api.server import HubServer
-from hub.audit_store import AuditStore
 from hub.auth import secrets as hs
 from hub.auth.service import AuthService
 from hub.datadir import DataDir
@@ -169,16 +168,16 @@ async def running_hub(
     ssl_ctx = server_context(cert, key, [user_ca.x509_pem, host_ca.x509_pem])
     storage = await open_sqlite(data.path)
     auth = AuthService(storage, user_ca, host_ca, cluster)
-    store = await AuditStore.open(tmp_path / "audit.db") if audit else None
-    server = HubServer(auth, storage, audit=store, listener_limits=listener_limits)
+    # the hub's own audit.db (DATA/audit.db, as ``hub start``), not a second handle
+    server = HubServer(
+        auth, storage, audit=storage.audit if audit else None, listener_limits=listener_limits
+    )
     _, port = await server.start("127.0.0.1", 0, ssl_ctx)
     try:
         yield Hub(server, auth, storage, port)
     finally:
         await server.close()
         await storage.close()
-        if store is not None:
-            await store.close()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from helpers import Cluster, free_port
 
-from hub.audit_store import AuditStore, audit_db_path
 from hub.datadir import DataDir
 from hub.storage.api import Node
 from hub.storage.sqlite import open_sqlite
@@ -45,16 +44,16 @@ def _fill(path: Path) -> list[AuditEvent]:
 
     async def fill() -> None:
         storage = await open_sqlite(data.path)
-        await storage.nodes.add(Node(id="id-truck", name="truck-042", joined=NOW))
-        await storage.close()
-        store = await AuditStore.open(audit_db_path(data.path))
-        await store.insert(
-            "id-truck",
-            [dataclasses.replace(start, seq=1), dataclasses.replace(chunk, seq=2)],
-        )
-        await store.insert("id-gone", [dataclasses.replace(old, seq=7)])
-        await store.record(login)
-        await store.close()
+        try:
+            await storage.nodes.add(Node(id="id-truck", name="truck-042", joined=NOW))
+            await storage.audit.insert_checked(
+                "id-truck",
+                [dataclasses.replace(start, seq=1), dataclasses.replace(chunk, seq=2)],
+            )
+            await storage.audit.insert_checked("id-gone", [dataclasses.replace(old, seq=7)])
+            await storage.audit.record(login)
+        finally:
+            await storage.close()
 
     asyncio.run(fill())
     return [old, login, start, chunk]
@@ -180,10 +179,14 @@ def test_session_takes_the_short_id_the_table_shows(
         return make_event(EventType.SESSION_START, node="x", user=user, session_id=sid, now=NOW)
 
     async def fill() -> None:
-        store = await AuditStore.open(audit_db_path(data.path))
+        storage = await open_sqlite(data.path)
         events = [ev(first, "alice"), ev(first + "-2", "alice"), ev(other, "bob")]
-        await store.insert("n", [dataclasses.replace(e, seq=i) for i, e in enumerate(events)])
-        await store.close()
+        try:
+            await storage.audit.insert_checked(
+                "n", [dataclasses.replace(e, seq=i) for i, e in enumerate(events)]
+            )
+        finally:
+            await storage.close()
 
     asyncio.run(fill())
     cluster.start_hub()

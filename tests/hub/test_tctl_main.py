@@ -36,11 +36,11 @@ def test_output_cut_short_by_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
     """``tctl audit search | head``: head closing the pipe is no error to report."""
     from helpers import BIN, Cluster, free_port
 
-    from hub.audit_store import AuditStore, audit_db_path
+    from hub.storage.sqlite import open_sqlite
     from remoteler.audit.events import AuditEvent
 
     async def fill(data: Path) -> None:
-        store = await AuditStore.open(audit_db_path(data))
+        storage = await open_sqlite(data)
         try:
             events = [
                 AuditEvent(
@@ -48,9 +48,9 @@ def test_output_cut_short_by_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
                 )
                 for i in range(2000)
             ]  # about 500 KiB of table: more than a pipe holds
-            await store.insert("n", events)
+            await storage.audit.insert_checked("n", events)
         finally:
-            await store.close()
+            await storage.close()
 
     cluster = Cluster(tmp_path, free_port())
     cluster.data.mkdir(mode=0o700)

@@ -1,6 +1,6 @@
 """Audit events and session recordings, idempotent on (node, id).
 
-The semantics of ``hub/audit_store.py`` (the SQLite store of today): a re-sent
+The semantics of ``hub/storage/sqlite/audit.py`` (the SQLite engine's): a re-sent
 event is a no-op; a seq (> 0) that the node already stored under another id, or
 that an earlier event of the batch took, is refused and named. The check and the
 insert are one transaction holding a per-node advisory lock, so two hubs

@@ -19,8 +19,9 @@ from typing import Any
 
 import aiosqlite
 
-from hub.storage.api import Change, Conflict, StorageError, Topic, Unavailable
+from hub.storage.api import Change, Topic
 from hub.storage.feed import ChangeFeed
+from hub.storage.sqlite.errors import storage_error
 
 #: Statement parameters: positional or named.
 Args = Sequence[Any] | Mapping[str, Any]
@@ -28,19 +29,11 @@ Args = Sequence[Any] | Mapping[str, Any]
 
 @contextlib.contextmanager
 def mapped(path: Path) -> Iterator[None]:
-    """Turn a ``sqlite3`` error into the storage's own."""
+    """Turn a ``sqlite3`` error into the storage's own (:mod:`.errors`)."""
     try:
         yield
-    except sqlite3.IntegrityError as exc:
-        raise Conflict(f"{path.name}: {exc}") from None
-    except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            raise Unavailable(
-                f"{path} is busy ({exc}): another process held its lock too long; try again"
-            ) from None
-        raise StorageError(f"{path}: {exc}") from None
     except sqlite3.Error as exc:
-        raise StorageError(f"{path}: {exc}") from None
+        raise storage_error(path, exc) from None
 
 
 class Conn:

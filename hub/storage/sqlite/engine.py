@@ -41,7 +41,9 @@ from hub.storage.api import (
     Users,
 )
 from hub.storage.feed import ChangeFeed
+from hub.storage.sqlite import txdb
 from hub.storage.sqlite.conn import Conn, mapped
+from hub.storage.sqlite.errors import check_answer, storage_error
 from hub.storage.sqlite.identity import (
     SQLiteInvites,
     SQLiteLoginGuards,
@@ -66,8 +68,6 @@ LEGACY_COLUMNS = (
     ("nodes", "recording", "TEXT NOT NULL DEFAULT 'off'"),
     ("nodes", "clock_skew", "REAL"),
 )
-#: What is lost if hub.db is moved aside, for the damaged-file line.
-IF_MOVED = "moving it aside loses users, roles and tokens, and every device must join again"
 
 
 async def connect(path: Path) -> aiosqlite.Connection:
@@ -77,12 +77,12 @@ async def connect(path: Path) -> aiosqlite.Connection:
         os.close(fd)
     elif path.stat().st_mode & 0o077:
         os.chmod(path, 0o600)  # holds TOTP seeds: never readable by others
-    db = await aiosqlite.connect(path, timeout=30)
+    db = await aiosqlite.connect(path, timeout=txdb.BUSY_TIMEOUT)
     try:
         db.row_factory = aiosqlite.Row
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=NORMAL")
-        await db.execute("PRAGMA busy_timeout=30000")
+        await db.execute(f"PRAGMA busy_timeout={int(txdb.BUSY_TIMEOUT * 1000)}")
         await db.execute("PRAGMA secure_delete=ON")  # a replaced TOTP seed leaves no trace
     except BaseException:  # a damaged file: close, or its thread keeps the process alive
         await db.close()
@@ -150,7 +150,7 @@ class SQLiteStorage:
         try:
             db = await connect(path)
         except sqlite3.Error as exc:
-            raise StorageError(f"{path} cannot be opened ({exc}): {_what_next(exc)}") from None
+            raise storage_error(path, exc, doing="opened") from None
         try:
             with mapped(path):
                 await _legacy_columns(db)
@@ -196,18 +196,10 @@ class SQLiteStorage:
 
     async def check(self) -> None:
         """``PRAGMA quick_check`` of hub.db, then each section's check (part B's files)."""
-        try:
+        with mapped(self.path):  # busy, read-only: not called damaged (.errors)
             async with self._db.execute("PRAGMA quick_check") as cur:
                 rows = list(await cur.fetchall())
-        except sqlite3.Error as exc:
-            rows = [(str(exc),)]  # type: ignore[list-item]
-        if [tuple(r) for r in rows] != [("ok",)]:
-            first = str(rows[0][0]).splitlines()[0][:200] if rows else "no answer"
-            more = f" (and {len(rows) - 1} more)" if len(rows) > 1 else ""
-            raise StorageError(
-                f"{self.path} is damaged ({first}{more}): stop the hub and restore it from a "
-                f"backup; {IF_MOVED}"
-            )
+        check_answer(self.path, rows)
         for check in self.checks:
             await check()
 
@@ -221,9 +213,3 @@ class SQLiteStorage:
         for closer in self.closers:
             await closer()
         await self._db.close()
-
-
-def _what_next(exc: sqlite3.Error) -> str:
-    if "not a database" in str(exc) or "malformed" in str(exc):
-        return "the file is damaged: stop the hub and restore it from a backup"
-    return "check that its file system is mounted read-write and not full, and its permissions"

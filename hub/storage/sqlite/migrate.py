@@ -10,12 +10,15 @@ above the newest migration here was written by a newer hub: refused
 from __future__ import annotations
 
 import re
+import sqlite3
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import aiosqlite
 
 from hub.storage.api import StorageError, TooNew
+from hub.storage.sqlite.errors import storage_error, trouble
 
 _NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
 
@@ -69,6 +72,8 @@ async def migrate(conn: aiosqlite.Connection, db: str, path: str) -> list[str]:
             await conn.commit()
         except Exception as exc:
             await conn.rollback()
+            if isinstance(exc, sqlite3.Error) and trouble(exc) is not None:
+                raise storage_error(Path(path), exc, doing="opened") from None
             raise StorageError(f"{path}: migration {step.name} failed: {exc}") from exc
         applied.append(step.name)
     return applied

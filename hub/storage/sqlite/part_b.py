@@ -31,6 +31,7 @@ from hub.storage.feed import ChangeFeed
 from hub.storage.sqlite.audit import AUDIT_DB, SQLiteAuditLog, is_empty_file
 from hub.storage.sqlite.authorities import CAFiles, FileAuthorities
 from hub.storage.sqlite.blobs import FileBlobs
+from hub.storage.sqlite.errors import check_answer
 from hub.storage.sqlite.firmware import SQLiteFirmware
 from hub.storage.sqlite.rotation import SQLiteRotation
 from hub.storage.sqlite.settings import SQLiteSettings
@@ -93,12 +94,7 @@ class PartB:
     async def check(self) -> None:
         """``PRAGMA quick_check`` of audit.db and firmware.db (hub.db: the engine's)."""
         for db in (self.audit._db, self.firmware.db):
-            rows = await db.fetchall("PRAGMA quick_check")
-            if [tuple(r) for r in rows] != [("ok",)]:
-                first = str(rows[0][0]).splitlines()[0][:200] if rows else "no answer"
-                raise StorageError(
-                    f"{db.path} is damaged ({first}): stop the hub and restore it from a backup"
-                )
+            check_answer(db.path, await db.fetchall("PRAGMA quick_check"))
 
     async def close(self) -> None:
         if self._watch is not None:

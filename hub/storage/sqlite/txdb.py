@@ -20,7 +20,8 @@ from typing import Any
 
 import aiosqlite
 
-from hub.storage.api import Conflict, StorageError
+from hub.storage.api import Conflict
+from hub.storage.sqlite.errors import storage_error
 from hub.storage.sqlite.migrate import migrate
 
 #: seconds a statement waits for another process's write lock (tctl, a second hub)
@@ -45,7 +46,7 @@ class TxDb:
         try:
             conn = await aiosqlite.connect(path, timeout=BUSY_TIMEOUT)
         except sqlite3.Error as exc:
-            raise StorageError(f"cannot open {path}: {exc}") from None
+            raise storage_error(path, exc, doing="opened") from None
         try:  # a damaged file: close, or its thread keeps the process from exiting
             conn.row_factory = aiosqlite.Row
             await conn.execute("PRAGMA journal_mode=WAL")
@@ -56,7 +57,7 @@ class TxDb:
                 await db.migrate(schema)
         except sqlite3.Error as exc:
             await conn.close()
-            raise StorageError(f"{path} cannot be used: {exc}") from None
+            raise storage_error(path, exc, doing="opened") from None
         except BaseException:
             await conn.close()
             raise
@@ -64,7 +65,10 @@ class TxDb:
 
     async def migrate(self, schema: str) -> list[str]:
         async with self.lock:
-            return await migrate(self.conn, schema, str(self.path))
+            try:
+                return await migrate(self.conn, schema, str(self.path))
+            except sqlite3.Error as exc:  # reading the version: the file's own trouble
+                raise storage_error(self.path, exc, doing="opened") from None
 
     async def close(self) -> None:
         await self.conn.close()
@@ -83,7 +87,7 @@ class TxDb:
                 if isinstance(exc, sqlite3.IntegrityError):
                     raise Conflict(f"{self.path}: {exc}") from None
                 if isinstance(exc, sqlite3.Error):
-                    raise StorageError(f"{self.path}: {exc}") from None
+                    raise storage_error(self.path, exc) from None
                 raise
 
     async def fetchall(self, sql: str, args: Iterable[Any] = ()) -> list[aiosqlite.Row]:
@@ -92,7 +96,7 @@ class TxDb:
                 async with self.conn.execute(sql, tuple(args)) as cur:
                     return list(await cur.fetchall())
             except sqlite3.Error as exc:
-                raise StorageError(f"{self.path}: {exc}") from None
+                raise storage_error(self.path, exc) from None
 
     async def fetchone(self, sql: str, args: Iterable[Any] = ()) -> aiosqlite.Row | None:
         rows = await self.fetchall(sql, args)

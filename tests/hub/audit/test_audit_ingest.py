@@ -21,9 +21,9 @@ from edge_agent.outbox import Outbox
 from hub.api.server import HubServer
 from hub.audit import ingest as audit_ingest
 from hub.audit.quota import QuotaConfig
-from hub.audit_store import AuditStore, Inserted, ReusedSeq, audit_db_path
 from hub.auth.service import AuthService
 from hub.datadir import DataDir
+from hub.storage.api import AuditLog, AuditQuery, Inserted, ReusedSeq
 from hub.storage.sqlite import open_sqlite
 from remoteler import rpc
 from remoteler.audit import AuditEvent, EventType, MessageReader, encode_message, make_event
@@ -39,7 +39,7 @@ from remoteler.wire.limits import Limits
 
 @dataclasses.dataclass
 class AuditHub(Hub):
-    store: AuditStore | None = None
+    store: AuditLog | None = None
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ async def audit_hub(tmp_path: Path, quota: QuotaConfig | None = None) -> AsyncIt
     cert, key = data.issue_server_identity(host_ca, ["127.0.0.1"])
     ssl_ctx = server_context(cert, key, [user_ca.x509_pem, host_ca.x509_pem])
     storage = await open_sqlite(data.path)
-    store = await AuditStore.open(audit_db_path(data.path))
+    store = storage.audit  # the hub's own DATA/audit.db
     auth = AuthService(storage, user_ca, host_ca, cluster, audit=store)
     server = HubServer(auth, storage, audit=store, audit_quota=quota)
     _, port = await server.start("127.0.0.1", 0, ssl_ctx)
@@ -66,7 +66,6 @@ async def audit_hub(tmp_path: Path, quota: QuotaConfig | None = None) -> AsyncIt
     finally:
         await server.close()
         await storage.close()
-        await store.close()
 
 
 @contextlib.asynccontextmanager
@@ -129,11 +128,11 @@ async def test_batch_is_stored_under_the_tunnel_node_and_acked_once(ahub: AuditH
         assert await send_batch(channel, reader, events[10:]) == [e.id for e in events[10:]]
         assert await send_batch(channel, reader, []) == []
         channel.close()
-    stored = await ahub.store.search(node=node.id, type="exec")
+    stored = await ahub.store.search(AuditQuery(node=node.id, type="exec"))
     assert [e.id for e in stored] == [e.id for e in events]
     assert {e.node for e in stored} == {node.id}
     assert await ahub.store.count("someone-else") == 0
-    (joined,) = await ahub.store.search(type="join")
+    (joined,) = await ahub.store.search(AuditQuery(type="join"))
     assert joined.node == node.id and joined.fields["name"] == "node-1"
 
 
@@ -207,8 +206,8 @@ async def test_audit_session_rpc_is_for_the_sessions_user_only(ahub: AuditHub) -
             seq=3,
         ),
     ]
-    await ahub.store.insert("node-x", list(reversed(session)))
-    certs = await ahub.store.search(type="cert.create")
+    await ahub.store.insert_checked("node-x", list(reversed(session)))
+    certs = await ahub.store.search(AuditQuery(type="cert.create"))
     assert [(e.user, e.node) for e in certs] == [("alice", "hub"), ("bob", "hub")]
 
     async def call(ctx: Any, **params: Any) -> Any:
@@ -233,7 +232,7 @@ async def test_audit_session_rpc_refuses_an_empty_session_id(ahub: AuditHub) -> 
     assert ahub.store is not None
     alice = ahub.tls(*await ahub.user_creds("alice"))
     # The only events without a session are alice's own (her cert.create).
-    assert [e.user for e in await ahub.store.search(session_id="")] == ["alice"]
+    assert [e.user for e in await ahub.store.search(AuditQuery(session_id=""))] == ["alice"]
     async with connect(ahub.url("/v1/rpc"), ssl=alice, subprotocols=[rpc.SUBPROTOCOL]) as ws:  # type: ignore[list-item]
         for sid in ("", "ab"):
             with pytest.raises(Exception, match="session") as exc:
@@ -345,7 +344,9 @@ async def test_agent_reopens_the_channel_after_a_storage_error(
                 await asyncio.wait_for(task, 5)
         finally:
             await box.close()
-        assert [e.id for e in await store.search(node=node.id, type="exec")] == [event.id]
+        assert [e.id for e in await store.search(AuditQuery(node=node.id, type="exec"))] == [
+            event.id
+        ]
 
 
 @pytest.mark.parametrize("old_agent", [False, True])
@@ -393,7 +394,7 @@ async def test_agent_over_quota_delivers_everything_exactly_once(
                 await asyncio.wait_for(task, 5)
         finally:
             await box.close()
-        stored = await hub.store.search(node=node.id, type="exec")
+        stored = await hub.store.search(AuditQuery(node=node.id, type="exec"))
         assert sorted(e.id for e in stored) == sorted(e.id for e in appended)
     closed = [r for r in caplog.records if r.getMessage() == "audit channel closed"]
     early = sum(getattr(r, "early", 0) for r in closed)
@@ -436,9 +437,9 @@ async def test_a_reused_seq_is_refused_unacked_and_audited_once(
             # named, with where to renumber them from (past the node's highest seq)
             assert reply.reused == tuple(e.id for e in again[:3]) and reply.seq_floor == 5
         assert (await _reply_to(channel, reader, first)).ids == [e.id for e in first]  # dedup
-    stored = await ahub.store.search(node=node.id, type="exec")
+    stored = await ahub.store.search(AuditQuery(node=node.id, type="exec"))
     assert [(e.seq, e.id) for e in stored] == [(e.seq, e.id) for e in [*first, again[3]]]
-    (note,) = await ahub.store.search(node=node.id, type="audit.seq_reused")
+    (note,) = await ahub.store.search(AuditQuery(node=node.id, type="audit.seq_reused"))
     assert note.fields["seq"] == 1 and note.fields["refused"] == 3
     assert (note.fields["refused_id"], note.fields["stored_id"]) == (again[0].id, first[0].id)
     warned = [r for r in caplog.records if "seq already stored" in r.getMessage()]
@@ -457,7 +458,7 @@ async def test_a_device_that_lost_its_numbering_delivers_everything_renumbered(
     ctx = ahub.tls(*await ahub.node_creds("node-1"))
     node = await ahub.storage.nodes.get("node-1")
     assert node is not None
-    assert await ahub.store.insert(node.id, _events(600, node.id)) == 600
+    assert (await ahub.store.insert_checked(node.id, _events(600, node.id))).inserted == 600
     box = await Outbox.open(tmp_path / "outbox.db", node=node.id)
     try:
         sent = await asyncio.gather(
@@ -477,7 +478,7 @@ async def test_a_device_that_lost_its_numbering_delivers_everything_renumbered(
         next_seq = (await box.append(sent[0])).seq  # numbering goes on past the moved ones
     finally:
         await box.close()
-    stored = await ahub.store.search(node=node.id, limit=10_000)
+    stored = await ahub.store.search(AuditQuery(node=node.id, limit=10_000))
     mine = {e.id: e for e in stored if e.type == "exec" and e.fields["command"][0] == "n"}
     assert set(mine) == {e.id for e in sent}  # every event, once
     seqs = [e.seq for e in stored if e.seq > 0]

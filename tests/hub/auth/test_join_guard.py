@@ -13,9 +13,9 @@ from hubkit import Hub, new_key_line, running_hub
 from websockets.asyncio.client import connect
 
 from hub.audit.budget import AuditBudget, AuditBudgetPolicy
-from hub.audit_store import AuditStore
 from hub.auth import secrets as hs
 from hub.auth.joinguard import JoinGuard, JoinPolicy, JoinRefused
+from hub.storage.api import AuditQuery
 from remoteler import rpc
 from remoteler.errors import RemotelerError
 
@@ -55,7 +55,7 @@ async def test_join_guessing_is_limited_and_audited_and_a_real_join_still_works(
 ) -> None:
     async with running_hub(tmp_path, audit=True) as hub:
         store = hub.server.audit
-        assert isinstance(store, AuditStore)
+        assert store is hub.storage.audit
         hub.auth.audit = store
         hub.auth.join_refusals = AuditBudget(AuditBudgetPolicy(burst=GUESSES))
         guesses = [secrets.token_hex(16) for _ in range(GUESSES)]
@@ -70,7 +70,7 @@ async def test_join_guessing_is_limited_and_audited_and_a_real_join_still_works(
         token, _ = await hub.auth.add_token("node", 600, {})
         assert await _joins(hub, "127.3.0.2", [_join(token, "truck-1")]) == ["ok"]
 
-        events = await store.search(type="join.failed", limit=1000)
+        events = await store.search(AuditQuery(type="join.failed", limit=1000))
         assert len(events) == GUESSES, "every refusal is audited (within the budget)"
         assert {e.fields["remote_addr"] for e in events} == {"127.3.0.1"}
         assert {e.fields["name"] for e in events} == {"truck-1"}
@@ -80,7 +80,7 @@ async def test_join_guessing_is_limited_and_audited_and_a_real_join_still_works(
         dumped = repr([e.to_wire() for e in events])
         assert not any(t in dumped for t in guesses), "a token tried is never in the audit"
         assert events[0].fields["token_id"] == hs.hash_token(guesses[0])[:12]
-        assert len(await store.search(type="join")) == 1
+        assert len(await store.search(AuditQuery(type="join"))) == 1
 
 
 async def test_valid_joins_from_one_address_are_not_limited_like_failures() -> None:
@@ -142,7 +142,7 @@ async def test_refusals_by_the_limits_are_audited_within_a_budget(tmp_path: Path
     address grow the audit database at request rate (220 a second measured)."""
     async with running_hub(tmp_path, audit=True) as hub:
         store = hub.server.audit
-        assert isinstance(store, AuditStore)
+        assert store is hub.storage.audit
         hub.auth.audit = store
         hub.auth.join_refusals = AuditBudget(AuditBudgetPolicy(burst=20, refill=3600.0))
         guesses = [_join(secrets.token_hex(16), "truck-1") for _ in range(GUESSES)]
@@ -150,7 +150,7 @@ async def test_refusals_by_the_limits_are_audited_within_a_budget(tmp_path: Path
         limited = [a for a in answers if "too many failed joins from your address" in a]
         assert len(limited) == GUESSES - JoinPolicy().address_failures, set(answers)
 
-        events = await store.search(type="join.failed", limit=1000)
+        events = await store.search(AuditQuery(type="join.failed", limit=1000))
         reasons = [e.fields["reason"] for e in events]
         assert reasons.count("join token not recognised") == JoinPolicy().address_failures
         assert reasons.count("address failures") == 20, f"{len(events)} refusals audited"

@@ -17,11 +17,10 @@ from hubkit import PASSWORD, TOTP_SECRET, Clock, Hub, new_key_line, running_hub
 from websockets.asyncio.client import connect
 
 from hub.audit.budget import AuditBudget, AuditBudgetPolicy
-from hub.audit_store import AuditStore
 from hub.auth import secrets as hs
 from hub.auth.hashgate import BUSY_MESSAGE, HashGate, HashGatePolicy, HubBusy
 from hub.auth.ratelimit import LoginGuard, LoginPolicy
-from hub.storage.api import Storage
+from hub.storage.api import AuditQuery, Storage
 from hub.storage.sqlite import open_sqlite
 from remoteler import rpc
 from remoteler.errors import RemotelerError
@@ -88,7 +87,7 @@ async def test_guesses_from_many_addresses_get_hub_busy_and_a_real_login_gets_th
     policy = HashGatePolicy(max_hashes=1, max_waiting=4, max_wait=0.5)
     async with running_hub(tmp_path, audit=True) as hub:
         store = hub.server.audit
-        assert isinstance(store, AuditStore)
+        assert store is hub.storage.audit
         hub.auth.audit = store
         hub.auth.hash_gate = HashGate(policy)
         await hub.auth.add_user("alice", ["access"], ["pi"], PASSWORD, TOTP_SECRET)
@@ -135,7 +134,7 @@ async def test_guesses_from_many_addresses_get_hub_busy_and_a_real_login_gets_th
         assert hub.auth.hash_gate.peak <= policy.max_hashes
         assert hub.auth.hash_gate.running == 0 and hub.auth.hash_gate.waiting == 0
 
-        events = [e for e in await store.search(type="user.login", limit=1000)]
+        events = [e for e in await store.search(AuditQuery(type="user.login", limit=1000))]
         reasons = [e.fields.get("reason") for e in events if e.fields.get("success") is False]
         assert reasons.count("hub busy") >= len(busy), "every busy refusal is audited"
         # a busy refusal is not a failed guess: it is not counted against the name
@@ -248,7 +247,7 @@ async def test_login_refusals_by_the_limits_are_audited_within_a_budget(tmp_path
     address grow the audit database at request rate (195 a second measured)."""
     async with running_hub(tmp_path, audit=True) as hub:
         store = hub.server.audit
-        assert isinstance(store, AuditStore)
+        assert store is hub.storage.audit
         hub.auth.audit = store
         hub.auth.login_refusals = AuditBudget(AuditBudgetPolicy(burst=20, refill=3600.0))
         _, pub = new_key_line()
@@ -272,7 +271,7 @@ async def test_login_refusals_by_the_limits_are_audited_within_a_budget(tmp_path
                     answers.append(str(err))
         judged = [a for a in answers if a.startswith("login failed")]
         assert len(answers) == GUESSES * 2 and len(judged) < GUESSES, set(answers)
-        events = await store.search(type="user.login", limit=1000)
+        events = await store.search(AuditQuery(type="user.login", limit=1000))
         limited = [e for e in events if e.fields["reason"] != "unknown user"]
         assert len([e for e in events if e.fields["reason"] == "unknown user"]) == len(judged)
         assert len(limited) == 20, f"{len(limited)} refusals by the limits audited"
@@ -325,7 +324,8 @@ async def test_max_password_hashes_widens_the_argon2_pool_too(
 ) -> None:
     """hub start --max-password-hashes 3: three hashes let in by the cap must run, not
     wait in the two-thread pool's queue, where no deadline applies."""
-    from hub.cli import auth_limits, build_parser
+    from hub.app import auth_limits
+    from hub.cli import build_parser
 
     counting = CountingHash(lambda stored, password: False)
     monkeypatch.setattr(hs, "verify_password", counting)

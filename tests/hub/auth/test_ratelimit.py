@@ -10,10 +10,9 @@ import pyotp
 import pytest
 from hubkit import PASSWORD, TOTP_SECRET, Clock, new_key_line
 
-from hub.audit_store import AuditStore
 from hub.auth.ratelimit import AddressGuard, LoginGuard, LoginPolicy, LoginRefused
 from hub.auth.service import AuthService
-from hub.storage.api import Storage
+from hub.storage.api import AuditQuery, Storage
 from hub.storage.sqlite import open_sqlite
 from remoteler.ca import CertAuthority
 from remoteler.errors import AccessDenied, AuthError
@@ -119,32 +118,29 @@ async def test_concurrent_failures_all_count(tmp_path: Path) -> None:
 async def test_login_lockout_refuses_even_the_right_password_and_says_when(
     tmp_path: Path, storage: Storage, clock: Clock
 ) -> None:
-    audit = await AuditStore.open(tmp_path / "audit.db")
+    audit = storage.audit  # the storage's own audit.db, as the hub's
     auth = AuthService(storage, *_cas(), "test", clock=clock, audit=audit)
-    try:
-        await auth.add_user("alice", ["access"], ["pi"], password=PASSWORD, totp_secret=TOTP_SECRET)
-        _, pub = new_key_line()
-        for _ in range(auth.guard.policy.max_user_failures):
-            with pytest.raises(AuthError, match="login failed"):
-                await auth.login("alice", "wrong password!", "000000", pub, None, "10.1.1.1")
-        code = str(pyotp.TOTP(TOTP_SECRET).at(clock()))
-        with pytest.raises(LoginRefused, match="too many failed logins for this account"):
-            await auth.login("alice", PASSWORD, code, pub, None, "10.2.2.2")
-        clock.advance(auth.guard.policy.user_lockout + 1)
-        code = str(pyotp.TOTP(TOTP_SECRET).at(clock()))
+    await auth.add_user("alice", ["access"], ["pi"], password=PASSWORD, totp_secret=TOTP_SECRET)
+    _, pub = new_key_line()
+    for _ in range(auth.guard.policy.max_user_failures):
+        with pytest.raises(AuthError, match="login failed"):
+            await auth.login("alice", "wrong password!", "000000", pub, None, "10.1.1.1")
+    code = str(pyotp.TOTP(TOTP_SECRET).at(clock()))
+    with pytest.raises(LoginRefused, match="too many failed logins for this account"):
         await auth.login("alice", PASSWORD, code, pub, None, "10.2.2.2")
+    clock.advance(auth.guard.policy.user_lockout + 1)
+    code = str(pyotp.TOTP(TOTP_SECRET).at(clock()))
+    await auth.login("alice", PASSWORD, code, pub, None, "10.2.2.2")
 
-        events = [e for e in await audit.search() if e.type == "user.login"]
-        failed = [e for e in events if e.fields.get("success") is False]
-        assert [e.fields["reason"] for e in failed[:2]] == ["wrong password"] * 2
-        assert failed[-2].fields["locked_out"] is True
-        assert failed[-1].fields["reason"] == "user locked out"
-        assert {e.fields["remote_addr"] for e in failed} == {"10.1.1.1", "10.2.2.2"}
-        assert events[-1].fields["success"] is True
-        dumped = repr([e.to_wire() for e in events])
-        assert PASSWORD not in dumped and "wrong password!" not in dumped
-    finally:
-        await audit.close()
+    events = [e for e in await audit.search(AuditQuery()) if e.type == "user.login"]
+    failed = [e for e in events if e.fields.get("success") is False]
+    assert [e.fields["reason"] for e in failed[:2]] == ["wrong password"] * 2
+    assert failed[-2].fields["locked_out"] is True
+    assert failed[-1].fields["reason"] == "user locked out"
+    assert {e.fields["remote_addr"] for e in failed} == {"10.1.1.1", "10.2.2.2"}
+    assert events[-1].fields["success"] is True
+    dumped = repr([e.to_wire() for e in events])
+    assert PASSWORD not in dumped and "wrong password!" not in dumped
 
 
 @pytest.mark.usefixtures("fast_argon2")

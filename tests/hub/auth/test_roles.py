@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from helpers import Cluster, free_port
 
-from hub.audit_store import AuditStore, audit_db_path
 from hub.auth.roles import load_role_file, parse_role
 from hub.auth.service import AuthService
-from hub.storage.api import User
+from hub.storage.api import AuditQuery, User
+from hub.storage.sqlite.audit import SQLiteAuditLog
 from remoteler.access import RULES_EXTENSION, Role, decode_rules
 from remoteler.ca import (
     generate_private_key,
@@ -280,11 +280,13 @@ def hub_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def _role_events(path: Path) -> list[Any]:
     async def read() -> list[Any]:
-        store = await AuditStore.open(audit_db_path(path))
+        audit = await SQLiteAuditLog.open(path)  # beside the running hub's own handle
         try:
-            return [e for e in await store.search(limit=100) if e.type.startswith("role.")]
+            return [
+                e for e in await audit.search(AuditQuery(limit=100)) if e.type.startswith("role.")
+            ]
         finally:
-            await store.close()
+            await audit.close()
 
     return asyncio.run(read())
 

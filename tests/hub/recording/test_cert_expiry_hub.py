@@ -23,6 +23,7 @@ from websockets.asyncio.client import connect
 
 import hub.api.server
 from hub.recording.auth import upstream_cert
+from hub.storage.api import AuditQuery
 from remoteler.access import Role
 from remoteler.ca import generate_private_key, parse_certificate, public_key_to_openssh
 from remoteler.locks import Lock
@@ -69,7 +70,7 @@ async def test_recording_proxy_ends_the_session_at_expiry(device: tuple[Hub, Dev
     assert b"remoteler: your certificate expired at " in result.stderr
     assert h.server.audit is not None
     async with asyncio.timeout(5):
-        while not (ends := await h.server.audit.search(type="session.end", node="hub")):
+        while not (ends := await h.server.audit.search(AuditQuery(type="session.end", node="hub"))):
             await asyncio.sleep(0.05)
     assert ends[0].fields["reason"] == EXPIRED_REASON
     assert ends[0].fields["exit_status"] == 255

@@ -17,13 +17,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from hub.audit_store import AuditStore
 from hub.recording import audit as recording_audit
 from hub.recording.audit import HubSessionAudit
 from hub.recording.auth import UPSTREAM_TTL, check_user_cert, upstream_cert
 from hub.recording.session import UpstreamError
-from hub.storage.api import Node
+from hub.storage.api import AuditQuery, Node
 from hub.storage.sqlite import open_sqlite
+from hub.storage.sqlite.audit import SQLiteAuditLog
 from remoteler.access import ACCESS_ROLE, RULES_EXTENSION, Role, encode_rules, resolve_rules
 from remoteler.audit.events import AuditEvent
 from remoteler.ca import DEFAULT_USER_EXTENSIONS, CertAuthority, generate_private_key
@@ -189,8 +189,8 @@ def test_upstream_certificate_is_the_users_for_one_login_and_short(
 # -- the hub's session record -------------------------------------------------------------
 
 
-async def _store(tmp_path: Path) -> AuditStore:
-    return await AuditStore.open(tmp_path / "audit.db")
+async def _store(tmp_path: Path) -> SQLiteAuditLog:
+    return await SQLiteAuditLog.open(tmp_path)  # tmp_path/audit.db, as a hub's data dir
 
 
 def _record(store: Any, **kw: Any) -> HubSessionAudit:
@@ -248,7 +248,7 @@ async def test_subsystem_sessions_count_bytes_without_recording_them(tmp_path: P
 class SlowStore:
     """The real store behind a gate: records wait until the test opens it."""
 
-    def __init__(self, store: AuditStore) -> None:
+    def __init__(self, store: SQLiteAuditLog) -> None:
         self.store = store
         self.gate = asyncio.Event()
 
@@ -301,8 +301,8 @@ async def test_an_older_database_gets_the_recording_column(tmp_path: Path) -> No
     path = tmp_path / "hub.db"
     with sqlite3.connect(path) as db:
         db.executescript(OLD_NODES)
-    for _ in range(2):  # idempotent
-        storage = await open_sqlite(path.parent)
+    for _ in range(2):  # idempotent; a node with no audit.db beside it: a trail begun anew
+        storage = await open_sqlite(path.parent, accept_empty_audit=True)
         try:
             old = await storage.nodes.get("old")
             assert old is not None and old.recording == "off"
@@ -349,7 +349,7 @@ async def test_a_quiet_session_is_flushed_within_a_chunk_interval(tmp_path: Path
         rec.output(b"$ ")
         now[0] += 1.0  # the chunk is due by the session's clock
         for _ in range(200):
-            if await store.search(type="session.data"):
+            if await store.search(AuditQuery(type="session.data")):
                 break
             await asyncio.sleep(0.01)
         else:

@@ -19,6 +19,7 @@ from hubkit import FakeAgent, Hub, running_hub
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from hub.storage.api import AuditQuery
 from remoteler.access import Role as AccessRole
 from remoteler.ca import (
     generate_private_key,
@@ -177,7 +178,7 @@ async def test_exec_env_stderr_and_exit_status_pass_through(proxied: tuple[Hub, 
     assert result.stdout == b"LANG=C.UTF-8\n" and result.stderr == b"to stderr\n"
     assert device.logins == ["pi"]  # the hub logged in to the device as the login
     assert hub.server.audit is not None
-    starts = await hub.server.audit.search(type="session.start", node="hub")
+    starts = await hub.server.audit.search(AuditQuery(type="session.start", node="hub"))
     assert [e.fields["command"] for e in starts] == ["env"]
 
 
@@ -207,7 +208,7 @@ async def test_pty_window_change_break_signal_and_exit_signal(
         await asyncio.wait_for(proc.wait_closed(), 10)
     assert proc.exit_signal is not None and proc.exit_signal[0] == "TERM"
     assert hub.server.audit is not None
-    ends = await hub.server.audit.search(type="session.end", node="hub")
+    ends = await hub.server.audit.search(AuditQuery(type="session.end", node="hub"))
     assert [e.fields["exit_signal"] for e in ends] == ["TERM"]
 
 
@@ -227,7 +228,7 @@ async def _events(hub: Hub, type: str, count: int = 1) -> list[Any]:
     assert hub.server.audit is not None
     found: list[Any] = []
     for _ in range(100):
-        found = await hub.server.audit.search(type=type, node="hub")
+        found = await hub.server.audit.search(AuditQuery(type=type, node="hub"))
         if len(found) >= count:
             return found
         await asyncio.sleep(0.05)
@@ -279,7 +280,7 @@ async def test_port_forwarding_needs_the_permission_in_the_users_certificate(
         with pytest.raises(asyncssh.ChannelOpenError):
             await conn.open_connection("127.0.0.1", 22)
     assert hub.server.audit is not None
-    assert await hub.server.audit.search(type="port.forward", node="hub") == []
+    assert await hub.server.audit.search(AuditQuery(type="port.forward", node="hub")) == []
 
 
 async def test_another_users_ssh_certificate_is_refused_at_the_hub(
@@ -295,7 +296,7 @@ async def test_another_users_ssh_certificate_is_refused_at_the_hub(
     assert hub.server.audit is not None
     failed = []
     for _ in range(100):
-        failed = await hub.server.audit.search(type="auth.failed", node="hub")
+        failed = await hub.server.audit.search(AuditQuery(type="auth.failed", node="hub"))
         if failed:
             break
         await asyncio.sleep(0.05)
@@ -337,7 +338,7 @@ async def test_a_lock_ends_a_proxied_session(
     assert b"incident" in await proc.stderr.read()  # the lock's message, before the cut
     assert hub.server.audit is not None
     for _ in range(100):  # the hub's record of the cut session is closed too
-        if await hub.server.audit.search(type="session.end", node="hub"):
+        if await hub.server.audit.search(AuditQuery(type="session.end", node="hub")):
             break
         await asyncio.sleep(0.05)
     else:
@@ -356,12 +357,12 @@ async def test_a_session_the_hub_cannot_record_is_refused(
 ) -> None:
     hub, _ = proxied
     key, cert, tls = await _user(hub)
-    monkeypatch.setattr(hub.api.server, "audit", FullStore())
+    monkeypatch.setattr(hub.server, "audit", FullStore())
     async with await _ssh(hub, key, cert, tls) as conn:
         result = await conn.run("env", encoding=None)
     assert result.exit_status == 255
     assert b"could not record this session" in result.stderr
-    monkeypatch.setattr(hub.api.server, "audit", None)
+    monkeypatch.setattr(hub.server, "audit", None)
     async with await _ssh(hub, key, cert, tls) as conn:
         result = await conn.run("env", encoding=None)
     assert result.exit_status == 255 and b"no audit store" in result.stderr
@@ -449,9 +450,9 @@ async def test_file_transfer_and_forwarding_off_in_the_roles_are_enforced_at_the
         assert info.value.reason == "port forwarding is not permitted by your roles"
         assert (await conn.run("env", encoding=None)).exit_status == 5  # a command still runs
     assert hub.server.audit is not None
-    starts = await hub.server.audit.search(type="session.start", node="hub")
+    starts = await hub.server.audit.search(AuditQuery(type="session.start", node="hub"))
     assert [e.fields["command"] for e in starts] == ["env"]
-    assert await hub.server.audit.search(type="port.forward", node="hub") == []
+    assert await hub.server.audit.search(AuditQuery(type="port.forward", node="hub")) == []
 
 
 async def test_legacy_scp_passes_when_the_roles_allow_file_transfer(
