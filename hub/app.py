@@ -124,10 +124,10 @@ class HubApp:
         passphrase = data.ca_passphrase()
         check_storage_args(args, passphrase)
         seeds = SeedCipher(passphrase) if passphrase is not None else None
-        hub_id = load_hub_id(data.path, args.hub_id)
         # The hub's state (hub/storage, docs/storage.md); nothing else opens a database.
         storage = await open_hub_storage(args)
         stack.push_async_callback(storage.close)
+        hub_id = load_hub_id(data.path, args.hub_id)
         try:
             await storage.check()  # a damaged file: one line before serving (docs/tctl.md)
             # the passphrase checked on the TOTP seeds before anything is encrypted with it

@@ -58,10 +58,12 @@ def spelt_out(root: Path = ROOT) -> list[str]:
         for path in sorted((root / package).rglob("*.py")):
             if path == root / "remoteler" / "protocol.py":
                 continue
+            lines = set()
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
                 literal = isinstance(node, ast.Constant) and node.value in NAMES
                 if literal or _is_kind_use(node):
-                    found.append(f"{path.relative_to(root)}:{getattr(node, 'lineno', '?')}")
+                    lines.add(getattr(node, "lineno", 0))
+            found += [f"{path.relative_to(root)}:{line}" for line in sorted(lines)]
     return found
 
 

@@ -101,7 +101,8 @@ class PgNodes:
                 "DELETE FROM nodes WHERE id = %s OR name = %s RETURNING id", (key, key)
             )
             gone = await cur.fetchall()
-            for row in gone:
+            for row in gone:  # its presence leases go with it (the SQLite engine's too)
+                await conn.execute("DELETE FROM presence WHERE node_id = %s", (row["id"],))
                 await notify(conn, "nodes", row["id"])
             return bool(gone)
 

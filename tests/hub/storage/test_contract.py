@@ -36,7 +36,7 @@ from hub.storage.api import (
     User,
     blob_name,
 )
-from remoteler.access import ACCESS_ROLE, Role
+from remoteler.access import ACCESS_ROLE, PRESET_ROLES, Role
 from remoteler.audit.events import AuditEvent
 from remoteler.locks import Lock
 
@@ -63,7 +63,7 @@ def _token(token_hash: str = "ab" * 32, expires: float | None = None) -> Token:
 
 
 async def test_preset_access_role(storage: Storage) -> None:
-    assert await storage.roles.all() == [ACCESS_ROLE]
+    assert await storage.roles.all() == sorted(PRESET_ROLES, key=lambda r: r.name)
     assert await storage.roles.get("access") == ACCESS_ROLE
 
 
@@ -88,7 +88,7 @@ async def test_roles_crud(storage: Storage) -> None:
     await storage.roles.put(Role("lab", max_session_ttl=60))
     got = await storage.roles.get("lab")
     assert got is not None and got.max_session_ttl == 60 and got.logins == ()
-    assert [r.name for r in await storage.roles.all()] == ["access", "lab"]
+    assert [r.name for r in await storage.roles.all()] == ["access", "editor", "lab"]
     assert await storage.roles.delete("lab") is True
     assert await storage.roles.delete("lab") is False
     assert await storage.roles.get("lab") is None
