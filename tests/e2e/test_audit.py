@@ -66,11 +66,19 @@ def test_recording_replays_exactly_what_the_user_saw(cluster: Cluster) -> None:
     assert denied.returncode != 0 and denied.stderr.count("\n") == 1
 
 
+def _trust_host_ca(cluster: Cluster, ident: Path) -> None:
+    """known_hosts beside ``ident``: the host CA, from the running hub."""
+    (ident.parent / "known_hosts").write_text(
+        cluster.tctl("auth", "export", "--type", "host").stdout
+    )
+
+
 def _openssh(
     cluster: Cluster, ident: Path, port: int, node: str, command: str
 ) -> subprocess.CompletedProcess[str]:
+    """OpenSSH straight to the agent's --local-listen port (no hub), trusting the host CA
+    that ``known_hosts`` beside ``ident`` holds (written by :func:`_trust_host_ca`)."""
     known = ident.parent / "known_hosts"
-    known.write_text(cluster.tctl("auth", "export", "--type", "host").stdout)
     return subprocess.run(
         [
             "ssh",
@@ -122,6 +130,7 @@ def test_refuse_sessions_policy_refuses_with_a_clear_message(
     wait_for(lambda: cluster.node_online("full"), what="online")
     ident = tmp_path / "tom"
     cluster.tctl("auth", "sign", "--user", "tom", "--ttl", "1h", "-o", str(ident))
+    _trust_host_ca(cluster, ident)  # tctl needs the hub: before it stops
     cluster.kill_hub(signal.SIGTERM)  # nothing drains from now on
     results = [_openssh(cluster, ident, port, "full", "echo " + "x" * 500) for _ in range(8)]
     ok = [r for r in results if r.returncode == 0]

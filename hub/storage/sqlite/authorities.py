@@ -25,7 +25,7 @@ from typing import get_args
 
 from hub.storage.api import CAKindName, CASlot, StorageError, StoredCA
 from hub.storage.sqlite.txdb import TxDb
-from remoteler.fsutil import write_file_atomic
+from remoteler.fsutil import check_secret_file_mode, write_file_atomic
 
 KINDS: tuple[CAKindName, ...] = get_args(CAKindName)
 SLOTS: tuple[CASlot, ...] = get_args(CASlot)
@@ -50,6 +50,8 @@ class CAFiles:
             private = key.read_bytes()
         except FileNotFoundError:
             return None
+        # a CA key others may read is refused, as OpenSSH refuses such a private key
+        check_secret_file_mode(key, StorageError, f"CA key {key}")
         try:
             return StoredCA(kind, slot, private, pub.read_text().strip(), crt.read_bytes())
         except OSError as exc:
