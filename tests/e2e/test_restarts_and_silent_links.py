@@ -228,7 +228,16 @@ def test_sigkilled_hub_leaves_no_node_online(rig: Rig) -> None:
     its own leases at start, so a node whose link stays down (truck-042's, black-holed)
     is offline at once, not only when the 15 s lease runs out."""
     cluster = rig.cluster
-    _hub_running(cluster, "d1", "truck-042")
+    rig.proxy.clear()  # whatever an earlier test left on truck-042's link
+    _hub_running(cluster, "d1")
+    wait_for(  # its agent may be in a backoff from an earlier test's cut
+        lambda: any(
+            n["name"] == "truck-042" and n["online"] for n in cluster.tctl_json("nodes", "ls")
+        ),
+        timeout=90,
+        interval=0.5,
+        what="truck-042 online",
+    )
     rig.proxy.blackhole()
     try:
         cluster.kill_hub(signal.SIGKILL)  # no clean-up: the leases still say online
