@@ -29,7 +29,7 @@ from hub.auth.joinguard import JoinGuard
 from hub.datadir import DataDir
 from hub.net.listener import ListenerLimits
 from hub.rotation.runtime import HubRotation, RotationDeps
-from hub.rotation_store import CASet
+from hub.rotation.store import CASet
 from hub.storage.api import StorageError
 from remoteler.addr import format_hostport, parse_hostport
 from remoteler.errors import ConfigError, UsageError
@@ -103,16 +103,16 @@ class HubApp:
         await self._stack.aclose()
 
     async def _start(self) -> None:
-        from hub import totp_seeds
         from hub.alive import alive_path, hold, keep_alive
         from hub.alive import stop as stop_alive
+        from hub.auth import totp_seeds
         from hub.auth.secrets import read_passphrase
+        from hub.auth.seedcrypt import SeedCipher
         from hub.auth.service import AuthService
         from hub.cluster_init import init_cluster
         from hub.gcpolicy import MIN_INTERVAL, GcPolicy
         from hub.hubid import load_hub_id
-        from hub.seedcrypt import SeedCipher
-        from hub.storage_options import check_storage_args, open_hub_storage
+        from hub.storage.options import check_storage_args, open_hub_storage
 
         args, stack = self.args, self._stack
         try:

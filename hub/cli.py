@@ -10,7 +10,7 @@ import sys
 from hub.audit.quota import DEFAULT_BURST, DEFAULT_RATE
 from hub.extras import require_hub_extra
 from hub.net.listener import ListenerLimits
-from hub.storage_options import add_storage_flags
+from hub.storage.options import add_storage_flags
 from remoteler.clihelp import finish
 from remoteler.errors import RemotelerError
 

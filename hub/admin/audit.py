@@ -47,7 +47,7 @@ def _opt_float(params: dict[str, Any], key: str) -> float | None:
 
 async def _session_arg(store: AuditLog, session_id: str | None) -> str | None:
     """``--session``: a whole id, or the start of one as the table shows (8 characters)."""
-    from hub.session_prefix import MAX_CANDIDATES, MIN_SESSION_PREFIX
+    from hub.audit.session_prefix import MAX_CANDIDATES, MIN_SESSION_PREFIX
 
     if session_id is None or len(session_id) < MIN_SESSION_PREFIX:
         return session_id

@@ -1,7 +1,7 @@
 """``admin.auth.*``: sign user identities and host certificates, export and rotate CAs.
 
 The CA keys stay in the hub: tctl sends a public key and gets certificates back.
-Rotation changes the state in the data dir as before (hub/rotation_store.py);
+Rotation changes the state in the data dir as before (hub/rotation/store.py);
 the hub's follower (hub/rotation/runtime.py) applies it within a second.
 """
 

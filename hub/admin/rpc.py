@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from hub.auth.service import AuthService
 from hub.datadir import DataDir
 from hub.net.identity import Identity
-from hub.rotation_store import CASet, RotationStore
+from hub.rotation.store import CASet, RotationStore
 from hub.storage.api import AuditLog, Storage
 from remoteler.access import grants_admin
 from remoteler.admin import ADMIN_PERMISSION, BUILTIN_ADMIN, HUB_ADDR_FILE

@@ -37,12 +37,12 @@ from hub.api.sessioncap import SessionCounter, TooManySessions, relay_deadline
 from hub.api.tunnels import LiveNode, TunnelRegistry
 from hub.audit.ingest import serve_audit_channel
 from hub.audit.quota import AuditQuotas, QuotaConfig
+from hub.audit.session_prefix import MIN_SESSION_PREFIX, resolve_session_prefix
 from hub.auth.locks import LOCKED_CLOSE_CODE, LockWatcher
 from hub.auth.service import AuthService, Issued, check_name, rules_of
 from hub.net.identity import Identity, peer_identity
 from hub.net.listener import Listener, ListenerLimits
 from hub.net.wsutil import DEVICE_REASONS, close_reason, device_refusal, peer_addr, peer_host
-from hub.session_prefix import MIN_SESSION_PREFIX, resolve_session_prefix
 from hub.storage.api import AuditLog, Node, Storage
 from remoteler import rpc
 from remoteler.access import Role as UserRole
@@ -77,7 +77,7 @@ from remoteler.wire.limits import Limits
 if TYPE_CHECKING:
     from hub.recording.proxy import ProxyDeps
     from hub.rotation.runtime import HubRotation
-    from hub.rotation_store import CASet
+    from hub.rotation.store import CASet
     from remoteler.ca import CertAuthority
 
 log = logging.getLogger("remoteler.hub.proxy")

@@ -42,7 +42,7 @@ from cryptography import x509
 from hub.api.tunnels import LiveNode
 from hub.auth.service import host_principals
 from hub.datadir import DataDir
-from hub.rotation_store import CASet, RotationStore
+from hub.rotation.store import CASet, RotationStore
 from hub.storage.api import Change as StorageChange
 from hub.storage.api import Storage
 from remoteler.audit.events import EventType, make_event

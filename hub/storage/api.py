@@ -20,7 +20,7 @@ Rules every engine keeps:
   except where a method says so.
 * Secrets are stored as the caller hands them: token and invite digests,
   password hashes, TOTP seeds and CA keys already encrypted by the caller when a
-  CA passphrase is set (``hub/seedcrypt.py``, ``hub/secrets.py``).
+  CA passphrase is set (``hub/auth/seedcrypt.py``, ``hub/auth/secrets.py``).
 * Every write that another hub must learn about publishes a :class:`Change`
   on the change feed (:meth:`Storage.changes`).
 """

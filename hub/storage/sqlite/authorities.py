@@ -4,7 +4,7 @@ For SQLite the CAs stay where they were, so an old data dir needs no change and 
 operator's backup habits still hold::
 
     DATA/ca/{kind}_ca.key         the slot "current": OpenSSH private key, or PKCS#8
-    DATA/ca/{kind}_ca.pub         encrypted with the CA passphrase (hub/secrets.py)
+    DATA/ca/{kind}_ca.pub         encrypted with the CA passphrase (hub/auth/secrets.py)
     DATA/ca/{kind}_ca.crt
     DATA/ca/next/{kind}_ca.*      the slot "next", while a rotation runs
 

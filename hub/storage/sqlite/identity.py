@@ -39,7 +39,7 @@ def _guard(row: aiosqlite.Row) -> LoginGuardRow:
 
 
 class SQLiteUsers:
-    """TOTP seeds are stored as given (the hub encrypts them first: hub/totp_seeds.py)."""
+    """TOTP seeds are stored as given (the hub encrypts them first: hub/auth/totp_seeds.py)."""
 
     def __init__(self, conn: Conn) -> None:
         self._c = conn

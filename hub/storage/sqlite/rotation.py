@@ -12,7 +12,7 @@ CAs' files deleted. Two hubs or a hub and tctl never both advance from one
 revision: the second gets :class:`~hub.storage.api.Conflict`. A crash between the
 CA files and the commit leaves the old state with the new files: a ``next`` CA
 that the state does not use yet, or a ``current`` CA equal to ``next`` (which the
-hub reads as "promoted": hub/rotation_store.py's rule).
+hub reads as "promoted": hub/rotation/store.py's rule).
 """
 
 from __future__ import annotations

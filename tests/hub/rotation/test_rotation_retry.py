@@ -17,7 +17,7 @@ from hub.datadir import DataDir
 from hub.rotation import runtime as rotation_runtime
 from hub.rotation.runtime import HubRotation
 from hub.rotation.state import Phase
-from hub.rotation_store import CASet
+from hub.rotation.store import CASet
 from hub.storage.sqlite import open_sqlite
 from remoteler.errors import ConfigError
 from remoteler.wire.codes import ErrorCode

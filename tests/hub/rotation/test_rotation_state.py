@@ -22,7 +22,7 @@ from hub.rotation.state import (
     revision,
     transition,
 )
-from hub.rotation_store import RotationStore
+from hub.rotation.store import RotationStore
 from hub.storage.sqlite import open_sqlite
 from remoteler.errors import UsageError
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.session_prefix import resolve_session_prefix
+from hub.audit.session_prefix import resolve_session_prefix
 from hub.storage.api import AuditQuery, StorageError
 from hub.storage.sqlite import audit as sqlite_audit
 from hub.storage.sqlite.audit import SQLiteAuditLog

@@ -1,4 +1,4 @@
-"""TOTP seeds encrypted with the CA passphrase (hub/seedcrypt.py), against a real SQLite
+"""TOTP seeds encrypted with the CA passphrase (hub/auth/seedcrypt.py), against a real SQLite
 file; the end-to-end path (hub start, tctl, tsh) is in tests/e2e/test_totp_at_rest.py."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import pytest
 from hubkit import PASSWORD, TOTP_SECRET, new_key_line, running_hub
 from websockets.asyncio.client import connect
 
-from hub import totp_seeds
+from hub.auth import totp_seeds
 from hub.auth.secrets import PASSPHRASE_FILE_ENV as _FILE
+from hub.auth.seedcrypt import SeedCipher
 from hub.datadir import DataDir
-from hub.seedcrypt import SeedCipher
 from hub.storage.api import User, Users
 from hub.storage.sqlite import SQLiteStorage, open_sqlite
 from remoteler import rpc

@@ -8,7 +8,7 @@ CA keys' parameters, 16 MiB), the user name as associated data, so a seed moved
 to another user's row does not decrypt. The key is derived once per salt and
 kept in memory. Every writer (the hub, tctl) reuses the salt already in the
 database, so all seeds share one key: scrypt costs ~0.1-0.3 s of CPU, and the
-hub derives the keys at start (hub/totp_seeds.py, in a thread), never during a login.
+hub derives the keys at start (hub/auth/totp_seeds.py, in a thread), never during a login.
 """
 
 from __future__ import annotations

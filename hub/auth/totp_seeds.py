@@ -1,4 +1,4 @@
-"""TOTP seeds sealed with the CA passphrase on their way into storage (hub/seedcrypt.py).
+"""TOTP seeds sealed with the CA passphrase on their way into storage (hub/auth/seedcrypt.py).
 
 The storage keeps a seed as it is handed over (docs/storage.md): this wrapper of
 :class:`hub.storage.api.Users` encrypts on ``put`` and decrypts on ``get``/``all``,
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from hub.seedcrypt import SeedCipher, is_encrypted, salt_of
+from hub.auth.seedcrypt import SeedCipher, is_encrypted, salt_of
 from hub.storage.api import Storage, User, Users
 from remoteler.errors import ConfigError
 
