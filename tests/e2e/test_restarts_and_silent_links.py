@@ -225,28 +225,22 @@ def test_drain_tells_open_and_new_sessions_when(rig: Rig) -> None:
 def test_sigkilled_hub_leaves_no_node_online(rig: Rig) -> None:
     """kill -9 leaves the hub's presence leases in storage (docs/storage.md). tctl, a
     client of the hub, says in one line that the hub is gone; the restarted hub drops
-    its own leases at start, so a node whose link stays down (truck-042's, black-holed)
+    its own leases at start, so a node whose link stays down (van-7's, black-holed)
     is offline at once, not only when the 15 s lease runs out."""
     cluster = rig.cluster
-    rig.proxy.clear()  # whatever an earlier test left on truck-042's link
     _hub_running(cluster, "d1")
-    wait_for(  # its agent may be in a backoff from an earlier test's cut
-        lambda: any(
-            n["name"] == "truck-042" and n["online"] for n in cluster.tctl_json("nodes", "ls")
-        ),
-        timeout=90,
-        interval=0.5,
-        what="truck-042 online",
-    )
-    rig.proxy.blackhole()
+    proxy = FaultProxy("127.0.0.1", cluster.hub_port).start()  # van-7's own link
     try:
+        cluster.start_agent("van-7", "env=lab", hub=proxy.addr)
+        wait_for(lambda: cluster.node_online("van-7"), timeout=60, what="van-7 online")
+        proxy.blackhole()
         cluster.kill_hub(signal.SIGKILL)  # no clean-up: the leases still say online
         ls = cluster.tctl("nodes", "ls", check=False)
         assert ls.returncode != 0 and len(ls.stderr.splitlines()) == 1, ls.stderr
         assert "hub start --data-dir" in ls.stderr, ls.stderr
         cluster.start_hub(*HUB_FLAGS)
         nodes = {n["name"]: n["online"] for n in cluster.tctl_json("nodes", "ls")}
-        assert nodes["truck-042"] is False, nodes
+        assert nodes["van-7"] is False, nodes
     finally:
-        rig.proxy.blackhole(False)
-        rig.proxy.reset()
+        stop_process(cluster.agents.pop("van-7"), signal.SIGKILL)
+        proxy.stop()
