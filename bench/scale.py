@@ -57,9 +57,11 @@ def run_size(ctx: Context, n: int, storage: list[str] | None = None) -> list[Fig
     # Every simulated agent connects from 127.0.0.1: lift the per-address caps, which
     # would otherwise model a whole fleet behind one carrier NAT (docs/tunnels.md).
     hub_args = [*ONE_ADDRESS_ARGS, *os.environ.get("BENCH_HUB_ARGS", "").split()]
+    spec, secret = None, None
     if storage:
+        spec, secret = storage[1], b"bench passphrase, not a secret"
         passphrase = root / "ca-passphrase"
-        passphrase.write_text("bench passphrase, not a secret\n")
+        passphrase.write_bytes(secret + b"\n")
         passphrase.chmod(0o600)
         hub_args += [*storage, "--ca-passphrase-file", str(passphrase)]
     cluster.start_hub(*hub_args)
@@ -68,7 +70,8 @@ def run_size(ctx: Context, n: int, storage: list[str] | None = None) -> list[Fig
         cluster.add_user("bench", ["root"])
         assert cluster.login("bench").returncode == 0
         identities = root / "identities.jsonl"
-        provision(cluster, n, identities)
+        host_ca = root / "host_ca.crt"  # what the simulated agents trust
+        host_ca.write_bytes(provision(cluster, n, identities, spec, secret))
         statuses = []
         for start in range(0, n, AGENTS_PER_PROCESS):
             status = root / f"status-{start}"
@@ -84,7 +87,7 @@ def run_size(ctx: Context, n: int, storage: list[str] | None = None) -> list[Fig
                         "--identities",
                         str(identities),
                         "--ca",
-                        str(cluster.data / "ca" / "host_ca.crt"),
+                        str(host_ca),
                         "--start",
                         str(start),
                         "--count",

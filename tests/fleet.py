@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 from helpers import Cluster
 
 from edge_agent.agent import Backoff
-from remoteler.ca import CertAuthority, generate_private_key, private_key_to_pkcs8_pem
+from remoteler.ca import generate_private_key, private_key_to_pkcs8_pem
 from remoteler.errors import RemotelerError
 from remoteler.hubconn import open_ws
 from remoteler.locks import lock_digest
@@ -26,36 +25,55 @@ from remoteler.wire.connection import Connection, Role
 from remoteler.wire.limits import Limits
 
 
-def provision(cluster: Cluster, n: int, out: Path) -> None:
-    """n node identities signed by the hub's host CA, registered as joined nodes."""
-    host_ca = CertAuthority.load(cluster.data / "ca", "host")
-    rows = []
-    with out.open("w") as f:
-        for i in range(n):
-            node_id = str(uuid.uuid4())
-            key = generate_private_key()
-            cert = host_ca.issue_x509(
-                key.public_key(),
-                common_name=node_id,
-                organization="remoteler-node",
-                usage="client",
-                ttl_seconds=86400,
-            )
-            f.write(
-                json.dumps({"cert": cert.decode(), "key": private_key_to_pkcs8_pem(key).decode()})
-                + "\n"
-            )
-            rows.append(
-                (node_id, f"sim-{i:05d}", json.dumps({"sim": "1"}), "", 0, None, time.time(), "{}")
-            )
-    db = sqlite3.connect(cluster.data / "hub.db", timeout=30)
-    db.executemany(
-        "INSERT INTO nodes (id, name, labels, version, online, last_seen, joined, token_labels) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        rows,
-    )
-    db.commit()
-    db.close()
+def provision(
+    cluster: Cluster,
+    n: int,
+    out: Path,
+    storage: str | None = None,
+    passphrase: bytes | None = None,
+) -> bytes:
+    """n node identities signed by the hub's host CA, registered as joined nodes, through
+    the storage interface (``storage``: the hub's ``--storage`` value, None for SQLite in
+    its data dir; ``passphrase``: the CA passphrase, when the keys are encrypted).
+    Returns the host CA's certificate (PEM), which the agents trust."""
+    return asyncio.run(_provision(cluster, n, out, storage, passphrase))
+
+
+async def _provision(
+    cluster: Cluster, n: int, out: Path, spec: str | None, passphrase: bytes | None
+) -> bytes:
+    from hub.cakeys import to_authority
+    from hub.storage import open_storage
+    from hub.storage.api import Node
+
+    storage = await open_storage(spec, cluster.data)
+    try:
+        name = await storage.settings.get("cluster") or "remoteler"
+        stored = [c for c in await storage.authorities.all() if c.kind == "host"]
+        host_ca = to_authority(next(c for c in stored if c.slot == "current"), name, passphrase)
+        with out.open("w") as f:
+            for i in range(n):
+                node_id = str(uuid.uuid4())
+                key = generate_private_key()
+                cert = host_ca.issue_x509(
+                    key.public_key(),
+                    common_name=node_id,
+                    organization="remoteler-node",
+                    usage="client",
+                    ttl_seconds=86400,
+                )
+                f.write(
+                    json.dumps(
+                        {"cert": cert.decode(), "key": private_key_to_pkcs8_pem(key).decode()}
+                    )
+                    + "\n"
+                )
+                await storage.nodes.add(
+                    Node(node_id, f"sim-{i:05d}", {"sim": "1"}, joined=time.time())
+                )
+        return host_ca.x509_pem
+    finally:
+        await storage.close()
 
 
 class Fleet:
