@@ -1,8 +1,9 @@
 """The proxy's inventory of live agent tunnels, and heartbeat bookkeeping.
 
 Which nodes this hub holds is stored as presence leases (docs/storage.md): each
-flush renews a lease of :data:`LEASE_FLUSHES` flush intervals for every live
-tunnel and drops the leases of tunnels closed since the last one, so a hub that
+flush renews the lease (:data:`LEASE_FLUSHES` flush intervals long) of every live
+tunnel whose lease has :data:`RENEW_WITHIN` intervals or less left, so each lease is
+written every other flush, and drops the leases of tunnels closed since the last one, so a hub that
 dies without cleaning up stops showing its nodes online once their leases run
 out, and a hub's restart (``presence.drop_hub``) leaves other hubs' nodes alone.
 """
@@ -22,9 +23,12 @@ from remoteler.wire.aio import Tunnel
 
 log = logging.getLogger("remoteler.hub.api.tunnels")
 
-#: A presence lease lasts this many flush intervals (3 x 5 s by default): one or two
-#: flushes may fail or run late before a live node looks offline.
-LEASE_FLUSHES = 3
+#: A presence lease lasts this many flush intervals (4 x 5 s by default) ...
+LEASE_FLUSHES = 4
+#: ... and is renewed once it has this many intervals or less left: every other
+#: flush, so 10,000 live tunnels cost 1,000 upserts a second, not 2,000, and a
+#: flush may still fail or run late without a live node looking offline.
+RENEW_WITHIN = 2
 #: Expired leases (of hubs that died) are deleted every this many flushes, in batches.
 EXPIRE_EVERY = 12
 EXPIRE_BATCH = 1000
@@ -88,6 +92,8 @@ class TunnelRegistry:
         #: tunnels closed since the last flush, whose last heartbeat is not yet written
         self._closed: dict[str, LiveNode] = {}
         self._live: dict[str, LiveNode] = {}
+        #: node id -> when the lease this hub last wrote for it runs out
+        self._leased: dict[str, float] = {}
         self._closing: set[asyncio.Future[None]] = set()
         #: counts registrations, so periodic sweeps can skip a fleet that did not change
         self.generation = 0
@@ -187,9 +193,15 @@ class TunnelRegistry:
         changes, self._online = self._online, {}
         presence = self.storage.presence
         expires = now + LEASE_FLUSHES * self.flush_interval
-        await presence.beat_many([Presence(nid, self.hub_id, expires) for nid in self._live])
+        renew_by = now + RENEW_WITHIN * self.flush_interval
+        leased = self._leased
+        due = [nid for nid in self._live if leased.get(nid, 0.0) <= renew_by]
+        await presence.beat_many([Presence(nid, self.hub_id, expires) for nid in due])
+        for nid in due:
+            leased[nid] = expires
         for node_id, (online, _when) in changes.items():
             if not online and node_id not in self._live:
+                leased.pop(node_id, None)
                 await presence.drop(node_id, self.hub_id)
         self._flushes += 1
         if self._flushes % EXPIRE_EVERY == 0:

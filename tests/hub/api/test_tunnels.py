@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
 
+from hub.api import tunnels
 from hub.api.node_status import MAX_STATUS_BYTES, AuditBacklog, parse_status, status_size
 from hub.api.tunnels import TunnelRegistry
 from hub.storage.api import Node
@@ -175,7 +177,6 @@ async def test_presence_two_hubs_on_one_file_and_a_restart(tmp_path: Path) -> No
     """Hubs A and B on one hub.db: the flush leases each hub's tunnels under its id, a
     closed tunnel's lease goes at the next flush, and B's restart (drop_hub at start)
     leaves A's nodes online: the old mark_all_offline() marked every node offline."""
-    from hub.api import tunnels
 
     a, b = await open_sqlite(tmp_path), await open_sqlite(tmp_path)
     try:
@@ -199,7 +200,7 @@ async def test_presence_two_hubs_on_one_file_and_a_restart(tmp_path: Path) -> No
             "dev3": ("hub-b",),
         }
         (lease,) = await a.presence.holders("n0", 0.0)
-        assert 14.0 < lease.expires - time.time() <= tunnels.LEASE_FLUSHES * 5.0
+        assert 19.0 < lease.expires - time.time() <= tunnels.LEASE_FLUSHES * 5.0
 
         hub_a.unregister("n1", held)  # type: ignore[arg-type]
         await hub_a.flush()
@@ -209,3 +210,25 @@ async def test_presence_two_hubs_on_one_file_and_a_restart(tmp_path: Path) -> No
     finally:
         await a.close()
         await b.close()
+
+
+async def test_each_lease_is_written_every_other_flush(tmp_path: Path) -> None:
+    """A lease of 4 intervals renewed when 2 or fewer are left: half the writes of
+    renewing at every flush, and never less than 2 intervals of margin."""
+    storage = await open_sqlite(tmp_path)
+    try:
+        node = Node(id="n9", name="dev9", joined=1.0)
+        await storage.nodes.add(node)
+        registry = TunnelRegistry(storage, "hub-a", flush_interval=0.2)
+        registry.register(node, _Closable())  # type: ignore[arg-type]
+        seen = []
+        for _ in range(6):
+            await registry.flush()
+            (lease,) = await storage.presence.holders("n9", 0.0)
+            seen.append(lease.expires)
+            left = lease.expires - time.time()
+            assert left > tunnels.RENEW_WITHIN * 0.2 - 0.05, left  # the margin holds
+            await asyncio.sleep(0.2)
+        assert len(set(seen)) in (3, 4), seen  # written at flushes 1, 3, 5 (6 with slack)
+    finally:
+        await storage.close()
