@@ -184,6 +184,9 @@ class HubApp:
             if server.listener is not None:
                 server.listener.ssl_ctx = ctx
 
+        from hub.admin.identity import for_hub
+
+        admin = for_hub(data.path, server.auth, rotation)  # DATA/admin-identity
         rotation.attach(
             RotationDeps(
                 live=server.registry.live,
@@ -191,6 +194,7 @@ class HubApp:
                 audit=audit,
                 use_cas=use_cas,
                 set_tls_context=set_tls_context,
+                before_tls=admin.renew_if_due,
             )
         )
 
@@ -202,10 +206,7 @@ class HubApp:
         stack.push_async_callback(close_server)
         bound_host, bound_port = await server.start(host, port, ssl_ctx)
         addr = format_hostport(bound_host, bound_port)
-        from hub.admin.identity import for_hub
-
-        admin = for_hub(data.path, server.auth, rotation)  # DATA/admin-identity, before hub.addr
-        await admin.renew_if_due()
+        await admin.renew_if_due()  # DATA/admin-identity, before hub.addr
         data.addr_file.write_text(addr + "\n")
         stack.callback(_unlink, data.addr_file)
         self.addr = addr

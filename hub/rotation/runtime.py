@@ -80,6 +80,10 @@ class RotationDeps:
     use_cas: Callable[[CASet], None]
     #: new connections get this TLS context (the serving CA, every trusted CA)
     set_tls_context: Callable[[ssl.SSLContext], None]
+    #: run after new CAs are in use and before the TLS context changes: the admin
+    #: identity is rewritten with the phase's trusted CAs first, so tctl never meets a
+    #: server certificate its identity does not trust (hub/admin/identity.py)
+    before_tls: Callable[[], Awaitable[object]] | None = None
 
 
 class HubRotation:
@@ -208,6 +212,11 @@ class HubRotation:
         if self.deps is None:
             return
         self.deps.use_cas(self.cas)
+        if self.deps.before_tls is not None:
+            try:
+                await self.deps.before_tls()
+            except Exception:  # the TLS context must still follow the CAs
+                log.exception("before the TLS context change: a hook failed")
         self.deps.set_tls_context(self.tls_context())
         log.info(
             "CA rotation state loaded",

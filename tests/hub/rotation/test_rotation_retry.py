@@ -79,3 +79,35 @@ async def test_a_failed_reload_is_tried_again(tmp_path: Path) -> None:
             await rotation.poll()
         await rotation.poll()  # the state did not change again: it must still be loaded
         assert rotation.cas.user.state.phase is Phase.INIT
+
+
+async def test_the_admin_identity_hook_runs_before_the_tls_context_changes(
+    tmp_path: Path,
+) -> None:
+    """tctl trusts the CAs in DATA/admin-identity: the hook that rewrites it runs after the
+    new CAs are in use and before the listener gets the new server certificate, so no
+    tctl started after the swap meets a certificate its identity does not trust. A
+    failing hook does not hold the swap back."""
+    from hub.rotation.runtime import RotationDeps
+
+    async with hub_rotation(tmp_path) as rotation:
+        order: list[str] = []
+
+        async def hook() -> None:
+            order.append("identity")
+            raise OSError("disk full")
+
+        rotation.attach(
+            RotationDeps(
+                live=list,
+                get_node=rotation.store.storage.nodes.get,
+                audit=None,
+                use_cas=lambda cas: order.append("cas"),
+                set_tls_context=lambda ctx: order.append("tls"),
+                before_tls=hook,
+            )
+        )
+        order.clear()
+        await rotation.store.change("host", Phase.INIT, time.time(), mode="manual")
+        await rotation.poll()
+        assert order == ["cas", "identity", "tls"], order
