@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
+from bench.fixtures import storage_engine
 from bench.harness import Context, Figure, benchmark, median
 from edge_agent.forwarder import run_forwarder
 from edge_agent.outbox import Outbox
@@ -154,26 +153,6 @@ async def _drain(
             p.unlink()
 
 
-@contextlib.contextmanager
-def _engine() -> Iterator[tuple[str, Callable[[], str | None]]]:
-    """The engine ``BENCH_STORAGE`` names and a maker of fresh ``--storage`` values
-    (None: SQLite in the data dir); PostgreSQL is started here and stopped after."""
-    engine = os.environ.get("BENCH_STORAGE", "sqlite")
-    if engine == "sqlite":
-        yield engine, lambda: None
-        return
-    if engine != "postgresql":
-        raise SystemExit(f"BENCH_STORAGE={engine!r}: use sqlite or postgresql")
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from pgkit import PgServer
-
-    server = PgServer.start()
-    try:
-        yield engine, server.new_database
-    finally:
-        server.stop()
-
-
 @contextlib.asynccontextmanager
 async def _storage(spec: str | None, data_dir: Path) -> AsyncIterator[Storage]:
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -202,7 +181,7 @@ def audit(ctx: Context) -> list[Figure]:
     single = [asyncio.run(_write_rate(path, n_single, 1)) for _ in range(ctx.repeats)]
     runs = [asyncio.run(_drain(path, n_drain)) for _ in range(min(ctx.repeats, 3))]
     drains = [r[1] for r in runs]
-    with _engine() as (engine, fresh):
+    with storage_engine() as (engine, fresh):
         stored = [  # each run into an empty store: a new data dir or database
             asyncio.run(_drain_into(path, n_drain, fresh(), ctx.workdir / f"hubdata-{i}"))
             for i in range(min(ctx.repeats, 3))

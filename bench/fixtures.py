@@ -11,7 +11,7 @@ import pwd
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,3 +162,24 @@ def openssh_server(workdir: Path) -> Iterator[Sshd]:
         yield server
     finally:
         stop_process(proc)
+
+
+@contextlib.contextmanager
+def storage_engine() -> Iterator[tuple[str, Callable[[], str | None]]]:
+    """The hub storage engine ``BENCH_STORAGE`` names (``sqlite``, the default, or
+    ``postgresql``) and a maker of fresh ``--storage`` values: None (SQLite in the data
+    dir) or a new database on a throw-away PostgreSQL (tests/pgkit.py), started here
+    and stopped after."""
+    engine = os.environ.get("BENCH_STORAGE", "sqlite")
+    if engine == "sqlite":
+        yield engine, lambda: None
+        return
+    if engine != "postgresql":
+        raise SystemExit(f"BENCH_STORAGE={engine!r}: use sqlite or postgresql")
+    from pgkit import PgServer
+
+    server = PgServer.start()
+    try:
+        yield engine, server.new_database
+    finally:
+        server.stop()

@@ -21,7 +21,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench.fixtures import BIN, Cluster, free_port, provision, stop_process
+from bench.fixtures import BIN, Cluster, free_port, provision, stop_process, storage_engine
 from bench.footprint import cpu_seconds, rss_mib
 from bench.harness import Context, Figure, benchmark, median, p99
 
@@ -223,11 +223,15 @@ def run_size(ctx: Context, n: int, storage: list[str] | None = None) -> list[Fig
 def hub_scale(ctx: Context) -> list[Figure]:
     sizes = [int(x) for x in os.environ.get("BENCH_SCALE_SIZES", "1000,5000,10000").split(",")]
     figures: list[Figure] = []
-    engine = os.environ.get("BENCH_STORAGE", "sqlite")
-    if engine == "sqlite":
+    with storage_engine() as (engine, fresh):
         for n in ctx.pick(sizes, [20]):
-            figures += run_size(ctx, n)
-        return figures
+            spec = fresh()
+            if spec is None:
+                figures += run_size(ctx, n)
+                continue
+            for figure in run_size(ctx, n, ["--storage", spec]):
+                figures.append(replace(figure, name=f"{figure.name} ({engine})"))
+    return figures
     if engine != "postgresql":
         raise SystemExit(f"BENCH_STORAGE={engine!r}: use sqlite or postgresql")
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))

@@ -11,7 +11,12 @@ from pathlib import Path
 
 from hub.storage.api import Storage, StorageError
 
-__all__ = ["Storage", "StorageError", "open_storage"]
+__all__ = ["Storage", "StorageError", "is_postgres", "open_storage"]
+
+
+def is_postgres(spec: str | None) -> bool:
+    """Whether a ``--storage`` value names the PostgreSQL engine."""
+    return bool(spec) and str(spec).startswith(("postgresql://", "postgres://"))
 
 
 async def open_storage(
@@ -27,7 +32,7 @@ async def open_storage(
         from hub.storage.sqlite import open_sqlite
 
         return await open_sqlite(data_dir, accept_empty_audit=accept_empty_audit)
-    if spec.startswith(("postgresql://", "postgres://")):
+    if is_postgres(spec):
         from hub.storage.postgres import open_postgres
 
         return await open_postgres(spec, password_file=password_file)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hub.storage import is_postgres
 from hub.storage.api import Storage, StorageError
 from remoteler.errors import ConfigError, UsageError
 
@@ -32,10 +33,6 @@ def add_storage_flags(start: argparse.ArgumentParser) -> None:
         help="the PostgreSQL password, first line of FILE (default: none, libpq's "
         "PGPASSFILE or ~/.pgpass)",
     )
-
-
-def is_postgres(spec: str | None) -> bool:
-    return bool(spec) and str(spec).startswith(("postgresql://", "postgres://"))
 
 
 def check_storage_args(args: argparse.Namespace, passphrase: bytes | None) -> None:
