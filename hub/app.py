@@ -26,6 +26,8 @@ from hub.api.server import HubServer
 from hub.audit.quota import QuotaConfig
 from hub.auth.hashgate import HashGate
 from hub.auth.joinguard import JoinGuard
+from hub.cluster.addrs import advertised, cert_hosts
+from hub.cluster.member import ClusterMember
 from hub.datadir import DataDir
 from hub.net.listener import ListenerLimits
 from hub.rotation.runtime import HubRotation, RotationDeps
@@ -68,6 +70,8 @@ class HubApp:
         self._stack = contextlib.AsyncExitStack()
         self.tasks: list[asyncio.Task[None]] = []
         self.server: HubServer | None = None
+        #: this hub in its cluster (hub/cluster/member.py), once started
+        self.member: ClusterMember | None = None
         #: ``HOST:PORT`` the hub listens on, once started
         self.addr = ""
 
@@ -136,7 +140,7 @@ class HubApp:
             cluster = await init_cluster(storage, args.cluster_name, passphrase)
             # The CAs of the current rotation phase (hub/rotation/runtime.py), followed live.
             rotation = await HubRotation.open(
-                storage, data, cluster, passphrase, [host, *args.public_addr]
+                storage, data, cluster, passphrase, cert_hosts(host, args.public_addr)
             )
             if migrated := await totp_seeds.migrate(raw_users, seeds):  # docs/security.md
                 log.info("TOTP seeds encrypted with the CA passphrase", extra={"users": migrated})
@@ -174,11 +178,14 @@ class HubApp:
             hub_id=hub_id,
         )
         self.server = server
+        server.reuse_port = args.worker_index is not None  # hub start --workers (hub/workers.py)
         server.rotation = rotation  # its CAs in ping and join answers, the recording proxy's
 
         def use_cas(cas: CASet) -> None:
             server.auth.user_ca = cas.user.signer
             server.auth.host_ca = cas.host.signer
+            if self.member is not None:  # the hub certificate follows the host CA
+                self.member.cas_changed()
 
         def set_tls_context(ctx: ssl.SSLContext) -> None:
             if server.listener is not None:
@@ -210,6 +217,18 @@ class HubApp:
         data.addr_file.write_text(addr + "\n")
         stack.callback(_unlink, data.addr_file)
         self.addr = addr
+        # A member of the cluster of hubs on this storage (docs/cluster.md).
+        member = self.member = ClusterMember(
+            storage,
+            hub_id,
+            server.registry,
+            lambda: (rotation.cas.host.server, rotation.cas.host.trusted_pems()),
+            cert_hosts(host, args.public_addr),
+            listener_limits=server.listener_limits,
+        )
+        stack.push_async_callback(member.close)
+        server.peers = member.peers
+        await member.start(advertised((bound_host, bound_port), args.public_addr), args.peer_listen)
         log.info(
             "hub listening",
             extra={
@@ -220,6 +239,8 @@ class HubApp:
             },
         )
         self._spawn(server.registry.run_flusher())
+        for loop in member.loops():
+            self._spawn(loop)
         from hub.firmware.rollouts import FirmwareRollouts  # roll-outs on the storage
 
         self._spawn(FirmwareRollouts(storage, server.registry, audit).run())
@@ -243,6 +264,8 @@ class HubApp:
             spread = min(120.0, max(5.0, len(server.registry) / 200))
         spread = min(max(spread, 1.0), 3600.0)  # a GOAWAY retry-after is at most an hour
         log.info("hub stopping")
+        if self.member is not None:  # agents move to other hubs, which route to them
+            await self.member.leave()
         await server.drain(args.shutdown_grace, spread)
 
 

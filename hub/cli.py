@@ -47,7 +47,30 @@ def build_parser() -> argparse.ArgumentParser:
         "keys unencrypted)",
     )
     start.add_argument(
-        "--public-addr", action="append", default=[], help="extra name in the TLS certificate"
+        "--public-addr",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="a name agents, users and other hubs reach this hub by, put in its TLS "
+        "certificates; the first is what agents of a cluster are told to dial (default: "
+        "the --listen address; docs/cluster.md). May be repeated",
+    )
+    start.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N hub processes sharing the --listen port (SO_REUSEPORT), each a member "
+        "of the cluster with id ID-wI and peer port PORT+I; needs a fixed --listen port "
+        "and --peer-listen (default 1; sizing in docs/cluster.md)",
+    )
+    start.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    start.add_argument(
+        "--peer-listen",
+        metavar="HOST:PORT",
+        default=None,
+        help="listen for the cluster's other hubs here (mutual TLS with hub certificates; "
+        "port 0 picks one); needed by hubs sharing one PostgreSQL (docs/cluster.md)",
     )
     start.add_argument(
         "--shutdown-grace",
@@ -203,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         require_hub_extra()
+        if args.workers != 1 and args.worker_index is None:
+            from hub.workers import supervise
+
+            return supervise(args, list(sys.argv[1:] if argv is None else argv))
         asyncio.run(run(args))
     except RemotelerError as err:
         print(f"hub: {err}", file=sys.stderr)

@@ -39,3 +39,11 @@ ROTATE_KIND: Final = "rotate"
 LOCKS_KIND: Final = "locks"
 #: hub -> agent: a firmware roll-out's bundle and progress
 FIRMWARE_KIND: Final = "firmware"
+
+# -- hub to hub (docs/cluster.md) ------------------------------------------------------
+#: ``/v1/peer`` on a hub's ``--peer-listen`` port: one multiplexed link between two hubs
+#: of a cluster (mutual TLS with hub certificates), the tunnel protocol.
+PEER_SUBPROTOCOL: Final = "remoteler.peer.v1"
+#: hub -> hub on a peer link: a channel to a node whose tunnel the other hub holds
+#: (meta: node id, the channel kind and meta to open on the node's tunnel)
+RELAY_KIND: Final = "relay"

@@ -12,7 +12,8 @@ from pathlib import Path
 log = logging.getLogger("remoteler.tls")
 
 
-def _load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+def load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    """Load a certificate chain and key given as PEM bytes into ``ctx``."""
     # ssl only loads key material from files: use a private temp dir, removed at once.
     with tempfile.TemporaryDirectory(prefix="remoteler-tls-") as tmp:
         cert_path = Path(tmp) / "cert.pem"
@@ -102,7 +103,7 @@ def server_context(cert_pem: bytes, key_pem: bytes, client_ca_pems: list[bytes])
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    _load_chain(ctx, cert_pem, key_pem)
+    load_chain(ctx, cert_pem, key_pem)
     ctx.verify_mode = ssl.CERT_OPTIONAL
     # asyncio clients cannot resume sessions, so tickets are pure cost: about
     # 0.7 ms of each handshake with OpenSSL 3.0 (bench/scale.py, reconnect storms).
@@ -140,7 +141,7 @@ def client_context(
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(cadata=ca_pem.decode())
     if cert_pem is not None and key_pem is not None:
-        _load_chain(ctx, cert_pem, key_pem)
+        load_chain(ctx, cert_pem, key_pem)
     if alpn:
         ctx.set_alpn_protocols(alpn)
     return ctx

@@ -312,12 +312,14 @@ async def cmd_nodes(args: argparse.Namespace, hub: HubClient) -> None:
                 _backlog(n["audit_pending"], n["audit_oldest"], now),
                 n["recording"],
                 format_skew(n["clock_skew"]),
+                ",".join(n.get("hubs") or []) or "-",
             ]
             for n in items
         ]
         headers = [
             *("Node", "ID", "Labels", "Status", "Last seen", "Audit backlog", "Recording"),
             "Clock",  # device minus hub: "+1 day" ahead, "-20 min" behind
+            "Hubs",  # the hubs holding its tunnels (docs/cluster.md)
         ]
         _emit(args, items, table(rows, headers))
     elif args.cmd == "rm":
@@ -419,9 +421,27 @@ async def cmd_status(args: argparse.Namespace, hub: HubClient) -> None:
             f"CA pin:   {info['ca_pin']}",
             f"Nodes:    {info['nodes']} ({info['nodes_online']} online)",
             *tctl_rotate.status_lines(info),
+            *_hub_lines(info),
         ]
     )
     _emit(args, info, text)
+
+
+def _hub_lines(info: dict[str, Any]) -> list[str]:
+    """The cluster's hubs (docs/cluster.md): one row each, this one marked."""
+    hubs = info.get("hubs") or []
+    rows = [
+        [
+            h["id"] + (" *" if h["id"] == info.get("hub_id") else ""),
+            h["addr"],
+            h["peer_addr"] or "-",
+            str(h["agents"]),
+            f"{h['lease_age']:.0f}s",
+        ]
+        for h in hubs
+    ]
+    headers = ["Hub", "Address", "Peer address", "Agents", "Lease age"]
+    return ["", f"Hubs:     {len(hubs)} (* = this one)", table(rows, headers)]
 
 
 async def cmd_create(args: argparse.Namespace, hub: HubClient) -> None:

@@ -124,6 +124,8 @@ async def nodes_ls(call: AdminCall, params: dict[str, Any]) -> Any:
             "audit_oldest": n.audit_oldest,
             "recording": n.recording,
             "clock_skew": n.clock_skew,
+            # the hubs holding a live tunnel of the node (docs/cluster.md)
+            "hubs": sorted(n.held_by),
         }
         for n in await call.host.storage.nodes.all()
     ]
@@ -252,9 +254,24 @@ async def status(call: AdminCall, params: dict[str, Any]) -> Any:
     from hub.admin.auth import rotation_info
 
     nodes = await call.host.storage.nodes.all()
+    now = time.time()
+    hubs = [
+        {
+            "id": h.id,
+            "addr": h.public_addr,
+            "peer_addr": h.peer_addr,
+            "agents": h.agents,
+            "lease_age": round(max(0.0, now - h.beat_at), 1),
+            "version": h.version,
+            "started": h.started,
+        }
+        for h in await call.host.storage.hubs.live(now)
+    ]
     return {
         "cluster": call.host.auth.cluster,
         "hub": call.hub_addr(),
+        "hub_id": call.host.hub_id,
+        "hubs": hubs,
         "nodes": len(nodes),
         "nodes_online": sum(1 for n in nodes if n.online),
         # ca_pin, user_ca_pin, rotation, nodes_updated

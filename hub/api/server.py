@@ -40,6 +40,8 @@ from hub.audit.quota import AuditQuotas, QuotaConfig
 from hub.audit.session_prefix import MIN_SESSION_PREFIX, resolve_session_prefix
 from hub.auth.locks import LOCKED_CLOSE_CODE, LockWatcher
 from hub.auth.service import AuthService, Issued, check_name, rules_of
+from hub.cluster.peers import PeerLinks
+from hub.cluster.route import NodeRoute
 from hub.net.identity import Identity, peer_identity
 from hub.net.listener import Listener, ListenerLimits
 from hub.net.wsutil import DEVICE_REASONS, close_reason, device_refusal, peer_addr, peer_host
@@ -128,7 +130,12 @@ class HubServer:
         self.storage = storage
         self.audit = audit
         self.limits = limits or Limits()
+        self.hub_id = hub_id
+        #: share the listening port with sibling workers (hub/workers.py)
+        self.reuse_port = False
         self.registry = TunnelRegistry(storage, hub_id)
+        #: links to the cluster's other hubs (hub/cluster/peers.py); set by hub/app.py
+        self.peers: PeerLinks | None = None
         #: CA rotation follower (hub/rotation/runtime.py); set by hub/app.py
         self.rotation: HubRotation | None = None
         self.locks = LockWatcher(storage, self.registry)
@@ -163,6 +170,7 @@ class HubServer:
             max_size=max(self.limits.max_frame_bytes, MAX_CONNECT_MESSAGE) + 1024,
             limits=self.listener_limits,
         )
+        self.listener.reuse_port = self.reuse_port
         # Compression stays off (SSH bytes are encrypted: deflate only burns CPU and
         # memory) and websocket pings too: the tunnel has its own heartbeats.
         self.server = await self.listener.start(host, port, backlog=4096)
@@ -258,12 +266,12 @@ class HubServer:
                 query = parse_qs(url.query)
                 node_key = (query.get("node") or [""])[0]
                 login = (query.get("login") or [""])[0]
-                node, roles = await self.authorize_connect(ident, node_key, login)
+                node, roles, route = await self.authorize_connect(ident, node_key, login)
                 if restarting := self._restarting(connection):  # began during the probe
                     return restarting
                 assert ident is not None
                 self._take_session_slot(connection, ident.name, roles)
-                connection.remoteler_target = (node, login)  # type: ignore[attr-defined]
+                connection.remoteler_target = (node, login, route)  # type: ignore[attr-defined]
                 return None
         except AuthError as err:
             return _refuse(connection, HTTPStatus.UNAUTHORIZED, err)
@@ -309,8 +317,9 @@ class HubServer:
 
     async def authorize_connect(
         self, ident: Identity | None, node_key: str, login: str
-    ) -> tuple[Node, list[UserRole]]:
-        """The node to connect to and the user's roles (which set the session's limits)."""
+    ) -> tuple[Node, list[UserRole], NodeRoute]:
+        """The node to connect to, the user's roles (which set the session's limits), and
+        the route to it: its tunnel here, or a peer hub that holds it (docs/cluster.md)."""
         if ident is None or ident.kind != "user":
             raise AuthError("connecting to a node needs a user certificate: run 'tsh login'")
         user = await self.storage.users.get(ident.name)
@@ -349,18 +358,31 @@ class HubServer:
             )
             raise AccessDenied(reason)
         if live is None:
+            route = await self.peer_route(node.id)
+            if route is not None:
+                return node, roles, route
             seen = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(node.last_seen or 0))
             raise NodeError(
                 f"node {node.name!r} is offline (last seen {seen}); try again when it reconnects"
             )
         silent = await check_link(live.tunnel)  # a frozen link: say so in 2 s, not 15
         if silent is not None:
+            route = await self.peer_route(node.id)  # its other tunnel may still work
+            if route is not None:
+                return node, roles, route
             log.warning(
                 "connect refused: link silent",
                 extra={"user": user.name, "node_id": node.id, "silent_s": round(silent.silence)},
             )
             raise NodeError(not_answering(node.name, silent))
-        return node, roles
+        return node, roles, live
+
+    async def peer_route(self, node_id: str) -> NodeRoute | None:
+        """A route through another hub of the cluster that holds the node's tunnel."""
+        if self.peers is None:
+            return None
+        holders = await self.storage.presence.holders(node_id, time.time())
+        return await self.peers.route_to(node_id, [p.hub_id for p in holders])
 
     # connections -----------------------------------------------------------
     async def handle(self, ws: ServerConnection) -> None:
@@ -378,7 +400,7 @@ class HubServer:
                     clock=query.get("clock") == ["1"],
                 )
             elif path == "/v1/connect":
-                node, login = ws.remoteler_target  # type: ignore[attr-defined]
+                node, login, route = ws.remoteler_target  # type: ignore[attr-defined]
                 assert ident is not None
                 # the session's slot is given back when the TCP connection is gone
                 query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
@@ -389,7 +411,7 @@ class HubServer:
                         # the drain began after our last check: its announcement missed us
                         left = seconds_left(self.drain_deadline, time.monotonic())
                         await self.notices.tell(ws, session_notice(left))
-                    await self.serve_connect(ws, ident.name, node, login)
+                    await self.serve_connect(ws, ident.name, node, login, route)
                 finally:
                     self.notices.discard(ws)
             elif path == "/v1/rpc":
@@ -482,22 +504,22 @@ class HubServer:
             audit=self.audit,
         )
 
-    async def serve_connect(self, ws: ServerConnection, user: str, node: Node, login: str) -> None:
-        live = self.registry.get(node.id)
+    async def serve_connect(
+        self, ws: ServerConnection, user: str, node: Node, login: str, route: NodeRoute
+    ) -> None:
         session_id = str(uuid.uuid4())
         fields = {"user": user, "login": login, "node_id": node.id, "session_id": session_id}
-        if live is None:
-            await ws.close(4503, f"node {node.name!r} went offline; try again when it reconnects")
-            return
+        if route.via:
+            fields["via"] = route.via
         if node.recording == "proxy":  # the hub terminates SSH and records (hub/recording/proxy.py)
             from hub.recording.proxy import RecordingProxy
 
             await RecordingProxy(self.recording_deps()).serve(
-                ws, user, node, login, session_id, live
+                ws, user, node, login, session_id, route
             )
             return
         try:
-            channel = await live.tunnel.open_channel(
+            channel = await route.open_channel(
                 SSH_KIND,
                 {
                     "user": user,
@@ -509,13 +531,18 @@ class HubServer:
             )
         except (ChannelOpenError, TunnelClosed, TimeoutError) as exc:
             log.warning("connect failed: %s", type(exc).__name__, extra=fields)
+            if isinstance(exc, TunnelClosed) and not route.via:
+                await ws.close(
+                    4503, f"node {node.name!r} went offline; try again when it reconnects"
+                )
+                return
             why = f"node {node.name!r} did not accept the session; try again"
             if isinstance(exc, ChannelOpenError) and exc.code in DEVICE_REASONS and exc.reason:
                 why = device_refusal(node.name, exc.reason)  # forward mode: its sshd is down
             await ws.close(4502, close_reason(why))
             return
         log.info("session relay start", extra=fields)
-        live.session_started()
+        route.session_started()
 
         async def cut(code: int, reason: str) -> None:
             """End the relay now: the device's channel first (a client that does not
@@ -550,6 +577,13 @@ class HubServer:
             while data := await channel.read(RELAY_CHUNK):
                 received += len(data)
                 await ws.send(data)
+            if not channel.eof_received and route.lost():
+                # closed without the device's end of stream: its tunnel, or the peer
+                # hub holding it, went away mid-session
+                held = f" (hub {route.via}, which held its tunnel, went away)" if route.via else ""
+                why = f"the link to node {node.name!r} was lost{held}; connect again"
+                await ws.close(4502, close_reason(why))
+                return
             await ws.close()
 
         async def end_at_expiry(deadline: float) -> None:
@@ -574,7 +608,7 @@ class HubServer:
                     await task
             channel.close()
             untrack()
-            live.session_ended()
+            route.session_ended()
             log.info("session relay end", extra={**fields, "bytes_in": sent, "bytes_out": received})
 
     async def serve_rpc(self, ws: ServerConnection, ident: Identity | None) -> None:
@@ -707,7 +741,9 @@ class HubServer:
                     "id": node.id,
                     "name": node.name,
                     "labels": labels,
-                    "online": live is not None,
+                    # held here, or by another hub of the cluster (presence)
+                    "online": live is not None
+                    or any(h != self.hub_id for h in node.held_by),
                     "serial_ports": live.serial_ports if live else [],  # while online
                     "last_seen": live.last_seen if live else node.last_seen,
                     "version": (live.version if live else "") or node.version,

@@ -19,7 +19,7 @@ from typing import Any
 
 from hub.api.node_status import NodeStatus, StatusTooLarge, parse_status
 from hub.storage.api import Beat, Node, Presence, Storage
-from remoteler.wire.aio import Tunnel
+from remoteler.wire.aio import Channel, Tunnel
 
 log = logging.getLogger("remoteler.hub.api.tunnels")
 
@@ -65,6 +65,16 @@ class LiveNode:
         after connecting says (and for agents older than forward mode)."""
         return self.status.ssh
 
+    #: a node held here is reached over its own tunnel (hub/cluster/route.py NodeRoute)
+    via = ""
+
+    async def open_channel(self, kind: str, meta: dict[str, Any], timeout: float) -> Channel:
+        """Open a channel on the node's tunnel (hub/cluster/route.py NodeRoute)."""
+        return await self.tunnel.open_channel(kind, meta, timeout=timeout)
+
+    def lost(self) -> bool:
+        return self.tunnel.closed.is_set()
+
     def session_started(self) -> None:
         self.sessions += 1
         self.idle.clear()
@@ -99,6 +109,9 @@ class TunnelRegistry:
         self.generation = 0
         #: online/offline changes not yet written: a reconnect storm costs no queries
         self._online: dict[str, tuple[bool, float]] = {}
+        #: set by a draining hub of a cluster: its leases are dropped and not renewed,
+        #: so other hubs route through the agents' other tunnels (hub/cluster/member.py)
+        self.leaving = False
 
     def get(self, node_id: str) -> LiveNode | None:
         return self._live.get(node_id)
@@ -195,7 +208,7 @@ class TunnelRegistry:
         expires = now + LEASE_FLUSHES * self.flush_interval
         renew_by = now + RENEW_WITHIN * self.flush_interval
         leased = self._leased
-        due = [nid for nid in self._live if leased.get(nid, 0.0) <= renew_by]
+        due = [] if self.leaving else [nid for nid in self._live if leased.get(nid, 0.0) <= renew_by]
         await presence.beat_many([Presence(nid, self.hub_id, expires) for nid in due])
         for nid in due:
             leased[nid] = expires

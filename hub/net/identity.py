@@ -15,11 +15,14 @@ from cryptography import x509
 
 from remoteler.ca import CertAuthority, signed_by
 
+#: the organisation of a hub's certificate (hub/cluster/identity.py)
+HUB_ORG = "remoteler-hub"
+
 
 @dataclass(frozen=True)
 class Identity:
-    kind: Literal["user", "node"]
-    #: user name, or node id
+    kind: Literal["user", "node", "hub"]
+    #: user name, node id, or hub id (a peer hub's certificate, hub/cluster/identity.py)
     name: str
 
 
@@ -46,13 +49,19 @@ def peer_identity(
         if cert.issuer == user_subject:
             return Identity("user", cn)
         if cert.issuer == host_subject:
-            return Identity("node", cn)
+            return Identity(_host_kind(cert), cn)
         return None
     if signed_by(cert, user_ca.public_key):
         return Identity("user", cn)
     if signed_by(cert, host_ca.public_key):
-        return Identity("node", cn)
+        return Identity(_host_kind(cert), cn)
     return None
+
+
+def _host_kind(cert: x509.Certificate) -> Literal["node", "hub"]:
+    """A host CA certificate is a hub's if its organisation says so, else a node's."""
+    orgs = cert.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)
+    return "hub" if orgs and orgs[0].value == HUB_ORG else "node"
 
 
 @functools.lru_cache(maxsize=16)

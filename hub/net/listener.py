@@ -190,12 +190,16 @@ class Listener:
         self.drops = DropCounter(self.limits.drop_summary_interval)
         self._conn_tasks: set[asyncio.Task[None]] = set()
         self.ws_server: Server | None = None
+        #: share the port with other processes (``hub start --workers``, hub/workers.py)
+        self.reuse_port = False
 
     async def start(self, host: str, port: int, backlog: int = 4096) -> Server:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
             sock.listen(backlog)
             sock.setblocking(False)

@@ -63,7 +63,7 @@ from remoteler.sshserver import SERVER_OPTIONS, CertificateOnlyServer, CheckedTu
 from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
 
 if TYPE_CHECKING:
-    from hub.api.tunnels import LiveNode
+    from hub.cluster.route import NodeRoute
     from hub.storage.api import AuditLog, Node
 
 log = logging.getLogger("remoteler.hub.recording")
@@ -123,7 +123,7 @@ class RecordingProxy:
         return self.deps.host_server_ca()
 
     async def serve(
-        self, ws: Any, user: str, node: Node, login: str, session_id: str, live: LiveNode
+        self, ws: Any, user: str, node: Node, login: str, session_id: str, live: NodeRoute
     ) -> None:
         """Run the SSH server over ``ws`` until the user or the device hangs up."""
         fields = {"user": user, "login": login, "node_id": node.id, "session_id": session_id}
@@ -254,7 +254,7 @@ class ConnState:
         node: Node,
         login: str,
         session_id: str,
-        live: LiveNode,
+        live: NodeRoute,
         peer: str,
     ) -> None:
         self.proxy = proxy
@@ -326,7 +326,7 @@ class ConnState:
         if self.user_cert is None:
             raise UpstreamError("no checked certificate")
         try:
-            channel = await self.live.tunnel.open_channel(
+            channel = await self.live.open_channel(
                 SSH_KIND,
                 {
                     "user": self.user,

@@ -101,6 +101,11 @@ class Channel:
         return (self._eof or self._closed) and not self._buf_size
 
     @property
+    def eof_received(self) -> bool:
+        """True once the peer half-closed (sent EOF): its stream ended normally."""
+        return self._eof
+
+    @property
     def buffered_amount(self) -> int:
         """Bytes written but not yet framed (held back by the peer's window)."""
         return self._core.buffered_amount(self.channel_id)
