@@ -1,0 +1,341 @@
+"""Several hubs, one fleet: three real hubs on one PostgreSQL, HAProxy in TCP
+passthrough in front, four agents keeping two tunnels each (docs/cluster.md).
+
+The module shares one cluster (joining and starting cost more than each test); every
+test leaves the three hubs running and every node held by two of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clusterkit import HubCluster
+from haproxykit import HAProxy
+from helpers import BIN, stop_process, wait_for
+from pgkit import PgServer
+
+from edge_agent.outbox import Outbox
+from firmware_tools.bundle import build_bundle
+from firmware_tools.keys import load_signing_key, write_key_pair
+from remoteler.audit.events import EventType, make_event
+
+ME = pwd.getpwuid(os.geteuid()).pw_name
+NODES = ("dev0", "dev1", "dev2", "dev3")
+HEALTH = "true"
+HOOK = """#!/bin/sh
+echo "$REMOTELER_FW_VERSION" >> "$REMOTELER_DATA_DIR/installs"
+"""
+
+
+@dataclass
+class Fleet:
+    cluster: HubCluster
+    lb: HAProxy
+    pg: PgServer
+    db: str
+    ident: Path
+
+
+def _agent(cluster: HubCluster, name: str, lb: str) -> None:
+    cluster.start_agent(
+        name,
+        f"board=rpi4,dev={name}",
+        None,
+        "--firmware-key",
+        str(cluster.root / "fw.key.pub"),
+        "--firmware-health-check",
+        HEALTH,
+        hub=lb,
+    )
+
+
+def _fully_held(cluster: HubCluster, names: tuple[str, ...] = NODES, want: int = 2) -> bool:
+    held = cluster.holders()
+    return all(len(held.get(name, [])) >= want for name in names)
+
+
+@pytest.fixture(scope="module")
+def fleet(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    root = tmp_path_factory.mktemp("cluster")
+    url = pg_server.new_database()
+    cluster = HubCluster(root, 0, storage_url=url, hub_flags=("--shutdown-grace", "3"))
+    lb: HAProxy | None = None
+    try:
+        cluster.start_all()
+        lb = HAProxy.start([m.addr for m in cluster.members])
+        cluster.front = lb.addr
+        cluster.add_user("alice", [ME])
+        write_key_pair(root / "fw.key")
+        cluster.tctl("firmware", "trust", str(root / "fw.key.pub"))
+        pin = cluster.ca_pin()
+        cluster.ca_pin = lambda: pin  # type: ignore[method-assign]
+        for name in NODES:
+            _agent(cluster, name, lb.addr)
+        wait_for(lambda: _fully_held(cluster), timeout=60, what="every node on two hubs")
+        ident = cluster.sign("alice", root / "alice.identity")
+        yield Fleet(cluster, lb, pg_server, url.rsplit("/", 1)[1], ident)
+    finally:
+        cluster.stop()
+        if lb is not None:
+            lb.stop()
+
+
+def _ssh(fleet: Fleet, hub: str, node: str, *command: str) -> subprocess.CompletedProcess[str]:
+    return fleet.cluster.ssh(fleet.ident, hub, f"{ME}@{node}", *command, timeout=60)
+
+
+def _restore(fleet: Fleet) -> None:
+    """Start any stopped hub again; wait until every node is on two hubs."""
+    cluster = fleet.cluster
+    for member in cluster.members:
+        if member.proc is None:
+            cluster.start_hub(index=member.index)
+    wait_for(lambda: len(cluster.hubs()) == cluster.count, timeout=60, what="three hubs")
+    wait_for(lambda: _fully_held(cluster), timeout=60, what="every node on two hubs again")
+
+
+def test_status_lists_hubs_and_nodes_show_their_holders(fleet: Fleet) -> None:
+    cluster = fleet.cluster
+    hubs = cluster.hubs()
+    assert [h["id"] for h in hubs] == ["hub-0", "hub-1", "hub-2"]
+    assert {h["addr"] for h in hubs} == {m.addr for m in cluster.members}
+    assert sum(h["agents"] for h in hubs) == 2 * len(NODES)
+    text = cluster.tctl("status").stdout
+    assert "Hubs:     3" in text and "hub-0 *" in text, text
+    held = cluster.holders()
+    for name in NODES:
+        assert len(set(held[name])) == 2, held  # two distinct hubs each
+    assert "Hubs" in cluster.tctl("nodes", "ls").stdout
+
+
+def test_every_node_through_every_hub_with_peer_hops(fleet: Fleet) -> None:
+    cluster = fleet.cluster
+    held = cluster.holders()
+    hops = 0
+    for member in cluster.members:
+        for name in NODES:
+            out = _ssh(fleet, member.addr, name, "echo", f"hello-{name}")
+            assert out.returncode == 0, (member.id, name, out.stderr)
+            assert out.stdout.strip() == f"hello-{name}"
+            hops += member.id not in held[name]
+    assert hops >= len(NODES) - 1  # each node is held by 2 of 3 hubs: the third hops
+    relays = sum(
+        (cluster.root / f"hub-{i}.log").read_text().count("peer relay start") for i in range(3)
+    )
+    assert relays >= hops
+
+
+def test_lock_on_one_hub_ends_a_session_relayed_by_another_within_a_second(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    cluster = fleet.cluster
+    out, err = tmp_path / "out", tmp_path / "err"
+    relay = cluster.members[1]
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        live = subprocess.Popen(
+            [
+                str(BIN / "tsh"),
+                *("-i", str(fleet.ident), "--proxy", relay.addr),
+                *("ssh", f"{ME}@dev0", "echo started; sleep 120"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            env=cluster.env(),
+        )
+    try:
+        wait_for(lambda: b"started" in out.read_bytes(), timeout=30, what="session running")
+        cluster.tctl_hub = 0  # the lock is made through hub 0
+        lock = cluster.tctl_json("lock", "--user", "alice", "--message", "cluster lock test")
+        made = time.monotonic()
+        live.wait(timeout=30)
+        took = time.monotonic() - made
+    finally:
+        stop_process(live)
+    cluster.tctl("unlock", lock["id"])
+    assert live.returncode != 0
+    assert "cluster lock test" in err.read_text()
+    assert took < 1.0, f"the lock took {took:.2f}s to end the session on another hub"
+    wait_for(lambda: _ssh(fleet, relay.addr, "dev0", "true").returncode == 0, what="unlocked")
+
+
+def test_a_role_changed_through_one_hub_applies_at_another_at_once(fleet: Fleet) -> None:
+    cluster = fleet.cluster
+    role = cluster.root / "deny-role.toml"
+
+    def put_role(denied: str) -> None:
+        role.write_text(
+            f'kind = "role"\nname = "limited"\n[deny]\nnode_labels = {{ dev = ["{denied}"] }}\n'
+        )
+        cluster.tctl("create", "-f", str(role))
+
+    put_role("none")
+    cluster.add_user("bob", [ME], roles="access,limited")
+    bob = cluster.sign("bob", cluster.root / "bob.identity")
+    far = cluster.members[2].addr
+    assert cluster.ssh(bob, far, f"{ME}@dev1", "true").returncode == 0
+    cluster.tctl_hub = 1
+    try:
+        put_role("dev1")  # through hub 1 ...
+        refused = cluster.ssh(bob, far, f"{ME}@dev1", "true")  # ... at hub 2, at once
+        assert refused.returncode != 0, "the role changed on hub 1 did not apply at hub 2"
+        assert "Traceback" not in refused.stderr
+        allowed = cluster.ssh(bob, far, f"{ME}@dev2", "true")
+        assert allowed.returncode == 0, allowed.stderr
+    finally:
+        cluster.tctl_hub = 0
+
+
+def _loop(
+    fleet: Fleet, results: list[tuple[str, float, float, int, str]], stop: threading.Event
+) -> None:
+    while not stop.is_set():
+        for name in NODES:
+            start = time.monotonic()
+            out = _ssh(fleet, fleet.lb.addr, name, "true")
+            results.append((name, start, time.monotonic(), out.returncode, out.stderr.strip()))
+
+
+def test_kill9_each_hub_in_turn_under_a_loop_through_the_load_balancer(fleet: Fleet) -> None:
+    """No connection refused for a node whose second tunnel is up; a session in flight
+    through the killed hub may end (with a message), nothing started after the kill fails."""
+    cluster = fleet.cluster
+    for victim in range(cluster.count):
+        results: list[tuple[str, float, float, int, str]] = []
+        stop = threading.Event()
+        loops = [threading.Thread(target=_loop, args=(fleet, results, stop)) for _ in range(2)]
+        for thread in loops:
+            thread.start()
+        try:
+            time.sleep(3)
+            killed_at = time.monotonic()
+            cluster.kill(victim)
+            time.sleep(12)
+        finally:
+            stop.set()
+            for thread in loops:
+                thread.join(timeout=120)
+        after = [r for r in results if r[1] > killed_at]
+        failed_after = [r for r in after if r[3] != 0]
+        in_flight = [r for r in results if r[1] <= killed_at <= r[2] and r[3] != 0]
+        assert after, "the loop made no attempt after the kill"
+        assert failed_after == [], f"hub-{victim} killed: {failed_after[:5]}"
+        for row in in_flight:  # cut, not hung, and said so
+            assert row[4] and "Traceback" not in row[4], row
+        _restore(fleet)
+
+
+def _seed(path: Path, node_id: str, n: int) -> set[str]:
+    async def go() -> set[str]:
+        outbox = await Outbox.open(path, node=node_id)
+        try:
+            events = [
+                make_event(
+                    EventType.EXEC,
+                    node=node_id,
+                    user="seed",
+                    login="seed",
+                    session_id=f"seed-{i // 100}",
+                    command=f"seed {i} " + "x" * 1000,
+                    exit_code=0,
+                )
+                for i in range(n)
+            ]
+            stored = await asyncio.gather(*(outbox.append(e) for e in events))
+        finally:
+            await outbox.close()
+        return {e.id for e in stored}
+
+    return asyncio.run(go())
+
+
+def _stored(fleet: Fleet, node_id: str) -> tuple[int, int]:
+    row = fleet.pg.psql(
+        "SELECT count(*), count(DISTINCT id) FROM events"
+        f" WHERE node = '{node_id}' AND type = 'exec' AND username = 'seed'",
+        fleet.db,
+    ).strip()
+    total, distinct = row.split("|")
+    return int(total), int(distinct)
+
+
+def test_audit_backlog_drained_while_hubs_die_arrives_exactly_once(fleet: Fleet) -> None:
+    cluster = fleet.cluster
+    n = 5000
+    name = "audit-dev"
+    _agent(cluster, name, fleet.lb.addr)
+    wait_for(lambda: _fully_held(cluster, (name,)), timeout=60, what=f"{name} on two hubs")
+    node_id = next(n["id"] for n in cluster.tctl_json("nodes", "ls") if n["name"] == name)
+    agent = cluster.agents.pop(name)
+    os.kill(agent.pid, signal.SIGTERM)
+    assert agent.wait(timeout=20) == 0
+    seeded = _seed(cluster.root / f"agent-{name}" / "audit.db", node_id, n)
+    assert len(seeded) == n
+    cluster.agents[name] = agent = cluster.start_agent(name)
+    for victim in (0, 1, 2, 0):
+        wait_for(lambda: _stored(fleet, node_id)[0] > 0, timeout=60, what="drain under way")
+        cluster.kill(victim)
+        time.sleep(1.5)
+        cluster.start_hub(index=victim)
+    wait_for(lambda: _stored(fleet, node_id)[0] >= n, timeout=120, interval=0.5, what="all in")
+    time.sleep(2)  # a duplicate would land now
+    total, distinct = _stored(fleet, node_id)
+    assert (total, distinct) == (n, n), f"stored {total} rows, {distinct} ids, of {n}"
+    assert agent.poll() is None
+    _restore(fleet)
+
+
+def _bundle(root: Path, version: str) -> Path:
+    payload = root / f"payload-{version}"
+    payload.mkdir()
+    (payload / "rootfs.img").write_bytes(os.urandom(200 * 1024))
+    hook = payload / "install.sh"
+    hook.write_text(HOOK)
+    hook.chmod(0o755)
+    bundle = root / f"fw-{version}.bundle"
+    build_bundle(
+        payload,
+        bundle,
+        name="gw-fw",
+        version=version,
+        targets={"board": "rpi4"},
+        min_agent_version="0.1.0",
+        install_hook="install.sh",
+        key=load_signing_key(root / "fw.key"),
+    )
+    return bundle
+
+
+def test_rollout_across_three_hubs_survives_a_kill_and_installs_once(fleet: Fleet) -> None:
+    cluster = fleet.cluster
+    bundle = _bundle(cluster.root, "2.0.0")
+    out = cluster.tctl_json(
+        "firmware", "push", str(bundle), "--nodes", "board=rpi4", "--rate", "100KiB/s"
+    )
+    rollout = out["id"]
+    assert sorted(out["nodes"]) == sorted(NODES)
+    time.sleep(1.0)
+    cluster.kill(1)
+    status: dict[str, Any] = wait_for(
+        lambda: (s := cluster.tctl_json("firmware", "status", rollout))["state"] == "done" and s,
+        timeout=120,
+        interval=0.5,
+        what="roll-out done",
+    )
+    states = {n["node"]: n["state"] for n in status["nodes"]}
+    assert set(states.values()) == {"installed"}, states
+    for name in NODES:
+        installs = (cluster.root / f"agent-{name}" / "installs").read_text().split()
+        assert installs == ["2.0.0"], (name, installs)
+    _restore(fleet)
