@@ -1,6 +1,7 @@
-"""hub/singleton.py: the lease core without I/O, then Singletons on a real SQLite storage
-(two holder ids, one lease): one runs the job; a stopped or dead holder's job moves
-to the other within one lease period, and the two never run it at once."""
+"""hub/singleton.py: the lease core without I/O, then Singletons on a real storage (two
+holder ids, one lease; SQLite, and PostgreSQL for a dead holder): one runs the job; a
+stopped or dead holder's job moves to the other within one lease period, and the two
+never run it at once."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,17 @@ def test_refused_loses_it_and_aims_at_the_other_holders_end() -> None:
 
 
 # -- the runner on a real storage ----------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def opener(request: Any, tmp_path: Path) -> Callable[[], Awaitable[Storage]]:
+    """Opens one more Storage on one database (what another hub holds)."""
+    if request.param == "sqlite":
+        return lambda: open_sqlite(tmp_path / "data")
+    from hub.storage.postgres import open_postgres
+
+    url = request.getfixturevalue("pg_server").new_database()
+    return lambda: open_postgres(url)
 
 
 @pytest.fixture
@@ -143,12 +155,14 @@ async def test_one_of_two_runs_the_job_and_a_stopped_holder_hands_over(
     assert all(getattr(r, "lease", None) == "job" for r in caplog.records)
 
 
-async def test_a_dead_holders_job_moves_within_one_lease_period(tmp_path: Path) -> None:
-    # Two hubs, each its own Storage on one data dir; hub A's database goes away (its
+async def test_a_dead_holders_job_moves_within_one_lease_period(
+    opener: Callable[[], Awaitable[Storage]],
+) -> None:
+    # Two hubs, each its own Storage on one database; hub A's storage goes away (its
     # renewals fail from then on): it stops its job before its lease ends, and hub B
     # takes the lease when it lapses, within TTL of hub A's last renewal.
-    first = await open_sqlite(tmp_path / "data")
-    second = await open_sqlite(tmp_path / "data")
+    first = await opener()
+    second = await opener()
     work = Work()
     a = Singleton(first.leases, "job", "hub-a", ttl=TTL)
     b = Singleton(second.leases, "job", "hub-b", ttl=TTL)
