@@ -284,7 +284,51 @@ class TrustedKey:
     added: float
 
 
-Topic = Literal["users", "roles", "locks", "nodes", "tokens", "rotation", "firmware", "trusted"]
+@dataclass(frozen=True)
+class HubRecord:
+    """One hub of the cluster, as it last registered (its lease)."""
+
+    id: str
+    #: HOST:PORT agents and users dial (--public-addr, else the listen address)
+    public_addr: str
+    #: HOST:PORT other hubs dial for peer links ("" when the hub has none)
+    peer_addr: str
+    #: wall clock the hub process started
+    started: float
+    #: wall clock the registration lapses unless renewed
+    expires: float
+    #: agent tunnels the hub held at its last beat
+    agents: int = 0
+    version: str = ""
+    #: wall clock of the last beat (set by the caller)
+    beat_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A named cluster-wide lease (:class:`Leases`): who holds it, until when."""
+
+    name: str
+    #: the holder's id (a hub id)
+    holder: str
+    #: wall clock it lapses unless the holder renews it
+    expires: float
+    #: wall clock the holder took it (kept by renewals)
+    acquired: float
+
+
+Topic = Literal[
+    "users",
+    "roles",
+    "locks",
+    "nodes",
+    "tokens",
+    "rotation",
+    "firmware",
+    "trusted",
+    "hubs",
+    "leases",
+]
 TOPICS: tuple[Topic, ...] = (
     "users",
     "roles",
@@ -294,6 +338,8 @@ TOPICS: tuple[Topic, ...] = (
     "rotation",
     "firmware",
     "trusted",
+    "hubs",
+    "leases",
 )
 
 
@@ -384,6 +430,11 @@ class PresenceTable(Protocol):
         ...
 
     async def holders(self, node_id: str, now: float) -> list[Presence]: ...
+    async def all(self, now: float) -> list[Presence]:
+        """Every lease live at ``now`` (of every node and hub), by node then hub: which
+        hubs hold each node, in one query."""
+        ...
+
     async def expire(self, now: float, limit: int) -> int:
         """Delete up to ``limit`` leases that expired before ``now``; how many."""
         ...
@@ -434,6 +485,11 @@ class AuditLog(Protocol):
     async def session(self, session_id: str) -> list[AuditEvent]: ...
     async def session_ids(self, prefix: str, user: str | None, limit: int) -> list[str]: ...
     async def count(self, node: str | None = None) -> int: ...
+    async def prune(self, before: float, limit: int) -> int:
+        """Delete up to ``limit`` stored events whose ``time`` is before ``before``, oldest
+        first (audit retention); how many. Recording chunks are events: they go by the
+        same rule. Call again while it returns ``limit``."""
+        ...
 
 
 class Authorities(Protocol):
@@ -547,6 +603,49 @@ class Blobs(Protocol):
     async def names(self) -> list[str]: ...
 
 
+class Hubs(Protocol):
+    """The hubs of the cluster: each registers with a lease it renews (its beat)."""
+
+    async def beat(self, hub: HubRecord) -> None:
+        """Insert or replace the hub's record (its registration lease)."""
+        ...
+
+    async def live(self, now: float) -> list[HubRecord]:
+        """Hubs whose lease runs past ``now``, sorted by id."""
+        ...
+
+    async def get(self, hub_id: str) -> HubRecord | None: ...
+    async def drop(self, hub_id: str) -> bool:
+        """Remove the hub's record (a clean stop)."""
+        ...
+
+    async def expire(self, now: float, limit: int) -> int:
+        """Delete up to ``limit`` lapsed records; how many."""
+        ...
+
+
+class Leases(Protocol):
+    """Named leases for work one hub of the cluster does at a time (``hub/singleton.py``)."""
+
+    async def acquire(self, name: str, holder: str, expires: float, now: float) -> bool:
+        """Take or renew the lease ``name`` for ``holder`` until ``expires``, atomically in
+        the database: true when it is absent, lapsed (expires <= now), or already
+        ``holder``'s (renewal keeps ``acquired``); false when another holder has it."""
+        ...
+
+    async def release(self, name: str, holder: str) -> bool:
+        """Give the lease up if ``holder`` has it."""
+        ...
+
+    async def get(self, name: str) -> Lease | None:
+        """The lease as stored (lapsed too: see its ``expires``), or None."""
+        ...
+
+    async def all(self) -> list[Lease]:
+        """Every stored lease, lapsed ones too, by name."""
+        ...
+
+
 class Storage(Protocol):
     """The hub's state. Open with the engine's ``open`` (``hub.storage.open_storage``)."""
 
@@ -567,6 +666,8 @@ class Storage(Protocol):
     firmware: Firmware
     trusted_keys: TrustedKeys
     blobs: Blobs
+    hubs: Hubs
+    leases: Leases
 
     def changes(self) -> AsyncIterator[Change]:
         """A new subscription to the change feed: every :class:`Change` written through

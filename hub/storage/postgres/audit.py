@@ -155,6 +155,15 @@ class PgAudit:
             row = await self._db.one("SELECT count(*) AS n FROM events WHERE node = %s", (node,))
         return int(row["n"]) if row else 0
 
+    async def prune(self, before: float, limit: int) -> int:
+        async with self._db.tx() as conn:
+            cur = await conn.execute(
+                "DELETE FROM events WHERE (node, id) IN (SELECT node, id FROM events"
+                " WHERE time < %s ORDER BY time LIMIT %s FOR UPDATE SKIP LOCKED)",
+                (before, limit),
+            )
+            return cur.rowcount
+
 
 async def _split_reused(
     conn: Conn, node: str, events: Sequence[AuditEvent]

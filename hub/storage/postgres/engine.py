@@ -10,7 +10,9 @@ from hub.storage.api import (
     Blobs,
     Change,
     Firmware,
+    Hubs,
     Invites,
+    Leases,
     Locks,
     LoginGuards,
     Nodes,
@@ -29,6 +31,7 @@ from hub.storage.postgres.audit import PgAudit
 from hub.storage.postgres.cluster import PgAuthorities, PgRotation, PgSettings
 from hub.storage.postgres.db import Db
 from hub.storage.postgres.firmware import PgBlobs, PgFirmware, PgTrustedKeys
+from hub.storage.postgres.hubs import PgHubs, PgLeases
 from hub.storage.postgres.identity import PgInvites, PgLoginGuards, PgRoles, PgTokens, PgUsers
 from hub.storage.postgres.listen import Listener
 from hub.storage.postgres.nodes import PgLocks, PgNodes, PgPresence
@@ -56,6 +59,8 @@ class PostgresStorage:
         self.firmware: Firmware = PgFirmware(db)
         self.trusted_keys: TrustedKeys = PgTrustedKeys(db)
         self.blobs: Blobs = PgBlobs(db)
+        self.hubs: Hubs = PgHubs(db)
+        self.leases: Leases = PgLeases(db)
 
     def changes(self) -> AsyncIterator[Change]:
         return self.feed.subscribe()

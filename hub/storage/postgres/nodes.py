@@ -190,6 +190,12 @@ class PgPresence:
         )
         return [Presence(r["node_id"], r["hub_id"], r["expires"]) for r in rows]
 
+    async def all(self, now: float) -> list[Presence]:
+        rows = await self._db.all(
+            "SELECT * FROM presence WHERE expires > %s ORDER BY node_id, hub_id", (now,)
+        )
+        return [Presence(r["node_id"], r["hub_id"], r["expires"]) for r in rows]
+
     async def expire(self, now: float, limit: int) -> int:
         async with self._db.tx() as conn:
             cur = await conn.execute(

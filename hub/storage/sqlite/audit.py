@@ -196,6 +196,18 @@ class SQLiteAuditLog:
             row = await self._db.fetchone("SELECT count(*) FROM events WHERE node = ?", (node,))
         return int(row[0]) if row else 0
 
+    async def prune(self, before: float, limit: int) -> int:
+        # (node, id) of the oldest events from the time index alone, then by primary key
+        async with self._db.tx() as conn:
+            cur = await conn.execute(
+                "DELETE FROM events WHERE (node, id) IN (SELECT node, id FROM events"
+                " WHERE time < ? ORDER BY time LIMIT ?)",
+                (before, limit),
+            )
+            count = cur.rowcount
+            await cur.close()
+        return count
+
 
 async def _seq_floor(conn: aiosqlite.Connection, node: str) -> int:
     """The node's highest stored seq + 1 (one probe of ``events_node_seq``)."""

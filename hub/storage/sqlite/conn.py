@@ -99,8 +99,12 @@ class Conn:
         taken first, so two processes never deadlock upgrading a read)."""
         async with self.lock:
             with mapped(self.path):
-                await self.db.execute("BEGIN IMMEDIATE")
                 try:
+                    # inside the try: a caller cancelled while BEGIN runs in aiosqlite's
+                    # thread still has it run; the rollback queued after it ends it, or
+                    # the connection stays in a transaction ("cannot start a
+                    # transaction within a transaction" for every later write)
+                    await self.db.execute("BEGIN IMMEDIATE")
                     yield self.db
                 except BaseException:
                     await self.db.rollback()

@@ -1,7 +1,8 @@
 """The SQLite engine: the sections composed over ``hub.db`` (WAL) in the data dir.
 
-``hub.db`` holds users, roles, tokens, invites, the login guard, nodes, presence
-and locks (:mod:`.identity`, :mod:`.nodes`, :mod:`.locks`), migrated at open by
+``hub.db`` holds users, roles, tokens, invites, the login guard, nodes, presence,
+locks, the cluster's hubs and leases (:mod:`.identity`, :mod:`.nodes`, :mod:`.locks`,
+:mod:`.hubs`), migrated at open by
 :mod:`.migrate`. The change feed carries this process's own writes as they
 commit; writes by another process on the same file (a second hub, an old
 ``tctl``) are seen by a poll of ``PRAGMA data_version`` every
@@ -27,7 +28,9 @@ from hub.storage.api import (
     Blobs,
     Change,
     Firmware,
+    Hubs,
     Invites,
+    Leases,
     Locks,
     LoginGuards,
     Nodes,
@@ -44,6 +47,7 @@ from hub.storage.feed import ChangeFeed
 from hub.storage.sqlite import txdb
 from hub.storage.sqlite.conn import Conn, mapped
 from hub.storage.sqlite.errors import check_answer, storage_error
+from hub.storage.sqlite.hubs import SQLiteHubs, SQLiteLeases
 from hub.storage.sqlite.identity import (
     SQLiteInvites,
     SQLiteLoginGuards,
@@ -127,6 +131,8 @@ class SQLiteStorage:
         self.nodes: Nodes = SQLiteNodes(self._conn)
         self.presence: PresenceTable = SQLitePresence(self._conn)
         self.locks: Locks = SQLiteLocks(self._conn)
+        self.hubs: Hubs = SQLiteHubs(self._conn)
+        self.leases: Leases = SQLiteLeases(self._conn)
         # part B's sections are attached by :meth:`open` (hub/storage/sqlite/part_b.py)
         #: each section's own integrity check (part B's files), run by :meth:`check`
         self.checks: list[Callable[[], Awaitable[None]]] = []

@@ -187,6 +187,12 @@ class SQLitePresence:
         )
         return [Presence(r["node_id"], r["hub_id"], r["expires"]) for r in rows]
 
+    async def all(self, now: float) -> list[Presence]:
+        rows = await self._c.all(
+            "SELECT * FROM presence WHERE expires > ? ORDER BY node_id, hub_id", (now,)
+        )
+        return [Presence(r["node_id"], r["hub_id"], r["expires"]) for r in rows]
+
     async def expire(self, now: float, limit: int) -> int:
         return await self._c.write(
             "DELETE FROM presence WHERE rowid IN "

@@ -22,7 +22,9 @@ from hub.storage.api import (
     Change,
     Conflict,
     GuardPolicy,
+    HubRecord,
     Inserted,
+    Lease,
     Node,
     NotFound,
     Presence,
@@ -630,5 +632,168 @@ async def test_part_b_writes_reach_the_change_feed(storage: Storage) -> None:
         await asyncio.sleep(0)
         await storage.trusted_keys.add(TrustedKey("SHA256:k", "ssh-ed25519 A", "", 1.0))
         assert await pending == Change("trusted", "SHA256:k")
+    finally:
+        await feed.aclose()  # type: ignore[attr-defined]
+
+
+# == hubs, leases, presence.all, audit retention (a cluster of hubs) ====================
+
+
+def _hub(hub_id: str, expires: float, **kw: Any) -> HubRecord:
+    fields: dict[str, Any] = {
+        "id": hub_id,
+        "public_addr": f"{hub_id}.example:3080",
+        "peer_addr": f"{hub_id}.example:3081",
+        "started": 900.0,
+        "expires": expires,
+        "agents": 0,
+        "version": "1.0",
+        "beat_at": expires - 15,
+    }
+    fields.update(kw)
+    return HubRecord(**fields)
+
+
+async def test_hubs_beat_live_get_drop_expire(storage: Storage) -> None:
+    now = 1000.0
+    b, a = _hub("hub-b", now + 15), _hub("hub-a", now + 15, peer_addr="")
+    gone = _hub("hub-c", now - 1)
+    for hub in (b, a, gone):
+        await storage.hubs.beat(hub)
+    assert await storage.hubs.live(now) == [a, b], "live ones by id; a lapsed one left out"
+    assert await storage.hubs.get("hub-c") == gone, "still stored until expired"
+    renewed = replace(b, expires=now + 30, agents=12, beat_at=now)
+    await storage.hubs.beat(renewed)  # a renewal replaces the record
+    assert await storage.hubs.get("hub-b") == renewed
+    assert await storage.hubs.live(now + 20) == [renewed]
+    assert await storage.hubs.drop("hub-a") is True  # a clean stop
+    assert await storage.hubs.drop("hub-a") is False
+    assert await storage.hubs.get("hub-a") is None
+    for i in range(5):
+        await storage.hubs.beat(_hub(f"old-{i}", now - 10 + i))
+    assert await storage.hubs.expire(now, limit=4) == 4
+    assert await storage.hubs.expire(now, limit=4) == 2  # old-4 and hub-c
+    assert await storage.hubs.expire(now, limit=4) == 0
+    assert [h.id for h in await storage.hubs.live(0.0)] == ["hub-b"]
+
+
+async def test_lease_acquire_renew_takeover_release(storage: Storage) -> None:
+    leases = storage.leases
+    assert await leases.get("job") is None
+    assert await leases.acquire("job", "hub-a", 115.0, 100.0) is True  # absent: taken
+    assert await leases.get("job") == Lease("job", "hub-a", 115.0, 100.0)
+    assert await leases.acquire("job", "hub-b", 120.0, 105.0) is False  # hub A has it
+    assert await leases.acquire("job", "hub-a", 120.0, 105.0) is True  # renewal
+    assert await leases.get("job") == Lease("job", "hub-a", 120.0, 100.0), "acquired kept"
+    assert await leases.acquire("job", "hub-b", 135.0, 119.9) is False  # not lapsed yet
+    assert await leases.acquire("job", "hub-b", 135.0, 120.0) is True  # lapsed: taken over
+    assert await leases.get("job") == Lease("job", "hub-b", 135.0, 120.0)
+    assert await leases.acquire("job", "hub-a", 140.0, 125.0) is False
+    assert await leases.release("job", "hub-a") is False, "a non-holder's release: no-op"
+    assert await leases.get("job") == Lease("job", "hub-b", 135.0, 120.0)
+    assert await leases.acquire("other", "hub-a", 140.0, 125.0) is True
+    assert [(x.name, x.holder) for x in await leases.all()] == [
+        ("job", "hub-b"),
+        ("other", "hub-a"),
+    ]
+    assert await leases.release("job", "hub-b") is True
+    assert await leases.release("job", "hub-b") is False
+    assert await leases.acquire("job", "hub-a", 140.0, 126.0) is True  # free again
+    assert await leases.get("job") == Lease("job", "hub-a", 140.0, 126.0)
+
+
+async def test_lease_two_holders_racing_exactly_one_wins(storage: Storage) -> None:
+    now = time.time()
+    calls = [
+        storage.leases.acquire("race", holder, now + 15, now)
+        for _ in range(10)
+        for holder in ("hub-a", "hub-b")
+    ]
+    results = await asyncio.gather(*calls)
+    lease = await storage.leases.get("race")
+    assert lease is not None
+    winners = {("hub-a", "hub-b")[i % 2] for i, won in enumerate(results) if won}
+    assert winners == {lease.holder}, results
+    assert results.count(True) == 10, "the winner's every call is a take or a renewal"
+
+
+async def test_lease_race_across_two_storages(storage_pair: tuple[Storage, Storage]) -> None:
+    """Two hubs on one database, each racing for one lease: one holder, never both."""
+    first, second = storage_pair
+    for round_ in range(5):
+        now = 1000.0 + 100 * round_  # each round finds the last one's lease lapsed
+        results = await asyncio.gather(
+            *(
+                s.leases.acquire(f"lease-{round_ % 2}", holder, now + 15, now)
+                for _ in range(10)
+                for s, holder in ((first, "hub-a"), (second, "hub-b"))
+            )
+        )
+        won = {("hub-a", "hub-b")[i % 2] for i, ok in enumerate(results) if ok}
+        lease = await second.leases.get(f"lease-{round_ % 2}")
+        assert lease is not None and won == {lease.holder}, (round_, results)
+
+
+async def test_presence_all_is_every_live_lease(storage: Storage) -> None:
+    now = 1000.0
+    await storage.presence.beat_many(
+        [
+            Presence("id-b", "hub-a", now + 20),
+            Presence("id-a", "hub-b", now + 20),
+            Presence("id-a", "hub-a", now + 20),
+            Presence("id-c", "hub-a", now - 1),  # lapsed
+        ]
+    )
+    assert await storage.presence.all(now) == [
+        Presence("id-a", "hub-a", now + 20),
+        Presence("id-a", "hub-b", now + 20),
+        Presence("id-b", "hub-a", now + 20),
+    ]
+    assert await storage.presence.all(now + 20) == []
+
+
+async def test_audit_prune_oldest_first_in_batches(storage: Storage) -> None:
+    # ev0001..ev0030 at times 1001..1030; a session's recording chunks are events too
+    await storage.audit.insert_checked(
+        "n1", [_ev(i, session_id="s-1" if i <= 12 else "s-2") for i in range(1, 31)]
+    )
+    await storage.audit.record(_ev(40, node="hub", seq=0, type="user.login"))
+    assert await storage.audit.prune(1021.0, limit=8) == 8
+    assert await storage.audit.prune(1021.0, limit=8) == 8
+    assert await storage.audit.prune(1021.0, limit=8) == 4, "a short batch: done"
+    assert await storage.audit.prune(1021.0, limit=8) == 0
+    left = await storage.audit.search(AuditQuery(limit=None))
+    assert [e.id for e in left] == [f"ev{i:04d}" for i in range(21, 31)] + ["ev0040"]
+    assert await storage.audit.session("s-1") == []
+    assert len(await storage.audit.session("s-2")) == 10
+    # a pruned event re-sent is stored again (its agent acked it long ago: none does)
+    assert (await storage.audit.insert_checked("n1", [_ev(25)])).inserted == 0
+
+
+async def test_hub_and_lease_changes_reach_the_change_feed(storage: Storage) -> None:
+    feed = storage.changes()
+    try:
+        pending = asyncio.ensure_future(_next_change(feed, "hubs"))
+        await asyncio.sleep(0)
+        await storage.hubs.beat(_hub("hub-a", 1015.0))  # a new hub
+        assert await pending == Change("hubs", "hub-a")
+        pending = asyncio.ensure_future(_next_change(feed, "leases"))
+        await asyncio.sleep(0)
+        assert await storage.leases.acquire("job", "hub-a", 115.0, 100.0)
+        assert await pending == Change("leases", "job")
+        # a renewal is not announced (the next change is another lease's); a release is
+        pending = asyncio.ensure_future(_next_change(feed, "leases"))
+        await asyncio.sleep(0)
+        assert await storage.leases.acquire("job", "hub-a", 130.0, 110.0)
+        assert await storage.leases.acquire("other", "hub-a", 130.0, 110.0)
+        assert await pending == Change("leases", "other")
+        pending = asyncio.ensure_future(_next_change(feed, "leases"))
+        await asyncio.sleep(0)
+        assert await storage.leases.release("job", "hub-a")
+        assert await pending == Change("leases", "job")
+        pending = asyncio.ensure_future(_next_change(feed, "hubs"))
+        await asyncio.sleep(0)
+        assert await storage.hubs.drop("hub-a")
+        assert await pending == Change("hubs", "hub-a")
     finally:
         await feed.aclose()  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ from before hub/storage, two hubs on one file (presence, the change feed), check
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import stat
 import time
@@ -119,3 +120,20 @@ async def test_write_by_another_process_is_a_gap_on_the_feed(tmp_path: Path) -> 
         await changes.aclose()  # type: ignore[attr-defined]
         await a.close()
         await b.close()
+
+
+async def test_a_write_cancelled_at_any_point_leaves_no_transaction_open(tmp_path: Path) -> None:
+    # A caller cancelled while BEGIN IMMEDIATE runs in aiosqlite's thread (a timeout, a
+    # stopping task): the transaction must not stay open under the next caller's write.
+    storage = await open_sqlite(tmp_path / "data")
+    try:
+        for spins in range(30):
+            task = asyncio.ensure_future(storage.leases.acquire("job", "hub-a", 10.0, 1.0))
+            for _ in range(spins):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert await storage.leases.acquire("other", "hub-a", 10.0 + spins, 1.0 + spins)
+    finally:
+        await storage.close()
