@@ -232,16 +232,3 @@ def hub_scale(ctx: Context) -> list[Figure]:
             for figure in run_size(ctx, n, ["--storage", spec]):
                 figures.append(replace(figure, name=f"{figure.name} ({engine})"))
     return figures
-    if engine != "postgresql":
-        raise SystemExit(f"BENCH_STORAGE={engine!r}: use sqlite or postgresql")
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from pgkit import PgServer
-
-    server = PgServer.start()
-    try:
-        for n in ctx.pick(sizes, [20]):
-            for figure in run_size(ctx, n, ["--storage", server.new_database()]):
-                figures.append(replace(figure, name=f"{figure.name} (postgresql)"))
-    finally:
-        server.stop()
-    return figures
