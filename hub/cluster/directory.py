@@ -125,13 +125,10 @@ class HubDirectory:
         return default_connection_count(len(self.hubs))
 
     def hub_list(self) -> HubList:
-        """What agents on this hub are told: every live hub, this one unless it is
-        leaving (a draining hub's agents learn where else to go)."""
+        """What agents on this hub are told: every live hub, this one included (a
+        draining hub's GOAWAY tells its agents to avoid it for a while)."""
         hubs = dict(self.hubs)
-        if self.leaving:
-            hubs.pop(self.hub_id, None)
-        else:
-            hubs[self.hub_id] = self.record()
+        hubs[self.hub_id] = self.record()
         return HubList(
             hub_id=self.hub_id,
             hubs=tuple(sorted((h.id, h.public_addr) for h in hubs.values())),

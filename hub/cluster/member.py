@@ -76,9 +76,13 @@ class ClusterMember:
         return [self.directory.run(), self.peers.run(), self.pusher.run(), self._renew()]
 
     def cas_changed(self) -> None:
-        """A CA rotation step: a certificate from the host CA that serves now."""
+        """A CA rotation step: a certificate from the host CA that serves now; when a
+        host CA is no longer trusted, links made with it end (both ends redial)."""
+        before = set(self.identity.trusted_pems)
         self.identity = self._issue()
         self.peers.set_identity(self.identity)
+        if before - set(self.identity.trusted_pems):
+            self.peers.drop_links("a host CA was retired")
 
     async def _renew(self) -> None:
         while True:

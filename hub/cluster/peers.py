@@ -123,6 +123,13 @@ class PeerLinks:
         if self.listener is not None:
             self.listener.ssl_ctx = identity.server_context()
 
+    def drop_links(self, reason: str) -> None:
+        """End every link now (the next route dials again)."""
+        links = list(self._links.values())
+        self._links.clear()
+        for link in links:
+            self._spawn(link.close(reason=reason))
+
     async def close(self) -> None:
         self.closing = True
         for task in list(self._tasks):

@@ -339,3 +339,31 @@ def test_rollout_across_three_hubs_survives_a_kill_and_installs_once(fleet: Flee
         installs = (cluster.root / f"agent-{name}" / "installs").read_text().split()
         assert installs == ["2.0.0"], (name, installs)
     _restore(fleet)
+
+
+def test_host_ca_rotation_driven_from_one_hub_reaches_agents_on_every_hub(
+    fleet: Fleet,
+) -> None:
+    cluster = fleet.cluster
+    nodes = len(cluster.tctl_json("nodes", "ls"))
+    cluster.tctl_hub = 2
+    for phase in ("init", "update_clients", "update_servers", "standby"):
+        cluster.tctl("auth", "rotate", "--type", "host", "--manual", "--phase", phase)
+        wait_for(
+            lambda: cluster.tctl_json("status")["nodes_updated"] == nodes,
+            timeout=60,
+            interval=0.5,
+            what=f"every agent on every hub to take {phase}",
+        )
+    cluster.tctl_hub = 0
+    ident = cluster.sign("alice", cluster.root / "alice-rotated.identity")
+    for member in cluster.members:  # every hub serves and relays with the new CA
+        for name in NODES:
+            wait_for(
+                lambda m=member, n=name: (
+                    cluster.ssh(ident, m.addr, f"{ME}@{n}", "true").returncode == 0
+                ),
+                timeout=30,
+                interval=0.5,
+                what=f"{name} through {member.id} after the rotation",
+            )
