@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import random
 import time
@@ -269,7 +270,8 @@ class EdgeAgent:
         """Keep :meth:`HubSet.wanted` tunnels up and forward the audit outbox, until
         cancelled (then every tunnel is closed with a GOAWAY first)."""
         slots: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
-        stopping: set[asyncio.Task[None]] = set()
+        #: slots being stopped: not started again until they are gone
+        stopping: dict[int, asyncio.Task[None]] = {}
         forwarder = None
         if self.outbox is not None:
             forwarder = asyncio.ensure_future(self._forward())
@@ -278,6 +280,8 @@ class EdgeAgent:
                 self._wanted_changed.clear()
                 wanted = self.hubset.wanted()
                 for slot in range(wanted):
+                    if slot in stopping:
+                        continue  # its end wakes this loop again
                     if slot not in slots or slots[slot][0].done():
                         stop = asyncio.Event()
                         task = asyncio.ensure_future(self._slot_loop(slot, stop))
@@ -286,31 +290,50 @@ class EdgeAgent:
                 for slot in sorted(s for s in slots if s >= wanted):
                     task, stop = slots.pop(slot)
                     log.info("hub list asks for fewer tunnels", extra={"slot": slot})
-                    closing = asyncio.ensure_future(self._stop_slot(slot, task, stop))
-                    stopping.add(closing)
-                    closing.add_done_callback(stopping.discard)
+                    closing = asyncio.ensure_future(
+                        self._stop_slot(slot, task, stop, "the hub list asks for fewer tunnels")
+                    )
+                    stopping[slot] = closing
+                    closing.add_done_callback(functools.partial(self._stopped, stopping, slot))
                 await self._wanted_changed.wait()
         finally:
-            for _, stop in slots.values():
-                stop.set()  # no slot redials while its tunnel says goodbye
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.close_tunnels("agent stopping")
-            tasks = [t for t, _ in slots.values()] + list(stopping)
             if forwarder is not None:
-                tasks.append(forwarder)
-            for task in tasks:
+                forwarder.cancel()
+            # Each tunnel says goodbye (GOAWAY) and its slot writes tunnel.disconnect.
+            ending = [
+                self._stop_slot(s, t, stop, "agent stopping") for s, (t, stop) in slots.items()
+            ]
+            pending = list(stopping.values())
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*ending, *pending, return_exceptions=True)
+            for task in [*(t for t, _ in slots.values()), *pending]:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(
+                *(t for t, _ in slots.values()),
+                *pending,
+                *([forwarder] if forwarder else []),
+                return_exceptions=True,
+            )
 
-    async def _stop_slot(self, slot: int, task: asyncio.Task[None], stop: asyncio.Event) -> None:
-        stop.set()
+    def _stopped(
+        self, stopping: dict[int, asyncio.Task[None]], slot: int, task: asyncio.Task[None]
+    ) -> None:
+        if stopping.get(slot) is task:
+            del stopping[slot]
+        self._wanted_changed.set()
+
+    async def _stop_slot(
+        self, slot: int, task: asyncio.Task[None], stop: asyncio.Event, reason: str
+    ) -> None:
+        """Stop ``slot``: close its tunnel with a GOAWAY and let it finish (its
+        ``tunnel.disconnect`` written); a slot still dialling is cancelled."""
+        stop.set()  # it dials no more
         run = self.runs.get(slot)
-        if run is not None and run.tunnel is not None and not run.tunnel.closed.is_set():
+        if run is not None and run.tunnel is not None and not task.done():
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    run.tunnel.close(reason="the hub list asks for fewer tunnels"), CLOSE_TIMEOUT
-                )
-        task.cancel()
+                await asyncio.wait_for(run.tunnel.close(reason=reason), CLOSE_TIMEOUT)
+            await asyncio.wait([task], timeout=CLOSE_TIMEOUT)
+        task.cancel()  # a dial in flight (or a slot that did not finish in time)
         await asyncio.gather(task, return_exceptions=True)
 
     async def _slot_loop(self, slot: int, stop: asyncio.Event) -> None:

@@ -299,7 +299,7 @@ async def test_a_draining_hub_sends_its_agents_to_a_free_hub_at_once(outbox: Out
     async with AsyncExitStack() as stack:
         cluster = await stack.enter_async_context(cluster_of(["hub-a", "hub-b"]))
         cluster.connections = 1
-        a, b = cluster.hubs["hub-a"], cluster.hubs["hub-b"]
+        a = cluster.hubs["hub-a"]
         await stack.enter_async_context(running_agent(cluster, a.addr, outbox))
         await until(cluster, lambda: cluster.holding() == {"hub-a": 1})
         await asyncio.sleep(0.3)  # the list arrived: hub-b is known
@@ -342,3 +342,27 @@ async def test_fewer_tunnels_when_the_list_asks_for_fewer(outbox: Outbox) -> Non
         await until(cluster, lambda: sum(cluster.holding().values()) == 1)
         await asyncio.sleep(0.5)
         assert sum(cluster.holding().values()) == 1 and list(agent.tunnels) == [0]
+        # the stopped tunnel said goodbye and is on record
+        await until(cluster, lambda: "the hub list asks for fewer tunnels" in reasons(cluster))
+
+
+def reasons(cluster: Cluster) -> list[str]:
+    """The reasons of the tunnel.disconnect events stored."""
+    return [e.fields["reason"] for e in cluster.stored.values() if e.type == "tunnel.disconnect"]
+
+
+async def test_a_stopping_agent_says_goodbye_on_every_tunnel(outbox: Outbox) -> None:
+    async with AsyncExitStack() as stack:
+        cluster = await stack.enter_async_context(cluster_of(["hub-a", "hub-b"]))
+        a = cluster.hubs["hub-a"]
+        async with running_agent(cluster, a.addr, outbox) as agent:
+            await until(cluster, lambda: sum(cluster.holding().values()) == 2)
+            ends = list(agent.tunnels.values())
+        assert all(t.closed.is_set() and t.close_code is ErrorCode.NORMAL for t in ends)
+        await until(cluster, lambda: not cluster.holding())
+        events = []
+        while batch := await outbox.batch(100, 1 << 20):
+            events += batch
+            await outbox.ack([e.id for e in batch])
+        stopped = [e for e in events if e.type == "tunnel.disconnect"]
+        assert [e.fields["reason"] for e in stopped] == ["agent stopping"] * 2

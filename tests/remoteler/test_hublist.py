@@ -58,7 +58,7 @@ def test_unknown_keys_are_ignored() -> None:
         {"hubs": [["hub-b", "no-port"]]},
         {"hubs": [["hub-b", "h:0"]]},
         {"hubs": [["hub-b", "h:65536"]]},
-        {"hubs": [["hub-b", "h:８０"]]},  # non-ASCII digits
+        {"hubs": [["hub-b", "h:\uff18\uff10"]]},  # non-ASCII (fullwidth) digits
         {"hubs": [["hub-b", "::1:80"]]},  # IPv6 without brackets
         {"hubs": [["hub-b", ":80"]]},
         {"hubs": [["hub-b", "h h:80"]]},
