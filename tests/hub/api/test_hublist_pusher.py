@@ -230,5 +230,3 @@ async def test_an_idle_sweep_is_skipped_while_nothing_changed() -> None:
         pusher.push_due()
         assert calls[0] == swept + 1
         await pusher.close()
-
-
