@@ -60,9 +60,15 @@ class AgentAudit:
 
     def emit_nowait(self, type: EventType, **kw: Any) -> None:
         """Append in the background, in call order (for events nothing waits on)."""
+        self.emit_nowait_at(None, type, **kw)
+
+    def emit_nowait_at(self, at: float | None, type: EventType, **kw: Any) -> None:
+        """:meth:`emit_nowait` for an event that happened at ``at`` (in :attr:`clock`'s
+        time; None: now)."""
         if self.outbox is None:
             return
-        self._queue.put_nowait(make_event(type, node=self.node_id, now=self.clock(), **kw))
+        when = self.clock() if at is None else at
+        self._queue.put_nowait(make_event(type, node=self.node_id, now=when, **kw))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.ensure_future(self._drain())
 

@@ -1,4 +1,4 @@
-"""``edge-agent start``: join once, then keep the tunnel to the hub up for ever."""
+"""``edge-agent start``: join once, then keep tunnels to the hubs up for ever."""
 
 from __future__ import annotations
 
@@ -332,8 +332,7 @@ async def run(args: argparse.Namespace) -> None:
         await main_task
     except asyncio.CancelledError:
         log.info("agent stopping")
-        if agent.tunnel is not None:
-            await agent.tunnel.close(reason="agent stopping")
+        await agent.close_tunnels("agent stopping")  # run_forever closed them already
     finally:
         status_task.cancel()
         await asyncio.gather(status_task, return_exceptions=True)

@@ -143,17 +143,20 @@ async def dial_despite_clock(
     *,
     timeout: float,
     max_size: int,
+    hub: str | None = None,
 ) -> tuple[Any, SkewSample]:
     """The tunnel websocket and the skew it was verified at, after a dial that failed
     certificate verification (``err``); raise a one-line RemotelerError that names
-    the skew if it is why. The caller takes the skew (:meth:`HubClock.observe`)."""
+    the skew if it is why. The caller takes the skew (:meth:`HubClock.observe`).
+    ``hub``: the address dialled (default: the identity's)."""
     from edge_agent.rotate import rotated_offline_message, trusted_pins
     from remoteler.hubconn import fetch_cluster_info
     from remoteler.protocol import TUNNEL_ALPN, TUNNEL_SUBPROTOCOL
 
+    hub = hub or ident.hub
     sent = time.time()
     try:
-        info = await fetch_cluster_info(ident.hub)
+        info = await fetch_cluster_info(hub)
         hub_pin = pin_of_cert_pem(str(info["host_ca_pem"]).encode())
     except (RemotelerError, CAError, KeyError):
         raise err from None
@@ -162,7 +165,7 @@ async def dial_despite_clock(
         raise ConfigError(rotated_offline_message(ident))
     estimate = skew_from_ping(info, sent, received, err, clock.bound)
     ws = await open_at_hub_time(
-        ident.hub,
+        hub,
         path,
         ident.host_ca_pem,
         estimate,

@@ -22,6 +22,11 @@ sent again, oldest first, on the next channel (one the hub closed is opened
 again after :data:`REOPEN_FIRST`) or tunnel; the hub's insert is idempotent on
 (node, id), so a batch sent twice is stored once.
 
+An agent with tunnels to several hubs of a cluster forwards over one of them at
+a time (:func:`forward_on_any`): when that tunnel goes down the forwarder moves
+to another that is up, and the batch in flight is sent again there; the hubs
+share one database, so it is still stored once.
+
 A storage error in the outbox (``SQLITE_FULL`` on the delete after an ack, an I/O
 error reading a batch) never ends the forwarder: it is logged once (warning, then
 debug until it clears, then info), and the same operation is retried after
@@ -55,7 +60,7 @@ from remoteler.protocol import AUDIT_KIND
 from remoteler.wire.aio import Channel, Tunnel
 from remoteler.wire.exceptions import ChannelClosedError, ChannelOpenError, TunnelClosed
 
-__all__ = ["retry_delay", "run_forwarder"]
+__all__ = ["forward_on_any", "retry_delay", "run_forwarder"]
 
 log = logging.getLogger("remoteler.agent.forwarder")
 
@@ -163,6 +168,35 @@ async def run_forwarder(
             log.info("hub closed the audit channel; opening another in %.1fs", delay)
         await _first(asyncio.sleep(delay), tunnel.closed.wait())
         wait = min(REOPEN_MAX, wait * 2)
+
+
+async def forward_on_any(
+    outbox: Outbox,
+    pick: Callable[[], Tunnel | None],
+    changed: asyncio.Event,
+    on: Callable[[Tunnel | None], None] = lambda _tunnel: None,
+) -> None:
+    """Forward the outbox over one tunnel at a time, for ever (cancel to stop).
+
+    ``pick`` chooses among the tunnels up now (None: none is); ``changed`` is set
+    whenever one comes up or goes down; ``on`` is told which tunnel forwards now.
+    Only the one :func:`run_forwarder` this runs ever sends, so two tunnels never
+    forward at once.
+    """
+    while True:
+        changed.clear()  # before picking: a tunnel up meanwhile is not missed
+        tunnel = pick()
+        if tunnel is None:
+            await changed.wait()
+            continue
+        on(tunnel)
+        try:
+            await run_forwarder(outbox, tunnel)
+        except Exception:  # a bug must not stop delivery for good
+            log.exception("audit forwarder failed; starting again")
+            await asyncio.sleep(1.0)
+        finally:
+            on(None)
 
 
 async def _forward(

@@ -39,6 +39,9 @@ ROTATE_KIND: Final = "rotate"
 LOCKS_KIND: Final = "locks"
 #: hub -> agent: a firmware roll-out's bundle and progress
 FIRMWARE_KIND: Final = "firmware"
+#: hub -> agent: the cluster's live hubs and how many tunnels to keep
+#: (:class:`remoteler.hublist.HubList`), whenever it changes and once per tunnel
+HUBS_KIND: Final = "hubs"
 
 # -- hub to hub (docs/cluster.md) ------------------------------------------------------
 #: ``/v1/peer`` on a hub's ``--peer-listen`` port: one multiplexed link between two hubs

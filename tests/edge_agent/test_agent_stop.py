@@ -16,7 +16,7 @@ NODE = "00000000-0000-4000-8000-0000000000d1"
 class SwallowingAgent(EdgeAgent):
     dials = 0
 
-    async def run_once(self) -> None:
+    async def run_once(self, slot: int = 0) -> None:
         self.dials += 1
         with contextlib.suppress(asyncio.CancelledError):  # as a library might
             await asyncio.sleep(0.05)

@@ -123,7 +123,7 @@ async def test_the_unverified_pings_time_is_never_taken_only_the_tunnels(
         agent = EdgeAgent(ident, {})
         task = asyncio.ensure_future(agent.run_once())
         for _ in range(600):  # the first PONG answers within a round trip (30 s: a loaded CI)
-            if agent.clock.skew is not None and not agent._connect_pending:
+            if agent.clock.skew is not None and not agent.connect_pending():
                 break
             await asyncio.sleep(0.05)
         assert agent.tunnel is not None and agent.clock.skew is not None
