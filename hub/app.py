@@ -29,10 +29,11 @@ from hub.auth.joinguard import JoinGuard
 from hub.cluster.addrs import advertised, cert_hosts
 from hub.cluster.member import ClusterMember
 from hub.datadir import DataDir
+from hub.firmware.rollouts import FirmwareRollouts
 from hub.net.listener import ListenerLimits
 from hub.rotation.runtime import HubRotation, RotationDeps
 from hub.rotation.store import CASet
-from hub.storage.api import StorageError
+from hub.storage.api import Storage, StorageError
 from remoteler.addr import format_hostport, parse_hostport
 from remoteler.errors import ConfigError, UsageError
 
@@ -123,6 +124,8 @@ class HubApp:
             quota = QuotaConfig(args.node_audit_rate, args.node_audit_burst)
         except ValueError as exc:
             raise UsageError(f"{exc}: fix --node-audit-rate / --node-audit-burst") from None
+        if not args.audit_retention >= 0:  # NaN too
+            raise UsageError("--audit-retention must be 0 (keep forever) or a number of days")
         host, port = parse_hostport(args.listen)
         data = DataDir(Path(args.data_dir), passphrase=read_passphrase(args.ca_passphrase_file))
         passphrase = data.ca_passphrase()
@@ -241,9 +244,9 @@ class HubApp:
         self._spawn(server.registry.run_flusher())
         for loop in member.loops():
             self._spawn(loop)
-        from hub.firmware.rollouts import FirmwareRollouts  # roll-outs on the storage
-
-        self._spawn(FirmwareRollouts(storage, server.registry, audit).run())
+        rollouts = FirmwareRollouts(storage, server.registry, audit)  # roll-outs on the storage
+        self._spawn_singletons(storage, hub_id, rotation, rollouts)
+        self._spawn(rollouts.run())
         self._spawn(rotation.run())
         self._spawn(keep_alive(alive))
         self._spawn(admin.run())
@@ -252,6 +255,29 @@ class HubApp:
             gc_policy.install()
             stack.callback(gc_policy.uninstall)
             self._spawn(gc_policy.run())
+
+    def _spawn_singletons(
+        self, storage: Storage, hub_id: str, rotation: HubRotation, rollouts: FirmwareRollouts
+    ) -> None:
+        """Work one hub of the cluster does at a time, each under its lease; every hub
+        runs all of them (one UPSERT per lease per 5 s). docs/storage.md "Leases"."""
+        from hub import sweeps
+        from hub.singleton import Singleton
+
+        def lease(name: str) -> Singleton:
+            return Singleton(storage.leases, name, hub_id)
+
+        auto_rotation, orchestration = lease("rotation-auto"), lease("firmware-orchestration")
+        rotation.may_advance = lambda: auto_rotation.held  # every hub follows the state
+        rollouts.may_orchestrate = lambda: orchestration.held  # every hub runs its nodes' steps
+        self._spawn(auto_rotation.run())
+        self._spawn(orchestration.run())
+        self._spawn(lease("presence-gc").run(lambda: sweeps.presence_gc(storage)))
+        days = self.args.audit_retention
+        if days > 0:  # a hub that keeps everything takes no part (docs/audit.md)
+            self._spawn(
+                lease("audit-retention").run(lambda: sweeps.audit_retention(storage.audit, days))
+            )
 
     async def drain(self) -> None:
         """Tell users and agents the hub is going away (``--shutdown-grace``,

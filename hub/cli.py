@@ -135,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="start although audit.db is missing or empty while hub.db lists nodes, "
         "beginning a new audit trail (default: off, such a start is refused; docs/tctl.md)",
     )
+    start.add_argument(
+        "--audit-retention",
+        type=float,
+        default=0.0,
+        metavar="DAYS",
+        help="delete audit events and session recordings older than DAYS, checked every "
+        "10 min by one hub of the cluster (default 0: keep forever; docs/audit.md)",
+    )
     add_auth_limit_flags(start)
     add_storage_flags(start)
     start.add_argument(

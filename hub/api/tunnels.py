@@ -6,6 +6,8 @@ tunnel whose lease has :data:`RENEW_WITHIN` intervals or less left, so each leas
 written every other flush, and drops the leases of tunnels closed since the last one, so a hub that
 dies without cleaning up stops showing its nodes online once their leases run
 out, and a hub's restart (``presence.drop_hub``) leaves other hubs' nodes alone.
+Expired leases (of hubs that died) are deleted by one hub of the cluster, the holder
+of the ``presence-gc`` lease (:mod:`hub.sweeps`).
 """
 
 from __future__ import annotations
@@ -29,9 +31,6 @@ LEASE_FLUSHES = 4
 #: flush, so 10,000 live tunnels cost 1,000 upserts a second, not 2,000, and a
 #: flush may still fail or run late without a live node looking offline.
 RENEW_WITHIN = 2
-#: Expired leases (of hubs that died) are deleted every this many flushes, in batches.
-EXPIRE_EVERY = 12
-EXPIRE_BATCH = 1000
 
 
 @dataclass
@@ -98,7 +97,6 @@ class TunnelRegistry:
         #: this hub's id in presence leases (hub/hubid.py)
         self.hub_id = hub_id
         self.flush_interval = flush_interval
-        self._flushes = 0
         #: tunnels closed since the last flush, whose last heartbeat is not yet written
         self._closed: dict[str, LiveNode] = {}
         self._live: dict[str, LiveNode] = {}
@@ -216,9 +214,6 @@ class TunnelRegistry:
             if not online and node_id not in self._live:
                 leased.pop(node_id, None)
                 await presence.drop(node_id, self.hub_id)
-        self._flushes += 1
-        if self._flushes % EXPIRE_EVERY == 0:
-            await presence.expire(now, EXPIRE_BATCH)
         closed, self._closed = self._closed, {}
         beats = []
         for live in [*self._live.values(), *closed.values()]:

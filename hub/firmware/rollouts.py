@@ -16,6 +16,17 @@ seconds (offline canaries' timeouts, retries). Per running roll-out:
   online node, or the roll-out stops saying so (:mod:`hub.firmware.presence`);
 * once every node is final the roll-out is ``done``.
 
+In a cluster every hub runs this loop, but only one makes the roll-out's
+decisions: the holder of the ``firmware-orchestration`` lease
+(:attr:`FirmwareRollouts.may_orchestrate`, hub/app.py) stops a roll-out on a failed
+canary or an unreadable bundle, marks nodes offline and online, replaces or gives
+up on offline canaries (from the cluster's presence: a node is online when any hub
+holds its tunnel) and finishes a roll-out. Every hub, holder or not, runs the
+transfers of the nodes whose tunnels it holds, in the current wave: canaries
+first, the rest only once every canary is installed, none while a canary has
+failed (the holder is about to stop the roll-out); the claim decides which hub
+when several hold a tunnel of the node.
+
 A transfer is one ``firmware`` channel (LOW priority: interactive sessions go
 first) run by :class:`remoteler.firmware_xfer.HubTransfer`, with an optional
 token-bucket cap; the bytes come from the bundle's blob (``storage.blobs``). A cut
@@ -31,6 +42,7 @@ import functools
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from hub.api.tunnels import TunnelRegistry
@@ -67,6 +79,9 @@ READ_SIZE = 64 * 1024
 #: Seconds an agent may stay silent on a firmware channel (its install hook and
 #: health check run 300 s + 60 s at most; it reports before each).
 IDLE_TIMEOUT = 900.0
+#: Seconds between two reads of the cluster's presence by the orchestrating hub (other
+#: hubs write their leases every 5 s: reading more often shows nothing new).
+PRESENCE_EVERY = 5.0
 
 
 class BundleUnreadable(Exception):
@@ -98,6 +113,12 @@ class FirmwareRollouts:
         self._last_seen: dict[str, float | None] = {}
         #: wall clock when this hub began watching roll-outs (its downtime is not a canary's)
         self._watching_since = time.time()
+        #: whether this hub makes the roll-out level decisions (module docstring): the
+        #: holder of the cluster's ``firmware-orchestration`` lease (hub/app.py)
+        self.may_orchestrate: Callable[[], bool] = lambda: True
+        #: node ids whose tunnel another hub holds (live presence leases), and when read
+        self._elsewhere: set[str] = set()
+        self._elsewhere_at = float("-inf")
 
     async def run(self) -> None:
         """Until cancelled: follow the running roll-outs (then :meth:`close`)."""
@@ -145,6 +166,8 @@ class FirmwareRollouts:
 
     async def tick(self) -> None:
         running = await self.store.rollouts("running")
+        if running and self.may_orchestrate():
+            await self._read_presence()
         ids: set[str] = set()
         for rollout in running:
             nodes = await self.store.nodes(rollout.id)
@@ -159,8 +182,23 @@ class FirmwareRollouts:
         for key in [k for k in self._retry_at if k[0] not in live]:
             del self._retry_at[key]
 
+    async def _read_presence(self) -> None:
+        """The nodes whose tunnel another hub holds, read at most every
+        :data:`PRESENCE_EVERY` seconds (one query for the whole cluster)."""
+        now = time.monotonic()
+        if now - self._elsewhere_at < PRESENCE_EVERY:
+            return
+        me = self.registry.hub_id
+        leases = await self.storage.presence.all(time.time())
+        self._elsewhere = {p.node_id for p in leases if p.hub_id != me}
+        self._elsewhere_at = now
+
     async def _step(self, rollout: Rollout, nodes: list[RolloutNode]) -> None:
         failed = [n for n in nodes if n.canary and n.state in CANARY_FAILURES]
+        if not self.may_orchestrate():
+            if not failed and not all(n.final for n in nodes):
+                await self._offer(rollout, nodes)
+            return  # a failed canary, all final: the orchestrating hub stops or ends it
         if failed:
             reason = f"canary {failed[0].node_name} {failed[0].state}: {failed[0].detail}"
             if not await self.store.finish(rollout.id, "stopped", reason, time.time()):
@@ -177,11 +215,17 @@ class FirmwareRollouts:
             await self._record(EventType.FIRMWARE_ROLLOUT_DONE, rollout, results=counts)
             log.info("roll-out done", extra={"rollout": rollout.id, "results": counts})
             return
+        if not await self._bundle_readable(rollout):
+            return
         if await self._presence(rollout, nodes):
             nodes = await self.store.nodes(rollout.id)
             current = await self.store.rollout(rollout.id)
             if current is None or current.state != "running":
                 return
+        await self._offer(rollout, nodes)
+
+    async def _offer(self, rollout: Rollout, nodes: list[RolloutNode]) -> None:
+        """Start the transfers of the current wave's nodes whose tunnels this hub holds."""
         canaries_left = [n for n in nodes if n.canary and not n.final]
         wave = canaries_left or [n for n in nodes if not n.final]
         busy = sum(1 for key in self._inflight if key[0] == rollout.id)
@@ -204,6 +248,21 @@ class FirmwareRollouts:
             self._inflight[key] = task
             task.add_done_callback(functools.partial(self._ended, key))
 
+    async def _bundle_readable(self, rollout: Rollout) -> bool:
+        """The orchestrating hub's look at the bundle: one it cannot read (gone, not a
+        bundle) stops the roll-out, whichever hub's transfer would meet it."""
+        try:
+            await self._header(rollout)  # read once, then cached
+            if await self.blobs.size(rollout.bundle) is None:
+                raise BundleUnreadable(f"no blob {rollout.bundle[:12]}")
+        except Exception as exc:
+            if isinstance(exc, StorageError) and not isinstance(exc, NotFound):
+                log.warning("bundle unreadable: %s; will look again", exc)
+                return False  # the database, not the bundle
+            await self._unreadable(rollout, exc)
+            return False
+        return True
+
     async def _presence(self, rollout: Rollout, nodes: list[RolloutNode]) -> bool:
         """Show offline nodes, replace a canary offline too long (or stop); True if changed."""
         from hub.firmware.presence import (
@@ -217,7 +276,11 @@ class FirmwareRollouts:
         )
 
         busy = {node for rid, node in self._inflight if rid == rollout.id}
-        online = {n.node_id for n in nodes if self.registry.get(n.node_id) is not None}
+        online = {
+            n.node_id
+            for n in nodes
+            if self.registry.get(n.node_id) is not None or n.node_id in self._elsewhere
+        }
         for node_id in online:
             self._last_seen.pop(node_id, None)
         for n in nodes:
@@ -382,10 +445,14 @@ class FirmwareRollouts:
             channel.close()
 
     async def _unreadable(self, rollout: Rollout, exc: Exception) -> None:
-        """Stop a roll-out whose bundle the hub cannot read any more (and say so)."""
+        """Stop a roll-out whose bundle the hub cannot read any more (and say so); a hub
+        that does not orchestrate logs it and leaves the stop to the one that does."""
         why = str(exc) or type(exc).__name__
         reason = f"hub copy of the bundle unreadable: {why}"[:400]
         self._headers.pop(rollout.bundle, None)
+        if not self.may_orchestrate():
+            log.error("%s; the orchestrating hub stops the roll-out", reason)
+            return
         if not await self.store.finish(rollout.id, "stopped", reason, time.time()):
             return  # already stopped or done (another transfer, tctl firmware stop)
         await self._record(EventType.FIRMWARE_ROLLOUT_STOP, rollout, reason=reason)

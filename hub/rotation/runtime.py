@@ -1,6 +1,7 @@
 """The running hub's side of CA rotation: follow the state, re-key TLS, update the fleet.
 
-Once a second the hub makes any auto-mode phase change that is due (a
+Once a second the hub makes any auto-mode phase change that is due, if it holds the
+cluster's ``rotation-auto`` lease (:attr:`HubRotation.may_advance`; the step is also a
 compare-and-set in storage: of several hubs, one makes each step), and on every
 ``rotation`` change from the storage's change feed (this hub's, another hub's,
 tctl's) it reloads the CAs if the state's revision moved: it signs with the
@@ -115,6 +116,9 @@ class HubRotation:
         #: old one's id and would never be retried.
         self._failed: weakref.WeakKeyDictionary[Tunnel, str] = weakref.WeakKeyDictionary()
         self._slots = asyncio.Semaphore(PUSH_CONCURRENCY)
+        #: whether this hub makes the auto-mode phase changes (hub/app.py: the holder of
+        #: the cluster's ``rotation-auto`` lease); every hub still follows the state
+        self.may_advance: Callable[[], bool] = lambda: True
 
     @classmethod
     async def open(
@@ -196,7 +200,8 @@ class HubRotation:
             await changes.aclose()  # type: ignore[attr-defined]
 
     async def poll(self) -> None:
-        for kind, change in await self.store.advance_due(self.clock()):
+        due = await self.store.advance_due(self.clock()) if self.may_advance() else []
+        for kind, change in due:
             await self._record(
                 EventType.ROTATION_PHASE,
                 ca_type=kind,

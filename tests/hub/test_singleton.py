@@ -215,3 +215,44 @@ async def test_without_a_job_it_only_holds_the_lease(storage: Storage) -> None:
         await _cancel(task)
         await _until(lambda: other.held, timeout=TTL + 1.0)
         await _cancel(late)
+
+
+async def test_the_hub_holds_its_four_leases_and_releases_them_at_stop(tmp_path: Path) -> None:
+    """hub/app.py runs a Singleton for each kind of cluster-wide work; a lone hub takes
+    every lease at start and gives them up at a clean stop."""
+    from hub.app import HubApp
+    from hub.cli import build_parser
+
+    data = tmp_path / "data"
+    argv = ["start", "--data-dir", str(data), "--listen", "127.0.0.1:0", "--gc-interval", "0"]
+    args = build_parser().parse_args([*argv, "--hub-id", "hub-one", "--audit-retention", "30"])
+    names = ["audit-retention", "firmware-orchestration", "presence-gc", "rotation-auto"]
+    async with HubApp(args) as app:
+        assert app.server is not None
+        leases = app.server.storage.leases
+
+        async def held() -> list[tuple[str, str]]:
+            return [(x.name, x.holder) for x in await leases.all()]
+
+        deadline = time.monotonic() + 5
+        while await held() != [(name, "hub-one") for name in names]:
+            assert time.monotonic() < deadline, await held()
+            await asyncio.sleep(0.02)
+    storage = await open_sqlite(data)
+    try:
+        assert await storage.leases.all() == [], "released at the stop"
+    finally:
+        await storage.close()
+
+
+@pytest.mark.parametrize("days", ["-1", "nan"])
+async def test_a_bad_audit_retention_is_refused_with_one_line(tmp_path: Path, days: str) -> None:
+    from hub.app import HubApp
+    from hub.cli import build_parser
+    from remoteler.errors import UsageError
+
+    args = build_parser().parse_args(
+        ["start", "--data-dir", str(tmp_path / "data"), "--audit-retention", days]
+    )
+    with pytest.raises(UsageError, match="--audit-retention must be 0"):
+        await HubApp(args).start()

@@ -645,3 +645,126 @@ async def test_a_node_another_hub_claimed_is_not_offered_here(setup: Setup) -> N
         assert list(rollouts._inflight) == [("fw-test", stale[0].node_id)]
     finally:
         await rollouts.close()
+
+
+# -- several hubs: only the holder of the firmware-orchestration lease decides --------
+
+
+@contextlib.asynccontextmanager
+async def _two_hubs(setup: Setup, audit: _Audit) -> AsyncIterator[FirmwareRollouts]:
+    """Two orchestrators on one storage, as two hubs have, each gated by its own
+    Singleton of one lease; hub A's holds it. ``setup.rollouts`` is hub B's (it runs
+    with ``setup.push``); hub A's is yielded, for the test to start when it wants."""
+    from hub.singleton import Singleton
+
+    leases = setup.hub.storage.leases
+    lease_a = Singleton(leases, "firmware-orchestration", "hub-a", ttl=0.3)
+    lease_b = Singleton(leases, "firmware-orchestration", "hub-b", ttl=0.3)
+    holding = [asyncio.ensure_future(lease_a.run())]
+    await _until(lambda: lease_a.held)
+    holding.append(asyncio.ensure_future(lease_b.run()))
+    hub_a = FirmwareRollouts(setup.hub.storage, setup.hub.server.registry, audit, interval=0.1)
+    hub_a.may_orchestrate = lambda: lease_a.held
+    setup.rollouts.may_orchestrate = lambda: lease_b.held
+    setup.rollouts.audit = audit
+    try:
+        yield hub_a
+    finally:
+        for task in holding:
+            task.cancel()
+        await asyncio.gather(*holding, return_exceptions=True)
+        await hub_a.close()
+
+
+async def _rollout_state_for(setup: Setup, seconds: float) -> set[str]:
+    """The roll-out's states seen over ``seconds`` (the orchestrators tick every 0.1 s)."""
+    seen = set()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        seen.add((await _rollout_row(setup)).state)
+        await asyncio.sleep(0.05)
+    return seen
+
+
+async def test_a_failed_canary_stops_the_rollout_only_at_the_lease_holder(setup: Setup) -> None:
+    # Hub B (no lease) runs the canary's step and the canary refuses the bundle. The
+    # roll-out's decision (stop) is hub A's: until hub A runs, nothing more happens, and
+    # hub B never offers the bundle to the rest of the fleet on its own.
+    canary = await setup.agent("a-no-key", trusted=False)
+    rest = await setup.agent("b")
+    audit = _Audit()
+    async with _two_hubs(setup, audit) as hub_a:
+        await setup.push(canaries=1)
+        deadline = time.monotonic() + 20
+        while (await _nodes(setup))["a-no-key"].state != "failed":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert canary.log[0][0] == "offer", "hub B ran the node's step"
+        assert await _rollout_state_for(setup, 1.0) == {"running"}, "hub B did not stop it"
+        assert rest.log == [] and audit.events == []
+        task = asyncio.ensure_future(hub_a.run())
+        try:
+            await setup.wait_state("stopped")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    reason = (await _rollout_row(setup)).reason
+    assert reason.startswith("canary a-no-key failed"), reason
+    assert [e["type"] for e in audit.events] == ["firmware.rollout.stop"]
+    assert rest.log == [], "never offered"
+
+
+async def test_a_rollout_ends_only_at_the_lease_holder(setup: Setup) -> None:
+    # Hub B (no lease) installs every node it holds; marking the roll-out done is hub A's.
+    for name in ("a", "b"):
+        await setup.agent(name)
+    audit = _Audit()
+    async with _two_hubs(setup, audit) as hub_a:
+        await setup.push()
+        deadline = time.monotonic() + 20
+        while {n.state for n in (await _nodes(setup)).values()} != {"installed"}:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert await _rollout_state_for(setup, 1.0) == {"running"}
+        task = asyncio.ensure_future(hub_a.run())
+        try:
+            assert await setup.wait_state("done") == {"a": "installed", "b": "installed"}
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert [e["type"] for e in audit.events] == ["firmware.rollout.done"]
+
+
+async def test_the_holder_counts_a_node_another_hub_holds_as_online(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A node connected to another hub (a live presence lease of that hub's) is online
+    # for the orchestrating hub: not shown offline, its canary never timed out.
+    from hub.firmware import rollouts as module
+    from hub.storage.api import Node
+
+    monkeypatch.setattr(module, "PRESENCE_EVERY", 0.0)  # read presence at every tick
+    storage = setup.hub.storage
+    await storage.nodes.add(Node("id-far", "far", {"board": "rpi4"}, version="0.1.0"))
+    await setup.push(start=False, online=0)  # no agent here: an empty roll-out, then one
+    rollout = dataclasses.replace(
+        (await setup.store.rollouts("running"))[0], id="fw-far", canary_timeout=0.2
+    )
+    await setup.store.create(rollout, [("id-far", "far", True)])
+    await storage.presence.beat("id-far", "hub-other", time.time() + 20)
+    rollouts = setup.rollouts
+    try:
+        for _ in range(3):
+            await rollouts.tick()
+            await asyncio.sleep(0.1)  # past the canary timeout
+        (node,) = await setup.store.nodes("fw-far")
+        assert node.state == "pending", node
+        assert (await setup.store.rollout("fw-far")).state == "running"  # type: ignore[union-attr]
+        await storage.presence.drop("id-far", "hub-other")  # that hub lost it
+        await rollouts.tick()  # offline now, and its canary timeout long past
+        (node,) = await setup.store.nodes("fw-far")
+        assert node.state == "offline", node
+        reason = (await setup.store.rollout("fw-far")).reason  # type: ignore[union-attr]
+        assert reason.startswith("canary far offline, never connected, more than"), reason
+    finally:
+        await rollouts.close()
