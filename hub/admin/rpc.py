@@ -39,6 +39,8 @@ class AdminHost(Protocol):
     audit: AuditLog | None
     rotation: Any
     locks: Any
+    #: this hub's id in the cluster (docs/cluster.md)
+    hub_id: str
 
 
 @dataclass(frozen=True)

@@ -742,8 +742,7 @@ class HubServer:
                     "name": node.name,
                     "labels": labels,
                     # held here, or by another hub of the cluster (presence)
-                    "online": live is not None
-                    or any(h != self.hub_id for h in node.held_by),
+                    "online": live is not None or any(h != self.hub_id for h in node.held_by),
                     "serial_ports": live.serial_ports if live else [],  # while online
                     "last_seen": live.last_seen if live else node.last_seen,
                     "version": (live.version if live else "") or node.version,

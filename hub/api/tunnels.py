@@ -206,7 +206,9 @@ class TunnelRegistry:
         expires = now + LEASE_FLUSHES * self.flush_interval
         renew_by = now + RENEW_WITHIN * self.flush_interval
         leased = self._leased
-        due = [] if self.leaving else [nid for nid in self._live if leased.get(nid, 0.0) <= renew_by]
+        due = [nid for nid in self._live if leased.get(nid, 0.0) <= renew_by]
+        if self.leaving:  # a draining hub's leases were dropped: not written again
+            due = []
         await presence.beat_many([Presence(nid, self.hub_id, expires) for nid in due])
         for nid in due:
             leased[nid] = expires

@@ -17,9 +17,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from remoteler.hublist import HubList
-
 from hub.storage.api import HubRecord, Storage
+from remoteler.hublist import HubList
 from remoteler.protocol import VERSION
 
 log = logging.getLogger("remoteler.hub.cluster")

@@ -37,17 +37,22 @@ async def splice(a: Channel, b: Channel) -> tuple[int, int]:
     ab = asyncio.ensure_future(pump(a, b))
     ba = asyncio.ensure_future(pump(b, a))
     closed = asyncio.ensure_future(_either_closed(a, b))
+    both = asyncio.ensure_future(_both(ab, ba))
     try:
-        await asyncio.wait({closed, asyncio.gather(ab, ba)}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([closed, both], return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (ab, ba, closed):
+        for task in (ab, ba, closed, both):
             task.cancel()
         a.close()
         b.close()
     out = [t.result() if t.done() and not t.cancelled() else 0 for t in (ab, ba)]
     with contextlib.suppress(BaseException):
-        await asyncio.gather(ab, ba, closed, return_exceptions=True)
+        await asyncio.gather(ab, ba, closed, both, return_exceptions=True)
     return out[0], out[1]
+
+
+async def _both(ab: asyncio.Future[int], ba: asyncio.Future[int]) -> None:
+    await asyncio.gather(ab, ba)
 
 
 async def _either_closed(a: Channel, b: Channel) -> None:
