@@ -129,6 +129,8 @@ class HubApp:
         host, port = parse_hostport(args.listen)
         data = DataDir(Path(args.data_dir), passphrase=read_passphrase(args.ca_passphrase_file))
         passphrase = data.ca_passphrase()
+        # with PostgreSQL nothing else makes it: its hub id, TLS files, admin identity
+        data.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         check_storage_args(args, passphrase)
         seeds = SeedCipher(passphrase) if passphrase is not None else None
         # The hub's state (hub/storage, docs/storage.md); nothing else opens a database.
