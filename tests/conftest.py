@@ -36,6 +36,7 @@ def pg_server() -> Iterator[PgServer]:
 #: module runs whole on one worker, so a long one picked up last makes the others
 #: idle at the end (see the Makefile's pytest line).
 SLOW_FIRST = (
+    "e2e/test_hub_cluster.py",
     "e2e/test_end_to_end.py",
     "e2e/test_ca_rotation.py",
     "bench/test_smoke.py",

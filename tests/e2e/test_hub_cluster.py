@@ -105,6 +105,7 @@ def _restore(fleet: Fleet) -> None:
     wait_for(lambda: _fully_held(cluster), timeout=60, what="every node on two hubs again")
 
 
+@pytest.mark.timeout(300)  # the module's cluster starts in the first test
 def test_status_lists_hubs_and_nodes_show_their_holders(fleet: Fleet) -> None:
     cluster = fleet.cluster
     hubs = cluster.hubs()
@@ -207,6 +208,7 @@ def _loop(
             results.append((name, start, time.monotonic(), out.returncode, out.stderr.strip()))
 
 
+@pytest.mark.timeout(600)
 def test_kill9_each_hub_in_turn_under_a_loop_through_the_load_balancer(fleet: Fleet) -> None:
     """No connection refused for a node whose second tunnel is up; a session in flight
     through the killed hub may end (with a message), nothing started after the kill fails."""
@@ -270,6 +272,7 @@ def _stored(fleet: Fleet, node_id: str) -> tuple[int, int]:
     return int(total), int(distinct)
 
 
+@pytest.mark.timeout(600)
 def test_audit_backlog_drained_while_hubs_die_arrives_exactly_once(fleet: Fleet) -> None:
     cluster = fleet.cluster
     n = 5000
@@ -317,6 +320,7 @@ def _bundle(root: Path, version: str) -> Path:
     return bundle
 
 
+@pytest.mark.timeout(300)
 def test_rollout_across_three_hubs_survives_a_kill_and_installs_once(fleet: Fleet) -> None:
     cluster = fleet.cluster
     bundle = _bundle(cluster.root, "2.0.0")
@@ -341,6 +345,7 @@ def test_rollout_across_three_hubs_survives_a_kill_and_installs_once(fleet: Flee
     _restore(fleet)
 
 
+@pytest.mark.timeout(300)
 def test_host_ca_rotation_driven_from_one_hub_reaches_agents_on_every_hub(
     fleet: Fleet,
 ) -> None:
