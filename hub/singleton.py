@@ -147,6 +147,9 @@ class Singleton:
         cancelled and the lease released."""
         try:
             while True:
+                if self.core.failed(self.clock()):  # the loop ran late, past the stopping point
+                    log.warning("lease lost: not renewed in time", extra=self._fields)
+                self._sync(job)  # (then) no job runs while the lease is in doubt
                 await self._try()
                 self._sync(job)
                 await asyncio.sleep(self.core.wait(self.clock()))
@@ -178,7 +181,8 @@ class Singleton:
             return
         other: float | None = None
         with contextlib.suppress(Exception):  # only aims the next try
-            lease = await self.leases.get(self.name)
+            async with asyncio.timeout(core.interval):
+                lease = await self.leases.get(self.name)
             other = lease.expires if lease is not None else None
         if core.refused(other):
             log.info("lease lost: another hub holds it", extra=self._fields)

@@ -186,6 +186,23 @@ async def test_a_dead_holders_job_moves_within_one_lease_period(
         await second.close()
 
 
+async def test_a_late_loop_stops_the_job_before_it_tries_again(storage: Storage) -> None:
+    # The event loop stalled (or the clock stepped) past the stopping point: the job is
+    # stopped before the next acquire, and runs again once that acquire holds the lease.
+    now = [1000.0]
+    work = Work()
+    single = Singleton(storage.leases, "job", "hub-a", ttl=TTL, clock=lambda: now[0])
+    task = asyncio.ensure_future(single.run(work.job("hub-a")))
+    try:
+        await _until(lambda: work.running == {"hub-a"})
+        now[0] += TTL
+        assert not single.held
+        await _until(lambda: len(work.started("hub-a")) == 2)
+        assert work.stopped("hub-a")[0] <= work.started("hub-a")[1] and work.overlaps == 0
+    finally:
+        await _cancel(task)
+
+
 async def test_a_job_that_fails_is_started_again_while_held(storage: Storage) -> None:
     runs = 0
 
