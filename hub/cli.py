@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         default=None,
         help="listen for the cluster's other hubs here (mutual TLS with hub certificates; "
-        "port 0 picks one); needed by hubs sharing one PostgreSQL (docs/cluster.md)",
+        "port 0 picks one); needed by hubs sharing one PostgreSQL (default: none, the hub "
+        "dials its peers but cannot be reached by them; docs/cluster.md)",
     )
     start.add_argument(
         "--shutdown-grace",

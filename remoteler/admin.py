@@ -51,6 +51,7 @@ class AdminMethod(StrEnum):
     ROLES_LS = "admin.roles.ls"
     ROLES_RM = "admin.roles.rm"
     STATUS = "admin.status"
+    CLUSTER_SET = "admin.cluster.set"
     AUDIT_SEARCH = "admin.audit.search"
     LOCKS_ADD = "admin.locks.add"
     LOCKS_LS = "admin.locks.ls"

@@ -67,6 +67,9 @@ EXAMPLES = {
     "rm": "tctl rm role/lab-operator",
     "status": "tctl status --data-dir /var/lib/remoteler-hub\n"
     "tctl --hub hub.example.com:3080 -i ~/alice-admin status",
+    "cluster": "tctl cluster set --agent-connections 2",
+    "cluster set": "tctl cluster set --agent-connections 3\n"
+    "tctl cluster set --agent-connections 0   # back to the default",
     "lock": 'tctl lock --user bob --ttl 1h --message "incident 42"',
     "locks": "tctl locks ls",
     "locks ls": "tctl locks ls --format json",
@@ -177,7 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
     fmt(get)
     sub.add_parser("rm", help="remove a resource, e.g. role/NAME").add_argument("ref")
 
-    fmt(sub.add_parser("status", help="hub address and CA pins"))
+    fmt(sub.add_parser("status", help="hub address, CA pins and the cluster's hubs"))
+    cluster = sub.add_parser("cluster", help="settings of the cluster of hubs").add_subparsers(
+        dest="cmd", required=True
+    )
+    cluster_set = cluster.add_parser("set", help="change a cluster setting (docs/cluster.md)")
+    cluster_set.add_argument(
+        "--agent-connections",
+        type=int,
+        required=True,
+        metavar="N",
+        help="tunnels each agent keeps to distinct hubs, 1-8; 0 for the default "
+        "(2 with two hubs or more, else 1)",
+    )
+    fmt(cluster_set)
     LOCK_HANDLERS.update(tctl_locks.register(sub))
     LOCK_HANDLERS.update(tctl_firmware.register(sub))
 
@@ -441,7 +457,25 @@ def _hub_lines(info: dict[str, Any]) -> list[str]:
         for h in hubs
     ]
     headers = ["Hub", "Address", "Peer address", "Agents", "Lease age"]
-    return ["", f"Hubs:     {len(hubs)} (* = this one)", table(rows, headers)]
+    count = info.get("agent_connections")
+    how = "set by 'tctl cluster set'" if info.get("agent_connections_set") else "default"
+    return [
+        f"Agent tunnels: {count} per agent ({how})",
+        "",
+        f"Hubs:     {len(hubs)} (* = this one)",
+        table(rows, headers),
+    ]
+
+
+async def cmd_cluster(args: argparse.Namespace, hub: HubClient) -> None:
+    out = await hub.call(AdminMethod.CLUSTER_SET, connection_count=args.agent_connections)
+    count = out["agent_connection_count"]
+    text = (
+        f"Agents keep {count} tunnel(s) to distinct hubs; hubs tell them within 5 s."
+        if count
+        else "Agents keep the default number of tunnels (2 with two hubs or more, else 1)."
+    )
+    _emit(args, out, text)
 
 
 async def cmd_create(args: argparse.Namespace, hub: HubClient) -> None:
@@ -639,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         "nodes": cmd_nodes,
         "auth": cmd_auth,
         "status": cmd_status,
+        "cluster": cmd_cluster,
         "create": cmd_create,
         "get": cmd_get,
         "rm": cmd_rm,

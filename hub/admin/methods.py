@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from hub.admin import audit, auth, firmware, users
+from hub.admin import audit, auth, cluster, firmware, users
 from hub.admin.rpc import AdminCall, AdminHandler, AdminHost, RpcHandler, authorize, whoami
 from hub.net.identity import Identity
 from remoteler.admin import AdminMethod
@@ -20,6 +20,7 @@ def admin_methods(host: AdminHost, peer: Callable[[], str]) -> dict[str, RpcHand
         **users.METHODS,
         **auth.METHODS,
         **audit.METHODS,
+        **cluster.METHODS,
         **firmware.methods(),
     }
 

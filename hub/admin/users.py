@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from hub.admin.rpc import AdminCall, AdminHandler, opt_text, text
+from hub.cluster.directory import CONNECTION_COUNT_KEY, effective_count, parse_count
 from remoteler.addr import parse_labels, parse_ttl
 from remoteler.admin import AdminMethod
 from remoteler.audit.events import EventType
@@ -267,11 +268,15 @@ async def status(call: AdminCall, params: dict[str, Any]) -> Any:
         }
         for h in await call.host.storage.hubs.live(now)
     ]
+    configured = parse_count(await call.host.storage.settings.get(CONNECTION_COUNT_KEY))
     return {
         "cluster": call.host.auth.cluster,
         "hub": call.hub_addr(),
         "hub_id": call.host.hub_id,
         "hubs": hubs,
+        # tunnels each agent keeps, and whether it is the setting or the default
+        "agent_connections": effective_count(configured, len(hubs)),
+        "agent_connections_set": configured is not None,
         "nodes": len(nodes),
         "nodes_online": sum(1 for n in nodes if n.online),
         # ca_pin, user_ca_pin, rotation, nodes_updated

@@ -89,7 +89,7 @@ class HubDirectory:
         live = await self.storage.hubs.live(self.clock())
         self.hubs = {h.id: h for h in live}
         raw = await self.storage.settings.get(CONNECTION_COUNT_KEY)
-        self.configured_count = _parse_count(raw)
+        self.configured_count = parse_count(raw)
         if (self._shape(), self.connection_count()) != before:
             log.info(
                 "cluster hubs",
@@ -119,9 +119,7 @@ class HubDirectory:
         return [h for h in self.hubs.values() if h.id != self.hub_id]
 
     def connection_count(self) -> int:
-        if self.configured_count is not None:
-            return min(self.configured_count, max(1, len(self.hubs)))
-        return default_connection_count(len(self.hubs))
+        return effective_count(self.configured_count, len(self.hubs))
 
     def hub_list(self) -> HubList:
         """What agents on this hub are told: every live hub, this one included (a
@@ -135,7 +133,15 @@ class HubDirectory:
         )
 
 
-def _parse_count(raw: str | None) -> int | None:
+def effective_count(configured: int | None, hubs: int) -> int:
+    """Tunnels per agent: the setting, at most one per hub, else the default."""
+    if configured is not None:
+        return min(configured, max(1, hubs))
+    return default_connection_count(hubs)
+
+
+def parse_count(raw: str | None) -> int | None:
+    """The stored setting, or None when unset, cleared or not a valid count."""
     if raw is None:
         return None
     try:
