@@ -5,6 +5,7 @@ flow control, a node certificate refused, a dead link noticed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import ssl
@@ -225,3 +226,49 @@ async def test_killed_peer_ends_its_relays_and_link(tmp_path: Path) -> None:
                 assert await channel.read() == b""
             assert route.lost() and not channel.eof_received
             assert a.links.up("hub-b") is None
+
+
+async def test_garbage_and_certless_clients_on_the_peer_port_change_nothing(
+    tmp_path: Path,
+) -> None:
+    async with two_hubs(tmp_path) as (a, b, _ca):
+        assert a.links.addr is not None
+        port = a.links.addr[1]
+        for junk in (
+            os.urandom(4096),
+            b"GET /v1/peer HTTP/1.1\r\n\r\n",
+            b"\x16\x03\x01" + b"\xff" * 64,
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(junk)
+            await writer.drain()
+            with contextlib.suppress(ConnectionResetError):
+                async with asyncio.timeout(15):
+                    await reader.read()  # the hub closes (or resets) it
+            writer.close()
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with pytest.raises(RemotelerError):  # TLS without a client certificate
+            await open_ws(f"127.0.0.1:{port}", "/v1/peer", ctx, subprotocol=PEER_SUBPROTOCOL)
+        node = Node(id="n1", name="truck-1")
+        async with agent_tunnel(a.registry, node):
+            route = await b.links.route_to("n1", ["hub-a"])
+            assert route is not None
+            channel = await route.open_channel(SSH_KIND, {}, timeout=5)
+            channel.write(b"still here")
+            assert await channel.read(10) == b"still here"
+            channel.close()
+
+
+async def test_malformed_relay_requests_are_refused(tmp_path: Path) -> None:
+    async with two_hubs(tmp_path) as (a, _b, _ca):
+        link = await a.links.link("hub-b")
+        assert link is not None
+        for meta in ({}, {"node": 1, "kind": "ssh", "meta": {}}, {"node": "n", "kind": "ssh"}):
+            with pytest.raises(ChannelOpenError) as err:
+                await link.open_channel("relay", meta, timeout=5)
+            assert err.value.code == OpenFailure.REFUSED
+        with pytest.raises(ChannelOpenError) as err:
+            await link.open_channel("ssh", {}, timeout=5)
+        assert err.value.code == OpenFailure.UNKNOWN_KIND
