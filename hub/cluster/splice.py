@@ -4,6 +4,10 @@ Used by the hub that holds a node's tunnel to join a peer hub's ``relay`` channe
 the agent's ``ssh`` channel: it reads only as fast as the other side drains, so the
 windows of both channels bound what is buffered here and a slow user slows the
 device (end-to-end flow control across the peer hop).
+
+When one side closes, what it sent before closing is still delivered to the other
+(up to :data:`LINGER` seconds for a slow reader), with its EOF; only the copy
+towards the closed side stops at once, since nothing can reach it any more.
 """
 
 from __future__ import annotations
@@ -15,50 +19,51 @@ from remoteler.wire.aio import Channel
 from remoteler.wire.exceptions import ChannelClosedError
 
 CHUNK = 256 * 1024
+#: Seconds the data a closed side sent last may take to reach the other side.
+LINGER = 30.0
 
 
-async def pump(src: Channel, dst: Channel) -> int:
-    """Copy ``src`` to ``dst`` until EOF; pass the EOF on; the byte count."""
-    moved = 0
+async def pump(src: Channel, dst: Channel, moved: list[int], index: int) -> None:
+    """Copy ``src`` to ``dst`` until EOF (or close) and pass the EOF on, counting the
+    bytes in ``moved[index]``."""
     try:
         while data := await src.read(CHUNK):
-            moved += len(data)
+            moved[index] += len(data)
             dst.write(data)
             await dst.drain()
         dst.write_eof()
     except ChannelClosedError:
         pass
-    return moved
 
 
-async def splice(a: Channel, b: Channel) -> tuple[int, int]:
-    """Run both directions until both ended (EOF each way) or one side closed;
-    close both. Returns (bytes a->b, bytes b->a)."""
-    ab = asyncio.ensure_future(pump(a, b))
-    ba = asyncio.ensure_future(pump(b, a))
-    closed = asyncio.ensure_future(_either_closed(a, b))
-    both = asyncio.ensure_future(_both(ab, ba))
+async def splice(a: Channel, b: Channel, linger: float = LINGER) -> tuple[int, int]:
+    """Copy both ways until both streams ended or one side closed (its last bytes
+    still delivered, within ``linger``); close both. Returns (bytes a->b, bytes b->a)."""
+    moved = [0, 0]
+    ab = asyncio.ensure_future(pump(a, b, moved, 0))
+    ba = asyncio.ensure_future(pump(b, a, moved, 1))
+    a_closed = asyncio.ensure_future(a.wait_closed())
+    b_closed = asyncio.ensure_future(b.wait_closed())
+    tasks = (ab, ba, a_closed, b_closed)
     try:
-        await asyncio.wait([closed, both], return_when=asyncio.FIRST_COMPLETED)
+        while not (ab.done() and ba.done()):
+            await asyncio.wait(
+                [t for t in tasks if not t.done()], return_when=asyncio.FIRST_COMPLETED
+            )
+            if a_closed.done() or b_closed.done():
+                if a_closed.done():
+                    ba.cancel()  # nothing reaches a closed channel
+                if b_closed.done():
+                    ab.cancel()
+                left = [t for t in (ab, ba) if not t.done()]
+                if left:  # the closed side's last bytes, to the other
+                    await asyncio.wait(left, timeout=linger)
+                break
     finally:
-        for task in (ab, ba, closed, both):
+        for task in tasks:
             task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*tasks, return_exceptions=True)
         a.close()
         b.close()
-    out = [t.result() if t.done() and not t.cancelled() else 0 for t in (ab, ba)]
-    with contextlib.suppress(BaseException):
-        await asyncio.gather(ab, ba, closed, both, return_exceptions=True)
-    return out[0], out[1]
-
-
-async def _both(ab: asyncio.Future[int], ba: asyncio.Future[int]) -> None:
-    await asyncio.gather(ab, ba)
-
-
-async def _either_closed(a: Channel, b: Channel) -> None:
-    waits = {asyncio.ensure_future(a.wait_closed()), asyncio.ensure_future(b.wait_closed())}
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()
+    return moved[0], moved[1]

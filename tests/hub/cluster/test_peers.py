@@ -37,6 +37,8 @@ from remoteler.wire.connection import Connection, Role
 from remoteler.wire.exceptions import ChannelOpenError
 from remoteler.wire.limits import Limits
 
+BLAST = 8 << 20
+
 
 async def _device(request: ChannelRequest) -> None:
     """The agent end: ``ssh`` channels echo, or hash what they get with ``sink``."""
@@ -44,6 +46,11 @@ async def _device(request: ChannelRequest) -> None:
         request.reject(OpenFailure.UNKNOWN_KIND, "no")
         return
     channel = request.accept()
+    if request.meta.get("mode") == "blast":
+        channel.write(b"b" * BLAST)
+        channel.write_eof()
+        channel.close()
+        return
     if request.meta.get("mode") == "sink":
         digest, total = hashlib.sha256(), 0
         while data := await channel.read():
@@ -272,3 +279,21 @@ async def test_malformed_relay_requests_are_refused(tmp_path: Path) -> None:
         with pytest.raises(ChannelOpenError) as err:
             await link.open_channel("ssh", {}, timeout=5)
         assert err.value.code == OpenFailure.UNKNOWN_KIND
+
+
+async def test_a_device_that_writes_then_closes_loses_nothing_across_the_hop(
+    tmp_path: Path,
+) -> None:
+    """The device sends 8 MiB, EOF and closes at once; a user reading slowly still gets
+    every byte and the EOF through the peer hop."""
+    async with two_hubs(tmp_path) as (a, b, _ca):
+        node = Node(id="n1", name="truck-1")
+        async with agent_tunnel(b.registry, node):
+            route = await a.links.route_to("n1", ["hub-b"])
+            assert route is not None
+            channel = await route.open_channel(SSH_KIND, {"mode": "blast"}, timeout=5)
+            got = 0
+            while data := await channel.read(65536):
+                got += len(data)
+                await asyncio.sleep(0.001)  # slower than the device
+            assert got == BLAST and channel.eof_received
