@@ -70,7 +70,7 @@ from remoteler.protocol import (
     VERSION,
 )
 from remoteler.roleopts import expiry_message, session_limit
-from remoteler.wire.aio import ChannelRequest, Tunnel
+from remoteler.wire.aio import Channel, ChannelRequest, Tunnel
 from remoteler.wire.codes import ErrorCode, OpenFailure
 from remoteler.wire.connection import Connection, Role
 from remoteler.wire.exceptions import ChannelOpenError, TunnelClosed
@@ -99,6 +99,8 @@ EXPIRY_GRACE = 5.0
 EXPIRED_CLOSE_CODE = 4401
 #: A relay cut (lock, expiry) waits this long for the user's side of the close.
 CUT_CLOSE_TIMEOUT = 5.0
+#: Routes (this hub's tunnel, peer hubs) a session's open is tried on before it fails.
+MAX_ROUTES = 3
 
 Handler = Callable[[Identity | None, dict[str, Any]], Awaitable[Any]]
 #: The source address of the RPC connection being served (login protection).
@@ -222,8 +224,18 @@ class HubServer:
                     retry_after=rng.uniform(1.0, max(1.0, spread)),
                 )
 
+        async def wait_outgoing() -> None:
+            """Sessions of this hub's users relayed through peers get the grace too."""
+            if self.peers is None:
+                return
+            idle = self.peers.outgoing.idle
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(idle.wait(), max(0.0, deadline - time.monotonic()))
+            if not idle.is_set():
+                await asyncio.shield(last_call)
+
         try:
-            await asyncio.gather(*(send_away(node) for node in live))
+            await asyncio.gather(wait_outgoing(), *(send_away(node) for node in live))
         finally:
             last_call.cancel()
             await asyncio.gather(last_call, return_exceptions=True)
@@ -377,12 +389,40 @@ class HubServer:
             raise NodeError(not_answering(node.name, silent))
         return node, roles, live
 
-    async def peer_route(self, node_id: str) -> NodeRoute | None:
+    async def peer_route(
+        self, node_id: str, exclude: frozenset[str] = frozenset()
+    ) -> NodeRoute | None:
         """A route through another hub of the cluster that holds the node's tunnel."""
         if self.peers is None:
             return None
         holders = await self.storage.presence.holders(node_id, time.time())
-        return await self.peers.route_to(node_id, [p.hub_id for p in holders])
+        return await self.peers.route_to(node_id, [p.hub_id for p in holders], exclude)
+
+    async def open_ssh(
+        self, route: NodeRoute, node_id: str, meta: dict[str, Any]
+    ) -> tuple[NodeRoute, Channel]:
+        """Open the ``ssh`` channel on ``route``; if that hub or tunnel failed on the way
+        (not the device refusing), through another hub holding the node, at most
+        :data:`MAX_ROUTES` in all. Raises what the last attempt raised."""
+        tried: set[str] = set()
+        while True:
+            try:
+                return route, await route.open_channel(SSH_KIND, meta, timeout=15)
+            except (ChannelOpenError, TunnelClosed, TimeoutError) as exc:
+                refused = (
+                    isinstance(exc, ChannelOpenError) and exc.code != OpenFailure.CONNECT_FAILED
+                )
+                tried.add(route.via or self.hub_id)
+                if refused or len(tried) >= MAX_ROUTES:
+                    raise
+                other = await self.peer_route(node_id, frozenset(tried))
+                if other is None:
+                    raise
+                log.info(
+                    "session rerouted",
+                    extra={"node_id": node_id, "failed": sorted(tried), "via": other.via},
+                )
+                route = other
 
     # connections -----------------------------------------------------------
     async def handle(self, ws: ServerConnection) -> None:
@@ -519,16 +559,18 @@ class HubServer:
             )
             return
         try:
-            channel = await route.open_channel(
-                SSH_KIND,
+            route, channel = await self.open_ssh(
+                route,
+                node.id,
                 {
                     "user": user,
                     "login": login,
                     "session_id": session_id,
                     "remote_addr": peer_host(ws),
                 },
-                timeout=15,
             )
+            if route.via:
+                fields["via"] = route.via
         except (ChannelOpenError, TunnelClosed, TimeoutError) as exc:
             log.warning("connect failed: %s", type(exc).__name__, extra=fields)
             if isinstance(exc, TunnelClosed) and not route.via:

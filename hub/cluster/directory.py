@@ -126,11 +126,20 @@ class HubDirectory:
         draining hub's GOAWAY tells its agents to avoid it for a while)."""
         hubs = dict(self.hubs)
         hubs[self.hub_id] = self.record()
-        return HubList(
-            hub_id=self.hub_id,
-            hubs=tuple(sorted((h.id, h.public_addr) for h in hubs.values())),
-            connection_count=self.connection_count(),
-        )
+        entries = sorted((h.id, h.public_addr) for h in hubs.values())
+        try:
+            return HubList(self.hub_id, tuple(entries), self.connection_count())
+        except ValueError:  # a record agents could not use: leave it out, keep the rest
+            usable = [e for e in entries if _usable(e)]
+            return HubList(self.hub_id, tuple(usable), min(self.connection_count(), len(usable)))
+
+
+def _usable(entry: tuple[str, str]) -> bool:
+    try:
+        HubList(entry[0], (entry,), 1)
+    except ValueError:
+        return False
+    return True
 
 
 def effective_count(configured: int | None, hubs: int) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -33,7 +33,7 @@ class PeerIdentity:
 
     hub_id: str
     cert_pem: bytes
-    key_pem: bytes
+    key_pem: bytes = field(repr=False)
     trusted_pems: tuple[bytes, ...]
     issued_at: float
 

@@ -8,7 +8,6 @@ itself, tells its agents to keep one tunnel, and has no peers to link to.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -51,7 +50,9 @@ class ClusterMember:
         self.identity = self._issue()
         self.directory = HubDirectory(storage, hub_id, "", "", agents=lambda: len(registry))
         self.peers = PeerLinks(hub_id, self.directory, registry, self.identity, listener_limits)
-        self.pusher = HubListPusher(registry.live, self.directory.hub_list)
+        self.pusher = HubListPusher(
+            registry.live, self.directory.hub_list, generation=lambda: registry.generation
+        )
         self.directory.on_change(self.pusher.poke)
         self.left = False
 
@@ -97,10 +98,15 @@ class ClusterMember:
             return
         self.left = True
         self.registry.leaving = True
-        with contextlib.suppress(Exception):
+        self.directory.leaving = True
+        try:
             await self.directory.leave()
+        except Exception:
+            log.exception("could not drop this hub's record; it lapses in 15 s")
+        try:
             await self.storage.presence.drop_hub(self.hub_id)
-        self.pusher.poke()
+        except Exception:
+            log.exception("could not drop this hub's presence leases; they lapse in 20 s")
 
     async def close(self) -> None:
         await self.leave()

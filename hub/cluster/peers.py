@@ -29,15 +29,16 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from hub.api.linkprobe import check_link
 from hub.api.tunnels import TunnelRegistry
 from hub.cluster.directory import HubDirectory
 from hub.cluster.identity import PeerIdentity, peer_hub_id
-from hub.cluster.route import PeerRoute
+from hub.cluster.route import PeerRoute, SessionCount
 from hub.cluster.splice import splice
 from hub.net.listener import Listener, ListenerLimits
 from remoteler.errors import RemotelerError
 from remoteler.hubconn import open_ws
-from remoteler.protocol import PEER_SUBPROTOCOL, RELAY_KIND
+from remoteler.protocol import PEER_SUBPROTOCOL, RELAY_KIND, SSH_KIND
 from remoteler.wire.aio import ChannelRequest, Tunnel
 from remoteler.wire.codes import OpenFailure
 from remoteler.wire.connection import Connection, Role
@@ -97,6 +98,8 @@ class PeerLinks:
         self.rng = rng or random.Random()
         #: sessions relayed for peers through tunnels held here (hub id -> count)
         self.relayed: dict[str, int] = {}
+        #: sessions of this hub's users relayed through peers (a drain waits for them)
+        self.outgoing = SessionCount()
         self.closing = False
 
     # -- lifecycle -------------------------------------------------------------
@@ -268,23 +271,40 @@ class PeerLinks:
 
     # -- routes ----------------------------------------------------------------
 
-    async def route_to(self, node_id: str, holders: list[str]) -> PeerRoute | None:
+    async def route_to(
+        self, node_id: str, holders: list[str], exclude: frozenset[str] = frozenset()
+    ) -> PeerRoute | None:
         """A route to ``node_id`` through one of the hubs holding it: a hub we are
-        linked to first (at random, to spread sessions), else the first we can dial."""
-        holders = [h for h in dict.fromkeys(holders) if h != self.hub_id]
+        linked to first (at random, to spread sessions; a link silent for long is
+        probed first), else one we can dial (not one whose dial just failed)."""
+        holders = [h for h in dict.fromkeys(holders) if h != self.hub_id and h not in exclude]
         linked = [h for h in holders if self.up(h) is not None]
         self.rng.shuffle(linked)
-        rest = [h for h in holders if h not in linked and h in self.directory.hubs]
+        now = time.monotonic()
+        rest = [
+            h
+            for h in holders
+            if h not in linked
+            and h in self.directory.hubs
+            and now - self._failed_at.get(h, -1e9) >= REDIAL_AFTER
+        ]
         for hub_id in [*linked, *rest]:
             link = await self.link(hub_id, DIAL_TIMEOUT)
-            if link is not None:
-                return PeerRoute(link, node_id, hub_id)
+            if link is None:
+                continue
+            if hub_id in linked and await check_link(link) is not None:
+                log.warning("peer link silent: not routing through it", extra={"peer": hub_id})
+                continue
+            return PeerRoute(link, node_id, hub_id, self.outgoing)
         return None
 
     async def _on_channel(self, request: ChannelRequest, peer: str) -> None:
         """A peer's ``relay``: open the channel on the agent's tunnel held here, splice."""
         if request.kind != RELAY_KIND:
             request.reject(OpenFailure.UNKNOWN_KIND, "unknown channel kind on a peer link")
+            return
+        if self.registry.leaving:  # this hub is draining: the caller tries another holder
+            request.reject(OpenFailure.CONNECT_FAILED, "hub is leaving the cluster")
             return
         meta = request.meta
         node_id, kind, inner_meta = meta.get("node"), meta.get("kind"), meta.get("meta")
@@ -297,9 +317,15 @@ class PeerLinks:
         ):
             request.reject(OpenFailure.REFUSED, "malformed relay request")
             return
+        if kind != SSH_KIND:  # a peer relays users' sessions, nothing else an agent serves
+            request.reject(OpenFailure.PROHIBITED, f"{kind[:32]!r} is not relayed")
+            return
         live = self.registry.get(node_id)
         if live is None:
             request.reject(OpenFailure.CONNECT_FAILED, "node not connected to this hub")
+            return
+        if await check_link(live.tunnel) is not None:  # frozen: say so now, not in 15 s
+            request.reject(OpenFailure.CONNECT_FAILED, "node's tunnel to this hub is silent")
             return
         fields = {"peer": peer, "node_id": node_id, "session_id": inner_meta.get("session_id")}
         try:

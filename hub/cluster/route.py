@@ -4,6 +4,7 @@ that holds it. Either way the hub only gets a channel of bytes to the node's age
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 from remoteler.protocol import RELAY_KIND
@@ -33,14 +34,35 @@ class NodeRoute(Protocol):
         ...
 
 
+class SessionCount:
+    """Sessions this hub relays through peers, so a drain can wait for them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def started(self) -> None:
+        self.count += 1
+        self.idle.clear()
+
+    def ended(self) -> None:
+        self.count -= 1
+        if self.count <= 0:
+            self.idle.set()
+
+
 class PeerRoute:
     """A node whose tunnel ``hub_id`` holds, reached over the peer link to it: each
     channel is a ``relay`` channel that the holding hub joins to the agent's."""
 
-    def __init__(self, link: Tunnel, node_id: str, hub_id: str) -> None:
+    def __init__(
+        self, link: Tunnel, node_id: str, hub_id: str, sessions: SessionCount | None = None
+    ) -> None:
         self.link = link
         self.node_id = node_id
         self.via = hub_id
+        self.sessions = sessions or SessionCount()
 
     async def open_channel(self, kind: str, meta: dict[str, Any], timeout: float) -> Channel:
         return await self.link.open_channel(
@@ -50,10 +72,11 @@ class PeerRoute:
         )
 
     def session_started(self) -> None:
-        """Counted by the holding hub (its drain waits on it), not here."""
+        """Counted here (this hub's drain waits for it) and by the holding hub."""
+        self.sessions.started()
 
     def session_ended(self) -> None:
-        """See :meth:`session_started`."""
+        self.sessions.ended()
 
     def lost(self) -> bool:
         return self.link.closed.is_set()
