@@ -107,6 +107,17 @@ Handler = Callable[[Identity | None, dict[str, Any]], Awaitable[Any]]
 _RPC_PEER: ContextVar[str] = ContextVar("rpc_peer", default="")
 
 
+class Duplicate(NodeError):
+    """A node's second tunnel to this hub while its first carries sessions."""
+
+
+def _stale(tunnel: Tunnel) -> bool:
+    """True if nothing came over ``tunnel`` for two heartbeat intervals: it may be a
+    dead link its agent replaced, which a new tunnel should take over from."""
+    interval = tunnel.limits.heartbeat_interval
+    return interval > 0 and tunnel.silence > 2 * interval
+
+
 def _refuse(connection: ServerConnection, status: HTTPStatus, err: RemotelerError) -> Response:
     response = connection.respond(status, err.message + "\n")
     response.headers[ERROR_HEADER] = err.code
@@ -272,6 +283,14 @@ class HubServer:
                     raise AuthError(
                         "this node was removed from the hub; join again with a new token"
                     )
+                held = self.registry.get(node.id)
+                if held is not None and held.sessions > 0 and not _stale(held.tunnel):
+                    # a second tunnel of an agent that keeps several (docs/cluster.md)
+                    # landed here: the one carrying sessions stays, this one goes
+                    raise Duplicate(
+                        "this node already has a tunnel to this hub that carries sessions; "
+                        "dial another hub of the cluster"
+                    )
                 connection.remoteler_node = node  # type: ignore[attr-defined]
                 return None
             if url.path == "/v1/connect":
@@ -289,6 +308,8 @@ class HubServer:
             return _refuse(connection, HTTPStatus.UNAUTHORIZED, err)
         except TooManySessions as err:
             return _refuse(connection, HTTPStatus.TOO_MANY_REQUESTS, err)
+        except Duplicate as err:
+            return _refuse(connection, HTTPStatus.CONFLICT, err)
         except AccessDenied as err:
             return _refuse(connection, HTTPStatus.FORBIDDEN, err)
         except NodeError as err:  # the drain closing its tunnel, if it began meanwhile
