@@ -198,6 +198,10 @@ class HubApp:
 
         from hub.admin.identity import for_hub
 
+        # Of `hub start --workers N` (hub/workers.py), worker 0 alone writes the data
+        # dir's admin identity and address file, which tctl reads; the others share them.
+        owns_files = args.worker_index in (None, 0)
+
         admin = for_hub(data.path, server.auth, rotation)  # DATA/admin-identity
         rotation.attach(
             RotationDeps(
@@ -206,7 +210,7 @@ class HubApp:
                 audit=audit,
                 use_cas=use_cas,
                 set_tls_context=set_tls_context,
-                before_tls=admin.renew_if_due,
+                before_tls=admin.renew_if_due if owns_files else None,
             )
         )
 
@@ -218,9 +222,10 @@ class HubApp:
         stack.push_async_callback(close_server)
         bound_host, bound_port = await server.start(host, port, ssl_ctx)
         addr = format_hostport(bound_host, bound_port)
-        await admin.renew_if_due()  # DATA/admin-identity, before hub.addr
-        data.addr_file.write_text(addr + "\n")
-        stack.callback(_unlink, data.addr_file)
+        if owns_files:
+            await admin.renew_if_due()  # DATA/admin-identity, before hub.addr
+            data.addr_file.write_text(addr + "\n")
+            stack.callback(_unlink, data.addr_file)
         self.addr = addr
         # A member of the cluster of hubs on this storage (docs/cluster.md).
         member = self.member = ClusterMember(
@@ -251,7 +256,8 @@ class HubApp:
         self._spawn(rollouts.run())
         self._spawn(rotation.run())
         self._spawn(keep_alive(alive))
-        self._spawn(admin.run())
+        if owns_files:
+            self._spawn(admin.run())
         gc_policy = GcPolicy(max(MIN_INTERVAL, args.gc_interval))
         if args.gc_interval > 0:
             gc_policy.install()

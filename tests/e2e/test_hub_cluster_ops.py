@@ -53,7 +53,12 @@ def test_sigterm_moves_agents_to_other_hubs_before_the_hub_closes(
             stderr=subprocess.DEVNULL,
             env=cluster.env(),
         )
-        time.sleep(2)
+        hub0_log = tmp_path / "hub-0.log"
+        wait_for(
+            lambda: "session relay start" in hub0_log.read_text(),
+            timeout=30,
+            what="the session relayed by hub 0",
+        )
         failures: list[str] = []
         attempts = 0
         stop = threading.Event()
@@ -187,6 +192,12 @@ def test_workers_share_one_port_and_relay_between_them(pg_server: PgServer, tmp_
             ),
             timeout=30,
             what="the killed worker started again",
+        )
+        wait_for(  # back in the cluster under its id
+            lambda: sorted(h["id"] for h in cluster.tctl_json("status")["hubs"])
+            == ["hubw-w0", "hubw-w1"],
+            timeout=60,
+            what="the restarted worker registered",
         )
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(timeout=60) == 0
