@@ -129,13 +129,14 @@ class HubApp:
         host, port = parse_hostport(args.listen)
         data = DataDir(Path(args.data_dir), passphrase=read_passphrase(args.ca_passphrase_file))
         passphrase = data.ca_passphrase()
-        # with PostgreSQL nothing else makes it: its hub id, TLS files, admin identity
-        data.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         check_storage_args(args, passphrase)
         seeds = SeedCipher(passphrase) if passphrase is not None else None
         # The hub's state (hub/storage, docs/storage.md); nothing else opens a database.
         storage = await open_hub_storage(args)
         stack.push_async_callback(storage.close)
+        # with PostgreSQL nothing else makes it (its hub id, TLS files, admin identity);
+        # not before the storage opened: bad options leave no directory behind
+        data.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         hub_id = load_hub_id(data.path, args.hub_id)
         try:
             await storage.check()  # a damaged file: one line before serving (docs/tctl.md)

@@ -194,8 +194,10 @@ def test_workers_share_one_port_and_relay_between_them(pg_server: PgServer, tmp_
             what="the killed worker started again",
         )
         wait_for(  # back in the cluster under its id
-            lambda: sorted(h["id"] for h in cluster.tctl_json("status")["hubs"])
-            == ["hubw-w0", "hubw-w1"],
+            lambda: (
+                sorted(h["id"] for h in cluster.tctl_json("status")["hubs"])
+                == ["hubw-w0", "hubw-w1"]
+            ),
             timeout=60,
             what="the restarted worker registered",
         )

@@ -41,6 +41,7 @@ NODE = {
     "audit_oldest",
     "recording",
     "clock_skew",
+    "hubs",
 }
 LOCK = {"id", "kind", "target", "message", "created", "expires"}
 EVENT = {"id", "type", "time", "node", "user", "login", "session", "seq", "fields"}
@@ -158,8 +159,17 @@ def test_json_keys_of_every_command(data: Path, capsys: pytest.CaptureFixture[st
         "nodes_updated",
         "ca_pin",
         "user_ca_pin",
+        "hub_id",
+        "hubs",
+        "agent_connections",
+        "agent_connections_set",
     }
     assert set(status["rotation"]) == {"user", "host"}
+    (hub,) = status["hubs"]  # one hub: this one
+    assert hub["id"] == status["hub_id"] and status["agent_connections"] == 1
+    assert set(hub) == {"id", "addr", "peer_addr", "agents", "lease_age", "version", "started"}
+    set_ = run("cluster", "set", "--agent-connections", "2")
+    assert set_ == {"agent_connection_count": 2}
     assert set(status["rotation"]["user"]) == {"phase", "mode", "last", "trusted_pins"}
     events = run("audit", "search")
     assert events and all(set(e) == EVENT for e in events)

@@ -23,6 +23,9 @@ from hub.storage.api import Change, Topic
 from hub.storage.feed import ChangeFeed
 from hub.storage.sqlite.errors import storage_error
 
+#: Seconds ``BEGIN IMMEDIATE`` is tried again for (as long as the busy timeout).
+BEGIN_RETRY_FOR = 30.0
+
 #: Statement parameters: positional or named.
 Args = Sequence[Any] | Mapping[str, Any]
 
@@ -93,6 +96,23 @@ class Conn:
             with mapped(self.path):
                 await self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    async def _begin_immediate(self) -> None:
+        """``BEGIN IMMEDIATE``, tried again while another connection holds the write
+        lock: SQLite answers "database is locked" at once, without its busy handler,
+        in some WAL states (another process's connection racing for the lock right
+        after a commit), which ``busy_timeout`` alone does not cover."""
+        delay, waited = 0.005, 0.0
+        while True:
+            try:
+                await self.db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or waited >= BEGIN_RETRY_FOR:
+                    raise
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(0.2, delay * 2)
+
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """Several statements as one transaction (``BEGIN IMMEDIATE``: the write lock is
@@ -104,7 +124,7 @@ class Conn:
                     # thread still has it run; the rollback queued after it ends it, or
                     # the connection stays in a transaction ("cannot start a
                     # transaction within a transaction" for every later write)
-                    await self.db.execute("BEGIN IMMEDIATE")
+                    await self._begin_immediate()
                     yield self.db
                 except BaseException:
                     await self.db.rollback()
