@@ -44,7 +44,7 @@ HEARTBEAT = 0.5
 #: Resets in a row; the attempt count the agent logs says whether the backoff
 #: restarted (before, it grew 1, 2, 3...), so a few are enough.
 RESETS = 3
-ATTEMPT = re.compile(r"reconnecting in_s=[0-9.]+ attempt=(\d+)")
+ATTEMPT = re.compile(r"reconnecting .*?in_s=[0-9.]+ attempt=(\d+)")
 #: First redial within 1 s (jittered) + a TLS dial, with room for two loaded cores.
 REDIAL_BOUND = 3.0
 
