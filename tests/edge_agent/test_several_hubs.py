@@ -210,7 +210,7 @@ async def running_agent(
         backoff=Backoff(base=0.2, cap=1.0),
         outbox=outbox,
     )
-    agent.extra_slot_jitter = 0.2
+    agent.slots.extra_slot_jitter = 0.2
     task = asyncio.ensure_future(agent.run_forever())
     try:
         yield agent
