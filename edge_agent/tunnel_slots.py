@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from edge_agent.hubset import HubSet
+from edge_agent.hubset import HELD_AVOID, HubSet
 from edge_agent.waiting import first
 from remoteler.errors import RemotelerError
 from remoteler.hublist import HubList
@@ -191,6 +191,8 @@ class TunnelSlots:
         #: seconds an extra slot (one a hub list asked for) waits, at most, before its
         #: first dial: a list reaching a whole fleet does not make it dial at once
         self.extra_slot_jitter = 5.0
+        #: seconds a hub that refused a tunnel as held (409) is passed over
+        self.held_avoid = HELD_AVOID
         #: set whenever a tunnel comes up or goes down
         self.tunnels_changed = asyncio.Event()
         #: pulsed (set, cleared) when a list arrives or a tunnel ends: a slot that
@@ -440,8 +442,8 @@ class TunnelSlots:
             ws = await host.dial(addr, self.dial_timeout())
         except BaseException as err:
             if is_held_refusal(err):
-                self.hubset.dial_held(slot, time.monotonic())
-                raise HubHeld(f"{err}".rstrip(".")) from None
+                self.hubset.dial_held(slot, time.monotonic(), self.held_avoid)
+                raise HubHeld(str(err)) from None
             self.hubset.dial_failed(slot, time.monotonic())
             _pulse(self._hubs_changed)
             raise
