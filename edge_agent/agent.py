@@ -134,12 +134,18 @@ class EdgeAgent:
         forwarder = None
         if self.outbox is not None:
             forwarder = asyncio.ensure_future(self._forward())
+        slots = asyncio.ensure_future(self.slots.run())
         try:
-            await self.slots.run()
+            await asyncio.wait([slots])
+            slots.result()  # it ends only by a bug
         finally:
+            # The forwarder stops first: the tunnel.disconnect events the goodbyes
+            # write stay in the outbox for the next start (not half sent meanwhile).
             if forwarder is not None:
                 forwarder.cancel()
                 await asyncio.gather(forwarder, return_exceptions=True)
+            slots.cancel()
+            await asyncio.gather(slots, return_exceptions=True)
 
     async def run_once(self, slot: int = 0) -> None:
         """Dial where the hub set says for ``slot``, serve the tunnel until it ends."""

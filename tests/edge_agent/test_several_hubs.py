@@ -10,7 +10,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -30,9 +30,9 @@ from remoteler.audit.stream import MessageReader, ack_message, encode_message, p
 from remoteler.ca import CertAuthority, generate_private_key
 from remoteler.hubconn import ERROR_HEADER
 from remoteler.hublist import HubList
-from remoteler.protocol import AUDIT_KIND, HUBS_KIND, TUNNEL_SUBPROTOCOL
+from remoteler.protocol import AUDIT_KIND, HUBS_KIND, SSH_KIND, TUNNEL_SUBPROTOCOL
 from remoteler.tlsutil import server_context
-from remoteler.wire.aio import ChannelRequest, Tunnel
+from remoteler.wire.aio import Channel, ChannelRequest, Tunnel
 from remoteler.wire.codes import ErrorCode, OpenFailure
 from remoteler.wire.connection import Connection, Role
 from remoteler.wire.limits import Limits
@@ -79,6 +79,8 @@ class MiniHub:
     #: tunnels still to refuse with 409 "dial another hub" (hub/api/server.py, Duplicate)
     hold: int = 0
     held: int = 0
+    #: run on each new tunnel before the hub list is pushed on it
+    before_push: Callable[[Tunnel], Awaitable[None]] | None = None
 
     async def start(self) -> None:
         ca = self.cluster.host_ca
@@ -134,6 +136,8 @@ class MiniHub:
     async def push(self, tunnel: Tunnel) -> None:
         """Push the hub list, as hub/api/hublist.py does, and again when it changes."""
         pushed = ""
+        if self.before_push is not None:
+            await self.before_push(tunnel)
         while not tunnel.closed.is_set():
             hubs = self.cluster.hub_list(self.hub_id)
             if hubs.digest() != pushed:
@@ -464,3 +468,47 @@ async def test_a_hub_held_by_another_tunnel_is_tried_again_not_failed(
         messages = [r.getMessage() for r in caplog.records]
         assert sum("dial another hub" in m and "trying again later" in m for m in messages) == 3
         assert not any(m.startswith("tunnel failed") for m in messages)
+
+
+async def test_a_duplicate_tunnel_carrying_a_session_is_kept_until_it_ends(
+    outbox: Outbox,
+) -> None:
+    """Two tunnels on one hub (the list's hub-b address leads to hub-a): the newer
+    one is closed to redial elsewhere, but never while a user's session runs on it."""
+    async with AsyncExitStack() as stack:
+        cluster = await stack.enter_async_context(cluster_of(["hub-a", "hub-b"]))
+        a, b = cluster.hubs["hub-a"], cluster.hubs["hub-b"]
+        # the device's own sshd (forward mode): keeps each connection until told
+        conns: list[asyncio.StreamWriter] = []
+
+        async def sshd(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            conns.append(writer)
+            await reader.read()
+
+        server = await asyncio.start_server(sshd, "127.0.0.1", 0)
+        stack.push_async_callback(server.wait_closed)
+        stack.callback(server.close)
+        alias = await stack.enter_async_context(
+            FaultProxy("127.0.0.1", int(a.addr.rpartition(":")[2]))
+        )
+        b.addr = alias.addr
+        sessions: list[Channel] = []
+
+        async def session_first(tunnel: Tunnel) -> None:
+            if len(a.tunnels) >= 2 and not sessions:  # the agent's second tunnel here
+                meta = {"user": "alice", "login": "pi", "session_id": "s-1"}
+                sessions.append(await tunnel.open_channel(SSH_KIND, meta))
+
+        a.before_push = session_first
+        agent = await stack.enter_async_context(running_agent(cluster, a.addr, outbox))
+        agent.ssh_target = ("127.0.0.1", server.sockets[0].getsockname()[1])
+        await until(cluster, lambda: bool(sessions) and bool(conns))
+        busy = next(run for run in agent.runs.values() if run.sessions)
+        assert busy.tunnel is not None
+        await until(cluster, lambda: agent.hubset.duplicate(busy.slot))  # its list came
+        await asyncio.sleep(1.0)
+        assert not busy.tunnel.closed.is_set() and not sessions[0].is_closed
+        sessions[0].close()  # the session ends: now the idle duplicate goes
+        conns[0].close()
+        await asyncio.wait_for(busy.tunnel.closed.wait(), 10)
+        assert busy.sessions == 0
