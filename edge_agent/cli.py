@@ -185,7 +185,7 @@ def _join_token(args: argparse.Namespace, required: bool) -> str | None:
 
 
 async def run(args: argparse.Namespace) -> None:
-    from edge_agent.agent import Backoff, EdgeAgent
+    from edge_agent.agent import EdgeAgent
     from edge_agent.health import keep_status
     from edge_agent.identity import NodeIdentity
     from edge_agent.join import join
@@ -193,6 +193,7 @@ async def run(args: argparse.Namespace) -> None:
     from edge_agent.locks import LockStore
     from edge_agent.outbox_open import open_outbox
     from edge_agent.serial_ports import normalize_ports
+    from edge_agent.tunnel_slots import Backoff
     from remoteler.addr import parse_hostport, parse_labels, parse_size
     from remoteler.protocol import VERSION
     from remoteler.wire.limits import Limits

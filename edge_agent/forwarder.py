@@ -25,7 +25,11 @@ again after :data:`REOPEN_FIRST`) or tunnel; the hub's insert is idempotent on
 An agent with tunnels to several hubs of a cluster forwards over one of them at
 a time (:func:`forward_on_any`): when that tunnel goes down the forwarder moves
 to another that is up, and the batch in flight is sent again there; the hubs
-share one database, so it is still stored once.
+share one database, so it is still stored once. A hub that refuses the audit
+channel (an older hub, a node cut off by that hub's quota) has the forwarder move
+to another tunnel that is up, and that tunnel is passed over for
+:data:`REFUSED_AVOID` seconds; with no other, it stays and reopens with the
+usual backoff.
 
 A storage error in the outbox (``SQLITE_FULL`` on the delete after an ack, an I/O
 error reading a batch) never ends the forwarder: it is logged once (warning, then
@@ -44,10 +48,12 @@ import contextlib
 import logging
 import random
 import sqlite3
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from edge_agent.outbox import Outbox
+from edge_agent.waiting import first
 from remoteler.audit.events import AuditEvent, EventType, make_event
 from remoteler.audit.stream import (
     MessageReader,
@@ -79,6 +85,9 @@ def retry_delay(retry_after: float, rand: float) -> float:
 #: next tunnel, which on a steady link may be days.
 REOPEN_FIRST = 5.0
 REOPEN_MAX = 60.0
+#: Seconds a tunnel whose hub refused the audit channel is passed over by
+#: :func:`forward_on_any` while another tunnel is up.
+REFUSED_AVOID = REOPEN_MAX
 #: Wait before retrying an outbox operation that failed (disk full, I/O error),
 #: doubled after each failure up to :data:`STORAGE_RETRY_MAX`; +-20 % jitter.
 STORAGE_RETRY_FIRST = 0.5
@@ -112,7 +121,7 @@ async def _retry_storage(
                 STORAGE_RETRY_FIRST,
                 STORAGE_RETRY_MAX,
             )
-            await _first(asyncio.sleep(wait * (0.8 + 0.4 * random.random())), closed.wait())
+            await first(asyncio.sleep(wait * (0.8 + 0.4 * random.random())), closed.wait())
             wait = min(STORAGE_RETRY_MAX, wait * 2)
             if closed.is_set():
                 return default
@@ -129,13 +138,16 @@ async def run_forwarder(
     max_count: int = 500,
     max_bytes: int = 512 * 1024,
     ack_timeout: float = 60,
+    elsewhere: Callable[[], bool] = lambda: False,
 ) -> None:
     """Forward the outbox until the tunnel closes; never raises on peer input.
 
     Start it again on each new tunnel. If the hub closes the audit channel (a
     storage error, garbage, its quota's cut-off) or refuses to open one (an older
     hub, or a node cut off by its quota), the channel is opened again after
-    :data:`REOPEN_FIRST` seconds, backing off to :data:`REOPEN_MAX`.
+    :data:`REOPEN_FIRST` seconds, backing off to :data:`REOPEN_MAX`; but after a
+    refusal ``elsewhere`` is asked first, and if it says another tunnel can take
+    over, this returns at once.
     """
     wait = REOPEN_FIRST
     refusals = 0
@@ -151,6 +163,9 @@ async def run_forwarder(
                 exc,
                 wait,
             )
+            if elsewhere():
+                log.info("hub refused the audit channel; forwarding over another tunnel")
+                return
         except TunnelClosed:
             return
         else:
@@ -166,32 +181,53 @@ async def run_forwarder(
         delay = wait * (0.8 + 0.4 * random.random())
         if opened:
             log.info("hub closed the audit channel; opening another in %.1fs", delay)
-        await _first(asyncio.sleep(delay), tunnel.closed.wait())
+        await first(asyncio.sleep(delay), tunnel.closed.wait())
         wait = min(REOPEN_MAX, wait * 2)
 
 
 async def forward_on_any(
     outbox: Outbox,
-    pick: Callable[[], Tunnel | None],
+    ups: Callable[[], list[Tunnel]],
     changed: asyncio.Event,
     on: Callable[[Tunnel | None], None] = lambda _tunnel: None,
 ) -> None:
     """Forward the outbox over one tunnel at a time, for ever (cancel to stop).
 
-    ``pick`` chooses among the tunnels up now (None: none is); ``changed`` is set
-    whenever one comes up or goes down; ``on`` is told which tunnel forwards now.
-    Only the one :func:`run_forwarder` this runs ever sends, so two tunnels never
-    forward at once.
+    ``ups`` lists the tunnels up now, best first; ``changed`` is set whenever one
+    comes up or goes down; ``on`` is told which tunnel forwards now. The first
+    tunnel whose hub did not refuse the audit channel in the last
+    :data:`REFUSED_AVOID` seconds is taken (if every one did, the one refused
+    longest ago). Only the one :func:`run_forwarder` this runs ever sends, so two
+    tunnels never forward at once.
     """
+    #: tunnel -> monotonic time its hub last refused the audit channel
+    refused: dict[Tunnel, float] = {}
+
+    def avoided(tunnel: Tunnel, now: float) -> bool:
+        return now - refused.get(tunnel, -REFUSED_AVOID) < REFUSED_AVOID
+
     while True:
         changed.clear()  # before picking: a tunnel up meanwhile is not missed
-        tunnel = pick()
-        if tunnel is None:
+        tunnels = ups()
+        for gone in set(refused) - set(tunnels):
+            del refused[gone]
+        if not tunnels:
             await changed.wait()
             continue
+        now = time.monotonic()
+        tunnel = next(
+            (t for t in tunnels if not avoided(t, now)),
+            min(tunnels, key=lambda t: refused.get(t, 0.0)),
+        )
+
+        def elsewhere(tunnel: Tunnel = tunnel) -> bool:
+            """The hub of ``tunnel`` refused: is another tunnel up and not refused?"""
+            now = refused[tunnel] = time.monotonic()
+            return any(t is not tunnel and not avoided(t, now) for t in ups())
+
         on(tunnel)
         try:
-            await run_forwarder(outbox, tunnel)
+            await run_forwarder(outbox, tunnel, elsewhere=elsewhere)
         except Exception:  # a bug must not stop delivery for good
             log.exception("audit forwarder failed; starting again")
             await asyncio.sleep(1.0)
@@ -242,7 +278,7 @@ async def _send_loop(
             lambda: outbox.batch(max_count, max_bytes), "read a batch", closed, []
         )
         if not events:
-            await _first(outbox.changed.wait(), closed.wait())
+            await first(outbox.changed.wait(), closed.wait())
             continue
         try:
             message = encode_message(batch_message(events))
@@ -282,7 +318,7 @@ async def _send_loop(
                 delay,
             )
             waited = True
-            await _first(asyncio.sleep(delay), closed.wait())
+            await first(asyncio.sleep(delay), closed.wait())
 
 
 async def _ack(outbox: Outbox, ids: list[str], closed: asyncio.Event) -> int:
@@ -339,14 +375,3 @@ async def _read_acks(
     finally:
         closed.set()
         acks.put_nowait(None)
-
-
-async def _first(*aws: Coroutine[Any, Any, Any]) -> None:
-    """Wait until the first of ``aws`` is done, cancel the rest."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            if not task.done():
-                task.cancel()

@@ -11,9 +11,12 @@ tunnels, one per *slot*; this class knows
   agent away with a retry-after (it is draining).
 
 :meth:`HubSet.pick` sends a slot to a random listed hub that no other slot holds
-or dials and that is not avoided, else to the bootstrap address. Two slots that
-turn out to be on one hub (a load balancer chose, or two names of one hub): the
-one that came up later is :meth:`HubSet.duplicate` and should close and redial.
+or dials and that is not avoided. With none, it falls back to the bootstrap
+address only where that cannot land on a hub another slot holds for no gain
+(:meth:`HubSet.may_fall_back`); else the slot dials nothing and waits. Two slots
+that turn out to be on one hub (a load balancer chose, or two names of one hub):
+the one that came up later is :meth:`HubSet.duplicate` and should close and
+redial, unless it carries a session (the caller's decision).
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ from dataclasses import dataclass
 
 from remoteler.hublist import MAX_CONNECTIONS, HubList
 
-__all__ = ["FAILED_AVOID", "HubSet", "SlotState"]
+__all__ = ["FAILED_AVOID", "HELD_AVOID", "HubSet", "SlotState"]
 
 #: Seconds a listed address whose dial failed is avoided (others are tried first).
 FAILED_AVOID = 30.0
+#: Seconds a listed address is avoided after its hub refused the tunnel because
+#: another tunnel of this node there carries sessions (HTTP 409, "dial another hub").
+HELD_AVOID = 30.0
 
 
 class SlotState(enum.Enum):
@@ -110,6 +116,30 @@ class HubSet:
             and not self.avoided("addr:" + addr, now)
         ]
 
+    def shared_addr(self) -> str | None:
+        """The one address every listed hub has (``hub start --workers``: the workers
+        share a port, and which one a dial reaches is the kernel's choice), else None."""
+        if self.hubs is None:
+            return None
+        addrs = {addr for _, addr in self.hubs.hubs}
+        return next(iter(addrs)) if len(addrs) == 1 else None
+
+    def may_fall_back(self, slot: int) -> bool:
+        """May ``slot``, finding no free listed hub, dial the bootstrap address?
+
+        Yes before any list, and while no other slot is up (a tunnel anywhere beats
+        none). Otherwise the bootstrap (a load balancer, or the shared port of
+        ``--workers``) may well land on a hub another slot holds: the hub refuses
+        that tunnel (409) or replaces the sibling's. So only when every listed hub
+        has one address, where dialling it again is the only way to reach another
+        hub behind it.
+        """
+        if self.hubs is None:
+            return True
+        if not any(e.state is SlotState.UP for k, e in self._slots.items() if k != slot):
+            return True
+        return self.shared_addr() is not None
+
     def duplicate(self, slot: int) -> bool:
         """True if ``slot`` is up on a hub another slot came up on earlier: it should
         close its tunnel and redial elsewhere."""
@@ -125,10 +155,26 @@ class HubSet:
         )
 
     # -- events -------------------------------------------------------------------
-    def pick(self, slot: int, now: float, rng: random.Random) -> str:
-        """The address ``slot`` dials next (it is dialling it from now on)."""
+    def pick(self, slot: int, now: float, rng: random.Random) -> str | None:
+        """The address ``slot`` dials next (it is dialling it from now on), or None:
+        no listed hub is free and :meth:`may_fall_back` says no, so the slot stays
+        idle and should ask again later (or when a list arrives or a tunnel ends).
+
+        The fallback is the list's shared address when it has one that is not
+        avoided, else the bootstrap address.
+        """
         choices = self.free(slot, now)
-        addr = rng.choice(choices)[1] if choices else self.bootstrap
+        if choices:
+            addr = rng.choice(choices)[1]
+        elif self.may_fall_back(slot):
+            shared = self.shared_addr()
+            if shared is not None and not self.avoided("addr:" + shared, now):
+                addr = shared
+            else:
+                addr = self.bootstrap
+        else:
+            self._slots[slot] = _Slot()
+            return None
         self._slots[slot] = _Slot(SlotState.DIALLING, addr)
         return addr
 
@@ -143,6 +189,13 @@ class HubSet:
         entry = self._slot(slot, SlotState.DIALLING)
         self._avoid_until("addr:" + entry.addr, now + avoid_for)
         self._slots[slot] = _Slot()
+
+    def dial_held(self, slot: int, now: float, avoid_for: float = HELD_AVOID) -> None:
+        """The hub ``slot`` reached refused it: another tunnel of this node there
+        carries sessions (HTTP 409). Not a fault of the address, but that hub is
+        taken: the address is avoided ``avoid_for`` seconds all the same, so that a
+        free listed hub is dialled first."""
+        self.dial_failed(slot, now, avoid_for)
 
     def learnt(self, slot: int, hubs: HubList) -> None:
         """The hub ``slot``'s tunnel is on pushed ``hubs``: that tunnel is on

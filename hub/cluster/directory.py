@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from hub.storage.api import HubRecord, Storage
-from remoteler.hublist import HubList
+from remoteler.hublist import MAX_CONNECTIONS, HubList
 from remoteler.protocol import VERSION
 
 log = logging.getLogger("remoteler.hub.cluster")
@@ -29,8 +29,8 @@ BEAT_INTERVAL = 5.0
 LEASE = 15.0
 #: The settings key of the cluster's agent connection count (``tctl cluster set``).
 CONNECTION_COUNT_KEY = "agent_connection_count"
-#: Most tunnels an agent keeps (the setting's bound).
-MAX_CONNECTION_COUNT = 8
+#: Most tunnels an agent keeps (the setting's bound): the hub list's own cap.
+MAX_CONNECTION_COUNT = MAX_CONNECTIONS
 
 
 def default_connection_count(hubs: int) -> int:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import random
 
-from edge_agent.agent import Backoff
+from edge_agent.tunnel_slots import HELD_WAIT_MAX, Backoff
 
 
 def test_full_jitter_stays_within_the_capped_exponential() -> None:
@@ -39,3 +39,14 @@ def test_hub_retry_after_replaces_the_backoff_and_is_not_a_failure() -> None:
     # Zero means now; an hour is capped at twice the backoff cap.
     assert backoff.next_wait(0, uptime=0.0, retry_after=0.0, rng=rng)[0] == 0.0
     assert 120.0 <= backoff.next_wait(0, 0.0, 3600.0, rng)[0] <= 121.0
+
+
+def test_a_held_hub_is_tried_again_within_a_bound_never_at_once() -> None:
+    """A 409 (another tunnel of this node there carries sessions) grows its own wait,
+    up to HELD_WAIT_MAX (or the cap), never to the failure backoff's cap."""
+    rng = random.Random(11)
+    backoff = Backoff(base=1.0, cap=60.0)
+    waits = [backoff.held_wait(held, rng) for held in range(40)]
+    assert 0.5 <= waits[0] <= 1.0 and 1.0 <= waits[1] <= 2.0
+    assert all(HELD_WAIT_MAX / 2 <= w <= HELD_WAIT_MAX for w in waits[10:])
+    assert all(2.5 <= Backoff(cap=5).held_wait(held, rng) <= 5 for held in range(3, 100))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from edge_agent.hubset import FAILED_AVOID, HubSet, SlotState
+from edge_agent.hubset import FAILED_AVOID, HELD_AVOID, HubSet, SlotState
 from remoteler.hublist import HubList
 
 LB = "lb.example:3080"
@@ -101,6 +101,65 @@ def test_a_slot_on_the_same_hub_as_an_earlier_one_is_the_duplicate() -> None:
     assert not hs.duplicate(0) and not hs.duplicate(1)
 
 
+def test_no_fallback_to_the_bootstrap_while_another_slot_is_up() -> None:
+    """The bootstrap (a balancer) may land on the hub another slot holds: the hub
+    refuses that tunnel, or replaces the sibling's. An extra slot with no free
+    listed hub waits instead."""
+    hs = HubSet(LB)
+    rng = random.Random(0)
+    assert hs.pick(0, 0.0, rng) == LB
+    hs.up(0)
+    hs.learnt(0, hubs("hub-a", A, B, count=2))
+    assert hs.pick(1, 0.0, rng) == "b:3080"
+    hs.dial_failed(1, 0.0)  # hub-b unreachable, still listed (its lease runs)
+    assert not hs.may_fall_back(1)
+    assert hs.pick(1, 1.0, rng) is None
+    assert hs.state(1) is SlotState.IDLE and hs.addr_of(1) is None
+    assert hs.free(0, 1.0) == [A]  # the idle slot holds nothing
+    assert hs.pick(1, FAILED_AVOID + 0.5, rng) == "b:3080"  # hub-b's time is over
+    # with no other slot up, a slot falls back: a tunnel anywhere beats none
+    hs.dial_failed(1, 31.0)
+    hs.down(0, 31.0)
+    assert hs.may_fall_back(0) and hs.may_fall_back(1)
+    hs.pick(0, 31.0, rng)  # dialling hub-a, not up yet
+    assert hs.pick(1, 31.0, rng) == LB
+
+
+def test_workers_behind_one_address_are_reached_by_dialling_it_again() -> None:
+    """``hub start --workers``: every listed hub has the shared port; the kernel
+    picks the worker. Dialling it again is the only way to another worker."""
+    shared = "hub.example:3080"
+    w1, w2 = ("w-1", shared), ("w-2", shared)
+    hs = HubSet(LB)
+    rng = random.Random(0)
+    hs.pick(0, 0.0, rng)
+    hs.up(0)
+    hs.learnt(0, hubs("w-1", w1, w2, count=2))
+    assert hs.shared_addr() == shared
+    assert hs.pick(1, 0.0, rng) == shared  # listed, and not held (slot 0 came by LB)
+    hs.dial_held(1, 0.0)  # landed on w-1, whose tunnel carries a session: 409
+    assert hs.free(1, 1.0) == []  # held by no one, but avoided
+    assert hs.may_fall_back(1)
+    assert hs.pick(1, 1.0, rng) == LB  # the shared port is avoided: through the balancer
+    hs.up(1)
+    hs.learnt(1, hubs("w-2", w1, w2, count=2))
+    assert not hs.duplicate(0) and not hs.duplicate(1)
+    # slot 0 redials while slot 1 is up: no listed hub free, but one address
+    hs.down(0, 2.0)
+    assert hs.pick(0, HELD_AVOID + 1.0, rng) == shared
+
+
+def test_a_held_hub_is_avoided_like_a_failed_one() -> None:
+    hs = HubSet(LB)
+    rng = random.Random(2)
+    hs.learnt(0, hubs("hub-a", A, B, count=1))
+    first = hs.pick(0, 0.0, rng)
+    hs.dial_held(0, 0.0)
+    assert hs.state(0) is SlotState.IDLE
+    assert {a for _, a in hs.free(0, 1.0)} == {"a:3080", "b:3080"} - {first}
+    assert len(hs.free(0, HELD_AVOID + 0.5)) == 2
+
+
 def test_a_removed_slot_holds_nothing() -> None:
     hs = HubSet(LB)
     rng = random.Random(0)
@@ -124,6 +183,7 @@ def test_misuse_is_an_error() -> None:
 # -- random sequences ---------------------------------------------------------------
 
 POOL = [(f"hub-{i}", f"h{i}.example:3080") for i in range(6)]
+WORKERS = "workers.example:3080"
 
 
 @dataclass
@@ -140,6 +200,17 @@ class Model:
     def held(self, slot: int) -> tuple[set[str], set[str]]:
         others = [s for s in self.addr if s != slot]
         return {self.addr[s] for s in others}, {self.hub[s] for s in others if s in self.hub}
+
+    def fallback(self, slot: int, now: float, bootstrap: str) -> str | None:
+        """Where a slot with no free listed hub dials (None: nowhere)."""
+        addrs = {a for _, a in self.listed.hubs} if self.listed is not None else set()
+        shared = next(iter(addrs)) if len(addrs) == 1 else None
+        others_up = any(s != slot for s in self.up)
+        if self.listed is not None and others_up and shared is None:
+            return None
+        if shared is not None and self.avoid.get("addr:" + shared, -1) <= now:
+            return shared
+        return bootstrap
 
     def free(self, slot: int, now: float) -> list[tuple[str, str]]:
         if self.listed is None:
@@ -197,22 +268,31 @@ def test_random_sequences(seed: int) -> None:
             addr = hs.pick(slot, now, rng)
             if free_before:
                 assert addr in {a for _, a in free_before}  # never a held or avoided hub
-            else:
-                assert addr == bootstrap
+            else:  # the bootstrap only where it cannot evict a sibling for nothing
+                assert addr == model.fallback(slot, now, bootstrap)
             if model.listed is None:
                 assert addr == bootstrap
-            model.addr[slot] = addr
+            if addr is not None:
+                model.addr[slot] = addr
         elif slot in model.addr and slot not in model.up:
             if action < 0.6:
                 hs.up(slot)
                 model.ups += 1
                 model.up[slot] = model.ups
             else:
-                hs.dial_failed(slot, now)
+                held = action > 0.8  # the hub refused: another tunnel there has sessions
+                if held:
+                    hs.dial_held(slot, now)
+                else:
+                    hs.dial_failed(slot, now)
                 key = "addr:" + model.addr.pop(slot)
-                model.avoid[key] = max(model.avoid.get(key, 0), now + FAILED_AVOID)
+                until = now + (HELD_AVOID if held else FAILED_AVOID)
+                model.avoid[key] = max(model.avoid.get(key, 0), until)
         elif slot in model.up and action < 0.4:
-            entries = rng.sample(POOL, rng.randint(1, len(POOL)))
+            if rng.random() < 0.2:  # hub start --workers: every worker on one port
+                entries = [(f"w-{i}", WORKERS) for i in range(rng.randint(1, 4))]
+            else:
+                entries = rng.sample(POOL, rng.randint(1, len(POOL)))
             addr = model.addr[slot]
             # the hub it is on: the one at that address, else (a balancer) any
             on = next((e for e in entries if e[1] == addr), None) or rng.choice(entries)

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from faultproxy import FaultProxy
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
 
 from edge_agent.agent import Backoff, EdgeAgent
 from edge_agent.identity import NodeIdentity
@@ -24,10 +28,11 @@ from edge_agent.outbox import Outbox
 from remoteler.audit.events import AuditEvent, EventType, make_event
 from remoteler.audit.stream import MessageReader, ack_message, encode_message, parse_batch
 from remoteler.ca import CertAuthority, generate_private_key
+from remoteler.hubconn import ERROR_HEADER
 from remoteler.hublist import HubList
-from remoteler.protocol import AUDIT_KIND, HUBS_KIND, TUNNEL_SUBPROTOCOL
+from remoteler.protocol import AUDIT_KIND, HUBS_KIND, SSH_KIND, TUNNEL_SUBPROTOCOL
 from remoteler.tlsutil import server_context
-from remoteler.wire.aio import ChannelRequest, Tunnel
+from remoteler.wire.aio import Channel, ChannelRequest, Tunnel
 from remoteler.wire.codes import ErrorCode, OpenFailure
 from remoteler.wire.connection import Connection, Role
 from remoteler.wire.limits import Limits
@@ -68,6 +73,14 @@ class MiniHub:
     tunnels: list[Tunnel] = field(default_factory=list)
     #: audit channels ever opened on this hub
     audit_channels: int = 0
+    #: refuse the audit channel (an older hub, a node cut off by this hub's quota)
+    refuse_audit: bool = False
+    audit_refusals: int = 0
+    #: tunnels still to refuse with 409 "dial another hub" (hub/api/server.py, Duplicate)
+    hold: int = 0
+    held: int = 0
+    #: run on each new tunnel before the hub list is pushed on it
+    before_push: Callable[[Tunnel], Awaitable[None]] | None = None
 
     async def start(self) -> None:
         ca = self.cluster.host_ca
@@ -87,9 +100,24 @@ class MiniHub:
             0,
             ssl=ctx,
             compression=None,
+            process_request=self.process_request,
             subprotocols=[TUNNEL_SUBPROTOCOL],  # type: ignore[list-item]
         )
         self.addr = f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    def process_request(self, connection: ServerConnection, _request: Request) -> Response | None:
+        if self.hold <= 0:
+            return None
+        self.hold -= 1
+        self.held += 1
+        self.cluster.changed.set()
+        response = connection.respond(
+            HTTPStatus.CONFLICT,
+            "this node already has a tunnel to this hub that carries sessions; "
+            "dial another hub of the cluster\n",
+        )
+        response.headers[ERROR_HEADER] = "node"
+        return response
 
     async def handler(self, ws: ServerConnection) -> None:
         core = Connection(Role.LISTENER, Limits(heartbeat_interval=0), now=time.monotonic())
@@ -108,6 +136,8 @@ class MiniHub:
     async def push(self, tunnel: Tunnel) -> None:
         """Push the hub list, as hub/api/hublist.py does, and again when it changes."""
         pushed = ""
+        if self.before_push is not None:
+            await self.before_push(tunnel)
         while not tunnel.closed.is_set():
             hubs = self.cluster.hub_list(self.hub_id)
             if hubs.digest() != pushed:
@@ -125,6 +155,11 @@ class MiniHub:
     async def on_channel(self, request: ChannelRequest) -> None:
         if request.kind != AUDIT_KIND:
             request.reject(OpenFailure.UNKNOWN_KIND, "no such channel")
+            return
+        if self.refuse_audit:
+            self.audit_refusals += 1
+            self.cluster.changed.set()
+            request.reject(OpenFailure.UNKNOWN_KIND, "no audit here")
             return
         cluster = self.cluster
         channel = request.accept()
@@ -144,11 +179,21 @@ class MiniHub:
         finally:
             cluster.audit_open -= 1
 
+    async def unreachable(self) -> None:
+        """Stop answering at this address and drop every tunnel, but stay listed (a
+        hub that died, until its lease runs out of the list)."""
+        assert self.server is not None
+        self.server.close(close_connections=False)
+        await asyncio.gather(*(t.close(ErrorCode.GOING_AWAY, "gone") for t in list(self.tunnels)))
+        await self.server.wait_closed()
+
     async def stop(self, *, retry_after: float | None = None) -> None:
         """Close every tunnel (a GOAWAY, with ``retry_after`` as a draining hub's) and
         stop listening: nothing answers at this address any more."""
         self.listed = False
         assert self.server is not None
+        if not self.server.is_serving():
+            return
         self.server.close(close_connections=False)
         await asyncio.gather(
             *(
@@ -210,7 +255,7 @@ async def running_agent(
         backoff=Backoff(base=0.2, cap=1.0),
         outbox=outbox,
     )
-    agent.extra_slot_jitter = 0.2
+    agent.slots.extra_slot_jitter = 0.2
     task = asyncio.ensure_future(agent.run_forever())
     try:
         yield agent
@@ -366,3 +411,104 @@ async def test_a_stopping_agent_says_goodbye_on_every_tunnel(outbox: Outbox) -> 
             await outbox.ack([e.id for e in batch])
         stopped = [e for e in events if e.type == "tunnel.disconnect"]
         assert [e.fields["reason"] for e in stopped] == ["agent stopping"] * 2
+
+
+async def test_a_hub_that_refuses_the_audit_channel_is_left_for_another_tunnel(
+    outbox: Outbox,
+) -> None:
+    """The forwarder does not keep reopening on a hub that refuses audit while
+    another tunnel is up: it moves there, and everything is stored once."""
+    async with AsyncExitStack() as stack:
+        cluster = await stack.enter_async_context(cluster_of(["hub-a", "hub-b"]))
+        a, b = cluster.hubs["hub-a"], cluster.hubs["hub-b"]
+        a.refuse_audit = True
+        appended = [await outbox.append(exec_event(i)) for i in range(30)]
+        # slot 0 comes up first on hub-a (the bootstrap): the longest up, tried first
+        agent = await stack.enter_async_context(running_agent(cluster, a.addr, outbox))
+        await until(cluster, lambda: a.audit_refusals >= 1)
+        await until(cluster, lambda: set(cluster.stored) >= {e.id for e in appended}, 15)
+        assert b.audit_channels >= 1 and a.audit_channels == 0
+        assert agent.forwarding is not None and agent.forwarding in _agent_ends(agent, b)
+        refusals = a.audit_refusals
+        later = [await outbox.append(exec_event(100 + i)) for i in range(10)]
+        await until(cluster, lambda: set(cluster.stored) >= {e.id for e in later})
+        assert a.audit_refusals == refusals  # not tried again while hub-b forwards
+
+
+async def test_no_dial_through_the_balancer_while_another_tunnel_is_up(outbox: Outbox) -> None:
+    """A listed hub that cannot be reached: the second slot waits for it rather than
+    dialling --hub, a balancer that would land it on the hub the first slot holds."""
+    async with AsyncExitStack() as stack:
+        cluster = await stack.enter_async_context(cluster_of(["hub-a", "hub-b"]))
+        a, b = cluster.hubs["hub-a"], cluster.hubs["hub-b"]
+        port = int(a.addr.rpartition(":")[2])
+        balancer = await stack.enter_async_context(FaultProxy("127.0.0.1", port))
+        await b.unreachable()
+        agent = await stack.enter_async_context(running_agent(cluster, balancer.addr, outbox))
+        await until(cluster, lambda: agent.hubset.hub_of(0) == "hub-a")
+        await asyncio.sleep(3)  # slot 1 dialled hub-b, failed, and looked for another
+        assert balancer.stats.accepted == 1
+        assert cluster.holding() == {"hub-a": 1}
+
+
+async def test_a_hub_held_by_another_tunnel_is_tried_again_not_failed(
+    outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """HTTP 409 "dial another hub": the slot tries again later, logged as a held hub
+    (not a failure), and is on that hub once it takes the tunnel."""
+    caplog.set_level(logging.INFO, logger="remoteler.agent")
+    async with AsyncExitStack() as stack:
+        cluster = await stack.enter_async_context(cluster_of(["hub-a", "hub-b"]))
+        a, b = cluster.hubs["hub-a"], cluster.hubs["hub-b"]
+        b.hold = 3
+        agent = await stack.enter_async_context(running_agent(cluster, a.addr, outbox))
+        agent.slots.held_avoid = 0.2
+        await until(cluster, lambda: cluster.holding() == {"hub-a": 1, "hub-b": 1})
+        assert b.held == 3
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum("dial another hub" in m and "trying again later" in m for m in messages) == 3
+        assert not any(m.startswith("tunnel failed") for m in messages)
+
+
+async def test_a_duplicate_tunnel_carrying_a_session_is_kept_until_it_ends(
+    outbox: Outbox,
+) -> None:
+    """Two tunnels on one hub (the list's hub-b address leads to hub-a): the newer
+    one is closed to redial elsewhere, but never while a user's session runs on it."""
+    async with AsyncExitStack() as stack:
+        cluster = await stack.enter_async_context(cluster_of(["hub-a", "hub-b"]))
+        a, b = cluster.hubs["hub-a"], cluster.hubs["hub-b"]
+        # the device's own sshd (forward mode): keeps each connection until told
+        conns: list[asyncio.StreamWriter] = []
+
+        async def sshd(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            conns.append(writer)
+            await reader.read()
+
+        server = await asyncio.start_server(sshd, "127.0.0.1", 0)
+        stack.push_async_callback(server.wait_closed)
+        stack.callback(server.close)
+        alias = await stack.enter_async_context(
+            FaultProxy("127.0.0.1", int(a.addr.rpartition(":")[2]))
+        )
+        b.addr = alias.addr
+        sessions: list[Channel] = []
+
+        async def session_first(tunnel: Tunnel) -> None:
+            if len(a.tunnels) >= 2 and not sessions:  # the agent's second tunnel here
+                meta = {"user": "alice", "login": "pi", "session_id": "s-1"}
+                sessions.append(await tunnel.open_channel(SSH_KIND, meta))
+
+        a.before_push = session_first
+        agent = await stack.enter_async_context(running_agent(cluster, a.addr, outbox))
+        agent.ssh_target = ("127.0.0.1", server.sockets[0].getsockname()[1])
+        await until(cluster, lambda: bool(sessions) and bool(conns))
+        busy = next(run for run in agent.runs.values() if run.sessions)
+        assert busy.tunnel is not None
+        await until(cluster, lambda: agent.hubset.duplicate(busy.slot))  # its list came
+        await asyncio.sleep(1.0)
+        assert not busy.tunnel.closed.is_set() and not sessions[0].is_closed
+        sessions[0].close()  # the session ends: now the idle duplicate goes
+        conns[0].close()
+        await asyncio.wait_for(busy.tunnel.closed.wait(), 10)
+        assert busy.sessions == 0
