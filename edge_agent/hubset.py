@@ -164,7 +164,9 @@ class HubSet:
         avoided, else the bootstrap address.
         """
         choices = self.free(slot, now)
-        if choices:
+        if slot == 0 and self._bootstrap_first(now, choices):
+            addr = self.bootstrap
+        elif choices:
             addr = rng.choice(choices)[1]
         elif self.may_fall_back(slot):
             shared = self.shared_addr()
@@ -177,6 +179,16 @@ class HubSet:
             return None
         self._slots[slot] = _Slot(SlotState.DIALLING, addr)
         return addr
+
+    def _bootstrap_first(self, now: float, choices: list[tuple[str, str]]) -> bool:
+        """Slot 0 dials the configured ``--hub`` (a load balancer, a proxy, the one
+        address the device is known to reach): listed addresses serve the extra slots.
+        Only when that address is avoided (it failed, or its hub is draining) and a
+        cluster of two hubs or more has a free one does slot 0 go to a listed hub; a
+        lone hub's list names no other way in."""
+        if not self.avoided("addr:" + self.bootstrap, now):
+            return True
+        return not (choices and self.hubs is not None and len(self.hubs.hubs) >= 2)
 
     def up(self, slot: int) -> None:
         """``slot``'s dial succeeded: its tunnel is up (on a hub not yet known)."""

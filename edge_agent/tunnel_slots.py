@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from edge_agent.hubset import HELD_AVOID, HubSet
 from edge_agent.waiting import first
-from remoteler.errors import RemotelerError
+from remoteler.errors import RemotelerError, TunnelHeld
 from remoteler.hublist import HubList
 from remoteler.wire.aio import ChannelRequest, Tunnel
 from remoteler.wire.connection import Connection, Role
@@ -36,7 +36,6 @@ from remoteler.wire.limits import Limits
 
 __all__ = [
     "CLOSE_TIMEOUT",
-    "HELD_MARK",
     "MOVE_JITTER",
     "Backoff",
     "HubHeld",
@@ -55,9 +54,6 @@ MOVE_JITTER = 1.0
 CLOSE_TIMEOUT = 5.0
 #: Most seconds a slot waits between two tries at a held hub (or for a free one).
 HELD_WAIT_MAX = 30.0
-#: What the hub's refusal of a second tunnel to it says (hub/api/server.py, Duplicate;
-#: HTTP 409 with error code "node").
-HELD_MARK = "dial another hub"
 
 
 class HubHeld(RemotelerError):
@@ -74,7 +70,7 @@ class HubHeld(RemotelerError):
 
 def is_held_refusal(err: BaseException) -> bool:
     """True if ``err`` is a hub's 409 for a second tunnel of this node to it."""
-    return isinstance(err, RemotelerError) and err.code == "node" and HELD_MARK in str(err)
+    return isinstance(err, TunnelHeld)
 
 
 @dataclass(frozen=True)

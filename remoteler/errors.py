@@ -62,6 +62,13 @@ class NodeError(RemotelerError):
     code = "node"
 
 
+class TunnelHeld(NodeError):
+    """The hub refused a node's second tunnel to it: the first carries sessions
+    (HTTP 409). An agent keeping several tunnels dials another hub instead."""
+
+    code = "tunnel_held"
+
+
 class HubRestarting(RemotelerError):
     """The hub is draining before a restart: the message says when to try again."""
 
@@ -79,6 +86,7 @@ ERRORS_BY_CODE: dict[str, type[RemotelerError]] = {
         AuthError,
         AccessDenied,
         NodeError,
+        TunnelHeld,
         HubRestarting,
     )
 }

@@ -56,6 +56,7 @@ from remoteler.errors import (
     HubRestarting,
     NodeError,
     RemotelerError,
+    TunnelHeld,
     UsageError,
 )
 from remoteler.hubconn import ERROR_HEADER
@@ -105,10 +106,6 @@ MAX_ROUTES = 3
 Handler = Callable[[Identity | None, dict[str, Any]], Awaitable[Any]]
 #: The source address of the RPC connection being served (login protection).
 _RPC_PEER: ContextVar[str] = ContextVar("rpc_peer", default="")
-
-
-class Duplicate(NodeError):
-    """A node's second tunnel to this hub while its first carries sessions."""
 
 
 def _stale(tunnel: Tunnel) -> bool:
@@ -287,7 +284,7 @@ class HubServer:
                 if held is not None and held.sessions > 0 and not _stale(held.tunnel):
                     # a second tunnel of an agent that keeps several (docs/cluster.md)
                     # landed here: the one carrying sessions stays, this one goes
-                    raise Duplicate(
+                    raise TunnelHeld(
                         "this node already has a tunnel to this hub that carries sessions; "
                         "dial another hub of the cluster"
                     )
@@ -308,7 +305,7 @@ class HubServer:
             return _refuse(connection, HTTPStatus.UNAUTHORIZED, err)
         except TooManySessions as err:
             return _refuse(connection, HTTPStatus.TOO_MANY_REQUESTS, err)
-        except Duplicate as err:
+        except TunnelHeld as err:
             return _refuse(connection, HTTPStatus.CONFLICT, err)
         except AccessDenied as err:
             return _refuse(connection, HTTPStatus.FORBIDDEN, err)

@@ -38,9 +38,12 @@ def test_a_list_sends_the_second_slot_to_the_other_hub() -> None:
     assert hs.hub_of(0) == "hub-a" and hs.wanted() == 2
     assert hs.free(1, 0.0) == [B]
     assert hs.pick(1, 0.0, rng) == "b:3080"
-    # slot 0 redials after a drop: hub-b is being dialled, hub-a is free again
+    # slot 0 redials after a drop: through the balancer it was given (--hub) ...
     hs.down(0, 1.0)
-    assert hs.pick(0, 1.0, rng) == "a:3080"
+    assert hs.pick(0, 1.0, rng) == LB
+    # ... unless that address failed: then the free listed hub
+    hs.dial_failed(0, 1.0)
+    assert hs.pick(0, 1.5, rng) == "a:3080"
 
 
 def test_wanted_is_the_count_but_no_more_than_the_hubs_listed() -> None:
@@ -57,14 +60,16 @@ def test_a_failed_dial_avoids_that_address_for_a_while() -> None:
     hs = HubSet(LB)
     rng = random.Random(3)
     hs.learnt(0, hubs("hub-a", A, B, count=1))
-    first = hs.pick(0, 0.0, rng)
+    assert hs.pick(0, 0.0, rng) == LB  # slot 0 keeps to --hub while it works
     hs.dial_failed(0, 0.0)
-    second = hs.pick(0, 1.0, rng)
-    assert {first, second} == {"a:3080", "b:3080"}
+    first = hs.pick(0, 1.0, rng)  # then a listed hub of the cluster
     hs.dial_failed(0, 1.0)
-    assert hs.pick(0, 2.0, rng) == LB  # both avoided: the bootstrap address
+    second = hs.pick(0, 2.0, rng)
+    assert {first, second} == {"a:3080", "b:3080"}
     hs.dial_failed(0, 2.0)
-    assert hs.pick(0, FAILED_AVOID + 0.5, rng) == first  # the first one's time is over
+    assert hs.pick(0, 3.0, rng) == LB  # all avoided: the bootstrap address
+    hs.dial_failed(0, 3.0)
+    assert hs.pick(0, FAILED_AVOID + 1.5, rng) == first  # LB still avoided, first's over
 
 
 def test_goaway_with_retry_after_avoids_the_hub_by_id_and_address() -> None:
@@ -117,12 +122,12 @@ def test_no_fallback_to_the_bootstrap_while_another_slot_is_up() -> None:
     assert hs.state(1) is SlotState.IDLE and hs.addr_of(1) is None
     assert hs.free(0, 1.0) == [A]  # the idle slot holds nothing
     assert hs.pick(1, FAILED_AVOID + 0.5, rng) == "b:3080"  # hub-b's time is over
-    # with no other slot up, a slot falls back: a tunnel anywhere beats none
+    # with no other slot up, a slot may fall back: a tunnel anywhere beats none
     hs.dial_failed(1, 31.0)
     hs.down(0, 31.0)
     assert hs.may_fall_back(0) and hs.may_fall_back(1)
-    hs.pick(0, 31.0, rng)  # dialling hub-a, not up yet
-    assert hs.pick(1, 31.0, rng) == LB
+    assert hs.pick(0, 31.0, rng) == LB  # slot 0 keeps to --hub
+    assert hs.pick(1, 31.0, rng) == "a:3080"  # hub-b avoided, hub-a free
 
 
 def test_workers_behind_one_address_are_reached_by_dialling_it_again() -> None:
@@ -144,9 +149,9 @@ def test_workers_behind_one_address_are_reached_by_dialling_it_again() -> None:
     hs.up(1)
     hs.learnt(1, hubs("w-2", w1, w2, count=2))
     assert not hs.duplicate(0) and not hs.duplicate(1)
-    # slot 0 redials while slot 1 is up: no listed hub free, but one address
+    # slot 0 redials while slot 1 is up: through --hub, as always while it works
     hs.down(0, 2.0)
-    assert hs.pick(0, HELD_AVOID + 1.0, rng) == shared
+    assert hs.pick(0, HELD_AVOID + 1.0, rng) == LB
 
 
 def test_a_held_hub_is_avoided_like_a_failed_one() -> None:
@@ -266,7 +271,12 @@ def test_random_sequences(seed: int) -> None:
         if slot not in model.addr and action < 0.5:
             free_before = model.free(slot, now)
             addr = hs.pick(slot, now, rng)
-            if free_before:
+            bootstrap_ok = model.avoid.get("addr:" + bootstrap, -1) <= now
+            cluster = model.listed is not None and len(model.listed.hubs) >= 2
+            if slot == 0 and (bootstrap_ok or not (free_before and cluster)):
+                # slot 0 keeps to --hub unless it is avoided and a cluster has room
+                assert addr == bootstrap
+            elif free_before:
                 assert addr in {a for _, a in free_before}  # never a held or avoided hub
             else:  # the bootstrap only where it cannot evict a sibling for nothing
                 assert addr == model.fallback(slot, now, bootstrap)

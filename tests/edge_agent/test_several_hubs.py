@@ -116,7 +116,7 @@ class MiniHub:
             "this node already has a tunnel to this hub that carries sessions; "
             "dial another hub of the cluster\n",
         )
-        response.headers[ERROR_HEADER] = "node"
+        response.headers[ERROR_HEADER] = "tunnel_held"
         return response
 
     async def handler(self, ws: ServerConnection) -> None:

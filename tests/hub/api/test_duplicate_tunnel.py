@@ -46,7 +46,7 @@ async def test_a_busy_tunnel_is_kept_and_an_idle_one_replaced(hub: Hub) -> None:
     with pytest.raises(InvalidStatus) as refused:
         await _dial(hub, creds)
     assert refused.value.response.status_code == 409
-    assert refused.value.response.headers[ERROR_HEADER] == "node"
+    assert refused.value.response.headers[ERROR_HEADER] == "tunnel_held"
     assert b"dial another hub" in (refused.value.response.body or b"")
     assert hub.server.registry.get(live.node_id) is live and not first.closed.is_set()
 
