@@ -8,7 +8,6 @@ connection cannot recover the WAL of a killed writer).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import pwd
 import signal
@@ -21,9 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers import Cluster, free_port, wait_for
-
-from edge_agent.outbox import Outbox
-from remoteler.audit.events import EventType, make_event
+from outboxkit import seed_outbox
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 HUB_TYPES = {"join", "user.login", "cert.create"}
@@ -84,28 +81,7 @@ def _join_then_stop(cluster: Cluster, name: str) -> str:
 
 def _seed(path: Path, node_id: str, n: int) -> dict[str, int]:
     """Append ``n`` exec events to the (stopped) agent's outbox; return id -> seq."""
-
-    async def go() -> dict[str, int]:
-        outbox = await Outbox.open(path, node=node_id)
-        try:
-            events = [
-                make_event(
-                    EventType.EXEC,
-                    node=node_id,
-                    user="seed",
-                    login="seed",
-                    session_id=f"seed-{i // 100}",
-                    command=f"seed {i} " + "x" * PAD,
-                    exit_code=i % 7,
-                )
-                for i in range(n)
-            ]
-            stored = await asyncio.gather(*(outbox.append(e) for e in events))
-        finally:
-            await outbox.close()
-        return {e.id: e.seq for e in stored}
-
-    seeded = asyncio.run(go())
+    seeded = seed_outbox(path, node_id, n, PAD)
     assert len(seeded) == n and all(seq > 0 for seq in seeded.values())
     assert len(set(seeded.values())) == n
     return seeded

@@ -12,17 +12,16 @@ trail has the firmware.failed with the bundle's version.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from faultproxy import FaultProxy
+from fwkit import signed_bundle
 from helpers import Cluster, free_port, wait_for
 
-from firmware_tools.bundle import build_bundle
-from firmware_tools.keys import load_signing_key, write_key_pair
+from firmware_tools.keys import write_key_pair
 
 LABELS = "board=rpi4,fleet=test"
 BUNDLE_PAYLOAD = 300 * 1024
@@ -40,25 +39,7 @@ HEALTH = 'test ! -e "$REMOTELER_DATA_DIR/unhealthy"'
 
 
 def _bundle(cluster: Cluster, version: str) -> Path:
-    key = cluster.root / "fw.key"
-    payload = cluster.root / f"payload-{version}"
-    payload.mkdir()
-    (payload / "rootfs.img").write_bytes(os.urandom(BUNDLE_PAYLOAD))
-    hook = payload / "install.sh"
-    hook.write_text(HOOK)
-    hook.chmod(0o755)
-    bundle = cluster.root / f"gw-{version}.bundle"
-    build_bundle(
-        payload,
-        bundle,
-        name="gw-fw",
-        version=version,
-        targets={"board": "rpi4"},
-        min_agent_version="0.1.0",
-        install_hook="install.sh",
-        key=load_signing_key(key),
-    )
-    return bundle
+    return signed_bundle(cluster.root, cluster.root / "fw.key", version, HOOK, BUNDLE_PAYLOAD)
 
 
 def _agent_dir(cluster: Cluster, name: str) -> Path:

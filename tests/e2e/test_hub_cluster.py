@@ -7,7 +7,6 @@ test leaves the three hubs running and every node held by two of them.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import pwd
 import signal
@@ -21,14 +20,13 @@ from typing import Any
 
 import pytest
 from clusterkit import HubCluster
+from fwkit import signed_bundle
 from haproxykit import HAProxy
 from helpers import BIN, stop_process, wait_for
+from outboxkit import seed_outbox
 from pgkit import PgServer
 
-from edge_agent.outbox import Outbox
-from firmware_tools.bundle import build_bundle
-from firmware_tools.keys import load_signing_key, write_key_pair
-from remoteler.audit.events import EventType, make_event
+from firmware_tools.keys import write_key_pair
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 NODES = ("dev0", "dev1", "dev2", "dev3")
@@ -238,30 +236,6 @@ def test_kill9_each_hub_in_turn_under_a_loop_through_the_load_balancer(fleet: Fl
         _restore(fleet)
 
 
-def _seed(path: Path, node_id: str, n: int) -> set[str]:
-    async def go() -> set[str]:
-        outbox = await Outbox.open(path, node=node_id)
-        try:
-            events = [
-                make_event(
-                    EventType.EXEC,
-                    node=node_id,
-                    user="seed",
-                    login="seed",
-                    session_id=f"seed-{i // 100}",
-                    command=f"seed {i} " + "x" * 1000,
-                    exit_code=0,
-                )
-                for i in range(n)
-            ]
-            stored = await asyncio.gather(*(outbox.append(e) for e in events))
-        finally:
-            await outbox.close()
-        return {e.id for e in stored}
-
-    return asyncio.run(go())
-
-
 def _stored(fleet: Fleet, node_id: str) -> tuple[int, int]:
     row = fleet.pg.psql(
         "SELECT count(*), count(DISTINCT id) FROM events"
@@ -283,7 +257,7 @@ def test_audit_backlog_drained_while_hubs_die_arrives_exactly_once(fleet: Fleet)
     agent = cluster.agents.pop(name)
     os.kill(agent.pid, signal.SIGTERM)
     assert agent.wait(timeout=20) == 0
-    seeded = _seed(cluster.root / f"agent-{name}" / "audit.db", node_id, n)
+    seeded = seed_outbox(cluster.root / f"agent-{name}" / "audit.db", node_id, n, 1000)
     assert len(seeded) == n
     cluster.agents[name] = agent = cluster.start_agent(name)
     for victim in (0, 1, 2, 0):
@@ -299,31 +273,10 @@ def test_audit_backlog_drained_while_hubs_die_arrives_exactly_once(fleet: Fleet)
     _restore(fleet)
 
 
-def _bundle(root: Path, version: str) -> Path:
-    payload = root / f"payload-{version}"
-    payload.mkdir()
-    (payload / "rootfs.img").write_bytes(os.urandom(200 * 1024))
-    hook = payload / "install.sh"
-    hook.write_text(HOOK)
-    hook.chmod(0o755)
-    bundle = root / f"fw-{version}.bundle"
-    build_bundle(
-        payload,
-        bundle,
-        name="gw-fw",
-        version=version,
-        targets={"board": "rpi4"},
-        min_agent_version="0.1.0",
-        install_hook="install.sh",
-        key=load_signing_key(root / "fw.key"),
-    )
-    return bundle
-
-
 @pytest.mark.timeout(300)
 def test_rollout_across_three_hubs_survives_a_kill_and_installs_once(fleet: Fleet) -> None:
     cluster = fleet.cluster
-    bundle = _bundle(cluster.root, "2.0.0")
+    bundle = signed_bundle(cluster.root, cluster.root / "fw.key", "2.0.0", HOOK, 200 * 1024)
     out = cluster.tctl_json(
         "firmware", "push", str(bundle), "--nodes", "board=rpi4", "--rate", "100KiB/s"
     )

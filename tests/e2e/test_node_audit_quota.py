@@ -7,7 +7,6 @@ read-only mode while their owners run (as tests/e2e/test_audit_delivery.py does)
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -18,9 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers import BIN, Cluster, free_port, wait_for
-
-from edge_agent.outbox import Outbox
-from remoteler.audit.events import EventType, make_event
+from outboxkit import seed_outbox
 
 #: Seeded backlog, burst and rate: the burst is stored at once, the other 200 events
 #: at 100/s, so the drain takes ~2 s in retry-after steps of ~1 s.
@@ -48,26 +45,7 @@ def _outbox_depth(cluster: Cluster, name: str) -> int:
 
 
 def _seed(path: Path, node_id: str, n: int) -> set[str]:
-    async def go() -> set[str]:
-        outbox = await Outbox.open(path, node=node_id)
-        try:
-            events = [
-                make_event(
-                    EventType.EXEC,
-                    node=node_id,
-                    user="seed",
-                    login="seed",
-                    command=f"seed {i}",
-                    exit_code=0,
-                )
-                for i in range(n)
-            ]
-            await asyncio.gather(*(outbox.append(e) for e in events))
-        finally:
-            await outbox.close()
-        return {e.id for e in events}
-
-    return asyncio.run(go())
+    return set(seed_outbox(path, node_id, n))
 
 
 def test_agent_over_its_quota_drains_everything_exactly_once(tmp_path: Path) -> None:
