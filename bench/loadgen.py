@@ -3,7 +3,8 @@ node certificate, a real TLS websocket tunnel, heartbeats and jittered reconnect
 
 ``python -m bench.loadgen --hub ADDR [--fallback ADDR ...] --identities FILE --start I
 --count N --status FILE`` writes how many of its agents are connected to FILE every half
-second. With ``--fallback``, an agent whose dial fails or whose tunnel ends dials another
+second (and, with ``--fallback``, how many of their tunnels ended to ``FILE.lost``). With
+``--fallback``, an agent whose dial fails or whose tunnel ends dials another
 address of ``--hub, --fallback...``, at random: the stand-in for a real agent's hub list
 (bench/cluster.py), since a simulated agent keeps one tunnel and does not speak the
 ``hubs`` channel.
@@ -45,6 +46,21 @@ class RotatingFleet(Fleet):
     ) -> None:
         super().__init__(hubs[0], identities, ca_pem, heartbeat)
         self.hubs = hubs
+        #: tunnels that were up and ended (written to ``STATUS.lost``)
+        self.lost = 0
+
+    async def run(self, status: Path | None, ramp: float) -> None:
+        async def count_lost(path: Path) -> None:
+            while True:
+                path.write_text(str(self.lost))
+                await asyncio.sleep(0.5)
+
+        writer = None if status is None else asyncio.create_task(count_lost(Path(f"{status}.lost")))
+        try:
+            await super().run(status, ramp)
+        finally:
+            if writer is not None:
+                writer.cancel()
 
     async def agent(self, ident: dict[str, str], rng: random.Random) -> None:
         ctx = client_context(
@@ -72,6 +88,7 @@ class RotatingFleet(Fleet):
                     await tunnel.run()
                 finally:
                     self.connected -= 1
+                    self.lost += 1
                 retry_after = tunnel.retry_after
             # the dial failed or the tunnel ended: another hub, as a real agent would
             hub = rng.choice([h for h in self.hubs if h != hub])
