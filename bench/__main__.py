@@ -32,6 +32,7 @@ MODULES = [
     "bench.attack_memory",
     "bench.sftp_server",
     "bench.slowlink",
+    "bench.cluster",
 ]
 
 

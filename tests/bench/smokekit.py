@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: every benchmark in exactly one group (tests/bench/test_smoke.py checks)
 GROUPS: dict[str, tuple[str, ...]] = {
     "client": ("relay_throughput", "session_setup", "keystroke_latency", "agent_footprint"),
-    "hub": ("hub_scale", "audit", "audit_seqmark", "dead_tunnel", "recording_proxy"),
+    "hub": ("hub_scale", "audit", "audit_seqmark", "dead_tunnel", "recording_proxy", "hub_cluster"),
     "device": ("agent_size", "attack_memory", "sftp_server", "keystroke_slow_link"),
 }
 
