@@ -95,8 +95,13 @@ def _ssh_works(cluster: Cluster) -> bool:
 def _restart_after(cluster: Cluster, damage: Callable[[Path], None], want: str) -> dict[str, Any]:
     """Deliver everything, stop the agent, damage its outbox, start it; return the
     ``want`` event once the hub has it (after checking the agent is reachable)."""
-    wait_for(lambda: _pending(cluster) == 0, timeout=LOADED, what="the outbox delivered")
-    before = _device_events(cluster)
+    # the tunnel.connect event is written once the hub's id is known (its hubs push,
+    # at most 3 s after the tunnel is up): delivered means that one too
+    before = wait_for(
+        lambda: _pending(cluster) == 0 and _device_events(cluster),
+        timeout=LOADED,
+        what="the outbox delivered",
+    )
     stop_process(cluster.agents[NAME])
     damage(_data(cluster) / "audit.db")
     _start(cluster)
