@@ -204,8 +204,8 @@ class DataDir:
         key = generate_private_key()
         names = {"localhost", socket.gethostname(), *hosts}
         ips = {"127.0.0.1", "::1"}
-        dns = sorted(n for n in names if n and not _is_ip(n))
-        ips |= {n for n in names if _is_ip(n)}
+        dns = sorted(n for n in names if n and not is_ip(n))
+        ips |= {n for n in names if is_ip(n)}
         cert = host_ca.issue_x509(
             key.public_key(),
             common_name="remoteler-hub",
@@ -230,7 +230,8 @@ class DataDir:
         return cert, key_pem
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
+    """True if ``text`` is an IPv4 or IPv6 address (not a host name)."""
     import ipaddress
 
     try:

@@ -9,7 +9,6 @@ the host CA, organisation ``remoteler-node``) never opens a peer link.
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from hub.datadir import is_ip
 from hub.net.identity import HUB_ORG
 from remoteler.ca import CertAuthority
 from remoteler.tlsutil import HUB_GROUPS, load_chain, set_groups
@@ -49,8 +49,8 @@ class PeerIdentity:
             common_name=hub_id,
             organization=HUB_ORG,
             usage="both",
-            dns_names=sorted(n for n in names if n and not _is_ip(n)),
-            ip_addresses=sorted({"127.0.0.1", "::1", *(n for n in names if _is_ip(n))}),
+            dns_names=sorted(n for n in names if n and not is_ip(n)),
+            ip_addresses=sorted({"127.0.0.1", "::1", *(n for n in names if is_ip(n))}),
             ttl_seconds=HUB_CERT_TTL,
         )
         key_pem = key.private_bytes(
@@ -104,11 +104,3 @@ def peer_hub_id(der: bytes | None) -> str | None:
         return None
     value = cns[0].value
     return value if isinstance(value, str) else None
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
