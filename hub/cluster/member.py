@@ -23,6 +23,7 @@ from hub.net.listener import ListenerLimits
 from hub.storage.api import Storage
 from remoteler.addr import format_hostport, parse_hostport
 from remoteler.ca import CertAuthority
+from remoteler.errors import ConfigError
 
 log = logging.getLogger("remoteler.hub.cluster")
 
@@ -65,7 +66,13 @@ class ClusterMember:
         self.directory.public_addr = public_addr
         if peer_listen:
             host, port = parse_hostport(peer_listen)
-            bound_host, bound_port = await self.peers.start(host, port)
+            try:
+                bound_host, bound_port = await self.peers.start(host, port)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen for peer hubs on {peer_listen}: "
+                    f"{exc.strerror or exc}; pick another --peer-listen"
+                ) from None
             if bound_host in WILDCARDS:
                 bound_host = parse_hostport(public_addr)[0]
             self.directory.peer_addr = format_hostport(bound_host, bound_port)

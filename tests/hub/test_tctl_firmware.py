@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -169,10 +169,22 @@ def test_status_of_an_unknown_rollout(data: Path, capsys: pytest.CaptureFixture[
     _one_line(err, "no roll-out 'fw-nope'", "tctl firmware status")
 
 
-def test_stop_a_running_rollout(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_stop_a_running_rollout(
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_key_pair(tmp_path / "fw.key")
+    body = _bundle(tmp_path, tmp_path / "fw.key").read_bytes()
+    name = blob_name(body)
+
     async def create(storage: Storage) -> None:
+        # a real bundle in storage: the hub's orchestrator would stop a roll-out whose
+        # bundle it cannot read before this test's tctl stop could
+        async def chunks() -> AsyncIterator[bytes]:
+            yield body
+
+        await storage.blobs.put(name, chunks(), len(body))
         rollout = Rollout(
-            "fw-1", 0.0, "gw-fw", "1.0.0", "0" * 64, "0" * 64, 1, {}, None, 1, None, False,
+            "fw-1", 0.0, "gw-fw", "1.0.0", name, name, len(body), {}, None, 1, None, False,
             "running",
         )  # fmt: skip
         await storage.firmware.create(rollout, [("id-1", "dev-1", False)])
