@@ -430,10 +430,16 @@ class HubServer:
                 refused = (
                     isinstance(exc, ChannelOpenError) and exc.code != OpenFailure.CONNECT_FAILED
                 )
-                tried.add(route.via or self.hub_id)
-                if refused or len(tried) >= MAX_ROUTES:
+                if refused:
                     raise
-                other = await self.peer_route(node_id, frozenset(tried))
+                fresh = self.registry.get(node_id)
+                if not route.via and fresh is not None and fresh is not route:
+                    route = fresh  # the agent reconnected here meanwhile: its new tunnel
+                    continue
+                tried.add(route.via or self.hub_id)
+                if len(tried) >= MAX_ROUTES:
+                    raise
+                other: NodeRoute | None = await self.peer_route(node_id, frozenset(tried))
                 if other is None:
                     raise
                 log.info(
