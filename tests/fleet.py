@@ -78,9 +78,19 @@ async def _provision(
 
 class Fleet:
     def __init__(
-        self, hub: str, identities: list[dict[str, str]], ca_pem: bytes, heartbeat: float
+        self,
+        hub: str,
+        identities: list[dict[str, str]],
+        ca_pem: bytes,
+        heartbeat: float,
+        fallback: list[str] | None = None,
     ) -> None:
+        """``fallback``: other hub addresses an agent dials, at random, after a failed
+        dial or a lost tunnel (bench/cluster.py's stand-in for a real agent's hub list)."""
         self.hub = hub
+        self.hubs = [hub, *(fallback or [])]
+        #: tunnels that were up and ended (``STATUS.lost`` when there are fallbacks)
+        self.lost = 0
         self.identities = identities
         self.ca_pem = ca_pem
         self.limits = Limits(send_heartbeats=True, heartbeat_interval=heartbeat, allowed_misses=3)
@@ -91,7 +101,7 @@ class Fleet:
         ctx = client_context(
             self.ca_pem, ident["cert"].encode(), ident["key"].encode(), [TUNNEL_ALPN]
         )
-        attempt = 0
+        attempt, hub = 0, self.hub
         query = (
             f"?heartbeat={self.limits.heartbeat_interval:g}&misses={self.limits.allowed_misses}"
             f"&locks={lock_digest([])}"  # as a real agent holding no locks
@@ -101,7 +111,7 @@ class Fleet:
             retry_after = None
             try:
                 ws = await open_ws(
-                    self.hub, "/v1/tunnel" + query, ctx, subprotocol=TUNNEL_SUBPROTOCOL, timeout=60
+                    hub, "/v1/tunnel" + query, ctx, subprotocol=TUNNEL_SUBPROTOCOL, timeout=60
                 )
             except RemotelerError:
                 ws = None
@@ -113,7 +123,10 @@ class Fleet:
                     await tunnel.run()
                 finally:
                     self.connected -= 1
+                    self.lost += 1
                 retry_after = tunnel.retry_after
+            if len(self.hubs) > 1:  # the dial failed or the tunnel ended: another hub
+                hub = rng.choice([h for h in self.hubs if h != hub])
             wait, attempt = self.backoff.next_wait(
                 attempt, time.monotonic() - started, retry_after, rng
             )
@@ -128,9 +141,12 @@ class Fleet:
                 tasks.append(asyncio.create_task(self.agent(ident, rng)))
                 if ramp and i % 50 == 49:
                     await asyncio.sleep(ramp * 50 / max(1, len(self.identities)))
+            lost = None if status is None or len(self.hubs) < 2 else Path(f"{status}.lost")
             while True:
                 if status is not None:
                     status.write_text(str(self.connected))
+                if lost is not None:
+                    lost.write_text(str(self.lost))
                 await asyncio.sleep(0.5)
         finally:
             for task in tasks:
