@@ -26,6 +26,7 @@ from edge_agent.hubset import HubSet
 from edge_agent.identity import NodeIdentity
 from edge_agent.locks import LockStore, serve_locks_channel
 from edge_agent.outbox import Outbox
+from edge_agent.resume import ResumeRegistry
 from edge_agent.serial_line import SerialConsoles
 from edge_agent.tunnel_slots import Backoff, TunnelRun, TunnelSlots
 from remoteler.audit.events import EventType
@@ -51,6 +52,7 @@ from remoteler.wire.limits import Limits
 
 if TYPE_CHECKING:  # imported at start by the CLI, not here (tests build bare agents)
     from edge_agent.firmware import FirmwareAgent
+    from remoteler.sshio import BytePipe
 
 __all__ = ["HUB_ID_WAIT", "Backoff", "EdgeAgent", "TunnelRun"]
 
@@ -90,6 +92,8 @@ class EdgeAgent:
         self.rng = random.Random()
         #: serves the hub's firmware roll-outs (the caller sets it: edge_agent/firmware.py)
         self.firmware: FirmwareAgent | None = None
+        #: resumable sessions, live and detached (docs/resume.md); the CLI sets the grace
+        self.resume = ResumeRegistry(self.audit)
         #: forward mode: the device's own sshd (HOST, PORT) that ssh channels are relayed to
         self.ssh_target: tuple[str, int] | None = None
         #: the tunnels, one per slot (where each dials: ``slots.hubset``)
@@ -320,12 +324,31 @@ class EdgeAgent:
         if run is not None:
             run.sessions += 1
         try:
-            await self._serve_ssh(request)
+            meta = request.meta if isinstance(request.meta, dict) else {}
+            if meta.get("resume") is not None and self.ssh_target is None and self.resume.grace:
+                await self.resume.serve(request, self._serve_ssh_pipe)  # docs/resume.md
+            else:
+                await self._serve_ssh(request)
         finally:
             if run is not None:
                 run.sessions -= 1
                 if not run.sessions:
                     self.slots.close_duplicates()
+
+    async def _serve_ssh_pipe(self, pipe: BytePipe, meta: Mapping[str, Any]) -> None:
+        """The embedded SSH server over a resumable session's pipe."""
+        from edge_agent.sshd import serve_ssh
+
+        await serve_ssh(
+            pipe,
+            meta,
+            self.ident,
+            lambda: self.labels,
+            self.audit,
+            self.locks,
+            self.consoles,
+            clock=self.clock,
+        )
 
     async def _serve_ssh(self, request: ChannelRequest) -> None:
         if self.ssh_target is not None:  # forward mode: no asyncssh in this process at all

@@ -64,6 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--allowed-misses", type=int, default=2, help="missed heartbeats before the tunnel is dead"
     )
     start.add_argument(
+        "--resume-grace",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long a session whose link broke is kept for its user to resume "
+        "(docs/resume.md; 0 turns resumption off; default 300)",
+    )
+    start.add_argument(
+        "--resume-buffer",
+        type=int,
+        default=4 << 20,
+        metavar="BYTES",
+        help="replay buffer per direction of a resumable session (default 4 MiB)",
+    )
+    start.add_argument(
         "--local-listen",
         metavar="HOST:PORT",
         help="also serve SSH on this local address (technicians on site; off by default)",
@@ -276,6 +291,11 @@ async def run(args: argparse.Namespace) -> None:
             args.hub, token, args.ca_pin, args.name, labels, VERSION, args.max_clock_skew
         )
         ident.save(data_dir)
+    if args.resume_grace < 0 or not 256 * 1024 <= args.resume_buffer <= 64 << 20:
+        raise UsageError(
+            "--resume-grace must be 0 or more seconds and --resume-buffer between "
+            "262144 and 67108864 bytes"
+        )
     if args.heartbeat_interval <= 0 or args.allowed_misses < 1 or args.reconnect_max <= 0:
         raise UsageError(
             "--heartbeat-interval, --allowed-misses and --reconnect-max must be positive"
@@ -305,6 +325,8 @@ async def run(args: argparse.Namespace) -> None:
         serial_ports=serial_ports,
     )
     agent.ssh_target = ssh_target
+    agent.resume.grace = args.resume_grace
+    agent.resume.buffer = args.resume_buffer
     agent.clock.bound = args.max_clock_skew
     local = None
     if local_addr is not None:
@@ -339,6 +361,7 @@ async def run(args: argparse.Namespace) -> None:
         await asyncio.gather(status_task, return_exceptions=True)
         if local is not None:
             local.close()
+        await agent.resume.close()  # detached sessions end (and are audited) now
         await agent.audit.flush()
         await outbox.close()
 

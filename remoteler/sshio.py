@@ -134,7 +134,7 @@ class WebSocketPipe:
         await self._idle.wait()
 
     def send_eof(self) -> None:
-        self.close()
+        self._closed = True  # nothing more is sent; reading goes on
 
     def close(self) -> None:
         self._closed = True

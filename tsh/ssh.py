@@ -21,6 +21,7 @@ from remoteler.hubconn import open_ws
 from remoteler.identity import UserIdentity
 from remoteler.notice import NOTICE_PARAM, notice_line
 from remoteler.protocol import CONNECT_SUBPROTOCOL
+from remoteler.resume.handshake import RESUME_PARAM
 from remoteler.sshalgs import CIPHERS, client_options
 from remoteler.sshio import SSH_MAX_PACKET, SSH_WINDOW, PipeTunnel, WebSocketPipe
 from remoteler.text import printable
@@ -39,12 +40,19 @@ def host_ca_known_hosts(ident: UserIdentity) -> str:
     return "\n".join(lines)
 
 
-async def open_connect_ws(hub: str, ident: UserIdentity, login: str, node: str) -> Any:
-    """The hub's relay to ``node``'s SSH server for ``login`` (routing and access checked)."""
+async def open_connect_ws(
+    hub: str, ident: UserIdentity, login: str, node: str, *, resume: str = ""
+) -> Any:
+    """The hub's relay to ``node``'s SSH server for ``login`` (routing and access checked).
+
+    ``resume``: ``new`` asks for a resumable session, a session id resumes one
+    (docs/resume.md); an older hub ignores it.
+    """
     ctx = client_context(ident.host_ca_pem, ident.tls_cert, ident.key_pem)
+    extra = f"&{RESUME_PARAM}={quote(resume)}" if resume else ""
     return await open_ws(
         hub,
-        f"/v1/connect?node={quote(node)}&login={quote(login)}&{NOTICE_PARAM}=1",
+        f"/v1/connect?node={quote(node)}&login={quote(login)}&{NOTICE_PARAM}=1{extra}",
         ctx,
         subprotocol=CONNECT_SUBPROTOCOL,
     )
@@ -63,11 +71,18 @@ def show_notice(text: str) -> None:
 
 
 async def open_ssh(
-    hub: str, ident: UserIdentity, login: str, node: str, ciphers: list[str] | None = None
+    hub: str,
+    ident: UserIdentity,
+    login: str,
+    node: str,
+    ciphers: list[str] | None = None,
+    *,
+    resume: bool = True,
 ) -> Any:
     """Connect through the hub and authenticate end to end; return the asyncssh connection.
 
     ``ciphers`` (``tsh ssh -c``) narrows :data:`~remoteler.sshalgs.CIPHERS`, never widens it.
+    ``resume``: ask for a session that survives a broken link (docs/resume.md).
     """
     unknown = [c for c in ciphers or () if c not in CIPHERS]
     if unknown:
@@ -77,8 +92,15 @@ async def open_ssh(
         )
     import asyncssh
 
-    ws = await open_connect_ws(hub, ident, login, node)
-    pipe = WebSocketPipe(ws, on_text=show_notice)
+    pipe: Any
+    if resume:
+        from tsh.resume import open_pipe
+
+        pipe, resumer = await open_pipe(hub, ident, login, node, show_notice)
+        ws = resumer.ws
+    else:
+        ws = await open_connect_ws(hub, ident, login, node)
+        pipe = WebSocketPipe(ws, on_text=show_notice)
     from remoteler.ca import private_key_to_openssh
 
     key = asyncssh.import_private_key(private_key_to_openssh(ident.key))
@@ -124,7 +146,7 @@ async def open_ssh(
             "do not continue, tell the hub operator"
         ) from None
     except (asyncssh.Error, ConnectionError, OSError) as exc:
-        reason = pipe.close_reason
+        reason = getattr(pipe, "close_reason", "") or getattr(ws, "close_reason", "")
         if reason:
             raise NodeError(reason) from None
         raise HubUnreachable(

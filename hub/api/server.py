@@ -42,7 +42,7 @@ from hub.auth.locks import LOCKED_CLOSE_CODE, LockWatcher
 from hub.auth.service import AuthService, Issued, check_name, rules_of
 from hub.cluster.peers import PeerLinks
 from hub.cluster.route import NodeRoute
-from hub.net.identity import Identity, peer_identity
+from hub.net.identity import Identity, peer_identity, peer_key_id
 from hub.net.listener import Listener, ListenerLimits
 from hub.net.wsutil import DEVICE_REASONS, close_reason, device_refusal, peer_addr, peer_host
 from hub.storage.api import AuditLog, Node, Storage
@@ -70,6 +70,7 @@ from remoteler.protocol import (
     TUNNEL_SUBPROTOCOL,
     VERSION,
 )
+from remoteler.resume.handshake import RESUME_PARAM, SESSION_ID
 from remoteler.roleopts import expiry_message, session_limit
 from remoteler.wire.aio import Channel, ChannelRequest, Tunnel
 from remoteler.wire.codes import ErrorCode, OpenFailure
@@ -294,7 +295,11 @@ class HubServer:
                 query = parse_qs(url.query)
                 node_key = (query.get("node") or [""])[0]
                 login = (query.get("login") or [""])[0]
+                resume = (query.get(RESUME_PARAM) or [""])[0]
+                if resume and resume != "new" and not SESSION_ID.match(resume):
+                    raise UsageError("resume must be 'new' or a session id; update tsh")
                 node, roles, route = await self.authorize_connect(ident, node_key, login)
+                connection.remoteler_resume = resume  # type: ignore[attr-defined]
                 if restarting := self._restarting(connection):  # began during the probe
                     return restarting
                 assert ident is not None
@@ -582,17 +587,19 @@ class HubServer:
                 ws, user, node, login, session_id, route
             )
             return
+        meta = {
+            "user": user,
+            "login": login,
+            "session_id": session_id,
+            "remote_addr": peer_host(ws),
+        }
+        resume = getattr(ws, "remoteler_resume", "")
+        if resume:  # a resumable stream under SSH: relayed as any bytes (docs/resume.md)
+            meta["resume"] = resume
+            meta["user_key"] = peer_key_id(ws.transport)
+            fields["resume"] = "new" if resume == "new" else resume[:8]
         try:
-            route, channel = await self.open_ssh(
-                route,
-                node.id,
-                {
-                    "user": user,
-                    "login": login,
-                    "session_id": session_id,
-                    "remote_addr": peer_host(ws),
-                },
-            )
+            route, channel = await self.open_ssh(route, node.id, meta)
             if route.via:
                 fields["via"] = route.via
         except (ChannelOpenError, TunnelClosed, TimeoutError) as exc:

@@ -67,3 +67,27 @@ def _host_kind(cert: x509.Certificate) -> Literal["node", "hub"]:
 @functools.lru_cache(maxsize=16)
 def _subject(pem: bytes) -> x509.Name:
     return x509.load_pem_x509_certificate(pem).subject
+
+
+def peer_key_id(transport: Any) -> str:
+    """SHA-256 of the peer certificate's public key (hex), or "" without one.
+
+    A resumable session is bound to it (docs/resume.md): a user who logs in again
+    with a new key is a new client, not the session's.
+    """
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    ssl_object = transport.get_extra_info("ssl_object") if transport else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+    if not der:
+        return ""
+    try:
+        key = x509.load_der_x509_certificate(der).public_key()
+    except ValueError:
+        return ""
+    spki = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).hexdigest()

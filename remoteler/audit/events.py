@@ -31,6 +31,10 @@ class EventType(StrEnum):
     SESSION_END = "session.end"
     EXEC = "exec"
     SESSION_DATA = "session.data"
+    # resumable sessions (docs/resume.md): the link went, came back, or never did
+    SESSION_DETACHED = "session.detached"
+    SESSION_RESUMED = "session.resumed"
+    SESSION_ABANDONED = "session.abandoned"
     PORT_FORWARD = "port.forward"
     PORT_FORWARD_END = "port.forward.end"
     FILE_TRANSFER = "file.transfer"
@@ -151,6 +155,16 @@ FIELD_TYPES: dict[str, tuple[_Check, ...]] = {
         ("data", lambda v: isinstance(v, bytes), "bytes"),
     ),
     EventType.AUTH_FAILED: (("reason", _is_str, "a str"),),
+    EventType.SESSION_DETACHED: (("reason", _is_str, "a str"),),
+    EventType.SESSION_RESUMED: (
+        ("gap", _is_seconds, "a non-negative number of seconds"),
+        ("bytes_replayed", _is_count, "a non-negative int"),
+        ("resumes", _is_count, "a non-negative int"),
+    ),
+    EventType.SESSION_ABANDONED: (
+        ("reason", _is_str, "a str"),
+        ("grace", _is_seconds, "a non-negative number of seconds"),
+    ),
     EventType.JOIN_FAILED: (
         ("name", _is_str, "a str (the node name asked for)"),
         ("remote_addr", _is_str, "a str"),
