@@ -141,6 +141,11 @@ class WebSocketPipe:
         self._wake.set()
 
     @property
+    def close_code(self) -> int | None:
+        code = getattr(self._ws, "close_code", None)
+        return code if isinstance(code, int) else None
+
+    @property
     def close_reason(self) -> str:
         # websockets' asyncio connection says it as close_reason (there is no close_rcvd).
         rcvd = getattr(self._ws, "close_rcvd", None)
@@ -206,8 +211,8 @@ class PipeTransport(asyncio.Transport):
                 if not data:
                     break
                 self._protocol.data_received(data)
-            if not self._closing:
-                self._protocol.eof_received()
+            if not self._closing and getattr(self._pipe, "failure", None) is None:
+                self._protocol.eof_received()  # (a failure is passed to connection_lost)
         finally:
             self._connection_lost()
 
@@ -216,7 +221,14 @@ class PipeTransport(asyncio.Transport):
             self._lost = True
             self._closing = True
             self._pipe.close()
-            self._protocol.connection_lost(None)
+            # a pipe that knows why it failed (a session not resumed) says so to SSH above
+            failure = getattr(self._pipe, "failure", None)
+            exc: Exception | None = None
+            if isinstance(failure, str):
+                import asyncssh  # loaded already: the protocol above is asyncssh's
+
+                exc = asyncssh.ConnectionLost(failure)
+            self._protocol.connection_lost(exc)
 
     # asyncio.Transport -------------------------------------------------------
     def get_protocol(self) -> asyncio.BaseProtocol:

@@ -110,6 +110,12 @@ class Status:
         self._write(("\r" + line + "\x1b[K\r\n") if self.tty else line + "\n")
         self._shown = False
 
+    def clear(self) -> None:
+        """Take the status line away (the caller's error line says the outcome)."""
+        if self.tty and self._shown:
+            self._write("\r\x1b[K")
+        self._shown = False
+
 
 class Resumer:
     """Owns a resumable session's pipe and dials again whenever its link breaks."""
@@ -160,10 +166,11 @@ class Resumer:
         self._task = asyncio.ensure_future(self._resume(reason))
 
     def _end(self, outcome: str) -> None:
+        """The session is over: SSH above fails with ``outcome``, which tsh prints."""
         assert self.pipe is not None
         self.outcome = outcome
-        self.status.outcome(outcome)
-        self.pipe.end(outcome)
+        self.status.clear()
+        self.pipe.end(outcome, failed=True)
 
     async def _resume(self, reason: str) -> None:
         assert self.pipe is not None and self.hello is not None
@@ -186,13 +193,13 @@ class Resumer:
                             )
                             return
                 except (AccessDenied, AuthError, TrustError) as exc:
-                    self._end(f"cannot resume the session to {self.node}: {exc.message}")
+                    self._end(f"not resumed: {exc.message}")
                     return
                 except _Refused as exc:
-                    self._end(f"the session to {self.node} cannot be resumed: {exc}")
+                    self._end(f"not resumed: {exc}")
                     return
                 except ResumeProtocolError as exc:  # bytes may be counted: never guess on
-                    self._end(f"the session to {self.node} ended: bad resume answer ({exc})")
+                    self._end(f"not resumed: bad answer to the resume ({exc})")
                     return
                 except (RemotelerError, TimeoutError, OSError) as exc:
                     last_error = str(getattr(exc, "message", "") or exc or type(exc).__name__)
@@ -201,9 +208,8 @@ class Resumer:
                 backoff = min(BACKOFF_MAX, backoff * 2)
             if pipe.ended is None:
                 self._end(
-                    f"the link to {self.node} was not back within the device's "
-                    f"{hello.grace:.0f} s resume grace; the session ended "
-                    f"(last error: {printable(last_error, 200)})"
+                    f"not back within the device's {hello.grace:.0f} s resume grace; "
+                    f"last error: {printable(last_error, 200)}"
                 )
         finally:
             ticker.cancel()

@@ -61,6 +61,8 @@ class ResumablePipe:
         self._timer = asyncio.ensure_future(self._timer_loop())
         #: why the session ended, once it has (no more resumes)
         self.ended: str | None = None
+        #: why the session ended early, for SSH above (PipeTransport passes it on)
+        self.failure: str | None = None
         self.closed_locally = False
         self.detached_at: float | None = None
 
@@ -111,11 +113,14 @@ class ResumablePipe:
         if self.ended is None:
             self._on_detach(reason)
 
-    def end(self, reason: str) -> None:
-        """The session is over: nothing more is sent or resumed."""
+    def end(self, reason: str, *, failed: bool = False) -> None:
+        """The session is over: nothing more is sent or resumed. ``failed``: it ended
+        before SSH above finished, and ``reason`` is what the user reads."""
         if self.ended is not None:
             return
         self.ended = reason
+        if failed:
+            self.failure = reason
         link, self._link = self._link, None
         if link is not None:
             self._flush_to(link)
@@ -140,7 +145,7 @@ class ResumablePipe:
         return data
 
     def send(self, data: bytes) -> None:
-        if self.ended is not None or self.stream.eof_sent:
+        if self.ended is not None or self.stream.eof_written:
             return
         try:
             self.stream.write(data)
@@ -152,12 +157,12 @@ class ResumablePipe:
 
     def buffered(self) -> int:
         link = self._link.buffered() if self._link is not None else 0
-        unacked = self.stream.unacked
-        return link + (unacked if unacked > self.stream.buffer_limit // 2 else 0)
+        return link + self.stream.queued
 
     async def drain(self) -> None:
-        limit = self.stream.buffer_limit // 4
-        while self.ended is None and (self._link is None or self.stream.unacked > limit):
+        """Until what was written is numbered (the replay buffer took it) and the link
+        took it; while detached, until a link is back."""
+        while self.ended is None and (self._link is None or self.stream.queued):
             self._progress.clear()
             await self._progress.wait()
         if self._link is not None:
@@ -166,7 +171,11 @@ class ResumablePipe:
 
     async def wait_acked(self) -> None:
         """Until the peer confirmed everything we sent, or the link is gone."""
-        while self.ended is None and self._link is not None and self.stream.unacked:
+        while (
+            self.ended is None
+            and self._link is not None
+            and (self.stream.unacked or self.stream.queued)
+        ):
             self._progress.clear()
             await self._progress.wait()
 

@@ -41,6 +41,9 @@ __all__ = [
 
 #: Replay buffer per direction (``--resume-buffer``): what a break may cost in memory.
 DEFAULT_BUFFER = 4 << 20
+#: Bytes the application may queue beyond the replay buffer (SSH above does not stop
+#: writing when asked: only its channel windows bound it, 8 MiB each).
+DEFAULT_QUEUE = 64 << 20
 #: Send something (an ACK) on an attached link idle this long, so the peer sees it alive.
 KEEPALIVE = 5.0
 #: Nothing received on an attached link for this long: it is dead, resume on another.
@@ -48,7 +51,7 @@ DEAD_AFTER = 15.0
 
 
 class ReplayOverflow(Exception):
-    """More unacknowledged bytes than the replay buffer holds: the session must end."""
+    """More bytes waiting for acknowledgement than allowed: the session must end."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class ResumeStream:
         self,
         buffer_limit: int = DEFAULT_BUFFER,
         *,
+        queue_limit: int = DEFAULT_QUEUE,
         ack_every: int | None = None,
         keepalive: float = KEEPALIVE,
         dead_after: float = DEAD_AFTER,
@@ -88,6 +92,7 @@ class ResumeStream:
         if buffer_limit < MAX_DATA:
             raise ValueError(f"buffer_limit must be at least {MAX_DATA}")
         self.buffer_limit = buffer_limit
+        self.queue_limit = queue_limit
         self.ack_every = ack_every or max(1, buffer_limit // 8)
         self.keepalive = keepalive
         self.dead_after = dead_after
@@ -102,6 +107,10 @@ class ResumeStream:
         #: replayed on the last attach (for the audit trail)
         self.replayed = 0
         self._replay: deque[bytes] = deque()
+        #: written by the application, not yet numbered (the replay buffer was full)
+        self._pending: deque[bytes] = deque()
+        self.queued = 0
+        self._eof_pending = False
         self._head = 0  # offset of _replay[0][0] in our stream (== acked)
         self._eof_at: int | None = None
         self._acked_out = 0  # the last received count we told the peer
@@ -121,37 +130,59 @@ class ResumeStream:
         return self.sent - self.acked
 
     @property
+    def eof_written(self) -> bool:
+        """The application ended its stream (its EOF may still wait to be numbered)."""
+        return self.eof_sent or self._eof_pending
+
+    @property
     def finished(self) -> bool:
         """Both ends of stream delivered and ours confirmed: nothing left to resume."""
         return self.eof_received and self.eof_sent and self.acked == self.sent
 
     # application side ----------------------------------------------------------
     def write(self, data: bytes) -> None:
-        """Number ``data`` and keep it until acknowledged; send it if attached."""
-        if self.eof_sent:
+        """Queue ``data``: numbered and sent as the replay buffer has room, kept until
+        acknowledged. Raises ReplayOverflow past ``queue_limit`` bytes waiting."""
+        if self.eof_sent or self._eof_pending:
             raise ResumeProtocolError("write after end of stream")
         if not data:
             return
-        if self.unacked + len(data) > self.buffer_limit:
+        if self.queued + len(data) > self.queue_limit:
             raise ReplayOverflow(
-                f"{self.unacked + len(data)} unacknowledged bytes, the replay buffer "
-                f"holds {self.buffer_limit}"
+                f"{self.queued + len(data)} bytes waiting for the peer's acknowledgement, "
+                f"more than {self.queue_limit}"
             )
-        for start in range(0, len(data), MAX_DATA):
-            chunk = bytes(data[start : start + MAX_DATA])
+        self._pending.append(bytes(data))
+        self.queued += len(data)
+        self._admit()
+
+    def write_eof(self) -> None:
+        if self.eof_sent or self._eof_pending:
+            return
+        self._eof_pending = True
+        self._admit()
+
+    def _admit(self) -> None:
+        """Move queued bytes into the numbered stream while the replay buffer has room."""
+        while self._pending and self.unacked < self.buffer_limit:
+            room = min(self.buffer_limit - self.unacked, MAX_DATA)
+            head = self._pending[0]
+            if len(head) <= room:
+                chunk = self._pending.popleft()
+            else:
+                chunk, self._pending[0] = head[:room], head[room:]
+            self.queued -= len(chunk)
             self._replay.append(chunk)
             self.sent += len(chunk)
             if self._attached:
                 self._out.append(encode(FrameType.DATA, chunk))
-
-    def write_eof(self) -> None:
-        if self.eof_sent:
-            return
-        self.eof_sent = True
-        self._eof_at = self.sent
-        self.sent += 1
-        if self._attached:
-            self._out.append(encode(FrameType.EOF))
+        if self._eof_pending and not self._pending:
+            self._eof_pending = False
+            self.eof_sent = True
+            self._eof_at = self.sent
+            self.sent += 1
+            if self._attached:
+                self._out.append(encode(FrameType.EOF))
 
     # link side ---------------------------------------------------------------
     def attach(self, peer_received: int, now: float) -> None:
@@ -233,6 +264,7 @@ class ResumeStream:
             cut = upto - self._head
             self._replay[0] = self._replay[0][cut:]
             self._head = upto
+        self._admit()
 
     # timers ------------------------------------------------------------------
     def get_timer(self) -> float | None:

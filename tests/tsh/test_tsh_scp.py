@@ -178,7 +178,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, other: OsUser) -> Iterator[C
         cluster.add_user("alice", [ME, other.name])
         cluster.add_user("bob", [ME], roles="no-files")
         cluster.start_agent(NODE, "env=lab", wrapper=WITHOUT_SFTP_SERVER)
-        cluster.start_agent("doomed", wrapper=WITHOUT_SFTP_SERVER)  # killed by one test
+        # killed by one test; keeps a broken session 2 s for tsh to resume (docs/resume.md)
+        cluster.start_agent("doomed", "", None, "--resume-grace", "2", wrapper=WITHOUT_SFTP_SERVER)
         openssh = root / "sftp-server"  # OpenSSH's, configured; says when it starts
         assert os.access(OPENSSH_SFTP_SERVER, os.X_OK), (
             f"{OPENSSH_SFTP_SERVER} missing: apt-get install openssh-sftp-server"
@@ -336,8 +337,13 @@ def test_node_lost_mid_transfer_exits_255_with_one_line(fleet: Cluster, tmp_path
         _, err = proc.communicate(timeout=60)
     finally:
         stop_process(proc)
-    assert proc.returncode == 255
-    assert err.startswith("tsh: connection to 'doomed' lost") and err.count("\n") == 1, err
+    assert proc.returncode == 255, err
+    # tsh tried to resume for the device's grace (2 s here, docs/resume.md): one status
+    # line, then one line with the outcome
+    status, outcome = err.splitlines()
+    assert status == "tsh: link to doomed lost (the link closed), resuming…", err
+    assert outcome.startswith("tsh: connection to 'doomed' lost (not back within the "), err
+    assert "2 s resume grace; last error: node 'doomed' is offline" in outcome, err
 
 
 def test_refused_without_file_transfer_permission(fleet: Cluster, tmp_path: Path) -> None:
