@@ -12,11 +12,11 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["AGENT_CAPS", "MAX_CAPS", "MAX_CAP_LEN", "RESUME", "valid_caps"]
+__all__ = ["AGENT_CAPS", "MAX_CAPS", "MAX_CAP_LEN", "RESUME", "agent_caps", "valid_caps"]
 
 #: the agent speaks the resumable stream of docs/resume.md under SSH sessions
 RESUME: Final = "resume"
-#: what this agent supports, in the order it advertises them
+#: what this agent can support, in the order it advertises them
 AGENT_CAPS: Final[tuple[str, ...]] = (RESUME,)
 
 #: at most this many capabilities in one heartbeat ...
@@ -24,6 +24,12 @@ MAX_CAPS: Final = 16
 #: ... each at most this long
 MAX_CAP_LEN: Final = 32
 _CAP = re.compile(rf"[a-z0-9_.-]{{1,{MAX_CAP_LEN}}}")
+
+
+def agent_caps(*, resume: bool) -> list[str]:
+    """The ``caps`` of an agent's status: :data:`AGENT_CAPS` less what its configuration
+    turns off (``resume``: not in forward mode, nor with ``--resume-grace 0``)."""
+    return [c for c in AGENT_CAPS if c != RESUME or resume]
 
 
 def valid_caps(value: object) -> tuple[str, ...] | None:

@@ -6,12 +6,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from remoteler.caps import AGENT_CAPS, MAX_CAP_LEN, MAX_CAPS, RESUME, valid_caps
+from remoteler.caps import AGENT_CAPS, MAX_CAP_LEN, MAX_CAPS, RESUME, agent_caps, valid_caps
 
 
 def test_the_agents_own_list_is_valid() -> None:
     assert RESUME in AGENT_CAPS
     assert valid_caps(list(AGENT_CAPS)) == AGENT_CAPS
+    assert valid_caps(agent_caps(resume=True)) == AGENT_CAPS
+
+
+def test_resume_is_left_out_when_the_agent_does_not_serve_it() -> None:
+    assert RESUME not in agent_caps(resume=False)
+    assert valid_caps(agent_caps(resume=False)) is not None
 
 
 @pytest.mark.parametrize(
