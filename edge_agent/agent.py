@@ -30,6 +30,7 @@ from edge_agent.resume import ResumeRegistry
 from edge_agent.serial_line import SerialConsoles
 from edge_agent.tunnel_slots import Backoff, TunnelRun, TunnelSlots
 from remoteler.audit.events import EventType
+from remoteler.caps import agent_caps
 from remoteler.clockskew import REPORT_THRESHOLD, sample
 from remoteler.errors import TrustError
 from remoteler.hubconn import open_ws
@@ -218,6 +219,8 @@ class EdgeAgent:
             "name": self.ident.name,
             "ssh": "embedded" if self.ssh_target is None else "forward",
             "serial_ports": self.consoles.ports,
+            # remoteler/caps.py; an older agent sends none. Resumes when on_channel does:
+            "caps": agent_caps(resume=self.ssh_target is None and self.resume.grace > 0),
             # only when worth showing, and to 10 s, so that PINGs stay payload-free
             **({"clock_skew": round(skew, -1)} if (skew := self._skew()) is not None else {}),
         }

@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-v",
         "--verbose",
         action="store_true",
-        help="also versions, serial console ports and clock skew (default: off)",
+        help="also version, serial ports, clock skew, agent capabilities (default: off)",
     )
 
     console = sub.add_parser("console", help="a node's serial console (docs/serial-console.md)")
@@ -348,11 +348,13 @@ async def cmd_ls(args: argparse.Namespace) -> int:
     if args.verbose:
         from remoteler.clockskew import format_skew
 
-        headers += ["Version", "Serial ports", "Clock"]
+        headers += ["Version", "Serial ports", "Clock", "Caps"]
         for row, n in zip(rows, nodes, strict=True):
             row += [n.get("version") or "", ",".join(n.get("serial_ports") or []) or "-"]
             skew = n.get("clock_skew")  # device minus hub; an older hub does not say
             row.append(format_skew(skew if isinstance(skew, (int, float)) else None))
+            # what the agent supports; "-": an older agent (or hub), which has none
+            row.append(",".join(n.get("caps") or []) or "-")
     print(table(rows, headers))
     return 0
 

@@ -125,6 +125,7 @@ async def nodes_ls(call: AdminCall, params: dict[str, Any]) -> Any:
             "audit_oldest": n.audit_oldest,
             "recording": n.recording,
             "clock_skew": n.clock_skew,
+            "caps": list(n.caps),  # what its agent supports (remoteler/caps.py)
             # the hubs holding a live tunnel of the node (docs/cluster.md)
             "hubs": sorted(n.held_by),
         }

@@ -17,6 +17,9 @@ non-printable characters in strings are replaced by ``?``:
                           ``oldest`` a finite number (seconds since the epoch)
 ``clock_skew``            finite number of seconds, device minus hub, at most
                           100 years either way (sent when a minute or more)
+``caps``                  list of at most 16 capability names, each 1-32 chars
+                          of ``[a-z0-9_.-]`` (:func:`remoteler.caps.valid_caps`);
+                          refused whole otherwise, as none (an older agent's)
 ========================  ==================================================
 
 A heartbeat whose payload is larger than :data:`MAX_STATUS_BYTES` (estimated
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from remoteler.addr import valid_labels
+from remoteler.caps import valid_caps
 from remoteler.text import printable
 
 __all__ = [
@@ -52,7 +56,9 @@ MAX_PORTS = 32
 MAX_PORT_NAME = 256
 #: largest integer kept for the audit counters (SQLite's INTEGER range)
 _MAX_INT = (1 << 63) - 1
-KNOWN_KEYS = frozenset({"labels", "version", "name", "ssh", "serial_ports", "audit", "clock_skew"})
+KNOWN_KEYS = frozenset(
+    {"labels", "version", "name", "ssh", "serial_ports", "audit", "clock_skew", "caps"}
+)
 #: largest clock skew kept (100 years, seconds): beyond, the value is junk
 MAX_SKEW = 100 * 365 * 86400.0
 
@@ -81,6 +87,8 @@ class NodeStatus:
     audit: AuditBacklog | None = None
     #: the device's clock minus the hub's (seconds), None when not sent
     clock_skew: float | None = None
+    #: what the agent supports (remoteler/caps.py); () when not sent or invalid
+    caps: tuple[str, ...] = ()
     #: names of keys dropped (at most 8, each its first 64 characters), for a log line
     unknown: tuple[str, ...] = field(default=(), compare=False)
 
@@ -133,6 +141,7 @@ def parse_status(payload: Mapping[str, Any], max_bytes: int = MAX_STATUS_BYTES) 
         serial_ports=_ports(payload.get("serial_ports")),
         audit=_audit(payload.get("audit")),
         clock_skew=_skew(payload.get("clock_skew")),
+        caps=valid_caps(payload.get("caps")) or (),
         unknown=tuple(unknown),
     )
 

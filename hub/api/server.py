@@ -823,6 +823,9 @@ class HubServer:
                     "ssh": live.ssh_mode if live else "",  # known while online only
                     # device minus hub, seconds; None under a minute (docs/tunnels.md)
                     "clock_skew": live.status.clock_skew if live else node.clock_skew,
+                    # what its agent supports (remoteler/caps.py): stored, so every hub
+                    # of a cluster knows it; [] for an agent older than capabilities
+                    "caps": list(live.caps if live else node.caps),
                 }
             )
         return out

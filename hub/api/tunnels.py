@@ -41,6 +41,8 @@ class LiveNode:
     last_seen: float
     labels: Mapping[str, str] = field(default_factory=dict)
     version: str = ""
+    #: what the agent supports: as stored until its first status, then that status's
+    caps: tuple[str, ...] = ()
     #: the last heartbeat's status, replaced whole by each one (hub/api/node_status.py)
     status: NodeStatus = field(default_factory=NodeStatus)
     dirty: bool = False
@@ -138,6 +140,7 @@ class TunnelRegistry:
             now,
             dict(node.labels),
             node.version,
+            node.caps,
             token_labels=dict(node.token_labels),
         )
         self._live[node_id] = live
@@ -198,6 +201,7 @@ class TunnelRegistry:
             live.labels = {**status.labels, **live.token_labels}
         if status.version:
             live.version = status.version
+        live.caps = status.caps  # none sent: an agent older than capabilities
 
     async def flush(self) -> None:
         now = time.time()
@@ -232,6 +236,7 @@ class TunnelRegistry:
                         pending,
                         oldest,
                         live.status.clock_skew,
+                        live.caps,
                     )
                 )
         if not beats:

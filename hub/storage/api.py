@@ -112,6 +112,8 @@ class Node:
     recording: str = "off"
     #: the device's clock minus the hub's, seconds, from its last heartbeat
     clock_skew: float | None = None
+    #: what its agent supports (remoteler/caps.py), from its last heartbeat
+    caps: tuple[str, ...] = ()
     #: ids of the hubs that hold a live tunnel of this node (from presence)
     held_by: tuple[str, ...] = ()
 
@@ -130,6 +132,7 @@ class Beat:
     audit_pending: int = 0
     audit_oldest: float | None = None
     clock_skew: float | None = None
+    caps: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,12 @@ def test_heartbeat_flood_keeps_status_and_hub_memory_bounded(cluster: Cluster) -
             assert victim["online"] is True
             assert (victim["serial_ports"], victim["ssh"]) == ([], "forward")
             assert victim["labels"] == {"env": "lab"} and victim["version"] == "1.2.3"
+            # no caps in its status, as an agent older than capabilities: none, "-"
+            assert victim["caps"] == []
+            table = await asyncio.to_thread(cluster.tsh, "ls", "-v")
+            header, *rows = table.stdout.splitlines()
+            assert header.split()[-1] == "Caps"
+            assert [r.split()[-1] for r in rows if r.split()[0] == "victim"] == ["-"]
             assert len(json.dumps(victim)) < 2048
             # tctl reads the stored copy: the backlog of the last status reaches it.
             await asyncio.to_thread(

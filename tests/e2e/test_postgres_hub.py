@@ -19,6 +19,8 @@ import pytest
 from helpers import Cluster, free_port, wait_for
 from pgkit import PgServer
 
+from remoteler.caps import AGENT_CAPS
+
 ME = pwd.getpwuid(os.geteuid()).pw_name
 
 
@@ -95,5 +97,11 @@ def test_second_hub_on_empty_data_dir_serves_the_same_cluster(
         assert "alice" in users
         names = {n["name"] for n in second.tctl_json("nodes", "ls")}
         assert "pgdev" in names
+
+        def caps() -> list[str]:  # stored by the first hub's flush (every 5 s)
+            nodes = second.tctl_json("nodes", "ls")
+            return list(next(n["caps"] for n in nodes if n["name"] == "pgdev"))
+
+        wait_for(lambda: caps() == list(AGENT_CAPS), what="pgdev's caps seen by the second hub")
     finally:
         second.stop()

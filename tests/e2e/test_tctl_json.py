@@ -41,6 +41,7 @@ NODE = {
     "audit_oldest",
     "recording",
     "clock_skew",
+    "caps",
     "hubs",
 }
 LOCK = {"id", "kind", "target", "message", "created", "expires"}
@@ -83,7 +84,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     async def fill() -> None:
         storage = await open_sqlite(cluster.data)
         try:
-            await storage.nodes.add(Node("id-1", "gw-1", {"board": "rpi4"}, version="0.1.0"))
+            await storage.nodes.add(
+                Node("id-1", "gw-1", {"board": "rpi4"}, version="0.1.0", caps=("resume",))
+            )
             rollout = Rollout(
                 "fw-1", 0.0, "gw-fw", "1.0", "0" * 64, "0" * 64, 1, {}, None, 1, None, False,
                 "stopped",
@@ -144,6 +147,7 @@ def test_json_keys_of_every_command(data: Path, capsys: pytest.CaptureFixture[st
     assert set(token) == {"token_id", "type", "labels", "expires", "state"}
     (node,) = run("nodes", "ls")
     assert set(node) == NODE
+    assert node["caps"] == ["resume"]  # as stored: every hub of a cluster reads the same
     roles = run("get", "roles")
     assert {r["name"] for r in roles} >= {"access", "editor"}
     assert all(set(r) == ROLE for r in roles)

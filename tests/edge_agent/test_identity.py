@@ -52,3 +52,14 @@ def test_token_labels_win_over_command_line_labels() -> None:
     # A deny rule on tier=safety must hold on the device even if --labels says otherwise.
     agent = EdgeAgent(identity({"tier": "safety"}), {"tier": "normal", "env": "lab"})
     assert agent.labels == {"tier": "safety", "env": "lab"}
+
+
+def test_heartbeat_advertises_resume_only_where_it_is_served() -> None:
+    """``caps`` says ``resume`` when on_channel resumes: embedded SSH, a grace above 0."""
+    agent = EdgeAgent(identity({}), {})
+    assert agent.heartbeat_payload()["caps"] == ["resume"]
+    agent.resume.grace = 0  # --resume-grace 0
+    assert agent.heartbeat_payload()["caps"] == []
+    agent.resume.grace = 300
+    agent.ssh_target = ("127.0.0.1", 22)  # forward mode: the device's own sshd
+    assert agent.heartbeat_payload()["caps"] == []

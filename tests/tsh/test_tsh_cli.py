@@ -16,6 +16,7 @@ import pytest
 from helpers import BIN, PASSWORD, Cluster, current_totp, free_port, wait_for
 
 from remoteler.ca import generate_private_key, private_key_to_openssh, write_secret_file
+from remoteler.caps import AGENT_CAPS
 from remoteler.errors import UsageError
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
@@ -194,6 +195,23 @@ def test_ls_with_no_match_says_so_on_stderr_only(node: Cluster) -> None:
     assert run.stderr.startswith("no nodes match env=nowhere")
     as_json = node.tsh("ls", "env=nowhere", "--format", "json")
     assert json.loads(as_json.stdout) == []
+
+
+def test_ls_verbose_shows_what_the_agent_supports(node: Cluster) -> None:
+    """The real agent advertises its capabilities (remoteler/caps.py) in its heartbeat:
+    ``tsh ls -v`` has them in its last column, ``--format json`` as ``caps``."""
+
+    def listed() -> str | None:
+        out = node.tsh("ls", "-v").stdout
+        return out if "resume" in out else None
+
+    header, *rows = wait_for(listed, what="resume in tsh ls -v").splitlines()
+    assert header.split()[-1] == "Caps"
+    (dev1,) = [r for r in rows if r.split()[0] == "dev1"]
+    assert dev1.split()[-1] == ",".join(AGENT_CAPS)
+    (as_json,) = json.loads(node.tsh("ls", "-v", "--format", "json").stdout)
+    assert as_json["caps"] == list(AGENT_CAPS)
+    assert "Caps" not in node.tsh("ls").stdout  # verbose only
 
 
 def test_hidden_node_looks_like_a_missing_one(node: Cluster) -> None:

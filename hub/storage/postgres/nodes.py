@@ -38,6 +38,7 @@ def _node(row: DictRow) -> Node:
         audit_oldest=row["audit_oldest"],
         recording=row["recording"],
         clock_skew=row["clock_skew"],
+        caps=tuple(row["caps"]),
         held_by=held,
     )
 
@@ -62,8 +63,8 @@ class PgNodes:
         async with self._db.tx() as conn:
             cur = await conn.execute(
                 "INSERT INTO nodes (id, name, labels, version, last_seen, joined, token_labels,"
-                " audit_pending, audit_oldest, recording, clock_skew)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " audit_pending, audit_oldest, recording, clock_skew, caps)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT DO NOTHING RETURNING id",
                 (
                     node.id,
@@ -77,6 +78,7 @@ class PgNodes:
                     node.audit_oldest,
                     node.recording,
                     node.clock_skew,
+                    Jsonb(list(node.caps)),
                 ),
             )
             if await cur.fetchone() is None:
@@ -131,10 +133,11 @@ class PgNodes:
             cur = await conn.execute(
                 "UPDATE nodes n SET last_seen = b.last_seen, labels = b.labels,"
                 " version = b.version, audit_pending = b.audit_pending,"
-                " audit_oldest = b.audit_oldest, clock_skew = b.clock_skew"
+                " audit_oldest = b.audit_oldest, clock_skew = b.clock_skew, caps = b.caps"
                 " FROM (SELECT * FROM unnest(%s::text[], %s::float8[], %s::jsonb[], %s::text[],"
-                " %s::bigint[], %s::float8[], %s::float8[]) AS t(id, last_seen, labels, version,"
-                " audit_pending, audit_oldest, clock_skew)) b WHERE n.id = b.id RETURNING n.id",
+                " %s::bigint[], %s::float8[], %s::float8[], %s::jsonb[]) AS t(id, last_seen,"
+                " labels, version, audit_pending, audit_oldest, clock_skew, caps))"
+                " b WHERE n.id = b.id RETURNING n.id",
                 (
                     [b.node_id for b in beats],
                     [b.last_seen for b in beats],
@@ -143,6 +146,7 @@ class PgNodes:
                     [b.audit_pending for b in beats],
                     [b.audit_oldest for b in beats],
                     [b.clock_skew for b in beats],
+                    [Jsonb(list(b.caps)) for b in beats],
                 ),
             )
             found = {r["id"] for r in await cur.fetchall()}

@@ -41,6 +41,7 @@ def _node(row: aiosqlite.Row, loads: Callable[[str], Any] = json.loads) -> Node:
         audit_oldest=row["audit_oldest"],
         recording=row["recording"],
         clock_skew=row["clock_skew"],
+        caps=tuple(json.loads(row["caps"])),
         held_by=held,
     )
 
@@ -67,8 +68,8 @@ class SQLiteNodes:
     async def add(self, node: Node) -> None:
         await self._c.write(
             "INSERT INTO nodes (id, name, labels, version, last_seen, joined,"
-            " token_labels, audit_pending, audit_oldest, recording)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " token_labels, audit_pending, audit_oldest, recording, caps)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 node.id,
                 node.name,
@@ -80,6 +81,7 @@ class SQLiteNodes:
                 node.audit_pending,
                 node.audit_oldest,
                 node.recording,
+                json.dumps(list(node.caps)),
             ),
         )
         self._c.publish("nodes", node.id)
@@ -134,7 +136,7 @@ class SQLiteNodes:
             for b in beats:
                 cur = await db.execute(
                     "UPDATE nodes SET last_seen = ?, labels = ?, version = ?, audit_pending = ?,"
-                    " audit_oldest = ?, clock_skew = ? WHERE id = ?",
+                    " audit_oldest = ?, clock_skew = ?, caps = ? WHERE id = ?",
                     (
                         b.last_seen,
                         json.dumps(dict(b.labels)),
@@ -142,6 +144,7 @@ class SQLiteNodes:
                         b.audit_pending,
                         b.audit_oldest,
                         b.clock_skew,
+                        json.dumps(list(b.caps)),
                         b.node_id,
                     ),
                 )

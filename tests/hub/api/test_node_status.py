@@ -1,5 +1,5 @@
-"""What the hub keeps of a heartbeat's clock skew (hub/api/node_status.py), down to the
-nodes table that ``tctl nodes ls`` reads."""
+"""What the hub keeps of a heartbeat's clock skew and capabilities
+(hub/api/node_status.py), down to the nodes table that ``tctl nodes ls`` reads."""
 
 from __future__ import annotations
 
@@ -60,5 +60,54 @@ async def test_skew_reaches_the_nodes_table_and_goes_when_fixed(tmp_path: Path) 
         await registry.flush()
         stored = await storage.nodes.get("truck")
         assert stored is not None and stored.clock_skew is None
+    finally:
+        await storage.close()
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        (["resume"], ("resume",)),
+        ([], ()),
+        ("resume", ()),  # wrong type: as absent
+        ({"resume": 1}, ()),
+        (None, ()),
+        ([f"c{i}" for i in range(17)], ()),  # too many
+        (["x" * 33], ()),  # too long
+        (["resume", "\x1b]52;c;aGk=\x07"], ()),  # non-printable: the list is refused whole
+        (["resume", 5], ()),
+    ],
+)
+def test_caps_kept_only_as_a_short_list_of_plain_names(sent: object, kept: tuple[str, ...]) -> None:
+    status = parse_status({"version": "0.1.0", "caps": sent})
+    assert status.caps == kept
+    assert "caps" not in status.unknown
+
+
+def test_absent_caps_are_none_an_older_agents() -> None:
+    assert parse_status({"version": "0.1.0"}).caps == ()
+
+
+async def test_caps_reach_the_nodes_table_and_an_older_agent_has_none(tmp_path: Path) -> None:
+    storage = await open_sqlite(tmp_path)
+    try:
+        node = Node(id="n1", name="truck", joined=1.0)
+        await storage.nodes.add(node)
+        registry = TunnelRegistry(storage)
+        registry.register(node, _Closable())  # type: ignore[arg-type]
+        registry.heartbeat("n1", {"version": "0.2.0", "caps": ["resume"]})
+        await registry.flush()
+        stored = await storage.nodes.get("truck")
+        assert stored is not None and stored.caps == ("resume",)
+        # a new tunnel starts from the stored copy until its first status arrives ...
+        live = registry.register(stored, _Closable())  # type: ignore[arg-type]
+        assert live.caps == ("resume",)
+        registry.heartbeat("n1", None)  # a PING without payload keeps it
+        assert live.caps == ("resume",)
+        # ... and the agent downgraded to one without capabilities: none, not the old ones
+        registry.heartbeat("n1", {"version": "0.1.0"})
+        await registry.flush()
+        stored = await storage.nodes.get("truck")
+        assert stored is not None and stored.caps == ()
     finally:
         await storage.close()

@@ -24,6 +24,7 @@ from remoteler import rpc
 from remoteler.ca import CertAuthority, public_key_from_openssh
 from remoteler.hubconn import ERROR_HEADER
 from remoteler.protocol import CONNECT_SUBPROTOCOL, TUNNEL_SUBPROTOCOL
+from remoteler.wire.codes import FrameType
 
 FUZZ = settings(
     max_examples=50,
@@ -225,6 +226,50 @@ async def test_nodes_list_with_bad_label_filter_is_a_usage_error(hub: Hub) -> No
                 await client.call("nodes.list", labels=bad)
             assert type(exc.value).__name__ == "UsageError"
         assert await client.call("nodes.list", labels={"env": "x"}) == []
+
+
+HOSTILE_CAPS: list[object] = [
+    "resume",  # a string, not a list
+    {"resume": True},
+    [f"c{i}" for i in range(17)],  # too many
+    ["x" * 33],  # too long
+    ["resume", "\x1b]52;c;aGk=\x07"],  # an escape sequence for the operator's terminal
+    ["resume", 7],
+]
+
+
+async def test_nodes_list_gives_the_agents_caps_and_none_for_hostile_ones(hub: Hub) -> None:
+    """``caps`` from a node's heartbeat reach ``nodes.list`` (``tsh ls -v``); a bad list
+    counts as none, and the node stays online."""
+    node_tls = hub.tls(*await hub.node_creds())
+    ctx = hub.tls(*await hub.user_creds())
+
+    def beat(seq: int, status: dict[str, Any]) -> bytes:
+        return bytes(msgpack.packb([int(FrameType.PING), seq, status], use_bin_type=True))
+
+    async with (
+        _open(hub, "/v1/tunnel", node_tls, TUNNEL_SUBPROTOCOL) as tunnel,
+        _open(hub, "/v1/rpc", ctx) as ws,
+    ):
+        client = rpc.RpcClient(ws)
+
+        async def listed(version: str) -> dict[str, Any]:
+            for _ in range(200):  # the hub handles the PING as it arrives: a few ms
+                (node,) = await client.call("nodes.list")
+                if node["version"] == version:
+                    return dict(node)
+                await asyncio.sleep(0.02)
+            raise AssertionError(f"no heartbeat with version {version} reached nodes.list")
+
+        await tunnel.send(beat(1, {"version": "good", "caps": ["resume", "x.y-z_9"]}))
+        assert (await listed("good"))["caps"] == ["resume", "x.y-z_9"]
+        for seq, caps in enumerate(HOSTILE_CAPS, start=2):
+            await tunnel.send(beat(seq, {"version": f"bad{seq}", "caps": caps}))
+            node = await listed(f"bad{seq}")
+            assert (node["caps"], node["online"]) == ([], True), caps
+        await tunnel.send(beat(99, {"version": "old"}))  # an agent older than capabilities
+        assert (await listed("old"))["caps"] == []
+    await ping(hub)
 
 
 async def test_login_flood_does_not_stall_the_hub(hub: Hub) -> None:

@@ -222,7 +222,7 @@ async def test_login_guard_clear_and_prune(storage: Storage) -> None:
 
 
 async def test_nodes_crud_and_heartbeats(storage: Storage) -> None:
-    a = Node(id="id-a", name="truck-1", labels={"env": "prod"}, joined=1.0)
+    a = Node(id="id-a", name="truck-1", labels={"env": "prod"}, joined=1.0, caps=("resume",))
     b = Node(id="id-b", name="truck-2", joined=2.0)
     await storage.nodes.add(a)
     await storage.nodes.add(b)
@@ -234,13 +234,21 @@ async def test_nodes_crud_and_heartbeats(storage: Storage) -> None:
     with pytest.raises(Conflict):
         await storage.nodes.add(Node(id="id-a", name="other"))
     missing = await storage.nodes.heartbeats(
-        [Beat("id-a", 60.0, {"env": "dev"}, "1.2", 7, 50.0, 120.0), Beat("ghost", 1.0, {})]
+        [
+            Beat("id-a", 60.0, {"env": "dev"}, "1.2", 7, 50.0, 120.0, ("resume", "x.y")),
+            Beat("ghost", 1.0, {}),
+        ]
     )
     assert missing == ["ghost"]
     got = await storage.nodes.get("truck-1")
     assert got is not None
     assert (got.last_seen, dict(got.labels), got.version) == (60.0, {"env": "dev"}, "1.2")
     assert (got.audit_pending, got.audit_oldest, got.clock_skew) == (7, 50.0, 120.0)
+    assert got.caps == ("resume", "x.y")
+    await storage.nodes.heartbeats([Beat("id-a", 61.0, {"env": "dev"}, "1.1")])
+    got = await storage.nodes.get("id-a")
+    assert got is not None and got.caps == (), "an older agent's beat has none"
+    assert [n.caps for n in await storage.nodes.all()] == [(), ()]
     assert [n.name for n in await storage.nodes.all()] == ["truck-1", "truck-2"]
     assert await storage.nodes.delete("truck-1") is True
     assert await storage.nodes.delete("id-b") is True
