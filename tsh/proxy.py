@@ -14,7 +14,8 @@ import sys
 
 from remoteler.errors import NodeError, UsageError
 from remoteler.identity import UserIdentity
-from remoteler.sshio import HIGH_WATER, WebSocketPipe
+from remoteler.resume.pipe import ResumablePipe
+from remoteler.sshio import HIGH_WATER, BytePipe
 
 #: After our stdin ends (ssh is done sending), how long the node may take to hang up.
 EOF_GRACE = 5.0
@@ -39,7 +40,7 @@ def parse_target(target: str, cluster: str) -> tuple[str, str]:
     return login, host
 
 
-async def _stdin_to_pipe(pipe: WebSocketPipe) -> None:
+async def _stdin_to_pipe(pipe: BytePipe) -> None:
     from tsh.ssh import stdin_chunks
 
     async for data in stdin_chunks(nonblocking=True):
@@ -48,7 +49,7 @@ async def _stdin_to_pipe(pipe: WebSocketPipe) -> None:
             await pipe.drain()
 
 
-async def _pipe_to_stdout(pipe: WebSocketPipe) -> int:
+async def _pipe_to_stdout(pipe: BytePipe) -> int:
     """Copy the node's bytes to stdout until it hangs up; return how many were copied."""
     from tsh.ssh import write_all
 
@@ -64,11 +65,15 @@ async def _pipe_to_stdout(pipe: WebSocketPipe) -> int:
 
 
 async def proxy_ssh(hub: str, ident: UserIdentity, login: str, node: str) -> int:
-    """Relay stdin/stdout to ``node``'s SSH server; return tsh's exit code."""
-    from tsh.ssh import open_connect_ws, show_notice
+    """Relay stdin/stdout to ``node``'s SSH server; return tsh's exit code.
 
-    ws = await open_connect_ws(hub, ident, login, node)
-    pipe = WebSocketPipe(ws, on_text=show_notice)  # OpenSSH shows our stderr
+    The stream under ssh's bytes is resumable when the device offers it
+    (docs/resume.md): a broken link is dialled again and ssh never notices.
+    """
+    from tsh.resume import open_pipe
+    from tsh.ssh import show_notice
+
+    pipe, _ = await open_pipe(hub, ident, login, node, show_notice)  # OpenSSH shows our stderr
     upstream = asyncio.ensure_future(_stdin_to_pipe(pipe))
     downstream = asyncio.ensure_future(_pipe_to_stdout(pipe))
     try:
@@ -86,8 +91,12 @@ async def proxy_ssh(hub: str, ident: UserIdentity, login: str, node: str) -> int
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(pipe.drain(), 2.0)
         pipe.close()
-        with contextlib.suppress(Exception):
-            await ws.close()
+        if isinstance(pipe, ResumablePipe):
+            pipe.end("the session ended")
+    failure = getattr(pipe, "failure", None)
+    if failure:
+        raise NodeError(f"connection to {node!r} lost ({failure})")
     if received == 0:
-        raise NodeError(pipe.close_reason or f"the hub closed the connection to {node!r}")
+        reason = getattr(pipe, "close_reason", "")
+        raise NodeError(reason or f"the hub closed the connection to {node!r}")
     return 0
