@@ -8,7 +8,10 @@ restarted; the user's screen shows every number once, from the same shell.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import itertools
+import json
 import os
 import pty
 import pwd
@@ -18,11 +21,21 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from faultproxy import FaultProxy
-from helpers import BIN, PASSWORD, Cluster, current_totp, free_port, wait_for
+from helpers import BIN, PASSWORD, Cluster, current_totp, free_port, stop_process, wait_for
+from require import require_binaries
+
+from remoteler.identity import UserIdentity, read_identity_file
+from remoteler.resume.frames import FrameParser, FrameType
+from remoteler.resume.handshake import Resume, resume_frame
+from remoteler.resume.pipe import ResumablePipe
+from remoteler.sshio import WebSocketPipe
+from tsh.resume import open_pipe
+from tsh.ssh import open_connect_ws
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 COUNTER = re.compile(rb"C (\d+) (\d+)\r?\n")
@@ -79,39 +92,66 @@ class Screen:
         os.close(self.master)
 
 
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[tuple[Cluster, FaultProxy, FaultProxy]]:
-    cluster = Cluster(tmp_path, free_port())
+@dataclass
+class Rig:
+    cluster: Cluster
+    agent_link: FaultProxy
+    """between truck-042 and the hub"""
+    short_link: FaultProxy
+    """between truck-short (a 3 s resume grace) and the hub"""
+    user_link: FaultProxy
+    """between tsh and the hub (the profile's hub address)"""
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return self.cluster.env(**extra)
+
+    def key(self, user: str, home: Path | None = None) -> Path:
+        home = home or self.cluster.tsh_home
+        return home / "keys" / self.user_link.addr / user
+
+    def login(self, user: str, home: Path | None = None, offset_steps: int = 0) -> None:
+        env = self.env(TSH_HOME=str(home)) if home else self.env()
+        out = self.cluster.tsh(
+            "login",
+            "--proxy",
+            self.user_link.addr,
+            "--user",
+            user,
+            "--ca-pin",
+            self.cluster.ca_pin(),
+            "--otp",
+            current_totp(offset_steps=offset_steps),
+            input=PASSWORD + "\n",
+            env=env,
+        )
+        assert out.returncode == 0, out.stderr
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    """One hub, two agents each behind its own fault proxy, tsh behind a third. The
+    last test kills and restarts the hub; the others leave everything running."""
+    root = tmp_path_factory.mktemp("resume")
+    cluster = Cluster(root, free_port())
     cluster.start_hub()
     with (
         FaultProxy("127.0.0.1", cluster.hub_port) as agent_link,
+        FaultProxy("127.0.0.1", cluster.hub_port) as short_link,
         FaultProxy("127.0.0.1", cluster.hub_port) as user_link,
     ):
         try:
             cluster.add_user("alice", [ME])
+            cluster.add_user("bob", [ME])
+            beat = ("--heartbeat-interval", "2")
+            cluster.start_agent("truck-042", "env=lab", None, *beat, hub=agent_link.addr)
             cluster.start_agent(
-                "truck-042",
-                "env=lab",
-                None,
-                "--heartbeat-interval",
-                "2",
-                hub=agent_link.addr,
+                "truck-short", "env=lab", None, *beat, "--resume-grace", "3", hub=short_link.addr
             )
-            wait_for(lambda: cluster.node_online("truck-042"), what="agent online")
-            login = cluster.tsh(
-                "login",
-                "--proxy",
-                user_link.addr,
-                "--user",
-                "alice",
-                "--ca-pin",
-                cluster.ca_pin(),
-                "--otp",
-                current_totp(),
-                input=PASSWORD + "\n",
-            )
-            assert login.returncode == 0, login.stderr
-            yield cluster, agent_link, user_link
+            for name in ("truck-042", "truck-short"):
+                wait_for(lambda n=name: cluster.node_online(n), what=f"{name} online")  # type: ignore[misc]
+            rig = Rig(cluster, agent_link, short_link, user_link)
+            rig.login("alice")
+            yield rig
         finally:
             cluster.stop()
 
@@ -126,11 +166,201 @@ def _check_continuous(seen: list[tuple[int, int]]) -> None:
     )
 
 
+def _big_file(path: Path, mib: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("wb") as f:
+        for _ in range(mib):
+            chunk = os.urandom(1 << 20)
+            digest.update(chunk)
+            f.write(chunk)
+    return digest.hexdigest()
+
+
+def _cut_three_times(proc: subprocess.Popen[bytes], dest: Path, size: int, link: FaultProxy) -> int:
+    """Reset ``link`` when ``dest`` passes 1/4, 1/2 and 3/4 of ``size``; return the cuts made."""
+    cuts = 0
+    for quarter in (1, 2, 3):
+        wait_for(
+            lambda q=quarter: (
+                proc.poll() is not None  # type: ignore[misc]
+                or (dest.exists() and dest.stat().st_size >= size * q // 4)
+            ),
+            timeout=120,
+            what=f"{quarter}/4 of the upload",
+        )
+        if proc.poll() is not None:
+            break
+        cuts += link.reset()
+        time.sleep(0.5)
+    return cuts
+
+
+SIZE_MIB = 200
+
+
 @pytest.mark.timeout(240)
-def test_counter_survives_blackhole_reset_and_hub_restart(
-    rig: tuple[Cluster, FaultProxy, FaultProxy],
+def test_tsh_scp_of_200_mib_survives_three_cuts_of_the_agents_link(
+    rig: Rig, tmp_path: Path
 ) -> None:
-    cluster, agent_link, user_link = rig
+    src = tmp_path / "big.bin"
+    digest = _big_file(src, SIZE_MIB)
+    dest = tmp_path / "big.up"
+    proc = subprocess.Popen(
+        [str(BIN / "tsh"), "scp", str(src), f"{ME}@truck-042:{dest}"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=rig.env(),
+    )
+    try:
+        cuts = _cut_three_times(proc, dest, SIZE_MIB << 20, rig.agent_link)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 0, err
+    assert cuts >= 3, "the link was not cut three times mid-transfer"
+    assert err.count(b"resumed the session to truck-042") >= 3, err
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.timeout(240)
+def test_openssh_scp_of_200_mib_survives_three_cuts(rig: Rig, tmp_path: Path) -> None:
+    """OpenSSH's own scp through ``tsh config``: its ProxyCommand (``tsh proxy ssh``)
+    resumes under it, and ssh never sees the breaks."""
+    require_binaries("ssh", "scp")
+    config = tmp_path / "ssh_config"
+    out = rig.cluster.tsh("config", env=rig.env())
+    assert out.returncode == 0, out.stderr
+    config.write_text(out.stdout)
+    cluster_name = json.loads(rig.cluster.tsh("status", "--format", "json").stdout)["cluster"]
+    src = tmp_path / "big.bin"
+    digest = _big_file(src, SIZE_MIB)
+    dest = tmp_path / "big.up"
+    proc = subprocess.Popen(
+        ["scp", "-F", str(config), "-o", "BatchMode=yes", str(src),
+         f"{ME}@truck-042.{cluster_name}:{dest}"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=rig.env(),
+    )  # fmt: skip
+    try:
+        cuts = _cut_three_times(proc, dest, SIZE_MIB << 20, rig.agent_link)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 0, err
+    assert cuts >= 3, "the link was not cut three times mid-transfer"
+    assert err.count(b"resumed the session to truck-042") >= 3, err
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == digest
+
+
+async def _resume_as(
+    rig: Rig, ident: UserIdentity, session_id: str, token: bytes
+) -> tuple[FrameType, str]:
+    """Ask the device to resume ``session_id`` as ``ident``: its answer's type and text."""
+    ws = await open_connect_ws(rig.user_link.addr, ident, ME, "truck-042", resume=session_id)
+    link = WebSocketPipe(ws)
+    link.send(resume_frame(Resume(session_id, token, 0)))
+    parser = FrameParser()
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                data = await link.recv()
+                assert data, f"closed without an answer: {link.close_reason}"
+                for frame in parser.feed(data):
+                    text = frame.payload.decode("utf-8", "replace")
+                    return frame.type, text
+    finally:
+        link.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_stolen_resume_token_is_refused(rig: Rig, tmp_path: Path) -> None:
+    """The token is bound to the user and to the key of the certificate that opened the
+    session, and works once."""
+    bob_home, alice2_home = tmp_path / "bob", tmp_path / "alice2"
+    rig.login("bob", bob_home)
+    rig.login("alice", alice2_home, offset_steps=1)  # alice again: a new key
+    alice = read_identity_file(rig.key("alice"))
+    bob = read_identity_file(rig.key("bob", bob_home))
+    alice2 = read_identity_file(rig.key("alice", alice2_home))
+
+    async def run() -> None:
+        pipe, resumer = await open_pipe(rig.user_link.addr, alice, ME, "truck-042", print)
+        assert isinstance(pipe, ResumablePipe) and resumer.hello is not None
+        sid, token = resumer.hello.session_id, resumer.hello.token
+        try:
+            kind, why = await _resume_as(rig, bob, sid, token)
+            assert (kind, why) == (
+                FrameType.REFUSE,
+                "this session belongs to another user or certificate",
+            )
+            kind, why = await _resume_as(rig, alice2, sid, token)
+            assert kind == FrameType.REFUSE and "another user or certificate" in why
+            kind, why = await _resume_as(rig, alice, sid, b"\0" * 32)
+            assert kind == FrameType.REFUSE and "wrong resume token" in why
+            kind, _ = await _resume_as(rig, alice, sid, token)  # the real owner
+            assert kind == FrameType.RESUMED
+            kind, why = await _resume_as(rig, alice, sid, token)  # used once already
+            assert kind == FrameType.REFUSE and "each token works once" in why
+        finally:
+            pipe.end("test over")
+
+    asyncio.run(run())
+    log = (rig.cluster.root / "agent-truck-042.log").read_text()
+    assert "resume refused: another identity" in log and "resume refused: wrong token" in log
+    assert token_hex_not_in(log, rig)
+
+
+def token_hex_not_in(log: str, rig: Rig) -> bool:
+    """No resume token in a log (they are random bytes: a hex or base64 form would show)."""
+    return "token=" not in log and 'token":' not in log
+
+
+@pytest.mark.timeout(120)
+def test_a_break_longer_than_the_grace_ends_with_the_documented_message(rig: Rig) -> None:
+    """truck-short keeps a detached session 3 s: its link is reset and stays down."""
+    proc = subprocess.Popen(
+        [str(BIN / "tsh"), "ssh", f"{ME}@truck-short", "sleep 600"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=rig.env(),
+    )
+    try:
+        wait_for(
+            lambda: "sleep 600" in subprocess.run(["ps", "-eo", "args"], capture_output=True,
+                                                   text=True).stdout,
+            what="the remote command",
+        )  # fmt: skip
+        rig.short_link.blackhole()  # new connections too: the device stays away
+        rig.short_link.reset()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        stop_process(proc)
+        rig.short_link.clear()
+    lines = err.decode().splitlines()
+    assert proc.returncode == 255, err
+    assert lines[0].startswith("tsh: link to truck-short lost"), err
+    assert lines[-1].startswith(
+        "tsh: connection to 'truck-short' lost (not back within the device's 3 s resume grace"
+    ), err
+    # the device ended it too, and says so in the audit trail once its link is back
+    wait_for(
+        lambda: any(
+            e.get("type") == "session.abandoned"
+            for e in rig.cluster.tctl_json("audit", "search", "--type", "session.abandoned")
+        ),
+        timeout=60,
+        what="session.abandoned in the audit trail",
+    )
+
+
+@pytest.mark.timeout(240)
+def test_counter_survives_blackhole_reset_and_hub_restart(rig: Rig) -> None:
+    """Last in the module: it kills the hub."""
+    cluster, agent_link, user_link = rig.cluster, rig.agent_link, rig.user_link
     screen = Screen([str(BIN / "tsh"), "ssh", f"{ME}@truck-042"], cluster.env(TERM="dumb"))
     try:
         wait_for(lambda: screen.text().rstrip().endswith((b"#", b"$")), what="a prompt")
