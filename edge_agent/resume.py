@@ -69,6 +69,8 @@ class DeviceSession:
     login: str
     user_key: str
     pipe: ResumablePipe
+    #: the hub's id of the session that opened it: the recording's and the audit trail's
+    ssh_session_id: str = ""
     started: float = field(default_factory=time.monotonic)
     resumes: int = 0
     link_gone: asyncio.Event = field(default_factory=asyncio.Event)
@@ -76,7 +78,12 @@ class DeviceSession:
     task: asyncio.Task[None] | None = None
 
     def who(self) -> dict[str, str]:
-        return {"session_id": self.id, "user": self.user, "login": self.login}
+        return {
+            "session_id": self.ssh_session_id or self.id,
+            "resume_id": self.id,
+            "user": self.user,
+            "login": self.login,
+        }
 
 
 def _identity(meta: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -138,7 +145,9 @@ class ResumeRegistry:
         pipe = ResumablePipe(
             ResumeStream(self.buffer), lambda reason: self._detached(holder[0], reason)
         )
-        session = DeviceSession(sid, new_token(), user, login, user_key, pipe)
+        session = DeviceSession(
+            sid, new_token(), user, login, user_key, pipe, str(meta.get("session_id") or "")[:64]
+        )
         holder.append(session)
         self.sessions[sid] = session
         link = ChannelPipe(request.accept())

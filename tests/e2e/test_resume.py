@@ -389,4 +389,26 @@ def test_counter_survives_blackhole_reset_and_hub_restart(rig: Rig) -> None:
         screen.stop()
     text = screen.text()
     assert b"resumed the session to truck-042" in text, text[-2000:]
-    _check_continuous(screen.counters())
+    seen = screen.counters()
+    _check_continuous(seen)
+
+    # the device recorded one continuous session: the same numbers, from the same shell
+    def ended() -> list[dict[str, object]]:
+        return [
+            e
+            for e in cluster.tctl_json(
+                "audit", "search", "--type", "session.end", "--user", "alice"
+            )
+            if e["fields"].get("exit_status") == 7
+        ]
+
+    session_id = str(wait_for(ended, timeout=60, what="session.end")[0]["session"])
+    played = cluster.tsh("play", session_id, "--format", "text")
+    assert played.returncode == 0, played.stderr
+    recorded = [(int(p), int(n)) for p, n in COUNTER.findall(played.stdout.encode())]
+    _check_continuous(recorded)
+    assert set(seen) <= set(recorded), "the recording misses what the user saw"
+    resumed = cluster.tctl_json("audit", "search", "--type", "session.resumed", "--user", "alice")
+    mine = [e for e in resumed if e["session"] == session_id]
+    assert len(mine) >= 4, resumed  # black hole, agent reset, user reset, hub restart
+    assert all(e["fields"]["gap"] >= 0 for e in mine)
