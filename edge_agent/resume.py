@@ -98,8 +98,10 @@ class ResumeRegistry:
         grace: float = DEFAULT_GRACE,
         buffer: int = DEFAULT_BUFFER,
         max_sessions: int = MAX_SESSIONS,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self.audit = audit
+        self.handshake_timeout = handshake_timeout
         self.grace = grace
         self.buffer = buffer
         self.max_sessions = max_sessions
@@ -206,7 +208,7 @@ class ResumeRegistry:
     async def _resume(self, request: ChannelRequest, meta: dict[str, Any], sid: str) -> None:
         link = ChannelPipe(request.accept())
         try:
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            async with asyncio.timeout(self.handshake_timeout):
                 ask = await _read_resume(link)
         except (TimeoutError, ResumeProtocolError) as exc:
             log.info(
@@ -303,7 +305,6 @@ async def _read_resume(link: ChannelPipe) -> Any:
 
 
 def _span(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds % 60 == 0 and seconds >= 60:
-        return f"{seconds // 60} min"
-    return f"{seconds} s"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds) // 60} min"
+    return f"{round(seconds, 1):g} s"
