@@ -220,7 +220,7 @@ class EdgeAgent:
             "ssh": "embedded" if self.ssh_target is None else "forward",
             "serial_ports": self.consoles.ports,
             # remoteler/caps.py; an older agent sends none. Resumes when on_channel does:
-            "caps": agent_caps(resume=self.ssh_target is None and self.resume.grace > 0),
+            "caps": agent_caps(resume=self.resume.grace > 0),
             # only when worth showing, and to 10 s, so that PINGs stay payload-free
             **({"clock_skew": round(skew, -1)} if (skew := self._skew()) is not None else {}),
         }
@@ -357,7 +357,8 @@ class EdgeAgent:
         if self.ssh_target is not None:  # forward mode: no asyncssh in this process at all
             from edge_agent.target import serve_target_channel
 
-            await serve_target_channel(request, *self.ssh_target, self.audit, self.locks)
+            resume = self.resume if self.resume.grace else None  # docs/resume.md
+            await serve_target_channel(request, *self.ssh_target, self.audit, self.locks, resume)
             return
         # asyncssh is imported on the first session, not at start-up: an idle agent
         # stays ~15 MiB smaller on small boards (bench agent_footprint).

@@ -108,17 +108,18 @@ class ResumeRegistry:
         self.sessions: dict[str, DeviceSession] = {}
         self._ended: OrderedDict[str, str] = OrderedDict()
 
-    async def serve(self, request: ChannelRequest, serve_ssh: ServeSSH) -> None:
+    async def serve(self, request: ChannelRequest, serve_ssh: ServeSSH) -> bool:
         """Answer an ``ssh`` channel that carries ``meta["resume"]``; return when the
-        channel is no longer the session's link."""
+        channel is no longer the session's link: True if it carried one (a new
+        session, whose ``serve_ssh`` runs on, or a resumed one)."""
         meta = request.meta if isinstance(request.meta, dict) else {}
         want = meta.get("resume")
         if want == "new":
-            await self._new(request, meta, serve_ssh)
-        elif isinstance(want, str):
-            await self._resume(request, meta, want)
-        else:
-            request.reject(OpenFailure.REFUSED, "bad resume request")
+            return await self._new(request, meta, serve_ssh)
+        if isinstance(want, str):
+            return await self._resume(request, meta, want)
+        request.reject(OpenFailure.REFUSED, "bad resume request")
+        return False
 
     async def close(self, timeout: float = 3.0) -> None:
         """The agent stops: end every session (SSH sees the end of its stream, so each
@@ -133,14 +134,14 @@ class ResumeRegistry:
     # a new session -------------------------------------------------------------
     async def _new(
         self, request: ChannelRequest, meta: dict[str, Any], serve_ssh: ServeSSH
-    ) -> None:
+    ) -> bool:
         if len(self.sessions) >= self.max_sessions:
             request.reject(
                 OpenFailure.RESOURCE_SHORTAGE,
                 f"the device holds {self.max_sessions} resumable sessions already; "
                 "end one or try again later",
             )
-            return
+            return False
         user, login, user_key = _identity(meta)
         sid = new_session_id()
         holder: list[DeviceSession] = []
@@ -158,6 +159,7 @@ class ResumeRegistry:
         log.info("resumable session start", extra=session.who())
         session.task = asyncio.ensure_future(self._run(session, serve_ssh, dict(meta)))
         await self._until_gone(session)
+        return True
 
     async def _run(self, session: DeviceSession, serve_ssh: ServeSSH, meta: dict[str, Any]) -> None:
         meta = {**meta, "session_id": str(meta.get("session_id") or session.id)}
@@ -205,7 +207,7 @@ class ResumeRegistry:
             self._finish(session, why)
 
     # a resume --------------------------------------------------------------------
-    async def _resume(self, request: ChannelRequest, meta: dict[str, Any], sid: str) -> None:
+    async def _resume(self, request: ChannelRequest, meta: dict[str, Any], sid: str) -> bool:
         link = ChannelPipe(request.accept())
         try:
             async with asyncio.timeout(self.handshake_timeout):
@@ -215,14 +217,14 @@ class ResumeRegistry:
                 "resume handshake failed: %s", exc or "timeout", extra={"session_id": sid[:64]}
             )
             link.close()
-            return
+            return False
         session = self.sessions.get(ask.session_id)
         refusal = self._check(session, ask.session_id, sid, meta, ask.token)
         if session is None or refusal is not None:
             link.send(refuse_frame(refusal or "no such session"))
             await link.drain()
             link.close()
-            return
+            return False
         gap = time.monotonic() - (session.pipe.detached_at or time.monotonic())
         if session.pipe.attached:  # the old link is still up as far as we know: newest wins
             session.pipe.detach("replaced by a newer link")
@@ -239,7 +241,7 @@ class ResumeRegistry:
             link.send(refuse_frame(f"the session cannot be resumed: {exc}"))
             link.close()
             self._finish(session, f"the client's byte count did not match ({exc})")
-            return
+            return False
         if session.grace_timer is not None:
             session.grace_timer.cancel()
         session.resumes += 1
@@ -256,6 +258,7 @@ class ResumeRegistry:
             resumes=session.resumes,
         )
         await self._until_gone(session)
+        return True
 
     def _check(
         self,

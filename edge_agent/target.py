@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,8 @@ from remoteler.wire.codes import OpenFailure
 if TYPE_CHECKING:
     from edge_agent.audit import AgentAudit
     from edge_agent.locks import LockStore
+    from edge_agent.resume import ResumeRegistry
+    from remoteler.sshio import BytePipe
 
 log = logging.getLogger("remoteler.agent.target")
 
@@ -68,7 +71,9 @@ def _shut(writer: asyncio.StreamWriter) -> None:
             writer.write_eof()
 
 
-async def _user_to_target(channel: Channel, writer: asyncio.StreamWriter, flow: Flow) -> None:
+async def _user_to_target(
+    channel: Channel | PipeChannel, writer: asyncio.StreamWriter, flow: Flow
+) -> None:
     while data := await channel.read(CHUNK):
         flow.bytes_in += len(data)
         writer.write(data)
@@ -79,7 +84,9 @@ async def _user_to_target(channel: Channel, writer: asyncio.StreamWriter, flow: 
         _shut(writer)
 
 
-async def _target_to_user(reader: asyncio.StreamReader, channel: Channel, flow: Flow) -> None:
+async def _target_to_user(
+    reader: asyncio.StreamReader, channel: Channel | PipeChannel, flow: Flow
+) -> None:
     while data := await reader.read(CHUNK):
         flow.bytes_out += len(data)
         channel.write(data)
@@ -88,7 +95,7 @@ async def _target_to_user(reader: asyncio.StreamReader, channel: Channel, flow: 
 
 
 async def relay(
-    channel: Channel,
+    channel: Channel | PipeChannel,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     flow: Flow,
@@ -104,7 +111,15 @@ async def relay(
         asyncio.ensure_future(_target_to_user(reader, channel, flow)),
     ]
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        done: set[asyncio.Future[None]] = set()
+        pending = set(tasks)
+        while pending:
+            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            done |= finished
+            if any(t.exception() is not None for t in finished):
+                break
+            if tasks[1] in finished and isinstance(channel, PipeChannel):
+                break  # sshd hung up: a resumable session is over (the client may be gone)
         for task in done:
             if (exc := task.exception()) is not None:
                 log.info("forwarded connection broken: %s", type(exc).__name__, extra=fields)
@@ -141,13 +156,23 @@ async def serve_target_channel(
     port: int,
     audit: AgentAudit | None,
     locks: LockStore | None = None,
+    resume: ResumeRegistry | None = None,
 ) -> None:
     """Answer one ``ssh`` channel request by relaying it to ``host:port``.
 
     ``locks`` (the device's copy of the hub's locks) refuse a locked user, login
     or node, and end the relay when a lock covering it arrives, as the embedded
     server does; the user and login are the ones the hub authorised.
+
+    ``resume`` (docs/resume.md): a channel asking for a resumable session gets one
+    whose TCP connection to sshd outlives the channel; a channel resuming one is
+    attached to it, and sshd is not dialled again.
     """
+    meta = request.meta if isinstance(request.meta, dict) else {}
+    want = meta.get("resume") if resume is not None else None
+    if resume is not None and isinstance(want, str) and want != "new":
+        await resume.serve(request, _no_new_session)
+        return
     who = _who(request.meta)
     target = f"{host}:{port}"
     fields = {**who, "target": target}
@@ -178,20 +203,45 @@ async def serve_target_channel(
         request.reject(OpenFailure.CONNECT_FAILED, reason)
         return
     started = time.time()
-    channel = None
+    channel: Channel | None = None
     try:
         if audit is not None:  # durable before the user's session can start
             await audit.emit(EventType.SSH_FORWARD_START, **fields)
+        if resume is not None and want == "new":
+
+            async def session(pipe: BytePipe, _meta: Mapping[str, Any]) -> None:
+                ctx = (who, fields, audit, locks, started)
+                await _relay_session(PipeChannel(pipe), reader, writer, *ctx)
+
+            if not await resume.serve(request, session):
+                writer.close()  # refused: the session never began
+            return
         channel = request.accept()
     except Exception as exc:  # the outbox refused the event, or the tunnel went down
         log.warning("ssh forward refused: %s", type(exc).__name__, extra=fields)
         if not request.answered:
             full = isinstance(exc, QuotaExceeded)
             request.reject(OpenFailure.RESOURCE_SHORTAGE, AUDIT_FULL if full else AUDIT_FAILED)
-        return
-    finally:
-        if channel is None:
+        if channel is None and not (resume is not None and want == "new"):
             writer.close()
+        return
+    await _relay_session(channel, reader, writer, who, fields, audit, locks, started)
+
+
+async def _no_new_session(pipe: BytePipe, meta: Mapping[str, Any]) -> None:
+    raise AssertionError("a resume never starts a session")  # pragma: no cover
+
+
+async def _relay_session(
+    channel: Channel | PipeChannel,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    who: dict[str, str],
+    fields: dict[str, str],
+    audit: AgentAudit | None,
+    locks: LockStore | None,
+    started: float,
+) -> None:
     log.info("ssh forward start", extra=fields)
     flow = Flow()
     untrack = None
@@ -207,3 +257,33 @@ async def serve_target_channel(
         if audit is not None:
             duration = round(time.time() - started, 3)
             audit.emit_nowait(EventType.SSH_FORWARD_END, **fields, **counts, duration=duration)
+
+
+class PipeChannel:
+    """The part of :class:`~remoteler.wire.aio.Channel` :func:`relay` uses, over a
+    resumable session's pipe (docs/resume.md): the session outlives any one channel."""
+
+    def __init__(self, pipe: BytePipe) -> None:
+        self._pipe = pipe
+        self._closed = False
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed or getattr(self._pipe, "ended", None) is not None
+
+    async def read(self, n: int = CHUNK) -> bytes:
+        return await self._pipe.recv()
+
+    def write(self, data: bytes) -> None:
+        self._pipe.send(data)
+
+    async def drain(self) -> None:
+        if self._pipe.buffered() > CHUNK:
+            await self._pipe.drain()
+
+    def write_eof(self) -> None:
+        self._pipe.send_eof()
+
+    def close(self) -> None:
+        self._closed = True
+        self._pipe.close()

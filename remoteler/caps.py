@@ -28,7 +28,7 @@ _CAP = re.compile(rf"[a-z0-9_.-]{{1,{MAX_CAP_LEN}}}")
 
 def agent_caps(*, resume: bool) -> list[str]:
     """The ``caps`` of an agent's status: :data:`AGENT_CAPS` less what its configuration
-    turns off (``resume``: not in forward mode, nor with ``--resume-grace 0``)."""
+    turns off (``resume``: not with ``--resume-grace 0``)."""
     return [c for c in AGENT_CAPS if c != RESUME or resume]
 
 

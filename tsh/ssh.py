@@ -115,7 +115,7 @@ async def open_ssh(
     try:
         return await asyncssh.connect(
             node,
-            tunnel=PipeTunnel(pipe, {"peername": tuple(ws.remote_address[:2])}),
+            tunnel=PipeTunnel(pipe, {"peername": tuple((ws.remote_address or ("", 0))[:2])}),
             config=None,
             username=login,
             client_keys=[(key, cert)],

@@ -9,6 +9,7 @@ restarted; the user's screen shows every number once, from the same shell.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import json
@@ -28,6 +29,7 @@ import pytest
 from faultproxy import FaultProxy
 from helpers import BIN, PASSWORD, Cluster, current_totp, free_port, stop_process, wait_for
 from require import require_binaries
+from sshdkit import legacy_sshd
 
 from remoteler.identity import UserIdentity, read_identity_file
 from remoteler.resume.frames import FrameParser, FrameType
@@ -101,6 +103,8 @@ class Rig:
     """between truck-short (a 3 s resume grace) and the hub"""
     user_link: FaultProxy
     """between tsh and the hub (the profile's hub address)"""
+    legacy_link: FaultProxy
+    """between legacy-1 (forward mode, a real OpenSSH sshd) and the hub"""
 
     def env(self, **extra: str) -> dict[str, str]:
         return self.cluster.env(**extra)
@@ -138,7 +142,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         FaultProxy("127.0.0.1", cluster.hub_port) as agent_link,
         FaultProxy("127.0.0.1", cluster.hub_port) as short_link,
         FaultProxy("127.0.0.1", cluster.hub_port) as user_link,
+        FaultProxy("127.0.0.1", cluster.hub_port) as legacy_link,
     ):
+        stack = contextlib.ExitStack()
         try:
             cluster.add_user("alice", [ME])
             cluster.add_user("bob", [ME])
@@ -147,13 +153,19 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             cluster.start_agent(
                 "truck-short", "env=lab", None, *beat, "--resume-grace", "3", hub=short_link.addr
             )
-            for name in ("truck-042", "truck-short"):
+            sshd = stack.enter_context(legacy_sshd(cluster, root, name="legacy-1"))
+            cluster.start_agent(
+                "legacy-1", "env=lab", None, *beat, "--ssh-target", sshd.target,
+                hub=legacy_link.addr,
+            )  # fmt: skip
+            for name in ("truck-042", "truck-short", "legacy-1"):
                 wait_for(lambda n=name: cluster.node_online(n), what=f"{name} online")  # type: ignore[misc]
-            rig = Rig(cluster, agent_link, short_link, user_link)
+            rig = Rig(cluster, agent_link, short_link, user_link, legacy_link)
             rig.login("alice")
             yield rig
         finally:
             cluster.stop()
+            stack.close()
 
 
 def _check_continuous(seen: list[tuple[int, int]]) -> None:
@@ -355,6 +367,23 @@ def test_a_break_longer_than_the_grace_ends_with_the_documented_message(rig: Rig
         timeout=60,
         what="session.abandoned in the audit trail",
     )
+
+
+@pytest.mark.timeout(120)
+def test_forward_mode_keeps_the_devices_own_sshd_session_across_resets(rig: Rig) -> None:
+    """legacy-1 relays to a real OpenSSH sshd: the agent keeps that TCP connection for
+    the session, so sshd's shell (same PID) never notices the agent's link going."""
+    loop = 'i=0; while :; do echo "C $$ $i"; i=$((i+1)); sleep 0.05; done'
+    screen = Screen([str(BIN / "tsh"), "ssh", f"{ME}@legacy-1", loop], rig.env())
+    try:
+        screen.advancing("the counter to start", timeout=30)
+        for _ in range(2):
+            rig.legacy_link.reset()
+            screen.advancing("the counter after a reset")
+    finally:
+        screen.stop()
+    assert b"resumed the session to legacy-1" in screen.text()
+    _check_continuous(screen.counters())
 
 
 @pytest.mark.timeout(240)

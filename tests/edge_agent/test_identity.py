@@ -55,11 +55,12 @@ def test_token_labels_win_over_command_line_labels() -> None:
 
 
 def test_heartbeat_advertises_resume_only_where_it_is_served() -> None:
-    """``caps`` says ``resume`` when on_channel resumes: embedded SSH, a grace above 0."""
+    """``caps`` says ``resume`` when on_channel resumes: a grace above 0, embedded SSH or
+    forward mode (which keeps its TCP connection to sshd across a break)."""
     agent = EdgeAgent(identity({}), {})
     assert agent.heartbeat_payload()["caps"] == ["resume"]
     agent.resume.grace = 0  # --resume-grace 0
     assert agent.heartbeat_payload()["caps"] == []
     agent.resume.grace = 300
     agent.ssh_target = ("127.0.0.1", 22)  # forward mode: the device's own sshd
-    assert agent.heartbeat_payload()["caps"] == []
+    assert agent.heartbeat_payload()["caps"] == ["resume"]
