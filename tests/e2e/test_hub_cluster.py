@@ -7,8 +7,10 @@ test leaves the three hubs running and every node held by two of them.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pwd
+import re
 import signal
 import subprocess
 import threading
@@ -234,6 +236,128 @@ def test_kill9_each_hub_in_turn_under_a_loop_through_the_load_balancer(fleet: Fl
         for row in in_flight:  # cut, not hung, and said so
             assert row[4] and "Traceback" not in row[4], row
         _restore(fleet)
+
+
+COUNTER = re.compile(r"^C (\d+) (\d+)$", re.MULTILINE)
+RELAY_START = re.compile(r"session relay start .*\bresume=new\b.*$", re.MULTILINE)
+
+
+class CounterSession:
+    """``tsh ssh`` running a loop that prints ``C <shell pid> <n>`` every 0.1 s until
+    ``stop`` exists; its stdout is read by a thread."""
+
+    def __init__(self, fleet: Fleet, hub: str, node: str, stop: Path, err: Path) -> None:
+        loop = f'i=0; while [ ! -e {stop} ]; do echo "C $$ $i"; i=$((i+1)); sleep 0.1; done'
+        self.stop_file = stop
+        self.err = err
+        with open(err, "wb") as stderr:
+            self.proc = subprocess.Popen(
+                [
+                    str(BIN / "tsh"),
+                    *("-i", str(fleet.ident), "--proxy", hub),
+                    *("ssh", f"{ME}@{node}", loop),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=fleet.cluster.env(),
+            )
+        self.out = bytearray()
+        self.lock = threading.Lock()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while chunk := self.proc.stdout.read1(65536):
+            with self.lock:
+                self.out += chunk
+
+    def counters(self) -> list[tuple[int, int]]:
+        with self.lock:
+            text = self.out.decode(errors="replace")
+        return [(int(pid), int(n)) for pid, n in COUNTER.findall(text)]
+
+    def last(self) -> int:
+        seen = self.counters()
+        return seen[-1][1] if seen else -1
+
+    def advancing(self, what: str, timeout: float = 30.0) -> None:
+        start = self.last()
+        wait_for(lambda: self.last() >= start + 10, timeout=timeout, interval=0.1, what=what)
+
+    def finish(self) -> int:
+        """End the loop (the session then ends as any); tsh's exit status."""
+        self.stop_file.touch()
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            stop_process(self.proc, signal.SIGKILL)
+            self.reader.join(timeout=10)
+
+
+def _relay_line(cluster: HubCluster, before: dict[int, int]) -> tuple[int, str]:
+    """The hub whose log shows the new resumable session's relay start (since
+    ``before``: each log's size then), and that line."""
+    found = []
+    for member in cluster.members:
+        text = (cluster.root / f"{member.id}.log").read_bytes()[before[member.index] :]
+        found += [(member.index, m) for m in RELAY_START.findall(text.decode(errors="replace"))]
+    assert len(found) <= 1, found
+    return found[0] if found else (-1, "")
+
+
+def _log_sizes(cluster: HubCluster) -> dict[int, int]:
+    return {m.index: (cluster.root / f"{m.id}.log").stat().st_size for m in cluster.members}
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("victim", ["user", "tunnel"])
+def test_kill9_the_hub_relaying_a_session_resumes_it_through_another(
+    fleet: Fleet, tmp_path: Path, victim: str
+) -> None:
+    """``user``: tsh dials the load balancer and the hub it reached dies; ``tunnel``: tsh
+    dials a hub that does not hold the node, and the hub that relayed for it (holding
+    the agent's tunnel that carried the session) dies. Either way the same shell
+    carries on, every number once."""
+    cluster = fleet.cluster
+    held = cluster.holders()
+    if victim == "user":
+        hub, node = fleet.lb.addr, "dev1"
+    else:
+        member, node = next((m, n) for m in cluster.members for n in NODES if m.id not in held[n])
+        hub = member.addr
+    before = _log_sizes(cluster)
+    session = CounterSession(fleet, hub, node, tmp_path / "stop", tmp_path / "err")
+    try:
+        session.advancing("the counter to start")
+        user_hub, line = wait_for(
+            lambda: (found := _relay_line(cluster, before))[0] >= 0 and found,
+            what="the session's relay start in a hub log",
+        )
+        via = re.search(r"\bvia=(hub-\d+)", line)
+        if victim == "user":
+            killed = user_hub
+        else:
+            assert via is not None, line  # relayed through the hub holding the tunnel
+            killed = int(via.group(1).removeprefix("hub-"))
+        cluster.kill(killed)
+        session.advancing(f"the counter after hub-{killed} was killed")
+        _restore(fleet)
+        session.advancing("the counter with three hubs again")
+        code = session.finish()
+    finally:
+        stop_process(session.proc, signal.SIGKILL)
+        _restore(fleet)
+    err = session.err.read_text()
+    assert code == 0, err
+    assert f"resumed the session to {node}" in err, err
+    seen = session.counters()
+    assert len({pid for pid, _ in seen}) == 1, f"the shell changed: {sorted({p for p, _ in seen})}"
+    numbers = [n for _, n in seen]
+    assert numbers == list(range(len(numbers))), "a gap or a duplicate: " + str(
+        [(a, b) for a, b in itertools.pairwise(numbers) if b != a + 1][:5]
+    )
 
 
 def _stored(fleet: Fleet, node_id: str) -> tuple[int, int]:
