@@ -370,6 +370,47 @@ def test_a_break_longer_than_the_grace_ends_with_the_documented_message(rig: Rig
 
 
 @pytest.mark.timeout(120)
+def test_a_lock_ends_a_detached_session_and_tsh_says_why(rig: Rig, tmp_path: Path) -> None:
+    """bob's link drops and stays down; a lock made meanwhile ends the session on the
+    device (its shell gets SIGHUP), and tsh, once it reaches the hub, stops resuming."""
+    home = tmp_path / "bob"
+    rig.login("bob", home, offset_steps=1)  # (the token test logged bob in at step 0)
+    proc = subprocess.Popen(
+        [str(BIN / "tsh"), "ssh", f"{ME}@truck-042", "echo up; sleep 600"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=rig.env(TSH_HOME=str(home)),
+    )
+    lock_id = ""
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+        rig.user_link.blackhole()  # tsh cannot come back for now
+        rig.user_link.reset()  # the hub sees the link go: the device detaches the session
+        log = rig.cluster.root / "agent-truck-042.log"
+        wait_for(lambda: "resumable session detached" in log.read_text(), what="detached")
+        lock_id = rig.cluster.tctl_json("lock", "--user", "bob", "--message", "incident 42")["id"]
+        wait_for(
+            lambda: (
+                "sleep 600"
+                not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+            ),
+            what="the lock to end the detached session's command",
+        )
+        rig.user_link.clear()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        stop_process(proc)
+        rig.user_link.clear()
+        if lock_id:
+            rig.cluster.tctl("unlock", lock_id)
+    assert proc.returncode == 255, err
+    last = err.decode().splitlines()[-1]
+    assert last.startswith("tsh: connection to 'truck-042' lost (not resumed: "), err
+    assert "incident 42" in last or "locked" in last, err
+
+
+@pytest.mark.timeout(120)
 def test_forward_mode_keeps_the_devices_own_sshd_session_across_resets(rig: Rig) -> None:
     """legacy-1 relays to a real OpenSSH sshd: the agent keeps that TCP connection for
     the session, so sshd's shell (same PID) never notices the agent's link going."""
