@@ -54,7 +54,8 @@ log = logging.getLogger("remoteler.agent.resume")
 DEFAULT_GRACE = 300.0
 MAX_SESSIONS = 256
 HANDSHAKE_TIMEOUT = 15.0
-#: How long a session whose SSH connection ended waits for its last bytes' ACK.
+#: How long past the grace a session whose SSH connection ended waits for the ACK of
+#: its last bytes (a detached one is ended by its grace timer first).
 LINGER = 10.0
 REMEMBER = 256
 
@@ -169,9 +170,11 @@ class ResumeRegistry:
             log.exception("resumable session failed", extra=session.who())
         finally:
             session.pipe.close()  # our end of stream, if SSH did not send it
+            # The client gets the last bytes (the exit status, the lock's message) even
+            # if the link is down right now: a resume within the grace delivers them.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(LINGER):
-                    await session.pipe.wait_acked()
+                async with asyncio.timeout(self.grace + LINGER):
+                    await session.pipe.wait_delivered()
             self._finish(session, "its SSH connection ended")
 
     def _finish(self, session: DeviceSession, reason: str) -> None:

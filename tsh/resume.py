@@ -149,7 +149,7 @@ class Resumer:
         stream.buffer_limit = min(max(self.hello.buffer, MIN_BUFFER), MAX_BUFFER)
         stream.ack_every = max(1, stream.buffer_limit // 8)  # as the device's
         self.pipe = ResumablePipe(stream, self._detached)
-        self.pipe.attach(link, 0, rest)
+        self.pipe.attach(link, 0, rest, told=0)
         return self.pipe
 
     def _detached(self, reason: str) -> None:
@@ -225,7 +225,8 @@ class Resumer:
         link = WebSocketPipe(ws, on_text=self._on_text)
         stream = self.pipe.stream
         stream.detach()  # a fresh parse: an earlier try may have left half a frame
-        link.send(resume_frame(Resume(hello.session_id, self.token, stream.received)))
+        told = stream.received
+        link.send(resume_frame(Resume(hello.session_id, self.token, told)))
         try:
             frame, rest = await _handshake(link, stream, None)
         except BaseException:
@@ -237,7 +238,7 @@ class Resumer:
         answer = parse_resumed(frame)
         self.token = answer.token
         self.ws = ws
-        self.pipe.attach(link, answer.received, rest)
+        self.pipe.attach(link, answer.received, rest, told=told)
         return True
 
 

@@ -82,13 +82,15 @@ class ResumablePipe:
         peer_received: int,
         events: list[Event],
         control: bytes | None = None,
+        told: int | None = None,
     ) -> None:
         """Carry on over ``link``: ``control`` (a handshake frame) goes first, then what
-        the peer has not received; ``events`` are what was read past the handshake."""
+        the peer has not received; ``events`` are what was read past the handshake,
+        ``told`` the received count our handshake frame gave (ResumeStream.attach)."""
         if self.ended is not None:
             link.close()
             return
-        self.stream.attach(peer_received, self._clock())
+        self.stream.attach(peer_received, self._clock(), told)
         if control is not None:
             self.stream.send_control(control)
         self._link = link
@@ -169,13 +171,9 @@ class ResumablePipe:
             with contextlib.suppress(Exception):
                 await self._link.drain()
 
-    async def wait_acked(self) -> None:
-        """Until the peer confirmed everything we sent, or the link is gone."""
-        while (
-            self.ended is None
-            and self._link is not None
-            and (self.stream.unacked or self.stream.queued)
-        ):
+    async def wait_delivered(self) -> None:
+        """Until the peer confirmed everything we wrote (across breaks), or the end."""
+        while self.ended is None and (self.stream.unacked or self.stream.queued):
             self._progress.clear()
             await self._progress.wait()
 

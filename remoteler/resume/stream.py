@@ -185,8 +185,12 @@ class ResumeStream:
                 self._out.append(encode(FrameType.EOF))
 
     # link side ---------------------------------------------------------------
-    def attach(self, peer_received: int, now: float) -> None:
-        """Start sending on a new link, from the peer's received count (the handshake's)."""
+    def attach(self, peer_received: int, now: float, told: int | None = None) -> None:
+        """Start sending on a new link, from the peer's received count (the handshake's).
+
+        ``told``: the received count our own handshake frame gave the peer, when we
+        received more since (DATA right behind the peer's answer): those are acked now.
+        """
         if not self.acked <= peer_received <= self.sent:
             raise ResumeProtocolError(
                 f"peer has {peer_received} bytes, we hold {self.acked}..{self.sent}"
@@ -199,7 +203,10 @@ class ResumeStream:
         self._out.extend(encode(FrameType.DATA, chunk) for chunk in self._replay)
         if self._eof_at is not None and self.acked <= self._eof_at:
             self._out.append(encode(FrameType.EOF))
-        self._acked_out = self.received  # the handshake told the peer
+        self._acked_out = self.received if told is None else told
+        if self.received > self._acked_out:
+            self._out.append(encode_ack(self.received))
+            self._acked_out = self.received
 
     def detach(self) -> None:
         """The link is gone: keep everything, send nothing until the next attach.

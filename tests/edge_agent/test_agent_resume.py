@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from edge_agent.resume import ResumeRegistry
+from edge_agent.resume import ResumeRegistry, ServeSSH
 from remoteler.resume.frames import FrameType
 from remoteler.resume.handshake import (
     Resume,
@@ -45,11 +45,11 @@ async def echo(pipe: BytePipe, meta: Mapping[str, Any]) -> None:
 
 
 @asynccontextmanager
-async def device(registry: ResumeRegistry) -> AsyncIterator[Tunnel]:
+async def device(registry: ResumeRegistry, service: ServeSSH = echo) -> AsyncIterator[Tunnel]:
     """The registry behind a tunnel; yields the hub's end of it."""
 
     async def on_channel(request: ChannelRequest) -> None:
-        await registry.serve(request, echo)
+        await registry.serve(request, service)
 
     async def handler(ws: ServerConnection) -> None:
         await Tunnel(ws, Connection(Role.LISTENER, Limits()), on_channel=on_channel).run()
@@ -92,7 +92,7 @@ class Client:
         self.hello = parse_hello(frame)
         self.token = self.hello.token
         self.pipe = ResumablePipe(stream, self.detaches.append)
-        self.pipe.attach(ChannelPipe(channel), 0, rest)
+        self.pipe.attach(ChannelPipe(channel), 0, rest, told=0)
         return self.pipe
 
     async def resume(self, meta: dict[str, Any] | None = None, token: bytes | None = None) -> Any:
@@ -101,14 +101,15 @@ class Client:
         channel = await self.tunnel.open_channel("ssh", {**(meta or self.meta), "resume": sid})
         stream = self.pipe.stream
         stream.detach()
-        resume = Resume(sid, token or self.token, stream.received)
+        told = stream.received
+        resume = Resume(sid, token or self.token, told)
         channel.write(resume_frame(resume))
         frame, rest = await _answer(channel, stream)
         if frame.type == FrameType.REFUSE:
             return frame.payload.decode()
         answer = parse_resumed(frame)
         self.token = answer.token
-        self.pipe.attach(ChannelPipe(channel), answer.received, rest)
+        self.pipe.attach(ChannelPipe(channel), answer.received, rest, told=told)
         return answer
 
 
@@ -215,3 +216,33 @@ async def test_a_peer_that_never_acknowledges_cannot_grow_the_queue_past_its_cap
         for _ in range(8):
             pipe.send(b"x" * (256 * 1024))
         assert pipe.ended is not None and "overflowed" in pipe.ended
+
+
+async def last_words(pipe: BytePipe, meta: Mapping[str, Any]) -> None:
+    """Reads to the end, then answers once the client is gone, and ends."""
+    while await pipe.recv():
+        pass
+    await asyncio.sleep(0.5)
+    pipe.send(b"exit-status 7")
+    pipe.close()
+
+
+async def test_the_last_bytes_of_an_ended_session_reach_a_client_that_resumes() -> None:
+    """The device's SSH side ended while detached: the exit status still arrives."""
+    registry = ResumeRegistry(None, grace=30)
+    async with device(registry, last_words) as tunnel:
+        client = Client(tunnel)
+        pipe = await client.open()
+        pipe.send_eof()
+        await asyncio.sleep(0.2)
+        pipe.detach("the link drops before the answer")
+        await asyncio.sleep(1.0)  # the answer and the end of stream wait on the device
+        session = next(iter(registry.sessions.values()))
+        assert session.pipe.stream.unacked == len(b"exit-status 7") + 1
+        answer = await client.resume()
+        assert answer.received == 1  # our EOF
+        assert await _read(pipe, 13) == b"exit-status 7"
+        async with asyncio.timeout(5):
+            assert await pipe.recv() == b""
+            while registry.sessions:
+                await asyncio.sleep(0.05)

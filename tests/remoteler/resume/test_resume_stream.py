@@ -186,3 +186,17 @@ def test_acks_follow_the_ack_interval() -> None:
     a.write(b"x")
     b.receive(b"".join(a.take_output(0.0)), 0.0)
     assert b.take_output(0.0) == [encode_ack(1000)]
+
+
+def test_data_right_behind_the_handshake_is_acknowledged_at_once() -> None:
+    """The client told the device its count in RESUME, then received replayed DATA in
+    the same read as RESUMED: attach acknowledges it, not the keepalive 5 s later."""
+    device, client = ResumeStream(), ResumeStream()
+    device.attach(0, 0.0)
+    device.write(b"last words")
+    device.take_output(0.0)  # lost with the link
+    device.detach()
+    device.attach(0, 1.0)  # the client's RESUME said 0
+    client.receive(b"".join(device.take_output(1.0)), 1.0)  # the replay arrives early
+    client.attach(0, 1.0, told=0)
+    assert client.take_output(1.0) == [encode_ack(10)]
