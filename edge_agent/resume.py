@@ -40,7 +40,7 @@ from remoteler.resume.handshake import (
     token_matches,
 )
 from remoteler.resume.pipe import ResumablePipe
-from remoteler.resume.stream import DEFAULT_BUFFER, ResumeStream
+from remoteler.resume.stream import DEFAULT_BUFFER, DEFAULT_QUEUE, ResumeStream
 from remoteler.sshio import BytePipe, ChannelPipe
 from remoteler.wire.aio import ChannelRequest
 from remoteler.wire.codes import OpenFailure
@@ -98,6 +98,7 @@ class ResumeRegistry:
         *,
         grace: float = DEFAULT_GRACE,
         buffer: int = DEFAULT_BUFFER,
+        queue: int = DEFAULT_QUEUE,
         max_sessions: int = MAX_SESSIONS,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
@@ -105,6 +106,7 @@ class ResumeRegistry:
         self.handshake_timeout = handshake_timeout
         self.grace = grace
         self.buffer = buffer
+        self.queue = queue
         self.max_sessions = max_sessions
         self.sessions: dict[str, DeviceSession] = {}
         self._ended: OrderedDict[str, str] = OrderedDict()
@@ -147,7 +149,8 @@ class ResumeRegistry:
         sid = new_session_id()
         holder: list[DeviceSession] = []
         pipe = ResumablePipe(
-            ResumeStream(self.buffer), lambda reason: self._detached(holder[0], reason)
+            ResumeStream(self.buffer, queue_limit=self.queue),
+            lambda reason: self._detached(holder[0], reason),
         )
         session = DeviceSession(
             sid, new_token(), user, login, user_key, pipe, str(meta.get("session_id") or "")[:64]
@@ -175,7 +178,10 @@ class ResumeRegistry:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.grace + LINGER):
                     await session.pipe.wait_delivered()
-            self._finish(session, "its SSH connection ended")
+            failure = session.pipe.failure
+            if failure is not None:  # the stream itself failed: say so, as for the grace
+                self._emit(EventType.SESSION_ABANDONED, session, reason=failure[:200], grace=0.0)
+            self._finish(session, failure or "its SSH connection ended")
 
     def _finish(self, session: DeviceSession, reason: str) -> None:
         session.pipe.end(reason)

@@ -153,7 +153,7 @@ class ResumablePipe:
             self.stream.write(data)
         except ReplayOverflow as exc:
             log.warning("resumable session ended: %s", exc)
-            self.end(f"the replay buffer overflowed ({exc})")
+            self.end(f"the replay buffer overflowed ({exc})", failed=True)
             return
         self._flush()
 

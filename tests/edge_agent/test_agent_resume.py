@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
+from edge_agent.audit import AgentAudit
+from edge_agent.outbox import Outbox
 from edge_agent.resume import ResumeRegistry, ServeSSH
-from remoteler.resume.frames import FrameType
+from remoteler.resume.frames import FrameParser, FrameType
 from remoteler.resume.handshake import (
     Resume,
     parse_hello,
@@ -246,3 +249,38 @@ async def test_the_last_bytes_of_an_ended_session_reach_a_client_that_resumes() 
             assert await pipe.recv() == b""
             while registry.sessions:
                 await asyncio.sleep(0.05)
+
+
+async def flood(pipe: BytePipe, meta: Mapping[str, Any]) -> None:
+    """Writes without waiting, as asyncssh does (it ignores pause_writing)."""
+    for _ in range(16):
+        pipe.send(b"y" * (256 * 1024))
+        await asyncio.sleep(0)
+    await pipe.recv()
+
+
+async def test_a_client_that_never_acknowledges_ends_the_session_at_the_queue_cap(
+    tmp_path: Path,
+) -> None:
+    """The hostile client reads nothing and acknowledges nothing: the device's queue
+    stops at its cap, the session ends, the audit trail and a resume say why."""
+    outbox = await Outbox.open(tmp_path / "audit.db", node="n1")
+    audit = AgentAudit(outbox, "n1")
+    registry = ResumeRegistry(audit, grace=30, buffer=256 * 1024, queue=1 << 20)
+    try:
+        async with device(registry, flood) as tunnel:
+            channel = await tunnel.open_channel("ssh", {**ALICE, "resume": "new"})
+            hello = parse_hello(FrameParser().feed(await channel.read())[0])
+            async with asyncio.timeout(10):
+                while registry.sessions:
+                    await asyncio.sleep(0.05)
+            client = Client(tunnel)
+            client.hello, client.token = hello, hello.token
+            client.pipe = ResumablePipe(ResumeStream(), client.detaches.append)
+            why = await client.resume()
+            assert why.startswith("the session ended on the device: the replay buffer overflowed")
+        await audit.flush()
+        events = [e for e in await outbox.batch() if e.type == "session.abandoned"]
+        assert len(events) == 1 and "overflowed" in events[0].fields["reason"]
+    finally:
+        await outbox.close()
