@@ -46,6 +46,7 @@ from remoteler.protocol import (
     TUNNEL_SUBPROTOCOL,
     VERSION,
 )
+from remoteler.sshio import BytePipe, ChannelPipe
 from remoteler.tlsutil import client_context
 from remoteler.wire.aio import ChannelRequest, Tunnel
 from remoteler.wire.codes import OpenFailure
@@ -53,7 +54,6 @@ from remoteler.wire.limits import Limits
 
 if TYPE_CHECKING:  # imported at start by the CLI, not here (tests build bare agents)
     from edge_agent.firmware import FirmwareAgent
-    from remoteler.sshio import BytePipe
 
 __all__ = ["HUB_ID_WAIT", "Backoff", "EdgeAgent", "TunnelRun"]
 
@@ -339,7 +339,9 @@ class EdgeAgent:
                     self.slots.close_duplicates()
 
     async def _serve_ssh_pipe(self, pipe: BytePipe, meta: Mapping[str, Any]) -> None:
-        """The embedded SSH server over a resumable session's pipe."""
+        """The embedded SSH server over ``pipe``: a channel's, or a resumable session's."""
+        # asyncssh is imported on the first session, not at start-up: an idle agent
+        # stays ~15 MiB smaller on small boards (bench agent_footprint).
         from edge_agent.sshd import serve_ssh
 
         await serve_ssh(
@@ -360,17 +362,9 @@ class EdgeAgent:
             resume = self.resume if self.resume.grace else None  # docs/resume.md
             await serve_target_channel(request, *self.ssh_target, self.audit, self.locks, resume)
             return
-        # asyncssh is imported on the first session, not at start-up: an idle agent
-        # stays ~15 MiB smaller on small boards (bench agent_footprint).
-        from edge_agent.sshd import serve_ssh_channel
-
         channel = request.accept()
-        await serve_ssh_channel(
-            channel,
-            self.ident,
-            lambda: self.labels,
-            self.audit,
-            self.locks,
-            self.consoles,
-            clock=self.clock,
-        )
+        try:
+            meta = channel.meta if isinstance(channel.meta, dict) else {}
+            await self._serve_ssh_pipe(ChannelPipe(channel), meta)
+        finally:
+            channel.close()

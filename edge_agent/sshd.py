@@ -29,7 +29,6 @@ from remoteler.roleopts import (
 )
 from remoteler.sshio import (
     BytePipe,
-    ChannelPipe,
 )
 from remoteler.sshserver import (
     ASYNCSSH_REFUSED,
@@ -175,25 +174,6 @@ def _key_id(cert_blob: bytes) -> str:
         return parse_certificate(cert_blob).key_id[:64]
     except CAError:
         return ""
-
-
-async def serve_ssh_channel(
-    channel: Any,
-    ident: NodeIdentity,
-    labels: Callable[[], Mapping[str, str]],
-    audit: AgentAudit | None = None,
-    locks: LockStore | None = None,
-    consoles: SerialConsoles | None = None,
-    clock: HubClock | None = None,
-) -> None:
-    """Serve one SSH connection arriving as a tunnel channel."""
-    meta = channel.meta if isinstance(channel.meta, dict) else {}
-    try:
-        await serve_ssh(
-            ChannelPipe(channel), meta, ident, labels, audit, locks, consoles, clock=clock
-        )
-    finally:
-        channel.close()
 
 
 async def serve_ssh(
