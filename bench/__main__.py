@@ -33,6 +33,7 @@ MODULES = [
     "bench.sftp_server",
     "bench.slowlink",
     "bench.cluster",
+    "bench.resume",
 ]
 
 

@@ -18,6 +18,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "client": ("relay_throughput", "session_setup", "keystroke_latency", "agent_footprint"),
     "hub": ("hub_scale", "audit", "audit_seqmark", "dead_tunnel", "recording_proxy", "hub_cluster"),
     "device": ("agent_size", "attack_memory", "sftp_server", "keystroke_slow_link"),
+    "resume": ("resume",),
 }
 
 
