@@ -43,7 +43,9 @@ __all__ = ["PlainPipe", "Resumer", "open_pipe"]
 FINAL_CLOSE_CODES = (4401, 4403)
 #: The first answer on a link (HELLO, RESUMED) must come within this.
 HANDSHAKE_TIMEOUT = 20.0
-BACKOFF_FIRST, BACKOFF_MAX = 0.25, 5.0
+#: Redial backoff: short steps first (an agent reconnecting after a reset is usually
+#: back within a second), then longer, jittered, up to BACKOFF_MAX.
+BACKOFF_FIRST, BACKOFF_FACTOR, BACKOFF_MAX = 0.2, 1.5, 5.0
 #: Our replay buffer follows the device's, within these bounds.
 MIN_BUFFER, MAX_BUFFER = 256 * 1024, 64 << 20
 
@@ -147,7 +149,7 @@ class Resumer:
         self.hello = parse_hello(frame)
         self.token = self.hello.token
         stream.buffer_limit = min(max(self.hello.buffer, MIN_BUFFER), MAX_BUFFER)
-        stream.ack_every = max(1, stream.buffer_limit // 8)  # as the device's
+        stream.ack_every = max(1, stream.buffer_limit // 2)  # as the device's
         self.pipe = ResumablePipe(stream, self._detached)
         self.pipe.attach(link, 0, rest, told=0)
         return self.pipe
@@ -205,7 +207,7 @@ class Resumer:
                     last_error = str(getattr(exc, "message", "") or exc or type(exc).__name__)
                 wait = min(backoff, max(0.0, deadline - time.monotonic()))
                 await asyncio.sleep(wait * random.uniform(0.8, 1.2))
-                backoff = min(BACKOFF_MAX, backoff * 2)
+                backoff = min(BACKOFF_MAX, backoff * BACKOFF_FACTOR)
             if pipe.ended is None:
                 self._end(
                     f"not back within the device's {hello.grace:.0f} s resume grace; "

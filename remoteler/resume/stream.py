@@ -93,7 +93,9 @@ class ResumeStream:
             raise ValueError(f"buffer_limit must be at least {MAX_DATA}")
         self.buffer_limit = buffer_limit
         self.queue_limit = queue_limit
-        self.ack_every = ack_every or max(1, buffer_limit // 8)
+        # every half buffer: the writer keeps 2-4 MiB in flight, and each ACK restarts it
+        # (an ACK every eighth cost 2-3x the CPU per MiB: docs/performance.md, resume)
+        self.ack_every = ack_every or max(1, buffer_limit // 2)
         self.keepalive = keepalive
         self.dead_after = dead_after
         #: our stream: bytes written by the application (EOF counted as one)
