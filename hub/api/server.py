@@ -50,6 +50,7 @@ from remoteler import rpc
 from remoteler.access import Role as UserRole
 from remoteler.access import check_access, node_visible
 from remoteler.addr import parse_labels
+from remoteler.caps import RESUME
 from remoteler.errors import (
     AccessDenied,
     AuthError,
@@ -473,7 +474,10 @@ class HubServer:
                 assert ident is not None
                 # the session's slot is given back when the TCP connection is gone
                 query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
-                if (query.get(NOTICE_PARAM) or [""])[0] == "1":
+                # A resumable session needs no drain notice: when this hub cuts it, tsh
+                # resumes it through another hub (or this one, back) by itself.
+                resumable = bool(getattr(ws, "remoteler_resume", "")) and RESUME in node.caps
+                if (query.get(NOTICE_PARAM) or [""])[0] == "1" and not resumable:
                     self.notices.add(ws)
                 try:
                     if ws in self.notices and self.drain_deadline is not None:

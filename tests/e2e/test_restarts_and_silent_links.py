@@ -59,7 +59,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     proxy = FaultProxy("127.0.0.1", cluster.hub_port).start()
     try:
         cluster.add_user("alice", [ME])
-        cluster.start_agent("d1", "env=lab")
+        # sessions that end at a drain, as without resumption (docs/resume.md)
+        cluster.start_agent("d1", "env=lab", None, "--resume-grace", "0")
         cluster.start_agent(
             "truck-042",
             "env=lab",
