@@ -125,10 +125,19 @@ class FrameParser:
         self._buf.clear()
 
     def feed(self, data: bytes) -> list[Frame]:
-        self._buf += data
+        """Whole frames in ``self``'s leftovers plus ``data``; one copy per payload
+        (a read that holds whole frames, the common case, is sliced, not buffered)."""
+        if self._buf:
+            self._buf += data
+            buf: bytes = bytes(self._buf)
+            self._buf.clear()
+        else:
+            buf = bytes(data)
+        view = memoryview(buf)
         frames: list[Frame] = []
-        while len(self._buf) >= HEADER.size:
-            ftype, length = HEADER.unpack_from(self._buf)
+        pos, size = 0, len(buf)
+        while size - pos >= HEADER.size:
+            ftype, length = HEADER.unpack_from(buf, pos)
             try:
                 kind = FrameType(ftype)
             except ValueError:
@@ -136,9 +145,11 @@ class FrameParser:
             limit = MAX_DATA if kind == FrameType.DATA else MAX_CONTROL
             if length > limit:
                 raise ResumeProtocolError(f"{kind.name} of {length} bytes (at most {limit})")
-            end = HEADER.size + length
-            if len(self._buf) < end:
+            end = pos + HEADER.size + length
+            if end > size:
                 break
-            frames.append(Frame(kind, bytes(self._buf[HEADER.size : end])))
-            del self._buf[:end]
+            frames.append(Frame(kind, bytes(view[pos + HEADER.size : end])))
+            pos = end
+        if pos < size:
+            self._buf += view[pos:]
         return frames
