@@ -102,6 +102,10 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             str(MISSES),
             "--reconnect-max",
             f"{RECONNECT_MAX:g}",
+            # sessions end with the tunnel here, as without resumption: this module
+            # is about the tunnel; tests/e2e/test_resume.py is about sessions surviving
+            "--resume-grace",
+            "0",
             hub=proxy.addr,
         )
         wait_for(lambda: cluster.node_online(NODE), what="agent online through the proxy")
