@@ -601,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.proxy = args.proxy or os.environ.get("TSH_PROXY") or None
     try:
+        from tsh.resume import hangup_ends_sessions
+
+        hangup_ends_sessions()  # tsh's own process: a hang-up ends a resumable session
         return asyncio.run(COMMANDS[args.command](args))
     except RemotelerError as err:
         rotatable = args.command in ("ls", "ssh", "scp", "play", "proxy")

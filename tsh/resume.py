@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -37,7 +39,19 @@ from remoteler.resume.stream import Control, Event, ResumeStream
 from remoteler.sshio import BytePipe, WebSocketPipe
 from remoteler.text import printable
 
-__all__ = ["PlainPipe", "Resumer", "open_pipe"]
+__all__ = ["PlainPipe", "Resumer", "hangup_ends_sessions", "open_pipe"]
+
+#: set by the CLI: SIGHUP/SIGTERM end a resumable session for good (see Resumer)
+_hangup_ends = False
+
+
+def hangup_ends_sessions() -> None:
+    """tsh's own process: a hang-up (the terminal closed, OpenSSH ending its
+    ProxyCommand) or SIGTERM means the user is gone, not the link: tell the device,
+    so it ends the session now instead of keeping it for the grace."""
+    global _hangup_ends
+    _hangup_ends = True
+
 
 #: close codes after which a session is over whatever the stream says (hub/api/server.py)
 FINAL_CLOSE_CODES = (4401, 4403)
@@ -48,6 +62,8 @@ HANDSHAKE_TIMEOUT = 20.0
 BACKOFF_FIRST, BACKOFF_FACTOR, BACKOFF_MAX = 0.2, 1.5, 5.0
 #: Our replay buffer follows the device's, within these bounds.
 MIN_BUFFER, MAX_BUFFER = 256 * 1024, 64 << 20
+#: How long a hang-up waits for our end of stream to leave before the process dies.
+HANGUP_FLUSH = 0.5
 
 Dial = Callable[[str], Any]  # resume value -> awaitable websocket
 
@@ -152,7 +168,18 @@ class Resumer:
         stream.ack_every = max(1, stream.buffer_limit // 2)  # as the device's
         self.pipe = ResumablePipe(stream, self._detached)
         self.pipe.attach(link, 0, rest, told=0)
+        if _hangup_ends:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGHUP, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._hangup, sig)
         return self.pipe
+
+    def _hangup(self, sig: int) -> None:
+        """End our stream (the device ends the session on it), give it a moment to go
+        out, then die of the signal as we would have without this handler."""
+        if self.pipe is not None:
+            self.pipe.close()
+        asyncio.get_running_loop().call_later(HANGUP_FLUSH, _die, sig)
 
     def _detached(self, reason: str) -> None:
         pipe = self.pipe
@@ -246,6 +273,11 @@ class Resumer:
 
 class _Refused(Exception):
     pass
+
+
+def _die(sig: int) -> None:
+    signal.signal(sig, signal.SIG_DFL)
+    os.kill(os.getpid(), sig)
 
 
 async def _handshake(

@@ -399,6 +399,33 @@ def test_a_lock_ends_a_detached_session_and_tsh_says_why(rig: Rig, tmp_path: Pat
 
 
 @pytest.mark.timeout(120)
+def test_a_hung_up_tsh_ends_its_session_at_once(rig: Rig) -> None:
+    """SIGHUP (the terminal closed, or OpenSSH ending its ProxyCommand) means the user
+    is gone, not the link: the device ends the session now, not after the grace."""
+    marker = f"sleep 6{os.getpid() % 100:02d}"
+    proc = subprocess.Popen(
+        [str(BIN / "tsh"), "ssh", f"{ME}@truck-042", f"echo up; {marker}"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=rig.env(),
+    )
+
+    def running() -> bool:
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        return marker in ps.splitlines()
+
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+        assert running()
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(10) in (255, -signal.SIGHUP)  # ended by the device, or the signal
+        wait_for(lambda: not running(), timeout=10, what="the remote command to end")
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.timeout(120)
 def test_forward_mode_keeps_the_devices_own_sshd_session_across_resets(rig: Rig) -> None:
     """legacy-1 relays to a real OpenSSH sshd: the agent keeps that TCP connection for
     the session, so sshd's shell (same PID) never notices the agent's link going."""
