@@ -72,7 +72,6 @@ class DeviceSession:
     pipe: ResumablePipe
     #: the hub's id of the session that opened it: the recording's and the audit trail's
     ssh_session_id: str = ""
-    started: float = field(default_factory=time.monotonic)
     resumes: int = 0
     link_gone: asyncio.Event = field(default_factory=asyncio.Event)
     grace_timer: asyncio.Task[None] | None = None
@@ -162,7 +161,7 @@ class ResumeRegistry:
         session.pipe.attach(link, 0, [], hello_frame(hello))
         log.info("resumable session start", extra=session.who())
         session.task = asyncio.ensure_future(self._run(session, serve_ssh, dict(meta)))
-        await self._until_gone(session)
+        await session.link_gone.wait()
         return True
 
     async def _run(self, session: DeviceSession, serve_ssh: ServeSSH, meta: dict[str, Any]) -> None:
@@ -193,9 +192,6 @@ class ResumeRegistry:
             while len(self._ended) > REMEMBER:
                 self._ended.popitem(last=False)
             log.info("resumable session end: %s", reason, extra=session.who())
-
-    async def _until_gone(self, session: DeviceSession) -> None:
-        await session.link_gone.wait()
 
     # detach and grace ------------------------------------------------------------
     def _detached(self, session: DeviceSession, reason: str) -> None:
@@ -266,7 +262,7 @@ class ResumeRegistry:
             bytes_replayed=replayed,
             resumes=session.resumes,
         )
-        await self._until_gone(session)
+        await session.link_gone.wait()
         return True
 
     def _check(

@@ -146,11 +146,8 @@ class Resumer:
         self.hello: Hello | None = None
         self.token = b""
         self.ws: Any = None
-        self.resumes = 0
         self.status = Status(node)
         self._task: asyncio.Task[None] | None = None
-        #: the session's end as the user should read it (printed once)
-        self.outcome: str | None = None
 
     async def open(self) -> BytePipe:
         """The first link: a resumable pipe, or the plain link if the device has none."""
@@ -197,7 +194,6 @@ class Resumer:
     def _end(self, outcome: str) -> None:
         """The session is over: SSH above fails with ``outcome``, which tsh prints."""
         assert self.pipe is not None
-        self.outcome = outcome
         self.status.clear()
         self.pipe.end(outcome, failed=True)
 
@@ -215,7 +211,6 @@ class Resumer:
                     async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                         if await self._try_once(hello):
                             gap = time.monotonic() - lost_at
-                            self.resumes += 1
                             self.status.outcome(
                                 f"resumed the session to {self.node} after {gap:.1f} s "
                                 f"({pipe.stream.replayed} bytes replayed)"
