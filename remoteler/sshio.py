@@ -23,6 +23,8 @@ CIPHERS = list(sshalgs.CIPHERS)
 SSH_WINDOW = 8 << 20
 SSH_MAX_PACKET = 256 * 1024
 HIGH_WATER = 1 << 20
+#: Loop turns between the last bytes and the end of stream (see _settle).
+SETTLE_TURNS = 3
 #: Largest websocket message we send on the connect leg (the hub accepts up to 1 MiB).
 MAX_MESSAGE = 256 * 1024
 
@@ -182,6 +184,18 @@ class ChannelPipe:
         self._channel.close()
 
 
+async def _settle() -> None:
+    """Give the protocol's own callbacks a few loop turns before it hears of the end.
+
+    A socket's end of stream is a read event of its own, after the callbacks that the
+    last data_received scheduled; a pipe may hand over its last bytes and its end at
+    once. asyncssh handles some packets (KEXINIT) in a task: without these turns the
+    end would overtake it, and a refused key exchange read as "Connection lost".
+    """
+    for _ in range(SETTLE_TURNS):
+        await asyncio.sleep(0)
+
+
 class PipeTransport(asyncio.Transport):
     """An asyncio transport over a :class:`BytePipe`."""
 
@@ -211,6 +225,7 @@ class PipeTransport(asyncio.Transport):
                 if not data:
                     break
                 self._protocol.data_received(data)
+            await _settle()
             if not self._closing and getattr(self._pipe, "failure", None) is None:
                 self._protocol.eof_received()  # (a failure is passed to connection_lost)
         finally:

@@ -24,6 +24,8 @@ from remoteler.ca import CAError, CertAuthority, generate_private_key, pin_of_ce
 from remoteler.errors import TrustError
 from remoteler.tlsutil import server_context
 
+#: "Now" for the checks: set when the module's CA is made, not at import (collection may
+#: come long before the tests run, and the CA is valid only from 5 minutes before it).
 NOW = int(time.time())
 
 
@@ -33,6 +35,8 @@ def _der(pem: bytes) -> bytes:
 
 @pytest.fixture(scope="module")
 def host_ca() -> CertAuthority:
+    global NOW
+    NOW = int(time.time())
     return CertAuthority.generate("host", "example")  # valid from 5 minutes ago
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncssh
+import pytest
 
 from remoteler.sshio import PipeTunnel, messages
 
@@ -135,3 +136,48 @@ async def test_websocket_pipe_hands_text_to_on_text_and_reads_on() -> None:
             plain = WebSocketPipe(ws)
             assert [await plain.recv(), await plain.recv()] == [b"one", b""]
             plain.close()
+
+
+def _name_list(*names: str) -> bytes:
+    text = ",".join(names).encode()
+    return len(text).to_bytes(4, "big") + text
+
+
+def _weak_kexinit_packet() -> bytes:
+    """A server's KEXINIT offering only algorithms we never accept (an unencrypted packet)."""
+    payload = (
+        bytes([20])
+        + bytes(16)
+        + _name_list("diffie-hellman-group1-sha1")
+        + _name_list("ssh-rsa")
+        + _name_list("aes128-cbc") * 2
+        + _name_list("hmac-sha1") * 2
+        + _name_list("none") * 2
+        + _name_list() * 2
+        + b"\0"
+        + bytes(4)
+    )
+    pad = 8 - (5 + len(payload)) % 8
+    pad += 8 if pad < 4 else 0
+    body = bytes([pad]) + payload + bytes(pad)
+    return len(body).to_bytes(4, "big") + body
+
+
+async def test_data_and_end_in_one_go_reach_ssh_in_order() -> None:
+    """The peer's last packet and its end of stream read at once (a resumable pipe hands
+    both over together): asyncssh handles the KEXINIT in a task of its own, and must see
+    it before the end, as it would over a socket, so the user reads the real reason."""
+    pipe = MemoryPipe()
+    pipe.peer = MemoryPipe()
+    pipe.inbox.put_nowait(b"SSH-2.0-OpenSSH_5.3\r\n" + _weak_kexinit_packet())
+    pipe.inbox.put_nowait(b"")
+    with pytest.raises(asyncssh.KeyExchangeFailed):
+        await asyncssh.connect(
+            "node",
+            tunnel=PipeTunnel(pipe, {"peername": ("127.0.0.1", 0)}),
+            config=None,
+            known_hosts=None,
+            username="u",
+            agent_path=None,
+            client_keys=None,
+        )
