@@ -31,7 +31,7 @@ lint: $(STAMP)
 pytest: $(STAMP)
 	@# 4 workers on 2 cores: many real-process tests wait (heartbeats, drains, lockout
 	@# windows); measured 12:54 against 14:29 with -n 2 on the same 2-core machine.
-	$(BIN)/pytest -q -p no:cacheprovider -n 4 --dist loadfile
+	$(BIN)/pytest -q -p no:cacheprovider -n 4 --dist loadfile --durations=20
 
 clean:
 	rm -rf $(VENV) demo-data .mypy_cache .ruff_cache .pytest_cache *.egg-info
