@@ -43,7 +43,7 @@ from hub.net.admission import Gate, LagGovernor, source_key
 from hub.net.dropcount import DropCounter
 from hub.net.tlswatch import HandshakeDeadline, WatchedContext
 from hub.net.wsguard import GuardedConnection, WsGuardLimits
-from remoteler.protocol import TUNNEL_ALPN
+from remoteler.protocol import TUNNEL_ALPN, WEB_ALPNS
 from remoteler.tlshello import MAX_HELLO, NotClientHello, parse_client_hello
 
 log = logging.getLogger("remoteler.hub.listener")
@@ -83,6 +83,11 @@ class ListenerLimits:
     drop_summary_interval: float = 60.0
     #: connections accepted but not yet through their handshake; beyond it, closed at once
     max_queued: int = 20_000
+    #: open web console connections (browsers keep a few each), in all and per address
+    max_web_connections: int = 2_048
+    max_web_connections_per_addr: int = 64
+    #: seconds a web connection has to send its first request's headers
+    web_header_timeout: float = 10.0
     #: seconds for a peer to send its whole ClientHello
     hello_timeout: float = 10.0
     #: seconds for the whole TLS handshake and for the websocket upgrade, each
@@ -171,7 +176,14 @@ class Listener:
         self.max_size = max_size
         self.limits = limits or ListenerLimits()
         self.guard = WsGuardLimits()
+        #: the web console (hub/web): its TLS context and aiohttp's protocol factory; a
+        #: ClientHello offering http/1.1 or h2 goes there while both are set
+        self.web_ctx: ssl.SSLContext | None = None
+        self.web_factory: Callable[[], asyncio.Protocol] | None = None
+        #: open web connections, in all and per source address (capped below)
+        self.web_open: dict[str, int] = {}
         self.lanes = {
+            "web": _Lane("web", self.limits.user_handshakes, self.limits.user_handshakes_per_addr),
             "tunnel": _Lane(
                 "tunnel", self.limits.tunnel_handshakes, self.limits.tunnel_handshakes_per_addr
             ),
@@ -298,6 +310,10 @@ class Listener:
                 self.drops.add("queue", "hub draining", loop.time(), key)
                 conn.close()
                 return
+            if lane_name == "web" and not self._web_room(key):
+                self.drops.add("queue", "web connections cap", loop.time(), key)
+                conn.close()
+                return
             queued_at = time.monotonic()
             await lane.gate.acquire(key)
             gate = lane.gate
@@ -313,7 +329,10 @@ class Listener:
                 return
             lane.admitted += 1
             tls = True
-            await self._start_tls(conn, key)
+            if lane_name == "web":
+                await self._start_web_tls(conn, key)
+            else:
+                await self._start_tls(conn, key)
             # The permit covered the CPU-heavy part. The websocket upgrade that follows
             # has its own timeout; a client that stalls there no longer holds a permit.
         finally:
@@ -344,7 +363,11 @@ class Listener:
                     return "tunnel"
                 hello = parse_client_hello(data)
                 if hello is not None:
-                    return "tunnel" if TUNNEL_ALPN in hello.alpn else "user"
+                    if TUNNEL_ALPN in hello.alpn:
+                        return "tunnel"
+                    if self.web_factory is not None and WEB_ALPNS & set(hello.alpn):
+                        return "web"
+                    return "user"
                 if len(data) >= MAX_HELLO:
                     raise NotClientHello("ClientHello too large")
                 # The rest is in flight; peeking again at once would spin. Back off,
@@ -357,7 +380,47 @@ class Listener:
         under the key the other stages use (an IPv6 peer's /64)."""
         self.drops.add("ws", kind, asyncio.get_running_loop().time(), source_key(source))
 
-    async def _start_tls(self, conn: socket.socket, key: str) -> bool:
+    def _web_room(self, key: str) -> bool:
+        total = sum(self.web_open.values())
+        return (
+            total < self.limits.max_web_connections
+            and self.web_open.get(key, 0) < self.limits.max_web_connections_per_addr
+        )
+
+    async def _start_web_tls(self, conn: socket.socket, key: str) -> bool:
+        """A browser's connection: the web certificate, then aiohttp (hub/web/app.py).
+        Counted per source address until it closes."""
+        assert self.web_factory is not None and self.web_ctx is not None
+        make = self.web_factory
+        counts = self.web_open
+        counts[key] = counts.get(key, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                left = counts.get(key, 1) - 1
+                if left > 0:
+                    counts[key] = left
+                else:
+                    counts.pop(key, None)
+
+        def factory() -> asyncio.Protocol:
+            return _Counted(make(), release, self.limits.web_header_timeout)
+
+        ok = await self._start_tls(conn, key, factory, self.web_ctx)
+        if not ok:
+            release()
+        return ok
+
+    async def _start_tls(
+        self,
+        conn: socket.socket,
+        key: str,
+        protocol_factory: Callable[[], asyncio.Protocol] | None = None,
+        ssl_ctx: ssl.SSLContext | None = None,
+    ) -> bool:
         """The TLS handshake, given up when the peer does not answer our flight within
         ``tls_reply_timeout`` (hub/net/tlswatch.py) or takes ``handshake_timeout`` in all."""
         loop = asyncio.get_running_loop()
@@ -378,10 +441,10 @@ class Listener:
         deadline = HandshakeDeadline(
             loop.time(), self.limits.tls_reply_timeout, self.limits.handshake_timeout
         )
-        watched = WatchedContext(self.ssl_ctx, deadline, loop.time)
+        watched = WatchedContext(ssl_ctx or self.ssl_ctx, deadline, loop.time)
         handshake = asyncio.ensure_future(
             loop.connect_accepted_socket(
-                factory,
+                protocol_factory or factory,
                 conn,
                 ssl=cast(ssl.SSLContext, watched),
                 ssl_handshake_timeout=self.limits.handshake_timeout,
@@ -403,6 +466,10 @@ class Listener:
             handshake.result()
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             self.drops.add("tls", _tls_why(exc), loop.time(), key)
+            conn.close()
+            return False
+        except Exception:  # a bug above TLS: this connection goes, the listener stays
+            log.exception("connection setup failed")
             conn.close()
             return False
         finally:
@@ -447,6 +514,54 @@ class Listener:
         for stage, count in self.drops.totals.items():
             out[f"dropped_{stage}"] = count
         return out
+
+
+class _Counted(asyncio.Protocol):
+    """A protocol (aiohttp's request handler) whose connection is counted until it ends
+    (``release`` runs once, at ``connection_lost``) and must send its first request's
+    headers within ``header_timeout`` seconds (a slowloris client is cut: aiohttp's own
+    timers start only once a request is in)."""
+
+    def __init__(
+        self, inner: asyncio.Protocol, release: Callable[[], None], header_timeout: float
+    ) -> None:
+        self.inner = inner
+        self.release = release
+        self.header_timeout = header_timeout
+        self._tail = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.header_timeout, transport.abort)  # type: ignore[attr-defined]
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            seen = self._tail + data
+            if b"\r\n\r\n" in seen:
+                self._timer.cancel()
+                self._timer = None
+            else:
+                self._tail = seen[-3:]
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.release()
+        self.inner.connection_lost(exc)
 
 
 #: accept() errors that belong to one pending connection: retry, as accept(2) says

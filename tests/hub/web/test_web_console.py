@@ -200,3 +200,57 @@ def test_sse_stream_says_when_a_node_goes_offline(hub: Cluster, tmp_path: Path) 
     assert json.loads(event[6:])["name"] == "truck-2"
     hub.start_agent("truck-2", "env=dev")
     wait_for(lambda: hub.node_online("truck-2"), what="truck-2 back")
+
+
+def test_live_views_per_session_are_capped(hub: Cluster) -> None:
+    web = WebClient(hub)
+    assert web.login(new_user(hub)).status == 200
+    cookie = "; ".join(f"{k}={v}" for k, v in web.cookies.items())
+    streams = []
+    try:
+        for _ in range(5):
+            sock = web_context(hub).wrap_socket(
+                socket.create_connection(("127.0.0.1", hub.hub_port), timeout=20),
+                server_hostname="localhost",
+            )
+            request = f"GET /web/api/events HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\n\r\n"
+            sock.sendall(request.encode())
+            streams.append(sock)
+            head = sock.recv(4096).decode()
+            if len(streams) <= 4:
+                assert "200 OK" in head, head
+            else:
+                assert "429" in head.split("\r\n")[0], head
+    finally:
+        for sock in streams:
+            sock.close()
+
+
+def test_a_terminal_message_past_its_cap_closes_the_terminal(hub: Cluster) -> None:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    web = WebClient(hub)
+    assert web.login(new_user(hub, admin=True)).status == 200
+    cookie = "; ".join(f"{k}={v}" for k, v in web.cookies.items())
+    url = f"wss://localhost:{hub.hub_port}/web/api/terminal?node=truck-1&login=root&csrf={web.csrf}"
+    ctx = web_context(hub)
+    ctx.set_alpn_protocols(["http/1.1"])
+    with connect(url, ssl=ctx, additional_headers={"Cookie": cookie}, open_timeout=20) as ws:
+        ws.send(b"x" * (64 * 1024 + 1))
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=20)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    assert WebClient(hub).request("GET", "/healthz").status == 200
+
+
+def test_a_locked_users_web_sessions_end(hub: Cluster) -> None:
+    web = WebClient(hub)
+    name = new_user(hub)
+    assert web.login(name).status == 200
+    lock = hub.tctl_json("lock", "--user", name, "--message", "laptop stolen", "--ttl", "5m")
+    try:
+        wait_for(lambda: web.request("GET", "/web/api/me").status == 401, what="session ended")
+    finally:
+        hub.tctl("unlock", lock["id"])
