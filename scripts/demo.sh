@@ -78,6 +78,15 @@ run tsh ls
 step "Run a command on truck-042 through the hub (end-to-end SSH, the hub only relays)"
 run tsh ssh "$LOGIN@truck-042" 'echo "hello from $(hostname) as $(id -un)"; uname -sr'
 
+step "The web console answers on the same port (browsers trust demo-data/hub/web/ca.crt)"
+printf '$ curl --cacert %s https://localhost:%s/healthz\n' "$DATA/hub/web/ca.crt" "${HUB##*:}"
+"$BIN/python" - "$DATA/hub/web/ca.crt" "${HUB##*:}" <<'PY'
+import ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+ctx.set_alpn_protocols(["http/1.1"])  # what browsers and curl offer: the hub's web lane
+print(urllib.request.urlopen(f"https://localhost:{sys.argv[2]}/healthz", context=ctx).read().decode().strip())
+PY
+
 cat <<NEXT
 
 == Try it yourself (the hub and both agents keep running):
@@ -93,6 +102,8 @@ cat <<NEXT
   tctl audit search --node truck-042   # what was done there, forwarded from the device's outbox
   tsh play SESSION_ID                  # replay a session (ids: tctl audit search --type session.start)
 
+  Web console:   https://localhost:${HUB##*:}/  (user alice, the same password and code; trust
+                 $DATA/hub/web/ca.crt in the browser first: docs/web.md)
   Log in again:  tsh login --proxy $HUB --user alice   (password: demo-data/alice.password,
                  code: $BIN/python -c "import pyotp; print(pyotp.TOTP('$TOTP_SECRET').now())")
   Logs:          demo-data/hub.log, demo-data/agent-*.log

@@ -25,6 +25,7 @@ from websockets.asyncio.server import Server, ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from hub.api.counters import HubCounters
 from hub.api.drain_notice import (
     SESSION_CUT,
     Notices,
@@ -153,6 +154,8 @@ class HubServer:
         self.locks = LockWatcher(storage, self.registry)
         #: open /v1/connect sessions per user (role option max_sessions)
         self.sessions = SessionCounter()
+        #: relay bytes and audit events, for /metrics
+        self.counters = HubCounters()
         self._lock_task: asyncio.Future[None] | None = None
         self.server: Server | None = None
         #: monotonic end of the drain's grace once SIGTERM started it (hub/api/drain_notice.py)
@@ -542,7 +545,13 @@ class HubServer:
             if wait is not None:  # it ignored the quota's retry-after: not before it is over
                 request.reject(OpenFailure.RESOURCE_SHORTAGE, f"audit quota: retry in {wait:.0f}s")
                 return
-            await serve_audit_channel(request.accept(), node_id, self.audit, self.audit_quotas)
+            await serve_audit_channel(
+                request.accept(),
+                node_id,
+                self.audit,
+                self.audit_quotas,
+                counted=self.counters.ingested,
+            )
             return
         request.reject(OpenFailure.UNKNOWN_KIND, f"unknown channel kind {request.kind[:32]!r}")
 
@@ -638,6 +647,8 @@ class HubServer:
         )
         sent = received = 0
 
+        counters = self.counters
+
         async def user_to_node() -> None:
             nonlocal sent
             async for message in ws:
@@ -645,6 +656,7 @@ class HubServer:
                     await ws.close(1003, "binary messages only")
                     return
                 sent += len(message)
+                counters.relay_to_node += len(message)
                 channel.write(message)
                 await channel.drain()
             channel.write_eof()
@@ -653,6 +665,7 @@ class HubServer:
             nonlocal received
             while data := await channel.read(RELAY_CHUNK):
                 received += len(data)
+                counters.relay_to_user += len(data)
                 await ws.send(data)
             if not channel.eof_received and route.lost():
                 # closed without the device's end of stream: its tunnel, or the peer

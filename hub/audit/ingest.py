@@ -62,8 +62,11 @@ async def serve_audit_channel(
     store: AuditLog,
     quotas: AuditQuotas | None = None,
     clock: Callable[[], float] = time.monotonic,
+    counted: Callable[[int], None] | None = None,
 ) -> None:
     """Serve one audit channel until the agent closes it; never raises (bar cancellation).
+
+    ``counted`` is told how many events each insert stored (the hub's metrics).
 
     ``node_id`` is the tunnel's authenticated node: every event is stored under it.
     A malformed message is logged once and the channel closed; nothing of it is acked.
@@ -77,6 +80,8 @@ async def serve_audit_channel(
         nonlocal stored, reused
         result: Inserted = await store.insert_checked(node_id, events)
         stored += result.inserted
+        if counted is not None:
+            counted(result.inserted)
         if not result.reused:
             return [e.id for e in events], None, result
         if not reused:

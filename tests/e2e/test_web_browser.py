@@ -231,6 +231,14 @@ def test_a_rollout_shows_its_progress_until_done(hub: Cluster, page: Any) -> Non
     )
     assert page.get_attribute(f"{row} tr[data-node=truck-1] progress", "value") == "100"
     page.screenshot(path=str(IMG / "web-rollout.png"), full_page=True)
+    # the fleet view shows the version the roll-out installed, and its slot
+    cell = page.locator("#fleet tr[data-node=truck-1] td").nth(5)
+    wait_for(
+        lambda: page.goto(_url(hub)) and cell.inner_text().startswith("2.0.0 ("),
+        timeout=30,
+        interval=2,
+        what="firmware in the fleet view",
+    )
 
 
 FETCH = """async ([url, method, headers]) => {

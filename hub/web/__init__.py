@@ -1,0 +1,1 @@
+"""The hub's web console, health checks and metrics (docs/web.md)."""
