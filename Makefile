@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-stop test pytest lint bench clean
+.PHONY: demo demo-stop test pytest lint bench clean web
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,26 +15,35 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m compileall -q remoteler hub edge_agent tsh firmware_tools
 	@touch $(STAMP)
 
-demo: $(STAMP)
+# The web console's assets (hub/web/static, shipped in the wheel): npm installs the pinned
+# xterm.js from web/package-lock.json, web/build.mjs copies it and web/src (docs/web.md).
+WEB_STAMP := hub/web/static/.built
+$(WEB_STAMP): web/package.json web/package-lock.json web/build.mjs $(wildcard web/src/*)
+	cd web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	node web/build.mjs
+
+web: $(WEB_STAMP)
+
+demo: $(STAMP) $(WEB_STAMP)
 	@bash scripts/demo.sh
 
 demo-stop:
 	@bash scripts/demo.sh stop
 
-test: $(STAMP) lint pytest
+test: $(STAMP) $(WEB_STAMP) lint pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(WEB_STAMP)
 	@# 4 workers on 2 cores: many real-process tests wait (heartbeats, drains, lockout
 	@# windows); measured 12:54 against 14:29 with -n 2 on the same 2-core machine.
 	$(BIN)/pytest -q -p no:cacheprovider -n 4 --dist loadfile --durations=20
 
 clean:
-	rm -rf $(VENV) demo-data .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) demo-data .mypy_cache .ruff_cache .pytest_cache *.egg-info web/node_modules hub/web/static
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

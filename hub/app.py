@@ -20,7 +20,7 @@ import signal
 import ssl
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hub.api.server import HubServer
 from hub.audit.quota import QuotaConfig
@@ -36,6 +36,9 @@ from hub.rotation.store import CASet
 from hub.storage.api import Storage, StorageError
 from remoteler.addr import format_hostport, parse_hostport
 from remoteler.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from hub.web.app import WebConsole
 
 log = logging.getLogger("remoteler.hub")
 
@@ -75,6 +78,8 @@ class HubApp:
         self.member: ClusterMember | None = None
         #: ``HOST:PORT`` the hub listens on, once started
         self.addr = ""
+        #: the web console (hub/web/app.py), unless ``--no-web``
+        self.web: WebConsole | None = None
 
     async def __aenter__(self) -> HubApp:
         await self.start()
@@ -223,6 +228,10 @@ class HubApp:
         stack.push_async_callback(close_server)
         bound_host, bound_port = await server.start(host, port, ssl_ctx)
         addr = format_hostport(bound_host, bound_port)
+        if args.web:
+            await self._start_web(
+                server, data, cluster, cert_hosts(host, args.public_addr), storage
+            )
         if owns_files:
             await admin.renew_if_due()  # DATA/admin-identity, before hub.addr
             data.addr_file.write_text(addr + "\n")
@@ -287,6 +296,69 @@ class HubApp:
             self._spawn(
                 lease("audit-retention").run(lambda: sweeps.audit_retention(storage.audit, days))
             )
+
+    async def _start_web(
+        self,
+        server: HubServer,
+        data: DataDir,
+        cluster: str,
+        hosts: list[str],
+        storage: Storage,
+    ) -> None:
+        """The web console, /healthz, /readyz and /metrics on the same port (docs/web.md)."""
+        from hub.web.app import WebConsole
+        from hub.web.webtls import WebCA, operator_context, web_context
+
+        args = self.args
+        if bool(args.web_cert) != bool(args.web_key):
+            raise UsageError("give --web-cert and --web-key together")
+        if not args.web_idle_timeout > 0:
+            raise UsageError("--web-idle-timeout must be a positive number of minutes")
+        if args.web_cert:
+            ctx = operator_context(args.web_cert, args.web_key)
+        else:
+            ctx = web_context(*WebCA(data.path, cluster).leaf(hosts))
+        token = None
+        if args.metrics_token_file:
+            try:
+                token = Path(args.metrics_token_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read --metrics-token-file {args.metrics_token_file}: "
+                    f"{exc.strerror or exc}"
+                ) from None
+            if len(token) < 16:
+                raise ConfigError("the metrics token must be at least 16 characters")
+        listener = server.listener
+        assert listener is not None
+
+        async def ready() -> str | None:
+            if listener.ws_server is None:
+                return "the listener is not up"
+            try:
+                async with asyncio.timeout(2.0):
+                    await storage.settings.get("cluster_name")
+            except Exception as exc:  # any failure of the store is "not ready"
+                return f"storage unreachable ({type(exc).__name__})"
+            return None
+
+        def dial_addr() -> str:
+            sock = next(iter(listener.ws_server.sockets)) if listener.ws_server else None
+            bound = sock.getsockname() if sock is not None else ("127.0.0.1", 0)
+            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bound[0], bound[0])  # noqa: S104
+            return format_hostport(host, bound[1])
+
+        console = WebConsole(
+            server,
+            dial_addr,
+            idle_timeout=args.web_idle_timeout * 60,
+            metrics_token=token,
+            ready=ready,
+        )
+        listener.web_factory = await console.start()
+        listener.web_ctx = ctx
+        self._stack.push_async_callback(console.close)
+        self.web = console
 
     async def drain(self) -> None:
         """Tell users and agents the hub is going away (``--shutdown-grace``,

@@ -163,8 +163,41 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"audit events a node may send at once, e.g. a backlog after an outage "
         f"(default {DEFAULT_BURST})",
     )
+    add_web_flags(start)
     start.add_argument("--log-level", default="INFO")
     return finish(parser, "hub", EXAMPLES)
+
+
+def add_web_flags(start: argparse.ArgumentParser) -> None:
+    """The web console on the same port (hub/web, docs/web.md)."""
+    start.add_argument(
+        "--no-web",
+        dest="web",
+        action="store_false",
+        help="serve no web console, /healthz, /readyz or /metrics",
+    )
+    start.add_argument(
+        "--web-cert",
+        default=None,
+        metavar="FILE",
+        help="PEM chain browsers are given (default: one from the hub's web CA, DATA/web/ca.crt)",
+    )
+    start.add_argument(
+        "--web-key", default=None, metavar="FILE", help="the --web-cert's unencrypted PEM key"
+    )
+    start.add_argument(
+        "--web-idle-timeout",
+        type=float,
+        default=30.0,
+        metavar="MINUTES",
+        help="a web session idle this long ends (default %(default)s)",
+    )
+    start.add_argument(
+        "--metrics-token-file",
+        default=None,
+        metavar="FILE",
+        help="a file holding the bearer token /metrics asks for (no file: /metrics refuses)",
+    )
 
 
 def add_auth_limit_flags(start: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ import importlib.util
 from remoteler.errors import UsageError
 
 #: Modules only the hub imports (password hashing, one-time codes).
-HUB_MODULES = ("argon2", "pyotp")
+HUB_MODULES = ("argon2", "pyotp", "aiohttp", "prometheus_client")
 
 
 def require_hub_extra() -> None:

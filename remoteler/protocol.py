@@ -26,6 +26,9 @@ RPC_SUBPROTOCOL: Final = "remoteler.rpc.v1"
 #: ALPN an agent offers on its tunnel connection, so the hub can queue agents
 #: apart from users before the handshake (hub/net/listener.py). Not authentication.
 TUNNEL_ALPN: Final = "remoteler-tunnel/1"
+#: ALPN values that send a connection to the hub's web console (browsers, curl,
+#: Prometheus); tsh, tctl and agents offer none of them (docs/web.md)
+WEB_ALPNS: Final = frozenset({"http/1.1", "h2"})
 
 # -- channel kinds on a tunnel (who opens them) -----------------------------------------
 #: hub -> agent: one SSH connection to the device's server (user's session or the

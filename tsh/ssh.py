@@ -10,7 +10,7 @@ import stat
 import sys
 import termios
 import tty
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -78,11 +78,14 @@ async def open_ssh(
     ciphers: list[str] | None = None,
     *,
     resume: bool = True,
+    on_text: Callable[[str], None] = show_notice,
 ) -> Any:
     """Connect through the hub and authenticate end to end; return the asyncssh connection.
 
     ``ciphers`` (``tsh ssh -c``) narrows :data:`~remoteler.sshalgs.CIPHERS`, never widens it.
     ``resume``: ask for a session that survives a broken link (docs/resume.md).
+    ``on_text``: where the hub's notices go (stderr; the web terminal's page). The
+    connection's ``remoteler_pipe`` extra is the pipe under it (its ``close_reason``).
     """
     unknown = [c for c in ciphers or () if c not in CIPHERS]
     if unknown:
@@ -96,11 +99,11 @@ async def open_ssh(
     if resume:
         from tsh.resume import open_pipe
 
-        pipe, resumer = await open_pipe(hub, ident, login, node, show_notice)
+        pipe, resumer = await open_pipe(hub, ident, login, node, on_text)
         ws = resumer.ws
     else:
         ws = await open_connect_ws(hub, ident, login, node)
-        pipe = WebSocketPipe(ws, on_text=show_notice)
+        pipe = WebSocketPipe(ws, on_text=on_text)
     from remoteler.ca import private_key_to_openssh
 
     key = asyncssh.import_private_key(private_key_to_openssh(ident.key))
@@ -113,7 +116,7 @@ async def open_ssh(
                 banners.append(printable(msg.strip()[:300], 300))
 
     try:
-        return await asyncssh.connect(
+        conn = await asyncssh.connect(
             node,
             tunnel=PipeTunnel(pipe, {"peername": tuple((ws.remote_address or ("", 0))[:2])}),
             config=None,
@@ -128,6 +131,8 @@ async def open_ssh(
             connect_timeout=30,
             client_factory=BannerClient,
         )
+        conn.set_extra_info(remoteler_pipe=pipe)
+        return conn
     except asyncssh.PermissionDenied:
         said = f" ({'; '.join(banners)})" if banners else ""
         raise AccessDenied(

@@ -70,6 +70,9 @@ class EventType(StrEnum):
     ADMIN_CHANGE = "admin.change"
     #: the device's clock is off the hub's by more than a minute (docs/tunnels.md)
     CLOCK_SKEW = "clock.skew"
+    #: something a user did in the web console: fields action, remote_addr, and the
+    #: action's own (target, login, ok, error...) (docs/web.md)
+    WEB_ACTION = "web.action"
 
 
 #: Node name used for events the hub records itself.
@@ -155,6 +158,7 @@ FIELD_TYPES: dict[str, tuple[_Check, ...]] = {
         ("data", lambda v: isinstance(v, bytes), "bytes"),
     ),
     EventType.AUTH_FAILED: (("reason", _is_str, "a str"),),
+    EventType.WEB_ACTION: (("action", _is_str, "a str"), ("remote_addr", _is_str, "a str")),
     EventType.SESSION_DETACHED: (("reason", _is_str, "a str"),),
     EventType.SESSION_RESUMED: (
         ("gap", _is_seconds, "a non-negative number of seconds"),
