@@ -39,6 +39,7 @@ from hub.web.sessions import COOKIE, CSRF_HEADER, WebSession, WebSessions, csrf_
 from hub.web.terminal import MAX_MESSAGE, clamp_size, run_terminal
 from remoteler.audit.events import HUB_NODE, EventType, make_event
 from remoteler.ca import generate_private_key, public_key_to_openssh
+from remoteler.console import parse_baud
 from remoteler.errors import AccessDenied, AuthError, RemotelerError, UsageError
 from remoteler.identity import UserIdentity
 from remoteler.locks import find_lock
@@ -503,6 +504,12 @@ class WebConsole:
             )
         except ValueError:
             size = (80, 24)
+        serial = None
+        if port := request.query.get("serial", "")[:64]:
+            try:
+                serial = (port, parse_baud(request.query.get("baud", "115200")))
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
         ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=30.0)
         await ws.prepare(request)
 
@@ -520,9 +527,13 @@ class WebConsole:
         close.kind = "terminal"  # type: ignore[attr-defined]
         session.closers.append(close)
         self.streams += 1
-        await self._audit(request, session.user, "terminal.open", target=node, login=login)
+        await self._audit(
+            request, session.user, "terminal.open", target=node, login=login, serial=port
+        )
         try:
-            outcome = await run_terminal(ws, self.hub_addr(), session.identity, login, node, size)
+            outcome = await run_terminal(
+                ws, self.hub_addr(), session.identity, login, node, size, serial=serial
+            )
         finally:
             self.streams -= 1
             with contextlib.suppress(ValueError):

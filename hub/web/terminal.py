@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from remoteler.console import CONSOLE_SUBSYSTEM, ENV_BAUD, ENV_MODE, ENV_PORT, Mode
 from remoteler.errors import RemotelerError
 from remoteler.identity import UserIdentity
 
@@ -64,8 +65,13 @@ async def run_terminal(
     node: str,
     size: tuple[int, int],
     on_end: Callable[[str], None] | None = None,
+    serial: tuple[str, int] | None = None,
 ) -> str:
-    """Serve one terminal until either side ends; return how it ended (for the audit)."""
+    """Serve one terminal until either side ends; return how it ended (for the audit).
+
+    ``serial``: (port, baud) for the node's serial console instead of a shell, as
+    ``tsh console`` opens it (the device checks the role's ``serial_console``).
+    """
     from tsh.ssh import open_ssh  # the hub dials itself as tsh does
 
     notices: list[str] = []
@@ -82,9 +88,13 @@ async def run_terminal(
         await _send_control(ws, type="error", message=exc.message)
         return exc.message
     try:
-        process = await conn.create_process(
-            None, encoding=None, term_type="xterm-256color", term_size=size
-        )
+        if serial is not None:
+            env = {ENV_BAUD: str(serial[1]), ENV_MODE: str(Mode.READ_WRITE), ENV_PORT: serial[0]}
+            process = await conn.create_process(subsystem=CONSOLE_SUBSYSTEM, env=env, encoding=None)
+        else:
+            process = await conn.create_process(
+                None, encoding=None, term_type="xterm-256color", term_size=size
+            )
     except Exception as exc:  # the device refused the shell (asyncssh.ChannelOpenError)
         conn.close()
         message = f"node {node!r} refused the session: {getattr(exc, 'reason', exc)}"
@@ -108,7 +118,7 @@ async def run_terminal(
                     control = json.loads(msg.data)
                 except ValueError:
                     continue
-                if isinstance(control, dict) and control.get("type") == "resize":
+                if serial is None and isinstance(control, dict) and control.get("type") == "resize":
                     process.change_terminal_size(
                         *clamp_size(control.get("cols"), control.get("rows"))
                     )

@@ -15,7 +15,9 @@ import json
 import os
 import pwd
 import re
+import select
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,18 +51,51 @@ def _spki_hash(cluster: Cluster) -> str:
     return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
+SERIAL_ROLE = """\
+kind = "role"
+name = "serial"
+[allow]
+logins = ["{{internal.logins}}"]
+node_labels = { "*" = "*" }
+[permissions]
+serial_console = true
+"""
+
+
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def serial_pty() -> Iterator[tuple[int, str]]:
+    """The device's serial port: the agent gets the pty's slave, the test holds the master."""
+    master, slave = os.openpty()
+    try:
+        yield master, os.ttyname(slave)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory, serial_pty: tuple[int, str]) -> Iterator[Cluster]:
     c = Cluster(tmp_path_factory.mktemp("webui"), free_port())
     try:
         c.start_hub()
+        role = c.root / "serial-role.toml"
+        role.write_text(SERIAL_ROLE)
+        c.tctl("create", "-f", str(role))
         key = c.root / "fw.key"
         write_key_pair(key)
         c.tctl("firmware", "trust", f"{key}.pub")
         c.start_agent(
             "truck-1", "env=prod,site=berlin,board=rpi4", None, "--firmware-key", f"{key}.pub"
         )
-        c.start_agent("truck-2", "env=dev,site=paris")
+        c.start_agent(
+            "truck-2",
+            "env=dev,site=paris",
+            None,
+            "--serial-port",
+            serial_pty[1],
+            "--heartbeat-interval",
+            "1",
+        )
         wait_for(lambda: c.node_online("truck-1") and c.node_online("truck-2"), what="agents")
         yield c
     finally:
@@ -95,9 +130,9 @@ def _url(hub: Cluster, path: str = "/web/") -> str:
     return f"https://localhost:{hub.hub_port}{path}"
 
 
-def _user(hub: Cluster, admin: bool = True) -> str:
+def _user(hub: Cluster, admin: bool = True, roles: str | None = None) -> str:
     name = f"web{next(_users)}"
-    hub.add_user(name, [ME], roles="access,editor" if admin else "access")
+    hub.add_user(name, [ME], roles=roles or ("access,editor" if admin else "access"))
     return name
 
 
@@ -215,6 +250,53 @@ def test_a_lock_ends_an_open_web_terminal_with_its_message(hub: Cluster, page: A
             hub.tctl("unlock", lock["id"])
     events = hub.tctl_json("audit", "search", "--type", "web.action")
     assert any(e["fields"]["action"] == "admin.locks.add" and e["fields"]["ok"] for e in events)
+
+
+def _shows(locator: Any, timeout: float = 3000) -> bool:
+    try:
+        locator.wait_for(timeout=timeout)
+    except Exception:  # playwright's TimeoutError
+        return False
+    return True
+
+
+def _read_until(fd: int, marker: bytes, timeout: float = 20.0) -> bytes:
+    got, deadline = b"", time.monotonic() + timeout
+    while marker not in got:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"no {marker!r} within {timeout}s; got {got[-300:]!r}")
+        got += os.read(fd, 65536)
+    return got
+
+
+def test_the_serial_console_in_the_browser_follows_the_role(
+    hub: Cluster, page: Any, serial_pty: tuple[int, str]
+) -> None:
+    master, port = serial_pty
+    _login(page, hub, _user(hub, roles="access,serial"))
+    button = page.locator(f"button.serial[data-port='{port}']")
+    wait_for(  # the ports come with the agent's heartbeat
+        lambda: page.goto(_url(hub, "/web/node/truck-2")) and _shows(button),
+        timeout=30,
+        interval=1,
+        what="serial port on the node page",
+    )
+    button.click()
+    expect(page.locator("#terminal .xterm-rows")).to_be_visible()
+    expect(page.locator("#terminal .xterm-rows")).to_contain_text("at 115200 baud, read-write")
+    os.write(master, b"U-Boot 2024.01\r\n=> ")
+    expect(page.locator("#terminal .xterm-rows")).to_contain_text("U-Boot 2024.01")
+    page.locator("#terminal .xterm-helper-textarea").press_sequentially("printenv\r")
+    assert b"printenv" in _read_until(master, b"printenv")
+    page.screenshot(path=str(IMG / "web-serial.png"))
+    page.goto(_url(hub, "/web/"))  # leave: the console closes
+    page.context.clear_cookies()
+    _login(page, hub, _user(hub, admin=False))  # 'access' only: no serial_console
+    page.goto(_url(hub, "/web/node/truck-2"))
+    page.locator(f"button.serial[data-port='{port}']").click()
+    page.wait_for_selector("#terminal[data-ended]")
+    assert "permission serial_console" in _terminal_text(page)
 
 
 def test_a_rollout_shows_its_progress_until_done(hub: Cluster, page: Any) -> None:

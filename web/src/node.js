@@ -15,13 +15,17 @@ export async function show(main, { me, path, failed }) {
   const termBox = h("div", { id: "terminal", class: "terminal" });
   let close = null;
   const openBtn = h("button", { id: "open-terminal", type: "button", disabled: !n.online || !logins.length }, "Open terminal");
-  openBtn.addEventListener("click", async () => {
+  const open = async (serial) => {
     if (close) close();
     termBox.replaceChildren();
     delete termBox.dataset.ended;
     const { openTerminal } = await import("./terminal.js");
-    close = openTerminal(termBox, { node: n.name, login: loginSel.value });
-  });
+    close = openTerminal(termBox, { node: n.name, login: loginSel.value, serial, baud: baudSel.value });
+  };
+  openBtn.addEventListener("click", () => open(null));
+  const baudSel = h("select", { id: "serial-baud" }, ["9600", "19200", "38400", "57600", "115200", "230400"].map((b) => h("option", { value: b, selected: b === "115200" }, b)));
+  const serialBtns = (n.online ? n.serial_ports || [] : []).map((p) =>
+    h("button", { type: "button", class: "serial", dataset: { port: p }, onclick: () => open(p) }, `Serial console ${p}`));
   const table = (rows, cols) => h("table", { class: "grid" },
     h("thead", {}, h("tr", {}, cols.map(([t]) => h("th", {}, t)))),
     h("tbody", {}, rows.map((r) => h("tr", {}, cols.map(([, f]) => h("td", {}, f(r)))))));
@@ -39,6 +43,7 @@ export async function show(main, { me, path, failed }) {
       )),
     h("section", { class: "card" }, h("h2", {}, "Terminal"),
       h("div", { class: "filters" }, h("label", {}, "Login ", loginSel), openBtn,
+        serialBtns.length ? [h("label", {}, "Baud ", baudSel), serialBtns] : "",
         n.online ? "" : h("span", { class: "muted" }, " the node is offline")),
       termBox),
     h("section", { class: "card" }, h("h2", {}, "Sessions"),

@@ -5,7 +5,7 @@ import { Terminal } from "./vendor/xterm.mjs";
 import { FitAddon } from "./vendor/addon-fit.mjs";
 import { csrfToken } from "./api.js";
 
-export function openTerminal(container, { node, login, onEnd }) {
+export function openTerminal(container, { node, login, serial, baud, onEnd }) {
   void nonce; // loaded first: xterm's <style> elements carry the page's nonce
   const term = new Terminal({ cursorBlink: true, convertEol: false, fontSize: 14, scrollback: 5000 });
   const fit = new FitAddon();
@@ -13,6 +13,7 @@ export function openTerminal(container, { node, login, onEnd }) {
   term.open(container);
   fit.fit();
   const q = new URLSearchParams({ node, login, cols: String(term.cols), rows: String(term.rows), csrf: csrfToken() });
+  if (serial) { q.set("serial", serial); q.set("baud", String(baud || 115200)); }
   const ws = new WebSocket(`wss://${location.host}/web/api/terminal?${q}`);
   ws.binaryType = "arraybuffer";
   const encoder = new TextEncoder();
