@@ -86,16 +86,28 @@ export async function show(main, { failed }) {
 
   const drawPeople = guard(async () => {
     const [users, roles] = await Promise.all([call("admin.users.ls", {}), call("admin.roles.ls", {})]);
+    const labels = (m) => Object.entries(m || {}).map(([k, v]) => `${k}=${Array.isArray(v) ? v.join("|") : v}`).join(", ") || "–";
+    const perms = (p) => Object.entries(p || {}).filter(([, v]) => v).map(([k]) => k).join(", ") || "–";
     clear(people).append(h("h2", {}, "Users and roles"),
-      h("table", { class: "grid", id: "user-list" }, h("tbody", {}, users.map((u) => h("tr", {}, h("td", {}, u.name), h("td", {}, (u.roles || []).join(", ")))))),
-      h("table", { class: "grid", id: "role-list" }, h("tbody", {}, roles.map((r) => h("tr", {}, h("td", {}, r.name), h("td", { class: "muted" }, JSON.stringify(r.allow || r)))))));
+      h("table", { class: "grid", id: "user-list" },
+        h("thead", {}, h("tr", {}, ["User", "Roles"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, users.map((u) => h("tr", {}, h("td", {}, u.name), h("td", {}, (u.roles || []).join(", ")))))),
+      h("table", { class: "grid", id: "role-list" },
+        h("thead", {}, h("tr", {}, ["Role", "Logins", "Node labels", "Denied", "Permissions", "Max TTL"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, roles.map((r) => h("tr", {},
+          h("td", {}, r.name), h("td", {}, (r.logins || []).join(", ") || "–"), h("td", {}, labels(r.node_labels)),
+          h("td", {}, [...(r.deny_logins || []), labels(r.deny_node_labels)].filter((x) => x && x !== "–").join(", ") || "–"),
+          h("td", {}, perms(r.permissions)), h("td", {}, r.max_session_ttl ? `${Math.round(r.max_session_ttl / 3600)} h` : "–"))))));
   });
 
   const drawCluster = guard(async () => {
     const s = await call("admin.status", {});
     clear(cluster).append(h("h2", {}, "Cluster"),
-      h("p", {}, `Cluster ${s.cluster}; this hub ${s.hub_id}; CA rotation: ${JSON.stringify(s.rotation || {})}`),
-      h("table", { class: "grid" }, h("tbody", {}, (s.hubs || []).map((x) => h("tr", {}, h("td", {}, x.id), h("td", {}, x.addr), h("td", {}, `${x.agents} agents`), h("td", {}, x.version))))));
+      h("p", {}, `Cluster ${s.cluster}; this hub ${s.hub_id}; `,
+        Object.entries(s.rotation || {}).map(([ca, r]) => h("span", { class: "label" }, `${ca} CA: ${r.phase || r}`))),
+      h("table", { class: "grid" },
+        h("thead", {}, h("tr", {}, ["Hub", "Address", "Agents", "Version", "Lease age"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, (s.hubs || []).map((x) => h("tr", {}, h("td", {}, x.id), h("td", {}, x.addr), h("td", {}, String(x.agents)), h("td", {}, x.version), h("td", {}, `${x.lease_age} s`))))));
   });
 
   await Promise.all([drawRollouts(), drawLocks(), drawTokens(), drawPeople(), drawCluster()]);
