@@ -92,9 +92,15 @@ class AgentAudit:
         return self.outbox.admit() if self.outbox is not None else None
 
     def session(
-        self, user: str, login: str, session_id: str, command: str | None, pty: bool
+        self,
+        user: str,
+        login: str,
+        session_id: str,
+        command: str | None,
+        pty: bool,
+        via: str = "",
     ) -> SessionAudit:
-        return SessionAudit(self, user, login, session_id, command, pty)
+        return SessionAudit(self, user, login, session_id, command, pty, via)
 
 
 class SessionAudit:
@@ -113,9 +119,12 @@ class SessionAudit:
         session_id: str,
         command: str | None,
         pty: bool,
+        via: str = "",
     ) -> None:
         self.audit = audit
         self.who = {"user": user, "login": login, "session_id": session_id}
+        #: session.start's ``via``: "local" for the device's own listener (no hub)
+        self.via = via
         self.command = command
         self.pty = pty
         self.started = time.time()
@@ -132,6 +141,7 @@ class SessionAudit:
             **self.who,
             command=self.command or "",
             pty=self.pty,
+            **({"via": self.via} if self.via else {}),
         )
         self.opened()
         self._timer = asyncio.ensure_future(self._flush_due())

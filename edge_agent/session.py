@@ -110,12 +110,15 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         audit: AgentAudit | None = None,
         user: str = "",
         session_id: str = "",
+        via: str = "",
     ) -> None:
         self.login = login
         self._on_exit = on_exit
         self._audit = audit
         self._user = user
         self._session_id = session_id
+        #: "local": reached on the device's own listener, not through the hub (offline)
+        self._via = via
         self._record: SessionAudit | None = None
         self._chan: Any = None
         self._command: str | None = None
@@ -307,7 +310,12 @@ class CommandSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             argv, kwargs = self._spawn_args()
             if self._audit is not None:
                 record = self._audit.session(
-                    self._user, self.login, self._session_id, self._command, self._term is not None
+                    self._user,
+                    self.login,
+                    self._session_id,
+                    self._command,
+                    self._term is not None,
+                    via=self._via,
                 )
                 await record.start()  # durable before anything runs; may raise QuotaExceeded
                 self._record = record

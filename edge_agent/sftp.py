@@ -221,7 +221,13 @@ class _SftpAgentAudit(AgentAudit):
         super().__init__(base.outbox, base.node_id, base.clock)
 
     def session(
-        self, user: str, login: str, session_id: str, command: str | None, pty: bool
+        self,
+        user: str,
+        login: str,
+        session_id: str,
+        command: str | None,
+        pty: bool,
+        via: str = "",
     ) -> SessionAudit:
         return SftpAudit(self, user, login, session_id)
 

@@ -154,7 +154,12 @@ class NodeSSHServer(CertificateOnlyServer):
         session_id = base if self._sessions == 1 else f"{base}-{self._sessions}"
         user = self._conn.get_extra_info("remoteler_user", "") if self._conn else ""
         session = ConsoleSession(
-            self.login, audit=self._audit, user=user, session_id=session_id, consoles=self._consoles
+            self.login,
+            audit=self._audit,
+            user=user,
+            session_id=session_id,
+            consoles=self._consoles,
+            via=self._fields.get("via", ""),
         )
         self._open.append(session)
         return session
@@ -199,6 +204,8 @@ async def serve_ssh(
         "user": str(meta.get("user", ""))[:64],
         "node_name": ident.name,
     }
+    if meta.get("via") == "local":  # the device's own listener: recorded offline
+        fields["via"] = "local"
     user_cas = ident.user_ca_ssh  # a CA rotation replaces it; this connection keeps these
 
     def check(cert_blob: bytes, login: str) -> AccessDecision:

@@ -610,6 +610,8 @@ class WebConsole:
                 "login": start["login"],
                 "node": start["node"],
                 "time": start["time"],
+                # on the device's own listener (--local-listen): recorded while offline
+                "offline": (start.get("fields") or {}).get("via") == "local",
                 "frames": frames,
                 "events": [_printable(e) for e in events if e["type"] != "session.data"],
             }

@@ -229,6 +229,7 @@ def test_offline_local_access_arrives_exactly_once_in_order(
         assert types == expected, (command, types)
         assert bool(data) == bool(out), (command, types)
         assert all(e["login"] == ME and e["user"] == "tech" for e in evs)
+        assert evs[0]["fields"]["via"] == "local"  # recorded offline: the console marks it
         assert evs[-2]["fields"]["command"] == command
         assert evs[-2]["fields"]["exit_code"] == code
         assert evs[-1]["fields"]["exit_status"] == code

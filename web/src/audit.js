@@ -24,7 +24,7 @@ export async function show(main, { failed }) {
     clear(table).append(
       h("thead", {}, h("tr", {}, ["Time", "Type", "Node", "User", "Login", "Session", "Details"].map((t) => h("th", {}, t)))),
       h("tbody", {}, data.events.map((e) => h("tr", {},
-        h("td", {}, when(e.time)), h("td", {}, e.type), h("td", {}, e.node_name || e.node), h("td", {}, e.user), h("td", {}, e.login),
+        h("td", {}, when(e.time)), h("td", {}, e.type, e.fields.via === "local" ? h("span", { class: "label offline" }, "offline") : ""), h("td", {}, e.node_name || e.node), h("td", {}, e.user), h("td", {}, e.login),
         h("td", {}, e.session ? h("a", { href: `/web/play/${encodeURIComponent(e.session)}` }, e.session.slice(0, 8)) : ""),
         h("td", { class: "details" }, Object.entries(e.fields).filter(([k]) => k !== "data").map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" "))))),
     );

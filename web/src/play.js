@@ -18,7 +18,8 @@ export async function show(main, { path, failed }) {
   const clock = h("span", { id: "clock" }, "0.0 s");
   main.append(
     h("h1", {}, "Session ", h("code", {}, rec.session.slice(0, 8))),
-    h("p", { class: "muted" }, `${rec.user} as ${rec.login} on ${rec.node}, ${when(rec.time)}, ${(total / 1000).toFixed(1)} s, ${frames.length} frames`),
+    h("p", { class: "muted", id: "play-info" }, `${rec.user} as ${rec.login} on ${rec.node}, ${when(rec.time)}, ${(total / 1000).toFixed(1)} s, ${frames.length} frames`,
+      rec.offline ? h("span", { class: "label offline" }, " recorded offline (the device's own listener) ") : ""),
     h("div", { class: "filters" }, playBtn, speed, seek, clock),
     box,
   );
