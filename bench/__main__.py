@@ -34,6 +34,7 @@ MODULES = [
     "bench.slowlink",
     "bench.cluster",
     "bench.resume",
+    "bench.web",
 ]
 
 

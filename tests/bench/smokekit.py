@@ -19,6 +19,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "hub": ("hub_scale", "audit", "audit_seqmark", "dead_tunnel", "recording_proxy", "hub_cluster"),
     "device": ("agent_size", "attack_memory", "sftp_server", "keystroke_slow_link"),
     "resume": ("resume",),
+    "web": ("web_console",),
 }
 
 
