@@ -329,7 +329,7 @@ def browser_figures(ctx: Context, rig: WebRig, nodes: int) -> list[Figure]:
             p99(times),
             times,
             note=f"navigation to {PAGE} rows drawn, a new tab each time; {n} loads, "
-            "assets cached (revalidated)",
+            "assets cached (immutable, versioned URLs)",
         )
     ]
 

@@ -812,10 +812,17 @@ class HubServer:
         want = params.get("labels") or {}
         if not isinstance(want, dict):
             raise UsageError("labels must be a map")
+        return self.node_rows(rules, want, await self.storage.nodes.all())
+
+    def node_rows(
+        self, rules: list[Any], want: dict[str, Any], nodes: list[Node]
+    ) -> list[dict[str, Any]]:
+        """``nodes.list``'s rows of ``nodes`` the rules let the user see, matching
+        ``want``'s labels, with their live state (the web console passes a snapshot)."""
         out = []
         # A fleet has few distinct label sets: decide each once per call, not per node.
         visible: dict[frozenset[tuple[str, str]], bool] = {}
-        for node in await self.storage.nodes.all():
+        for node in nodes:
             live = self.registry.get(node.id)
             labels = self.registry.labels_of(node)
             key = frozenset(labels.items())

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import json
 import logging
 import time
@@ -46,6 +47,7 @@ from remoteler.locks import find_lock
 
 if TYPE_CHECKING:
     from hub.api.server import HubServer
+    from hub.storage.api import Node
 
 log = logging.getLogger("remoteler.hub.web")
 
@@ -88,9 +90,12 @@ MAX_BODY = 256 * 1024
 MAX_STREAMS_PER_SESSION = 4
 MAX_TERMINALS_PER_SESSION = 8
 MAX_STREAMS = 512
-SSE_TICK = 1.0
+SSE_TICK = 2.0
 #: Seconds between sweeps of idle, expired and locked web sessions.
 SWEEP_EVERY = 2.0
+#: Seconds a snapshot of the node rows serves the fleet view and its live views (a
+#: node's online state comes from the tunnel registry, not from the snapshot).
+NODES_EVERY = 2.0
 #: Seconds the fleet view's firmware column may lag the roll-outs' store.
 FIRMWARE_EVERY = 10.0
 #: The login form's fields are cut here (a name, a password, a six-digit code).
@@ -136,6 +141,21 @@ def _printable(event: dict[str, Any]) -> dict[str, Any]:
     return {**event, "fields": fields}
 
 
+def _build_id(static_dir: Path) -> str:
+    """A short digest of the built assets (names, sizes, times): changes with each build."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    if static_dir.is_dir():
+        for path in sorted(static_dir.rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                digest.update(
+                    f"{path.relative_to(static_dir)}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+                )
+    return digest.hexdigest()[:12]
+
+
 def _status_of(exc: RemotelerError) -> int:
     if isinstance(exc, AuthError):
         return 401
@@ -164,10 +184,15 @@ class WebConsole:
         self.metrics_token = metrics_token
         self.ready = ready
         self.static_dir = static_dir
+        #: the assets' build, in their URLs: cached for good by browsers, new URLs
+        #: after a new build (relative imports between modules inherit it)
+        self.build = _build_id(static_dir)
         self.streams = 0
         self._tasks: set[asyncio.Future[None]] = set()
         self._index: str | None = None
         self._firmware_cache: dict[str, dict[str, str]] = {}
+        self._nodes_read: asyncio.Future[list[Node]] | None = None
+        self._nodes_at = 0.0
         self._firmware_at = -FIRMWARE_EVERY
         self._sweeper: asyncio.Task[None] | None = None
         self.runner: web.AppRunner | None = None
@@ -191,7 +216,7 @@ class WebConsole:
         r.add_get("/web/api/audit/search", self.audit_search)
         r.add_get("/web/api/sessions/{sid}", self.recording)
         r.add_post("/web/api/call/{method}", self.call)
-        r.add_get("/web/static/{path:.+}", self.static)
+        r.add_get("/web/static/{build}/{path:.+}", self.static)
         r.add_get("/web", self.page)
         r.add_get("/web/{page:.*}", self.page)
         return app
@@ -316,10 +341,14 @@ class WebConsole:
                     status=503,
                     text="the web console's assets are not built: run 'make web' (docs/web.md)\n",
                 )
-            self._index = path.read_text()
+            self._index = path.read_text().replace("{{static}}", f"/web/static/{self.build}")
         nonce = new_nonce()
         request["nonce"] = nonce
-        body = self._index.replace("{{nonce}}", nonce)
+        # The logged-in user and the CSRF token ride in the page: no round trip before
+        # the first view (JSON in a meta tag's attribute, HTML-escaped).
+        session = self.sessions.get(request.cookies.get(COOKIE))
+        me = html.escape(json.dumps(self._me(session)) if session is not None else "", quote=True)
+        body = self._index.replace("{{nonce}}", nonce).replace("{{me}}", me)
         return web.Response(
             text=body, content_type="text/html", headers={"Cache-Control": "no-store"}
         )
@@ -330,7 +359,10 @@ class WebConsole:
         path = (root / rel).resolve()
         if not path.is_relative_to(root) or not path.is_file() or path.name == "index.html":
             raise web.HTTPNotFound()
-        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+        if request.match_info["build"] != self.build:  # an old page after an upgrade
+            raise web.HTTPFound(f"/web/static/{self.build}/{rel}")
+        cache = "public, max-age=31536000, immutable"
+        return web.FileResponse(path, headers={"Cache-Control": cache})
 
     # login ------------------------------------------------------------------------
     async def login(self, request: web.Request) -> web.Response:
@@ -388,10 +420,26 @@ class WebConsole:
         return web.json_response(self._me(self._session(request)))
 
     # fleet --------------------------------------------------------------------------
+    async def _nodes(self) -> list[Node]:
+        """Every node row, read from storage at most every NODES_EVERY seconds and shared
+        by every request and live view (a 10,000-node read costs ~0.25 s); the live state
+        (online, last seen, version) comes from the tunnel registry at each call."""
+        now = time.monotonic()
+        read = self._nodes_read
+        if read is None or (now - self._nodes_at >= NODES_EVERY and read.done()):
+            self._nodes_read = asyncio.ensure_future(self.server.storage.nodes.all())
+            self._nodes_at = now
+        assert self._nodes_read is not None
+        return await asyncio.shield(self._nodes_read)
+
     async def _rows(self, session: WebSession) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = await self.server.rpc_nodes_list(
-            Identity("user", session.user), {}
-        )
+        """``tsh ls``'s rows for the session's user: the same visibility rules."""
+        user = await self.server.storage.users.get(session.user)
+        if user is None:
+            raise AuthError(f"user {session.user!r} no longer exists; ask an admin")
+        self.server._refuse_if_locked(user.name)
+        rules, _ = await self.server.auth.rules_for(user)
+        rows = self.server.node_rows(rules, {}, await self._nodes())
         firmware = await self._firmware()
         for row in rows:
             row["firmware"] = firmware.get(row["id"])

@@ -2,9 +2,14 @@
 import "./nonce.js";
 import { ApiError, get, post, setCsrf } from "./api.js";
 import { clear, h, toast } from "./dom.js";
+import * as fleetPage from "./fleet.js";
 
 const main = document.getElementById("main");
 let me = null;
+try { // the page carries the session's user and CSRF token (none when logged out)
+  const said = document.querySelector('meta[name="remoteler-me"]')?.content;
+  if (said) { me = JSON.parse(said); setCsrf(me.csrf); }
+} catch { me = null; }
 let leave = null; // the current page's clean-up (event streams, terminals)
 
 export function go(path) {
@@ -24,7 +29,7 @@ async function route() {
   for (const a of document.querySelectorAll("[data-nav]")) a.classList.remove("here");
   clear(main);
   let page;
-  if (path === "/web" || path === "/web/fleet") page = ["fleet", () => import("./fleet.js")];
+  if (path === "/web" || path === "/web/fleet") page = ["fleet", async () => fleetPage];
   else if (path.startsWith("/web/node/")) page = ["fleet", () => import("./node.js")];
   else if (path === "/web/audit") page = ["audit", () => import("./audit.js")];
   else if (path.startsWith("/web/play/")) page = ["audit", () => import("./play.js")];
