@@ -330,6 +330,25 @@ FETCH = """async ([url, method, headers]) => {
 }"""
 
 
+def test_users_and_roles_are_managed_from_the_console(hub: Cluster, page: Any) -> None:
+    _login(page, hub, _user(hub))
+    page.goto(_url(hub, "/web/ops"))
+    page.fill("#user-form input[name=name]", "newtech")
+    page.fill("#user-form input[name=logins]", ME)
+    page.click("#user-form button[type=submit]")
+    expect(page.locator("#invite-command")).to_contain_text("--user newtech --invite ")
+    expect(page.locator("#user-list tr[data-user=newtech]")).to_contain_text("access")
+    role = 'kind = "role"\nname = "ops"\n[allow]\nlogins = ["pi"]\nnode_labels = { env = "prod" }\n'
+    page.fill("#role-text", role)
+    page.click("#role-form button[type=submit]")
+    expect(page.locator("#role-list")).to_contain_text("env=prod")
+    page.once("dialog", lambda d: d.accept())
+    page.click("#user-list tr[data-user=newtech] button.remove")
+    expect(page.locator("#user-list tr[data-user=newtech]")).to_have_count(0)
+    assert "newtech" not in [u["name"] for u in hub.tctl_json("users", "ls")]
+    assert any(r["name"] == "ops" for r in hub.tctl_json("get", "roles"))
+
+
 def test_requests_without_csrf_token_or_cookie_are_refused(hub: Cluster, page: Any) -> None:
     """The page's own fetch (its cookie goes along) without the CSRF header; then
     with the cookie left out."""

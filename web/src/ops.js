@@ -88,16 +88,46 @@ export async function show(main, { failed }) {
     const [users, roles] = await Promise.all([call("admin.users.ls", {}), call("admin.roles.ls", {})]);
     const labels = (m) => Object.entries(m || {}).map(([k, v]) => `${k}=${Array.isArray(v) ? v.join("|") : v}`).join(", ") || "–";
     const perms = (p) => Object.entries(p || {}).filter(([, v]) => v).map(([k]) => k).join(", ") || "–";
-    clear(people).append(h("h2", {}, "Users and roles"),
+    const name = h("input", { name: "name", placeholder: "user name", required: true });
+    const userRoles = h("input", { name: "roles", value: "access", placeholder: "roles, e.g. access,editor" });
+    const userLogins = h("input", { name: "logins", placeholder: "logins, e.g. pi,root" });
+    const invite = h("div", { id: "invite" });
+    const userForm = h("form", { class: "filters", id: "user-form" }, name, userRoles, userLogins, h("button", { type: "submit" }, "Add user"));
+    userForm.addEventListener("submit", guard(async (ev) => {
+      ev.preventDefault();
+      const out = await call("admin.users.add", { name: name.value, roles: userRoles.value, logins: userLogins.value });
+      const d = out.data;
+      clear(invite).append(h("p", {}, `User ${d.user} added. They finish with (single use, expires ${when(d.invite_expires)}):`),
+        h("pre", { class: "command", id: "invite-command" }, `tsh login --proxy ${out.hub} --user ${d.user} --invite ${d.invite} --ca-pin ${d.ca_pin}`));
+      drawPeople();
+    }));
+    const roleText = h("textarea", { name: "text", id: "role-text", rows: "7", cols: "60", placeholder: 'kind = "role"\nname = "ops"\n[allow]\nlogins = ["pi"]\nnode_labels = { env = "prod" }' });
+    const roleForm = h("form", { id: "role-form", class: "filters" }, roleText, h("button", { type: "submit" }, "Save role"));
+    roleForm.addEventListener("submit", guard(async (ev) => {
+      ev.preventDefault();
+      const out = await call("admin.roles.put", { text: roleText.value, file: "web console" });
+      toast(`role ${out.role} ${out.updated ? "updated" : "created"}`);
+      drawPeople();
+    }));
+    const remove = (method, params, what) => guard(async () => {
+      if (!window.confirm(`Remove ${what}?`)) return;
+      await call(method, params);
+      drawPeople();
+    });
+    clear(people).append(h("h2", {}, "Users and roles"), userForm, invite,
       h("table", { class: "grid", id: "user-list" },
-        h("thead", {}, h("tr", {}, ["User", "Roles"].map((t) => h("th", {}, t)))),
-        h("tbody", {}, users.map((u) => h("tr", {}, h("td", {}, u.name), h("td", {}, (u.roles || []).join(", ")))))),
+        h("thead", {}, h("tr", {}, ["User", "Roles", "Logins", ""].map((t) => h("th", {}, t)))),
+        h("tbody", {}, users.map((u) => h("tr", { dataset: { user: u.name } }, h("td", {}, u.name), h("td", {}, (u.roles || []).join(", ")),
+          h("td", {}, (u.logins || []).join(", ")),
+          h("td", {}, h("button", { type: "button", class: "remove", onclick: remove("admin.users.rm", { name: u.name }, `user ${u.name}`) }, "Remove")))))),
+      roleForm,
       h("table", { class: "grid", id: "role-list" },
-        h("thead", {}, h("tr", {}, ["Role", "Logins", "Node labels", "Denied", "Permissions", "Max TTL"].map((t) => h("th", {}, t)))),
+        h("thead", {}, h("tr", {}, ["Role", "Logins", "Node labels", "Denied", "Permissions", "Max TTL", ""].map((t) => h("th", {}, t)))),
         h("tbody", {}, roles.map((r) => h("tr", {},
           h("td", {}, r.name), h("td", {}, (r.logins || []).join(", ") || "–"), h("td", {}, labels(r.node_labels)),
           h("td", {}, [...(r.deny_logins || []), labels(r.deny_node_labels)].filter((x) => x && x !== "–").join(", ") || "–"),
-          h("td", {}, perms(r.permissions)), h("td", {}, r.max_session_ttl ? `${Math.round(r.max_session_ttl / 3600)} h` : "–"))))));
+          h("td", {}, perms(r.permissions)), h("td", {}, r.max_session_ttl ? `${Math.round(r.max_session_ttl / 3600)} h` : "–"),
+          h("td", {}, h("button", { type: "button", class: "remove", onclick: remove("admin.roles.rm", { name: r.name }, `role ${r.name}`) }, "Remove")))))));
   });
 
   const drawCluster = guard(async () => {
