@@ -12,6 +12,8 @@ audit outbox is forwarded over one of them at a time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import random
 import time
@@ -30,6 +32,8 @@ from edge_agent.resume import ResumeRegistry
 from edge_agent.serial_line import SerialConsoles
 from edge_agent.tunnel_slots import Backoff, TunnelRun, TunnelSlots
 from remoteler.audit.events import EventType
+from remoteler.ca.sshcert import parse_certificate
+from remoteler.ca.x509 import cert_not_after
 from remoteler.caps import agent_caps
 from remoteler.clockskew import REPORT_THRESHOLD, sample
 from remoteler.errors import TrustError
@@ -221,6 +225,7 @@ class EdgeAgent:
             "serial_ports": self.consoles.ports,
             # remoteler/caps.py; an older agent sends none. Resumes when on_channel does:
             "caps": agent_caps(resume=self.resume.grace > 0),
+            "cert_expires": _cert_expires(self.ident.ssh_cert, self.ident.tls_cert),
             # only when worth showing, and to 10 s, so that PINGs stay payload-free
             **({"clock_skew": round(skew, -1)} if (skew := self._skew()) is not None else {}),
         }
@@ -368,3 +373,19 @@ class EdgeAgent:
             await self._serve_ssh_pipe(ChannelPipe(channel), meta)
         finally:
             channel.close()
+
+
+@functools.lru_cache(maxsize=4)
+def _cert_expires(ssh_cert: str, tls_cert: bytes) -> int | None:
+    """When the node's certificates stop working: the earlier of its tunnel (x509)
+    certificate's end and its SSH host certificate's ``valid_before`` (host certificates
+    are usually valid forever). For heartbeats; parsed once per certificate pair."""
+    ends: list[int] = []
+    # a damaged file is reported elsewhere; the heartbeat goes on without it
+    with contextlib.suppress(Exception):
+        ends.append(int(cert_not_after(tls_cert).timestamp()))
+    with contextlib.suppress(Exception):
+        before = int(parse_certificate(ssh_cert).valid_before)
+        if before < 2**63:  # 2**64-1: "forever"
+            ends.append(before)
+    return min(ends) if ends else None

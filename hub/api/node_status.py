@@ -57,8 +57,20 @@ MAX_PORT_NAME = 256
 #: largest integer kept for the audit counters (SQLite's INTEGER range)
 _MAX_INT = (1 << 63) - 1
 KNOWN_KEYS = frozenset(
-    {"labels", "version", "name", "ssh", "serial_ports", "audit", "clock_skew", "caps"}
+    {
+        "labels",
+        "version",
+        "name",
+        "ssh",
+        "serial_ports",
+        "audit",
+        "clock_skew",
+        "caps",
+        "cert_expires",
+    }
 )
+#: latest host-certificate expiry kept (year 2286, epoch seconds): beyond, junk
+MAX_CERT_EXPIRES = 10_000_000_000
 #: largest clock skew kept (100 years, seconds): beyond, the value is junk
 MAX_SKEW = 100 * 365 * 86400.0
 
@@ -89,6 +101,8 @@ class NodeStatus:
     clock_skew: float | None = None
     #: what the agent supports (remoteler/caps.py); () when not sent or invalid
     caps: tuple[str, ...] = ()
+    #: when the node's host certificate expires (epoch seconds); None when not sent
+    cert_expires: float | None = None
     #: names of keys dropped (at most 8, each its first 64 characters), for a log line
     unknown: tuple[str, ...] = field(default=(), compare=False)
 
@@ -142,6 +156,7 @@ def parse_status(payload: Mapping[str, Any], max_bytes: int = MAX_STATUS_BYTES) 
         audit=_audit(payload.get("audit")),
         clock_skew=_skew(payload.get("clock_skew")),
         caps=valid_caps(payload.get("caps")) or (),
+        cert_expires=_expires(payload.get("cert_expires")),
         unknown=tuple(unknown),
     )
 
@@ -175,6 +190,12 @@ def _audit(value: object) -> AuditBacklog | None:
         # finite only: tctl nodes ls computes the age with int() (inf raised there)
         oldest=float(oldest) if ok and math.isfinite(oldest) else None,  # type: ignore[arg-type]
     )
+
+
+def _expires(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if 0 < value < MAX_CERT_EXPIRES else None
 
 
 def _skew(value: object) -> float | None:

@@ -850,6 +850,14 @@ class HubServer:
                     # what its agent supports (remoteler/caps.py): stored, so every hub
                     # of a cluster knows it; [] for an agent older than capabilities
                     "caps": list(live.caps if live else node.caps),
+                    # events waiting in the device's outbox (its last heartbeat, as stored)
+                    "audit_pending": (
+                        live.status.audit.pending
+                        if live and live.status.audit is not None
+                        else node.audit_pending
+                    ),
+                    # the host certificate's expiry, as its agent reports it (while online)
+                    "cert_expires": live.status.cert_expires if live else None,
                 }
             )
         return out

@@ -12,7 +12,15 @@ from typing import Any
 
 from remoteler.errors import UsageError
 
-SORT_KEYS = ("name", "online", "last_seen", "version", "audit_pending", "recording")
+SORT_KEYS = (
+    "name",
+    "online",
+    "last_seen",
+    "version",
+    "audit_pending",
+    "recording",
+    "cert_expires",
+)
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
 MAX_QUERY = 200

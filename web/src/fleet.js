@@ -5,8 +5,17 @@ import { ago, clear, h } from "./dom.js";
 
 const COLUMNS = [
   ["name", "Node"], [null, "Labels"], ["online", "Status"], ["last_seen", "Last seen"],
-  ["version", "Agent"], [null, "Firmware"], ["audit_pending", "Audit backlog"], ["recording", "Recording"],
+  ["version", "Agent"], [null, "Firmware"], ["audit_pending", "Audit backlog"], ["cert_expires", "Certificate"], ["recording", "Recording"],
 ];
+
+function until(ts) {
+  if (!ts) return "–";
+  const days = (ts - Date.now() / 1000) / 86400;
+  if (days < 0) return "expired";
+  return days >= 2 ? `${Math.floor(days)} days` : `${Math.max(0, Math.round(days * 24))} h`;
+}
+
+function expiring(ts) { return !!ts && ts - Date.now() / 1000 < 7 * 86400; }
 
 export async function show(main, { failed }) {
   const params = new URLSearchParams(location.search);
@@ -44,6 +53,7 @@ export async function show(main, { failed }) {
         h("td", {}, n.version || "–"),
         h("td", {}, n.firmware ? `${n.firmware.version} (${n.firmware.slot || "?"})` : "–"),
         h("td", {}, String(n.audit_pending ?? 0)),
+        h("td", { class: expiring(n.cert_expires) ? "warn" : "" }, until(n.cert_expires)),
         h("td", {}, n.recording || "off"),
       ));
     }

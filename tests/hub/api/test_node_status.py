@@ -18,6 +18,23 @@ from remoteler.clockskew import format_skew
 @pytest.mark.parametrize(
     ("sent", "kept"),
     [
+        (1_800_000_000, 1_800_000_000.0),
+        (0, None),
+        (-5, None),
+        (1e13, None),
+        (float("nan"), None),
+        (True, None),
+        ("1800000000", None),
+    ],
+)
+def test_host_cert_expiry_kept_only_as_a_sane_time(sent: object, kept: float | None) -> None:
+    status = parse_status({"version": "0.1.0", "cert_expires": sent})
+    assert status.cert_expires == kept and "cert_expires" not in status.unknown
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
         (-1200.0, -1200.0),
         (86400, 86400.0),
         (float("nan"), None),

@@ -38,7 +38,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         c.add_user("alice", ["root"], roles="access,editor")
         for name, labels in (("truck-1", "env=prod,site=berlin"), ("truck-2", "env=dev")):
-            c.start_agent(name, labels)
+            c.start_agent(name, labels, None, "--heartbeat-interval", "2")
         wait_for(lambda: c.node_online("truck-1") and c.node_online("truck-2"), what="agents")
         yield c
     finally:
@@ -145,6 +145,14 @@ def test_fleet_is_filtered_sorted_and_paged_by_the_hub(hub: Cluster) -> None:
     everything = web.request("GET", "/web/api/nodes").json()
     assert [n["name"] for n in everything["nodes"]] == ["truck-1", "truck-2"]
     assert everything["fleet"] == {"nodes": 2, "online": 2}
+    # each agent reports its host certificate's expiry (the fleet's Certificate column)
+    wait_for(
+        lambda: all(
+            (n.get("cert_expires") or 0) > time.time()
+            for n in web.request("GET", "/web/api/nodes").json()["nodes"]
+        ),
+        what="host certificate expiry in the fleet rows",
+    )
     prod = web.request("GET", "/web/api/nodes?label=env%3Dprod").json()
     assert [n["name"] for n in prod["nodes"]] == ["truck-1"] and prod["total"] == 1
     desc = web.request("GET", "/web/api/nodes?sort=-name&size=1&page=2").json()
@@ -198,7 +206,7 @@ def test_sse_stream_says_when_a_node_goes_offline(hub: Cluster, tmp_path: Path) 
     assert "data: " in seen, seen[-2000:]
     event = next(line for line in seen.splitlines() if line.startswith("data: "))
     assert json.loads(event[6:])["name"] == "truck-2"
-    hub.start_agent("truck-2", "env=dev")
+    hub.start_agent("truck-2", "env=dev", None, "--heartbeat-interval", "2")
     wait_for(lambda: hub.node_online("truck-2"), what="truck-2 back")
 
 
