@@ -146,7 +146,7 @@ class Attacks:
 async def _measure(cluster: Cluster, attacks: Attacks, name: str, ctx: Context) -> Result:
     assert cluster.hub is not None
     pid = cluster.hub.pid
-    attack_s, after_s = ctx.pick(20.0, 1.0), ctx.pick(60.0, 1.0)
+    attack_s, after_s = ctx.pick(20.0, 0.5), ctx.pick(60.0, 0.2)
     before = vm_rss(pid)
     peak = before
     attacks.connections = 0
@@ -183,7 +183,7 @@ async def _run(ctx: Context) -> list[Figure]:
         figures: list[Figure] = []
         for name in ("ws_ping_rpc", "ws_ping_tunnel", "tunnel_ping_frames", "handshake_slowloris"):
             res = await _measure(cluster, attacks, name, ctx)
-            note = f"{res.connections} attack connections; after = {ctx.pick(60, 1)} s later"
+            note = f"{res.connections} attack connections; after = {ctx.pick(60, 0.2)} s later"
             for label, value in (("before", res.before), ("peak", res.peak), ("after", res.after)):
                 figures.append(
                     Figure(

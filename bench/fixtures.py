@@ -5,6 +5,7 @@ Everything listens on 127.0.0.1 and is stopped by process id when the block ends
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pwd
@@ -22,6 +23,10 @@ from helpers import BIN, Cluster, free_port, stop_process, wait_for
 from require import find_binary, missing_hint
 
 from bench.harness import MissingTool
+from remoteler.errors import RemotelerError
+from remoteler.hubconn import rpc_call
+from remoteler.identity import read_identity_file
+from remoteler.tlsutil import client_context
 
 LOGIN = pwd.getpwuid(os.geteuid()).pw_name
 NODE = "bench-node"
@@ -37,20 +42,45 @@ class Rig:
         return [str(BIN / "tsh"), *args]
 
 
+def pin_once(cluster: Cluster) -> None:
+    """Ask ``tctl`` for the CA pin once: every agent start and ``tsh login`` reuse it
+    (no rotation runs in a benchmark)."""
+    pin = cluster.ca_pin()
+    cluster.ca_pin = lambda: pin  # type: ignore[method-assign]
+
+
+def node_online(cluster: Cluster, identity: Path, node: str = NODE) -> bool:
+    """Whether the hub routes to ``node`` now: its live view (``nodes.list``, what ``tsh
+    ls`` shows), asked from this process with ``identity`` (``tctl auth sign``).
+
+    ``Cluster.node_online`` asks ``tctl``, which shows the stored state: a new tunnel
+    gets there at the hub's next presence flush, up to 5 s later, and each poll costs
+    a whole process.
+    """
+    ident = read_identity_file(identity)
+    ctx = client_context(ident.host_ca_pem, ident.tls_cert, ident.key_pem)
+    try:
+        nodes = asyncio.run(rpc_call(cluster.addr, ctx, "nodes.list", labels={}))
+    except (RemotelerError, OSError):
+        return False
+    return any(n["name"] == node and n["online"] for n in nodes)
+
+
 @contextlib.contextmanager
 def hub_rig(workdir: Path) -> Iterator[Rig]:
     cluster = Cluster(workdir / "cluster", free_port())
     cluster.root.mkdir(parents=True, exist_ok=True)
     cluster.start_hub()
     try:
+        pin_once(cluster)
+        cluster.start_agent(NODE, "env=bench")  # it joins while the user is made
         cluster.add_user("bench", [LOGIN])
-        cluster.start_agent(NODE, "env=bench")
-        wait_for(lambda: cluster.node_online(NODE), what="bench node online")
+        identity = workdir / "bench-id"
+        cluster.tctl("auth", "sign", "--user", "bench", "--ttl", "1h", "-o", str(identity))
         login = cluster.login("bench")
         if login.returncode != 0:
             raise RuntimeError(f"bench login failed: {login.stderr}")
-        identity = workdir / "bench-id"
-        cluster.tctl("auth", "sign", "--user", "bench", "--ttl", "1h", "-o", str(identity))
+        wait_for(lambda: node_online(cluster, identity), what="bench node online")
         os.environ["TSH_HOME"] = str(cluster.tsh_home)
         yield Rig(cluster, identity)
     finally:

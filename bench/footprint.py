@@ -48,10 +48,10 @@ def wire_bytes(pid: int) -> int:
 
 @benchmark("agent_footprint")
 def agent_footprint(ctx: Context) -> list[Figure]:
-    window = ctx.pick(180.0, 2.0)
+    window = ctx.pick(180.0, 0.5)
     with hub_rig(ctx.workdir) as rig:
         pid = rig.cluster.agents["bench-node"].pid
-        time.sleep(ctx.pick(5.0, 0.5))  # let start-up settle
+        time.sleep(ctx.pick(5.0, 0.1))  # let start-up settle
         cpu0, bytes0, t0 = cpu_seconds(pid), wire_bytes(pid), time.monotonic()
         time.sleep(window)
         cpu1, bytes1, t1 = cpu_seconds(pid), wire_bytes(pid), time.monotonic()

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.fixtures import LOGIN, NODE, hub_rig
+from bench.fixtures import LOGIN, NODE, hub_rig, node_online, pin_once
 from bench.footprint import cpu_seconds
 from bench.harness import Context, Figure, benchmark, median, p99, ratio
 
@@ -257,18 +257,19 @@ async def _resume_times(hub: str, identity: Path, links: dict[str, FaultProxy], 
 
 
 def resume_time_figures(ctx: Context) -> list[Figure]:
-    n = ctx.pick(int(os.environ.get("BENCH_RESUME_RESETS", "15")), 2)
+    n = ctx.pick(int(os.environ.get("BENCH_RESUME_RESETS", "15")), 1)
     cluster = Cluster(ctx.workdir / "resume-cluster", free_port())
     cluster.root.mkdir(parents=True, exist_ok=True)
     cluster.start_hub()
     agent_link = FaultProxy("127.0.0.1", cluster.hub_port).start()
     user_link = FaultProxy("127.0.0.1", cluster.hub_port).start()
     try:
-        cluster.add_user("bench", [LOGIN])
+        pin_once(cluster)
         cluster.start_agent(NODE, "env=bench", hub=agent_link.addr)  # --reconnect-max 1
-        wait_for(lambda: cluster.node_online(NODE), what="bench node online")
+        cluster.add_user("bench", [LOGIN])
         identity = ctx.workdir / "resume-id"
         cluster.tctl("auth", "sign", "--user", "bench", "--ttl", "1h", "-o", str(identity))
+        wait_for(lambda: node_online(cluster, identity), what="bench node online")
         links = {"agent's link": agent_link, "client's link": user_link}
         times = asyncio.run(_resume_times(user_link.addr, identity, links, n))
     finally:

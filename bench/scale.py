@@ -104,11 +104,11 @@ def run_size(ctx: Context, n: int, storage: list[str] | None = None) -> list[Fig
                 )
             )
         first = wait_all(statuses, n, 300)
-        time.sleep(ctx.pick(10.0, 1.0))
+        time.sleep(ctx.pick(10.0, 0.2))
         assert cluster.hub is not None
         pid = cluster.hub.pid
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
-        time.sleep(ctx.pick(10.0, 1.0))
+        time.sleep(ctx.pick(10.0, 0.5))
         idle_cpu = 100 * (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
         rss = rss_mib(pid)
 

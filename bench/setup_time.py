@@ -32,7 +32,7 @@ async def _connect_exec_close(connect: object, n: int) -> list[float]:
 @benchmark("session_setup")
 def session_setup(ctx: Context) -> list[Figure]:
     require_openssh()  # before anything starts: no ratio without the reference
-    n = ctx.pick(15, 2)
+    n = ctx.pick(15, 1)
     figures: list[Figure] = []
     with (
         hub_rig(ctx.workdir) as rig,

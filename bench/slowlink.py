@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.fixtures import node_online, pin_once
 from bench.harness import Context, Figure, benchmark, median, p99
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -71,17 +72,18 @@ async def measure(hub: str, identity: Path, keys: int, settle: float) -> dict[st
 
 @benchmark("keystroke_slow_link")
 def keystroke_slow_link(ctx: Context) -> list[Figure]:
-    keys, settle = ctx.pick((40, 8.0), (2, 1.0))
+    keys, settle = ctx.pick((40, 8.0), (1, 0.5))
     cluster = Cluster(ctx.workdir / "cluster", free_port())
     cluster.root.mkdir(parents=True, exist_ok=True)
     cluster.start_hub()
     proxy = FaultProxy("127.0.0.1", cluster.hub_port, link_buffer=LINK_BUFFER).start()
     try:
+        pin_once(cluster)
+        cluster.start_agent(NODE, "", hub=proxy.addr)  # it joins while the user is made
         cluster.add_user("bench", [LOGIN])
-        cluster.start_agent(NODE, "", hub=proxy.addr)
-        wait_for(lambda: cluster.node_online(NODE), what="slow node online")
         identity = ctx.workdir / "bench-id"
         cluster.tctl("auth", "sign", "--user", "bench", "--ttl", "1h", "-o", str(identity))
+        wait_for(lambda: node_online(cluster, identity, NODE), what="slow node online")
         proxy.bandwidth(RATE)
         result = asyncio.run(measure(cluster.addr, identity, keys, settle))
     finally:

@@ -1,4 +1,4 @@
-"""The resume benchmark still runs in smoke mode (tests/bench/smokekit.py)."""
+"""The resume group of benchmarks still runs in smoke mode (tests/bench/smokekit.py)."""
 
 from __future__ import annotations
 
@@ -9,5 +9,5 @@ from smokekit import GROUPS, run_smoke
 
 
 @pytest.mark.timeout(600)
-def test_resume_benchmark_runs_in_smoke_mode(tmp_path: Path) -> None:
+def test_resume_benchmarks_run_in_smoke_mode(tmp_path: Path) -> None:
     run_smoke(tmp_path, GROUPS["resume"])

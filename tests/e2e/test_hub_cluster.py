@@ -12,6 +12,7 @@ import os
 import pwd
 import re
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -60,9 +61,13 @@ def _agent(cluster: HubCluster, name: str, lb: str) -> None:
     )
 
 
-def _fully_held(cluster: HubCluster, names: tuple[str, ...] = NODES, want: int = 2) -> bool:
+def _fully_held(
+    cluster: HubCluster, names: tuple[str, ...] = NODES, want: int = 2, dead: str = ""
+) -> bool:
+    """Every node of ``names`` held by ``want`` hubs, not counting hub ``dead`` (its
+    presence outlives a SIGKILL until its leases lapse)."""
     held = cluster.holders()
-    return all(len(held.get(name, [])) >= want for name in names)
+    return all(len(set(held.get(name, [])) - {dead}) >= want for name in names)
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +106,13 @@ def _restore(fleet: Fleet) -> None:
     for member in cluster.members:
         if member.proc is None:
             cluster.start_hub(index=member.index)
-    wait_for(lambda: len(cluster.hubs()) == cluster.count, timeout=60, what="three hubs")
-    wait_for(lambda: _fully_held(cluster), timeout=60, what="every node on two hubs again")
+    # each poll is a tctl process: twice a second, not back to back
+    wait_for(
+        lambda: len(cluster.hubs()) == cluster.count, timeout=60, interval=0.5, what="three hubs"
+    )
+    wait_for(
+        lambda: _fully_held(cluster), timeout=60, interval=0.5, what="every node on two hubs again"
+    )
 
 
 @pytest.mark.timeout(300)  # the module's cluster starts in the first test
@@ -220,10 +230,27 @@ def test_kill9_each_hub_in_turn_under_a_loop_through_the_load_balancer(fleet: Fl
         for thread in loops:
             thread.start()
         try:
-            time.sleep(3)
+            # sessions are under way when the hub dies
+            wait_for(lambda: len(results) >= 2, timeout=60, what="the loops' sessions")  # noqa: B023
             killed_at = time.monotonic()
             cluster.kill(victim)
-            time.sleep(12)
+            # Through the whole failover: until the agents that had a tunnel on the
+            # victim have their second one on the third hub (until then a hub may pick
+            # the victim by its stale presence, and must reroute; after, both hubs left
+            # hold every node), then one more session to every node.
+            wait_for(
+                lambda: _fully_held(cluster, dead=f"hub-{victim}"),  # noqa: B023
+                timeout=60,
+                interval=0.5,
+                what=f"every node on two hubs besides hub-{victim}",
+            )
+            rehomed = time.monotonic()
+            wait_for(
+                lambda: {r[0] for r in results if r[1] > rehomed} >= set(NODES),  # noqa: B023
+                timeout=120,
+                interval=0.1,
+                what="a session to every node after the failover",
+            )
         finally:
             stop.set()
             for thread in loops:
@@ -370,6 +397,17 @@ def _stored(fleet: Fleet, node_id: str) -> tuple[int, int]:
     return int(total), int(distinct)
 
 
+def _in_outbox(path: Path, last_seq: int) -> int:
+    """Events up to ``last_seq`` still in the agent's outbox (not yet acked)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return int(
+            db.execute("SELECT count(*) FROM events WHERE seq <= ?", (last_seq,)).fetchone()[0]
+        )
+    finally:
+        db.close()
+
+
 @pytest.mark.timeout(600)
 def test_audit_backlog_drained_while_hubs_die_arrives_exactly_once(fleet: Fleet) -> None:
     cluster = fleet.cluster
@@ -381,7 +419,8 @@ def test_audit_backlog_drained_while_hubs_die_arrives_exactly_once(fleet: Fleet)
     agent = cluster.agents.pop(name)
     os.kill(agent.pid, signal.SIGTERM)
     assert agent.wait(timeout=20) == 0
-    seeded = seed_outbox(cluster.root / f"agent-{name}" / "audit.db", node_id, n, 1000)
+    outbox = cluster.root / f"agent-{name}" / "audit.db"
+    seeded = seed_outbox(outbox, node_id, n, 1000)
     assert len(seeded) == n
     cluster.agents[name] = agent = cluster.start_agent(name)
     for victim in (0, 1, 2, 0):
@@ -390,7 +429,10 @@ def test_audit_backlog_drained_while_hubs_die_arrives_exactly_once(fleet: Fleet)
         time.sleep(1.5)
         cluster.start_hub(index=victim)
     wait_for(lambda: _stored(fleet, node_id)[0] >= n, timeout=120, interval=0.5, what="all in")
-    time.sleep(2)  # a duplicate would land now
+    # A duplicate would come from a batch sent again: none can be once every seeded
+    # event is acked (gone from the outbox), and each ack follows its batch's insert.
+    last = max(seeded.values())
+    wait_for(lambda: _in_outbox(outbox, last) == 0, timeout=60, interval=0.1, what="all acked")
     total, distinct = _stored(fleet, node_id)
     assert (total, distinct) == (n, n), f"stored {total} rows, {distinct} ids, of {n}"
     assert agent.poll() is None
