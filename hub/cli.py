@@ -183,7 +183,10 @@ def add_web_flags(start: argparse.ArgumentParser) -> None:
         help="PEM chain browsers are given (default: one from the hub's web CA, DATA/web/ca.crt)",
     )
     start.add_argument(
-        "--web-key", default=None, metavar="FILE", help="the --web-cert's unencrypted PEM key"
+        "--web-key",
+        default=None,
+        metavar="FILE",
+        help="the --web-cert's unencrypted PEM key (default: the web CA's leaf key)",
     )
     start.add_argument(
         "--web-idle-timeout",
@@ -196,7 +199,8 @@ def add_web_flags(start: argparse.ArgumentParser) -> None:
         "--metrics-token-file",
         default=None,
         metavar="FILE",
-        help="a file holding the bearer token /metrics asks for (no file: /metrics refuses)",
+        help="a file holding the bearer token /metrics asks for "
+        "(default: none, and /metrics refuses every request)",
     )
 
 

@@ -380,7 +380,8 @@ def test_forward_mode_never_imports_asyncssh(tmp_path: Path) -> None:
         async def main():
             tcp = await asyncio.start_server(echo, "127.0.0.1", 0)
             ident = types.SimpleNamespace(
-                node_id="n1", name="legacy", token_labels={}, hub="127.0.0.1:9"
+                node_id="n1", name="legacy", token_labels={}, hub="127.0.0.1:9",
+                ssh_cert="", tls_cert=b"",  # unreadable: the heartbeat has no expiry
             )
             agent = EdgeAgent(ident, {})
             agent.ssh_target = ("127.0.0.1", tcp.sockets[0].getsockname()[1])
