@@ -213,10 +213,10 @@ def test_sessions_at_the_reserve_are_refused_or_run_unrecorded(disk_cluster: Clu
     # reaches the hub once there is room again.
     marker, full = cluster.root / "started", cluster.root / "full"
     # The session ends once the disk is full (not after a sleep that a loaded machine
-    # may outlast before the disk is filled); at most 30 s.
+    # may outlast before the disk is filled); at most 120 s (filling is slow under load).
     wait = (
         f"touch {marker}; i=0; "
-        f"while [ ! -e {full} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done"
+        f"while [ ! -e {full} ] && [ $i -lt 2400 ]; do sleep 0.05; i=$((i+1)); done"
     )
     proc = subprocess.Popen(
         [str(BIN / "tsh"), "ssh", f"{ME}@strict", f"{wait}; echo late"],

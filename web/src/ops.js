@@ -84,6 +84,7 @@ export async function show(main, { failed }) {
     drawTokensList();
   });
 
+  const invite = h("div", { id: "invite" }); // outlives each redraw: it shows the last invite
   const drawPeople = guard(async () => {
     const [users, roles] = await Promise.all([call("admin.users.ls", {}), call("admin.roles.ls", {})]);
     const labels = (m) => Object.entries(m || {}).map(([k, v]) => `${k}=${Array.isArray(v) ? v.join("|") : v}`).join(", ") || "–";
@@ -91,7 +92,6 @@ export async function show(main, { failed }) {
     const name = h("input", { name: "name", placeholder: "user name", required: true });
     const userRoles = h("input", { name: "roles", value: "access", placeholder: "roles, e.g. access,editor" });
     const userLogins = h("input", { name: "logins", placeholder: "logins, e.g. pi,root" });
-    const invite = h("div", { id: "invite" });
     const userForm = h("form", { class: "filters", id: "user-form" }, name, userRoles, userLogins, h("button", { type: "submit" }, "Add user"));
     userForm.addEventListener("submit", guard(async (ev) => {
       ev.preventDefault();
