@@ -76,6 +76,12 @@ class User:
     totp_secret: str | None
     totp_last_step: int
     created: float
+    #: the SSO connector that made this user (docs/sso.md); None for a local user
+    connector: str | None = None
+    #: the identity provider's claims as traits, ``{{external.NAME}}`` in role templates
+    traits: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: when an SSO user's record lapses (its certificates' end); None: never (local users)
+    expires: float | None = None
 
 
 @dataclass(frozen=True)
@@ -649,6 +655,49 @@ class Leases(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class StoredConnector:
+    """An SSO connector (hub/sso/connectors.py): its document as JSON, the client
+    secret in it already encrypted by the caller when a CA passphrase is set."""
+
+    name: str
+    kind: str  # "oidc", "github" or "saml"
+    spec: str
+    created: float
+
+
+class Connectors(Protocol):
+    async def get(self, name: str) -> StoredConnector | None: ...
+    async def all(self) -> list[StoredConnector]:
+        """Every connector, by name."""
+        ...
+
+    async def put(self, connector: StoredConnector) -> None:
+        """Create or replace (publishes ``Change("connectors", name)``)."""
+        ...
+
+    async def delete(self, name: str) -> bool: ...
+
+
+class SSOStates(Protocol):
+    """Short-lived SSO state every hub of a cluster must see: pending logins (the browser
+    may come back to another hub) and the ids of SAML assertions already used."""
+
+    async def add(self, key: str, value: str, expires: float, now: float, cap: int) -> bool:
+        """Store ``key`` unless it exists (:class:`Conflict`); False, storing nothing,
+        when ``cap`` unexpired entries are stored already. Atomic."""
+        ...
+
+    async def take(self, key: str, now: float) -> str | None:
+        """Remove ``key`` and return its value; None when missing or expired. Atomic:
+        of two hubs taking one key, one gets it."""
+        ...
+
+    async def prune(self, now: float, limit: int) -> int:
+        """Delete up to ``limit`` expired entries; how many."""
+        ...
+
+
 class Storage(Protocol):
     """The hub's state. Open with the engine's ``open`` (``hub.storage.open_storage``)."""
 
@@ -671,6 +720,8 @@ class Storage(Protocol):
     blobs: Blobs
     hubs: Hubs
     leases: Leases
+    connectors: Connectors
+    sso: SSOStates
 
     def changes(self) -> AsyncIterator[Change]:
         """A new subscription to the change feed: every :class:`Change` written through
