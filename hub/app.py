@@ -232,6 +232,9 @@ class HubApp:
             await self._start_web(
                 server, data, cluster, cert_hosts(host, args.public_addr), storage
             )
+            server.sso = _sso_service(
+                server, storage, seeds, advertised((bound_host, bound_port), args.public_addr)
+            )
         if owns_files:
             await admin.renew_if_due()  # DATA/admin-identity, before hub.addr
             data.addr_file.write_text(addr + "\n")
@@ -390,3 +393,23 @@ async def run(args: argparse.Namespace) -> None:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await app.drain()
+
+
+def _sso_service(server: Any, storage: Storage, seeds: Any, public: str) -> Any:
+    """Single sign-on (hub/sso, docs/sso.md): browsers come back to ``https://PUBLIC``, the
+    first --public-addr (else the bound address); the identity providers must know it."""
+    from hub.sso.flow import SSOService
+
+    def seal(secret: str, name: str) -> str:
+        return str(seeds.encrypt(secret, name))
+
+    def unseal(stored: str, name: str) -> str:
+        return str(seeds.decrypt(stored, name))
+
+    return SSOService(
+        storage,
+        server.auth,
+        lambda: f"https://{public}",
+        seal_secret=seal if seeds is not None else None,
+        unseal_secret=unseal if seeds is not None else None,
+    )

@@ -32,6 +32,8 @@ else:
     from re import _parser as _sre_parse
 
 LOGINS_TRAIT = "{{internal.logins}}"
+#: an OS login name (as hub/auth/service.py checks them): trait values that are not are dropped
+_LOGIN_VALUE = re.compile(r"[a-z_][a-z0-9_.\-]{0,31}\$?", re.IGNORECASE | re.ASCII)
 DEFAULT_MAX_TTL = 12 * 3600
 RULES_EXTENSION = "remoteler-rules@remoteler"
 ROLES_EXTENSION = "remoteler-roles@remoteler"
@@ -351,22 +353,75 @@ class AccessRule:
     vetoes: frozenset[str] = frozenset()
 
 
-def _expand(logins: Iterable[str], user_logins: Sequence[str]) -> tuple[str, ...]:
+#: ``{{internal.logins}}``, ``{{external.groups}}``...: a role's value filled from the
+#: user's traits (local users: ``internal.logins``; SSO users: ``external.*``, the
+#: identity provider's claims, docs/sso.md)
+TRAIT_TEMPLATE = re.compile(r"\{\{(internal|external)\.([A-Za-z0-9_.:/-]{1,64})\}\}")
+
+Traits = Mapping[str, Sequence[str]]
+
+
+def is_template(value: str) -> bool:
+    return TRAIT_TEMPLATE.fullmatch(value) is not None
+
+
+def _fill(value: str, traits: Traits) -> list[str]:
+    """A role value with its template filled: a template gives the trait's values
+    (none when the user has no such trait), anything else is itself."""
+    match = TRAIT_TEMPLATE.fullmatch(value)
+    if match is None:
+        return [value]
+    return [str(x) for x in traits.get(f"{match.group(1)}.{match.group(2)}", ())]
+
+
+def _expand(logins: Iterable[str], traits: Traits) -> tuple[str, ...]:
     out: list[str] = []
     for login in logins:
-        expanded = list(user_logins) if login == LOGINS_TRAIT else [login]
+        expanded = _fill(login, traits)
+        if is_template(login):  # a trait's values must be logins to become one
+            expanded = [x for x in expanded if _LOGIN_VALUE.fullmatch(x)]
         out.extend(x for x in expanded if x and x not in out)
     return tuple(out)
 
 
-def resolve_rules(roles: Iterable[Role], user_logins: Sequence[str]) -> list[AccessRule]:
+def _expand_labels(selector: Selector, traits: Traits) -> dict[str, tuple[str, ...]]:
+    out: dict[str, tuple[str, ...]] = {}
+    for key, patterns in selector.items():
+        values: list[str] = []
+        for pattern in patterns:
+            for value in _fill(pattern, traits):
+                if is_template(pattern):  # a trait's value matches literally
+                    if 0 < len(value) <= MAX_PATTERN and "*" not in value and not is_regex(value):
+                        values.append(value)
+                elif value not in values:
+                    values.append(value)
+        if values or not any(is_template(p) for p in patterns):
+            out[key] = tuple(values)
+        else:  # no value for any template of this key: the selector matches nothing
+            out[key] = ()
+    return out
+
+
+def user_traits(
+    logins: Sequence[str], external: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, tuple[str, ...]]:
+    """The traits templates are filled from: ``internal.logins`` and ``external.*``."""
+    traits = {f"external.{k}": tuple(v) for k, v in (external or {}).items()}
+    traits["internal.logins"] = tuple(logins)
+    return traits
+
+
+def resolve_rules(
+    roles: Iterable[Role], user_logins: Sequence[str], external: Traits | None = None
+) -> list[AccessRule]:
+    traits = user_traits(user_logins, external)
     return [
         AccessRule(
             role.name,
-            _expand(role.logins, user_logins),
-            dict(role.node_labels),
-            _expand(role.deny_logins, user_logins),
-            dict(role.deny_node_labels),
+            _expand(role.logins, traits),
+            _expand_labels(role.node_labels, traits),
+            _expand(role.deny_logins, traits),
+            _expand_labels(role.deny_node_labels, traits),
             role.grants(),
             role.vetoes(),
         )

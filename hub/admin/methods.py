@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from hub.admin import audit, auth, cluster, firmware, users
+from hub.admin import audit, auth, cluster, connectors, firmware, users
 from hub.admin.rpc import AdminCall, AdminHandler, AdminHost, RpcHandler, authorize, whoami
 from hub.net.identity import Identity
 from remoteler.admin import AdminMethod
@@ -18,6 +18,7 @@ def admin_methods(host: AdminHost, peer: Callable[[], str]) -> dict[str, RpcHand
     table: dict[AdminMethod, AdminHandler] = {
         AdminMethod.WHOAMI: whoami,
         **users.METHODS,
+        **connectors.METHODS,
         **auth.METHODS,
         **audit.METHODS,
         **cluster.METHODS,

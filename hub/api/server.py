@@ -83,6 +83,7 @@ from remoteler.wire.limits import Limits
 if TYPE_CHECKING:
     from hub.recording.proxy import ProxyDeps
     from hub.rotation.runtime import HubRotation
+    from hub.sso.flow import SSOService
     from hub.rotation.store import CASet
     from remoteler.ca import CertAuthority
 
@@ -149,6 +150,8 @@ class HubServer:
         self.registry = TunnelRegistry(storage, hub_id)
         #: links to the cluster's other hubs (hub/cluster/peers.py); set by hub/app.py
         self.peers: PeerLinks | None = None
+        #: single sign-on (hub/sso/flow.py); set by hub/app.py with the web console
+        self.sso: SSOService | None = None
         #: CA rotation follower (hub/rotation/runtime.py); set by hub/app.py
         self.rotation: HubRotation | None = None
         self.locks = LockWatcher(storage, self.registry)
@@ -166,6 +169,7 @@ class HubServer:
             "ping": self.rpc_ping,
             "login": self.rpc_login,
             "invite.info": self.rpc_invite_info,
+            "sso.start": self.rpc_sso_start,
             "invite.accept": self.rpc_invite_accept,
             "join": self.rpc_join,
             "nodes.list": self.rpc_nodes_list,
@@ -745,6 +749,8 @@ class HubServer:
             "user_ca_ssh": self.auth.user_ca.ssh_public_line(),
             # agents with a wrong clock learn the skew from it (edge_agent/clockdial.py)
             "time": time.time(),
+            # tsh login with no --auth uses it (docs/sso.md)
+            "auth_connector": await self.sso.default() if self.sso is not None else None,
             **(self.rotation.ping_info() if self.rotation is not None else {}),
         }
 
@@ -759,6 +765,25 @@ class HubServer:
             remote_addr=_RPC_PEER.get(),
         )
         return _issued(issued)
+
+    async def rpc_sso_start(self, ident: Identity | None, params: dict[str, Any]) -> Any:
+        """``tsh login --auth NAME``: a pending SSO login (hub/sso/flow.py); the URL to
+        open in a browser."""
+        if self.sso is None:
+            raise UsageError("single sign-on needs the hub's web console: start it without --no-web")
+        ttl = params.get("ttl")
+        request_id, url = await self.sso.start(
+            _str(params, "connector"),
+            mode="tsh",
+            remote_addr=_RPC_PEER.get(),
+            public_key=_str(params, "public_key"),
+            client_key=_str(params, "client_key"),
+            redirect_url=_str(params, "redirect_url"),
+            ttl=int(ttl) if isinstance(ttl, int) and ttl > 0 else None,
+        )
+        from hub.sso.flow import PENDING_TTL
+
+        return {"request_id": request_id, "url": url, "expires_in": PENDING_TTL}
 
     async def rpc_invite_info(self, ident: Identity | None, params: dict[str, Any]) -> Any:
         return await self.auth.invite_info(

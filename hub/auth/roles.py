@@ -11,6 +11,8 @@ Example::
     [allow]
     logins = ["{{internal.logins}}", "pi"]
     node_labels = { env = ["lab", "staging-*"], site = "^(berlin|paris)$" }
+    # SSO users (docs/sso.md): traits from the identity provider's claims, e.g.
+    # logins = ["{{external.logins}}"], node_labels = { team = "{{external.groups}}" }
 
     [deny]
     logins = ["root"]
@@ -41,6 +43,7 @@ from remoteler.access import (
     Permission,
     Role,
     check_selector,
+    is_template,
 )
 from remoteler.addr import parse_ttl, valid_labels
 from remoteler.errors import UsageError
@@ -66,7 +69,12 @@ def _logins(value: object, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
         raise UsageError(f"{where} must be a list of strings")
     for login in value:
-        if login != LOGINS_TRAIT:
+        if login.startswith("{{") and not is_template(login):
+            raise UsageError(
+                f"bad template {login!r} in {where}: use {{{{internal.logins}}}} or "
+                "{{external.NAME}} (a claim of the user's identity provider, docs/sso.md)"
+            )
+        if not is_template(login):
             try:
                 check_logins([login])
             except UsageError:

@@ -72,7 +72,7 @@ def host_principals(node_id: str, name: str, cluster: str) -> list[str]:
 def rules_of(user: User, roles: Sequence[Role]) -> tuple[list[AccessRule], int]:
     """``user``'s access rules from ``roles``, and the TTL cap (the smallest max_session_ttl)."""
     cap = min((r.max_session_ttl for r in roles), default=DEFAULT_MAX_TTL)
-    return resolve_rules(roles, user.logins), cap
+    return resolve_rules(roles, user.logins, user.traits), cap
 
 
 @dataclass(frozen=True)

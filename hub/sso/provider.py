@@ -19,12 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from remoteler.errors import AuthError
+
 #: Allowance for the clocks of the hub and the provider (ID token ``iat``/``exp``,
 #: SAML ``NotBefore``/``NotOnOrAfter``); docs/sso.md.
 CLOCK_SKEW = 60.0
 
 
-class SSOError(Exception):
+class SSOError(AuthError):
     """A login the provider or the hub refused; the message is one line for the user."""
 
 

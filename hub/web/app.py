@@ -37,6 +37,7 @@ from hub.web import fleet
 from hub.web.guard import SAFE_METHODS, new_nonce, same_origin, security_headers
 from hub.web.metrics import CONTENT_TYPE, HubMetrics
 from hub.web.sessions import COOKIE, CSRF_HEADER, WebSession, WebSessions, csrf_ok
+from hub.web.sso_routes import SSORoutes
 from hub.web.terminal import MAX_MESSAGE, clamp_size, run_terminal
 from remoteler.audit.events import HUB_NODE, EventType, make_event
 from remoteler.ca import generate_private_key, public_key_to_openssh
@@ -216,6 +217,7 @@ class WebConsole:
         r.add_get("/web/api/audit/search", self.audit_search)
         r.add_get("/web/api/sessions/{sid}", self.recording)
         r.add_post("/web/api/call/{method}", self.call)
+        SSORoutes(self).add(r)  # single sign-on (hub/web/sso_routes.py, docs/sso.md)
         r.add_get("/web/static/{build}/{path:.+}", self.static)
         r.add_get("/web", self.page)
         r.add_get("/web/{page:.*}", self.page)
@@ -384,20 +386,31 @@ class WebConsole:
         issued = await self.server.auth.login(
             name, password, otp, public_key_to_openssh(key.public_key()), None, addr
         )
+        session = self.web_session(request, name, (key, issued), float(issued.expires))
+        await self._audit(request, name, "login", method="password+totp")
+        response = web.json_response(self._me(session))
+        self.set_session_cookie(response, session)
+        return response
+
+    def web_session(
+        self, request: web.Request, user: str, issued: tuple[Any, Any], expires: float
+    ) -> WebSession:
+        """A new web session holding ``issued`` = (key, certificates) (password or SSO)."""
+        key, certs = issued
         rotation = self.server.rotation
         host_ca_pem = (
             b"".join(rotation.cas.host.trusted_pems())
             if rotation is not None
             else self.server.auth.host_ca.x509_pem
         )
-        identity = UserIdentity(key, issued.ssh_cert, issued.tls_cert.encode(), host_ca_pem)
-        session = self.sessions.create(name, identity, float(issued.expires), addr)
-        await self._audit(request, name, "login", method="password+totp")
-        response = web.json_response(self._me(session))
+        identity = UserIdentity(key, certs.ssh_cert, certs.tls_cert.encode(), host_ca_pem)
+        return self.sessions.create(user, identity, expires, request.remote or "")
+
+    @staticmethod
+    def set_session_cookie(response: web.StreamResponse, session: WebSession) -> None:
         response.set_cookie(
             COOKIE, session.id, httponly=True, secure=True, samesite="Strict", path="/"
         )
-        return response
 
     async def logout(self, request: web.Request) -> web.Response:
         session = self._session(request, state_change=True)

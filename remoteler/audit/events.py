@@ -48,6 +48,9 @@ class EventType(StrEnum):
     AUDIT_SEQ_REUSED = "audit.seq_reused"
     ROLE_CREATED = "role.created"
     ROLE_DELETED = "role.deleted"
+    # SSO connectors (docs/sso.md): created/updated or removed by tctl
+    CONNECTOR_CREATED = "connector.created"
+    CONNECTOR_DELETED = "connector.deleted"
     ROTATION_PHASE = "rotation.phase"
     LOCK_CREATED = "lock.created"
     LOCK_DELETED = "lock.deleted"
