@@ -337,6 +337,7 @@ Topic = Literal[
     "trusted",
     "hubs",
     "leases",
+    "connectors",
 ]
 TOPICS: tuple[Topic, ...] = (
     "users",
@@ -349,6 +350,7 @@ TOPICS: tuple[Topic, ...] = (
     "trusted",
     "hubs",
     "leases",
+    "connectors",
 )
 
 
@@ -665,6 +667,9 @@ class StoredConnector:
     spec: str
     created: float
 
+    def __repr__(self) -> str:  # never the spec: it holds the client secret
+        return f"<StoredConnector {self.kind}/{self.name}>"
+
 
 class Connectors(Protocol):
     async def get(self, name: str) -> StoredConnector | None: ...
@@ -685,7 +690,8 @@ class SSOStates(Protocol):
 
     async def add(self, key: str, value: str, expires: float, now: float, cap: int) -> bool:
         """Store ``key`` unless it exists (:class:`Conflict`); False, storing nothing,
-        when ``cap`` unexpired entries are stored already. Atomic."""
+        when ``cap`` unexpired entries are stored already. Atomic. An expired entry
+        counts as absent: its key may be stored again (as if pruned first)."""
         ...
 
     async def take(self, key: str, now: float) -> str | None:

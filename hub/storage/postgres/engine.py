@@ -9,6 +9,7 @@ from hub.storage.api import (
     Authorities,
     Blobs,
     Change,
+    Connectors,
     Firmware,
     Hubs,
     Invites,
@@ -20,6 +21,7 @@ from hub.storage.api import (
     Roles,
     Rotation,
     Settings,
+    SSOStates,
     StorageError,
     Tokens,
     TrustedKeys,
@@ -35,6 +37,7 @@ from hub.storage.postgres.hubs import PgHubs, PgLeases
 from hub.storage.postgres.identity import PgInvites, PgLoginGuards, PgRoles, PgTokens, PgUsers
 from hub.storage.postgres.listen import Listener
 from hub.storage.postgres.nodes import PgLocks, PgNodes, PgPresence
+from hub.storage.postgres.sso import PgConnectors, PgSSOStates
 
 
 class PostgresStorage:
@@ -61,6 +64,8 @@ class PostgresStorage:
         self.blobs: Blobs = PgBlobs(db)
         self.hubs: Hubs = PgHubs(db)
         self.leases: Leases = PgLeases(db)
+        self.connectors: Connectors = PgConnectors(db)
+        self.sso: SSOStates = PgSSOStates(db)
 
     def changes(self) -> AsyncIterator[Change]:
         return self.feed.subscribe()

@@ -19,6 +19,9 @@ def _user(row: DictRow) -> User:
         totp_secret=row["totp_secret"],
         totp_last_step=row["totp_last_step"],
         created=row["created"],
+        connector=row["connector"],
+        traits={k: tuple(v) for k, v in (row["traits"] or {}).items()},
+        expires=row["expires"],
     )
 
 
@@ -54,11 +57,13 @@ class PgUsers:
         async with self._db.tx() as conn:
             await conn.execute(
                 "INSERT INTO users (name, roles, logins, password_hash, totp_secret,"
-                " totp_last_step, created) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                " totp_last_step, created, connector, traits, expires)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (name) DO UPDATE SET roles = excluded.roles,"
                 " logins = excluded.logins, password_hash = excluded.password_hash,"
                 " totp_secret = excluded.totp_secret, totp_last_step = excluded.totp_last_step,"
-                " created = excluded.created",
+                " created = excluded.created, connector = excluded.connector,"
+                " traits = excluded.traits, expires = excluded.expires",
                 (
                     user.name,
                     Jsonb(list(user.roles)),
@@ -67,6 +72,9 @@ class PgUsers:
                     user.totp_secret,
                     user.totp_last_step,
                     user.created,
+                    user.connector,
+                    Jsonb({k: list(v) for k, v in user.traits.items()}),
+                    user.expires,
                 ),
             )
             await notify(conn, "users", user.name)

@@ -1,8 +1,8 @@
 """The SQLite engine: the sections composed over ``hub.db`` (WAL) in the data dir.
 
 ``hub.db`` holds users, roles, tokens, invites, the login guard, nodes, presence,
-locks, the cluster's hubs and leases (:mod:`.identity`, :mod:`.nodes`, :mod:`.locks`,
-:mod:`.hubs`), migrated at open by
+locks, the cluster's hubs and leases, SSO connectors and state (:mod:`.identity`,
+:mod:`.nodes`, :mod:`.locks`, :mod:`.hubs`, :mod:`.sso`), migrated at open by
 :mod:`.migrate`. The change feed carries this process's own writes as they
 commit; writes by another process on the same file (a second hub, an old
 ``tctl``) are seen by a poll of ``PRAGMA data_version`` every
@@ -27,6 +27,7 @@ from hub.storage.api import (
     Authorities,
     Blobs,
     Change,
+    Connectors,
     Firmware,
     Hubs,
     Invites,
@@ -38,6 +39,7 @@ from hub.storage.api import (
     Roles,
     Rotation,
     Settings,
+    SSOStates,
     StorageError,
     Tokens,
     TrustedKeys,
@@ -58,6 +60,7 @@ from hub.storage.sqlite.identity import (
 from hub.storage.sqlite.locks import SQLiteLocks
 from hub.storage.sqlite.migrate import migrate, user_version
 from hub.storage.sqlite.nodes import SQLiteNodes, SQLitePresence
+from hub.storage.sqlite.sso import SQLiteConnectors, SQLiteSSOStates
 from remoteler.access import PRESET_ROLES
 
 log = logging.getLogger("remoteler.hub.storage")
@@ -133,6 +136,8 @@ class SQLiteStorage:
         self.locks: Locks = SQLiteLocks(self._conn)
         self.hubs: Hubs = SQLiteHubs(self._conn)
         self.leases: Leases = SQLiteLeases(self._conn)
+        self.connectors: Connectors = SQLiteConnectors(self._conn)
+        self.sso: SSOStates = SQLiteSSOStates(self._conn)
         # part B's sections are attached by :meth:`open` (hub/storage/sqlite/part_b.py)
         #: each section's own integrity check (part B's files), run by :meth:`check`
         self.checks: list[Callable[[], Awaitable[None]]] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 
 import aiosqlite
 
@@ -20,7 +21,19 @@ def _user(row: aiosqlite.Row) -> User:
         totp_secret=row["totp_secret"],
         totp_last_step=row["totp_last_step"],
         created=row["created"],
+        connector=row["connector"],
+        traits=_traits(row["traits"]),
+        expires=row["expires"],
     )
+
+
+def _traits_json(traits: Mapping[str, Sequence[str]]) -> str:
+    """A user's traits as stored: a JSON object of lists (sorted keys: stable rows)."""
+    return json.dumps({k: list(v) for k, v in traits.items()}, sort_keys=True)
+
+
+def _traits(text: str | None) -> dict[str, tuple[str, ...]]:
+    return {k: tuple(v) for k, v in json.loads(text or "{}").items()}
 
 
 def _token(row: aiosqlite.Row) -> Token:
@@ -54,7 +67,9 @@ class SQLiteUsers:
     async def put(self, user: User) -> None:
         before = await self._c.one("SELECT totp_secret FROM users WHERE name = ?", (user.name,))
         await self._c.write(
-            "INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO users (name, roles, logins, password_hash, totp_secret,"
+            " totp_last_step, created, connector, traits, expires)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 user.name,
                 json.dumps(list(user.roles)),
@@ -63,6 +78,9 @@ class SQLiteUsers:
                 user.totp_secret,
                 user.totp_last_step,
                 user.created,
+                user.connector,
+                _traits_json(user.traits),
+                user.expires,
             ),
         )
         if before is not None and before[0] not in (None, user.totp_secret):

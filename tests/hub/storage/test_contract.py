@@ -33,6 +33,7 @@ from hub.storage.api import (
     RotationRecord,
     Storage,
     StoredCA,
+    StoredConnector,
     Token,
     TrustedKey,
     User,
@@ -805,3 +806,157 @@ async def test_hub_and_lease_changes_reach_the_change_feed(storage: Storage) -> 
         assert await pending == Change("hubs", "hub-a")
     finally:
         await feed.aclose()  # type: ignore[attr-defined]
+
+
+# == SSO: connectors, SSO state, SSO users ================================================
+
+
+def _connector(name: str = "okta", kind: str = "oidc", created: float = 100.0) -> StoredConnector:
+    spec = '{"issuer": "https://idp.example", "client_secret": "enc:SECRET-BYTES"}'
+    return StoredConnector(name, kind, spec, created)
+
+
+async def test_connectors_crud_and_changes(storage: Storage) -> None:
+    feed = storage.changes()
+    try:
+        assert await storage.connectors.get("okta") is None
+        assert await storage.connectors.all() == []
+        pending = asyncio.ensure_future(_next_change(feed, "connectors"))
+        await asyncio.sleep(0)
+        await storage.connectors.put(_connector())
+        assert await pending == Change("connectors", "okta")
+        await storage.connectors.put(_connector("github", "github", 50.0))
+        assert await _next_change(feed, "connectors") == Change("connectors", "github")
+        assert await storage.connectors.get("okta") == _connector()
+        assert [c.name for c in await storage.connectors.all()] == ["github", "okta"]
+        replaced = replace(_connector(), kind="saml", spec="<EntityDescriptor/>", created=200.0)
+        await storage.connectors.put(replaced)  # create or replace
+        assert await _next_change(feed, "connectors") == Change("connectors", "okta")
+        assert await storage.connectors.get("okta") == replaced
+        assert await storage.connectors.delete("okta") is True
+        assert await _next_change(feed, "connectors") == Change("connectors", "okta")
+        assert await storage.connectors.delete("okta") is False  # announces nothing:
+        await storage.connectors.delete("github")  # the next change is github's
+        assert await _next_change(feed, "connectors") == Change("connectors", "github")
+        assert await storage.connectors.all() == []
+        assert "SECRET" not in repr(_connector()) and "okta" in repr(_connector())
+    finally:
+        await feed.aclose()  # type: ignore[attr-defined]
+
+
+async def test_sso_state_add_conflict_and_take_once(storage: Storage) -> None:
+    sso = storage.sso
+    assert await sso.add("state-1", '{"connector": "okta"}', 160.0, 100.0, cap=10) is True
+    with pytest.raises(Conflict) as taken:
+        await sso.add("state-1", "other", 160.0, 101.0, cap=10)
+    assert "state-1" not in str(taken.value), "a key may be a login's secret"
+    assert await sso.take("state-1", 102.0) == '{"connector": "okta"}'
+    assert await sso.take("state-1", 102.0) is None, "taken once"
+    assert await sso.take("never-stored", 102.0) is None
+    assert await sso.add("state-1", "again", 170.0, 103.0, cap=10) is True  # taken: free again
+    assert await sso.take("state-1", 104.0) == "again"
+
+
+async def test_sso_state_cap_counts_only_unexpired_entries(storage: Storage) -> None:
+    sso = storage.sso
+    for i in range(3):  # expired at 100 (expiry exclusive: at 100 itself too)
+        assert await sso.add(f"old-{i}", "v", 90.0 + 5 * i, 50.0, cap=3) is True
+    for i in range(3):  # the three old ones do not count against the cap
+        assert await sso.add(f"live-{i}", "v", 200.0, 100.0, cap=3) is True
+    assert await sso.add("one-too-many", "v", 200.0, 100.0, cap=3) is False
+    assert await sso.take("one-too-many", 100.0) is None, "a refused add stores nothing"
+    assert await sso.add("one-too-many", "v", 200.0, 100.0, cap=4) is True
+    assert await sso.add("cap-zero", "v", 200.0, 100.0, cap=0) is False
+    # an entry past its expiry is absent: its key can be stored again, over the old row
+    assert await sso.add("old-0", "new", 300.0, 150.0, cap=10) is True
+    assert await sso.take("old-0", 150.0) == "new"
+    # when the live ones lapse, there is room again
+    assert await sso.add("later", "v", 400.0, 200.0, cap=1) is True
+
+
+async def test_sso_state_take_of_an_expired_key_is_none_and_deletes_it(
+    storage: Storage,
+) -> None:
+    sso = storage.sso
+    assert await sso.add("k", "v", 110.0, 100.0, cap=10) is True
+    assert await sso.take("k", 110.0) is None, "expiry exclusive"
+    assert await sso.prune(1000.0, limit=10) == 0, "the expired take deleted the row"
+    assert await sso.add("k2", "v", 110.0, 100.0, cap=10) is True
+    assert await sso.take("k2", 109.0) == "v"
+
+
+async def test_sso_state_prune_expired_in_batches(storage: Storage) -> None:
+    sso = storage.sso
+    for i in range(5):
+        assert await sso.add(f"old-{i}", f"v{i}", 100.0 + i, 90.0, cap=100) is True
+    for i in range(2):
+        assert await sso.add(f"live-{i}", f"w{i}", 500.0, 90.0, cap=100) is True
+    assert await sso.prune(200.0, limit=3) == 3
+    assert await sso.prune(200.0, limit=3) == 2, "a short batch: done"
+    assert await sso.prune(200.0, limit=3) == 0
+    assert [await sso.take(f"live-{i}", 200.0) for i in range(2)] == ["w0", "w1"]
+    assert await sso.take("old-4", 50.0) is None, "pruned rows are gone, whatever now says"
+
+
+async def test_sso_state_concurrent_takes_exactly_one_wins(storage: Storage) -> None:
+    assert await storage.sso.add("login", "pending", 200.0, 100.0, cap=10) is True
+    results = await asyncio.gather(*(storage.sso.take("login", 101.0) for _ in range(20)))
+    assert results.count("pending") == 1 and results.count(None) == 19
+
+
+async def test_sso_state_two_hubs_race_take_and_cap(
+    storage_pair: tuple[Storage, Storage],
+) -> None:
+    """Two hubs (two Storage objects) on one database: a key is taken once, and adds
+    racing past the cap store exactly ``cap`` entries."""
+    one, two = storage_pair
+    for i in range(5):
+        assert await one.sso.add(f"login-{i}", f"v{i}", 200.0, 100.0, cap=100) is True
+    takes = await asyncio.gather(
+        *((one, two)[j % 2].sso.take(f"login-{j % 5}", 101.0) for j in range(40))
+    )
+    assert sorted(t for t in takes if t is not None) == [f"v{i}" for i in range(5)]
+    adds = await asyncio.gather(
+        *((one, two)[j % 2].sso.add(f"race-{j}", "v", 200.0, 101.0, cap=7) for j in range(30))
+    )
+    assert adds.count(True) == 7
+    assert await one.sso.prune(1000.0, limit=100) == 7, "exactly the 7 admitted are stored"
+
+    async def add_same(storage: Storage) -> object:
+        try:
+            return await storage.sso.add("same", "v", 200.0, 101.0, cap=100)
+        except Conflict as exc:
+            return exc
+
+    same = await asyncio.gather(*(add_same((one, two)[j % 2]) for j in range(10)))
+    assert same.count(True) == 1 and sum(isinstance(r, Conflict) for r in same) == 9
+
+
+async def test_users_round_trip_sso_fields(storage: Storage) -> None:
+    traits = {"groups": ("admins", "devs"), "email": ("a@example.com",), "none": ()}
+    sso_user = _user(
+        "alice@okta",
+        password_hash=None,
+        totp_secret=None,
+        connector="okta",
+        traits=traits,
+        expires=5000.0,
+    )
+    await storage.users.put(sso_user)
+    await storage.users.put(_user("bob"))  # a local user: the new fields' defaults
+    got = await storage.users.get("alice@okta")
+    assert got == sso_user and got is not None
+    assert dict(got.traits) == traits and all(type(v) is tuple for v in got.traits.values())
+    bob = await storage.users.get("bob")
+    assert bob is not None and (bob.connector, dict(bob.traits), bob.expires) == (None, {}, None)
+    assert await storage.users.all() == [sso_user, _user("bob")]
+    # a replace rewrites them (a later login with other claims; a user made local)
+    await storage.users.put(replace(sso_user, traits={"groups": ("devs",)}, expires=9000.0))
+    got = await storage.users.get("alice@okta")
+    assert got is not None and (dict(got.traits), got.expires) == ({"groups": ("devs",)}, 9000.0)
+    await storage.users.put(replace(sso_user, connector=None, traits={}, expires=None))
+    got = await storage.users.get("alice@okta")
+    assert got is not None and (got.connector, dict(got.traits), got.expires) == (None, {}, None)
+    assert await storage.users.record_totp_step("alice@okta", 7) is True
+    got = await storage.users.get("alice@okta")
+    assert got is not None and got.totp_last_step == 7 and got.connector is None

@@ -22,11 +22,12 @@ from hub.storage.api import (
     Token,
     TooNew,
     Unavailable,
+    User,
     blob_name,
 )
 from hub.storage.postgres import PostgresStorage, open_postgres
 from hub.storage.postgres.firmware import CHUNK
-from hub.storage.postgres.migrate import newest
+from hub.storage.postgres.migrate import migrations, newest
 from remoteler.locks import Lock
 
 #: A generous bound for a change to travel from one hub to another (measured: ~10 ms).
@@ -142,6 +143,38 @@ async def test_a_newer_database_is_refused(pg_server: PgServer) -> None:
     )
     with pytest.raises(TooNew, match=f"schema version {newest() + 1}, newer than"):
         await open_postgres(url)
+
+
+async def test_users_from_before_the_sso_migration_read_back_as_local_users(
+    pg_server: PgServer,
+) -> None:
+    """A database at schema 4 with a user: opening migrates it (0005_sso.sql) and the
+    user reads back with no connector, no traits and no expiry."""
+    url = pg_server.new_database()
+    database = url.rsplit("/", 1)[1]
+    before = [m for m in migrations() if m.version < 5]
+    assert [m.version for m in before] == [1, 2, 3, 4] and newest() >= 5
+    for m in before:
+        pg_server.psql(m.sql, database)
+        pg_server.psql(f"INSERT INTO schema_version VALUES ({m.version}, now())", database)
+    pg_server.psql(
+        "INSERT INTO users (name, roles, logins, password_hash, totp_secret, totp_last_step,"
+        """ created) VALUES ('carol', '["access"]', '["pi"]', NULL, 'SEED', 3, 1.5)""",
+        database,
+    )
+    storage = await open_postgres(url)
+    try:
+        assert await storage.users.get("carol") == User(
+            "carol", ("access",), ("pi",), None, "SEED", 3, 1.5
+        )
+        carol = await storage.users.get("carol")
+        assert carol is not None and (carol.connector, carol.traits, carol.expires) == (
+            None,
+            {},
+            None,
+        )
+    finally:
+        await storage.close()
 
 
 async def test_the_password_comes_from_a_file_never_from_the_url(

@@ -143,6 +143,14 @@ async def test_part_a_tables_are_untouched(upgraded: Storage, root: Path) -> Non
     assert roles >= {r["name"] for r in MANIFEST["roles"]}
 
 
+async def test_users_from_before_sso_read_back_as_local_users(upgraded: Storage) -> None:
+    users = await upgraded.users.all()
+    assert [u.name for u in users] == sorted(u["name"] for u in MANIFEST["users"])
+    assert {(u.connector, len(u.traits), u.expires) for u in users} == {(None, 0, None)}
+    assert await upgraded.connectors.all() == []
+    assert await upgraded.sso.add("k", "v", 20.0, 10.0, cap=1) is True
+
+
 def _snapshot(data: Path) -> dict[str, bytes]:
     """Every file but the SQLite ones (their pages move with any open) and run-time files."""
     return {
