@@ -25,6 +25,7 @@ from remoteler.clihelp import finish
 from remoteler.clockskew import format_skew
 from remoteler.errors import RemotelerError, UsageError
 from remoteler.textfmt import fmt_time, table
+from tctl import connectors as tctl_connectors
 from tctl import firmware as tctl_firmware
 from tctl import locks as tctl_locks
 from tctl import rotate as tctl_rotate
@@ -176,9 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     create = sub.add_parser("create", help="create or update a resource from a TOML file")
     create.add_argument("-f", "--file", required=True)
     get = sub.add_parser("get", help="show resources")
-    get.add_argument("kind", choices=["roles"])
+    get.add_argument("kind", choices=["roles", "connectors"])
     fmt(get)
-    sub.add_parser("rm", help="remove a resource, e.g. role/NAME").add_argument("ref")
+    sub.add_parser("rm", help="remove a resource: role/NAME or connector/NAME").add_argument("ref")
 
     fmt(sub.add_parser("status", help="hub address, CA pins and the cluster's hubs"))
     cluster = sub.add_parser("cluster", help="settings of the cluster of hubs").add_subparsers(
@@ -274,8 +275,17 @@ async def cmd_users(args: argparse.Namespace, hub: HubClient) -> None:
         _emit(args, data, text)
     elif args.cmd == "ls":
         users = await hub.call(AdminMethod.USERS_LS)
-        rows = [[u["name"], ",".join(u["roles"]), ",".join(u["logins"])] for u in users]
-        _emit(args, users, table(rows, ["User", "Roles", "Logins"]))
+        rows = [
+            [
+                u["name"],
+                ",".join(u["roles"]),
+                ",".join(u["logins"]) or "-",
+                u.get("connector") or "local",
+                fmt_time(u["expires"]) if u.get("expires") else "-",
+            ]
+            for u in users
+        ]
+        _emit(args, users, table(rows, ["User", "Roles", "Logins", "Connector", "Expires"]))
     elif args.cmd == "rm":
         await hub.call(AdminMethod.USERS_RM, name=args.name)
         print(f"User {args.name!r} removed.")
@@ -486,6 +496,10 @@ async def cmd_create(args: argparse.Namespace, hub: HubClient) -> None:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise UsageError(f"{path} is not UTF-8 text; save it as UTF-8 TOML") from None
+    doc = tctl_connectors.read_doc(path, text)
+    if doc.get("kind") in (*tctl_connectors.CONNECTOR_KINDS, "auth_preference"):
+        await tctl_connectors.create(hub, path, doc)
+        return
     out = await hub.call(AdminMethod.ROLES_PUT, text=text, file=str(path))
     print(f"Role {out['role']!r} {'updated' if out['updated'] else 'created'}.")
 
@@ -497,6 +511,9 @@ def _selector_text(selector: Any) -> str:
 async def cmd_get(args: argparse.Namespace, hub: HubClient) -> None:
     from remoteler.access import Role
 
+    if args.kind == "connectors":
+        await tctl_connectors.get(args, hub)
+        return
     specs = await hub.call(AdminMethod.ROLES_LS)
     rows = []
     for spec in specs:
@@ -523,8 +540,12 @@ async def cmd_get(args: argparse.Namespace, hub: HubClient) -> None:
 
 async def cmd_rm(args: argparse.Namespace, hub: HubClient) -> None:
     kind, _, name = args.ref.partition("/")
+    if kind == "connector" and name:
+        await hub.call(AdminMethod.CONNECTORS_RM, name=name)
+        print(f"Connector {name!r} removed.")
+        return
     if kind != "role" or not name:
-        raise UsageError(f"cannot remove {args.ref!r}: use role/NAME")
+        raise UsageError(f"cannot remove {args.ref!r}: use role/NAME or connector/NAME")
     out = await hub.call(AdminMethod.ROLES_RM, name=name)
     print(f"Role {name!r} removed.")
     users = out["users"]

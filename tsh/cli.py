@@ -92,6 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument(
         "--invite", help="invite token from 'tctl users add' (default: none, a password login)"
     )
+    login.add_argument(
+        "--auth",
+        metavar="CONNECTOR",
+        help="log in through this SSO connector in a browser, or 'local' for password + TOTP "
+        "(default: the cluster's default connector, else local; docs/sso.md)",
+    )
+    login.add_argument(
+        "--browser",
+        choices=["none"],
+        help="'none': print the SSO login URL instead of opening a browser (default: open it)",
+    )
 
     ls = sub.add_parser("ls", help="list nodes")
     _add_common(ls, False)
@@ -242,7 +253,10 @@ async def cmd_login(args: argparse.Namespace) -> int:
     from tsh.agentkeys import add_to_agent
     from tsh.profile import Profile, known_pin, last_login, remember_login, remember_pin
 
-    hub, args.user = login_target(args.proxy, args.user, Profile.load(), last_login())
+    profile, last = Profile.load(), last_login()
+    hub: str = args.proxy or (profile.hub if profile else None) or (last[0] if last else "")
+    if not hub:
+        raise UsageError("give the hub: tsh login --proxy HOST:PORT --user NAME")
     if args.ca_pin and not PIN_RE.fullmatch(args.ca_pin.strip().lower()):
         raise UsageError(
             f"bad --ca-pin {args.ca_pin[:80]!r}: give sha256:<64 hex digits> from 'tctl status'"
@@ -268,6 +282,46 @@ async def cmd_login(args: argparse.Namespace) -> int:
         from remoteler.addr import parse_ttl
 
         ttl = parse_ttl(args.ttl)
+    connector = None if args.invite else (args.auth or info.get("auth_connector"))
+    if connector and connector != "local":
+        from tsh.sso import sso_login
+
+        async def call(method: str, **params: Any) -> Any:
+            return await rpc_call(hub, ctx, method, **params)
+
+        public_key = public_key_to_openssh(key.public_key())
+        result = await sso_login(call, connector, public_key, ttl, args.browser or "default")
+        args.user = str(result["user"])
+    else:
+        hub, args.user = login_target(hub, args.user, profile, last)
+        result = await _password_login(args, hub, ctx, key, ttl)
+    if len(info.get("host_ca_pems") or []) > 1:
+        # A host CA rotation is under way: trust both CAs, as told over a verified connection.
+        verified = await rpc_call(hub, ctx, "ping")
+        ca_pem = "".join(verified.get("host_ca_pems") or [info["host_ca_pem"]]).encode()
+    new = Profile(hub=hub, user=args.user, cluster=str(info.get("cluster", "")), ca_pin=pin)
+    write_identity_file(new.key_path, key, result["ssh_cert"], result["tls_cert"].encode(), ca_pem)
+    new.save()
+    remember_pin(hub, pin)
+    remember_login(hub, args.user)
+    ident = UserIdentity(key, result["ssh_cert"], result["tls_cert"].encode(), ca_pem)
+    in_agent = await add_to_agent(ident)
+    print(f"Logged in as {args.user} to {hub} (cluster {new.cluster})")
+    print(f"  Logins:      {', '.join(result.get('logins') or []) or '(none)'}")
+    print(f"  Valid until: {fmt_time(result.get('expires'))}")
+    if ttl and int(result.get("expires") or 0) < int(time.time()) + ttl - 60:
+        print(f"  (shorter than --ttl {args.ttl}: capped by your roles' max_session_ttl)")
+    if in_agent:
+        print("  Key and certificate loaded into your ssh-agent")
+    return 0
+
+
+async def _password_login(
+    args: argparse.Namespace, hub: str, ctx: Any, key: Any, ttl: int | None
+) -> Any:
+    from remoteler.ca import public_key_to_openssh
+    from remoteler.hubconn import rpc_call
+
     params: dict[str, Any] = {
         "user": args.user,
         "public_key": public_key_to_openssh(key.public_key()),
@@ -297,25 +351,7 @@ async def cmd_login(args: argparse.Namespace) -> int:
         password = _read_secret(f"Password for {args.user}: ")
         otp = args.otp or _read_secret("One-time code: ")
         result = await rpc_call(hub, ctx, "login", password=password, otp=otp, ttl=ttl, **params)
-    if len(info.get("host_ca_pems") or []) > 1:
-        # A host CA rotation is under way: trust both CAs, as told over a verified connection.
-        verified = await rpc_call(hub, ctx, "ping")
-        ca_pem = "".join(verified.get("host_ca_pems") or [info["host_ca_pem"]]).encode()
-    new = Profile(hub=hub, user=args.user, cluster=str(info.get("cluster", "")), ca_pin=pin)
-    write_identity_file(new.key_path, key, result["ssh_cert"], result["tls_cert"].encode(), ca_pem)
-    new.save()
-    remember_pin(hub, pin)
-    remember_login(hub, args.user)
-    ident = UserIdentity(key, result["ssh_cert"], result["tls_cert"].encode(), ca_pem)
-    in_agent = await add_to_agent(ident)
-    print(f"Logged in as {args.user} to {hub} (cluster {new.cluster})")
-    print(f"  Logins:      {', '.join(result.get('logins') or []) or '(none)'}")
-    print(f"  Valid until: {fmt_time(result.get('expires'))}")
-    if ttl and int(result.get("expires") or 0) < int(time.time()) + ttl - 60:
-        print(f"  (shorter than --ttl {args.ttl}: capped by your roles' max_session_ttl)")
-    if in_agent:
-        print("  Key and certificate loaded into your ssh-agent")
-    return 0
+    return result
 
 
 async def cmd_ls(args: argparse.Namespace) -> int:

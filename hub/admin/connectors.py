@@ -85,7 +85,7 @@ async def auth_preference_set(call: AdminCall, params: dict[str, Any]) -> Any:
     """``kind = "auth_preference"``, ``connector_name = "corp"`` (or ``"local"``)."""
     name = text(params, "connector_name", LOCAL)
     if name != LOCAL and await call.host.storage.connectors.get(name) is None:
-        raise UsageError(f"no connector {name!r}: create it first, or use \"local\"")
+        raise UsageError(f'no connector {name!r}: create it first, or use "local"')
     await call.host.storage.settings.put(DEFAULT_CONNECTOR_KEY, name)
     await call.changed("auth_preference.set", name)
     return {"connector_name": name}

@@ -51,8 +51,19 @@ async def users_add(call: AdminCall, params: dict[str, Any]) -> Any:
 
 
 async def users_ls(call: AdminCall, params: dict[str, Any]) -> Any:
-    users = await call.host.storage.users.all()
-    return [{"name": u.name, "roles": list(u.roles), "logins": list(u.logins)} for u in users]
+    now = time.time()
+    return [
+        {
+            "name": u.name,
+            "roles": list(u.roles),
+            "logins": list(u.logins),
+            # SSO users (docs/sso.md): made at login, gone when their certificates end
+            "connector": u.connector,
+            "expires": int(u.expires) if u.expires is not None else None,
+        }
+        for u in await call.host.storage.users.all()
+        if u.expires is None or u.expires > now
+    ]
 
 
 async def users_rm(call: AdminCall, params: dict[str, Any]) -> Any:

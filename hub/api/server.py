@@ -83,8 +83,8 @@ from remoteler.wire.limits import Limits
 if TYPE_CHECKING:
     from hub.recording.proxy import ProxyDeps
     from hub.rotation.runtime import HubRotation
-    from hub.sso.flow import SSOService
     from hub.rotation.store import CASet
+    from hub.sso.flow import SSOService
     from remoteler.ca import CertAuthority
 
 log = logging.getLogger("remoteler.hub.proxy")
@@ -770,7 +770,9 @@ class HubServer:
         """``tsh login --auth NAME``: a pending SSO login (hub/sso/flow.py); the URL to
         open in a browser."""
         if self.sso is None:
-            raise UsageError("single sign-on needs the hub's web console: start it without --no-web")
+            raise UsageError(
+                "single sign-on needs the hub's web console: start it without --no-web"
+            )
         ttl = params.get("ttl")
         request_id, url = await self.sso.start(
             _str(params, "connector"),

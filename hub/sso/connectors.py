@@ -23,7 +23,7 @@ KINDS = ("oidc", "github", "saml")
 COMMON_KEYS = {"kind", "name", "display", "client_secret", "client_secret_file"}
 #: the rules' key and the name of the claim key in its tables, per kind
 RULES_KEY = {"oidc": ("claims_to_roles", "claim"), "saml": ("attributes_to_roles", "name")}
-SECRET_MASK = "********"
+SECRET_MASK = "********"  # noqa: S105 (shown in place of the secret)
 #: the settings key of the cluster's default connector (``kind = "auth_preference"``)
 DEFAULT_CONNECTOR_KEY = "auth.connector"
 LOCAL = "local"

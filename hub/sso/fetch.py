@@ -17,8 +17,9 @@ MAX_BODY = 1 << 20
 
 
 class Fetcher(Protocol):
-    async def get_json(self, url: str, *, what: str, bearer: str | None = None) -> dict[str, Any]:
-        ...
+    async def get_json(
+        self, url: str, *, what: str, bearer: str | None = None
+    ) -> dict[str, Any]: ...
 
     async def post_form(
         self,
@@ -74,10 +75,12 @@ class HttpFetcher:
         what: str,
         basic: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
-        import aiohttp
-
         from urllib.parse import quote
 
+        import aiohttp
+
         # RFC 6749 2.3.1: client id and secret form-encoded before Basic's base64
-        auth = aiohttp.BasicAuth(quote(basic[0], safe=""), quote(basic[1], safe="")) if basic else None
+        auth = (
+            aiohttp.BasicAuth(quote(basic[0], safe=""), quote(basic[1], safe="")) if basic else None
+        )
         return await self._call("POST", url, what, data=dict(form), auth=auth)

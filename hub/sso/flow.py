@@ -244,9 +244,7 @@ class SSOService:
         """Where ``/web/sso/start/ID`` sends the browser (once)."""
         url = await self.storage.sso.take("start:" + request_id[:64], self.clock())
         if url is None:
-            raise SSOError(
-                "this login link was used already or has expired: run 'tsh login' again"
-            )
+            raise SSOError("this login link was used already or has expired: run 'tsh login' again")
         return url
 
     # finish ---------------------------------------------------------------------------
@@ -389,4 +387,3 @@ class SSOService:
             if user.connector is not None and user.expires is not None and user.expires < now:
                 users += await self.storage.users.delete(user.name)
         return states, users
-

@@ -45,12 +45,14 @@ def parse_rules(value: object, key: str, claim_key: str = "claim") -> tuple[MapR
             raise UsageError(f"{where} must be a table {{ {claim_key}, value, roles }}")
         unknown = sorted(set(item) - {claim_key, "value", "roles"})
         if unknown:
-            raise UsageError(f"unknown key {unknown[0]!r} in {where}; use {claim_key}, value, roles")
+            raise UsageError(
+                f"unknown key {unknown[0]!r} in {where}; use {claim_key}, value, roles"
+            )
         claim, pattern, roles = item.get(claim_key), item.get("value"), item.get("roles")
         if not isinstance(claim, str) or not claim:
-            raise UsageError(f"{where}.{claim_key} must name a claim, such as \"groups\"")
+            raise UsageError(f'{where}.{claim_key} must name a claim, such as "groups"')
         if not isinstance(pattern, str) or not pattern:
-            raise UsageError(f"{where}.value must be a value or pattern, such as \"ops\"")
+            raise UsageError(f'{where}.value must be a value or pattern, such as "ops"')
         try:
             compile_pattern(pattern)
         except PatternError as exc:
