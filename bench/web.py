@@ -25,13 +25,10 @@ same), with 40 sites and two environments as labels.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -50,6 +47,7 @@ from bench.harness import Context, Figure, MissingTool, benchmark, median, p99, 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from browserkit import chromium_path, launch
 from helpers import Cluster, free_port, wait_for
 from require import missing_hint
 from webkit import COOKIE, WebClient, web_context
@@ -68,15 +66,6 @@ BLOCK = 100
 #: cat echoes each byte. The marker is split so the TTY's echo of the line is not it.
 RAW_CAT = b"stty raw -echo; printf 'RE''ADY'; exec cat\n"
 READY = b"READY"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @dataclass
@@ -259,21 +248,10 @@ def live_state_figures(ctx: Context, rig: WebRig, nodes: int) -> list[Figure]:
 
 
 def _chromium() -> str:
-    path = shutil.which("chromium") or "/usr/bin/chromium"
-    if not os.access(path, os.X_OK):
+    path = chromium_path()
+    if path is None:
         raise MissingTool(f"the page-render row needs Chromium: {missing_hint('chromium')}")
     return path
-
-
-def _spki_hash(cluster: Cluster) -> str:
-    """What Chromium's --ignore-certificate-errors-spki-list takes: it trusts the hub's
-    web certificate by its key, as it would once DATA/web/ca.crt is installed."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    cert = x509.load_pem_x509_certificate((cluster.data / "web" / "hub.crt").read_bytes())
-    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
 def browser_figures(ctx: Context, rig: WebRig, nodes: int) -> list[Figure]:
@@ -284,13 +262,7 @@ def browser_figures(ctx: Context, rig: WebRig, nodes: int) -> list[Figure]:
     url = f"https://localhost:{rig.cluster.hub_port}/web/"
     times: list[float] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium,
-            args=[
-                *CHROMIUM_ARGS,
-                f"--ignore-certificate-errors-spki-list={_spki_hash(rig.cluster)}",
-            ],
-        )
+        browser = launch(pw, rig.cluster.data, chromium)
         try:
             context = browser.new_context(viewport={"width": 1280, "height": 800})
             context.add_cookies(

@@ -24,6 +24,18 @@ TOTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 PASSWORD = "correct horse battery"
 
 
+#: a role that allows the serial console on every node (docs/serial-console.md)
+SERIAL_ROLE = """\
+kind = "role"
+name = "serial"
+[allow]
+logins = ["{{internal.logins}}"]
+node_labels = { "*" = "*" }
+[permissions]
+serial_console = true
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from helpers import BIN, Cluster, stop_process, wait_for
+from helpers import BIN, SERIAL_ROLE, Cluster, stop_process, wait_for
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 OPENSSH = shutil.which("ssh") is not None  # else the OpenSSH case is left out
@@ -35,16 +35,6 @@ OPENSSH = shutil.which("ssh") is not None  # else the OpenSSH case is left out
 BOOT = b"U-Boot 2024.01\r\n=> \x00\xfe"
 ENV = b"bootcmd=run distro\r\n"
 DEVICE_OUTPUT = BOOT + ENV
-
-SERIAL_ROLE = """\
-kind = "role"
-name = "serial"
-[allow]
-logins = ["{{internal.logins}}"]
-node_labels = { "*" = "*" }
-[permissions]
-serial_console = true
-"""
 
 
 @pytest.fixture

@@ -9,57 +9,35 @@ installed; nothing else is relaxed. Screenshots go to docs/img (docs/web.md).
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import pwd
 import re
 import select
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from browserkit import HINT, chromium_path, launch
 from fwkit import signed_bundle
-from helpers import PASSWORD, Cluster, current_totp, free_port, wait_for
+from helpers import PASSWORD, SERIAL_ROLE, Cluster, current_totp, free_port, wait_for
 from playwright.sync_api import expect
 
 from firmware_tools.keys import write_key_pair
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
-CHROMIUM = "/usr/bin/chromium"
 HOOK = '#!/bin/sh\necho "$REMOTELER_FW_VERSION" > "$REMOTELER_FW_SLOT/hook-ran"\n'
 _users = iter(range(1000))
 
 
 def _chromium() -> str:
-    path = shutil.which("chromium") or (CHROMIUM if os.path.exists(CHROMIUM) else None)
+    path = chromium_path()
     if path is None:
-        pytest.fail("chromium is missing: apt-get install chromium (.ci/run installs it)")
+        pytest.fail(HINT)
     return path
-
-
-def _spki_hash(cluster: Cluster) -> str:
-    cert = x509.load_pem_x509_certificate((cluster.data / "web" / "hub.crt").read_bytes())
-    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
-
-
-SERIAL_ROLE = """\
-kind = "role"
-name = "serial"
-[allow]
-logins = ["{{internal.logins}}"]
-node_labels = { "*" = "*" }
-[permissions]
-serial_console = true
-"""
 
 
 @pytest.fixture(scope="module")
@@ -107,19 +85,7 @@ def browser(hub: Cluster) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        b = pw.chromium.launch(
-            executable_path=_chromium(),
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--ignore-certificate-errors-spki-list={_spki_hash(hub)}",
-            ],
-        )
+        b = launch(pw, hub.data, _chromium())
         try:
             yield b
         finally:

@@ -57,6 +57,17 @@ function showLogin(message) {
     h("button", { type: "submit" }, "Log in"),
     error,
   );
+  // Single sign-on (docs/sso.md): one button per connector, a full navigation through
+  // the identity provider and back.
+  const sso = h("div", { id: "sso", class: "sso" });
+  form.append(sso);
+  get("/web/api/sso/connectors").then((list) => {
+    if (!list.connectors.length) return;
+    sso.append(h("p", { class: "muted" }, "or sign in with"));
+    for (const c of list.connectors) {
+      sso.append(h("a", { class: "button sso-button", href: `/web/sso/login/${encodeURIComponent(c.name)}`, "data-sso": c.kind }, c.display || c.name));
+    }
+  }).catch(() => { /* password login still works */ });
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const data = Object.fromEntries(new FormData(form));
@@ -74,7 +85,7 @@ function showLogin(message) {
 
 document.addEventListener("click", (ev) => {
   const a = ev.target.closest("a[href^='/web']");
-  if (a && !a.hasAttribute("download") && !ev.metaKey && !ev.ctrlKey) { ev.preventDefault(); go(a.getAttribute("href")); }
+  if (a && !a.hasAttribute("download") && !a.hasAttribute("data-sso") && !ev.metaKey && !ev.ctrlKey) { ev.preventDefault(); go(a.getAttribute("href")); }
 });
 window.addEventListener("popstate", route);
 document.getElementById("logout").addEventListener("click", async () => {
