@@ -37,7 +37,8 @@ Use it on the test's event loop; it listens on 127.0.0.1 only and is stopped on 
         gh.api_requests                          # (path, headers) of each REST call
 
 Knobs for hostile-peer tests: ``max_per_page`` (pages smaller than GitHub's 100),
-``stall`` (seconds each REST answer waits), ``huge_user`` (a /user body over 1 MiB).
+``stall`` (seconds each REST answer waits), ``huge_user`` (a /user body of 2 MiB, with a
+Content-Length when "sized", streamed without one when "chunked").
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class GitHubStandIn:
         self.callback_url = callback_url
         self.max_per_page = max_per_page
         self.stall = 0.0
-        self.huge_user = False
+        self.huge_user = ""
         #: (path with query, headers) of each REST request, in order
         self.api_requests: list[tuple[str, dict[str, str]]] = []
         #: every access token issued (tests check none leaks into a message or log)
@@ -268,7 +269,7 @@ class GitHubStandIn:
             return _api_error(401, "Bad credentials")
         return holder
 
-    async def _user(self, request: web.Request) -> web.Response:
+    async def _user(self, request: web.Request) -> web.StreamResponse:
         holder = await self._api(request)
         if isinstance(holder, web.Response):
             return holder
@@ -287,7 +288,17 @@ class GitHubStandIn:
             "email": user.get("email"),
             "bio": "x" * (2 << 20) if self.huge_user else None,
         }
-        return web.json_response(body, headers={"X-OAuth-Scopes": ", ".join(scopes)})
+        headers = {"X-OAuth-Scopes": ", ".join(scopes)}
+        if self.huge_user != "chunked":
+            return web.json_response(body, headers=headers)
+        stream = web.StreamResponse(headers={**headers, "Content-Type": "application/json"})
+        stream.enable_chunked_encoding()
+        await stream.prepare(request)
+        data = json.dumps(body).encode()
+        for at in range(0, len(data), 64 << 10):
+            await stream.write(data[at : at + (64 << 10)])
+        await stream.write_eof()
+        return stream
 
     async def _teams(self, request: web.Request) -> web.Response:
         holder = await self._api(request)

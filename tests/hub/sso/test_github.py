@@ -248,8 +248,9 @@ async def test_more_team_pages_than_the_cap_are_refused() -> None:
         assert len(gh.api_requests) == 1 + MAX_TEAM_PAGES
 
 
-async def test_a_body_over_one_mib_is_refused(gh: GitHubStandIn) -> None:
-    gh.huge_user = True
+@pytest.mark.parametrize("framing", ["sized", "chunked"])
+async def test_a_body_over_one_mib_is_refused(gh: GitHubStandIn, framing: str) -> None:
+    gh.huge_user = framing
     provider = GitHubProvider("github", connector(gh), gh.client_secret)
     p, params = await login(provider)
     with pytest.raises(SSOError, match="larger than 1 MiB"):
@@ -345,7 +346,7 @@ async def test_no_secret_or_token_in_messages_or_logs(
         (wrong, *await login(wrong)),
         (provider, *await login(provider)),
     ]
-    gh.huge_user = True  # the last login fails after its token was issued
+    gh.huge_user = "chunked"  # the last login fails after its token was issued
     for who, p, params in attempts:  # a used code, a wrong secret, a body too large
         with pytest.raises(SSOError) as err:
             await who.finish(p, params, CALLBACK)
