@@ -44,7 +44,7 @@ from remoteler.errors import UsageError
 
 CALLBACK = "https://hub.example.com/web/sso/callback"
 ALICE_TEAMS = ["acme/admins", "acme/devs", "Acme/ops", "widgets/qa", "widgets/release-eng"]
-USERS = {
+USERS: dict[str, dict[str, Any]] = {
     "alice": {"id": 101, "email": "alice@example.com", "name": "Alice", "teams": ALICE_TEAMS},
     "bob": {"id": 102, "email": None, "teams": []},
 }
@@ -239,7 +239,9 @@ async def test_enterprise_and_a_separate_api_host(gh: GitHubStandIn) -> None:
 
 
 async def test_more_team_pages_than_the_cap_are_refused() -> None:
-    many = {"carol": {"id": 7, "teams": [f"acme/t{i}" for i in range(MAX_TEAM_PAGES + 1)]}}
+    many: dict[str, dict[str, Any]] = {
+        "carol": {"id": 7, "teams": [f"acme/t{i}" for i in range(MAX_TEAM_PAGES + 1)]}
+    }
     async with GitHubStandIn(many, max_per_page=1) as gh:
         provider = GitHubProvider("github", connector(gh), gh.client_secret)
         p, params = await login(provider, "carol")
@@ -495,10 +497,12 @@ def test_parsers_refuse_malformed_answers() -> None:
         with pytest.raises(SSOError, match=message):
             parse_token(body, CALLBACK)
     assert parse_user({"login": "a-b", "id": 5, "email": ""}).email is None
+    user: object
     for user in ({"login": "a b", "id": 1}, {"login": "a", "id": True}, {"login": "a"}, []):
         with pytest.raises(SSOError):
             parse_user(user)
     assert parse_teams([{"slug": "Ops", "organization": {"login": "ACME"}}]) == [("acme", "ops")]
+    teams: object
     for teams in ({}, [{"slug": "x"}], [{"slug": "a b", "organization": {"login": "o"}}], [3]):
         with pytest.raises(SSOError):
             parse_teams(teams)
