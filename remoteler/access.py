@@ -356,7 +356,7 @@ class AccessRule:
 #: ``{{internal.logins}}``, ``{{external.groups}}``...: a role's value filled from the
 #: user's traits (local users: ``internal.logins``; SSO users: ``external.*``, the
 #: identity provider's claims, docs/sso.md)
-TRAIT_TEMPLATE = re.compile(r"\{\{(internal|external)\.([A-Za-z0-9_.:/-]{1,64})\}\}")
+TRAIT_TEMPLATE = re.compile(r"\{\{(internal)\.(logins)\}\}|\{\{(external)\.([A-Za-z0-9_.:/-]{1,64})\}\}")
 
 Traits = Mapping[str, Sequence[str]]
 
@@ -371,7 +371,8 @@ def _fill(value: str, traits: Traits) -> list[str]:
     match = TRAIT_TEMPLATE.fullmatch(value)
     if match is None:
         return [value]
-    return [str(x) for x in traits.get(f"{match.group(1)}.{match.group(2)}", ())]
+    scope, name = match.group(1) or match.group(3), match.group(2) or match.group(4)
+    return [str(x) for x in traits.get(f"{scope}.{name}", ())]
 
 
 def _expand(logins: Iterable[str], traits: Traits) -> tuple[str, ...]:

@@ -71,7 +71,7 @@ def _logins(value: object, where: str) -> tuple[str, ...]:
     for login in value:
         if login.startswith("{{") and not is_template(login):
             raise UsageError(
-                f"bad template {login!r} in {where}: use {{{{internal.logins}}}} or "
+                f"bad login {login!r} in {where}: use {{{{internal.logins}}}} or "
                 "{{external.NAME}} (a claim of the user's identity provider, docs/sso.md)"
             )
         if not is_template(login):

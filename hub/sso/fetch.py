@@ -75,12 +75,11 @@ class HttpFetcher:
         what: str,
         basic: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
+        import base64
         from urllib.parse import quote
 
-        import aiohttp
-
-        # RFC 6749 2.3.1: client id and secret form-encoded before Basic's base64
-        auth = (
-            aiohttp.BasicAuth(quote(basic[0], safe=""), quote(basic[1], safe="")) if basic else None
-        )
-        return await self._call("POST", url, what, data=dict(form), auth=auth)
+        headers = {}
+        if basic:  # RFC 6749 2.3.1: client id and secret form-encoded before base64
+            pair = f"{quote(basic[0], safe='')}:{quote(basic[1], safe='')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        return await self._call("POST", url, what, data=dict(form), headers=headers)

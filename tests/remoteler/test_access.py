@@ -390,3 +390,38 @@ def test_property_glob_matches_the_reference(parts: list[str], value: str) -> No
     pattern = "*".join(parts)
     reference = re.fullmatch(".*".join(re.escape(p) for p in parts), value, re.DOTALL)
     assert compile_pattern(pattern)(value) is (reference is not None)
+
+
+def test_external_traits_fill_logins_and_label_values() -> None:
+    from remoteler.access import resolve_rules
+
+    role = Role(
+        name="sso",
+        logins=("{{external.logins}}", "{{internal.logins}}", "pi"),
+        node_labels={"team": ("{{external.groups}}",), "env": ("lab-*",)},
+        deny_logins=("{{external.banned}}",),
+    )
+    external = {
+        "logins": ("alice", "not a login!", "*"),
+        "groups": ("ops", "dev*"),
+        "banned": ("pi",),
+    }
+    [rule] = resolve_rules([role], ["bob"], external)
+    assert rule.logins == ("alice", "bob", "pi")  # values that are no login are dropped
+    assert rule.node_labels == {"team": ("ops",), "env": ("lab-*",)}  # trait values are literal
+    assert rule.deny_logins == ("pi",)
+    assert allowed_logins([rule]) == ["alice", "bob"]
+    assert decide([rule], "alice", {"team": "ops", "env": "lab-1"}).allowed
+    assert not decide([rule], "alice", {"team": "dev-x", "env": "lab-1"}).allowed
+
+
+def test_a_template_with_no_trait_matches_nothing() -> None:
+    from remoteler.access import resolve_rules
+
+    role = Role(
+        name="sso", logins=("{{external.logins}}",), node_labels={"team": ("{{external.g}}",)}
+    )
+    [rule] = resolve_rules([role], ["bob"])
+    assert rule.logins == ()
+    assert rule.node_labels == {"team": ()}
+    assert not labels_match(rule.node_labels, {"team": ""})

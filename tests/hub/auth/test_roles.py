@@ -337,3 +337,18 @@ def test_tctl_refuses_bad_regex_and_preset_removal(
     assert _tctl(data, "rm", "role/access") != 0
     assert "preset" in capsys.readouterr().err
     assert _role_events(data) == before
+
+
+def test_external_templates_parse_and_unknown_templates_are_refused() -> None:
+    doc = {
+        "kind": "role",
+        "name": "sso",
+        "allow": {
+            "logins": ["{{external.logins}}", "{{internal.logins}}"],
+            "node_labels": {"team": "{{external.groups}}"},
+        },
+    }
+    role = parse_role(doc)
+    assert role.logins == ("{{external.logins}}", "{{internal.logins}}")
+    with pytest.raises(UsageError, match=r"bad login '\{\{email\}\}'.*external"):
+        parse_role({**doc, "allow": {"logins": ["{{email}}"]}})
