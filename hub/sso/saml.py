@@ -35,9 +35,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT  # type: ignore[import-untyped]
 from saml2.client import Saml2Client  # type: ignore[import-untyped]
 from saml2.config import SPConfig  # type: ignore[import-untyped]
+from saml2.mdstore import ToOld  # type: ignore[import-untyped]
 from saml2.metadata import entity_descriptor  # type: ignore[import-untyped]
 from saml2.response import (  # type: ignore[import-untyped]
     IncorrectlySigned,
@@ -45,9 +47,9 @@ from saml2.response import (  # type: ignore[import-untyped]
     UnsolicitedResponse,
     VerificationError,
 )
+from saml2.s_utils import UnsupportedBinding  # type: ignore[import-untyped]
 from saml2.saml import SCM_BEARER  # type: ignore[import-untyped]
 from saml2.samlp import response_from_string  # type: ignore[import-untyped]
-from saml2.s_utils import UnsupportedBinding  # type: ignore[import-untyped]
 from saml2.sigver import SignatureError, SigverError  # type: ignore[import-untyped]
 from saml2.time_util import str_to_time  # type: ignore[import-untyped]
 from saml2.validate import ResponseLifetimeExceed, ToEarly  # type: ignore[import-untyped]
@@ -96,7 +98,9 @@ def parse_saml(doc: Mapping[str, Any]) -> dict[str, Any]:
     if entity_id is not None and (
         not isinstance(entity_id, str) or not entity_id.strip() or len(entity_id) > 1024
     ):
-        raise UsageError("entity_id must be a URI such as https://hub.example.com/web/sso/saml/okta")
+        raise UsageError(
+            "entity_id must be a URI such as https://hub.example.com/web/sso/saml/okta"
+        )
     url, metadata = doc.get("idp_metadata_url"), doc.get("idp_metadata")
     if url is not None and metadata is not None:
         raise UsageError("give idp_metadata_url or idp_metadata (idp_metadata_file), not both")
@@ -117,7 +121,9 @@ def parse_saml(doc: Mapping[str, Any]) -> dict[str, Any]:
         raise UsageError('username_attribute must name an attribute, such as "email"')
     signed = doc.get("assertion_signed", True)
     if signed is not True:
-        raise UsageError("assertion_signed cannot be turned off: the hub requires signed assertions")
+        raise UsageError(
+            "assertion_signed cannot be turned off: the hub requires signed assertions"
+        )
     return {
         "entity_id": entity_id,
         "idp_metadata_url": url,
@@ -144,7 +150,9 @@ def _check_url(value: object, key: str) -> str:
             loopback = False
         if loopback:
             return value
-    raise UsageError(f"{key} must use https:// (http:// only on loopback, for tests): {value[:100]!r}")
+    raise UsageError(
+        f"{key} must use https:// (http:// only on loopback, for tests): {value[:100]!r}"
+    )
 
 
 # -- IdP metadata -------------------------------------------------------------------
@@ -194,10 +202,14 @@ def read_idp_metadata(xml: str, key: str) -> IdpMetadata:
     ``key`` otherwise."""
     try:
         config = _sp_config("urn:remoteler:metadata-check", "https://localhost/", xml)
+    except ToOld:
+        raise UsageError(f"{key} has expired (validUntil); get the IdP's new metadata") from None
     except Exception as exc:
         raise UsageError(f"{key} is not readable SAML metadata ({type(exc).__name__})") from None
     store = config.metadata
     idps = sorted(store.identity_providers())
+    if not idps and any(getattr(source, "to_old", None) for source in store.metadata.values()):
+        raise UsageError(f"{key} has expired (validUntil); get the IdP's new metadata")
     if len(idps) != 1:
         raise UsageError(f"{key} must describe one identity provider; it describes {len(idps)}")
     entity_id = idps[0]
@@ -215,8 +227,6 @@ def read_idp_metadata(xml: str, key: str) -> IdpMetadata:
 
 async def fetch_metadata(url: str) -> bytes:
     """GET ``url`` (10 s, 1 MiB at most, no redirects); :class:`SSOError` on failure."""
-    import aiohttp
-
     timeout = aiohttp.ClientTimeout(total=METADATA_TIMEOUT)
     try:
         async with (
@@ -281,7 +291,8 @@ def _explain(exc: BaseException) -> str:
     if isinstance(exc, VerificationError) and "recipient" in text.lower():
         return "the identity provider's response is for another ACS URL (recipient)"
     if isinstance(exc, StatusError):
-        return f"the identity provider refused the login ({type(exc).__name__})"
+        code = type(exc).__name__.removeprefix("Status").removesuffix("Error") or "an error"
+        return f"the identity provider refused the login ({code} status)"
     return "the identity provider's response was refused"
 
 
@@ -330,7 +341,9 @@ def check_response(
     assertion = response.assertion
     # pysaml2 checked these when present; the profile requires them present.
     if assertion.signature is None:
-        raise SSOError("the identity provider's assertion is not signed; configure it to sign assertions")
+        raise SSOError(
+            "the identity provider's assertion is not signed; configure it to sign assertions"
+        )
     issuers = [assertion.issuer] + ([outer.issuer] if outer.issuer is not None else [])
     if any(i is None or (i.text or "").strip() != idp.entity_id for i in issuers):
         raise SSOError("the response is not from the identity provider in the connector's metadata")
@@ -343,7 +356,9 @@ def check_response(
     if not restrictions or not all(
         any((a.text or "").strip() == entity_id for a in r.audience or []) for r in restrictions
     ):
-        raise SSOError("the identity provider's response is for another service provider (audience)")
+        raise SSOError(
+            "the identity provider's response is for another service provider (audience)"
+        )
     ends: list[float] = []
     starts: list[float] = []
     bearer = [
@@ -357,7 +372,9 @@ def check_response(
         if data.recipient != acs_url:
             raise SSOError("the identity provider's response is for another ACS URL (recipient)")
         if data.in_response_to != request_id:
-            raise SSOError("the identity provider's response does not answer this login; sign in again")
+            raise SSOError(
+                "the identity provider's response does not answer this login; sign in again"
+            )
         end = _instant(data.not_on_or_after, "SubjectConfirmationData NotOnOrAfter")
         if end is None:
             raise SSOError("the identity provider's assertion has no NotOnOrAfter")
@@ -372,7 +389,9 @@ def check_response(
     if start is not None:
         starts.append(start)
     if any(now >= e + CLOCK_SKEW for e in ends) or any(now < s - CLOCK_SKEW for s in starts):
-        raise SSOError("the identity provider's response has expired or is not valid yet; check clocks")
+        raise SSOError(
+            "the identity provider's response has expired or is not valid yet; check clocks"
+        )
     if min(ends) > now + MAX_ASSERTION_LIFETIME:
         raise SSOError("the identity provider's assertion is valid for over a day; shorten it")
     assertion_id = assertion.id or ""
@@ -507,12 +526,14 @@ class SAMLProvider:
                 "saml-assertion:" + verified.assertion_id, "", verified.expires, now, REPLAY_CAP
             )
         except Conflict:
-            log.warning(
-                "connector %s: assertion %s replayed", self.name, verified.assertion_id
-            )
-            raise SSOError("this identity provider response was used already; sign in again") from None
+            log.warning("connector %s: assertion %s replayed", self.name, verified.assertion_id)
+            raise SSOError(
+                "this identity provider response was used already; sign in again"
+            ) from None
         if not stored:
-            log.warning("connector %s: %d SAML assertion ids stored: refusing", self.name, REPLAY_CAP)
+            log.warning(
+                "connector %s: %d SAML assertion ids stored: refusing", self.name, REPLAY_CAP
+            )
             raise SSOError("the hub has too many SSO logins in progress; try again in a minute")
         attribute = self._spec.get("username_attribute")
         if attribute:

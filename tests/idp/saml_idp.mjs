@@ -18,7 +18,8 @@
 // Test knobs (a real IdP has none of these): the login form's optional field `sign`
 // is "assertion" (default: the assertion is signed, as the hub requires) or
 // "response" (the Response is signed, the assertion inside is not); `lifetime` is the
-// assertion's validity in seconds (default 300).
+// assertion's validity in seconds (default 300); `status` a top-level StatusCode other
+// than Success (e.g. Responder), to answer with an error.
 //
 // Any SP is served: its entity id and ACS URL are taken from the AuthnRequest (the
 // Issuer and AssertionConsumerServiceURL), as a test IdP may; a real IdP has them
@@ -134,7 +135,7 @@ async function parseRequest(idp, query) {
   return { parsed, issuer: String(issuer), acs: String(acs) };
 }
 
-async function loginResponse(idp, req, username, sign, lifetime) {
+async function loginResponse(idp, req, username, sign, lifetime, status) {
   const user = users[username];
   const sp = samlify.ServiceProvider({
     entityID: req.issuer,
@@ -155,7 +156,7 @@ async function loginResponse(idp, req, username, sign, lifetime) {
       SubjectRecipient: req.acs,
       Issuer: idp.entityMeta.getEntityID(),
       IssueInstant: now.toISOString(),
-      StatusCode: samlify.Constants.StatusCode.Success,
+      StatusCode: status ? `urn:oasis:names:tc:SAML:2.0:status:${status}` : samlify.Constants.StatusCode.Success,
       ConditionsNotBefore: now.toISOString(),
       ConditionsNotOnOrAfter: later,
       SubjectConfirmationDataNotOnOrAfter: later,
@@ -222,8 +223,9 @@ async function handle(req, res, base, idp) {
     }
     const sign = form.sign || 'assertion';
     const lifetime = Number(form.lifetime || 300);
-    if (!['assertion', 'response'].includes(sign) || !(lifetime > 0)) {
-      page(res, 400, 'Bad request', '<p>sign must be assertion or response; lifetime > 0</p>');
+    const status = form.status || '';
+    if (!['assertion', 'response'].includes(sign) || !(lifetime > 0) || !/^[A-Za-z]*$/.test(status)) {
+      page(res, 400, 'Bad request', '<p>sign: assertion or response; lifetime > 0; status: a name</p>');
       return;
     }
     let request;
@@ -233,7 +235,7 @@ async function handle(req, res, base, idp) {
       page(res, 400, 'Bad request', `<p>bad AuthnRequest: ${escapeXml(err.message || err)}</p>`);
       return;
     }
-    const out = await loginResponse(idp, request, username, sign, lifetime);
+    const out = await loginResponse(idp, request, username, sign, lifetime, status);
     autoPost(res, request.acs, out.context, form.RelayState);
     return;
   }

@@ -26,7 +26,7 @@ HUB = "https://hub.example.com"
 ENTITY_ID = f"{HUB}/web/sso/saml/corp"
 ACS = f"{HUB}/web/sso/acs"
 
-USERS = {
+USERS: dict[str, dict[str, Any]] = {
     "alice": {
         "groups": ["ops", "dev"],
         "email": "alice@example.com",
@@ -198,7 +198,9 @@ async def test_metadata_fetch_failures_are_one_line_and_retried(idp: SamlIdp) ->
         return await fetch_metadata(url)
 
     p = provider(idp, fetch=flaky)
-    with pytest.raises(SSOError, match=r"could not fetch the identity provider's metadata \(HTTP 503\)"):
+    with pytest.raises(
+        SSOError, match=r"could not fetch the identity provider's metadata \(HTTP 503\)"
+    ):
         await p.begin(Pending("s", "n", "v"), ACS)
     await p.begin(Pending("s", "n", "v"), ACS)  # not cached: fetched again
 
@@ -262,7 +264,9 @@ async def test_wrong_recipient_refused(idp: SamlIdp) -> None:
     assert "(recipient)" in await refused(other, pending, form.fields)
     # Destination (outside the signed assertion) rewritten: the signed Recipient still
     # names the first ACS
-    fields = rewrite(form, lambda xml: xml.replace(f'Destination="{ACS}"', f'Destination="{other_acs}"'))
+    fields = rewrite(
+        form, lambda xml: xml.replace(f'Destination="{ACS}"', f'Destination="{other_acs}"')
+    )
     assert "(recipient)" in await refused(other, pending, fields)
 
 
@@ -311,9 +315,21 @@ async def test_in_response_to_mismatch_refused(idp: SamlIdp) -> None:
     assert "sent no SAML request" in await refused(p, Pending(pending.state, "n", "v"), form.fields)
     # InResponseTo rewritten to the other request: the signed assertion still names ours
     fields = rewrite(
-        form, lambda xml: xml.replace(f'InResponseTo="{pending.request_id}"', f'InResponseTo="{other.request_id}"', 1)
+        form,
+        lambda xml: xml.replace(
+            f'InResponseTo="{pending.request_id}"', f'InResponseTo="{other.request_id}"', 1
+        ),
     )
     assert "does not answer this login" in await refused(p, wrong, fields)
+
+
+async def test_error_status_refused(idp: SamlIdp) -> None:
+    p = provider(idp)
+    pending, form = await login(p, status="Responder")
+    assert (
+        await refused(p, pending, form.fields)
+        == "the identity provider refused the login (an error status)"
+    )
 
 
 async def test_relay_state_and_form_checked(idp: SamlIdp) -> None:
@@ -396,6 +412,11 @@ def test_parse_saml_checks_the_metadata(idp: SamlIdp) -> None:
     )
     with pytest.raises(UsageError, match="must describe one identity provider; it describes 2"):
         parse_saml({"idp_metadata": two})
+    expired = xml.replace(
+        "<EntityDescriptor ", '<EntityDescriptor validUntil="2020-01-01T00:00:00Z" ', 1
+    )
+    with pytest.raises(UsageError, match=r"idp_metadata has expired \(validUntil\)"):
+        parse_saml({"idp_metadata": expired})
     no_redirect = xml.replace("bindings:HTTP-Redirect", "bindings:HTTP-POST")
     with pytest.raises(UsageError, match="no SingleSignOnService for the HTTP-Redirect binding"):
         parse_saml({"idp_metadata": no_redirect})
