@@ -60,7 +60,7 @@ function showLogin(message) {
   // Single sign-on (docs/sso.md): one button per connector, a full navigation through
   // the identity provider and back.
   const sso = h("div", { id: "sso", class: "sso" });
-  form.append(sso);
+  form.insertBefore(sso, error);
   get("/web/api/sso/connectors").then((list) => {
     if (!list.connectors.length) return;
     sso.append(h("p", { class: "muted" }, "or sign in with"));
