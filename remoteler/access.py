@@ -356,7 +356,9 @@ class AccessRule:
 #: ``{{internal.logins}}``, ``{{external.groups}}``...: a role's value filled from the
 #: user's traits (local users: ``internal.logins``; SSO users: ``external.*``, the
 #: identity provider's claims, docs/sso.md)
-TRAIT_TEMPLATE = re.compile(r"\{\{(internal)\.(logins)\}\}|\{\{(external)\.([A-Za-z0-9_.:/-]{1,64})\}\}")
+TRAIT_TEMPLATE = re.compile(
+    r"\{\{(internal)\.(logins)\}\}|\{\{(external)\.([A-Za-z0-9_.:/-]{1,64})\}\}"
+)
 
 Traits = Mapping[str, Sequence[str]]
 

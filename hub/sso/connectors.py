@@ -10,7 +10,7 @@ shows it again (``tctl get connectors`` prints ``client_secret = "********"``).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +48,7 @@ class Connector:
         return doc
 
 
-def _kind_keys(kind: str) -> tuple[set[str], Callable[[dict[str, Any]], dict[str, Any]]]:
+def _kind_keys(kind: str) -> tuple[Set[str], Callable[[dict[str, Any]], dict[str, Any]]]:
     if kind == "oidc":
         from hub.sso.oidc import OIDC_KEYS, parse_oidc
 

@@ -197,12 +197,15 @@ class SSOService:
     ) -> tuple[str, str]:
         """A new pending login; (request id, the URL to send the browser to)."""
         connector, version = await self.connector(name)
+        if mode == "tsh":
+            try:
+                decode_key(client_key)
+            except ValueError:
+                raise UsageError("client_key must be 32 bytes, base64url (tsh makes it)") from None
+            check_redirect(redirect_url)
         now = self.clock()
         if not self._addrs.take(remote_addr, now):
             raise SSOError("too many logins started from your address; wait a few minutes")
-        if mode == "tsh":
-            decode_key(client_key)
-            check_redirect(redirect_url)
         pending = Pending(
             state=secrets.token_urlsafe(32),
             nonce=secrets.token_urlsafe(32),

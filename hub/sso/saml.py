@@ -26,14 +26,12 @@ import asyncio
 import base64
 import calendar
 import hmac
-import ipaddress
 import logging
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT  # type: ignore[import-untyped]
@@ -55,6 +53,7 @@ from saml2.time_util import str_to_time  # type: ignore[import-untyped]
 from saml2.validate import ResponseLifetimeExceed, ToEarly  # type: ignore[import-untyped]
 
 from hub.sso.provider import CLOCK_SKEW, Identity, Pending, Redirect, SSOError
+from hub.sso.urls import check_url
 from hub.storage.api import Conflict, SSOStates
 from remoteler.errors import UsageError
 
@@ -107,7 +106,7 @@ def parse_saml(doc: Mapping[str, Any]) -> dict[str, Any]:
     if url is None and metadata is None:
         raise UsageError("idp_metadata_url (or idp_metadata_file) is required: the IdP's metadata")
     if url is not None:
-        url = _check_url(url, "idp_metadata_url")
+        url = check_url(url, "idp_metadata_url")
     if metadata is not None:
         if not isinstance(metadata, str) or not metadata.strip():
             raise UsageError("idp_metadata must be the IdP's metadata XML")
@@ -130,29 +129,6 @@ def parse_saml(doc: Mapping[str, Any]) -> dict[str, Any]:
         "idp_metadata": metadata,
         "username_attribute": username_attribute,
     }
-
-
-def _check_url(value: object, key: str) -> str:
-    """https, or http on loopback only (the tests' IdPs)."""
-    if not isinstance(value, str) or not value.strip():
-        raise UsageError(f"{key} must be a URL such as https://idp.example.com/metadata")
-    try:
-        parts = urlsplit(value)
-        host = parts.hostname
-    except ValueError:
-        raise UsageError(f"{key} is not a URL: {value[:100]!r}") from None
-    if parts.scheme == "https" and host:
-        return value
-    if parts.scheme == "http" and host:
-        try:
-            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if loopback:
-            return value
-    raise UsageError(
-        f"{key} must use https:// (http:// only on loopback, for tests): {value[:100]!r}"
-    )
 
 
 # -- IdP metadata -------------------------------------------------------------------
@@ -219,7 +195,7 @@ def read_idp_metadata(xml: str, key: str) -> IdpMetadata:
         services = None
     if not services:
         raise UsageError(f"{key}: the IdP has no SingleSignOnService for the HTTP-Redirect binding")
-    sso_url = _check_url(services[0].get("location"), f"{key} SingleSignOnService")
+    sso_url = check_url(services[0].get("location"), f"{key} SingleSignOnService")
     if not store.certs(entity_id, "idpsso", use="signing"):
         raise UsageError(f"{key}: the IdP's metadata has no signing certificate")
     return IdpMetadata(entity_id=entity_id, sso_url=sso_url, xml=xml)

@@ -94,6 +94,7 @@ MAX_STREAMS = 512
 SSE_TICK = 2.0
 #: Seconds between sweeps of idle, expired and locked web sessions.
 SWEEP_EVERY = 2.0
+SSO_PRUNE_EVERY = 60.0
 #: Seconds a snapshot of the node rows serves the fleet view and its live views (a
 #: node's online state comes from the tunnel registry, not from the snapshot).
 NODES_EVERY = 2.0
@@ -196,6 +197,7 @@ class WebConsole:
         self._nodes_at = 0.0
         self._firmware_at = -FIRMWARE_EVERY
         self._sweeper: asyncio.Task[None] | None = None
+        self._sso_pruned = 0.0
         self.runner: web.AppRunner | None = None
 
     # lifecycle ------------------------------------------------------------------
@@ -252,6 +254,10 @@ class WebConsole:
             try:
                 self.sessions.sweep()
                 now = time.time()
+                sso = self.server.sso
+                if sso is not None and now - self._sso_pruned >= SSO_PRUNE_EVERY:
+                    self._sso_pruned = now  # lapsed SSO logins and users (hub/sso/flow.py)
+                    await sso.prune()
                 for user in self.sessions.users():
                     lock = find_lock(self.server.locks.locks, user=user, now=now)
                     if lock is not None:

@@ -16,15 +16,27 @@ from __future__ import annotations
 
 import html
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from hub.sso.flow import PENDING_TTL
 from remoteler.errors import RemotelerError
 
-if TYPE_CHECKING:
-    from hub.web.app import WebConsole
+
+class Console(Protocol):
+    """What the routes use of the web console (hub/web/app.py)."""
+
+    server: Any
+
+    def web_session(
+        self, request: web.Request, user: str, issued: tuple[Any, Any], expires: float
+    ) -> Any: ...
+
+    def set_session_cookie(self, response: web.StreamResponse, session: Any) -> None: ...
+
+    async def _audit(self, request: web.Request, user: str, action: str, **fields: Any) -> None: ...
+
 
 BINDING_COOKIE = "__Host-remoteler-sso"
 MAX_FORM = 256 * 1024  # a SAML response with a signed assertion is a few KiB
@@ -40,7 +52,7 @@ def _page(status: int, title: str, body: str, refresh: str = "") -> web.Response
 
 
 class SSORoutes:
-    def __init__(self, console: WebConsole) -> None:
+    def __init__(self, console: Console) -> None:
         self.console = console
 
     @property
