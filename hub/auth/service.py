@@ -330,6 +330,14 @@ class AuthService:
         await self._login_failed(name, remote_addr, BUSY_REASON, count=False, limited=True)
         raise LoginRefused(BUSY_MESSAGE, BUSY_REASON)
 
+    async def check_user_lock(self, name: str, remote_addr: str = "") -> None:
+        """Refuse (AccessDenied, audited) a user under a lock: SSO logins (hub/sso/flow.py)."""
+        await self._check_user_lock(name, remote_addr)
+
+    async def record(self, type: EventType, **kw: Any) -> None:
+        """Audit an auth event (durable before the caller answers): SSO logins too."""
+        await self._record(type, **kw)
+
     async def _check_user_lock(self, name: str, remote_addr: str = "") -> None:
         lock = find_lock(await self.storage.locks.all(self.clock()), user=name, now=self.clock())
         if lock is not None:

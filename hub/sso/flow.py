@@ -37,6 +37,8 @@ from hub.sso.provider import Identity, Pending, Provider, SSOError
 from hub.sso.urls import is_loopback
 from hub.storage.api import Storage, User
 from remoteler.audit.events import EventType
+from remoteler.ca import public_key_from_openssh
+from remoteler.ca.errors import CAError
 from remoteler.errors import UsageError
 from remoteler.ssoseal import decode_key, seal
 
@@ -203,6 +205,10 @@ class SSOService:
             except ValueError:
                 raise UsageError("client_key must be 32 bytes, base64url (tsh makes it)") from None
             check_redirect(redirect_url)
+            try:  # before the browser round trip: a bad key would fail only at the end
+                public_key_from_openssh(public_key)
+            except CAError as exc:
+                raise UsageError(f"bad public key: {exc}") from None
         now = self.clock()
         if not self._addrs.take(remote_addr, now):
             raise SSOError("too many logins started from your address; wait a few minutes")
@@ -317,7 +323,7 @@ class SSOService:
             traits=dict(identity.claims),
             expires=now + PENDING_TTL,
         )
-        await self.auth._check_user_lock(name, remote_addr)  # audited as a refusal
+        await self.auth.check_user_lock(name, remote_addr)  # audited as a refusal
         key = None
         public_key = record.get("public_key") or ""
         if record["mode"] == "web":
@@ -332,7 +338,7 @@ class SSOService:
             "sso login",
             extra={"user": name, "connector": connector.name, "remote_addr": remote_addr},
         )
-        await self.auth._record(
+        await self.auth.record(
             EventType.USER_LOGIN,
             user=name,
             success=True,
@@ -367,7 +373,7 @@ class SSOService:
             reason,
             extra={"connector": connector, "remote_addr": remote_addr, "user": user[:64]},
         )
-        await self.auth._record(
+        await self.auth.record(
             EventType.USER_LOGIN,
             user=user[:64],
             success=False,

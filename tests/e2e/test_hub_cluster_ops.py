@@ -173,6 +173,7 @@ def test_workers_share_one_port_and_relay_between_them(pg_server: PgServer, tmp_
             ).stdout.split()
         ]
         assert len(worker_pids) == 2
+        started = {h["id"]: h["started"] for h in cluster.tctl_json("status")["hubs"]}
         os.kill(worker_pids[0], signal.SIGKILL)  # the supervisor starts it again
         wait_for(
             lambda: (
@@ -193,10 +194,16 @@ def test_workers_share_one_port_and_relay_between_them(pg_server: PgServer, tmp_
             timeout=30,
             what="the killed worker started again",
         )
-        wait_for(  # back in the cluster under its id
+        # back in the cluster under its id: a new start time (the killed one's record
+        # stays live until its lease lapses, so the id alone says nothing)
+        wait_for(
             lambda: (
-                sorted(h["id"] for h in cluster.tctl_json("status")["hubs"])
-                == ["hubw-w0", "hubw-w1"]
+                {h["id"]: h["started"] for h in cluster.tctl_json("status")["hubs"]}.keys()
+                == started.keys()
+                and sum(
+                    h["started"] != started[h["id"]] for h in cluster.tctl_json("status")["hubs"]
+                )
+                == 1
             ),
             timeout=60,
             what="the restarted worker registered",

@@ -16,7 +16,7 @@ def test_json_shapes_and_removals(cluster: Cluster, tmp_path: Path) -> None:
 
     cluster.add_user("kim", ["pi"])
     assert cluster.tctl_json("users", "ls") == [
-        {"name": "kim", "roles": ["access"], "logins": ["pi"]}
+        {"name": "kim", "roles": ["access"], "logins": ["pi"], "connector": None, "expires": None}
     ]
 
     added = cluster.tctl_json("tokens", "add", "--ttl", "5m", "--labels", "site=x")

@@ -18,7 +18,7 @@ from hub.storage.sqlite import open_sqlite
 from remoteler.audit.events import EventType, make_event
 from tctl import cli as tctl
 
-USER = {"name", "roles", "logins"}
+USER = {"name", "roles", "logins", "connector", "expires"}
 ROLE = {
     "name",
     "logins",
@@ -151,6 +151,7 @@ def test_json_keys_of_every_command(data: Path, capsys: pytest.CaptureFixture[st
     roles = run("get", "roles")
     assert {r["name"] for r in roles} >= {"access", "editor"}
     assert all(set(r) == ROLE for r in roles)
+    assert run("get", "connectors") == {"connectors": [], "default": "local"}
     assert set(run("lock", "--user", "amy", "--ttl", "1h")) == LOCK
     assert all(set(lock) == LOCK for lock in run("locks", "ls"))
     status = run("status")
