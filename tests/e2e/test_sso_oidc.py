@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import os
 import pwd
-import queue
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from browserkit import HINT, chromium_path, launch
-from helpers import BIN, Cluster, free_port, stop_process, wait_for
+from helpers import Cluster, free_port, wait_for
 from oidckit import OIDCProvider, TokenRelay
 from playwright.sync_api import expect
+from ssokit import sso_browser, sso_page, start_tsh_login
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 SECRET = "oidc-client-secret-for-tests"
@@ -97,28 +94,12 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 
 @pytest.fixture(scope="module")
 def browser(rig: Rig) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    path = chromium_path()
-    if path is None:
-        pytest.fail(HINT)
-    with sync_playwright() as pw:
-        b = launch(pw, rig.hub.data, path)
-        try:
-            yield b
-        finally:
-            b.close()
+    yield from sso_browser(rig.hub.data)
 
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1100, "height": 700})
-    p = context.new_page()
-    p.set_default_timeout(20_000)
-    try:
-        yield p
-    finally:
-        context.close()
+    yield from sso_page(browser)
 
 
 def _provider_login(page: Any, user: str) -> None:
@@ -131,70 +112,13 @@ def _provider_login(page: Any, user: str) -> None:
     consent.click()
 
 
-def _start_tsh_login(rig: Rig, *extra: str) -> tuple[subprocess.Popen[str], str]:
-    """``tsh login --browser none``: the process and the URL it prints."""
-    proc = subprocess.Popen(
-        [
-            str(BIN / "tsh"),
-            "login",
-            "--proxy",
-            rig.hub.addr,
-            "--ca-pin",
-            rig.hub.ca_pin(),
-            "--browser",
-            "none",
-            *extra,
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=rig.hub.env(),
-    )
-    assert proc.stderr is not None
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: _lines(proc, lines), daemon=True).start()
-    said = ""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        said += line
-        if line.strip().startswith("https://"):
-            proc.stderr_lines = lines  # type: ignore[attr-defined]
-            return proc, line.strip()
-    stop_process(proc)
-    raise AssertionError(f"tsh printed no login URL: {said}")
-
-
-def _lines(proc: subprocess.Popen[str], out: queue.Queue[str]) -> None:
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        out.put(line)
-
-
-def _finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
-    assert proc.stdout is not None
-    try:
-        proc.wait(timeout=30)
-        out = proc.stdout.read()
-    finally:
-        stop_process(proc)
-    time.sleep(0.2)  # the reader thread drains stderr
-    lines: queue.Queue[str] = proc.stderr_lines  # type: ignore[attr-defined]
-    err = "".join(iter(lambda: lines.get_nowait() if not lines.empty() else "", ""))
-    return proc.returncode, out, err
-
-
 def test_tsh_login_through_the_provider_then_ssh_with_the_mapped_role(rig: Rig, page: Any) -> None:
-    proc, url = _start_tsh_login(rig, "--auth", "corp")
-    assert url.startswith(f"{rig.web}/web/sso/start/")
-    page.goto(url)
+    login = start_tsh_login(rig.hub, "--auth", "corp")
+    assert login.url.startswith(f"{rig.web}/web/sso/start/")
+    page.goto(login.url)
     _provider_login(page, "alice")
     expect(page.locator("h1")).to_have_text("Logged in")
-    code, out, err = _finish(proc)
+    code, out, err = login.finish()
     assert code == 0, err
     assert "Logged in as alice" in out
     assert f"Logins:      {ME}" in out  # from her logins claim, through {{external.logins}}
@@ -221,11 +145,11 @@ def test_a_user_no_claim_maps_is_refused_naming_the_values_seen(rig: Rig, page: 
     pref.write_text('kind = "auth_preference"\nconnector_name = "corp"\n')
     rig.hub.tctl("create", "-f", str(pref))
     try:
-        proc, url = _start_tsh_login(rig)
-        page.goto(url)
+        login = start_tsh_login(rig.hub)
+        page.goto(login.url)
         _provider_login(page, "mallory")
         expect(page.locator("h1")).to_have_text("Login refused")
-        code, _, err = _finish(proc)
+        code, _, err = login.finish()
     finally:
         pref.write_text('kind = "auth_preference"\nconnector_name = "local"\n')
         rig.hub.tctl("create", "-f", str(pref))
@@ -239,11 +163,11 @@ def test_a_user_no_claim_maps_is_refused_naming_the_values_seen(rig: Rig, page: 
 def test_a_tampered_id_token_is_refused(rig: Rig, page: Any) -> None:
     rig.relay.tamper = True
     try:
-        proc, url = _start_tsh_login(rig, "--auth", "corp")
-        page.goto(url)
+        login = start_tsh_login(rig.hub, "--auth", "corp")
+        page.goto(login.url)
         _provider_login(page, "alice")
         expect(page.locator("h1")).to_have_text("Login refused")
-        code, _, err = _finish(proc)
+        code, _, err = login.finish()
     finally:
         rig.relay.tamper = False
     assert rig.relay.tampered >= 1

@@ -15,21 +15,18 @@ import asyncio
 import base64
 import os
 import pwd
-import queue
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
-from browserkit import HINT, chromium_path, launch
 from ghstand import GitHubStandIn
-from helpers import BIN, Cluster, free_port, stop_process, wait_for
+from helpers import Cluster, free_port, wait_for
 from playwright.sync_api import expect
 from samlkit import saml_idp
+from ssokit import sso_browser, sso_page, start_tsh_login
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 ROLE = """\
@@ -129,82 +126,12 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 
 @pytest.fixture(scope="module")
 def browser(rig: Rig) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    path = chromium_path()
-    if path is None:
-        pytest.fail(HINT)
-    with sync_playwright() as pw:
-        b = launch(pw, rig.hub.data, path)
-        try:
-            yield b
-        finally:
-            b.close()
+    yield from sso_browser(rig.hub.data)
 
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1100, "height": 700})
-    p = context.new_page()
-    p.set_default_timeout(20_000)
-    try:
-        yield p
-    finally:
-        context.close()
-
-
-def _tsh_login(rig: Rig, connector: str) -> tuple[subprocess.Popen[str], str, queue.Queue[str]]:
-    proc = subprocess.Popen(
-        [
-            str(BIN / "tsh"),
-            "login",
-            "--proxy",
-            rig.hub.addr,
-            "--ca-pin",
-            rig.hub.ca_pin(),
-            "--auth",
-            connector,
-            "--browser",
-            "none",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=rig.hub.env(),
-    )
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.put(line)
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1).strip()
-        except queue.Empty:
-            continue
-        if line.startswith("https://"):
-            return proc, line, lines
-    stop_process(proc)
-    raise AssertionError("tsh printed no login URL")
-
-
-def _done(proc: subprocess.Popen[str], lines: queue.Queue[str]) -> tuple[int, str, str]:
-    assert proc.stdout is not None
-    try:
-        proc.wait(timeout=30)
-        out = proc.stdout.read()
-    finally:
-        stop_process(proc)
-    time.sleep(0.2)
-    err = ""
-    while not lines.empty():
-        err += lines.get_nowait()
-    return proc.returncode, out, err
+    yield from sso_page(browser)
 
 
 def _saml_sign_in(page: Any, user: str) -> None:
@@ -213,11 +140,11 @@ def _saml_sign_in(page: Any, user: str) -> None:
 
 
 def test_tsh_login_through_the_saml_idp_maps_attributes_to_roles(rig: Rig, page: Any) -> None:
-    proc, url, lines = _tsh_login(rig, "okta")
-    page.goto(url)
+    login = start_tsh_login(rig.hub, "--auth", "okta")
+    page.goto(login.url)
     _saml_sign_in(page, "carol")
     expect(page.locator("h1")).to_have_text("Logged in")
-    code, out, err = _done(proc, lines)
+    code, out, err = login.finish()
     assert code == 0, err
     assert "Logged in as carol" in out
     ssh = rig.hub.tsh("ssh", f"{ME}@van-7", "echo", "saml-works")
@@ -238,11 +165,11 @@ def test_a_saml_answer_changed_on_its_way_is_refused(rig: Rig, page: Any) -> Non
         route.continue_(post_data=body)
 
     page.route("**/web/sso/acs", tamper)
-    proc, url, lines = _tsh_login(rig, "okta")
-    page.goto(url)
+    login = start_tsh_login(rig.hub, "--auth", "okta")
+    page.goto(login.url)
     _saml_sign_in(page, "carol")
     expect(page.locator("h1")).to_have_text("Login refused")
-    code, _, err = _done(proc, lines)
+    code, _, err = login.finish()
     assert code != 0
     assert "signature" in err
 
@@ -263,12 +190,12 @@ def test_web_console_login_through_saml_and_an_unmapped_user(rig: Rig, page: Any
 
 
 def test_tsh_login_through_github_teams(rig: Rig, page: Any) -> None:
-    proc, url, lines = _tsh_login(rig, "github")
-    page.goto(url)
+    login = start_tsh_login(rig.hub, "--auth", "github")
+    page.goto(login.url)
     page.locator('input[name="login"]').fill("erin")
     page.locator("button", has_text="Authorize").click()
     expect(page.locator("h1")).to_have_text("Logged in")
-    code, out, err = _done(proc, lines)
+    code, out, err = login.finish()
     assert code == 0, err
     assert "Logged in as erin" in out
     ssh = rig.hub.tsh("ssh", f"{ME}@van-7", "echo", "github-works")
