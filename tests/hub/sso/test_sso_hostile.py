@@ -153,3 +153,23 @@ def test_a_flood_of_login_starts_from_one_address_is_capped(hub: Cluster) -> Non
     assert started <= MAX_PENDING_PER_ADDR
     assert "too many logins started from your address" in refusal
     assert WebClient(hub).request("GET", "/healthz").status == 200
+
+
+def test_the_client_secret_is_encrypted_at_rest_with_a_passphrase(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    c = Cluster(tmp_path_factory.mktemp("ssosealed"), free_port())
+    passfile = c.root / "passphrase"
+    passfile.write_text("a passphrase for the CA keys\n")
+    passfile.chmod(0o600)
+    c.start_hub("--ca-passphrase-file", str(passfile))
+    try:
+        (c.root / "secret").write_text(SECRET)
+        (c.root / "gh.toml").write_text(CONNECTOR)
+        c.tctl("create", "-f", str(c.root / "gh.toml"))
+        assert "********" in c.tctl("get", "connectors").stdout
+        stored = b"".join(p.read_bytes() for p in c.data.rglob("hub.db*"))
+        assert b"Ov23liHostile" in stored  # the connector is there...
+        assert SECRET.encode() not in stored  # ...its secret only sealed
+    finally:
+        c.stop()
