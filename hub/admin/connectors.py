@@ -4,6 +4,7 @@ and the cluster's default connector (docs/sso.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ from hub.sso.connectors import (
 )
 from remoteler.admin import AdminMethod
 from remoteler.audit.events import EventType
-from remoteler.errors import UsageError
+from remoteler.errors import RemotelerError, UsageError
 
 NO_WEB = "single sign-on needs the hub's web console: start the hub without --no-web"
 
@@ -55,15 +56,19 @@ async def connectors_put(call: AdminCall, params: dict[str, Any]) -> Any:
 async def connectors_ls(call: AdminCall, params: dict[str, Any]) -> Any:
     sso = getattr(call.host, "sso", None)
     unseal = sso.unseal_secret if sso is not None else None
-    out = []
+    out: list[dict[str, Any]] = []
     for row in await call.host.storage.connectors.all():
-        doc = from_stored(row, unseal).public()
+        try:  # may derive the passphrase's key (scrypt): in a thread
+            connector = await asyncio.to_thread(from_stored, row, unseal)
+        except RemotelerError as exc:  # e.g. a secret that does not decrypt here
+            out.append({"kind": row.kind, "name": row.name, "error": exc.message})
+            continue
+        doc = connector.public()
         key = {"oidc": "claims_to_roles", "saml": "attributes_to_roles"}.get(row.kind)
         if key is not None:
             claim = "claim" if row.kind == "oidc" else "name"
             doc[key] = [
-                {claim: r.claim, "value": r.value, "roles": list(r.roles)}
-                for r in from_stored(row, unseal).rules
+                {claim: r.claim, "value": r.value, "roles": list(r.roles)} for r in connector.rules
             ]
         out.append(doc)
     default = await call.host.storage.settings.get(DEFAULT_CONNECTOR_KEY)
@@ -77,6 +82,9 @@ async def connectors_rm(call: AdminCall, params: dict[str, Any]) -> Any:
         raise UsageError(f"no connector {name!r}; see 'tctl get connectors'")
     if await storage.settings.get(DEFAULT_CONNECTOR_KEY) == name:
         await storage.settings.put(DEFAULT_CONNECTOR_KEY, LOCAL)
+        sso = getattr(call.host, "sso", None)
+        if sso is not None:
+            sso.forget_default()
     await call.record(EventType.CONNECTOR_DELETED, name=name)
     return {"connector": name}
 
@@ -87,6 +95,9 @@ async def auth_preference_set(call: AdminCall, params: dict[str, Any]) -> Any:
     if name != LOCAL and await call.host.storage.connectors.get(name) is None:
         raise UsageError(f'no connector {name!r}: create it first, or use "local"')
     await call.host.storage.settings.put(DEFAULT_CONNECTOR_KEY, name)
+    sso = getattr(call.host, "sso", None)
+    if sso is not None:
+        sso.forget_default()
     await call.changed("auth_preference.set", name)
     return {"connector_name": name}
 

@@ -102,6 +102,10 @@ def parse_connector(doc: dict[str, Any]) -> Connector:
     secret = doc.get("client_secret")
     if secret is not None and (not isinstance(secret, str) or not secret.strip()):
         raise UsageError("the client secret is empty: check client_secret_file")
+    if secret == SECRET_MASK:
+        raise UsageError(
+            "client_secret is the mask 'tctl get connectors' shows: give client_secret_file"
+        )
     if kind == "github" and not secret:
         raise UsageError("a github connector needs client_secret_file (the OAuth app's secret)")
     spec = parse({k: v for k, v in doc.items() if k in keys})

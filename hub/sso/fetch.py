@@ -31,6 +31,19 @@ class Fetcher(Protocol):
     ) -> dict[str, Any]: ...
 
 
+async def read_capped(resp: Any, too_big: str, limit: int = MAX_BODY) -> bytes:
+    """The whole body of an aiohttp response, refused (SSOError ``too_big``) past
+    ``limit`` bytes, whether or not it says its length."""
+    if resp.content_length is not None and resp.content_length > limit:
+        raise SSOError(too_big)
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise SSOError(too_big)
+    return bytes(body)
+
+
 class HttpFetcher:
     """A new connection per call: logins are rare, and no pool outlives a provider."""
 
@@ -44,12 +57,10 @@ class HttpFetcher:
                 aiohttp.ClientSession(timeout=timeout) as http,
                 http.request(method, url, headers=headers, allow_redirects=False, **kw) as resp,
             ):
-                body = await resp.content.read(MAX_BODY + 1)
+                body = await read_capped(resp, f"{what} answered with more than 1 MiB: refused")
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise SSOError(f"cannot reach {what}: {type(exc).__name__}") from None
-        if len(body) > MAX_BODY:
-            raise SSOError(f"{what} answered with more than 1 MiB: refused")
         try:
             doc = json.loads(body)
         except ValueError:

@@ -18,8 +18,10 @@ Caps: :data:`MAX_PENDING` pending logins in the cluster and
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import secrets
@@ -32,14 +34,13 @@ from urllib.parse import urlencode, urlsplit
 
 from hub.auth.service import AuthService, Issued, check_name
 from hub.sso.connectors import DEFAULT_CONNECTOR_KEY, LOCAL, Connector, from_stored
-from hub.sso.mapping import roles_or_refuse
+from hub.sso.mapping import flatten_claims, roles_or_refuse
 from hub.sso.provider import Identity, Pending, Provider, SSOError
-from hub.sso.urls import is_loopback
 from hub.storage.api import Storage, User
 from remoteler.audit.events import EventType
 from remoteler.ca import public_key_from_openssh
 from remoteler.ca.errors import CAError
-from remoteler.errors import UsageError
+from remoteler.errors import ConfigError, UsageError
 from remoteler.ssoseal import decode_key, seal
 
 log = logging.getLogger("remoteler.hub.sso")
@@ -52,6 +53,8 @@ CALLBACK_PATH = "/web/sso/callback"
 ACS_PATH = "/web/sso/acs"
 START_PATH = "/web/sso/start/"
 BUSY = "the hub has too many logins in progress; try again in a few minutes"
+#: the trait that binds an SSO user record to one identity: (connector, this subject)
+SUBJECT_TRAIT = "remoteler.subject"
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class _AddressCounts:
         self._seen: OrderedDict[str, list[float]] = OrderedDict()
 
     def take(self, addr: str, now: float) -> bool:
+        addr = _address_group(addr)
         times = [t for t in self._seen.pop(addr, []) if now - t < PENDING_TTL]
         ok = len(times) < MAX_PENDING_PER_ADDR
         if ok:
@@ -85,15 +89,31 @@ class _AddressCounts:
         return ok
 
 
+def _address_group(addr: str) -> str:
+    """An IPv6 client counts by its /64 (one host gets a whole /64); IPv4 by address."""
+    if ":" not in addr:
+        return addr
+    try:
+        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
+    except ValueError:
+        return addr
+
+
 def check_redirect(url: object) -> str:
-    """tsh's listener: ``http://127.0.0.1:PORT/callback`` (loopback only)."""
-    if not isinstance(url, str) or len(url) > 200:
-        raise UsageError("redirect_url must be tsh's http://127.0.0.1:PORT/callback")
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not is_loopback(parts.hostname) or parts.path != "/callback":
-        raise UsageError("redirect_url must be tsh's http://127.0.0.1:PORT/callback")
-    if parts.query or parts.fragment or not parts.port:
-        raise UsageError("redirect_url must be tsh's http://127.0.0.1:PORT/callback")
+    """tsh's listener: ``http://127.0.0.1:PORT/callback`` (loopback only, nothing else in
+    the URL: no user part, query or fragment)."""
+    bad = UsageError("redirect_url must be tsh's http://127.0.0.1:PORT/callback")
+    if not isinstance(url, str) or len(url) > 200 or any(c in url for c in "@\\ \t\r\n"):
+        raise bad
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise bad from None
+    if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "::1", "localhost"):
+        raise bad
+    if parts.path != "/callback" or parts.query or parts.fragment or not port:
+        raise bad
     return url
 
 
@@ -128,7 +148,15 @@ class SSOService:
         row = await self.storage.connectors.get(name) if len(name) <= 64 else None
         if row is None:
             raise SSOError(f"no SSO connector {name[:64]!r}: see 'tctl get connectors'")
-        return from_stored(row, self.unseal_secret), row.spec
+        try:  # unsealing the secret may derive a key (scrypt): not on the event loop
+            connector = await asyncio.to_thread(from_stored, row, self.unseal_secret)
+        except ConfigError:
+            log.error("connector %s: its client secret does not decrypt", row.name)
+            raise SSOError(
+                f"connector {row.name!r} cannot be used: its client secret does not decrypt "
+                "with this hub's CA passphrase; ask an admin to check it"
+            ) from None
+        return connector, row.spec
 
     async def listing(self) -> list[dict[str, str]]:
         """For login pages: each connector's name, kind and display name."""
@@ -143,11 +171,16 @@ class SSOService:
         """The cluster's default connector (``tctl create`` of an auth_preference),
         read at most every 5 s: every ``tsh login`` and agent ping asks."""
         now = self.clock()
-        if now - self._default_at >= 5.0:
+        if now - self._default_at >= 5.0 or now < self._default_at:
             name = await self.storage.settings.get(DEFAULT_CONNECTOR_KEY)
             self._default = name if name and name != LOCAL else None
             self._default_at = now
         return self._default
+
+    def forget_default(self) -> None:
+        """The default connector changed here: read it again at the next ask (other hubs
+        of the cluster see it within 5 s)."""
+        self._default_at = -5.0
 
     def callback_url(self, kind: str) -> str:
         return self.public_url() + (ACS_PATH if kind == "saml" else CALLBACK_PATH)
@@ -297,20 +330,37 @@ class SSOService:
                 f"(letters, digits, '.', '-', '_'): set username_claim in connector "
                 f"{connector.name!r}"
             ) from None
-        roles = roles_or_refuse(name, connector.name, connector.rules, identity.claims)
+        claims = flatten_claims(identity.claims)  # capped, whatever the kind
+        claims.pop(SUBJECT_TRAIT, None)  # ours, never the provider's
+        roles = roles_or_refuse(name, connector.name, connector.rules, claims)
         known = [r for r in roles if await self.storage.roles.get(r) is not None]
         if not known:
             raise SSOError(
                 f"the roles mapped for {name!r} ({', '.join(roles)}) do not exist: ask an admin "
                 "to create them (tctl create -f role.toml)"
             )
-        existing = await self.storage.users.get(name)
-        if existing is not None and existing.connector is None:
-            raise SSOError(
-                f"a local user named {name!r} exists already: an admin must remove it or "
-                "rename one of them"
-            )
         now = self.clock()
+        subject = (identity.subject or name)[:256]
+        existing = await self.storage.users.get(name)
+        expires = now + PENDING_TTL
+        if existing is not None:
+            if existing.connector is None:
+                raise SSOError(
+                    f"a local user named {name!r} exists already: an admin must remove it or "
+                    "rename one of them"
+                )
+            same = existing.connector == connector.name and tuple(
+                existing.traits.get(SUBJECT_TRAIT, ())
+            ) == (subject,)
+            live = existing.expires is not None and existing.expires > now
+            if live and not same:  # the name is another identity's while its certificates last
+                raise SSOError(
+                    f"the user name {name!r} belongs to another identity (from connector "
+                    f"{existing.connector!r}) while its certificates are valid: ask an admin "
+                    f"to remove it (tctl users rm {name})"
+                )
+            if live and existing.expires is not None:
+                expires = max(expires, existing.expires)
         user = User(
             name=name,
             roles=tuple(known),
@@ -320,8 +370,8 @@ class SSOService:
             totp_last_step=0,
             created=existing.created if existing is not None else now,
             connector=connector.name,
-            traits=dict(identity.claims),
-            expires=now + PENDING_TTL,
+            traits={**claims, SUBJECT_TRAIT: (subject,)},
+            expires=expires,
         )
         await self.auth.check_user_lock(name, remote_addr)  # audited as a refusal
         key = None
@@ -333,7 +383,8 @@ class SSOService:
             public_key = public_key_to_openssh(key.public_key())
         await self.storage.users.put(user)
         issued = await self.auth.issue_user_certs(user, public_key, record.get("ttl"))
-        await self.storage.users.put(replace(user, expires=float(issued.expires)))
+        # the record lasts as long as the longest certificate issued to this identity
+        await self.storage.users.put(replace(user, expires=max(expires, float(issued.expires))))
         log.info(
             "sso login",
             extra={"user": name, "connector": connector.name, "remote_addr": remote_addr},
@@ -364,25 +415,35 @@ class SSOService:
         return str(record["redirect_url"]) + "?" + urlencode({"response": box})
 
     async def refused(
-        self, record: dict[str, Any] | None, reason: str, remote_addr: str, user: str = ""
+        self,
+        record: dict[str, Any] | None,
+        reason: str,
+        remote_addr: str,
+        log_reason: str | None = None,
     ) -> str | None:
-        """Log and audit a refused SSO login; tsh's listener URL with the error, if any."""
-        connector = record["connector"] if record else ""
+        """Log and audit a refused SSO login (``log_reason``: what the log and the audit
+        say, when ``reason`` shows the user what the provider sent); tsh's listener URL
+        with ``reason``, if tsh started it. An answer for no pending login (forged,
+        replayed, lapsed) is logged at debug level only: anyone can send those."""
+        if record is None:
+            log.debug("sso answer for no pending login", extra={"remote_addr": remote_addr})
+            return None
+        said = (log_reason or reason)[:300]
         log.warning(
             "sso login refused: %s",
-            reason,
-            extra={"connector": connector, "remote_addr": remote_addr, "user": user[:64]},
+            said,
+            extra={"connector": record["connector"], "remote_addr": remote_addr},
         )
         await self.auth.record(
             EventType.USER_LOGIN,
-            user=user[:64],
+            user="",
             success=False,
-            reason=reason[:300],
+            reason=said,
             method="sso",
-            connector=connector,
+            connector=record["connector"],
             remote_addr=remote_addr,
         )
-        if record is not None and record.get("mode") == "tsh":
+        if record.get("mode") == "tsh":
             return str(record["redirect_url"]) + "?" + urlencode({"error": reason[:500]})
         return None
 
@@ -394,5 +455,7 @@ class SSOService:
         users = 0
         for user in await self.storage.users.all():
             if user.connector is not None and user.expires is not None and user.expires < now:
-                users += await self.storage.users.delete(user.name)
+                again = await self.storage.users.get(user.name)  # a login meanwhile renews it
+                if again is not None and again.expires is not None and again.expires < now:
+                    users += await self.storage.users.delete(user.name)
         return states, users

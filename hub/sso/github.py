@@ -33,6 +33,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
 
+from hub.sso.fetch import read_capped
 from hub.sso.provider import Identity, Pending, Redirect, SSOError
 from remoteler.errors import UsageError
 
@@ -427,14 +428,7 @@ def default_session() -> aiohttp.ClientSession:
 
 async def _read_capped(resp: aiohttp.ClientResponse, what: str) -> bytes:
     too_big = f"GitHub's {what} is larger than {MAX_BODY >> 20} MiB; check the connector's URLs"
-    if resp.content_length is not None and resp.content_length > MAX_BODY:
-        raise SSOError(too_big)
-    body = bytearray()
-    async for chunk in resp.content.iter_chunked(64 * 1024):
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise SSOError(too_big)
-    return bytes(body)
+    return await read_capped(resp, too_big, MAX_BODY)
 
 
 class GitHubProvider:

@@ -119,10 +119,23 @@ def no_role_message(
     )
 
 
+class NoRoleMapped(SSOError):
+    """No rule maps the user. The message (for the user) names the values the provider
+    sent; :attr:`log_reason` (for the log and the audit) only the claims' names."""
+
+    def __init__(self, message: str, log_reason: str) -> None:
+        super().__init__(message)
+        self.log_reason = log_reason
+
+
 def roles_or_refuse(
     user: str, connector: str, rules: Sequence[MapRule], claims: Mapping[str, Sequence[str]]
 ) -> list[str]:
     roles = map_roles(rules, claims)
     if not roles:
-        raise SSOError(no_role_message(user, connector, rules, claims))
+        names = ", ".join(dict.fromkeys(r.claim for r in rules))
+        raise NoRoleMapped(
+            no_role_message(user, connector, rules, claims),
+            f"no role is mapped by connector {connector!r} (claims looked at: {names})",
+        )
     return roles

@@ -216,7 +216,9 @@ class OIDCProvider:
             header = json.loads(_b64decode(id_token.split(".", 1)[0]))
         except (ValueError, IndexError):
             raise SSOError("the ID token is malformed") from None
-        if not isinstance(header, dict) or header.get("alg") not in allowed:
+        if not isinstance(header, dict):
+            raise SSOError("the ID token is malformed")
+        if header.get("alg") not in allowed:
             raise SSOError(
                 f"the ID token's algorithm {str(header.get('alg'))[:20]!r} is not accepted "
                 f"(accepted: {', '.join(allowed) or 'none announced'})"
@@ -234,6 +236,7 @@ class OIDCProvider:
             iss={"essential": True, "value": self.spec["issuer_url"]},
             sub={"essential": True},
             exp={"essential": True},
+            iat={"essential": True},
             nonce={"essential": True, "value": nonce},
         )
         try:

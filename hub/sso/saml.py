@@ -52,6 +52,7 @@ from saml2.sigver import SignatureError, SigverError  # type: ignore[import-unty
 from saml2.time_util import str_to_time  # type: ignore[import-untyped]
 from saml2.validate import ResponseLifetimeExceed, ToEarly  # type: ignore[import-untyped]
 
+from hub.sso.fetch import read_capped
 from hub.sso.provider import CLOCK_SKEW, Identity, Pending, Redirect, SSOError
 from hub.sso.urls import check_url
 from hub.storage.api import Conflict, SSOStates
@@ -211,12 +212,7 @@ async def fetch_metadata(url: str) -> bytes:
         ):
             if r.status != 200:
                 raise SSOError(f"HTTP {r.status}")
-            body = bytearray()
-            async for chunk in r.content.iter_chunked(65536):
-                body += chunk
-                if len(body) > MAX_METADATA_BYTES:
-                    raise SSOError("larger than 1 MiB")
-            return bytes(body)
+            return await read_capped(r, "larger than 1 MiB", MAX_METADATA_BYTES)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise SSOError(type(exc).__name__) from None
 

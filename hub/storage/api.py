@@ -684,14 +684,26 @@ class Connectors(Protocol):
     async def delete(self, name: str) -> bool: ...
 
 
+def sso_kind_range(key: str) -> tuple[str, str]:
+    """The keys of ``key``'s kind as a range ``[low, high)``: those that share its text
+    up to the first ``:`` (every key, for a key with no ``:``)."""
+    cut = key.find(":")
+    if cut < 0:
+        return "", "\U0010ffff"
+    prefix = key[: cut + 1]
+    return prefix, prefix[:-1] + ";"  # ";" sorts right after ":"
+
+
 class SSOStates(Protocol):
     """Short-lived SSO state every hub of a cluster must see: pending logins (the browser
     may come back to another hub) and the ids of SAML assertions already used."""
 
     async def add(self, key: str, value: str, expires: float, now: float, cap: int) -> bool:
         """Store ``key`` unless it exists (:class:`Conflict`); False, storing nothing,
-        when ``cap`` unexpired entries are stored already. Atomic. An expired entry
-        counts as absent: its key may be stored again (as if pruned first)."""
+        when ``cap`` unexpired entries of its kind are stored already. The kind is the
+        key up to its first ``:`` (``state:``, ``saml-assertion:``...; see
+        :func:`sso_kind_range`): one kind filling up never blocks another. Atomic. An
+        expired entry counts as absent: its key may be stored again (as if pruned first)."""
         ...
 
     async def take(self, key: str, now: float) -> str | None:

@@ -122,7 +122,7 @@ class SSORoutes:
             record = await sso.pending(params)
             done = await sso.finish(record, params, request.cookies.get(BINDING_COOKIE, ""), addr)
         except RemotelerError as exc:
-            back = await sso.refused(record, exc.message, addr)
+            back = await sso.refused(record, exc.message, addr, getattr(exc, "log_reason", None))
             if back is not None:  # tsh prints the reason and ends
                 raise web.HTTPFound(back) from None
             return _page(403, "Login refused", html.escape(exc.message) + _back())

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from psycopg.rows import DictRow
 
-from hub.storage.api import Conflict, StoredConnector
+from hub.storage.api import Conflict, StoredConnector, sso_kind_range
 from hub.storage.postgres.db import Db, notify
 
 #: pg_advisory_xact_lock key serialising :meth:`PgSSOStates.add` ("rsso" in ASCII);
@@ -72,10 +72,11 @@ class PgSSOStates:
             )
             if await cur.fetchone() is not None:
                 raise Conflict("this SSO state key is stored already: make a new one")
+            low, high = sso_kind_range(key)
             cur = await conn.execute(
-                "SELECT count(*) AS n FROM"
-                " (SELECT 1 FROM sso_state WHERE expires > %s LIMIT %s) AS live",
-                (now, max(cap, 0)),
+                "SELECT count(*) AS n FROM (SELECT 1 FROM sso_state"
+                " WHERE key >= %s AND key < %s AND expires > %s LIMIT %s) AS live",
+                (low, high, now, max(cap, 0)),
             )
             row = await cur.fetchone()
             if row is None or row["n"] >= cap:

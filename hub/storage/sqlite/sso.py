@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import aiosqlite
 
-from hub.storage.api import Conflict, StoredConnector
+from hub.storage.api import Conflict, StoredConnector, sso_kind_range
 from hub.storage.sqlite.conn import Conn
 
 
@@ -62,9 +62,11 @@ class SQLiteSSOStates:
             ) as cur:
                 if await cur.fetchone() is not None:
                     raise Conflict("this SSO state key is stored already: make a new one")
+            low, high = sso_kind_range(key)
             async with db.execute(
-                "SELECT count(*) FROM (SELECT 1 FROM sso_state WHERE expires > ? LIMIT ?)",
-                (now, max(cap, 0)),
+                "SELECT count(*) FROM (SELECT 1 FROM sso_state"
+                " WHERE key >= ? AND key < ? AND expires > ? LIMIT ?)",
+                (low, high, now, max(cap, 0)),
             ) as cur:
                 row = await cur.fetchone()
             if row is None or row[0] >= cap:

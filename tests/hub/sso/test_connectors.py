@@ -47,6 +47,7 @@ def test_the_issue_s_oidc_document_parses_with_defaults() -> None:
         ({"colour": "blue"}, "unknown key 'colour'"),
         ({"scopes": "openid"}, "scopes must be a list"),
         ({"client_secret": "  "}, "the client secret is empty"),
+        ({"client_secret": "********"}, "the mask 'tctl get connectors' shows"),
     ],
 )
 def test_bad_documents_are_one_line_errors(change: dict[str, Any], message: str) -> None:

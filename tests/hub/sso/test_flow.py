@@ -147,6 +147,11 @@ async def test_one_address_may_hold_only_so_many_pending_logins(sso: SSOService)
         ({"redirect_url": "http://evil.example.com:80/callback"}, "redirect_url must be"),
         ({"redirect_url": "http://127.0.0.1:8/other"}, "redirect_url must be"),
         ({"redirect_url": "http://127.0.0.1:8/callback?x=1"}, "redirect_url must be"),
+        ({"redirect_url": "http://evil.example.com\\@127.0.0.1:8/callback"}, "redirect_url"),
+        ({"redirect_url": "http://user@127.0.0.1:8/callback"}, "redirect_url must be"),
+        ({"redirect_url": "http://127.0.0.1:99999/callback"}, "redirect_url must be"),
+        ({"redirect_url": "http://[::1/callback"}, "redirect_url must be"),
+        ({"redirect_url": "http://127.0.0.1/callback"}, "redirect_url must be"),
         ({"client_key": "short"}, "32 bytes"),
     ],
 )
@@ -181,3 +186,78 @@ async def test_unknown_connector_and_listing(sso: SSOService) -> None:
         await sso.start("nope", mode="web", remote_addr="x", binding="c")
     assert await sso.listing() == [{"name": "gh", "kind": "github", "display": "gh"}]
     assert json.dumps(await sso.listing()).count("secret") == 0
+
+
+async def _web_login(
+    sso: SSOService, login: str, addr: str = "10.0.1.1", connector: str = "gh"
+) -> Any:
+    _, url = await sso.start(connector, mode="web", remote_addr=addr, binding="c")
+    params = await _authorize(url, login)
+    return await sso.finish(await sso.pending(params), params, "c", addr)
+
+
+async def test_a_user_name_belongs_to_one_identity_while_its_certificates_last(
+    sso: SSOService, storage: Storage, clock: Clock, stand: GitHubStandIn
+) -> None:
+    """Another connector (or another subject) giving the same name cannot take over the
+    record, and with it the roles the hub grants that name, until it lapses."""
+    row = await storage.connectors.get("gh")
+    assert row is not None
+    await storage.connectors.put(type(row)("gh2", row.kind, row.spec, row.created))
+    await _web_login(sso, "erin")
+    with pytest.raises(SSOError, match=r"belongs to another identity .*connector 'gh'"):
+        await _web_login(sso, "erin", connector="gh2")
+    user = await storage.users.get("erin")
+    assert user is not None and user.connector == "gh" and user.expires is not None
+    clock.now = user.expires + 1  # lapsed: the name is free again
+    await _web_login(sso, "erin", connector="gh2")
+    again = await storage.users.get("erin")
+    assert again is not None and again.connector == "gh2"
+    assert again.traits["remoteler.subject"] == ("7",)
+
+
+async def test_a_shorter_login_never_shortens_the_record(
+    sso: SSOService, storage: Storage, clock: Clock
+) -> None:
+    key = new_key()
+    _, idp_url = await _tsh_start(sso, key)
+    params = await _authorize(idp_url, "erin")
+    await sso.finish(await sso.pending(params), params, "", "10.0.0.6")
+    long = await storage.users.get("erin")
+    assert long is not None and long.expires is not None
+    pub = public_key_to_openssh(generate_private_key().public_key())
+    rid, _ = await sso.start(
+        "gh",
+        mode="tsh",
+        remote_addr="10.0.0.6",
+        public_key=pub,
+        client_key=encode_key(key),
+        redirect_url=TSH,
+        ttl=300,
+    )
+    params = await _authorize(await sso.open_start(rid), "erin")
+    await sso.finish(await sso.pending(params), params, "", "10.0.0.6")
+    short = await storage.users.get("erin")
+    assert short is not None and short.expires == long.expires
+
+
+def test_ipv6_clients_count_by_their_slash_64() -> None:
+    from hub.sso.flow import _AddressCounts
+
+    counts = _AddressCounts()
+    for i in range(MAX_PENDING_PER_ADDR):
+        assert counts.take(f"2001:db8:1:2::{i + 1:x}", 0.0)
+    assert not counts.take("2001:db8:1:2:ffff::9", 0.0)  # same /64
+    assert counts.take("2001:db8:1:3::1", 0.0)  # another /64
+    assert counts.take("10.0.0.1", 0.0)
+
+
+async def test_an_unmapped_user_is_logged_without_the_values(
+    sso: SSOService, caplog: pytest.LogCaptureFixture
+) -> None:
+    from hub.sso.mapping import NoRoleMapped
+
+    with pytest.raises(NoRoleMapped) as err:
+        await _web_login(sso, "sam")
+    assert "acme/sales" in err.value.message  # the user sees what the provider sent
+    assert "acme/sales" not in err.value.log_reason and "teams" in err.value.log_reason

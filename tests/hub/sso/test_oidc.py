@@ -7,6 +7,8 @@ signed by keys it holds, with claims it chose, including rotated keys."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -36,8 +38,9 @@ class Issuer:
         now = int(time.time())
         base = {"iss": self.url, "aud": "remoteler", "sub": "u1", "iat": now, "exp": now + 300}
         base["preferred_username"] = "alice"
+        payload = {k: v for k, v in {**base, **claims}.items() if v is not None}
         return jwt.encode(
-            {"alg": alg, "kid": (key or self.keys[0]).kid}, {**base, **claims}, key or self.keys[0]
+            {"alg": alg, "kid": (key or self.keys[0]).kid}, payload, key or self.keys[0]
         )
 
     async def app(self) -> web.Application:
@@ -52,9 +55,17 @@ class Issuer:
             }
             return web.json_response({**doc, **self.discovery})
 
-        async def jwks(request: web.Request) -> web.Response:
+        async def jwks(request: web.Request) -> web.StreamResponse:
             self.jwks_fetches += 1
-            return web.json_response({"keys": [k.as_dict(private=False) for k in self.keys]})
+            body = json.dumps({"keys": [k.as_dict(private=False) for k in self.keys]}).encode()
+            # in two writes with a pause, as a big JWKS over TLS arrives: read it all
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await response.prepare(request)
+            await response.write(body[: len(body) // 2])
+            await asyncio.sleep(0.05)
+            await response.write(body[len(body) // 2 :])
+            await response.write_eof()
+            return response
 
         async def token(request: web.Request) -> web.Response:
             self.forms.append(dict(await request.post()))
@@ -127,6 +138,7 @@ async def test_begin_sends_pkce_state_and_nonce(issuer: Issuer) -> None:
         ({"nonce": "n1", "iss": "https://evil.example.com"}, "iss"),
         ({"nonce": "n1", "exp": int(time.time()) - 3600}, "expired"),
         ({"nonce": "n1", "iat": int(time.time()) + 3600}, "future"),
+        ({"nonce": "n1", "iat": None}, "iat"),
     ],
 )
 async def test_bad_claims_are_refused(issuer: Issuer, claims: dict[str, Any], message: str) -> None:
@@ -188,3 +200,12 @@ async def test_state_mismatch_error_param_and_userinfo_of_another_subject(issuer
     issuer.userinfo = {"sub": "someone-else"}
     with pytest.raises(SSOError, match="another subject"):
         await _finish(issuer, issuer.token({"nonce": "n1"}), p)
+
+
+async def test_a_header_that_is_not_an_object_is_malformed(issuer: Issuer) -> None:
+    import base64
+
+    head = base64.urlsafe_b64encode(b'"just a string"').rstrip(b"=").decode()
+    forged = head + "." + issuer.token({"nonce": "n1"}).split(".", 1)[1]
+    with pytest.raises(SSOError, match="malformed"):
+        await _finish(issuer, forged)

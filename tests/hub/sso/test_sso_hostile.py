@@ -105,6 +105,15 @@ def test_garbage_callbacks_are_refused_pages(
     assert needle in reply.body.decode()
 
 
+def test_answers_for_no_pending_login_are_not_audited(hub: Cluster) -> None:
+    """Anyone can send them: a flood must not grow the audit log (debug log only)."""
+    for i in range(20):
+        WebClient(hub).request("GET", f"/web/sso/callback?state=forged-{i}&code=x")
+    events = hub.tctl_json("audit", "search", "--type", "user.login")
+    assert [e for e in events if e["fields"].get("method") == "sso"] == []
+    assert "forged-" not in hub.all_logs()
+
+
 def _post(client: WebClient, path: str, body: str | bytes) -> Any:
     import http.client
 

@@ -874,6 +874,22 @@ async def test_sso_state_cap_counts_only_unexpired_entries(storage: Storage) -> 
     assert await sso.add("later", "v", 400.0, 200.0, cap=1) is True
 
 
+async def test_sso_state_cap_is_per_kind_of_key(storage: Storage) -> None:
+    """A kind is the key up to its first ':': SAML replay ids filling their cap never
+    block pending logins, and the other way round."""
+    sso = storage.sso
+    for i in range(3):
+        assert await sso.add(f"saml-assertion:{i}", "", 200.0, 100.0, cap=3) is True
+    assert await sso.add("saml-assertion:x", "", 200.0, 100.0, cap=3) is False
+    assert await sso.add("state:a", "{}", 200.0, 100.0, cap=3) is True
+    assert await sso.add("start:b", "{}", 200.0, 100.0, cap=1) is True  # another kind
+    assert await sso.add("state:b", "{}", 200.0, 100.0, cap=1) is False
+    assert await sso.add("statez:b", "{}", 200.0, 100.0, cap=1) is True
+    # a key with no ":" counts every entry
+    assert await sso.add("plain", "v", 200.0, 100.0, cap=6) is False
+    assert await sso.add("plain", "v", 200.0, 100.0, cap=7) is True
+
+
 async def test_sso_state_take_of_an_expired_key_is_none_and_deletes_it(
     storage: Storage,
 ) -> None:
