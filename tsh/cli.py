@@ -226,14 +226,21 @@ def _identity(args: argparse.Namespace) -> tuple[str, Any]:
 PIN_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
+def login_hub(proxy: str | None, profile: Any, last: tuple[str, str] | None) -> str:
+    """The hub of ``tsh login``: --proxy (or $TSH_PROXY, filled in by main), then the
+    current profile's, then the last login's."""
+    hub = proxy or (profile.hub if profile else None) or (last[0] if last else None)
+    if not hub:
+        raise UsageError("give the hub: tsh login --proxy HOST:PORT --user NAME")
+    return str(hub)
+
+
 def login_target(
     proxy: str | None, user: str | None, profile: Any, last: tuple[str, str] | None
 ) -> tuple[str, str]:
     """(hub, user) for ``tsh login``: flags, then $TSH_PROXY / $TSH_USER, then the
     current profile, then the last login (kept by ``tsh logout``), then $USER."""
-    hub = proxy or (profile.hub if profile else None) or (last[0] if last else None)
-    if not hub:
-        raise UsageError("give the hub: tsh login --proxy HOST:PORT --user NAME")
+    hub = login_hub(proxy, profile, last)
     user = user or os.environ.get("TSH_USER") or None
     if not user and profile is not None and profile.hub == hub:
         user = profile.user
@@ -254,9 +261,7 @@ async def cmd_login(args: argparse.Namespace) -> int:
     from tsh.profile import Profile, known_pin, last_login, remember_login, remember_pin
 
     profile, last = Profile.load(), last_login()
-    hub: str = args.proxy or (profile.hub if profile else None) or (last[0] if last else "")
-    if not hub:
-        raise UsageError("give the hub: tsh login --proxy HOST:PORT --user NAME")
+    hub = login_hub(args.proxy, profile, last)
     if args.ca_pin and not PIN_RE.fullmatch(args.ca_pin.strip().lower()):
         raise UsageError(
             f"bad --ca-pin {args.ca_pin[:80]!r}: give sha256:<64 hex digits> from 'tctl status'"

@@ -19,10 +19,7 @@ or log line carries the client secret or an access token.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import re
@@ -34,7 +31,8 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import aiohttp
 
 from hub.sso.fetch import read_capped
-from hub.sso.provider import Identity, Pending, Redirect, SSOError
+from hub.sso.provider import Identity, Pending, Redirect, SSOError, pkce_challenge
+from hub.sso.urls import is_loopback
 from remoteler.errors import UsageError
 
 __all__ = [
@@ -86,15 +84,6 @@ SessionFactory = Callable[[], aiohttp.ClientSession]
 # --- the connector's spec -------------------------------------------------------------
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _url(value: object, key: str) -> str:
     """``value`` as a base URL without a trailing slash, or UsageError naming ``key``."""
     hint = f"{key} must be an https:// URL such as https://ghe.example.com (http only on loopback)"
@@ -109,7 +98,7 @@ def _url(value: object, key: str) -> str:
     scheme = parts.scheme.lower()
     if not host or parts.username is not None or parts.query or parts.fragment:
         raise UsageError(f"{hint}, without user, query or #fragment; got {value[:100]!r}")
-    if scheme != "https" and not (scheme == "http" and _is_loopback(host)):
+    if scheme != "https" and not (scheme == "http" and is_loopback(host)):
         raise UsageError(f"{hint}; got {value[:100]!r}")
     return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
@@ -224,12 +213,6 @@ def _one_line(text: object, limit: int = 200) -> str:
     words = "".join(c if c.isprintable() else " " for c in str(text)[: limit * 4]).split()
     line = " ".join(words)
     return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def pkce_challenge(code_verifier: str) -> str:
-    """RFC 7636 §4.2, S256: BASE64URL(SHA256(verifier)) without padding."""
-    digest = hashlib.sha256(code_verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 def _code_from_callback(pending: Pending, params: Mapping[str, str], callback_url: str) -> str:

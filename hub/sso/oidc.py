@@ -14,7 +14,6 @@ key rotation), an asymmetric algorithm the provider announces, ``iss``, ``aud``
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
 import time
@@ -24,7 +23,14 @@ from urllib.parse import urlencode
 
 from hub.sso.fetch import Fetcher, HttpFetcher
 from hub.sso.mapping import flatten_claims
-from hub.sso.provider import CLOCK_SKEW, Identity, Pending, Redirect, SSOError
+from hub.sso.provider import (
+    CLOCK_SKEW,
+    Identity,
+    Pending,
+    Redirect,
+    SSOError,
+    pkce_challenge,
+)
 from hub.sso.urls import check_url
 from remoteler.errors import UsageError
 
@@ -61,11 +67,6 @@ def parse_oidc(doc: dict[str, Any]) -> dict[str, Any]:
             raise UsageError("prompt must be one of none, login, consent, select_account")
         spec["prompt"] = prompt
     return spec
-
-
-def pkce_challenge(verifier: str) -> str:
-    digest = hashlib.sha256(verifier.encode()).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 class OIDCProvider:

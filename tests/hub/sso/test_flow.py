@@ -73,7 +73,9 @@ async def _authorize(url: str, login: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(back).query).items()}
 
 
-async def _tsh_start(sso: SSOService, key: bytes, addr: str = "10.0.0.1") -> tuple[str, str]:
+async def _tsh_start(
+    sso: SSOService, key: bytes, addr: str = "10.0.0.1", ttl: int | None = None
+) -> tuple[str, str]:
     pub = public_key_to_openssh(generate_private_key().public_key())
     rid, url = await sso.start(
         "gh",
@@ -82,6 +84,7 @@ async def _tsh_start(sso: SSOService, key: bytes, addr: str = "10.0.0.1") -> tup
         public_key=pub,
         client_key=encode_key(key),
         redirect_url=TSH,
+        ttl=ttl,
     )
     assert url == f"{PUBLIC}/web/sso/start/{rid}"
     return rid, await sso.open_start(rid)
@@ -220,22 +223,13 @@ async def test_a_shorter_login_never_shortens_the_record(
     sso: SSOService, storage: Storage, clock: Clock
 ) -> None:
     key = new_key()
-    _, idp_url = await _tsh_start(sso, key)
+    _, idp_url = await _tsh_start(sso, key, "10.0.0.6")
     params = await _authorize(idp_url, "erin")
     await sso.finish(await sso.pending(params), params, "", "10.0.0.6")
     long = await storage.users.get("erin")
     assert long is not None and long.expires is not None
-    pub = public_key_to_openssh(generate_private_key().public_key())
-    rid, _ = await sso.start(
-        "gh",
-        mode="tsh",
-        remote_addr="10.0.0.6",
-        public_key=pub,
-        client_key=encode_key(key),
-        redirect_url=TSH,
-        ttl=300,
-    )
-    params = await _authorize(await sso.open_start(rid), "erin")
+    _, idp_url = await _tsh_start(sso, key, "10.0.0.6", ttl=300)
+    params = await _authorize(idp_url, "erin")
     await sso.finish(await sso.pending(params), params, "", "10.0.0.6")
     short = await storage.users.get("erin")
     assert short is not None and short.expires == long.expires
