@@ -334,6 +334,13 @@ def token_hex_not_in(log: str, rig: Rig) -> bool:
 
 
 @pytest.mark.timeout(120)
+def _device_runs(command: str) -> bool:
+    """A process runs exactly ``command`` (the device's side of a session): tsh's own
+    command line holds the same words, so a substring match would see tsh."""
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return command in ps.splitlines()
+
+
 def test_a_break_longer_than_the_grace_ends_with_the_documented_message(rig: Rig) -> None:
     """truck-short keeps a detached session 3 s: its link is reset and stays down."""
     wait_for(lambda: rig.cluster.node_online("truck-short"), what="truck-short online")
@@ -345,11 +352,7 @@ def test_a_break_longer_than_the_grace_ends_with_the_documented_message(rig: Rig
         env=rig.env(),
     )
     try:
-        wait_for(
-            lambda: "sleep 600" in subprocess.run(["ps", "-eo", "args"], capture_output=True,
-                                                   text=True).stdout,
-            what="the remote command",
-        )  # fmt: skip
+        wait_for(lambda: _device_runs("sleep 600"), what="the remote command")
         rig.short_link.blackhole()  # new connections too: the device stays away
         rig.short_link.reset()
         _, err = proc.communicate(timeout=60)
@@ -395,10 +398,7 @@ def test_a_lock_ends_a_detached_session_and_tsh_says_why(rig: Rig, tmp_path: Pat
         wait_for(lambda: "resumable session detached" in log.read_text(), what="detached")
         lock_id = rig.cluster.tctl_json("lock", "--user", "bob", "--message", "incident 42")["id"]
         wait_for(
-            lambda: (
-                "sleep 600"
-                not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-            ),
+            lambda: not _device_runs("sleep 600"),
             what="the lock to end the detached session's command",
         )
         rig.user_link.clear()
@@ -427,16 +427,12 @@ def test_a_hung_up_tsh_ends_its_session_at_once(rig: Rig) -> None:
         env=rig.env(),
     )
 
-    def running() -> bool:
-        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-        return marker in ps.splitlines()
-
     try:
         assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
-        assert running()
+        assert _device_runs(marker)
         proc.send_signal(signal.SIGHUP)
         assert proc.wait(10) in (255, -signal.SIGHUP)  # ended by the device, or the signal
-        wait_for(lambda: not running(), timeout=10, what="the remote command to end")
+        wait_for(lambda: not _device_runs(marker), timeout=10, what="the remote command to end")
     finally:
         stop_process(proc)
 
