@@ -4,6 +4,7 @@ runs N members sharing one port. Real hubs on a real PostgreSQL, real agents and
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import signal
@@ -194,20 +195,17 @@ def test_workers_share_one_port_and_relay_between_them(pg_server: PgServer, tmp_
             timeout=30,
             what="the killed worker started again",
         )
+
         # back in the cluster under its id: a new start time (the killed one's record
         # stays live until its lease lapses, so the id alone says nothing)
-        wait_for(
-            lambda: (
-                {h["id"]: h["started"] for h in cluster.tctl_json("status")["hubs"]}.keys()
-                == started.keys()
-                and sum(
-                    h["started"] != started[h["id"]] for h in cluster.tctl_json("status")["hubs"]
-                )
-                == 1
-            ),
-            timeout=60,
-            what="the restarted worker registered",
-        )
+        def restarted() -> bool:
+            proc = cluster.tctl("status", "--format", "json", check=False)
+            if proc.returncode != 0:  # it reached the worker being killed or started
+                return False
+            now = {h["id"]: h["started"] for h in json.loads(proc.stdout)["hubs"]}
+            return now.keys() == started.keys() and sum(now[k] != started[k] for k in now) == 1
+
+        wait_for(restarted, timeout=60, what="the restarted worker registered")
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(timeout=60) == 0
         cluster.hub = None
