@@ -334,6 +334,12 @@ def token_hex_not_in(log: str, rig: Rig) -> bool:
 
 
 @pytest.mark.timeout(120)
+def _marker(lead: int) -> str:
+    """A remote command no other test runs at the same time (modules run in parallel,
+    and others run ``sleep 600``): ``sleep LNNN`` with this process's id."""
+    return f"sleep {lead}{os.getpid() % 1000:03d}"
+
+
 def _device_runs(command: str) -> bool:
     """A process runs exactly ``command`` (the device's side of a session): tsh's own
     command line holds the same words, so a substring match would see tsh."""
@@ -344,15 +350,16 @@ def _device_runs(command: str) -> bool:
 def test_a_break_longer_than_the_grace_ends_with_the_documented_message(rig: Rig) -> None:
     """truck-short keeps a detached session 3 s: its link is reset and stays down."""
     wait_for(lambda: rig.cluster.node_online("truck-short"), what="truck-short online")
+    marker = _marker(7)
     proc = subprocess.Popen(
-        [str(BIN / "tsh"), "ssh", f"{ME}@truck-short", "sleep 600"],
+        [str(BIN / "tsh"), "ssh", f"{ME}@truck-short", marker],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=rig.env(),
     )
     try:
-        wait_for(lambda: _device_runs("sleep 600"), what="the remote command")
+        wait_for(lambda: _device_runs(marker), what="the remote command")
         rig.short_link.blackhole()  # new connections too: the device stays away
         rig.short_link.reset()
         _, err = proc.communicate(timeout=60)
@@ -380,10 +387,11 @@ def test_a_break_longer_than_the_grace_ends_with_the_documented_message(rig: Rig
 def test_a_lock_ends_a_detached_session_and_tsh_says_why(rig: Rig, tmp_path: Path) -> None:
     """bob's link drops and stays down; a lock made meanwhile ends the session on the
     device (its shell gets SIGHUP), and tsh, once it reaches the hub, stops resuming."""
+    marker = _marker(8)
     home = tmp_path / "bob"
     rig.login("bob", home, offset_steps=1)  # (the token test logged bob in at step 0)
     proc = subprocess.Popen(
-        [str(BIN / "tsh"), "ssh", f"{ME}@truck-042", "echo up; sleep 600"],
+        [str(BIN / "tsh"), "ssh", f"{ME}@truck-042", f"echo up; {marker}"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -398,7 +406,7 @@ def test_a_lock_ends_a_detached_session_and_tsh_says_why(rig: Rig, tmp_path: Pat
         wait_for(lambda: "resumable session detached" in log.read_text(), what="detached")
         lock_id = rig.cluster.tctl_json("lock", "--user", "bob", "--message", "incident 42")["id"]
         wait_for(
-            lambda: not _device_runs("sleep 600"),
+            lambda: not _device_runs(marker),
             what="the lock to end the detached session's command",
         )
         rig.user_link.clear()
@@ -418,7 +426,7 @@ def test_a_lock_ends_a_detached_session_and_tsh_says_why(rig: Rig, tmp_path: Pat
 def test_a_hung_up_tsh_ends_its_session_at_once(rig: Rig) -> None:
     """SIGHUP (the terminal closed, or OpenSSH ending its ProxyCommand) means the user
     is gone, not the link: the device ends the session now, not after the grace."""
-    marker = f"sleep 6{os.getpid() % 100:02d}"
+    marker = _marker(6)
     proc = subprocess.Popen(
         [str(BIN / "tsh"), "ssh", f"{ME}@truck-042", f"echo up; {marker}"],
         stdin=subprocess.DEVNULL,
