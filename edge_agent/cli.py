@@ -10,6 +10,8 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable
+from functools import partial
 from pathlib import Path
 
 from edge_agent import jointoken
@@ -203,7 +205,7 @@ async def run(args: argparse.Namespace) -> None:
     from edge_agent.agent import EdgeAgent
     from edge_agent.health import keep_status
     from edge_agent.identity import NodeIdentity
-    from edge_agent.join import join
+    from edge_agent.join import join, join_until_done
     from edge_agent.local import start_local_listener
     from edge_agent.locks import LockStore
     from edge_agent.outbox_open import open_outbox
@@ -240,6 +242,25 @@ async def run(args: argparse.Namespace) -> None:
             "--serial-port is served by the embedded SSH server, which --ssh-target replaces: "
             "drop one of them (docs/serial-console.md)"
         )
+    if args.resume_grace < 0 or not 256 * 1024 <= args.resume_buffer <= 64 << 20:
+        raise UsageError(
+            "--resume-grace must be 0 or more seconds and --resume-buffer between "
+            "262144 and 67108864 bytes"
+        )
+    if args.heartbeat_interval <= 0 or args.allowed_misses < 1 or args.reconnect_max <= 0:
+        raise UsageError(
+            "--heartbeat-interval, --allowed-misses and --reconnect-max must be positive"
+        )
+    backoff = Backoff(base=min(1.0, args.reconnect_max), cap=args.reconnect_max)
+
+    def joining(token: str) -> Awaitable[NodeIdentity]:
+        """The join, tried again while the hub cannot be reached (the modem may be
+        coming up); a token, pin or name refused stops the start at once."""
+        attempt = partial(
+            join, args.hub, token, args.ca_pin, args.name, labels, VERSION, args.max_clock_skew
+        )
+        return join_until_done(attempt, args.hub, backoff.delay)
+
     token = None
     if not 0 <= args.max_clock_skew <= 366 * 86400:  # also refuses nan
         raise UsageError("--max-clock-skew must be 0 to 31622400 seconds (a year), e.g. 86400")
@@ -256,9 +277,7 @@ async def run(args: argparse.Namespace) -> None:
             rotated = False
         if rotated:  # CA rotated while we were away
             log.warning("the hub's CA changed; joining again", extra={"node_id": old.node_id})
-            ident = await join(
-                args.hub, token, args.ca_pin, args.name, labels, VERSION, args.max_clock_skew
-            )
+            ident = await joining(token)
             ident.save(data_dir)
     if NodeIdentity.exists(data_dir):
         ident = NodeIdentity.load(data_dir)
@@ -287,25 +306,13 @@ async def run(args: argparse.Namespace) -> None:
         parse_hostport(args.hub)
         data_dir.mkdir(parents=True, exist_ok=True)
         held = held or DataDirLock.acquire(data_dir)
-        ident = await join(
-            args.hub, token, args.ca_pin, args.name, labels, VERSION, args.max_clock_skew
-        )
+        ident = await joining(token)
         ident.save(data_dir)
-    if args.resume_grace < 0 or not 256 * 1024 <= args.resume_buffer <= 64 << 20:
-        raise UsageError(
-            "--resume-grace must be 0 or more seconds and --resume-buffer between "
-            "262144 and 67108864 bytes"
-        )
-    if args.heartbeat_interval <= 0 or args.allowed_misses < 1 or args.reconnect_max <= 0:
-        raise UsageError(
-            "--heartbeat-interval, --allowed-misses and --reconnect-max must be positive"
-        )
     limits = Limits(
         send_heartbeats=True,
         heartbeat_interval=args.heartbeat_interval,
         allowed_misses=args.allowed_misses,
     )
-    backoff = Backoff(base=min(1.0, args.reconnect_max), cap=args.reconnect_max)
     outbox = await open_outbox(  # a damaged or lost audit.db never stops the agent
         data_dir / "audit.db",
         NodeIdentity.directory(data_dir),

@@ -7,9 +7,11 @@ a device whose clock is off by a minute to a day: edge_agent/clockdial.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from edge_agent.identity import NodeIdentity
@@ -21,6 +23,41 @@ from remoteler.hubconn import check_pin, fetch_cluster_info, rpc_call
 from remoteler.tlsutil import client_context
 
 log = logging.getLogger("remoteler.agent.join")
+
+#: seconds one join attempt (ping, then the join RPC) may take before it counts as
+#: a lost link and is tried again
+JOIN_DEADLINE = 60.0
+
+
+async def join_until_done(
+    attempt: Callable[[], Awaitable[NodeIdentity]],
+    hub: str,
+    delay: Callable[[int, random.Random], float],
+    rng: random.Random | None = None,
+    deadline: float = JOIN_DEADLINE,
+) -> NodeIdentity:
+    """Run ``attempt`` (one :func:`join`) until it succeeds, as a device booting
+    before its modem is up needs: a hub that cannot be reached, times out or drops
+    the connection is tried again after ``delay(attempt_number, rng)`` seconds (the
+    tunnel's backoff), with one warning line per try. Every other error is final
+    (token refused or used, pin mismatch, name taken): no retry changes it.
+    """
+    rng = rng or random.Random()
+    tries = 0
+    while True:
+        try:
+            async with asyncio.timeout(deadline):
+                return await attempt()
+        except TimeoutError:
+            err: HubUnreachable = HubUnreachable(
+                f"the hub at {hub} did not finish the join within {deadline:.0f} s"
+            )
+        except HubUnreachable as exc:
+            err = exc
+        wait = delay(tries, rng)
+        tries += 1
+        log.warning("cannot join yet (%s); trying again in %.1f s", err, wait)
+        await asyncio.sleep(wait)
 
 
 async def join(

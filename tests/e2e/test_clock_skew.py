@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -77,6 +78,10 @@ def _start_faked(
     return proc
 
 
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+
+
 @pytest.fixture(scope="module")
 def skewed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     _libfaketime()
@@ -99,7 +104,11 @@ def skewed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             _start_faked(cluster, name, offset, join)
         _start_faked(cluster, "future", "+30d", joins[-2])  # OpenSSL accepts the year-long cert
         joined = cluster.root / "agent-stale" / "identity" / "node.json"
-        wait_for(joined.exists, interval=0.2, what="stale joined")
+        log = cluster.root / "agent-stale.log"
+        try:
+            wait_for(joined.exists, timeout=60, interval=0.2, what="stale joined")
+        except AssertionError as err:  # its log says why (read now, not when asked)
+            raise AssertionError(f"{err}; its log: {_tail(log)}") from None
         stop_process(cluster.agents.pop("stale"))
         _start_faked(cluster, "stale", "-30d", reconnect_max="30")  # one error line is enough
         assert cluster.login("alice").returncode == 0
