@@ -27,6 +27,7 @@ from hub.storage.api import (
 )
 from hub.storage.postgres import PostgresStorage, open_postgres
 from hub.storage.postgres.firmware import CHUNK
+from hub.storage.postgres.listen import HEARTBEAT, PING_TIMEOUT
 from hub.storage.postgres.migrate import migrations, newest
 from remoteler.locks import Lock
 
@@ -267,11 +268,16 @@ async def test_a_silent_dead_listen_link_is_found_by_its_ping(pg_server: PgServe
             while b.listener.listening.is_set():
                 assert time.monotonic() - began < 60, "the dead link went unnoticed"
                 await asyncio.sleep(0.05)
+            # The new link keeps the usual timings: a 0.3 s ping on a loaded machine
+            # would find that link dead too, and count a second gap.
+            b.listener.heartbeat, b.listener.ping_timeout = HEARTBEAT, PING_TIMEOUT
             proxy.clear()  # new connections get through again
-            gap = [await _next(seen, 10) for _ in TOPICS]
+            # A reconnect begun while the link was dark waits out its 10 s connect
+            # timeout first (CONNECT_TIMEOUT), so the gap comes 10 s or more from now.
+            gap = [await _next(seen, 40) for _ in TOPICS]
             assert {c.key for c in gap} == {"*"} and b.listener.gaps == 1
             await a.locks.add(Lock(id="fedcba987654", kind="node", target="n1", created=1.0))
-            assert await _next(seen) == Change("locks", "fedcba987654")
+            assert await _next(seen, 10) == Change("locks", "fedcba987654")
         finally:
             await b.close()
             await a.close()
