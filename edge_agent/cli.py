@@ -394,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     except RemotelerError as err:
         print(f"edge-agent: {err}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before the agent's own handler is up (a join retrying)
+        print("edge-agent: interrupted; start it again to carry on", file=sys.stderr)
+        return 130
     return 0
 
 

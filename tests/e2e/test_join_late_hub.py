@@ -5,10 +5,11 @@ agent, on loopback (docs/edge-agent.md, "Joining")."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from pathlib import Path
 
-from helpers import BIN, Cluster, free_port, wait_for
+from helpers import BIN, Cluster, free_port, stop_process, wait_for
 
 
 def _first_start(cluster: Cluster, pin: str, *extra: str) -> list[str]:
@@ -68,3 +69,25 @@ def test_the_first_join_waits_for_the_hub_and_flag_errors_keep_the_token(
         assert token not in cluster.all_logs()  # retries log the error, never the token
     finally:
         cluster.stop()
+
+
+def test_ctrl_c_while_the_join_retries_ends_with_one_line(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, free_port())  # no hub: the port is closed
+    env = cluster.env(REMOTELER_JOIN_TOKEN="0123456789abcdef0123456789abcdef")
+    agent = subprocess.Popen(
+        _first_start(cluster, "sha256:" + "0" * 64),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert agent.stderr is not None
+        assert "cannot join yet" in agent.stderr.readline()
+        agent.send_signal(signal.SIGINT)
+        rest = agent.stderr.read()
+        assert agent.wait(timeout=30) == 130
+        lines = [line for line in rest.splitlines() if "cannot join yet" not in line]
+        assert lines == ["edge-agent: interrupted; start it again to carry on"], rest
+    finally:
+        stop_process(agent)
