@@ -64,6 +64,20 @@ class TshLogin:
             err += self.lines.get_nowait()
         return self.proc.returncode, out, err
 
+    def succeeded(self, page: Any, hub: Cluster, user: str, target: str, word: str) -> str:
+        """The browser shows the landing page, tsh ends logged in as ``user``, and
+        ``tsh ssh TARGET echo WORD`` works with the new certificates; tsh's output."""
+        from playwright.sync_api import expect
+
+        expect(page.locator("h1")).to_have_text("Logged in")
+        code, out, err = self.finish()
+        assert code == 0, err
+        assert f"Logged in as {user}" in out
+        ssh = hub.tsh("ssh", target, "echo", word)
+        assert ssh.returncode == 0, ssh.stderr
+        assert ssh.stdout.strip() == word
+        return out
+
 
 def start_tsh_login(hub: Cluster, *extra: str) -> TshLogin:
     """``tsh login --browser none [extra]`` against ``hub``, up to the URL it prints."""

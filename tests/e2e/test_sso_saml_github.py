@@ -143,13 +143,7 @@ def test_tsh_login_through_the_saml_idp_maps_attributes_to_roles(rig: Rig, page:
     login = start_tsh_login(rig.hub, "--auth", "okta")
     page.goto(login.url)
     _saml_sign_in(page, "carol")
-    expect(page.locator("h1")).to_have_text("Logged in")
-    code, out, err = login.finish()
-    assert code == 0, err
-    assert "Logged in as carol" in out
-    ssh = rig.hub.tsh("ssh", f"{ME}@van-7", "echo", "saml-works")
-    assert ssh.returncode == 0, ssh.stderr
-    assert ssh.stdout.strip() == "saml-works"
+    login.succeeded(page, rig.hub, "carol", f"{ME}@van-7", "saml-works")
     users = {u["name"]: u for u in rig.hub.tctl_json("users", "ls")}
     assert users["carol"]["connector"] == "okta"
     assert users["carol"]["roles"] == ["field-tech"]
@@ -194,13 +188,7 @@ def test_tsh_login_through_github_teams(rig: Rig, page: Any) -> None:
     page.goto(login.url)
     page.locator('input[name="login"]').fill("erin")
     page.locator("button", has_text="Authorize").click()
-    expect(page.locator("h1")).to_have_text("Logged in")
-    code, out, err = login.finish()
-    assert code == 0, err
-    assert "Logged in as erin" in out
-    ssh = rig.hub.tsh("ssh", f"{ME}@van-7", "echo", "github-works")
-    assert ssh.returncode == 0, ssh.stderr
-    assert "github-works" in ssh.stdout
+    login.succeeded(page, rig.hub, "erin", f"{ME}@van-7", "github-works")
     # the client secret never reaches a log
     secret = (rig.hub.root / "gh-secret").read_text()
     assert secret not in rig.hub.all_logs()
