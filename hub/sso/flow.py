@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import secrets
@@ -33,6 +32,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from hub.auth.service import AuthService, Issued, check_name
+from hub.net.admission import source_key
 from hub.sso.connectors import DEFAULT_CONNECTOR_KEY, LOCAL, Connector, from_stored
 from hub.sso.mapping import flatten_claims, roles_or_refuse
 from hub.sso.provider import Identity, Pending, Provider, SSOError
@@ -78,7 +78,7 @@ class _AddressCounts:
         self._seen: OrderedDict[str, list[float]] = OrderedDict()
 
     def take(self, addr: str, now: float) -> bool:
-        addr = _address_group(addr)
+        addr = source_key(addr)  # as every per-address limit: an IPv6 host by its /64
         times = [t for t in self._seen.pop(addr, []) if now - t < PENDING_TTL]
         ok = len(times) < MAX_PENDING_PER_ADDR
         if ok:
@@ -87,16 +87,6 @@ class _AddressCounts:
         while len(self._seen) > MAX_ADDRS:
             self._seen.popitem(last=False)
         return ok
-
-
-def _address_group(addr: str) -> str:
-    """An IPv6 client counts by its /64 (one host gets a whole /64); IPv4 by address."""
-    if ":" not in addr:
-        return addr
-    try:
-        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
-    except ValueError:
-        return addr
 
 
 def check_redirect(url: object) -> str:
