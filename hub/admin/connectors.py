@@ -63,14 +63,7 @@ async def connectors_ls(call: AdminCall, params: dict[str, Any]) -> Any:
         except RemotelerError as exc:  # e.g. a secret that does not decrypt here
             out.append({"kind": row.kind, "name": row.name, "error": exc.message})
             continue
-        doc = connector.public()
-        key = {"oidc": "claims_to_roles", "saml": "attributes_to_roles"}.get(row.kind)
-        if key is not None:
-            claim = "claim" if row.kind == "oidc" else "name"
-            doc[key] = [
-                {claim: r.claim, "value": r.value, "roles": list(r.roles)} for r in connector.rules
-            ]
-        out.append(doc)
+        out.append(connector.public())
     default = await call.host.storage.settings.get(DEFAULT_CONNECTOR_KEY)
     return {"connectors": out, "default": default or LOCAL}
 

@@ -45,7 +45,19 @@ class Connector:
         doc.update(self.spec)
         if self.client_secret:
             doc["client_secret"] = SECRET_MASK
+        tables = self.rule_tables()
+        if tables is not None:
+            doc[RULES_KEY[self.kind][0]] = tables
         return doc
+
+    def rule_tables(self) -> list[dict[str, Any]] | None:
+        """The rules as the document writes them (OIDC ``{claim, value, roles}``, SAML
+        ``{name, value, roles}``); None for GitHub, whose ``teams_to_roles`` is in the
+        spec."""
+        key = RULES_KEY.get(self.kind)
+        if key is None:
+            return None
+        return [{key[1]: r.claim, "value": r.value, "roles": list(r.roles)} for r in self.rules]
 
 
 def _kind_keys(kind: str) -> tuple[Set[str], Callable[[dict[str, Any]], dict[str, Any]]]:
@@ -120,11 +132,9 @@ def to_stored(
 ) -> StoredConnector:
     """The stored form; ``seal(secret, aad_name)`` encrypts the secret (a CA passphrase)."""
     body: dict[str, Any] = {"display": connector.display, "spec": connector.spec}
-    key = RULES_KEY.get(connector.kind)
-    if key is not None:
-        body["rules"] = [
-            {key[1]: r.claim, "value": r.value, "roles": list(r.roles)} for r in connector.rules
-        ]
+    tables = connector.rule_tables()
+    if tables is not None:
+        body["rules"] = tables
     if connector.client_secret:
         secret = connector.client_secret
         body["client_secret"] = seal(secret, _aad(connector.name)) if seal else secret

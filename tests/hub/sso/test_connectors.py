@@ -90,3 +90,18 @@ def test_public_view_masks_the_secret() -> None:
     shown = parse_connector(OIDC).public()
     assert shown["client_secret"] == SECRET_MASK
     assert "very-secret-value" not in json.dumps(shown)
+    # the rules as the document wrote them: tctl get connectors | tctl create -f works
+    assert shown["claims_to_roles"] == OIDC["claims_to_roles"]
+
+
+def test_public_view_of_saml_rules_uses_their_name_key() -> None:
+    rules = [{"name": "groups", "value": "techs", "roles": ["field-tech"]}]
+    saml = {
+        "kind": "saml",
+        "name": "okta",
+        "idp_metadata_url": "https://idp.example.com/metadata",
+        "attributes_to_roles": rules,
+    }
+    connector = parse_connector(saml)
+    assert connector.public()["attributes_to_roles"] == rules
+    assert from_stored(to_stored(connector, None, 1.0), None) == connector
