@@ -9,11 +9,11 @@ certificates pass through the browser and its history only encrypted.
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 from typing import Any
 
+from remoteler import b64url
 from remoteler.errors import AuthError
 
 KEY_BYTES = 32
@@ -24,12 +24,12 @@ def new_key() -> bytes:
 
 
 def encode_key(key: bytes) -> str:
-    return base64.urlsafe_b64encode(key).decode().rstrip("=")
+    return b64url.encode(key)
 
 
 def decode_key(text: str) -> bytes:
     try:
-        key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        key = b64url.decode(text)
     except (ValueError, TypeError):
         key = b""
     if len(key) != KEY_BYTES:
@@ -42,7 +42,7 @@ def seal(key: bytes, request_id: str, payload: dict[str, Any]) -> str:
 
     nonce = secrets.token_bytes(12)
     box = AESGCM(key).encrypt(nonce, json.dumps(payload).encode(), request_id.encode())
-    return base64.urlsafe_b64encode(nonce + box).decode().rstrip("=")
+    return b64url.encode(nonce + box)
 
 
 def unseal(key: bytes, request_id: str, text: str) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def unseal(key: bytes, request_id: str, text: str) -> dict[str, Any]:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = b64url.decode(text)
         plain = AESGCM(key).decrypt(raw[:12], raw[12:], request_id.encode())
         payload = json.loads(plain)
     except (ValueError, TypeError, InvalidTag):

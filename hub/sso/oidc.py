@@ -13,7 +13,6 @@ key rotation), an asymmetric algorithm the provider announces, ``iss``, ``aud``
 
 from __future__ import annotations
 
-import base64
 import hmac
 import json
 import time
@@ -32,6 +31,7 @@ from hub.sso.provider import (
     pkce_challenge,
 )
 from hub.sso.urls import check_url
+from remoteler import b64url
 from remoteler.errors import UsageError
 
 OIDC_KEYS = {"issuer_url", "client_id", "scopes", "claims_to_roles", "username_claim", "prompt"}
@@ -104,14 +104,12 @@ class OIDCProvider:
                 f"the identity provider says its issuer is {str(doc.get('issuer'))[:100]!r}, "
                 f"not {issuer!r}: fix issuer_url in connector {self.name!r}"
             )
-        for key in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
+        endpoints = ["authorization_endpoint", "token_endpoint", "jwks_uri"]
+        if doc.get("userinfo_endpoint") is not None:  # optional
+            endpoints.append("userinfo_endpoint")
+        for key in endpoints:
             try:
                 check_url(doc.get(key), key)
-            except UsageError as exc:
-                raise SSOError(f"the identity provider's discovery document: {exc}") from None
-        if doc.get("userinfo_endpoint") is not None:
-            try:
-                check_url(doc.get("userinfo_endpoint"), "userinfo_endpoint")
             except UsageError as exc:
                 raise SSOError(f"the identity provider's discovery document: {exc}") from None
         self._config, self._config_at = doc, self.clock()
@@ -214,7 +212,7 @@ class OIDCProvider:
             if a in ALGORITHMS
         ]
         try:
-            header = json.loads(_b64decode(id_token.split(".", 1)[0]))
+            header = json.loads(b64url.decode(id_token.split(".", 1)[0]))
         except (ValueError, IndexError):
             raise SSOError("the ID token is malformed") from None
         if not isinstance(header, dict):
@@ -256,7 +254,3 @@ class OIDCProvider:
         if len(audiences) > 1 and claims.get("azp") != client_id:
             raise SSOError("the ID token's authorized party (azp) is another client: refused")
         return claims
-
-
-def _b64decode(part: str) -> bytes:
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))

@@ -15,12 +15,12 @@ The flow owns ``state`` (single use, stored in ``Storage.sso``), the mapping to 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from remoteler import b64url
 from remoteler.errors import AuthError
 
 #: Allowance for the clocks of the hub and the provider (ID token ``iat``/``exp``,
@@ -31,7 +31,7 @@ CLOCK_SKEW = 60.0
 def pkce_challenge(code_verifier: str) -> str:
     """RFC 7636 4.2, S256: BASE64URL(SHA256(verifier)) without padding (OIDC, GitHub)."""
     digest = hashlib.sha256(code_verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return b64url.encode(digest)
 
 
 class SSOError(AuthError):
